@@ -1,0 +1,158 @@
+//! The result cache: finished tasks by id, bounded by count (LRU, a read
+//! refreshes) and by age (TTL from when the result was stored).
+
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+
+use crate::protocol::{TaskId, TaskReport};
+
+/// The most ids of dropped results remembered, to tell "expired" from "unknown".
+const MAX_REMEMBERED_DROPS: usize = 100_000;
+
+/// What the cache knows of an id.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// The finished task.
+    Found(TaskReport),
+    /// Its result outlived the TTL and was dropped.
+    Expired,
+    /// Its result was pushed out by newer ones (the cache was full).
+    Evicted,
+    /// Never stored here, or forgotten long ago.
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Dropped {
+    Expired,
+    Evicted,
+}
+
+struct Cached {
+    report: TaskReport,
+    stored: Instant,
+}
+
+/// Finished tasks, bounded by count and age.
+pub(crate) struct ResultCache {
+    results: Option<LruCache<TaskId, Cached>>,
+    dropped: LruCache<TaskId, Dropped>,
+    ttl: Option<Duration>,
+}
+
+impl ResultCache {
+    /// A cache of at most `capacity` results (0 keeps none) kept at most
+    /// `ttl` (`None` keeps them until evicted).
+    pub(crate) fn new(capacity: usize, ttl: Option<Duration>) -> Self {
+        let remembered = NonZeroUsize::new(capacity.clamp(1024, MAX_REMEMBERED_DROPS)).expect("clamped above zero");
+        ResultCache { results: NonZeroUsize::new(capacity).map(LruCache::new), dropped: LruCache::new(remembered), ttl }
+    }
+
+    /// Stores a finished task, evicting the least recently used one if full.
+    pub(crate) fn insert(&mut self, report: TaskReport) {
+        let Some(results) = self.results.as_mut() else { return };
+        let id = report.task_id;
+        if let Some((evicted, _)) = results.push(id, Cached { report, stored: Instant::now() }) {
+            if evicted != id {
+                self.dropped.put(evicted, Dropped::Evicted);
+            }
+        }
+        self.dropped.pop(&id);
+    }
+
+    /// Looks up `id`, refreshing its place in the LRU order.
+    pub(crate) fn get(&mut self, id: &TaskId) -> Lookup {
+        let ttl = self.ttl;
+        if let Some(results) = self.results.as_mut() {
+            if let Some(cached) = results.get(id) {
+                if ttl.is_some_and(|ttl| cached.stored.elapsed() >= ttl) {
+                    results.pop(id);
+                    self.dropped.put(*id, Dropped::Expired);
+                    return Lookup::Expired;
+                }
+                return Lookup::Found(cached.report.clone());
+            }
+        }
+        match self.dropped.get(id) {
+            Some(Dropped::Expired) => Lookup::Expired,
+            Some(Dropped::Evicted) => Lookup::Evicted,
+            None => Lookup::Unknown,
+        }
+    }
+
+    /// Drops every result older than the TTL; returns how many.
+    pub(crate) fn sweep(&mut self) -> usize {
+        let (Some(ttl), Some(results)) = (self.ttl, self.results.as_mut()) else { return 0 };
+        let expired: Vec<TaskId> =
+            results.iter().filter(|(_, cached)| cached.stored.elapsed() >= ttl).map(|(id, _)| *id).collect();
+        for id in &expired {
+            results.pop(id);
+            self.dropped.put(*id, Dropped::Expired);
+        }
+        expired.len()
+    }
+
+    /// How many results are held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.results.as_ref().map_or(0, LruCache::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Priority, TaskState};
+
+    fn report(id: TaskId) -> TaskReport {
+        TaskReport {
+            task_id: id,
+            task_name: "t".into(),
+            state: TaskState::Succeeded,
+            priority: Priority::Normal,
+            worker: "w".into(),
+            attempts: 1,
+            created_ms: 0,
+            started_ms: None,
+            finished_ms: None,
+            result: Some(b"1".to_vec()),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_read_refreshes_and_the_least_recent_is_evicted() {
+        let mut cache = ResultCache::new(2, None);
+        let (a, b, c) = (TaskId::new_v4(), TaskId::new_v4(), TaskId::new_v4());
+        cache.insert(report(a));
+        cache.insert(report(b));
+        assert!(matches!(cache.get(&a), Lookup::Found(_)));
+        cache.insert(report(c));
+        assert!(matches!(cache.get(&a), Lookup::Found(_)));
+        assert!(matches!(cache.get(&b), Lookup::Evicted));
+        assert!(matches!(cache.get(&TaskId::new_v4()), Lookup::Unknown));
+    }
+
+    #[test]
+    fn results_expire_after_the_ttl() {
+        let mut cache = ResultCache::new(10, Some(Duration::from_millis(30)));
+        let (a, b) = (TaskId::new_v4(), TaskId::new_v4());
+        cache.insert(report(a));
+        cache.insert(report(b));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(matches!(cache.get(&a), Lookup::Expired));
+        assert_eq!(cache.sweep(), 1);
+        assert!(matches!(cache.get(&b), Lookup::Expired));
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn capacity_zero_keeps_nothing() {
+        let mut cache = ResultCache::new(0, None);
+        let a = TaskId::new_v4();
+        cache.insert(report(a));
+        assert!(matches!(cache.get(&a), Lookup::Unknown));
+    }
+}

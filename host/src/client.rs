@@ -1,0 +1,378 @@
+//! The client: submits tasks and queries results over NNG request/reply.
+//!
+//! One [`Client`] is meant to be shared (`Clone + Send + Sync`): each call
+//! takes its own NNG context, so any number of calls may overlap on the same
+//! sockets and each gets its own reply. Every call has a timeout.
+
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use nng::options::protocol::reqrep::ResendTime;
+use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize};
+use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::address::{AddressError, BaseAddress};
+use crate::protocol::{
+    decode, encode_into, DecodeError, ErrorReply, Priority, Reply, Request, Submit, TaskError, TaskId, TaskReport,
+    TaskState, DEFAULT_MAX_FRAME_BYTES,
+};
+
+/// The timeout of a call when none is set.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failed client call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The address is not a base address.
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    /// No reply within the timeout.
+    #[error("no reply from {address} within {} s: is a control plane running there? (raise --timeout for long tasks)", .after.as_secs_f64())]
+    Timeout {
+        /// Where the request went.
+        address: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// NNG failed.
+    #[error("transport error talking to {address}: {source}")]
+    Transport {
+        /// Where the request went.
+        address: String,
+        /// NNG's error.
+        source: nng::Error,
+    },
+    /// The request is too large to send.
+    #[error("request of {size} bytes exceeds the frame limit of {limit} bytes")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The arguments could not be encoded as JSON.
+    #[error("arguments cannot be encoded as JSON: {0}")]
+    Arguments(serde_json::Error),
+    /// The reply did not decode.
+    #[error("reply from {address} does not decode: {source}")]
+    Decode {
+        /// Where it came from.
+        address: String,
+        /// Why.
+        source: DecodeError,
+    },
+    /// The control plane refused the request.
+    #[error("{}", .0.message)]
+    Refused(ErrorReply),
+    /// The task ran and failed.
+    #[error("{}", crate::protocol::describe_failure(task_name, error))]
+    TaskFailed {
+        /// The task.
+        task_name: String,
+        /// Its error.
+        error: TaskError,
+    },
+    /// The task's result does not decode as the type asked for.
+    #[error("result of task '{task_name}' does not decode as the requested type: {source}")]
+    Result {
+        /// The task.
+        task_name: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The control plane answered with a message that does not fit the request.
+    #[error("unexpected reply from {address}: {reply}")]
+    Unexpected {
+        /// Where it came from.
+        address: String,
+        /// What came.
+        reply: String,
+    },
+}
+
+/// How to submit one task.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    /// The priority; `None` takes the task's declared default.
+    pub priority: Option<Priority>,
+    /// The task's id; `None` makes a fresh one.
+    pub task_id: Option<TaskId>,
+}
+
+/// A handle to a control plane.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    base: BaseAddress,
+    timeout: Duration,
+    max_frame: usize,
+    /// Four task ports, then the result port; each opened on first use.
+    endpoints: [OnceLock<Result<Endpoint, nng::Error>>; 5],
+}
+
+impl Client {
+    /// A client of the control plane at `base_address` (no I/O happens yet).
+    pub fn new(base_address: &str) -> Result<Client, ClientError> {
+        Ok(Client {
+            inner: Arc::new(Inner {
+                base: BaseAddress::parse(base_address)?,
+                timeout: DEFAULT_TIMEOUT,
+                max_frame: DEFAULT_MAX_FRAME_BYTES,
+                endpoints: Default::default(),
+            }),
+        })
+    }
+
+    /// The same client with another per-call timeout.
+    pub fn with_timeout(self, timeout: Duration) -> Client {
+        let inner = Inner {
+            base: self.inner.base.clone(),
+            timeout,
+            max_frame: self.inner.max_frame,
+            endpoints: Default::default(),
+        };
+        Client { inner: Arc::new(inner) }
+    }
+
+    /// Runs `task_name` with `args` (a tuple or array, for positional
+    /// arguments, or a struct or map, by name) and waits for its result.
+    pub async fn call<R: DeserializeOwned>(&self, task_name: &str, args: impl Serialize) -> Result<R, ClientError> {
+        let report = self.submit(task_name, args, SubmitOptions::default()).await?;
+        decode_result(report)
+    }
+
+    /// Runs a task and waits for its final report (failed tasks are `Ok` here).
+    pub async fn submit(
+        &self,
+        task_name: &str,
+        args: impl Serialize,
+        options: SubmitOptions,
+    ) -> Result<TaskReport, ClientError> {
+        let args = serde_json::to_vec(&args).map_err(ClientError::Arguments)?;
+        match self.submit_raw(task_name, args, options, true).await? {
+            Reply::Report(report) => Ok(report),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Queues a task and returns its id without waiting for it to run.
+    pub async fn delay(
+        &self,
+        task_name: &str,
+        args: impl Serialize,
+        options: SubmitOptions,
+    ) -> Result<TaskId, ClientError> {
+        let args = serde_json::to_vec(&args).map_err(ClientError::Arguments)?;
+        match self.submit_raw(task_name, args, options, false).await? {
+            Reply::Accepted { task_id } => Ok(task_id),
+            Reply::Report(report) => Ok(report.task_id),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Submits JSON `args` as they are; `wait` chooses a report or an acceptance.
+    pub async fn submit_raw(
+        &self,
+        task_name: &str,
+        args: Vec<u8>,
+        options: SubmitOptions,
+        wait: bool,
+    ) -> Result<Reply, ClientError> {
+        let request = Request::Submit(Submit {
+            task_id: options.task_id.unwrap_or_else(TaskId::now_v7),
+            task_name: task_name.to_string(),
+            args,
+            priority: options.priority,
+            wait,
+        });
+        let port = options.priority.unwrap_or(Priority::Normal).index();
+        match self.request(port, &request).await? {
+            Reply::Error(error) => Err(ClientError::Refused(error)),
+            reply => Ok(reply),
+        }
+    }
+
+    /// The state, result or error of a task.
+    pub async fn status(&self, task_id: TaskId) -> Result<TaskReport, ClientError> {
+        match self.request(4, &Request::Status { task_id }).await? {
+            Reply::Report(report) => Ok(report),
+            Reply::Error(error) => Err(ClientError::Refused(error)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Sends any request to endpoint `index` (0-3 task ports, 4 results).
+    pub async fn request(&self, index: usize, request: &Request) -> Result<Reply, ClientError> {
+        let mut frame = Message::with_capacity(64);
+        encode_into(request, &mut frame).expect("writing to a message cannot fail");
+        let address = self.address(index);
+        let reply = self.exchange(index, frame).await?;
+        decode::<Reply>(&reply, usize::MAX).map_err(|source| ClientError::Decode { address, source })
+    }
+
+    /// Sends a raw frame to endpoint `index` and returns the raw reply.
+    pub async fn exchange(&self, index: usize, frame: Message) -> Result<Message, ClientError> {
+        let inner = &self.inner;
+        if frame.len() > inner.max_frame {
+            return Err(ClientError::TooLarge { size: frame.len(), limit: inner.max_frame });
+        }
+        let address = self.address(index);
+        let transport = |source| ClientError::Transport { address: address.clone(), source };
+        let endpoint = inner.endpoints[index]
+            .get_or_init(|| Endpoint::open(&address, inner.max_frame))
+            .as_ref()
+            .map_err(|e| transport(*e))?;
+        let timeout = inner.timeout;
+        let slot = endpoint.acquire().map_err(transport)?;
+        let (sender, receiver) = oneshot::channel();
+        *slot.pending.lock().expect("slot lock") = Some(Pending { sender, deadline: Instant::now() + timeout });
+        slot.aio.set_timeout(Some(timeout)).map_err(transport)?;
+        if let Err((_, error)) = slot.ctx.send(&slot.aio, frame) {
+            slot.pending.lock().expect("slot lock").take();
+            endpoint.release(slot);
+            return Err(transport(error));
+        }
+        drop(slot);
+        // The Aio's own timeout ends the exchange; this outer one only guards
+        // against a lost wake-up.
+        match tokio::time::timeout(timeout + Duration::from_secs(1), receiver).await {
+            Ok(Ok(Ok(message))) => Ok(message),
+            Ok(Ok(Err(nng::Error::TimedOut))) | Err(_) => Err(ClientError::Timeout { address, after: timeout }),
+            Ok(Ok(Err(error))) => Err(transport(error)),
+            Ok(Err(_)) => Err(transport(nng::Error::Closed)),
+        }
+    }
+
+    fn address(&self, index: usize) -> String {
+        self.inner.base.at_offset(index as u16)
+    }
+
+    fn unexpected(&self, reply: Reply) -> ClientError {
+        ClientError::Unexpected { address: self.inner.base.to_string(), reply: format!("{reply:?}") }
+    }
+}
+
+/// Turns a final report into the task's typed result.
+pub fn decode_result<R: DeserializeOwned>(report: TaskReport) -> Result<R, ClientError> {
+    match (report.state, report.result, report.error) {
+        (TaskState::Succeeded, Some(bytes), _) => serde_json::from_slice(&bytes)
+            .map_err(|source| ClientError::Result { task_name: report.task_name, source }),
+        (_, _, Some(error)) => Err(ClientError::TaskFailed { task_name: report.task_name, error }),
+        (state, _, _) => Err(ClientError::Unexpected {
+            address: String::new(),
+            reply: format!("task '{}' is {}", report.task_name, state.as_str()),
+        }),
+    }
+}
+
+/// One dialed REQ socket and the contexts that carry its requests.
+struct Endpoint {
+    socket: Socket,
+    slots: Arc<SlotList>,
+}
+
+#[derive(Default)]
+struct SlotList {
+    all: Mutex<Vec<Arc<Slot>>>,
+    free: Mutex<Vec<Arc<Slot>>>,
+}
+
+struct Slot {
+    ctx: Context,
+    aio: Aio,
+    pending: Mutex<Option<Pending>>,
+}
+
+struct Pending {
+    sender: oneshot::Sender<Result<Message, nng::Error>>,
+    deadline: Instant,
+}
+
+impl Endpoint {
+    fn open(address: &str, max_frame: usize) -> Result<Endpoint, nng::Error> {
+        let socket = Socket::new(Protocol::Req0)?;
+        // Never resend on a timer: a long task would run twice. The task id
+        // makes the resends NNG does on reconnect harmless.
+        socket.set_opt::<ResendTime>(None)?;
+        socket.set_opt::<ReconnectMinTime>(Some(Duration::from_millis(10)))?;
+        socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_millis(500)))?;
+        socket.set_opt::<RecvMaxSize>(max_frame.saturating_mul(2))?;
+        socket.dial_async(address)?;
+        Ok(Endpoint { socket, slots: Arc::default() })
+    }
+
+    fn acquire(&self) -> Result<Arc<Slot>, nng::Error> {
+        if let Some(slot) = self.slots.free.lock().expect("slot list lock").pop() {
+            return Ok(slot);
+        }
+        let ctx = Context::new(&self.socket)?;
+        let mut failure = None;
+        let slot = Arc::new_cyclic(|me: &Weak<Slot>| {
+            let (me, list, callback_ctx) = (me.clone(), Arc::downgrade(&self.slots), ctx.clone());
+            let aio = Aio::new(move |aio, result| on_event(&callback_ctx, &aio, result, &me, &list));
+            let aio = aio.unwrap_or_else(|error| {
+                failure = Some(error);
+                Aio::new(|_, _| {}).expect("allocating a placeholder aio")
+            });
+            Slot { ctx, aio, pending: Mutex::new(None) }
+        });
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        self.slots.all.lock().expect("slot list lock").push(slot.clone());
+        Ok(slot)
+    }
+
+    fn release(&self, slot: Arc<Slot>) {
+        self.slots.free.lock().expect("slot list lock").push(slot);
+    }
+}
+
+fn on_event(ctx: &Context, aio: &Aio, result: AioResult, me: &Weak<Slot>, list: &Weak<SlotList>) {
+    let outcome = match result {
+        AioResult::Send(Ok(())) => {
+            let Some(slot) = me.upgrade() else { return };
+            let remaining = slot
+                .pending
+                .lock()
+                .expect("slot lock")
+                .as_ref()
+                .map(|p| p.deadline.saturating_duration_since(Instant::now()));
+            let started = aio.set_timeout(remaining).and_then(|()| ctx.recv(aio));
+            match started {
+                Ok(()) => return,
+                Err(error) => Err(error),
+            }
+        }
+        AioResult::Send(Err((_, error))) => Err(error),
+        AioResult::Recv(result) => result,
+        AioResult::Sleep(_) => return,
+    };
+    let (Some(slot), Some(list)) = (me.upgrade(), list.upgrade()) else { return };
+    if let Some(pending) = slot.pending.lock().expect("slot lock").take() {
+        let _ = pending.sender.send(outcome);
+    }
+    list.free.lock().expect("slot list lock").push(slot);
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        // Close first so that no exchange is in flight, and wait for every
+        // callback to return before the Aios are freed: an Aio must never be
+        // freed from inside its own callback.
+        self.socket.close();
+        let all = std::mem::take(&mut *self.slots.all.lock().expect("slot list lock"));
+        for slot in &all {
+            slot.aio.cancel();
+            slot.aio.wait();
+        }
+        self.slots.free.lock().expect("slot list lock").clear();
+        drop(all);
+    }
+}

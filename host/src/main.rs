@@ -1,0 +1,376 @@
+//! The `fastworker` command: control plane and client commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use fastworker::client::{Client, ClientError, SubmitOptions};
+use fastworker::control_plane::{ControlPlane, ControlPlaneConfig};
+use fastworker::plugins::Registry;
+use fastworker::protocol::{describe_failure, ErrorKind, FailureKind, Reply, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES};
+use fastworker::{BaseAddress, Priority, TaskId, DEFAULT_BASE_ADDRESS};
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+/// Exit status of a task that failed or a request the control plane refused.
+const EXIT_FAILED: u8 = 1;
+/// Exit status of a bad command line or configuration (clap uses it too).
+const EXIT_USAGE: u8 = 2;
+/// Exit status when no control plane answered in time.
+const EXIT_UNREACHABLE: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "fastworker", version, about = "A brokerless task runtime: control plane, subworkers and client in one binary.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load task plugins and serve tasks on the priority ports.
+    ControlPlane(ControlPlaneArgs),
+    /// List the tasks of plugins without starting anything.
+    List(ListArgs),
+    /// Submit a task and print its result (or, with --non-blocking, its id).
+    Submit(SubmitArgs),
+    /// Print the state, result or error of a task.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct ControlPlaneArgs {
+    /// Identifier of this control plane in reports and logs.
+    #[arg(long, env = "FASTWORKER_WORKER_ID", default_value = "control-plane")]
+    worker_id: String,
+    /// Base address: CRITICAL tasks on its port, HIGH +1, NORMAL +2, LOW +3, results +4.
+    #[arg(long, env = "FASTWORKER_BASE_ADDRESS", default_value = DEFAULT_BASE_ADDRESS)]
+    base_address: String,
+    /// Service discovery address (reserved; discovery is not served yet).
+    #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS", default_value = "tcp://127.0.0.1:5550")]
+    discovery_address: String,
+    /// Port for subworker management (default: base port + 5; reserved until subworkers land).
+    #[arg(long, env = "FASTWORKER_SUBWORKER_PORT")]
+    subworker_port: Option<u16>,
+    /// Most results kept in the cache; 0 keeps none.
+    #[arg(long, env = "FASTWORKER_RESULT_CACHE_SIZE", default_value_t = 10_000)]
+    result_cache_size: usize,
+    /// Seconds a result is kept; 0 keeps results until evicted.
+    #[arg(long, env = "FASTWORKER_RESULT_CACHE_TTL", default_value_t = 3600)]
+    result_cache_ttl: u64,
+    /// Plugin libraries (.so/.dylib/.dll) whose tasks to serve.
+    #[arg(long, env = "FASTWORKER_TASK_MODULES", num_args = 1.., value_delimiter = ',')]
+    task_modules: Vec<PathBuf>,
+    /// Management GUI host (reserved; the dashboard is not served yet).
+    #[arg(long, env = "FASTWORKER_GUI_HOST", default_value = "127.0.0.1")]
+    gui_host: String,
+    /// Management GUI port (reserved; the dashboard is not served yet).
+    #[arg(long, env = "FASTWORKER_GUI_PORT", default_value_t = 8080)]
+    gui_port: u16,
+    /// Disable the management GUI.
+    #[arg(long, env = "FASTWORKER_NO_GUI")]
+    no_gui: bool,
+    /// Worker threads running tasks (default: the number of cores); 0 runs no task here.
+    #[arg(long, env = "FASTWORKER_CONCURRENCY")]
+    concurrency: Option<usize>,
+    /// Seconds a shutdown waits for queued and running tasks.
+    #[arg(long, env = "FASTWORKER_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
+    shutdown_timeout: f64,
+    /// Largest request accepted, in bytes.
+    #[arg(long, env = "FASTWORKER_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
+    max_frame_bytes: usize,
+    /// Requests each port serves at once; more wait in line.
+    #[arg(long, env = "FASTWORKER_CONTEXTS_PER_PORT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    contexts_per_port: u32,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// Plugin libraries to list.
+    #[arg(long, env = "FASTWORKER_TASK_MODULES", num_args = 1.., value_delimiter = ',', required = true)]
+    task_modules: Vec<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// Base address of the control plane.
+    #[arg(long, env = "FASTWORKER_ADDRESS", default_value = DEFAULT_BASE_ADDRESS)]
+    address: String,
+    /// Seconds to wait for an answer.
+    #[arg(long, env = "FASTWORKER_TIMEOUT", default_value_t = 30.0)]
+    timeout: f64,
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    /// Name of the task.
+    #[arg(long)]
+    task_name: String,
+    /// Arguments, each a JSON value (5, "text", {"a":1}); a bare word is a string.
+    #[arg(long, num_args = 0.., allow_negative_numbers = true)]
+    args: Vec<String>,
+    /// critical, high, normal or low (default: the task's declared priority).
+    #[arg(long, value_parser = parse_priority)]
+    priority: Option<Priority>,
+    /// Print the task id at once instead of waiting for the result.
+    #[arg(long)]
+    non_blocking: bool,
+    /// Use this task id (a UUID) instead of a fresh one; resubmitting an id does not run the task again.
+    #[arg(long)]
+    task_id: Option<TaskId>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The task id printed by `submit --non-blocking`.
+    #[arg(long)]
+    task_id: TaskId,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn parse_priority(text: &str) -> Result<Priority, String> {
+    Priority::parse(text).ok_or_else(|| format!("'{text}' is not a priority: use critical, high, normal or low"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("FASTWORKER_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::ControlPlane(args) => run_control_plane(args),
+        Command::List(args) => list(args),
+        Command::Submit(args) => client_command(&args.client.clone_args(), |client| submit(client, args)),
+        Command::Status(args) => client_command(&args.client.clone_args(), |client| status(client, args.task_id)),
+    }
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
+    let base = match BaseAddress::parse(&args.base_address) {
+        Ok(base) => base,
+        Err(error) => return fail(EXIT_USAGE, format_args!("--base-address: {error}")),
+    };
+    if !args.shutdown_timeout.is_finite() || args.shutdown_timeout < 0.0 {
+        return fail(EXIT_USAGE, "--shutdown-timeout must be a number of seconds, 0 or more");
+    }
+    let registry = match Registry::load(&args.task_modules) {
+        Ok(registry) => registry,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    for plugin in registry.plugins() {
+        info!(plugin = %plugin.name, version = %plugin.version, path = %plugin.path.display(), "plugin loaded");
+    }
+    if registry.is_empty() {
+        warn!("no tasks loaded: pass plugins with --task-modules");
+    }
+    let concurrency = args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let config = ControlPlaneConfig {
+        worker_id: args.worker_id,
+        base,
+        concurrency,
+        result_cache_size: args.result_cache_size,
+        result_cache_ttl: (args.result_cache_ttl > 0).then(|| Duration::from_secs(args.result_cache_ttl)),
+        shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout),
+        max_frame_bytes: args.max_frame_bytes,
+        contexts_per_port: args.contexts_per_port as usize,
+    };
+    let _ = (&args.discovery_address, args.subworker_port, &args.gui_host, args.gui_port, args.no_gui);
+    let control_plane = match ControlPlane::start(config, registry) {
+        Ok(control_plane) => control_plane,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
+    runtime.block_on(async {
+        let mut sweep = tokio::time::interval(Duration::from_secs(60));
+        sweep.tick().await;
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                signal = &mut stop => { info!(signal, "stop requested"); break; }
+                _ = sweep.tick() => {
+                    let dropped = control_plane.sweep_expired();
+                    if dropped > 0 { info!(dropped, "expired results swept"); }
+                }
+            }
+        }
+    });
+    control_plane.shutdown();
+    ExitCode::SUCCESS
+}
+
+/// Resolves when SIGINT or SIGTERM arrives, naming it.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+fn list(args: ListArgs) -> ExitCode {
+    let registry = match Registry::load(&args.task_modules) {
+        Ok(registry) => registry,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    let tasks = registry.tasks();
+    if args.json {
+        let rows: Vec<Value> = tasks
+            .iter()
+            .map(|task| {
+                let options = &task.decl.options;
+                json!({
+                    "task": task.decl.name.as_str(),
+                    "signature": task.decl.signature.as_str(),
+                    "doc": task.decl.doc.as_str(),
+                    "plugin": task.plugin.name,
+                    "plugin_version": task.plugin.version,
+                    "path": task.plugin.path,
+                    "priority": options.priority.as_str(),
+                    "timeout_ms": options.timeout_ms,
+                    "max_retries": options.max_retries,
+                    "retry_delay_ms": options.retry_delay_ms,
+                    "schedule": options.schedule.as_str(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
+        return ExitCode::SUCCESS;
+    }
+    println!("{:<16} {:<22} {:<9} {:<8} {:<7} SIGNATURE", "TASK", "PLUGIN", "PRIORITY", "TIMEOUT", "RETRIES");
+    for task in tasks {
+        let options = &task.decl.options;
+        let timeout = if options.timeout_ms == 0 { "none".to_string() } else { format!("{}s", options.timeout_ms as f64 / 1000.0) };
+        println!(
+            "{:<16} {:<22} {:<9} {:<8} {:<7} {}",
+            task.decl.name.as_str(),
+            format!("{} {}", task.plugin.name, task.plugin.version),
+            options.priority.as_str(),
+            timeout,
+            options.max_retries,
+            task.decl.signature.as_str(),
+        );
+    }
+    for plugin in registry.plugins() {
+        println!("# {} {} from {}", plugin.name, plugin.version, plugin.path.display());
+    }
+    ExitCode::SUCCESS
+}
+
+impl ClientArgs {
+    fn clone_args(&self) -> ClientArgs {
+        ClientArgs { address: self.address.clone(), timeout: self.timeout }
+    }
+}
+
+fn client_command<F, Fut>(args: &ClientArgs, body: F) -> ExitCode
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    if !args.timeout.is_finite() || args.timeout <= 0.0 {
+        return fail(EXIT_USAGE, "--timeout must be a positive number of seconds");
+    }
+    let client = match Client::new(&args.address) {
+        Ok(client) => client.with_timeout(Duration::from_secs_f64(args.timeout)),
+        Err(error) => return fail(EXIT_USAGE, format_args!("--address: {error}")),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
+    runtime.block_on(body(client))
+}
+
+fn client_failure(error: ClientError) -> ExitCode {
+    let code = match &error {
+        ClientError::Timeout { .. } | ClientError::Transport { .. } => EXIT_UNREACHABLE,
+        ClientError::Address(_) => EXIT_USAGE,
+        _ => EXIT_FAILED,
+    };
+    if let ClientError::Refused(refusal) = &error {
+        if refusal.kind == ErrorKind::UnsupportedVersion {
+            return fail(code, format_args!("{error} (is the control plane a different fastworker version?)"));
+        }
+    }
+    fail(code, error)
+}
+
+/// A command-line argument as JSON: a JSON value if it parses, else a string.
+fn argument_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+async fn submit(client: Client, args: SubmitArgs) -> ExitCode {
+    let values: Vec<Value> = args.args.iter().map(|a| argument_value(a)).collect();
+    let json_args = serde_json::to_vec(&values).expect("JSON");
+    let options = SubmitOptions { priority: args.priority, task_id: args.task_id };
+    match client.submit_raw(&args.task_name, json_args, options, !args.non_blocking).await {
+        Ok(Reply::Accepted { task_id }) => {
+            println!("{task_id}");
+            ExitCode::SUCCESS
+        }
+        Ok(Reply::Report(report)) if args.non_blocking => {
+            println!("{}", report.task_id);
+            ExitCode::SUCCESS
+        }
+        Ok(Reply::Report(report)) => match (report.state, &report.result, &report.error) {
+            (TaskState::Succeeded, Some(result), _) => {
+                println!("{}", String::from_utf8_lossy(result));
+                ExitCode::SUCCESS
+            }
+            (_, _, Some(error)) => fail(EXIT_FAILED, describe_failure(&report.task_name, error)),
+            (state, _, _) => fail(EXIT_FAILED, format_args!("task '{}' is {}", report.task_name, state.as_str())),
+        },
+        Ok(other) => fail(EXIT_FAILED, format_args!("unexpected reply: {other:?}")),
+        Err(error) => client_failure(error),
+    }
+}
+
+async fn status(client: Client, task_id: TaskId) -> ExitCode {
+    match client.status(task_id).await {
+        Ok(report) => {
+            println!("{}", serde_json::to_string_pretty(&report_json(&report)).expect("JSON"));
+            if report.state == TaskState::Failed {
+                ExitCode::from(EXIT_FAILED)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(error) => client_failure(error),
+    }
+}
+
+fn report_json(report: &TaskReport) -> Value {
+    let result = report.result.as_deref().map(|bytes| serde_json::from_slice::<Value>(bytes).unwrap_or(Value::Null));
+    json!({
+        "task_id": report.task_id,
+        "task_name": report.task_name,
+        "state": report.state.as_str(),
+        "result": result,
+        "error": report.error.as_ref().map(|e| json!({
+            "kind": match e.kind { FailureKind::Error => "error", FailureKind::Panic => "panic", FailureKind::BadArguments => "bad_arguments" },
+            "message": e.message,
+        })),
+        "priority": report.priority.as_str(),
+        "worker": report.worker,
+        "attempts": report.attempts,
+        "created_ms": report.created_ms,
+        "started_ms": report.started_ms,
+        "finished_ms": report.finished_ms,
+        "duration_ms": report.started_ms.zip(report.finished_ms).map(|(s, f)| f.saturating_sub(s)),
+    })
+}

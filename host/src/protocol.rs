@@ -1,0 +1,252 @@
+//! The wire format: versioned postcard envelopes over NNG request/reply.
+//!
+//! Every frame is one byte of protocol version followed by a postcard-encoded
+//! [`Request`] or [`Reply`]. Task arguments and results travel inside as JSON
+//! bytes, so the host never needs a plugin's types. `docs/protocol.md`
+//! describes every message.
+
+use std::io::Write;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use fastworker_plugin_sdk::abi::FailureKind;
+pub use fastworker_plugin_sdk::Priority;
+
+/// The version byte that starts every frame this build sends and accepts.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// The largest frame accepted by default (16 MiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// A task's identity: a UUID chosen by the client, so that a resent
+/// request names the same task.
+pub type TaskId = Uuid;
+
+/// What a client asks of a control plane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Run a task (task ports, base+0..base+3).
+    Submit(Submit),
+    /// Report a task's state or result (result port, base+4).
+    Status {
+        /// The task asked about.
+        task_id: TaskId,
+    },
+}
+
+/// A task submission.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Submit {
+    /// The id the caller gives this task.
+    pub task_id: TaskId,
+    /// The declared name of the task to run.
+    pub task_name: String,
+    /// The arguments: a JSON array (positional) or object (by name).
+    #[serde(with = "serde_bytes")]
+    pub args: Vec<u8>,
+    /// The priority; `None` takes the task's declared default.
+    pub priority: Option<Priority>,
+    /// Reply when the task has finished (`true`) or as soon as it is queued.
+    pub wait: bool,
+}
+
+/// What a control plane answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    /// The task is queued; ask the result port for its outcome.
+    Accepted {
+        /// The queued task.
+        task_id: TaskId,
+    },
+    /// A task's state, with its result or error once it has finished.
+    Report(TaskReport),
+    /// The request could not be served.
+    Error(ErrorReply),
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Waiting for a free worker thread.
+    Queued,
+    /// Being run.
+    Running,
+    /// Finished with a result.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+}
+
+impl TaskState {
+    /// True for the states a task never leaves.
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed)
+    }
+
+    /// The lower-case name used in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+        }
+    }
+}
+
+/// Everything known about one task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// The task's id.
+    pub task_id: TaskId,
+    /// The task's name.
+    pub task_name: String,
+    /// Its state.
+    pub state: TaskState,
+    /// The priority it was queued at.
+    pub priority: Priority,
+    /// The worker that ran (or runs) it.
+    pub worker: String,
+    /// Runs started so far.
+    pub attempts: u32,
+    /// When it was accepted, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// When its last run started.
+    pub started_ms: Option<u64>,
+    /// When it finished.
+    pub finished_ms: Option<u64>,
+    /// The JSON result, once succeeded.
+    #[serde(with = "serde_bytes")]
+    pub result: Option<Vec<u8>>,
+    /// The error, once failed.
+    pub error: Option<TaskError>,
+}
+
+/// Why a task failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskError {
+    /// Returned `Err`, panicked, or got arguments that do not fit.
+    pub kind: FailureKind,
+    /// What the task (or the host) said.
+    pub message: String,
+}
+
+/// One line saying how `task_name` failed, for logs and the command line.
+pub fn describe_failure(task_name: &str, error: &TaskError) -> String {
+    match error.kind {
+        FailureKind::Error => format!("task '{task_name}' failed: {}", error.message),
+        FailureKind::Panic => format!("task '{task_name}' panicked: {}", error.message),
+        // The SDK's message already names the task and the parameter.
+        FailureKind::BadArguments => error.message.clone(),
+    }
+}
+
+/// A refused request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// What went wrong, for programs.
+    pub kind: ErrorKind,
+    /// What went wrong and what to do, for people.
+    pub message: String,
+}
+
+/// The kinds of refused requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The frame did not decode.
+    MalformedFrame,
+    /// The frame's version byte is not [`PROTOCOL_VERSION`].
+    UnsupportedVersion,
+    /// The frame exceeds the size limit.
+    FrameTooLarge,
+    /// No loaded plugin declares the task.
+    UnknownTask,
+    /// A submission sent to the result port, or a status query to a task port.
+    WrongEndpoint,
+    /// The control plane never saw this task id (or forgot it long ago).
+    UnknownTaskId,
+    /// The task's result was dropped: older than the cache TTL, or evicted.
+    ExpiredTaskId,
+    /// The control plane is shutting down and takes no new tasks.
+    ShuttingDown,
+    /// The task was accepted but no worker can run it.
+    NoWorker,
+}
+
+impl ErrorReply {
+    /// Builds an error reply.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorReply { kind, message: message.into() }
+    }
+}
+
+/// A frame that could not be turned into a message.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The frame has no bytes at all.
+    #[error("empty frame")]
+    Empty,
+    /// The version byte is wrong.
+    #[error("protocol version {found} is not supported (this build speaks version {PROTOCOL_VERSION})")]
+    Version {
+        /// The version byte found.
+        found: u8,
+    },
+    /// The frame is larger than allowed.
+    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The frame's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The body is not valid postcard for the expected message.
+    #[error("frame does not decode: {0}")]
+    Body(#[from] postcard::Error),
+}
+
+impl DecodeError {
+    /// The error reply a server sends for this frame.
+    pub fn to_reply(&self) -> ErrorReply {
+        let kind = match self {
+            DecodeError::Empty | DecodeError::Body(_) => ErrorKind::MalformedFrame,
+            DecodeError::Version { .. } => ErrorKind::UnsupportedVersion,
+            DecodeError::TooLarge { .. } => ErrorKind::FrameTooLarge,
+        };
+        ErrorReply::new(kind, self.to_string())
+    }
+}
+
+/// Appends the frame for `message` to `out`.
+pub fn encode_into<T: Serialize, W: Write>(message: &T, mut out: W) -> std::io::Result<()> {
+    out.write_all(&[PROTOCOL_VERSION])?;
+    postcard::to_io(message, out).map(|_| ()).map_err(std::io::Error::other)
+}
+
+/// The frame for `message`.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(64);
+    encode_into(message, &mut frame).expect("writing to a Vec cannot fail");
+    frame
+}
+
+/// Decodes a frame of at most `limit` bytes.
+pub fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8], limit: usize) -> Result<T, DecodeError> {
+    if frame.len() > limit {
+        return Err(DecodeError::TooLarge { size: frame.len(), limit });
+    }
+    match frame.split_first() {
+        None => Err(DecodeError::Empty),
+        Some((&PROTOCOL_VERSION, body)) => Ok(postcard::from_bytes(body)?),
+        Some((&found, _)) => Err(DecodeError::Version { found }),
+    }
+}
+
+/// Milliseconds since the Unix epoch, as reports carry them.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

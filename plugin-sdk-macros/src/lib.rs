@@ -1,0 +1,300 @@
+//! The `#[task]` attribute and the `export_plugin!` macro of
+//! `fastworker-plugin-sdk`. Use them through that crate.
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as TokenStream2;
+use quote::{format_ident, quote, ToTokens};
+use syn::{
+    parse::Parser, punctuated::Punctuated, spanned::Spanned, Expr, FnArg, ItemFn, Lit, MetaNameValue, Pat, Path,
+    ReturnType, Token, Type,
+};
+
+/// Declares a plain function as a fastworker task.
+///
+/// Options: `name = "..."`, `priority = "critical" | "high" | "normal" | "low"`,
+/// `timeout = "30s"`, `retries = 3`, `retry_delay = "1s"`, `schedule = "..."`.
+#[proc_macro_attribute]
+pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let function = syn::parse_macro_input!(item as ItemFn);
+    match expand_task(attr.into(), &function) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => {
+            let error = error.to_compile_error();
+            quote!(#function #error).into()
+        }
+    }
+}
+
+/// Exports the listed tasks as this crate's plugin: `export_plugin!(add, tasks::resize);`.
+#[proc_macro]
+pub fn export_plugin(input: TokenStream) -> TokenStream {
+    let paths = match Punctuated::<Path, Token![,]>::parse_terminated.parse(input) {
+        Ok(paths) => paths,
+        Err(error) => return error.to_compile_error().into(),
+    };
+    let decls = paths.iter().map(|path| {
+        let mut path = path.clone();
+        let last = path.segments.last_mut().expect("a path has a last segment");
+        last.ident = decl_ident(&last.ident);
+        path
+    });
+    let loader = format_ident!("{}", abi_stable_shared::mangled_root_module_loader_name());
+    quote! {
+        #[doc(hidden)]
+        pub fn __fastworker_plugin_root() -> ::fastworker_plugin_sdk::abi::PluginRef {
+            static TASKS: &[::fastworker_plugin_sdk::abi::TaskDecl] = &[#(#decls),*];
+            ::fastworker_plugin_sdk::__private::plugin(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), TASKS)
+        }
+
+        #[doc(hidden)]
+        #[unsafe(no_mangle)]
+        pub static #loader: ::fastworker_plugin_sdk::__private::abi_stable::library::LibHeader = {
+            extern "C" fn erased_root() -> ::fastworker_plugin_sdk::__private::abi_stable::library::RootModuleResult {
+                ::fastworker_plugin_sdk::__private::abi_stable::library::__call_root_module_loader(
+                    __fastworker_plugin_root,
+                )
+            }
+            // SAFETY: `erased_root` returns the module built by `__fastworker_plugin_root`,
+            // whose type is the one named here.
+            unsafe {
+                ::fastworker_plugin_sdk::__private::abi_stable::library::LibHeader::from_constructor::<
+                    ::fastworker_plugin_sdk::abi::PluginRef,
+                >(
+                    erased_root,
+                    ::fastworker_plugin_sdk::__private::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+    }
+    .into()
+}
+
+fn decl_ident(task: &syn::Ident) -> syn::Ident {
+    format_ident!("__fastworker_task_{}", task)
+}
+
+struct Options {
+    name: Option<String>,
+    priority: TokenStream2,
+    timeout_ms: u64,
+    retries: u32,
+    retry_delay_ms: u64,
+    schedule: String,
+}
+
+fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
+    let mut options = Options {
+        name: None,
+        priority: quote!(::fastworker_plugin_sdk::Priority::Normal),
+        timeout_ms: 0,
+        retries: 0,
+        retry_delay_ms: 0,
+        schedule: String::new(),
+    };
+    let pairs = Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(attr)?;
+    for pair in pairs {
+        let key = pair.path.get_ident().map(|i| i.to_string()).unwrap_or_default();
+        let value = &pair.value;
+        match key.as_str() {
+            "name" => options.name = Some(string_lit(value)?),
+            "priority" => {
+                let text = string_lit(value)?;
+                let variant = match text.to_ascii_lowercase().as_str() {
+                    "critical" => quote!(Critical),
+                    "high" => quote!(High),
+                    "normal" => quote!(Normal),
+                    "low" => quote!(Low),
+                    _ => return Err(syn::Error::new(value.span(), "priority is one of \"critical\", \"high\", \"normal\", \"low\"")),
+                };
+                options.priority = quote!(::fastworker_plugin_sdk::Priority::#variant);
+            }
+            "timeout" => options.timeout_ms = duration_ms(value)?,
+            "retry_delay" => options.retry_delay_ms = duration_ms(value)?,
+            "retries" => options.retries = int_lit(value)? as u32,
+            "schedule" => options.schedule = string_lit(value)?,
+            _ => {
+                return Err(syn::Error::new(
+                    pair.path.span(),
+                    "unknown task option; use name, priority, timeout, retries, retry_delay or schedule",
+                ))
+            }
+        }
+    }
+    Ok(options)
+}
+
+fn string_lit(expr: &Expr) -> syn::Result<String> {
+    match expr {
+        Expr::Lit(lit) => match &lit.lit {
+            Lit::Str(s) => Ok(s.value()),
+            _ => Err(syn::Error::new(expr.span(), "expected a string literal")),
+        },
+        _ => Err(syn::Error::new(expr.span(), "expected a string literal")),
+    }
+}
+
+fn int_lit(expr: &Expr) -> syn::Result<u64> {
+    match expr {
+        Expr::Lit(lit) => match &lit.lit {
+            Lit::Int(i) => i.base10_parse(),
+            _ => Err(syn::Error::new(expr.span(), "expected an integer")),
+        },
+        _ => Err(syn::Error::new(expr.span(), "expected an integer")),
+    }
+}
+
+/// `"250ms"`, `"30s"`, `"5m"`, `"1h"`, or a bare integer of seconds.
+fn duration_ms(expr: &Expr) -> syn::Result<u64> {
+    if let Ok(seconds) = int_lit(expr) {
+        return Ok(seconds * 1000);
+    }
+    let text = string_lit(expr)?;
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| syn::Error::new(expr.span(), "expected a duration such as \"250ms\", \"30s\", \"5m\" or \"1h\""))?;
+    let factor = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(syn::Error::new(expr.span(), "duration units are ms, s, m and h")),
+    };
+    Ok(number * factor)
+}
+
+fn last_segment_is(ty: &Type, name: &str) -> bool {
+    match ty {
+        Type::Path(path) => path.path.segments.last().is_some_and(|s| s.ident == name),
+        Type::Reference(reference) => last_segment_is(&reference.elem, name),
+        _ => false,
+    }
+}
+
+fn tidy(tokens: impl ToTokens) -> String {
+    let text = tokens.to_token_stream().to_string();
+    text.replace(" < ", "<")
+        .replace("< ", "<")
+        .replace(" <", "<")
+        .replace(" >", ">")
+        .replace(" ,", ",")
+        .replace(" :: ", "::")
+        .replace("& ", "&")
+}
+
+fn expand_task(attr: TokenStream2, function: &ItemFn) -> syn::Result<TokenStream2> {
+    let options = parse_options(attr)?;
+    let ident = &function.sig.ident;
+    let vis = &function.vis;
+    let task_name = options.name.clone().unwrap_or_else(|| ident.to_string());
+    if function.sig.asyncness.is_some() {
+        return Err(syn::Error::new(function.sig.span(), "tasks are plain functions; async fn is not supported"));
+    }
+    if !function.sig.generics.params.is_empty() {
+        return Err(syn::Error::new(function.sig.generics.span(), "tasks cannot be generic"));
+    }
+
+    let mut takes_context = false;
+    let mut params = Vec::new();
+    let mut shown = Vec::new();
+    for (position, input) in function.sig.inputs.iter().enumerate() {
+        let FnArg::Typed(typed) = input else {
+            return Err(syn::Error::new(input.span(), "tasks are free functions, not methods"));
+        };
+        if position == 0 && matches!(&*typed.ty, Type::Reference(_)) && last_segment_is(&typed.ty, "TaskContext") {
+            takes_context = true;
+            continue;
+        }
+        let name = match &*typed.pat {
+            Pat::Ident(pat) => pat.ident.to_string(),
+            _ => format!("arg{position}"),
+        };
+        shown.push(format!("{name}: {}", tidy(&typed.ty)));
+        params.push((name, (*typed.ty).clone()));
+    }
+
+    let param_names: Vec<&str> = params.iter().map(|(name, _)| name.as_str()).collect();
+    let locals: Vec<syn::Ident> = (0..params.len()).map(|i| format_ident!("__arg{}", i)).collect();
+    let takes = params.iter().enumerate().map(|(index, (_, ty))| {
+        let local = &locals[index];
+        quote! {
+            let #local: #ty = args.take(#index).map_err(::fastworker_plugin_sdk::__private::bad_arguments)?;
+        }
+    });
+    let context_arg = takes_context.then(|| quote!(ctx,));
+
+    let (returns, encode) = match &function.sig.output {
+        ReturnType::Default => (String::new(), quote!(::fastworker_plugin_sdk::__private::encode(&())),),
+        ReturnType::Type(_, ty) if last_segment_is(ty, "Result") => (
+            format!(" -> {}", tidy(ty)),
+            quote! {
+                match output {
+                    Ok(value) => ::fastworker_plugin_sdk::__private::encode(&value),
+                    Err(error) => Err(::fastworker_plugin_sdk::__private::task_error(error)),
+                }
+            },
+        ),
+        ReturnType::Type(_, ty) => (format!(" -> {}", tidy(ty)), quote!(::fastworker_plugin_sdk::__private::encode(&output))),
+    };
+    let signature = format!("{task_name}({}){returns}", shown.join(", "));
+    let doc = function
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .find_map(|a| match &a.meta {
+            syn::Meta::NameValue(nv) => string_lit(&nv.value).ok().map(|s| s.trim().to_string()),
+            _ => None,
+        })
+        .unwrap_or_default();
+
+    let decl = decl_ident(ident);
+    let priority = &options.priority;
+    let (timeout_ms, retries, retry_delay_ms, schedule) =
+        (options.timeout_ms, options.retries, options.retry_delay_ms, &options.schedule);
+
+    Ok(quote! {
+        #function
+
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        #vis const #decl: ::fastworker_plugin_sdk::abi::TaskDecl = {
+            extern "C" fn call<'a>(
+                ctx: &'a ::fastworker_plugin_sdk::TaskContext<'a>,
+                raw: ::fastworker_plugin_sdk::__private::RSlice<'a, u8>,
+            ) -> ::fastworker_plugin_sdk::__private::RResult<
+                ::fastworker_plugin_sdk::__private::RVec<u8>,
+                ::fastworker_plugin_sdk::abi::TaskFailure,
+            > {
+                let _ = &ctx;
+                ::fastworker_plugin_sdk::__private::run(move || {
+                    let args = ::fastworker_plugin_sdk::__private::Args::parse(
+                        raw.as_slice(),
+                        #task_name,
+                        &[#(#param_names),*],
+                    )
+                    .map_err(::fastworker_plugin_sdk::__private::bad_arguments)?;
+                    let _ = &args;
+                    #(#takes)*
+                    #[allow(clippy::let_unit_value)]
+                    let output = #ident(#context_arg #(#locals),*);
+                    #encode
+                })
+            }
+            ::fastworker_plugin_sdk::abi::TaskDecl {
+                name: ::fastworker_plugin_sdk::__private::RStr::from_str(#task_name),
+                signature: ::fastworker_plugin_sdk::__private::RStr::from_str(#signature),
+                doc: ::fastworker_plugin_sdk::__private::RStr::from_str(#doc),
+                options: ::fastworker_plugin_sdk::TaskOptions {
+                    priority: #priority,
+                    timeout_ms: #timeout_ms,
+                    max_retries: #retries,
+                    retry_delay_ms: #retry_delay_ms,
+                    schedule: ::fastworker_plugin_sdk::__private::RStr::from_str(#schedule),
+                },
+                call,
+            }
+        };
+    })
+}

@@ -1,0 +1,59 @@
+//! Decoding a task's JSON arguments into its parameters.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// The raw arguments of one call, split per parameter without decoding them
+/// yet, so that each parameter's error can name the parameter.
+pub struct Args<'a> {
+    task: &'static str,
+    params: &'static [&'static str],
+    values: Vec<&'a RawValue>,
+}
+
+impl<'a> Args<'a> {
+    /// Splits `bytes`, a JSON array of positional arguments or a JSON object
+    /// keyed by parameter name, into one raw value per parameter.
+    pub fn parse(bytes: &'a [u8], task: &'static str, params: &'static [&'static str]) -> Result<Self, String> {
+        let wanted = || describe(task, params);
+        let text = std::str::from_utf8(bytes).map_err(|_| format!("arguments of {} are not UTF-8 JSON", wanted()))?;
+        let trimmed = text.trim_start();
+        let values = if trimmed.is_empty() {
+            Vec::new()
+        } else if trimmed.starts_with('{') {
+            let mut named: HashMap<String, &'a RawValue> = serde_json::from_str(text)
+                .map_err(|e| format!("arguments of {} are not a JSON object: {e}", wanted()))?;
+            let mut values = Vec::with_capacity(params.len());
+            for param in params {
+                match named.remove(*param) {
+                    Some(value) => values.push(value),
+                    None => return Err(format!("{} is missing argument '{param}'", wanted())),
+                }
+            }
+            if let Some(extra) = named.keys().next() {
+                return Err(format!("{} has no parameter '{extra}'", wanted()));
+            }
+            values
+        } else {
+            serde_json::from_str::<Vec<&'a RawValue>>(text)
+                .map_err(|e| format!("arguments of {} must be a JSON array or object: {e}", wanted()))?
+        };
+        if values.len() != params.len() {
+            return Err(format!("{} takes {} argument(s), but {} were given", wanted(), params.len(), values.len()));
+        }
+        Ok(Args { task, params, values })
+    }
+
+    /// Decodes the parameter at `index`.
+    pub fn take<T: Deserialize<'a>>(&self, index: usize) -> Result<T, String> {
+        serde_json::from_str(self.values[index].get()).map_err(|e| {
+            format!("argument '{}' of task '{}' does not fit its type: {e}", self.params[index], self.task)
+        })
+    }
+}
+
+fn describe(task: &str, params: &[&str]) -> String {
+    format!("task '{task}({})'", params.join(", "))
+}

@@ -1,0 +1,40 @@
+//! Write fastworker task plugins as plain Rust functions.
+//!
+//! ```ignore
+//! use fastworker_plugin_sdk::task;
+//!
+//! /// Adds two numbers.
+//! #[task]
+//! fn add(x: i64, y: i64) -> i64 {
+//!     x + y
+//! }
+//!
+//! #[task(priority = "high", timeout = "30s")]
+//! fn resize(path: String, width: u32) -> Result<String, std::io::Error> {
+//!     # unimplemented!()
+//! }
+//!
+//! fastworker_plugin_sdk::export_plugin!(add, resize);
+//! ```
+//!
+//! Build the crate as a `cdylib` and hand the resulting library to
+//! `fastworker control-plane --task-modules`. Arguments arrive as JSON (a
+//! positional array, or an object keyed by parameter name) and are decoded
+//! into the function's parameter types with serde; the return value is
+//! encoded back to JSON. Only the types in [`abi`] cross the library
+//! boundary, and the host checks their layout and this crate's version when
+//! it loads a plugin.
+
+pub mod abi;
+mod args;
+mod context;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use abi::{Priority, TaskOptions};
+pub use context::TaskContext;
+pub use fastworker_plugin_macros::{export_plugin, task};
+
+/// The version of this SDK, compiled into every plugin and checked by the host.
+pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
