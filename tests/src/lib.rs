@@ -1,1 +1,185 @@
-//! Helpers for the black-box tests.
+//! Helpers for the black-box tests: build the workspace once, start real
+//! `fastworker` processes on free ports, and talk to them over NNG.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use fastworker::{Client, ClientError, TaskId};
+
+/// The workspace's target directory, with every binary and plugin built.
+pub fn target_dir() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+        // `cargo test` builds test harnesses, not the fastworker binary or the
+        // cdylib plugins the tests load, so build them here (a no-op when fresh).
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--workspace", "--quiet"])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "cargo build --workspace failed");
+        // tests run from target/debug/deps/<test binary>
+        let exe = std::env::current_exe().expect("test executable path");
+        exe.parent().and_then(Path::parent).expect("target profile directory").to_path_buf()
+    })
+}
+
+/// The `fastworker` binary.
+pub fn fastworker_bin() -> PathBuf {
+    target_dir().join("fastworker")
+}
+
+/// A plugin built from this workspace, by package name (`example-tasks`).
+pub fn plugin(package: &str) -> PathBuf {
+    let file = format!("{}{}{}", std::env::consts::DLL_PREFIX, package.replace('-', "_"), std::env::consts::DLL_SUFFIX);
+    let path = target_dir().join(file);
+    assert!(path.is_file(), "plugin {} was not built", path.display());
+    path
+}
+
+/// A base port whose six ports (base..base+5) were free a moment ago.
+pub fn free_base_port() -> u16 {
+    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407)
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    loop {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let base = 20_000 + (state % 40_000) as u16;
+        if (0..6).all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+/// A `fastworker` child process, killed when dropped.
+pub struct Process {
+    child: Option<Child>,
+    /// Its base address.
+    pub address: String,
+    stderr_path: PathBuf,
+}
+
+impl Process {
+    /// Starts `fastworker control-plane` with `plugins` and `extra` flags on
+    /// a free base port, and waits until it answers.
+    pub fn control_plane(plugins: &[&str], extra: &[&str]) -> Process {
+        Self::control_plane_with_env(plugins, extra, &[])
+    }
+
+    /// As [`Process::control_plane`], with environment variables.
+    pub fn control_plane_with_env(plugins: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Process {
+        for _attempt in 0..5 {
+            let base = free_base_port();
+            let address = format!("tcp://127.0.0.1:{base}");
+            let mut args: Vec<String> = vec!["control-plane".into(), "--base-address".into(), address.clone(), "--no-gui".into()];
+            if !plugins.is_empty() {
+                args.push("--task-modules".into());
+                args.extend(plugins.iter().map(|p| plugin(p).display().to_string()));
+            }
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let mut process = Process::spawn(&args, env, address);
+            match process.wait_ready(Duration::from_secs(20)) {
+                Ok(()) => return process,
+                Err(log) if log.contains("already in use") => continue,
+                Err(log) => panic!("control plane did not start:\n{log}"),
+            }
+        }
+        panic!("no free base port found in 5 attempts");
+    }
+
+    /// Spawns `fastworker` with `args`, stderr to a log file.
+    pub fn spawn(args: &[String], env: &[(&str, &str)], address: String) -> Process {
+        let stderr_path = std::env::temp_dir().join(format!("fastworker-test-{}.log", TaskId::new_v4()));
+        let stderr = std::fs::File::create(&stderr_path).expect("creating a log file");
+        let mut command = Command::new(fastworker_bin());
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).env("FASTWORKER_LOG", "info");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawning fastworker");
+        Process { child: Some(child), address, stderr_path }
+    }
+
+    /// Waits until the control plane answers a status query, or returns its log.
+    pub fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        let client = Client::new(&self.address).unwrap().with_timeout(Duration::from_millis(300));
+        let runtime = runtime();
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return Err(format!("exited with {status}:\n{}", self.log()));
+            }
+            match runtime.block_on(client.status(TaskId::new_v4())) {
+                Err(ClientError::Refused(_)) => return Ok(()),
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        Err(format!("not answering after {limit:?}:\n{}", self.log()))
+    }
+
+    /// A client of this control plane with a 10 s timeout.
+    pub fn client(&self) -> Client {
+        Client::new(&self.address).unwrap().with_timeout(Duration::from_secs(10))
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill").args([format!("-{name}"), pid.to_string()]).status().expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// Runs the `fastworker` command line to completion.
+pub fn run_cli(args: &[&str]) -> Output {
+    Command::new(fastworker_bin()).args(args).stdin(Stdio::null()).output().expect("running fastworker")
+}
+
+/// A multi-threaded tokio runtime for tests that drive the async client.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Standard output as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Standard error as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

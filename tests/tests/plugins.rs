@@ -1,0 +1,95 @@
+//! Loading plugins: several at once, and every kind of refusal.
+
+use fastworker_tests::{plugin, run_cli, stderr, stdout, target_dir, Process};
+
+#[test]
+fn list_shows_the_tasks_of_two_plugins_with_their_options() {
+    let example = plugin("example-tasks");
+    let text = plugin("text-tasks");
+    let output = run_cli(&["list", "--task-modules", example.to_str().unwrap(), text.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let listing = stdout(&output);
+    for task in ["add", "midpoint", "sleep_ms", "divide", "panic_now", "fib", "hash_bytes", "upper", "word_count"] {
+        assert!(listing.lines().any(|l| l.starts_with(&format!("{task} "))), "{task} missing from:\n{listing}");
+    }
+    let add = listing.lines().find(|l| l.starts_with("add ")).unwrap();
+    assert!(add.contains("example-tasks") && add.contains("high") && add.contains("5s"), "{add}");
+    let word_count = listing.lines().find(|l| l.starts_with("word_count ")).unwrap();
+    assert!(word_count.contains("text-tasks") && word_count.contains("critical"), "{word_count}");
+
+    let output = run_cli(&["list", "--json", "--task-modules", example.to_str().unwrap()]);
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let add = rows.as_array().unwrap().iter().find(|r| r["task"] == "add").unwrap();
+    assert_eq!(add["priority"], "high");
+    assert_eq!(add["timeout_ms"], 5000);
+    assert_eq!(add["signature"], "add(x: i64, y: i64) -> i64");
+}
+
+/// A shared library that is not a plugin: the SDK's proc-macro crate.
+fn plain_shared_library() -> String {
+    let deps = target_dir().join("deps");
+    std::fs::read_dir(&deps)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("libfastworker_plugin_macros") && name.ends_with(".so")
+        })
+        .expect("the proc-macro library is built")
+        .display()
+        .to_string()
+}
+
+fn refused(modules: &[String], expected: &[&str]) {
+    let mut args = vec!["list".to_string(), "--task-modules".to_string()];
+    args.extend(modules.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run_cli(&args);
+    assert_eq!(output.status.code(), Some(2), "list accepted {modules:?}: {}", stdout(&output));
+    let message = stderr(&output);
+    for fragment in expected {
+        assert!(message.contains(fragment), "'{fragment}' not in: {message}");
+    }
+
+    // The control plane refuses the same set at start-up and exits non-zero.
+    let mut process = Process::spawn(
+        &[["control-plane", "--no-gui", "--task-modules"].iter().map(|s| s.to_string()).collect(), modules.to_vec()].concat(),
+        &[],
+        String::new(),
+    );
+    let code = process.wait_exit(std::time::Duration::from_secs(10));
+    assert_eq!(code, Some(2), "control plane was not refused: {}", process.log());
+    for fragment in expected {
+        assert!(process.log().contains(fragment), "'{fragment}' not in: {}", process.log());
+    }
+}
+
+#[test]
+fn two_plugins_declaring_one_task_are_refused() {
+    let example = plugin("example-tasks").display().to_string();
+    let dup = plugin("dup-tasks").display().to_string();
+    refused(&[example.clone(), dup.clone()], &["task 'add'", &example, &dup]);
+}
+
+#[test]
+fn a_missing_file_is_refused() {
+    refused(&["/no/such/libtasks.so".into()], &["/no/such/libtasks.so", "no such file"]);
+}
+
+#[test]
+fn a_file_that_is_not_a_library_is_refused() {
+    let path = env!("CARGO_MANIFEST_DIR").to_string() + "/Cargo.toml";
+    refused(&[path.clone()], &[&path, "not a loadable shared library"]);
+}
+
+#[test]
+fn a_library_that_is_not_a_plugin_is_refused() {
+    let path = plain_shared_library();
+    refused(&[path.clone()], &[&path, "not a fastworker plugin", "export_plugin!"]);
+}
+
+#[test]
+fn a_plugin_built_against_another_sdk_is_refused_naming_both_versions() {
+    let path = plugin("old-sdk-plugin").display().to_string();
+    refused(&[path.clone()], &[&path, "0.0.3", fastworker_plugin_sdk::SDK_VERSION, "rebuild"]);
+}
