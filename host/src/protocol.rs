@@ -250,3 +250,34 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte layout shown in docs/protocol.md.
+    #[test]
+    fn a_submission_encodes_as_documented() {
+        let task_id = TaskId::from_bytes([7; 16]);
+        let request = Request::Submit(Submit {
+            task_id,
+            task_name: "add".into(),
+            args: b"[5,3]".to_vec(),
+            priority: None,
+            wait: true,
+        });
+        let mut expected = vec![1, 0, 16];
+        expected.extend_from_slice(&[7; 16]);
+        expected.extend_from_slice(&[3, b'a', b'd', b'd', 5, b'[', b'5', b',', b'3', b']', 0, 1]);
+        assert_eq!(encode(&request), expected);
+        assert!(matches!(decode::<Request>(&expected, 1024), Ok(Request::Submit(s)) if s.task_id == task_id));
+    }
+
+    #[test]
+    fn bad_frames_are_told_apart() {
+        assert!(matches!(decode::<Request>(&[], 10), Err(DecodeError::Empty)));
+        assert!(matches!(decode::<Request>(&[2, 0], 10), Err(DecodeError::Version { found: 2 })));
+        assert!(matches!(decode::<Request>(&[1, 9], 10), Err(DecodeError::Body(_))));
+        assert!(matches!(decode::<Request>(&[1; 11], 10), Err(DecodeError::TooLarge { size: 11, limit: 10 })));
+    }
+}
