@@ -52,7 +52,11 @@ fn panic_now(message: String) -> i64 {
 #[task(priority = "low")]
 fn fib(n: u32) -> u64 {
     fn slow(n: u32) -> u64 {
-        if n < 2 { n as u64 } else { slow(n - 1) + slow(n - 2) }
+        if n < 2 {
+            n as u64
+        } else {
+            slow(n - 1) + slow(n - 2)
+        }
     }
     slow(n)
 }

@@ -261,8 +261,9 @@ impl Client {
 /// Turns a final report into the task's typed result.
 pub fn decode_result<R: DeserializeOwned>(report: TaskReport) -> Result<R, ClientError> {
     match (report.state, report.result, report.error) {
-        (TaskState::Succeeded, Some(bytes), _) => serde_json::from_slice(&bytes)
-            .map_err(|source| ClientError::Result { task_name: report.task_name, source }),
+        (TaskState::Succeeded, Some(bytes), _) => {
+            serde_json::from_slice(&bytes).map_err(|source| ClientError::Result { task_name: report.task_name, source })
+        }
         (_, _, Some(error)) => Err(ClientError::TaskFailed { task_name: report.task_name, error }),
         (state, _, _) => Err(ClientError::Unexpected {
             address: String::new(),

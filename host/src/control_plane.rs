@@ -18,8 +18,7 @@ use crate::endpoint::{encode_reply, Handler, ListenError, Listener, Replier};
 use crate::plugins::Registry;
 use crate::pool::Pool;
 use crate::protocol::{
-    decode, now_ms, ErrorKind, ErrorReply, Priority, Reply, Request, Submit, TaskError, TaskId, TaskReport,
-    TaskState,
+    decode, now_ms, ErrorKind, ErrorReply, Priority, Reply, Request, Submit, TaskError, TaskId, TaskReport, TaskState,
 };
 
 /// How a control plane is set up.
@@ -196,7 +195,10 @@ impl State {
             Ok(Request::Submit(submit)) => self.submit(pool, submit, replier),
             Ok(Request::Status { .. }) => replier.send(&Reply::Error(ErrorReply::new(
                 ErrorKind::WrongEndpoint,
-                format!("status queries go to the result port ({}), not a task port", self.config.base.result_address()),
+                format!(
+                    "status queries go to the result port ({}), not a task port",
+                    self.config.base.result_address()
+                ),
             ))),
             Err(error) => {
                 warn!(port = %port, %error, "refused a frame");
@@ -287,7 +289,8 @@ impl State {
         if pool.push(priority, job).is_err() {
             // Shutdown began between the check above and now.
             let task = self.live.lock().expect("live lock").remove(&task_id);
-            let reply = refuse(ErrorKind::ShuttingDown, "the control plane is shutting down and takes no new tasks".into());
+            let reply =
+                refuse(ErrorKind::ShuttingDown, "the control plane is shutting down and takes no new tasks".into());
             for waiter in task.into_iter().flat_map(|t| t.waiters).chain(answer_now) {
                 waiter.send(&reply);
             }

@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand};
 use fastworker::client::{Client, ClientError, SubmitOptions};
 use fastworker::control_plane::{ControlPlane, ControlPlaneConfig};
 use fastworker::plugins::Registry;
-use fastworker::protocol::{describe_failure, ErrorKind, FailureKind, Reply, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES};
+use fastworker::protocol::{
+    describe_failure, ErrorKind, FailureKind, Reply, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
+};
 use fastworker::{BaseAddress, Priority, TaskId, DEFAULT_BASE_ADDRESS};
 use serde_json::{json, Value};
 use tracing::{info, warn};
@@ -21,7 +23,11 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_UNREACHABLE: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "fastworker", version, about = "A brokerless task runtime: control plane, subworkers and client in one binary.")]
+#[command(
+    name = "fastworker",
+    version,
+    about = "A brokerless task runtime: control plane, subworkers and client in one binary."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -141,7 +147,8 @@ fn parse_priority(text: &str) -> Result<Priority, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("FASTWORKER_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
+    let filter =
+        std::env::var("FASTWORKER_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -256,7 +263,11 @@ fn list(args: ListArgs) -> ExitCode {
     println!("{:<16} {:<22} {:<9} {:<8} {:<7} SIGNATURE", "TASK", "PLUGIN", "PRIORITY", "TIMEOUT", "RETRIES");
     for task in tasks {
         let options = &task.decl.options;
-        let timeout = if options.timeout_ms == 0 { "none".to_string() } else { format!("{}s", options.timeout_ms as f64 / 1000.0) };
+        let timeout = if options.timeout_ms == 0 {
+            "none".to_string()
+        } else {
+            format!("{}s", options.timeout_ms as f64 / 1000.0)
+        };
         println!(
             "{:<16} {:<22} {:<9} {:<8} {:<7} {}",
             task.decl.name.as_str(),

@@ -39,7 +39,9 @@ pub struct Registry {
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     /// The file is not there.
-    #[error("plugin {path}: no such file; build it with `cargo build` and pass the path of the .so/.dylib/.dll it produces")]
+    #[error(
+        "plugin {path}: no such file; build it with `cargo build` and pass the path of the .so/.dylib/.dll it produces"
+    )]
     NotFound {
         /// The path given.
         path: PathBuf,

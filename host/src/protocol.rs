@@ -245,10 +245,7 @@ pub fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8], limit: usize) -> Result<T
 
 /// Milliseconds since the Unix epoch, as reports carry them.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -104,7 +104,12 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
                     "high" => quote!(High),
                     "normal" => quote!(Normal),
                     "low" => quote!(Low),
-                    _ => return Err(syn::Error::new(value.span(), "priority is one of \"critical\", \"high\", \"normal\", \"low\"")),
+                    _ => {
+                        return Err(syn::Error::new(
+                            value.span(),
+                            "priority is one of \"critical\", \"high\", \"normal\", \"low\"",
+                        ))
+                    }
                 };
                 options.priority = quote!(::fastworker_plugin_sdk::Priority::#variant);
             }
@@ -152,9 +157,9 @@ fn duration_ms(expr: &Expr) -> syn::Result<u64> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| syn::Error::new(expr.span(), "expected a duration such as \"250ms\", \"30s\", \"5m\" or \"1h\""))?;
+    let number: u64 = number.parse().map_err(|_| {
+        syn::Error::new(expr.span(), "expected a duration such as \"250ms\", \"30s\", \"5m\" or \"1h\"")
+    })?;
     let factor = match unit.trim() {
         "ms" => 1,
         "" | "s" => 1000,
@@ -226,7 +231,7 @@ fn expand_task(attr: TokenStream2, function: &ItemFn) -> syn::Result<TokenStream
     let context_arg = takes_context.then(|| quote!(ctx,));
 
     let (returns, encode) = match &function.sig.output {
-        ReturnType::Default => (String::new(), quote!(::fastworker_plugin_sdk::__private::encode(&())),),
+        ReturnType::Default => (String::new(), quote!(::fastworker_plugin_sdk::__private::encode(&()))),
         ReturnType::Type(_, ty) if last_segment_is(ty, "Result") => (
             format!(" -> {}", tidy(ty)),
             quote! {
@@ -236,7 +241,9 @@ fn expand_task(attr: TokenStream2, function: &ItemFn) -> syn::Result<TokenStream
                 }
             },
         ),
-        ReturnType::Type(_, ty) => (format!(" -> {}", tidy(ty)), quote!(::fastworker_plugin_sdk::__private::encode(&output))),
+        ReturnType::Type(_, ty) => {
+            (format!(" -> {}", tidy(ty)), quote!(::fastworker_plugin_sdk::__private::encode(&output)))
+        }
     };
     let signature = format!("{task_name}({}){returns}", shown.join(", "));
     let doc = function

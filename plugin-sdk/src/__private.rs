@@ -5,8 +5,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub use abi_stable;
 pub use abi_stable::std_types::{RResult, RSlice, RStr, RVec};
 
-pub use crate::args::Args;
 use crate::abi::{FailureKind, Plugin, PluginRef, TaskDecl, TaskFailure};
+pub use crate::args::Args;
 use abi_stable::prefix_type::PrefixTypeTrait;
 
 /// Runs a task body, turning a panic into a failed run.
@@ -42,7 +42,8 @@ pub fn task_error(error: impl std::fmt::Display) -> TaskFailure {
 
 /// Encodes a task's return value as JSON.
 pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, TaskFailure> {
-    serde_json::to_vec(value).map_err(|e| failure(FailureKind::Error, format!("result could not be encoded as JSON: {e}")))
+    serde_json::to_vec(value)
+        .map_err(|e| failure(FailureKind::Error, format!("result could not be encoded as JSON: {e}")))
 }
 
 /// Builds the root module of a plugin.

@@ -57,3 +57,34 @@ impl<'a> Args<'a> {
 fn describe(task: &str, params: &[&str]) -> String {
     format!("task '{task}({})'", params.join(", "))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARAMS: &[&str] = &["x", "label"];
+
+    #[test]
+    fn positional_and_named_arguments_decode_alike() {
+        for json in [&br#"[3, "a"]"#[..], br#"{"label": "a", "x": 3}"#] {
+            let args = Args::parse(json, "t", PARAMS).unwrap();
+            assert_eq!(args.take::<i64>(0).unwrap(), 3);
+            assert_eq!(args.take::<&str>(1).unwrap(), "a");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_task_and_the_parameter() {
+        let wrong_count = Args::parse(b"[1]", "t", PARAMS).err().unwrap();
+        assert!(wrong_count.contains("task 't(x, label)' takes 2 argument(s), but 1 were given"), "{wrong_count}");
+        let missing = Args::parse(br#"{"x": 1}"#, "t", PARAMS).err().unwrap();
+        assert!(missing.contains("missing argument 'label'"), "{missing}");
+        let extra = Args::parse(br#"{"x": 1, "label": "a", "z": 0}"#, "t", PARAMS).err().unwrap();
+        assert!(extra.contains("no parameter 'z'"), "{extra}");
+        let args = Args::parse(br#"["one", "a"]"#, "t", PARAMS).unwrap();
+        let wrong_type = args.take::<i64>(0).err().unwrap();
+        assert!(wrong_type.contains("argument 'x' of task 't'"), "{wrong_type}");
+        assert!(Args::parse(b"5", "t", PARAMS).is_err());
+        assert!(Args::parse(b"", "t", &[]).is_ok());
+    }
+}

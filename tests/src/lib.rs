@@ -78,7 +78,8 @@ impl Process {
         for _attempt in 0..5 {
             let base = free_base_port();
             let address = format!("tcp://127.0.0.1:{base}");
-            let mut args: Vec<String> = vec!["control-plane".into(), "--base-address".into(), address.clone(), "--no-gui".into()];
+            let mut args: Vec<String> =
+                vec!["control-plane".into(), "--base-address".into(), address.clone(), "--no-gui".into()];
             if !plugins.is_empty() {
                 args.push("--task-modules".into());
                 args.extend(plugins.iter().map(|p| plugin(p).display().to_string()));

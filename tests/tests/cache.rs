@@ -43,7 +43,11 @@ fn results_expire_after_the_ttl_and_the_cli_says_so() {
     std::thread::sleep(Duration::from_millis(1300));
     let expired = run_cli(&["status", "--address", &cp.address, "--task-id", &id.to_string()]);
     assert_eq!(expired.status.code(), Some(1));
-    assert!(stderr(&expired).contains("expired") && stderr(&expired).contains("--result-cache-ttl"), "{}", stderr(&expired));
+    assert!(
+        stderr(&expired).contains("expired") && stderr(&expired).contains("--result-cache-ttl"),
+        "{}",
+        stderr(&expired)
+    );
 }
 
 #[test]

@@ -38,14 +38,22 @@ fn flags_come_from_the_environment_and_a_flag_wins() {
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "3", "{}", stderr(&output));
     drop(from_env);
 
-    let mut flag_wins = Process::spawn(&args(&["control-plane", "--no-gui", "--base-address", &flag_address]), &env, flag_address.clone());
+    let mut flag_wins = Process::spawn(
+        &args(&["control-plane", "--no-gui", "--base-address", &flag_address]),
+        &env,
+        flag_address.clone(),
+    );
     flag_wins.wait_ready(Duration::from_secs(20)).unwrap();
 
     // Concurrency 0 is a value: nothing runs here, and the caller is told why.
     let zero = [("FASTWORKER_CONCURRENCY", "0"), ("FASTWORKER_TASK_MODULES", example.as_str())];
     let base = free_base_port();
     let zero_address = format!("tcp://127.0.0.1:{base}");
-    let mut none = Process::spawn(&args(&["control-plane", "--no-gui", "--base-address", &zero_address]), &zero, zero_address.clone());
+    let mut none = Process::spawn(
+        &args(&["control-plane", "--no-gui", "--base-address", &zero_address]),
+        &zero,
+        zero_address.clone(),
+    );
     none.wait_ready(Duration::from_secs(20)).unwrap();
     let output = run_cli(&["submit", "--address", &zero_address, "--task-name", "add", "--args", "1", "2"]);
     assert_eq!(output.status.code(), Some(1));
@@ -115,10 +123,19 @@ fn the_shutdown_timeout_bounds_the_wait_and_waiting_clients_are_told() {
 fn client_commands_against_no_control_plane_fail_within_their_timeout() {
     let address = format!("tcp://127.0.0.1:{}", free_base_port());
     let start = Instant::now();
-    let output = run_cli(&["submit", "--address", &address, "--timeout", "1", "--task-name", "add", "--args", "1", "2"]);
+    let output =
+        run_cli(&["submit", "--address", &address, "--timeout", "1", "--task-name", "add", "--args", "1", "2"]);
     assert_eq!(output.status.code(), Some(3));
     assert!(stderr(&output).contains("no reply"), "{}", stderr(&output));
-    let output = run_cli(&["status", "--address", &address, "--timeout", "1", "--task-id", "0191c3a2-0000-7000-8000-000000000000"]);
+    let output = run_cli(&[
+        "status",
+        "--address",
+        &address,
+        "--timeout",
+        "1",
+        "--task-id",
+        "0191c3a2-0000-7000-8000-000000000000",
+    ]);
     assert_eq!(output.status.code(), Some(3));
     assert!(start.elapsed() < Duration::from_secs(6), "took {:?}", start.elapsed());
 

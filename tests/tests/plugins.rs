@@ -53,7 +53,8 @@ fn refused(modules: &[String], expected: &[&str]) {
 
     // The control plane refuses the same set at start-up and exits non-zero.
     let mut process = Process::spawn(
-        &[["control-plane", "--no-gui", "--task-modules"].iter().map(|s| s.to_string()).collect(), modules.to_vec()].concat(),
+        &[["control-plane", "--no-gui", "--task-modules"].iter().map(|s| s.to_string()).collect(), modules.to_vec()]
+            .concat(),
         &[],
         String::new(),
     );
@@ -79,17 +80,17 @@ fn a_missing_file_is_refused() {
 #[test]
 fn a_file_that_is_not_a_library_is_refused() {
     let path = env!("CARGO_MANIFEST_DIR").to_string() + "/Cargo.toml";
-    refused(&[path.clone()], &[&path, "not a loadable shared library"]);
+    refused(std::slice::from_ref(&path), &[&path, "not a loadable shared library"]);
 }
 
 #[test]
 fn a_library_that_is_not_a_plugin_is_refused() {
     let path = plain_shared_library();
-    refused(&[path.clone()], &[&path, "not a fastworker plugin", "export_plugin!"]);
+    refused(std::slice::from_ref(&path), &[&path, "not a fastworker plugin", "export_plugin!"]);
 }
 
 #[test]
 fn a_plugin_built_against_another_sdk_is_refused_naming_both_versions() {
     let path = plugin("old-sdk-plugin").display().to_string();
-    refused(&[path.clone()], &[&path, "0.0.3", fastworker_plugin_sdk::SDK_VERSION, "rebuild"]);
+    refused(std::slice::from_ref(&path), &[&path, "0.0.3", fastworker_plugin_sdk::SDK_VERSION, "rebuild"]);
 }

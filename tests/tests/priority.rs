@@ -41,7 +41,16 @@ fn a_saturated_pool_starts_waiting_tasks_by_priority() {
         let order: Vec<Priority> = started.iter().map(|(_, p, _)| *p).collect();
         assert_eq!(
             order,
-            [Priority::Critical, Priority::Critical, Priority::High, Priority::High, Priority::Normal, Priority::Normal, Priority::Low, Priority::Low],
+            [
+                Priority::Critical,
+                Priority::Critical,
+                Priority::High,
+                Priority::High,
+                Priority::Normal,
+                Priority::Normal,
+                Priority::Low,
+                Priority::Low
+            ],
             "start order by priority"
         );
         // First come, first served within a priority.

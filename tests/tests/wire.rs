@@ -32,7 +32,8 @@ fn bad_frames_get_error_replies_and_the_server_keeps_serving() {
         let (kind, message) = error_kind(client.exchange(port, Message::from(&[][..])).await.unwrap());
         assert_eq!(kind, ErrorKind::MalformedFrame, "{message}");
 
-        let (kind, message) = error_kind(client.exchange(port, Message::from(&[PROTOCOL_VERSION, 0xff, 0xff, 0xff][..])).await.unwrap());
+        let (kind, message) =
+            error_kind(client.exchange(port, Message::from(&[PROTOCOL_VERSION, 0xff, 0xff, 0xff][..])).await.unwrap());
         assert_eq!(kind, ErrorKind::MalformedFrame, "{message}");
 
         let mut other_version = encode(&add_request());
@@ -60,7 +61,11 @@ fn bad_frames_get_error_replies_and_the_server_keeps_serving() {
 
         // Still serving, on every port.
         for p in 0..4 {
-            let reply = decode::<Reply>(&client.exchange(p, Message::from(&encode(&add_request())[..])).await.unwrap(), usize::MAX).unwrap();
+            let reply = decode::<Reply>(
+                &client.exchange(p, Message::from(&encode(&add_request())[..])).await.unwrap(),
+                usize::MAX,
+            )
+            .unwrap();
             match reply {
                 Reply::Report(report) => assert_eq!(report.result.unwrap(), b"5"),
                 other => panic!("expected a report, got {other:?}"),
@@ -83,10 +88,8 @@ fn a_resubmitted_task_id_does_not_run_twice() {
             wait: true,
         });
         let frame = encode(&request);
-        let (first, second) = tokio::join!(
-            client.exchange(2, Message::from(&frame[..])),
-            client.exchange(2, Message::from(&frame[..]))
-        );
+        let (first, second) =
+            tokio::join!(client.exchange(2, Message::from(&frame[..])), client.exchange(2, Message::from(&frame[..])));
         for reply in [first.unwrap(), second.unwrap()] {
             match decode::<Reply>(&reply, usize::MAX).unwrap() {
                 Reply::Report(report) => assert_eq!(report.attempts, 1),
