@@ -110,6 +110,8 @@ pub struct Client {
 
 struct Inner {
     base: BaseAddress,
+    /// Four task ports, then the result port.
+    addresses: [String; 5],
     timeout: Duration,
     max_frame: usize,
     /// Four task ports, then the result port; each opened on first use.
@@ -119,9 +121,11 @@ struct Inner {
 impl Client {
     /// A client of the control plane at `base_address` (no I/O happens yet).
     pub fn new(base_address: &str) -> Result<Client, ClientError> {
+        let base = BaseAddress::parse(base_address)?;
         Ok(Client {
             inner: Arc::new(Inner {
-                base: BaseAddress::parse(base_address)?,
+                addresses: std::array::from_fn(|index| base.at_offset(index as u16)),
+                base,
                 timeout: DEFAULT_TIMEOUT,
                 max_frame: DEFAULT_MAX_FRAME_BYTES,
                 endpoints: Default::default(),
@@ -133,6 +137,7 @@ impl Client {
     pub fn with_timeout(self, timeout: Duration) -> Client {
         let inner = Inner {
             base: self.inner.base.clone(),
+            addresses: self.inner.addresses.clone(),
             timeout,
             max_frame: self.inner.max_frame,
             endpoints: Default::default(),
@@ -211,9 +216,9 @@ impl Client {
     pub async fn request(&self, index: usize, request: &Request) -> Result<Reply, ClientError> {
         let mut frame = Message::with_capacity(64);
         encode_into(request, &mut frame).expect("writing to a message cannot fail");
-        let address = self.address(index);
         let reply = self.exchange(index, frame).await?;
-        decode::<Reply>(&reply, usize::MAX).map_err(|source| ClientError::Decode { address, source })
+        decode::<Reply>(&reply, usize::MAX)
+            .map_err(|source| ClientError::Decode { address: self.address(index).to_string(), source })
     }
 
     /// Sends a raw frame to endpoint `index` and returns the raw reply.
@@ -223,9 +228,9 @@ impl Client {
             return Err(ClientError::TooLarge { size: frame.len(), limit: inner.max_frame });
         }
         let address = self.address(index);
-        let transport = |source| ClientError::Transport { address: address.clone(), source };
+        let transport = |source| ClientError::Transport { address: address.to_string(), source };
         let endpoint = inner.endpoints[index]
-            .get_or_init(|| Endpoint::open(&address, inner.max_frame))
+            .get_or_init(|| Endpoint::open(address, inner.max_frame))
             .as_ref()
             .map_err(|e| transport(*e))?;
         let timeout = inner.timeout;
@@ -243,14 +248,16 @@ impl Client {
         // against a lost wake-up.
         match tokio::time::timeout(timeout + Duration::from_secs(1), receiver).await {
             Ok(Ok(Ok(message))) => Ok(message),
-            Ok(Ok(Err(nng::Error::TimedOut))) | Err(_) => Err(ClientError::Timeout { address, after: timeout }),
+            Ok(Ok(Err(nng::Error::TimedOut))) | Err(_) => {
+                Err(ClientError::Timeout { address: address.to_string(), after: timeout })
+            }
             Ok(Ok(Err(error))) => Err(transport(error)),
             Ok(Err(_)) => Err(transport(nng::Error::Closed)),
         }
     }
 
-    fn address(&self, index: usize) -> String {
-        self.inner.base.at_offset(index as u16)
+    fn address(&self, index: usize) -> &str {
+        &self.inner.addresses[index]
     }
 
     fn unexpected(&self, reply: Reply) -> ClientError {

@@ -30,10 +30,16 @@ fn a_saturated_pool_starts_waiting_tasks_by_priority() {
         for (_, id) in &waiting {
             assert_eq!(client.status(*id).await.unwrap().state, TaskState::Queued);
         }
-        tokio::time::sleep(Duration::from_millis(900)).await;
         let mut started = Vec::new();
         for (priority, id) in &waiting {
-            let report = client.status(*id).await.unwrap();
+            let mut report = client.status(*id).await.unwrap();
+            for _ in 0..500 {
+                if report.state.is_final() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                report = client.status(*id).await.unwrap();
+            }
             assert_eq!(report.state, TaskState::Succeeded);
             started.push((report.started_ms.unwrap(), *priority, *id));
         }

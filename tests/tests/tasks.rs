@@ -104,10 +104,16 @@ fn non_blocking_submission_prints_an_id_whose_status_follows_the_task() {
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert!(report["state"] == "queued" || report["state"] == "running", "{report}");
 
-    std::thread::sleep(Duration::from_millis(700));
-    let status = run_cli(&["status", "--address", &cp.address, "--task-id", &id]);
-    assert!(status.status.success(), "{}", stderr(&status));
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let mut report = report;
+    for _ in 0..100 {
+        if report["state"] != "queued" && report["state"] != "running" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let status = run_cli(&["status", "--address", &cp.address, "--task-id", &id]);
+        assert!(status.status.success(), "{}", stderr(&status));
+        report = serde_json::from_slice(&status.stdout).unwrap();
+    }
     assert_eq!(report["state"], "succeeded");
     assert!(report["result"].as_u64().unwrap() >= 400);
     assert_eq!(report["task_name"], "sleep_ms");
