@@ -128,11 +128,6 @@ impl ControlPlane {
         self.state.cache.lock().expect("cache lock").sweep()
     }
 
-    /// Tasks waiting per priority, most urgent first.
-    pub fn queue_depths(&self) -> [usize; 4] {
-        self.pool.queue_depths()
-    }
-
     /// Stops taking tasks (late submissions get a "shutting down" reply),
     /// lets queued and running tasks finish within the shutdown timeout,
     /// answers every client still waiting, and closes the sockets.
@@ -223,9 +218,8 @@ impl State {
     }
 
     fn submit(&self, pool: &Pool<Job>, submit: Submit, replier: Replier) {
-        let refuse = |kind, message: String| replier_error(kind, message);
         if !self.accepting.load(Ordering::SeqCst) {
-            return replier.send(&refuse(
+            return replier.send(&replier_error(
                 ErrorKind::ShuttingDown,
                 format!("control plane '{}' is shutting down and takes no new tasks; submit to another one or retry after it restarts", self.config.worker_id),
             ));
@@ -233,13 +227,13 @@ impl State {
         let Some(task) = self.registry.get(&submit.task_name) else {
             let known: Vec<&str> = self.registry.tasks().iter().map(|t| t.decl.name.as_str()).collect();
             let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
-            return replier.send(&refuse(
+            return replier.send(&replier_error(
                 ErrorKind::UnknownTask,
                 format!("no worker provides task '{}' (tasks here: {known})", submit.task_name),
             ));
         };
         if pool.threads() == 0 {
-            return replier.send(&refuse(
+            return replier.send(&replier_error(
                 ErrorKind::NoWorker,
                 format!("no worker can run task '{}': this control plane runs with --concurrency 0", submit.task_name),
             ));
@@ -289,8 +283,10 @@ impl State {
         if pool.push(priority, job).is_err() {
             // Shutdown began between the check above and now.
             let task = self.live.lock().expect("live lock").remove(&task_id);
-            let reply =
-                refuse(ErrorKind::ShuttingDown, "the control plane is shutting down and takes no new tasks".into());
+            let reply = replier_error(
+                ErrorKind::ShuttingDown,
+                "the control plane is shutting down and takes no new tasks".into(),
+            );
             for waiter in task.into_iter().flat_map(|t| t.waiters).chain(answer_now) {
                 waiter.send(&reply);
             }

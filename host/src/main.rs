@@ -156,8 +156,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::ControlPlane(args) => run_control_plane(args),
         Command::List(args) => list(args),
-        Command::Submit(args) => client_command(&args.client.clone_args(), |client| submit(client, args)),
-        Command::Status(args) => client_command(&args.client.clone_args(), |client| status(client, args.task_id)),
+        Command::Submit(args) => match connect(&args.client) {
+            Ok(client) => block_on(submit(client, args)),
+            Err(code) => code,
+        },
+        Command::Status(args) => match connect(&args.client) {
+            Ok(client) => block_on(status(client, args.task_id)),
+            Err(code) => code,
+        },
     }
 }
 
@@ -195,6 +201,7 @@ fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         max_frame_bytes: args.max_frame_bytes,
         contexts_per_port: args.contexts_per_port as usize,
     };
+    // Accepted for compatibility with the seeds; served by later work (discovery, subworkers, dashboard).
     let _ = (&args.discovery_address, args.subworker_port, &args.gui_host, args.gui_port, args.no_gui);
     let control_plane = match ControlPlane::start(config, registry) {
         Ok(control_plane) => control_plane,
@@ -284,26 +291,21 @@ fn list(args: ListArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-impl ClientArgs {
-    fn clone_args(&self) -> ClientArgs {
-        ClientArgs { address: self.address.clone(), timeout: self.timeout }
+/// A client for the control plane the client flags name.
+fn connect(args: &ClientArgs) -> Result<Client, ExitCode> {
+    if !args.timeout.is_finite() || args.timeout <= 0.0 {
+        return Err(fail(EXIT_USAGE, "--timeout must be a positive number of seconds"));
+    }
+    match Client::new(&args.address) {
+        Ok(client) => Ok(client.with_timeout(Duration::from_secs_f64(args.timeout))),
+        Err(error) => Err(fail(EXIT_USAGE, format_args!("--address: {error}"))),
     }
 }
 
-fn client_command<F, Fut>(args: &ClientArgs, body: F) -> ExitCode
-where
-    F: FnOnce(Client) -> Fut,
-    Fut: std::future::Future<Output = ExitCode>,
-{
-    if !args.timeout.is_finite() || args.timeout <= 0.0 {
-        return fail(EXIT_USAGE, "--timeout must be a positive number of seconds");
-    }
-    let client = match Client::new(&args.address) {
-        Ok(client) => client.with_timeout(Duration::from_secs_f64(args.timeout)),
-        Err(error) => return fail(EXIT_USAGE, format_args!("--address: {error}")),
-    };
+/// Runs a client command to completion.
+fn block_on(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
-    runtime.block_on(body(client))
+    runtime.block_on(command)
 }
 
 fn client_failure(error: ClientError) -> ExitCode {

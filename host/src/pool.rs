@@ -67,12 +67,6 @@ impl<J: Send + 'static> Pool<J> {
         Ok(())
     }
 
-    /// Jobs waiting, per priority (most urgent first).
-    pub(crate) fn queue_depths(&self) -> [usize; 4] {
-        let state = self.shared.state.lock().expect("pool lock");
-        std::array::from_fn(|i| state.queues[i].len())
-    }
-
     /// Number of worker threads.
     pub(crate) fn threads(&self) -> usize {
         self.threads.len()
