@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::address::{AddressError, BaseAddress};
 use crate::protocol::{
-    decode, encode_into, DecodeError, ErrorReply, Priority, Reply, Request, Submit, TaskError, TaskId, TaskReport,
+    decode, encode_into, ClusterStatus, DecodeError, ErrorReply, Priority, Reply, Request, Submit, TaskError, TaskId, TaskReport,
     TaskState, DEFAULT_MAX_FRAME_BYTES,
 };
 
@@ -93,6 +93,11 @@ pub enum ClientError {
     },
 }
 
+/// Index of the result port among a client's endpoints.
+const RESULTS: usize = 4;
+/// Index of the management port among a client's endpoints.
+const MANAGEMENT: usize = 5;
+
 /// How to submit one task.
 #[derive(Debug, Clone, Default)]
 pub struct SubmitOptions {
@@ -110,12 +115,12 @@ pub struct Client {
 
 struct Inner {
     base: BaseAddress,
-    /// Four task ports, then the result port.
-    addresses: [String; 5],
+    /// Four task ports, the result port, then the management port.
+    addresses: [String; 6],
     timeout: Duration,
     max_frame: usize,
-    /// Four task ports, then the result port; each opened on first use.
-    endpoints: [OnceLock<Result<Endpoint, nng::Error>>; 5],
+    /// One per address, each opened on first use.
+    endpoints: [OnceLock<Result<Endpoint, nng::Error>>; 6],
 }
 
 impl Client {
@@ -135,9 +140,21 @@ impl Client {
 
     /// The same client with another per-call timeout.
     pub fn with_timeout(self, timeout: Duration) -> Client {
+        self.rebuilt(timeout, self.inner.addresses.clone())
+    }
+
+    /// The same client for a control plane whose management port is not
+    /// base+5 (`--subworker-port`); [`Client::discover`] tells which it is.
+    pub fn with_management_port(self, port: u16) -> Client {
+        let mut addresses = self.inner.addresses.clone();
+        addresses[MANAGEMENT] = self.inner.base.at_port(port);
+        self.rebuilt(self.inner.timeout, addresses)
+    }
+
+    fn rebuilt(&self, timeout: Duration, addresses: [String; 6]) -> Client {
         let inner = Inner {
             base: self.inner.base.clone(),
-            addresses: self.inner.addresses.clone(),
+            addresses,
             timeout,
             max_frame: self.inner.max_frame,
             endpoints: Default::default(),
@@ -205,14 +222,41 @@ impl Client {
 
     /// The state, result or error of a task.
     pub async fn status(&self, task_id: TaskId) -> Result<TaskReport, ClientError> {
-        match self.request(4, &Request::Status { task_id }).await? {
+        match self.request(RESULTS, &Request::Status { task_id }).await? {
             Reply::Report(report) => Ok(report),
             Reply::Error(error) => Err(ClientError::Refused(error)),
             other => Err(self.unexpected(other)),
         }
     }
 
-    /// Sends any request to endpoint `index` (0-3 task ports, 4 results).
+    /// The control plane's subworkers and their health.
+    pub async fn workers(&self) -> Result<ClusterStatus, ClientError> {
+        match self.request(RESULTS, &Request::Workers).await? {
+            Reply::Workers(status) => Ok(status),
+            Reply::Error(error) => Err(ClientError::Refused(error)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// The control plane's subworker-management port.
+    pub async fn discover(&self) -> Result<u16, ClientError> {
+        match self.request(RESULTS, &Request::Discover).await? {
+            Reply::Discovered { management_port } => Ok(management_port),
+            Reply::Error(error) => Err(ClientError::Refused(error)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Sends a request to the management port and expects [`Reply::Done`].
+    pub async fn manage(&self, request: &Request) -> Result<(), ClientError> {
+        match self.request(MANAGEMENT, request).await? {
+            Reply::Done => Ok(()),
+            Reply::Error(error) => Err(ClientError::Refused(error)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Sends any request to endpoint `index` (0-3 task ports, 4 results, 5 management).
     pub async fn request(&self, index: usize, request: &Request) -> Result<Reply, ClientError> {
         let mut frame = Message::with_capacity(64);
         encode_into(request, &mut frame).expect("writing to a message cannot fail");

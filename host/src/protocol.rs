@@ -33,6 +33,109 @@ pub enum Request {
         /// The task asked about.
         task_id: TaskId,
     },
+    /// Where the subworker-management port is (result port): the first
+    /// thing a subworker asks, so that `--subworker-port` needs no twin flag.
+    Discover,
+    /// The subworkers and their health (result or management port).
+    Workers,
+    /// A subworker joins (management port).
+    Register(Registration),
+    /// A subworker is alive and this busy (management port).
+    Heartbeat(Heartbeat),
+    /// A subworker is stopping: route it nothing new (management port).
+    Leave(WorkerName),
+    /// A subworker has finished its tasks and goes (management port).
+    Unregister(WorkerName),
+}
+
+/// A subworker's introduction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registration {
+    /// Who it is and which run of it.
+    pub name: WorkerName,
+    /// Its base address as the control plane can dial it; tasks go to its
+    /// port there (base+0) with their priority in the frame.
+    pub address: String,
+    /// Tasks it runs at once.
+    pub concurrency: u32,
+    /// The names of the tasks its plugins declare.
+    pub tasks: Vec<String>,
+}
+
+/// A subworker's identity: the `--worker-id` chosen by its operator, and a
+/// fresh id per process, which tells a restarted worker from a duplicate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerName {
+    /// The `--worker-id`.
+    pub worker_id: String,
+    /// Unique to this process.
+    pub instance: Uuid,
+}
+
+/// A subworker's periodic sign of life.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Who sends it.
+    pub name: WorkerName,
+    /// Tasks it is running or has queued, from any client.
+    pub in_flight: u32,
+}
+
+/// The state of the cluster, in the shape of the seeds' `get_subworker_status()`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Subworkers known, whatever their state.
+    pub total_subworkers: u32,
+    /// Subworkers that tasks are routed to.
+    pub active_subworkers: u32,
+    /// Each subworker, sorted by id.
+    pub subworkers: Vec<WorkerStatus>,
+}
+
+/// One subworker as the control plane sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Its `--worker-id`.
+    pub worker_id: String,
+    /// Its base address.
+    pub address: String,
+    /// Whether tasks are routed to it.
+    pub status: WorkerState,
+    /// Tasks in flight there (the larger of those the control plane sent
+    /// and those it last reported).
+    pub load: u32,
+    /// Tasks it runs at once.
+    pub concurrency: u32,
+    /// Last heartbeat or registration, in milliseconds since the Unix epoch.
+    pub last_seen_ms: u64,
+    /// Whether the control plane's connection to it is up.
+    pub connected: bool,
+    /// Tasks the control plane has sent it so far.
+    pub dispatched: u64,
+    /// The tasks it provides, sorted.
+    pub tasks: Vec<String>,
+}
+
+/// Whether a subworker gets tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerState {
+    /// Registered, connected and heartbeating: tasks are routed to it.
+    Active,
+    /// Silent for longer than `--inactive-after`, or disconnected: excluded.
+    Inactive,
+    /// Stopping: finishing what it has, taking nothing new.
+    Draining,
+}
+
+impl WorkerState {
+    /// The lower-case name used in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Active => "active",
+            WorkerState::Inactive => "inactive",
+            WorkerState::Draining => "draining",
+        }
+    }
 }
 
 /// A task submission.
@@ -63,6 +166,15 @@ pub enum Reply {
     Report(TaskReport),
     /// The request could not be served.
     Error(ErrorReply),
+    /// The port for subworker management, on the control plane's host.
+    Discovered {
+        /// The port.
+        management_port: u16,
+    },
+    /// The subworkers and their health.
+    Workers(ClusterStatus),
+    /// The management request was applied.
+    Done,
 }
 
 /// Where a task is in its life.
@@ -172,6 +284,15 @@ pub enum ErrorKind {
     ShuttingDown,
     /// The task was accepted but no worker can run it.
     NoWorker,
+    /// A live subworker already uses this `--worker-id`.
+    DuplicateWorker,
+    /// The control plane does not know this subworker (it restarted, or
+    /// forgot a worker silent for too long): register again.
+    UnknownWorker,
+    /// The control plane could not connect to the address a subworker gave.
+    WorkerUnreachable,
+    /// A subworker took a task and then went away too many times.
+    WorkerLost,
 }
 
 impl ErrorReply {
