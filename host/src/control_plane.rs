@@ -1,27 +1,24 @@
-//! The control plane: accepts tasks on the four priority ports, runs them on
-//! its worker threads, caches their results and answers result queries.
+//! The serving process: accepts tasks on the four priority ports and runs
+//! them, on its own threads or on subworkers; answers result queries; and,
+//! on a control plane, manages the subworkers. A subworker is the same
+//! server with its task ports only.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use abi_stable::std_types::{RResult, RSlice};
-use fastworker_plugin_sdk::abi::TaskDecl;
-use fastworker_plugin_sdk::TaskContext;
 use nng::Message;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::address::BaseAddress;
-use crate::cache::{Lookup, ResultCache};
-use crate::endpoint::{encode_reply, Handler, ListenError, Listener, Replier};
+use crate::endpoint::{Handler, ListenError, Listener, Replier};
+use crate::membership::{self, Event};
 use crate::plugins::Registry;
-use crate::pool::Pool;
-use crate::protocol::{
-    decode, now_ms, ErrorKind, ErrorReply, Priority, Reply, Request, Submit, TaskError, TaskId, TaskReport, TaskState,
-};
+use crate::protocol::{decode, ClusterStatus, ErrorKind, Priority, Reply, Request};
+use crate::state::{error_reply, State};
 
-/// How a control plane is set up.
+/// How a control plane (or subworker) is set up.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
     /// Its name in reports and logs.
@@ -40,57 +37,37 @@ pub struct ControlPlaneConfig {
     pub max_frame_bytes: usize,
     /// Requests served at once per port.
     pub contexts_per_port: usize,
+    /// Subworker management, on a control plane; `None` on a subworker,
+    /// which serves its four task ports and nothing else.
+    pub management: Option<ManagementConfig>,
 }
 
-/// A running control plane.
+/// How a control plane manages subworkers.
+#[derive(Debug, Clone)]
+pub struct ManagementConfig {
+    /// The management port (`--subworker-port`, default base+5).
+    pub port: u16,
+    /// Silence after which a subworker is excluded (`--inactive-after`).
+    pub inactive_after: Duration,
+}
+
+/// A running control plane or subworker.
 pub struct ControlPlane {
     state: Arc<State>,
-    pool: Arc<Pool<Job>>,
     listeners: Vec<Listener>,
-}
-
-struct State {
-    config: ControlPlaneConfig,
-    registry: Registry,
-    live: Mutex<HashMap<TaskId, LiveTask>>,
-    cache: Mutex<ResultCache>,
-    accepting: AtomicBool,
-}
-
-/// A task that has been accepted and has not finished.
-struct LiveTask {
-    report: TaskReport,
-    waiters: Vec<Replier>,
-    cancelled: Arc<AtomicBool>,
-}
-
-/// What a worker thread needs to run one task.
-struct Job {
-    task_id: TaskId,
-    decl: TaskDecl,
-    args: Vec<u8>,
-    cancelled: Arc<AtomicBool>,
+    membership: Option<(mpsc::Sender<Event>, JoinHandle<()>)>,
 }
 
 impl ControlPlane {
     /// Binds every port and starts the worker threads.
     pub fn start(config: ControlPlaneConfig, registry: Registry) -> Result<ControlPlane, ListenError> {
-        let state = Arc::new(State {
-            cache: Mutex::new(ResultCache::new(config.result_cache_size, config.result_cache_ttl)),
-            live: Mutex::new(HashMap::new()),
-            accepting: AtomicBool::new(true),
-            registry,
-            config,
-        });
-        let runner = state.clone();
-        let pool = Arc::new(Pool::start(state.config.concurrency, move |job| runner.run(job)));
-
+        let state = State::new(config, registry);
         let config = &state.config;
-        let mut listeners = Vec::with_capacity(5);
+        let mut listeners = Vec::with_capacity(6);
         for priority in Priority::ALL {
-            let (state, pool) = (state.clone(), pool.clone());
+            let port_state = state.clone();
             let handler: Handler =
-                Arc::new(move |replier, message| state.on_task_request(&pool, priority, replier, message));
+                Arc::new(move |replier, message| port_state.on_task_request(priority, replier, message));
             listeners.push(Listener::start(
                 &config.base.task_address(priority),
                 priority_purpose(priority),
@@ -99,79 +76,85 @@ impl ControlPlane {
                 handler,
             )?);
         }
-        let query_state = state.clone();
-        let handler: Handler = Arc::new(move |replier, message| query_state.on_result_request(replier, message));
-        listeners.push(Listener::start(
-            &config.base.result_address(),
-            "result queries",
-            config.contexts_per_port.min(64),
-            config.max_frame_bytes,
-            handler,
-        )?);
+        let mut membership = None;
+        if let Some(management) = &config.management {
+            let (events, receiver) = mpsc::channel();
+            let query_state = state.clone();
+            let port = management.port;
+            let handler: Handler =
+                Arc::new(move |replier, message| query_state.on_result_request(port, replier, message));
+            listeners.push(Listener::start(
+                &config.base.result_address(),
+                "result queries",
+                config.contexts_per_port.min(64),
+                config.max_frame_bytes,
+                handler,
+            )?);
+            let sender = events.clone();
+            let handler: Handler = Arc::new(move |replier, message| {
+                let _ = sender.send(Event::Frame(replier, message));
+            });
+            listeners.push(Listener::start(
+                &config.base.at_port(management.port),
+                "subworker management",
+                16,
+                config.max_frame_bytes,
+                handler,
+            )?);
+            let thread = membership::start(state.clone(), management.clone(), events.clone(), receiver);
+            membership = Some((events, thread));
+        }
         info!(
             worker_id = %config.worker_id,
             base = %config.base,
             concurrency = config.concurrency,
             tasks = state.registry.len(),
-            "control plane serving: CRITICAL {}, HIGH {}, NORMAL {}, LOW {}, results {}",
+            "serving: CRITICAL {}, HIGH {}, NORMAL {}, LOW {}{}",
             config.base.task_address(Priority::Critical),
             config.base.task_address(Priority::High),
             config.base.task_address(Priority::Normal),
             config.base.task_address(Priority::Low),
-            config.base.result_address(),
+            match &config.management {
+                Some(m) => format!(", results {}, subworkers {}", config.base.result_address(), config.base.at_port(m.port)),
+                None => String::new(),
+            }
         );
-        Ok(ControlPlane { state, pool, listeners })
+        Ok(ControlPlane { state, listeners, membership })
     }
 
     /// Drops results older than the TTL; the server calls this every minute.
     pub fn sweep_expired(&self) -> usize {
-        self.state.cache.lock().expect("cache lock").sweep()
+        self.state.sweep_expired()
+    }
+
+    /// Tasks accepted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight()
+    }
+
+    /// The subworkers and their health.
+    pub fn workers(&self) -> ClusterStatus {
+        self.state.cluster_status()
     }
 
     /// Stops taking tasks (late submissions get a "shutting down" reply),
     /// lets queued and running tasks finish within the shutdown timeout,
-    /// answers every client still waiting, and closes the sockets.
+    /// and answers every client still waiting; the ports stay open.
+    pub fn drain(&self) {
+        self.state.drain();
+    }
+
+    /// Drains (see [`ControlPlane::drain`]) and closes the sockets.
     pub fn shutdown(self) {
-        let state = &self.state;
-        state.accepting.store(false, Ordering::SeqCst);
-        let timeout = state.config.shutdown_timeout;
-        info!(timeout_secs = timeout.as_secs_f64(), "shutting down: finishing queued and running tasks");
-        let unstarted = self.pool.drain(timeout);
-        for job in &unstarted {
-            state.finish(
-                job.task_id,
-                Err(TaskError {
-                    kind: fastworker_plugin_sdk::abi::FailureKind::Error,
-                    message: format!(
-                        "the control plane shut down before this task started (--shutdown-timeout {} s); submit it again",
-                        timeout.as_secs_f64()
-                    ),
-                }),
-            );
-        }
-        let abandoned: Vec<(TaskId, LiveTask)> = state.live.lock().expect("live lock").drain().collect();
-        for (task_id, task) in abandoned {
-            warn!(%task_id, task = %task.report.task_name, "still running at the shutdown deadline; its result is lost");
-            task.cancelled.store(true, Ordering::SeqCst);
-            let reply = Reply::Error(ErrorReply::new(
-                ErrorKind::ShuttingDown,
-                format!(
-                    "the control plane shut down while task '{}' ({task_id}) was still running after --shutdown-timeout {} s; its result is lost",
-                    task.report.task_name,
-                    timeout.as_secs_f64()
-                ),
-            ));
-            for waiter in task.waiters {
-                waiter.send(&reply);
-            }
-        }
-        if !unstarted.is_empty() {
-            warn!(count = unstarted.len(), "tasks never started before the shutdown deadline");
+        self.drain();
+        if let Some((events, thread)) = self.membership {
+            let _ = events.send(Event::Stop);
+            let _ = thread.join();
         }
         // Give the last replies a moment to leave before the sockets close.
         std::thread::sleep(Duration::from_millis(100));
         drop(self.listeners);
-        info!("control plane stopped");
+        info!("stopped");
     }
 }
 
@@ -185,16 +168,19 @@ fn priority_purpose(priority: Priority) -> &'static str {
 }
 
 impl State {
-    fn on_task_request(&self, pool: &Pool<Job>, port: Priority, replier: Replier, message: Message) {
+    fn on_task_request(&self, port: Priority, replier: Replier, message: Message) {
         match decode::<Request>(&message, self.config.max_frame_bytes) {
-            Ok(Request::Submit(submit)) => self.submit(pool, submit, replier),
-            Ok(Request::Status { .. }) => replier.send(&Reply::Error(ErrorReply::new(
+            Ok(Request::Submit(submit)) => self.submit(submit, replier),
+            Ok(_) => replier.send(&error_reply(
                 ErrorKind::WrongEndpoint,
-                format!(
-                    "status queries go to the result port ({}), not a task port",
-                    self.config.base.result_address()
-                ),
-            ))),
+                match &self.config.management {
+                    Some(_) => format!(
+                        "a task port takes only submissions: status and cluster queries go to the result port ({})",
+                        self.config.base.result_address()
+                    ),
+                    None => "a subworker's ports take only submissions: query the control plane".to_string(),
+                },
+            )),
             Err(error) => {
                 warn!(port = %port, %error, "refused a frame");
                 replier.send(&Reply::Error(error.to_reply()));
@@ -202,13 +188,19 @@ impl State {
         }
     }
 
-    fn on_result_request(&self, replier: Replier, message: Message) {
+    fn on_result_request(&self, management_port: u16, replier: Replier, message: Message) {
         let reply = match decode::<Request>(&message, self.config.max_frame_bytes) {
             Ok(Request::Status { task_id }) => self.status(task_id),
-            Ok(Request::Submit(_)) => Reply::Error(ErrorReply::new(
+            Ok(Request::Workers) => Reply::Workers(self.cluster_status()),
+            Ok(Request::Discover) => Reply::Discovered { management_port },
+            Ok(Request::Submit(_)) => error_reply(
                 ErrorKind::WrongEndpoint,
-                "tasks are submitted to a priority port (base+0 to base+3), not the result port",
-            )),
+                "tasks are submitted to a priority port (base+0 to base+3), not the result port".into(),
+            ),
+            Ok(_) => error_reply(
+                ErrorKind::WrongEndpoint,
+                format!("subworkers register on the management port ({})", self.config.base.at_port(management_port)),
+            ),
             Err(error) => {
                 warn!(port = "results", %error, "refused a frame");
                 Reply::Error(error.to_reply())
@@ -216,171 +208,4 @@ impl State {
         };
         replier.send(&reply);
     }
-
-    fn submit(&self, pool: &Pool<Job>, submit: Submit, replier: Replier) {
-        if !self.accepting.load(Ordering::SeqCst) {
-            return replier.send(&replier_error(
-                ErrorKind::ShuttingDown,
-                format!("control plane '{}' is shutting down and takes no new tasks; submit to another one or retry after it restarts", self.config.worker_id),
-            ));
-        }
-        let Some(task) = self.registry.get(&submit.task_name) else {
-            let known: Vec<&str> = self.registry.tasks().iter().map(|t| t.decl.name.as_str()).collect();
-            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
-            return replier.send(&replier_error(
-                ErrorKind::UnknownTask,
-                format!("no worker provides task '{}' (tasks here: {known})", submit.task_name),
-            ));
-        };
-        if pool.threads() == 0 {
-            return replier.send(&replier_error(
-                ErrorKind::NoWorker,
-                format!("no worker can run task '{}': this control plane runs with --concurrency 0", submit.task_name),
-            ));
-        }
-        let task_id = submit.task_id;
-        let priority = submit.priority.unwrap_or(task.decl.options.priority);
-        let mut live = self.live.lock().expect("live lock");
-        if let Some(existing) = live.get_mut(&task_id) {
-            // The same id again (a client retrying after a lost reply): answer
-            // for the task already accepted instead of running it twice.
-            if submit.wait {
-                existing.waiters.push(replier);
-            } else {
-                drop(live);
-                replier.send(&Reply::Accepted { task_id });
-            }
-            return;
-        }
-        if let Lookup::Found(report) = self.cache.lock().expect("cache lock").get(&task_id) {
-            drop(live);
-            return replier.send(&if submit.wait { Reply::Report(report) } else { Reply::Accepted { task_id } });
-        }
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let (waiters, answer_now) = if submit.wait { (vec![replier], None) } else { (Vec::new(), Some(replier)) };
-        live.insert(
-            task_id,
-            LiveTask {
-                report: TaskReport {
-                    task_id,
-                    task_name: submit.task_name,
-                    state: TaskState::Queued,
-                    priority,
-                    worker: String::new(),
-                    attempts: 0,
-                    created_ms: now_ms(),
-                    started_ms: None,
-                    finished_ms: None,
-                    result: None,
-                    error: None,
-                },
-                waiters,
-                cancelled: cancelled.clone(),
-            },
-        );
-        drop(live);
-        let job = Job { task_id, decl: task.decl, args: submit.args, cancelled };
-        if pool.push(priority, job).is_err() {
-            // Shutdown began between the check above and now.
-            let task = self.live.lock().expect("live lock").remove(&task_id);
-            let reply = replier_error(
-                ErrorKind::ShuttingDown,
-                "the control plane is shutting down and takes no new tasks".into(),
-            );
-            for waiter in task.into_iter().flat_map(|t| t.waiters).chain(answer_now) {
-                waiter.send(&reply);
-            }
-            return;
-        }
-        debug!(%task_id, %priority, "task queued");
-        if let Some(replier) = answer_now {
-            replier.send(&Reply::Accepted { task_id });
-        }
-    }
-
-    fn status(&self, task_id: TaskId) -> Reply {
-        if let Some(task) = self.live.lock().expect("live lock").get(&task_id) {
-            return Reply::Report(task.report.clone());
-        }
-        let config = &self.config;
-        match self.cache.lock().expect("cache lock").get(&task_id) {
-            Lookup::Found(report) => Reply::Report(report),
-            Lookup::Expired => replier_error(
-                ErrorKind::ExpiredTaskId,
-                format!(
-                    "task {task_id} finished, but its result expired: results are kept {} (--result-cache-ttl)",
-                    config.result_cache_ttl.map_or("forever".to_string(), |ttl| format!("{} s", ttl.as_secs()))
-                ),
-            ),
-            Lookup::Evicted => replier_error(
-                ErrorKind::ExpiredTaskId,
-                format!(
-                    "task {task_id} finished, but its result was evicted: the cache keeps the {} most recently used results (--result-cache-size)",
-                    config.result_cache_size
-                ),
-            ),
-            Lookup::Unknown => replier_error(
-                ErrorKind::UnknownTaskId,
-                format!("task {task_id} is unknown to control plane '{}': check the id and the --address", config.worker_id),
-            ),
-        }
-    }
-
-    fn run(&self, job: Job) {
-        let started = now_ms();
-        let attempt = {
-            let mut live = self.live.lock().expect("live lock");
-            let Some(task) = live.get_mut(&job.task_id) else { return };
-            task.report.state = TaskState::Running;
-            task.report.started_ms = Some(started);
-            task.report.attempts += 1;
-            task.report.worker.clone_from(&self.config.worker_id);
-            task.report.attempts
-        };
-        let timeout_ms = job.decl.options.timeout_ms;
-        let deadline = if timeout_ms == 0 { 0 } else { started + timeout_ms };
-        let context = TaskContext::new(&job.cancelled, deadline, attempt, *job.task_id.as_bytes());
-        let outcome = match (job.decl.call)(&context, RSlice::from_slice(&job.args)) {
-            RResult::ROk(bytes) => Ok(bytes.into_vec()),
-            RResult::RErr(failure) => Err(TaskError { kind: failure.kind, message: failure.message.into_string() }),
-        };
-        if let Err(error) = &outcome {
-            debug!(task_id = %job.task_id, task = job.decl.name.as_str(), error = %error.message, "task failed");
-        }
-        self.finish(job.task_id, outcome);
-    }
-
-    /// Records a task's outcome, caches it and answers everyone waiting.
-    fn finish(&self, task_id: TaskId, outcome: Result<Vec<u8>, TaskError>) {
-        let (message, waiters) = {
-            let mut live = self.live.lock().expect("live lock");
-            let Some(task) = live.remove(&task_id) else { return };
-            let mut report = task.report;
-            report.finished_ms = Some(now_ms());
-            match outcome {
-                Ok(result) => {
-                    report.state = TaskState::Succeeded;
-                    report.result = Some(result);
-                }
-                Err(error) => {
-                    report.state = TaskState::Failed;
-                    report.error = Some(error);
-                }
-            }
-            let reply = Reply::Report(report);
-            let message = (!task.waiters.is_empty()).then(|| encode_reply(&reply));
-            let Reply::Report(report) = reply else { unreachable!() };
-            self.cache.lock().expect("cache lock").insert(report);
-            (message, task.waiters)
-        };
-        if let Some(message) = message {
-            for waiter in waiters {
-                waiter.send_message(message.clone());
-            }
-        }
-    }
-}
-
-fn replier_error(kind: ErrorKind, message: String) -> Reply {
-    Reply::Error(ErrorReply::new(kind, message))
 }

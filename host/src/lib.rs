@@ -1,21 +1,26 @@
 //! fastworker: a brokerless task runtime.
 //!
-//! This library holds the control plane, the plugin loader, the wire
-//! protocol and the client; the `fastworker` binary is a thin command line
+//! This library holds the control plane, the subworker, the plugin loader,
+//! the wire protocol and the client; the `fastworker` binary is a thin command line
 //! over it. Rust applications use [`client::Client`].
 
 pub mod address;
 mod cache;
 pub mod client;
+mod cluster;
 pub mod control_plane;
 mod endpoint;
+mod link;
+mod membership;
 pub mod plugins;
 mod pool;
 pub mod protocol;
+mod state;
+pub mod subworker;
 
 pub use address::{BaseAddress, DEFAULT_BASE_ADDRESS};
 pub use client::{Client, ClientError, SubmitOptions};
-pub use control_plane::{ControlPlane, ControlPlaneConfig};
+pub use control_plane::{ControlPlane, ControlPlaneConfig, ManagementConfig};
 pub use endpoint::ListenError;
 pub use plugins::{PluginError, Registry};
 pub use protocol::{Priority, TaskId, TaskReport, TaskState};

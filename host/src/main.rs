@@ -2,15 +2,18 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use fastworker::address::{MANAGEMENT_PORT_OFFSET, RESULT_PORT_OFFSET};
 use fastworker::client::{Client, ClientError, SubmitOptions};
-use fastworker::control_plane::{ControlPlane, ControlPlaneConfig};
+use fastworker::control_plane::{ControlPlane, ControlPlaneConfig, ManagementConfig};
 use fastworker::plugins::Registry;
 use fastworker::protocol::{
-    describe_failure, ErrorKind, FailureKind, Reply, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
+    describe_failure, ErrorKind, FailureKind, OfferedTask, Reply, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
 };
+use fastworker::subworker::{Membership, MembershipConfig};
 use fastworker::{BaseAddress, Priority, TaskId, DEFAULT_BASE_ADDRESS};
 use serde_json::{json, Value};
 use tracing::{info, warn};
@@ -43,6 +46,10 @@ enum Command {
     Submit(SubmitArgs),
     /// Print the state, result or error of a task.
     Status(StatusArgs),
+    /// Join a control plane and run the tasks of its own plugins for it.
+    Subworker(SubworkerArgs),
+    /// Print the control plane's subworkers and their health as JSON.
+    Workers(ClientArgs),
 }
 
 #[derive(Args)]
@@ -56,9 +63,12 @@ struct ControlPlaneArgs {
     /// Service discovery address (reserved; discovery is not served yet).
     #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS", default_value = "tcp://127.0.0.1:5550")]
     discovery_address: String,
-    /// Port for subworker management (default: base port + 5; reserved until subworkers land).
+    /// Port for subworker management (default: base port + 5).
     #[arg(long, env = "FASTWORKER_SUBWORKER_PORT")]
     subworker_port: Option<u16>,
+    /// Seconds without a heartbeat after which a subworker gets no tasks.
+    #[arg(long, env = "FASTWORKER_INACTIVE_AFTER", default_value_t = 30.0)]
+    inactive_after: f64,
     /// Most results kept in the cache; 0 keeps none.
     #[arg(long, env = "FASTWORKER_RESULT_CACHE_SIZE", default_value_t = 10_000)]
     result_cache_size: usize,
@@ -89,6 +99,40 @@ struct ControlPlaneArgs {
     /// Requests each port serves at once; more wait in line.
     #[arg(long, env = "FASTWORKER_CONTEXTS_PER_PORT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     contexts_per_port: u32,
+}
+
+#[derive(Args)]
+struct SubworkerArgs {
+    /// Unique identifier of this subworker.
+    #[arg(long, env = "FASTWORKER_WORKER_ID")]
+    worker_id: String,
+    /// Base address of the control plane to join.
+    #[arg(long, env = "FASTWORKER_CONTROL_PLANE_ADDRESS")]
+    control_plane_address: String,
+    /// Base address of this subworker: CRITICAL tasks on its port, HIGH +1, NORMAL +2, LOW +3.
+    #[arg(long, env = "FASTWORKER_BASE_ADDRESS", default_value = DEFAULT_BASE_ADDRESS)]
+    base_address: String,
+    /// The base address the control plane should dial, when --base-address is not it (0.0.0.0, NAT).
+    #[arg(long, env = "FASTWORKER_ADVERTISE_ADDRESS")]
+    advertise_address: Option<String>,
+    /// Service discovery address (reserved; discovery is not served yet).
+    #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS", default_value = "tcp://127.0.0.1:5550")]
+    discovery_address: String,
+    /// Plugin libraries (.so/.dylib/.dll) whose tasks to run.
+    #[arg(long, env = "FASTWORKER_TASK_MODULES", num_args = 1.., value_delimiter = ',', required = true)]
+    task_modules: Vec<PathBuf>,
+    /// Worker threads running tasks (default: the number of cores).
+    #[arg(long, env = "FASTWORKER_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: Option<u32>,
+    /// Seconds between heartbeats to the control plane.
+    #[arg(long, env = "FASTWORKER_HEARTBEAT_INTERVAL", default_value_t = 5.0)]
+    heartbeat_interval: f64,
+    /// Seconds a shutdown waits for queued and running tasks.
+    #[arg(long, env = "FASTWORKER_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
+    shutdown_timeout: f64,
+    /// Largest request accepted, in bytes.
+    #[arg(long, env = "FASTWORKER_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
+    max_frame_bytes: usize,
 }
 
 #[derive(Args)]
@@ -164,6 +208,11 @@ fn main() -> ExitCode {
             Ok(client) => block_on(status(client, args.task_id)),
             Err(code) => code,
         },
+        Command::Subworker(args) => run_subworker(args),
+        Command::Workers(args) => match connect(&args) {
+            Ok(client) => block_on(workers(client)),
+            Err(code) => code,
+        },
     }
 }
 
@@ -177,8 +226,18 @@ fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         Ok(base) => base,
         Err(error) => return fail(EXIT_USAGE, format_args!("--base-address: {error}")),
     };
-    if !args.shutdown_timeout.is_finite() || args.shutdown_timeout < 0.0 {
+    let Some(shutdown_timeout) = seconds(args.shutdown_timeout, true) else {
         return fail(EXIT_USAGE, "--shutdown-timeout must be a number of seconds, 0 or more");
+    };
+    let Some(inactive_after) = seconds(args.inactive_after, false) else {
+        return fail(EXIT_USAGE, "--inactive-after must be a positive number of seconds");
+    };
+    let management_port = args.subworker_port.unwrap_or(base.port() + MANAGEMENT_PORT_OFFSET);
+    if (base.port()..=base.port() + RESULT_PORT_OFFSET).contains(&management_port) {
+        return fail(
+            EXIT_USAGE,
+            format_args!("--subworker-port {management_port} is one of the task or result ports (base to base+4); choose another"),
+        );
     }
     let registry = match Registry::load(&args.task_modules) {
         Ok(registry) => registry,
@@ -197,12 +256,13 @@ fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         concurrency,
         result_cache_size: args.result_cache_size,
         result_cache_ttl: (args.result_cache_ttl > 0).then(|| Duration::from_secs(args.result_cache_ttl)),
-        shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout),
+        shutdown_timeout,
         max_frame_bytes: args.max_frame_bytes,
         contexts_per_port: args.contexts_per_port as usize,
+        management: Some(ManagementConfig { port: management_port, inactive_after }),
     };
-    // Accepted for compatibility with the seeds; served by later work (discovery, subworkers, dashboard).
-    let _ = (&args.discovery_address, args.subworker_port, &args.gui_host, args.gui_port, args.no_gui);
+    // Accepted for compatibility with the seeds; served by later work (discovery, dashboard).
+    let _ = (&args.discovery_address, &args.gui_host, args.gui_port, args.no_gui);
     let control_plane = match ControlPlane::start(config, registry) {
         Ok(control_plane) => control_plane,
         Err(error) => return fail(EXIT_USAGE, error),
@@ -224,6 +284,133 @@ fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         }
     });
     control_plane.shutdown();
+    ExitCode::SUCCESS
+}
+
+/// A number of seconds from the command line, if it is one.
+fn seconds(value: f64, zero_allowed: bool) -> Option<Duration> {
+    let fits = value.is_finite() && (value > 0.0 || (zero_allowed && value == 0.0)) && value < 1e9;
+    fits.then(|| Duration::from_secs_f64(value))
+}
+
+fn run_subworker(args: SubworkerArgs) -> ExitCode {
+    let base = match BaseAddress::parse(&args.base_address) {
+        Ok(base) => base,
+        Err(error) => return fail(EXIT_USAGE, format_args!("--base-address: {error}")),
+    };
+    if let Err(error) = BaseAddress::parse(&args.control_plane_address) {
+        return fail(EXIT_USAGE, format_args!("--control-plane-address: {error}"));
+    }
+    let advertise = match &args.advertise_address {
+        Some(address) => match BaseAddress::parse(address) {
+            Ok(_) => address.clone(),
+            Err(error) => return fail(EXIT_USAGE, format_args!("--advertise-address: {error}")),
+        },
+        None if matches!(base.host(), "0.0.0.0" | "[::]" | "*") => {
+            return fail(
+                EXIT_USAGE,
+                format_args!(
+                    "--base-address {base} listens on every interface, which the control plane cannot dial: add --advertise-address tcp://<this host's address>:{}",
+                    base.port()
+                ),
+            )
+        }
+        None => base.to_string(),
+    };
+    let (Some(shutdown_timeout), Some(heartbeat_interval)) =
+        (seconds(args.shutdown_timeout, true), seconds(args.heartbeat_interval, false))
+    else {
+        return fail(EXIT_USAGE, "--shutdown-timeout and --heartbeat-interval must be numbers of seconds");
+    };
+    let registry = match Registry::load(&args.task_modules) {
+        Ok(registry) => registry,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    for plugin in registry.plugins() {
+        info!(plugin = %plugin.name, version = %plugin.version, path = %plugin.path.display(), "plugin loaded");
+    }
+    if registry.is_empty() {
+        return fail(
+            EXIT_USAGE,
+            "the plugins given with --task-modules declare no task: a subworker needs at least one",
+        );
+    }
+    let offered: Vec<OfferedTask> = registry
+        .tasks()
+        .iter()
+        .map(|task| OfferedTask { name: task.decl.name.to_string(), priority: task.decl.options.priority })
+        .collect();
+    let concurrency =
+        args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as u32);
+    let membership = MembershipConfig {
+        worker_id: args.worker_id.clone(),
+        control_plane: args.control_plane_address.clone(),
+        advertise,
+        concurrency,
+        heartbeat_interval,
+    };
+    let membership = match Membership::new(membership, offered) {
+        Ok(membership) => membership,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    let config = ControlPlaneConfig {
+        worker_id: args.worker_id,
+        base,
+        concurrency: concurrency as usize,
+        // Results are kept by the control plane; these only answer a task
+        // sent twice.
+        result_cache_size: 1024,
+        result_cache_ttl: Some(Duration::from_secs(60)),
+        shutdown_timeout,
+        max_frame_bytes: args.max_frame_bytes,
+        contexts_per_port: 64,
+        management: None,
+    };
+    let _ = &args.discovery_address;
+    let server = match ControlPlane::start(config, registry) {
+        Ok(server) => server,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
+    let server = Arc::new(server);
+    let in_flight = || server.in_flight() as u32;
+    let refused = runtime.block_on(async {
+        tokio::select! {
+            signal = shutdown_signal() => { info!(signal, "stop requested"); None }
+            result = membership.run(in_flight) => result.err(),
+        }
+    });
+    if let Some(refusal) = refused {
+        server.drain();
+        return fail(EXIT_USAGE, refusal);
+    }
+    runtime.block_on(async {
+        if let Err(error) = membership.leave().await {
+            warn!(%error, "could not tell the control plane this subworker is stopping");
+        }
+        // Drain on another thread while heartbeats go on, so the control
+        // plane keeps waiting for the tasks still running here.
+        let draining = {
+            let server = server.clone();
+            std::thread::spawn(move || server.drain())
+        };
+        let mut next_heartbeat = tokio::time::Instant::now();
+        while !draining.is_finished() {
+            if tokio::time::Instant::now() >= next_heartbeat {
+                if let Err(error) = membership.heartbeat(in_flight()).await {
+                    warn!(%error, "a heartbeat failed while draining");
+                }
+                next_heartbeat = tokio::time::Instant::now() + heartbeat_interval;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Err(error) = membership.unregister().await {
+            warn!(%error, "could not unregister from the control plane; it will notice the closed connection");
+        }
+    });
+    if let Ok(server) = Arc::try_unwrap(server) {
+        server.shutdown();
+    }
     ExitCode::SUCCESS
 }
 
@@ -362,6 +549,40 @@ async fn status(client: Client, task_id: TaskId) -> ExitCode {
             } else {
                 ExitCode::SUCCESS
             }
+        }
+        Err(error) => client_failure(error),
+    }
+}
+
+async fn workers(client: Client) -> ExitCode {
+    match client.workers().await {
+        Ok(status) => {
+            let subworkers: serde_json::Map<String, Value> = status
+                .subworkers
+                .iter()
+                .map(|w| {
+                    let last_seen = std::time::UNIX_EPOCH + Duration::from_millis(w.last_seen_ms);
+                    let row = json!({
+                        "address": w.address,
+                        "status": w.status.as_str(),
+                        "load": w.load,
+                        "concurrency": w.concurrency,
+                        "last_seen": humantime::format_rfc3339_seconds(last_seen).to_string(),
+                        "last_seen_ms": w.last_seen_ms,
+                        "connected": w.connected,
+                        "dispatched": w.dispatched,
+                        "tasks": w.tasks,
+                    });
+                    (w.worker_id.clone(), row)
+                })
+                .collect();
+            let out = json!({
+                "total_subworkers": status.total_subworkers,
+                "active_subworkers": status.active_subworkers,
+                "subworkers": subworkers,
+            });
+            println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+            ExitCode::SUCCESS
         }
         Err(error) => client_failure(error),
     }

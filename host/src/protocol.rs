@@ -58,8 +58,17 @@ pub struct Registration {
     pub address: String,
     /// Tasks it runs at once.
     pub concurrency: u32,
-    /// The names of the tasks its plugins declare.
-    pub tasks: Vec<String>,
+    /// The tasks its plugins declare.
+    pub tasks: Vec<OfferedTask>,
+}
+
+/// A task a subworker provides.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OfferedTask {
+    /// Its declared name.
+    pub name: String,
+    /// Its declared default priority, for submissions that name none.
+    pub priority: Priority,
 }
 
 /// A subworker's identity: the `--worker-id` chosen by its operator, and a
@@ -352,6 +361,35 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     frame
 }
 
+/// A [`Request::Submit`] with borrowed parts: the control plane forwards a
+/// task it keeps (it may need to send it again) without copying it first.
+#[derive(Serialize)]
+enum ForwardedRequest<'a> {
+    Submit(ForwardedSubmit<'a>),
+}
+
+#[derive(Serialize)]
+struct ForwardedSubmit<'a> {
+    task_id: TaskId,
+    task_name: &'a str,
+    #[serde(with = "serde_bytes")]
+    args: &'a [u8],
+    priority: Option<Priority>,
+    wait: bool,
+}
+
+/// Writes the frame of a blocking `Request::Submit` of these parts.
+pub(crate) fn encode_forwarded_submit<W: Write>(
+    task_id: TaskId,
+    task_name: &str,
+    args: &[u8],
+    priority: Priority,
+    out: W,
+) -> std::io::Result<()> {
+    let submit = ForwardedSubmit { task_id, task_name, args, priority: Some(priority), wait: true };
+    encode_into(&ForwardedRequest::Submit(submit), out)
+}
+
 /// Decodes a frame of at most `limit` bytes.
 pub fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8], limit: usize) -> Result<T, DecodeError> {
     if frame.len() > limit {
@@ -389,6 +427,21 @@ mod tests {
         expected.extend_from_slice(&[3, b'a', b'd', b'd', 5, b'[', b'5', b',', b'3', b']', 0, 1]);
         assert_eq!(encode(&request), expected);
         assert!(matches!(decode::<Request>(&expected, 1024), Ok(Request::Submit(s)) if s.task_id == task_id));
+    }
+
+    #[test]
+    fn a_forwarded_submission_is_an_ordinary_one() {
+        let task_id = TaskId::from_bytes([9; 16]);
+        let mut forwarded = Vec::new();
+        encode_forwarded_submit(task_id, "add", b"[1,2]", Priority::High, &mut forwarded).unwrap();
+        let owned = Request::Submit(Submit {
+            task_id,
+            task_name: "add".into(),
+            args: b"[1,2]".to_vec(),
+            priority: Some(Priority::High),
+            wait: true,
+        });
+        assert_eq!(forwarded, encode(&owned));
     }
 
     #[test]

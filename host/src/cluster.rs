@@ -1,0 +1,521 @@
+//! The control plane's view of its subworkers: who provides which task, who
+//! has a free slot, and the tasks waiting for one. Pure bookkeeping with no
+//! I/O (the connection to each worker is the type parameter `L`), so the
+//! routing rules are tested here directly.
+//!
+//! A worker has one slot per task it runs at once (its `--concurrency`); the
+//! control plane sends a worker a task only into a free slot. Tasks that find
+//! every capable slot taken wait here, one queue per priority, and a slot
+//! that frees takes the most urgent waiting task its worker provides. So
+//! priorities hold across the cluster, and no worker is handed more than it
+//! can start.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::protocol::{ClusterStatus, Priority, TaskId, WorkerName, WorkerState, WorkerStatus};
+
+/// A worker's handle in the cluster; never reused, so a late event about a
+/// removed worker cannot touch its successor.
+pub(crate) type WorkerKey = u64;
+
+/// Every subworker and the tasks waiting for a slot.
+pub(crate) struct Cluster<L> {
+    workers: Vec<Worker<L>>,
+    waiting: [VecDeque<Waiting>; 4],
+    /// Where the next search for a least-loaded worker starts, so that
+    /// equally loaded workers take turns.
+    turn: usize,
+    next_key: WorkerKey,
+}
+
+/// A task waiting for a free slot on a worker that provides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Waiting {
+    pub(crate) task_id: TaskId,
+    pub(crate) task_name: String,
+}
+
+/// One subworker.
+pub(crate) struct Worker<L> {
+    pub(crate) key: WorkerKey,
+    pub(crate) name: WorkerName,
+    pub(crate) address: String,
+    /// The tasks it provides, with their declared priorities.
+    pub(crate) tasks: HashMap<String, Priority>,
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) phase: Phase,
+    /// Whether the control plane's connection to it is up.
+    pub(crate) connected: bool,
+    pub(crate) last_seen: Instant,
+    pub(crate) last_seen_ms: u64,
+    /// Tasks it said it has, from any client, in its last heartbeat.
+    pub(crate) reported_in_flight: u32,
+    /// Tasks sent to it so far.
+    pub(crate) dispatched: u64,
+    pub(crate) link: L,
+}
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Registered; the control plane is still connecting to it.
+    Connecting,
+    /// Takes tasks.
+    Active,
+    /// Silent too long: takes nothing until it heartbeats again.
+    Inactive,
+    /// Stopping: finishes what it has, takes nothing new.
+    Draining,
+}
+
+/// What one slot of a worker is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// Free.
+    Idle,
+    /// Carrying this task.
+    Busy(TaskId),
+    /// Its task was taken back (the worker went silent or away); the slot
+    /// is free again once its connection reports the exchange ended.
+    Abandoned,
+}
+
+/// Where a task should go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// Sent to this worker's slot (now marked busy with the task).
+    Slot(WorkerKey, usize),
+    /// Live workers provide it but none has a free slot: it must wait.
+    Wait,
+    /// No live worker provides it.
+    Nobody,
+}
+
+impl<L> Default for Cluster<L> {
+    fn default() -> Self {
+        Cluster { workers: Vec::new(), waiting: Default::default(), turn: 0, next_key: 1 }
+    }
+}
+
+impl<L> Worker<L> {
+    /// Whether tasks may be sent to it.
+    pub(crate) fn routable(&self) -> bool {
+        self.phase == Phase::Active && self.connected
+    }
+
+    /// Whether it is up and answering, for the duplicate-id check.
+    pub(crate) fn alive(&self) -> bool {
+        self.connected && matches!(self.phase, Phase::Active | Phase::Draining)
+    }
+
+    fn in_flight(&self) -> u32 {
+        self.slots.iter().filter(|slot| matches!(slot, Slot::Busy(_))).count() as u32
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        self.slots.iter().position(|slot| *slot == Slot::Idle)
+    }
+
+    /// The busier of what the control plane sent and what the worker said.
+    fn load(&self) -> u32 {
+        self.in_flight().max(self.reported_in_flight)
+    }
+
+    fn status(&self) -> WorkerState {
+        match self.phase {
+            Phase::Active if self.connected => WorkerState::Active,
+            Phase::Draining => WorkerState::Draining,
+            _ => WorkerState::Inactive,
+        }
+    }
+}
+
+impl<L> Cluster<L> {
+    /// A key for a worker about to be added.
+    pub(crate) fn new_key(&mut self) -> WorkerKey {
+        self.next_key += 1;
+        self.next_key
+    }
+
+    /// Adds a worker, still connecting.
+    pub(crate) fn add(
+        &mut self,
+        key: WorkerKey,
+        name: WorkerName,
+        address: String,
+        concurrency: u32,
+        tasks: HashMap<String, Priority>,
+        link: L,
+    ) {
+        self.workers.push(Worker {
+            key,
+            name,
+            address,
+            tasks,
+            slots: vec![Slot::Idle; concurrency.max(1) as usize],
+            phase: Phase::Connecting,
+            connected: false,
+            last_seen: Instant::now(),
+            last_seen_ms: crate::protocol::now_ms(),
+            reported_in_flight: 0,
+            dispatched: 0,
+            link,
+        });
+    }
+
+    /// Whether there are no workers at all (the common single-node case).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    pub(crate) fn get(&self, key: WorkerKey) -> Option<&Worker<L>> {
+        self.workers.iter().find(|w| w.key == key)
+    }
+
+    pub(crate) fn get_mut(&mut self, key: WorkerKey) -> Option<&mut Worker<L>> {
+        self.workers.iter_mut().find(|w| w.key == key)
+    }
+
+    pub(crate) fn find(&self, worker_id: &str) -> Option<&Worker<L>> {
+        self.workers.iter().find(|w| w.name.worker_id == worker_id)
+    }
+
+    pub(crate) fn workers(&self) -> impl Iterator<Item = &Worker<L>> {
+        self.workers.iter()
+    }
+
+    /// Removes a worker; the tasks it was carrying (with their slots) are
+    /// returned for sending elsewhere.
+    pub(crate) fn remove(&mut self, key: WorkerKey) -> Option<(Worker<L>, Vec<(usize, TaskId)>)> {
+        let index = self.workers.iter().position(|w| w.key == key)?;
+        let mut worker = self.workers.remove(index);
+        let carried = take_back(&mut worker);
+        Some((worker, carried))
+    }
+
+    /// Takes back the tasks a worker carries (it went silent or its
+    /// connection dropped); their slots stay unusable until released.
+    pub(crate) fn take_back(&mut self, key: WorkerKey) -> Vec<(usize, TaskId)> {
+        self.get_mut(key).map(take_back).unwrap_or_default()
+    }
+
+    /// Marks a worker's connection down (its link reports it up again if it
+    /// reconnects); returns its id.
+    pub(crate) fn disconnected(&mut self, key: WorkerKey) -> Option<String> {
+        let worker = self.get_mut(key)?;
+        worker.connected = false;
+        worker.reported_in_flight = 0;
+        Some(worker.name.worker_id.clone())
+    }
+
+    /// The declared priority of a task some worker provides.
+    pub(crate) fn declared_priority(&self, task_name: &str) -> Option<Priority> {
+        self.workers.iter().find_map(|w| w.tasks.get(task_name).copied())
+    }
+
+    /// Chooses the least-loaded live worker providing `task_name` that has a
+    /// free slot (equal loads take turns) and marks that slot busy.
+    pub(crate) fn place(&mut self, task_id: TaskId, task_name: &str) -> Placement {
+        let count = self.workers.len();
+        let mut provided = false;
+        let mut best: Option<(usize, u64)> = None;
+        for step in 0..count {
+            let index = (self.turn + step) % count;
+            let worker = &self.workers[index];
+            if !worker.routable() || !worker.tasks.contains_key(task_name) {
+                continue;
+            }
+            provided = true;
+            if worker.free_slot().is_none() {
+                continue;
+            }
+            // In-flight tasks as a fixed-point fraction of concurrency.
+            let weighted = ((worker.load() as u64) << 32) / worker.slots.len() as u64;
+            if best.map_or(true, |(_, lowest)| weighted < lowest) {
+                best = Some((index, weighted));
+            }
+        }
+        match best {
+            Some((index, _)) => {
+                self.turn = index + 1;
+                let worker = &mut self.workers[index];
+                let slot = worker.free_slot().expect("checked above");
+                worker.slots[slot] = Slot::Busy(task_id);
+                worker.dispatched += 1;
+                Placement::Slot(worker.key, slot)
+            }
+            None if provided => Placement::Wait,
+            None => Placement::Nobody,
+        }
+    }
+
+    /// Puts a task in line for a slot; `first` for a task taken back from a
+    /// worker, which has waited longest.
+    pub(crate) fn wait(&mut self, priority: Priority, waiting: Waiting, first: bool) {
+        let queue = &mut self.waiting[priority.index()];
+        if first {
+            queue.push_front(waiting);
+        } else {
+            queue.push_back(waiting);
+        }
+    }
+
+    /// Frees a slot after its exchange ended. True when it carried `task_id`
+    /// (false for an abandoned slot, whose task went elsewhere).
+    pub(crate) fn release(&mut self, key: WorkerKey, slot: usize, task_id: Option<TaskId>) -> bool {
+        let Some(worker) = self.get_mut(key) else { return false };
+        let Some(state) = worker.slots.get_mut(slot) else { return false };
+        let carried = matches!((*state, task_id), (Slot::Busy(busy), Some(id)) if busy == id);
+        *state = Slot::Idle;
+        carried
+    }
+
+    /// The task in `key`'s slot, if it is busy.
+    pub(crate) fn carried(&self, key: WorkerKey, slot: usize) -> Option<TaskId> {
+        match self.get(key)?.slots.get(slot)? {
+            Slot::Busy(task_id) => Some(*task_id),
+            _ => None,
+        }
+    }
+
+    /// Gives a free slot of a live worker the most urgent waiting task it
+    /// provides, marking the slot busy.
+    pub(crate) fn next_for(&mut self, key: WorkerKey, slot: usize) -> Option<TaskId> {
+        let worker = self.workers.iter_mut().find(|w| w.key == key)?;
+        if !worker.routable() || worker.slots.get(slot) != Some(&Slot::Idle) {
+            return None;
+        }
+        for queue in &mut self.waiting {
+            if let Some(position) = queue.iter().position(|w| worker.tasks.contains_key(&w.task_name)) {
+                let waiting = queue.remove(position).expect("position is in range");
+                worker.slots[slot] = Slot::Busy(waiting.task_id);
+                worker.dispatched += 1;
+                return Some(waiting.task_id);
+            }
+        }
+        None
+    }
+
+    /// Every free slot of a live worker paired with a waiting task it
+    /// provides, most urgent first (after a worker joins or comes back).
+    pub(crate) fn fill(&mut self) -> Vec<(WorkerKey, usize, TaskId)> {
+        let mut filled = Vec::new();
+        if self.waiting.iter().all(VecDeque::is_empty) {
+            return filled;
+        }
+        let free: Vec<(WorkerKey, usize)> = self
+            .workers
+            .iter()
+            .filter(|w| w.routable())
+            .flat_map(|w| w.slots.iter().enumerate().filter(|(_, s)| **s == Slot::Idle).map(|(i, _)| (w.key, i)))
+            .collect();
+        for (key, slot) in free {
+            if let Some(task_id) = self.next_for(key, slot) {
+                filled.push((key, slot, task_id));
+            }
+        }
+        filled
+    }
+
+    /// Removes and returns the waiting tasks that no live worker provides
+    /// any more.
+    pub(crate) fn stranded(&mut self) -> Vec<Waiting> {
+        let workers = &self.workers;
+        let provided = |name: &str| workers.iter().any(|w| w.routable() && w.tasks.contains_key(name));
+        let mut stranded = Vec::new();
+        for queue in &mut self.waiting {
+            queue.retain(|waiting| {
+                let keep = provided(&waiting.task_name);
+                if !keep {
+                    stranded.push(waiting.clone());
+                }
+                keep
+            });
+        }
+        stranded
+    }
+
+    /// Marks workers silent for longer than `after` inactive; returns them.
+    pub(crate) fn silent(&mut self, now: Instant, after: Duration) -> Vec<WorkerKey> {
+        let mut silent = Vec::new();
+        for worker in &mut self.workers {
+            let quiet = now.saturating_duration_since(worker.last_seen) > after;
+            if quiet && matches!(worker.phase, Phase::Active | Phase::Draining) {
+                worker.phase = Phase::Inactive;
+                silent.push(worker.key);
+            }
+        }
+        silent
+    }
+
+    /// Records a heartbeat; true when it brings the worker back from inactive.
+    pub(crate) fn heard_from(&mut self, key: WorkerKey, in_flight: u32) -> bool {
+        let Some(worker) = self.get_mut(key) else { return false };
+        worker.last_seen = Instant::now();
+        worker.last_seen_ms = crate::protocol::now_ms();
+        worker.reported_in_flight = in_flight;
+        let back = worker.phase == Phase::Inactive;
+        if back {
+            worker.phase = Phase::Active;
+        }
+        back
+    }
+
+    /// The names of the tasks live workers provide, sorted.
+    pub(crate) fn task_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> =
+            self.workers.iter().filter(|w| w.routable()).flat_map(|w| w.tasks.keys().map(String::as_str)).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// The cluster as `fastworker workers` shows it.
+    pub(crate) fn status(&self) -> ClusterStatus {
+        let mut subworkers: Vec<WorkerStatus> = self
+            .workers
+            .iter()
+            .filter(|w| w.phase != Phase::Connecting)
+            .map(|w| {
+                let mut tasks: Vec<String> = w.tasks.keys().cloned().collect();
+                tasks.sort_unstable();
+                WorkerStatus {
+                    worker_id: w.name.worker_id.clone(),
+                    address: w.address.clone(),
+                    status: w.status(),
+                    load: w.load(),
+                    concurrency: w.slots.len() as u32,
+                    last_seen_ms: w.last_seen_ms,
+                    connected: w.connected,
+                    dispatched: w.dispatched,
+                    tasks,
+                }
+            })
+            .collect();
+        subworkers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        ClusterStatus {
+            total_subworkers: subworkers.len() as u32,
+            active_subworkers: subworkers.iter().filter(|w| w.status == WorkerState::Active).count() as u32,
+            subworkers,
+        }
+    }
+}
+
+fn take_back<L>(worker: &mut Worker<L>) -> Vec<(usize, TaskId)> {
+    let mut carried = Vec::new();
+    for (index, slot) in worker.slots.iter_mut().enumerate() {
+        if let Slot::Busy(task_id) = *slot {
+            carried.push((index, task_id));
+            *slot = Slot::Abandoned;
+        }
+    }
+    carried
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(id: &str) -> WorkerName {
+        WorkerName { worker_id: id.into(), instance: TaskId::new_v4() }
+    }
+
+    fn worker(cluster: &mut Cluster<()>, id: &str, concurrency: u32, tasks: &[&str]) -> WorkerKey {
+        let tasks = tasks.iter().map(|t| (t.to_string(), Priority::Normal)).collect();
+        let key = cluster.new_key();
+        cluster.add(key, name(id), format!("tcp://{id}:1"), concurrency, tasks, ());
+        let worker = cluster.get_mut(key).unwrap();
+        worker.phase = Phase::Active;
+        worker.connected = true;
+        key
+    }
+
+    fn id() -> TaskId {
+        TaskId::new_v4()
+    }
+
+    #[test]
+    fn equal_workers_take_turns_and_the_least_loaded_wins() {
+        let mut cluster = Cluster::default();
+        let a = worker(&mut cluster, "a", 2, &["add"]);
+        let b = worker(&mut cluster, "b", 2, &["add"]);
+        let Placement::Slot(first, _) = cluster.place(id(), "add") else { panic!() };
+        let Placement::Slot(second, _) = cluster.place(id(), "add") else { panic!() };
+        assert_ne!(first, second, "ties are spread");
+        // Both at 1/2; one finishes, so it is the least loaded.
+        let carried = cluster.carried(a, 0).unwrap();
+        assert!(cluster.release(a, 0, Some(carried)));
+        assert_eq!(cluster.place(id(), "add"), Placement::Slot(a, 0));
+        // Both at 1/2 again: the turn passes to b.
+        assert!(matches!(cluster.place(id(), "add"), Placement::Slot(k, _) if k == b));
+        assert_eq!(cluster.place(id(), "add"), Placement::Slot(a, 1));
+        assert_eq!(cluster.place(id(), "add"), Placement::Wait);
+    }
+
+    #[test]
+    fn load_is_relative_to_concurrency() {
+        let mut cluster = Cluster::default();
+        let small = worker(&mut cluster, "small", 1, &["add"]);
+        let big = worker(&mut cluster, "big", 4, &["add"]);
+        cluster.get_mut(big).unwrap().reported_in_flight = 1;
+        // small at 0/1 is less loaded than big at 1/4.
+        assert_eq!(cluster.place(id(), "add"), Placement::Slot(small, 0));
+        // small is now 1/1, big 1/4.
+        assert!(matches!(cluster.place(id(), "add"), Placement::Slot(k, _) if k == big));
+    }
+
+    #[test]
+    fn routing_is_by_task_name_and_liveness() {
+        let mut cluster = Cluster::default();
+        let images = worker(&mut cluster, "images", 1, &["resize"]);
+        let _text = worker(&mut cluster, "text", 1, &["upper"]);
+        assert_eq!(cluster.place(id(), "resize"), Placement::Slot(images, 0));
+        assert_eq!(cluster.place(id(), "nothing"), Placement::Nobody);
+        cluster.get_mut(images).unwrap().connected = false;
+        assert_eq!(cluster.place(id(), "resize"), Placement::Nobody);
+        assert_eq!(cluster.task_names(), vec!["upper"]);
+    }
+
+    #[test]
+    fn a_freed_slot_takes_the_most_urgent_task_its_worker_provides() {
+        let mut cluster = Cluster::default();
+        let a = worker(&mut cluster, "a", 1, &["add", "fib"]);
+        let running = id();
+        assert_eq!(cluster.place(running, "add"), Placement::Slot(a, 0));
+        let (low, other, critical) = (id(), id(), id());
+        cluster.wait(Priority::Low, Waiting { task_id: low, task_name: "fib".into() }, false);
+        cluster.wait(Priority::Critical, Waiting { task_id: other, task_name: "upper".into() }, false);
+        cluster.wait(Priority::High, Waiting { task_id: critical, task_name: "add".into() }, false);
+        assert!(cluster.release(a, 0, Some(running)));
+        assert_eq!(cluster.next_for(a, 0), Some(critical));
+        assert!(cluster.release(a, 0, Some(critical)));
+        assert_eq!(cluster.next_for(a, 0), Some(low));
+        // "upper" has no live provider any more.
+        assert_eq!(cluster.stranded(), vec![Waiting { task_id: other, task_name: "upper".into() }]);
+    }
+
+    #[test]
+    fn tasks_taken_back_leave_their_slots_unusable_until_released() {
+        let mut cluster = Cluster::default();
+        let a = worker(&mut cluster, "a", 1, &["add"]);
+        let task = id();
+        cluster.place(task, "add");
+        assert_eq!(cluster.take_back(a), vec![(0, task)]);
+        assert_eq!(cluster.place(id(), "add"), Placement::Wait);
+        assert!(!cluster.release(a, 0, Some(task)), "an abandoned slot no longer carries its task");
+        assert!(matches!(cluster.place(id(), "add"), Placement::Slot(..)));
+    }
+
+    #[test]
+    fn silence_makes_a_worker_inactive_and_a_heartbeat_brings_it_back() {
+        let mut cluster = Cluster::default();
+        let a = worker(&mut cluster, "a", 1, &["add"]);
+        let later = Instant::now() + Duration::from_secs(31);
+        assert_eq!(cluster.silent(later, Duration::from_secs(30)), vec![a]);
+        assert_eq!(cluster.status().active_subworkers, 0);
+        assert_eq!(cluster.place(id(), "add"), Placement::Nobody);
+        assert!(cluster.heard_from(a, 0));
+        assert_eq!(cluster.status().active_subworkers, 1);
+    }
+}

@@ -1,0 +1,81 @@
+//! The control plane's connection to one subworker: a REQ socket dialed to
+//! the worker's base port, one context per slot (a slot carries one task at
+//! a time), and a watch on the connection, so that a worker that dies is
+//! noticed the moment its connection drops rather than when heartbeats stop.
+
+use std::time::Duration;
+
+use nng::options::protocol::reqrep::ResendTime;
+use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize};
+use nng::{Aio, AioResult, Context, Message, PipeEvent, Protocol, Socket};
+
+/// A dialed connection to a subworker.
+pub(crate) struct Link {
+    socket: Socket,
+    slots: Vec<(Context, Aio)>,
+}
+
+impl Link {
+    /// Dials `url` (without waiting for the connection) with `slots`
+    /// contexts. `on_connection` hears `true` when the connection comes up
+    /// and `false` when it drops; `on_slot` hears each slot's events.
+    pub(crate) fn open(
+        url: &str,
+        slots: usize,
+        max_frame: usize,
+        on_connection: impl Fn(bool) + Send + Sync + 'static,
+        on_slot: impl Fn(usize, Aio, AioResult) + Send + Sync + Clone + 'static,
+    ) -> Result<Link, nng::Error> {
+        let socket = Socket::new(Protocol::Req0)?;
+        // A task may run for hours: never resend on a timer. A task lost
+        // with its connection is sent elsewhere by the control plane.
+        socket.set_opt::<ResendTime>(None)?;
+        socket.set_opt::<ReconnectMinTime>(Some(Duration::from_millis(50)))?;
+        socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_secs(1)))?;
+        socket.set_opt::<RecvMaxSize>(max_frame.saturating_mul(2))?;
+        socket.pipe_notify(move |_pipe, event| match event {
+            PipeEvent::AddPost => on_connection(true),
+            PipeEvent::RemovePost => on_connection(false),
+            _ => {}
+        })?;
+        let mut link = Link { socket, slots: Vec::with_capacity(slots) };
+        for index in 0..slots {
+            let ctx = Context::new(&link.socket)?;
+            let on_slot = on_slot.clone();
+            let aio = Aio::new(move |aio, result| on_slot(index, aio, result))?;
+            link.slots.push((ctx, aio));
+        }
+        link.socket.dial_async(url)?;
+        Ok(link)
+    }
+
+    /// Sends a request on a free slot; its reply arrives through `on_slot`
+    /// once [`Link::receive`] is called after the send completes.
+    pub(crate) fn send(&self, slot: usize, message: Message) -> Result<(), nng::Error> {
+        let (ctx, aio) = &self.slots[slot];
+        ctx.send(aio, message).map_err(|(_, error)| error)
+    }
+
+    /// Waits for the reply to the request a slot just sent.
+    pub(crate) fn receive(&self, slot: usize) -> Result<(), nng::Error> {
+        let (ctx, aio) = &self.slots[slot];
+        ctx.recv(aio)
+    }
+
+    /// Gives up on a slot's exchange; `on_slot` hears it end.
+    pub(crate) fn cancel(&self, slot: usize) {
+        self.slots[slot].1.cancel();
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Links are dropped on the cluster thread, never inside one of their
+        // own callbacks, so waiting for those callbacks cannot deadlock.
+        self.socket.close();
+        for (_, aio) in &self.slots {
+            aio.cancel();
+            aio.wait();
+        }
+    }
+}

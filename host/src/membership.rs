@@ -1,0 +1,331 @@
+//! The control plane's side of subworker membership: registration,
+//! heartbeats, leaving, and noticing workers that go silent or away.
+//!
+//! All of it happens on one thread fed by a channel (management requests,
+//! connection events of each worker's link, and a periodic tick), so that
+//! membership changes are ordered and NNG callbacks never block on them.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nng::Message;
+use tracing::{info, warn};
+
+use crate::address::BaseAddress;
+use crate::cluster::{Phase, WorkerKey};
+use crate::control_plane::ManagementConfig;
+use crate::endpoint::Replier;
+use crate::link::Link;
+use crate::protocol::{decode, ErrorKind, Heartbeat, Registration, Reply, Request, WorkerName};
+use crate::state::{error_reply, Outbox, State};
+
+/// How often silence and registrations are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// How long a registering subworker has to accept the control plane's connection.
+const CONNECT_LIMIT: Duration = Duration::from_secs(3);
+
+/// What the membership thread acts on.
+pub(crate) enum Event {
+    /// A frame that arrived on the management port.
+    Frame(Replier, Message),
+    /// A worker's link connected (`true`) or dropped (`false`).
+    Connection(WorkerKey, bool),
+    /// The control plane is stopping.
+    Stop,
+}
+
+/// Starts the membership thread.
+pub(crate) fn start(
+    state: Arc<State>,
+    config: ManagementConfig,
+    events: Sender<Event>,
+    receiver: Receiver<Event>,
+) -> JoinHandle<()> {
+    let mut membership = Membership { state, config, events, connecting: HashMap::new() };
+    std::thread::Builder::new()
+        .name("membership".into())
+        .spawn(move || {
+            let mut next_tick = Instant::now() + TICK;
+            loop {
+                match receiver.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                    Ok(Event::Frame(replier, message)) => membership.on_frame(replier, &message),
+                    Ok(Event::Connection(key, up)) => membership.on_connection(key, up),
+                    Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+                if Instant::now() >= next_tick {
+                    membership.tick();
+                    next_tick = Instant::now() + TICK;
+                }
+            }
+            membership.close_all();
+        })
+        .expect("spawning the membership thread")
+}
+
+struct Membership {
+    state: Arc<State>,
+    config: ManagementConfig,
+    events: Sender<Event>,
+    /// Registrations waiting for the control plane's connection to the
+    /// worker, with their deadline.
+    connecting: HashMap<WorkerKey, (Replier, Instant)>,
+}
+
+impl Membership {
+    fn on_frame(&mut self, replier: Replier, message: &Message) {
+        let request = match decode::<Request>(message, self.state.config.max_frame_bytes) {
+            Ok(request) => request,
+            Err(error) => {
+                warn!(port = "management", %error, "refused a frame");
+                return replier.send(&Reply::Error(error.to_reply()));
+            }
+        };
+        match request {
+            Request::Register(registration) => self.register(registration, replier),
+            Request::Heartbeat(heartbeat) => replier.send(&self.heartbeat(heartbeat)),
+            Request::Leave(name) => replier.send(&self.leave(&name)),
+            Request::Unregister(name) => replier.send(&self.unregister(&name)),
+            Request::Workers => replier.send(&Reply::Workers(self.state.cluster_status())),
+            Request::Discover => replier.send(&Reply::Discovered { management_port: self.config.port }),
+            Request::Submit(_) | Request::Status { .. } => replier.send(&error_reply(
+                ErrorKind::WrongEndpoint,
+                "the management port is for subworkers: submit tasks to a priority port and query results on base+4"
+                    .into(),
+            )),
+        }
+    }
+
+    fn register(&mut self, registration: Registration, replier: Replier) {
+        let Registration { name, address, concurrency, tasks: offered } = registration;
+        let base = match BaseAddress::parse(&address) {
+            Ok(base) => base,
+            Err(error) => {
+                return replier.send(&error_reply(
+                    ErrorKind::WorkerUnreachable,
+                    format!("subworker '{}' gave an address the control plane cannot dial: {error}", name.worker_id),
+                ))
+            }
+        };
+        let replaced = {
+            let tasks = self.state.lock();
+            match tasks.cluster.find(&name.worker_id) {
+                Some(existing) if existing.name == name => {
+                    // The same process again: its earlier request timed out.
+                    let key = existing.key;
+                    let connected = existing.phase != Phase::Connecting;
+                    drop(tasks);
+                    if connected {
+                        return replier.send(&Reply::Done);
+                    }
+                    if let Some((earlier, deadline)) = self.connecting.remove(&key) {
+                        earlier
+                            .send(&error_reply(ErrorKind::WorkerUnreachable, "superseded by a newer request".into()));
+                        self.connecting.insert(key, (replier, deadline));
+                    }
+                    return;
+                }
+                Some(existing) if existing.alive() => {
+                    let message = format!(
+                        "a subworker with id '{}' is already registered from {} and is alive; give each subworker its own --worker-id",
+                        name.worker_id, existing.address
+                    );
+                    drop(tasks);
+                    warn!(worker = %name.worker_id, %address, "refused a duplicate subworker id");
+                    return replier.send(&error_reply(ErrorKind::DuplicateWorker, message));
+                }
+                Some(existing) => Some(existing.key),
+                None => None,
+            }
+        };
+        if let Some(key) = replaced {
+            self.remove(key, &format!("subworker '{}' registered again as a new process", name.worker_id));
+        }
+        let key = self.state.lock().cluster.new_key();
+        let events = self.events.clone();
+        let state = Arc::downgrade(&self.state);
+        let link = Link::open(
+            &base.at_offset(0),
+            concurrency.max(1) as usize,
+            self.state.config.max_frame_bytes,
+            move |up| {
+                let _ = events.send(Event::Connection(key, up));
+            },
+            move |slot, _aio, result| {
+                if let Some(state) = state.upgrade() {
+                    state.on_slot_event(key, slot, result);
+                }
+            },
+        );
+        let link = match link {
+            Ok(link) => link,
+            Err(error) => {
+                return replier.send(&error_reply(
+                    ErrorKind::WorkerUnreachable,
+                    format!("the control plane cannot dial subworker '{}' at {address}: {error}", name.worker_id),
+                ))
+            }
+        };
+        let provided: HashMap<String, _> = offered.into_iter().map(|t| (t.name, t.priority)).collect();
+        self.state.lock().cluster.add(key, name, address, concurrency, provided, link);
+        self.connecting.insert(key, (replier, Instant::now() + CONNECT_LIMIT));
+    }
+
+    fn on_connection(&mut self, key: WorkerKey, up: bool) {
+        let mut outbox = Outbox::default();
+        let mut tasks = self.state.lock();
+        let Some(worker) = tasks.cluster.get_mut(key) else { return };
+        if up {
+            worker.connected = true;
+            if worker.phase == Phase::Connecting {
+                worker.phase = Phase::Active;
+                worker.last_seen = Instant::now();
+                worker.last_seen_ms = crate::protocol::now_ms();
+                let mut names: Vec<&str> = worker.tasks.keys().map(String::as_str).collect();
+                names.sort_unstable();
+                info!(
+                    worker = %worker.name.worker_id,
+                    address = %worker.address,
+                    concurrency = worker.slots.len(),
+                    tasks = %names.join(", "),
+                    "subworker registered"
+                );
+                if let Some((replier, _)) = self.connecting.remove(&key) {
+                    replier.send(&Reply::Done);
+                }
+            }
+            self.state.fill(&mut tasks);
+        } else {
+            let worker_id = tasks.cluster.disconnected(key).unwrap_or_default();
+            let why = format!("the connection to subworker '{worker_id}' dropped");
+            warn!(worker = %worker_id, "lost the connection to a subworker: excluded until it reconnects");
+            self.state.take_back(&mut tasks, key, &why, &mut outbox);
+        }
+        drop(tasks);
+        outbox.deliver();
+    }
+
+    fn heartbeat(&mut self, heartbeat: Heartbeat) -> Reply {
+        let mut tasks = self.state.lock();
+        let key = match tasks.cluster.find(&heartbeat.name.worker_id) {
+            Some(worker) if worker.name == heartbeat.name => worker.key,
+            _ => {
+                return error_reply(
+                    ErrorKind::UnknownWorker,
+                    format!(
+                        "this control plane does not know subworker '{}' (it restarted, or forgot the worker after a long silence): register again",
+                        heartbeat.name.worker_id
+                    ),
+                )
+            }
+        };
+        if tasks.cluster.heard_from(key, heartbeat.in_flight) {
+            info!(worker = %heartbeat.name.worker_id, "subworker heard from again: active");
+            self.state.fill(&mut tasks);
+        }
+        Reply::Done
+    }
+
+    fn leave(&mut self, name: &WorkerName) -> Reply {
+        let mut tasks = self.state.lock();
+        let key = tasks.cluster.find(&name.worker_id).filter(|w| w.name == *name).map(|w| w.key);
+        if let Some(worker) = key.and_then(|key| tasks.cluster.get_mut(key)) {
+            worker.phase = Phase::Draining;
+            info!(worker = %name.worker_id, "subworker stopping: no new tasks go to it");
+            let mut outbox = Outbox::default();
+            let why = format!("subworker '{}' is stopping", name.worker_id);
+            self.state.settle_stranded(&mut tasks, &why, &mut outbox);
+            drop(tasks);
+            outbox.deliver();
+        }
+        Reply::Done
+    }
+
+    fn unregister(&mut self, name: &WorkerName) -> Reply {
+        let key = self.state.lock().cluster.find(&name.worker_id).filter(|w| w.name == *name).map(|w| w.key);
+        if let Some(key) = key {
+            self.remove(key, &format!("subworker '{}' unregistered", name.worker_id));
+            info!(worker = %name.worker_id, "subworker unregistered");
+        }
+        Reply::Done
+    }
+
+    /// Removes a worker, sending what it carried elsewhere, and closes its link.
+    fn remove(&mut self, key: WorkerKey, why: &str) {
+        let mut outbox = Outbox::default();
+        let mut tasks = self.state.lock();
+        let Some((worker, carried)) = tasks.cluster.remove(key) else { return };
+        for (_, task_id) in carried {
+            self.state.send_again(&mut tasks, task_id, why, &mut outbox);
+        }
+        self.state.settle_stranded(&mut tasks, why, &mut outbox);
+        drop(tasks);
+        outbox.deliver();
+        if let Some((replier, _)) = self.connecting.remove(&key) {
+            replier.send(&error_reply(ErrorKind::WorkerUnreachable, why.to_string()));
+        }
+        // Closing waits for the link's callbacks, which take the task lock:
+        // it must be released by now.
+        drop(worker);
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let after = self.config.inactive_after;
+        let mut outbox = Outbox::default();
+        let mut forget = Vec::new();
+        let mut unreachable = Vec::new();
+        {
+            let mut tasks = self.state.lock();
+            for key in tasks.cluster.silent(now, after) {
+                let Some(worker) = tasks.cluster.get(key) else { continue };
+                let why =
+                    format!("subworker '{}' has been silent for over {} s", worker.name.worker_id, after.as_secs_f64());
+                warn!(worker = %worker.name.worker_id, "no heartbeat for over {} s (--inactive-after): excluded until it heartbeats again", after.as_secs_f64());
+                self.state.take_back(&mut tasks, key, &why, &mut outbox);
+            }
+            for worker in tasks.cluster.workers() {
+                let silent_for = now.saturating_duration_since(worker.last_seen);
+                if !worker.connected && worker.phase != Phase::Connecting && silent_for > after {
+                    forget.push((worker.key, worker.name.worker_id.clone()));
+                }
+            }
+            for (key, (_, deadline)) in &self.connecting {
+                if now >= *deadline {
+                    let address = tasks.cluster.get(*key).map(|w| w.address.clone()).unwrap_or_default();
+                    unreachable.push((*key, address));
+                }
+            }
+            self.state.fill(&mut tasks);
+        }
+        outbox.deliver();
+        for (key, worker_id) in forget {
+            info!(worker = %worker_id, "forgot a subworker that has been gone for over {} s", after.as_secs_f64());
+            self.remove(key, &format!("subworker '{worker_id}' is gone"));
+        }
+        for (key, address) in unreachable {
+            let (replier, _) = self.connecting.remove(&key).expect("listed above");
+            self.remove(key, "it could not be reached");
+            warn!(%address, "a subworker registered, but the control plane could not connect to it");
+            replier.send(&error_reply(
+                ErrorKind::WorkerUnreachable,
+                format!(
+                    "the control plane could not connect to {address} within {} s: make sure the subworker's --base-address (or --advertise-address) is reachable from the control plane's host",
+                    CONNECT_LIMIT.as_secs()
+                ),
+            ));
+        }
+    }
+
+    /// Closes every link on the way out.
+    fn close_all(&mut self) {
+        let keys: Vec<WorkerKey> = self.state.lock().cluster.workers().map(|w| w.key).collect();
+        for key in keys {
+            self.remove(key, "the control plane stopped");
+        }
+    }
+}

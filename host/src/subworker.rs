@@ -1,0 +1,160 @@
+//! The subworker's side of membership: find the control plane's management
+//! port, register, heartbeat, and leave cleanly. The serving itself is a
+//! [`crate::ControlPlane`] with its task ports only.
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::client::{Client, ClientError};
+use crate::protocol::{ErrorKind, Heartbeat, OfferedTask, Registration, Request, WorkerName};
+
+/// The longest pause between registration attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long a registration may take: the control plane connects back first.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a subworker announces itself.
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    /// Its `--worker-id`.
+    pub worker_id: String,
+    /// The control plane's base address.
+    pub control_plane: String,
+    /// The base address the control plane dials to send tasks.
+    pub advertise: String,
+    /// Tasks it runs at once.
+    pub concurrency: u32,
+    /// Time between heartbeats.
+    pub heartbeat_interval: Duration,
+}
+
+/// Why a subworker cannot join at all (retrying would not help).
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// The control plane refused it, saying why.
+    #[error("the control plane at {control_plane} refused this subworker: {message}")]
+    Refused {
+        /// The control plane's base address.
+        control_plane: String,
+        /// Its reason.
+        message: String,
+    },
+}
+
+/// A subworker's membership of a cluster.
+pub struct Membership {
+    config: MembershipConfig,
+    name: WorkerName,
+    tasks: Vec<OfferedTask>,
+    discovery: Client,
+}
+
+impl Membership {
+    /// Prepares to join the control plane (no I/O yet).
+    pub fn new(config: MembershipConfig, tasks: Vec<OfferedTask>) -> Result<Membership, ClientError> {
+        let discovery = Client::new(&config.control_plane)?.with_timeout(Duration::from_secs(2));
+        let name = WorkerName { worker_id: config.worker_id.clone(), instance: uuid::Uuid::new_v4() };
+        Ok(Membership { config, name, tasks, discovery })
+    }
+
+    /// Registers (retrying with backoff while the control plane cannot be
+    /// reached), then heartbeats, registering again whenever the control
+    /// plane has forgotten this worker. Returns only on a refusal.
+    pub async fn run(&self, in_flight: impl Fn() -> u32) -> Result<(), MembershipError> {
+        loop {
+            let management = self.register().await?;
+            let mut failures = 0u32;
+            loop {
+                tokio::time::sleep(self.config.heartbeat_interval).await;
+                let heartbeat = Heartbeat { name: self.name.clone(), in_flight: in_flight() };
+                match management.manage(&Request::Heartbeat(heartbeat)).await {
+                    Ok(()) => {
+                        if failures > 0 {
+                            info!("the control plane answers heartbeats again");
+                        }
+                        failures = 0;
+                    }
+                    Err(ClientError::Refused(refusal)) if refusal.kind == ErrorKind::UnknownWorker => {
+                        warn!("{}", refusal.message);
+                        break;
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        if failures == 1 {
+                            warn!(%error, "a heartbeat failed; still serving and retrying");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Registers, retrying with backoff; the client of the management port.
+    async fn register(&self) -> Result<Client, MembershipError> {
+        let control_plane = &self.config.control_plane;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.try_register().await {
+                Ok(management) => {
+                    info!(
+                        worker_id = %self.config.worker_id,
+                        %control_plane,
+                        address = %self.config.advertise,
+                        tasks = self.tasks.len(),
+                        "registered with the control plane; serving"
+                    );
+                    return Ok(management);
+                }
+                Err(ClientError::Refused(refusal))
+                    if matches!(refusal.kind, ErrorKind::DuplicateWorker | ErrorKind::WorkerUnreachable) =>
+                {
+                    return Err(MembershipError::Refused {
+                        control_plane: control_plane.clone(),
+                        message: refusal.message,
+                    });
+                }
+                Err(error) => {
+                    warn!(%control_plane, "cannot register yet: {error}; retrying in {:.1} s", backoff.as_secs_f64());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    async fn try_register(&self) -> Result<Client, ClientError> {
+        let port = self.discovery.discover().await?;
+        let management = self.discovery.clone().with_management_port(port).with_timeout(REGISTER_TIMEOUT);
+        let registration = Registration {
+            name: self.name.clone(),
+            address: self.config.advertise.clone(),
+            concurrency: self.config.concurrency,
+            tasks: self.tasks.clone(),
+        };
+        management.manage(&Request::Register(registration)).await?;
+        Ok(management.with_timeout(Duration::from_secs(5)))
+    }
+
+    /// Sends one heartbeat.
+    pub async fn heartbeat(&self, in_flight: u32) -> Result<(), ClientError> {
+        let heartbeat = Heartbeat { name: self.name.clone(), in_flight };
+        self.management().await?.manage(&Request::Heartbeat(heartbeat)).await
+    }
+
+    /// Asks the control plane to send nothing new (before draining).
+    pub async fn leave(&self) -> Result<(), ClientError> {
+        self.management().await?.manage(&Request::Leave(self.name.clone())).await
+    }
+
+    /// Tells the control plane this worker is gone (after draining).
+    pub async fn unregister(&self) -> Result<(), ClientError> {
+        self.management().await?.manage(&Request::Unregister(self.name.clone())).await
+    }
+
+    async fn management(&self) -> Result<Client, ClientError> {
+        let port = self.discovery.discover().await?;
+        Ok(self.discovery.clone().with_management_port(port))
+    }
+}
