@@ -300,8 +300,6 @@ pub enum ErrorKind {
     UnknownWorker,
     /// The control plane could not connect to the address a subworker gave.
     WorkerUnreachable,
-    /// A subworker took a task and then went away too many times.
-    WorkerLost,
 }
 
 impl ErrorReply {
