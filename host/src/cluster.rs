@@ -200,12 +200,17 @@ impl<L> Cluster<L> {
         self.get_mut(key).map(take_back).unwrap_or_default()
     }
 
-    /// Marks a worker's connection down (its link reports it up again if it
-    /// reconnects); returns its id.
+    /// Marks a worker's connection down and the worker inactive: if the
+    /// connection comes back, only a heartbeat from the same process makes
+    /// it active again (a new process at that address registers anew).
+    /// Returns its id.
     pub(crate) fn disconnected(&mut self, key: WorkerKey) -> Option<String> {
         let worker = self.get_mut(key)?;
         worker.connected = false;
         worker.reported_in_flight = 0;
+        if worker.phase != Phase::Connecting {
+            worker.phase = Phase::Inactive;
+        }
         Some(worker.name.worker_id.clone())
     }
 
@@ -472,9 +477,15 @@ mod tests {
         let _text = worker(&mut cluster, "text", 1, &["upper"]);
         assert_eq!(cluster.place(id(), "resize"), Placement::Slot(images, 0));
         assert_eq!(cluster.place(id(), "nothing"), Placement::Nobody);
-        cluster.get_mut(images).unwrap().connected = false;
+        cluster.disconnected(images);
         assert_eq!(cluster.place(id(), "resize"), Placement::Nobody);
         assert_eq!(cluster.task_names(), vec!["upper"]);
+        // Reconnecting is not enough: only a heartbeat brings it back.
+        cluster.get_mut(images).unwrap().connected = true;
+        assert!(!cluster.get(images).unwrap().alive());
+        assert!(cluster.heard_from(images, 0));
+        // Routable again (its one slot still carries the first task).
+        assert_eq!(cluster.place(id(), "resize"), Placement::Wait);
     }
 
     #[test]

@@ -202,7 +202,7 @@ impl Membership {
         } else {
             let worker_id = tasks.cluster.disconnected(key).unwrap_or_default();
             let why = format!("the connection to subworker '{worker_id}' dropped");
-            warn!(worker = %worker_id, "lost the connection to a subworker: excluded until it reconnects");
+            warn!(worker = %worker_id, "lost the connection to a subworker: excluded, its tasks go elsewhere");
             self.state.take_back(&mut tasks, key, &why, &mut outbox);
         }
         drop(tasks);
