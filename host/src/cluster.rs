@@ -19,6 +19,9 @@ use crate::protocol::{ClusterStatus, Priority, TaskId, WorkerName, WorkerState, 
 /// removed worker cannot touch its successor.
 pub(crate) type WorkerKey = u64;
 
+/// Tasks taken back from a worker, with the slots that carried them.
+pub(crate) type Carried = Vec<(usize, TaskId)>;
+
 /// Every subworker and the tasks waiting for a slot.
 pub(crate) struct Cluster<L> {
     workers: Vec<Worker<L>>,
@@ -187,7 +190,7 @@ impl<L> Cluster<L> {
 
     /// Removes a worker; the tasks it was carrying (with their slots) are
     /// returned for sending elsewhere.
-    pub(crate) fn remove(&mut self, key: WorkerKey) -> Option<(Worker<L>, Vec<(usize, TaskId)>)> {
+    pub(crate) fn remove(&mut self, key: WorkerKey) -> Option<(Worker<L>, Carried)> {
         let index = self.workers.iter().position(|w| w.key == key)?;
         let mut worker = self.workers.remove(index);
         let carried = take_back(&mut worker);
@@ -196,7 +199,7 @@ impl<L> Cluster<L> {
 
     /// Takes back the tasks a worker carries (it went silent or its
     /// connection dropped); their slots stay unusable until released.
-    pub(crate) fn take_back(&mut self, key: WorkerKey) -> Vec<(usize, TaskId)> {
+    pub(crate) fn take_back(&mut self, key: WorkerKey) -> Carried {
         self.get_mut(key).map(take_back).unwrap_or_default()
     }
 
@@ -237,7 +240,7 @@ impl<L> Cluster<L> {
             }
             // In-flight tasks as a fixed-point fraction of concurrency.
             let weighted = ((worker.load() as u64) << 32) / worker.slots.len() as u64;
-            if best.map_or(true, |(_, lowest)| weighted < lowest) {
+            if !matches!(best, Some((_, lowest)) if lowest <= weighted) {
                 best = Some((index, weighted));
             }
         }
@@ -407,7 +410,7 @@ impl<L> Cluster<L> {
     }
 }
 
-fn take_back<L>(worker: &mut Worker<L>) -> Vec<(usize, TaskId)> {
+fn take_back<L>(worker: &mut Worker<L>) -> Carried {
     let mut carried = Vec::new();
     for (index, slot) in worker.slots.iter_mut().enumerate() {
         if let Slot::Busy(task_id) = *slot {
