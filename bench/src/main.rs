@@ -1,17 +1,29 @@
 //! `fastworker-bench`: how much a real fastworker control plane costs over
-//! raw NNG request/reply on the same machine.
+//! raw NNG request/reply on the same machine, and how much a subworker (one
+//! more hop) adds to that.
 //!
-//! Four measurements, each over the same wall-clock budget:
+//! Six measurements, each over the same wall-clock budget:
 //!
 //! * `floor-sequential`: one Req0 socket talking to a Rep0 echo server, one
 //!   request at a time (blocking send/recv).
 //! * `floor-pipelined-K`: the same server, K contexts with an Aio each on
 //!   one Req0 socket, so K requests are always in flight.
 //! * `cp-blocking`: a `fastworker control-plane` child process running the
-//!   example plugin's `add`, called with [`fastworker::Client::call`] one
-//!   call at a time.
+//!   example plugin's `add` itself, called with [`fastworker::Client::call`]
+//!   one call at a time.
 //! * `cp-pipelined-K`: the same, with K calls in flight (K tokio tasks
 //!   sharing one client).
+//! * `sw-blocking` and `sw-pipelined-K`: the same calls, sent to a second
+//!   control plane that loads no plugin (so it runs nothing itself) and
+//!   routes each `add` to one `fastworker subworker` child process loading
+//!   the example plugin; measured once that subworker is listed as active.
+//!
+//! The `cp` and `sw` rows are compared with the floor row of the same kind
+//! (`rate/floor`, `p50/floor`); the `sw` rows also with the `cp` rows, which
+//! shows the cost of the extra hop. The control plane of the `cp` rows and
+//! the subworker run `add` on `--concurrency` threads (default: the number
+//! of cores); a control plane sends a subworker no more tasks at once than
+//! that, and queues the rest itself.
 //!
 //! The echo server (256 contexts with an Aio each, served by NNG's own
 //! threads) runs by default in a child process: this same executable with
@@ -22,11 +34,13 @@
 //! benchmark's own NNG threads instead, to show that effect.
 //!
 //! Every reply is checked (echo bytes for the floor, `a + b` for `add`);
-//! any wrong or missing reply is reported and makes the exit status 1.
+//! any wrong or missing reply, or a `fastworker` process that does not exit
+//! cleanly on SIGTERM, is reported and makes the exit status 1.
 //!
 //! Run with `cargo run --release -p fastworker-bench -- [--seconds S]
-//! [--requests N] [--in-flight K] [--floor-in-process]`.
+//! [--requests N] [--in-flight K] [--concurrency C] [--floor-in-process]`.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -36,6 +50,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use fastworker::protocol::WorkerState;
 use fastworker::{Client, ClientError, TaskId};
 use nng::options::{Options, RecvTimeout, SendTimeout};
 use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
@@ -46,8 +61,10 @@ const WARMUP: Duration = Duration::from_millis(300);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Contexts of the echo server: requests it serves at once.
 const ECHO_CONTEXTS: usize = 256;
-/// Longest the control plane may take to answer its first request.
+/// Longest a `fastworker` process may take to be ready after it starts.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Timeout of each readiness probe while it starts.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Command-line settings.
 struct Settings {
@@ -57,6 +74,8 @@ struct Settings {
     requests: Option<u64>,
     /// Requests in flight in the pipelined phases.
     in_flight: usize,
+    /// Threads running `add` in the control plane of the `cp` rows and in the subworker.
+    concurrency: usize,
     /// Run the echo server on this process's threads instead of a child process.
     floor_in_process: bool,
 }
@@ -86,12 +105,16 @@ fn main() -> ExitCode {
 }
 
 fn parse_args() -> Result<Settings, String> {
-    const USAGE: &str = "usage: fastworker-bench [--seconds S] [--requests N] [--in-flight K] [--floor-in-process]\n  \
+    const USAGE: &str =
+        "usage: fastworker-bench [--seconds S] [--requests N] [--in-flight K] [--concurrency C] [--floor-in-process]\n  \
         --seconds S           measured seconds per phase (default 2)\n  \
         --requests N          measure N requests per phase instead of a duration\n  \
         --in-flight K         requests in flight in the pipelined phases (default 64)\n  \
+        --concurrency C       threads running `add` in the control plane and in the subworker (default: cores)\n  \
         --floor-in-process    run the echo server on this process's threads, not in a child process";
-    let mut settings = Settings { seconds: 2.0, requests: None, in_flight: 64, floor_in_process: false };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut settings =
+        Settings { seconds: 2.0, requests: None, in_flight: 64, concurrency: cores, floor_in_process: false };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
@@ -116,6 +139,14 @@ fn parse_args() -> Result<Settings, String> {
                     ));
                 }
                 settings.in_flight = k;
+            }
+            "--concurrency" => {
+                let c: usize =
+                    value("--concurrency")?.parse().map_err(|_| format!("--concurrency: not a number\n{USAGE}"))?;
+                if c == 0 {
+                    return Err(format!("--concurrency must be at least 1\n{USAGE}"));
+                }
+                settings.concurrency = c;
             }
             "--floor-in-process" => settings.floor_in_process = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -161,24 +192,21 @@ fn run(settings: &Settings) -> Result<bool, String> {
     let floor_pipe = floor_pipelined(&echo_address, k, budget())?.after_warmup(warm);
     drop(server);
 
-    // The control plane, as a child process.
-    println!("control plane: {} control-plane --task-modules {}", binary.display(), plugin.display());
-    let mut control_plane = ControlPlaneProcess::start(&binary, &plugin)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("building the tokio runtime: {e}"))?;
-    let client = Client::new(&control_plane.address).map_err(|e| e.to_string())?.with_timeout(REQUEST_TIMEOUT);
-    let (cp_seq, cp_pipe) = runtime.block_on(async {
-        let warm = cp_blocking(&client, Budget::time(WARMUP)).await;
-        let seq = cp_blocking(&client, budget()).await.after_warmup(warm);
-        let warm = cp_pipelined(&client, k, Budget::time(WARMUP)).await;
-        let pipe = cp_pipelined(&client, k, budget()).await.after_warmup(warm);
-        (seq, pipe)
-    });
-    drop(client);
-    drop(runtime);
-    let exit = control_plane.stop();
+    // The control plane running `add` itself, as a child process.
+    let c = settings.concurrency;
+    println!("cp: {} control-plane --concurrency {c} --task-modules {}", binary.display(), plugin.display());
+    let mut control_plane = start_control_plane(&binary, "control plane", Some(&plugin), c)?;
+    let (cp_seq, cp_pipe) = measure_add(&control_plane.address, k, budget)?;
+    let cp_stopped = control_plane.stop();
+
+    // A control plane that runs nothing, routing `add` to a subworker.
+    println!("sw: {} control-plane (no --task-modules), one subworker --concurrency {c}", binary.display());
+    let mut router = start_control_plane(&binary, "routing control plane", None, c)?;
+    let mut subworker = start_subworker(&binary, &plugin, &router, "sw1", c)?;
+    let (sw_seq, sw_pipe) = measure_add(&router.address, k, budget)?;
+    // The subworker first, so that it leaves a control plane that still listens.
+    let sw_stopped = subworker.stop();
+    let router_stopped = router.stop();
 
     // The table.
     println!();
@@ -191,6 +219,8 @@ fn run(settings: &Settings) -> Result<bool, String> {
         (format!("floor-pipelined-{k}"), &floor_pipe, &floor_pipe),
         (String::from("cp-blocking"), &cp_seq, &floor_seq),
         (format!("cp-pipelined-{k}"), &cp_pipe, &floor_pipe),
+        (String::from("sw-blocking"), &sw_seq, &floor_seq),
+        (format!("sw-pipelined-{k}"), &sw_pipe, &floor_pipe),
     ];
     for (name, phase, floor) in &rows {
         println!(
@@ -202,6 +232,18 @@ fn run(settings: &Settings) -> Result<bool, String> {
             micros(phase.percentile(99.0)),
             phase.rate() / floor.rate(),
             micros(phase.percentile(50.0)) / micros(floor.percentile(50.0)),
+        );
+    }
+    println!();
+    println!("extra hop through the subworker (sw / cp):");
+    println!("{:<20} {:>11} {:>10} {:>10}", "rows", "rate sw/cp", "p50 sw/cp", "p99 sw/cp");
+    for (name, sw, cp) in [("blocking".to_string(), &sw_seq, &cp_seq), (format!("pipelined-{k}"), &sw_pipe, &cp_pipe)] {
+        println!(
+            "{:<20} {:>11.3} {:>10.2} {:>10.2}",
+            name,
+            sw.rate() / cp.rate(),
+            micros(sw.percentile(50.0)) / micros(cp.percentile(50.0)),
+            micros(sw.percentile(99.0)) / micros(cp.percentile(99.0)),
         );
     }
     println!();
@@ -222,18 +264,30 @@ fn run(settings: &Settings) -> Result<bool, String> {
     if clean {
         println!("every reply checked ({measured} measured, {warmup} warm-up): 0 wrong, 0 missing");
     }
-    match exit {
-        Some(status) if status.success() => {}
-        Some(status) => {
+    for stopped in [cp_stopped, sw_stopped, router_stopped] {
+        if let Err(problem) = stopped {
             clean = false;
-            println!("control plane exited with {status} after SIGTERM (log: {})", control_plane.log.display());
-        }
-        None => {
-            clean = false;
-            println!("control plane did not stop on SIGTERM and was killed (log: {})", control_plane.log.display());
+            println!("{problem}");
         }
     }
     Ok(clean)
+}
+
+/// `add` through the control plane at `address`: one call at a time, then
+/// `in_flight` at once, each phase after its own warm-up.
+fn measure_add(address: &str, in_flight: usize, budget: impl Fn() -> Budget) -> Result<(Phase, Phase), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("building the tokio runtime: {e}"))?;
+    let client = Client::new(address).map_err(|e| e.to_string())?.with_timeout(REQUEST_TIMEOUT);
+    Ok(runtime.block_on(async {
+        let warm = cp_blocking(&client, Budget::time(WARMUP)).await;
+        let seq = cp_blocking(&client, budget()).await.after_warmup(warm);
+        let warm = cp_pipelined(&client, in_flight, Budget::time(WARMUP)).await;
+        let pipe = cp_pipelined(&client, in_flight, budget()).await.after_warmup(warm);
+        (seq, pipe)
+    }))
 }
 
 // ---------------------------------------------------------------------------
@@ -685,40 +739,64 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A `fastworker control-plane` child process.
-struct ControlPlaneProcess {
+/// A `fastworker` child process (a control plane or a subworker), stopped
+/// when dropped.
+struct FastworkerProcess {
     process: ChildGuard,
+    /// What it is, in messages: "control plane", "subworker sw1".
+    role: String,
     /// Its base address.
     address: String,
     /// Where its stderr goes.
     log: PathBuf,
 }
 
-impl ControlPlaneProcess {
-    /// Starts a control plane on a free base port and waits until it answers.
-    fn start(binary: &Path, plugin: &Path) -> Result<ControlPlaneProcess, String> {
-        let log = binary.with_file_name("fastworker-bench-control-plane.log");
+/// One look at whether a starting process is ready.
+enum Probe {
+    Ready,
+    /// Not yet, and why (reported if it never gets ready).
+    NotYet(String),
+    /// Something is wrong that waiting will not fix.
+    Failed(String),
+}
+
+impl FastworkerProcess {
+    /// Starts `binary ARGS --base-address tcp://127.0.0.1:BASE` on a free
+    /// base port, stderr to a log named after `role` next to `binary`, and
+    /// returns once `ready` (which should [`FastworkerProcess::wait_until`])
+    /// succeeds. If a port was taken between our check and its bind, tries
+    /// another.
+    fn start(
+        binary: &Path,
+        role: &str,
+        args: &[OsString],
+        mut ready: impl FnMut(&mut FastworkerProcess) -> Result<(), String>,
+    ) -> Result<FastworkerProcess, String> {
+        let log = binary.with_file_name(format!("fastworker-bench-{}.log", role.replace(' ', "-")));
         let mut last_error = String::new();
         for _attempt in 0..3 {
             let address = format!("tcp://127.0.0.1:{}", free_base_port()?);
             let stderr = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
             let child = Command::new(binary)
-                .arg("control-plane")
-                .arg("--task-modules")
-                .arg(plugin)
-                .args(["--base-address", &address, "--no-gui"])
+                .args(args)
+                .args(["--base-address", &address])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(stderr)
                 .spawn()
                 .map_err(|e| format!("starting {}: {e}", binary.display()))?;
-            let mut process = ControlPlaneProcess { process: ChildGuard(Some(child)), address, log: log.clone() };
-            match process.wait_ready() {
+            let mut process = FastworkerProcess {
+                process: ChildGuard(Some(child)),
+                role: role.to_string(),
+                address,
+                log: log.clone(),
+            };
+            match ready(&mut process) {
                 Ok(()) => return Ok(process),
                 Err(error) => {
-                    process.stop();
+                    process.process.stop();
                     let output = std::fs::read_to_string(&log).unwrap_or_default();
-                    last_error = format!("{error}\n--- control plane log ({}) ---\n{output}", log.display());
+                    last_error = format!("{error}\n--- {role} log ({}) ---\n{output}", log.display());
                     // A port taken between our check and its bind: try another.
                     if !output.contains("already in use") {
                         break;
@@ -729,39 +807,103 @@ impl ControlPlaneProcess {
         Err(last_error)
     }
 
-    /// Polls the result port with a status query for an unknown id until the
-    /// control plane refuses it (which proves it is up and serving).
-    fn wait_ready(&mut self) -> Result<(), String> {
+    /// Calls `probe` every 20 ms until it reports [`Probe::Ready`]; fails if
+    /// the process exits, the probe fails, or [`STARTUP_TIMEOUT`] passes.
+    fn wait_until(&mut self, mut probe: impl FnMut(&tokio::runtime::Runtime) -> Probe) -> Result<(), String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("building the tokio runtime: {e}"))?;
-        let probe = Client::new(&self.address).map_err(|e| e.to_string())?.with_timeout(Duration::from_millis(250));
         let started = Instant::now();
         loop {
             if let Some(child) = self.process.0.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!("the control plane exited at start with {status}"));
+                    return Err(format!("the {} exited at start with {status}", self.role));
                 }
             }
-            match runtime.block_on(probe.status(TaskId::new_v4())) {
-                Err(ClientError::Refused(_)) => return Ok(()),
-                Ok(report) => return Err(format!("a random task id has a report: {report:?}")),
-                Err(error) if started.elapsed() > STARTUP_TIMEOUT => {
+            match probe(&runtime) {
+                Probe::Ready => return Ok(()),
+                Probe::Failed(error) => return Err(format!("the {} at {}: {error}", self.role, self.address)),
+                Probe::NotYet(why) if started.elapsed() > STARTUP_TIMEOUT => {
                     return Err(format!(
-                        "no answer from the control plane at {} after {:?}: {error}",
-                        self.address, STARTUP_TIMEOUT
+                        "the {} at {} not ready after {STARTUP_TIMEOUT:?}: {why}",
+                        self.role, self.address
                     ))
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                Probe::NotYet(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
     }
 
-    /// Stops it (see [`ChildGuard::stop`]).
-    fn stop(&mut self) -> Option<ExitStatus> {
-        self.process.stop()
+    /// Stops it (see [`ChildGuard::stop`]); an error says how it did not
+    /// exit cleanly.
+    fn stop(&mut self) -> Result<(), String> {
+        match self.process.stop() {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => {
+                Err(format!("{} exited with {status} after SIGTERM (log: {})", self.role, self.log.display()))
+            }
+            None => Err(format!("{} did not stop on SIGTERM and was killed (log: {})", self.role, self.log.display())),
+        }
     }
+}
+
+/// Starts a control plane running `add` on `concurrency` threads if
+/// `plugin` is given (with no plugin it runs nothing and only routes to
+/// subworkers), and waits until it serves: it refuses a status query for an
+/// unknown task id.
+fn start_control_plane(
+    binary: &Path,
+    role: &str,
+    plugin: Option<&Path>,
+    concurrency: usize,
+) -> Result<FastworkerProcess, String> {
+    let mut args: Vec<OsString> =
+        vec!["control-plane".into(), "--no-gui".into(), "--concurrency".into(), concurrency.to_string().into()];
+    if let Some(plugin) = plugin {
+        args.extend(["--task-modules".into(), plugin.into()]);
+    }
+    FastworkerProcess::start(binary, role, &args, |process| {
+        let probe = Client::new(&process.address).map_err(|e| e.to_string())?.with_timeout(PROBE_TIMEOUT);
+        process.wait_until(|runtime| match runtime.block_on(probe.status(TaskId::new_v4())) {
+            Err(ClientError::Refused(_)) => Probe::Ready,
+            Ok(report) => Probe::Failed(format!("a random task id has a report: {report:?}")),
+            Err(error) => Probe::NotYet(error.to_string()),
+        })
+    })
+}
+
+/// Starts subworker `worker_id` running the plugin's tasks on `concurrency`
+/// threads for `control_plane`, and waits until that lists it as active.
+fn start_subworker(
+    binary: &Path,
+    plugin: &Path,
+    control_plane: &FastworkerProcess,
+    worker_id: &str,
+    concurrency: usize,
+) -> Result<FastworkerProcess, String> {
+    let args: Vec<OsString> = vec![
+        "subworker".into(),
+        "--worker-id".into(),
+        worker_id.into(),
+        "--control-plane-address".into(),
+        (&control_plane.address).into(),
+        "--task-modules".into(),
+        plugin.into(),
+        "--concurrency".into(),
+        concurrency.to_string().into(),
+    ];
+    let probe = Client::new(&control_plane.address).map_err(|e| e.to_string())?.with_timeout(PROBE_TIMEOUT);
+    FastworkerProcess::start(binary, &format!("subworker {worker_id}"), &args, |process| {
+        process.wait_until(|runtime| match runtime.block_on(probe.workers()) {
+            Ok(cluster) => match cluster.subworkers.iter().find(|w| w.worker_id == worker_id) {
+                Some(worker) if worker.status == WorkerState::Active => Probe::Ready,
+                Some(worker) => Probe::NotYet(format!("the control plane lists it as {:?}", worker.status)),
+                None => Probe::NotYet("the control plane does not list it".into()),
+            },
+            Err(error) => Probe::NotYet(format!("asking the control plane for its subworkers: {error}")),
+        })
+    })
 }
 
 // ---------------------------------------------------------------------------
