@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use fastworker::protocol::{ClusterStatus, WorkerState, WorkerStatus};
 use fastworker::{Client, ClientError, TaskId};
 
 /// The workspace's target directory, with every binary and plugin built.
@@ -44,6 +45,11 @@ pub fn plugin(package: &str) -> PathBuf {
 
 /// A base port whose six ports (base..base+5) were free a moment ago.
 pub fn free_base_port() -> u16 {
+    free_ports(6)
+}
+
+/// The first of `count` consecutive ports that were free a moment ago.
+pub fn free_ports(count: u16) -> u16 {
     let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407)
         ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
@@ -52,9 +58,24 @@ pub fn free_base_port() -> u16 {
         state ^= state >> 7;
         state ^= state << 17;
         let base = 20_000 + (state % 40_000) as u16;
-        if (0..6).all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok()) {
+        if (0..count).all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok()) {
             return base;
         }
+    }
+}
+
+/// Calls `ready` every 20 ms until it returns true (then true) or `limit`
+/// has passed (then false). Blocking: call it outside async code.
+pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -93,6 +114,86 @@ impl Process {
             }
         }
         panic!("no free base port found in 5 attempts");
+    }
+
+    /// Starts `fastworker subworker --worker-id WORKER_ID` with `plugins`
+    /// and `extra` flags on a free 4-port base, registering with
+    /// `control_plane`, and waits until the control plane lists it as
+    /// active at its address. Panics with both logs when it does not
+    /// within 20 s.
+    pub fn subworker(control_plane: &Process, worker_id: &str, plugins: &[&str], extra: &[&str]) -> Process {
+        'attempt: for _attempt in 0..5 {
+            let mut process = Process::spawn_subworker(control_plane, worker_id, plugins, extra);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            // This process, not an earlier one with the same id.
+            let port = format!(":{}", process.address.rsplit(':').next().unwrap());
+            let advertised = extra.iter().any(|flag| flag.starts_with("--advertise-address"));
+            let is_ours = |address: &str| advertised || address.ends_with(&port);
+            loop {
+                if let Some(status) = process.child.as_mut().unwrap().try_wait().unwrap() {
+                    let log = process.log();
+                    if log.contains("already in use") {
+                        continue 'attempt;
+                    }
+                    panic!("subworker '{worker_id}' exited with {status} before registering:\n{log}");
+                }
+                let last = match control_plane.workers() {
+                    Ok(cluster) => {
+                        let listed = cluster.subworkers.into_iter().find(|w| w.worker_id == worker_id);
+                        if listed.as_ref().is_some_and(|w| w.status == WorkerState::Active && is_ours(&w.address)) {
+                            return process;
+                        }
+                        format!("{listed:?}")
+                    }
+                    Err(error) => format!("workers() failed: {error}"),
+                };
+                if Instant::now() >= deadline {
+                    panic!(
+                        "subworker '{worker_id}' not listed as active after 20 s (last: {last})\n\
+                         subworker log:\n{}\ncontrol plane log:\n{}",
+                        process.log(),
+                        control_plane.log()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("no free subworker base port found in 5 attempts");
+    }
+
+    /// Spawns `fastworker subworker` for `control_plane` on a free 4-port
+    /// base without waiting for anything; its `address` is its base address.
+    pub fn spawn_subworker(control_plane: &Process, worker_id: &str, plugins: &[&str], extra: &[&str]) -> Process {
+        let address = format!("tcp://127.0.0.1:{}", free_ports(4));
+        let mut args: Vec<String> = vec![
+            "subworker".into(),
+            "--worker-id".into(),
+            worker_id.into(),
+            "--control-plane-address".into(),
+            control_plane.address.clone(),
+            "--base-address".into(),
+            address.clone(),
+        ];
+        if !plugins.is_empty() {
+            args.push("--task-modules".into());
+            args.extend(plugins.iter().map(|p| plugin(p).display().to_string()));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Process::spawn(&args, &[], address)
+    }
+
+    /// This control plane's cluster status (`workers()` with a 5 s timeout).
+    /// Blocking: call it outside async code.
+    pub fn workers(&self) -> Result<ClusterStatus, ClientError> {
+        let client = Client::new(&self.address).unwrap().with_timeout(Duration::from_secs(5));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(client.workers())
+    }
+
+    /// The subworker `worker_id` as this control plane lists it, if it does
+    /// (`None` also when the query fails). Blocking: call it outside async code.
+    pub fn worker(&self, worker_id: &str) -> Option<WorkerStatus> {
+        self.workers().ok()?.subworkers.into_iter().find(|w| w.worker_id == worker_id)
     }
 
     /// Spawns `fastworker` with `args`, stderr to a log file.
@@ -135,7 +236,8 @@ impl Process {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    /// Sends a signal (`TERM`, `INT`, `KILL`).
+    /// Sends a signal (`TERM`, `INT`, `KILL`, `STOP` to freeze it, `CONT`
+    /// to let it go on; a stopped process is still killed when dropped).
     pub fn signal(&self, name: &str) {
         let pid = self.child.as_ref().expect("running").id();
         let status = Command::new("kill").args([format!("-{name}"), pid.to_string()]).status().expect("kill");
