@@ -5,7 +5,7 @@
 //! sockets and each gets its own reply. Every call has a timeout.
 
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nng::options::protocol::reqrep::ResendTime;
 use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize};
@@ -16,8 +16,8 @@ use tokio::sync::oneshot;
 
 use crate::address::{AddressError, BaseAddress};
 use crate::protocol::{
-    decode, encode_into, ClusterStatus, DecodeError, ErrorReply, Priority, Reply, Request, Submit, TaskError, TaskId,
-    TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
+    decode, encode_into, Callback, ClusterStatus, DecodeError, ErrorReply, Priority, Reply, Request, RetryPolicy,
+    Submit, TaskError, TaskId, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
 };
 
 /// The timeout of a call when none is set.
@@ -98,13 +98,65 @@ const RESULTS: usize = 4;
 /// Index of the management port among a client's endpoints.
 const MANAGEMENT: usize = 5;
 
-/// How to submit one task.
+/// How to submit one task. Every field is optional.
 #[derive(Debug, Clone, Default)]
 pub struct SubmitOptions {
     /// The priority; `None` takes the task's declared default.
     pub priority: Option<Priority>,
     /// The task's id; `None` makes a fresh one.
     pub task_id: Option<TaskId>,
+    /// Run it no sooner than this long from now.
+    pub countdown: Option<Duration>,
+    /// Run it no sooner than this time (the later of `countdown` and `eta` wins).
+    pub eta: Option<SystemTime>,
+    /// Its timeout, overriding the declared one (`Duration::ZERO`: none).
+    pub timeout: Option<Duration>,
+    /// Its retries, overriding the declared ones.
+    pub retry: Option<RetryPolicy>,
+    /// Where to push a notice when it ends ([`Notice`](crate::protocol::Notice)).
+    pub callback: Option<Callback>,
+}
+
+impl SubmitOptions {
+    /// The earliest start these options ask for, in ms since the Unix epoch.
+    fn not_before_ms(&self) -> Option<u64> {
+        let since_epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let countdown = self.countdown.map(|c| since_epoch(SystemTime::now() + c));
+        countdown.max(self.eta.map(since_epoch))
+    }
+
+    fn submission(&self, task_name: &str, args: Vec<u8>, wait: bool) -> Submit {
+        Submit {
+            task_id: self.task_id.unwrap_or_else(TaskId::now_v7),
+            task_name: task_name.to_string(),
+            args,
+            priority: self.priority,
+            wait,
+            not_before_ms: self.not_before_ms(),
+            timeout_ms: self.timeout.map(|t| t.as_millis() as u64),
+            retry: self.retry,
+            callback: self.callback.clone(),
+        }
+    }
+}
+
+/// One task of a batch.
+#[derive(Debug, Clone)]
+pub struct BatchTask {
+    /// The task's name.
+    pub task_name: String,
+    /// Its arguments as JSON (see [`BatchTask::new`]).
+    pub args: Vec<u8>,
+    /// How to submit it.
+    pub options: SubmitOptions,
+}
+
+impl BatchTask {
+    /// A batch entry with serde arguments.
+    pub fn new(task_name: &str, args: impl Serialize, options: SubmitOptions) -> Result<BatchTask, ClientError> {
+        let args = serde_json::to_vec(&args).map_err(ClientError::Arguments)?;
+        Ok(BatchTask { task_name: task_name.to_string(), args, options })
+    }
 }
 
 /// A handle to a control plane.
@@ -206,18 +258,58 @@ impl Client {
         options: SubmitOptions,
         wait: bool,
     ) -> Result<Reply, ClientError> {
-        let request = Request::Submit(Submit {
-            task_id: options.task_id.unwrap_or_else(TaskId::now_v7),
-            task_name: task_name.to_string(),
-            args,
-            priority: options.priority,
-            wait,
-        });
         let port = options.priority.unwrap_or(Priority::Normal).index();
+        let request = Request::Submit(options.submission(task_name, args, wait));
         match self.request(port, &request).await? {
             Reply::Error(error) => Err(ClientError::Refused(error)),
             reply => Ok(reply),
         }
+    }
+
+    /// Submits many tasks in one request; each outcome is the task's id or
+    /// why it was refused, in order.
+    pub async fn submit_batch(&self, batch: Vec<BatchTask>) -> Result<Vec<Result<TaskId, ErrorReply>>, ClientError> {
+        let submits =
+            batch.into_iter().map(|task| task.options.submission(&task.task_name, task.args, false)).collect();
+        match self.request(Priority::Normal.index(), &Request::Batch(submits)).await? {
+            Reply::Batch(outcomes) => Ok(outcomes),
+            Reply::Error(error) => Err(ClientError::Refused(error)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Cancels a task. A task that had not started is `Cancelled` in the
+    /// report; a running one stays `Running` with its cancellation flag set.
+    /// An ended or unknown task is refused (`AlreadyFinished`, `UnknownTaskId`).
+    pub async fn cancel(&self, task_id: TaskId) -> Result<TaskReport, ClientError> {
+        match self.request(RESULTS, &Request::Cancel { task_id }).await? {
+            Reply::Report(report) => Ok(report),
+            Reply::Error(error) => Err(ClientError::Refused(error)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Waits up to `limit` for a task to end and returns its final report.
+    pub async fn wait(&self, task_id: TaskId, limit: Duration) -> Result<TaskReport, ClientError> {
+        let deadline = Instant::now() + limit;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let report = self.status(task_id).await?;
+            if report.state.is_final() {
+                return Ok(report);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout { address: self.address(RESULTS).to_string(), after: limit });
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits up to `limit` for a task and returns its typed result.
+    pub async fn result<R: DeserializeOwned>(&self, task_id: TaskId, limit: Duration) -> Result<R, ClientError> {
+        decode_result(self.wait(task_id, limit).await?)
     }
 
     /// The state, result or error of a task.

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{ClusterStatus, Priority, TaskId, WorkerName, WorkerState, WorkerStatus};
+use crate::protocol::{ClusterStatus, OfferedTask, Priority, TaskId, WorkerName, WorkerState, WorkerStatus};
 
 /// A worker's handle in the cluster; never reused, so a late event about a
 /// removed worker cannot touch its successor.
@@ -44,8 +44,8 @@ pub(crate) struct Worker<L> {
     pub(crate) key: WorkerKey,
     pub(crate) name: WorkerName,
     pub(crate) address: String,
-    /// The tasks it provides, with their declared priorities.
-    pub(crate) tasks: HashMap<String, Priority>,
+    /// The tasks it provides, with their declared defaults.
+    pub(crate) tasks: HashMap<String, OfferedTask>,
     pub(crate) slots: Vec<Slot>,
     pub(crate) phase: Phase,
     /// Whether the control plane's connection to it is up.
@@ -148,7 +148,7 @@ impl<L> Cluster<L> {
         name: WorkerName,
         address: String,
         concurrency: u32,
-        tasks: HashMap<String, Priority>,
+        tasks: HashMap<String, OfferedTask>,
         link: L,
     ) {
         self.workers.push(Worker {
@@ -217,9 +217,16 @@ impl<L> Cluster<L> {
         Some(worker.name.worker_id.clone())
     }
 
-    /// The declared priority of a task some worker provides.
-    pub(crate) fn declared_priority(&self, task_name: &str) -> Option<Priority> {
-        self.workers.iter().find_map(|w| w.tasks.get(task_name).copied())
+    /// The declared defaults of a task a live worker provides.
+    pub(crate) fn provider(&self, task_name: &str) -> Option<&OfferedTask> {
+        self.workers.iter().filter(|w| w.routable()).find_map(|w| w.tasks.get(task_name))
+    }
+
+    /// Takes a task out of the waiting line (it was cancelled).
+    pub(crate) fn forget_waiting(&mut self, task_id: TaskId) {
+        for queue in &mut self.waiting {
+            queue.retain(|waiting| waiting.task_id != task_id);
+        }
     }
 
     /// Chooses the least-loaded live worker providing `task_name` that has a
@@ -430,7 +437,14 @@ mod tests {
     }
 
     fn worker(cluster: &mut Cluster<()>, id: &str, concurrency: u32, tasks: &[&str]) -> WorkerKey {
-        let tasks = tasks.iter().map(|t| (t.to_string(), Priority::Normal)).collect();
+        let offer = |name: &str| OfferedTask {
+            name: name.to_string(),
+            priority: Priority::Normal,
+            timeout_ms: 0,
+            max_retries: 0,
+            retry_delay_ms: 0,
+        };
+        let tasks = tasks.iter().map(|t| (t.to_string(), offer(t))).collect();
         let key = cluster.new_key();
         cluster.add(key, name(id), format!("tcp://{id}:1"), concurrency, tasks, ());
         let worker = cluster.get_mut(key).unwrap();

@@ -12,6 +12,7 @@ use nng::Message;
 use tracing::{info, warn};
 
 use crate::address::BaseAddress;
+use crate::discovery::{Announcement, Announcer};
 use crate::endpoint::{Handler, ListenError, Listener, Replier};
 use crate::membership::{self, Event};
 use crate::plugins::Registry;
@@ -40,6 +41,11 @@ pub struct ControlPlaneConfig {
     /// Subworker management, on a control plane; `None` on a subworker,
     /// which serves its four task ports and nothing else.
     pub management: Option<ManagementConfig>,
+    /// The discovery address to announce this control plane on
+    /// (`--discovery-address`); `None` announces nothing. Used only with
+    /// `management` (subworkers set `None`). If the address is taken, a
+    /// warning is logged and the control plane serves without announcing.
+    pub discovery: Option<String>,
 }
 
 /// How a control plane manages subworkers.
@@ -56,6 +62,7 @@ pub struct ControlPlane {
     state: Arc<State>,
     listeners: Vec<Listener>,
     membership: Option<(mpsc::Sender<Event>, JoinHandle<()>)>,
+    announcer: Option<Announcer>,
 }
 
 impl ControlPlane {
@@ -119,7 +126,26 @@ impl ControlPlane {
                 None => String::new(),
             }
         );
-        Ok(ControlPlane { state, listeners, membership })
+        // Announced only once every port serves.
+        let announcer = match (&config.discovery, &config.management) {
+            (Some(address), Some(management)) => {
+                let announcement = Announcement {
+                    worker_id: config.worker_id.clone(),
+                    base_address: config.base.to_string(),
+                    management_port: management.port,
+                    sent_ms: 0,
+                };
+                match Announcer::start(address, announcement) {
+                    Ok(announcer) => Some(announcer),
+                    Err(error) => {
+                        warn!("{error}; serving without announcing (subworkers and clients need this control plane's address)");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        Ok(ControlPlane { state, listeners, membership, announcer })
     }
 
     /// Drops results older than the TTL; the server calls this every minute.
@@ -145,7 +171,9 @@ impl ControlPlane {
     }
 
     /// Drains (see [`ControlPlane::drain`]) and closes the sockets.
-    pub fn shutdown(self) {
+    pub fn shutdown(mut self) {
+        // A stopping control plane is no longer announced.
+        self.announcer = None;
         self.drain();
         if let Some((events, thread)) = self.membership {
             let _ = events.send(Event::Stop);
@@ -171,6 +199,9 @@ impl State {
     fn on_task_request(&self, port: Priority, replier: Replier, message: Message) {
         match decode::<Request>(&message, self.config.max_frame_bytes) {
             Ok(Request::Submit(submit)) => self.submit(submit, replier),
+            Ok(Request::Batch(submits)) => self.submit_batch(submits, replier),
+            // A subworker takes cancellations from its control plane here.
+            Ok(Request::Cancel { task_id }) if self.config.management.is_none() => replier.send(&self.cancel(task_id)),
             Ok(_) => replier.send(&error_reply(
                 ErrorKind::WrongEndpoint,
                 match &self.config.management {
@@ -191,9 +222,10 @@ impl State {
     fn on_result_request(&self, management_port: u16, replier: Replier, message: Message) {
         let reply = match decode::<Request>(&message, self.config.max_frame_bytes) {
             Ok(Request::Status { task_id }) => self.status(task_id),
+            Ok(Request::Cancel { task_id }) => self.cancel(task_id),
             Ok(Request::Workers) => Reply::Workers(self.cluster_status()),
             Ok(Request::Discover) => Reply::Discovered { management_port },
-            Ok(Request::Submit(_)) => error_reply(
+            Ok(Request::Submit(_) | Request::Batch(_)) => error_reply(
                 ErrorKind::WrongEndpoint,
                 "tasks are submitted to a priority port (base+0 to base+3), not the result port".into(),
             ),

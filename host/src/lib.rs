@@ -6,9 +6,11 @@
 
 pub mod address;
 mod cache;
+mod callbacks;
 pub mod client;
 mod cluster;
 pub mod control_plane;
+pub mod discovery;
 mod endpoint;
 mod link;
 mod membership;
@@ -17,10 +19,12 @@ mod pool;
 pub mod protocol;
 mod state;
 pub mod subworker;
+mod timers;
 
 pub use address::{BaseAddress, DEFAULT_BASE_ADDRESS};
 pub use client::{Client, ClientError, SubmitOptions};
 pub use control_plane::{ControlPlane, ControlPlaneConfig, ManagementConfig};
+pub use discovery::{connect_via_discovery, Announcement, DiscoveryError};
 pub use endpoint::ListenError;
 pub use plugins::{PluginError, Registry};
 pub use protocol::{Priority, TaskId, TaskReport, TaskState};

@@ -13,6 +13,8 @@ use nng::{Aio, AioResult, Context, Message, PipeEvent, Protocol, Socket};
 pub(crate) struct Link {
     socket: Socket,
     slots: Vec<(Context, Aio)>,
+    /// A context for notes that need no answer (cancellations).
+    notes: (Context, Aio),
 }
 
 impl Link {
@@ -38,7 +40,8 @@ impl Link {
             PipeEvent::RemovePost => on_connection(false),
             _ => {}
         })?;
-        let mut link = Link { socket, slots: Vec::with_capacity(slots) };
+        let notes = (Context::new(&socket)?, Aio::new(|_, _| {})?);
+        let mut link = Link { socket, slots: Vec::with_capacity(slots), notes };
         for index in 0..slots {
             let ctx = Context::new(&link.socket)?;
             let on_slot = on_slot.clone();
@@ -62,6 +65,13 @@ impl Link {
         ctx.recv(aio)
     }
 
+    /// Sends a request whose answer does not matter, best effort: one at a
+    /// time; a note sent while the previous one is still leaving is dropped.
+    pub(crate) fn note(&self, message: Message) {
+        let (ctx, aio) = &self.notes;
+        let _ = ctx.send(aio, message);
+    }
+
     /// Gives up on a slot's exchange; `on_slot` hears it end.
     pub(crate) fn cancel(&self, slot: usize) {
         self.slots[slot].1.cancel();
@@ -73,7 +83,7 @@ impl Drop for Link {
         // Links are dropped on the cluster thread, never inside one of their
         // own callbacks, so waiting for those callbacks cannot deadlock.
         self.socket.close();
-        for (_, aio) in &self.slots {
+        for (_, aio) in self.slots.iter().chain([&self.notes]) {
             aio.cancel();
             aio.wait();
         }

@@ -3,15 +3,17 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 use fastworker::address::{MANAGEMENT_PORT_OFFSET, RESULT_PORT_OFFSET};
 use fastworker::client::{Client, ClientError, SubmitOptions};
 use fastworker::control_plane::{ControlPlane, ControlPlaneConfig, ManagementConfig};
+use fastworker::discovery::{self, DEFAULT_DISCOVERY_ADDRESS};
 use fastworker::plugins::Registry;
 use fastworker::protocol::{
-    describe_failure, ErrorKind, FailureKind, OfferedTask, Reply, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
+    describe_failure, Callback, ErrorKind, FailureKind, OfferedTask, Reply, RetryPolicy, TaskReport, TaskState,
+    DEFAULT_MAX_FRAME_BYTES,
 };
 use fastworker::subworker::{Membership, MembershipConfig};
 use fastworker::{BaseAddress, Priority, TaskId, DEFAULT_BASE_ADDRESS};
@@ -24,6 +26,10 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 /// Exit status when no control plane answered in time.
 const EXIT_UNREACHABLE: u8 = 3;
+/// How long a subworker without --control-plane-address waits for an announcement.
+const SUBWORKER_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a client command without --address waits for an announcement.
+const CLIENT_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +52,8 @@ enum Command {
     Submit(SubmitArgs),
     /// Print the state, result or error of a task.
     Status(StatusArgs),
+    /// Cancel a task: one not yet started never runs; a running one is asked to stop.
+    Cancel(CancelArgs),
     /// Join a control plane and run the tasks of its own plugins for it.
     Subworker(SubworkerArgs),
     /// Print the control plane's subworkers and their health as JSON.
@@ -60,9 +68,12 @@ struct ControlPlaneArgs {
     /// Base address: CRITICAL tasks on its port, HIGH +1, NORMAL +2, LOW +3, results +4.
     #[arg(long, env = "FASTWORKER_BASE_ADDRESS", default_value = DEFAULT_BASE_ADDRESS)]
     base_address: String,
-    /// Service discovery address (reserved; discovery is not served yet).
-    #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS", default_value = "tcp://127.0.0.1:5550")]
+    /// Address to announce this control plane on, for subworkers and clients started without an address.
+    #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS", default_value = DEFAULT_DISCOVERY_ADDRESS)]
     discovery_address: String,
+    /// Announce nothing on the discovery address.
+    #[arg(long, env = "FASTWORKER_NO_DISCOVERY")]
+    no_discovery: bool,
     /// Port for subworker management (default: base port + 5).
     #[arg(long, env = "FASTWORKER_SUBWORKER_PORT")]
     subworker_port: Option<u16>,
@@ -106,17 +117,17 @@ struct SubworkerArgs {
     /// Unique identifier of this subworker.
     #[arg(long, env = "FASTWORKER_WORKER_ID")]
     worker_id: String,
-    /// Base address of the control plane to join.
+    /// Base address of the control plane to join (default: the one announced on --discovery-address).
     #[arg(long, env = "FASTWORKER_CONTROL_PLANE_ADDRESS")]
-    control_plane_address: String,
+    control_plane_address: Option<String>,
     /// Base address of this subworker: CRITICAL tasks on its port, HIGH +1, NORMAL +2, LOW +3.
     #[arg(long, env = "FASTWORKER_BASE_ADDRESS", default_value = DEFAULT_BASE_ADDRESS)]
     base_address: String,
     /// The base address the control plane should dial, when --base-address is not it (0.0.0.0, NAT).
     #[arg(long, env = "FASTWORKER_ADVERTISE_ADDRESS")]
     advertise_address: Option<String>,
-    /// Service discovery address (reserved; discovery is not served yet).
-    #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS", default_value = "tcp://127.0.0.1:5550")]
+    /// Where to find the control plane when --control-plane-address is not given.
+    #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS", default_value = DEFAULT_DISCOVERY_ADDRESS)]
     discovery_address: String,
     /// Plugin libraries (.so/.dylib/.dll) whose tasks to run.
     #[arg(long, env = "FASTWORKER_TASK_MODULES", num_args = 1.., value_delimiter = ',', required = true)]
@@ -147,9 +158,12 @@ struct ListArgs {
 
 #[derive(Args)]
 struct ClientArgs {
-    /// Base address of the control plane.
-    #[arg(long, env = "FASTWORKER_ADDRESS", default_value = DEFAULT_BASE_ADDRESS)]
-    address: String,
+    /// Base address of the control plane [default: the one found on --discovery-address if that is given, else tcp://127.0.0.1:5555].
+    #[arg(long, env = "FASTWORKER_ADDRESS")]
+    address: Option<String>,
+    /// Find the control plane on this discovery address (used only without --address).
+    #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS")]
+    discovery_address: Option<String>,
     /// Seconds to wait for an answer.
     #[arg(long, env = "FASTWORKER_TIMEOUT", default_value_t = 30.0)]
     timeout: f64,
@@ -172,6 +186,39 @@ struct SubmitArgs {
     /// Use this task id (a UUID) instead of a fresh one; resubmitting an id does not run the task again.
     #[arg(long)]
     task_id: Option<TaskId>,
+    /// Run the task no sooner than this many seconds from now.
+    #[arg(long)]
+    countdown: Option<f64>,
+    /// Run the task no sooner than this time (RFC 3339, for example 2026-11-23T18:00:00Z).
+    #[arg(long, value_parser = parse_eta)]
+    eta: Option<SystemTime>,
+    /// The task's timeout in seconds, overriding its declared one (0: none).
+    #[arg(long)]
+    task_timeout: Option<f64>,
+    /// Runs after a failed first one, overriding the task's declared retries.
+    #[arg(long)]
+    retries: Option<u32>,
+    /// Seconds before the first retry; each further pause doubles, up to --retry-max-delay.
+    #[arg(long, default_value_t = 1.0)]
+    retry_delay: f64,
+    /// The longest pause between retries, in seconds.
+    #[arg(long, default_value_t = 300.0)]
+    retry_max_delay: f64,
+    /// An NNG PULL address (tcp://host:port) to push a notice to when the task ends.
+    #[arg(long)]
+    callback: Option<String>,
+    /// JSON sent back untouched in the callback notice.
+    #[arg(long, requires = "callback")]
+    callback_data: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+struct CancelArgs {
+    /// The task to cancel.
+    #[arg(long)]
+    task_id: TaskId,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -183,6 +230,10 @@ struct StatusArgs {
     task_id: TaskId,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+fn parse_eta(text: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339_weak(text).map_err(|error| format!("'{text}' is not an RFC 3339 time ({error})"))
 }
 
 fn parse_priority(text: &str) -> Result<Priority, String> {
@@ -206,6 +257,10 @@ fn main() -> ExitCode {
         },
         Command::Status(args) => match connect(&args.client) {
             Ok(client) => block_on(status(client, args.task_id)),
+            Err(code) => code,
+        },
+        Command::Cancel(args) => match connect(&args.client) {
+            Ok(client) => block_on(cancel(client, args.task_id)),
             Err(code) => code,
         },
         Command::Subworker(args) => run_subworker(args),
@@ -239,6 +294,9 @@ fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
             format_args!("--subworker-port {management_port} is one of the task or result ports (base to base+4); choose another"),
         );
     }
+    if let (false, Err(error)) = (args.no_discovery, discovery::check_address(&args.discovery_address)) {
+        return fail(EXIT_USAGE, format_args!("--discovery-address: {error}"));
+    }
     let registry = match Registry::load(&args.task_modules) {
         Ok(registry) => registry,
         Err(error) => return fail(EXIT_USAGE, error),
@@ -260,9 +318,10 @@ fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         max_frame_bytes: args.max_frame_bytes,
         contexts_per_port: args.contexts_per_port as usize,
         management: Some(ManagementConfig { port: management_port, inactive_after }),
+        discovery: (!args.no_discovery).then_some(args.discovery_address),
     };
-    // Accepted for compatibility with the seeds; served by later work (discovery, dashboard).
-    let _ = (&args.discovery_address, &args.gui_host, args.gui_port, args.no_gui);
+    // Accepted for compatibility with the seeds; served by later work (dashboard).
+    let _ = (&args.gui_host, args.gui_port, args.no_gui);
     let control_plane = match ControlPlane::start(config, registry) {
         Ok(control_plane) => control_plane,
         Err(error) => return fail(EXIT_USAGE, error),
@@ -298,8 +357,17 @@ fn run_subworker(args: SubworkerArgs) -> ExitCode {
         Ok(base) => base,
         Err(error) => return fail(EXIT_USAGE, format_args!("--base-address: {error}")),
     };
-    if let Err(error) = BaseAddress::parse(&args.control_plane_address) {
-        return fail(EXIT_USAGE, format_args!("--control-plane-address: {error}"));
+    match &args.control_plane_address {
+        Some(address) => {
+            if let Err(error) = BaseAddress::parse(address) {
+                return fail(EXIT_USAGE, format_args!("--control-plane-address: {error}"));
+            }
+        }
+        None => {
+            if let Err(error) = discovery::check_address(&args.discovery_address) {
+                return fail(EXIT_USAGE, format_args!("--discovery-address: {error}"));
+            }
+        }
     }
     let advertise = match &args.advertise_address {
         Some(address) => match BaseAddress::parse(address) {
@@ -338,13 +406,41 @@ fn run_subworker(args: SubworkerArgs) -> ExitCode {
     let offered: Vec<OfferedTask> = registry
         .tasks()
         .iter()
-        .map(|task| OfferedTask { name: task.decl.name.to_string(), priority: task.decl.options.priority })
+        .map(|task| {
+            let options = &task.decl.options;
+            OfferedTask {
+                name: task.decl.name.to_string(),
+                priority: options.priority,
+                timeout_ms: options.timeout_ms,
+                max_retries: options.max_retries,
+                retry_delay_ms: options.retry_delay_ms,
+            }
+        })
         .collect();
     let concurrency =
         args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as u32);
+    let control_plane = match &args.control_plane_address {
+        Some(address) => address.clone(),
+        None => {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
+            match runtime.block_on(discovery::find(&args.discovery_address, SUBWORKER_DISCOVERY_TIMEOUT)) {
+                Ok(found) => {
+                    info!(
+                        discovery = %args.discovery_address,
+                        control_plane = %found.base_address,
+                        control_plane_id = %found.worker_id,
+                        "found the control plane"
+                    );
+                    found.base_address
+                }
+                Err(error) => return fail(EXIT_USAGE, error),
+            }
+        }
+    };
     let membership = MembershipConfig {
         worker_id: args.worker_id.clone(),
-        control_plane: args.control_plane_address.clone(),
+        control_plane,
         advertise,
         concurrency,
         heartbeat_interval,
@@ -365,8 +461,8 @@ fn run_subworker(args: SubworkerArgs) -> ExitCode {
         max_frame_bytes: args.max_frame_bytes,
         contexts_per_port: 64,
         management: None,
+        discovery: None,
     };
-    let _ = &args.discovery_address;
     let server = match ControlPlane::start(config, registry) {
         Ok(server) => server,
         Err(error) => return fail(EXIT_USAGE, error),
@@ -483,8 +579,26 @@ fn connect(args: &ClientArgs) -> Result<Client, ExitCode> {
     if !args.timeout.is_finite() || args.timeout <= 0.0 {
         return Err(fail(EXIT_USAGE, "--timeout must be a positive number of seconds"));
     }
-    match Client::new(&args.address) {
-        Ok(client) => Ok(client.with_timeout(Duration::from_secs_f64(args.timeout))),
+    let timeout = Duration::from_secs_f64(args.timeout);
+    // --address (or FASTWORKER_ADDRESS) wins; else discovery, when
+    // --discovery-address (or FASTWORKER_DISCOVERY_ADDRESS) is given; else the default.
+    let address = match (&args.address, &args.discovery_address) {
+        (Some(address), _) => address.clone(),
+        (None, Some(discovery_address)) => {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
+            match runtime.block_on(discovery::find(discovery_address, timeout.min(CLIENT_DISCOVERY_TIMEOUT))) {
+                Ok(found) => found.base_address,
+                Err(error @ discovery::DiscoveryError::Address { .. }) => {
+                    return Err(fail(EXIT_USAGE, format_args!("--discovery-address: {error}")))
+                }
+                Err(error) => return Err(fail(EXIT_UNREACHABLE, error)),
+            }
+        }
+        (None, None) => DEFAULT_BASE_ADDRESS.to_string(),
+    };
+    match Client::new(&address) {
+        Ok(client) => Ok(client.with_timeout(timeout)),
         Err(error) => Err(fail(EXIT_USAGE, format_args!("--address: {error}"))),
     }
 }
@@ -517,7 +631,37 @@ fn argument_value(text: &str) -> Value {
 async fn submit(client: Client, args: SubmitArgs) -> ExitCode {
     let values: Vec<Value> = args.args.iter().map(|a| argument_value(a)).collect();
     let json_args = serde_json::to_vec(&values).expect("JSON");
-    let options = SubmitOptions { priority: args.priority, task_id: args.task_id };
+    let lengths = [args.countdown, args.task_timeout, Some(args.retry_delay), Some(args.retry_max_delay)];
+    if lengths.iter().flatten().any(|s| seconds(*s, true).is_none()) {
+        return fail(EXIT_USAGE, "--countdown, --task-timeout and the retry delays must be numbers of seconds, 0 or more");
+    }
+    let callback_data = match &args.callback_data {
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(value) => value.to_string().into_bytes(),
+            Err(error) => return fail(EXIT_USAGE, format_args!("--callback-data is not JSON: {error}")),
+        },
+        None => Vec::new(),
+    };
+    let options = SubmitOptions {
+        priority: args.priority,
+        task_id: args.task_id,
+        countdown: args.countdown.map(Duration::from_secs_f64),
+        eta: args.eta,
+        timeout: args.task_timeout.map(Duration::from_secs_f64),
+        retry: args.retries.map(|max_retries| RetryPolicy {
+            max_retries,
+            delay_ms: (args.retry_delay * 1000.0) as u64,
+            factor: 2.0,
+            max_delay_ms: (args.retry_max_delay * 1000.0) as u64,
+        }),
+        callback: args.callback.map(|address| Callback { address, data: callback_data }),
+    };
+    // A blocking submission of a delayed task waits for the delay as well.
+    let delay = options.countdown.into_iter().chain(options.eta.and_then(|t| t.duration_since(SystemTime::now()).ok())).max();
+    let client = match delay {
+        Some(delay) if !args.non_blocking => client.with_timeout(Duration::from_secs_f64(args.client.timeout) + delay),
+        _ => client,
+    };
     match client.submit_raw(&args.task_name, json_args, options, !args.non_blocking).await {
         Ok(Reply::Accepted { task_id }) => {
             println!("{task_id}");
@@ -582,6 +726,25 @@ async fn workers(client: Client) -> ExitCode {
                 "subworkers": subworkers,
             });
             println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+            ExitCode::SUCCESS
+        }
+        Err(error) => client_failure(error),
+    }
+}
+
+async fn cancel(client: Client, task_id: TaskId) -> ExitCode {
+    match client.cancel(task_id).await {
+        Ok(report) if report.state == TaskState::Cancelled => {
+            println!("cancelled: task '{}' ({task_id}) will not run", report.task_name);
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!(
+                "cancellation requested: task '{}' ({task_id}) is {} on '{}'; it stops when it next checks its context",
+                report.task_name,
+                report.state.as_str(),
+                report.worker
+            );
             ExitCode::SUCCESS
         }
         Err(error) => client_failure(error),

@@ -92,7 +92,7 @@ impl Membership {
             Request::Unregister(name) => replier.send(&self.unregister(&name)),
             Request::Workers => replier.send(&Reply::Workers(self.state.cluster_status())),
             Request::Discover => replier.send(&Reply::Discovered { management_port: self.config.port }),
-            Request::Submit(_) | Request::Status { .. } => replier.send(&error_reply(
+            Request::Submit(_) | Request::Status { .. } | Request::Cancel { .. } | Request::Batch(_) => replier.send(&error_reply(
                 ErrorKind::WrongEndpoint,
                 "the management port is for subworkers: submit tasks to a priority port and query results on base+4"
                     .into(),
@@ -170,7 +170,7 @@ impl Membership {
                 ))
             }
         };
-        let provided: HashMap<String, _> = offered.into_iter().map(|t| (t.name, t.priority)).collect();
+        let provided: HashMap<String, _> = offered.into_iter().map(|t| (t.name.clone(), t)).collect();
         self.state.lock().cluster.add(key, name, address, concurrency, provided, link);
         self.connecting.insert(key, (replier, Instant::now() + CONNECT_LIMIT));
     }

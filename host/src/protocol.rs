@@ -14,7 +14,7 @@ pub use fastworker_plugin_sdk::abi::FailureKind;
 pub use fastworker_plugin_sdk::Priority;
 
 /// The version byte that starts every frame this build sends and accepts.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// The largest frame accepted by default (16 MiB).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
@@ -46,6 +46,14 @@ pub enum Request {
     Leave(WorkerName),
     /// A subworker has finished its tasks and goes (management port).
     Unregister(WorkerName),
+    /// Cancel a task (result port; on a subworker, any of its ports).
+    Cancel {
+        /// The task to cancel.
+        task_id: TaskId,
+    },
+    /// Many submissions in one request (task ports), answered with their
+    /// ids at once; each runs at its own priority.
+    Batch(Vec<Submit>),
 }
 
 /// A subworker's introduction.
@@ -62,13 +70,19 @@ pub struct Registration {
     pub tasks: Vec<OfferedTask>,
 }
 
-/// A task a subworker provides.
+/// A task a subworker provides, with its declared defaults.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OfferedTask {
     /// Its declared name.
     pub name: String,
-    /// Its declared default priority, for submissions that name none.
+    /// Its default priority.
     pub priority: Priority,
+    /// Its default timeout in milliseconds (0: none).
+    pub timeout_ms: u64,
+    /// Its default retries.
+    pub max_retries: u32,
+    /// Its default pause before a retry, in milliseconds.
+    pub retry_delay_ms: u64,
 }
 
 /// A subworker's identity: the `--worker-id` chosen by its operator, and a
@@ -148,7 +162,7 @@ impl WorkerState {
 }
 
 /// A task submission.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Submit {
     /// The id the caller gives this task.
     pub task_id: TaskId,
@@ -161,6 +175,61 @@ pub struct Submit {
     pub priority: Option<Priority>,
     /// Reply when the task has finished (`true`) or as soon as it is queued.
     pub wait: bool,
+    /// Run it no earlier than this, in milliseconds since the Unix epoch
+    /// (a countdown or an ETA); `None`: as soon as possible.
+    pub not_before_ms: Option<u64>,
+    /// Its timeout in milliseconds, overriding the declared one (0: none).
+    pub timeout_ms: Option<u64>,
+    /// Its retries, overriding the declared ones.
+    pub retry: Option<RetryPolicy>,
+    /// Where to push a notice when it ends.
+    pub callback: Option<Callback>,
+}
+
+/// How often and how patiently a failed task is run again.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Runs after the first one, at most.
+    pub max_retries: u32,
+    /// Pause before the first retry, in milliseconds.
+    pub delay_ms: u64,
+    /// Each further pause is the previous one times this.
+    pub factor: f64,
+    /// The longest pause, in milliseconds.
+    pub max_delay_ms: u64,
+}
+
+impl RetryPolicy {
+    /// No retries at all.
+    pub const NONE: RetryPolicy = RetryPolicy { max_retries: 0, delay_ms: 0, factor: 1.0, max_delay_ms: 0 };
+
+    /// The pause before run `attempt + 1`, after `attempt` runs failed.
+    pub fn delay_after(&self, attempt: u32) -> u64 {
+        let scaled = self.delay_ms as f64 * self.factor.max(1.0).powi(attempt.saturating_sub(1) as i32);
+        (scaled.min(self.max_delay_ms as f64)) as u64
+    }
+}
+
+/// Where a task's completion notice goes: an NNG PULL socket's address,
+/// and bytes of the caller's own to send back with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Callback {
+    /// The address the notice is pushed to (`tcp://host:port`).
+    pub address: String,
+    /// Returned untouched in the notice.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// What is pushed to a task's callback address when it ends, whatever the
+/// ending: its final report and the caller's data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notice {
+    /// The task's final report (state, result or error, times, attempts).
+    pub report: TaskReport,
+    /// The callback's data.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
 }
 
 /// What a control plane answers.
@@ -184,12 +253,14 @@ pub enum Reply {
     Workers(ClusterStatus),
     /// The management request was applied.
     Done,
+    /// One outcome per submission of a batch, in order.
+    Batch(Vec<Result<TaskId, ErrorReply>>),
 }
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskState {
-    /// Waiting for a free worker thread.
+    /// Waiting for a free worker.
     Queued,
     /// Being run.
     Running,
@@ -197,12 +268,20 @@ pub enum TaskState {
     Succeeded,
     /// Finished with an error.
     Failed,
+    /// Waiting for its countdown or ETA.
+    Scheduled,
+    /// A run failed; waiting for its backoff before running again.
+    Retrying,
+    /// Cancelled before it ran (or asked to stop while running).
+    Cancelled,
+    /// Ran past its timeout.
+    TimedOut,
 }
 
 impl TaskState {
     /// True for the states a task never leaves.
     pub fn is_final(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Failed)
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled | TaskState::TimedOut)
     }
 
     /// The lower-case name used in JSON output.
@@ -212,6 +291,10 @@ impl TaskState {
             TaskState::Running => "running",
             TaskState::Succeeded => "succeeded",
             TaskState::Failed => "failed",
+            TaskState::Scheduled => "scheduled",
+            TaskState::Retrying => "retrying",
+            TaskState::Cancelled => "cancelled",
+            TaskState::TimedOut => "timed_out",
         }
     }
 }
@@ -300,6 +383,8 @@ pub enum ErrorKind {
     UnknownWorker,
     /// The control plane could not connect to the address a subworker gave.
     WorkerUnreachable,
+    /// A cancellation for a task that has already ended.
+    AlreadyFinished,
 }
 
 impl ErrorReply {
@@ -374,17 +459,33 @@ struct ForwardedSubmit<'a> {
     args: &'a [u8],
     priority: Option<Priority>,
     wait: bool,
+    not_before_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    retry: Option<RetryPolicy>,
+    callback: Option<Callback>,
 }
 
-/// Writes the frame of a blocking `Request::Submit` of these parts.
+/// Writes the frame of a blocking `Request::Submit` of these parts, to be
+/// run once (the control plane does the retrying) within `timeout_ms`.
 pub(crate) fn encode_forwarded_submit<W: Write>(
     task_id: TaskId,
     task_name: &str,
     args: &[u8],
     priority: Priority,
+    timeout_ms: u64,
     out: W,
 ) -> std::io::Result<()> {
-    let submit = ForwardedSubmit { task_id, task_name, args, priority: Some(priority), wait: true };
+    let submit = ForwardedSubmit {
+        task_id,
+        task_name,
+        args,
+        priority: Some(priority),
+        wait: true,
+        not_before_ms: None,
+        timeout_ms: Some(timeout_ms),
+        retry: Some(RetryPolicy::NONE),
+        callback: None,
+    };
     encode_into(&ForwardedRequest::Submit(submit), out)
 }
 
@@ -419,10 +520,11 @@ mod tests {
             args: b"[5,3]".to_vec(),
             priority: None,
             wait: true,
+            ..Default::default()
         });
-        let mut expected = vec![1, 0, 16];
+        let mut expected = vec![2, 0, 16];
         expected.extend_from_slice(&[7; 16]);
-        expected.extend_from_slice(&[3, b'a', b'd', b'd', 5, b'[', b'5', b',', b'3', b']', 0, 1]);
+        expected.extend_from_slice(&[3, b'a', b'd', b'd', 5, b'[', b'5', b',', b'3', b']', 0, 1, 0, 0, 0, 0]);
         assert_eq!(encode(&request), expected);
         assert!(matches!(decode::<Request>(&expected, 1024), Ok(Request::Submit(s)) if s.task_id == task_id));
     }
@@ -431,13 +533,16 @@ mod tests {
     fn a_forwarded_submission_is_an_ordinary_one() {
         let task_id = TaskId::from_bytes([9; 16]);
         let mut forwarded = Vec::new();
-        encode_forwarded_submit(task_id, "add", b"[1,2]", Priority::High, &mut forwarded).unwrap();
+        encode_forwarded_submit(task_id, "add", b"[1,2]", Priority::High, 500, &mut forwarded).unwrap();
         let owned = Request::Submit(Submit {
             task_id,
             task_name: "add".into(),
             args: b"[1,2]".to_vec(),
             priority: Some(Priority::High),
             wait: true,
+            timeout_ms: Some(500),
+            retry: Some(RetryPolicy::NONE),
+            ..Default::default()
         });
         assert_eq!(forwarded, encode(&owned));
     }
@@ -445,8 +550,8 @@ mod tests {
     #[test]
     fn bad_frames_are_told_apart() {
         assert!(matches!(decode::<Request>(&[], 10), Err(DecodeError::Empty)));
-        assert!(matches!(decode::<Request>(&[2, 0], 10), Err(DecodeError::Version { found: 2 })));
-        assert!(matches!(decode::<Request>(&[1, 9], 10), Err(DecodeError::Body(_))));
+        assert!(matches!(decode::<Request>(&[1, 0], 10), Err(DecodeError::Version { found: 1 })));
+        assert!(matches!(decode::<Request>(&[2, 99], 10), Err(DecodeError::Body(_))));
         assert!(matches!(decode::<Request>(&[1; 11], 10), Err(DecodeError::TooLarge { size: 11, limit: 10 })));
     }
 }

@@ -19,6 +19,7 @@ use nng::{AioResult, Message};
 use tracing::{debug, info, warn};
 
 use crate::cache::{Lookup, ResultCache};
+use crate::callbacks::Callbacks;
 use crate::cluster::{Cluster, Placement, Waiting, WorkerKey};
 use crate::control_plane::ControlPlaneConfig;
 use crate::endpoint::{encode_reply, Replier};
@@ -26,13 +27,21 @@ use crate::link::Link;
 use crate::plugins::Registry;
 use crate::pool::Pool;
 use crate::protocol::{
-    decode, encode_forwarded_submit, now_ms, ClusterStatus, ErrorKind, ErrorReply, Priority, Reply, Submit, TaskError,
-    TaskId, TaskReport, TaskState,
+    decode, encode_forwarded_submit, encode_into, now_ms, Callback, ClusterStatus, ErrorKind, ErrorReply, Notice,
+    OfferedTask, Priority, Reply, Request, RetryPolicy, Submit, TaskError, TaskId, TaskReport, TaskState,
 };
+use crate::timers::{Alarm, Timers};
 
-/// How many times a task is sent to subworkers before the control plane
-/// gives up on it (each of them went away while running it).
+/// How many times a task may be lost with a subworker that went away
+/// before the control plane gives up on it.
 pub(crate) const MAX_DISPATCHES: u32 = 3;
+
+/// The longest pause between retries unless a caller sets one.
+const DEFAULT_MAX_RETRY_DELAY_MS: u64 = 5 * 60 * 1000;
+
+/// Each pause between retries is this many times the previous one unless a
+/// caller says otherwise.
+const DEFAULT_RETRY_FACTOR: f64 = 2.0;
 
 /// Everything a serving process shares between its ports and threads.
 pub(crate) struct State {
@@ -42,6 +51,8 @@ pub(crate) struct State {
     cache: Mutex<ResultCache>,
     accepting: AtomicBool,
     pool: Pool<Job>,
+    timers: Timers,
+    callbacks: Callbacks,
 }
 
 /// The live tasks and the subworkers, under one lock.
@@ -50,22 +61,41 @@ pub(crate) struct Tasks {
     pub(crate) cluster: Cluster<Link>,
 }
 
-/// A task that has been accepted and has not finished.
+/// A task that has been accepted and has not ended.
 struct LiveTask {
     report: TaskReport,
     waiters: Vec<Replier>,
     cancelled: Arc<AtomicBool>,
-    /// The JSON arguments, kept while a subworker may need them sent again
-    /// (empty once handed to a local worker thread).
-    args: Vec<u8>,
+    /// The JSON arguments, kept for retries and for sending again.
+    args: Arc<Vec<u8>>,
+    plan: Plan,
+    /// Runs that failed so far (each may earn a retry).
+    failures: u32,
+    /// Times a subworker went away while running it.
+    losses: u32,
+}
+
+/// How a task runs: its timeout, its retries, and who hears of its end.
+struct Plan {
+    timeout_ms: u64,
+    retry: RetryPolicy,
+    callback: Option<Callback>,
 }
 
 /// What a worker thread needs to run one task.
 struct Job {
     task_id: TaskId,
     decl: TaskDecl,
-    args: Vec<u8>,
+    args: Arc<Vec<u8>>,
     cancelled: Arc<AtomicBool>,
+}
+
+/// How a task ended.
+enum Ending {
+    Succeeded(Vec<u8>),
+    Failed(TaskError),
+    TimedOut(TaskError),
+    Cancelled(TaskError),
 }
 
 /// Replies gathered under the lock, sent after it is released.
@@ -84,13 +114,19 @@ impl Outbox {
 }
 
 impl State {
-    /// Builds the state and starts the worker threads.
+    /// Builds the state and starts the worker, timer and callback threads.
     pub(crate) fn new(config: ControlPlaneConfig, registry: Registry) -> Arc<State> {
         Arc::new_cyclic(|me: &Weak<State>| {
-            let me = me.clone();
+            let runner = me.clone();
             let pool = Pool::start(config.concurrency, move |job| {
-                if let Some(state) = me.upgrade() {
+                if let Some(state) = runner.upgrade() {
                     state.run(job);
+                }
+            });
+            let ringer = me.clone();
+            let timers = Timers::start(move |alarm| {
+                if let Some(state) = ringer.upgrade() {
+                    state.on_alarm(alarm);
                 }
             });
             State {
@@ -100,6 +136,8 @@ impl State {
                 registry,
                 config,
                 pool,
+                timers,
+                callbacks: Callbacks::start(),
             }
         })
     }
@@ -109,7 +147,7 @@ impl State {
         self.tasks.lock().expect("task lock")
     }
 
-    /// Tasks accepted and not finished, for heartbeats.
+    /// Tasks accepted and not ended, for heartbeats.
     pub(crate) fn in_flight(&self) -> usize {
         self.lock().live.len()
     }
@@ -124,95 +162,136 @@ impl State {
         self.cache.lock().expect("cache lock").sweep()
     }
 
-    /// Accepts a task: runs it here, sends it to a subworker, or queues it
-    /// for one; answers at once unless the client waits for the result.
+    /// Answers a submission: at once with the task's id, or, for a client
+    /// that waits, when the task ends.
     pub(crate) fn submit(&self, submit: Submit, replier: Replier) {
+        let (waiter, answer_now) = if submit.wait { (Some(replier), None) } else { (None, Some(replier)) };
+        match self.accept(submit, waiter) {
+            Ok(task_id) => {
+                if let Some(replier) = answer_now {
+                    replier.send(&Reply::Accepted { task_id });
+                }
+            }
+            Err((refusal, waiter)) => {
+                let reply = Reply::Error(refusal);
+                waiter.into_iter().chain(answer_now).for_each(|replier| replier.send(&reply));
+            }
+        }
+    }
+
+    /// Accepts every submission of a batch; one outcome each, in order.
+    pub(crate) fn submit_batch(&self, submits: Vec<Submit>, replier: Replier) {
+        let outcomes = submits
+            .into_iter()
+            .map(|submit| self.accept(Submit { wait: false, ..submit }, None).map_err(|(refusal, _)| refusal))
+            .collect();
+        replier.send(&Reply::Batch(outcomes));
+    }
+
+    /// Takes a task in: runs it here, sends it to a subworker, queues it for
+    /// one, or schedules it for later. `waiter` is answered when it ends.
+    fn accept(&self, submit: Submit, waiter: Option<Replier>) -> Result<TaskId, (ErrorReply, Option<Replier>)> {
         if !self.accepting.load(Ordering::SeqCst) {
-            return replier.send(&error_reply(
-                ErrorKind::ShuttingDown,
-                format!(
-                    "'{}' is shutting down and takes no new tasks; submit to another one or retry after it restarts",
-                    self.config.worker_id
-                ),
-            ));
+            let message = format!(
+                "'{}' is shutting down and takes no new tasks; submit to another one or retry after it restarts",
+                self.config.worker_id
+            );
+            return Err((ErrorReply::new(ErrorKind::ShuttingDown, message), waiter));
         }
         let task_id = submit.task_id;
         let mut tasks = self.lock();
         if let Some(existing) = tasks.live.get_mut(&task_id) {
             // The same id again (a client retrying after a lost reply): answer
             // for the task already accepted instead of running it twice.
-            if submit.wait {
-                existing.waiters.push(replier);
-            } else {
-                drop(tasks);
-                replier.send(&Reply::Accepted { task_id });
-            }
-            return;
+            existing.waiters.extend(waiter);
+            return Ok(task_id);
         }
         if let Lookup::Found(report) = self.cache.lock().expect("cache lock").get(&task_id) {
             drop(tasks);
-            return replier.send(&if submit.wait { Reply::Report(report) } else { Reply::Accepted { task_id } });
+            if let Some(waiter) = waiter {
+                waiter.send(&Reply::Report(report));
+            }
+            return Ok(task_id);
         }
-        let placement =
-            if tasks.cluster.is_empty() { Placement::Nobody } else { tasks.cluster.place(task_id, &submit.task_name) };
-        let (waiters, answer_now) = if submit.wait { (vec![replier], None) } else { (Vec::new(), Some(replier)) };
-        match placement {
-            Placement::Nobody => {
-                let Some(task) = self.registry.get(&submit.task_name) else {
-                    let message = self.nobody_provides(&tasks, &submit.task_name);
-                    drop(tasks);
-                    let reply = error_reply(ErrorKind::UnknownTask, message);
-                    return waiters.into_iter().chain(answer_now).for_each(|r| r.send(&reply));
-                };
-                if self.pool.threads() == 0 {
-                    drop(tasks);
-                    let reply = error_reply(
-                        ErrorKind::NoWorker,
-                        format!(
-                            "no worker can run task '{}': this control plane runs with --concurrency 0 and no live subworker provides it",
-                            submit.task_name
-                        ),
-                    );
-                    return waiters.into_iter().chain(answer_now).for_each(|r| r.send(&reply));
+        let declared = match (tasks.cluster.provider(&submit.task_name), self.registry.get(&submit.task_name)) {
+            (Some(offered), _) => offered.clone(),
+            (None, Some(_)) if self.pool.threads() == 0 => {
+                let message = format!(
+                    "no worker can run task '{}': this control plane runs with --concurrency 0 and no live subworker provides it",
+                    submit.task_name
+                );
+                return Err((ErrorReply::new(ErrorKind::NoWorker, message), waiter));
+            }
+            (None, Some(task)) => {
+                let options = &task.decl.options;
+                OfferedTask {
+                    name: submit.task_name.clone(),
+                    priority: options.priority,
+                    timeout_ms: options.timeout_ms,
+                    max_retries: options.max_retries,
+                    retry_delay_ms: options.retry_delay_ms,
                 }
-                let priority = submit.priority.unwrap_or(task.decl.options.priority);
-                let cancelled = Arc::new(AtomicBool::new(false));
-                let report = new_report(task_id, submit.task_name, priority);
-                let job = Job { task_id, decl: task.decl, args: submit.args, cancelled: cancelled.clone() };
-                if self.pool.push(priority, job).is_err() {
-                    // Shutdown began between the check above and now.
-                    drop(tasks);
-                    let reply = error_reply(ErrorKind::ShuttingDown, "shutting down: no new tasks are taken".into());
-                    return waiters.into_iter().chain(answer_now).for_each(|r| r.send(&reply));
-                }
-                tasks.live.insert(task_id, LiveTask { report, waiters, cancelled, args: Vec::new() });
-                debug!(%task_id, %priority, "task queued");
             }
-            Placement::Slot(key, slot) => {
-                let priority = self.remote_priority(&tasks, &submit);
-                let report = new_report(task_id, submit.task_name, priority);
-                let cancelled = Arc::new(AtomicBool::new(false));
-                tasks.live.insert(task_id, LiveTask { report, waiters, cancelled, args: submit.args });
-                self.send_to_worker(&mut tasks, key, slot, task_id);
+            (None, None) => {
+                let message = self.nobody_provides(&tasks, &submit.task_name);
+                return Err((ErrorReply::new(ErrorKind::UnknownTask, message), waiter));
             }
-            Placement::Wait => {
-                let priority = self.remote_priority(&tasks, &submit);
-                let waiting = Waiting { task_id, task_name: submit.task_name.clone() };
-                let report = new_report(task_id, submit.task_name, priority);
-                let cancelled = Arc::new(AtomicBool::new(false));
-                tasks.live.insert(task_id, LiveTask { report, waiters, cancelled, args: submit.args });
-                tasks.cluster.wait(priority, waiting, false);
-                debug!(%task_id, %priority, "task waits for a subworker slot");
+        };
+        let priority = submit.priority.unwrap_or(declared.priority);
+        let plan = Plan {
+            timeout_ms: submit.timeout_ms.unwrap_or(declared.timeout_ms),
+            retry: submit.retry.unwrap_or(RetryPolicy {
+                max_retries: declared.max_retries,
+                delay_ms: declared.retry_delay_ms,
+                factor: DEFAULT_RETRY_FACTOR,
+                max_delay_ms: DEFAULT_MAX_RETRY_DELAY_MS,
+            }),
+            callback: submit.callback,
+        };
+        let mut report = new_report(task_id, submit.task_name, priority);
+        let later = submit.not_before_ms.filter(|&at| at > report.created_ms);
+        if later.is_some() {
+            report.state = TaskState::Scheduled;
+        }
+        let task = LiveTask {
+            report,
+            waiters: waiter.into_iter().collect(),
+            cancelled: Arc::new(AtomicBool::new(false)),
+            args: Arc::new(submit.args),
+            plan,
+            failures: 0,
+            losses: 0,
+        };
+        tasks.live.insert(task_id, task);
+        let mut outbox = Outbox::default();
+        match later {
+            Some(at) => {
+                self.timers.set(at, Alarm::Start(task_id));
+                debug!(%task_id, at_ms = at, "task scheduled");
             }
+            None => self.start(&mut tasks, task_id, false, "", &mut outbox),
         }
         drop(tasks);
-        if let Some(replier) = answer_now {
-            replier.send(&Reply::Accepted { task_id });
-        }
+        outbox.deliver();
+        Ok(task_id)
     }
 
-    fn remote_priority(&self, tasks: &Tasks, submit: &Submit) -> Priority {
-        submit.priority.or_else(|| tasks.cluster.declared_priority(&submit.task_name)).unwrap_or(Priority::Normal)
+    /// Sends a live task on its way: to a subworker's free slot, into the
+    /// line for one (`first`: ahead of its priority's other waiting tasks),
+    /// or to this process's threads.
+    fn start(&self, tasks: &mut Tasks, task_id: TaskId, first: bool, why: &str, outbox: &mut Outbox) {
+        let Some(task) = tasks.live.get_mut(&task_id) else { return };
+        task.report.state = TaskState::Queued;
+        let (priority, task_name) = (task.report.priority, task.report.task_name.clone());
+        let placement = if tasks.cluster.is_empty() { Placement::Nobody } else { tasks.cluster.place(task_id, &task_name) };
+        match placement {
+            Placement::Slot(key, slot) => self.send_to_worker(tasks, key, slot, task_id),
+            Placement::Wait => {
+                tasks.cluster.wait(priority, Waiting { task_id, task_name }, first);
+                debug!(%task_id, %priority, "task waits for a subworker slot");
+            }
+            Placement::Nobody => self.run_here_or_fail(tasks, task_id, why, outbox),
+        }
     }
 
     /// "No worker provides task 'x'", with what is provided.
@@ -257,55 +336,84 @@ impl State {
     /// Runs one task on this thread (a worker thread of the pool).
     fn run(&self, job: Job) {
         let started = now_ms();
-        let attempt = {
+        let (attempt, timeout_ms) = {
             let mut tasks = self.lock();
             let Some(task) = tasks.live.get_mut(&job.task_id) else { return };
-            task.report.state = TaskState::Running;
-            task.report.started_ms = Some(started);
-            task.report.attempts += 1;
-            task.report.worker.clone_from(&self.config.worker_id);
-            task.report.attempts
+            if task.report.state != TaskState::Queued {
+                return;
+            }
+            let report = &mut task.report;
+            report.state = TaskState::Running;
+            report.started_ms = Some(started);
+            report.attempts += 1;
+            report.worker.clone_from(&self.config.worker_id);
+            (report.attempts, task.plan.timeout_ms)
         };
-        let timeout_ms = job.decl.options.timeout_ms;
         let deadline = if timeout_ms == 0 { 0 } else { started + timeout_ms };
+        if deadline > 0 {
+            self.timers.set(deadline, Alarm::Deadline(job.task_id, attempt));
+        }
         let context = TaskContext::new(&job.cancelled, deadline, attempt, *job.task_id.as_bytes());
         let outcome = match (job.decl.call)(&context, RSlice::from_slice(&job.args)) {
             RResult::ROk(bytes) => Ok(bytes.into_vec()),
             RResult::RErr(failure) => Err(TaskError { kind: failure.kind, message: failure.message.into_string() }),
         };
-        if let Err(error) = &outcome {
-            debug!(task_id = %job.task_id, task = job.decl.name.as_str(), error = %error.message, "task failed");
-        }
         let mut outbox = Outbox::default();
-        self.finish(&mut self.lock(), job.task_id, outcome, None, &mut outbox);
+        self.complete(&mut self.lock(), job.task_id, attempt, outcome, None, &mut outbox);
         outbox.deliver();
     }
 
-    /// Records a task's outcome, caches it and queues the replies to
-    /// everyone waiting.
-    fn finish(
+    /// Takes the outcome of run `attempt`: the task succeeds, fails, or
+    /// waits for a retry. Outcomes of runs that were timed out or cancelled
+    /// meanwhile are dropped.
+    fn complete(
         &self,
         tasks: &mut Tasks,
         task_id: TaskId,
+        attempt: u32,
         outcome: Result<Vec<u8>, TaskError>,
         started_ms: Option<u64>,
         outbox: &mut Outbox,
     ) {
+        let Some(task) = tasks.live.get_mut(&task_id) else { return };
+        if task.report.state != TaskState::Running || task.report.attempts != attempt {
+            return;
+        }
+        match outcome {
+            Ok(result) => self.finish(tasks, task_id, Ending::Succeeded(result), started_ms, outbox),
+            Err(error) if error.kind != FailureKind::BadArguments && task.failures < task.plan.retry.max_retries => {
+                task.failures += 1;
+                let delay = task.plan.retry.delay_after(task.failures);
+                debug!(%task_id, attempt, delay_ms = delay, error = %error.message, "run failed; retrying after the backoff");
+                task.report.state = TaskState::Retrying;
+                task.report.error = Some(error);
+                self.timers.set(now_ms() + delay, Alarm::Start(task_id));
+            }
+            Err(error) => {
+                debug!(%task_id, attempt, error = %error.message, "task failed");
+                self.finish(tasks, task_id, Ending::Failed(error), started_ms, outbox);
+            }
+        }
+    }
+
+    /// Records how a task ended, caches its report, queues the replies to
+    /// everyone waiting and its callback notice.
+    fn finish(&self, tasks: &mut Tasks, task_id: TaskId, ending: Ending, started_ms: Option<u64>, outbox: &mut Outbox) {
         let Some(task) = tasks.live.remove(&task_id) else { return };
         let mut report = task.report;
         report.finished_ms = Some(now_ms());
         if started_ms.is_some() {
             report.started_ms = started_ms;
         }
-        match outcome {
-            Ok(result) => {
-                report.state = TaskState::Succeeded;
-                report.result = Some(result);
-            }
-            Err(error) => {
-                report.state = TaskState::Failed;
-                report.error = Some(error);
-            }
+        let (state, result, error) = match ending {
+            Ending::Succeeded(result) => (TaskState::Succeeded, Some(result), None),
+            Ending::Failed(error) => (TaskState::Failed, None, Some(error)),
+            Ending::TimedOut(error) => (TaskState::TimedOut, None, Some(error)),
+            Ending::Cancelled(error) => (TaskState::Cancelled, None, Some(error)),
+        };
+        (report.state, report.result, report.error) = (state, result, error);
+        if let Some(callback) = task.plan.callback {
+            self.callbacks.push(callback.address, Notice { report: report.clone(), data: callback.data });
         }
         let reply = Reply::Report(report);
         if !task.waiters.is_empty() {
@@ -317,7 +425,81 @@ impl State {
 
     fn fail(&self, tasks: &mut Tasks, task_id: TaskId, message: String, outbox: &mut Outbox) {
         let error = TaskError { kind: FailureKind::Error, message };
-        self.finish(tasks, task_id, Err(error), None, outbox);
+        self.finish(tasks, task_id, Ending::Failed(error), None, outbox);
+    }
+
+    /// A countdown, ETA or backoff is over, or a run reached its timeout.
+    fn on_alarm(&self, alarm: Alarm) {
+        let mut outbox = Outbox::default();
+        let mut tasks = self.lock();
+        match alarm {
+            Alarm::Start(task_id) => {
+                let waiting = tasks.live.get(&task_id).map(|t| t.report.state);
+                if matches!(waiting, Some(TaskState::Scheduled | TaskState::Retrying)) {
+                    self.start(&mut tasks, task_id, false, "", &mut outbox);
+                }
+            }
+            Alarm::Deadline(task_id, attempt) => {
+                let Some(task) = tasks.live.get(&task_id) else { return };
+                if task.report.state != TaskState::Running || task.report.attempts != attempt {
+                    return;
+                }
+                task.cancelled.store(true, Ordering::SeqCst);
+                let report = &task.report;
+                let message = format!(
+                    "task '{}' ran past its timeout of {} s (run {attempt}, on '{}'); it was asked to stop through its TaskContext",
+                    report.task_name,
+                    task.plan.timeout_ms as f64 / 1000.0,
+                    report.worker
+                );
+                warn!(%task_id, "{message}");
+                let error = TaskError { kind: FailureKind::Error, message };
+                self.finish(&mut tasks, task_id, Ending::TimedOut(error), None, &mut outbox);
+            }
+        }
+        drop(tasks);
+        outbox.deliver();
+    }
+
+    /// Cancels a task: one that has not started never runs; a running one
+    /// has its cancellation flag set (on the subworker running it too).
+    pub(crate) fn cancel(&self, task_id: TaskId) -> Reply {
+        let mut outbox = Outbox::default();
+        let mut tasks = self.lock();
+        let Some(task) = tasks.live.get(&task_id) else {
+            drop(tasks);
+            return match self.cache.lock().expect("cache lock").get(&task_id) {
+                Lookup::Found(report) => error_reply(
+                    ErrorKind::AlreadyFinished,
+                    format!("task {task_id} already ended ({}); nothing to cancel", report.state.as_str()),
+                ),
+                Lookup::Expired | Lookup::Evicted => error_reply(
+                    ErrorKind::AlreadyFinished,
+                    format!("task {task_id} already ended (its result is no longer kept); nothing to cancel"),
+                ),
+                Lookup::Unknown => error_reply(
+                    ErrorKind::UnknownTaskId,
+                    format!("task {task_id} is unknown to '{}': check the id and the --address", self.config.worker_id),
+                ),
+            };
+        };
+        task.cancelled.store(true, Ordering::SeqCst);
+        if task.report.state == TaskState::Running {
+            let report = task.report.clone();
+            let worker = tasks.cluster.workers().find(|w| w.name.worker_id == report.worker);
+            if let Some(worker) = worker {
+                let mut message = Message::with_capacity(24);
+                encode_into(&Request::Cancel { task_id }, &mut message).expect("writing to a message cannot fail");
+                worker.link.note(message);
+            }
+            return Reply::Report(report);
+        }
+        let error = TaskError { kind: FailureKind::Error, message: "cancelled by a client before it ran".into() };
+        tasks.cluster.forget_waiting(task_id);
+        self.finish(&mut tasks, task_id, Ending::Cancelled(error), None, &mut outbox);
+        drop(tasks);
+        outbox.deliver();
+        self.status(task_id)
     }
 
     /// Sends a live task into a subworker slot that [`Cluster`] reserved for it.
@@ -328,15 +510,20 @@ impl State {
             return;
         };
         let report = &mut task.report;
-        let mut message = Message::with_capacity(task.args.len() + report.task_name.len() + 32);
-        encode_forwarded_submit(task_id, &report.task_name, &task.args, report.priority, &mut message)
+        let timeout_ms = task.plan.timeout_ms;
+        let mut message = Message::with_capacity(task.args.len() + report.task_name.len() + 48);
+        encode_forwarded_submit(task_id, &report.task_name, &task.args, report.priority, timeout_ms, &mut message)
             .expect("writing to a message cannot fail");
         match worker.link.send(slot, message) {
             Ok(()) => {
                 report.state = TaskState::Running;
                 report.worker.clone_from(&worker.name.worker_id);
                 report.attempts += 1;
-                report.started_ms = Some(now_ms());
+                let started = now_ms();
+                report.started_ms = Some(started);
+                if timeout_ms > 0 {
+                    self.timers.set(started + timeout_ms, Alarm::Deadline(task_id, report.attempts));
+                }
                 debug!(%task_id, worker = %worker.name.worker_id, "task sent to a subworker");
             }
             Err(error) => {
@@ -397,17 +584,25 @@ impl State {
 
     /// Takes a subworker's answer for a task.
     fn take_reply(&self, tasks: &mut Tasks, task_id: TaskId, worker_id: &str, frame: &[u8], outbox: &mut Outbox) {
+        let attempt = tasks.live.get(&task_id).map_or(0, |t| t.report.attempts);
         match decode::<Reply>(frame, usize::MAX) {
             Ok(Reply::Report(report)) if report.task_id == task_id && report.state.is_final() => {
-                let outcome = match (report.result, report.error) {
-                    (_, Some(error)) => Err(error),
-                    (Some(result), None) => Ok(result),
-                    (None, None) => Err(TaskError {
+                let started = report.started_ms;
+                let outcome = match (report.state, report.result, report.error) {
+                    (TaskState::Succeeded, Some(result), _) => Ok(result),
+                    (TaskState::TimedOut, _, Some(error)) => {
+                        return self.finish(tasks, task_id, Ending::TimedOut(error), started, outbox)
+                    }
+                    (TaskState::Cancelled, _, Some(error)) => {
+                        return self.finish(tasks, task_id, Ending::Cancelled(error), started, outbox)
+                    }
+                    (_, _, Some(error)) => Err(error),
+                    _ => Err(TaskError {
                         kind: FailureKind::Error,
                         message: format!("subworker '{worker_id}' reported neither a result nor an error"),
                     }),
                 };
-                self.finish(tasks, task_id, outcome, report.started_ms, outbox);
+                self.complete(tasks, task_id, attempt, outcome, started, outbox);
             }
             Ok(Reply::Error(refusal)) if refusal.kind == ErrorKind::ShuttingDown => {
                 let why = format!("subworker '{worker_id}' is shutting down");
@@ -429,26 +624,23 @@ impl State {
     }
 
     /// Sends a task taken back from a subworker to another capable worker,
-    /// or fails it after [`MAX_DISPATCHES`] sends or when nobody provides it.
+    /// or fails it after [`MAX_DISPATCHES`] losses or when nobody provides it.
     pub(crate) fn send_again(&self, tasks: &mut Tasks, task_id: TaskId, why: &str, outbox: &mut Outbox) {
         let Some(task) = tasks.live.get_mut(&task_id) else { return };
-        let report = &mut task.report;
-        if report.attempts >= MAX_DISPATCHES {
+        if task.report.state != TaskState::Running {
+            return;
+        }
+        task.losses += 1;
+        if task.losses >= MAX_DISPATCHES {
             let message = format!(
                 "task '{}' was sent to subworkers {} times and each went away before finishing it (last: {why}); it may have run partly; submit it again",
-                report.task_name, report.attempts
+                task.report.task_name, task.losses
             );
-            warn!(%task_id, attempts = report.attempts, "giving up on a task: {why}");
+            warn!(%task_id, losses = task.losses, "giving up on a task: {why}");
             return self.fail(tasks, task_id, message, outbox);
         }
-        report.state = TaskState::Queued;
-        let (priority, task_name) = (report.priority, report.task_name.clone());
-        warn!(%task_id, task = %task_name, "sending the task again: {why}");
-        match tasks.cluster.place(task_id, &task_name) {
-            Placement::Slot(key, slot) => self.send_to_worker(tasks, key, slot, task_id),
-            Placement::Wait => tasks.cluster.wait(priority, Waiting { task_id, task_name }, true),
-            Placement::Nobody => self.run_here_or_fail(tasks, task_id, why, outbox),
-        }
+        warn!(%task_id, task = %task.report.task_name, "sending the task again: {why}");
+        self.start(tasks, task_id, true, why, outbox);
     }
 
     /// For a task no live subworker provides any more: runs it on this
@@ -458,20 +650,17 @@ impl State {
         let name = &live.report.task_name;
         match self.registry.get(name) {
             Some(task) if self.pool.threads() > 0 => {
-                let job = Job {
-                    task_id,
-                    decl: task.decl,
-                    args: std::mem::take(&mut live.args),
-                    cancelled: live.cancelled.clone(),
-                };
+                live.report.state = TaskState::Queued;
+                let job =
+                    Job { task_id, decl: task.decl, args: live.args.clone(), cancelled: live.cancelled.clone() };
                 if self.pool.push(live.report.priority, job).is_err() {
                     let message = "shut down before the task could run here; submit it again".to_string();
                     self.fail(tasks, task_id, message, outbox);
                 }
             }
             _ => {
-                let message =
-                    format!("no worker provides task '{name}' any more ({why}); submit it again when one does");
+                let why = if why.is_empty() { "no live subworker provides it".to_string() } else { why.to_string() };
+                let message = format!("no worker provides task '{name}' any more ({why}); submit it again when one does");
                 self.fail(tasks, task_id, message, outbox);
             }
         }
@@ -515,6 +704,7 @@ impl State {
         let timeout = self.config.shutdown_timeout;
         info!(timeout_secs = timeout.as_secs_f64(), "shutting down: finishing queued and running tasks");
         let deadline = Instant::now() + timeout;
+        self.end_waiting_for_time();
         let unstarted = self.pool.drain(timeout);
         // Tasks on subworkers finish on their own; wait for them too.
         while !self.lock().live.is_empty() && Instant::now() < deadline {
@@ -552,6 +742,30 @@ impl State {
                 waiter.send(&reply);
             }
         }
+    }
+}
+
+impl State {
+    /// At shutdown, tasks waiting for a countdown, ETA or retry will not
+    /// get their time here: they fail now, saying so.
+    fn end_waiting_for_time(&self) {
+        let mut outbox = Outbox::default();
+        let mut tasks = self.lock();
+        let waiting: Vec<TaskId> = tasks
+            .live
+            .iter()
+            .filter(|(_, t)| matches!(t.report.state, TaskState::Scheduled | TaskState::Retrying))
+            .map(|(id, _)| *id)
+            .collect();
+        for task_id in waiting {
+            let message = format!(
+                "'{}' shut down before this task's scheduled time or next retry; submit it again",
+                self.config.worker_id
+            );
+            self.fail(&mut tasks, task_id, message, &mut outbox);
+        }
+        drop(tasks);
+        outbox.deliver();
     }
 }
 

@@ -20,6 +20,7 @@ fn add_request() -> Request {
         args: b"[2,3]".to_vec(),
         priority: None,
         wait: true,
+        ..Default::default()
     })
 }
 
@@ -48,6 +49,7 @@ fn bad_frames_get_error_replies_and_the_server_keeps_serving() {
             args: vec![b' '; 10_000],
             priority: None,
             wait: true,
+            ..Default::default()
         });
         let (kind, message) = error_kind(client.exchange(port, Message::from(&encode(&big)[..])).await.unwrap());
         assert_eq!(kind, ErrorKind::FrameTooLarge);
@@ -86,6 +88,7 @@ fn a_resubmitted_task_id_does_not_run_twice() {
             args: b"[300]".to_vec(),
             priority: None,
             wait: true,
+            ..Default::default()
         });
         let frame = encode(&request);
         let (first, second) =
