@@ -72,4 +72,14 @@ fn hash_bytes(n: u64) -> String {
     format!("{hash:016x}")
 }
 
-fastworker_plugin_sdk::export_plugin!(add, midpoint, sleep_ms, divide, panic_now, fib, hash_bytes);
+/// Fails its first `failures` runs, then returns the run number: a task
+/// that shows retries (declared: up to 3, the first after 100 ms).
+#[task(retries = 3, retry_delay = "100ms")]
+fn flaky(ctx: &TaskContext, failures: u32) -> Result<u32, String> {
+    match ctx.attempt() {
+        attempt if attempt <= failures => Err(format!("run {attempt} fails on purpose")),
+        attempt => Ok(attempt),
+    }
+}
+
+fastworker_plugin_sdk::export_plugin!(add, midpoint, sleep_ms, divide, panic_now, fib, hash_bytes, flaky);

@@ -73,7 +73,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // 4. Fire and forget: `delay` returns the task's id at once; `status`
-    //    follows it (queued, running, then succeeded or failed).
+    //    follows it (queued, running, then final: succeeded, failed, ...).
+    //    `client.wait(task_id, limit)` runs this loop for you.
     let task_id = client.delay("sleep_ms", (200,), SubmitOptions::default()).await.context("delaying sleep_ms")?;
     println!("sleep_ms(200) accepted as {task_id}");
     let report = loop {

@@ -136,6 +136,7 @@ impl SubmitOptions {
             timeout_ms: self.timeout.map(|t| t.as_millis() as u64),
             retry: self.retry,
             callback: self.callback.clone(),
+            attempt: None,
         }
     }
 }
@@ -219,6 +220,16 @@ impl Client {
     pub async fn call<R: DeserializeOwned>(&self, task_name: &str, args: impl Serialize) -> Result<R, ClientError> {
         let report = self.submit(task_name, args, SubmitOptions::default()).await?;
         decode_result(report)
+    }
+
+    /// As [`Client::call`], with options (priority, countdown, timeout, retries, callback…).
+    pub async fn call_with<R: DeserializeOwned>(
+        &self,
+        task_name: &str,
+        args: impl Serialize,
+        options: SubmitOptions,
+    ) -> Result<R, ClientError> {
+        decode_result(self.submit(task_name, args, options).await?)
     }
 
     /// Runs a task and waits for its final report (failed tasks are `Ok` here).

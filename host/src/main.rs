@@ -453,10 +453,10 @@ fn run_subworker(args: SubworkerArgs) -> ExitCode {
         worker_id: args.worker_id,
         base,
         concurrency: concurrency as usize,
-        // Results are kept by the control plane; these only answer a task
-        // sent twice.
-        result_cache_size: 1024,
-        result_cache_ttl: Some(Duration::from_secs(60)),
+        // Results are kept by the control plane, which also sends a task
+        // again to retry it: a subworker keeps none.
+        result_cache_size: 0,
+        result_cache_ttl: None,
         shutdown_timeout,
         max_frame_bytes: args.max_frame_bytes,
         contexts_per_port: 64,
@@ -633,7 +633,10 @@ async fn submit(client: Client, args: SubmitArgs) -> ExitCode {
     let json_args = serde_json::to_vec(&values).expect("JSON");
     let lengths = [args.countdown, args.task_timeout, Some(args.retry_delay), Some(args.retry_max_delay)];
     if lengths.iter().flatten().any(|s| seconds(*s, true).is_none()) {
-        return fail(EXIT_USAGE, "--countdown, --task-timeout and the retry delays must be numbers of seconds, 0 or more");
+        return fail(
+            EXIT_USAGE,
+            "--countdown, --task-timeout and the retry delays must be numbers of seconds, 0 or more",
+        );
     }
     let callback_data = match &args.callback_data {
         Some(text) => match serde_json::from_str::<Value>(text) {
@@ -657,7 +660,8 @@ async fn submit(client: Client, args: SubmitArgs) -> ExitCode {
         callback: args.callback.map(|address| Callback { address, data: callback_data }),
     };
     // A blocking submission of a delayed task waits for the delay as well.
-    let delay = options.countdown.into_iter().chain(options.eta.and_then(|t| t.duration_since(SystemTime::now()).ok())).max();
+    let delay =
+        options.countdown.into_iter().chain(options.eta.and_then(|t| t.duration_since(SystemTime::now()).ok())).max();
     let client = match delay {
         Some(delay) if !args.non_blocking => client.with_timeout(Duration::from_secs_f64(args.client.timeout) + delay),
         _ => client,

@@ -184,6 +184,9 @@ pub struct Submit {
     pub retry: Option<RetryPolicy>,
     /// Where to push a notice when it ends.
     pub callback: Option<Callback>,
+    /// Which run this is, when a control plane forwards a retry to a
+    /// subworker (the task's context reports it); `None` for clients.
+    pub attempt: Option<u32>,
 }
 
 /// How often and how patiently a failed task is run again.
@@ -463,18 +466,23 @@ struct ForwardedSubmit<'a> {
     timeout_ms: Option<u64>,
     retry: Option<RetryPolicy>,
     callback: Option<Callback>,
+    attempt: Option<u32>,
+}
+
+/// The parts of a task a control plane forwards to a subworker.
+pub(crate) struct Forwarded<'a> {
+    pub(crate) task_id: TaskId,
+    pub(crate) task_name: &'a str,
+    pub(crate) args: &'a [u8],
+    pub(crate) priority: Priority,
+    pub(crate) timeout_ms: u64,
+    pub(crate) attempt: u32,
 }
 
 /// Writes the frame of a blocking `Request::Submit` of these parts, to be
 /// run once (the control plane does the retrying) within `timeout_ms`.
-pub(crate) fn encode_forwarded_submit<W: Write>(
-    task_id: TaskId,
-    task_name: &str,
-    args: &[u8],
-    priority: Priority,
-    timeout_ms: u64,
-    out: W,
-) -> std::io::Result<()> {
+pub(crate) fn encode_forwarded_submit<W: Write>(forwarded: Forwarded<'_>, out: W) -> std::io::Result<()> {
+    let Forwarded { task_id, task_name, args, priority, timeout_ms, attempt } = forwarded;
     let submit = ForwardedSubmit {
         task_id,
         task_name,
@@ -485,6 +493,7 @@ pub(crate) fn encode_forwarded_submit<W: Write>(
         timeout_ms: Some(timeout_ms),
         retry: Some(RetryPolicy::NONE),
         callback: None,
+        attempt: Some(attempt),
     };
     encode_into(&ForwardedRequest::Submit(submit), out)
 }
@@ -524,7 +533,7 @@ mod tests {
         });
         let mut expected = vec![2, 0, 16];
         expected.extend_from_slice(&[7; 16]);
-        expected.extend_from_slice(&[3, b'a', b'd', b'd', 5, b'[', b'5', b',', b'3', b']', 0, 1, 0, 0, 0, 0]);
+        expected.extend_from_slice(&[3, b'a', b'd', b'd', 5, b'[', b'5', b',', b'3', b']', 0, 1, 0, 0, 0, 0, 0]);
         assert_eq!(encode(&request), expected);
         assert!(matches!(decode::<Request>(&expected, 1024), Ok(Request::Submit(s)) if s.task_id == task_id));
     }
@@ -533,7 +542,15 @@ mod tests {
     fn a_forwarded_submission_is_an_ordinary_one() {
         let task_id = TaskId::from_bytes([9; 16]);
         let mut forwarded = Vec::new();
-        encode_forwarded_submit(task_id, "add", b"[1,2]", Priority::High, 500, &mut forwarded).unwrap();
+        let parts = Forwarded {
+            task_id,
+            task_name: "add",
+            args: b"[1,2]",
+            priority: Priority::High,
+            timeout_ms: 500,
+            attempt: 2,
+        };
+        encode_forwarded_submit(parts, &mut forwarded).unwrap();
         let owned = Request::Submit(Submit {
             task_id,
             task_name: "add".into(),
@@ -542,6 +559,7 @@ mod tests {
             wait: true,
             timeout_ms: Some(500),
             retry: Some(RetryPolicy::NONE),
+            attempt: Some(2),
             ..Default::default()
         });
         assert_eq!(forwarded, encode(&owned));

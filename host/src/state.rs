@@ -27,8 +27,8 @@ use crate::link::Link;
 use crate::plugins::Registry;
 use crate::pool::Pool;
 use crate::protocol::{
-    decode, encode_forwarded_submit, encode_into, now_ms, Callback, ClusterStatus, ErrorKind, ErrorReply, Notice,
-    OfferedTask, Priority, Reply, Request, RetryPolicy, Submit, TaskError, TaskId, TaskReport, TaskState,
+    decode, encode_forwarded_submit, encode_into, now_ms, Callback, ClusterStatus, ErrorKind, ErrorReply, Forwarded,
+    Notice, OfferedTask, Priority, Reply, Request, RetryPolicy, Submit, TaskError, TaskId, TaskReport, TaskState,
 };
 use crate::timers::{Alarm, Timers};
 
@@ -249,6 +249,8 @@ impl State {
             callback: submit.callback,
         };
         let mut report = new_report(task_id, submit.task_name, priority);
+        // A retry forwarded by a control plane continues its run count.
+        report.attempts = submit.attempt.map_or(0, |attempt| attempt.saturating_sub(1));
         let later = submit.not_before_ms.filter(|&at| at > report.created_ms);
         if later.is_some() {
             report.state = TaskState::Scheduled;
@@ -283,7 +285,8 @@ impl State {
         let Some(task) = tasks.live.get_mut(&task_id) else { return };
         task.report.state = TaskState::Queued;
         let (priority, task_name) = (task.report.priority, task.report.task_name.clone());
-        let placement = if tasks.cluster.is_empty() { Placement::Nobody } else { tasks.cluster.place(task_id, &task_name) };
+        let placement =
+            if tasks.cluster.is_empty() { Placement::Nobody } else { tasks.cluster.place(task_id, &task_name) };
         match placement {
             Placement::Slot(key, slot) => self.send_to_worker(tasks, key, slot, task_id),
             Placement::Wait => {
@@ -512,8 +515,15 @@ impl State {
         let report = &mut task.report;
         let timeout_ms = task.plan.timeout_ms;
         let mut message = Message::with_capacity(task.args.len() + report.task_name.len() + 48);
-        encode_forwarded_submit(task_id, &report.task_name, &task.args, report.priority, timeout_ms, &mut message)
-            .expect("writing to a message cannot fail");
+        let forwarded = Forwarded {
+            task_id,
+            task_name: &report.task_name,
+            args: &task.args,
+            priority: report.priority,
+            timeout_ms,
+            attempt: report.attempts + 1,
+        };
+        encode_forwarded_submit(forwarded, &mut message).expect("writing to a message cannot fail");
         match worker.link.send(slot, message) {
             Ok(()) => {
                 report.state = TaskState::Running;
@@ -651,8 +661,7 @@ impl State {
         match self.registry.get(name) {
             Some(task) if self.pool.threads() > 0 => {
                 live.report.state = TaskState::Queued;
-                let job =
-                    Job { task_id, decl: task.decl, args: live.args.clone(), cancelled: live.cancelled.clone() };
+                let job = Job { task_id, decl: task.decl, args: live.args.clone(), cancelled: live.cancelled.clone() };
                 if self.pool.push(live.report.priority, job).is_err() {
                     let message = "shut down before the task could run here; submit it again".to_string();
                     self.fail(tasks, task_id, message, outbox);
@@ -660,7 +669,8 @@ impl State {
             }
             _ => {
                 let why = if why.is_empty() { "no live subworker provides it".to_string() } else { why.to_string() };
-                let message = format!("no worker provides task '{name}' any more ({why}); submit it again when one does");
+                let message =
+                    format!("no worker provides task '{name}' any more ({why}); submit it again when one does");
                 self.fail(tasks, task_id, message, outbox);
             }
         }
