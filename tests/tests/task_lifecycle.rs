@@ -192,3 +192,35 @@ fn a_callback_listener_gets_a_notice_for_each_ending_and_a_dead_address_blocks_n
         assert!(second.report.error.as_ref().unwrap().message.contains("zero"), "{second:?}");
     });
 }
+
+#[test]
+fn retries_timeouts_and_cancellation_hold_through_a_subworker() {
+    let cp = Process::control_plane(&[], &[]);
+    let _sw = Process::subworker(&cp, "sw1", &["example-tasks"], &["--concurrency", "2"]);
+    let client = cp.client();
+    runtime().block_on(async {
+        // The control plane retries; the subworker runs each attempt once and
+        // sees its run number.
+        let report = client.submit("flaky", (2,), options()).await.unwrap();
+        assert_eq!((report.state, report.attempts), (TaskState::Succeeded, 3), "{report:?}");
+        assert_eq!(report.result.as_deref(), Some(&b"3"[..]), "run 3 on the subworker: {report:?}");
+        assert_eq!(report.worker, "sw1");
+
+        let start = Instant::now();
+        let timeout = SubmitOptions { timeout: Some(Duration::from_millis(300)), ..options() };
+        let report = client.submit("sleep_ms", (10_000,), timeout).await.unwrap();
+        assert_eq!(report.state, TaskState::TimedOut, "{report:?}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+
+        // Cancelling a task running on the subworker sets its flag there.
+        let running = client.delay("sleep_ms", (10_000,), options()).await.unwrap();
+        while client.status(running).await.unwrap().state != TaskState::Running {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(client.cancel(running).await.unwrap().state, TaskState::Running);
+        let report = client.wait(running, Duration::from_secs(3)).await.unwrap();
+        let ran_ms: u64 = serde_json::from_slice(report.result.as_deref().unwrap()).unwrap();
+        assert!(ran_ms < 5_000, "the task on the subworker stopped when asked, after {ran_ms} ms");
+    });
+}
