@@ -124,9 +124,9 @@ impl State {
                 }
             });
             let ringer = me.clone();
-            let timers = Timers::start(move |alarm| {
+            let timers = Timers::start(move |alarms| {
                 if let Some(state) = ringer.upgrade() {
-                    state.on_alarm(alarm);
+                    state.on_alarms(alarms);
                 }
             });
             State {
@@ -431,37 +431,42 @@ impl State {
         self.finish(tasks, task_id, Ending::Failed(error), None, outbox);
     }
 
-    /// A countdown, ETA or backoff is over, or a run reached its timeout.
-    fn on_alarm(&self, alarm: Alarm) {
+    /// Countdowns, ETAs or backoffs are over, or runs reached their timeout.
+    fn on_alarms(&self, alarms: Vec<Alarm>) {
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
-        match alarm {
-            Alarm::Start(task_id) => {
-                let waiting = tasks.live.get(&task_id).map(|t| t.report.state);
-                if matches!(waiting, Some(TaskState::Scheduled | TaskState::Retrying)) {
-                    self.start(&mut tasks, task_id, false, "", &mut outbox);
+        for alarm in alarms {
+            match alarm {
+                Alarm::Start(task_id) => {
+                    let waiting = tasks.live.get(&task_id).map(|t| t.report.state);
+                    if matches!(waiting, Some(TaskState::Scheduled | TaskState::Retrying)) {
+                        self.start(&mut tasks, task_id, false, "", &mut outbox);
+                    }
                 }
-            }
-            Alarm::Deadline(task_id, attempt) => {
-                let Some(task) = tasks.live.get(&task_id) else { return };
-                if task.report.state != TaskState::Running || task.report.attempts != attempt {
-                    return;
-                }
-                task.cancelled.store(true, Ordering::SeqCst);
-                let report = &task.report;
-                let message = format!(
-                    "task '{}' ran past its timeout of {} s (run {attempt}, on '{}'); it was asked to stop through its TaskContext",
-                    report.task_name,
-                    task.plan.timeout_ms as f64 / 1000.0,
-                    report.worker
-                );
-                warn!(%task_id, "{message}");
-                let error = TaskError { kind: FailureKind::Error, message };
-                self.finish(&mut tasks, task_id, Ending::TimedOut(error), None, &mut outbox);
+                Alarm::Deadline(task_id, attempt) => self.time_out(&mut tasks, task_id, attempt, &mut outbox),
             }
         }
         drop(tasks);
         outbox.deliver();
+    }
+
+    /// Ends run `attempt` of a task as timed out, if it is still running.
+    fn time_out(&self, tasks: &mut Tasks, task_id: TaskId, attempt: u32, outbox: &mut Outbox) {
+        let Some(task) = tasks.live.get(&task_id) else { return };
+        if task.report.state != TaskState::Running || task.report.attempts != attempt {
+            return;
+        }
+        task.cancelled.store(true, Ordering::SeqCst);
+        let report = &task.report;
+        let message = format!(
+            "task '{}' ran past its timeout of {} s (run {attempt}, on '{}'); it was asked to stop through its TaskContext",
+            report.task_name,
+            task.plan.timeout_ms as f64 / 1000.0,
+            report.worker
+        );
+        warn!(%task_id, "{message}");
+        let error = TaskError { kind: FailureKind::Error, message };
+        self.finish(tasks, task_id, Ending::TimedOut(error), None, outbox);
     }
 
     /// Cancels a task: one that has not started never runs; a running one

@@ -1,5 +1,10 @@
 //! One thread that wakes tasks at their time: a countdown or ETA that comes
 //! due, a retry whose backoff is over, a run that reaches its timeout.
+//!
+//! Every run with a timeout sets an alarm, so this is on the hot path: due
+//! times are rounded up to a [`GRAIN`], the thread is woken only when an
+//! alarm earlier than all others is set, and it rings every alarm due at
+//! once in one batch.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -7,6 +12,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::protocol::{now_ms, TaskId};
+
+/// The precision of alarms: they ring up to this much late, never early.
+const GRAIN_MS: u64 = 10;
 
 /// What is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -28,8 +36,8 @@ struct Shared {
 }
 
 impl Timers {
-    /// Starts the thread; `ring` is called with each alarm when it is due.
-    pub(crate) fn start(ring: impl Fn(Alarm) + Send + 'static) -> Timers {
+    /// Starts the thread; `ring` is called with the alarms that are due.
+    pub(crate) fn start(ring: impl Fn(Vec<Alarm>) + Send + 'static) -> Timers {
         let shared = Arc::new(Shared { alarms: Mutex::new(BinaryHeap::new()), changed: Condvar::new() });
         let thread_shared = shared.clone();
         std::thread::Builder::new()
@@ -41,20 +49,29 @@ impl Timers {
 
     /// Rings `alarm` at `due_ms` (milliseconds since the Unix epoch).
     pub(crate) fn set(&self, due_ms: u64, alarm: Alarm) {
-        self.shared.alarms.lock().expect("timer lock").push(Reverse((due_ms, alarm)));
-        self.shared.changed.notify_one();
+        let due_ms = due_ms.div_ceil(GRAIN_MS) * GRAIN_MS;
+        let mut alarms = self.shared.alarms.lock().expect("timer lock");
+        let earliest = alarms.peek().is_none_or(|Reverse((first, _))| due_ms < *first);
+        alarms.push(Reverse((due_ms, alarm)));
+        drop(alarms);
+        if earliest {
+            self.shared.changed.notify_one();
+        }
     }
 }
 
-fn ring_loop(shared: &Shared, ring: &dyn Fn(Alarm)) {
+fn ring_loop(shared: &Shared, ring: &dyn Fn(Vec<Alarm>)) {
     let mut alarms = shared.alarms.lock().expect("timer lock");
     loop {
         let now = now_ms();
         match alarms.peek() {
             Some(Reverse((due, _))) if *due <= now => {
-                let Reverse((_, alarm)) = alarms.pop().expect("peeked");
+                let mut due = Vec::new();
+                while alarms.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+                    due.push(alarms.pop().expect("peeked").0 .1);
+                }
                 drop(alarms);
-                ring(alarm);
+                ring(due);
                 alarms = shared.alarms.lock().expect("timer lock");
             }
             Some(Reverse((due, _))) => {
@@ -74,7 +91,11 @@ mod tests {
     #[test]
     fn alarms_ring_in_due_order_not_before_their_time() {
         let (sender, receiver) = mpsc::channel();
-        let timers = Timers::start(move |alarm| sender.send((alarm, now_ms())).unwrap());
+        let timers = Timers::start(move |alarms| {
+            for alarm in alarms {
+                sender.send((alarm, now_ms())).unwrap();
+            }
+        });
         let (late, early) = (TaskId::new_v4(), TaskId::new_v4());
         let start = now_ms();
         timers.set(start + 80, Alarm::Start(late));
