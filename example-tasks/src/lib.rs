@@ -82,4 +82,17 @@ fn flaky(ctx: &TaskContext, failures: u32) -> Result<u32, String> {
     }
 }
 
-fastworker_plugin_sdk::export_plugin!(add, midpoint, sleep_ms, divide, panic_now, fib, hash_bytes, flaky);
+/// Runs every 30 seconds on its own: an interval task (`fastworker schedules`
+/// shows its runs).
+#[task(every = "30s")]
+fn tick() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Runs at the top of every hour, UTC: a cron task.
+#[task(cron = "0 * * * *", args = r#"{"label": "hourly"}"#)]
+fn report(label: String) -> String {
+    format!("{label} report: all good")
+}
+
+fastworker_plugin_sdk::export_plugin!(add, midpoint, sleep_ms, divide, panic_now, fib, hash_bytes, flaky, tick, report);

@@ -95,7 +95,6 @@ impl ResultCache {
     }
 
     /// How many results are held.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.results.as_ref().map_or(0, LruCache::len)
     }

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::address::{AddressError, BaseAddress};
 use crate::protocol::{
-    decode, encode_into, Callback, ClusterStatus, DecodeError, ErrorReply, Priority, Reply, Request, RetryPolicy,
+    decode, encode_into, Callback, ClusterStatus, DecodeError, ErrorReply, Priority, Reply, Request, RetryPolicy, ScheduleStatus,
     Submit, TaskError, TaskId, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
 };
 
@@ -336,6 +336,25 @@ impl Client {
     pub async fn workers(&self) -> Result<ClusterStatus, ClientError> {
         match self.request(RESULTS, &Request::Workers).await? {
             Reply::Workers(status) => Ok(status),
+            Reply::Error(error) => Err(ClientError::Refused(error)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// The periodic tasks and their records.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleStatus>, ClientError> {
+        match self.request(RESULTS, &Request::Schedules).await? {
+            Reply::Schedules(statuses) => Ok(statuses),
+            Reply::Error(error) => Err(ClientError::Refused(error)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Pauses (`true`) or resumes a periodic task's schedule.
+    pub async fn pause_schedule(&self, task_name: &str, paused: bool) -> Result<(), ClientError> {
+        let request = Request::PauseSchedule { task_name: task_name.to_string(), paused };
+        match self.request(RESULTS, &request).await? {
+            Reply::Done => Ok(()),
             Reply::Error(error) => Err(ClientError::Refused(error)),
             other => Err(self.unexpected(other)),
         }

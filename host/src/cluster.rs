@@ -443,6 +443,7 @@ mod tests {
             timeout_ms: 0,
             max_retries: 0,
             retry_delay_ms: 0,
+            schedule: String::new(),
         };
         let tasks = tasks.iter().map(|t| (t.to_string(), offer(t))).collect();
         let key = cluster.new_key();

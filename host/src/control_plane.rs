@@ -12,6 +12,7 @@ use nng::Message;
 use tracing::{info, warn};
 
 use crate::address::BaseAddress;
+use crate::dashboard::{Dashboard, DashboardConfig, DashboardError};
 use crate::discovery::{Announcement, Announcer};
 use crate::endpoint::{Handler, ListenError, Listener, Replier};
 use crate::membership::{self, Event};
@@ -63,6 +64,7 @@ pub struct ControlPlane {
     listeners: Vec<Listener>,
     membership: Option<(mpsc::Sender<Event>, JoinHandle<()>)>,
     announcer: Option<Announcer>,
+    dashboard: Option<Dashboard>,
 }
 
 impl ControlPlane {
@@ -145,7 +147,16 @@ impl ControlPlane {
             }
             _ => None,
         };
-        Ok(ControlPlane { state, listeners, membership, announcer })
+        Ok(ControlPlane { state, listeners, membership, announcer, dashboard: None })
+    }
+
+    /// Serves the management dashboard (page, JSON API, events, metrics) on
+    /// `config.host:config.port` until shutdown; returns the bound address.
+    pub fn serve_dashboard(&mut self, config: DashboardConfig) -> Result<std::net::SocketAddr, DashboardError> {
+        let dashboard = Dashboard::start(self.state.clone(), config)?;
+        let address = dashboard.address();
+        self.dashboard = Some(dashboard);
+        Ok(address)
     }
 
     /// Drops results older than the TTL; the server calls this every minute.
@@ -175,6 +186,8 @@ impl ControlPlane {
         // A stopping control plane is no longer announced.
         self.announcer = None;
         self.drain();
+        // The dashboard shows the drain, then goes.
+        self.dashboard = None;
         if let Some((events, thread)) = self.membership {
             let _ = events.send(Event::Stop);
             let _ = thread.join();
@@ -223,6 +236,8 @@ impl State {
         let reply = match decode::<Request>(&message, self.config.max_frame_bytes) {
             Ok(Request::Status { task_id }) => self.status(task_id),
             Ok(Request::Cancel { task_id }) => self.cancel(task_id),
+            Ok(Request::Schedules) => Reply::Schedules(self.schedule_statuses()),
+            Ok(Request::PauseSchedule { task_name, paused }) => self.pause_schedule(&task_name, paused),
             Ok(Request::Workers) => Reply::Workers(self.cluster_status()),
             Ok(Request::Discover) => Reply::Discovered { management_port },
             Ok(Request::Submit(_) | Request::Batch(_)) => error_reply(

@@ -9,12 +9,14 @@ use clap::{Args, Parser, Subcommand};
 use fastworker::address::{MANAGEMENT_PORT_OFFSET, RESULT_PORT_OFFSET};
 use fastworker::client::{Client, ClientError, SubmitOptions};
 use fastworker::control_plane::{ControlPlane, ControlPlaneConfig, ManagementConfig};
+use fastworker::dashboard::DashboardConfig;
 use fastworker::discovery::{self, DEFAULT_DISCOVERY_ADDRESS};
 use fastworker::plugins::Registry;
 use fastworker::protocol::{
     describe_failure, Callback, ErrorKind, FailureKind, OfferedTask, Reply, RetryPolicy, TaskReport, TaskState,
     DEFAULT_MAX_FRAME_BYTES,
 };
+use fastworker::schedules::format_ms;
 use fastworker::subworker::{Membership, MembershipConfig};
 use fastworker::{BaseAddress, Priority, TaskId, DEFAULT_BASE_ADDRESS};
 use serde_json::{json, Value};
@@ -58,6 +60,8 @@ enum Command {
     Subworker(SubworkerArgs),
     /// Print the control plane's subworkers and their health as JSON.
     Workers(ClientArgs),
+    /// Print the periodic tasks of a running control plane (last run, outcome, next run, skips) as JSON.
+    Schedules(SchedulesArgs),
 }
 
 #[derive(Args)]
@@ -89,15 +93,18 @@ struct ControlPlaneArgs {
     /// Plugin libraries (.so/.dylib/.dll) whose tasks to serve.
     #[arg(long, env = "FASTWORKER_TASK_MODULES", num_args = 1.., value_delimiter = ',')]
     task_modules: Vec<PathBuf>,
-    /// Management GUI host (reserved; the dashboard is not served yet).
+    /// Host the dashboard (web page, /api/, /metrics) binds; nothing else is bound.
     #[arg(long, env = "FASTWORKER_GUI_HOST", default_value = "127.0.0.1")]
     gui_host: String,
-    /// Management GUI port (reserved; the dashboard is not served yet).
+    /// Port of the dashboard.
     #[arg(long, env = "FASTWORKER_GUI_PORT", default_value_t = 8080)]
     gui_port: u16,
-    /// Disable the management GUI.
+    /// Serve no dashboard.
     #[arg(long, env = "FASTWORKER_NO_GUI")]
     no_gui: bool,
+    /// Key the dashboard's cancel and retry need (Authorization: Bearer KEY); without it they are open.
+    #[arg(long, env = "FASTWORKER_GUI_API_KEY", hide_env_values = true)]
+    gui_api_key: Option<String>,
     /// Worker threads running tasks (default: the number of cores); 0 runs no task here.
     #[arg(long, env = "FASTWORKER_CONCURRENCY")]
     concurrency: Option<usize>,
@@ -154,6 +161,21 @@ struct ListArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// List only the periodic tasks, with their next run times.
+    #[arg(long)]
+    periodic: bool,
+}
+
+#[derive(Args)]
+struct SchedulesArgs {
+    /// Pause this periodic task's schedule first.
+    #[arg(long, value_name = "TASK")]
+    pause: Option<String>,
+    /// Resume this periodic task's schedule first (runs missed meanwhile are not replayed).
+    #[arg(long, value_name = "TASK", conflicts_with = "pause")]
+    resume: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Args)]
@@ -268,6 +290,10 @@ fn main() -> ExitCode {
             Ok(client) => block_on(workers(client)),
             Err(code) => code,
         },
+        Command::Schedules(args) => match connect(&args.client) {
+            Ok(client) => block_on(schedules(client, args)),
+            Err(code) => code,
+        },
     }
 }
 
@@ -320,12 +346,16 @@ fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         management: Some(ManagementConfig { port: management_port, inactive_after }),
         discovery: (!args.no_discovery).then_some(args.discovery_address),
     };
-    // Accepted for compatibility with the seeds; served by later work (dashboard).
-    let _ = (&args.gui_host, args.gui_port, args.no_gui);
-    let control_plane = match ControlPlane::start(config, registry) {
+    let mut control_plane = match ControlPlane::start(config, registry) {
         Ok(control_plane) => control_plane,
         Err(error) => return fail(EXIT_USAGE, error),
     };
+    if !args.no_gui {
+        let dashboard = DashboardConfig { host: args.gui_host, port: args.gui_port, api_key: args.gui_api_key };
+        if let Err(error) = control_plane.serve_dashboard(dashboard) {
+            return fail(EXIT_USAGE, error);
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
     runtime.block_on(async {
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
@@ -414,6 +444,7 @@ fn run_subworker(args: SubworkerArgs) -> ExitCode {
                 timeout_ms: options.timeout_ms,
                 max_retries: options.max_retries,
                 retry_delay_ms: options.retry_delay_ms,
+                schedule: options.schedule.to_string(),
             }
         })
         .collect();
@@ -526,6 +557,9 @@ fn list(args: ListArgs) -> ExitCode {
         Ok(registry) => registry,
         Err(error) => return fail(EXIT_USAGE, error),
     };
+    if args.periodic {
+        return list_periodic(&registry, args.json);
+    }
     let tasks = registry.tasks();
     if args.json {
         let rows: Vec<Value> = tasks
@@ -572,6 +606,65 @@ fn list(args: ListArgs) -> ExitCode {
         println!("# {} {} from {}", plugin.name, plugin.version, plugin.path.display());
     }
     ExitCode::SUCCESS
+}
+
+/// The periodic tasks of `registry` with their next three runs from now.
+fn list_periodic(registry: &Registry, json: bool) -> ExitCode {
+    let now = fastworker::protocol::now_ms();
+    let rows: Vec<(String, String, Vec<String>)> = registry
+        .schedules()
+        .iter()
+        .map(|schedule| {
+            let next = std::iter::successors(schedule.next_after(now), |at| schedule.next_after(*at))
+                .take(3)
+                .map(format_ms)
+                .collect();
+            (schedule.task_name.clone(), schedule.description.clone(), next)
+        })
+        .collect();
+    if json {
+        let rows: Vec<Value> =
+            rows.iter().map(|(task, schedule, next)| json!({"task": task, "schedule": schedule, "next": next})).collect();
+        println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
+    } else {
+        println!("{:<16} {:<40} NEXT RUNS", "TASK", "SCHEDULE");
+        for (task, schedule, next) in rows {
+            println!("{task:<16} {schedule:<40} {}", next.join(", "));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn schedules(client: Client, args: SchedulesArgs) -> ExitCode {
+    let change = args.pause.map(|task| (task, true)).or(args.resume.map(|task| (task, false)));
+    if let Some((task, paused)) = change {
+        if let Err(error) = client.pause_schedule(&task, paused).await {
+            return client_failure(error);
+        }
+    }
+    match client.schedules().await {
+        Ok(statuses) => {
+            let rows: Vec<Value> = statuses
+                .iter()
+                .map(|s| {
+                    json!({
+                        "task": s.task_name,
+                        "schedule": s.schedule,
+                        "paused": s.paused,
+                        "next_run": s.next_ms.map(format_ms),
+                        "runs": s.runs,
+                        "skipped": s.skipped,
+                        "last_run": s.last_run_ms.map(format_ms),
+                        "last_task_id": s.last_task_id,
+                        "last_outcome": s.last_outcome,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
+            ExitCode::SUCCESS
+        }
+        Err(error) => client_failure(error),
+    }
 }
 
 /// A client for the control plane the client flags name.

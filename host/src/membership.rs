@@ -19,7 +19,8 @@ use crate::cluster::{Phase, WorkerKey};
 use crate::control_plane::ManagementConfig;
 use crate::endpoint::Replier;
 use crate::link::Link;
-use crate::protocol::{decode, ErrorKind, Heartbeat, Registration, Reply, Request, WorkerName};
+use crate::protocol::{decode, ErrorKind, Heartbeat, OfferedTask, Registration, Reply, Request, WorkerName};
+use crate::schedules::Schedule;
 use crate::state::{error_reply, Outbox, State};
 
 /// How often silence and registrations are checked.
@@ -92,7 +93,12 @@ impl Membership {
             Request::Unregister(name) => replier.send(&self.unregister(&name)),
             Request::Workers => replier.send(&Reply::Workers(self.state.cluster_status())),
             Request::Discover => replier.send(&Reply::Discovered { management_port: self.config.port }),
-            Request::Submit(_) | Request::Status { .. } | Request::Cancel { .. } | Request::Batch(_) => replier.send(&error_reply(
+            Request::Submit(_)
+            | Request::Status { .. }
+            | Request::Cancel { .. }
+            | Request::Batch(_)
+            | Request::Schedules
+            | Request::PauseSchedule { .. } => replier.send(&error_reply(
                 ErrorKind::WrongEndpoint,
                 "the management port is for subworkers: submit tasks to a priority port and query results on base+4"
                     .into(),
@@ -197,6 +203,7 @@ impl Membership {
                 if let Some((replier, _)) = self.connecting.remove(&key) {
                     replier.send(&Reply::Done);
                 }
+                self.schedule_offered(worker.tasks.values());
             }
             self.state.fill(&mut tasks);
         } else {
@@ -207,6 +214,18 @@ impl Membership {
         }
         drop(tasks);
         outbox.deliver();
+    }
+
+    /// Schedules the periodic tasks a subworker's plugins declare (checked
+    /// by the subworker when it loaded them).
+    fn schedule_offered<'a>(&self, offered: impl Iterator<Item = &'a OfferedTask>) {
+        let Some(scheduler) = &self.state.scheduler else { return };
+        for task in offered.filter(|t| !t.schedule.is_empty()) {
+            match Schedule::parse(&task.name, &task.schedule) {
+                Ok(schedule) => scheduler.add(schedule),
+                Err(error) => warn!("a subworker offers a periodic task whose schedule is not usable: {error}"),
+            }
+        }
     }
 
     fn heartbeat(&mut self, heartbeat: Heartbeat) -> Reply {

@@ -8,6 +8,8 @@ use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary}
 use fastworker_plugin_sdk::abi::{PluginRef, TaskDecl};
 use fastworker_plugin_sdk::SDK_VERSION;
 
+use crate::schedules::{Schedule, ScheduleError};
+
 /// A loaded plugin file.
 #[derive(Debug)]
 pub struct PluginInfo {
@@ -33,6 +35,7 @@ pub struct LoadedTask {
 pub struct Registry {
     tasks: HashMap<String, LoadedTask>,
     plugins: Vec<Arc<PluginInfo>>,
+    schedules: Vec<Schedule>,
 }
 
 /// Why a plugin was refused.
@@ -80,6 +83,14 @@ pub enum PluginError {
         /// abi_stable's account of the difference.
         detail: String,
     },
+    /// A periodic task's schedule does not parse.
+    #[error("plugin {path}: {source}; fix the task's `every`/`cron` declaration and rebuild the plugin")]
+    BadSchedule {
+        /// The path given.
+        path: PathBuf,
+        /// The task, the schedule and what is wrong.
+        source: ScheduleError,
+    },
     /// Two plugins declare the same task.
     #[error("task '{task}' is declared by both {first} and {second}; task names must be unique across --task-modules, so rename one or load only one of the plugins")]
     DuplicateTask {
@@ -109,11 +120,22 @@ impl Registry {
                         second: path.clone(),
                     });
                 }
+                let declared = decl.options.schedule.as_str();
+                if !declared.is_empty() {
+                    let schedule = Schedule::parse(&name, declared)
+                        .map_err(|source| PluginError::BadSchedule { path: path.clone(), source })?;
+                    registry.schedules.push(schedule);
+                }
                 registry.tasks.insert(name, LoadedTask { decl: *decl, plugin: info.clone() });
             }
             registry.plugins.push(info);
         }
         Ok(registry)
+    }
+
+    /// The schedules of the periodic tasks, checked at load.
+    pub fn schedules(&self) -> &[Schedule] {
+        &self.schedules
     }
 
     /// The task called `name`.

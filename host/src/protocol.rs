@@ -54,6 +54,38 @@ pub enum Request {
     /// Many submissions in one request (task ports), answered with their
     /// ids at once; each runs at its own priority.
     Batch(Vec<Submit>),
+    /// The periodic tasks and their records (result port).
+    Schedules,
+    /// Pause (`true`) or resume a periodic task's schedule (result port).
+    PauseSchedule {
+        /// The periodic task.
+        task_name: String,
+        /// Pause or resume.
+        paused: bool,
+    },
+}
+
+/// A periodic task's schedule and record, as `fastworker schedules` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleStatus {
+    /// The task.
+    pub task_name: String,
+    /// The schedule as declared (`every 30s, 3 runs`, `cron '0 * * * *' in Europe/Paris`).
+    pub schedule: String,
+    /// Paused from the command line.
+    pub paused: bool,
+    /// The next run (ms since the Unix epoch); `None` when paused or over.
+    pub next_ms: Option<u64>,
+    /// Runs started so far.
+    pub runs: u32,
+    /// Runs skipped because the previous one was still going.
+    pub skipped: u32,
+    /// The last run's task id.
+    pub last_task_id: Option<TaskId>,
+    /// When the last run was started.
+    pub last_run_ms: Option<u64>,
+    /// The last run's state, or why it was refused.
+    pub last_outcome: Option<String>,
 }
 
 /// A subworker's introduction.
@@ -83,6 +115,8 @@ pub struct OfferedTask {
     pub max_retries: u32,
     /// Its default pause before a retry, in milliseconds.
     pub retry_delay_ms: u64,
+    /// Its periodic schedule as declared (JSON), or empty.
+    pub schedule: String,
 }
 
 /// A subworker's identity: the `--worker-id` chosen by its operator, and a
@@ -258,6 +292,8 @@ pub enum Reply {
     Done,
     /// One outcome per submission of a batch, in order.
     Batch(Vec<Result<TaskId, ErrorReply>>),
+    /// The periodic tasks and their records.
+    Schedules(Vec<ScheduleStatus>),
 }
 
 /// Where a task is in its life.
@@ -388,6 +424,8 @@ pub enum ErrorKind {
     WorkerUnreachable,
     /// A cancellation for a task that has already ended.
     AlreadyFinished,
+    /// No periodic task of that name.
+    UnknownSchedule,
 }
 
 impl ErrorReply {

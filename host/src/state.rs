@@ -24,12 +24,14 @@ use crate::cluster::{Cluster, Placement, Waiting, WorkerKey};
 use crate::control_plane::ControlPlaneConfig;
 use crate::endpoint::{encode_reply, Replier};
 use crate::link::Link;
+use crate::monitor::{Monitor, TaskSummary};
 use crate::plugins::Registry;
 use crate::pool::Pool;
 use crate::protocol::{
     decode, encode_forwarded_submit, encode_into, now_ms, Callback, ClusterStatus, ErrorKind, ErrorReply, Forwarded,
-    Notice, OfferedTask, Priority, Reply, Request, RetryPolicy, Submit, TaskError, TaskId, TaskReport, TaskState,
+    Notice, OfferedTask, Priority, Reply, Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState,
 };
+use crate::schedules::Scheduler;
 use crate::timers::{Alarm, Timers};
 
 /// How many times a task may be lost with a subworker that went away
@@ -50,9 +52,14 @@ pub(crate) struct State {
     tasks: Mutex<Tasks>,
     cache: Mutex<ResultCache>,
     accepting: AtomicBool,
+    /// What the dashboard and `/metrics` show, fed by the state changes here.
+    pub(crate) monitor: Monitor,
     pool: Pool<Job>,
     timers: Timers,
     callbacks: Callbacks,
+    /// Periodic tasks, on a control plane (a subworker's run when its
+    /// control plane sends them).
+    pub(crate) scheduler: Option<Scheduler>,
 }
 
 /// The live tasks and the subworkers, under one lock.
@@ -129,10 +136,17 @@ impl State {
                     state.on_alarms(alarms);
                 }
             });
+            let scheduler = config.management.is_some().then(|| {
+                let scheduler = Scheduler::start(me.clone());
+                registry.schedules().iter().for_each(|schedule| scheduler.add(schedule.clone()));
+                scheduler
+            });
             State {
+                scheduler,
                 cache: Mutex::new(ResultCache::new(config.result_cache_size, config.result_cache_ttl)),
                 tasks: Mutex::new(Tasks { live: HashMap::new(), cluster: Cluster::default() }),
                 accepting: AtomicBool::new(true),
+                monitor: Monitor::default(),
                 registry,
                 config,
                 pool,
@@ -177,6 +191,36 @@ impl State {
                 waiter.into_iter().chain(answer_now).for_each(|replier| replier.send(&reply));
             }
         }
+    }
+
+    /// Whether a task is accepted and not ended.
+    pub(crate) fn is_live(&self, task_id: TaskId) -> bool {
+        self.lock().live.contains_key(&task_id)
+    }
+
+    /// The periodic tasks and their records.
+    pub(crate) fn schedule_statuses(&self) -> Vec<ScheduleStatus> {
+        let Some(scheduler) = &self.scheduler else { return Vec::new() };
+        scheduler.statuses(|task_id| match self.status(task_id) {
+            Reply::Report(report) => Some(report.state.as_str().to_string()),
+            _ => None,
+        })
+    }
+
+    /// Pauses or resumes a periodic task.
+    pub(crate) fn pause_schedule(&self, task_name: &str, paused: bool) -> Reply {
+        match &self.scheduler {
+            Some(scheduler) if scheduler.set_paused(task_name, paused) => Reply::Done,
+            _ => error_reply(
+                ErrorKind::UnknownSchedule,
+                format!("no periodic task '{task_name}' here: `fastworker schedules` lists them"),
+            ),
+        }
+    }
+
+    /// Accepts a periodic run; why not, if refused.
+    pub(crate) fn accept_periodic(&self, submit: Submit) -> Result<(), String> {
+        self.accept(submit, None).map(|_| ()).map_err(|(refusal, _)| refusal.message)
     }
 
     /// Accepts every submission of a batch; one outcome each, in order.
@@ -230,6 +274,7 @@ impl State {
                     timeout_ms: options.timeout_ms,
                     max_retries: options.max_retries,
                     retry_delay_ms: options.retry_delay_ms,
+                    schedule: String::new(),
                 }
             }
             (None, None) => {
@@ -264,6 +309,7 @@ impl State {
             failures: 0,
             losses: 0,
         };
+        self.monitor.accepted(&task.report);
         tasks.live.insert(task_id, task);
         let mut outbox = Outbox::default();
         match later {
@@ -283,7 +329,10 @@ impl State {
     /// or to this process's threads.
     fn start(&self, tasks: &mut Tasks, task_id: TaskId, first: bool, why: &str, outbox: &mut Outbox) {
         let Some(task) = tasks.live.get_mut(&task_id) else { return };
-        task.report.state = TaskState::Queued;
+        if task.report.state != TaskState::Queued {
+            task.report.state = TaskState::Queued;
+            self.monitor.changed(&task.report);
+        }
         let (priority, task_name) = (task.report.priority, task.report.task_name.clone());
         let placement =
             if tasks.cluster.is_empty() { Placement::Nobody } else { tasks.cluster.place(task_id, &task_name) };
@@ -313,7 +362,9 @@ impl State {
             return Reply::Report(task.report.clone());
         }
         let config = &self.config;
-        match self.cache.lock().expect("cache lock").get(&task_id) {
+        let lookup = self.cache.lock().expect("cache lock").get(&task_id);
+        self.monitor.cache_lookup(matches!(lookup, Lookup::Found(_)));
+        match lookup {
             Lookup::Found(report) => Reply::Report(report),
             Lookup::Expired => error_reply(
                 ErrorKind::ExpiredTaskId,
@@ -350,6 +401,7 @@ impl State {
             report.started_ms = Some(started);
             report.attempts += 1;
             report.worker.clone_from(&self.config.worker_id);
+            self.monitor.changed(report);
             (report.attempts, task.plan.timeout_ms)
         };
         let deadline = if timeout_ms == 0 { 0 } else { started + timeout_ms };
@@ -390,6 +442,7 @@ impl State {
                 debug!(%task_id, attempt, delay_ms = delay, error = %error.message, "run failed; retrying after the backoff");
                 task.report.state = TaskState::Retrying;
                 task.report.error = Some(error);
+                self.monitor.retrying(&task.report);
                 self.timers.set(now_ms() + delay, Alarm::Start(task_id));
             }
             Err(error) => {
@@ -415,6 +468,7 @@ impl State {
             Ending::Cancelled(error) => (TaskState::Cancelled, None, Some(error)),
         };
         (report.state, report.result, report.error) = (state, result, error);
+        self.monitor.finished(&report, &task.args);
         if let Some(callback) = task.plan.callback {
             self.callbacks.push(callback.address, Notice { report: report.clone(), data: callback.data });
         }
@@ -536,6 +590,7 @@ impl State {
                 report.attempts += 1;
                 let started = now_ms();
                 report.started_ms = Some(started);
+                self.monitor.changed(report);
                 if timeout_ms > 0 {
                     self.timers.set(started + timeout_ms, Alarm::Deadline(task_id, report.attempts));
                 }
@@ -781,6 +836,52 @@ impl State {
         }
         drop(tasks);
         outbox.deliver();
+    }
+}
+
+/// What the dashboard reads and does (see `dashboard/`); each call holds the
+/// task lock only while it copies what it needs.
+impl State {
+    /// Summaries of at most `limit` live tasks that `keep` accepts, newest first.
+    pub(crate) fn live_summaries(&self, limit: usize, keep: impl Fn(&TaskReport) -> bool) -> Vec<TaskSummary> {
+        let tasks = self.lock();
+        let mut live: Vec<TaskSummary> =
+            tasks.live.values().filter(|t| keep(&t.report)).take(limit).map(|t| TaskSummary::of(&t.report)).collect();
+        drop(tasks);
+        live.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        live
+    }
+
+    /// A live task's report and its arguments.
+    pub(crate) fn live_task(&self, task_id: TaskId) -> Option<(TaskReport, Arc<Vec<u8>>)> {
+        self.lock().live.get(&task_id).map(|t| (t.report.clone(), t.args.clone()))
+    }
+
+    /// Live tasks by priority (most urgent first), each as
+    /// [queued, running, scheduled, retrying].
+    pub(crate) fn live_counts(&self) -> [[u32; 4]; 4] {
+        let mut counts = [[0; 4]; 4];
+        for task in self.lock().live.values() {
+            let column = match task.report.state {
+                TaskState::Queued => 0,
+                TaskState::Running => 1,
+                TaskState::Scheduled => 2,
+                TaskState::Retrying => 3,
+                _ => continue,
+            };
+            counts[task.report.priority.index()][column] += 1;
+        }
+        counts
+    }
+
+    /// Results the cache holds now.
+    pub(crate) fn cached_results(&self) -> usize {
+        self.cache.lock().expect("cache lock").len()
+    }
+
+    /// Accepts a task the dashboard submits (a retry under a fresh id).
+    pub(crate) fn accept_from_dashboard(&self, submit: Submit) -> Result<TaskId, ErrorReply> {
+        self.accept(submit, None).map_err(|(refusal, _)| refusal)
     }
 }
 

@@ -12,7 +12,10 @@ use syn::{
 /// Declares a plain function as a fastworker task.
 ///
 /// Options: `name = "..."`, `priority = "critical" | "high" | "normal" | "low"`,
-/// `timeout = "30s"`, `retries = 3`, `retry_delay = "1s"`, `schedule = "..."`.
+/// `timeout = "30s"`, `retries = 3`, `retry_delay = "1s"`, and for periodic
+/// tasks `every = "30s"` or `cron = "0 * * * *"`, with optional `runs = N`,
+/// `until = "2027-01-01T00:00:00Z"`, `args = "[1, 2]"` and
+/// `timezone = "Europe/Paris"`.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     let function = syn::parse_macro_input!(item as ItemFn);
@@ -79,7 +82,8 @@ struct Options {
     timeout_ms: u64,
     retries: u32,
     retry_delay_ms: u64,
-    schedule: String,
+    /// The periodic schedule's fields as JSON members (`"every_ms":30000`).
+    schedule: Vec<String>,
 }
 
 fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
@@ -89,8 +93,9 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
         timeout_ms: 0,
         retries: 0,
         retry_delay_ms: 0,
-        schedule: String::new(),
+        schedule: Vec::new(),
     };
+    let mut periodic = false;
     let pairs = Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(attr)?;
     for pair in pairs {
         let key = pair.path.get_ident().map(|i| i.to_string()).unwrap_or_default();
@@ -116,16 +121,49 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
             "timeout" => options.timeout_ms = duration_ms(value)?,
             "retry_delay" => options.retry_delay_ms = duration_ms(value)?,
             "retries" => options.retries = int_lit(value)? as u32,
-            "schedule" => options.schedule = string_lit(value)?,
+            "every" | "cron" if periodic => {
+                return Err(syn::Error::new(pair.path.span(), "a task has one schedule: `every` or `cron`, not both"))
+            }
+            "every" => {
+                periodic = true;
+                options.schedule.push(format!("\"every_ms\":{}", duration_ms(value)?));
+            }
+            "cron" => {
+                periodic = true;
+                options.schedule.push(format!("\"cron\":{}", json_string(&string_lit(value)?)));
+            }
+            "runs" => options.schedule.push(format!("\"runs\":{}", int_lit(value)?)),
+            "until" | "args" | "timezone" => {
+                options.schedule.push(format!("{}:{}", json_string(&key), json_string(&string_lit(value)?)))
+            }
             _ => {
                 return Err(syn::Error::new(
                     pair.path.span(),
-                    "unknown task option; use name, priority, timeout, retries, retry_delay or schedule",
+                    "unknown task option; use name, priority, timeout, retries, retry_delay, every, cron, runs, until, args or timezone",
                 ))
             }
         }
     }
+    if !periodic && !options.schedule.is_empty() {
+        return Err(syn::Error::new(proc_macro2::Span::call_site(), "runs, until, args and timezone need `every` or `cron`"));
+    }
     Ok(options)
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn string_lit(expr: &Expr) -> syn::Result<String> {
@@ -258,8 +296,8 @@ fn expand_task(attr: TokenStream2, function: &ItemFn) -> syn::Result<TokenStream
 
     let decl = decl_ident(ident);
     let priority = &options.priority;
-    let (timeout_ms, retries, retry_delay_ms, schedule) =
-        (options.timeout_ms, options.retries, options.retry_delay_ms, &options.schedule);
+    let schedule = if options.schedule.is_empty() { String::new() } else { format!("{{{}}}", options.schedule.join(",")) };
+    let (timeout_ms, retries, retry_delay_ms) = (options.timeout_ms, options.retries, options.retry_delay_ms);
 
     Ok(quote! {
         #function

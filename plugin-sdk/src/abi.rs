@@ -74,7 +74,8 @@ pub struct TaskOptions {
     pub max_retries: u32,
     /// Delay before the first retry, in milliseconds.
     pub retry_delay_ms: u64,
-    /// A schedule (`every 30s` or a cron expression); empty for none.
+    /// The periodic schedule as JSON written by `#[task]` (`{"every_ms":30000,"runs":3}`,
+    /// `{"cron":"0 * * * *","timezone":"Europe/Paris"}`); empty for none. The host checks it at load.
     pub schedule: RStr<'static>,
 }
 

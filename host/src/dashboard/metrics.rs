@@ -1,0 +1,97 @@
+//! `/metrics`: the Prometheus text exposition format (version 0.0.4).
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use fastworker_plugin_sdk::Priority;
+
+use super::Shared;
+use crate::monitor::DURATION_BUCKETS_MS;
+use crate::protocol::WorkerState;
+
+/// GET /metrics.
+pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&shared))
+}
+
+fn render(shared: &Shared) -> String {
+    let state = &shared.state;
+    let mut out = String::with_capacity(4096);
+    let book = state.monitor.book();
+    let counts = book.all_counts();
+    type Pick = fn(&crate::monitor::Counts) -> u64;
+    let counters: [(&str, &str, Pick); 6] = [
+        ("fastworker_tasks_submitted_total", "Tasks accepted.", |c| c.submitted),
+        ("fastworker_tasks_completed_total", "Tasks that succeeded.", |c| c.succeeded),
+        ("fastworker_tasks_failed_total", "Tasks that failed (after their retries).", |c| c.failed),
+        ("fastworker_tasks_retried_total", "Runs that failed and were retried.", |c| c.retried),
+        ("fastworker_tasks_timed_out_total", "Tasks that ran past their timeout.", |c| c.timed_out),
+        ("fastworker_tasks_cancelled_total", "Tasks cancelled.", |c| c.cancelled),
+    ];
+    for (name, help, pick) in counters {
+        let _ = writeln!(out, "# HELP {name} {help} By task name and priority.\n# TYPE {name} counter");
+        for (task, priority, c) in &counts {
+            let _ = writeln!(out, "{name}{{task=\"{}\",priority=\"{priority}\"}} {}", escape(task), pick(c));
+        }
+    }
+    let name = "fastworker_task_duration_seconds";
+    let _ = writeln!(out, "# HELP {name} Run time of finished tasks (last run), by task name and priority.");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (task, priority, c) in &counts {
+        let labels = format!("task=\"{}\",priority=\"{priority}\"", escape(task));
+        let mut cumulative = 0;
+        for (bound, count) in DURATION_BUCKETS_MS.iter().zip(&c.buckets) {
+            cumulative += count;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}", *bound as f64 / 1000.0);
+        }
+        let total: u64 = c.buckets.iter().sum();
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", c.duration_sum_ms as f64 / 1000.0);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
+    }
+    drop(book);
+    let live = state.live_counts();
+    let gauges: [(&str, &str, usize); 2] = [
+        ("fastworker_queue_depth", "Tasks waiting for a worker thread or subworker slot.", 0),
+        ("fastworker_tasks_running", "Tasks running.", 1),
+    ];
+    for (name, help, column) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help} By priority.\n# TYPE {name} gauge");
+        for priority in Priority::ALL {
+            let _ = writeln!(out, "{name}{{priority=\"{priority}\"}} {}", live[priority.index()][column]);
+        }
+    }
+    let name = "fastworker_tasks_waiting";
+    let _ = writeln!(out, "# HELP {name} Tasks waiting for their countdown, ETA or retry backoff.\n# TYPE {name} gauge");
+    let waiting: u32 = live.iter().map(|row| row[2] + row[3]).sum();
+    let _ = writeln!(out, "{name} {waiting}");
+    let cluster = state.cluster_status();
+    let _ = writeln!(out, "# HELP fastworker_workers_live Subworkers that tasks are routed to.");
+    let _ = writeln!(out, "# TYPE fastworker_workers_live gauge\nfastworker_workers_live {}", cluster.active_subworkers);
+    let _ = writeln!(out, "# HELP fastworker_workers Subworkers known, by status.\n# TYPE fastworker_workers gauge");
+    for status in [WorkerState::Active, WorkerState::Inactive, WorkerState::Draining] {
+        let count = cluster.subworkers.iter().filter(|w| w.status == status).count();
+        let _ = writeln!(out, "fastworker_workers{{status=\"{}\"}} {count}", status.as_str());
+    }
+    let (hits, misses) = state.monitor.cache_hits_misses();
+    let (_, uptime) = state.monitor.uptime();
+    let gauges: [(&str, &str, &str, f64); 5] = [
+        ("fastworker_cache_size", "gauge", "Results held in the result cache.", state.cached_results() as f64),
+        ("fastworker_cache_capacity", "gauge", "Most results the cache keeps.", state.config.result_cache_size as f64),
+        ("fastworker_cache_hits_total", "counter", "Result queries answered from the cache.", hits as f64),
+        ("fastworker_cache_misses_total", "counter", "Result queries the cache could not answer.", misses as f64),
+        ("fastworker_uptime_seconds", "gauge", "Seconds since this control plane started.", uptime),
+    ];
+    for (name, kind, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    }
+    out
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

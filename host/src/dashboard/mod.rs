@@ -1,0 +1,208 @@
+//! The management dashboard: a live web page, a JSON API under `/api/`,
+//! server-sent events on `/api/events` and Prometheus metrics on `/metrics`,
+//! served by the control plane on `--gui-host`/`--gui-port`. The page's
+//! assets are compiled into the binary; nothing is fetched at run time.
+//!
+//! It runs on its own thread with a current-thread tokio runtime: HTTP never
+//! shares a thread with the NNG callbacks, the worker threads or the control
+//! plane's main loop, and a subworker (which serves no dashboard) pays
+//! nothing for it. It reads the control plane's state through short copies
+//! (see `State`'s dashboard accessors and [`crate::monitor`]).
+
+mod api;
+mod events;
+mod metrics;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::state::State;
+
+/// Where and how the dashboard is served.
+#[derive(Debug, Clone)]
+pub struct DashboardConfig {
+    /// The host to bind (`--gui-host`); the dashboard binds nothing else.
+    pub host: String,
+    /// The port (`--gui-port`).
+    pub port: u16,
+    /// When set (`--gui-api-key`), cancel and retry need `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+}
+
+/// Why the dashboard could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DashboardError {
+    /// The port is taken.
+    #[error("{address} (dashboard, --gui-port) is already in use; stop the process holding it, choose another --gui-port, or pass --no-gui")]
+    AddressInUse {
+        /// The address.
+        address: String,
+    },
+    /// Any other failure to listen.
+    #[error("cannot serve the dashboard on {address} (--gui-host/--gui-port): {source}")]
+    Other {
+        /// The address.
+        address: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+}
+
+/// The running dashboard; dropping it stops it.
+pub(crate) struct Dashboard {
+    address: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What every handler shares.
+pub(crate) struct Shared {
+    pub(crate) state: Arc<State>,
+    pub(crate) api_key: Option<String>,
+    /// `http://host:port`, for the overview.
+    pub(crate) url: String,
+}
+
+impl Dashboard {
+    /// Binds `--gui-host:--gui-port` now (so that a taken port stops the
+    /// start-up with a clear error) and serves on a thread of its own.
+    pub(crate) fn start(state: Arc<State>, config: DashboardConfig) -> Result<Dashboard, DashboardError> {
+        let address = format!("{}:{}", config.host, config.port);
+        let listener = TcpListener::bind((config.host.as_str(), config.port)).map_err(|source| match source.kind() {
+            std::io::ErrorKind::AddrInUse => DashboardError::AddressInUse { address: address.clone() },
+            _ => DashboardError::Other { address: address.clone(), source },
+        })?;
+        let fail = |source| DashboardError::Other { address: address.clone(), source };
+        listener.set_nonblocking(true).map_err(fail)?;
+        let local = listener.local_addr().map_err(fail)?;
+        let url = match local {
+            SocketAddr::V6(v6) => format!("http://[{}]:{}", v6.ip(), v6.port()),
+            SocketAddr::V4(v4) => format!("http://{v4}"),
+        };
+        let shared = Arc::new(Shared { state, api_key: config.api_key.filter(|k| !k.is_empty()), url: url.clone() });
+        let (stop, stopped) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("dashboard".into())
+            .spawn(move || serve(listener, shared, stopped))
+            .map_err(fail)?;
+        info!(url = %url, "dashboard serving");
+        Ok(Dashboard { address: local, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// The address it listens on.
+    pub(crate) fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl Drop for Dashboard {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The dashboard thread: serves until told to stop, then drops every
+/// connection (event streams never end by themselves).
+fn serve(listener: TcpListener, shared: Arc<Shared>, stopped: oneshot::Receiver<()>) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(error) => return warn!(%error, "the dashboard could not serve"),
+        };
+        tokio::spawn(events::watch_cluster(shared.clone()));
+        let app = router(shared);
+        tokio::select! {
+            result = axum::serve(listener, app) => if let Err(error) = result { warn!(%error, "the dashboard stopped") },
+            _ = stopped => {}
+        }
+    });
+}
+
+/// Every route.
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(|| async { asset("text/html; charset=utf-8", include_str!("assets/index.html")) }))
+        .route("/app.js", get(|| async { asset("text/javascript; charset=utf-8", include_str!("assets/app.js")) }))
+        .route("/style.css", get(|| async { asset("text/css; charset=utf-8", include_str!("assets/style.css")) }))
+        .route("/metrics", get(metrics::metrics))
+        .route("/api/status", get(api::status))
+        .route("/api/workers", get(api::workers))
+        .route("/api/tasks", get(api::tasks))
+        .route("/api/tasks/{id}", get(api::task))
+        .route("/api/tasks/{id}/cancel", post(api::cancel))
+        .route("/api/tasks/{id}/retry", post(api::retry))
+        .route("/api/queues", get(api::queues))
+        .route("/api/cache", get(api::cache))
+        .route("/api/registered-tasks", get(api::registered_tasks))
+        .route("/api/throughput", get(api::throughput))
+        .route("/api/events", get(events::events))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(shared)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+/// A JSON error: `{"error": kind, "message": ...}`.
+pub(crate) fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": kind, "message": message.into() }))).into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {method} {uri} (see docs/dashboard.md)"))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{uri} does not take {method}"))
+}
+
+/// Lets a mutating request through, or answers why not: 401 without the
+/// API key when one is set, 403 from a page of another origin (so that no
+/// other site can make a browser cancel tasks here).
+pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    if let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST)) {
+        let origin = origin.to_str().unwrap_or("");
+        let host = host.to_str().unwrap_or("");
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        if origin_host != host {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("requests from {origin} may not change tasks here"),
+            ));
+        }
+    }
+    let Some(key) = &shared.api_key else { return Ok(()) };
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|given| constant_time_eq(given.trim().as_bytes(), key.as_bytes())) {
+        return Ok(());
+    }
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this action needs the dashboard's API key: send Authorization: Bearer <key> (--gui-api-key, FASTWORKER_GUI_API_KEY)",
+    );
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Err(response)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,360 @@
+//! Periodic tasks: the schedules plugins declare (`every = "30s"` or a cron
+//! expression), checked at load, and the control plane's thread that starts
+//! each run when it falls due.
+//!
+//! Cron expressions are parsed and evaluated by `croner` (POSIX/Vixie
+//! semantics: Sunday is 0 or 7, names and `@hourly`-style macros, day of
+//! month OR day of week when both are restricted) in the schedule's time
+//! zone (`chrono-tz`, UTC by default).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use serde::Deserialize;
+use tracing::{debug, info, warn};
+
+use crate::protocol::{now_ms, ScheduleStatus, Submit, TaskId};
+use crate::state::State;
+
+/// A task's periodic schedule.
+#[derive(Clone)]
+pub struct Schedule {
+    /// The task it runs.
+    pub task_name: String,
+    timing: Timing,
+    /// Runs at most this many times.
+    pub runs: Option<u32>,
+    /// Runs no later than this (ms since the Unix epoch).
+    pub until_ms: Option<u64>,
+    /// The JSON arguments of every run.
+    pub args: Vec<u8>,
+    /// As declared, for people.
+    pub description: String,
+}
+
+#[derive(Clone)]
+enum Timing {
+    Every(Duration),
+    Cron(Box<Cron>, Tz),
+}
+
+/// A schedule that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("schedule of task '{task}' ({declared}): {reason}")]
+pub struct ScheduleError {
+    /// The task.
+    pub task: String,
+    /// The schedule as declared.
+    pub declared: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The JSON `#[task]` writes into a declaration.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Declared {
+    every_ms: Option<u64>,
+    cron: Option<String>,
+    runs: Option<u32>,
+    until: Option<String>,
+    args: Option<String>,
+    timezone: Option<String>,
+}
+
+impl Schedule {
+    /// Parses and checks the schedule `#[task]` declared for `task_name`.
+    pub fn parse(task_name: &str, declared: &str) -> Result<Schedule, ScheduleError> {
+        let fail = |reason: String| ScheduleError { task: task_name.into(), declared: declared.into(), reason };
+        let spec: Declared = serde_json::from_str(declared).map_err(|e| fail(format!("not a schedule: {e}")))?;
+        let zone: Tz = match &spec.timezone {
+            Some(name) => name.parse().map_err(|_| fail(format!("'{name}' is not a time zone (use names such as Europe/Paris)")))?,
+            None => Tz::UTC,
+        };
+        let (timing, mut description) = match (spec.every_ms, &spec.cron) {
+            (Some(0), _) => return Err(fail("`every` must be longer than 0".into())),
+            (Some(ms), None) => (Timing::Every(Duration::from_millis(ms)), format!("every {}", humantime::format_duration(Duration::from_millis(ms)))),
+            (None, Some(expression)) => {
+                let cron = Cron::new(expression).parse().map_err(|e| fail(format!("cron expression '{expression}': {e}")))?;
+                if expression.split_whitespace().count() > 5 {
+                    return Err(fail(format!("cron expression '{expression}': use five fields (minute hour day-of-month month day-of-week)")));
+                }
+                (Timing::Cron(Box::new(cron), zone), format!("cron '{expression}'"))
+            }
+            _ => return Err(fail("declare exactly one of `every` and `cron`".into())),
+        };
+        if spec.timezone.is_some() {
+            description.push_str(&format!(" in {zone}"));
+        }
+        let until_ms = match &spec.until {
+            Some(text) => {
+                let time = humantime::parse_rfc3339_weak(text).map_err(|e| fail(format!("until '{text}': {e}")))?;
+                description.push_str(&format!(" until {text}"));
+                Some(time.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64)
+            }
+            None => None,
+        };
+        if let Some(runs) = spec.runs {
+            description.push_str(&format!(", {runs} runs"));
+        }
+        let args = spec.args.unwrap_or_else(|| "[]".into());
+        match serde_json::from_str::<serde_json::Value>(&args) {
+            Ok(serde_json::Value::Array(_) | serde_json::Value::Object(_)) => {}
+            _ => return Err(fail(format!("args '{args}' is not a JSON array or object"))),
+        }
+        Ok(Schedule { task_name: task_name.into(), timing, runs: spec.runs, until_ms, args: args.into_bytes(), description })
+    }
+
+    /// The first run time strictly after `after_ms`, if the schedule has one.
+    pub fn next_after(&self, after_ms: u64) -> Option<u64> {
+        let next = match &self.timing {
+            Timing::Every(period) => after_ms + period.as_millis() as u64,
+            Timing::Cron(cron, zone) => {
+                let after = zone.from_utc_datetime(&DateTime::<Utc>::from_timestamp_millis(after_ms as i64)?.naive_utc());
+                let next = cron.find_next_occurrence(&after, false).ok()?;
+                next.timestamp_millis() as u64
+            }
+        };
+        (self.until_ms.is_none_or(|until| next <= until)).then_some(next)
+    }
+}
+
+/// One schedule and its record.
+struct Entry {
+    schedule: Schedule,
+    next_ms: Option<u64>,
+    runs: u32,
+    skipped: u32,
+    paused: bool,
+    last: Option<(TaskId, u64)>,
+    last_refusal: Option<String>,
+}
+
+/// The control plane's schedules and the thread that runs them.
+pub(crate) struct Scheduler {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    entries: Mutex<HashMap<String, Entry>>,
+    changed: Condvar,
+}
+
+impl Scheduler {
+    /// Starts the thread; runs are submitted to `state`.
+    pub(crate) fn start(state: Weak<State>) -> Scheduler {
+        let shared = Arc::new(Shared { entries: Mutex::new(HashMap::new()), changed: Condvar::new() });
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("schedules".into())
+            .spawn(move || run_loop(&thread_shared, &state))
+            .expect("spawning the schedule thread");
+        Scheduler { shared }
+    }
+
+    /// Adds a schedule, first due one period (or cron step) from now; a task
+    /// already scheduled keeps its schedule.
+    pub(crate) fn add(&self, schedule: Schedule) {
+        let mut entries = self.shared.entries.lock().expect("schedule lock");
+        if entries.contains_key(&schedule.task_name) {
+            return;
+        }
+        let next_ms = schedule.next_after(now_ms());
+        info!(task = %schedule.task_name, schedule = %schedule.description, next_ms, "periodic task scheduled");
+        let entry = Entry { schedule, next_ms, runs: 0, skipped: 0, paused: false, last: None, last_refusal: None };
+        entries.insert(entry.schedule.task_name.clone(), entry);
+        drop(entries);
+        self.shared.changed.notify_one();
+    }
+
+    /// Pauses or resumes a task's schedule; false when there is none.
+    pub(crate) fn set_paused(&self, task_name: &str, paused: bool) -> bool {
+        let mut entries = self.shared.entries.lock().expect("schedule lock");
+        let Some(entry) = entries.get_mut(task_name) else { return false };
+        entry.paused = paused;
+        if !paused {
+            // Resuming does not replay what fell due while paused.
+            entry.next_ms = entry.schedule.next_after(now_ms());
+        }
+        info!(task = task_name, paused, "schedule {}", if paused { "paused" } else { "resumed" });
+        drop(entries);
+        self.shared.changed.notify_one();
+        true
+    }
+
+    /// Every schedule's record, sorted by task; `last_state` reads the state
+    /// of each last run.
+    pub(crate) fn statuses(&self, last_state: impl Fn(TaskId) -> Option<String>) -> Vec<ScheduleStatus> {
+        let entries = self.shared.entries.lock().expect("schedule lock");
+        let mut statuses: Vec<ScheduleStatus> = entries
+            .values()
+            .map(|entry| ScheduleStatus {
+                task_name: entry.schedule.task_name.clone(),
+                schedule: entry.schedule.description.clone(),
+                paused: entry.paused,
+                next_ms: if entry.paused { None } else { entry.next_ms },
+                runs: entry.runs,
+                skipped: entry.skipped,
+                last_task_id: entry.last.map(|(id, _)| id),
+                last_run_ms: entry.last.map(|(_, at)| at),
+                last_outcome: entry
+                    .last_refusal
+                    .clone()
+                    .or_else(|| entry.last.and_then(|(id, _)| last_state(id))),
+            })
+            .collect();
+        statuses.sort_by(|a, b| a.task_name.cmp(&b.task_name));
+        statuses
+    }
+}
+
+fn run_loop(shared: &Shared, state: &Weak<State>) {
+    let mut entries = shared.entries.lock().expect("schedule lock");
+    loop {
+        let now = now_ms();
+        let mut due = Vec::new();
+        for entry in entries.values_mut() {
+            match entry.next_ms {
+                Some(at) if at <= now => {
+                    // Later due times are computed from now: runs missed
+                    // while paused or stopped are not replayed.
+                    entry.next_ms = entry.schedule.next_after(now);
+                    if !entry.paused {
+                        due.push(entry.schedule.task_name.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !due.is_empty() {
+            let Some(state) = state.upgrade() else { return };
+            for task_name in due {
+                let entry = entries.get_mut(&task_name).expect("listed above");
+                start_run(entry, &state);
+            }
+            continue;
+        }
+        let wait = entries
+            .values()
+            .filter_map(|e| e.next_ms)
+            .min()
+            .map_or(Duration::from_secs(60), |at| Duration::from_millis(at.saturating_sub(now)));
+        entries = shared.changed.wait_timeout(entries, wait).expect("schedule lock").0;
+    }
+}
+
+/// Submits one run, unless the last one is still going.
+fn start_run(entry: &mut Entry, state: &State) {
+    let task_name = &entry.schedule.task_name;
+    if let Some((last, _)) = entry.last {
+        if state.is_live(last) {
+            entry.skipped += 1;
+            debug!(task = %task_name, skipped = entry.skipped, "previous run still going; this run is skipped");
+            return;
+        }
+    }
+    let task_id = TaskId::now_v7();
+    let submit = Submit { task_id, task_name: task_name.clone(), args: entry.schedule.args.clone(), ..Default::default() };
+    entry.runs += 1;
+    entry.last = Some((task_id, now_ms()));
+    entry.last_refusal = match state.accept_periodic(submit) {
+        Ok(()) => None,
+        Err(refusal) => {
+            warn!(task = %task_name, "periodic run refused: {refusal}");
+            Some(format!("refused: {refusal}"))
+        }
+    };
+    if entry.schedule.runs.is_some_and(|runs| entry.runs >= runs) {
+        entry.next_ms = None;
+        info!(task = %task_name, runs = entry.runs, "periodic task finished its declared runs");
+    }
+}
+
+/// When a schedule runs next, as RFC 3339, for listings.
+pub fn format_ms(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(rfc3339: &str) -> u64 {
+        let time = humantime::parse_rfc3339(rfc3339).unwrap();
+        time.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    }
+
+    fn cron(expression: &str, timezone: Option<&str>) -> Schedule {
+        let zone = timezone.map_or(String::new(), |z| format!(r#","timezone":"{z}""#));
+        Schedule::parse("t", &format!(r#"{{"cron":"{expression}"{zone}}}"#)).unwrap()
+    }
+
+    /// (expression, time zone, after, expected next), all times in UTC.
+    const CASES: &[(&str, Option<&str>, &str, &str)] = &[
+        // Sunday is 0, and 7 too; names.
+        ("0 9 * * 0", None, "2026-11-23T10:00:00Z", "2026-11-29T09:00:00Z"),
+        ("0 9 * * 7", None, "2026-11-23T10:00:00Z", "2026-11-29T09:00:00Z"),
+        ("0 9 * * SUN", None, "2026-11-23T10:00:00Z", "2026-11-29T09:00:00Z"),
+        ("30 8 * JAN MON", None, "2026-11-23T10:00:00Z", "2027-01-04T08:30:00Z"),
+        // Ranges, steps, lists.
+        ("*/15 9-17 * * 1-5", None, "2026-11-27T17:50:00Z", "2026-11-30T09:00:00Z"),
+        ("5,35 */6 * * *", None, "2026-11-23T06:06:00Z", "2026-11-23T06:35:00Z"),
+        ("0 0 1-7/3 * *", None, "2026-11-02T00:00:00Z", "2026-11-04T00:00:00Z"),
+        // Macros.
+        ("@hourly", None, "2026-11-23T10:15:00Z", "2026-11-23T11:00:00Z"),
+        ("@daily", None, "2026-11-23T10:15:00Z", "2026-11-24T00:00:00Z"),
+        ("@weekly", None, "2026-11-23T10:15:00Z", "2026-11-29T00:00:00Z"),
+        ("@monthly", None, "2026-11-23T10:15:00Z", "2026-12-01T00:00:00Z"),
+        // Day of month OR day of week when both are restricted (the 13th, or any Friday).
+        ("0 0 13 * FRI", None, "2026-11-23T00:00:00Z", "2026-11-27T00:00:00Z"),
+        ("0 0 13 * FRI", None, "2026-12-05T00:00:00Z", "2026-12-11T00:00:00Z"),
+        ("0 0 13 * FRI", None, "2026-12-11T00:00:00Z", "2026-12-13T00:00:00Z"),
+        // Month ends and leap days.
+        ("0 12 31 * *", None, "2026-11-23T00:00:00Z", "2026-12-31T12:00:00Z"),
+        ("0 12 31 * *", None, "2026-12-31T12:00:00Z", "2027-01-31T12:00:00Z"),
+        ("0 0 29 2 *", None, "2026-11-23T00:00:00Z", "2028-02-29T00:00:00Z"),
+        // Time zones: 09:00 in Paris is 08:00 UTC in winter, 07:00 UTC in summer.
+        ("0 9 * * *", Some("Europe/Paris"), "2026-11-23T10:00:00Z", "2026-11-24T08:00:00Z"),
+        ("0 9 * * *", Some("Europe/Paris"), "2026-06-01T10:00:00Z", "2026-06-02T07:00:00Z"),
+        // Across New York's spring-forward (2026-03-08: 02:00 EST jumps to 03:00 EDT):
+        // 02:30 does not exist that day, so it runs at the jump, then 02:30 EDT next day.
+        ("30 2 * * *", Some("America/New_York"), "2026-03-07T08:00:00Z", "2026-03-08T07:00:00Z"),
+        ("30 2 * * *", Some("America/New_York"), "2026-03-08T07:00:00Z", "2026-03-09T06:30:00Z"),
+        // Across fall-back (2026-11-01: 02:00 EDT back to 01:00 EST): 01:30 happens twice, runs once.
+        ("30 1 * * *", Some("America/New_York"), "2026-10-31T12:00:00Z", "2026-11-01T05:30:00Z"),
+        ("30 1 * * *", Some("America/New_York"), "2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"),
+    ];
+
+    #[test]
+    fn cron_next_runs_match_the_known_cases() {
+        for (expression, zone, after, expected) in CASES {
+            let next = cron(expression, *zone).next_after(ms(after)).map(format_ms);
+            assert_eq!(next.as_deref(), Some(*expected), "'{expression}' in {zone:?} after {after}");
+        }
+    }
+
+    #[test]
+    fn intervals_count_from_the_last_time_and_stop_at_their_end() {
+        let schedule = Schedule::parse("t", r#"{"every_ms":30000,"until":"2026-11-23T10:01:00Z"}"#).unwrap();
+        let start = ms("2026-11-23T10:00:00Z");
+        assert_eq!(schedule.next_after(start), Some(start + 30_000));
+        assert_eq!(schedule.next_after(start + 30_000), Some(start + 60_000));
+        assert_eq!(schedule.next_after(start + 60_000), None, "past its end");
+    }
+
+    #[test]
+    fn malformed_schedules_say_what_is_wrong() {
+        let reason = |declared: &str| Schedule::parse("t", declared).err().expect("refused").to_string();
+        assert!(reason(r#"{"cron":"61 * * * *"}"#).contains("cron expression '61 * * * *'"));
+        assert!(reason(r#"{"cron":"0 0 * *"}"#).contains("cron expression"));
+        assert!(reason(r#"{"cron":"0 0 * * * *"}"#).contains("five fields"));
+        assert!(reason(r#"{"cron":"0 0 * * *","timezone":"Mars/Olympus"}"#).contains("not a time zone"));
+        assert!(reason(r#"{"every_ms":1000,"args":"[1,"}"#).contains("not a JSON array or object"));
+        assert!(reason(r#"{"every_ms":1000,"until":"tomorrow"}"#).contains("until 'tomorrow'"));
+        assert!(reason(r#"{"every_ms":0}"#).contains("longer than 0"));
+    }
+}
