@@ -183,6 +183,7 @@ impl Membership {
 
     fn on_connection(&mut self, key: WorkerKey, up: bool) {
         let mut outbox = Outbox::default();
+        let mut periodic = Vec::new();
         let mut tasks = self.state.lock();
         let Some(worker) = tasks.cluster.get_mut(key) else { return };
         if up {
@@ -203,7 +204,7 @@ impl Membership {
                 if let Some((replier, _)) = self.connecting.remove(&key) {
                     replier.send(&Reply::Done);
                 }
-                self.schedule_offered(worker.tasks.values());
+                periodic.extend(worker.tasks.values().filter(|t| !t.schedule.is_empty()).cloned());
             }
             self.state.fill(&mut tasks);
         } else {
@@ -214,13 +215,15 @@ impl Membership {
         }
         drop(tasks);
         outbox.deliver();
+        // The scheduler's lock is taken before the task lock, never after.
+        self.schedule_offered(&periodic);
     }
 
     /// Schedules the periodic tasks a subworker's plugins declare (checked
     /// by the subworker when it loaded them).
-    fn schedule_offered<'a>(&self, offered: impl Iterator<Item = &'a OfferedTask>) {
+    fn schedule_offered(&self, offered: &[OfferedTask]) {
         let Some(scheduler) = &self.state.scheduler else { return };
-        for task in offered.filter(|t| !t.schedule.is_empty()) {
+        for task in offered {
             match Schedule::parse(&task.name, &task.schedule) {
                 Ok(schedule) => scheduler.add(schedule),
                 Err(error) => warn!("a subworker offers a periodic task whose schedule is not usable: {error}"),

@@ -216,34 +216,28 @@ fn run_loop(shared: &Shared, state: &Weak<State>) {
     let mut entries = shared.entries.lock().expect("schedule lock");
     loop {
         let now = now_ms();
-        let mut due = Vec::new();
-        for entry in entries.values_mut() {
-            match entry.next_ms {
-                Some(at) if at <= now => {
-                    // Later due times are computed from now: runs missed
-                    // while paused or stopped are not replayed.
+        let earliest = entries.values().filter_map(|e| e.next_ms).min();
+        match earliest {
+            Some(at) if at <= now => {
+                let Some(state) = state.upgrade() else {
+                    // Not built yet (or gone, at exit): look again shortly.
+                    entries = shared.changed.wait_timeout(entries, Duration::from_millis(50)).expect("schedule lock").0;
+                    continue;
+                };
+                for entry in entries.values_mut().filter(|e| e.next_ms.is_some_and(|at| at <= now)) {
+                    // The next run is counted from now: runs missed while
+                    // paused or stopped are not replayed.
                     entry.next_ms = entry.schedule.next_after(now);
                     if !entry.paused {
-                        due.push(entry.schedule.task_name.clone());
+                        start_run(entry, &state);
                     }
                 }
-                _ => {}
+            }
+            _ => {
+                let wait = earliest.map_or(Duration::from_secs(60), |at| Duration::from_millis(at - now));
+                entries = shared.changed.wait_timeout(entries, wait).expect("schedule lock").0;
             }
         }
-        if !due.is_empty() {
-            let Some(state) = state.upgrade() else { return };
-            for task_name in due {
-                let entry = entries.get_mut(&task_name).expect("listed above");
-                start_run(entry, &state);
-            }
-            continue;
-        }
-        let wait = entries
-            .values()
-            .filter_map(|e| e.next_ms)
-            .min()
-            .map_or(Duration::from_secs(60), |at| Duration::from_millis(at.saturating_sub(now)));
-        entries = shared.changed.wait_timeout(entries, wait).expect("schedule lock").0;
     }
 }
 

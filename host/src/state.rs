@@ -5,7 +5,8 @@
 //! One mutex guards the live tasks and the cluster together, so a task and
 //! the slot carrying it never disagree. NNG calls made under it only queue
 //! work (sends, receives, cancels); replies to clients go out after it is
-//! released, through an [`Outbox`].
+//! released, through an [`Outbox`]. Locks are always taken in this order:
+//! the schedules', then this one, then the result cache's or the pool's.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
