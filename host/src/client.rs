@@ -16,8 +16,8 @@ use tokio::sync::oneshot;
 
 use crate::address::{AddressError, BaseAddress};
 use crate::protocol::{
-    decode, encode_into, Callback, ClusterStatus, DecodeError, ErrorReply, Priority, Reply, Request, RetryPolicy, ScheduleStatus,
-    Submit, TaskError, TaskId, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
+    decode, encode_into, Callback, ClusterStatus, DecodeError, ErrorReply, Priority, Reply, Request, RetryPolicy,
+    ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
 };
 
 /// The timeout of a call when none is set.

@@ -623,8 +623,10 @@ fn list_periodic(registry: &Registry, json: bool) -> ExitCode {
         })
         .collect();
     if json {
-        let rows: Vec<Value> =
-            rows.iter().map(|(task, schedule, next)| json!({"task": task, "schedule": schedule, "next": next})).collect();
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|(task, schedule, next)| json!({"task": task, "schedule": schedule, "next": next}))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
     } else {
         println!("{:<16} {:<40} NEXT RUNS", "TASK", "SCHEDULE");

@@ -72,16 +72,24 @@ impl Schedule {
         let fail = |reason: String| ScheduleError { task: task_name.into(), declared: declared.into(), reason };
         let spec: Declared = serde_json::from_str(declared).map_err(|e| fail(format!("not a schedule: {e}")))?;
         let zone: Tz = match &spec.timezone {
-            Some(name) => name.parse().map_err(|_| fail(format!("'{name}' is not a time zone (use names such as Europe/Paris)")))?,
+            Some(name) => name
+                .parse()
+                .map_err(|_| fail(format!("'{name}' is not a time zone (use names such as Europe/Paris)")))?,
             None => Tz::UTC,
         };
         let (timing, mut description) = match (spec.every_ms, &spec.cron) {
             (Some(0), _) => return Err(fail("`every` must be longer than 0".into())),
-            (Some(ms), None) => (Timing::Every(Duration::from_millis(ms)), format!("every {}", humantime::format_duration(Duration::from_millis(ms)))),
+            (Some(ms), None) => (
+                Timing::Every(Duration::from_millis(ms)),
+                format!("every {}", humantime::format_duration(Duration::from_millis(ms))),
+            ),
             (None, Some(expression)) => {
-                let cron = Cron::new(expression).parse().map_err(|e| fail(format!("cron expression '{expression}': {e}")))?;
+                let cron =
+                    Cron::new(expression).parse().map_err(|e| fail(format!("cron expression '{expression}': {e}")))?;
                 if expression.split_whitespace().count() > 5 {
-                    return Err(fail(format!("cron expression '{expression}': use five fields (minute hour day-of-month month day-of-week)")));
+                    return Err(fail(format!(
+                        "cron expression '{expression}': use five fields (minute hour day-of-month month day-of-week)"
+                    )));
                 }
                 (Timing::Cron(Box::new(cron), zone), format!("cron '{expression}'"))
             }
@@ -106,7 +114,14 @@ impl Schedule {
             Ok(serde_json::Value::Array(_) | serde_json::Value::Object(_)) => {}
             _ => return Err(fail(format!("args '{args}' is not a JSON array or object"))),
         }
-        Ok(Schedule { task_name: task_name.into(), timing, runs: spec.runs, until_ms, args: args.into_bytes(), description })
+        Ok(Schedule {
+            task_name: task_name.into(),
+            timing,
+            runs: spec.runs,
+            until_ms,
+            args: args.into_bytes(),
+            description,
+        })
     }
 
     /// The first run time strictly after `after_ms`, if the schedule has one.
@@ -114,7 +129,8 @@ impl Schedule {
         let next = match &self.timing {
             Timing::Every(period) => after_ms + period.as_millis() as u64,
             Timing::Cron(cron, zone) => {
-                let after = zone.from_utc_datetime(&DateTime::<Utc>::from_timestamp_millis(after_ms as i64)?.naive_utc());
+                let after =
+                    zone.from_utc_datetime(&DateTime::<Utc>::from_timestamp_millis(after_ms as i64)?.naive_utc());
                 let next = cron.find_next_occurrence(&after, false).ok()?;
                 next.timestamp_millis() as u64
             }
@@ -201,10 +217,7 @@ impl Scheduler {
                 skipped: entry.skipped,
                 last_task_id: entry.last.map(|(id, _)| id),
                 last_run_ms: entry.last.map(|(_, at)| at),
-                last_outcome: entry
-                    .last_refusal
-                    .clone()
-                    .or_else(|| entry.last.and_then(|(id, _)| last_state(id))),
+                last_outcome: entry.last_refusal.clone().or_else(|| entry.last.and_then(|(id, _)| last_state(id))),
             })
             .collect();
         statuses.sort_by(|a, b| a.task_name.cmp(&b.task_name));
@@ -252,7 +265,8 @@ fn start_run(entry: &mut Entry, state: &State) {
         }
     }
     let task_id = TaskId::now_v7();
-    let submit = Submit { task_id, task_name: task_name.clone(), args: entry.schedule.args.clone(), ..Default::default() };
+    let submit =
+        Submit { task_id, task_name: task_name.clone(), args: entry.schedule.args.clone(), ..Default::default() };
     entry.runs += 1;
     entry.last = Some((task_id, now_ms()));
     entry.last_refusal = match state.accept_periodic(submit) {

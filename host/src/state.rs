@@ -30,7 +30,8 @@ use crate::plugins::Registry;
 use crate::pool::Pool;
 use crate::protocol::{
     decode, encode_forwarded_submit, encode_into, now_ms, Callback, ClusterStatus, ErrorKind, ErrorReply, Forwarded,
-    Notice, OfferedTask, Priority, Reply, Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState,
+    Notice, OfferedTask, Priority, Reply, Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport,
+    TaskState,
 };
 use crate::schedules::Scheduler;
 use crate::timers::{Alarm, Timers};
@@ -849,7 +850,7 @@ impl State {
         let mut live: Vec<TaskSummary> =
             tasks.live.values().filter(|t| keep(&t.report)).take(limit).map(|t| TaskSummary::of(&t.report)).collect();
         drop(tasks);
-        live.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        live.sort_by_key(|t| std::cmp::Reverse(t.created_ms));
         live
     }
 

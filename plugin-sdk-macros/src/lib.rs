@@ -145,7 +145,10 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
         }
     }
     if !periodic && !options.schedule.is_empty() {
-        return Err(syn::Error::new(proc_macro2::Span::call_site(), "runs, until, args and timezone need `every` or `cron`"));
+        return Err(syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "runs, until, args and timezone need `every` or `cron`",
+        ));
     }
     Ok(options)
 }
@@ -296,7 +299,8 @@ fn expand_task(attr: TokenStream2, function: &ItemFn) -> syn::Result<TokenStream
 
     let decl = decl_ident(ident);
     let priority = &options.priority;
-    let schedule = if options.schedule.is_empty() { String::new() } else { format!("{{{}}}", options.schedule.join(",")) };
+    let schedule =
+        if options.schedule.is_empty() { String::new() } else { format!("{{{}}}", options.schedule.join(",")) };
     let (timeout_ms, retries, retry_delay_ms) = (options.timeout_ms, options.retries, options.retry_delay_ms);
 
     Ok(quote! {

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use fastworker::protocol::{ClusterStatus, WorkerState, WorkerStatus};
 use fastworker::{Client, ClientError, TaskId};
 
+pub mod browser;
+pub mod http;
+
 /// The workspace's target directory, with every binary and plugin built.
 pub fn target_dir() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -84,6 +87,8 @@ pub struct Process {
     child: Option<Child>,
     /// Its base address.
     pub address: String,
+    /// Its dashboard's URL (`http://127.0.0.1:PORT`), when started with one.
+    pub gui: Option<String>,
     stderr_path: PathBuf,
 }
 
@@ -96,17 +101,37 @@ impl Process {
 
     /// As [`Process::control_plane`], with environment variables.
     pub fn control_plane_with_env(plugins: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Process {
+        Self::start_control_plane(plugins, extra, env, false)
+    }
+
+    /// As [`Process::control_plane_with_env`], serving the dashboard on a
+    /// free port of 127.0.0.1; its URL is in `gui`.
+    pub fn control_plane_with_gui(plugins: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Process {
+        Self::start_control_plane(plugins, extra, env, true)
+    }
+
+    fn start_control_plane(plugins: &[&str], extra: &[&str], env: &[(&str, &str)], gui: bool) -> Process {
         for _attempt in 0..5 {
             let base = free_base_port();
             let address = format!("tcp://127.0.0.1:{base}");
-            let mut args: Vec<String> =
-                vec!["control-plane".into(), "--base-address".into(), address.clone(), "--no-gui".into()];
+            let mut args: Vec<String> = vec!["control-plane".into(), "--base-address".into(), address.clone()];
+            let gui_port = gui.then(|| loop {
+                let port = free_ports(1);
+                if !(base..base + 6).contains(&port) {
+                    break port;
+                }
+            });
+            match gui_port {
+                Some(port) => args.extend(["--gui-port".into(), port.to_string()]),
+                None => args.push("--no-gui".into()),
+            }
             if !plugins.is_empty() {
                 args.push("--task-modules".into());
                 args.extend(plugins.iter().map(|p| plugin(p).display().to_string()));
             }
             args.extend(extra.iter().map(|s| s.to_string()));
             let mut process = Process::spawn(&args, env, address);
+            process.gui = gui_port.map(|port| format!("http://127.0.0.1:{port}"));
             match process.wait_ready(Duration::from_secs(20)) {
                 Ok(()) => return process,
                 Err(log) if log.contains("already in use") => continue,
@@ -206,7 +231,7 @@ impl Process {
             command.env(key, value);
         }
         let child = command.spawn().expect("spawning fastworker");
-        Process { child: Some(child), address, stderr_path }
+        Process { child: Some(child), address, gui: None, stderr_path }
     }
 
     /// Waits until the control plane answers a status query, or returns its log.

@@ -116,5 +116,8 @@ fn a_malformed_schedule_refuses_the_plugin_at_load() {
     }
     let listing = run_cli(&["list", "--periodic", "--task-modules", &plugin("example-tasks").display().to_string()]);
     let listing = stdout(&listing);
-    assert!(listing.contains("tick") && listing.contains("every 30s") && listing.contains("cron '0 * * * *'"), "{listing}");
+    assert!(
+        listing.contains("tick") && listing.contains("every 30s") && listing.contains("cron '0 * * * *'"),
+        "{listing}"
+    );
 }

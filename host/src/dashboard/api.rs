@@ -11,7 +11,7 @@ use axum::Json;
 use fastworker_plugin_sdk::abi::FailureKind;
 use serde_json::{json, Value};
 
-use super::{authorize, error, Shared};
+use super::{authorize, error, ApiError, Shared};
 use crate::monitor::{Counts, TaskSummary, RECENT_CAPACITY};
 use crate::protocol::{ClusterStatus, ErrorKind, Priority, Reply, Submit, TaskError, TaskId, TaskReport, TaskState};
 
@@ -153,6 +153,11 @@ fn cache_json(shared: &Shared) -> Value {
 
 /// GET /api/registered-tasks: every task this control plane or a live
 /// subworker provides, with its declared defaults and who provides it.
+/// `GET /api/schedules`: the periodic tasks, as `fastworker schedules` shows them.
+pub(crate) async fn schedules(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!(shared.state.schedule_statuses()))
+}
+
 pub(crate) async fn registered_tasks(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let state = &shared.state;
     let mut rows: HashMap<String, Value> = HashMap::new();
@@ -188,7 +193,10 @@ pub(crate) async fn registered_tasks(State(shared): State<Arc<Shared>>) -> Json<
 }
 
 /// GET /api/throughput?seconds=N: tasks finished and their run times, per second.
-pub(crate) async fn throughput(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Response {
+pub(crate) async fn throughput(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     let seconds = match query.get("seconds").map(|s| s.parse::<usize>()) {
         None => 300,
         Some(Ok(n)) if (1..=crate::monitor::HISTORY_SECONDS).contains(&n) => n,
@@ -208,12 +216,16 @@ pub(crate) async fn tasks(State(shared): State<Arc<Shared>>, Query(query): Query
     let number = |name: &str, default: usize| match query.get(name) {
         None => Ok(default),
         Some(text) => text.parse::<usize>().map_err(|_| {
-            error(StatusCode::BAD_REQUEST, "bad_request", format!("{name} must be a whole number, not '{text}'"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("{name} must be a whole number, not '{text}'"),
+            )
         }),
     };
     let (offset, limit) = match (number("offset", 0), number("limit", 50)) {
         (Ok(offset), Ok(limit)) => (offset, limit.min(MAX_PAGE)),
-        (Err(response), _) | (_, Err(response)) => return response,
+        (Err(refusal), _) | (_, Err(refusal)) => return refusal.into_response(),
     };
     let states: Vec<String> = query
         .get("state")
@@ -224,14 +236,14 @@ pub(crate) async fn tasks(State(shared): State<Arc<Shared>>, Query(query): Query
     let needle = query.get("q").map(|q| q.trim().to_ascii_lowercase()).filter(|q| !q.is_empty());
     let keep = |summary: &TaskSummary| {
         (states.is_empty() || states.iter().any(|s| s == summary.state))
-            && task_name.as_ref().map_or(true, |name| *name == summary.task_name)
-            && priority.as_ref().map_or(true, |p| p.eq_ignore_ascii_case(summary.priority))
-            && needle.as_ref().map_or(true, |q| summary.task_id.to_string().contains(q.as_str()))
+            && task_name.iter().all(|name| *name == summary.task_name)
+            && priority.iter().all(|p| p.eq_ignore_ascii_case(summary.priority))
+            && needle.iter().all(|q| summary.task_id.to_string().contains(q.as_str()))
     };
     let mut matching = shared.state.live_summaries(MAX_LIVE_LISTED, |report| {
         // The cheap tests before a summary is built.
         (states.is_empty() || states.iter().any(|s| s == report.state.as_str()))
-            && task_name.as_ref().map_or(true, |name| *name == report.task_name)
+            && task_name.iter().all(|name| *name == report.task_name)
     });
     matching.retain(keep);
     let book = shared.state.monitor.book();
@@ -246,7 +258,7 @@ pub(crate) async fn tasks(State(shared): State<Arc<Shared>>, Query(query): Query
 pub(crate) async fn task(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let task_id = match parse_id(&id) {
         Ok(task_id) => task_id,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let state = &shared.state;
     if let Some((report, args)) = state.live_task(task_id) {
@@ -274,12 +286,12 @@ pub(crate) async fn task(State(shared): State<Arc<Shared>>, Path(id): Path<Strin
 
 /// POST /api/tasks/{id}/cancel: cancels a task that has not ended.
 pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = authorize(&shared, &headers) {
-        return response;
+    if let Err(refusal) = authorize(&shared, &headers) {
+        return refusal.into_response();
     }
     let task_id = match parse_id(&id) {
         Ok(task_id) => task_id,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     match shared.state.cancel(task_id) {
         Reply::Report(report) => {
@@ -301,12 +313,12 @@ pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, headers: HeaderMap
 /// POST /api/tasks/{id}/retry: submits a finished, unsuccessful task again,
 /// with the same name, arguments and priority, under a fresh id.
 pub(crate) async fn retry(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = authorize(&shared, &headers) {
-        return response;
+    if let Err(refusal) = authorize(&shared, &headers) {
+        return refusal.into_response();
     }
     let task_id = match parse_id(&id) {
         Ok(task_id) => task_id,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let state = &shared.state;
     if state.live_task(task_id).is_some() {
@@ -319,10 +331,8 @@ pub(crate) async fn retry(State(shared): State<Arc<Shared>>, headers: HeaderMap,
         return error(StatusCode::NOT_FOUND, "unknown_task", message);
     };
     if !retryable(finished.summary.state) {
-        let message = format!(
-            "task {task_id} {}: only failed, timed-out or cancelled tasks are retried",
-            finished.summary.state
-        );
+        let message =
+            format!("task {task_id} {}: only failed, timed-out or cancelled tasks are retried", finished.summary.state);
         return error(StatusCode::CONFLICT, "not_retryable", message);
     }
     let submit = Submit {
@@ -342,8 +352,9 @@ fn retryable(state: &str) -> bool {
     matches!(state, "failed" | "timed_out" | "cancelled")
 }
 
-fn parse_id(id: &str) -> Result<TaskId, Response> {
-    TaskId::parse_str(id).map_err(|_| error(StatusCode::BAD_REQUEST, "bad_task_id", format!("'{id}' is not a task id")))
+fn parse_id(id: &str) -> Result<TaskId, ApiError> {
+    TaskId::parse_str(id)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_task_id", format!("'{id}' is not a task id")))
 }
 
 fn json_or_null(bytes: &[u8]) -> Value {

@@ -61,8 +61,9 @@ pub(crate) async fn watch_cluster(shared: Arc<Shared>) {
         if !monitor.watched() {
             continue;
         }
-        ticks = ticks.wrapping_add(1);
-        if ticks % SNAPSHOT_EVERY == 0 {
+        ticks += 1;
+        if ticks == SNAPSHOT_EVERY {
+            ticks = 0;
             monitor.publish(Event::Snapshot(overview(&shared)));
         }
         let cluster = shared.state.cluster_status();

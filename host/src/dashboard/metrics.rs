@@ -65,12 +65,14 @@ fn render(shared: &Shared) -> String {
         }
     }
     let name = "fastworker_tasks_waiting";
-    let _ = writeln!(out, "# HELP {name} Tasks waiting for their countdown, ETA or retry backoff.\n# TYPE {name} gauge");
+    let _ =
+        writeln!(out, "# HELP {name} Tasks waiting for their countdown, ETA or retry backoff.\n# TYPE {name} gauge");
     let waiting: u32 = live.iter().map(|row| row[2] + row[3]).sum();
     let _ = writeln!(out, "{name} {waiting}");
     let cluster = state.cluster_status();
     let _ = writeln!(out, "# HELP fastworker_workers_live Subworkers that tasks are routed to.");
-    let _ = writeln!(out, "# TYPE fastworker_workers_live gauge\nfastworker_workers_live {}", cluster.active_subworkers);
+    let _ =
+        writeln!(out, "# TYPE fastworker_workers_live gauge\nfastworker_workers_live {}", cluster.active_subworkers);
     let _ = writeln!(out, "# HELP fastworker_workers Subworkers known, by status.\n# TYPE fastworker_workers gauge");
     for status in [WorkerState::Active, WorkerState::Inactive, WorkerState::Draining] {
         let count = cluster.subworkers.iter().filter(|w| w.status == status).count();

@@ -77,10 +77,11 @@ impl Dashboard {
     /// start-up with a clear error) and serves on a thread of its own.
     pub(crate) fn start(state: Arc<State>, config: DashboardConfig) -> Result<Dashboard, DashboardError> {
         let address = format!("{}:{}", config.host, config.port);
-        let listener = TcpListener::bind((config.host.as_str(), config.port)).map_err(|source| match source.kind() {
-            std::io::ErrorKind::AddrInUse => DashboardError::AddressInUse { address: address.clone() },
-            _ => DashboardError::Other { address: address.clone(), source },
-        })?;
+        let listener =
+            TcpListener::bind((config.host.as_str(), config.port)).map_err(|source| match source.kind() {
+                std::io::ErrorKind::AddrInUse => DashboardError::AddressInUse { address: address.clone() },
+                _ => DashboardError::Other { address: address.clone(), source },
+            })?;
         let fail = |source| DashboardError::Other { address: address.clone(), source };
         listener.set_nonblocking(true).map_err(fail)?;
         let local = listener.local_addr().map_err(fail)?;
@@ -150,6 +151,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/cache", get(api::cache))
         .route("/api/registered-tasks", get(api::registered_tasks))
         .route("/api/throughput", get(api::throughput))
+        .route("/api/schedules", get(api::schedules))
         .route("/api/events", get(events::events))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -160,9 +162,35 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
-/// A JSON error: `{"error": kind, "message": ...}`.
-pub(crate) fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": kind, "message": message.into() }))).into_response()
+/// A refused or failed request, answered as JSON: `{"error": kind, "message": ...}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    /// Whether to ask for a bearer token (`WWW-Authenticate`).
+    bearer: bool,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, kind, message: message.into(), bearer: false }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({ "error": self.kind, "message": self.message }))).into_response();
+        if self.bearer {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// A JSON error response.
+pub(crate) fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Response {
+    ApiError::new(status, kind, message).into_response()
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {
@@ -176,13 +204,13 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 /// Lets a mutating request through, or answers why not: 401 without the
 /// API key when one is set, 403 from a page of another origin (so that no
 /// other site can make a browser cancel tasks here).
-pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     if let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST)) {
         let origin = origin.to_str().unwrap_or("");
         let host = host.to_str().unwrap_or("");
         let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
         if origin_host != host {
-            return Err(error(
+            return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!("requests from {origin} may not change tasks here"),
@@ -190,17 +218,13 @@ pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Resp
         }
     }
     let Some(key) = &shared.api_key else { return Ok(()) };
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if given.is_some_and(|given| constant_time_eq(given.trim().as_bytes(), key.as_bytes())) {
         return Ok(());
     }
-    let mut response = error(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "this action needs the dashboard's API key: send Authorization: Bearer <key> (--gui-api-key, FASTWORKER_GUI_API_KEY)",
-    );
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    Err(response)
+    let message = "this action needs the dashboard's API key: send Authorization: Bearer <key> (--gui-api-key, FASTWORKER_GUI_API_KEY)";
+    Err(ApiError { bearer: true, ..ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message) })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -1,0 +1,339 @@
+// The fastworker dashboard: loads the overview and recent tasks from /api/,
+// then follows /api/events (server-sent events) to stay live. No libraries.
+'use strict';
+
+const $ = (selector) => document.querySelector(selector);
+const MAX_TASKS = 600;
+const SHOWN_ROWS = 200;
+const CHART_SECONDS = 300;
+const FINAL = new Set(['succeeded', 'failed', 'timed_out', 'cancelled']);
+
+const tasks = new Map(); // task id -> summary
+const workers = new Map(); // worker id -> worker
+const history = new Map(); // second -> {finished, failed, duration_sum_ms, duration_max_ms}
+let overview = null;
+let selected = null;
+let renderPending = false;
+// Read by the browser test: how many events arrived, and whether the stream is open.
+window.fastworker = { events: 0, live: false };
+
+// ---- helpers ----
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === 'class') node.className = value;
+    else if (key.startsWith('data-')) node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  for (const child of children) node.append(child instanceof Node ? child : String(child ?? ''));
+  return node;
+}
+function stateBadge(state) { return el('span', { class: 'state ' + state }, state.replace('_', ' ')); }
+function clock(ms) { return ms ? new Date(ms).toLocaleTimeString() : '—'; }
+function ago(ms) {
+  if (!ms) return '—';
+  const s = Math.max(0, (Date.now() - ms) / 1000);
+  return s < 60 ? s.toFixed(0) + ' s ago' : s < 3600 ? (s / 60).toFixed(0) + ' min ago' : (s / 3600).toFixed(1) + ' h ago';
+}
+function duration(ms) {
+  if (ms == null) return '—';
+  return ms < 1000 ? ms + ' ms' : ms < 60000 ? (ms / 1000).toFixed(2) + ' s' : (ms / 60000).toFixed(1) + ' min';
+}
+function uptime(s) {
+  const d = Math.floor(s / 86400), h = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60;
+  return (d ? d + 'd ' : '') + (d || h ? h + 'h ' : '') + m + 'm ' + Math.floor(s % 60) + 's';
+}
+function pretty(value) { return value === null || value === undefined ? '—' : JSON.stringify(value, null, 2); }
+
+async function api(path, options) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = new Error(body.message || response.statusText);
+    error.status = response.status;
+    throw error;
+  }
+  return body;
+}
+
+// ---- tasks ----
+function upsert(task) {
+  const old = tasks.get(task.task_id);
+  // A late event never takes a finished task back to an earlier state.
+  if (old && FINAL.has(old.state) && !FINAL.has(task.state)) return;
+  tasks.set(task.task_id, task);
+  if (tasks.size > MAX_TASKS) {
+    const oldest = [...tasks.values()].filter((t) => FINAL.has(t.state)).sort((a, b) => a.created_ms - b.created_ms);
+    for (const t of oldest.slice(0, tasks.size - MAX_TASKS)) tasks.delete(t.task_id);
+  }
+}
+
+function scheduleRender() {
+  if (renderPending) return;
+  renderPending = true;
+  setTimeout(() => { renderPending = false; renderTasks(); }, 100);
+}
+
+function renderTasks() {
+  const state = $('#state-filter').value;
+  const needle = $('#search').value.trim().toLowerCase();
+  const rows = [...tasks.values()]
+    .filter((t) => (!state || t.state === state) && (!needle || t.task_id.includes(needle)))
+    .sort((a, b) => b.created_ms - a.created_ms);
+  const body = $('#tasks tbody');
+  body.replaceChildren(...rows.slice(0, SHOWN_ROWS).map((t) => {
+    const row = el('tr', { 'data-task-id': t.task_id, 'data-state': t.state },
+      el('td', {}, stateBadge(t.state)),
+      el('td', {}, t.task_name),
+      el('td', { class: 'id', title: t.task_id }, t.task_id.slice(0, 8) + '…'),
+      el('td', {}, t.priority),
+      el('td', {}, t.worker || '—'),
+      el('td', {}, t.attempts),
+      el('td', { title: new Date(t.created_ms).toISOString() }, clock(t.created_ms)),
+      el('td', {}, duration(t.duration_ms)));
+    row.addEventListener('click', () => openTask(t.task_id));
+    return row;
+  }));
+  $('#tasks-count').textContent = rows.length > SHOWN_ROWS ? `(${SHOWN_ROWS} of ${rows.length})` : `(${rows.length})`;
+  $('#no-tasks').hidden = rows.length > 0;
+}
+
+async function loadTasks(query) {
+  try {
+    const body = await api('/api/tasks?limit=200' + (query || ''));
+    body.tasks.forEach(upsert);
+    scheduleRender();
+  } catch (error) { console.warn('loading tasks', error); }
+}
+
+// ---- overview ----
+function applyOverview(o) {
+  overview = o;
+  const cp = o.control_plane;
+  $('#cp-id').textContent = cp.worker_id;
+  document.title = 'fastworker · ' + cp.worker_id;
+  const facts = [
+    ['Id', cp.worker_id],
+    ['Base address', cp.base_address],
+    ['Results', cp.addresses.results],
+    ['Subworkers', cp.addresses.subworkers || '—'],
+    ['Discovery', cp.addresses.discovery || 'off'],
+    ['Up', uptime(cp.uptime_s)],
+    ['Threads', cp.concurrency],
+    ['Plugins', cp.plugins.map((p) => `${p.name} ${p.version}`).join(', ') || 'none'],
+    ['Tasks', cp.tasks.join(', ') || 'none'],
+  ];
+  $('#cp').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
+  $('#key-box').hidden = !cp.actions_need_key;
+
+  $('#queues tbody').replaceChildren(...['critical', 'high', 'normal', 'low'].map((priority) => [priority, o.queues[priority]]).map(([priority, q]) =>
+    el('tr', { 'data-priority': priority }, el('td', {}, priority), el('td', {}, q.queued), el('td', {}, q.running),
+      el('td', {}, q.scheduled + q.retrying))));
+  const t = o.totals;
+  $('#totals').textContent = `${t.submitted} submitted · ${t.succeeded} succeeded · ${t.failed} failed · ` +
+    `${t.retried} retried · ${t.timed_out} timed out · ${t.cancelled} cancelled`;
+
+  const c = o.cache;
+  const used = c.capacity ? Math.min(100, (100 * c.size) / c.capacity) : 0;
+  const bar = el('div', { class: 'bar' }, el('span', {}));
+  bar.firstChild.style.width = used.toFixed(1) + '%';
+  $('#cache').replaceChildren(
+    el('div', {}, `${c.size} of ${c.capacity} results`), bar,
+    el('dl', { class: 'facts' },
+      el('dt', {}, 'TTL'), el('dd', {}, c.ttl_s == null ? 'none (kept until evicted)' : c.ttl_s + ' s'),
+      el('dt', {}, 'Hit rate'), el('dd', {}, c.hit_rate == null ? '—' : (100 * c.hit_rate).toFixed(1) + ` % of ${c.hits + c.misses} lookups`)));
+
+  workers.clear();
+  for (const w of o.workers.subworkers) workers.set(w.worker_id, w);
+  renderWorkers();
+  for (const s of o.history) history.set(s.t, s);
+  drawCharts();
+}
+
+function renderWorkers() {
+  const list = [...workers.values()].sort((a, b) => a.worker_id.localeCompare(b.worker_id));
+  $('#workers tbody').replaceChildren(...list.map((w) => {
+    const bar = el('div', { class: 'bar' }, el('span', {}));
+    bar.firstChild.style.width = Math.min(100, (100 * w.load) / Math.max(1, w.concurrency)) + '%';
+    return el('tr', { 'data-worker-id': w.worker_id, 'data-status': w.status },
+      el('td', {}, w.worker_id),
+      el('td', {}, stateBadge(w.status)),
+      el('td', {}, el('div', {}, `${w.load} / ${w.concurrency}`), bar),
+      el('td', { class: 'id' }, w.address),
+      el('td', { title: new Date(w.last_seen_ms).toISOString() }, ago(w.last_seen_ms)),
+      el('td', {}, w.dispatched ?? '—'),
+      el('td', { class: 'wrap' }, (w.tasks || []).join(', ')));
+  }));
+  const active = list.filter((w) => w.status === 'active').length;
+  $('#workers-count').textContent = list.length ? `(${active} active of ${list.length})` : '';
+  $('#no-workers').hidden = list.length > 0;
+}
+
+// ---- charts (hand-drawn SVG) ----
+function series(pick) {
+  const now = Math.floor(Date.now() / 1000);
+  const out = [];
+  for (let t = now - CHART_SECONDS + 1; t <= now; t++) {
+    const s = history.get(t);
+    out.push(s ? pick(s) : 0);
+  }
+  for (const t of history.keys()) if (t < now - CHART_SECONDS) history.delete(t);
+  return out;
+}
+function path(values, top) {
+  const step = 300 / (values.length - 1);
+  return values.map((v, i) => `${i ? 'L' : 'M'}${(i * step).toFixed(1)},${(100 - (95 * v) / top).toFixed(1)}`).join('');
+}
+function draw(svg, lines) {
+  const top = Math.max(1, ...lines.flatMap((l) => l.values));
+  const ns = 'http://www.w3.org/2000/svg';
+  const nodes = [25, 50, 75].map((y) => {
+    const g = document.createElementNS(ns, 'line');
+    for (const [k, v] of Object.entries({ x1: 0, x2: 300, y1: y, y2: y, class: 'grid' })) g.setAttribute(k, v);
+    return g;
+  });
+  for (const line of lines) {
+    if (line.area) {
+      const a = document.createElementNS(ns, 'path');
+      a.setAttribute('d', path(line.values, top) + 'L300,100L0,100Z');
+      a.setAttribute('class', 'area');
+      nodes.push(a);
+    }
+    const p = document.createElementNS(ns, 'path');
+    p.setAttribute('d', path(line.values, top));
+    p.setAttribute('class', line.class);
+    nodes.push(p);
+  }
+  svg.replaceChildren(...nodes);
+  return top;
+}
+function drawCharts() {
+  const finished = series((s) => s.finished);
+  const failed = series((s) => s.failed);
+  const peak = draw($('#chart-throughput'), [{ values: finished, class: 'ok', area: true }, { values: failed, class: 'bad' }]);
+  const lastMinute = finished.slice(-60).reduce((a, b) => a + b, 0);
+  $('#tp-peak').textContent = `· peak ${peak}/s · ${(lastMinute / 60).toFixed(1)}/s over the last minute`;
+  const mean = series((s) => (s.finished ? Math.round(s.duration_sum_ms / s.finished) : 0));
+  const max = series((s) => s.duration_max_ms);
+  const top = draw($('#chart-latency'), [{ values: mean, class: 'ok' }, { values: max, class: 'warn' }]);
+  $('#lat-peak').textContent = `· top ${duration(top)}`;
+}
+
+// ---- one task ----
+async function openTask(taskId) {
+  selected = taskId;
+  const dialog = $('#detail');
+  $('#detail-message').hidden = true;
+  await showTask(taskId);
+  if (!dialog.open) dialog.showModal();
+}
+
+async function showTask(taskId) {
+  let task;
+  try { task = await api('/api/tasks/' + taskId); } catch (error) { return message(error.message, true); }
+  if (selected !== taskId) return;
+  $('#detail-title').replaceChildren(task.task_name + ' ', stateBadge(task.state));
+  const facts = [
+    ['Id', task.task_id], ['Priority', task.priority], ['Worker', task.worker || '—'], ['Runs', task.attempts],
+    ['Created', clock(task.created_ms)], ['Started', clock(task.started_ms)], ['Finished', clock(task.finished_ms)],
+    ['Run time', duration(task.duration_ms)],
+  ];
+  $('#detail-facts').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
+  const parts = [el('h3', { class: 'small muted' }, 'Arguments'), el('pre', { id: 'detail-args' }, pretty(task.args))];
+  if (task.state === 'succeeded') {
+    parts.push(el('h3', { class: 'small muted' }, 'Result'),
+      el('pre', { id: 'detail-result' }, task.result_kept === false ? 'no longer kept in the result cache' : pretty(task.result)));
+  }
+  if (task.error) {
+    const text = typeof task.error === 'string' ? task.error : `${task.error.kind}: ${task.error.message}`;
+    parts.push(el('h3', { class: 'small muted' }, 'Error'), el('pre', { id: 'detail-error' }, text));
+  }
+  $('#detail-body').replaceChildren(...parts);
+  $('#cancel-task').hidden = FINAL.has(task.state);
+  $('#retry-task').hidden = !task.retryable;
+}
+
+function message(text, isError) {
+  const box = $('#detail-message');
+  box.textContent = text;
+  box.className = 'message' + (isError ? ' error' : '');
+  box.hidden = false;
+}
+
+async function act(action) {
+  const taskId = selected;
+  const headers = {};
+  const key = $('#api-key').value || sessionStorage.getItem('fastworker-key');
+  if (key) headers.Authorization = 'Bearer ' + key;
+  try {
+    const body = await api(`/api/tasks/${taskId}/${action}`, { method: 'POST', headers });
+    if (key) sessionStorage.setItem('fastworker-key', key);
+    if (action === 'retry') {
+      message(`Submitted again as ${body.task_id}.`);
+      setTimeout(() => { if ($('#detail').open && selected === taskId) openTask(body.task_id); }, 600);
+    } else {
+      message(body.cancelled ? 'Cancelled: it will not run.' : 'Asked to stop: it ends when it next checks its context.');
+      showTask(taskId);
+    }
+  } catch (error) {
+    if (error.status === 401) { $('#key-box').hidden = false; $('#api-key').focus(); }
+    message(error.message, true);
+  }
+}
+
+// ---- live stream ----
+function setLive(live) {
+  window.fastworker.live = live;
+  const badge = $('#live');
+  badge.dataset.live = String(live);
+  badge.textContent = live ? '● live' : 'reconnecting…';
+}
+
+function connect() {
+  const source = new EventSource('/api/events');
+  const seen = () => { window.fastworker.events += 1; };
+  source.onopen = () => setLive(true);
+  source.onerror = () => setLive(false); // EventSource reconnects by itself
+  source.addEventListener('snapshot', (e) => { seen(); applyOverview(JSON.parse(e.data)); });
+  source.addEventListener('task', (e) => {
+    seen();
+    const task = JSON.parse(e.data);
+    upsert(task);
+    scheduleRender();
+    if (selected === task.task_id && $('#detail').open) showTask(task.task_id);
+  });
+  source.addEventListener('worker', (e) => {
+    seen();
+    const change = JSON.parse(e.data);
+    if (change.change === 'left') workers.delete(change.worker_id);
+    else workers.set(change.worker_id, change);
+    renderWorkers();
+  });
+  source.addEventListener('resync', () => loadTasks());
+}
+
+// ---- start ----
+let searchTimer = null;
+function refilter() {
+  scheduleRender();
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => {
+    const state = $('#state-filter').value;
+    const q = $('#search').value.trim();
+    if (state || q) loadTasks((state ? '&state=' + encodeURIComponent(state) : '') + (q ? '&q=' + encodeURIComponent(q) : ''));
+  }, 250);
+}
+$('#state-filter').addEventListener('change', refilter);
+$('#search').addEventListener('input', refilter);
+$('#cancel-task').addEventListener('click', () => act('cancel'));
+$('#retry-task').addEventListener('click', () => act('retry'));
+$('#detail').addEventListener('close', () => { selected = null; });
+$('#api-key').value = sessionStorage.getItem('fastworker-key') || '';
+
+api('/api/status').then(applyOverview).catch((error) => console.warn('loading the overview', error));
+api('/api/throughput?seconds=' + CHART_SECONDS)
+  .then((body) => { for (const s of body.seconds) history.set(s.t, s); drawCharts(); })
+  .catch((error) => console.warn('loading the history', error));
+loadTasks();
+connect();
+setInterval(drawCharts, 1000);

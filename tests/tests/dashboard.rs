@@ -1,0 +1,383 @@
+//! The management dashboard: its JSON API, event stream and metrics over
+//! plain HTTP, its start-up errors, and the page itself in headless
+//! Chromium, as an operator would see it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fastworker::{SubmitOptions, TaskId, TaskState};
+use fastworker_tests::browser::{chromium, Browser};
+use fastworker_tests::http::{get, request, EventStream};
+use fastworker_tests::{free_ports, run_cli, runtime, stderr, target_dir, wait_until, Process};
+use serde_json::{json, Value};
+
+const KEY: &str = "s3cret-key";
+
+/// A control plane with the example plugin, the dashboard on, and one
+/// subworker `sw1` with the example plugin.
+fn cluster(env: &[(&str, &str)]) -> (Process, Process, String) {
+    let cp = Process::control_plane_with_gui(&["example-tasks"], &["--no-discovery", "--concurrency", "2"], env);
+    let sw = Process::subworker(&cp, "sw1", &["example-tasks"], &["--heartbeat-interval", "0.5", "--concurrency", "2"]);
+    let gui = cp.gui.clone().expect("a dashboard URL");
+    (cp, sw, gui)
+}
+
+fn task_json(gui: &str, task_id: TaskId) -> Value {
+    let response = get(&format!("{gui}/api/tasks/{task_id}"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()
+}
+
+#[test]
+fn the_api_answers_every_endpoint_and_guards_the_actions() {
+    let (cp, _sw, gui) = cluster(&[("FASTWORKER_GUI_API_KEY", KEY)]);
+    let rt = runtime();
+    let client = cp.client();
+    let added = rt.block_on(client.submit("add", (5, 3), SubmitOptions::default())).unwrap();
+    let divided = rt.block_on(client.submit("divide", (1, 0), SubmitOptions::default())).unwrap();
+    assert_eq!(divided.state, TaskState::Failed);
+    let later = SubmitOptions { countdown: Some(Duration::from_secs(60)), ..Default::default() };
+    let scheduled = rt.block_on(client.delay("add", (1, 2), later)).unwrap();
+    // A status query reaches the cache: a hit.
+    rt.block_on(client.status(added.task_id)).unwrap();
+
+    // The overview.
+    let status = get(&format!("{gui}/api/status"));
+    assert_eq!(status.status, 200);
+    assert!(status.header("content-type").unwrap().starts_with("application/json"));
+    let status = status.json();
+    let plane = &status["control_plane"];
+    assert_eq!(plane["worker_id"], "control-plane");
+    assert_eq!(plane["base_address"], cp.address);
+    assert_eq!(plane["addresses"]["dashboard"], gui);
+    assert_eq!(plane["actions_need_key"], true);
+    assert!(plane["uptime_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(plane["plugins"][0]["name"], "example-tasks");
+    assert!(plane["tasks"].as_array().unwrap().contains(&json!("sleep_ms")));
+    assert!(status["totals"]["submitted"].as_u64().unwrap() >= 3);
+    for key in ["workers", "queues", "cache", "history"] {
+        assert!(!status[key].is_null(), "/api/status lacks {key}: {status}");
+    }
+
+    // Workers.
+    let workers = get(&format!("{gui}/api/workers")).json();
+    assert_eq!(workers["total"], 1);
+    assert_eq!(workers["active"], 1);
+    let sw1 = &workers["subworkers"][0];
+    assert_eq!(sw1["worker_id"], "sw1");
+    assert_eq!(sw1["status"], "active");
+    assert_eq!(sw1["concurrency"], 2);
+    assert!(sw1["tasks"].as_array().unwrap().contains(&json!("add")));
+    assert!(sw1["last_seen_ms"].as_u64().unwrap() > 0);
+
+    // Tasks: listing, filters, paging, one task.
+    let all = get(&format!("{gui}/api/tasks")).json();
+    assert_eq!(all["total"], 3, "{all}");
+    assert_eq!(all["tasks"][0]["task_id"], scheduled.to_string(), "live tasks first, newest first");
+    assert_eq!(all["tasks"][0]["state"], "scheduled");
+    let failed = get(&format!("{gui}/api/tasks?state=failed")).json();
+    assert_eq!(failed["total"], 1);
+    assert_eq!(failed["tasks"][0]["task_id"], divided.task_id.to_string());
+    assert_eq!(failed["tasks"][0]["error"], "cannot divide 1 by zero");
+    let prefix = &added.task_id.to_string()[..13];
+    let found = get(&format!("{gui}/api/tasks?q={prefix}")).json();
+    assert_eq!(found["total"], 1);
+    assert_eq!(found["tasks"][0]["task_name"], "add");
+    let page = get(&format!("{gui}/api/tasks?limit=1&offset=1")).json();
+    assert_eq!((page["total"].as_u64(), page["tasks"].as_array().unwrap().len()), (Some(3), 1));
+    let bad = get(&format!("{gui}/api/tasks?limit=many"));
+    assert_eq!((bad.status, bad.json()["error"].as_str()), (400, Some("bad_request")));
+
+    let one = task_json(&gui, added.task_id);
+    assert_eq!((one["state"].as_str(), one["result"].as_i64()), (Some("succeeded"), Some(8)));
+    assert_eq!(one["args"], json!([5, 3]));
+    assert_eq!(one["retryable"], false);
+    assert!(["sw1", "control-plane"].contains(&one["worker"].as_str().unwrap()));
+    let one = task_json(&gui, divided.task_id);
+    assert_eq!(one["error"]["message"], "cannot divide 1 by zero");
+    assert_eq!(one["retryable"], true);
+    let unknown = get(&format!("{gui}/api/tasks/{}", TaskId::new_v4()));
+    assert_eq!((unknown.status, unknown.json()["error"].as_str()), (404, Some("unknown_task")));
+    let malformed = get(&format!("{gui}/api/tasks/not-an-id"));
+    assert_eq!((malformed.status, malformed.json()["error"].as_str()), (400, Some("bad_task_id")));
+
+    // Queues, cache, registered tasks, throughput.
+    let queues = get(&format!("{gui}/api/queues")).json();
+    for priority in ["critical", "high", "normal", "low"] {
+        for column in ["queued", "running", "scheduled", "retrying"] {
+            assert!(queues[priority][column].is_u64(), "{queues}");
+        }
+    }
+    assert_eq!(queues["high"]["scheduled"], 1, "add is declared high: {queues}");
+    let cache = get(&format!("{gui}/api/cache")).json();
+    assert_eq!(
+        (cache["size"].as_u64(), cache["capacity"].as_u64(), cache["ttl_s"].as_u64()),
+        (Some(2), Some(10_000), Some(3600))
+    );
+    assert!(cache["hits"].as_u64().unwrap() >= 1 && cache["hit_rate"].as_f64().unwrap() > 0.0, "{cache}");
+    let registered = get(&format!("{gui}/api/registered-tasks")).json();
+    let add = registered.as_array().unwrap().iter().find(|t| t["task"] == "add").expect("add is registered");
+    assert_eq!(add["priority"], "high");
+    assert_eq!(add["providers"], json!(["control-plane", "sw1"]));
+    let schedules = get(&format!("{gui}/api/schedules")).json();
+    let names: Vec<&str> = schedules.as_array().unwrap().iter().filter_map(|s| s["task_name"].as_str()).collect();
+    assert_eq!(names, ["report", "tick"], "the example's periodic tasks: {schedules}");
+    let throughput = get(&format!("{gui}/api/throughput?seconds=60")).json();
+    let seconds = throughput["seconds"].as_array().unwrap();
+    assert_eq!(seconds.len(), 60);
+    assert_eq!(seconds.iter().map(|s| s["finished"].as_u64().unwrap()).sum::<u64>(), 2);
+
+    // Actions need the key.
+    let cancel_url = format!("{gui}/api/tasks/{scheduled}/cancel");
+    let refused = request("POST", &cancel_url, &[]);
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(refused.json()["error"], "unauthorized");
+    let wrong = request("POST", &cancel_url, &[("Authorization", "Bearer nope")]);
+    assert_eq!(wrong.status, 401);
+    let auth = format!("Bearer {KEY}");
+    let foreign = request("POST", &cancel_url, &[("Authorization", &auth), ("Origin", "http://evil.example")]);
+    assert_eq!(foreign.status, 403, "another site's page may not act");
+    let cancelled = request("POST", &cancel_url, &[("Authorization", &auth)]);
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text());
+    assert_eq!(cancelled.json()["cancelled"], true);
+    assert_eq!(task_json(&gui, scheduled)["state"], "cancelled");
+    let again = request("POST", &cancel_url, &[("Authorization", &auth)]);
+    assert_eq!((again.status, again.json()["error"].as_str()), (409, Some("already_finished")));
+
+    let retry = request("POST", &format!("{gui}/api/tasks/{}/retry", divided.task_id), &[("Authorization", &auth)]);
+    assert_eq!(retry.status, 202, "{}", retry.text());
+    let retried: TaskId = retry.json()["task_id"].as_str().unwrap().parse().unwrap();
+    assert_ne!(retried, divided.task_id);
+    let report = rt.block_on(client.wait(retried, Duration::from_secs(10))).unwrap();
+    assert_eq!((report.state, report.task_name.as_str()), (TaskState::Failed, "divide"));
+    assert_eq!(task_json(&gui, retried)["args"], json!([1, 0]));
+    let not_failed = request("POST", &format!("{gui}/api/tasks/{}/retry", added.task_id), &[("Authorization", &auth)]);
+    assert_eq!((not_failed.status, not_failed.json()["error"].as_str()), (409, Some("not_retryable")));
+
+    // Unknown paths and methods answer JSON.
+    for path in ["/nope", "/api/nope"] {
+        let missing = get(&format!("{gui}{path}"));
+        assert_eq!((missing.status, missing.json()["error"].as_str()), (404, Some("not_found")));
+    }
+    let wrong_method = get(&cancel_url);
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.json()["error"], "method_not_allowed");
+
+    // The page and its assets.
+    let page = get(&format!("{gui}/"));
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(page.text().contains("/app.js"));
+    assert_eq!(get(&format!("{gui}/app.js")).status, 200);
+    assert_eq!(get(&format!("{gui}/style.css")).status, 200);
+
+    // Metrics.
+    let metrics = get(&format!("{gui}/metrics"));
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    let text = metrics.text();
+    for line in [
+        "fastworker_tasks_submitted_total{task=\"add\",priority=\"high\"} 2",
+        "fastworker_tasks_completed_total{task=\"add\",priority=\"high\"} 1",
+        "fastworker_tasks_failed_total{task=\"divide\",priority=\"normal\"} 2",
+        "fastworker_tasks_cancelled_total{task=\"add\",priority=\"high\"} 1",
+        "fastworker_tasks_retried_total{task=\"divide\",priority=\"normal\"} 0",
+        "fastworker_tasks_timed_out_total{task=\"add\",priority=\"high\"} 0",
+        "fastworker_task_duration_seconds_bucket{task=\"add\",priority=\"high\",le=\"+Inf\"} 1",
+        "fastworker_task_duration_seconds_count{task=\"divide\",priority=\"normal\"} 2",
+        "fastworker_queue_depth{priority=\"critical\"} 0",
+        "fastworker_workers_live 1",
+        "fastworker_cache_size 4",
+        "# TYPE fastworker_task_duration_seconds histogram",
+    ] {
+        assert!(text.lines().any(|l| l == line), "/metrics lacks {line:?}:\n{text}");
+    }
+}
+
+#[test]
+fn the_event_stream_sends_task_changes_as_they_happen() {
+    let cp = Process::control_plane_with_gui(&["example-tasks"], &["--no-discovery", "--concurrency", "1"], &[]);
+    let gui = cp.gui.clone().unwrap();
+    let mut stream = EventStream::open(&format!("{gui}/api/events"));
+    assert_eq!(stream.status, 200);
+    assert!(stream.headers.iter().any(|(n, v)| n == "content-type" && v.starts_with("text/event-stream")));
+    let first = stream.next_matching(Duration::from_secs(5), |_| true).expect("a first event");
+    assert_eq!(first.event, "snapshot");
+    let snapshot: Value = serde_json::from_str(&first.data).unwrap();
+    assert_eq!(snapshot["control_plane"]["worker_id"], "control-plane");
+
+    let rt = runtime();
+    let client = cp.client();
+    let task_id = rt.block_on(client.delay("sleep_ms", (300,), SubmitOptions::default())).unwrap();
+    let id = task_id.to_string();
+    let mut states = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !states.contains(&"succeeded".to_string()) && Instant::now() < deadline {
+        let Some(event) = stream.next_matching(Duration::from_secs(5), |e| e.event == "task") else { break };
+        let task: Value = serde_json::from_str(&event.data).unwrap();
+        if task["task_id"] == id.as_str() {
+            states.push(task["state"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(states, ["queued", "running", "succeeded"]);
+}
+
+#[test]
+fn a_dashboard_port_in_use_stops_the_start_up() {
+    let taken = std::net::TcpListener::bind(("127.0.0.1", free_ports(1))).unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let base = format!("tcp://127.0.0.1:{}", free_ports(6));
+    let output = run_cli(&[
+        "control-plane",
+        "--base-address",
+        &base,
+        "--no-discovery",
+        "--gui-host",
+        "127.0.0.1",
+        "--gui-port",
+        &port,
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains(&format!("error: 127.0.0.1:{port} (dashboard, --gui-port) is already in use")),
+        "{message}"
+    );
+}
+
+/// Whether the browser test may be skipped: only outside CI, and only when
+/// Chromium is not installed (`.ci/run` installs it).
+fn browser_or_skip() -> Option<std::path::PathBuf> {
+    let found = chromium();
+    if found.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "chromium is not installed: apt-get install chromium");
+        eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
+    }
+    found
+}
+
+#[test]
+fn the_page_shows_the_cluster_live_in_a_browser() {
+    let Some(chromium) = browser_or_skip() else { return };
+    let started = Instant::now();
+    let (cp, _sw, gui) = cluster(&[]);
+    let rt = runtime();
+    let client = cp.client();
+    let added = rt.block_on(client.submit("add", (2, 2), SubmitOptions::default())).unwrap();
+    let divided = rt.block_on(client.submit("divide", (7, 0), SubmitOptions::default())).unwrap();
+
+    let mut browser = Browser::start(&chromium);
+    browser.navigate(&format!("{gui}/"));
+    // Marks this page load: a reload would lose it.
+    browser.eval("window.loadMark = 'first load'; true");
+    assert!(
+        browser.wait_for("window.fastworker.live === true", Duration::from_secs(10)),
+        "the event stream never opened"
+    );
+    let worker = "document.querySelector('#workers tr[data-worker-id=\"sw1\"]')?.dataset.status === 'active'";
+    assert!(browser.wait_for(worker, Duration::from_secs(10)), "sw1 is not shown active");
+    let row_state = |id: TaskId| format!("document.querySelector('#tasks tr[data-task-id=\"{id}\"]')?.dataset.state");
+    assert!(browser.wait_for(&format!("{} === 'succeeded'", row_state(added.task_id)), Duration::from_secs(10)));
+    assert!(browser.wait_for(&format!("{} === 'failed'", row_state(divided.task_id)), Duration::from_secs(10)));
+    assert_eq!(browser.eval("document.querySelector('#cp-id').textContent"), "control-plane");
+
+    // A task submitted and finishing while the page is open shows up, and
+    // changes state, without a reload.
+    let sleeper = rt.block_on(client.delay("sleep_ms", (1500,), SubmitOptions::default())).unwrap();
+    assert!(
+        browser.wait_for(&format!("{} === 'running'", row_state(sleeper)), Duration::from_secs(10)),
+        "the new task is not shown running"
+    );
+    assert!(
+        browser.wait_for(&format!("{} === 'succeeded'", row_state(sleeper)), Duration::from_secs(10)),
+        "the task's end is not shown"
+    );
+    assert_eq!(browser.eval("window.loadMark"), "first load", "the page was reloaded");
+    assert!(browser.eval("window.fastworker.events").as_u64().unwrap() >= 3);
+
+    // Filter by state, search by id.
+    browser.eval("{ const f = document.querySelector('#state-filter'); f.value = 'failed'; f.dispatchEvent(new Event('change')); } true");
+    let only_failed = "[...document.querySelectorAll('#tasks tbody tr')].every(r => r.dataset.state === 'failed')";
+    assert!(browser.wait_for(
+        &format!("{only_failed} && document.querySelectorAll('#tasks tbody tr').length === 1"),
+        Duration::from_secs(5)
+    ));
+    browser.eval("{ const f = document.querySelector('#state-filter'); f.value = ''; f.dispatchEvent(new Event('change')); } true");
+    let search = format!(
+        "{{ const s = document.querySelector('#search'); s.value = '{}'; s.dispatchEvent(new Event('input')); }} true",
+        &added.task_id.to_string()[..8]
+    );
+    browser.eval(&search);
+    assert!(browser.wait_for("document.querySelectorAll('#tasks tbody tr').length === 1", Duration::from_secs(5)));
+    browser.eval(
+        "{ const s = document.querySelector('#search'); s.value = ''; s.dispatchEvent(new Event('input')); } true",
+    );
+
+    // A click shows the task's error, with a retry button.
+    browser.eval(&format!("document.querySelector('#tasks tr[data-task-id=\"{}\"]').click(); true", divided.task_id));
+    assert!(browser.wait_for(
+        "document.querySelector('#detail').open && document.querySelector('#detail-error')?.textContent.includes('cannot divide 7 by zero')",
+        Duration::from_secs(5)
+    ));
+    assert_eq!(browser.eval("document.querySelector('#retry-task').hidden"), false);
+    browser.eval("document.querySelector('#retry-task').click(); true");
+    assert!(
+        browser.wait_for(
+            "document.querySelectorAll('#tasks tr[data-state=\"failed\"]').length === 2",
+            Duration::from_secs(10)
+        ),
+        "the retried task is not shown"
+    );
+    browser.eval("document.querySelector('#detail').close(); true");
+
+    // Under load, for the screenshot: tasks keep coming for a few seconds.
+    let busy = Arc::new(AtomicBool::new(true));
+    let load = {
+        let busy = busy.clone();
+        let client = cp.client();
+        std::thread::spawn(move || {
+            let rt = runtime();
+            let mut n = 0u64;
+            while busy.load(Ordering::Relaxed) {
+                n += 1;
+                let options = SubmitOptions::default();
+                let _ = match n % 7 {
+                    0 => rt.block_on(client.delay("divide", (n, 0), options)),
+                    1 | 2 => rt.block_on(client.delay("sleep_ms", (20 + n % 200,), options)),
+                    _ => rt.block_on(client.delay("add", (n, n), options)),
+                };
+                std::thread::sleep(Duration::from_millis(15));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(6));
+    let screenshot = target_dir().parent().unwrap().join("dashboard-screenshot.png");
+    browser.set_viewport(1280, 1000);
+    browser.screenshot(&screenshot);
+    println!("dashboard screenshot: {}", screenshot.display());
+    if let Some(path) = std::env::var_os("FASTWORKER_DASHBOARD_SCREENSHOT") {
+        browser.screenshot(std::path::Path::new(&path));
+        println!("dashboard screenshot also saved to {}", path.to_string_lossy());
+    }
+    assert!(browser.wait_for("document.querySelectorAll('#chart-throughput path').length >= 2", Duration::from_secs(5)));
+
+    // Dark mode follows the system setting; a phone's width does not scroll sideways.
+    browser.prefer_dark(true);
+    let background = "getComputedStyle(document.body).backgroundColor";
+    assert_eq!(browser.eval(background), "rgb(18, 21, 27)", "dark mode is not applied");
+    browser.set_viewport(390, 844);
+    assert!(
+        browser.wait_for("document.documentElement.scrollWidth <= window.innerWidth", Duration::from_secs(5)),
+        "the page is wider than a phone: {}",
+        browser.eval("document.documentElement.scrollWidth")
+    );
+    let phone = target_dir().parent().unwrap().join("dashboard-screenshot-phone-dark.png");
+    browser.screenshot(&phone);
+    println!("phone-width dark screenshot: {}", phone.display());
+    busy.store(false, Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || true));
+    println!("browser test took {:.1} s", started.elapsed().as_secs_f64());
+}
