@@ -1,0 +1,349 @@
+//! The client commands: `submit`, `status`, `cancel`, `workers`, `schedules`.
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use fastworker::client::{Client, ClientError, SubmitOptions};
+use fastworker::discovery::{self};
+use fastworker::protocol::{
+    describe_failure, Callback, ErrorKind, FailureKind, Reply, RetryPolicy, TaskReport, TaskState,
+};
+use fastworker::schedules::format_ms;
+use fastworker::{Priority, TaskId, DEFAULT_BASE_ADDRESS};
+use serde_json::{json, Value};
+
+use crate::{fail, seconds, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE};
+
+/// The longest a client command without --address waits for an announcement.
+pub(crate) const CLIENT_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Args)]
+pub(crate) struct ClientArgs {
+    /// Base address of the control plane [default: the one found on --discovery-address if that is given, else tcp://127.0.0.1:5555].
+    #[arg(long, env = "FASTWORKER_ADDRESS")]
+    pub(crate) address: Option<String>,
+    /// Find the control plane on this discovery address (used only without --address).
+    #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS")]
+    pub(crate) discovery_address: Option<String>,
+    /// Seconds to wait for an answer.
+    #[arg(long, env = "FASTWORKER_TIMEOUT", default_value_t = 30.0)]
+    pub(crate) timeout: f64,
+}
+
+#[derive(Args)]
+pub(crate) struct SubmitArgs {
+    /// Name of the task.
+    #[arg(long)]
+    pub(crate) task_name: String,
+    /// Arguments, each a JSON value (5, "text", {"a":1}); a bare word is a string.
+    #[arg(long, num_args = 0.., allow_negative_numbers = true)]
+    pub(crate) args: Vec<String>,
+    /// critical, high, normal or low (default: the task's declared priority).
+    #[arg(long, value_parser = parse_priority)]
+    pub(crate) priority: Option<Priority>,
+    /// Print the task id at once instead of waiting for the result.
+    #[arg(long)]
+    pub(crate) non_blocking: bool,
+    /// Use this task id (a UUID) instead of a fresh one; resubmitting an id does not run the task again.
+    #[arg(long)]
+    pub(crate) task_id: Option<TaskId>,
+    /// Run the task no sooner than this many seconds from now.
+    #[arg(long)]
+    pub(crate) countdown: Option<f64>,
+    /// Run the task no sooner than this time (RFC 3339, for example 2026-11-23T18:00:00Z).
+    #[arg(long, value_parser = parse_eta)]
+    pub(crate) eta: Option<SystemTime>,
+    /// The task's timeout in seconds, overriding its declared one (0: none).
+    #[arg(long)]
+    pub(crate) task_timeout: Option<f64>,
+    /// Runs after a failed first one, overriding the task's declared retries.
+    #[arg(long)]
+    pub(crate) retries: Option<u32>,
+    /// Seconds before the first retry; each further pause doubles, up to --retry-max-delay.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) retry_delay: f64,
+    /// The longest pause between retries, in seconds.
+    #[arg(long, default_value_t = 300.0)]
+    pub(crate) retry_max_delay: f64,
+    /// An NNG PULL address (tcp://host:port) to push a notice to when the task ends.
+    #[arg(long)]
+    pub(crate) callback: Option<String>,
+    /// JSON sent back untouched in the callback notice.
+    #[arg(long, requires = "callback")]
+    pub(crate) callback_data: Option<String>,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct CancelArgs {
+    /// The task to cancel.
+    #[arg(long)]
+    pub(crate) task_id: TaskId,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct StatusArgs {
+    /// The task id printed by `submit --non-blocking`.
+    #[arg(long)]
+    pub(crate) task_id: TaskId,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct SchedulesArgs {
+    /// Pause this periodic task's schedule first.
+    #[arg(long, value_name = "TASK")]
+    pub(crate) pause: Option<String>,
+    /// Resume this periodic task's schedule first (runs missed meanwhile are not replayed).
+    #[arg(long, value_name = "TASK", conflicts_with = "pause")]
+    pub(crate) resume: Option<String>,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+/// A client for the control plane the client flags name.
+pub(crate) fn connect(args: &ClientArgs) -> Result<Client, ExitCode> {
+    if !args.timeout.is_finite() || args.timeout <= 0.0 {
+        return Err(fail(EXIT_USAGE, "--timeout must be a positive number of seconds"));
+    }
+    let timeout = Duration::from_secs_f64(args.timeout);
+    // --address (or FASTWORKER_ADDRESS) wins; else discovery, when
+    // --discovery-address (or FASTWORKER_DISCOVERY_ADDRESS) is given; else the default.
+    let address = match (&args.address, &args.discovery_address) {
+        (Some(address), _) => address.clone(),
+        (None, Some(discovery_address)) => {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
+            match runtime.block_on(discovery::find(discovery_address, timeout.min(CLIENT_DISCOVERY_TIMEOUT))) {
+                Ok(found) => found.base_address,
+                Err(error @ discovery::DiscoveryError::Address { .. }) => {
+                    return Err(fail(EXIT_USAGE, format_args!("--discovery-address: {error}")))
+                }
+                Err(error) => return Err(fail(EXIT_UNREACHABLE, error)),
+            }
+        }
+        (None, None) => DEFAULT_BASE_ADDRESS.to_string(),
+    };
+    match Client::new(&address) {
+        Ok(client) => Ok(client.with_timeout(timeout)),
+        Err(error) => Err(fail(EXIT_USAGE, format_args!("--address: {error}"))),
+    }
+}
+
+/// Runs a client command to completion.
+pub(crate) fn block_on(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
+    runtime.block_on(command)
+}
+
+pub(crate) fn client_failure(error: ClientError) -> ExitCode {
+    let code = match &error {
+        ClientError::Timeout { .. } | ClientError::Transport { .. } => EXIT_UNREACHABLE,
+        ClientError::Address(_) => EXIT_USAGE,
+        _ => EXIT_FAILED,
+    };
+    if let ClientError::Refused(refusal) = &error {
+        if refusal.kind == ErrorKind::UnsupportedVersion {
+            return fail(code, format_args!("{error} (is the control plane a different fastworker version?)"));
+        }
+    }
+    fail(code, error)
+}
+
+/// A command-line argument as JSON: a JSON value if it parses, else a string.
+pub(crate) fn argument_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+pub(crate) async fn submit(client: Client, args: SubmitArgs) -> ExitCode {
+    let values: Vec<Value> = args.args.iter().map(|a| argument_value(a)).collect();
+    let json_args = serde_json::to_vec(&values).expect("JSON");
+    let lengths = [args.countdown, args.task_timeout, Some(args.retry_delay), Some(args.retry_max_delay)];
+    if lengths.iter().flatten().any(|s| seconds(*s, true).is_none()) {
+        return fail(
+            EXIT_USAGE,
+            "--countdown, --task-timeout and the retry delays must be numbers of seconds, 0 or more",
+        );
+    }
+    let callback_data = match &args.callback_data {
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(value) => value.to_string().into_bytes(),
+            Err(error) => return fail(EXIT_USAGE, format_args!("--callback-data is not JSON: {error}")),
+        },
+        None => Vec::new(),
+    };
+    let options = SubmitOptions {
+        priority: args.priority,
+        task_id: args.task_id,
+        countdown: args.countdown.map(Duration::from_secs_f64),
+        eta: args.eta,
+        timeout: args.task_timeout.map(Duration::from_secs_f64),
+        retry: args.retries.map(|max_retries| RetryPolicy {
+            max_retries,
+            delay_ms: (args.retry_delay * 1000.0) as u64,
+            factor: 2.0,
+            max_delay_ms: (args.retry_max_delay * 1000.0) as u64,
+        }),
+        callback: args.callback.map(|address| Callback { address, data: callback_data }),
+    };
+    // A blocking submission of a delayed task waits for the delay as well.
+    let delay =
+        options.countdown.into_iter().chain(options.eta.and_then(|t| t.duration_since(SystemTime::now()).ok())).max();
+    let client = match delay {
+        Some(delay) if !args.non_blocking => client.with_timeout(Duration::from_secs_f64(args.client.timeout) + delay),
+        _ => client,
+    };
+    match client.submit_raw(&args.task_name, json_args, options, !args.non_blocking).await {
+        Ok(Reply::Accepted { task_id }) => {
+            println!("{task_id}");
+            ExitCode::SUCCESS
+        }
+        Ok(Reply::Report(report)) if args.non_blocking => {
+            println!("{}", report.task_id);
+            ExitCode::SUCCESS
+        }
+        Ok(Reply::Report(report)) => match (report.state, &report.result, &report.error) {
+            (TaskState::Succeeded, Some(result), _) => {
+                println!("{}", String::from_utf8_lossy(result));
+                ExitCode::SUCCESS
+            }
+            (_, _, Some(error)) => fail(EXIT_FAILED, describe_failure(&report.task_name, error)),
+            (state, _, _) => fail(EXIT_FAILED, format_args!("task '{}' is {}", report.task_name, state.as_str())),
+        },
+        Ok(other) => fail(EXIT_FAILED, format_args!("unexpected reply: {other:?}")),
+        Err(error) => client_failure(error),
+    }
+}
+
+pub(crate) async fn status(client: Client, task_id: TaskId) -> ExitCode {
+    match client.status(task_id).await {
+        Ok(report) => {
+            println!("{}", serde_json::to_string_pretty(&report_json(&report)).expect("JSON"));
+            if report.state == TaskState::Failed {
+                ExitCode::from(EXIT_FAILED)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(error) => client_failure(error),
+    }
+}
+
+pub(crate) async fn cancel(client: Client, task_id: TaskId) -> ExitCode {
+    match client.cancel(task_id).await {
+        Ok(report) if report.state == TaskState::Cancelled => {
+            println!("cancelled: task '{}' ({task_id}) will not run", report.task_name);
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!(
+                "cancellation requested: task '{}' ({task_id}) is {} on '{}'; it stops when it next checks its context",
+                report.task_name,
+                report.state.as_str(),
+                report.worker
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => client_failure(error),
+    }
+}
+
+pub(crate) async fn workers(client: Client) -> ExitCode {
+    match client.workers().await {
+        Ok(status) => {
+            let subworkers: serde_json::Map<String, Value> = status
+                .subworkers
+                .iter()
+                .map(|w| {
+                    let last_seen = std::time::UNIX_EPOCH + Duration::from_millis(w.last_seen_ms);
+                    let row = json!({
+                        "address": w.address,
+                        "status": w.status.as_str(),
+                        "load": w.load,
+                        "concurrency": w.concurrency,
+                        "last_seen": humantime::format_rfc3339_seconds(last_seen).to_string(),
+                        "last_seen_ms": w.last_seen_ms,
+                        "connected": w.connected,
+                        "dispatched": w.dispatched,
+                        "tasks": w.tasks,
+                    });
+                    (w.worker_id.clone(), row)
+                })
+                .collect();
+            let out = json!({
+                "total_subworkers": status.total_subworkers,
+                "active_subworkers": status.active_subworkers,
+                "subworkers": subworkers,
+            });
+            println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+            ExitCode::SUCCESS
+        }
+        Err(error) => client_failure(error),
+    }
+}
+
+pub(crate) async fn schedules(client: Client, args: SchedulesArgs) -> ExitCode {
+    let change = args.pause.map(|task| (task, true)).or(args.resume.map(|task| (task, false)));
+    if let Some((task, paused)) = change {
+        if let Err(error) = client.pause_schedule(&task, paused).await {
+            return client_failure(error);
+        }
+    }
+    match client.schedules().await {
+        Ok(statuses) => {
+            let rows: Vec<Value> = statuses
+                .iter()
+                .map(|s| {
+                    json!({
+                        "task": s.task_name,
+                        "schedule": s.schedule,
+                        "paused": s.paused,
+                        "next_run": s.next_ms.map(format_ms),
+                        "runs": s.runs,
+                        "skipped": s.skipped,
+                        "last_run": s.last_run_ms.map(format_ms),
+                        "last_task_id": s.last_task_id,
+                        "last_outcome": s.last_outcome,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
+            ExitCode::SUCCESS
+        }
+        Err(error) => client_failure(error),
+    }
+}
+
+pub(crate) fn report_json(report: &TaskReport) -> Value {
+    let result = report.result.as_deref().map(|bytes| serde_json::from_slice::<Value>(bytes).unwrap_or(Value::Null));
+    json!({
+        "task_id": report.task_id,
+        "task_name": report.task_name,
+        "state": report.state.as_str(),
+        "result": result,
+        "error": report.error.as_ref().map(|e| json!({
+            "kind": match e.kind { FailureKind::Error => "error", FailureKind::Panic => "panic", FailureKind::BadArguments => "bad_arguments" },
+            "message": e.message,
+        })),
+        "priority": report.priority.as_str(),
+        "worker": report.worker,
+        "attempts": report.attempts,
+        "created_ms": report.created_ms,
+        "started_ms": report.started_ms,
+        "finished_ms": report.finished_ms,
+        "duration_ms": report.started_ms.zip(report.finished_ms).map(|(s, f)| f.saturating_sub(s)),
+    })
+}
+
+fn parse_eta(text: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339_weak(text).map_err(|error| format!("'{text}' is not an RFC 3339 time ({error})"))
+}
+
+fn parse_priority(text: &str) -> Result<Priority, String> {
+    Priority::parse(text).ok_or_else(|| format!("'{text}' is not a priority: use critical, high, normal or low"))
+}

@@ -1,0 +1,6 @@
+//! The command line's subcommands, one concern per file; `main.rs` parses
+//! and dispatches.
+
+pub(crate) mod client;
+pub(crate) mod plugins;
+pub(crate) mod serve;

@@ -1,0 +1,355 @@
+//! Serving: `fastworker control-plane` and `fastworker subworker`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use fastworker::address::{MANAGEMENT_PORT_OFFSET, RESULT_PORT_OFFSET};
+use fastworker::control_plane::{ControlPlane, ControlPlaneConfig, ManagementConfig};
+use fastworker::dashboard::DashboardConfig;
+use fastworker::discovery::{self, DEFAULT_DISCOVERY_ADDRESS};
+use fastworker::plugins::Registry;
+use fastworker::protocol::{OfferedTask, DEFAULT_MAX_FRAME_BYTES};
+use fastworker::subworker::{Membership, MembershipConfig};
+use fastworker::{BaseAddress, DEFAULT_BASE_ADDRESS};
+use tracing::{info, warn};
+
+use crate::{fail, seconds, EXIT_USAGE};
+
+/// How long a subworker without --control-plane-address waits for an announcement.
+pub(crate) const SUBWORKER_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Args)]
+pub(crate) struct ControlPlaneArgs {
+    /// Identifier of this control plane in reports and logs.
+    #[arg(long, env = "FASTWORKER_WORKER_ID", default_value = "control-plane")]
+    pub(crate) worker_id: String,
+    /// Base address: CRITICAL tasks on its port, HIGH +1, NORMAL +2, LOW +3, results +4.
+    #[arg(long, env = "FASTWORKER_BASE_ADDRESS", default_value = DEFAULT_BASE_ADDRESS)]
+    pub(crate) base_address: String,
+    /// Address to announce this control plane on, for subworkers and clients started without an address.
+    #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS", default_value = DEFAULT_DISCOVERY_ADDRESS)]
+    pub(crate) discovery_address: String,
+    /// Announce nothing on the discovery address.
+    #[arg(long, env = "FASTWORKER_NO_DISCOVERY")]
+    pub(crate) no_discovery: bool,
+    /// Port for subworker management (default: base port + 5).
+    #[arg(long, env = "FASTWORKER_SUBWORKER_PORT")]
+    pub(crate) subworker_port: Option<u16>,
+    /// Seconds without a heartbeat after which a subworker gets no tasks.
+    #[arg(long, env = "FASTWORKER_INACTIVE_AFTER", default_value_t = 30.0)]
+    pub(crate) inactive_after: f64,
+    /// Most results kept in the cache; 0 keeps none.
+    #[arg(long, env = "FASTWORKER_RESULT_CACHE_SIZE", default_value_t = 10_000)]
+    pub(crate) result_cache_size: usize,
+    /// Seconds a result is kept; 0 keeps results until evicted.
+    #[arg(long, env = "FASTWORKER_RESULT_CACHE_TTL", default_value_t = 3600)]
+    pub(crate) result_cache_ttl: u64,
+    /// Plugin libraries (.so/.dylib/.dll) whose tasks to serve.
+    #[arg(long, env = "FASTWORKER_TASK_MODULES", num_args = 1.., value_delimiter = ',')]
+    pub(crate) task_modules: Vec<PathBuf>,
+    /// Host the dashboard (web page, /api/, /metrics) binds; nothing else is bound.
+    #[arg(long, env = "FASTWORKER_GUI_HOST", default_value = "127.0.0.1")]
+    pub(crate) gui_host: String,
+    /// Port of the dashboard.
+    #[arg(long, env = "FASTWORKER_GUI_PORT", default_value_t = 8080)]
+    pub(crate) gui_port: u16,
+    /// Serve no dashboard.
+    #[arg(long, env = "FASTWORKER_NO_GUI")]
+    pub(crate) no_gui: bool,
+    /// Key the dashboard's cancel and retry need (Authorization: Bearer KEY); without it they are open.
+    #[arg(long, env = "FASTWORKER_GUI_API_KEY", hide_env_values = true)]
+    pub(crate) gui_api_key: Option<String>,
+    /// Worker threads running tasks (default: the number of cores); 0 runs no task here.
+    #[arg(long, env = "FASTWORKER_CONCURRENCY")]
+    pub(crate) concurrency: Option<usize>,
+    /// Seconds a shutdown waits for queued and running tasks.
+    #[arg(long, env = "FASTWORKER_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
+    pub(crate) shutdown_timeout: f64,
+    /// Largest request accepted, in bytes.
+    #[arg(long, env = "FASTWORKER_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
+    pub(crate) max_frame_bytes: usize,
+    /// Requests each port serves at once; more wait in line.
+    #[arg(long, env = "FASTWORKER_CONTEXTS_PER_PORT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) contexts_per_port: u32,
+}
+
+#[derive(Args)]
+pub(crate) struct SubworkerArgs {
+    /// Unique identifier of this subworker.
+    #[arg(long, env = "FASTWORKER_WORKER_ID")]
+    pub(crate) worker_id: String,
+    /// Base address of the control plane to join (default: the one announced on --discovery-address).
+    #[arg(long, env = "FASTWORKER_CONTROL_PLANE_ADDRESS")]
+    pub(crate) control_plane_address: Option<String>,
+    /// Base address of this subworker: CRITICAL tasks on its port, HIGH +1, NORMAL +2, LOW +3.
+    #[arg(long, env = "FASTWORKER_BASE_ADDRESS", default_value = DEFAULT_BASE_ADDRESS)]
+    pub(crate) base_address: String,
+    /// The base address the control plane should dial, when --base-address is not it (0.0.0.0, NAT).
+    #[arg(long, env = "FASTWORKER_ADVERTISE_ADDRESS")]
+    pub(crate) advertise_address: Option<String>,
+    /// Where to find the control plane when --control-plane-address is not given.
+    #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS", default_value = DEFAULT_DISCOVERY_ADDRESS)]
+    pub(crate) discovery_address: String,
+    /// Plugin libraries (.so/.dylib/.dll) whose tasks to run.
+    #[arg(long, env = "FASTWORKER_TASK_MODULES", num_args = 1.., value_delimiter = ',', required = true)]
+    pub(crate) task_modules: Vec<PathBuf>,
+    /// Worker threads running tasks (default: the number of cores).
+    #[arg(long, env = "FASTWORKER_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) concurrency: Option<u32>,
+    /// Seconds between heartbeats to the control plane.
+    #[arg(long, env = "FASTWORKER_HEARTBEAT_INTERVAL", default_value_t = 5.0)]
+    pub(crate) heartbeat_interval: f64,
+    /// Seconds a shutdown waits for queued and running tasks.
+    #[arg(long, env = "FASTWORKER_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
+    pub(crate) shutdown_timeout: f64,
+    /// Largest request accepted, in bytes.
+    #[arg(long, env = "FASTWORKER_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
+    pub(crate) max_frame_bytes: usize,
+}
+
+pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
+    let base = match BaseAddress::parse(&args.base_address) {
+        Ok(base) => base,
+        Err(error) => return fail(EXIT_USAGE, format_args!("--base-address: {error}")),
+    };
+    let Some(shutdown_timeout) = seconds(args.shutdown_timeout, true) else {
+        return fail(EXIT_USAGE, "--shutdown-timeout must be a number of seconds, 0 or more");
+    };
+    let Some(inactive_after) = seconds(args.inactive_after, false) else {
+        return fail(EXIT_USAGE, "--inactive-after must be a positive number of seconds");
+    };
+    let management_port = args.subworker_port.unwrap_or(base.port() + MANAGEMENT_PORT_OFFSET);
+    if (base.port()..=base.port() + RESULT_PORT_OFFSET).contains(&management_port) {
+        return fail(
+            EXIT_USAGE,
+            format_args!("--subworker-port {management_port} is one of the task or result ports (base to base+4); choose another"),
+        );
+    }
+    if let (false, Err(error)) = (args.no_discovery, discovery::check_address(&args.discovery_address)) {
+        return fail(EXIT_USAGE, format_args!("--discovery-address: {error}"));
+    }
+    let registry = match Registry::load(&args.task_modules) {
+        Ok(registry) => registry,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    for plugin in registry.plugins() {
+        info!(plugin = %plugin.name, version = %plugin.version, path = %plugin.path.display(), "plugin loaded");
+    }
+    if registry.is_empty() {
+        warn!("no tasks loaded: pass plugins with --task-modules");
+    }
+    let concurrency = args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let config = ControlPlaneConfig {
+        worker_id: args.worker_id,
+        base,
+        concurrency,
+        result_cache_size: args.result_cache_size,
+        result_cache_ttl: (args.result_cache_ttl > 0).then(|| Duration::from_secs(args.result_cache_ttl)),
+        shutdown_timeout,
+        max_frame_bytes: args.max_frame_bytes,
+        contexts_per_port: args.contexts_per_port as usize,
+        management: Some(ManagementConfig { port: management_port, inactive_after }),
+        discovery: (!args.no_discovery).then_some(args.discovery_address),
+    };
+    let mut control_plane = match ControlPlane::start(config, registry) {
+        Ok(control_plane) => control_plane,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    if !args.no_gui {
+        let dashboard = DashboardConfig { host: args.gui_host, port: args.gui_port, api_key: args.gui_api_key };
+        if let Err(error) = control_plane.serve_dashboard(dashboard) {
+            return fail(EXIT_USAGE, error);
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
+    runtime.block_on(async {
+        let mut sweep = tokio::time::interval(Duration::from_secs(60));
+        sweep.tick().await;
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                signal = &mut stop => { info!(signal, "stop requested"); break; }
+                _ = sweep.tick() => {
+                    let dropped = control_plane.sweep_expired();
+                    if dropped > 0 { info!(dropped, "expired results swept"); }
+                }
+            }
+        }
+    });
+    control_plane.shutdown();
+    ExitCode::SUCCESS
+}
+
+pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
+    let base = match BaseAddress::parse(&args.base_address) {
+        Ok(base) => base,
+        Err(error) => return fail(EXIT_USAGE, format_args!("--base-address: {error}")),
+    };
+    match &args.control_plane_address {
+        Some(address) => {
+            if let Err(error) = BaseAddress::parse(address) {
+                return fail(EXIT_USAGE, format_args!("--control-plane-address: {error}"));
+            }
+        }
+        None => {
+            if let Err(error) = discovery::check_address(&args.discovery_address) {
+                return fail(EXIT_USAGE, format_args!("--discovery-address: {error}"));
+            }
+        }
+    }
+    let advertise = match &args.advertise_address {
+        Some(address) => match BaseAddress::parse(address) {
+            Ok(_) => address.clone(),
+            Err(error) => return fail(EXIT_USAGE, format_args!("--advertise-address: {error}")),
+        },
+        None if matches!(base.host(), "0.0.0.0" | "[::]" | "*") => {
+            return fail(
+                EXIT_USAGE,
+                format_args!(
+                    "--base-address {base} listens on every interface, which the control plane cannot dial: add --advertise-address tcp://<this host's address>:{}",
+                    base.port()
+                ),
+            )
+        }
+        None => base.to_string(),
+    };
+    let (Some(shutdown_timeout), Some(heartbeat_interval)) =
+        (seconds(args.shutdown_timeout, true), seconds(args.heartbeat_interval, false))
+    else {
+        return fail(EXIT_USAGE, "--shutdown-timeout and --heartbeat-interval must be numbers of seconds");
+    };
+    let registry = match Registry::load(&args.task_modules) {
+        Ok(registry) => registry,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    for plugin in registry.plugins() {
+        info!(plugin = %plugin.name, version = %plugin.version, path = %plugin.path.display(), "plugin loaded");
+    }
+    if registry.is_empty() {
+        return fail(
+            EXIT_USAGE,
+            "the plugins given with --task-modules declare no task: a subworker needs at least one",
+        );
+    }
+    let offered: Vec<OfferedTask> = registry
+        .tasks()
+        .iter()
+        .map(|task| {
+            let options = &task.decl.options;
+            OfferedTask {
+                name: task.decl.name.to_string(),
+                priority: options.priority,
+                timeout_ms: options.timeout_ms,
+                max_retries: options.max_retries,
+                retry_delay_ms: options.retry_delay_ms,
+                schedule: options.schedule.to_string(),
+            }
+        })
+        .collect();
+    let concurrency =
+        args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as u32);
+    let control_plane = match &args.control_plane_address {
+        Some(address) => address.clone(),
+        None => {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
+            match runtime.block_on(discovery::find(&args.discovery_address, SUBWORKER_DISCOVERY_TIMEOUT)) {
+                Ok(found) => {
+                    info!(
+                        discovery = %args.discovery_address,
+                        control_plane = %found.base_address,
+                        control_plane_id = %found.worker_id,
+                        "found the control plane"
+                    );
+                    found.base_address
+                }
+                Err(error) => return fail(EXIT_USAGE, error),
+            }
+        }
+    };
+    let membership = MembershipConfig {
+        worker_id: args.worker_id.clone(),
+        control_plane,
+        advertise,
+        concurrency,
+        heartbeat_interval,
+    };
+    let membership = match Membership::new(membership, offered) {
+        Ok(membership) => membership,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    let config = ControlPlaneConfig {
+        worker_id: args.worker_id,
+        base,
+        concurrency: concurrency as usize,
+        // Results are kept by the control plane, which also sends a task
+        // again to retry it: a subworker keeps none.
+        result_cache_size: 0,
+        result_cache_ttl: None,
+        shutdown_timeout,
+        max_frame_bytes: args.max_frame_bytes,
+        contexts_per_port: 64,
+        management: None,
+        discovery: None,
+    };
+    let server = match ControlPlane::start(config, registry) {
+        Ok(server) => server,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
+    let server = Arc::new(server);
+    let in_flight = || server.in_flight() as u32;
+    let refused = runtime.block_on(async {
+        tokio::select! {
+            signal = shutdown_signal() => { info!(signal, "stop requested"); None }
+            result = membership.run(in_flight) => result.err(),
+        }
+    });
+    if let Some(refusal) = refused {
+        server.drain();
+        return fail(EXIT_USAGE, refusal);
+    }
+    runtime.block_on(async {
+        if let Err(error) = membership.leave().await {
+            warn!(%error, "could not tell the control plane this subworker is stopping");
+        }
+        // Drain on another thread while heartbeats go on, so the control
+        // plane keeps waiting for the tasks still running here.
+        let draining = {
+            let server = server.clone();
+            std::thread::spawn(move || server.drain())
+        };
+        let mut next_heartbeat = tokio::time::Instant::now();
+        while !draining.is_finished() {
+            if tokio::time::Instant::now() >= next_heartbeat {
+                if let Err(error) = membership.heartbeat(in_flight()).await {
+                    warn!(%error, "a heartbeat failed while draining");
+                }
+                next_heartbeat = tokio::time::Instant::now() + heartbeat_interval;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Err(error) = membership.unregister().await {
+            warn!(%error, "could not unregister from the control plane; it will notice the closed connection");
+        }
+    });
+    if let Ok(server) = Arc::try_unwrap(server) {
+        server.shutdown();
+    }
+    ExitCode::SUCCESS
+}
+
+/// Resolves when SIGINT or SIGTERM arrives, naming it.
+pub(crate) async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
