@@ -1,29 +1,51 @@
 //! `fastworker-bench`: how much a real fastworker control plane costs over
-//! raw NNG request/reply on the same machine, and how much a subworker (one
-//! more hop) adds to that.
+//! raw NNG request/reply on the same machine, how much a subworker (one more
+//! hop) adds to that, what a large cluster costs routing, and how much memory
+//! a control plane holds.
 //!
-//! Six measurements, each over the same wall-clock budget:
+//! Every timed phase runs after its own unmeasured warm-up, over the same
+//! wall-clock budget (`--seconds`, or `--requests` per phase):
 //!
 //! * `floor-sequential`: one Req0 socket talking to a Rep0 echo server, one
 //!   request at a time (blocking send/recv).
-//! * `floor-pipelined-K`: the same server, K contexts with an Aio each on
-//!   one Req0 socket, so K requests are always in flight.
+//! * `floor-pipelined-K`: the same server, K contexts with an Aio each on one
+//!   Req0 socket, so K requests are always in flight.
 //! * `cp-blocking`: a `fastworker control-plane` child process running the
 //!   example plugin's `add` itself, called with [`fastworker::Client::call`]
 //!   one call at a time.
-//! * `cp-pipelined-K`: the same, with K calls in flight (K tokio tasks
-//!   sharing one client).
+//! * `cp-pipelined-K`: the same, with K calls in flight (K tokio tasks sharing
+//!   one client).
 //! * `sw-blocking` and `sw-pipelined-K`: the same calls, sent to a second
-//!   control plane that loads no plugin (so it runs nothing itself) and
-//!   routes each `add` to one `fastworker subworker` child process loading
-//!   the example plugin; measured once that subworker is listed as active.
+//!   control plane that loads no plugin (so it runs nothing itself) and routes
+//!   each `add` to one `fastworker subworker` child process loading the
+//!   example plugin; measured once that subworker is listed as active.
+//! * `sw2-pipelined-K`: the same control plane once a second subworker has
+//!   joined, so that `add` is spread over two.
+//! * `swN-pipelined-K` (N = `--cluster-size`, default 100): a third control
+//!   plane with N registered subworkers: N - 1 fakes registered by this
+//!   process through the management protocol (each listens on a port of its
+//!   own, as the control plane connects back to it, heartbeats, and provides
+//!   only a task nobody submits, `noop_I`: weight on routing, no work), then
+//!   one real subworker, last in registration order. `sw1-alone-pipelined-K`
+//!   is the same control plane and subworker once the fakes have
+//!   unregistered; the ratio of the two is the cost of a large cluster.
+//! * `fill-100000-K`: a fourth control plane, running `add` itself with
+//!   `--result-cache-size 100000`, given 100 000 `add` calls (K in flight,
+//!   distinct task ids, no warm-up) so that it ends up caching 100 000
+//!   results.
 //!
-//! The `cp` and `sw` rows are compared with the floor row of the same kind
-//! (`rate/floor`, `p50/floor`); the `sw` rows also with the `cp` rows, which
-//! shows the cost of the extra hop. The control plane of the `cp` rows and
-//! the subworker run `add` on `--concurrency` threads (default: the number
-//! of cores); a control plane sends a subworker no more tasks at once than
-//! that, and queues the rest itself.
+//! The floor rows are measured in two halves, first and last, so that a
+//! drift of the machine's load during the run weighs on them as on the rows
+//! they are compared with. Every other row is compared with the floor row of
+//! the same kind (`rate/floor`, `p50/floor`, `p99/floor`). The control plane
+//! of the `cp` rows and the subworkers run `add` on `--concurrency` threads
+//! (default: the number of cores); a control plane sends a subworker no more
+//! tasks at once than that, and queues the rest itself.
+//!
+//! Memory is the resident set (VmRSS in `/proc/PID/status`, Linux only) of a
+//! control plane with the example plugin loaded: right after it starts, with
+//! the default flags and with `--result-cache-size 100000`, and after the
+//! `fill` row has cached 100 000 results.
 //!
 //! The echo server (256 contexts with an Aio each, served by NNG's own
 //! threads) runs by default in a child process: this same executable with
@@ -33,12 +55,20 @@
 //! a separate process, reaches. `--floor-in-process` runs it on the
 //! benchmark's own NNG threads instead, to show that effect.
 //!
-//! Every reply is checked (echo bytes for the floor, `a + b` for `add`);
-//! any wrong or missing reply, or a `fastworker` process that does not exit
-//! cleanly on SIGTERM, is reported and makes the exit status 1.
+//! Every reply is checked (echo bytes for the floor, `a + b` for `add`); any
+//! wrong or missing reply, a cluster that does not list the expected
+//! subworkers, or a `fastworker` process that does not exit cleanly on
+//! SIGTERM, is reported and makes the exit status 1. Last comes a list of
+//! the project's speed and memory targets, each marked met or not (a missed
+//! target is reported, not an error: figures on a shared machine move).
+//!
+//! To profile one path, start the processes by hand under a profiler and
+//! drive them with the `load` example of this crate (a fixed number of
+//! checked calls; see `examples/load.rs`).
 //!
 //! Run with `cargo run --release -p fastworker-bench -- [--seconds S]
-//! [--requests N] [--in-flight K] [--concurrency C] [--floor-in-process]`.
+//! [--requests N] [--in-flight K] [--concurrency C] [--cluster-size N]
+//! [--floor-in-process]`.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -50,10 +80,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use fastworker::protocol::WorkerState;
+use fastworker::protocol::{Heartbeat, OfferedTask, Priority, Registration, Request, WorkerName, WorkerState};
 use fastworker::{Client, ClientError, TaskId};
 use nng::options::{Options, RecvTimeout, SendTimeout};
 use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
+use tokio::runtime::Runtime;
 
 /// Unmeasured run before each measured phase (connections, caches, page faults).
 const WARMUP: Duration = Duration::from_millis(300);
@@ -65,6 +96,12 @@ const ECHO_CONTEXTS: usize = 256;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Timeout of each readiness probe while it starts.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+/// Results the memory-measuring control plane is made to cache.
+const CACHED_RESULTS: u64 = 100_000;
+/// Time between two heartbeats of each fake subworker (a subworker's default).
+const FAKE_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a registration may take (the control plane connects back first).
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Command-line settings.
 struct Settings {
@@ -74,10 +111,22 @@ struct Settings {
     requests: Option<u64>,
     /// Requests in flight in the pipelined phases.
     in_flight: usize,
-    /// Threads running `add` in the control plane of the `cp` rows and in the subworker.
+    /// Threads running `add` in the control plane of the `cp` rows and in each subworker.
     concurrency: usize,
+    /// Subworkers registered in the large-cluster row (all but one fake).
+    cluster_size: usize,
     /// Run the echo server on this process's threads instead of a child process.
     floor_in_process: bool,
+}
+
+impl Settings {
+    /// The budget of one of `parts` parts of a measured phase (1: all of it).
+    fn budget_part(&self, parts: u32) -> Budget {
+        match self.requests {
+            Some(n) => Budget::requests((n / u64::from(parts)).max(1)),
+            None => Budget::time(Duration::from_secs_f64(self.seconds) / parts),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -105,49 +154,52 @@ fn main() -> ExitCode {
 }
 
 fn parse_args() -> Result<Settings, String> {
-    const USAGE: &str =
-        "usage: fastworker-bench [--seconds S] [--requests N] [--in-flight K] [--concurrency C] [--floor-in-process]\n  \
+    const USAGE: &str = "usage: fastworker-bench [--seconds S] [--requests N] [--in-flight K] [--concurrency C] \
+        [--cluster-size N] [--floor-in-process]\n  \
         --seconds S           measured seconds per phase (default 2)\n  \
         --requests N          measure N requests per phase instead of a duration\n  \
         --in-flight K         requests in flight in the pipelined phases (default 64)\n  \
-        --concurrency C       threads running `add` in the control plane and in the subworker (default: cores)\n  \
+        --concurrency C       threads running `add` in the control plane and in each subworker (default: cores)\n  \
+        --cluster-size N      subworkers registered in the large-cluster row, N - 1 of them fakes (default 100)\n  \
         --floor-in-process    run the echo server on this process's threads, not in a child process";
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut settings =
-        Settings { seconds: 2.0, requests: None, in_flight: 64, concurrency: cores, floor_in_process: false };
+    let mut settings = Settings {
+        seconds: 2.0,
+        requests: None,
+        in_flight: 64,
+        concurrency: cores,
+        cluster_size: 100,
+        floor_in_process: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
+        let mut number = |name: &str| -> Result<f64, String> {
+            let value = args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"))?;
+            value.parse().map_err(|_| format!("{name}: not a number\n{USAGE}"))
+        };
+        let mut whole = |name: &str, range: std::ops::RangeInclusive<u64>| -> Result<u64, String> {
+            let n = number(name)?;
+            if n.fract() != 0.0 || !(*range.start() as f64..=*range.end() as f64).contains(&n) {
+                return Err(format!(
+                    "{name} must be a whole number from {} to {}\n{USAGE}",
+                    range.start(),
+                    range.end()
+                ));
+            }
+            Ok(n as u64)
+        };
         match flag.as_str() {
             "--seconds" => {
-                settings.seconds =
-                    value("--seconds")?.parse().map_err(|_| format!("--seconds: not a number\n{USAGE}"))?;
+                settings.seconds = number("--seconds")?;
                 if !(settings.seconds.is_finite() && settings.seconds > 0.0 && settings.seconds <= 60.0) {
                     return Err(format!("--seconds must be above 0 and at most 60\n{USAGE}"));
                 }
             }
-            "--requests" => {
-                let n: u64 = value("--requests")?.parse().map_err(|_| format!("--requests: not a number\n{USAGE}"))?;
-                settings.requests = Some(n.max(1));
-            }
-            "--in-flight" => {
-                let k: usize =
-                    value("--in-flight")?.parse().map_err(|_| format!("--in-flight: not a number\n{USAGE}"))?;
-                if !(1..=ECHO_CONTEXTS).contains(&k) {
-                    return Err(format!(
-                        "--in-flight must be 1 to {ECHO_CONTEXTS} (the echo server serves that many at once)\n{USAGE}"
-                    ));
-                }
-                settings.in_flight = k;
-            }
-            "--concurrency" => {
-                let c: usize =
-                    value("--concurrency")?.parse().map_err(|_| format!("--concurrency: not a number\n{USAGE}"))?;
-                if c == 0 {
-                    return Err(format!("--concurrency must be at least 1\n{USAGE}"));
-                }
-                settings.concurrency = c;
-            }
+            "--requests" => settings.requests = Some(whole("--requests", 1..=u64::MAX >> 12)?),
+            // The echo server serves that many at once.
+            "--in-flight" => settings.in_flight = whole("--in-flight", 1..=ECHO_CONTEXTS as u64)? as usize,
+            "--concurrency" => settings.concurrency = whole("--concurrency", 1..=1024)? as usize,
+            "--cluster-size" => settings.cluster_size = whole("--cluster-size", 1..=1000)? as usize,
             "--floor-in-process" => settings.floor_in_process = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
@@ -156,7 +208,47 @@ fn parse_args() -> Result<Settings, String> {
     Ok(settings)
 }
 
-/// Runs every phase and prints the table; `Ok(false)` if any reply was wrong or missing.
+/// Everything one run measured.
+struct Results {
+    /// The timed rows, floors first, in the order they are printed.
+    rows: Vec<Row>,
+    /// Resident memory of the control planes, in KiB (`None` where unknown).
+    idle_kib: Option<u64>,
+    idle_large_cache_kib: Option<u64>,
+    cached_kib: Option<u64>,
+    /// Processes that did not stop cleanly, fake subworkers that could not
+    /// register or unregister, cluster listings that were not as expected.
+    problems: Vec<String>,
+}
+
+/// One row of the table.
+struct Row {
+    name: String,
+    phase: Phase,
+    /// Compared with the pipelined floor (else with the sequential one).
+    pipelined: bool,
+}
+
+impl Results {
+    /// The row named `name` (rows are named by [`run`], so it exists).
+    fn row(&self, name: &str) -> &Phase {
+        &self.rows.iter().find(|row| row.name == name).unwrap_or_else(|| panic!("no row {name}")).phase
+    }
+
+    fn push(&mut self, name: String, pipelined: bool, phase: Phase) {
+        self.rows.push(Row { name, phase, pipelined });
+    }
+
+    /// Records a process's stop (see [`FastworkerProcess::stop`]).
+    fn stopped(&mut self, process: &mut FastworkerProcess) {
+        if let Err(problem) = process.stop() {
+            self.problems.push(problem);
+        }
+    }
+}
+
+/// Runs every phase and prints the table; `Ok(false)` if any reply was wrong
+/// or missing, a cluster was not as expected, or a process did not stop cleanly.
 fn run(settings: &Settings) -> Result<bool, String> {
     if cfg!(debug_assertions) {
         eprintln!(
@@ -164,20 +256,28 @@ fn run(settings: &Settings) -> Result<bool, String> {
         );
     }
     let (binary, plugin) = locate_binaries()?;
-    let k = settings.in_flight;
+    let (k, c, n) = (settings.in_flight, settings.concurrency, settings.cluster_size);
     println!("machine: {}", machine_description());
     match settings.requests {
         Some(n) => println!("budget: {n} measured requests per phase after {} ms warm-up", WARMUP.as_millis()),
         None => println!("budget: {} s measured per phase after {} ms warm-up", settings.seconds, WARMUP.as_millis()),
     }
-    let budget = || match settings.requests {
-        Some(n) => Budget::requests(n),
-        None => Budget::time(Duration::from_secs_f64(settings.seconds)),
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("building the tokio runtime: {e}"))?;
+    let mut results = Results {
+        rows: Vec::new(),
+        idle_kib: None,
+        idle_large_cache_kib: None,
+        cached_kib: None,
+        problems: Vec::new(),
     };
 
-    // The floor: raw NNG.
+    // The floor: raw NNG, measured in two halves, before and after the rest,
+    // so that it sees the same drift of the machine's load as the other rows.
     let echo_address = format!("tcp://127.0.0.1:{}", free_port()?);
-    let server = if settings.floor_in_process {
+    let _server = if settings.floor_in_process {
         println!("floor: echo server on NNG threads of this process");
         let server = EchoServer::start(&echo_address, ECHO_CONTEXTS)
             .map_err(|e| format!("echo server on {echo_address}: {e}"))?;
@@ -186,69 +286,211 @@ fn run(settings: &Settings) -> Result<bool, String> {
         println!("floor: echo server in a child process (as the control plane is)");
         (None, Some(spawn_echo_server(&echo_address)?))
     };
-    let warm = floor_sequential(&echo_address, Budget::time(WARMUP))?;
-    let floor_seq = floor_sequential(&echo_address, budget())?.after_warmup(warm);
-    let warm = floor_pipelined(&echo_address, k, Budget::time(WARMUP))?;
-    let floor_pipe = floor_pipelined(&echo_address, k, budget())?.after_warmup(warm);
-    drop(server);
+    let floors = || -> Result<(Phase, Phase), String> {
+        let sequential = warmed(settings.budget_part(2), |budget| floor_sequential(&echo_address, budget))?;
+        let pipelined = warmed(settings.budget_part(2), |budget| floor_pipelined(&echo_address, k, budget))?;
+        Ok((sequential, pipelined))
+    };
+    let (floor_seq, floor_pipe) = floors()?;
 
     // The control plane running `add` itself, as a child process.
-    let c = settings.concurrency;
     println!("cp: {} control-plane --concurrency {c} --task-modules {}", binary.display(), plugin.display());
-    let mut control_plane = start_control_plane(&binary, "control plane", Some(&plugin), c)?;
-    let (cp_seq, cp_pipe) = measure_add(&control_plane.address, k, budget)?;
-    let cp_stopped = control_plane.stop();
+    let mut control_plane = start_control_plane(&binary, "control plane", Some(&plugin), c, &[])?;
+    results.idle_kib = control_plane.resident_kib();
+    let client = control_plane.client()?;
+    results.push("cp-blocking".into(), false, blocking_add(&runtime, &client, settings.budget_part(1)));
+    results.push(format!("cp-pipelined-{k}"), true, pipelined_add(&runtime, &client, k, settings.budget_part(1)));
+    results.stopped(&mut control_plane);
 
-    // A control plane that runs nothing, routing `add` to a subworker.
-    println!("sw: {} control-plane (no --task-modules), one subworker --concurrency {c}", binary.display());
-    let mut router = start_control_plane(&binary, "routing control plane", None, c)?;
-    let mut subworker = start_subworker(&binary, &plugin, &router, "sw1", c)?;
-    let (sw_seq, sw_pipe) = measure_add(&router.address, k, budget)?;
-    // The subworker first, so that it leaves a control plane that still listens.
-    let sw_stopped = subworker.stop();
-    let router_stopped = router.stop();
+    // A control plane that runs nothing, routing `add` to one subworker, then two.
+    println!("sw: {} control-plane (no --task-modules), subworkers --concurrency {c}", binary.display());
+    let mut router = start_control_plane(&binary, "routing control plane", None, c, &[])?;
+    let mut sw1 = start_subworker(&binary, &plugin, &router, "sw1", c)?;
+    let client = router.client()?;
+    results.push("sw-blocking".into(), false, blocking_add(&runtime, &client, settings.budget_part(1)));
+    results.push(format!("sw-pipelined-{k}"), true, pipelined_add(&runtime, &client, k, settings.budget_part(1)));
+    let mut sw2 = start_subworker(&binary, &plugin, &router, "sw2", c)?;
+    results.push(format!("sw2-pipelined-{k}"), true, pipelined_add(&runtime, &client, k, settings.budget_part(1)));
+    // Subworkers first, so that they leave a control plane that still listens.
+    results.stopped(&mut sw2);
+    results.stopped(&mut sw1);
+    results.stopped(&mut router);
 
-    // The table.
+    // A control plane with a large cluster, measured A-B-A against the same
+    // control plane with the real subworker alone, so that a drift of the
+    // machine's load falls on both. Each A registers the fakes first and
+    // starts the real subworker last: the order that makes routing look
+    // longest for it.
+    println!("cluster: a routing control plane with {} fake subworkers and one real one", n - 1);
+    let mut router = start_control_plane(&binary, "cluster control plane", None, c, &[])?;
+    let client = router.client()?;
+    let mut fakes = FakeSubworkers::new(n - 1, c as u32)?;
+    let mut cluster = Phase::default();
+    let mut alone = Phase::default();
+    for half in 0..2 {
+        results.problems.extend(runtime.block_on(fakes.join(&router.address)));
+        let mut real = start_subworker(&binary, &plugin, &router, "real1", c)?;
+        results.problems.extend(expect_cluster(&runtime, &client, n));
+        cluster = cluster.merge(pipelined_add(&runtime, &client, k, settings.budget_part(2)));
+        if half == 0 {
+            results.problems.extend(runtime.block_on(fakes.leave()));
+            results.problems.extend(expect_cluster(&runtime, &client, 1));
+            alone = pipelined_add(&runtime, &client, k, settings.budget_part(1));
+        }
+        results.stopped(&mut real);
+    }
+    results.problems.extend(runtime.block_on(fakes.leave()));
+    results.push(format!("sw{n}-pipelined-{k}"), true, cluster);
+    results.push(format!("sw1-alone-pipelined-{k}"), true, alone);
+    results.stopped(&mut router);
+
+    // Memory of a control plane caching many results.
+    let cache_size = CACHED_RESULTS.to_string();
+    println!("memory: a control plane as for cp, with --result-cache-size {cache_size}");
+    let large_cache: [OsString; 2] = ["--result-cache-size".into(), cache_size.into()];
+    let mut control_plane = start_control_plane(&binary, "memory control plane", Some(&plugin), c, &large_cache)?;
+    results.idle_large_cache_kib = control_plane.resident_kib();
+    let client = control_plane.client()?;
+    let fill = runtime.block_on(add_pipelined(&client, k, Budget::requests(CACHED_RESULTS)));
+    results.push(format!("fill-{CACHED_RESULTS}-{k}"), true, fill);
+    results.cached_kib = control_plane.resident_kib();
+    results.stopped(&mut control_plane);
+
+    // The floor's second half.
+    let (sequential, pipelined) = floors()?;
+    results
+        .rows
+        .insert(0, Row { name: "floor-sequential".into(), phase: floor_seq.merge(sequential), pipelined: false });
+    let floor_pipe = floor_pipe.merge(pipelined);
+    results.rows.insert(1, Row { name: format!("floor-pipelined-{k}"), phase: floor_pipe, pipelined: true });
+
+    Ok(report(settings, &results))
+}
+
+/// Runs `phase` once unmeasured with a [`WARMUP`] budget, then with `budget`.
+fn warmed(budget: Budget, phase: impl Fn(Budget) -> Result<Phase, String>) -> Result<Phase, String> {
+    let warm = phase(Budget::time(WARMUP))?;
+    Ok(phase(budget)?.after_warmup(warm))
+}
+
+/// `add` through `client` one call at a time, after a warm-up.
+fn blocking_add(runtime: &Runtime, client: &Client, budget: Budget) -> Phase {
+    let phase = |budget| Ok(runtime.block_on(add_blocking(client, budget)));
+    warmed(budget, phase).expect("infallible")
+}
+
+/// `add` through `client` with `in_flight` calls at once, after a warm-up.
+fn pipelined_add(runtime: &Runtime, client: &Client, in_flight: usize, budget: Budget) -> Phase {
+    let phase = |budget| Ok(runtime.block_on(add_pipelined(client, in_flight, budget)));
+    warmed(budget, phase).expect("infallible")
+}
+
+// ---------------------------------------------------------------------------
+// The report
+
+/// Prints the table, the derived ratios, the memory and the targets;
+/// returns whether every reply was right and every process behaved.
+fn report(settings: &Settings, results: &Results) -> bool {
+    let (k, n) = (settings.in_flight, settings.cluster_size);
+    let floor_seq = results.row("floor-sequential");
+    let floor_pipe = results.row(&format!("floor-pipelined-{k}"));
     println!();
     println!(
-        "{:<20} {:>9} {:>13} {:>9} {:>9} {:>11} {:>10}",
-        "row", "requests", "rate (req/s)", "p50 (µs)", "p99 (µs)", "rate/floor", "p50/floor"
+        "{:<24} {:>8} {:>12} {:>9} {:>9} {:>10} {:>9} {:>9} {:>6} {:>7}",
+        "row",
+        "replies",
+        "rate (req/s)",
+        "p50 (µs)",
+        "p99 (µs)",
+        "rate/floor",
+        "p50/floor",
+        "p99/floor",
+        "wrong",
+        "missing"
     );
-    let rows = [
-        (String::from("floor-sequential"), &floor_seq, &floor_seq),
-        (format!("floor-pipelined-{k}"), &floor_pipe, &floor_pipe),
-        (String::from("cp-blocking"), &cp_seq, &floor_seq),
-        (format!("cp-pipelined-{k}"), &cp_pipe, &floor_pipe),
-        (String::from("sw-blocking"), &sw_seq, &floor_seq),
-        (format!("sw-pipelined-{k}"), &sw_pipe, &floor_pipe),
-    ];
-    for (name, phase, floor) in &rows {
+    for Row { name, phase, pipelined } in &results.rows {
+        let floor = if *pipelined { floor_pipe } else { floor_seq };
+        let (p50, p99) = (phase.percentile(50.0), phase.percentile(99.0));
         println!(
-            "{:<20} {:>9} {:>13.0} {:>9.1} {:>9.1} {:>11.3} {:>10.2}",
+            "{:<24} {:>8} {:>12.0} {:>9.1} {:>9.1} {:>10.3} {:>9.2} {:>9.2} {:>6} {:>7}",
             name,
             phase.latencies.len(),
             phase.rate(),
-            micros(phase.percentile(50.0)),
-            micros(phase.percentile(99.0)),
+            micros(p50),
+            micros(p99),
             phase.rate() / floor.rate(),
-            micros(phase.percentile(50.0)) / micros(floor.percentile(50.0)),
+            micros(p50) / micros(floor.percentile(50.0)),
+            micros(p99) / micros(floor.percentile(99.0)),
+            phase.wrong,
+            phase.missing,
         );
     }
+
+    let cp_seq = results.row("cp-blocking");
+    let cp_pipe = results.row(&format!("cp-pipelined-{k}"));
+    let sw_seq = results.row("sw-blocking");
+    let sw_pipe = results.row(&format!("sw-pipelined-{k}"));
+    let sw2_pipe = results.row(&format!("sw2-pipelined-{k}"));
+    let cluster = results.row(&format!("sw{n}-pipelined-{k}"));
+    let single = results.row(&format!("sw1-alone-pipelined-{k}"));
+    let cluster_ratio = cluster.rate() / single.rate();
     println!();
-    println!("extra hop through the subworker (sw / cp):");
-    println!("{:<20} {:>11} {:>10} {:>10}", "rows", "rate sw/cp", "p50 sw/cp", "p99 sw/cp");
-    for (name, sw, cp) in [("blocking".to_string(), &sw_seq, &cp_seq), (format!("pipelined-{k}"), &sw_pipe, &cp_pipe)] {
-        println!(
-            "{:<20} {:>11.3} {:>10.2} {:>10.2}",
-            name,
-            sw.rate() / cp.rate(),
-            micros(sw.percentile(50.0)) / micros(cp.percentile(50.0)),
-            micros(sw.percentile(99.0)) / micros(cp.percentile(99.0)),
-        );
+    println!(
+        "subworker hop (sw / cp):          blocking p50 {:.2}×, p99 {:.2}×; pipelined rate {:.3}",
+        ratio_p(sw_seq, cp_seq, 50.0),
+        ratio_p(sw_seq, cp_seq, 99.0),
+        sw_pipe.rate() / cp_pipe.rate()
+    );
+    println!("second subworker (sw2 / sw):      pipelined rate {:.2}×", sw2_pipe.rate() / sw_pipe.rate());
+    println!(
+        "cluster of {n} (sw{n} / sw1-alone): pipelined rate {cluster_ratio:.3}, p50 {:.2}×, p99 {:.2}× (same control plane and subworker)",
+        ratio_p(cluster, single, 50.0),
+        ratio_p(cluster, single, 99.0),
+    );
+
+    let mib = |kib: Option<u64>| kib.map(|kib| kib as f64 / 1024.0);
+    let show = |mib: Option<f64>| mib.map_or("unknown".to_string(), |m| format!("{m:.1} MiB"));
+    let (idle, idle_large, cached) =
+        (mib(results.idle_kib), mib(results.idle_large_cache_kib), mib(results.cached_kib));
+    println!();
+    println!("control plane resident memory (VmRSS), example plugin loaded:");
+    for (what, value) in [
+        ("idle, default flags".to_string(), idle),
+        (format!("idle, --result-cache-size {CACHED_RESULTS}"), idle_large),
+        (format!("after {CACHED_RESULTS} results cached"), cached),
+    ] {
+        println!("  {what:<40} {:>12}", show(value));
     }
+
+    let (wrong, missing) = results.rows.iter().fold((0, 0), |(w, m), row| (w + row.phase.wrong, m + row.phase.missing));
+    let measured: usize = results.rows.iter().map(|row| row.phase.latencies.len()).sum();
+    let warmup: u64 = results.rows.iter().map(|row| row.phase.warmup_replies).sum();
+    println!();
+    println!("targets:");
+    let cluster_target = format!("sw{n} costs ≤ 10 % of sw1-alone's rate");
+    let targets = [
+        ("cp-blocking p50 ≤ 1.5× floor", Some(ratio_p(cp_seq, floor_seq, 50.0)), 1.5, false, "×"),
+        ("sw-blocking p50 ≤ 3× floor", Some(ratio_p(sw_seq, floor_seq, 50.0)), 3.0, false, "×"),
+        ("cp-pipelined rate ≥ 0.50 of floor", Some(cp_pipe.rate() / floor_pipe.rate()), 0.5, true, ""),
+        ("sw-pipelined rate ≥ 0.35 of floor", Some(sw_pipe.rate() / floor_pipe.rate()), 0.35, true, ""),
+        (cluster_target.as_str(), Some(1.0 - cluster_ratio), 0.10, false, ""),
+        ("idle memory ≤ 15 MiB", idle, 15.0, false, " MiB"),
+        ("memory with 100 000 cached ≤ 100 MiB", cached, 100.0, false, " MiB"),
+        ("wrong + missing replies = 0", Some((wrong + missing) as f64), 0.0, false, ""),
+    ];
+    for (what, value, limit, at_least, unit) in targets {
+        let verdict = match value {
+            Some(v) if (at_least && v >= limit) || (!at_least && v <= limit) => "met",
+            Some(_) => "NOT MET",
+            None => "unknown",
+        };
+        let value = value.map_or("?".to_string(), |v| format!("{v:.3}{unit}"));
+        println!("  {what:<40} {value:>14}   {verdict}");
+    }
+
     println!();
     let mut clean = true;
-    for (name, phase, _) in &rows {
+    for Row { name, phase, .. } in &results.rows {
         if phase.wrong + phase.missing > 0 {
             clean = false;
             println!(
@@ -259,35 +501,19 @@ fn run(settings: &Settings) -> Result<bool, String> {
             );
         }
     }
-    let measured: usize = rows.iter().map(|(_, p, _)| p.latencies.len()).sum();
-    let warmup: u64 = rows.iter().map(|(_, p, _)| p.warmup_replies).sum();
     if clean {
         println!("every reply checked ({measured} measured, {warmup} warm-up): 0 wrong, 0 missing");
     }
-    for stopped in [cp_stopped, sw_stopped, router_stopped] {
-        if let Err(problem) = stopped {
-            clean = false;
-            println!("{problem}");
-        }
+    for problem in &results.problems {
+        clean = false;
+        println!("{problem}");
     }
-    Ok(clean)
+    clean
 }
 
-/// `add` through the control plane at `address`: one call at a time, then
-/// `in_flight` at once, each phase after its own warm-up.
-fn measure_add(address: &str, in_flight: usize, budget: impl Fn() -> Budget) -> Result<(Phase, Phase), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("building the tokio runtime: {e}"))?;
-    let client = Client::new(address).map_err(|e| e.to_string())?.with_timeout(REQUEST_TIMEOUT);
-    Ok(runtime.block_on(async {
-        let warm = cp_blocking(&client, Budget::time(WARMUP)).await;
-        let seq = cp_blocking(&client, budget()).await.after_warmup(warm);
-        let warm = cp_pipelined(&client, in_flight, Budget::time(WARMUP)).await;
-        let pipe = cp_pipelined(&client, in_flight, budget()).await.after_warmup(warm);
-        (seq, pipe)
-    }))
+/// Percentile `p` of `phase` as a multiple of that of `base`.
+fn ratio_p(phase: &Phase, base: &Phase, p: f64) -> f64 {
+    micros(phase.percentile(p)) / micros(base.percentile(p))
 }
 
 // ---------------------------------------------------------------------------
@@ -369,6 +595,25 @@ impl Phase {
             self.first_problem = Some(format!("{problem} (in the warm-up)"));
         }
         self
+    }
+
+    /// Two measurements of the same thing, taken at different times, as one.
+    fn merge(mut self, other: Phase) -> Phase {
+        self.elapsed += other.elapsed;
+        self.warmup_replies += other.warmup_replies;
+        self.absorb(other);
+        self.latencies.sort_unstable();
+        self
+    }
+
+    /// Adds what another part of the same phase measured (a pipelined slot).
+    fn absorb(&mut self, part: Phase) {
+        self.latencies.extend(part.latencies);
+        self.wrong += part.wrong;
+        self.missing += part.missing;
+        if self.first_problem.is_none() {
+            self.first_problem = part.first_problem;
+        }
     }
 
     /// Counts a wrong (`wrong`) or missing reply.
@@ -568,12 +813,7 @@ fn floor_pipelined(address: &str, in_flight: usize, budget: Budget) -> Result<Ph
     let patience = shared.budget.length.unwrap_or(Duration::from_secs(60)) + REQUEST_TIMEOUT * 2;
     for _ in 0..in_flight {
         let part = done_rx.recv_timeout(patience).map_err(|_| "floor-pipelined: a slot never finished".to_string())?;
-        total.latencies.extend(part.latencies);
-        total.wrong += part.wrong;
-        total.missing += part.missing;
-        if total.first_problem.is_none() {
-            total.first_problem = part.first_problem;
-        }
+        total.absorb(part);
     }
     let elapsed = start.elapsed();
     socket.close();
@@ -662,7 +902,7 @@ async fn call_add(client: &Client, n: u64, phase: &mut Phase) {
 }
 
 /// One `add` at a time.
-async fn cp_blocking(client: &Client, budget: Budget) -> Phase {
+async fn add_blocking(client: &Client, budget: Budget) -> Phase {
     let mut phase = Phase::default();
     let start = budget.start();
     while let Some(n) = budget.claim() {
@@ -672,7 +912,7 @@ async fn cp_blocking(client: &Client, budget: Budget) -> Phase {
 }
 
 /// `in_flight` tokio tasks, each calling `add` in a loop on the shared client.
-async fn cp_pipelined(client: &Client, in_flight: usize, budget: Budget) -> Phase {
+async fn add_pipelined(client: &Client, in_flight: usize, budget: Budget) -> Phase {
     let shared = Arc::new(budget);
     let start = shared.start();
     let workers: Vec<_> = (0..in_flight)
@@ -690,14 +930,7 @@ async fn cp_pipelined(client: &Client, in_flight: usize, budget: Budget) -> Phas
     let mut total = Phase::default();
     for worker in workers {
         match worker.await {
-            Ok(part) => {
-                total.latencies.extend(part.latencies);
-                total.wrong += part.wrong;
-                total.missing += part.missing;
-                if total.first_problem.is_none() {
-                    total.first_problem = part.first_problem;
-                }
-            }
+            Ok(part) => total.absorb(part),
             Err(error) => total.problem(false, || format!("a caller task failed: {error}")),
         }
     }
@@ -835,6 +1068,19 @@ impl FastworkerProcess {
         }
     }
 
+    /// A client of it (a control plane), with the benchmark's request timeout.
+    fn client(&self) -> Result<Client, String> {
+        Ok(Client::new(&self.address).map_err(|e| e.to_string())?.with_timeout(REQUEST_TIMEOUT))
+    }
+
+    /// Its resident memory (VmRSS) in KiB, if the OS tells (Linux /proc).
+    fn resident_kib(&self) -> Option<u64> {
+        let pid = self.process.0.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
+        line.trim().strip_suffix("kB")?.trim().parse().ok()
+    }
+
     /// Stops it (see [`ChildGuard::stop`]); an error says how it did not
     /// exit cleanly.
     fn stop(&mut self) -> Result<(), String> {
@@ -850,19 +1096,21 @@ impl FastworkerProcess {
 
 /// Starts a control plane running `add` on `concurrency` threads if
 /// `plugin` is given (with no plugin it runs nothing and only routes to
-/// subworkers), and waits until it serves: it refuses a status query for an
-/// unknown task id.
+/// subworkers), with `extra` arguments, and waits until it serves: it
+/// refuses a status query for an unknown task id.
 fn start_control_plane(
     binary: &Path,
     role: &str,
     plugin: Option<&Path>,
     concurrency: usize,
+    extra: &[OsString],
 ) -> Result<FastworkerProcess, String> {
     let mut args: Vec<OsString> =
         vec!["control-plane".into(), "--no-gui".into(), "--concurrency".into(), concurrency.to_string().into()];
     if let Some(plugin) = plugin {
         args.extend(["--task-modules".into(), plugin.into()]);
     }
+    args.extend_from_slice(extra);
     FastworkerProcess::start(binary, role, &args, |process| {
         let probe = Client::new(&process.address).map_err(|e| e.to_string())?.with_timeout(PROBE_TIMEOUT);
         process.wait_until(|runtime| match runtime.block_on(probe.status(TaskId::new_v4())) {
@@ -904,6 +1152,137 @@ fn start_subworker(
             Err(error) => Probe::NotYet(format!("asking the control plane for its subworkers: {error}")),
         })
     })
+}
+
+/// Fails unless the control plane's client lists exactly `count` subworkers, all active.
+fn expect_cluster(runtime: &Runtime, client: &Client, count: usize) -> Option<String> {
+    match runtime.block_on(client.workers()) {
+        Ok(cluster) if cluster.total_subworkers as usize == count && cluster.active_subworkers as usize == count => {
+            None
+        }
+        Ok(cluster) => Some(format!(
+            "the cluster control plane lists {} subworkers, {} active, where {count} active were expected",
+            cluster.total_subworkers, cluster.active_subworkers
+        )),
+        Err(error) => Some(format!("asking the cluster control plane for its subworkers: {error}")),
+    }
+}
+
+/// Subworkers that only register with a control plane, from this process:
+/// weight on its routing table, never sent a task. Each listens on a port of
+/// its own (a Rep0 socket that is never read: the control plane only has to
+/// connect back to it), provides one task that nobody submits (`noop_I`),
+/// and, while registered, heartbeats every [`FAKE_HEARTBEAT`] as a real
+/// subworker does, so that it stays active however long the phase.
+struct FakeSubworkers {
+    /// Keeps each fake's port open.
+    _sockets: Vec<Socket>,
+    registrations: Vec<Registration>,
+    /// While registered: the control plane's management port and the heartbeats.
+    joined: Option<(Client, tokio::task::JoinHandle<()>)>,
+}
+
+impl FakeSubworkers {
+    /// `count` fakes of `concurrency` slots each, listening, not registered yet.
+    fn new(count: usize, concurrency: u32) -> Result<FakeSubworkers, String> {
+        let mut sockets = Vec::with_capacity(count);
+        let mut registrations = Vec::with_capacity(count);
+        for index in 0..count {
+            let (socket, address) = listen_somewhere()?;
+            sockets.push(socket);
+            let task = OfferedTask {
+                name: format!("noop_{index}"),
+                priority: Priority::Normal,
+                timeout_ms: 0,
+                max_retries: 0,
+                retry_delay_ms: 0,
+                schedule: String::new(),
+            };
+            let name = WorkerName { worker_id: format!("fake{index}"), instance: TaskId::new_v4() };
+            registrations.push(Registration { name, address, concurrency, tasks: vec![task] });
+        }
+        Ok(FakeSubworkers { _sockets: sockets, registrations, joined: None })
+    }
+
+    /// Registers every fake with the control plane at `control_plane`, all at
+    /// once; returns once it has connected to each, with the failures.
+    async fn join(&mut self, control_plane: &str) -> Vec<String> {
+        let client = match Client::new(control_plane) {
+            Ok(client) => client.with_timeout(REGISTER_TIMEOUT),
+            Err(error) => return vec![error.to_string()],
+        };
+        let management = match client.discover().await {
+            Ok(port) => client.with_management_port(port),
+            Err(error) => return vec![format!("asking {control_plane} for its management port: {error}")],
+        };
+        let mut pending = tokio::task::JoinSet::new();
+        for registration in self.registrations.iter().cloned() {
+            let management = management.clone();
+            pending.spawn(async move {
+                let id = registration.name.worker_id.clone();
+                management.manage(&Request::Register(registration)).await.map_err(|e| format!("registering {id}: {e}"))
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(outcome) = pending.join_next().await {
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(failure)) => failures.push(failure),
+                Err(error) => failures.push(format!("a registration task failed: {error}")),
+            }
+        }
+        let names = self.registrations.iter().map(|r| r.name.clone()).collect();
+        let heartbeats = tokio::spawn(heartbeat_forever(management.clone(), names));
+        self.joined = Some((management, heartbeats));
+        failures
+    }
+
+    /// Unregisters every fake, as a subworker does when it stops; returns the failures.
+    async fn leave(&mut self) -> Vec<String> {
+        let Some((management, heartbeats)) = self.joined.take() else { return Vec::new() };
+        heartbeats.abort();
+        let mut failures = Vec::new();
+        for Registration { name, .. } in &self.registrations {
+            if let Err(error) = management.manage(&Request::Unregister(name.clone())).await {
+                failures.push(format!("unregistering {}: {error}", name.worker_id));
+            }
+        }
+        failures
+    }
+}
+
+impl Drop for FakeSubworkers {
+    fn drop(&mut self) {
+        if let Some((_, heartbeats)) = &self.joined {
+            heartbeats.abort();
+        }
+    }
+}
+
+/// Heartbeats for every fake every [`FAKE_HEARTBEAT`] (each with no task in
+/// flight) until aborted; a failed heartbeat shows in the cluster check.
+async fn heartbeat_forever(management: Client, names: Vec<WorkerName>) {
+    loop {
+        tokio::time::sleep(FAKE_HEARTBEAT).await;
+        for name in &names {
+            let _ = management.manage(&Request::Heartbeat(Heartbeat { name: name.clone(), in_flight: 0 })).await;
+        }
+    }
+}
+
+/// A Rep0 socket listening on a free port of 127.0.0.1, and its address.
+fn listen_somewhere() -> Result<(Socket, String), String> {
+    let mut last_error = String::new();
+    for _attempt in 0..10 {
+        let address = format!("tcp://127.0.0.1:{}", free_port()?);
+        let socket = Socket::new(Protocol::Rep0).map_err(|e| e.to_string())?;
+        match socket.listen(&address) {
+            Ok(()) => return Ok((socket, address)),
+            // Taken between our check and the bind: try another.
+            Err(error) => last_error = format!("listening on {address}: {error}"),
+        }
+    }
+    Err(last_error)
 }
 
 // ---------------------------------------------------------------------------
