@@ -7,10 +7,10 @@ use std::sync::mpsc::{self, Sender};
 use std::time::Duration;
 
 use nng::options::{Options, ReconnectMaxTime, SendTimeout};
-use nng::{Message, Protocol, Socket};
+use nng::{Protocol, Socket};
 use tracing::{debug, warn};
 
-use crate::protocol::{encode_into, Notice};
+use crate::protocol::{encode_message, Notice};
 
 /// How long one notice may wait for its address to accept it.
 const SEND_LIMIT: Duration = Duration::from_secs(1);
@@ -58,9 +58,7 @@ fn deliver(sockets: &mut HashMap<String, Socket>, address: &str, notice: &Notice
             Err(error) => return warn!(%task_id, %address, %error, "callback address unusable; notice dropped"),
         }
     }
-    let mut message = Message::new();
-    encode_into(notice, &mut message).expect("writing to a message cannot fail");
-    match sockets[address].send(message) {
+    match sockets[address].send(encode_message(notice)) {
         Ok(()) => debug!(%task_id, %address, "callback notice sent"),
         Err((_, error)) => {
             warn!(%task_id, %address, %error, "callback notice not delivered within {} s; dropped", SEND_LIMIT.as_secs())

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::address::{AddressError, BaseAddress};
 use crate::protocol::{
-    decode, encode_into, Callback, ClusterStatus, DecodeError, ErrorReply, Priority, Reply, Request, RetryPolicy,
+    decode, encode_message, Callback, ClusterStatus, DecodeError, ErrorReply, Priority, Reply, Request, RetryPolicy,
     ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
 };
 
@@ -380,9 +380,7 @@ impl Client {
 
     /// Sends any request to endpoint `index` (0-3 task ports, 4 results, 5 management).
     pub async fn request(&self, index: usize, request: &Request) -> Result<Reply, ClientError> {
-        let mut frame = Message::with_capacity(64);
-        encode_into(request, &mut frame).expect("writing to a message cannot fail");
-        let reply = self.exchange(index, frame).await?;
+        let reply = self.exchange(index, encode_message(request)).await?;
         decode::<Reply>(&reply, usize::MAX)
             .map_err(|source| ClientError::Decode { address: self.address(index).to_string(), source })
     }

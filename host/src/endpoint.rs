@@ -13,7 +13,7 @@ use nng::options::{Options, RecvMaxSize};
 use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
 use tracing::{debug, warn};
 
-use crate::protocol::{encode_into, Reply};
+use crate::protocol::{encode_message, Reply};
 
 /// The handle to answer one request with. Dropping it unanswered would
 /// leave its context idle, so every path must call [`Replier::send`].
@@ -38,9 +38,7 @@ impl Replier {
 
 /// Encodes a reply into an NNG message.
 pub(crate) fn encode_reply(reply: &Reply) -> Message {
-    let mut message = Message::with_capacity(64);
-    encode_into(reply, &mut message).expect("writing to a message cannot fail");
-    message
+    encode_message(reply)
 }
 
 /// A listening socket and its contexts.

@@ -478,6 +478,25 @@ pub fn encode_into<T: Serialize, W: Write>(message: &T, mut out: W) -> std::io::
     postcard::to_io(message, out).map(|_| ()).map_err(std::io::Error::other)
 }
 
+/// The frame for `message` as an NNG message, encoded in one piece (postcard
+/// writing field by field straight into an NNG message costs a call into
+/// NNG per field).
+pub fn encode_message<T: Serialize>(message: &T) -> nng::Message {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|buffer| {
+        buffer.clear();
+        encode_into(message, &mut *buffer).expect("writing to a Vec cannot fail");
+        let frame = nng::Message::from(&buffer[..]);
+        if buffer.capacity() > 1 << 20 {
+            // Do not keep a large task's buffer around.
+            *buffer = Vec::new();
+        }
+        frame
+    })
+}
+
 /// The frame for `message`.
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     let mut frame = Vec::with_capacity(64);
@@ -517,9 +536,9 @@ pub(crate) struct Forwarded<'a> {
     pub(crate) attempt: u32,
 }
 
-/// Writes the frame of a blocking `Request::Submit` of these parts, to be
-/// run once (the control plane does the retrying) within `timeout_ms`.
-pub(crate) fn encode_forwarded_submit<W: Write>(forwarded: Forwarded<'_>, out: W) -> std::io::Result<()> {
+/// The frame of a blocking `Request::Submit` of these parts, to be run once
+/// (the control plane does the retrying) within `timeout_ms`.
+pub(crate) fn forwarded_submit(forwarded: Forwarded<'_>) -> nng::Message {
     let Forwarded { task_id, task_name, args, priority, timeout_ms, attempt } = forwarded;
     let submit = ForwardedSubmit {
         task_id,
@@ -533,7 +552,7 @@ pub(crate) fn encode_forwarded_submit<W: Write>(forwarded: Forwarded<'_>, out: W
         callback: None,
         attempt: Some(attempt),
     };
-    encode_into(&ForwardedRequest::Submit(submit), out)
+    encode_message(&ForwardedRequest::Submit(submit))
 }
 
 /// Decodes a frame of at most `limit` bytes.
@@ -588,7 +607,7 @@ mod tests {
             timeout_ms: 500,
             attempt: 2,
         };
-        encode_forwarded_submit(parts, &mut forwarded).unwrap();
+        forwarded.extend_from_slice(&forwarded_submit(parts));
         let owned = Request::Submit(Submit {
             task_id,
             task_name: "add".into(),

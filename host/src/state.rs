@@ -8,7 +8,6 @@
 //! released, through an [`Outbox`]. Locks are always taken in this order:
 //! the schedules', then this one, then the result cache's or the pool's.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use abi_stable::std_types::{RResult, RSlice};
 use fastworker_plugin_sdk::abi::{FailureKind, TaskDecl};
 use fastworker_plugin_sdk::TaskContext;
 use nng::{AioResult, Message};
+use rustc_hash::FxHashMap;
 use tracing::{debug, info, warn};
 
 use crate::cache::{Lookup, ResultCache};
@@ -29,7 +29,7 @@ use crate::monitor::{Monitor, TaskSummary};
 use crate::plugins::Registry;
 use crate::pool::Pool;
 use crate::protocol::{
-    decode, encode_forwarded_submit, encode_into, now_ms, Callback, ClusterStatus, ErrorKind, ErrorReply, Forwarded,
+    decode, encode_message, forwarded_submit, now_ms, Callback, ClusterStatus, ErrorKind, ErrorReply, Forwarded,
     Notice, OfferedTask, Priority, Reply, Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport,
     TaskState,
 };
@@ -66,7 +66,8 @@ pub(crate) struct State {
 
 /// The live tasks and the subworkers, under one lock.
 pub(crate) struct Tasks {
-    live: HashMap<TaskId, LiveTask>,
+    /// Keyed by UUIDs the clients chose: a fast hash suffices.
+    live: FxHashMap<TaskId, LiveTask>,
     pub(crate) cluster: Cluster<Link>,
 }
 
@@ -146,7 +147,7 @@ impl State {
             State {
                 scheduler,
                 cache: Mutex::new(ResultCache::new(config.result_cache_size, config.result_cache_ttl)),
-                tasks: Mutex::new(Tasks { live: HashMap::new(), cluster: Cluster::default() }),
+                tasks: Mutex::new(Tasks { live: FxHashMap::default(), cluster: Cluster::default() }),
                 accepting: AtomicBool::new(true),
                 monitor: Monitor::default(),
                 registry,
@@ -552,9 +553,7 @@ impl State {
             let report = task.report.clone();
             let worker = tasks.cluster.workers().find(|w| w.name.worker_id == report.worker);
             if let Some(worker) = worker {
-                let mut message = Message::with_capacity(24);
-                encode_into(&Request::Cancel { task_id }, &mut message).expect("writing to a message cannot fail");
-                worker.link.note(message);
+                worker.link.note(encode_message(&Request::Cancel { task_id }));
             }
             return Reply::Report(report);
         }
@@ -575,7 +574,6 @@ impl State {
         };
         let report = &mut task.report;
         let timeout_ms = task.plan.timeout_ms;
-        let mut message = Message::with_capacity(task.args.len() + report.task_name.len() + 48);
         let forwarded = Forwarded {
             task_id,
             task_name: &report.task_name,
@@ -584,7 +582,7 @@ impl State {
             timeout_ms,
             attempt: report.attempts + 1,
         };
-        encode_forwarded_submit(forwarded, &mut message).expect("writing to a message cannot fail");
+        let message = forwarded_submit(forwarded);
         match worker.link.send(slot, message) {
             Ok(()) => {
                 report.state = TaskState::Running;
