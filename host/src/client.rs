@@ -469,8 +469,8 @@ struct Pending {
 impl Endpoint {
     fn open(address: &str, max_frame: usize) -> Result<Endpoint, nng::Error> {
         let socket = Socket::new(Protocol::Req0)?;
-        // Never resend on a timer: a long task would run twice. The task id
-        // makes the resends NNG does on reconnect harmless.
+        // Never resend on a timer: a long task would run twice. A call whose
+        // connection drops fails; the task id makes submitting it again safe.
         socket.set_opt::<ResendTime>(None)?;
         socket.set_opt::<ReconnectMinTime>(Some(Duration::from_millis(10)))?;
         socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_millis(500)))?;
