@@ -1199,7 +1199,7 @@ impl FakeSubworkers {
                 schedule: String::new(),
             };
             let name = WorkerName { worker_id: format!("fake{index}"), instance: TaskId::new_v4() };
-            registrations.push(Registration { name, address, concurrency, tasks: vec![task] });
+            registrations.push(Registration { name, address, concurrency, prefetch: 0, tasks: vec![task] });
         }
         Ok(FakeSubworkers { _sockets: sockets, registrations, joined: None })
     }

@@ -3,7 +3,8 @@
 //! I/O (the connection to each worker is the type parameter `L`), so the
 //! routing rules are tested here directly.
 //!
-//! A worker has one slot per task it runs at once (its `--concurrency`); the
+//! A worker has one slot per task it runs at once (its `--concurrency`),
+//! plus any it asked to have queued ahead (its `--prefetch`, 0 by default); the
 //! control plane sends a worker a task only into a free slot. Tasks that find
 //! every capable slot taken wait here, one queue per priority, and a slot
 //! that frees takes the most urgent waiting task its worker provides. So
@@ -46,6 +47,8 @@ pub(crate) struct Worker<L> {
     pub(crate) address: String,
     /// The tasks it provides, with their declared defaults.
     pub(crate) tasks: HashMap<String, OfferedTask>,
+    /// Tasks it runs at once; its slots may be more (prefetch).
+    pub(crate) concurrency: u32,
     pub(crate) slots: Vec<Slot>,
     pub(crate) phase: Phase,
     /// Whether the control plane's connection to it is up.
@@ -148,15 +151,18 @@ impl<L> Cluster<L> {
         name: WorkerName,
         address: String,
         concurrency: u32,
+        prefetch: u32,
         tasks: HashMap<String, OfferedTask>,
         link: L,
     ) {
+        let concurrency = concurrency.max(1);
         self.workers.push(Worker {
             key,
             name,
             address,
             tasks,
-            slots: vec![Slot::Idle; concurrency.max(1) as usize],
+            concurrency,
+            slots: vec![Slot::Idle; (concurrency + prefetch) as usize],
             phase: Phase::Connecting,
             connected: false,
             last_seen: Instant::now(),
@@ -246,7 +252,7 @@ impl<L> Cluster<L> {
                 continue;
             }
             // In-flight tasks as a fixed-point fraction of concurrency.
-            let weighted = ((worker.load() as u64) << 32) / worker.slots.len() as u64;
+            let weighted = ((worker.load() as u64) << 32) / worker.concurrency as u64;
             if !matches!(best, Some((_, lowest)) if lowest <= weighted) {
                 best = Some((index, weighted));
             }
@@ -400,7 +406,7 @@ impl<L> Cluster<L> {
                     address: w.address.clone(),
                     status: w.status(),
                     load: w.load(),
-                    concurrency: w.slots.len() as u32,
+                    concurrency: w.concurrency,
                     last_seen_ms: w.last_seen_ms,
                     connected: w.connected,
                     dispatched: w.dispatched,
@@ -447,7 +453,7 @@ mod tests {
         };
         let tasks = tasks.iter().map(|t| (t.to_string(), offer(t))).collect();
         let key = cluster.new_key();
-        cluster.add(key, name(id), format!("tcp://{id}:1"), concurrency, tasks, ());
+        cluster.add(key, name(id), format!("tcp://{id}:1"), concurrency, 0, tasks, ());
         let worker = cluster.get_mut(key).unwrap();
         worker.phase = Phase::Active;
         worker.connected = true;

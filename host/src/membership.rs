@@ -107,7 +107,7 @@ impl Membership {
     }
 
     fn register(&mut self, registration: Registration, replier: Replier) {
-        let Registration { name, address, concurrency, tasks: offered } = registration;
+        let Registration { name, address, concurrency, prefetch, tasks: offered } = registration;
         let base = match BaseAddress::parse(&address) {
             Ok(base) => base,
             Err(error) => {
@@ -156,7 +156,7 @@ impl Membership {
         let state = Arc::downgrade(&self.state);
         let link = Link::open(
             &base.at_offset(0),
-            concurrency.max(1) as usize,
+            (concurrency.max(1) + prefetch) as usize,
             self.state.config.max_frame_bytes,
             move |up| {
                 let _ = events.send(Event::Connection(key, up));
@@ -177,7 +177,7 @@ impl Membership {
             }
         };
         let provided: HashMap<String, _> = offered.into_iter().map(|t| (t.name.clone(), t)).collect();
-        self.state.lock().cluster.add(key, name, address, concurrency, provided, link);
+        self.state.lock().cluster.add(key, name, address, concurrency, prefetch, provided, link);
         self.connecting.insert(key, (replier, Instant::now() + CONNECT_LIMIT));
     }
 
@@ -197,7 +197,8 @@ impl Membership {
                 info!(
                     worker = %worker.name.worker_id,
                     address = %worker.address,
-                    concurrency = worker.slots.len(),
+                    concurrency = worker.concurrency,
+                    prefetch = worker.slots.len() as u32 - worker.concurrency,
                     tasks = %names.join(", "),
                     "subworker registered"
                 );

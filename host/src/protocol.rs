@@ -98,6 +98,8 @@ pub struct Registration {
     pub address: String,
     /// Tasks it runs at once.
     pub concurrency: u32,
+    /// Tasks it wants queued ahead beyond `concurrency` (`--prefetch`).
+    pub prefetch: u32,
     /// The tasks its plugins declare.
     pub tasks: Vec<OfferedTask>,
 }

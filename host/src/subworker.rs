@@ -26,6 +26,8 @@ pub struct MembershipConfig {
     pub advertise: String,
     /// Tasks it runs at once.
     pub concurrency: u32,
+    /// Tasks it takes ahead, queued here, beyond `concurrency`.
+    pub prefetch: u32,
     /// Time between heartbeats.
     pub heartbeat_interval: Duration,
 }
@@ -131,6 +133,7 @@ impl Membership {
             name: self.name.clone(),
             address: self.config.advertise.clone(),
             concurrency: self.config.concurrency,
+            prefetch: self.config.prefetch,
             tasks: self.tasks.clone(),
         };
         management.manage(&Request::Register(registration)).await?;

@@ -455,3 +455,23 @@ fn the_workers_command_prints_the_cluster_as_json() {
         entry["tasks"].as_array().expect("tasks is an array").iter().filter_map(|t| t.as_str()).collect();
     assert!(tasks.contains(&"add") && tasks.contains(&"sleep_ms"), "{json}");
 }
+
+#[test]
+fn a_subworker_with_prefetch_is_sent_tasks_beyond_its_concurrency() {
+    let cp = Process::control_plane(&[], &[]);
+    let _sw = Process::subworker(&cp, "sw1", &["example-tasks"], &["--concurrency", "1", "--prefetch", "2"]);
+    let client = cp.client();
+    let rt = runtime();
+    let ids: Vec<TaskId> =
+        (0..4).map(|_| rt.block_on(client.delay("sleep_ms", (400,), SubmitOptions::default())).unwrap()).collect();
+    // One runs, two are queued on the subworker (sent: Running at the control
+    // plane), the fourth waits at the control plane.
+    let states: Vec<TaskState> = ids.iter().map(|id| rt.block_on(client.status(*id)).unwrap().state).collect();
+    assert_eq!(states, [TaskState::Running, TaskState::Running, TaskState::Running, TaskState::Queued], "{states:?}");
+    let worker = cp.worker("sw1").expect("sw1 listed");
+    assert_eq!((worker.load, worker.concurrency), (3, 1), "load counts what was sent: {worker:?}");
+    for id in ids {
+        let report = rt.block_on(client.wait(id, Duration::from_secs(5))).unwrap();
+        assert_eq!(report.state, TaskState::Succeeded, "{report:?}");
+    }
+}

@@ -99,6 +99,11 @@ pub(crate) struct SubworkerArgs {
     /// Worker threads running tasks (default: the number of cores).
     #[arg(long, env = "FASTWORKER_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) concurrency: Option<u32>,
+    /// Tasks the control plane may send ahead beyond --concurrency, queued here: more throughput for
+    /// short tasks, at the cost of cluster-wide priority order (a queued task may start before a more
+    /// urgent one sent later).
+    #[arg(long, env = "FASTWORKER_PREFETCH", default_value_t = 0)]
+    pub(crate) prefetch: u32,
     /// Seconds between heartbeats to the control plane.
     #[arg(long, env = "FASTWORKER_HEARTBEAT_INTERVAL", default_value_t = 5.0)]
     pub(crate) heartbeat_interval: f64,
@@ -276,6 +281,7 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
         control_plane,
         advertise,
         concurrency,
+        prefetch: args.prefetch,
         heartbeat_interval,
     };
     let membership = match Membership::new(membership, offered) {
