@@ -62,6 +62,17 @@ pub(crate) struct Worker<L> {
     pub(crate) link: L,
 }
 
+/// A worker about to be added, as it registered.
+pub(crate) struct Joining<L> {
+    pub(crate) key: WorkerKey,
+    pub(crate) name: WorkerName,
+    pub(crate) address: String,
+    pub(crate) concurrency: u32,
+    pub(crate) prefetch: u32,
+    pub(crate) tasks: HashMap<String, OfferedTask>,
+    pub(crate) link: L,
+}
+
 /// Where a worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -145,16 +156,8 @@ impl<L> Cluster<L> {
     }
 
     /// Adds a worker, still connecting.
-    pub(crate) fn add(
-        &mut self,
-        key: WorkerKey,
-        name: WorkerName,
-        address: String,
-        concurrency: u32,
-        prefetch: u32,
-        tasks: HashMap<String, OfferedTask>,
-        link: L,
-    ) {
+    pub(crate) fn add(&mut self, joining: Joining<L>) {
+        let Joining { key, name, address, concurrency, prefetch, tasks, link } = joining;
         let concurrency = concurrency.max(1);
         self.workers.push(Worker {
             key,
@@ -453,7 +456,8 @@ mod tests {
         };
         let tasks = tasks.iter().map(|t| (t.to_string(), offer(t))).collect();
         let key = cluster.new_key();
-        cluster.add(key, name(id), format!("tcp://{id}:1"), concurrency, 0, tasks, ());
+        let address = format!("tcp://{id}:1");
+        cluster.add(Joining { key, name: name(id), address, concurrency, prefetch: 0, tasks, link: () });
         let worker = cluster.get_mut(key).unwrap();
         worker.phase = Phase::Active;
         worker.connected = true;

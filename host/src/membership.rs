@@ -15,7 +15,7 @@ use nng::Message;
 use tracing::{info, warn};
 
 use crate::address::BaseAddress;
-use crate::cluster::{Phase, WorkerKey};
+use crate::cluster::{Joining, Phase, WorkerKey};
 use crate::control_plane::ManagementConfig;
 use crate::endpoint::Replier;
 use crate::link::Link;
@@ -177,7 +177,8 @@ impl Membership {
             }
         };
         let provided: HashMap<String, _> = offered.into_iter().map(|t| (t.name.clone(), t)).collect();
-        self.state.lock().cluster.add(key, name, address, concurrency, prefetch, provided, link);
+        let joining = Joining { key, name, address, concurrency, prefetch, tasks: provided, link };
+        self.state.lock().cluster.add(joining);
         self.connecting.insert(key, (replier, Instant::now() + CONNECT_LIMIT));
     }
 
