@@ -19,7 +19,9 @@ use crate::cluster::{Joining, Phase, WorkerKey};
 use crate::control_plane::ManagementConfig;
 use crate::endpoint::Replier;
 use crate::link::Link;
-use crate::protocol::{decode, ErrorKind, Heartbeat, OfferedTask, Registration, Reply, Request, WorkerName};
+use crate::protocol::{
+    decode, ErrorKind, Heartbeat, OfferedTask, Registration, Reply, Request, WorkerName, MAX_WORKER_SLOTS,
+};
 use crate::schedules::Schedule;
 use crate::state::{error_reply, Outbox, State};
 
@@ -108,6 +110,16 @@ impl Membership {
 
     fn register(&mut self, registration: Registration, replier: Replier) {
         let Registration { name, address, concurrency, prefetch, tasks: offered } = registration;
+        let slots = u64::from(concurrency.max(1)) + u64::from(prefetch);
+        if slots > u64::from(MAX_WORKER_SLOTS) {
+            return replier.send(&error_reply(
+                ErrorKind::BadRegistration,
+                format!(
+                    "subworker '{}' asks for {slots} slots (--concurrency plus --prefetch); at most {MAX_WORKER_SLOTS} are allowed",
+                    name.worker_id
+                ),
+            ));
+        }
         let base = match BaseAddress::parse(&address) {
             Ok(base) => base,
             Err(error) => {

@@ -121,6 +121,20 @@ pub struct OfferedTask {
     pub schedule: String,
 }
 
+impl From<&fastworker_plugin_sdk::abi::TaskDecl> for OfferedTask {
+    fn from(decl: &fastworker_plugin_sdk::abi::TaskDecl) -> Self {
+        let options = &decl.options;
+        OfferedTask {
+            name: decl.name.to_string(),
+            priority: options.priority,
+            timeout_ms: options.timeout_ms,
+            max_retries: options.max_retries,
+            retry_delay_ms: options.retry_delay_ms,
+            schedule: options.schedule.to_string(),
+        }
+    }
+}
+
 /// A subworker's identity: the `--worker-id` chosen by its operator, and a
 /// fresh id per process, which tells a restarted worker from a duplicate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -428,7 +442,12 @@ pub enum ErrorKind {
     AlreadyFinished,
     /// No periodic task of that name.
     UnknownSchedule,
+    /// A registration the control plane cannot take (too many slots).
+    BadRegistration,
 }
+
+/// The most slots (concurrency plus prefetch) a subworker may ask for.
+pub const MAX_WORKER_SLOTS: u32 = 4096;
 
 impl ErrorReply {
     /// Builds an error reply.

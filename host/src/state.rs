@@ -30,8 +30,7 @@ use crate::plugins::Registry;
 use crate::pool::Pool;
 use crate::protocol::{
     decode, encode_message, forwarded_submit, now_ms, Callback, ClusterStatus, ErrorKind, ErrorReply, Forwarded,
-    Notice, OfferedTask, Priority, Reply, Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport,
-    TaskState,
+    Notice, Priority, Reply, Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState,
 };
 use crate::schedules::Scheduler;
 use crate::timers::{Alarm, Timers};
@@ -90,6 +89,14 @@ struct Plan {
     timeout_ms: u64,
     retry: RetryPolicy,
     callback: Option<Callback>,
+}
+
+/// A task's declared defaults, from the plugin here or a subworker's offer.
+struct Declared {
+    priority: Priority,
+    timeout_ms: u64,
+    max_retries: u32,
+    retry_delay_ms: u64,
 }
 
 /// What a worker thread needs to run one task.
@@ -261,7 +268,12 @@ impl State {
             return Ok(task_id);
         }
         let declared = match (tasks.cluster.provider(&submit.task_name), self.registry.get(&submit.task_name)) {
-            (Some(offered), _) => offered.clone(),
+            (Some(offered), _) => Declared {
+                priority: offered.priority,
+                timeout_ms: offered.timeout_ms,
+                max_retries: offered.max_retries,
+                retry_delay_ms: offered.retry_delay_ms,
+            },
             (None, Some(_)) if self.pool.threads() == 0 => {
                 let message = format!(
                     "no worker can run task '{}': this control plane runs with --concurrency 0 and no live subworker provides it",
@@ -271,13 +283,11 @@ impl State {
             }
             (None, Some(task)) => {
                 let options = &task.decl.options;
-                OfferedTask {
-                    name: submit.task_name.clone(),
+                Declared {
                     priority: options.priority,
                     timeout_ms: options.timeout_ms,
                     max_retries: options.max_retries,
                     retry_delay_ms: options.retry_delay_ms,
-                    schedule: String::new(),
                 }
             }
             (None, None) => {
@@ -336,13 +346,15 @@ impl State {
             task.report.state = TaskState::Queued;
             self.monitor.changed(&task.report);
         }
-        let (priority, task_name) = (task.report.priority, task.report.task_name.clone());
-        let placement =
-            if tasks.cluster.is_empty() { Placement::Nobody } else { tasks.cluster.place(task_id, &task_name) };
+        let Tasks { live, cluster } = tasks;
+        let report = &live[&task_id].report;
+        let placement = if cluster.is_empty() { Placement::Nobody } else { cluster.place(task_id, &report.task_name) };
         match placement {
             Placement::Slot(key, slot) => self.send_to_worker(tasks, key, slot, task_id),
             Placement::Wait => {
-                tasks.cluster.wait(priority, Waiting { task_id, task_name }, first);
+                let priority = report.priority;
+                let waiting = Waiting { task_id, task_name: report.task_name.clone() };
+                cluster.wait(priority, waiting, first);
                 debug!(%task_id, %priority, "task waits for a subworker slot");
             }
             Placement::Nobody => self.run_here_or_fail(tasks, task_id, why, outbox),

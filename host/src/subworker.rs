@@ -110,7 +110,10 @@ impl Membership {
                     return Ok(management);
                 }
                 Err(ClientError::Refused(refusal))
-                    if matches!(refusal.kind, ErrorKind::DuplicateWorker | ErrorKind::WorkerUnreachable) =>
+                    if matches!(
+                        refusal.kind,
+                        ErrorKind::DuplicateWorker | ErrorKind::WorkerUnreachable | ErrorKind::BadRegistration
+                    ) =>
                 {
                     return Err(MembershipError::Refused {
                         control_plane: control_plane.clone(),

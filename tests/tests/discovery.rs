@@ -211,8 +211,11 @@ fn a_taken_discovery_address_only_warns() {
     let discovery = discovery_address();
     let first = announced_control_plane(&discovery);
     let second = announced_control_plane(&discovery);
+    // The warning follows the ports being ready, so it may come a moment later.
+    let warned = |log: &str| log.contains("already in use") && log.contains("serving without announcing");
+    wait_until(Duration::from_secs(5), || warned(&second.log()));
     let log = second.log();
-    assert!(log.contains("already in use") && log.contains("serving without announcing"), "{log}");
+    assert!(warned(&log), "{log}");
     // The second serves anyway; the first is still the one announced.
     let output = run_cli(&["submit", "--address", &second.address, "--task-name", "add", "--args", "1", "1"]);
     assert_eq!(stdout(&output).trim(), "2", "{}", stderr(&output));

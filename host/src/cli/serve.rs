@@ -97,12 +97,12 @@ pub(crate) struct SubworkerArgs {
     #[arg(long, env = "FASTWORKER_TASK_MODULES", num_args = 1.., value_delimiter = ',', required = true)]
     pub(crate) task_modules: Vec<PathBuf>,
     /// Worker threads running tasks (default: the number of cores).
-    #[arg(long, env = "FASTWORKER_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "FASTWORKER_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=2048))]
     pub(crate) concurrency: Option<u32>,
     /// Tasks the control plane may send ahead beyond --concurrency, queued here: more throughput for
     /// short tasks, at the cost of cluster-wide priority order (a queued task may start before a more
     /// urgent one sent later).
-    #[arg(long, env = "FASTWORKER_PREFETCH", default_value_t = 0)]
+    #[arg(long, env = "FASTWORKER_PREFETCH", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=2048))]
     pub(crate) prefetch: u32,
     /// Seconds between heartbeats to the control plane.
     #[arg(long, env = "FASTWORKER_HEARTBEAT_INTERVAL", default_value_t = 5.0)]
@@ -136,17 +136,14 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     if let (false, Err(error)) = (args.no_discovery, discovery::check_address(&args.discovery_address)) {
         return fail(EXIT_USAGE, format_args!("--discovery-address: {error}"));
     }
-    let registry = match Registry::load(&args.task_modules) {
+    let registry = match load_plugins(&args.task_modules) {
         Ok(registry) => registry,
-        Err(error) => return fail(EXIT_USAGE, error),
+        Err(code) => return code,
     };
-    for plugin in registry.plugins() {
-        info!(plugin = %plugin.name, version = %plugin.version, path = %plugin.path.display(), "plugin loaded");
-    }
     if registry.is_empty() {
         warn!("no tasks loaded: pass plugins with --task-modules");
     }
-    let concurrency = args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let concurrency = args.concurrency.unwrap_or_else(cores);
     let config = ControlPlaneConfig {
         worker_id: args.worker_id,
         base,
@@ -227,36 +224,18 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
     else {
         return fail(EXIT_USAGE, "--shutdown-timeout and --heartbeat-interval must be numbers of seconds");
     };
-    let registry = match Registry::load(&args.task_modules) {
+    let registry = match load_plugins(&args.task_modules) {
         Ok(registry) => registry,
-        Err(error) => return fail(EXIT_USAGE, error),
+        Err(code) => return code,
     };
-    for plugin in registry.plugins() {
-        info!(plugin = %plugin.name, version = %plugin.version, path = %plugin.path.display(), "plugin loaded");
-    }
     if registry.is_empty() {
         return fail(
             EXIT_USAGE,
             "the plugins given with --task-modules declare no task: a subworker needs at least one",
         );
     }
-    let offered: Vec<OfferedTask> = registry
-        .tasks()
-        .iter()
-        .map(|task| {
-            let options = &task.decl.options;
-            OfferedTask {
-                name: task.decl.name.to_string(),
-                priority: options.priority,
-                timeout_ms: options.timeout_ms,
-                max_retries: options.max_retries,
-                retry_delay_ms: options.retry_delay_ms,
-                schedule: options.schedule.to_string(),
-            }
-        })
-        .collect();
-    let concurrency =
-        args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as u32);
+    let offered: Vec<OfferedTask> = registry.tasks().iter().map(|task| OfferedTask::from(&task.decl)).collect();
+    let concurrency = args.concurrency.unwrap_or_else(|| cores() as u32);
     let control_plane = match &args.control_plane_address {
         Some(address) => address.clone(),
         None => {
@@ -347,6 +326,20 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
         server.shutdown();
     }
     ExitCode::SUCCESS
+}
+
+/// Loads `--task-modules` and logs each plugin, or says why not (exit 2).
+fn load_plugins(paths: &[PathBuf]) -> Result<Registry, ExitCode> {
+    let registry = Registry::load(paths).map_err(|error| fail(EXIT_USAGE, error))?;
+    for plugin in registry.plugins() {
+        info!(plugin = %plugin.name, version = %plugin.version, path = %plugin.path.display(), "plugin loaded");
+    }
+    Ok(registry)
+}
+
+/// The default `--concurrency`: one thread per core.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Resolves when SIGINT or SIGTERM arrives, naming it.
