@@ -51,6 +51,9 @@ pub struct Membership {
     name: WorkerName,
     tasks: Vec<OfferedTask>,
     discovery: Client,
+    /// The client of the management port found at the last registration,
+    /// reused by heartbeats, leaving and unregistering.
+    management: std::sync::Mutex<Option<Client>>,
 }
 
 impl Membership {
@@ -58,7 +61,7 @@ impl Membership {
     pub fn new(config: MembershipConfig, tasks: Vec<OfferedTask>) -> Result<Membership, ClientError> {
         let discovery = Client::new(&config.control_plane)?.with_timeout(Duration::from_secs(2));
         let name = WorkerName { worker_id: config.worker_id.clone(), instance: uuid::Uuid::new_v4() };
-        Ok(Membership { config, name, tasks, discovery })
+        Ok(Membership { config, name, tasks, discovery, management: Default::default() })
     }
 
     /// Registers (retrying with backoff while the control plane cannot be
@@ -140,7 +143,9 @@ impl Membership {
             tasks: self.tasks.clone(),
         };
         management.manage(&Request::Register(registration)).await?;
-        Ok(management.with_timeout(Duration::from_secs(5)))
+        let management = management.with_timeout(Duration::from_secs(5));
+        *self.management.lock().expect("management lock") = Some(management.clone());
+        Ok(management)
     }
 
     /// Sends one heartbeat.
@@ -160,6 +165,9 @@ impl Membership {
     }
 
     async fn management(&self) -> Result<Client, ClientError> {
+        if let Some(management) = self.management.lock().expect("management lock").clone() {
+            return Ok(management);
+        }
         let port = self.discovery.discover().await?;
         Ok(self.discovery.clone().with_management_port(port))
     }
