@@ -11,7 +11,7 @@ use std::time::Duration;
 use nng::Message;
 use tracing::{info, warn};
 
-use crate::address::BaseAddress;
+use crate::config::ControlPlaneConfig;
 use crate::dashboard::{Dashboard, DashboardConfig, DashboardError};
 use crate::discovery::{Announcement, Announcer};
 use crate::endpoint::{Handler, ListenError, Listener, Replier};
@@ -19,44 +19,6 @@ use crate::membership::{self, Event};
 use crate::plugins::Registry;
 use crate::protocol::{decode, ClusterStatus, ErrorKind, Priority, Reply, Request};
 use crate::state::{error_reply, State};
-
-/// How a control plane (or subworker) is set up.
-#[derive(Debug, Clone)]
-pub struct ControlPlaneConfig {
-    /// Its name in reports and logs.
-    pub worker_id: String,
-    /// Where its ports start.
-    pub base: BaseAddress,
-    /// Worker threads for tasks (0: run nothing locally).
-    pub concurrency: usize,
-    /// Most results kept (0: keep none).
-    pub result_cache_size: usize,
-    /// Longest a result is kept (`None`: until evicted).
-    pub result_cache_ttl: Option<Duration>,
-    /// How long a shutdown waits for queued and running tasks.
-    pub shutdown_timeout: Duration,
-    /// Largest frame accepted.
-    pub max_frame_bytes: usize,
-    /// Requests served at once per port.
-    pub contexts_per_port: usize,
-    /// Subworker management, on a control plane; `None` on a subworker,
-    /// which serves its four task ports and nothing else.
-    pub management: Option<ManagementConfig>,
-    /// The discovery address to announce this control plane on
-    /// (`--discovery-address`); `None` announces nothing. Used only with
-    /// `management` (subworkers set `None`). If the address is taken, a
-    /// warning is logged and the control plane serves without announcing.
-    pub discovery: Option<String>,
-}
-
-/// How a control plane manages subworkers.
-#[derive(Debug, Clone)]
-pub struct ManagementConfig {
-    /// The management port (`--subworker-port`, default base+5).
-    pub port: u16,
-    /// Silence after which a subworker is excluded (`--inactive-after`).
-    pub inactive_after: Duration,
-}
 
 /// A running control plane or subworker.
 pub struct ControlPlane {
@@ -80,8 +42,8 @@ impl ControlPlane {
             listeners.push(Listener::start(
                 &config.base.task_address(priority),
                 priority_purpose(priority),
-                config.contexts_per_port,
-                config.max_frame_bytes,
+                config.limits.contexts_per_port,
+                config.limits.max_frame_bytes,
                 handler,
             )?);
         }
@@ -95,8 +57,8 @@ impl ControlPlane {
             listeners.push(Listener::start(
                 &config.base.result_address(),
                 "result queries",
-                config.contexts_per_port.min(64),
-                config.max_frame_bytes,
+                config.limits.contexts_per_port.min(64),
+                config.limits.max_frame_bytes,
                 handler,
             )?);
             let sender = events.clone();
@@ -107,7 +69,7 @@ impl ControlPlane {
                 &config.base.at_port(management.port),
                 "subworker management",
                 16,
-                config.max_frame_bytes,
+                config.limits.max_frame_bytes,
                 handler,
             )?);
             let thread = membership::start(state.clone(), management.clone(), events.clone(), receiver);
@@ -210,7 +172,7 @@ fn priority_purpose(priority: Priority) -> &'static str {
 
 impl State {
     fn on_task_request(&self, port: Priority, replier: Replier, message: Message) {
-        match decode::<Request>(&message, self.config.max_frame_bytes) {
+        match decode::<Request>(&message, self.config.limits.max_frame_bytes) {
             Ok(Request::Submit(submit)) => self.submit(submit, replier),
             Ok(Request::Batch(submits)) => self.submit_batch(submits, replier),
             // A subworker takes cancellations from its control plane here.
@@ -233,7 +195,7 @@ impl State {
     }
 
     fn on_result_request(&self, management_port: u16, replier: Replier, message: Message) {
-        let reply = match decode::<Request>(&message, self.config.max_frame_bytes) {
+        let reply = match decode::<Request>(&message, self.config.limits.max_frame_bytes) {
             Ok(Request::Status { task_id }) => self.status(task_id),
             Ok(Request::Cancel { task_id }) => self.cancel(task_id),
             Ok(Request::Schedules) => Reply::Schedules(self.schedule_statuses()),

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::address::BaseAddress;
 use crate::cluster::{Joining, Phase, WorkerKey};
-use crate::control_plane::ManagementConfig;
+use crate::config::ManagementConfig;
 use crate::endpoint::Replier;
 use crate::link::Link;
 use crate::protocol::{
@@ -81,7 +81,7 @@ struct Membership {
 
 impl Membership {
     fn on_frame(&mut self, replier: Replier, message: &Message) {
-        let request = match decode::<Request>(message, self.state.config.max_frame_bytes) {
+        let request = match decode::<Request>(message, self.state.config.limits.max_frame_bytes) {
             Ok(request) => request,
             Err(error) => {
                 warn!(port = "management", %error, "refused a frame");
@@ -169,7 +169,7 @@ impl Membership {
         let link = Link::open(
             &base.at_offset(0),
             (concurrency.max(1) + prefetch) as usize,
-            self.state.config.max_frame_bytes,
+            self.state.config.limits.max_frame_bytes,
             move |up| {
                 let _ = events.send(Event::Connection(key, up));
             },

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::cache::{Lookup, ResultCache};
 use crate::callbacks::Callbacks;
 use crate::cluster::{Cluster, Placement, Waiting, WorkerKey};
-use crate::control_plane::ControlPlaneConfig;
+use crate::config::ControlPlaneConfig;
 use crate::endpoint::{encode_reply, Replier};
 use crate::link::Link;
 use crate::monitor::{Monitor, TaskSummary};

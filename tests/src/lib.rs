@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use fastworker::protocol::{ClusterStatus, WorkerState, WorkerStatus};
 use fastworker::{Client, ClientError, TaskId};
 
+pub mod attack;
 pub mod browser;
 pub mod http;
 
@@ -254,6 +255,11 @@ impl Process {
     /// A client of this control plane with a 10 s timeout.
     pub fn client(&self) -> Client {
         Client::new(&self.address).unwrap().with_timeout(Duration::from_secs(10))
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// What the process wrote to stderr so far.

@@ -2,5 +2,6 @@
 //! and dispatches.
 
 pub(crate) mod client;
+pub(crate) mod limits;
 pub(crate) mod plugins;
 pub(crate) mod serve;

@@ -7,15 +7,18 @@ use std::time::Duration;
 
 use clap::Args;
 use fastworker::address::{MANAGEMENT_PORT_OFFSET, RESULT_PORT_OFFSET};
-use fastworker::control_plane::{ControlPlane, ControlPlaneConfig, ManagementConfig};
+use fastworker::config::{ControlPlaneConfig, ManagementConfig};
+use fastworker::control_plane::ControlPlane;
 use fastworker::dashboard::DashboardConfig;
 use fastworker::discovery::{self, DEFAULT_DISCOVERY_ADDRESS};
 use fastworker::plugins::Registry;
-use fastworker::protocol::{OfferedTask, DEFAULT_MAX_FRAME_BYTES};
+use fastworker::limits::range;
+use fastworker::protocol::OfferedTask;
 use fastworker::subworker::{Membership, MembershipConfig};
 use fastworker::{BaseAddress, DEFAULT_BASE_ADDRESS};
 use tracing::{info, warn};
 
+use crate::cli::limits::{limits, ClusterLimitArgs, TaskLimitArgs};
 use crate::{fail, seconds, EXIT_USAGE};
 
 /// How long a subworker without --control-plane-address waits for an announcement.
@@ -62,18 +65,16 @@ pub(crate) struct ControlPlaneArgs {
     /// Key the dashboard's cancel and retry need (Authorization: Bearer KEY); without it they are open.
     #[arg(long, env = "FASTWORKER_GUI_API_KEY", hide_env_values = true)]
     pub(crate) gui_api_key: Option<String>,
-    /// Worker threads running tasks (default: the number of cores); 0 runs no task here.
-    #[arg(long, env = "FASTWORKER_CONCURRENCY")]
-    pub(crate) concurrency: Option<usize>,
+    /// Worker threads running tasks (default: the number of cores, at most 2048); 0 runs no task here.
+    #[arg(long, env = "FASTWORKER_CONCURRENCY", value_parser = clap::value_parser!(u64).range(range::CONCURRENCY))]
+    pub(crate) concurrency: Option<u64>,
     /// Seconds a shutdown waits for queued and running tasks.
     #[arg(long, env = "FASTWORKER_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     pub(crate) shutdown_timeout: f64,
-    /// Largest request accepted, in bytes.
-    #[arg(long, env = "FASTWORKER_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
-    pub(crate) max_frame_bytes: usize,
-    /// Requests each port serves at once; more wait in line.
-    #[arg(long, env = "FASTWORKER_CONTEXTS_PER_PORT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
-    pub(crate) contexts_per_port: u32,
+    #[command(flatten)]
+    pub(crate) task_limits: TaskLimitArgs,
+    #[command(flatten)]
+    pub(crate) cluster_limits: ClusterLimitArgs,
 }
 
 #[derive(Args)]
@@ -110,9 +111,8 @@ pub(crate) struct SubworkerArgs {
     /// Seconds a shutdown waits for queued and running tasks.
     #[arg(long, env = "FASTWORKER_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     pub(crate) shutdown_timeout: f64,
-    /// Largest request accepted, in bytes.
-    #[arg(long, env = "FASTWORKER_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
-    pub(crate) max_frame_bytes: usize,
+    #[command(flatten)]
+    pub(crate) task_limits: TaskLimitArgs,
 }
 
 pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
@@ -143,7 +143,7 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     if registry.is_empty() {
         warn!("no tasks loaded: pass plugins with --task-modules");
     }
-    let concurrency = args.concurrency.unwrap_or_else(cores);
+    let concurrency = args.concurrency.map_or_else(cores, |n| n as usize);
     let config = ControlPlaneConfig {
         worker_id: args.worker_id,
         base,
@@ -151,8 +151,7 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         result_cache_size: args.result_cache_size,
         result_cache_ttl: (args.result_cache_ttl > 0).then(|| Duration::from_secs(args.result_cache_ttl)),
         shutdown_timeout,
-        max_frame_bytes: args.max_frame_bytes,
-        contexts_per_port: args.contexts_per_port as usize,
+        limits: limits(&args.task_limits, Some(&args.cluster_limits), 0),
         management: Some(ManagementConfig { port: management_port, inactive_after }),
         discovery: (!args.no_discovery).then_some(args.discovery_address),
     };
@@ -276,8 +275,8 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
         result_cache_size: 0,
         result_cache_ttl: None,
         shutdown_timeout,
-        max_frame_bytes: args.max_frame_bytes,
-        contexts_per_port: 64,
+        // Its ports hold what the control plane may send it at once.
+        limits: limits(&args.task_limits, None, (concurrency + args.prefetch).max(64) as usize),
         management: None,
         discovery: None,
     };

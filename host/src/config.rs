@@ -1,0 +1,45 @@
+//! How a control plane or subworker is set up: plain data that the command
+//! line builds and every part of the server reads, kept apart from the
+//! server so that no part needs to import the server for its settings.
+
+use std::time::Duration;
+
+use crate::address::BaseAddress;
+use crate::limits::Limits;
+
+/// How a control plane (or subworker) is set up.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// Its name in reports and logs.
+    pub worker_id: String,
+    /// Where its ports start.
+    pub base: BaseAddress,
+    /// Worker threads for tasks (0: run nothing locally).
+    pub concurrency: usize,
+    /// Most results kept (0: keep none).
+    pub result_cache_size: usize,
+    /// Longest a result is kept (`None`: until evicted).
+    pub result_cache_ttl: Option<Duration>,
+    /// How long a shutdown waits for queued and running tasks.
+    pub shutdown_timeout: Duration,
+    /// The bound of every resource a peer can make it spend.
+    pub limits: Limits,
+    /// Subworker management, on a control plane; `None` on a subworker,
+    /// which serves its four task ports and nothing else.
+    pub management: Option<ManagementConfig>,
+    /// The discovery address to announce this control plane on
+    /// (`--discovery-address`); `None` announces nothing. Used only with
+    /// `management` (subworkers set `None`). If the address is taken, a
+    /// warning is logged and the control plane serves without announcing.
+    pub discovery: Option<String>,
+}
+
+/// How a control plane manages subworkers.
+#[derive(Debug, Clone)]
+pub struct ManagementConfig {
+    /// The management port (`--subworker-port`, default base+5).
+    pub port: u16,
+    /// Silence after which a subworker is excluded (`--inactive-after`).
+    pub inactive_after: Duration,
+}
+
