@@ -442,8 +442,14 @@ pub enum ErrorKind {
     AlreadyFinished,
     /// No periodic task of that name.
     UnknownSchedule,
-    /// A registration the control plane cannot take (too many slots).
+    /// A registration the control plane cannot take (too many slots or
+    /// tasks, a name too long).
     BadRegistration,
+    /// A limit was reached (the message names its flag): back off and retry.
+    Busy,
+    /// A submission asks for what a limit does not allow (a countdown too
+    /// far, too many retries, a callback scheme not allowed): change it.
+    BadRequest,
 }
 
 /// The most slots (concurrency plus prefetch) a subworker may ask for.

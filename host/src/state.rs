@@ -24,6 +24,7 @@ use crate::callbacks::Callbacks;
 use crate::cluster::{Cluster, Placement, Waiting, WorkerKey};
 use crate::config::ControlPlaneConfig;
 use crate::endpoint::{encode_reply, Replier};
+use crate::limits::Refusals;
 use crate::link::Link;
 use crate::monitor::{Monitor, TaskSummary};
 use crate::plugins::Registry;
@@ -61,6 +62,8 @@ pub(crate) struct State {
     /// Periodic tasks, on a control plane (a subworker's run when its
     /// control plane sends them).
     pub(crate) scheduler: Option<Scheduler>,
+    /// What the limits refused or dropped, for `/metrics`.
+    pub(crate) refusals: Arc<Refusals>,
 }
 
 /// The live tasks and the subworkers, under one lock.
@@ -162,6 +165,7 @@ impl State {
                 pool,
                 timers,
                 callbacks: Callbacks::start(),
+                refusals: Arc::default(),
             }
         })
     }
