@@ -1,5 +1,5 @@
-//! The result cache: finished tasks by id, bounded by count (LRU, a read
-//! refreshes) and by age (TTL from when the result was stored).
+//! The result cache: finished tasks by id, bounded by count and by bytes
+//! (LRU, a read refreshes) and by age (TTL from when the result was stored).
 
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
@@ -40,26 +40,48 @@ pub(crate) struct ResultCache {
     results: Option<LruCache<TaskId, Cached>>,
     dropped: LruCache<TaskId, Dropped>,
     ttl: Option<Duration>,
+    /// Bytes the held results take (their result, error and name).
+    bytes: u64,
+    max_bytes: u64,
+}
+
+/// The bytes a cached report is counted for.
+fn size_of(report: &TaskReport) -> u64 {
+    let error = report.error.as_ref().map_or(0, |e| e.message.len());
+    (report.result.as_ref().map_or(0, Vec::len) + error + report.task_name.len() + 128) as u64
 }
 
 impl ResultCache {
-    /// A cache of at most `capacity` results (0 keeps none) kept at most
-    /// `ttl` (`None` keeps them until evicted).
-    pub(crate) fn new(capacity: usize, ttl: Option<Duration>) -> Self {
+    /// A cache of at most `capacity` results (0 keeps none) and
+    /// `max_bytes` bytes, kept at most `ttl` (`None` keeps them until evicted).
+    pub(crate) fn new(capacity: usize, max_bytes: u64, ttl: Option<Duration>) -> Self {
         let remembered = NonZeroUsize::new(capacity.clamp(1024, MAX_REMEMBERED_DROPS)).expect("clamped above zero");
-        ResultCache { results: NonZeroUsize::new(capacity).map(LruCache::new), dropped: LruCache::new(remembered), ttl }
+        let results = NonZeroUsize::new(capacity).map(LruCache::new);
+        ResultCache { results, dropped: LruCache::new(remembered), ttl, bytes: 0, max_bytes }
     }
 
     /// Stores a finished task, evicting the least recently used one if full.
     pub(crate) fn insert(&mut self, report: TaskReport) {
         let Some(results) = self.results.as_mut() else { return };
         let id = report.task_id;
-        if let Some((evicted, _)) = results.push(id, Cached { report, stored: Instant::now() }) {
+        self.bytes += size_of(&report);
+        if let Some((evicted, old)) = results.push(id, Cached { report, stored: Instant::now() }) {
+            self.bytes -= size_of(&old.report);
             if evicted != id {
                 self.dropped.put(evicted, Dropped::Evicted);
             }
         }
+        while self.bytes > self.max_bytes {
+            let Some((evicted, old)) = results.pop_lru() else { break };
+            self.bytes -= size_of(&old.report);
+            self.dropped.put(evicted, Dropped::Evicted);
+        }
         self.dropped.pop(&id);
+    }
+
+    /// Bytes the held results take.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Looks up `id`, refreshing its place in the LRU order.
@@ -68,7 +90,9 @@ impl ResultCache {
         if let Some(results) = self.results.as_mut() {
             if let Some(cached) = results.get(id) {
                 if ttl.is_some_and(|ttl| cached.stored.elapsed() >= ttl) {
-                    results.pop(id);
+                    if let Some(old) = results.pop(id) {
+                        self.bytes -= size_of(&old.report);
+                    }
                     self.dropped.put(*id, Dropped::Expired);
                     return Lookup::Expired;
                 }
@@ -88,7 +112,9 @@ impl ResultCache {
         let expired: Vec<TaskId> =
             results.iter().filter(|(_, cached)| cached.stored.elapsed() >= ttl).map(|(id, _)| *id).collect();
         for id in &expired {
-            results.pop(id);
+            if let Some(old) = results.pop(id) {
+                self.bytes -= size_of(&old.report);
+            }
             self.dropped.put(*id, Dropped::Expired);
         }
         expired.len()
@@ -123,7 +149,7 @@ mod tests {
 
     #[test]
     fn a_read_refreshes_and_the_least_recent_is_evicted() {
-        let mut cache = ResultCache::new(2, None);
+        let mut cache = ResultCache::new(2, u64::MAX, None);
         let (a, b, c) = (TaskId::new_v4(), TaskId::new_v4(), TaskId::new_v4());
         cache.insert(report(a));
         cache.insert(report(b));
@@ -136,7 +162,7 @@ mod tests {
 
     #[test]
     fn results_expire_after_the_ttl() {
-        let mut cache = ResultCache::new(10, Some(Duration::from_millis(30)));
+        let mut cache = ResultCache::new(10, u64::MAX, Some(Duration::from_millis(30)));
         let (a, b) = (TaskId::new_v4(), TaskId::new_v4());
         cache.insert(report(a));
         cache.insert(report(b));
@@ -149,9 +175,20 @@ mod tests {
 
     #[test]
     fn capacity_zero_keeps_nothing() {
-        let mut cache = ResultCache::new(0, None);
+        let mut cache = ResultCache::new(0, u64::MAX, None);
         let a = TaskId::new_v4();
         cache.insert(report(a));
         assert!(matches!(cache.get(&a), Lookup::Unknown));
+    }
+
+    #[test]
+    fn the_byte_bound_evicts_the_least_recent() {
+        let mut cache = ResultCache::new(100, 3 * size_of(&report(TaskId::nil())), None);
+        let ids: Vec<TaskId> = (0..5).map(|_| TaskId::new_v4()).collect();
+        ids.iter().for_each(|id| cache.insert(report(*id)));
+        assert_eq!(cache.len(), 3);
+        assert!(matches!(cache.get(&ids[0]), Lookup::Evicted));
+        assert!(matches!(cache.get(&ids[4]), Lookup::Found(_)));
+        assert_eq!(cache.bytes(), 3 * size_of(&report(ids[0])));
     }
 }

@@ -20,6 +20,12 @@ use crate::protocol::{
     ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
 };
 
+/// Calls one client keeps in service on one port at once; more wait in
+/// the client. It matches the control plane's default
+/// `--max-requests-per-connection`, so a client never sees that limit's
+/// `Busy` answer unless the control plane lowers it.
+pub const MAX_IN_FLIGHT_PER_PORT: usize = 128;
+
 /// The timeout of a call when none is set.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -398,6 +404,13 @@ impl Client {
             .as_ref()
             .map_err(|e| transport(*e))?;
         let timeout = inner.timeout;
+        let started = Instant::now();
+        let _permit = match tokio::time::timeout(timeout, endpoint.in_flight.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(transport(nng::Error::Closed)),
+            Err(_) => return Err(ClientError::Timeout { address: address.to_string(), after: timeout }),
+        };
+        let timeout = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
         let slot = endpoint.acquire().map_err(transport)?;
         let (sender, receiver) = oneshot::channel();
         *slot.pending.lock().expect("slot lock") = Some(Pending { sender, deadline: Instant::now() + timeout });
@@ -447,6 +460,9 @@ pub fn decode_result<R: DeserializeOwned>(report: TaskReport) -> Result<R, Clien
 struct Endpoint {
     socket: Socket,
     slots: Arc<SlotList>,
+    /// Calls in service on this connection: never more than a control
+    /// plane serves per connection by default (`--max-requests-per-connection`).
+    in_flight: tokio::sync::Semaphore,
 }
 
 #[derive(Default)]
@@ -476,7 +492,7 @@ impl Endpoint {
         socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_millis(500)))?;
         socket.set_opt::<RecvMaxSize>(max_frame.saturating_mul(2))?;
         socket.dial_async(address)?;
-        Ok(Endpoint { socket, slots: Arc::default() })
+        Ok(Endpoint { socket, slots: Arc::default(), in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_PORT) })
     }
 
     fn acquire(&self) -> Result<Arc<Slot>, nng::Error> {

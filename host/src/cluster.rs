@@ -206,6 +206,17 @@ impl<L> Cluster<L> {
         Some((worker, carried))
     }
 
+    /// Workers registered, and their slots together (`--max-subworkers`,
+    /// `--max-subworker-slots`).
+    pub(crate) fn size(&self) -> (usize, usize) {
+        (self.workers.len(), self.workers.iter().map(|w| w.slots.len()).sum())
+    }
+
+    /// Whether any worker still registered offers `task_name` with a schedule.
+    pub(crate) fn schedules(&self, task_name: &str) -> bool {
+        self.workers.iter().any(|w| w.tasks.get(task_name).is_some_and(|t| !t.schedule.is_empty()))
+    }
+
     /// Takes back the tasks a worker carries (it went silent or its
     /// connection dropped); their slots stay unusable until released.
     pub(crate) fn take_back(&mut self, key: WorkerKey) -> Carried {

@@ -42,4 +42,3 @@ pub struct ManagementConfig {
     /// Silence after which a subworker is excluded (`--inactive-after`).
     pub inactive_after: Duration,
 }
-

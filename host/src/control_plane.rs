@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::config::ControlPlaneConfig;
 use crate::dashboard::{Dashboard, DashboardConfig, DashboardError};
 use crate::discovery::{Announcement, Announcer};
-use crate::endpoint::{Handler, ListenError, Listener, Replier};
+use crate::endpoint::{Handler, ListenError, Listener, PortOptions, Replier};
 use crate::membership::{self, Event};
 use crate::plugins::Registry;
 use crate::protocol::{decode, ClusterStatus, ErrorKind, Priority, Reply, Request};
@@ -32,18 +32,27 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Binds every port and starts the worker threads.
     pub fn start(config: ControlPlaneConfig, registry: Registry) -> Result<ControlPlane, ListenError> {
+        crate::memory::give_back_freed_memory();
         let state = State::new(config, registry);
         let config = &state.config;
+        let limits = &config.limits;
+        let options = |purpose: &'static str, contexts: usize| PortOptions {
+            purpose,
+            contexts,
+            max_frame: limits.max_frame_bytes,
+            per_connection: limits.max_requests_per_connection,
+            reply_timeout: limits.reply_timeout,
+            refusals: state.refusals.clone(),
+            log: state.peer_log.clone(),
+        };
         let mut listeners = Vec::with_capacity(6);
         for priority in Priority::ALL {
             let port_state = state.clone();
-            let handler: Handler =
-                Arc::new(move |replier, message| port_state.on_task_request(priority, replier, message));
+            let handler: Handler = Arc::new(move |replier, message| port_state.on_task_request(replier, message));
+            let address = config.base.task_address(priority);
             listeners.push(Listener::start(
-                &config.base.task_address(priority),
-                priority_purpose(priority),
-                config.limits.contexts_per_port,
-                config.limits.max_frame_bytes,
+                &address,
+                options(priority_purpose(priority), limits.contexts_per_port),
                 handler,
             )?);
         }
@@ -54,24 +63,17 @@ impl ControlPlane {
             let port = management.port;
             let handler: Handler =
                 Arc::new(move |replier, message| query_state.on_result_request(port, replier, message));
-            listeners.push(Listener::start(
-                &config.base.result_address(),
-                "result queries",
-                config.limits.contexts_per_port.min(64),
-                config.limits.max_frame_bytes,
-                handler,
-            )?);
+            let contexts = limits.contexts_per_port.min(64);
+            listeners.push(Listener::start(&config.base.result_address(), options("result port", contexts), handler)?);
             let sender = events.clone();
             let handler: Handler = Arc::new(move |replier, message| {
                 let _ = sender.send(Event::Frame(replier, message));
             });
-            listeners.push(Listener::start(
-                &config.base.at_port(management.port),
-                "subworker management",
-                16,
-                config.limits.max_frame_bytes,
-                handler,
-            )?);
+            // Registrations being dialed back hold their context until
+            // answered: heartbeats keep contexts of their own.
+            let contexts = limits.max_pending_registrations + 32;
+            let address = config.base.at_port(management.port);
+            listeners.push(Listener::start(&address, options("subworker management port", contexts), handler)?);
             let thread = membership::start(state.clone(), management.clone(), events.clone(), receiver);
             membership = Some((events, thread));
         }
@@ -171,7 +173,7 @@ fn priority_purpose(priority: Priority) -> &'static str {
 }
 
 impl State {
-    fn on_task_request(&self, port: Priority, replier: Replier, message: Message) {
+    fn on_task_request(&self, replier: Replier, message: Message) {
         match decode::<Request>(&message, self.config.limits.max_frame_bytes) {
             Ok(Request::Submit(submit)) => self.submit(submit, replier),
             Ok(Request::Batch(submits)) => self.submit_batch(submits, replier),
@@ -188,7 +190,7 @@ impl State {
                 },
             )),
             Err(error) => {
-                warn!(port = %port, %error, "refused a frame");
+                replier.warn_peer("refused a frame", &error);
                 replier.send(&Reply::Error(error.to_reply()));
             }
         }
@@ -211,7 +213,7 @@ impl State {
                 format!("subworkers register on the management port ({})", self.config.base.at_port(management_port)),
             ),
             Err(error) => {
-                warn!(port = "results", %error, "refused a frame");
+                replier.warn_peer("refused a frame", &error);
                 Reply::Error(error.to_reply())
             }
         };

@@ -6,20 +6,51 @@
 //! thread (a blocking submission replies when its task finishes); meanwhile
 //! the other contexts keep serving. Requests beyond the number of contexts
 //! wait inside NNG until one is free: nothing is dropped.
+//!
+//! No peer can take a port from the others:
+//! * one connection may hold at most `max_requests_per_connection`
+//!   contexts; a request beyond that is answered `Busy` at once;
+//! * a reply that cannot be sent within `reply_timeout` (the peer does not
+//!   read) is dropped and counted, and that peer's connection is closed,
+//!   which frees every context it held.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
-use nng::options::{Options, RecvMaxSize};
-use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
+use nng::options::{Options, RecvMaxSize, RemAddr};
+use nng::{Aio, AioResult, Context, Message, Pipe, Protocol, Socket};
+use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
-use crate::protocol::{encode_message, Reply};
+use crate::limits::{Bound, Refusals};
+use crate::peer_log::PeerLog;
+use crate::protocol::{encode_message, ErrorKind, ErrorReply, Reply};
 
-/// The handle to answer one request with. Dropping it unanswered would
-/// leave its context idle, so every path must call [`Replier::send`].
+/// The handle to answer one request with. Dropping it unanswered frees its
+/// context without a reply (the peer's call times out).
 pub(crate) struct Replier {
+    slot: Option<Arc<Slot>>,
+}
+
+/// One context of a port and what it is serving.
+struct Slot {
     ctx: Context,
     aio: Aio,
+    port: Arc<Port>,
+    /// The connection whose request this context serves, if known.
+    pipe: Mutex<Option<Pipe>>,
+}
+
+/// What every context of a port shares.
+struct Port {
+    purpose: &'static str,
+    per_connection: u32,
+    reply_timeout: Duration,
+    /// Requests in service by connection.
+    in_service: Mutex<FxHashMap<Pipe, u32>>,
+    refusals: Arc<Refusals>,
+    log: Arc<PeerLog>,
 }
 
 impl Replier {
@@ -28,11 +59,87 @@ impl Replier {
         self.send_message(encode_reply(reply));
     }
 
-    /// Sends an already encoded reply.
-    pub(crate) fn send_message(self, message: Message) {
-        if let Err((_, error)) = self.ctx.send(&self.aio, message) {
-            warn!(%error, "could not queue a reply");
+    /// Sends an already encoded reply; if it cannot leave within the
+    /// port's reply timeout it is dropped and the connection closed.
+    pub(crate) fn send_message(mut self, message: Message) {
+        let Some(slot) = self.slot.take() else { return };
+        let _ = slot.aio.set_timeout(Some(slot.port.reply_timeout));
+        if let Err((_, error)) = slot.ctx.send(&slot.aio, message) {
+            warn!(%error, port = slot.port.purpose, "could not queue a reply");
+            slot.done();
         }
+    }
+
+    /// The peer's address (its IP, without the port), for logs.
+    pub(crate) fn peer(&self) -> String {
+        let pipe = self.slot.as_ref().and_then(|slot| *slot.pipe.lock().expect("slot lock"));
+        peer_of(pipe)
+    }
+
+    /// Writes a rate-limited warning about what this peer sent.
+    pub(crate) fn warn_peer(&self, what: &str, detail: &dyn std::fmt::Display) {
+        let Some(slot) = &self.slot else { return };
+        let peer = self.peer();
+        slot.port.log.warn(&peer, what, |suppressed| {
+            if suppressed > 0 {
+                warn!(port = slot.port.purpose, %peer, suppressed, "{what}: {detail} ({suppressed} similar lines from this peer left out)");
+            } else {
+                warn!(port = slot.port.purpose, %peer, "{what}: {detail}");
+            }
+        });
+    }
+}
+
+impl Drop for Replier {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            debug!(port = slot.port.purpose, "a request was dropped unanswered");
+            slot.done();
+        }
+    }
+}
+
+impl Slot {
+    /// The request is over (answered or not): count it out of its
+    /// connection and take the next one.
+    fn done(&self) {
+        let pipe = self.pipe.lock().expect("slot lock").take();
+        if let Some(pipe) = pipe {
+            self.port.leave(pipe);
+        }
+        let _ = self.aio.set_timeout(None);
+        let _ = self.ctx.recv(&self.aio);
+    }
+}
+
+impl Port {
+    /// Counts a request of `pipe` in; false when that connection already
+    /// has as many in service as allowed (it is counted in all the same).
+    fn enter(&self, pipe: Pipe) -> bool {
+        let mut in_service = self.in_service.lock().expect("port lock");
+        let count = in_service.entry(pipe).or_insert(0);
+        *count += 1;
+        *count <= self.per_connection
+    }
+
+    fn leave(&self, pipe: Pipe) {
+        let mut in_service = self.in_service.lock().expect("port lock");
+        if let Some(count) = in_service.get_mut(&pipe) {
+            *count -= 1;
+            if *count == 0 {
+                in_service.remove(&pipe);
+            }
+        }
+    }
+}
+
+/// A peer's IP address, or what is known of it.
+fn peer_of(pipe: Option<Pipe>) -> String {
+    match pipe.map(|pipe| pipe.get_opt::<RemAddr>()) {
+        Some(Ok(nng::SocketAddr::Inet(address))) => address.ip().to_string(),
+        Some(Ok(nng::SocketAddr::Inet6(address))) => address.ip().to_string(),
+        Some(Ok(other)) => format!("{other:?}"),
+        _ => "unknown peer".to_string(),
     }
 }
 
@@ -41,10 +148,29 @@ pub(crate) fn encode_reply(reply: &Reply) -> Message {
     encode_message(reply)
 }
 
+/// How a port is served and bounded.
+pub(crate) struct PortOptions {
+    /// What the port is for, in errors and logs.
+    pub(crate) purpose: &'static str,
+    /// Requests served at once.
+    pub(crate) contexts: usize,
+    /// Largest frame taken; larger ones close the sender's connection
+    /// (with slack, so that the handler can answer a clear error first).
+    pub(crate) max_frame: usize,
+    /// Requests one connection may have in service.
+    pub(crate) per_connection: usize,
+    /// How long a reply may take to leave.
+    pub(crate) reply_timeout: Duration,
+    /// Where refusals and dropped replies are counted.
+    pub(crate) refusals: Arc<Refusals>,
+    /// The rate limit of lines about peers.
+    pub(crate) log: Arc<PeerLog>,
+}
+
 /// A listening socket and its contexts.
 pub(crate) struct Listener {
     socket: Socket,
-    slots: Vec<(Context, Aio)>,
+    slots: Vec<Arc<Slot>>,
 }
 
 /// Why a listener could not start.
@@ -74,51 +200,93 @@ pub enum ListenError {
 pub(crate) type Handler = Arc<dyn Fn(Replier, Message) + Send + Sync>;
 
 impl Listener {
-    /// Listens on `url` with `contexts` concurrent requests in service.
-    /// Frames above `max_frame` (plus slack to let the handler reply with a
-    /// clear error) close the sender's connection instead.
-    pub(crate) fn start(
-        url: &str,
-        purpose: &'static str,
-        contexts: usize,
-        max_frame: usize,
-        handler: Handler,
-    ) -> Result<Listener, ListenError> {
+    /// Listens on `url` and serves it as `options` say.
+    pub(crate) fn start(url: &str, options: PortOptions, handler: Handler) -> Result<Listener, ListenError> {
+        let purpose = options.purpose;
         let fail = |source: nng::Error| match source {
             nng::Error::AddressInUse => ListenError::AddressInUse { url: url.to_string(), purpose },
             source => ListenError::Other { url: url.to_string(), purpose, source },
         };
         let socket = Socket::new(Protocol::Rep0).map_err(fail)?;
-        socket.set_opt::<RecvMaxSize>(max_frame.saturating_mul(2).max(64 * 1024)).map_err(fail)?;
+        socket.set_opt::<RecvMaxSize>(options.max_frame.saturating_mul(2).max(64 * 1024)).map_err(fail)?;
         socket.listen(url).map_err(fail)?;
-        let mut slots = Vec::with_capacity(contexts);
-        for _ in 0..contexts {
+        let port = Arc::new(Port {
+            purpose,
+            per_connection: u32::try_from(options.per_connection).unwrap_or(u32::MAX).max(1),
+            reply_timeout: options.reply_timeout,
+            in_service: Mutex::new(FxHashMap::default()),
+            refusals: options.refusals,
+            log: options.log,
+        });
+        let mut slots = Vec::with_capacity(options.contexts);
+        for _ in 0..options.contexts {
             let ctx = Context::new(&socket).map_err(fail)?;
-            let callback_ctx = ctx.clone();
             let handler = handler.clone();
-            let aio = Aio::new(move |aio, result| on_event(&callback_ctx, aio, result, &handler)).map_err(fail)?;
-            ctx.recv(&aio).map_err(fail)?;
-            slots.push((ctx, aio));
+            let port = port.clone();
+            let this: Arc<OnceLock<Weak<Slot>>> = Arc::default();
+            let callback_this = this.clone();
+            let aio = Aio::new(move |_aio, result| {
+                if let Some(slot) = callback_this.get().and_then(Weak::upgrade) {
+                    on_event(&slot, result, &handler);
+                }
+            })
+            .map_err(fail)?;
+            let slot = Arc::new(Slot { ctx, aio, port, pipe: Mutex::new(None) });
+            let _ = this.set(Arc::downgrade(&slot));
+            slot.ctx.recv(&slot.aio).map_err(fail)?;
+            slots.push(slot);
         }
         Ok(Listener { socket, slots })
     }
 }
 
-fn on_event(ctx: &Context, aio: Aio, result: AioResult, handler: &Handler) {
+fn on_event(slot: &Arc<Slot>, result: AioResult, handler: &Handler) {
     match result {
-        AioResult::Recv(Ok(message)) => handler(Replier { ctx: ctx.clone(), aio }, message),
+        AioResult::Recv(Ok(mut message)) => {
+            let pipe = message.pipe();
+            *slot.pipe.lock().expect("slot lock") = pipe;
+            let replier = Replier { slot: Some(slot.clone()) };
+            match pipe {
+                Some(pipe) if !slot.port.enter(pipe) => {
+                    let port = &slot.port;
+                    port.refusals.count(Bound::RequestsPerConnection);
+                    let message = format!(
+                        "this connection already has {} requests in service on the {} (--max-requests-per-connection {}): wait for their replies before sending more, or open another connection",
+                        port.per_connection, port.purpose, port.per_connection
+                    );
+                    replier.warn_peer("refused a request", &"too many requests in service on one connection");
+                    replier.send(&Reply::Error(ErrorReply::new(ErrorKind::Busy, message)));
+                }
+                _ => handler(replier, message),
+            }
+        }
         AioResult::Recv(Err(nng::Error::Closed)) => {}
         AioResult::Recv(Err(error)) => {
             debug!(%error, "receive failed; waiting for the next request");
-            let _ = ctx.recv(&aio);
+            let _ = slot.ctx.recv(&slot.aio);
         }
-        AioResult::Send(Ok(())) => {
-            let _ = ctx.recv(&aio);
-        }
+        AioResult::Send(Ok(())) => slot.done(),
         AioResult::Send(Err((_, nng::Error::Closed))) => {}
+        AioResult::Send(Err((_, nng::Error::TimedOut))) => {
+            let port = &slot.port;
+            port.refusals.replies_dropped.fetch_add(1, Ordering::Relaxed);
+            let pipe = *slot.pipe.lock().expect("slot lock");
+            let peer = peer_of(pipe);
+            port.log.warn(&peer, "reply timeout", |suppressed| {
+                warn!(
+                    port = port.purpose, %peer, suppressed,
+                    "a reply could not be sent within {} s (--reply-timeout): the peer does not read; its connection is closed",
+                    port.reply_timeout.as_secs_f64()
+                )
+            });
+            if let Some(pipe) = pipe {
+                pipe.close();
+            }
+            slot.done();
+        }
         AioResult::Send(Err((_, error))) => {
             debug!(%error, "reply not delivered (the client went away)");
-            let _ = ctx.recv(&aio);
+            slot.done();
         }
         AioResult::Sleep(_) => {}
     }

@@ -24,6 +24,9 @@ pub struct Limits {
     /// How long a reply may wait to be sent; a connection whose reply cannot
     /// leave in that time (its peer does not read) is closed.
     pub reply_timeout: Duration,
+    /// Bytes the result cache may hold (results, errors), besides its
+    /// count (`--result-cache-size`); the least recently used go first.
+    pub max_cached_bytes: u64,
     /// Tasks accepted and not ended (queued, scheduled, retrying, running).
     pub max_queued_tasks: usize,
     /// Bytes of arguments those tasks may hold together.
@@ -70,6 +73,7 @@ impl Default for Limits {
             contexts_per_port: 256,
             max_requests_per_connection: 128,
             reply_timeout: Duration::from_secs(5),
+            max_cached_bytes: 256 * 1024 * 1024,
             max_queued_tasks: 100_000,
             max_queued_bytes: 1024 * 1024 * 1024,
             max_countdown: Duration::from_secs(30 * 24 * 3600),
@@ -108,6 +112,8 @@ pub mod range {
     pub const QUEUED_TASKS: RangeInclusive<u64> = 1..=10_000_000;
     /// `--max-queued-bytes`: 1 MiB to 64 GiB.
     pub const QUEUED_BYTES: RangeInclusive<u64> = 1 << 20..=64 << 30;
+    /// `--result-cache-bytes`: 0 to 64 GiB.
+    pub const CACHED_BYTES: RangeInclusive<u64> = 0..=64 << 30;
     /// `--max-retries`.
     pub const RETRIES: RangeInclusive<u64> = 0..=10_000;
     /// `--max-subworkers`.
@@ -156,6 +162,8 @@ pub enum Bound {
     QueuedTasks,
     /// `--max-queued-bytes`.
     QueuedBytes,
+    /// `--result-cache-bytes` (evicts, never refuses).
+    CachedBytes,
     /// `--max-requests-per-connection`.
     RequestsPerConnection,
     /// `--max-subworkers`.
@@ -174,9 +182,10 @@ pub enum Bound {
 
 impl Bound {
     /// Every bound, in `/metrics` order.
-    pub const ALL: [Bound; 9] = [
+    pub const ALL: [Bound; 10] = [
         Bound::QueuedTasks,
         Bound::QueuedBytes,
+        Bound::CachedBytes,
         Bound::RequestsPerConnection,
         Bound::Subworkers,
         Bound::SubworkerSlots,
@@ -191,6 +200,7 @@ impl Bound {
         match self {
             Bound::QueuedTasks => "--max-queued-tasks",
             Bound::QueuedBytes => "--max-queued-bytes",
+            Bound::CachedBytes => "--result-cache-bytes",
             Bound::RequestsPerConnection => "--max-requests-per-connection",
             Bound::Subworkers => "--max-subworkers",
             Bound::SubworkerSlots => "--max-subworker-slots",
@@ -211,6 +221,7 @@ impl Bound {
         match self {
             Bound::QueuedTasks => limits.max_queued_tasks as u64,
             Bound::QueuedBytes => limits.max_queued_bytes,
+            Bound::CachedBytes => limits.max_cached_bytes,
             Bound::RequestsPerConnection => limits.max_requests_per_connection as u64,
             Bound::Subworkers => limits.max_subworkers as u64,
             Bound::SubworkerSlots => limits.max_subworker_slots as u64,

@@ -18,9 +18,10 @@ use crate::address::BaseAddress;
 use crate::cluster::{Joining, Phase, WorkerKey};
 use crate::config::ManagementConfig;
 use crate::endpoint::Replier;
+use crate::limits::{Bound, MAX_NAME_BYTES, MAX_SCHEDULE_BYTES};
 use crate::link::Link;
 use crate::protocol::{
-    decode, ErrorKind, Heartbeat, OfferedTask, Registration, Reply, Request, WorkerName, MAX_WORKER_SLOTS,
+    decode, ErrorKind, ErrorReply, Heartbeat, OfferedTask, Registration, Reply, Request, WorkerName, MAX_WORKER_SLOTS,
 };
 use crate::schedules::Schedule;
 use crate::state::{error_reply, Outbox, State};
@@ -30,6 +31,15 @@ const TICK: Duration = Duration::from_millis(100);
 
 /// How long a registering subworker has to accept the control plane's connection.
 const CONNECT_LIMIT: Duration = Duration::from_secs(3);
+
+/// The longest base address a subworker may give.
+const MAX_ADDRESS_BYTES: usize = 256;
+
+/// Whether `name` is a usable worker id or task name: 1 to
+/// [`MAX_NAME_BYTES`] bytes, no whitespace or control characters.
+pub(crate) fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_BYTES).contains(&name.len()) && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+}
 
 /// What the membership thread acts on.
 pub(crate) enum Event {
@@ -84,7 +94,7 @@ impl Membership {
         let request = match decode::<Request>(message, self.state.config.limits.max_frame_bytes) {
             Ok(request) => request,
             Err(error) => {
-                warn!(port = "management", %error, "refused a frame");
+                replier.warn_peer("refused a frame", &error);
                 return replier.send(&Reply::Error(error.to_reply()));
             }
         };
@@ -109,6 +119,12 @@ impl Membership {
     }
 
     fn register(&mut self, registration: Registration, replier: Replier) {
+        if let Err(refusal) = self.admissible(&registration) {
+            if refusal.kind == ErrorKind::BadRegistration {
+                replier.warn_peer("refused a registration", &refusal.message);
+            }
+            return replier.send(&Reply::Error(refusal));
+        }
         let Registration { name, address, concurrency, prefetch, tasks: offered } = registration;
         let slots = u64::from(concurrency.max(1)) + u64::from(prefetch);
         if slots > u64::from(MAX_WORKER_SLOTS) {
@@ -194,6 +210,71 @@ impl Membership {
         self.connecting.insert(key, (replier, Instant::now() + CONNECT_LIMIT));
     }
 
+    /// Refuses a registration the limits do not allow: `BadRegistration`
+    /// for one that can never be taken, `Busy` for one that may be later.
+    fn admissible(&self, registration: &Registration) -> Result<(), ErrorReply> {
+        let limits = &self.state.config.limits;
+        let worker_id = &registration.name.worker_id;
+        let bad = |message: String| Err(ErrorReply::new(ErrorKind::BadRegistration, message));
+        if !valid_name(worker_id) {
+            return bad(format!(
+                "a --worker-id must be 1 to {MAX_NAME_BYTES} bytes without spaces or control characters (got {} bytes)",
+                worker_id.len()
+            ));
+        }
+        if registration.address.len() > MAX_ADDRESS_BYTES {
+            return bad(format!("subworker '{worker_id}' gave an address longer than {MAX_ADDRESS_BYTES} bytes"));
+        }
+        if registration.tasks.len() > limits.max_offered_tasks {
+            return bad(format!(
+                "subworker '{worker_id}' offers {} tasks; at most {} are taken (--max-offered-tasks)",
+                registration.tasks.len(),
+                limits.max_offered_tasks
+            ));
+        }
+        if let Some(task) =
+            registration.tasks.iter().find(|t| !valid_name(&t.name) || t.schedule.len() > MAX_SCHEDULE_BYTES)
+        {
+            return bad(format!(
+                "subworker '{worker_id}' offers a task whose name is not 1 to {MAX_NAME_BYTES} bytes without spaces, or whose schedule is over {MAX_SCHEDULE_BYTES} bytes ({} bytes)",
+                task.name.len()
+            ));
+        }
+        let busy = |bound: Bound, what: String| {
+            self.state.refusals.count(bound);
+            Err(ErrorReply::new(
+                ErrorKind::Busy,
+                format!(
+                    "the control plane cannot take subworker '{worker_id}' now: {what} ({} {}); retry later",
+                    bound.flag(),
+                    bound.value(limits)
+                ),
+            ))
+        };
+        if self.connecting.len() >= limits.max_pending_registrations {
+            return busy(
+                Bound::PendingRegistrations,
+                format!("{} registrations are being connected", self.connecting.len()),
+            );
+        }
+        let tasks = self.state.lock();
+        let (workers, slots) = tasks.cluster.size();
+        // A worker registering again replaces its earlier self.
+        let (workers, slots) = match tasks.cluster.find(worker_id) {
+            Some(earlier) => (workers - 1, slots - earlier.slots.len()),
+            None => (workers, slots),
+        };
+        drop(tasks);
+        if workers >= limits.max_subworkers {
+            return busy(Bound::Subworkers, format!("{workers} subworkers are registered"));
+        }
+        let asked = (registration.concurrency.max(1) as usize).saturating_add(registration.prefetch as usize);
+        if slots.saturating_add(asked) > limits.max_subworker_slots {
+            return busy(Bound::SubworkerSlots, format!("{slots} slots are registered and it asks for {asked}"));
+        }
+        Ok(())
+    }
+
     fn on_connection(&mut self, key: WorkerKey, up: bool) {
         let mut outbox = Outbox::default();
         let mut periodic = Vec::new();
@@ -238,9 +319,11 @@ impl Membership {
     fn schedule_offered(&self, offered: &[OfferedTask]) {
         let Some(scheduler) = &self.state.scheduler else { return };
         for task in offered {
-            match Schedule::parse(&task.name, &task.schedule) {
-                Ok(schedule) => scheduler.add(schedule),
-                Err(error) => warn!("a subworker offers a periodic task whose schedule is not usable: {error}"),
+            let added = Schedule::parse(&task.name, &task.schedule)
+                .map_err(|e| e.to_string())
+                .and_then(|schedule| scheduler.add(schedule).map_err(|e| e.to_string()));
+            if let Err(error) = added {
+                warn!("a subworker offers a periodic task that is not scheduled: {error}");
             }
         }
     }
@@ -299,8 +382,22 @@ impl Membership {
             self.state.send_again(&mut tasks, task_id, why, &mut outbox);
         }
         self.state.settle_stranded(&mut tasks, why, &mut outbox);
+        // Its schedules leave with it, unless another provider declares them.
+        let local = self.state.registry.schedules();
+        let orphaned: Vec<&str> = worker
+            .tasks
+            .values()
+            .filter(|t| !t.schedule.is_empty() && !tasks.cluster.schedules(&t.name))
+            .filter(|t| !local.iter().any(|schedule| schedule.task_name == t.name))
+            .map(|t| t.name.as_str())
+            .collect();
         drop(tasks);
         outbox.deliver();
+        if let Some(scheduler) = &self.state.scheduler {
+            for task_name in orphaned {
+                scheduler.remove(task_name);
+            }
+        }
         if let Some((replier, _)) = self.connecting.remove(&key) {
             replier.send(&error_reply(ErrorKind::WorkerUnreachable, why.to_string()));
         }

@@ -21,6 +21,11 @@ use crate::protocol::{now_ms, Priority, TaskId, TaskReport, TaskState};
 /// Finished tasks kept for the dashboard's task list and its retry action.
 pub(crate) const RECENT_CAPACITY: usize = 1000;
 
+/// Arguments larger than this are not kept with a finished task (so the
+/// ring holds at most [`RECENT_CAPACITY`] times this much), and such a task
+/// cannot be retried from the dashboard.
+pub(crate) const RECENT_ARGS_MAX: usize = 16 * 1024;
+
 /// Seconds of throughput and latency history kept for the charts.
 pub(crate) const HISTORY_SECONDS: usize = 600;
 
@@ -73,7 +78,8 @@ impl TaskSummary {
 pub(crate) struct Finished {
     pub(crate) summary: TaskSummary,
     pub(crate) priority: Priority,
-    pub(crate) args: Arc<Vec<u8>>,
+    /// `None` when they were larger than [`RECENT_ARGS_MAX`].
+    pub(crate) args: Option<Arc<Vec<u8>>>,
 }
 
 /// Counters of one task name at one priority.
@@ -226,7 +232,8 @@ impl Monitor {
                 book.recent.pop_front();
             }
             let event = self.watched().then(|| summary.clone());
-            book.recent.push_back(Finished { summary, priority: report.priority, args: args.clone() });
+            let args = (args.len() <= RECENT_ARGS_MAX).then(|| args.clone());
+            book.recent.push_back(Finished { summary, priority: report.priority, args });
             drop(book);
             if let Some(summary) = event {
                 self.publish(Event::Task(summary));

@@ -102,7 +102,7 @@ impl Schedule {
             Some(text) => {
                 let time = humantime::parse_rfc3339_weak(text).map_err(|e| fail(format!("until '{text}': {e}")))?;
                 description.push_str(&format!(" until {text}"));
-                Some(time.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64)
+                Some(u64::try_from(time.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX))
             }
             None => None,
         };
@@ -124,15 +124,24 @@ impl Schedule {
         })
     }
 
-    /// The first run time strictly after `after_ms`, if the schedule has one.
+    /// The period of an `every` schedule (`None` for cron).
+    pub fn period(&self) -> Option<Duration> {
+        match &self.timing {
+            Timing::Every(period) => Some(*period),
+            Timing::Cron(..) => None,
+        }
+    }
+
+    /// The first run time strictly after `after_ms`, if the schedule has
+    /// one (a time past the representable range has none).
     pub fn next_after(&self, after_ms: u64) -> Option<u64> {
         let next = match &self.timing {
-            Timing::Every(period) => after_ms + period.as_millis() as u64,
+            Timing::Every(period) => after_ms.checked_add(u64::try_from(period.as_millis()).ok()?)?,
             Timing::Cron(cron, zone) => {
                 let after =
                     zone.from_utc_datetime(&DateTime::<Utc>::from_timestamp_millis(after_ms as i64)?.naive_utc());
                 let next = cron.find_next_occurrence(&after, false).ok()?;
-                next.timestamp_millis() as u64
+                u64::try_from(next.timestamp_millis()).ok()?
             }
         };
         (self.until_ms.is_none_or(|until| next <= until)).then_some(next)
@@ -158,12 +167,54 @@ pub(crate) struct Scheduler {
 struct Shared {
     entries: Mutex<HashMap<String, Entry>>,
     changed: Condvar,
+    /// `--max-schedules`.
+    max_entries: usize,
+    /// `--min-schedule-period`.
+    min_period: Duration,
+}
+
+/// Why a schedule was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleRefused {
+    /// Its period is shorter than `--min-schedule-period`.
+    #[error("periodic task '{task}' runs every {period:?}, more often than --min-schedule-period allows ({min:?})")]
+    TooFrequent {
+        /// The task.
+        task: String,
+        /// Its period.
+        period: Duration,
+        /// The shortest allowed.
+        min: Duration,
+    },
+    /// `--max-schedules` are scheduled already.
+    #[error("periodic task '{task}' not scheduled: {max} periodic tasks are scheduled already (--max-schedules)")]
+    TooMany {
+        /// The task.
+        task: String,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Checks `schedules` against the limits, as the control plane does at start-up.
+pub fn check_limits(schedules: &[Schedule], max: usize, min_period: Duration) -> Result<(), ScheduleRefused> {
+    if let Some(schedule) = schedules.get(max) {
+        return Err(ScheduleRefused::TooMany { task: schedule.task_name.clone(), max });
+    }
+    for schedule in schedules {
+        if let Some(period) = schedule.period().filter(|p| *p < min_period) {
+            return Err(ScheduleRefused::TooFrequent { task: schedule.task_name.clone(), period, min: min_period });
+        }
+    }
+    Ok(())
 }
 
 impl Scheduler {
-    /// Starts the thread; runs are submitted to `state`.
-    pub(crate) fn start(state: Weak<State>) -> Scheduler {
-        let shared = Arc::new(Shared { entries: Mutex::new(HashMap::new()), changed: Condvar::new() });
+    /// Starts the thread; runs are submitted to `state`. It holds at most
+    /// `max_entries` schedules, none more frequent than `min_period`.
+    pub(crate) fn start(state: Weak<State>, max_entries: usize, min_period: Duration) -> Scheduler {
+        let shared =
+            Arc::new(Shared { entries: Mutex::new(HashMap::new()), changed: Condvar::new(), max_entries, min_period });
         let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("schedules".into())
@@ -174,10 +225,17 @@ impl Scheduler {
 
     /// Adds a schedule, first due one period (or cron step) from now; a task
     /// already scheduled keeps its schedule.
-    pub(crate) fn add(&self, schedule: Schedule) {
+    pub(crate) fn add(&self, schedule: Schedule) -> Result<(), ScheduleRefused> {
+        let min = self.shared.min_period;
+        if let Some(period) = schedule.period().filter(|p| *p < min) {
+            return Err(ScheduleRefused::TooFrequent { task: schedule.task_name, period, min });
+        }
         let mut entries = self.shared.entries.lock().expect("schedule lock");
         if entries.contains_key(&schedule.task_name) {
-            return;
+            return Ok(());
+        }
+        if entries.len() >= self.shared.max_entries {
+            return Err(ScheduleRefused::TooMany { task: schedule.task_name, max: self.shared.max_entries });
         }
         let next_ms = schedule.next_after(now_ms());
         info!(task = %schedule.task_name, schedule = %schedule.description, next_ms, "periodic task scheduled");
@@ -185,6 +243,21 @@ impl Scheduler {
         entries.insert(entry.schedule.task_name.clone(), entry);
         drop(entries);
         self.shared.changed.notify_one();
+        Ok(())
+    }
+
+    /// Schedules held now.
+    pub(crate) fn len(&self) -> usize {
+        self.shared.entries.lock().expect("schedule lock").len()
+    }
+
+    /// Removes a task's schedule (its last provider left); true if it had one.
+    pub(crate) fn remove(&self, task_name: &str) -> bool {
+        let removed = self.shared.entries.lock().expect("schedule lock").remove(task_name).is_some();
+        if removed {
+            info!(task = task_name, "periodic task unscheduled: no worker provides it any more");
+        }
+        removed
     }
 
     /// Pauses or resumes a task's schedule; false when there is none.
@@ -217,9 +290,16 @@ impl Scheduler {
                 skipped: entry.skipped,
                 last_task_id: entry.last.map(|(id, _)| id),
                 last_run_ms: entry.last.map(|(_, at)| at),
-                last_outcome: entry.last_refusal.clone().or_else(|| entry.last.and_then(|(id, _)| last_state(id))),
+                last_outcome: entry.last_refusal.clone(),
             })
             .collect();
+        // The tasks' states are read once this lock is released.
+        drop(entries);
+        for status in &mut statuses {
+            if status.last_outcome.is_none() {
+                status.last_outcome = status.last_task_id.and_then(&last_state);
+            }
+        }
         statuses.sort_by(|a, b| a.task_name.cmp(&b.task_name));
         statuses
     }
@@ -237,12 +317,26 @@ fn run_loop(shared: &Shared, state: &Weak<State>) {
                     entries = shared.changed.wait_timeout(entries, Duration::from_millis(50)).expect("schedule lock").0;
                     continue;
                 };
+                let mut due = Vec::new();
                 for entry in entries.values_mut().filter(|e| e.next_ms.is_some_and(|at| at <= now)) {
                     // The next run is counted from now: runs missed while
                     // paused or stopped are not replayed.
                     entry.next_ms = entry.schedule.next_after(now);
                     if !entry.paused {
-                        start_run(entry, &state);
+                        let last = entry.last.map(|(id, _)| id);
+                        due.push((entry.schedule.task_name.clone(), entry.schedule.args.clone(), last));
+                    }
+                }
+                // Runs are submitted with this lock released, so that
+                // listing schedules never waits behind the task lock.
+                drop(entries);
+                let started: Vec<_> =
+                    due.into_iter().map(|(name, args, last)| start_run(name, args, last, &state)).collect();
+                drop(state);
+                entries = shared.entries.lock().expect("schedule lock");
+                for run in started {
+                    if let Some(entry) = entries.get_mut(&run.task_name) {
+                        record_run(entry, run);
                     }
                 }
             }
@@ -254,31 +348,44 @@ fn run_loop(shared: &Shared, state: &Weak<State>) {
     }
 }
 
+/// What became of one due run.
+struct Run {
+    task_name: String,
+    /// The run's id and start, or `None` when skipped.
+    started: Option<(TaskId, u64)>,
+    refusal: Option<String>,
+}
+
 /// Submits one run, unless the last one is still going.
-fn start_run(entry: &mut Entry, state: &State) {
-    let task_name = &entry.schedule.task_name;
-    if let Some((last, _)) = entry.last {
-        if state.is_live(last) {
-            entry.skipped += 1;
-            debug!(task = %task_name, skipped = entry.skipped, "previous run still going; this run is skipped");
-            return;
-        }
+fn start_run(task_name: String, args: Vec<u8>, last: Option<TaskId>, state: &State) -> Run {
+    if last.is_some_and(|last| state.is_live(last)) {
+        debug!(task = %task_name, "previous run still going; this run is skipped");
+        return Run { task_name, started: None, refusal: None };
     }
     let task_id = TaskId::now_v7();
-    let submit =
-        Submit { task_id, task_name: task_name.clone(), args: entry.schedule.args.clone(), ..Default::default() };
-    entry.runs += 1;
-    entry.last = Some((task_id, now_ms()));
-    entry.last_refusal = match state.accept_periodic(submit) {
+    let submit = Submit { task_id, task_name: task_name.clone(), args, ..Default::default() };
+    let refusal = match state.accept_periodic(submit) {
         Ok(()) => None,
         Err(refusal) => {
             warn!(task = %task_name, "periodic run refused: {refusal}");
             Some(format!("refused: {refusal}"))
         }
     };
+    Run { task_name, started: Some((task_id, now_ms())), refusal }
+}
+
+/// Records a run in its schedule's entry.
+fn record_run(entry: &mut Entry, run: Run) {
+    let Some(started) = run.started else {
+        entry.skipped = entry.skipped.saturating_add(1);
+        return;
+    };
+    entry.runs = entry.runs.saturating_add(1);
+    entry.last = Some(started);
+    entry.last_refusal = run.refusal;
     if entry.schedule.runs.is_some_and(|runs| entry.runs >= runs) {
         entry.next_ms = None;
-        info!(task = %task_name, runs = entry.runs, "periodic task finished its declared runs");
+        info!(task = %entry.schedule.task_name, runs = entry.runs, "periodic task finished its declared runs");
     }
 }
 

@@ -24,9 +24,10 @@ use crate::callbacks::Callbacks;
 use crate::cluster::{Cluster, Placement, Waiting, WorkerKey};
 use crate::config::ControlPlaneConfig;
 use crate::endpoint::{encode_reply, Replier};
-use crate::limits::Refusals;
+use crate::limits::{millis, Bound, Refusals};
 use crate::link::Link;
 use crate::monitor::{Monitor, TaskSummary};
+use crate::peer_log::PeerLog;
 use crate::plugins::Registry;
 use crate::pool::Pool;
 use crate::protocol::{
@@ -64,12 +65,16 @@ pub(crate) struct State {
     pub(crate) scheduler: Option<Scheduler>,
     /// What the limits refused or dropped, for `/metrics`.
     pub(crate) refusals: Arc<Refusals>,
+    /// Rate-limited lines about peers' refused requests.
+    pub(crate) peer_log: Arc<PeerLog>,
 }
 
 /// The live tasks and the subworkers, under one lock.
 pub(crate) struct Tasks {
     /// Keyed by UUIDs the clients chose: a fast hash suffices.
     live: FxHashMap<TaskId, LiveTask>,
+    /// Bytes of arguments the live tasks hold (`--max-queued-bytes`).
+    live_bytes: u64,
     pub(crate) cluster: Cluster<Link>,
 }
 
@@ -100,6 +105,23 @@ struct Declared {
     timeout_ms: u64,
     max_retries: u32,
     retry_delay_ms: u64,
+}
+
+impl Declared {
+    fn of(task: &crate::plugins::LoadedTask) -> Declared {
+        let options = &task.decl.options;
+        Declared {
+            priority: options.priority,
+            timeout_ms: options.timeout_ms,
+            max_retries: options.max_retries,
+            retry_delay_ms: options.retry_delay_ms,
+        }
+    }
+}
+
+/// Whether `bytes` are one JSON value.
+fn is_json(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
 }
 
 /// What a worker thread needs to run one task.
@@ -150,14 +172,25 @@ impl State {
                 }
             });
             let scheduler = config.management.is_some().then(|| {
-                let scheduler = Scheduler::start(me.clone());
-                registry.schedules().iter().for_each(|schedule| scheduler.add(schedule.clone()));
+                let limits = &config.limits;
+                let scheduler = Scheduler::start(me.clone(), limits.max_schedules, limits.min_schedule_period);
+                for schedule in registry.schedules() {
+                    // The command line checked these against the limits.
+                    if let Err(error) = scheduler.add(schedule.clone()) {
+                        warn!("{error}");
+                    }
+                }
                 scheduler
             });
+            let refusals = Arc::<Refusals>::default();
             State {
                 scheduler,
-                cache: Mutex::new(ResultCache::new(config.result_cache_size, config.result_cache_ttl)),
-                tasks: Mutex::new(Tasks { live: FxHashMap::default(), cluster: Cluster::default() }),
+                cache: Mutex::new(ResultCache::new(
+                    config.result_cache_size,
+                    config.limits.max_cached_bytes,
+                    config.result_cache_ttl,
+                )),
+                tasks: Mutex::new(Tasks { live: FxHashMap::default(), live_bytes: 0, cluster: Cluster::default() }),
                 accepting: AtomicBool::new(true),
                 monitor: Monitor::default(),
                 registry,
@@ -165,7 +198,8 @@ impl State {
                 pool,
                 timers,
                 callbacks: Callbacks::start(),
-                refusals: Arc::default(),
+                peer_log: Arc::new(PeerLog::new(refusals.clone())),
+                refusals,
             }
         })
     }
@@ -271,12 +305,18 @@ impl State {
             }
             return Ok(task_id);
         }
+        if let Err(refusal) = self.within_limits(&tasks, &submit) {
+            return Err((refusal, waiter));
+        }
         let declared = match (tasks.cluster.provider(&submit.task_name), self.registry.get(&submit.task_name)) {
-            (Some(offered), _) => Declared {
+            // What this control plane's own plugin declares wins over what
+            // a subworker offers for the same task.
+            (Some(_), Some(task)) => Declared::of(task),
+            (Some(offered), None) => Declared {
                 priority: offered.priority,
                 timeout_ms: offered.timeout_ms,
-                max_retries: offered.max_retries,
-                retry_delay_ms: offered.retry_delay_ms,
+                max_retries: offered.max_retries.min(self.config.limits.max_retries),
+                retry_delay_ms: offered.retry_delay_ms.min(millis(self.config.limits.max_countdown)),
             },
             (None, Some(_)) if self.pool.threads() == 0 => {
                 let message = format!(
@@ -285,15 +325,7 @@ impl State {
                 );
                 return Err((ErrorReply::new(ErrorKind::NoWorker, message), waiter));
             }
-            (None, Some(task)) => {
-                let options = &task.decl.options;
-                Declared {
-                    priority: options.priority,
-                    timeout_ms: options.timeout_ms,
-                    max_retries: options.max_retries,
-                    retry_delay_ms: options.retry_delay_ms,
-                }
-            }
+            (None, Some(task)) => Declared::of(task),
             (None, None) => {
                 let message = self.nobody_provides(&tasks, &submit.task_name);
                 return Err((ErrorReply::new(ErrorKind::UnknownTask, message), waiter));
@@ -327,6 +359,7 @@ impl State {
             losses: 0,
         };
         self.monitor.accepted(&task.report);
+        tasks.live_bytes += task.args.len() as u64;
         tasks.live.insert(task_id, task);
         let mut outbox = Outbox::default();
         match later {
@@ -350,7 +383,7 @@ impl State {
             task.report.state = TaskState::Queued;
             self.monitor.changed(&task.report);
         }
-        let Tasks { live, cluster } = tasks;
+        let Tasks { live, cluster, .. } = tasks;
         let report = &live[&task_id].report;
         let placement = if cluster.is_empty() { Placement::Nobody } else { cluster.place(task_id, &report.task_name) };
         match placement {
@@ -363,6 +396,57 @@ impl State {
             }
             Placement::Nobody => self.run_here_or_fail(tasks, task_id, why, outbox),
         }
+    }
+
+    /// Refuses a submission the limits do not allow: `Busy` when a queue is
+    /// full (retry later), `BadRequest` when it asks for too much.
+    fn within_limits(&self, tasks: &Tasks, submit: &Submit) -> Result<(), ErrorReply> {
+        let limits = &self.config.limits;
+        let busy = |bound: Bound, what: String| {
+            self.refusals.count(bound);
+            ErrorReply::new(
+                ErrorKind::Busy,
+                format!(
+                    "'{}' is busy: {what} ({} {}); retry later",
+                    self.config.worker_id,
+                    bound.flag(),
+                    bound.value(limits)
+                ),
+            )
+        };
+        if tasks.live.len() >= limits.max_queued_tasks {
+            return Err(busy(Bound::QueuedTasks, format!("{} tasks are queued or running", tasks.live.len())));
+        }
+        let bytes = tasks.live_bytes.saturating_add(submit.args.len() as u64);
+        if bytes > limits.max_queued_bytes {
+            return Err(busy(Bound::QueuedBytes, format!("queued tasks hold {} bytes of arguments", tasks.live_bytes)));
+        }
+        let bad = |message: String| Err(ErrorReply::new(ErrorKind::BadRequest, message));
+        let furthest = now_ms().saturating_add(millis(limits.max_countdown));
+        if submit.not_before_ms.is_some_and(|at| at > furthest) {
+            return bad(format!(
+                "a countdown or ETA may be at most {} s ahead here (--max-countdown)",
+                limits.max_countdown.as_secs()
+            ));
+        }
+        if let Some(retry) = &submit.retry {
+            if retry.max_retries > limits.max_retries {
+                return bad(format!(
+                    "{} retries asked for; at most {} are allowed here (--max-retries)",
+                    retry.max_retries, limits.max_retries
+                ));
+            }
+            if !retry.factor.is_finite() || retry.factor < 0.0 {
+                return bad(format!("retry factor {} is not a finite number of 0 or more", retry.factor));
+            }
+            if retry.delay_ms.max(retry.max_delay_ms) > millis(limits.max_countdown) {
+                return bad(format!(
+                    "a pause between retries may be at most {} s here (--max-countdown)",
+                    limits.max_countdown.as_secs()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// "No worker provides task 'x'", with what is provided.
@@ -418,12 +502,12 @@ impl State {
             let report = &mut task.report;
             report.state = TaskState::Running;
             report.started_ms = Some(started);
-            report.attempts += 1;
+            report.attempts = report.attempts.saturating_add(1);
             report.worker.clone_from(&self.config.worker_id);
             self.monitor.changed(report);
             (report.attempts, task.plan.timeout_ms)
         };
-        let deadline = if timeout_ms == 0 { 0 } else { started + timeout_ms };
+        let deadline = if timeout_ms == 0 { 0 } else { started.saturating_add(timeout_ms) };
         if deadline > 0 {
             self.timers.set(deadline, Alarm::Deadline(job.task_id, attempt));
         }
@@ -462,7 +546,7 @@ impl State {
                 task.report.state = TaskState::Retrying;
                 task.report.error = Some(error);
                 self.monitor.retrying(&task.report);
-                self.timers.set(now_ms() + delay, Alarm::Start(task_id));
+                self.timers.set(now_ms().saturating_add(delay), Alarm::Start(task_id));
             }
             Err(error) => {
                 debug!(%task_id, attempt, error = %error.message, "task failed");
@@ -475,6 +559,7 @@ impl State {
     /// everyone waiting and its callback notice.
     fn finish(&self, tasks: &mut Tasks, task_id: TaskId, ending: Ending, started_ms: Option<u64>, outbox: &mut Outbox) {
         let Some(task) = tasks.live.remove(&task_id) else { return };
+        tasks.live_bytes -= task.args.len() as u64;
         let mut report = task.report;
         report.finished_ms = Some(now_ms());
         if started_ms.is_some() {
@@ -583,13 +668,19 @@ impl State {
 
     /// Sends a live task into a subworker slot that [`Cluster`] reserved for it.
     fn send_to_worker(&self, tasks: &mut Tasks, key: WorkerKey, slot: usize, task_id: TaskId) {
-        let Tasks { live, cluster } = tasks;
+        let Tasks { live, cluster, .. } = tasks;
         let (Some(worker), Some(task)) = (cluster.get(key), live.get_mut(&task_id)) else {
             cluster.release(key, slot, Some(task_id));
             return;
         };
         let report = &mut task.report;
-        let timeout_ms = task.plan.timeout_ms;
+        // The control plane bounds every run it forwards, whatever the
+        // subworker offered: a worker that never answers cannot keep a task.
+        let bound_ms = millis(self.config.limits.max_subworker_run);
+        let timeout_ms = match task.plan.timeout_ms {
+            0 => bound_ms,
+            declared => declared.min(bound_ms),
+        };
         let forwarded = Forwarded {
             task_id,
             task_name: &report.task_name,
@@ -603,13 +694,11 @@ impl State {
             Ok(()) => {
                 report.state = TaskState::Running;
                 report.worker.clone_from(&worker.name.worker_id);
-                report.attempts += 1;
+                report.attempts = report.attempts.saturating_add(1);
                 let started = now_ms();
                 report.started_ms = Some(started);
                 self.monitor.changed(report);
-                if timeout_ms > 0 {
-                    self.timers.set(started + timeout_ms, Alarm::Deadline(task_id, report.attempts));
-                }
+                self.timers.set(started.saturating_add(timeout_ms), Alarm::Deadline(task_id, report.attempts));
                 debug!(%task_id, worker = %worker.name.worker_id, "task sent to a subworker");
             }
             Err(error) => {
@@ -675,6 +764,16 @@ impl State {
             Ok(Reply::Report(report)) if report.task_id == task_id && report.state.is_final() => {
                 let started = report.started_ms;
                 let outcome = match (report.state, report.result, report.error) {
+                    (TaskState::Succeeded, Some(result), _) if !is_json(&result) => {
+                        self.refusals.bad_results.fetch_add(1, Ordering::Relaxed);
+                        Err(TaskError {
+                            kind: FailureKind::Error,
+                            message: format!(
+                                "subworker '{worker_id}' sent a result that is not JSON ({} bytes); the run counts as failed",
+                                result.len()
+                            ),
+                        })
+                    }
                     (TaskState::Succeeded, Some(result), _) => Ok(result),
                     (TaskState::TimedOut, _, Some(error)) => {
                         return self.finish(tasks, task_id, Ending::TimedOut(error), started, outbox)
@@ -690,8 +789,8 @@ impl State {
                 };
                 self.complete(tasks, task_id, attempt, outcome, started, outbox);
             }
-            Ok(Reply::Error(refusal)) if refusal.kind == ErrorKind::ShuttingDown => {
-                let why = format!("subworker '{worker_id}' is shutting down");
+            Ok(Reply::Error(refusal)) if matches!(refusal.kind, ErrorKind::ShuttingDown | ErrorKind::Busy) => {
+                let why = format!("subworker '{worker_id}' could not take it: {}", refusal.message);
                 self.send_again(tasks, task_id, &why, outbox);
             }
             Ok(Reply::Error(refusal)) => {
@@ -810,6 +909,7 @@ impl State {
             warn!(count = unstarted.len(), "tasks never started before the shutdown deadline");
         }
         let abandoned: Vec<(TaskId, LiveTask)> = tasks.live.drain().collect();
+        tasks.live_bytes = 0;
         drop(tasks);
         outbox.deliver();
         for (task_id, task) in abandoned {
@@ -888,6 +988,27 @@ impl State {
             counts[task.report.priority.index()][column] += 1;
         }
         counts
+    }
+
+    /// What `bound` limits, in use now, where this state knows it.
+    pub(crate) fn usage(&self, bound: Bound) -> Option<u64> {
+        let tasks = self.lock();
+        let (workers, slots) = tasks.cluster.size();
+        match bound {
+            Bound::QueuedTasks => Some(tasks.live.len() as u64),
+            Bound::QueuedBytes => Some(tasks.live_bytes),
+            Bound::CachedBytes => {
+                drop(tasks);
+                Some(self.cache.lock().expect("cache lock").bytes())
+            }
+            Bound::Subworkers => Some(workers as u64),
+            Bound::SubworkerSlots => Some(slots as u64),
+            Bound::Schedules => {
+                drop(tasks);
+                self.scheduler.as_ref().map(|scheduler| scheduler.len() as u64)
+            }
+            _ => None,
+        }
     }
 
     /// Results the cache holds now.

@@ -49,7 +49,7 @@ impl Timers {
 
     /// Rings `alarm` at `due_ms` (milliseconds since the Unix epoch).
     pub(crate) fn set(&self, due_ms: u64, alarm: Alarm) {
-        let due_ms = due_ms.div_ceil(GRAIN_MS) * GRAIN_MS;
+        let due_ms = due_ms.div_ceil(GRAIN_MS).saturating_mul(GRAIN_MS);
         let mut alarms = self.shared.alarms.lock().expect("timer lock");
         let earliest = alarms.peek().is_none_or(|Reverse((first, _))| due_ms < *first);
         alarms.push(Reverse((due_ms, alarm)));

@@ -73,6 +73,12 @@ impl Bystander {
         Bystander { stop, record, thread: Some(thread) }
     }
 
+    /// Lets it call for `time`, then hands it back for checking.
+    pub fn let_run(self, time: Duration) -> Bystander {
+        std::thread::sleep(time);
+        self
+    }
+
     /// What it saw so far.
     pub fn record(&self) -> Record {
         self.record.lock().unwrap().clone()
@@ -135,4 +141,126 @@ pub fn assert_stops_on_sigterm(process: &mut Process, limit: Duration) {
     process.signal("TERM");
     let code = process.wait_exit(limit);
     assert!(code.is_some(), "still running {limit:?} after SIGTERM:\n{}", process.log());
+}
+
+/// A peer speaking NNG's REQ protocol over raw TCP, so that a test can do
+/// what the NNG library never would: pipeline requests without limit and
+/// never read a reply.
+pub struct RawRequester {
+    stream: std::net::TcpStream,
+    next_id: u32,
+}
+
+impl RawRequester {
+    /// Connects to `url` (`tcp://HOST:PORT`) and sends the SP handshake of a
+    /// REQ socket (protocol 48).
+    pub fn connect(url: &str) -> std::io::Result<RawRequester> {
+        use std::io::Write;
+        let address = url.strip_prefix("tcp://").expect("a tcp:// address");
+        let mut stream = std::net::TcpStream::connect(address)?;
+        stream.write_all(&[0, b'S', b'P', 0, 0, 48, 0, 0])?;
+        Ok(RawRequester { stream, next_id: 1 })
+    }
+
+    /// Sends one request frame: length, request id (high bit set), body.
+    pub fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let id = 0x8000_0000 | self.next_id;
+        self.next_id = self.next_id.wrapping_add(1) & 0x7fff_ffff;
+        let mut message = Vec::with_capacity(12 + frame.len());
+        message.extend_from_slice(&(4 + frame.len() as u64).to_be_bytes());
+        message.extend_from_slice(&id.to_be_bytes());
+        message.extend_from_slice(frame);
+        self.stream.write_all(&message)
+    }
+}
+
+/// How a fake subworker answers the tasks sent to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeAnswer {
+    /// Takes every task and never answers (a black hole).
+    Never,
+    /// Answers every task with a "succeeded" report whose result is not JSON.
+    NotJson,
+}
+
+/// A process of the test's own posing as a subworker: it listens where a
+/// subworker would, registers with `offered` tasks, and answers as told.
+pub struct FakeSubworker {
+    /// Its base address.
+    pub address: String,
+    /// The name it registered with.
+    pub name: fastworker::protocol::WorkerName,
+    _socket: nng::Socket,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeSubworker {
+    /// Listens on a free port and registers with `control_plane`; panics
+    /// if the control plane refuses.
+    pub fn register(
+        control_plane: &Process,
+        worker_id: &str,
+        offered: Vec<fastworker::protocol::OfferedTask>,
+        answer: FakeAnswer,
+    ) -> FakeSubworker {
+        use fastworker::protocol::{decode, encode, Registration, Reply, Request, TaskReport, TaskState, WorkerName};
+        let address = format!("tcp://127.0.0.1:{}", crate::free_ports(4));
+        let socket = nng::Socket::new(nng::Protocol::Rep0).unwrap();
+        socket.listen(&address).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (thread_socket, thread_stop) = (socket.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !thread_stop.load(Ordering::SeqCst) {
+                let Ok(message) = thread_socket.recv() else { return };
+                if answer == FakeAnswer::Never {
+                    continue;
+                }
+                let Ok(Request::Submit(submit)) = decode::<Request>(&message, usize::MAX) else { continue };
+                let report = TaskReport {
+                    task_id: submit.task_id,
+                    task_name: submit.task_name,
+                    state: TaskState::Succeeded,
+                    priority: submit.priority.unwrap_or(fastworker::Priority::Normal),
+                    worker: "fake".into(),
+                    attempts: 1,
+                    created_ms: 0,
+                    started_ms: None,
+                    finished_ms: None,
+                    result: Some(b"\xffnot json{".to_vec()),
+                    error: None,
+                };
+                let _ = thread_socket.send(nng::Message::from(&encode(&Reply::Report(report))[..]));
+            }
+        });
+        let name = WorkerName { worker_id: worker_id.into(), instance: uuid::Uuid::new_v4() };
+        let registration =
+            Registration { name: name.clone(), address: address.clone(), concurrency: 4, prefetch: 0, tasks: offered };
+        let client = control_plane.client();
+        let runtime = runtime();
+        let port = runtime.block_on(client.discover()).expect("discover");
+        let management = client.with_management_port(port);
+        runtime.block_on(management.manage(&Request::Register(registration))).expect("the fake subworker registers");
+        FakeSubworker { address, name, _socket: socket, stop }
+    }
+}
+
+impl Drop for FakeSubworker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self._socket.close();
+    }
+}
+
+/// A task a fake subworker offers: `name`, no timeout, no retries, and
+/// `schedule` (JSON, or empty).
+pub fn offered(name: &str, schedule: &str) -> fastworker::protocol::OfferedTask {
+    fastworker::protocol::OfferedTask {
+        name: name.into(),
+        priority: fastworker::Priority::Normal,
+        timeout_ms: 0,
+        max_retries: 0,
+        retry_delay_ms: 0,
+        schedule: schedule.into(),
+    }
 }

@@ -33,9 +33,13 @@ async fn watch(client: &Client, task: &str, limit: Duration, done: impl Fn(&Sche
     }
 }
 
+/// The test plugin's schedules run every 200 or 300 ms, below the default
+/// `--min-schedule-period` of 1 s.
+const FAST_SCHEDULES: &[&str] = &["--min-schedule-period", "0.1"];
+
 #[test]
 fn an_interval_task_runs_its_declared_number_of_times_at_its_spacing() {
-    let cp = Process::control_plane(&["periodic-tasks"], &[]);
+    let cp = Process::control_plane(&["periodic-tasks"], FAST_SCHEDULES);
     let client = cp.client();
     runtime().block_on(async {
         let starts = watch(&client, "pulse", Duration::from_secs(5), |s| s.runs == 3).await;
@@ -58,7 +62,7 @@ fn an_interval_task_runs_its_declared_number_of_times_at_its_spacing() {
 
 #[test]
 fn a_run_due_while_the_last_is_still_going_is_skipped_and_counted() {
-    let cp = Process::control_plane(&["periodic-tasks"], &[]);
+    let cp = Process::control_plane(&["periodic-tasks"], FAST_SCHEDULES);
     let client = cp.client();
     runtime().block_on(async {
         // Due every 200 ms, takes 500 ms: between two runs, about two are skipped.
@@ -70,7 +74,7 @@ fn a_run_due_while_the_last_is_still_going_is_skipped_and_counted() {
 
 #[test]
 fn a_schedule_declared_in_a_subworker_plugin_runs_on_that_subworker() {
-    let cp = Process::control_plane(&[], &[]);
+    let cp = Process::control_plane(&[], FAST_SCHEDULES);
     let _sw = Process::subworker(&cp, "sw1", &["periodic-tasks"], &["--concurrency", "2"]);
     let client = cp.client();
     runtime().block_on(async {
@@ -83,7 +87,7 @@ fn a_schedule_declared_in_a_subworker_plugin_runs_on_that_subworker() {
 
 #[test]
 fn a_schedule_paused_from_the_command_line_stops_until_resumed() {
-    let cp = Process::control_plane(&["periodic-tasks"], &[]);
+    let cp = Process::control_plane(&["periodic-tasks"], FAST_SCHEDULES);
     let client = cp.client();
     let schedules = |flag: &str| {
         let output = run_cli(&["schedules", flag, "steady", "--address", &cp.address]);
@@ -120,4 +124,13 @@ fn a_malformed_schedule_refuses_the_plugin_at_load() {
         listing.contains("tick") && listing.contains("every 30s") && listing.contains("cron '0 * * * *'"),
         "{listing}"
     );
+}
+
+#[test]
+fn a_schedule_more_frequent_than_the_limit_stops_the_start_up() {
+    let path = plugin("periodic-tasks").display().to_string();
+    let output = run_cli(&["control-plane", "--no-gui", "--no-discovery", "--task-modules", &path]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("--min-schedule-period") && message.contains("every"), "{message}");
 }

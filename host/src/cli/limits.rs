@@ -56,6 +56,10 @@ pub(crate) struct TaskLimitArgs {
 /// Limits only a control plane has: its cluster, schedules and dashboard.
 #[derive(Args)]
 pub(crate) struct ClusterLimitArgs {
+    /// Bytes of results the result cache may hold; the least recently used go first.
+    #[arg(long, env = "FASTWORKER_RESULT_CACHE_BYTES", default_value_t = 256 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(range::CACHED_BYTES))]
+    pub(crate) result_cache_bytes: u64,
     /// Requests each port serves at once; more wait in line.
     #[arg(long, env = "FASTWORKER_CONTEXTS_PER_PORT", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(range::CONTEXTS_PER_PORT))]
@@ -114,8 +118,14 @@ pub(crate) fn limits(task: &TaskLimitArgs, cluster: Option<&ClusterLimitArgs>, c
         callback_schemes: task.callback_schemes.clone(),
         ..defaults
     };
+    if cluster.is_none() {
+        // A subworker's main client is its control plane, on one connection
+        // carrying up to every slot it registered.
+        limits.max_requests_per_connection = limits.max_requests_per_connection.max(contexts);
+    }
     if let Some(cluster) = cluster {
         limits.contexts_per_port = cluster.contexts_per_port as usize;
+        limits.max_cached_bytes = cluster.result_cache_bytes;
         limits.max_subworker_run = cluster.max_subworker_run;
         limits.max_subworkers = cluster.max_subworkers as usize;
         limits.max_subworker_slots = cluster.max_subworker_slots as usize;

@@ -11,9 +11,10 @@ use fastworker::config::{ControlPlaneConfig, ManagementConfig};
 use fastworker::control_plane::ControlPlane;
 use fastworker::dashboard::DashboardConfig;
 use fastworker::discovery::{self, DEFAULT_DISCOVERY_ADDRESS};
-use fastworker::plugins::Registry;
 use fastworker::limits::range;
+use fastworker::plugins::Registry;
 use fastworker::protocol::OfferedTask;
+use fastworker::schedules;
 use fastworker::subworker::{Membership, MembershipConfig};
 use fastworker::{BaseAddress, DEFAULT_BASE_ADDRESS};
 use tracing::{info, warn};
@@ -142,6 +143,11 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     };
     if registry.is_empty() {
         warn!("no tasks loaded: pass plugins with --task-modules");
+    }
+    let cluster_limits = &args.cluster_limits;
+    let (max_schedules, min_period) = (cluster_limits.max_schedules as usize, cluster_limits.min_schedule_period);
+    if let Err(error) = schedules::check_limits(registry.schedules(), max_schedules, min_period) {
+        return fail(EXIT_USAGE, format_args!("{error}; raise the limit or change the plugin's schedule"));
     }
     let concurrency = args.concurrency.map_or_else(cores, |n| n as usize);
     let config = ControlPlaneConfig {

@@ -267,16 +267,16 @@ pub(crate) async fn task(State(shared): State<Arc<Shared>>, Path(id): Path<Strin
     let finished = state.monitor.book().find(task_id).cloned();
     match (state.status(task_id), finished) {
         (Reply::Report(report), finished) => {
-            Json(detail(&report, finished.as_ref().map(|f| &*f.args), false)).into_response()
+            Json(detail(&report, finished.as_ref().and_then(|f| f.args.as_deref()), false)).into_response()
         }
         (_, Some(finished)) => {
             // In the ring, but its result is no longer in the cache.
             let mut value = serde_json::to_value(&finished.summary).expect("JSON");
-            value["args"] = json_or_null(&finished.args);
+            value["args"] = finished.args.as_deref().map_or(Value::Null, |args| json_or_null(args));
             value["result"] = Value::Null;
             value["result_kept"] = Value::Bool(false);
             value["live"] = Value::Bool(false);
-            value["retryable"] = Value::Bool(retryable(finished.summary.state));
+            value["retryable"] = Value::Bool(finished.args.is_some() && retryable(finished.summary.state));
             Json(value).into_response()
         }
         (Reply::Error(refusal), None) => error(StatusCode::NOT_FOUND, "unknown_task", refusal.message),
@@ -335,10 +335,14 @@ pub(crate) async fn retry(State(shared): State<Arc<Shared>>, headers: HeaderMap,
             format!("task {task_id} {}: only failed, timed-out or cancelled tasks are retried", finished.summary.state);
         return error(StatusCode::CONFLICT, "not_retryable", message);
     }
+    let Some(args) = &finished.args else {
+        let message = format!("task {task_id}'s arguments were too large to keep for a retry; submit it again");
+        return error(StatusCode::CONFLICT, "not_retryable", message);
+    };
     let submit = Submit {
         task_id: TaskId::now_v7(),
         task_name: finished.summary.task_name.clone(),
-        args: finished.args.to_vec(),
+        args: args.to_vec(),
         priority: Some(finished.priority),
         ..Submit::default()
     };

@@ -1,6 +1,7 @@
 //! `/metrics`: the Prometheus text exposition format (version 0.0.4).
 
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -9,6 +10,7 @@ use axum::response::IntoResponse;
 use fastworker_plugin_sdk::Priority;
 
 use super::Shared;
+use crate::limits::Bound;
 use crate::monitor::DURATION_BUCKETS_MS;
 use crate::protocol::WorkerState;
 
@@ -90,7 +92,56 @@ fn render(shared: &Shared) -> String {
     for (name, kind, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     }
+    render_limits(state, &mut out);
     out
+}
+
+/// Every limit next to its usage and its refusals, and what was dropped.
+fn render_limits(state: &crate::state::State, out: &mut String) {
+    let limits = &state.config.limits;
+    let refusals = &state.refusals;
+    let _ = writeln!(out, "# HELP fastworker_limit A bound of this process (docs/control-plane.md#limits), by flag.");
+    let _ = writeln!(out, "# TYPE fastworker_limit gauge");
+    for bound in Bound::ALL {
+        let _ = writeln!(out, "fastworker_limit{{limit=\"{}\"}} {}", bound.label(), bound.value(limits));
+    }
+    let _ = writeln!(out, "# HELP fastworker_limit_usage What a bound limits, in use now.");
+    let _ = writeln!(out, "# TYPE fastworker_limit_usage gauge");
+    for bound in Bound::ALL {
+        if let Some(usage) = state.usage(bound) {
+            let _ = writeln!(out, "fastworker_limit_usage{{limit=\"{}\"}} {usage}", bound.label());
+        }
+    }
+    let _ = writeln!(out, "# HELP fastworker_limit_refusals_total Requests a bound refused.");
+    let _ = writeln!(out, "# TYPE fastworker_limit_refusals_total counter");
+    for bound in Bound::ALL {
+        let _ = writeln!(out, "fastworker_limit_refusals_total{{limit=\"{}\"}} {}", bound.label(), refusals.of(bound));
+    }
+    let counters: [(&str, &str, &AtomicU64); 4] = [
+        (
+            "fastworker_replies_dropped_total",
+            "Replies not sent within --reply-timeout (their connection was closed).",
+            &refusals.replies_dropped,
+        ),
+        (
+            "fastworker_log_lines_suppressed_total",
+            "Log lines about refused requests left out by the per-peer rate limit.",
+            &refusals.log_lines_suppressed,
+        ),
+        (
+            "fastworker_callbacks_dropped_total",
+            "Callback notices dropped (queue full, address refused or unreachable).",
+            &refusals.callbacks_dropped,
+        ),
+        (
+            "fastworker_subworker_bad_results_total",
+            "Results from subworkers that were not JSON (the run failed).",
+            &refusals.bad_results,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+    }
 }
 
 /// A label value with `\`, `"` and newlines escaped.
