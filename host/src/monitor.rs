@@ -21,6 +21,12 @@ use crate::protocol::{now_ms, Priority, TaskId, TaskReport, TaskState};
 /// Finished tasks kept for the dashboard's task list and its retry action.
 pub(crate) const RECENT_CAPACITY: usize = 1000;
 
+/// Task names counted apart (each is a label set on `/metrics`).
+pub(crate) const MAX_TASK_NAMES: usize = 4096;
+
+/// The name under which tasks past [`MAX_TASK_NAMES`] are counted.
+pub(crate) const OTHER_TASKS: &str = "(other tasks)";
+
 /// Arguments larger than this are not kept with a finished task (so the
 /// ring holds at most [`RECENT_CAPACITY`] times this much), and such a task
 /// cannot be retried from the dashboard.
@@ -281,11 +287,18 @@ impl Monitor {
 }
 
 impl Book {
+    /// The counters of a task name; past [`MAX_TASK_NAMES`] names (each a
+    /// label set on `/metrics`), new names share the counters of [`OTHER_TASKS`].
     fn counts(&mut self, task_name: &str, priority: Priority) -> &mut Counts {
-        if !self.counts.contains_key(task_name) {
-            self.counts.insert(task_name.to_string(), Default::default());
+        let name = if self.counts.contains_key(task_name) || self.counts.len() < MAX_TASK_NAMES {
+            task_name
+        } else {
+            OTHER_TASKS
+        };
+        if !self.counts.contains_key(name) {
+            self.counts.insert(name.to_string(), Default::default());
         }
-        &mut self.counts.get_mut(task_name).expect("inserted above")[priority.index()]
+        &mut self.counts.get_mut(name).expect("inserted above")[priority.index()]
     }
 
     /// Finished tasks, oldest first.
