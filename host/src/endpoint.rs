@@ -8,11 +8,13 @@
 //! wait inside NNG until one is free: nothing is dropped.
 //!
 //! No peer can take a port from the others:
-//! * one connection may hold at most `max_requests_per_connection`
-//!   contexts; a request beyond that is answered `Busy` at once;
-//! * a reply that cannot be sent within `reply_timeout` (the peer does not
-//!   read) is dropped and counted, and that peer's connection is closed,
-//!   which frees every context it held.
+//! * one connection may have at most `max_requests_per_connection`
+//!   requests in service (received, not yet answered); a request beyond
+//!   that is answered `Busy` at once;
+//! * a connection with more than that many replies waiting to leave does
+//!   not read them: it is closed, which frees every context it held;
+//! * a reply that cannot be sent within `reply_timeout` is dropped and
+//!   counted, and its connection closed the same way.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -42,13 +44,22 @@ struct Slot {
     pipe: Mutex<Option<Pipe>>,
 }
 
+/// What one connection has going on a port.
+#[derive(Default)]
+struct Load {
+    /// Requests received and not yet answered.
+    in_service: u32,
+    /// Replies handed to NNG and not yet sent.
+    unsent: u32,
+}
+
 /// What every context of a port shares.
 struct Port {
     purpose: &'static str,
     per_connection: u32,
     reply_timeout: Duration,
-    /// Requests in service by connection.
-    in_service: Mutex<FxHashMap<Pipe, u32>>,
+    /// Requests in service and replies waiting to leave, by connection.
+    connections: Mutex<FxHashMap<Pipe, Load>>,
     refusals: Arc<Refusals>,
     log: Arc<PeerLog>,
 }
@@ -63,9 +74,25 @@ impl Replier {
     /// port's reply timeout it is dropped and the connection closed.
     pub(crate) fn send_message(mut self, message: Message) {
         let Some(slot) = self.slot.take() else { return };
+        let pipe = *slot.pipe.lock().expect("slot lock");
+        if let Some(pipe) = pipe {
+            if !slot.port.answered(pipe) {
+                slot.port.refusals.replies_dropped.fetch_add(1, Ordering::Relaxed);
+                let port = &slot.port;
+                let peer = peer_of(Some(pipe));
+                port.log.warn(&peer, "unread replies", |suppressed| {
+                    warn!(
+                        port = port.purpose, %peer, suppressed,
+                        "a peer leaves more than {} replies unread (--max-requests-per-connection): its connection is closed",
+                        port.per_connection
+                    )
+                });
+                pipe.close();
+            }
+        }
         let _ = slot.aio.set_timeout(Some(slot.port.reply_timeout));
         if let Err((_, error)) = slot.ctx.send(&slot.aio, message) {
-            warn!(%error, port = slot.port.purpose, "could not queue a reply");
+            debug!(%error, port = slot.port.purpose, "could not queue a reply");
             slot.done();
         }
     }
@@ -94,18 +121,21 @@ impl Drop for Replier {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
             debug!(port = slot.port.purpose, "a request was dropped unanswered");
-            slot.done();
+            if let Some(pipe) = slot.pipe.lock().expect("slot lock").take() {
+                slot.port.update(pipe, |load| load.in_service = load.in_service.saturating_sub(1));
+            }
+            let _ = slot.ctx.recv(&slot.aio);
         }
     }
 }
 
 impl Slot {
-    /// The request is over (answered or not): count it out of its
-    /// connection and take the next one.
+    /// The reply left (or failed to): count it out of its connection and
+    /// take the next request.
     fn done(&self) {
         let pipe = self.pipe.lock().expect("slot lock").take();
         if let Some(pipe) = pipe {
-            self.port.leave(pipe);
+            self.port.update(pipe, |load| load.unsent = load.unsent.saturating_sub(1));
         }
         let _ = self.aio.set_timeout(None);
         let _ = self.ctx.recv(&self.aio);
@@ -114,20 +144,31 @@ impl Slot {
 
 impl Port {
     /// Counts a request of `pipe` in; false when that connection already
-    /// has as many in service as allowed (it is counted in all the same).
+    /// had as many in service as allowed (it is counted in all the same).
     fn enter(&self, pipe: Pipe) -> bool {
-        let mut in_service = self.in_service.lock().expect("port lock");
-        let count = in_service.entry(pipe).or_insert(0);
-        *count += 1;
-        *count <= self.per_connection
+        let mut connections = self.connections.lock().expect("port lock");
+        let load = connections.entry(pipe).or_default();
+        load.in_service += 1;
+        load.in_service <= self.per_connection
     }
 
-    fn leave(&self, pipe: Pipe) {
-        let mut in_service = self.in_service.lock().expect("port lock");
-        if let Some(count) = in_service.get_mut(&pipe) {
-            *count -= 1;
-            if *count == 0 {
-                in_service.remove(&pipe);
+    /// Moves a request of `pipe` from in service to its reply waiting to
+    /// leave; false when that connection leaves too many replies unread.
+    fn answered(&self, pipe: Pipe) -> bool {
+        let mut connections = self.connections.lock().expect("port lock");
+        let load = connections.entry(pipe).or_default();
+        load.in_service = load.in_service.saturating_sub(1);
+        load.unsent += 1;
+        load.unsent <= self.per_connection
+    }
+
+    /// Changes what `pipe` has going, forgetting it when nothing is left.
+    fn update(&self, pipe: Pipe, change: impl FnOnce(&mut Load)) {
+        let mut connections = self.connections.lock().expect("port lock");
+        if let Some(load) = connections.get_mut(&pipe) {
+            change(load);
+            if load.in_service == 0 && load.unsent == 0 {
+                connections.remove(&pipe);
             }
         }
     }
@@ -214,7 +255,7 @@ impl Listener {
             purpose,
             per_connection: u32::try_from(options.per_connection).unwrap_or(u32::MAX).max(1),
             reply_timeout: options.reply_timeout,
-            in_service: Mutex::new(FxHashMap::default()),
+            connections: Mutex::new(FxHashMap::default()),
             refusals: options.refusals,
             log: options.log,
         });
