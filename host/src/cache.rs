@@ -33,6 +33,19 @@ enum Dropped {
 struct Cached {
     report: TaskReport,
     stored: Instant,
+    /// A digest of the task's arguments, to tell a resubmission of the same
+    /// task from another task under a reused id.
+    args_digest: [u8; 16],
+}
+
+/// The digest [`ResultCache`] keeps of a task's arguments (SHA-256, first
+/// 16 bytes: a reused id cannot be made to match other arguments).
+pub(crate) fn args_digest(args: &[u8]) -> [u8; 16] {
+    use sha2::Digest;
+    let full = sha2::Sha256::digest(args);
+    let mut digest = [0; 16];
+    digest.copy_from_slice(&full[..16]);
+    digest
 }
 
 /// Finished tasks, bounded by count and age.
@@ -61,11 +74,11 @@ impl ResultCache {
     }
 
     /// Stores a finished task, evicting the least recently used one if full.
-    pub(crate) fn insert(&mut self, report: TaskReport) {
+    pub(crate) fn insert(&mut self, report: TaskReport, args_digest: [u8; 16]) {
         let Some(results) = self.results.as_mut() else { return };
         let id = report.task_id;
         self.bytes += size_of(&report);
-        if let Some((evicted, old)) = results.push(id, Cached { report, stored: Instant::now() }) {
+        if let Some((evicted, old)) = results.push(id, Cached { report, stored: Instant::now(), args_digest }) {
             self.bytes -= size_of(&old.report);
             if evicted != id {
                 self.dropped.put(evicted, Dropped::Evicted);
@@ -77,6 +90,11 @@ impl ResultCache {
             self.dropped.put(evicted, Dropped::Evicted);
         }
         self.dropped.pop(&id);
+    }
+
+    /// The digest of the arguments of a held result, without refreshing it.
+    pub(crate) fn args_digest_of(&self, id: &TaskId) -> Option<[u8; 16]> {
+        self.results.as_ref()?.peek(id).map(|cached| cached.args_digest)
     }
 
     /// Bytes the held results take.
@@ -151,10 +169,10 @@ mod tests {
     fn a_read_refreshes_and_the_least_recent_is_evicted() {
         let mut cache = ResultCache::new(2, u64::MAX, None);
         let (a, b, c) = (TaskId::new_v4(), TaskId::new_v4(), TaskId::new_v4());
-        cache.insert(report(a));
-        cache.insert(report(b));
+        cache.insert(report(a), [0; 16]);
+        cache.insert(report(b), [0; 16]);
         assert!(matches!(cache.get(&a), Lookup::Found(_)));
-        cache.insert(report(c));
+        cache.insert(report(c), [0; 16]);
         assert!(matches!(cache.get(&a), Lookup::Found(_)));
         assert!(matches!(cache.get(&b), Lookup::Evicted));
         assert!(matches!(cache.get(&TaskId::new_v4()), Lookup::Unknown));
@@ -164,8 +182,8 @@ mod tests {
     fn results_expire_after_the_ttl() {
         let mut cache = ResultCache::new(10, u64::MAX, Some(Duration::from_millis(30)));
         let (a, b) = (TaskId::new_v4(), TaskId::new_v4());
-        cache.insert(report(a));
-        cache.insert(report(b));
+        cache.insert(report(a), [0; 16]);
+        cache.insert(report(b), [0; 16]);
         std::thread::sleep(Duration::from_millis(40));
         assert!(matches!(cache.get(&a), Lookup::Expired));
         assert_eq!(cache.sweep(), 1);
@@ -177,7 +195,7 @@ mod tests {
     fn capacity_zero_keeps_nothing() {
         let mut cache = ResultCache::new(0, u64::MAX, None);
         let a = TaskId::new_v4();
-        cache.insert(report(a));
+        cache.insert(report(a), [0; 16]);
         assert!(matches!(cache.get(&a), Lookup::Unknown));
     }
 
@@ -185,7 +203,7 @@ mod tests {
     fn the_byte_bound_evicts_the_least_recent() {
         let mut cache = ResultCache::new(100, 3 * size_of(&report(TaskId::nil())), None);
         let ids: Vec<TaskId> = (0..5).map(|_| TaskId::new_v4()).collect();
-        ids.iter().for_each(|id| cache.insert(report(*id)));
+        ids.iter().for_each(|id| cache.insert(report(*id), [0; 16]));
         assert_eq!(cache.len(), 3);
         assert!(matches!(cache.get(&ids[0]), Lookup::Evicted));
         assert!(matches!(cache.get(&ids[4]), Lookup::Found(_)));

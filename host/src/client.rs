@@ -15,9 +15,10 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::address::{AddressError, BaseAddress};
+use crate::auth::{open, seal, AuthError, Key, KeyError, KeyRing, Sender, ENVELOPE_BYTES};
 use crate::protocol::{
-    decode, encode_message, Callback, ClusterStatus, DecodeError, ErrorReply, Priority, Reply, Request, RetryPolicy,
-    ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
+    decode, encode_message, now_ms, Callback, ClusterStatus, DecodeError, ErrorReply, Priority, Reply, Request,
+    RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
 };
 
 /// Calls one client keeps in service on one port at once; more wait in
@@ -88,6 +89,17 @@ pub enum ClientError {
         task_name: String,
         /// Why.
         source: serde_json::Error,
+    },
+    /// The key file cannot be used.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The reply is not sealed for this request with a key of the client's.
+    #[error("the reply from {address} is not authenticated ({source}): is it the control plane of this cluster?")]
+    Unauthenticated {
+        /// Where it came from.
+        address: String,
+        /// Why it failed.
+        source: AuthError,
     },
     /// The control plane answered with a message that does not fit the request.
     #[error("unexpected reply from {address}: {reply}")]
@@ -180,6 +192,15 @@ struct Inner {
     max_frame: usize,
     /// One per address, each opened on first use.
     endpoints: [OnceLock<Result<Endpoint, nng::Error>>; 6],
+    /// With a cluster key: the key every request is sealed with.
+    auth: Option<Arc<ClientAuth>>,
+}
+
+/// How a client seals its requests and checks the replies.
+struct ClientAuth {
+    key: Key,
+    ring: Arc<KeyRing>,
+    sender: Sender,
 }
 
 impl Client {
@@ -193,6 +214,7 @@ impl Client {
                 timeout: DEFAULT_TIMEOUT,
                 max_frame: DEFAULT_MAX_FRAME_BYTES,
                 endpoints: Default::default(),
+                auth: None,
             }),
         })
     }
@@ -217,8 +239,33 @@ impl Client {
             timeout,
             max_frame: self.inner.max_frame,
             endpoints: Default::default(),
+            auth: self.inner.auth.clone(),
         };
         Client { inner: Arc::new(inner) }
+    }
+
+    /// The same client sealing every request with `key` (from a cluster key
+    /// file, see [`crate::auth`]) and accepting only replies sealed with a
+    /// key of `ring`. A control plane started with `--cluster-key-file`
+    /// answers nothing else.
+    pub fn with_key(self, key: Key, ring: Arc<KeyRing>) -> Client {
+        let auth = Arc::new(ClientAuth { key, ring, sender: Sender::new() });
+        let inner = Inner {
+            base: self.inner.base.clone(),
+            addresses: self.inner.addresses.clone(),
+            timeout: self.inner.timeout,
+            max_frame: self.inner.max_frame,
+            endpoints: Default::default(),
+            auth: Some(auth),
+        };
+        Client { inner: Arc::new(inner) }
+    }
+
+    /// The same client with the key a client command uses from `ring`: the
+    /// operator key when it holds a cluster or operator key, else the client key.
+    pub fn with_keys(self, ring: Arc<KeyRing>) -> Result<Client, KeyError> {
+        let key = ring.client_signer()?;
+        Ok(self.with_key(key, ring))
     }
 
     /// Runs `task_name` with `args` (a tuple or array, for positional
@@ -392,8 +439,13 @@ impl Client {
     }
 
     /// Sends a raw frame to endpoint `index` and returns the raw reply.
-    pub async fn exchange(&self, index: usize, frame: Message) -> Result<Message, ClientError> {
+    pub async fn exchange(&self, index: usize, mut frame: Message) -> Result<Message, ClientError> {
         let inner = &self.inner;
+        let sealed = inner.auth.as_ref().map(|auth| {
+            let (envelope, seal) = seal(&auth.key, &auth.sender, &frame, None, now_ms());
+            frame.push_front(&envelope);
+            (auth, seal)
+        });
         if frame.len() > inner.max_frame {
             return Err(ClientError::TooLarge { size: frame.len(), limit: inner.max_frame });
         }
@@ -424,7 +476,19 @@ impl Client {
         // The Aio's own timeout ends the exchange; this outer one only guards
         // against a lost wake-up.
         match tokio::time::timeout(timeout + Duration::from_secs(1), receiver).await {
-            Ok(Ok(Ok(message))) => Ok(message),
+            Ok(Ok(Ok(mut message))) => match sealed {
+                None => Ok(message),
+                // An unauthenticated error reply says why the request was
+                // refused; anything else must be sealed for this request.
+                Some((auth, seal)) => match open(&auth.ring, &message, Some(seal), now_ms()) {
+                    Ok(_) => {
+                        message.trim(ENVELOPE_BYTES);
+                        Ok(message)
+                    }
+                    Err(AuthError::Missing) if is_refusal(&message) => Ok(message),
+                    Err(source) => Err(ClientError::Unauthenticated { address: address.to_string(), source }),
+                },
+            },
             Ok(Ok(Err(nng::Error::TimedOut))) | Err(_) => {
                 Err(ClientError::Timeout { address: address.to_string(), after: timeout })
             }
@@ -440,6 +504,18 @@ impl Client {
     fn unexpected(&self, reply: Reply) -> ClientError {
         ClientError::Unexpected { address: self.inner.base.to_string(), reply: format!("{reply:?}") }
     }
+}
+
+/// Whether an unsealed reply is a refusal that a server sends without a
+/// seal (the request itself was not authenticated, so nothing is trusted).
+fn is_refusal(message: &[u8]) -> bool {
+    matches!(
+        decode::<Reply>(message, usize::MAX),
+        Ok(Reply::Error(ErrorReply {
+            kind: crate::protocol::ErrorKind::Unauthenticated | crate::protocol::ErrorKind::Busy,
+            ..
+        }))
+    )
 }
 
 /// Turns a final report into the task's typed result.

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use crate::address::BaseAddress;
+use crate::auth::KeyRing;
 use crate::limits::Limits;
 
 /// How a control plane (or subworker) is set up.
@@ -24,6 +27,9 @@ pub struct ControlPlaneConfig {
     pub shutdown_timeout: Duration,
     /// The bound of every resource a peer can make it spend.
     pub limits: Limits,
+    /// The keys every frame must be sealed with (`--cluster-key-file`);
+    /// `None` serves unauthenticated peers (loopback or `--insecure`).
+    pub keys: Option<Arc<KeyRing>>,
     /// Subworker management, on a control plane; `None` on a subworker,
     /// which serves its four task ports and nothing else.
     pub management: Option<ManagementConfig>,

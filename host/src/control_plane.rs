@@ -11,14 +11,15 @@ use std::time::Duration;
 use nng::Message;
 use tracing::{info, warn};
 
+use crate::auth::{ReplayGuard, Role, Sender};
 use crate::config::ControlPlaneConfig;
 use crate::dashboard::{Dashboard, DashboardConfig, DashboardError};
 use crate::discovery::{Announcement, Announcer};
-use crate::endpoint::{Handler, ListenError, Listener, PortOptions, Replier};
+use crate::endpoint::{Handler, ListenError, Listener, PortAuth, PortOptions, Replier};
 use crate::membership::{self, Event};
 use crate::plugins::Registry;
 use crate::protocol::{decode, ClusterStatus, ErrorKind, Priority, Reply, Request};
-use crate::state::{error_reply, State};
+use crate::state::{error_reply, Caller, State};
 
 /// A running control plane or subworker.
 pub struct ControlPlane {
@@ -36,7 +37,11 @@ impl ControlPlane {
         let state = State::new(config, registry);
         let config = &state.config;
         let limits = &config.limits;
+        let auth = config.keys.as_ref().map(|ring| {
+            Arc::new(PortAuth { ring: ring.clone(), sender: Sender::new(), guard: ReplayGuard::default() })
+        });
         let options = |purpose: &'static str, contexts: usize| PortOptions {
+            auth: auth.clone(),
             purpose,
             contexts,
             max_frame: limits.max_frame_bytes,
@@ -101,7 +106,7 @@ impl ControlPlane {
                     management_port: management.port,
                     sent_ms: 0,
                 };
-                match Announcer::start(address, announcement) {
+                match Announcer::start(address, announcement, config.keys.clone()) {
                     Ok(announcer) => Some(announcer),
                     Err(error) => {
                         warn!("{error}; serving without announcing (subworkers and clients need this control plane's address)");
@@ -174,11 +179,27 @@ fn priority_purpose(priority: Priority) -> &'static str {
 
 impl State {
     fn on_task_request(&self, replier: Replier, message: Message) {
+        // A control plane takes tasks from clients; a subworker from its
+        // control plane (which seals them with the worker key).
+        let submitters: &[Role] = match self.config.management {
+            Some(_) => &[Role::Client, Role::Operator],
+            None => &[Role::Worker, Role::Operator],
+        };
         match decode::<Request>(&message, self.config.limits.max_frame_bytes) {
-            Ok(Request::Submit(submit)) => self.submit(submit, replier),
-            Ok(Request::Batch(submits)) => self.submit_batch(submits, replier),
+            Ok(Request::Submit(submit)) => {
+                let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };
+                self.submit(submit, replier)
+            }
+            Ok(Request::Batch(submits)) => {
+                let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };
+                self.submit_batch(submits, replier)
+            }
             // A subworker takes cancellations from its control plane here.
-            Ok(Request::Cancel { task_id }) if self.config.management.is_none() => replier.send(&self.cancel(task_id)),
+            Ok(Request::Cancel { task_id }) if self.config.management.is_none() => {
+                let Some(replier) = replier.allow(submitters, "cancel tasks here") else { return };
+                let caller = Caller::of(&replier);
+                replier.send(&self.cancel(task_id, caller))
+            }
             Ok(_) => replier.send(&error_reply(
                 ErrorKind::WrongEndpoint,
                 match &self.config.management {
@@ -197,11 +218,25 @@ impl State {
     }
 
     fn on_result_request(&self, management_port: u16, replier: Replier, message: Message) {
+        const READERS: &[Role] = &[Role::Client, Role::Operator];
         let reply = match decode::<Request>(&message, self.config.limits.max_frame_bytes) {
-            Ok(Request::Status { task_id }) => self.status(task_id),
-            Ok(Request::Cancel { task_id }) => self.cancel(task_id),
-            Ok(Request::Schedules) => Reply::Schedules(self.schedule_statuses()),
-            Ok(Request::PauseSchedule { task_name, paused }) => self.pause_schedule(&task_name, paused),
+            Ok(Request::Status { task_id }) => {
+                let Some(replier) = replier.allow(READERS, "read tasks") else { return };
+                return replier.send(&self.status(task_id));
+            }
+            Ok(Request::Cancel { task_id }) => {
+                let Some(replier) = replier.allow(READERS, "cancel tasks") else { return };
+                let caller = Caller::of(&replier);
+                return replier.send(&self.cancel(task_id, caller));
+            }
+            Ok(Request::Schedules) => {
+                let Some(replier) = replier.allow(READERS, "list schedules") else { return };
+                return replier.send(&Reply::Schedules(self.schedule_statuses()));
+            }
+            Ok(Request::PauseSchedule { task_name, paused }) => {
+                let Some(replier) = replier.allow(&[Role::Operator], "pause or resume schedules") else { return };
+                return replier.send(&self.pause_schedule(&task_name, paused));
+            }
             Ok(Request::Workers) => Reply::Workers(self.cluster_status()),
             Ok(Request::Discover) => Reply::Discovered { management_port },
             Ok(Request::Submit(_) | Request::Batch(_)) => error_reply(

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use crate::address::BaseAddress;
+use crate::auth::{open, seal, Key, KeyRing, Role, Sender, ENVELOPE_BYTES};
 use crate::client::{Client, ClientError};
 use crate::protocol::{decode, encode, now_ms};
 
@@ -141,7 +142,13 @@ enum Wake {
 impl Announcer {
     /// Listens on `address` and announces `announcement` (with a fresh
     /// `sent_ms` each time) to every peer there, from a thread of its own.
-    pub fn start(address: &str, announcement: Announcement) -> Result<Announcer, DiscoveryError> {
+    /// With `keys` (a cluster key), each announcement is sent once sealed
+    /// with each role's key, and finders holding a key ignore the rest.
+    pub fn start(
+        address: &str,
+        announcement: Announcement,
+        keys: Option<Arc<KeyRing>>,
+    ) -> Result<Announcer, DiscoveryError> {
         check_address(address)?;
         let transport = |source| DiscoveryError::Transport { address: address.to_string(), source };
         let socket = Socket::new(Protocol::Bus0).map_err(transport)?;
@@ -163,7 +170,7 @@ impl Announcer {
         let sender = socket.clone();
         let thread = std::thread::Builder::new()
             .name("discovery".into())
-            .spawn(move || announce(sender, announcement, woken))
+            .spawn(move || announce(sender, announcement, keys, woken))
             .map_err(|_| transport(nng::Error::OutOfMemory))?;
         info!(%address, "announcing this control plane every {} s", ANNOUNCE_INTERVAL.as_secs_f64());
         Ok(Announcer { address: address.to_string(), socket, wake, thread: Some(thread) })
@@ -186,7 +193,12 @@ impl Drop for Announcer {
 }
 
 /// The announcing thread: one announcement per interval and per new peer.
-fn announce(socket: Socket, mut announcement: Announcement, woken: mpsc::Receiver<Wake>) {
+fn announce(socket: Socket, mut announcement: Announcement, keys: Option<Arc<KeyRing>>, woken: mpsc::Receiver<Wake>) {
+    let sender = Sender::new();
+    let signers: Vec<Key> = match &keys {
+        Some(ring) => Role::ALL.iter().filter_map(|role| ring.signer(*role).ok()).collect(),
+        None => Vec::new(),
+    };
     let mut next = Instant::now();
     loop {
         let now = Instant::now();
@@ -201,8 +213,18 @@ fn announce(socket: Socket, mut announcement: Announcement, woken: mpsc::Receive
         announcement.sent_ms = now_ms();
         // Bus sends are best effort: a peer that is not ready misses this
         // one and gets the next.
-        if let Err((_, error)) = socket.try_send(&encode(&announcement)[..]) {
-            debug!(%error, "an announcement was not sent");
+        let frame = encode(&announcement);
+        let frames: Vec<Vec<u8>> = match signers.is_empty() {
+            true => vec![frame],
+            false => signers
+                .iter()
+                .map(|key| [&seal(key, &sender, &frame, None, announcement.sent_ms).0[..], &frame].concat())
+                .collect(),
+        };
+        for frame in frames {
+            if let Err((_, error)) = socket.try_send(&frame[..]) {
+                debug!(%error, "an announcement was not sent");
+            }
         }
         if due {
             next = Instant::now() + ANNOUNCE_INTERVAL;
@@ -222,11 +244,21 @@ fn announce(socket: Socket, mut announcement: Announcement, woken: mpsc::Receive
 /// The waiting runs on tokio's blocking pool; dropping the future stops it
 /// within a fraction of a second.
 pub async fn find(discovery_address: &str, timeout: Duration) -> Result<Announcement, DiscoveryError> {
+    find_sealed(discovery_address, timeout, None).await
+}
+
+/// As [`find`], taking only announcements sealed with a key of `keys`
+/// (when given): an impostor on the discovery address redirects nobody.
+pub async fn find_sealed(
+    discovery_address: &str,
+    timeout: Duration,
+    keys: Option<Arc<KeyRing>>,
+) -> Result<Announcement, DiscoveryError> {
     check_address(discovery_address)?;
     let cancelled = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop(cancelled.clone());
     let address = discovery_address.to_string();
-    let found = tokio::task::spawn_blocking(move || find_blocking(&address, timeout, &cancelled))
+    let found = tokio::task::spawn_blocking(move || find_blocking(&address, timeout, keys.as_deref(), &cancelled))
         .await
         .expect("the discovery thread panicked");
     drop(guard);
@@ -249,7 +281,12 @@ impl Drop for CancelOnDrop {
     }
 }
 
-fn find_blocking(address: &str, timeout: Duration, cancelled: &AtomicBool) -> Result<Announcement, DiscoveryError> {
+fn find_blocking(
+    address: &str,
+    timeout: Duration,
+    keys: Option<&KeyRing>,
+    cancelled: &AtomicBool,
+) -> Result<Announcement, DiscoveryError> {
     let transport = |source| DiscoveryError::Transport { address: address.to_string(), source };
     let deadline = Instant::now() + timeout;
     let socket = Socket::new(Protocol::Bus0).map_err(transport)?;
@@ -261,6 +298,7 @@ fn find_blocking(address: &str, timeout: Duration, cancelled: &AtomicBool) -> Re
     let mut stale = 0u32;
     let mut oldest_ms = 0u64;
     let mut foreign = 0u32;
+    let mut unsealed = 0u32;
     let result = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || cancelled.load(Ordering::Relaxed) {
@@ -273,6 +311,11 @@ fn find_blocking(address: &str, timeout: Duration, cancelled: &AtomicBool) -> Re
                     STALE_AFTER.as_secs()
                 );
             }
+            if unsealed > 0 {
+                ignored += &format!(
+                    "; ignored {unsealed} announcement(s) not sealed with this cluster's key (an impostor, or a control plane of another cluster)"
+                );
+            }
             if foreign > 0 {
                 ignored +=
                     &format!("; ignored {foreign} announcement(s) that do not decode (another fastworker version?)");
@@ -280,11 +323,18 @@ fn find_blocking(address: &str, timeout: Duration, cancelled: &AtomicBool) -> Re
             break Err(DiscoveryError::Timeout { address: address.to_string(), after: timeout, ignored });
         }
         socket.set_opt::<RecvTimeout>(Some(left.min(POLL))).map_err(transport)?;
-        let message = match socket.recv() {
+        let mut message = match socket.recv() {
             Ok(message) => message,
             Err(nng::Error::TimedOut) => continue,
             Err(source) => break Err(transport(source)),
         };
+        if let Some(ring) = keys {
+            if open(ring, &message, None, now_ms()).is_err() {
+                unsealed += 1;
+                continue;
+            }
+            message.trim(ENVELOPE_BYTES);
+        }
         match decode::<Announcement>(&message, MAX_ANNOUNCEMENT_BYTES) {
             Ok(announcement) => {
                 let age = now_ms().saturating_sub(announcement.sent_ms);
@@ -359,8 +409,8 @@ mod tests {
     #[tokio::test]
     async fn a_finder_gets_the_announcement_at_once_and_a_second_announcer_is_refused() {
         let address = format!("tcp://127.0.0.1:{}", free_port());
-        let announcer = Announcer::start(&address, sample()).unwrap();
-        assert!(matches!(Announcer::start(&address, sample()), Err(DiscoveryError::AddressInUse { .. })));
+        let announcer = Announcer::start(&address, sample(), None).unwrap();
+        assert!(matches!(Announcer::start(&address, sample(), None), Err(DiscoveryError::AddressInUse { .. })));
         let started = Instant::now();
         let found = find(&address, Duration::from_secs(5)).await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());

@@ -25,14 +25,25 @@ use nng::{Aio, AioResult, Context, Message, Pipe, Protocol, Socket};
 use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
+use crate::auth::{open, seal, AuthError, KeyRing, Opened, ReplayGuard, Role, Sender, ENVELOPE_BYTES};
 use crate::limits::{Bound, Refusals};
 use crate::peer_log::PeerLog;
-use crate::protocol::{encode_message, ErrorKind, ErrorReply, Reply};
+use crate::protocol::{encode_message, now_ms, ErrorKind, ErrorReply, Reply};
 
 /// The handle to answer one request with. Dropping it unanswered frees its
 /// context without a reply (the peer's call times out).
 pub(crate) struct Replier {
     slot: Option<Arc<Slot>>,
+    /// Who sealed the request, when the port authenticates.
+    opened: Option<Opened>,
+}
+
+/// How a port authenticates: the keys it accepts, its own sender identity
+/// for sealing replies, and the counters seen (replays).
+pub(crate) struct PortAuth {
+    pub(crate) ring: Arc<KeyRing>,
+    pub(crate) sender: Sender,
+    pub(crate) guard: ReplayGuard,
 }
 
 /// One context of a port and what it is serving.
@@ -62,6 +73,7 @@ struct Port {
     connections: Mutex<FxHashMap<Pipe, Load>>,
     refusals: Arc<Refusals>,
     log: Arc<PeerLog>,
+    auth: Option<Arc<PortAuth>>,
 }
 
 impl Replier {
@@ -70,10 +82,44 @@ impl Replier {
         self.send_message(encode_reply(reply));
     }
 
+    /// The role of the key that sealed the request; `None` when the port
+    /// does not authenticate (then every request is allowed).
+    pub(crate) fn role(&self) -> Option<Role> {
+        self.opened.as_ref().map(|opened| opened.key.role)
+    }
+
+    /// The id of the key that sealed the request.
+    pub(crate) fn key_id(&self) -> Option<[u8; 8]> {
+        self.opened.as_ref().map(|opened| opened.key.id)
+    }
+
+    /// Answers `Forbidden` unless the request's role is one of `allowed`
+    /// (always allowed when the port does not authenticate); gives the
+    /// replier back when allowed.
+    pub(crate) fn allow(self, allowed: &[Role], what: &str) -> Option<Replier> {
+        match self.role() {
+            Some(role) if !allowed.contains(&role) => {
+                let message = format!(
+                    "a {} key may not {what}; it needs a key of role {}",
+                    role.as_str(),
+                    allowed.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" or ")
+                );
+                self.warn_peer("refused a request", &message);
+                self.send(&Reply::Error(ErrorReply::new(ErrorKind::Forbidden, message)));
+                None
+            }
+            _ => Some(self),
+        }
+    }
+
     /// Sends an already encoded reply; if it cannot leave within the
     /// port's reply timeout it is dropped and the connection closed.
-    pub(crate) fn send_message(mut self, message: Message) {
+    pub(crate) fn send_message(mut self, mut message: Message) {
         let Some(slot) = self.slot.take() else { return };
+        if let (Some(auth), Some(opened)) = (&slot.port.auth, self.opened.take()) {
+            let (envelope, _) = seal(&opened.key, &auth.sender, &message, Some(opened.seal), now_ms());
+            message.push_front(&envelope);
+        }
         let pipe = *slot.pipe.lock().expect("slot lock");
         if let Some(pipe) = pipe {
             if !slot.port.answered(pipe) {
@@ -206,6 +252,8 @@ pub(crate) struct PortOptions {
     pub(crate) refusals: Arc<Refusals>,
     /// The rate limit of lines about peers.
     pub(crate) log: Arc<PeerLog>,
+    /// The keys every request must be sealed with, if any.
+    pub(crate) auth: Option<Arc<PortAuth>>,
 }
 
 /// A listening socket and its contexts.
@@ -258,6 +306,7 @@ impl Listener {
             connections: Mutex::new(FxHashMap::default()),
             refusals: options.refusals,
             log: options.log,
+            auth: options.auth,
         });
         let mut slots = Vec::with_capacity(options.contexts);
         for _ in 0..options.contexts {
@@ -286,7 +335,30 @@ fn on_event(slot: &Arc<Slot>, result: AioResult, handler: &Handler) {
         AioResult::Recv(Ok(mut message)) => {
             let pipe = message.pipe();
             *slot.pipe.lock().expect("slot lock") = pipe;
-            let replier = Replier { slot: Some(slot.clone()) };
+            let mut replier = Replier { slot: Some(slot.clone()), opened: None };
+            if let Some(auth) = &slot.port.auth {
+                match open(&auth.ring, &message, None, now_ms()).and_then(|opened| {
+                    auth.guard.check(opened.seal)?;
+                    Ok(opened)
+                }) {
+                    Ok(opened) => {
+                        message.trim(ENVELOPE_BYTES);
+                        replier.opened = Some(opened);
+                    }
+                    Err(error) => {
+                        slot.port.refusals.unauthenticated.fetch_add(1, Ordering::Relaxed);
+                        replier.warn_peer("refused an unauthenticated frame", &error);
+                        let kind = match error {
+                            AuthError::TooManySenders => ErrorKind::Busy,
+                            _ => ErrorKind::Unauthenticated,
+                        };
+                        if let Some(pipe) = pipe {
+                            slot.port.enter(pipe);
+                        }
+                        return replier.send(&Reply::Error(ErrorReply::new(kind, error.to_string())));
+                    }
+                }
+            }
             match pipe {
                 Some(pipe) if !slot.port.enter(pipe) => {
                     let port = &slot.port;

@@ -5,6 +5,7 @@
 //! over it. Rust applications use [`client::Client`].
 
 pub mod address;
+pub mod auth;
 mod cache;
 mod callbacks;
 pub mod client;

@@ -247,6 +247,8 @@ pub struct Refusals {
     pub callbacks_dropped: AtomicU64,
     /// Results from subworkers that were not valid JSON.
     pub bad_results: AtomicU64,
+    /// Frames refused for want of a valid seal (`--cluster-key-file`).
+    pub unauthenticated: AtomicU64,
 }
 
 impl Refusals {

@@ -3,7 +3,11 @@
 //! a time), and a watch on the connection, so that a worker that dies is
 //! noticed the moment its connection drops rather than when heartbeats stop.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::auth::{open, seal, AuthError, Key, KeyRing, Seal, Sender, ENVELOPE_BYTES};
+use crate::protocol::now_ms;
 
 use nng::options::protocol::reqrep::ResendTime;
 use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize};
@@ -15,6 +19,27 @@ pub(crate) struct Link {
     slots: Vec<(Context, Aio)>,
     /// A context for notes that need no answer (cancellations).
     notes: (Context, Aio),
+    /// With a cluster key: frames are sealed with the worker key, and each
+    /// slot remembers its request's seal, which its reply must cover.
+    auth: Option<LinkAuth>,
+}
+
+/// How a link seals and checks frames.
+pub(crate) struct LinkAuth {
+    /// The worker key the control plane signs forwarded tasks with.
+    pub(crate) key: Key,
+    /// The keys a reply may be sealed with.
+    pub(crate) ring: Arc<KeyRing>,
+    /// This control plane's sender identity.
+    pub(crate) sender: Arc<Sender>,
+    seals: Vec<Mutex<Option<Seal>>>,
+}
+
+impl LinkAuth {
+    /// Sealing with `key`, checking replies against `ring`.
+    pub(crate) fn new(key: Key, ring: Arc<KeyRing>, sender: Arc<Sender>) -> LinkAuth {
+        LinkAuth { key, ring, sender, seals: Vec::new() }
+    }
 }
 
 impl Link {
@@ -25,6 +50,7 @@ impl Link {
         url: &str,
         slots: usize,
         max_frame: usize,
+        auth: Option<LinkAuth>,
         on_connection: impl Fn(bool) + Send + Sync + 'static,
         on_slot: impl Fn(usize, Aio, AioResult) + Send + Sync + Clone + 'static,
     ) -> Result<Link, nng::Error> {
@@ -41,7 +67,8 @@ impl Link {
             _ => {}
         })?;
         let notes = (Context::new(&socket)?, Aio::new(|_, _| {})?);
-        let mut link = Link { socket, slots: Vec::with_capacity(slots), notes };
+        let auth = auth.map(|auth| LinkAuth { seals: (0..slots).map(|_| Mutex::new(None)).collect(), ..auth });
+        let mut link = Link { socket, slots: Vec::with_capacity(slots), notes, auth };
         for index in 0..slots {
             let ctx = Context::new(&link.socket)?;
             let on_slot = on_slot.clone();
@@ -54,9 +81,24 @@ impl Link {
 
     /// Sends a request on a free slot; its reply arrives through `on_slot`
     /// once [`Link::receive`] is called after the send completes.
-    pub(crate) fn send(&self, slot: usize, message: Message) -> Result<(), nng::Error> {
+    pub(crate) fn send(&self, slot: usize, mut message: Message) -> Result<(), nng::Error> {
+        if let Some(auth) = &self.auth {
+            let (envelope, seal) = seal(&auth.key, &auth.sender, &message, None, now_ms());
+            message.push_front(&envelope);
+            *auth.seals[slot].lock().expect("seal lock") = Some(seal);
+        }
         let (ctx, aio) = &self.slots[slot];
         ctx.send(aio, message).map_err(|(_, error)| error)
+    }
+
+    /// Checks and strips the seal of the reply a slot received.
+    pub(crate) fn open_reply(&self, slot: usize, message: &mut Message) -> Result<(), AuthError> {
+        let Some(auth) = &self.auth else { return Ok(()) };
+        let request = auth.seals[slot].lock().expect("seal lock").take();
+        let Some(request) = request else { return Err(AuthError::Missing) };
+        open(&auth.ring, message, Some(request), now_ms())?;
+        message.trim(ENVELOPE_BYTES);
+        Ok(())
     }
 
     /// Waits for the reply to the request a slot just sent.
@@ -67,7 +109,11 @@ impl Link {
 
     /// Sends a request whose answer does not matter, best effort: one at a
     /// time; a note sent while the previous one is still leaving is dropped.
-    pub(crate) fn note(&self, message: Message) {
+    pub(crate) fn note(&self, mut message: Message) {
+        if let Some(auth) = &self.auth {
+            let (envelope, _) = seal(&auth.key, &auth.sender, &message, None, now_ms());
+            message.push_front(&envelope);
+        }
         let (ctx, aio) = &self.notes;
         let _ = ctx.send(aio, message);
     }

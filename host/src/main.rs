@@ -11,6 +11,7 @@ use cli::client::{
     block_on, cancel, connect, schedules, status, submit, workers, CancelArgs, ClientArgs, SchedulesArgs, StatusArgs,
     SubmitArgs,
 };
+use cli::keys::{keygen, KeygenArgs};
 use cli::plugins::{list, ListArgs};
 use cli::serve::{run_control_plane, run_subworker, ControlPlaneArgs, SubworkerArgs};
 
@@ -52,6 +53,8 @@ enum Command {
     Workers(ClientArgs),
     /// Print the periodic tasks of a running control plane (last run, outcome, next run, skips) as JSON.
     Schedules(SchedulesArgs),
+    /// Write a new cluster key, or a role key (operator, client, worker) derived from one.
+    Keygen(KeygenArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
             Ok(client) => block_on(workers(client)),
             Err(code) => code,
         },
+        Command::Keygen(args) => keygen(args),
         Command::Schedules(args) => match connect(&args.client) {
             Ok(client) => block_on(schedules(client, args)),
             Err(code) => code,

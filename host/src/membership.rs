@@ -15,11 +15,12 @@ use nng::Message;
 use tracing::{info, warn};
 
 use crate::address::BaseAddress;
+use crate::auth::Role;
 use crate::cluster::{Joining, Phase, WorkerKey};
 use crate::config::ManagementConfig;
 use crate::endpoint::Replier;
 use crate::limits::{Bound, MAX_NAME_BYTES, MAX_SCHEDULE_BYTES};
-use crate::link::Link;
+use crate::link::{Link, LinkAuth};
 use crate::protocol::{
     decode, ErrorKind, ErrorReply, Heartbeat, OfferedTask, Registration, Reply, Request, WorkerName, MAX_WORKER_SLOTS,
 };
@@ -58,7 +59,8 @@ pub(crate) fn start(
     events: Sender<Event>,
     receiver: Receiver<Event>,
 ) -> JoinHandle<()> {
-    let mut membership = Membership { state, config, events, connecting: HashMap::new() };
+    let sender = Arc::new(crate::auth::Sender::new());
+    let mut membership = Membership { state, config, events, connecting: HashMap::new(), sender };
     std::thread::Builder::new()
         .name("membership".into())
         .spawn(move || {
@@ -87,10 +89,12 @@ struct Membership {
     /// Registrations waiting for the control plane's connection to the
     /// worker, with their deadline.
     connecting: HashMap<WorkerKey, (Replier, Instant)>,
+    /// The identity links seal forwarded tasks with.
+    sender: Arc<crate::auth::Sender>,
 }
 
 impl Membership {
-    fn on_frame(&mut self, replier: Replier, message: &Message) {
+    fn on_frame(&mut self, mut replier: Replier, message: &Message) {
         let request = match decode::<Request>(message, self.state.config.limits.max_frame_bytes) {
             Ok(request) => request,
             Err(error) => {
@@ -98,6 +102,12 @@ impl Membership {
                 return replier.send(&Reply::Error(error.to_reply()));
             }
         };
+        const WORKERS: &[Role] = &[Role::Worker, Role::Operator];
+        if matches!(request, Request::Register(_) | Request::Heartbeat(_) | Request::Leave(_) | Request::Unregister(_))
+        {
+            let Some(allowed) = replier.allow(WORKERS, "register or manage subworkers") else { return };
+            replier = allowed;
+        }
         match request {
             Request::Register(registration) => self.register(registration, replier),
             Request::Heartbeat(heartbeat) => replier.send(&self.heartbeat(heartbeat)),
@@ -182,10 +192,15 @@ impl Membership {
         let key = self.state.lock().cluster.new_key();
         let events = self.events.clone();
         let state = Arc::downgrade(&self.state);
+        let auth = self.state.config.keys.as_ref().and_then(|ring| {
+            let key = ring.signer(Role::Worker).ok()?;
+            Some(LinkAuth::new(key, ring.clone(), self.sender.clone()))
+        });
         let link = Link::open(
             &base.at_offset(0),
             (concurrency.max(1) + prefetch) as usize,
             self.state.config.limits.max_frame_bytes,
+            auth,
             move |up| {
                 let _ = events.send(Event::Connection(key, up));
             },

@@ -450,6 +450,14 @@ pub enum ErrorKind {
     /// A submission asks for what a limit does not allow (a countdown too
     /// far, too many retries, a callback scheme not allowed): change it.
     BadRequest,
+    /// The frame did not prove it comes from a holder of the cluster's key
+    /// (missing, wrong or retired key, altered, stale or replayed frame).
+    Unauthenticated,
+    /// The key's role may not do this (a client key registering a worker,
+    /// a worker key cancelling a task).
+    Forbidden,
+    /// A task id already used for another task (another name or arguments).
+    IdConflict,
 }
 
 /// The most slots (concurrency plus prefetch) a subworker may ask for.

@@ -19,7 +19,8 @@ use nng::{AioResult, Message};
 use rustc_hash::FxHashMap;
 use tracing::{debug, info, warn};
 
-use crate::cache::{Lookup, ResultCache};
+use crate::auth::Role;
+use crate::cache::{args_digest, Lookup, ResultCache};
 use crate::callbacks::Callbacks;
 use crate::cluster::{Cluster, Placement, Waiting, WorkerKey};
 use crate::config::ControlPlaneConfig;
@@ -90,6 +91,37 @@ struct LiveTask {
     failures: u32,
     /// Times a subworker went away while running it.
     losses: u32,
+    /// The key that submitted it, when ports authenticate.
+    owner: Option<[u8; 8]>,
+}
+
+/// Who asks for something that only some may do (cancelling).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller {
+    /// The role of the key that sealed the request (`None`: no keys here).
+    pub(crate) role: Option<Role>,
+    /// That key's id.
+    pub(crate) key_id: Option<[u8; 8]>,
+}
+
+impl Caller {
+    /// The operator at the dashboard (which has its own authorization).
+    pub(crate) const OPERATOR: Caller = Caller { role: Some(Role::Operator), key_id: None };
+
+    /// The sender of a request.
+    pub(crate) fn of(replier: &Replier) -> Caller {
+        Caller { role: replier.role(), key_id: replier.key_id() }
+    }
+}
+
+/// The refusal of a task id already used for another task.
+fn id_conflict(task_id: TaskId, task_name: &str) -> ErrorReply {
+    ErrorReply::new(
+        ErrorKind::IdConflict,
+        format!(
+            "task id {task_id} is already used by a task '{task_name}' with other arguments: choose a fresh id (ids are not secrets; resubmitting the same task under its id is safe)"
+        ),
+    )
 }
 
 /// How a task runs: its timeout, its retries, and who hears of its end.
@@ -227,8 +259,9 @@ impl State {
     /// Answers a submission: at once with the task's id, or, for a client
     /// that waits, when the task ends.
     pub(crate) fn submit(&self, submit: Submit, replier: Replier) {
+        let owner = replier.key_id();
         let (waiter, answer_now) = if submit.wait { (Some(replier), None) } else { (None, Some(replier)) };
-        match self.accept(submit, waiter) {
+        match self.accept(submit, waiter, owner) {
             Ok(task_id) => {
                 if let Some(replier) = answer_now {
                     replier.send(&Reply::Accepted { task_id });
@@ -268,21 +301,28 @@ impl State {
 
     /// Accepts a periodic run; why not, if refused.
     pub(crate) fn accept_periodic(&self, submit: Submit) -> Result<(), String> {
-        self.accept(submit, None).map(|_| ()).map_err(|(refusal, _)| refusal.message)
+        self.accept(submit, None, None).map(|_| ()).map_err(|(refusal, _)| refusal.message)
     }
 
     /// Accepts every submission of a batch; one outcome each, in order.
     pub(crate) fn submit_batch(&self, submits: Vec<Submit>, replier: Replier) {
+        let owner = replier.key_id();
         let outcomes = submits
             .into_iter()
-            .map(|submit| self.accept(Submit { wait: false, ..submit }, None).map_err(|(refusal, _)| refusal))
+            .map(|submit| self.accept(Submit { wait: false, ..submit }, None, owner).map_err(|(refusal, _)| refusal))
             .collect();
         replier.send(&Reply::Batch(outcomes));
     }
 
     /// Takes a task in: runs it here, sends it to a subworker, queues it for
     /// one, or schedules it for later. `waiter` is answered when it ends.
-    fn accept(&self, submit: Submit, waiter: Option<Replier>) -> Result<TaskId, (ErrorReply, Option<Replier>)> {
+    /// `owner` is the key that submitted it (it may cancel it).
+    fn accept(
+        &self,
+        submit: Submit,
+        waiter: Option<Replier>,
+        owner: Option<[u8; 8]>,
+    ) -> Result<TaskId, (ErrorReply, Option<Replier>)> {
         if !self.accepting.load(Ordering::SeqCst) {
             let message = format!(
                 "'{}' is shutting down and takes no new tasks; submit to another one or retry after it restarts",
@@ -293,18 +333,28 @@ impl State {
         let task_id = submit.task_id;
         let mut tasks = self.lock();
         if let Some(existing) = tasks.live.get_mut(&task_id) {
+            if existing.report.task_name != submit.task_name || *existing.args != submit.args {
+                return Err((id_conflict(task_id, &existing.report.task_name), waiter));
+            }
             // The same id again (a client retrying after a lost reply): answer
             // for the task already accepted instead of running it twice.
             existing.waiters.extend(waiter);
             return Ok(task_id);
         }
-        if let Lookup::Found(report) = self.cache.lock().expect("cache lock").get(&task_id) {
-            drop(tasks);
+        let mut cache = self.cache.lock().expect("cache lock");
+        if let Lookup::Found(report) = cache.get(&task_id) {
+            let same = report.task_name == submit.task_name
+                && cache.args_digest_of(&task_id) == Some(args_digest(&submit.args));
+            drop((cache, tasks));
+            if !same {
+                return Err((id_conflict(task_id, &report.task_name), waiter));
+            }
             if let Some(waiter) = waiter {
                 waiter.send(&Reply::Report(report));
             }
             return Ok(task_id);
         }
+        drop(cache);
         if let Err(refusal) = self.within_limits(&tasks, &submit) {
             return Err((refusal, waiter));
         }
@@ -357,6 +407,7 @@ impl State {
             plan,
             failures: 0,
             losses: 0,
+            owner,
         };
         self.monitor.accepted(&task.report);
         tasks.live_bytes += task.args.len() as u64;
@@ -581,7 +632,7 @@ impl State {
             outbox.0.push((task.waiters, encode_reply(&reply)));
         }
         let Reply::Report(report) = reply else { unreachable!() };
-        self.cache.lock().expect("cache lock").insert(report);
+        self.cache.lock().expect("cache lock").insert(report, args_digest(&task.args));
     }
 
     fn fail(&self, tasks: &mut Tasks, task_id: TaskId, message: String, outbox: &mut Outbox) {
@@ -629,9 +680,19 @@ impl State {
 
     /// Cancels a task: one that has not started never runs; a running one
     /// has its cancellation flag set (on the subworker running it too).
-    pub(crate) fn cancel(&self, task_id: TaskId) -> Reply {
+    pub(crate) fn cancel(&self, task_id: TaskId, caller: Caller) -> Reply {
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
+        if let (Some(Role::Client), Some(task)) = (caller.role, tasks.live.get(&task_id)) {
+            if task.owner != caller.key_id {
+                return error_reply(
+                    ErrorKind::Forbidden,
+                    format!(
+                        "task {task_id} was submitted with another key: only that key or the operator's may cancel it"
+                    ),
+                );
+            }
+        }
         let Some(task) = tasks.live.get(&task_id) else {
             drop(tasks);
             return match self.cache.lock().expect("cache lock").get(&task_id) {
@@ -726,10 +787,19 @@ impl State {
                     self.send_again(&mut tasks, task_id, &why, &mut outbox);
                 }
             },
-            (AioResult::Recv(Ok(message)), Some(task_id)) => {
+            (AioResult::Recv(Ok(mut message)), Some(task_id)) => {
+                let opened = tasks.cluster.get(key).map(|w| w.link.open_reply(slot, &mut message));
                 tasks.cluster.release(key, slot, Some(task_id));
                 let worker_id = tasks.cluster.get(key).map(|w| w.name.worker_id.clone()).unwrap_or_default();
-                self.take_reply(&mut tasks, task_id, &worker_id, &message, &mut outbox);
+                match opened {
+                    Some(Err(error)) => {
+                        self.refusals.unauthenticated.fetch_add(1, Ordering::Relaxed);
+                        let message =
+                            format!("subworker '{worker_id}' sent a reply that is not authenticated: {error}");
+                        self.fail(&mut tasks, task_id, message, &mut outbox);
+                    }
+                    _ => self.take_reply(&mut tasks, task_id, &worker_id, &message, &mut outbox),
+                }
             }
             (AioResult::Sleep(_), _) => return,
             (result, Some(task_id)) => {
@@ -1018,7 +1088,7 @@ impl State {
 
     /// Accepts a task the dashboard submits (a retry under a fresh id).
     pub(crate) fn accept_from_dashboard(&self, submit: Submit) -> Result<TaskId, ErrorReply> {
-        self.accept(submit, None).map_err(|(refusal, _)| refusal)
+        self.accept(submit, None, None).map_err(|(refusal, _)| refusal)
     }
 }
 

@@ -2,10 +2,12 @@
 //! port, register, heartbeat, and leave cleanly. The serving itself is a
 //! [`crate::ControlPlane`] with its task ports only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
 
+use crate::auth::{KeyRing, Role};
 use crate::client::{Client, ClientError};
 use crate::protocol::{ErrorKind, Heartbeat, OfferedTask, Registration, Request, WorkerName};
 
@@ -30,6 +32,9 @@ pub struct MembershipConfig {
     pub prefetch: u32,
     /// Time between heartbeats.
     pub heartbeat_interval: Duration,
+    /// The keys it seals management requests with (the worker key) and
+    /// accepts forwarded tasks under (`--cluster-key-file`).
+    pub keys: Option<Arc<KeyRing>>,
 }
 
 /// Why a subworker cannot join at all (retrying would not help).
@@ -59,7 +64,10 @@ pub struct Membership {
 impl Membership {
     /// Prepares to join the control plane (no I/O yet).
     pub fn new(config: MembershipConfig, tasks: Vec<OfferedTask>) -> Result<Membership, ClientError> {
-        let discovery = Client::new(&config.control_plane)?.with_timeout(Duration::from_secs(2));
+        let mut discovery = Client::new(&config.control_plane)?.with_timeout(Duration::from_secs(2));
+        if let Some(ring) = &config.keys {
+            discovery = discovery.with_key(ring.signer(Role::Worker)?, ring.clone());
+        }
         let name = WorkerName { worker_id: config.worker_id.clone(), instance: uuid::Uuid::new_v4() };
         Ok(Membership { config, name, tasks, discovery, management: Default::default() })
     }
@@ -115,7 +123,11 @@ impl Membership {
                 Err(ClientError::Refused(refusal))
                     if matches!(
                         refusal.kind,
-                        ErrorKind::DuplicateWorker | ErrorKind::WorkerUnreachable | ErrorKind::BadRegistration
+                        ErrorKind::DuplicateWorker
+                            | ErrorKind::WorkerUnreachable
+                            | ErrorKind::BadRegistration
+                            | ErrorKind::Unauthenticated
+                            | ErrorKind::Forbidden
                     ) =>
                 {
                     return Err(MembershipError::Refused {

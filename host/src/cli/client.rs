@@ -13,6 +13,7 @@ use fastworker::schedules::format_ms;
 use fastworker::{Priority, TaskId, DEFAULT_BASE_ADDRESS};
 use serde_json::{json, Value};
 
+use crate::cli::keys::KeyArgs;
 use crate::{fail, seconds, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE};
 
 /// The longest a client command without --address waits for an announcement.
@@ -29,6 +30,8 @@ pub(crate) struct ClientArgs {
     /// Seconds to wait for an answer.
     #[arg(long, env = "FASTWORKER_TIMEOUT", default_value_t = 30.0)]
     pub(crate) timeout: f64,
+    #[command(flatten)]
+    pub(crate) keys: KeyArgs,
 }
 
 #[derive(Args)]
@@ -119,7 +122,9 @@ pub(crate) fn connect(args: &ClientArgs) -> Result<Client, ExitCode> {
         (None, Some(discovery_address)) => {
             let runtime =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
-            match runtime.block_on(discovery::find(discovery_address, timeout.min(CLIENT_DISCOVERY_TIMEOUT))) {
+            let keys = args.keys.load()?;
+            let found = discovery::find_sealed(discovery_address, timeout.min(CLIENT_DISCOVERY_TIMEOUT), keys);
+            match runtime.block_on(found) {
                 Ok(found) => found.base_address,
                 Err(error @ discovery::DiscoveryError::Address { .. }) => {
                     return Err(fail(EXIT_USAGE, format_args!("--discovery-address: {error}")))
@@ -129,9 +134,13 @@ pub(crate) fn connect(args: &ClientArgs) -> Result<Client, ExitCode> {
         }
         (None, None) => DEFAULT_BASE_ADDRESS.to_string(),
     };
-    match Client::new(&address) {
-        Ok(client) => Ok(client.with_timeout(timeout)),
-        Err(error) => Err(fail(EXIT_USAGE, format_args!("--address: {error}"))),
+    let client = match Client::new(&address) {
+        Ok(client) => client.with_timeout(timeout),
+        Err(error) => return Err(fail(EXIT_USAGE, format_args!("--address: {error}"))),
+    };
+    match args.keys.load()? {
+        Some(ring) => client.with_keys(ring).map_err(|error| fail(EXIT_USAGE, error)),
+        None => Ok(client),
     }
 }
 

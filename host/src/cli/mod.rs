@@ -2,6 +2,7 @@
 //! and dispatches.
 
 pub(crate) mod client;
+pub(crate) mod keys;
 pub(crate) mod limits;
 pub(crate) mod plugins;
 pub(crate) mod serve;

@@ -19,6 +19,7 @@ use fastworker::subworker::{Membership, MembershipConfig};
 use fastworker::{BaseAddress, DEFAULT_BASE_ADDRESS};
 use tracing::{info, warn};
 
+use crate::cli::keys::{protected, KeyArgs};
 use crate::cli::limits::{limits, ClusterLimitArgs, TaskLimitArgs};
 use crate::{fail, seconds, EXIT_USAGE};
 
@@ -76,6 +77,11 @@ pub(crate) struct ControlPlaneArgs {
     pub(crate) task_limits: TaskLimitArgs,
     #[command(flatten)]
     pub(crate) cluster_limits: ClusterLimitArgs,
+    #[command(flatten)]
+    pub(crate) keys: KeyArgs,
+    /// Serve beyond loopback without a key (protected mode is off): only on a network you trust.
+    #[arg(long, env = "FASTWORKER_INSECURE")]
+    pub(crate) insecure: bool,
 }
 
 #[derive(Args)]
@@ -114,6 +120,11 @@ pub(crate) struct SubworkerArgs {
     pub(crate) shutdown_timeout: f64,
     #[command(flatten)]
     pub(crate) task_limits: TaskLimitArgs,
+    #[command(flatten)]
+    pub(crate) keys: KeyArgs,
+    /// Serve beyond loopback without a key (protected mode is off): only on a network you trust.
+    #[arg(long, env = "FASTWORKER_INSECURE")]
+    pub(crate) insecure: bool,
 }
 
 pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
@@ -127,6 +138,25 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     let Some(inactive_after) = seconds(args.inactive_after, false) else {
         return fail(EXIT_USAGE, "--inactive-after must be a positive number of seconds");
     };
+    let keys = match args.keys.load() {
+        Ok(keys) => keys,
+        Err(code) => return code,
+    };
+    if let Some(ring) = keys.as_ref().filter(|ring| !ring.is_cluster()) {
+        return fail(
+            EXIT_USAGE,
+            format_args!(
+                "--cluster-key-file {}: a control plane needs the cluster key itself, not a role key derived from it",
+                ring.path.display()
+            ),
+        );
+    }
+    let gui_host = (!args.no_gui).then_some(args.gui_host.as_str());
+    for (host, what) in [(Some(base.host()), "the control plane"), (gui_host, "the dashboard")] {
+        if let Err(code) = protected(host.unwrap_or("127.0.0.1"), what, keys.is_some(), args.insecure) {
+            return code;
+        }
+    }
     let management_port = args.subworker_port.unwrap_or(base.port() + MANAGEMENT_PORT_OFFSET);
     if (base.port()..=base.port() + RESULT_PORT_OFFSET).contains(&management_port) {
         return fail(
@@ -158,6 +188,7 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         result_cache_ttl: (args.result_cache_ttl > 0).then(|| Duration::from_secs(args.result_cache_ttl)),
         shutdown_timeout,
         limits: limits(&args.task_limits, Some(&args.cluster_limits), 0),
+        keys,
         management: Some(ManagementConfig { port: management_port, inactive_after }),
         discovery: (!args.no_discovery).then_some(args.discovery_address),
     };
@@ -208,6 +239,16 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
             }
         }
     }
+    let keys = match args.keys.load() {
+        Ok(keys) => keys,
+        Err(code) => return code,
+    };
+    if let Some(Err(error)) = keys.as_ref().map(|ring| ring.signer(fastworker::auth::Role::Worker)) {
+        return fail(EXIT_USAGE, format_args!("--cluster-key-file: {error}"));
+    }
+    if let Err(code) = protected(base.host(), "the subworker", keys.is_some(), args.insecure) {
+        return code;
+    }
     let advertise = match &args.advertise_address {
         Some(address) => match BaseAddress::parse(address) {
             Ok(_) => address.clone(),
@@ -246,7 +287,8 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
         None => {
             let runtime =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
-            match runtime.block_on(discovery::find(&args.discovery_address, SUBWORKER_DISCOVERY_TIMEOUT)) {
+            let found = discovery::find_sealed(&args.discovery_address, SUBWORKER_DISCOVERY_TIMEOUT, keys.clone());
+            match runtime.block_on(found) {
                 Ok(found) => {
                     info!(
                         discovery = %args.discovery_address,
@@ -267,6 +309,7 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
         concurrency,
         prefetch: args.prefetch,
         heartbeat_interval,
+        keys: keys.clone(),
     };
     let membership = match Membership::new(membership, offered) {
         Ok(membership) => membership,
@@ -283,6 +326,7 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
         shutdown_timeout,
         // Its ports hold what the control plane may send it at once.
         limits: limits(&args.task_limits, None, (concurrency + args.prefetch).max(64) as usize),
+        keys,
         management: None,
         discovery: None,
     };

@@ -293,7 +293,7 @@ pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, headers: HeaderMap
         Ok(task_id) => task_id,
         Err(refusal) => return refusal.into_response(),
     };
-    match shared.state.cancel(task_id) {
+    match shared.state.cancel(task_id, crate::state::Caller::OPERATOR) {
         Reply::Report(report) => {
             let cancelled = report.state == TaskState::Cancelled;
             Json(json!({ "cancelled": cancelled, "task": TaskSummary::of(&report) })).into_response()

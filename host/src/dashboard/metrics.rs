@@ -117,7 +117,12 @@ fn render_limits(state: &crate::state::State, out: &mut String) {
     for bound in Bound::ALL {
         let _ = writeln!(out, "fastworker_limit_refusals_total{{limit=\"{}\"}} {}", bound.label(), refusals.of(bound));
     }
-    let counters: [(&str, &str, &AtomicU64); 4] = [
+    let counters: [(&str, &str, &AtomicU64); 5] = [
+        (
+            "fastworker_frames_unauthenticated_total",
+            "Frames refused for want of a valid seal (--cluster-key-file).",
+            &refusals.unauthenticated,
+        ),
         (
             "fastworker_replies_dropped_total",
             "Replies not sent within --reply-timeout (their connection was closed).",

@@ -1,0 +1,604 @@
+//! Authentication of every frame with a cluster key: who may speak, in which
+//! role, and proof that a frame is fresh.
+//!
+//! * **Keys.** An operator makes one *cluster key* (`fastworker keygen`).
+//!   From it, HKDF-SHA-256 derives one key per [`Role`]: the control plane
+//!   holds the cluster key and so every role key; a client is given only the
+//!   client key, a subworker only the worker key (`fastworker keygen --role
+//!   client --from cluster.key`), so that a client key cannot register a
+//!   worker and a worker key cannot cancel tasks. A key file may hold two
+//!   keys of the same kind: both are accepted, the first signs (rotation).
+//! * **Frames.** With a key, every frame is sealed: an envelope carries the
+//!   key's id, the sender's id and a counter, the send time, and an
+//!   HMAC-SHA-256 tag over all of it and the frame. A reply's tag also
+//!   covers the sender id and counter of the request it answers, so a
+//!   captured reply cannot answer another request.
+//! * **Freshness.** A frame older or newer than [`WINDOW`] by the receiver's
+//!   clock is refused; within it, a receiver remembers, per sender, which
+//!   counters it has seen ([`ReplayGuard`]), so a captured frame sent again
+//!   is refused.
+//!
+//! The cryptography is the RustCrypto crates' (`hmac`, `sha2`, `hkdf`);
+//! none is written here.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The first byte of a sealed frame (a plain frame starts with its
+/// protocol version, 2).
+pub const SEALED: u8 = 0xA7;
+
+/// Bytes of the envelope before the frame.
+pub const ENVELOPE_BYTES: usize = 1 + 8 + 16 + 8 + 8 + 32;
+
+/// How far a frame's send time may be from the receiver's clock.
+pub const WINDOW: Duration = Duration::from_secs(30);
+
+/// Counters remembered per sender, below its highest.
+const REPLAY_BITS: u64 = 4096;
+
+/// Senders remembered at once; beyond this, a new sender is refused until
+/// one has been silent for twice [`WINDOW`].
+const MAX_SENDERS: usize = 65_536;
+
+/// What a key lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Everything: submit, query, cancel any task, pause schedules, and
+    /// (as the control plane) forward tasks and answer.
+    Operator,
+    /// Submit tasks, query them, cancel the tasks it submitted.
+    Client,
+    /// Register, heartbeat, leave (subworkers), and carry forwarded tasks.
+    Worker,
+}
+
+impl Role {
+    /// Every role, as derived from a cluster key.
+    pub const ALL: [Role; 3] = [Role::Operator, Role::Client, Role::Worker];
+
+    /// Its name in key files and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Client => "client",
+            Role::Worker => "worker",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.as_str() == name)
+    }
+}
+
+/// One secret and what it is for.
+#[derive(Clone)]
+pub struct Key {
+    /// The role it signs as.
+    pub role: Role,
+    /// Its public id (from the secret, by HMAC), carried in every frame.
+    pub id: [u8; 8],
+    secret: [u8; 32],
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({}, {})", self.role.as_str(), hex(&self.id))
+    }
+}
+
+impl Key {
+    fn new(role: Role, secret: [u8; 32]) -> Key {
+        let mut mac = HmacSha256::new_from_slice(&secret).expect("HMAC takes any key length");
+        mac.update(b"fastworker key id");
+        let mut id = [0; 8];
+        id.copy_from_slice(&mac.finalize().into_bytes()[..8]);
+        Key { role, id, secret }
+    }
+
+    /// The key of `role` derived from a cluster key.
+    fn derive(cluster: &[u8; 32], role: Role) -> Key {
+        let hkdf = hkdf::Hkdf::<Sha256>::new(Some(b"fastworker cluster key v1"), cluster);
+        let mut secret = [0; 32];
+        hkdf.expand(role.as_str().as_bytes(), &mut secret).expect("32 bytes is a valid HKDF length");
+        Key::new(role, secret)
+    }
+
+    fn tag(&self, parts: &[&[u8]]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        for part in parts {
+            mac.update(part);
+        }
+        mac
+    }
+}
+
+/// What a key file holds.
+#[derive(Clone)]
+enum Entry {
+    Cluster([u8; 32]),
+    Role(Key),
+}
+
+/// The keys a process holds, loaded from `--cluster-key-file`.
+#[derive(Clone, Debug)]
+pub struct KeyRing {
+    /// Every key accepted, by role (derived from cluster keys, or given).
+    accepted: Vec<Key>,
+    /// Whether the file held a cluster key (it can then speak every role).
+    cluster: bool,
+    /// The file, for messages.
+    pub path: PathBuf,
+}
+
+/// Why a key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// It cannot be read.
+    #[error("key file {path}: {source}; make one with `fastworker keygen --out {path}`")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line is not a key.
+    #[error("key file {path}, line {line}: {reason}; a key line reads `fastworker-key v1 ROLE BASE64` (make one with `fastworker keygen`)")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// The line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No key at all.
+    #[error("key file {path} holds no key; make one with `fastworker keygen --out {path}`")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Readable by others than its owner.
+    #[error("key file {path} can be read by other users (mode {mode:o}); run `chmod 600 {path}`")]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// It holds no key for the role asked.
+    #[error("key file {path} holds no {role} key (nor a cluster key to derive one from)")]
+    NoRole {
+        /// The file.
+        path: PathBuf,
+        /// The role.
+        role: &'static str,
+    },
+}
+
+impl KeyRing {
+    /// Loads a key file: lines `fastworker-key v1 ROLE BASE64` where ROLE
+    /// is `cluster`, `operator`, `client` or `worker`; `#` starts a comment.
+    pub fn load(path: &Path) -> Result<KeyRing, KeyError> {
+        let read = |source| KeyError::Read { path: path.to_path_buf(), source };
+        let metadata = std::fs::metadata(path).map_err(read)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(KeyError::Exposed { path: path.to_path_buf(), mode });
+            }
+        }
+        if metadata.len() > 64 * 1024 {
+            let reason = "the file is larger than 64 KiB".to_string();
+            return Err(KeyError::Malformed { path: path.to_path_buf(), line: 0, reason });
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        KeyRing::parse(&text, path)
+    }
+
+    /// Parses the text of a key file (see [`KeyRing::load`]).
+    pub fn parse(text: &str, path: &Path) -> Result<KeyRing, KeyError> {
+        let mut entries = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let malformed =
+                |reason: &str| KeyError::Malformed { path: path.to_path_buf(), line: index + 1, reason: reason.into() };
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [magic, version, role, secret] = fields[..] else {
+                return Err(malformed("expected four fields"));
+            };
+            if magic != "fastworker-key" || version != "v1" {
+                return Err(malformed("it does not start with `fastworker-key v1`"));
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(secret)
+                .map_err(|_| malformed("the key is not base64"))?;
+            let secret: [u8; 32] = bytes.try_into().map_err(|_| malformed("the key is not 32 bytes"))?;
+            entries.push(match role {
+                "cluster" => Entry::Cluster(secret),
+                other => Entry::Role(Key::new(
+                    Role::parse(other)
+                        .ok_or_else(|| malformed("the role is not cluster, operator, client or worker"))?,
+                    secret,
+                )),
+            });
+        }
+        if entries.is_empty() {
+            return Err(KeyError::Empty { path: path.to_path_buf() });
+        }
+        let cluster = entries.iter().any(|e| matches!(e, Entry::Cluster(_)));
+        let accepted = entries
+            .into_iter()
+            .flat_map(|entry| match entry {
+                Entry::Cluster(secret) => Role::ALL.iter().map(|role| Key::derive(&secret, *role)).collect(),
+                Entry::Role(key) => vec![key],
+            })
+            .collect();
+        Ok(KeyRing { accepted, cluster, path: path.to_path_buf() })
+    }
+
+    /// The key to sign with as `role`: the first such key of the file.
+    pub fn signer(&self, role: Role) -> Result<Key, KeyError> {
+        self.accepted
+            .iter()
+            .find(|key| key.role == role)
+            .cloned()
+            .ok_or(KeyError::NoRole { path: self.path.clone(), role: role.as_str() })
+    }
+
+    /// The key a client command signs with: operator when the file holds a
+    /// cluster or operator key, else client.
+    pub fn client_signer(&self) -> Result<Key, KeyError> {
+        self.signer(Role::Operator).or_else(|_| self.signer(Role::Client))
+    }
+
+    /// Whether the file held a cluster key (needed to serve a control plane).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    fn find(&self, id: &[u8]) -> Option<&Key> {
+        self.accepted.iter().find(|key| key.id == id)
+    }
+}
+
+/// Makes a new cluster key file's text (32 random bytes).
+pub fn new_cluster_key() -> Result<String, getrandom::Error> {
+    let mut secret = [0; 32];
+    getrandom::fill(&mut secret)?;
+    Ok(format!(
+        "# fastworker cluster key: keep it secret (chmod 600); derive role keys with `fastworker keygen --role ROLE --from FILE`\nfastworker-key v1 cluster {}\n",
+        base64::engine::general_purpose::STANDARD.encode(secret)
+    ))
+}
+
+/// The text of a role key file derived from the cluster keys of `ring`
+/// (every cluster key of the file, in order, so a rotation carries over).
+pub fn derived_key_file(ring: &KeyRing, role: Role) -> Result<String, KeyError> {
+    if !ring.cluster {
+        return Err(KeyError::NoRole { path: ring.path.clone(), role: "cluster" });
+    }
+    let mut text = format!("# fastworker {} key, derived from a cluster key\n", role.as_str());
+    for key in ring.accepted.iter().filter(|k| k.role == role) {
+        let secret = base64::engine::general_purpose::STANDARD.encode(key.secret);
+        text.push_str(&format!("fastworker-key v1 {} {secret}\n", role.as_str()));
+    }
+    Ok(text)
+}
+
+/// Who sealed a frame: a random id per process (or client), and a counter
+/// that grows with every frame it sends.
+pub struct Sender {
+    id: [u8; 16],
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl Sender {
+    /// A new sender with a random id.
+    pub fn new() -> Sender {
+        let mut id = [0; 16];
+        // A random id is only needed to tell senders apart; if the system
+        // has no randomness, a time-based id still does.
+        if getrandom::fill(&mut id).is_err() {
+            id[..16].copy_from_slice(&uuid::Uuid::now_v7().into_bytes());
+        }
+        Sender { id, counter: std::sync::atomic::AtomicU64::new(1) }
+    }
+
+    fn next(&self) -> u64 {
+        self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Default for Sender {
+    fn default() -> Self {
+        Sender::new()
+    }
+}
+
+/// A request's identity, which its reply's tag covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Seal {
+    /// The sender's id.
+    pub sender: [u8; 16],
+    /// The sender's counter.
+    pub counter: u64,
+}
+
+impl Seal {
+    fn bytes(&self) -> [u8; 24] {
+        let mut bytes = [0; 24];
+        bytes[..16].copy_from_slice(&self.sender);
+        bytes[16..].copy_from_slice(&self.counter.to_be_bytes());
+        bytes
+    }
+}
+
+/// A frame that failed authentication.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// No envelope: the peer has no key.
+    #[error("the frame is not authenticated: this peer needs the cluster's key (--cluster-key-file)")]
+    Missing,
+    /// An envelope, but no key of ours has its id.
+    #[error("the frame is signed with a key this process does not accept (a wrong or retired --cluster-key-file)")]
+    UnknownKey,
+    /// The tag does not match.
+    #[error("the frame's signature does not match: it was altered, or signed with another key")]
+    BadTag,
+    /// Sent too long ago (or in the future) by the receiver's clock.
+    #[error("the frame was sent {skew_ms} ms away from this host's clock (at most {} s allowed): a replay, or clocks that disagree", WINDOW.as_secs())]
+    Stale {
+        /// How far off, in milliseconds.
+        skew_ms: u64,
+    },
+    /// Already received.
+    #[error("the frame was already received: a replay")]
+    Replayed,
+    /// Too many senders are remembered to take a new one now.
+    #[error("too many peers are talking at once to remember a new one; retry shortly")]
+    TooManySenders,
+}
+
+/// Seals `frame` with `key` as sender `sender`; a reply passes the seal of
+/// the request it answers as `answers`. Returns the envelope to put before
+/// the frame and this frame's own seal.
+pub fn seal(
+    key: &Key,
+    sender: &Sender,
+    frame: &[u8],
+    answers: Option<Seal>,
+    now_ms: u64,
+) -> ([u8; ENVELOPE_BYTES], Seal) {
+    let own = Seal { sender: sender.id, counter: sender.next() };
+    let mut envelope = [0; ENVELOPE_BYTES];
+    envelope[0] = SEALED;
+    envelope[1..9].copy_from_slice(&key.id);
+    envelope[9..25].copy_from_slice(&own.sender);
+    envelope[25..33].copy_from_slice(&own.counter.to_be_bytes());
+    envelope[33..41].copy_from_slice(&now_ms.to_be_bytes());
+    let answered = answers.map(|seal| seal.bytes()).unwrap_or([0; 24]);
+    let direction: &[u8] = if answers.is_some() { b"reply" } else { b"request" };
+    let tag = key.tag(&[direction, &envelope[..41], &answered, frame]).finalize().into_bytes();
+    envelope[41..].copy_from_slice(&tag);
+    (envelope, own)
+}
+
+/// What an opened envelope says.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// The key that signed it.
+    pub key: Key,
+    /// The frame's own seal (a reply to it must cover it).
+    pub seal: Seal,
+}
+
+/// Checks the envelope at the start of `sealed` against `ring`: the key,
+/// the tag over the rest (with `answers`, the seal of the request this
+/// frame answers, for replies), and the send time. Replays are checked
+/// separately ([`ReplayGuard`]) by receivers of requests.
+pub fn open(ring: &KeyRing, sealed: &[u8], answers: Option<Seal>, now_ms: u64) -> Result<Opened, AuthError> {
+    if sealed.len() < ENVELOPE_BYTES || sealed[0] != SEALED {
+        return Err(AuthError::Missing);
+    }
+    let key = ring.find(&sealed[1..9]).ok_or(AuthError::UnknownKey)?;
+    let answered = answers.map(|seal| seal.bytes()).unwrap_or([0; 24]);
+    let direction: &[u8] = if answers.is_some() { b"reply" } else { b"request" };
+    let mac = key.tag(&[direction, &sealed[..41], &answered, &sealed[ENVELOPE_BYTES..]]);
+    mac.verify_slice(&sealed[41..ENVELOPE_BYTES]).map_err(|_| AuthError::BadTag)?;
+    let sent_ms = u64::from_be_bytes(sealed[33..41].try_into().expect("8 bytes"));
+    let skew_ms = sent_ms.abs_diff(now_ms);
+    if skew_ms > WINDOW.as_millis() as u64 {
+        return Err(AuthError::Stale { skew_ms });
+    }
+    let mut sender = [0; 16];
+    sender.copy_from_slice(&sealed[9..25]);
+    let counter = u64::from_be_bytes(sealed[25..33].try_into().expect("8 bytes"));
+    Ok(Opened { key: key.clone(), seal: Seal { sender, counter } })
+}
+
+/// The counters each sender has used recently, so that a frame sent again
+/// is refused. Bounded: at most [`MAX_SENDERS`] senders, each with a
+/// window of [`REPLAY_BITS`] counters.
+#[derive(Default)]
+pub struct ReplayGuard {
+    senders: Mutex<HashMap<[u8; 16], Seen>>,
+}
+
+struct Seen {
+    highest: u64,
+    /// Bit `i` set: counter `highest - i` was received.
+    bits: [u64; (REPLAY_BITS / 64) as usize],
+    last: Instant,
+}
+
+impl ReplayGuard {
+    /// Records `seal`; refuses a counter already received, or too far below
+    /// the sender's highest to tell.
+    pub fn check(&self, seal: Seal) -> Result<(), AuthError> {
+        let now = Instant::now();
+        let mut senders = self.senders.lock().expect("replay lock");
+        if !senders.contains_key(&seal.sender) && senders.len() >= MAX_SENDERS {
+            // Forget senders silent for long enough that their frames are stale.
+            senders.retain(|_, seen| now.duration_since(seen.last) < 2 * WINDOW);
+            if senders.len() >= MAX_SENDERS {
+                return Err(AuthError::TooManySenders);
+            }
+        }
+        let seen = senders.entry(seal.sender).or_insert(Seen {
+            highest: 0,
+            bits: [0; (REPLAY_BITS / 64) as usize],
+            last: now,
+        });
+        seen.last = now;
+        if seal.counter > seen.highest {
+            let shift = seal.counter - seen.highest;
+            shift_bits(&mut seen.bits, shift);
+            seen.highest = seal.counter;
+            seen.bits[0] |= 1;
+            return Ok(());
+        }
+        let back = seen.highest - seal.counter;
+        if back >= REPLAY_BITS {
+            return Err(AuthError::Replayed);
+        }
+        let (word, bit) = ((back / 64) as usize, back % 64);
+        if seen.bits[word] & (1 << bit) != 0 {
+            return Err(AuthError::Replayed);
+        }
+        seen.bits[word] |= 1 << bit;
+        Ok(())
+    }
+}
+
+/// Moves every bit `shift` places toward older counters.
+fn shift_bits(bits: &mut [u64], shift: u64) {
+    let words = bits.len() as u64;
+    if shift >= words * 64 {
+        bits.fill(0);
+        return;
+    }
+    let (word_shift, bit_shift) = ((shift / 64) as usize, (shift % 64) as u32);
+    for index in (0..bits.len()).rev() {
+        let from = index.checked_sub(word_shift);
+        let high = from.map_or(0, |from| bits[from] << bit_shift);
+        let low = match (from.and_then(|f| f.checked_sub(1)), bit_shift) {
+            (Some(from), 1..) => bits[from] >> (64 - bit_shift),
+            _ => 0,
+        };
+        bits[index] = high | low;
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(text: &str) -> KeyRing {
+        KeyRing::parse(text, Path::new("test.key")).unwrap()
+    }
+
+    fn cluster() -> KeyRing {
+        ring(&new_cluster_key().unwrap())
+    }
+
+    #[test]
+    fn a_sealed_frame_opens_once_and_not_after_a_change() {
+        let ring = cluster();
+        let key = ring.signer(Role::Client).unwrap();
+        let sender = Sender::new();
+        let frame = b"\x02hello";
+        let (envelope, seal) = seal(&key, &sender, frame, None, 1_000_000);
+        let sealed = [&envelope[..], frame].concat();
+        let opened = open(&ring, &sealed, None, 1_000_500).unwrap();
+        assert_eq!((opened.key.role, opened.seal), (Role::Client, seal));
+        let guard = ReplayGuard::default();
+        guard.check(opened.seal).unwrap();
+        assert_eq!(guard.check(opened.seal), Err(AuthError::Replayed));
+        let mut altered = sealed.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert_eq!(open(&ring, &altered, None, 1_000_500).unwrap_err(), AuthError::BadTag);
+        assert!(matches!(open(&ring, &sealed, None, 1_000_000 + 31_000), Err(AuthError::Stale { .. })));
+        assert_eq!(open(&cluster(), &sealed, None, 1_000_000).unwrap_err(), AuthError::UnknownKey);
+        assert_eq!(open(&ring, frame, None, 1_000_000).unwrap_err(), AuthError::Missing);
+    }
+
+    #[test]
+    fn a_reply_opens_only_for_its_request() {
+        let ring = cluster();
+        let key = ring.signer(Role::Operator).unwrap();
+        let (client, server) = (Sender::new(), Sender::new());
+        let (_, request) = seal(&key, &client, b"\x02q", None, 5);
+        let (_, other) = seal(&key, &client, b"\x02q", None, 5);
+        let (envelope, _) = seal(&key, &server, b"\x02a", Some(request), 5);
+        let reply = [&envelope[..], b"\x02a"].concat();
+        assert!(open(&ring, &reply, Some(request), 5).is_ok());
+        assert_eq!(open(&ring, &reply, Some(other), 5).unwrap_err(), AuthError::BadTag);
+        assert_eq!(open(&ring, &reply, None, 5).unwrap_err(), AuthError::BadTag);
+    }
+
+    #[test]
+    fn role_keys_derive_from_the_cluster_key_and_carry_only_their_role() {
+        let cluster = cluster();
+        let client_file = derived_key_file(&cluster, Role::Client).unwrap();
+        let client = ring(&client_file);
+        assert!(!client.is_cluster());
+        assert_eq!(client.signer(Role::Client).unwrap().id, cluster.signer(Role::Client).unwrap().id);
+        assert!(client.signer(Role::Worker).is_err() && client.signer(Role::Operator).is_err());
+        assert_eq!(client.client_signer().unwrap().role, Role::Client);
+        assert_eq!(cluster.client_signer().unwrap().role, Role::Operator);
+        assert!(derived_key_file(&client, Role::Worker).is_err());
+    }
+
+    #[test]
+    fn two_cluster_keys_are_both_accepted_and_the_first_signs() {
+        let (old, new) = (new_cluster_key().unwrap(), new_cluster_key().unwrap());
+        let both = ring(&format!("{new}{old}"));
+        let old = ring(&old);
+        let sender = Sender::new();
+        let (envelope, _) = seal(&old.signer(Role::Worker).unwrap(), &sender, b"\x02x", None, 9);
+        assert!(open(&both, &[&envelope[..], b"\x02x"].concat(), None, 9).is_ok());
+        assert_eq!(both.signer(Role::Worker).unwrap().id, ring(&new).signer(Role::Worker).unwrap().id);
+    }
+
+    #[test]
+    fn counters_out_of_order_are_taken_once_each() {
+        let guard = ReplayGuard::default();
+        let sender = [7; 16];
+        for counter in [5, 3, 9, 4, 200, 6, 1, 2] {
+            guard.check(Seal { sender, counter }).unwrap();
+        }
+        for counter in [5, 3, 9, 200, 1] {
+            assert_eq!(guard.check(Seal { sender, counter }), Err(AuthError::Replayed), "counter {counter}");
+        }
+        guard.check(Seal { sender, counter: 200 + REPLAY_BITS + 10 }).unwrap();
+        assert_eq!(guard.check(Seal { sender, counter: 7 }), Err(AuthError::Replayed), "too old to tell");
+        assert!(guard.check(Seal { sender, counter: 200 + REPLAY_BITS + 9 }).is_ok());
+    }
+
+    #[test]
+    fn malformed_key_files_say_what_is_wrong() {
+        let error = |text: &str| KeyRing::parse(text, Path::new("k")).unwrap_err().to_string();
+        assert!(error("").contains("holds no key"));
+        assert!(error("fastworker-key v1 cluster AAAA").contains("not 32 bytes"));
+        assert!(error("fastworker-key v1 admin AAAA").contains("not 32 bytes") || error("x").contains("four fields"));
+        assert!(error("hello").contains("four fields"));
+    }
+}
