@@ -90,6 +90,8 @@ pub struct Process {
     pub address: String,
     /// Its dashboard's URL (`http://127.0.0.1:PORT`), when started with one.
     pub gui: Option<String>,
+    /// The key file it was started with, for [`Process::client`].
+    pub keys: Option<std::sync::Arc<fastworker::auth::KeyRing>>,
     stderr_path: PathBuf,
 }
 
@@ -133,6 +135,10 @@ impl Process {
             args.extend(extra.iter().map(|s| s.to_string()));
             let mut process = Process::spawn(&args, env, address);
             process.gui = gui_port.map(|port| format!("http://127.0.0.1:{port}"));
+            let key_file = env.iter().find(|(name, _)| *name == "FASTWORKER_CLUSTER_KEY_FILE").map(|(_, path)| *path);
+            let key_file = key_file.or_else(|| extra.windows(2).find(|w| w[0] == "--cluster-key-file").map(|w| w[1]));
+            process.keys =
+                key_file.map(|path| std::sync::Arc::new(fastworker::auth::KeyRing::load(Path::new(path)).unwrap()));
             match process.wait_ready(Duration::from_secs(20)) {
                 Ok(()) => return process,
                 Err(log) if log.contains("already in use") => continue,
@@ -211,7 +217,7 @@ impl Process {
     /// This control plane's cluster status (`workers()` with a 5 s timeout).
     /// Blocking: call it outside async code.
     pub fn workers(&self) -> Result<ClusterStatus, ClientError> {
-        let client = Client::new(&self.address).unwrap().with_timeout(Duration::from_secs(5));
+        let client = self.client().with_timeout(Duration::from_secs(5));
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(client.workers())
     }
@@ -232,7 +238,7 @@ impl Process {
             command.env(key, value);
         }
         let child = command.spawn().expect("spawning fastworker");
-        Process { child: Some(child), address, gui: None, stderr_path }
+        Process { child: Some(child), address, gui: None, keys: None, stderr_path }
     }
 
     /// Waits until the control plane answers a status query, or returns its log.
@@ -252,9 +258,14 @@ impl Process {
         Err(format!("not answering after {limit:?}:\n{}", self.log()))
     }
 
-    /// A client of this control plane with a 10 s timeout.
+    /// A client of this control plane with a 10 s timeout (holding the
+    /// operator's key when the control plane was started with a key file).
     pub fn client(&self) -> Client {
-        Client::new(&self.address).unwrap().with_timeout(Duration::from_secs(10))
+        let client = Client::new(&self.address).unwrap().with_timeout(Duration::from_secs(10));
+        match &self.keys {
+            Some(ring) => client.with_keys(ring.clone()).unwrap(),
+            None => client,
+        }
     }
 
     /// Its process id.
