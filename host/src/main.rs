@@ -98,8 +98,10 @@ pub(crate) fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// A number of seconds from the command line, if it is one.
+/// A number of seconds from the command line, if it is one: finite, not
+/// negative (nor zero unless `zero_allowed`) and under 10^9 s. Never panics,
+/// whatever the value.
 pub(crate) fn seconds(value: f64, zero_allowed: bool) -> Option<Duration> {
     let fits = value.is_finite() && (value > 0.0 || (zero_allowed && value == 0.0)) && value < 1e9;
-    fits.then(|| Duration::from_secs_f64(value))
+    fits.then(|| Duration::try_from_secs_f64(value).ok()).flatten()
 }

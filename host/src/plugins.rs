@@ -57,6 +57,16 @@ pub enum PluginError {
         /// What the dynamic loader said.
         reason: String,
     },
+    /// A file that looks like a shared library of this machine but is not
+    /// whole: the dynamic loader would map it past its end and the process
+    /// would die (SIGBUS) instead of refusing it, so it is checked first.
+    #[error("plugin {path}: not a whole shared library ({reason}); rebuild the plugin: the file may be truncated or corrupt")]
+    Corrupt {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong with the file.
+        reason: String,
+    },
     /// A shared library without a fastworker root module.
     #[error("plugin {path}: a shared library, but not a fastworker plugin (it exports no plugin root module); add `fastworker_plugin_sdk::export_plugin!(...)` to the crate")]
     NotAPlugin {
@@ -173,6 +183,7 @@ fn load_plugin(path: &Path) -> Result<(PluginInfo, PluginRef), PluginError> {
     // An absolute path, so that the dynamic loader does not search its
     // library path for a bare file name.
     let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    check_shared_object(path, &absolute)?;
     let library = RawLibrary::load_at(&absolute).map_err(|error| PluginError::NotALibrary {
         path: path.to_path_buf(),
         reason: match error {
@@ -192,6 +203,147 @@ fn load_plugin(path: &Path) -> Result<(PluginInfo, PluginRef), PluginError> {
         version: plugin.version().as_str().to_string(),
     };
     Ok((info, plugin))
+}
+
+/// Checks, before the dynamic loader maps it, that `file` is a shared
+/// library of this machine whose every segment and table lies inside it: the
+/// loader trusts the headers and maps segments past the end of a truncated
+/// file, and the first touch of such a page kills the process. Refusals name
+/// `path`, the path given.
+#[cfg(target_os = "linux")]
+fn check_shared_object(path: &Path, file: &Path) -> Result<(), PluginError> {
+    use object::elf;
+    use object::read::elf::{FileHeader, ProgramHeader};
+    use object::read::{ReadCache, ReadRef};
+
+    #[cfg(target_pointer_width = "64")]
+    type Header = elf::FileHeader64<object::NativeEndian>;
+    #[cfg(target_pointer_width = "32")]
+    type Header = elf::FileHeader32<object::NativeEndian>;
+    const CLASS: (u8, &str) =
+        if cfg!(target_pointer_width = "64") { (elf::ELFCLASS64, "64-bit") } else { (elf::ELFCLASS32, "32-bit") };
+    const DATA: (u8, &str) = if cfg!(target_endian = "little") {
+        (elf::ELFDATA2LSB, "little-endian")
+    } else {
+        (elf::ELFDATA2MSB, "big-endian")
+    };
+
+    let not_a_library = |reason: String| PluginError::NotALibrary { path: path.to_path_buf(), reason };
+    let corrupt = |reason: String| PluginError::Corrupt { path: path.to_path_buf(), reason };
+
+    let opened = std::fs::File::open(file).and_then(|f| f.metadata().map(|m| (f, m.len())));
+    let (opened, size) = opened.map_err(|error| not_a_library(format!("it cannot be read: {error}")))?;
+    let cache = ReadCache::new(opened);
+    let data = &cache;
+    let unreadable = |()| not_a_library("it cannot be read".to_string());
+    let magic = data.read_bytes_at(0, size.min(elf::ELFMAG.len() as u64)).map_err(unreadable)?;
+    if !elf::ELFMAG.starts_with(magic) {
+        return Err(not_a_library("it is not an ELF file".to_string()));
+    }
+    if size == 0 {
+        return Err(corrupt("the file is empty".to_string()));
+    }
+    let header: &Header =
+        data.read_at(0).map_err(|()| corrupt(format!("the file is {size} bytes long, too short for an ELF header")))?;
+    let ident = header.e_ident();
+    if ident.class != CLASS.0 {
+        return Err(not_a_library(format!("it is not a {} ELF file, as this host needs", CLASS.1)));
+    }
+    if ident.data != DATA.0 {
+        return Err(not_a_library(format!("it is not a {} ELF file, as this host needs", DATA.1)));
+    }
+    if ident.version != elf::EV_CURRENT {
+        return Err(corrupt(format!("unknown ELF version {}", ident.version)));
+    }
+    let endian = header.endian().map_err(|error| corrupt(error.to_string()))?;
+    let kind = header.e_type(endian);
+    if kind != elf::ET_DYN {
+        let what = match kind {
+            elf::ET_EXEC => "an executable",
+            elf::ET_REL => "a relocatable object (.o)",
+            elf::ET_CORE => "a core dump",
+            _ => "an ELF file of an unknown type",
+        };
+        return Err(not_a_library(format!("it is {what}, not a shared object")));
+    }
+    let machine = header.e_machine(endian);
+    if NATIVE_MACHINE.is_some_and(|native| native != machine) {
+        return Err(not_a_library(format!(
+            "it is built for another architecture (ELF machine {machine}), and this host is {}",
+            std::env::consts::ARCH
+        )));
+    }
+    let segments = header.program_headers(endian, data).map_err(|error| {
+        corrupt(format!("its program header table is cut off or malformed in the {size}-byte file: {error}"))
+    })?;
+    if !segments.iter().any(|segment| segment.p_type(endian) == elf::PT_LOAD) {
+        return Err(corrupt("it has no loadable segment".to_string()));
+    }
+    // PT_NULL entries are unused: the loader skips them, whatever they hold.
+    for (index, segment) in segments.iter().enumerate().filter(|(_, s)| s.p_type(endian) != elf::PT_NULL) {
+        // A word is a u32 on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let (offset, length): (u64, u64) = (segment.p_offset(endian).into(), segment.p_filesz(endian).into());
+        if offset.checked_add(length).is_none_or(|end| end > size) {
+            return Err(corrupt(format!(
+                "program header {index} ({}) covers bytes {offset} to {}, past the end of the {size}-byte file",
+                segment_name(segment.p_type(endian)),
+                u128::from(offset) + u128::from(length)
+            )));
+        }
+    }
+    header.section_headers(endian, data).map_err(|error| {
+        corrupt(format!("its section header table is cut off or malformed in the {size}-byte file: {error}"))
+    })?;
+    Ok(())
+}
+
+/// Elsewhere the dynamic loader is trusted with the file as it is.
+#[cfg(not(target_os = "linux"))]
+fn check_shared_object(_path: &Path, _file: &Path) -> Result<(), PluginError> {
+    Ok(())
+}
+
+/// The ELF machine of the libraries this host can load, where known.
+#[cfg(target_os = "linux")]
+const NATIVE_MACHINE: Option<u16> = {
+    use object::elf;
+    if cfg!(target_arch = "x86_64") {
+        Some(elf::EM_X86_64)
+    } else if cfg!(target_arch = "aarch64") {
+        Some(elf::EM_AARCH64)
+    } else if cfg!(target_arch = "x86") {
+        Some(elf::EM_386)
+    } else if cfg!(target_arch = "arm") {
+        Some(elf::EM_ARM)
+    } else if cfg!(any(target_arch = "riscv64", target_arch = "riscv32")) {
+        Some(elf::EM_RISCV)
+    } else if cfg!(target_arch = "powerpc64") {
+        Some(elf::EM_PPC64)
+    } else if cfg!(target_arch = "s390x") {
+        Some(elf::EM_S390)
+    } else if cfg!(target_arch = "loongarch64") {
+        Some(elf::EM_LOONGARCH)
+    } else {
+        None
+    }
+};
+
+/// A segment type as `readelf` names it.
+#[cfg(target_os = "linux")]
+fn segment_name(kind: u32) -> String {
+    use object::elf;
+    match kind {
+        elf::PT_LOAD => "LOAD".into(),
+        elf::PT_DYNAMIC => "DYNAMIC".into(),
+        elf::PT_INTERP => "INTERP".into(),
+        elf::PT_NOTE => "NOTE".into(),
+        elf::PT_PHDR => "PHDR".into(),
+        elf::PT_TLS => "TLS".into(),
+        elf::PT_GNU_EH_FRAME => "GNU_EH_FRAME".into(),
+        elf::PT_GNU_RELRO => "GNU_RELRO".into(),
+        other => format!("type {other:#x}"),
+    }
 }
 
 fn classify(path: &Path, error: LibraryError) -> PluginError {

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 use fastworker::client::{Client, ClientError, SubmitOptions};
 use fastworker::discovery::{self};
+use fastworker::limits::{millis, range};
 use fastworker::protocol::{
     describe_failure, Callback, ErrorKind, FailureKind, Reply, RetryPolicy, TaskReport, TaskState,
 };
@@ -14,10 +15,24 @@ use fastworker::{Priority, TaskId, DEFAULT_BASE_ADDRESS};
 use serde_json::{json, Value};
 
 use crate::cli::keys::KeyArgs;
-use crate::{fail, seconds, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE};
+use crate::cli::limits::seconds_in;
+use crate::{fail, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE};
 
 /// The longest a client command without --address waits for an announcement.
 pub(crate) const CLIENT_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A year, in seconds: the longest wait or task timeout the client asks for.
+const YEAR_S: f64 = 365.0 * 86_400.0;
+
+/// `--timeout`, in seconds: a millisecond to a year.
+const TIMEOUT_S: (f64, f64) = (0.001, YEAR_S);
+
+/// `--task-timeout`, in seconds: none (0) to a year.
+const TASK_TIMEOUT_S: (f64, f64) = (0.0, YEAR_S);
+
+/// `--countdown`, `--retry-delay` and `--retry-max-delay`, in seconds: up to
+/// ten years, the most any `--max-countdown` lets a control plane accept.
+const DELAY_S: (f64, f64) = (0.0, range::COUNTDOWN_S.1);
 
 #[derive(Args)]
 pub(crate) struct ClientArgs {
@@ -27,9 +42,9 @@ pub(crate) struct ClientArgs {
     /// Find the control plane on this discovery address (used only without --address).
     #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS")]
     pub(crate) discovery_address: Option<String>,
-    /// Seconds to wait for an answer.
-    #[arg(long, env = "FASTWORKER_TIMEOUT", default_value_t = 30.0)]
-    pub(crate) timeout: f64,
+    /// Seconds to wait for an answer (0.001 to a year).
+    #[arg(long, env = "FASTWORKER_TIMEOUT", default_value = "30", value_parser = seconds_in(TIMEOUT_S), allow_negative_numbers = true)]
+    pub(crate) timeout: Duration,
     #[command(flatten)]
     pub(crate) keys: KeyArgs,
 }
@@ -51,24 +66,24 @@ pub(crate) struct SubmitArgs {
     /// Use this task id (a UUID) instead of a fresh one; resubmitting an id does not run the task again.
     #[arg(long)]
     pub(crate) task_id: Option<TaskId>,
-    /// Run the task no sooner than this many seconds from now.
-    #[arg(long)]
-    pub(crate) countdown: Option<f64>,
+    /// Run the task no sooner than this many seconds from now (up to ten years).
+    #[arg(long, value_parser = seconds_in(DELAY_S), allow_negative_numbers = true)]
+    pub(crate) countdown: Option<Duration>,
     /// Run the task no sooner than this time (RFC 3339, for example 2026-11-23T18:00:00Z).
     #[arg(long, value_parser = parse_eta)]
     pub(crate) eta: Option<SystemTime>,
-    /// The task's timeout in seconds, overriding its declared one (0: none).
-    #[arg(long)]
-    pub(crate) task_timeout: Option<f64>,
-    /// Runs after a failed first one, overriding the task's declared retries.
-    #[arg(long)]
+    /// The task's timeout in seconds, overriding its declared one (0: none; at most a year).
+    #[arg(long, value_parser = seconds_in(TASK_TIMEOUT_S), allow_negative_numbers = true)]
+    pub(crate) task_timeout: Option<Duration>,
+    /// Runs after a failed first one, overriding the task's declared retries (at most 10000).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=*range::RETRIES.end() as i64), allow_negative_numbers = true)]
     pub(crate) retries: Option<u32>,
-    /// Seconds before the first retry; each further pause doubles, up to --retry-max-delay.
-    #[arg(long, default_value_t = 1.0)]
-    pub(crate) retry_delay: f64,
-    /// The longest pause between retries, in seconds.
-    #[arg(long, default_value_t = 300.0)]
-    pub(crate) retry_max_delay: f64,
+    /// Seconds before the first retry; each further pause doubles, up to --retry-max-delay (up to ten years).
+    #[arg(long, default_value = "1", value_parser = seconds_in(DELAY_S), allow_negative_numbers = true)]
+    pub(crate) retry_delay: Duration,
+    /// The longest pause between retries, in seconds (up to ten years).
+    #[arg(long, default_value = "300", value_parser = seconds_in(DELAY_S), allow_negative_numbers = true)]
+    pub(crate) retry_max_delay: Duration,
     /// An NNG PULL address (tcp://host:port) to push a notice to when the task ends.
     #[arg(long)]
     pub(crate) callback: Option<String>,
@@ -111,10 +126,7 @@ pub(crate) struct SchedulesArgs {
 
 /// A client for the control plane the client flags name.
 pub(crate) fn connect(args: &ClientArgs) -> Result<Client, ExitCode> {
-    if !args.timeout.is_finite() || args.timeout <= 0.0 {
-        return Err(fail(EXIT_USAGE, "--timeout must be a positive number of seconds"));
-    }
-    let timeout = Duration::from_secs_f64(args.timeout);
+    let timeout = args.timeout;
     // --address (or FASTWORKER_ADDRESS) wins; else discovery, when
     // --discovery-address (or FASTWORKER_DISCOVERY_ADDRESS) is given; else the default.
     let address = match (&args.address, &args.discovery_address) {
@@ -172,13 +184,6 @@ pub(crate) fn argument_value(text: &str) -> Value {
 pub(crate) async fn submit(client: Client, args: SubmitArgs) -> ExitCode {
     let values: Vec<Value> = args.args.iter().map(|a| argument_value(a)).collect();
     let json_args = serde_json::to_vec(&values).expect("JSON");
-    let lengths = [args.countdown, args.task_timeout, Some(args.retry_delay), Some(args.retry_max_delay)];
-    if lengths.iter().flatten().any(|s| seconds(*s, true).is_none()) {
-        return fail(
-            EXIT_USAGE,
-            "--countdown, --task-timeout and the retry delays must be numbers of seconds, 0 or more",
-        );
-    }
     let callback_data = match &args.callback_data {
         Some(text) => match serde_json::from_str::<Value>(text) {
             Ok(value) => value.to_string().into_bytes(),
@@ -189,14 +194,14 @@ pub(crate) async fn submit(client: Client, args: SubmitArgs) -> ExitCode {
     let options = SubmitOptions {
         priority: args.priority,
         task_id: args.task_id,
-        countdown: args.countdown.map(Duration::from_secs_f64),
+        countdown: args.countdown,
         eta: args.eta,
-        timeout: args.task_timeout.map(Duration::from_secs_f64),
+        timeout: args.task_timeout,
         retry: args.retries.map(|max_retries| RetryPolicy {
             max_retries,
-            delay_ms: (args.retry_delay * 1000.0) as u64,
+            delay_ms: millis(args.retry_delay),
             factor: 2.0,
-            max_delay_ms: (args.retry_max_delay * 1000.0) as u64,
+            max_delay_ms: millis(args.retry_max_delay),
         }),
         callback: args.callback.map(|address| Callback { address, data: callback_data }),
     };
@@ -204,7 +209,7 @@ pub(crate) async fn submit(client: Client, args: SubmitArgs) -> ExitCode {
     let delay =
         options.countdown.into_iter().chain(options.eta.and_then(|t| t.duration_since(SystemTime::now()).ok())).max();
     let client = match delay {
-        Some(delay) if !args.non_blocking => client.with_timeout(Duration::from_secs_f64(args.client.timeout) + delay),
+        Some(delay) if !args.non_blocking => client.with_timeout(args.client.timeout.saturating_add(delay)),
         _ => client,
     };
     match client.submit_raw(&args.task_name, json_args, options, !args.non_blocking).await {

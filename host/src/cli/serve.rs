@@ -11,7 +11,7 @@ use fastworker::config::{ControlPlaneConfig, ManagementConfig};
 use fastworker::control_plane::ControlPlane;
 use fastworker::dashboard::DashboardConfig;
 use fastworker::discovery::{self, DEFAULT_DISCOVERY_ADDRESS};
-use fastworker::limits::range;
+use fastworker::limits::{range, MAX_NAME_BYTES};
 use fastworker::plugins::Registry;
 use fastworker::protocol::OfferedTask;
 use fastworker::schedules;
@@ -29,7 +29,7 @@ pub(crate) const SUBWORKER_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10)
 #[derive(Args)]
 pub(crate) struct ControlPlaneArgs {
     /// Identifier of this control plane in reports and logs.
-    #[arg(long, env = "FASTWORKER_WORKER_ID", default_value = "control-plane")]
+    #[arg(long, env = "FASTWORKER_WORKER_ID", default_value = "control-plane", value_parser = worker_id)]
     pub(crate) worker_id: String,
     /// Base address: CRITICAL tasks on its port, HIGH +1, NORMAL +2, LOW +3, results +4.
     #[arg(long, env = "FASTWORKER_BASE_ADDRESS", default_value = DEFAULT_BASE_ADDRESS)]
@@ -87,7 +87,7 @@ pub(crate) struct ControlPlaneArgs {
 #[derive(Args)]
 pub(crate) struct SubworkerArgs {
     /// Unique identifier of this subworker.
-    #[arg(long, env = "FASTWORKER_WORKER_ID")]
+    #[arg(long, env = "FASTWORKER_WORKER_ID", value_parser = worker_id)]
     pub(crate) worker_id: String,
     /// Base address of the control plane to join (default: the one announced on --discovery-address).
     #[arg(long, env = "FASTWORKER_CONTROL_PLANE_ADDRESS")]
@@ -384,6 +384,21 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Registry, ExitCode> {
         info!(plugin = %plugin.name, version = %plugin.version, path = %plugin.path.display(), "plugin loaded");
     }
     Ok(registry)
+}
+
+/// A `--worker-id`: 1 to `MAX_NAME_BYTES` bytes, no whitespace or control
+/// characters, so that it reads as one word in reports, logs and `/metrics`.
+fn worker_id(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("a worker id cannot be empty".to_string());
+    }
+    if text.len() > MAX_NAME_BYTES {
+        return Err(format!("a worker id is at most {MAX_NAME_BYTES} bytes; this one is {}", text.len()));
+    }
+    if let Some(c) = text.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("a worker id cannot contain whitespace or control characters (found {c:?})"));
+    }
+    Ok(text.to_string())
 }
 
 /// The default `--concurrency`: one thread per core.
