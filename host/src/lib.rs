@@ -27,6 +27,7 @@ pub mod protocol;
 pub mod schedules;
 mod state;
 pub mod subworker;
+pub mod tls;
 mod timers;
 
 pub use address::{BaseAddress, DEFAULT_BASE_ADDRESS};

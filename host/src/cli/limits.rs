@@ -19,7 +19,7 @@ pub(crate) struct TaskLimitArgs {
           value_parser = clap::value_parser!(u64).range(range::REQUESTS_PER_CONNECTION))]
     pub(crate) max_requests_per_connection: u64,
     /// Seconds a reply may wait to be sent; the connection of a peer that does not read it is closed.
-    #[arg(long, env = "FASTWORKER_REPLY_TIMEOUT", default_value = "5", value_parser = seconds_in(range::REPLY_TIMEOUT_S))]
+    #[arg(long, env = "FASTWORKER_REPLY_TIMEOUT", default_value = "5", value_parser = seconds_in(range::REPLY_TIMEOUT_S), allow_negative_numbers = true)]
     pub(crate) reply_timeout: Duration,
     /// Tasks accepted and not ended (queued, scheduled, retrying, running); more are answered Busy.
     #[arg(long, env = "FASTWORKER_MAX_QUEUED_TASKS", default_value_t = 100_000,
@@ -30,7 +30,7 @@ pub(crate) struct TaskLimitArgs {
           value_parser = clap::value_parser!(u64).range(range::QUEUED_BYTES))]
     pub(crate) max_queued_bytes: u64,
     /// Furthest a countdown or ETA may be, in seconds from now; also the longest pause between retries.
-    #[arg(long, env = "FASTWORKER_MAX_COUNTDOWN", default_value = "2592000", value_parser = seconds_in(range::COUNTDOWN_S))]
+    #[arg(long, env = "FASTWORKER_MAX_COUNTDOWN", default_value = "2592000", value_parser = seconds_in(range::COUNTDOWN_S), allow_negative_numbers = true)]
     pub(crate) max_countdown: Duration,
     /// Most retries a submission may ask for.
     #[arg(long, env = "FASTWORKER_MAX_RETRIES", default_value_t = 100,
@@ -45,7 +45,7 @@ pub(crate) struct TaskLimitArgs {
           value_parser = clap::value_parser!(u64).range(range::CALLBACK_QUEUE))]
     pub(crate) callback_queue: u64,
     /// Seconds one callback notice may wait for its address.
-    #[arg(long, env = "FASTWORKER_CALLBACK_TIMEOUT", default_value = "1", value_parser = seconds_in(range::CALLBACK_TIMEOUT_S))]
+    #[arg(long, env = "FASTWORKER_CALLBACK_TIMEOUT", default_value = "1", value_parser = seconds_in(range::CALLBACK_TIMEOUT_S), allow_negative_numbers = true)]
     pub(crate) callback_timeout: Duration,
     /// Address schemes a callback may use (tcp, tls+tcp, ipc, ws, wss).
     #[arg(long, env = "FASTWORKER_CALLBACK_SCHEMES", default_value = "tcp", value_delimiter = ',',
@@ -65,7 +65,7 @@ pub(crate) struct ClusterLimitArgs {
           value_parser = clap::value_parser!(u64).range(range::CONTEXTS_PER_PORT))]
     pub(crate) contexts_per_port: u64,
     /// Seconds a run on a subworker may take at most, whatever the subworker offered.
-    #[arg(long, env = "FASTWORKER_MAX_SUBWORKER_RUN", default_value = "3600", value_parser = seconds_in(range::SUBWORKER_RUN_S))]
+    #[arg(long, env = "FASTWORKER_MAX_SUBWORKER_RUN", default_value = "3600", value_parser = seconds_in(range::SUBWORKER_RUN_S), allow_negative_numbers = true)]
     pub(crate) max_subworker_run: Duration,
     /// Subworkers registered at once.
     #[arg(long, env = "FASTWORKER_MAX_SUBWORKERS", default_value_t = 256,
@@ -88,14 +88,14 @@ pub(crate) struct ClusterLimitArgs {
           value_parser = clap::value_parser!(u64).range(range::SCHEDULES))]
     pub(crate) max_schedules: u64,
     /// Shortest period of an `every` schedule, in seconds.
-    #[arg(long, env = "FASTWORKER_MIN_SCHEDULE_PERIOD", default_value = "1", value_parser = seconds_in(range::SCHEDULE_PERIOD_S))]
+    #[arg(long, env = "FASTWORKER_MIN_SCHEDULE_PERIOD", default_value = "1", value_parser = seconds_in(range::SCHEDULE_PERIOD_S), allow_negative_numbers = true)]
     pub(crate) min_schedule_period: Duration,
     /// Dashboard connections open at once; more are closed at once.
     #[arg(long, env = "FASTWORKER_GUI_MAX_CONNECTIONS", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(range::GUI_CONNECTIONS))]
     pub(crate) gui_max_connections: u64,
     /// Seconds a dashboard client has to send a request's headers.
-    #[arg(long, env = "FASTWORKER_GUI_HEADER_TIMEOUT", default_value = "10", value_parser = seconds_in(range::HEADER_TIMEOUT_S))]
+    #[arg(long, env = "FASTWORKER_GUI_HEADER_TIMEOUT", default_value = "10", value_parser = seconds_in(range::HEADER_TIMEOUT_S), allow_negative_numbers = true)]
     pub(crate) gui_header_timeout: Duration,
 }
 
