@@ -70,6 +70,6 @@ fn open(address: &str) -> Result<Socket, nng::Error> {
     let socket = Socket::new(Protocol::Push0)?;
     socket.set_opt::<SendTimeout>(Some(SEND_LIMIT))?;
     socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_secs(1)))?;
-    socket.dial_async(address)?;
+    crate::tls::dial_async(&socket, address)?;
     Ok(socket)
 }

@@ -567,7 +567,7 @@ impl Endpoint {
         socket.set_opt::<ReconnectMinTime>(Some(Duration::from_millis(10)))?;
         socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_millis(500)))?;
         socket.set_opt::<RecvMaxSize>(max_frame.saturating_mul(2))?;
-        socket.dial_async(address)?;
+        crate::tls::dial_async(&socket, address)?;
         Ok(Endpoint { socket, slots: Arc::default(), in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_PORT) })
     }
 

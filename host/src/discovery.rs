@@ -109,10 +109,13 @@ pub enum DiscoveryError {
     },
 }
 
-/// Checks that `address` is `tcp://HOST:PORT`.
+/// Checks that `address` is `tcp://HOST:PORT` or `tls+tcp://HOST:PORT`.
 pub fn check_address(address: &str) -> Result<(), DiscoveryError> {
     let error = |reason| DiscoveryError::Address { address: address.to_string(), reason };
-    let rest = address.strip_prefix("tcp://").ok_or_else(|| error("only tcp:// addresses are supported"))?;
+    let rest = address
+        .strip_prefix("tcp://")
+        .or_else(|| address.strip_prefix(crate::tls::TLS_SCHEME))
+        .ok_or_else(|| error("only tcp:// and tls+tcp:// addresses are supported"))?;
     let (host, port) = rest.rsplit_once(':').ok_or_else(|| error("the port is missing"))?;
     if host.is_empty() {
         return Err(error("the host is missing"));
@@ -163,7 +166,7 @@ impl Announcer {
                 }
             })
             .map_err(transport)?;
-        socket.listen(address).map_err(|source| match source {
+        crate::tls::listen(&socket, address).map_err(|source| match source {
             nng::Error::AddressInUse => DiscoveryError::AddressInUse { address: address.to_string() },
             source => transport(source),
         })?;
@@ -294,7 +297,7 @@ fn find_blocking(
     socket.set_opt::<ReconnectMinTime>(Some(Duration::from_millis(100))).map_err(transport)?;
     socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_millis(500))).map_err(transport)?;
     // Keeps dialing in the background until an announcer listens.
-    socket.dial_async(address).map_err(transport)?;
+    crate::tls::dial_async(&socket, address).map_err(transport)?;
     let mut stale = 0u32;
     let mut oldest_ms = 0u64;
     let mut foreign = 0u32;
@@ -361,12 +364,13 @@ fn reachable(mut announcement: Announcement, discovery_address: &str) -> Announc
     let is_wildcard = |host: &str| matches!(host, "0.0.0.0" | "[::]" | "*");
     let discovery_host = discovery_address
         .strip_prefix("tcp://")
+        .or_else(|| discovery_address.strip_prefix(crate::tls::TLS_SCHEME))
         .and_then(|rest| rest.rsplit_once(':'))
         .map(|(host, _)| host)
         .filter(|host| !is_wildcard(host));
     if let (Ok(base), Some(host)) = (BaseAddress::parse(&announcement.base_address), discovery_host) {
         if is_wildcard(base.host()) {
-            announcement.base_address = format!("tcp://{host}:{}", base.port());
+            announcement.base_address = base.with_host(host).to_string();
         }
     }
     announcement

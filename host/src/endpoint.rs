@@ -298,7 +298,7 @@ impl Listener {
         };
         let socket = Socket::new(Protocol::Rep0).map_err(fail)?;
         socket.set_opt::<RecvMaxSize>(options.max_frame.saturating_mul(2).max(64 * 1024)).map_err(fail)?;
-        socket.listen(url).map_err(fail)?;
+        crate::tls::listen(&socket, url).map_err(fail)?;
         let port = Arc::new(Port {
             purpose,
             per_connection: u32::try_from(options.per_connection).unwrap_or(u32::MAX).max(1),

@@ -75,7 +75,7 @@ impl Link {
             let aio = Aio::new(move |aio, result| on_slot(index, aio, result))?;
             link.slots.push((ctx, aio));
         }
-        link.socket.dial_async(url)?;
+        crate::tls::dial_async(&link.socket, url)?;
         Ok(link)
     }
 

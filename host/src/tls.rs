@@ -7,9 +7,15 @@
 //! NNG's TLS API it needs, and applies them to listeners and dialers of
 //! `tls+tcp://` addresses. Every `unsafe` block is an FFI call whose
 //! pointers come from this module and live as long as the [`Tls`] value.
+//!
+//! A process has one TLS identity (its certificate), [`install`]ed once at
+//! start-up; every socket of the process that listens on or dials a
+//! `tls+tcp://` address uses it, through [`listen`] and [`dial_async`].
+//! Addresses of other schemes are not touched.
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use nng::{DialerBuilder, ListenerBuilder, Socket};
 
@@ -84,6 +90,50 @@ pub enum TlsError {
     /// Some TLS flags but not all.
     #[error("TLS needs --tls-cert, --tls-key and --tls-ca together")]
     Incomplete,
+    /// A `tls+tcp://` address with no TLS identity installed.
+    #[error("{address} is a tls+tcp:// address: give --tls-cert, --tls-key and --tls-ca (docs/security.md shows how to make them)")]
+    NoIdentity {
+        /// The address.
+        address: String,
+    },
+    /// [`install`] was called twice.
+    #[error("this process already has a TLS identity")]
+    AlreadyInstalled,
+}
+
+/// The process's TLS identity, once installed.
+static IDENTITY: OnceLock<Tls> = OnceLock::new();
+
+/// Makes `tls` the identity every `tls+tcp://` listener and dialer of this
+/// process presents; once per process.
+pub fn install(tls: Tls) -> Result<(), TlsError> {
+    IDENTITY.set(tls).map_err(|_| TlsError::AlreadyInstalled)
+}
+
+/// Whether a TLS identity is installed.
+pub fn installed() -> bool {
+    IDENTITY.get().is_some()
+}
+
+/// Fails unless `address` can be used: any non-TLS address, or a
+/// `tls+tcp://` one once an identity is installed.
+pub fn check(address: &str) -> Result<(), TlsError> {
+    if address.starts_with(TLS_SCHEME) && !installed() {
+        return Err(TlsError::NoIdentity { address: address.to_string() });
+    }
+    Ok(())
+}
+
+/// Listens on `url`: through TLS, with the installed identity, for a
+/// `tls+tcp://` address.
+pub(crate) fn listen(socket: &Socket, url: &str) -> Result<(), nng::Error> {
+    Tls::listen(IDENTITY.get(), socket, url)
+}
+
+/// Dials `url` in the background: through TLS, with the installed
+/// identity, for a `tls+tcp://` address.
+pub(crate) fn dial_async(socket: &Socket, url: &str) -> Result<(), nng::Error> {
+    Tls::dial_async(IDENTITY.get(), socket, url)
 }
 
 impl Tls {
@@ -103,7 +153,7 @@ impl Tls {
     }
 
     /// Listens on `url`: through TLS for a `tls+tcp://` address.
-    pub fn listen(tls: Option<&Tls>, socket: &Socket, url: &str) -> Result<(), nng::Error> {
+    fn listen(tls: Option<&Tls>, socket: &Socket, url: &str) -> Result<(), nng::Error> {
         match tls {
             Some(tls) if url.starts_with(TLS_SCHEME) => {
                 let builder = ListenerBuilder::new(socket, url)?;
@@ -115,7 +165,7 @@ impl Tls {
     }
 
     /// Dials `url` in the background: through TLS for a `tls+tcp://` address.
-    pub fn dial_async(tls: Option<&Tls>, socket: &Socket, url: &str) -> Result<(), nng::Error> {
+    fn dial_async(tls: Option<&Tls>, socket: &Socket, url: &str) -> Result<(), nng::Error> {
         match tls {
             Some(tls) if url.starts_with(TLS_SCHEME) => {
                 let builder = DialerBuilder::new(socket, url)?;
@@ -142,7 +192,10 @@ fn build(mode: c_int, cert: &CString, key: &CString, ca: &CString) -> Result<*mu
     let steps = unsafe {
         [
             ("--tls-ca", nng_tls_config_ca_chain(config, ca.as_ptr(), std::ptr::null())),
-            ("--tls-cert and --tls-key", nng_tls_config_own_cert(config, cert.as_ptr(), key.as_ptr(), std::ptr::null())),
+            (
+                "--tls-cert and --tls-key",
+                nng_tls_config_own_cert(config, cert.as_ptr(), key.as_ptr(), std::ptr::null()),
+            ),
             ("the TLS authentication mode", nng_tls_config_auth_mode(config, AUTH_REQUIRED)),
         ]
     };
@@ -163,16 +216,16 @@ fn option_name() -> *const c_char {
 fn set_listener_config(handle: nng_sys::nng_listener, config: *mut NngTlsConfig) -> Result<(), nng::Error> {
     // SAFETY: the handle is a live listener (its builder is held by the
     // caller); NNG takes its own reference to the configuration.
-    check(unsafe { nng_sys::nng_listener_setopt_ptr(handle, option_name(), config as *mut c_void) })
+    status(unsafe { nng_sys::nng_listener_setopt_ptr(handle, option_name(), config as *mut c_void) })
 }
 
 /// Sets `config` on a dialer that has not started.
 fn set_dialer_config(handle: nng_sys::nng_dialer, config: *mut NngTlsConfig) -> Result<(), nng::Error> {
     // SAFETY: as for listeners.
-    check(unsafe { nng_sys::nng_dialer_setopt_ptr(handle, option_name(), config as *mut c_void) })
+    status(unsafe { nng_sys::nng_dialer_setopt_ptr(handle, option_name(), config as *mut c_void) })
 }
 
-fn check(rv: c_int) -> Result<(), nng::Error> {
+fn status(rv: c_int) -> Result<(), nng::Error> {
     match std::num::NonZeroU32::new(rv as u32) {
         None => Ok(()),
         Some(code) => Err(nng::Error::from(code)),

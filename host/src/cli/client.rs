@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::cli::keys::KeyArgs;
 use crate::cli::limits::seconds_in;
+use crate::cli::tls::TlsArgs;
 use crate::{fail, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE};
 
 /// The longest a client command without --address waits for an announcement.
@@ -47,6 +48,8 @@ pub(crate) struct ClientArgs {
     pub(crate) timeout: Duration,
     #[command(flatten)]
     pub(crate) keys: KeyArgs,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
 }
 
 #[derive(Args)]
@@ -127,6 +130,11 @@ pub(crate) struct SchedulesArgs {
 /// A client for the control plane the client flags name.
 pub(crate) fn connect(args: &ClientArgs) -> Result<Client, ExitCode> {
     let timeout = args.timeout;
+    let named = [
+        ("--address", args.address.as_deref().unwrap_or_default()),
+        ("--discovery-address", args.discovery_address.as_deref().unwrap_or_default()),
+    ];
+    args.tls.install(&named)?;
     // --address (or FASTWORKER_ADDRESS) wins; else discovery, when
     // --discovery-address (or FASTWORKER_DISCOVERY_ADDRESS) is given; else the default.
     let address = match (&args.address, &args.discovery_address) {

@@ -6,3 +6,4 @@ pub(crate) mod keys;
 pub(crate) mod limits;
 pub(crate) mod plugins;
 pub(crate) mod serve;
+pub(crate) mod tls;

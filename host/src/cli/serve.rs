@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::cli::keys::{protected, KeyArgs};
 use crate::cli::limits::{limits, ClusterLimitArgs, TaskLimitArgs};
+use crate::cli::tls::TlsArgs;
 use crate::{fail, seconds, EXIT_USAGE};
 
 /// How long a subworker without --control-plane-address waits for an announcement.
@@ -79,6 +80,8 @@ pub(crate) struct ControlPlaneArgs {
     pub(crate) cluster_limits: ClusterLimitArgs,
     #[command(flatten)]
     pub(crate) keys: KeyArgs,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
     /// Serve beyond loopback without a key (protected mode is off): only on a network you trust.
     #[arg(long, env = "FASTWORKER_INSECURE")]
     pub(crate) insecure: bool,
@@ -122,6 +125,8 @@ pub(crate) struct SubworkerArgs {
     pub(crate) task_limits: TaskLimitArgs,
     #[command(flatten)]
     pub(crate) keys: KeyArgs,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
     /// Serve beyond loopback without a key (protected mode is off): only on a network you trust.
     #[arg(long, env = "FASTWORKER_INSECURE")]
     pub(crate) insecure: bool,
@@ -166,6 +171,11 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     }
     if let (false, Err(error)) = (args.no_discovery, discovery::check_address(&args.discovery_address)) {
         return fail(EXIT_USAGE, format_args!("--discovery-address: {error}"));
+    }
+    let discovery_address = (!args.no_discovery).then_some(args.discovery_address.as_str()).unwrap_or_default();
+    let base_text = base.to_string();
+    if let Err(code) = args.tls.install(&[("--base-address", &base_text), ("--discovery-address", discovery_address)]) {
+        return code;
     }
     let registry = match load_plugins(&args.task_modules) {
         Ok(registry) => registry,
@@ -247,6 +257,17 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
         return fail(EXIT_USAGE, format_args!("--cluster-key-file: {error}"));
     }
     if let Err(code) = protected(base.host(), "the subworker", keys.is_some(), args.insecure) {
+        return code;
+    }
+    let base_text = base.to_string();
+    let joined = args.control_plane_address.as_deref().unwrap_or(&args.discovery_address);
+    let advertised = args.advertise_address.as_deref().unwrap_or_default();
+    let addresses = [
+        ("--base-address", base_text.as_str()),
+        ("--control-plane-address or --discovery-address", joined),
+        ("--advertise-address", advertised),
+    ];
+    if let Err(code) = args.tls.install(&addresses) {
         return code;
     }
     let advertise = match &args.advertise_address {
