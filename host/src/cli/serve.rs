@@ -172,7 +172,7 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     if let (false, Err(error)) = (args.no_discovery, discovery::check_address(&args.discovery_address)) {
         return fail(EXIT_USAGE, format_args!("--discovery-address: {error}"));
     }
-    let discovery_address = (!args.no_discovery).then_some(args.discovery_address.as_str()).unwrap_or_default();
+    let discovery_address = if args.no_discovery { "" } else { args.discovery_address.as_str() };
     let base_text = base.to_string();
     if let Err(code) = args.tls.install(&[("--base-address", &base_text), ("--discovery-address", discovery_address)]) {
         return code;
