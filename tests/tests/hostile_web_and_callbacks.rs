@@ -4,7 +4,8 @@
 //! rebinding). In each, another client's `add` is answered within 1 s,
 //! memory comes back, and SIGTERM still stops the process.
 
-use std::net::TcpListener;
+use std::io::{ErrorKind as IoErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -157,5 +158,200 @@ fn a_full_callback_queue_drops_and_counts_and_foreign_schemes_are_refused() {
         Err(ClientError::Refused(error)) => assert_eq!(error.kind, ErrorKind::BadRequest, "{error:?}"),
         other => panic!("a 300-byte callback address must be refused, got {other:?}"),
     }
+    assert_stops_on_sigterm(&mut cp, Duration::from_secs(5));
+}
+
+/// How a connection opening an event stream was answered.
+#[derive(Debug, PartialEq, Eq)]
+enum Opened {
+    Stream,
+    Busy,
+    Closed,
+}
+
+/// Connects to the dashboard and asks for `/api/events`; the stream
+/// (kept when it is one) and what came back.
+fn open_stream(host: &str) -> (TcpStream, Opened) {
+    let mut stream = TcpStream::connect(host).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let request = format!("GET /api/events HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (stream, Opened::Closed);
+    }
+    let mut head = [0u8; 12];
+    let outcome = match stream.read_exact(&mut head) {
+        Ok(()) if &head[9..12] == b"200" => Opened::Stream,
+        Ok(()) if &head[9..12] == b"503" => Opened::Busy,
+        Ok(()) => panic!("unexpected answer {:?}", String::from_utf8_lossy(&head)),
+        Err(_) => Opened::Closed,
+    };
+    (stream, outcome)
+}
+
+/// The status of a GET, or `None` when the connection is closed first.
+fn status_of(host: &str, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(host).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+#[test]
+fn idle_event_streams_are_bounded_and_the_dashboard_keeps_answering() {
+    let mut cp = Process::control_plane_with_gui(&["example-tasks"], &["--gui-header-timeout", "1"], &[]);
+    let gui = cp.gui.clone().unwrap();
+    let host = gui.strip_prefix("http://").unwrap().to_string();
+    assert_eq!(http::get(&format!("{gui}/api/status")).status, 200);
+    let idle = rss_kib(cp.pid());
+    let bystander = Bystander::start(&cp);
+    let mut streams = Vec::new();
+    let (mut busy, mut closed) = (0, 0);
+    for _ in 0..2000 {
+        match open_stream(&host) {
+            (stream, Opened::Stream) => streams.push(stream),
+            (_, Opened::Busy) => busy += 1,
+            (_, Opened::Closed) => closed += 1,
+        }
+    }
+    let peak = rss_kib(cp.pid());
+    eprintln!(
+        "2000 event streams asked for: {} open, {busy} answered 503, {closed} closed; RSS idle {idle} KiB, peak {peak} KiB",
+        streams.len()
+    );
+    assert_eq!(streams.len(), 128, "half of --gui-max-connections (256) may be event streams");
+    assert_eq!(busy + closed, 2000 - 128);
+    assert!(peak < idle + 64 * 1024, "128 idle streams cost {} KiB", peak - idle);
+
+    // A fresh request is answered at once meanwhile.
+    let started = Instant::now();
+    let status = http::get(&format!("{gui}/api/status"));
+    assert_eq!(status.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(1), "/api/status took {:?}", started.elapsed());
+    let refused = metric(&gui, "fastworker_limit_refusals_total{limit=\"gui-max-connections\"}").unwrap();
+    assert!(refused >= 1872.0, "refused streams are counted: {refused}");
+
+    // Beyond the connection limit, more connections are closed at once
+    // (after a 503 when they can read it).
+    let mut stalled = Vec::new();
+    for _ in 0..200 {
+        let mut stream = TcpStream::connect(&host).unwrap();
+        let _ = stream.write_all(b"GET /api/status HTTP/1.1\r\nHost: ");
+        stalled.push(stream);
+    }
+    let mut extra = TcpStream::connect(&host).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = extra.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.is_empty() || answer.contains("--gui-max-connections"), "{answer}");
+    assert!(started.elapsed() < Duration::from_millis(500), "refused after {:?}", started.elapsed());
+    // The stalled ones are closed after --gui-header-timeout, and the
+    // dashboard answers again.
+    let back = wait_until(Duration::from_secs(5), || status_of(&host, "/api/status") == Some(200));
+    assert!(back, "the dashboard answers once the stalled connections are closed");
+    drop(stalled);
+    bystander.check("with 2000 event streams");
+
+    drop(streams);
+    let usage = "fastworker_limit_usage{limit=\"gui-max-connections\"}";
+    let mut open = None;
+    let gone = wait_until(Duration::from_secs(10), || {
+        open = metric(&gui, usage);
+        open == Some(1.0)
+    });
+    assert!(gone, "closed streams are let go: {open:?} connections open");
+    let (mut stream, opened) = open_stream(&host);
+    assert_eq!(opened, Opened::Stream, "a stream opens again");
+    let mut first = [0u8; 256];
+    assert!(stream.read(&mut first).unwrap() > 0, "and sends its snapshot");
+    drop(stream);
+    assert_memory_returns(&cp, idle, peak);
+    eprintln!("RSS after the event streams closed: {} KiB", rss_kib(cp.pid()));
+    assert_stops_on_sigterm(&mut cp, Duration::from_secs(5));
+}
+
+#[test]
+fn slowloris_connections_are_closed_after_the_header_timeout() {
+    let mut cp = Process::control_plane_with_gui(
+        &["example-tasks"],
+        &["--gui-header-timeout", "1", "--gui-max-connections", "2048"],
+        &[],
+    );
+    let gui = cp.gui.clone().unwrap();
+    let host = gui.strip_prefix("http://").unwrap().to_string();
+    assert_eq!(http::get(&format!("{gui}/api/status")).status, 200);
+    let idle = rss_kib(cp.pid());
+    let bystander = Bystander::start(&cp);
+    // A thread of its own watches every connection for its end.
+    let (watch, watched) = std::sync::mpsc::channel::<(TcpStream, Instant)>();
+    let watcher = std::thread::spawn(move || {
+        let mut open: Vec<(TcpStream, Instant)> = Vec::new();
+        let mut lifetimes = Vec::new();
+        let mut most_open = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut all_sent = false;
+        while Instant::now() < deadline && !(all_sent && open.is_empty()) {
+            loop {
+                match watched.try_recv() {
+                    Ok(connection) => open.push(connection),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        all_sent = true;
+                        break;
+                    }
+                }
+            }
+            most_open = most_open.max(open.len());
+            open.retain_mut(|(stream, connected)| {
+                let mut scratch = [0u8; 1024];
+                loop {
+                    match stream.read(&mut scratch) {
+                        Ok(0) => break,
+                        Ok(_) => continue,
+                        Err(error) if error.kind() == IoErrorKind::WouldBlock => return true,
+                        Err(_) => break,
+                    }
+                }
+                lifetimes.push(connected.elapsed());
+                false
+            });
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (lifetimes, open.len(), most_open)
+    });
+    let mut normal = None;
+    for n in 0..1000 {
+        let mut stream = TcpStream::connect(&host).unwrap();
+        let connected = Instant::now();
+        stream.write_all(format!("GET /api/status HTTP/1.1\r\nHost: {host}\r\nX-Slow: ").as_bytes()).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        watch.send((stream, connected)).unwrap();
+        if n == 500 {
+            // A normal request is answered while they stall.
+            let started = Instant::now();
+            assert_eq!(http::get(&format!("{gui}/api/status")).status, 200);
+            normal = Some(started.elapsed());
+        }
+    }
+    drop(watch);
+    let peak = rss_kib(cp.pid());
+    let took = normal.unwrap();
+    assert!(took < Duration::from_secs(1), "/api/status took {took:?} during the attack");
+    let (lifetimes, still_open, most_open) = watcher.join().unwrap();
+    let shortest = lifetimes.iter().min().copied().unwrap_or_default();
+    let longest = lifetimes.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "slowloris: at most {most_open} of 1000 open at once, {still_open} open at the end; each closed {shortest:?} to {longest:?} after it connected; /api/status took {took:?}; RSS idle {idle} KiB, peak {peak} KiB"
+    );
+    assert_eq!((lifetimes.len(), still_open), (1000, 0), "every slowloris connection is closed");
+    assert!(shortest >= Duration::from_millis(900), "held until the 1 s header timeout, not less ({shortest:?})");
+    assert!(longest <= Duration::from_secs(3), "closed soon after the 1 s header timeout ({longest:?})");
+    bystander.check("during the slowloris attack");
+    assert_memory_returns(&cp, idle, peak);
     assert_stops_on_sigterm(&mut cp, Duration::from_secs(5));
 }

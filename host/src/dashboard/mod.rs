@@ -10,10 +10,12 @@
 //! (see `State`'s dashboard accessors and [`crate::monitor`]).
 
 mod api;
+mod connections;
 mod events;
 mod metrics;
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -22,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tracing::{info, warn};
 
 use crate::state::State;
@@ -70,6 +72,18 @@ pub(crate) struct Shared {
     pub(crate) api_key: Option<String>,
     /// `http://host:port`, for the overview.
     pub(crate) url: String,
+    /// Permits for open connections (`--gui-max-connections`).
+    pub(crate) connections: Arc<Semaphore>,
+    /// Event streams open now, at most [`Shared::max_streams`].
+    pub(crate) streams: AtomicUsize,
+}
+
+impl Shared {
+    /// The most event streams open at once: half the connections, so that
+    /// plain requests always have room.
+    pub(crate) fn max_streams(&self) -> usize {
+        (self.state.config.limits.gui_max_connections / 2).max(1)
+    }
 }
 
 impl Dashboard {
@@ -89,7 +103,14 @@ impl Dashboard {
             SocketAddr::V6(v6) => format!("http://[{}]:{}", v6.ip(), v6.port()),
             SocketAddr::V4(v4) => format!("http://{v4}"),
         };
-        let shared = Arc::new(Shared { state, api_key: config.api_key.filter(|k| !k.is_empty()), url: url.clone() });
+        let connections = connections::limit(state.config.limits.gui_max_connections);
+        let shared = Arc::new(Shared {
+            state,
+            api_key: config.api_key.filter(|k| !k.is_empty()),
+            url: url.clone(),
+            connections,
+            streams: AtomicUsize::new(0),
+        });
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("dashboard".into())
@@ -126,9 +147,9 @@ fn serve(listener: TcpListener, shared: Arc<Shared>, stopped: oneshot::Receiver<
             Err(error) => return warn!(%error, "the dashboard could not serve"),
         };
         tokio::spawn(events::watch_cluster(shared.clone()));
-        let app = router(shared);
+        let app = router(shared.clone());
         tokio::select! {
-            result = axum::serve(listener, app) => if let Err(error) = result { warn!(%error, "the dashboard stopped") },
+            _ = connections::serve(listener, app, shared) => {}
             _ = stopped => {}
         }
     });
@@ -170,11 +191,13 @@ pub(crate) struct ApiError {
     message: String,
     /// Whether to ask for a bearer token (`WWW-Authenticate`).
     bearer: bool,
+    /// Whether to close the connection after it (`Connection: close`).
+    close: bool,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, kind, message: message.into(), bearer: false }
+        ApiError { status, kind, message: message.into(), bearer: false, close: false }
     }
 }
 
@@ -183,6 +206,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(json!({ "error": self.kind, "message": self.message }))).into_response();
         if self.bearer {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.close {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
