@@ -14,7 +14,7 @@ use fastworker::client::SubmitOptions;
 use fastworker::protocol::{decode, Callback, ErrorKind, Notice, TaskState};
 use fastworker::ClientError;
 use fastworker_tests::attack::{assert_memory_returns, assert_stops_on_sigterm, rss_kib, Bystander};
-use fastworker_tests::{free_ports, http, runtime, wait_until, Process};
+use fastworker_tests::{free_ports, http, run_cli, runtime, stderr, wait_until, Process};
 use nng::options::{Options, RecvTimeout};
 use nng::{Protocol, Socket};
 
@@ -354,4 +354,66 @@ fn slowloris_connections_are_closed_after_the_header_timeout() {
     bystander.check("during the slowloris attack");
     assert_memory_returns(&cp, idle, peak);
     assert_stops_on_sigterm(&mut cp, Duration::from_secs(5));
+}
+
+#[test]
+fn the_dashboard_answers_only_its_own_host_names_and_origins() {
+    let cp = Process::control_plane_with_gui(&["example-tasks"], &["--gui-allowed-hosts", "dash.example:9999"], &[]);
+    let gui = cp.gui.clone().unwrap();
+    let host = gui.strip_prefix("http://").unwrap().to_string();
+    let port = host.rsplit(':').next().unwrap();
+    let status = format!("{gui}/api/status");
+    for foreign in [format!("evil.example:{port}"), "evil.example".into(), format!("127.0.0.2:{port}"), String::new()] {
+        let response = http::request("GET", &status, &[("Host", &foreign)]);
+        assert_eq!(response.status, 421, "Host '{foreign}' is refused: {}", response.text());
+        let body = response.json();
+        assert_eq!(body["error"], "misdirected_request");
+        assert!(body["message"].as_str().unwrap().contains("--gui-allowed-hosts"), "{body}");
+    }
+    for own in [host.clone(), format!("localhost:{port}"), format!("LOCALHOST:{port}"), "dash.example:9999".into()] {
+        let response = http::request("GET", &status, &[("Host", &own)]);
+        assert_eq!(response.status, 200, "Host '{own}' is served: {}", response.text());
+    }
+
+    let client = cp.client();
+    let runtime = runtime();
+    let later = SubmitOptions { countdown: Some(Duration::from_secs(60)), ..SubmitOptions::default() };
+    let id = runtime.block_on(client.delay("add", (1, 2), later)).unwrap();
+    let cancel = format!("{gui}/api/tasks/{id}/cancel");
+    for origin in
+        [format!("https://{host}"), "http://evil.example".into(), format!("http://{host}.evil.example"), "null".into()]
+    {
+        let response = http::request("POST", &cancel, &[("Origin", &origin)]);
+        assert_eq!(response.status, 403, "Origin '{origin}' may not cancel: {}", response.text());
+        assert_eq!(response.json()["error"], "forbidden");
+    }
+    // A rebound name with its own origin is refused by its Host.
+    let response = http::request("POST", &cancel, &[("Host", "evil.example:80"), ("Origin", "http://evil.example:80")]);
+    assert_eq!(response.status, 421, "{}", response.text());
+    assert_eq!(runtime.block_on(client.status(id)).unwrap().state, TaskState::Scheduled, "nothing was cancelled");
+    let response = http::request("POST", &cancel, &[("Origin", &format!("http://{host}"))]);
+    assert_eq!(response.status, 200, "the dashboard's own page may cancel: {}", response.text());
+    assert_eq!(response.json()["cancelled"], true);
+}
+
+#[test]
+fn too_many_or_malformed_allowed_hosts_stop_the_start_up() {
+    let base = format!("tcp://127.0.0.1:{}", fastworker_tests::free_base_port());
+    let gui_port = free_ports(1).to_string();
+    let many = (0..65).map(|i| format!("h{i}:1")).collect::<Vec<_>>().join(",");
+    let long = format!("{}:1", "a".repeat(256));
+    for hosts in [many.as_str(), long.as_str(), "http://a:1"] {
+        let output = run_cli(&[
+            "control-plane",
+            "--base-address",
+            &base,
+            "--gui-port",
+            &gui_port,
+            "--no-discovery",
+            "--gui-allowed-hosts",
+            hosts,
+        ]);
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        assert!(stderr(&output).contains("--gui-allowed-hosts"), "{}", stderr(&output));
+    }
 }
