@@ -201,7 +201,7 @@ fn status_of(host: &str, path: &str) -> Option<u16> {
 
 #[test]
 fn idle_event_streams_are_bounded_and_the_dashboard_keeps_answering() {
-    let mut cp = Process::control_plane_with_gui(&["example-tasks"], &["--gui-header-timeout", "1"], &[]);
+    let mut cp = Process::control_plane_with_gui(&["example-tasks"], &["--gui-header-timeout", "3"], &[]);
     let gui = cp.gui.clone().unwrap();
     let host = gui.strip_prefix("http://").unwrap().to_string();
     assert_eq!(http::get(&format!("{gui}/api/status")).status, 200);
@@ -252,7 +252,7 @@ fn idle_event_streams_are_bounded_and_the_dashboard_keeps_answering() {
     assert!(started.elapsed() < Duration::from_millis(500), "refused after {:?}", started.elapsed());
     // The stalled ones are closed after --gui-header-timeout, and the
     // dashboard answers again.
-    let back = wait_until(Duration::from_secs(5), || status_of(&host, "/api/status") == Some(200));
+    let back = wait_until(Duration::from_secs(10), || status_of(&host, "/api/status") == Some(200));
     assert!(back, "the dashboard answers once the stalled connections are closed");
     drop(stalled);
     bystander.check("with 2000 event streams");
