@@ -215,6 +215,7 @@ impl State {
                 scheduler
             });
             let refusals = Arc::<Refusals>::default();
+            let callbacks = Callbacks::start(&config.limits, refusals.clone());
             State {
                 scheduler,
                 cache: Mutex::new(ResultCache::new(
@@ -229,7 +230,7 @@ impl State {
                 config,
                 pool,
                 timers,
-                callbacks: Callbacks::start(),
+                callbacks,
                 peer_log: Arc::new(PeerLog::new(refusals.clone())),
                 refusals,
             }
@@ -473,6 +474,11 @@ impl State {
             return Err(busy(Bound::QueuedBytes, format!("queued tasks hold {} bytes of arguments", tasks.live_bytes)));
         }
         let bad = |message: String| Err(ErrorReply::new(ErrorKind::BadRequest, message));
+        if let Some(callback) = &submit.callback {
+            if let Err(message) = crate::callbacks::check_address(&callback.address, limits) {
+                return bad(message);
+            }
+        }
         let furthest = now_ms().saturating_add(millis(limits.max_countdown));
         if submit.not_before_ms.is_some_and(|at| at > furthest) {
             return bad(format!(
@@ -1076,6 +1082,10 @@ impl State {
             Bound::Schedules => {
                 drop(tasks);
                 self.scheduler.as_ref().map(|scheduler| scheduler.len() as u64)
+            }
+            Bound::CallbackQueue => {
+                drop(tasks);
+                Some(self.callbacks.len() as u64)
             }
             _ => None,
         }

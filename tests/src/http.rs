@@ -46,7 +46,11 @@ fn connect(url: &str, method: &str, headers: &[(&str, &str)]) -> (TcpStream, Buf
     let (host, path) = split(url);
     let mut stream = TcpStream::connect(host).unwrap_or_else(|e| panic!("connecting to {host}: {e}"));
     stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    // A `Host` among `headers` replaces the URL's.
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {host}\r\n"));
+    }
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }

@@ -68,6 +68,9 @@ pub(crate) struct ControlPlaneArgs {
     /// Key the dashboard's cancel and retry need (Authorization: Bearer KEY); without it they are open.
     #[arg(long, env = "FASTWORKER_GUI_API_KEY", hide_env_values = true)]
     pub(crate) gui_api_key: Option<String>,
+    /// Host names (HOST:PORT, comma-separated, at most 64) the dashboard answers to besides its bound address.
+    #[arg(long, env = "FASTWORKER_GUI_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub(crate) gui_allowed_hosts: Vec<String>,
     /// Worker threads running tasks (default: the number of cores, at most 2048); 0 runs no task here.
     #[arg(long, env = "FASTWORKER_CONCURRENCY", value_parser = clap::value_parser!(u64).range(range::CONCURRENCY))]
     pub(crate) concurrency: Option<u64>,
@@ -207,7 +210,12 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         Err(error) => return fail(EXIT_USAGE, error),
     };
     if !args.no_gui {
-        let dashboard = DashboardConfig { host: args.gui_host, port: args.gui_port, api_key: args.gui_api_key };
+        let dashboard = DashboardConfig {
+            host: args.gui_host,
+            port: args.gui_port,
+            api_key: args.gui_api_key,
+            allowed_hosts: args.gui_allowed_hosts,
+        };
         if let Err(error) = control_plane.serve_dashboard(dashboard) {
             return fail(EXIT_USAGE, error);
         }

@@ -5,17 +5,19 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::api::{overview, worker_json};
-use super::Shared;
+use super::{ApiError, Shared};
 use crate::monitor::{Event, Watch};
 use crate::protocol::WorkerState;
 
@@ -27,18 +29,45 @@ const SNAPSHOT_EVERY: u32 = 4;
 
 /// GET /api/events: `snapshot` first, then `task`, `worker` and `snapshot`
 /// events as they come; `resync` when this stream fell behind and missed some.
-pub(crate) async fn events(State(shared): State<Arc<Shared>>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+/// Beyond [`Shared::max_streams`] open streams, 503 `busy`.
+pub(crate) async fn events(
+    State(shared): State<Arc<Shared>>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let open = StreamSlot::take(&shared)?;
     let watch = shared.state.monitor.watch();
     let first = sse(&Event::Snapshot(overview(&shared)));
-    let rest = stream::unfold(watch, |mut watch: Watch| async move {
+    let rest = stream::unfold((watch, open), |(mut watch, open): (Watch, StreamSlot)| async move {
         let event = match watch.events.recv().await {
             Ok(event) => sse(&event),
             Err(RecvError::Lagged(missed)) => SseEvent::default().event("resync").data(missed.to_string()),
             Err(RecvError::Closed) => return None,
         };
-        Some((Ok(event), watch))
+        Some((Ok(event), (watch, open)))
     });
-    Sse::new(stream::once(async move { Ok(first) }).chain(rest)).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream::once(async move { Ok(first) }).chain(rest)).keep_alive(KeepAlive::default()))
+}
+
+/// One open event stream, counted in [`Shared::streams`] until dropped.
+struct StreamSlot(Arc<Shared>);
+
+impl StreamSlot {
+    fn take(shared: &Arc<Shared>) -> Result<StreamSlot, ApiError> {
+        let max = shared.max_streams();
+        if shared.streams.fetch_add(1, Ordering::SeqCst) >= max {
+            shared.streams.fetch_sub(1, Ordering::SeqCst);
+            shared.state.refusals.count(crate::limits::Bound::GuiConnections);
+            let message =
+                format!("{max} event streams are open, half of --gui-max-connections; close one or retry later");
+            return Err(ApiError { close: true, ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message) });
+        }
+        Ok(StreamSlot(shared.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn sse(event: &Event) -> SseEvent {

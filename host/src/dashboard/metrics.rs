@@ -92,12 +92,13 @@ fn render(shared: &Shared) -> String {
     for (name, kind, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     }
-    render_limits(state, &mut out);
+    render_limits(shared, &mut out);
     out
 }
 
 /// Every limit next to its usage and its refusals, and what was dropped.
-fn render_limits(state: &crate::state::State, out: &mut String) {
+fn render_limits(shared: &Shared, out: &mut String) {
+    let state = &shared.state;
     let limits = &state.config.limits;
     let refusals = &state.refusals;
     let _ = writeln!(out, "# HELP fastworker_limit A bound of this process (docs/control-plane.md#limits), by flag.");
@@ -108,7 +109,9 @@ fn render_limits(state: &crate::state::State, out: &mut String) {
     let _ = writeln!(out, "# HELP fastworker_limit_usage What a bound limits, in use now.");
     let _ = writeln!(out, "# TYPE fastworker_limit_usage gauge");
     for bound in Bound::ALL {
-        if let Some(usage) = state.usage(bound) {
+        let open = || limits.gui_max_connections.saturating_sub(shared.connections.available_permits()) as u64;
+        let usage = if bound == Bound::GuiConnections { Some(open()) } else { state.usage(bound) };
+        if let Some(usage) = usage {
             let _ = writeln!(out, "fastworker_limit_usage{{limit=\"{}\"}} {usage}", bound.label());
         }
     }

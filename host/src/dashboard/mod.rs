@@ -10,10 +10,13 @@
 //! (see `State`'s dashboard accessors and [`crate::monitor`]).
 
 mod api;
+mod connections;
 mod events;
+mod hosts;
 mod metrics;
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -22,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tracing::{info, warn};
 
 use crate::state::State;
@@ -36,6 +39,9 @@ pub struct DashboardConfig {
     pub port: u16,
     /// When set (`--gui-api-key`), cancel and retry need `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
+    /// `Host` names served besides the bound address and, on loopback, the
+    /// loopback names (`--gui-allowed-hosts`; at most 64 of at most 255 bytes).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Why the dashboard could not start.
@@ -47,6 +53,9 @@ pub enum DashboardError {
         /// The address.
         address: String,
     },
+    /// A `--gui-allowed-hosts` list that is too long or not of host names.
+    #[error("{0}")]
+    AllowedHosts(String),
     /// Any other failure to listen.
     #[error("cannot serve the dashboard on {address} (--gui-host/--gui-port): {source}")]
     Other {
@@ -70,6 +79,20 @@ pub(crate) struct Shared {
     pub(crate) api_key: Option<String>,
     /// `http://host:port`, for the overview.
     pub(crate) url: String,
+    /// The `Host` values served, lower case (see [`hosts`]).
+    pub(crate) allowed_hosts: Vec<String>,
+    /// Permits for open connections (`--gui-max-connections`).
+    pub(crate) connections: Arc<Semaphore>,
+    /// Event streams open now, at most [`Shared::max_streams`].
+    pub(crate) streams: AtomicUsize,
+}
+
+impl Shared {
+    /// The most event streams open at once: half the connections, so that
+    /// plain requests always have room.
+    pub(crate) fn max_streams(&self) -> usize {
+        (self.state.config.limits.gui_max_connections / 2).max(1)
+    }
 }
 
 impl Dashboard {
@@ -77,6 +100,7 @@ impl Dashboard {
     /// start-up with a clear error) and serves on a thread of its own.
     pub(crate) fn start(state: Arc<State>, config: DashboardConfig) -> Result<Dashboard, DashboardError> {
         let address = format!("{}:{}", config.host, config.port);
+        hosts::check_allowed_hosts(&config.allowed_hosts).map_err(DashboardError::AllowedHosts)?;
         let listener =
             TcpListener::bind((config.host.as_str(), config.port)).map_err(|source| match source.kind() {
                 std::io::ErrorKind::AddrInUse => DashboardError::AddressInUse { address: address.clone() },
@@ -89,7 +113,15 @@ impl Dashboard {
             SocketAddr::V6(v6) => format!("http://[{}]:{}", v6.ip(), v6.port()),
             SocketAddr::V4(v4) => format!("http://{v4}"),
         };
-        let shared = Arc::new(Shared { state, api_key: config.api_key.filter(|k| !k.is_empty()), url: url.clone() });
+        let connections = connections::limit(state.config.limits.gui_max_connections);
+        let shared = Arc::new(Shared {
+            state,
+            api_key: config.api_key.filter(|k| !k.is_empty()),
+            url: url.clone(),
+            allowed_hosts: hosts::allowed(local, &config.allowed_hosts),
+            connections,
+            streams: AtomicUsize::new(0),
+        });
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("dashboard".into())
@@ -126,9 +158,9 @@ fn serve(listener: TcpListener, shared: Arc<Shared>, stopped: oneshot::Receiver<
             Err(error) => return warn!(%error, "the dashboard could not serve"),
         };
         tokio::spawn(events::watch_cluster(shared.clone()));
-        let app = router(shared);
+        let app = router(shared.clone());
         tokio::select! {
-            result = axum::serve(listener, app) => if let Err(error) = result { warn!(%error, "the dashboard stopped") },
+            _ = connections::serve(listener, app, shared) => {}
             _ = stopped => {}
         }
     });
@@ -155,6 +187,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/events", get(events::events))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), hosts::check_host))
         .with_state(shared)
 }
 
@@ -170,11 +203,13 @@ pub(crate) struct ApiError {
     message: String,
     /// Whether to ask for a bearer token (`WWW-Authenticate`).
     bearer: bool,
+    /// Whether to close the connection after it (`Connection: close`).
+    close: bool,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, kind, message: message.into(), bearer: false }
+        ApiError { status, kind, message: message.into(), bearer: false, close: false }
     }
 }
 
@@ -183,6 +218,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(json!({ "error": self.kind, "message": self.message }))).into_response();
         if self.bearer {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.close {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -201,21 +239,12 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{uri} does not take {method}"))
 }
 
-/// Lets a mutating request through, or answers why not: 401 without the
-/// API key when one is set, 403 from a page of another origin (so that no
-/// other site can make a browser cancel tasks here).
+/// Lets a mutating request through, or answers why not: 403 from a page of
+/// another origin (so that no other site can make a browser cancel tasks
+/// here; see [`hosts`]), 401 without the API key when one is set.
 pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
-    if let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST)) {
-        let origin = origin.to_str().unwrap_or("");
-        let host = host.to_str().unwrap_or("");
-        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-        if origin_host != host {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("requests from {origin} may not change tasks here"),
-            ));
-        }
+    if let Err(message) = hosts::origin_allowed(shared, headers) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message));
     }
     let Some(key) = &shared.api_key else { return Ok(()) };
     let given =
