@@ -305,3 +305,36 @@ fn a_task_id_reused_for_another_task_is_refused() {
         assert_eq!(refused(client.delay("add", [9, 9], later).await).0, ErrorKind::IdConflict);
     });
 }
+
+#[test]
+fn with_a_cluster_key_the_dashboard_shows_arguments_only_with_its_key() {
+    use fastworker_tests::http::request;
+    let keys = Keys::new();
+    let cluster = keys.path("cluster");
+    let env = [("FASTWORKER_CLUSTER_KEY_FILE", cluster.as_str())];
+    for api_key in [None, Some("s3cret-dashboard-key")] {
+        let extra: Vec<&str> = api_key.map_or(vec![], |key| vec!["--gui-api-key", key]);
+        let cp = Process::control_plane_with_gui(&["example-tasks"], &extra, &env);
+        let task_id = TaskId::new_v4();
+        let options = SubmitOptions { task_id: Some(task_id), ..Default::default() };
+        let sum: i64 = runtime().block_on(cp.client().call_with("add", [40, 2], options)).unwrap();
+        assert_eq!(sum, 42);
+        let url = format!("{}/api/tasks/{task_id}", cp.gui.as_ref().unwrap());
+        let anonymous = request("GET", &url, &[]);
+        let body = anonymous.text();
+        assert!(!body.contains("42") && !body.contains("40"), "arguments or result shown without a key: {body}");
+        match api_key {
+            None => assert_eq!(anonymous.status, 403, "{body}"),
+            Some(key) => {
+                assert_eq!(anonymous.status, 401, "{body}");
+                let wrong = request("GET", &url, &[("Authorization", "Bearer not-the-key")]);
+                assert_eq!(wrong.status, 401);
+                let bearer = format!("Bearer {key}");
+                let shown = request("GET", &url, &[("Authorization", bearer.as_str())]);
+                assert_eq!(shown.status, 200, "{}", shown.text());
+                assert_eq!(shown.json()["result"], 42);
+                assert_eq!(shown.json()["args"], serde_json::json!([40, 2]));
+            }
+        }
+    }
+}

@@ -11,7 +11,7 @@ use axum::Json;
 use fastworker_plugin_sdk::abi::FailureKind;
 use serde_json::{json, Value};
 
-use super::{authorize, error, ApiError, Shared};
+use super::{authorize, authorize_read, error, ApiError, Shared};
 use crate::monitor::{Counts, TaskSummary, RECENT_CAPACITY};
 use crate::protocol::{ClusterStatus, ErrorKind, Priority, Reply, Submit, TaskError, TaskId, TaskReport, TaskState};
 
@@ -255,7 +255,14 @@ pub(crate) async fn tasks(State(shared): State<Arc<Shared>>, Query(query): Query
 }
 
 /// GET /api/tasks/{id}: one task with its arguments, result or error.
-pub(crate) async fn task(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+/// With a cluster key, arguments and results are as secret as the frames
+/// that carried them: reading them needs the dashboard's API key.
+pub(crate) async fn task(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if shared.state.config.keys.is_some() {
+        if let Err(refusal) = authorize_read(&shared, &headers) {
+            return refusal.into_response();
+        }
+    }
     let task_id = match parse_id(&id) {
         Ok(task_id) => task_id,
         Err(refusal) => return refusal.into_response(),

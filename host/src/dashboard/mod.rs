@@ -20,6 +20,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use subtle::ConstantTimeEq;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -249,13 +250,20 @@ pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiE
     let Some(key) = &shared.api_key else { return Ok(()) };
     let given =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if given.is_some_and(|given| constant_time_eq(given.trim().as_bytes(), key.as_bytes())) {
+    if given.is_some_and(|given| bool::from(given.trim().as_bytes().ct_eq(key.as_bytes()))) {
         return Ok(());
     }
     let message = "this action needs the dashboard's API key: send Authorization: Bearer <key> (--gui-api-key, FASTWORKER_GUI_API_KEY)";
     Err(ApiError { bearer: true, ..ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message) })
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Lets a read of arguments and results through with the API key; without
+/// one configured, nobody may read them (403 saying how to allow it).
+pub(crate) fn authorize_read(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    if shared.api_key.is_none() {
+        let message = "this control plane has a cluster key, so task arguments and results are shown only with the dashboard's API key: start it with --gui-api-key (FASTWORKER_GUI_API_KEY)";
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message));
+    }
+    authorize(shared, headers)
 }
+

@@ -230,7 +230,10 @@ async function openTask(taskId) {
 
 async function showTask(taskId) {
   let task;
-  try { task = await api('/api/tasks/' + taskId); } catch (error) { return message(error.message, true); }
+  try { task = await api('/api/tasks/' + taskId, { headers: keyHeaders() }); } catch (error) {
+    if (error.status === 401) { $('#key-box').hidden = false; $('#api-key').focus(); }
+    return message(error.message, true);
+  }
   if (selected !== taskId) return;
   $('#detail-title').replaceChildren(task.task_name + ' ', stateBadge(task.state));
   const facts = [
@@ -260,14 +263,19 @@ function message(text, isError) {
   box.hidden = false;
 }
 
+// The dashboard's API key, as typed or kept for this tab.
+function keyHeaders() {
+  const key = $('#api-key').value || sessionStorage.getItem('fastworker-key');
+  return key ? { Authorization: 'Bearer ' + key } : {};
+}
+
 async function act(action) {
   const taskId = selected;
-  const headers = {};
-  const key = $('#api-key').value || sessionStorage.getItem('fastworker-key');
-  if (key) headers.Authorization = 'Bearer ' + key;
+  const headers = keyHeaders();
+  const key = headers.Authorization;
   try {
     const body = await api(`/api/tasks/${taskId}/${action}`, { method: 'POST', headers });
-    if (key) sessionStorage.setItem('fastworker-key', key);
+    if (key) sessionStorage.setItem('fastworker-key', $('#api-key').value || sessionStorage.getItem('fastworker-key'));
     if (action === 'retry') {
       message(`Submitted again as ${body.task_id}.`);
       setTimeout(() => { if ($('#detail').open && selected === taskId) openTask(body.task_id); }, 600);
