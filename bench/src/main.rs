@@ -70,6 +70,8 @@
 //! [--requests N] [--in-flight K] [--concurrency C] [--cluster-size N]
 //! [--floor-in-process]`.
 
+mod security;
+
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -80,7 +82,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use fastworker::protocol::{Heartbeat, OfferedTask, Priority, Registration, Request, WorkerName, WorkerState};
+use fastworker::auth::KeyRing;
+use fastworker::protocol::{
+    ErrorKind, Heartbeat, OfferedTask, Priority, Registration, Request, WorkerName, WorkerState,
+};
 use fastworker::{Client, ClientError, TaskId};
 use nng::options::{Options, RecvTimeout, SendTimeout};
 use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
@@ -302,6 +307,24 @@ fn run(settings: &Settings) -> Result<bool, String> {
     results.push(format!("cp-pipelined-{k}"), true, pipelined_add(&runtime, &client, k, settings.budget_part(1)));
     results.stopped(&mut control_plane);
 
+    // The same with a cluster key (every frame sealed and checked), then
+    // with the key and tls+tcp:// (every link encrypted too).
+    let credentials = security::Credentials::make(&binary)?;
+    credentials.install_tls()?;
+    let keyed = credentials.key_flags();
+    let keyed_tls: Vec<OsString> = keyed.iter().cloned().chain(credentials.tls_flags()).collect();
+    for (name, extra) in [("auth", &keyed), ("tls", &keyed_tls)] {
+        println!("cp-{name}: as cp, with {}", extra.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
+        let mut control_plane =
+            start_control_plane(&binary, &format!("{name} control plane"), Some(&plugin), c, extra)?;
+        let client = control_plane.client()?;
+        results.push(format!("cp-{name}-blocking"), false, blocking_add(&runtime, &client, settings.budget_part(1)));
+        let pipelined = pipelined_add(&runtime, &client, k, settings.budget_part(1));
+        results.push(format!("cp-{name}-pipelined-{k}"), true, pipelined);
+        results.stopped(&mut control_plane);
+    }
+    drop(credentials);
+
     // A control plane that runs nothing, routing `add` to one subworker, then two.
     println!("sw: {} control-plane (no --task-modules), subworkers --concurrency {c}", binary.display());
     let mut router = start_control_plane(&binary, "routing control plane", None, c, &[])?;
@@ -442,6 +465,17 @@ fn report(settings: &Settings, results: &Results) -> bool {
         sw_pipe.rate() / cp_pipe.rate()
     );
     println!("second subworker (sw2 / sw):      pipelined rate {:.2}×", sw2_pipe.rate() / sw_pipe.rate());
+    for name in ["auth", "tls"] {
+        let (seq, pipe) =
+            (results.row(&format!("cp-{name}-blocking")), results.row(&format!("cp-{name}-pipelined-{k}")));
+        println!(
+            "{:<34}blocking p50 {:.2}×, p99 {:.2}×; pipelined rate {:.3}",
+            format!("{} (cp-{name} / cp):", if name == "auth" { "cluster key" } else { "key and TLS" }),
+            ratio_p(seq, cp_seq, 50.0),
+            ratio_p(seq, cp_seq, 99.0),
+            pipe.rate() / cp_pipe.rate()
+        );
+    }
     println!(
         "cluster of {n} (sw{n} / sw1-alone): pipelined rate {cluster_ratio:.3}, p50 {:.2}×, p99 {:.2}× (same control plane and subworker)",
         ratio_p(cluster, single, 50.0),
@@ -980,6 +1014,8 @@ struct FastworkerProcess {
     role: String,
     /// Its base address.
     address: String,
+    /// The key file it was given, which its clients then hold.
+    keys: Option<Arc<KeyRing>>,
     /// Where its stderr goes.
     log: PathBuf,
 }
@@ -1008,7 +1044,9 @@ impl FastworkerProcess {
         let log = binary.with_file_name(format!("fastworker-bench-{}.log", role.replace(' ', "-")));
         let mut last_error = String::new();
         for _attempt in 0..3 {
-            let address = format!("tcp://127.0.0.1:{}", free_base_port()?);
+            // A process given certificates listens on tls+tcp://.
+            let scheme = if args.iter().any(|arg| arg == "--tls-cert") { "tls+tcp" } else { "tcp" };
+            let address = format!("{scheme}://127.0.0.1:{}", free_base_port()?);
             let stderr = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
             let child = Command::new(binary)
                 .args(args)
@@ -1018,10 +1056,16 @@ impl FastworkerProcess {
                 .stderr(stderr)
                 .spawn()
                 .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+            let key_file = args.windows(2).find(|pair| pair[0] == "--cluster-key-file").map(|pair| &pair[1]);
+            let keys = match key_file {
+                Some(path) => Some(Arc::new(KeyRing::load(Path::new(path)).map_err(|e| e.to_string())?)),
+                None => None,
+            };
             let mut process = FastworkerProcess {
                 process: ChildGuard(Some(child)),
                 role: role.to_string(),
                 address,
+                keys,
                 log: log.clone(),
             };
             match ready(&mut process) {
@@ -1070,7 +1114,11 @@ impl FastworkerProcess {
 
     /// A client of it (a control plane), with the benchmark's request timeout.
     fn client(&self) -> Result<Client, String> {
-        Ok(Client::new(&self.address).map_err(|e| e.to_string())?.with_timeout(REQUEST_TIMEOUT))
+        let client = Client::new(&self.address).map_err(|e| e.to_string())?.with_timeout(REQUEST_TIMEOUT);
+        match &self.keys {
+            Some(ring) => client.with_keys(ring.clone()).map_err(|e| e.to_string()),
+            None => Ok(client),
+        }
     }
 
     /// Its resident memory (VmRSS) in KiB, if the OS tells (Linux /proc).
@@ -1112,7 +1160,7 @@ fn start_control_plane(
     }
     args.extend_from_slice(extra);
     FastworkerProcess::start(binary, role, &args, |process| {
-        let probe = Client::new(&process.address).map_err(|e| e.to_string())?.with_timeout(PROBE_TIMEOUT);
+        let probe = process.client()?.with_timeout(PROBE_TIMEOUT);
         process.wait_until(|runtime| match runtime.block_on(probe.status(TaskId::new_v4())) {
             Err(ClientError::Refused(_)) => Probe::Ready,
             Ok(report) => Probe::Failed(format!("a random task id has a report: {report:?}")),
@@ -1215,12 +1263,25 @@ impl FakeSubworkers {
             Ok(port) => client.with_management_port(port),
             Err(error) => return vec![format!("asking {control_plane} for its management port: {error}")],
         };
+        // At most as many at once as a control plane dials back by default
+        // (--max-pending-registrations 16); a Busy answer is retried.
         let mut pending = tokio::task::JoinSet::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(8));
         for registration in self.registrations.iter().cloned() {
-            let management = management.clone();
+            let (management, permits) = (management.clone(), permits.clone());
             pending.spawn(async move {
+                let _permit = permits.acquire().await;
                 let id = registration.name.worker_id.clone();
-                management.manage(&Request::Register(registration)).await.map_err(|e| format!("registering {id}: {e}"))
+                let request = Request::Register(registration);
+                for _ in 0..50 {
+                    match management.manage(&request).await {
+                        Err(ClientError::Refused(refusal)) if refusal.kind == ErrorKind::Busy => {
+                            tokio::time::sleep(Duration::from_millis(20)).await
+                        }
+                        outcome => return outcome.map_err(|e| format!("registering {id}: {e}")),
+                    }
+                }
+                Err(format!("registering {id}: still busy after 50 tries"))
             });
         }
         let mut failures = Vec::new();

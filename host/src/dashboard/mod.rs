@@ -20,12 +20,12 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use subtle::ConstantTimeEq;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{info, warn};
 
@@ -266,4 +266,3 @@ pub(crate) fn authorize_read(shared: &Shared, headers: &HeaderMap) -> Result<(),
     }
     authorize(shared, headers)
 }
-
