@@ -71,6 +71,7 @@
 //! [--floor-in-process]`.
 
 mod security;
+mod soak;
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -122,6 +123,8 @@ struct Settings {
     cluster_size: usize,
     /// Run the echo server on this process's threads instead of a child process.
     floor_in_process: bool,
+    /// Run the memory soak for this many minutes instead of the table.
+    soak_minutes: Option<f64>,
 }
 
 impl Settings {
@@ -148,7 +151,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&settings) {
+    let outcome = match settings.soak_minutes {
+        Some(minutes) => soak::run(minutes, settings.concurrency),
+        None => run(&settings),
+    };
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(message) => {
@@ -160,13 +167,14 @@ fn main() -> ExitCode {
 
 fn parse_args() -> Result<Settings, String> {
     const USAGE: &str = "usage: fastworker-bench [--seconds S] [--requests N] [--in-flight K] [--concurrency C] \
-        [--cluster-size N] [--floor-in-process]\n  \
+        [--cluster-size N] [--floor-in-process] [--soak MINUTES]\n  \
         --seconds S           measured seconds per phase (default 2)\n  \
         --requests N          measure N requests per phase instead of a duration\n  \
         --in-flight K         requests in flight in the pipelined phases (default 64)\n  \
         --concurrency C       threads running `add` in the control plane and in each subworker (default: cores)\n  \
         --cluster-size N      subworkers registered in the large-cluster row, N - 1 of them fakes (default 100)\n  \
-        --floor-in-process    run the echo server on this process's threads, not in a child process";
+        --floor-in-process    run the echo server on this process's threads, not in a child process\n  \
+        --soak MINUTES        instead of the table: mixed load with a subworker killed every 20 s, memory sampled";
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut settings = Settings {
         seconds: 2.0,
@@ -175,6 +183,7 @@ fn parse_args() -> Result<Settings, String> {
         concurrency: cores,
         cluster_size: 100,
         floor_in_process: false,
+        soak_minutes: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -206,6 +215,13 @@ fn parse_args() -> Result<Settings, String> {
             "--concurrency" => settings.concurrency = whole("--concurrency", 1..=1024)? as usize,
             "--cluster-size" => settings.cluster_size = whole("--cluster-size", 1..=1000)? as usize,
             "--floor-in-process" => settings.floor_in_process = true,
+            "--soak" => {
+                let minutes = number("--soak")?;
+                if !(minutes.is_finite() && minutes > 0.0 && minutes <= 24.0 * 60.0) {
+                    return Err(format!("--soak takes minutes, above 0 and at most a day\n{USAGE}"));
+                }
+                settings.soak_minutes = Some(minutes);
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
         }
@@ -1127,6 +1143,14 @@ impl FastworkerProcess {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
         line.trim().strip_suffix("kB")?.trim().parse().ok()
+    }
+
+    /// Kills it at once (SIGKILL), as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.process.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Stops it (see [`ChildGuard::stop`]); an error says how it did not

@@ -100,6 +100,8 @@ impl Bystander {
             record.slowest,
             record.calls
         );
+        // The figures, for `cargo test -- --nocapture`.
+        eprintln!("figures: bystander {during}: {} calls, slowest {:?}", record.calls, record.slowest);
         record
     }
 }
@@ -130,6 +132,7 @@ pub fn assert_memory_returns(process: &Process, idle_kib: u64, peak_kib: u64) {
         last = rss_kib(pid);
         last <= idle_kib + RSS_SLACK_KIB
     });
+    eprintln!("figures: resident memory idle {idle_kib} KiB, peak {peak_kib} KiB, after {last} KiB");
     assert!(
         back,
         "resident memory stayed at {last} KiB after the attack (idle {idle_kib} KiB, peak {peak_kib} KiB, slack {RSS_SLACK_KIB} KiB)"
@@ -139,7 +142,9 @@ pub fn assert_memory_returns(process: &Process, idle_kib: u64, peak_kib: u64) {
 /// Sends SIGTERM and panics unless the process exits within `limit`.
 pub fn assert_stops_on_sigterm(process: &mut Process, limit: Duration) {
     process.signal("TERM");
+    let asked = std::time::Instant::now();
     let code = process.wait_exit(limit);
+    eprintln!("figures: exited {:?} after SIGTERM in {:?}", code, asked.elapsed());
     assert!(code.is_some(), "still running {limit:?} after SIGTERM:\n{}", process.log());
 }
 
