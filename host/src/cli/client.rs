@@ -14,9 +14,8 @@ use fastworker::schedules::format_ms;
 use fastworker::{Priority, TaskId, DEFAULT_BASE_ADDRESS};
 use serde_json::{json, Value};
 
-use crate::cli::keys::KeyArgs;
+use crate::cli::keys::CredentialArgs;
 use crate::cli::limits::seconds_in;
-use crate::cli::tls::TlsArgs;
 use crate::{fail, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE};
 
 /// The longest a client command without --address waits for an announcement.
@@ -47,9 +46,7 @@ pub(crate) struct ClientArgs {
     #[arg(long, env = "FASTWORKER_TIMEOUT", default_value = "30", value_parser = seconds_in(TIMEOUT_S), allow_negative_numbers = true)]
     pub(crate) timeout: Duration,
     #[command(flatten)]
-    pub(crate) keys: KeyArgs,
-    #[command(flatten)]
-    pub(crate) tls: TlsArgs,
+    pub(crate) credentials: CredentialArgs,
 }
 
 #[derive(Args)]
@@ -134,7 +131,7 @@ pub(crate) fn connect(args: &ClientArgs) -> Result<Client, ExitCode> {
         ("--address", args.address.as_deref().unwrap_or_default()),
         ("--discovery-address", args.discovery_address.as_deref().unwrap_or_default()),
     ];
-    args.tls.install(&named)?;
+    args.credentials.tls.install(&named)?;
     // --address (or FASTWORKER_ADDRESS) wins; else discovery, when
     // --discovery-address (or FASTWORKER_DISCOVERY_ADDRESS) is given; else the default.
     let address = match (&args.address, &args.discovery_address) {
@@ -142,7 +139,7 @@ pub(crate) fn connect(args: &ClientArgs) -> Result<Client, ExitCode> {
         (None, Some(discovery_address)) => {
             let runtime =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
-            let keys = args.keys.load()?;
+            let keys = args.credentials.keys.load()?;
             let found = discovery::find_sealed(discovery_address, timeout.min(CLIENT_DISCOVERY_TIMEOUT), keys);
             match runtime.block_on(found) {
                 Ok(found) => found.base_address,
@@ -158,7 +155,7 @@ pub(crate) fn connect(args: &ClientArgs) -> Result<Client, ExitCode> {
         Ok(client) => client.with_timeout(timeout),
         Err(error) => return Err(fail(EXIT_USAGE, format_args!("--address: {error}"))),
     };
-    match args.keys.load()? {
+    match args.credentials.keys.load()? {
         Some(ring) => client.with_keys(ring).map_err(|error| fail(EXIT_USAGE, error)),
         None => Ok(client),
     }

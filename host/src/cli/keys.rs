@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::Args;
 use fastworker::auth::{derived_key_file, new_cluster_key, KeyRing, Role};
 
+use crate::cli::tls::TlsArgs;
 use crate::{fail, EXIT_USAGE};
 
 /// The cluster credential every command takes.
@@ -26,6 +27,16 @@ impl KeyArgs {
         let Some(path) = &self.cluster_key_file else { return Ok(None) };
         KeyRing::load(path).map(|ring| Some(Arc::new(ring))).map_err(|error| fail(EXIT_USAGE, error))
     }
+}
+
+/// What every command proves itself with: its key file and, for
+/// `tls+tcp://` addresses, its certificate.
+#[derive(Args, Clone)]
+pub(crate) struct CredentialArgs {
+    #[command(flatten)]
+    pub(crate) keys: KeyArgs,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
 }
 
 /// `fastworker keygen`.

@@ -19,9 +19,8 @@ use fastworker::subworker::{Membership, MembershipConfig};
 use fastworker::{BaseAddress, DEFAULT_BASE_ADDRESS};
 use tracing::{info, warn};
 
-use crate::cli::keys::{protected, KeyArgs};
+use crate::cli::keys::{protected, CredentialArgs};
 use crate::cli::limits::{limits, ClusterLimitArgs, TaskLimitArgs};
-use crate::cli::tls::TlsArgs;
 use crate::{fail, seconds, EXIT_USAGE};
 
 /// How long a subworker without --control-plane-address waits for an announcement.
@@ -82,9 +81,7 @@ pub(crate) struct ControlPlaneArgs {
     #[command(flatten)]
     pub(crate) cluster_limits: ClusterLimitArgs,
     #[command(flatten)]
-    pub(crate) keys: KeyArgs,
-    #[command(flatten)]
-    pub(crate) tls: TlsArgs,
+    pub(crate) credentials: CredentialArgs,
     /// Serve beyond loopback without a key (protected mode is off): only on a network you trust.
     #[arg(long, env = "FASTWORKER_INSECURE")]
     pub(crate) insecure: bool,
@@ -127,9 +124,7 @@ pub(crate) struct SubworkerArgs {
     #[command(flatten)]
     pub(crate) task_limits: TaskLimitArgs,
     #[command(flatten)]
-    pub(crate) keys: KeyArgs,
-    #[command(flatten)]
-    pub(crate) tls: TlsArgs,
+    pub(crate) credentials: CredentialArgs,
     /// Serve beyond loopback without a key (protected mode is off): only on a network you trust.
     #[arg(long, env = "FASTWORKER_INSECURE")]
     pub(crate) insecure: bool,
@@ -146,7 +141,7 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     let Some(inactive_after) = seconds(args.inactive_after, false) else {
         return fail(EXIT_USAGE, "--inactive-after must be a positive number of seconds");
     };
-    let keys = match args.keys.load() {
+    let keys = match args.credentials.keys.load() {
         Ok(keys) => keys,
         Err(code) => return code,
     };
@@ -177,7 +172,9 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     }
     let discovery_address = if args.no_discovery { "" } else { args.discovery_address.as_str() };
     let base_text = base.to_string();
-    if let Err(code) = args.tls.install(&[("--base-address", &base_text), ("--discovery-address", discovery_address)]) {
+    if let Err(code) =
+        args.credentials.tls.install(&[("--base-address", &base_text), ("--discovery-address", discovery_address)])
+    {
         return code;
     }
     let registry = match load_plugins(&args.task_modules) {
@@ -257,7 +254,7 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
             }
         }
     }
-    let keys = match args.keys.load() {
+    let keys = match args.credentials.keys.load() {
         Ok(keys) => keys,
         Err(code) => return code,
     };
@@ -275,7 +272,7 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
         ("--control-plane-address or --discovery-address", joined),
         ("--advertise-address", advertised),
     ];
-    if let Err(code) = args.tls.install(&addresses) {
+    if let Err(code) = args.credentials.tls.install(&addresses) {
         return code;
     }
     let advertise = match &args.advertise_address {
