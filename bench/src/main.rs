@@ -66,12 +66,20 @@
 //! drive them with the `load` example of this crate (a fixed number of
 //! checked calls; see `examples/load.rs`).
 //!
+//! The floors are two: raw NNG request/reply to an echo server in its own
+//! process (`floor-*`, what the transport costs), and a plain TCP echo in its
+//! own process (`tcp-*`: 4-byte length prefix and a 64-byte body, one
+//! connection per in-flight request, the physical floor of this machine);
+//! every row is given as a ratio to both. `cp-auth-*` and `cp-tls-*` are the
+//! `cp` rows with a cluster key, and with a key and `tls+tcp://`.
+//!
 //! Run with `cargo run --release -p fastworker-bench -- [--seconds S]
 //! [--requests N] [--in-flight K] [--concurrency C] [--cluster-size N]
 //! [--floor-in-process]`.
 
 mod security;
 mod soak;
+mod tcp_floor;
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -142,6 +150,9 @@ fn main() -> ExitCode {
     if let [flag, address] = args.as_slice() {
         if flag == "--echo-server" {
             return echo_server_main(address);
+        }
+        if flag == "--tcp-echo-server" {
+            return tcp_floor::serve(address);
         }
     }
     let settings = match parse_args() {
@@ -307,12 +318,18 @@ fn run(settings: &Settings) -> Result<bool, String> {
         println!("floor: echo server in a child process (as the control plane is)");
         (None, Some(spawn_echo_server(&echo_address)?))
     };
-    let floors = || -> Result<(Phase, Phase), String> {
+    // The physical floor: plain TCP, in its own process too.
+    let tcp_address = format!("tcp://127.0.0.1:{}", free_port()?);
+    println!("tcp floor: a plain TCP echo server in a child process, {k} connections when pipelined");
+    let _tcp_server = spawn_echo_child("--tcp-echo-server", &tcp_address)?;
+    let floors = || -> Result<[Phase; 4], String> {
         let sequential = warmed(settings.budget_part(2), |budget| floor_sequential(&echo_address, budget))?;
         let pipelined = warmed(settings.budget_part(2), |budget| floor_pipelined(&echo_address, k, budget))?;
-        Ok((sequential, pipelined))
+        let tcp_sequential = warmed(settings.budget_part(2), |budget| tcp_floor::sequential(&tcp_address, budget))?;
+        let tcp_pipelined = warmed(settings.budget_part(2), |budget| tcp_floor::pipelined(&tcp_address, k, budget))?;
+        Ok([sequential, pipelined, tcp_sequential, tcp_pipelined])
     };
-    let (floor_seq, floor_pipe) = floors()?;
+    let [floor_seq, floor_pipe, tcp_seq, tcp_pipe] = floors()?;
 
     // The control plane running `add` itself, as a child process.
     println!("cp: {} control-plane --concurrency {c} --task-modules {}", binary.display(), plugin.display());
@@ -395,13 +412,17 @@ fn run(settings: &Settings) -> Result<bool, String> {
     results.cached_kib = control_plane.resident_kib();
     results.stopped(&mut control_plane);
 
-    // The floor's second half.
-    let (sequential, pipelined) = floors()?;
-    results
-        .rows
-        .insert(0, Row { name: "floor-sequential".into(), phase: floor_seq.merge(sequential), pipelined: false });
-    let floor_pipe = floor_pipe.merge(pipelined);
-    results.rows.insert(1, Row { name: format!("floor-pipelined-{k}"), phase: floor_pipe, pipelined: true });
+    // The floors' second halves.
+    let [sequential, pipelined, tcp_sequential, tcp_pipelined] = floors()?;
+    let floors = [
+        ("tcp-sequential".to_string(), tcp_seq.merge(tcp_sequential), false),
+        (format!("tcp-pipelined-{k}"), tcp_pipe.merge(tcp_pipelined), true),
+        ("floor-sequential".to_string(), floor_seq.merge(sequential), false),
+        (format!("floor-pipelined-{k}"), floor_pipe.merge(pipelined), true),
+    ];
+    for (index, (name, phase, pipelined)) in floors.into_iter().enumerate() {
+        results.rows.insert(index, Row { name, phase, pipelined });
+    }
 
     Ok(report(settings, &results))
 }
@@ -433,9 +454,11 @@ fn report(settings: &Settings, results: &Results) -> bool {
     let (k, n) = (settings.in_flight, settings.cluster_size);
     let floor_seq = results.row("floor-sequential");
     let floor_pipe = results.row(&format!("floor-pipelined-{k}"));
+    let (tcp_seq, tcp_pipe) = (results.row("tcp-sequential"), results.row(&format!("tcp-pipelined-{k}")));
     println!();
+    println!("floor: raw NNG request/reply (the transport); tcp: a plain TCP echo (the physical floor)");
     println!(
-        "{:<24} {:>8} {:>12} {:>9} {:>9} {:>10} {:>9} {:>9} {:>6} {:>7}",
+        "{:<24} {:>8} {:>12} {:>9} {:>9} {:>10} {:>9} {:>9} {:>8} {:>7} {:>6} {:>7}",
         "row",
         "replies",
         "rate (req/s)",
@@ -444,14 +467,16 @@ fn report(settings: &Settings, results: &Results) -> bool {
         "rate/floor",
         "p50/floor",
         "p99/floor",
+        "rate/tcp",
+        "p50/tcp",
         "wrong",
         "missing"
     );
     for Row { name, phase, pipelined } in &results.rows {
-        let floor = if *pipelined { floor_pipe } else { floor_seq };
+        let (floor, tcp) = if *pipelined { (floor_pipe, tcp_pipe) } else { (floor_seq, tcp_seq) };
         let (p50, p99) = (phase.percentile(50.0), phase.percentile(99.0));
         println!(
-            "{:<24} {:>8} {:>12.0} {:>9.1} {:>9.1} {:>10.3} {:>9.2} {:>9.2} {:>6} {:>7}",
+            "{:<24} {:>8} {:>12.0} {:>9.1} {:>9.1} {:>10.3} {:>9.2} {:>9.2} {:>8.3} {:>7.2} {:>6} {:>7}",
             name,
             phase.latencies.len(),
             phase.rate(),
@@ -460,6 +485,8 @@ fn report(settings: &Settings, results: &Results) -> bool {
             phase.rate() / floor.rate(),
             micros(p50) / micros(floor.percentile(50.0)),
             micros(p99) / micros(floor.percentile(99.0)),
+            phase.rate() / tcp.rate(),
+            micros(p50) / micros(tcp.percentile(50.0)),
             phase.wrong,
             phase.missing,
         );
@@ -768,9 +795,15 @@ fn echo_server_main(address: &str) -> ExitCode {
 
 /// Starts this executable as an echo server on `address` and waits until it listens.
 fn spawn_echo_server(address: &str) -> Result<ChildGuard, String> {
+    spawn_echo_child("--echo-server", address)
+}
+
+/// Starts this executable with `flag ADDRESS` (an NNG or a TCP echo server)
+/// and waits until it listens.
+fn spawn_echo_child(flag: &str, address: &str) -> Result<ChildGuard, String> {
     let exe = std::env::current_exe().map_err(|e| format!("locating this executable: {e}"))?;
     let child = Command::new(exe)
-        .args(["--echo-server", address])
+        .args([flag, address])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
