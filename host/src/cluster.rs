@@ -105,6 +105,9 @@ pub(crate) enum Placement {
     Slot(WorkerKey, usize),
     /// Live workers provide it but none has a free slot: it must wait.
     Wait,
+    /// No live worker provides it, but a draining one still does: it may
+    /// wait for another provider (the name is still known).
+    Held,
     /// No live worker provides it.
     Nobody,
 }
@@ -119,6 +122,12 @@ impl<L> Worker<L> {
     /// Whether tasks may be sent to it.
     pub(crate) fn routable(&self) -> bool {
         self.phase == Phase::Active && self.connected
+    }
+
+    /// Whether it is stopping but still registered: the tasks it provides
+    /// are still known, and may wait for another provider.
+    fn draining(&self) -> bool {
+        self.phase == Phase::Draining
     }
 
     /// Whether it is up and answering, for the duplicate-id check.
@@ -223,6 +232,29 @@ impl<L> Cluster<L> {
         self.get_mut(key).map(take_back).unwrap_or_default()
     }
 
+    /// Revokes one task's slot on a worker (its run was not reported in
+    /// time): the slot stays unusable until its exchange ends.
+    pub(crate) fn abandon(&mut self, key: WorkerKey, task_id: TaskId) {
+        let Some(worker) = self.get_mut(key) else { return };
+        for slot in &mut worker.slots {
+            if *slot == Slot::Busy(task_id) {
+                *slot = Slot::Abandoned;
+            }
+        }
+    }
+
+    /// Whether a slot's task was taken back while its exchange goes on.
+    pub(crate) fn is_abandoned(&self, key: WorkerKey, slot: usize) -> bool {
+        self.get(key).and_then(|w| w.slots.get(slot)) == Some(&Slot::Abandoned)
+    }
+
+    /// The slots of a worker whose task was taken back and whose exchange
+    /// has not ended.
+    pub(crate) fn abandoned_slots(&self, key: WorkerKey) -> Vec<usize> {
+        let Some(worker) = self.get(key) else { return Vec::new() };
+        worker.slots.iter().enumerate().filter(|(_, s)| **s == Slot::Abandoned).map(|(i, _)| i).collect()
+    }
+
     /// Marks a worker's connection down and the worker inactive: if the
     /// connection comes back, only a heartbeat from the same process makes
     /// it active again (a new process at that address registers anew).
@@ -254,11 +286,16 @@ impl<L> Cluster<L> {
     pub(crate) fn place(&mut self, task_id: TaskId, task_name: &str) -> Placement {
         let count = self.workers.len();
         let mut provided = false;
+        let mut held = false;
         let mut best: Option<(usize, u64)> = None;
         for step in 0..count {
             let index = (self.turn + step) % count;
             let worker = &self.workers[index];
-            if !worker.routable() || !worker.tasks.contains_key(task_name) {
+            if !worker.tasks.contains_key(task_name) {
+                continue;
+            }
+            if !worker.routable() {
+                held |= worker.draining();
                 continue;
             }
             provided = true;
@@ -281,6 +318,7 @@ impl<L> Cluster<L> {
                 Placement::Slot(worker.key, slot)
             }
             None if provided => Placement::Wait,
+            None if held => Placement::Held,
             None => Placement::Nobody,
         }
     }
@@ -353,11 +391,12 @@ impl<L> Cluster<L> {
         filled
     }
 
-    /// Removes and returns the waiting tasks that no live worker provides
-    /// any more.
+    /// Removes and returns the waiting tasks that no live or draining
+    /// worker provides any more.
     pub(crate) fn stranded(&mut self) -> Vec<Waiting> {
         let workers = &self.workers;
-        let provided = |name: &str| workers.iter().any(|w| w.routable() && w.tasks.contains_key(name));
+        let provided =
+            |name: &str| workers.iter().any(|w| (w.routable() || w.draining()) && w.tasks.contains_key(name));
         let mut stranded = Vec::new();
         for queue in &mut self.waiting {
             queue.retain(|waiting| {
@@ -555,6 +594,21 @@ mod tests {
         assert_eq!(cluster.place(id(), "add"), Placement::Wait);
         assert!(!cluster.release(a, 0, Some(task)), "an abandoned slot no longer carries its task");
         assert!(matches!(cluster.place(id(), "add"), Placement::Slot(..)));
+    }
+
+    #[test]
+    fn a_task_only_a_draining_worker_provides_is_held_not_stranded() {
+        let mut cluster = Cluster::default();
+        let a = worker(&mut cluster, "a", 1, &["add"]);
+        cluster.get_mut(a).unwrap().phase = Phase::Draining;
+        assert_eq!(cluster.place(id(), "add"), Placement::Held);
+        let held = id();
+        cluster.wait(Priority::Normal, Waiting { task_id: held, task_name: "add".into() }, true);
+        assert!(cluster.stranded().is_empty(), "a draining provider keeps the name known");
+        let b = worker(&mut cluster, "b", 1, &["add"]);
+        assert_eq!(cluster.fill(), vec![(b, 0, held)]);
+        cluster.remove(a);
+        assert_eq!(cluster.place(id(), "add"), Placement::Wait);
     }
 
     #[test]

@@ -138,6 +138,17 @@ impl ControlPlane {
         self.state.in_flight()
     }
 
+    /// On a subworker: the runs its control plane sent that have started
+    /// since the last call, each with its lease, to report (`Started`).
+    pub fn take_started(&self) -> Vec<(crate::protocol::TaskId, u64)> {
+        self.state.started_runs.take()
+    }
+
+    /// Waits until a run has started since the last [`ControlPlane::take_started`].
+    pub async fn started_ready(&self) {
+        self.state.started_runs.ready().await
+    }
+
     /// The subworkers and their health.
     pub fn workers(&self) -> ClusterStatus {
         self.state.cluster_status()
@@ -189,6 +200,11 @@ impl State {
             Ok(Request::Submit(submit)) => {
                 let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };
                 self.submit(submit, replier)
+            }
+            // A subworker takes runs from its control plane under a lease.
+            Ok(Request::Dispatch(dispatch)) if self.config.management.is_none() => {
+                let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };
+                self.submit_leased(dispatch.submit, Some(dispatch.lease), replier)
             }
             Ok(Request::Batch(submits)) => {
                 let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };

@@ -23,6 +23,12 @@ pub(crate) enum Alarm {
     Start(TaskId),
     /// Run `attempt` of a task reaches its timeout.
     Deadline(TaskId, u32),
+    /// The run sent to a subworker under this lease must have been
+    /// reported started by now.
+    StartBy(TaskId, u64),
+    /// The run sent under this lease must have been reported ended by now
+    /// (its timeout from its start, plus a grace).
+    ReportBy(TaskId, u64),
 }
 
 /// Alarms by due time, and the thread that rings them.
