@@ -17,8 +17,8 @@ use tokio::sync::oneshot;
 use crate::address::{AddressError, BaseAddress};
 use crate::auth::{open, seal, AuthError, Key, KeyError, KeyRing, Sender, ENVELOPE_BYTES};
 use crate::protocol::{
-    decode, encode_message, now_ms, Callback, ClusterStatus, DecodeError, ErrorKind, ErrorReply, Priority, Reply, Request,
-    RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
+    decode, encode_message, now_ms, Callback, ClusterStatus, DecodeError, ErrorKind, ErrorReply, Priority, Reply,
+    Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
 };
 
 /// Calls one client keeps in service on one port at once; more wait in

@@ -40,8 +40,8 @@ use crate::timers::{Alarm, Timers};
 
 mod delivery;
 
-pub(crate) use delivery::{DeliveryCounters, StartedRuns};
 use delivery::Dispatched;
+pub(crate) use delivery::{DeliveryCounters, StartedRuns};
 
 /// How many times a task may be lost with a subworker that went away
 /// before the control plane gives up on it.
@@ -339,7 +339,9 @@ impl State {
         let owner = replier.key_id();
         let outcomes = submits
             .into_iter()
-            .map(|submit| self.accept(Submit { wait: false, ..submit }, None, owner, None).map_err(|(refusal, _)| refusal))
+            .map(|submit| {
+                self.accept(Submit { wait: false, ..submit }, None, owner, None).map_err(|(refusal, _)| refusal)
+            })
             .collect();
         replier.send(&Reply::Batch(outcomes));
     }

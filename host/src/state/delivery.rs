@@ -157,10 +157,9 @@ impl State {
         let now = now_ms();
         let mut revoked = 0u64;
         for &(task_id, lease) in &started.runs {
-            let Some(task) = tasks.live.get_mut(&task_id) else {
-                revoked += 1;
-                continue;
-            };
+            // A run that already ended (a short task's outcome can arrive
+            // before its start report): nothing to do.
+            let Some(task) = tasks.live.get_mut(&task_id) else { continue };
             match &mut task.dispatch {
                 Some(dispatch)
                     if dispatch.lease == lease
@@ -174,6 +173,7 @@ impl State {
                     let due = now.saturating_add(dispatch.timeout_ms).saturating_add(REPORT_GRACE_MS);
                     self.timers.set(due, Alarm::ReportBy(task_id, lease));
                 }
+                Some(dispatch) if dispatch.lease == lease => {}
                 _ => revoked += 1,
             }
         }
@@ -221,7 +221,14 @@ impl State {
     /// A subworker answered a run with "not started": it is stopping
     /// (`HandedBack`, `ShuttingDown`). The task goes elsewhere, first in
     /// line, and this does not count as a run or a loss.
-    pub(super) fn handed_back(&self, tasks: &mut Tasks, key: WorkerKey, task_id: TaskId, why: &str, outbox: &mut Outbox) {
+    pub(super) fn handed_back(
+        &self,
+        tasks: &mut Tasks,
+        key: WorkerKey,
+        task_id: TaskId,
+        why: &str,
+        outbox: &mut Outbox,
+    ) {
         if let Some(worker) = tasks.cluster.get_mut(key) {
             if worker.phase == Phase::Active {
                 // It said it is stopping, whether or not its Leave arrived.
