@@ -696,9 +696,7 @@ impl State {
                     }
                 }
                 Alarm::Deadline(task_id, attempt) => self.time_out(&mut tasks, task_id, attempt, &mut outbox),
-                Alarm::StartBy(task_id, lease) | Alarm::ReportBy(task_id, lease) => {
-                    self.lease_expired(&mut tasks, task_id, lease, &mut outbox)
-                }
+                Alarm::Lease(task_id, lease) => self.lease_due(&mut tasks, task_id, lease, &mut outbox),
             }
         }
         drop(tasks);
@@ -810,8 +808,9 @@ impl State {
                 // The timeout runs from the start the subworker reports;
                 // until then, the run must be reported started in time.
                 debug!(%task_id, worker = %worker.name.worker_id, lease, "task sent to a subworker");
-                task.dispatch = Some(Dispatched { key, lease, timeout_ms, started: false });
-                self.timers.set(sent.saturating_add(bound_ms), Alarm::StartBy(task_id, lease));
+                let start_by_ms = sent.saturating_add(bound_ms);
+                task.dispatch = Some(Dispatched { key, lease, timeout_ms, start_by_ms, report_by_ms: None });
+                self.timers.set(start_by_ms, Alarm::Lease(task_id, lease));
             }
             Err(error) => {
                 // The tick sends it again once a slot is free.

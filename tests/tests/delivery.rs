@@ -64,7 +64,7 @@ fn metric(cp: &Process, name: &str) -> u64 {
 
 #[test]
 fn a_draining_subworker_hands_back_its_unstarted_tasks_and_another_provider_runs_them() {
-    let cp = Process::control_plane(&[], &[]);
+    let cp = Process::control_plane_with_gui(&[], &[], &[]);
     let mut sw1 = Process::subworker(
         &cp,
         "sw1",
@@ -90,6 +90,8 @@ fn a_draining_subworker_hands_back_its_unstarted_tasks_and_another_provider_runs
     for report in reports.iter().filter(|r| r.worker == "sw2") {
         assert_eq!(report.attempts, 1, "a handed-back task does not count a run: {report:?}");
     }
+    let handed_back = metric(&cp, "fastworker_tasks_handed_back_total");
+    assert!(handed_back >= 8, "hand-backs counted: {handed_back}");
     assert_eq!(sw1.wait_exit(Duration::from_secs(10)), Some(0), "{}", sw1.log());
     eprintln!("10 of 10 succeeded ({on_sw2} on sw2) {:.1} s after SIGTERM", stop.elapsed().as_secs_f64());
 }
@@ -134,6 +136,35 @@ fn a_stalled_subworkers_short_timeout_tasks_finish_elsewhere_and_its_late_report
         let report = rt.block_on(client.status(*id)).unwrap();
         assert_eq!((report.state, report.worker.as_str()), (TaskState::Succeeded, "sw2"), "{report:?}");
     }
+}
+
+#[test]
+fn a_run_not_reported_in_time_loses_its_lease_and_is_sent_elsewhere_not_timed_out() {
+    // Silence is noticed only after 30 s; the lease bounds are what act here.
+    let cp = Process::control_plane_with_gui(&[], &["--max-subworker-run", "4"], &[]);
+    let sw1 = Process::subworker(&cp, "sw1", &["example-tasks"], &["--concurrency", "1"]);
+    let client = cp.client();
+    let rt = runtime();
+    let short = SubmitOptions { timeout: Some(Duration::from_secs(1)), ..Default::default() };
+    let task_id = rt.block_on(client.delay("sleep_ms", (300,), short)).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || dispatched(&cp, "sw1") == 1), "{:?}", cp.workers());
+    let stall = Instant::now();
+    sw1.signal("STOP");
+    let _sw2 = Process::subworker(&cp, "sw2", &["example-tasks"], &["--concurrency", "1"]);
+    // Whether sw1 reported the start before it stalled (then its report is
+    // due 1 s + 2 s after it) or not (then within --max-subworker-run 4 s),
+    // the lease is revoked and sw2 runs the task; it never times out.
+    let reports = final_reports(&rt, &client, &[task_id], Duration::from_secs(15)).expect("the task ends");
+    let report = &reports[0];
+    assert_eq!((report.state, report.worker.as_str()), (TaskState::Succeeded, "sw2"), "{report:?}");
+    assert_eq!(report.attempts, 2, "{report:?}");
+    assert!(stall.elapsed() < Duration::from_secs(10), "well before --inactive-after: {:?}", stall.elapsed());
+    assert_eq!(metric(&cp, "fastworker_leases_expired_total"), 1);
+    eprintln!(
+        "taken back from the stalled sw1 and succeeded on sw2 {:.1} s after the stall",
+        stall.elapsed().as_secs_f64()
+    );
+    sw1.signal("CONT");
 }
 
 #[test]

@@ -42,8 +42,10 @@ pub(crate) struct Dispatched {
     pub(crate) lease: u64,
     /// The timeout the subworker keeps for it, in milliseconds.
     pub(crate) timeout_ms: u64,
-    /// Whether the subworker reported it started.
-    pub(crate) started: bool,
+    /// When it must have been reported started (ms since the Unix epoch).
+    pub(crate) start_by_ms: u64,
+    /// Once reported started: when it must have been reported ended.
+    pub(crate) report_by_ms: Option<u64>,
 }
 
 /// What delivery counted, for `/metrics`.
@@ -51,7 +53,7 @@ pub(crate) struct Dispatched {
 pub(crate) struct DeliveryCounters {
     /// Reports (starts and outcomes) of runs whose lease had been revoked.
     pub(crate) revoked_reports: AtomicU64,
-    /// Tasks stopping subworkers handed back unstarted.
+    /// Tasks stopping subworkers handed back unstarted (on a control plane).
     pub(crate) handed_back: AtomicU64,
     /// Leases revoked because a run was not reported in time.
     pub(crate) leases_expired: AtomicU64,
@@ -139,7 +141,6 @@ impl State {
         }
         drop(tasks);
         if count > 0 {
-            self.delivery.handed_back.fetch_add(count, Ordering::Relaxed);
             warn!(count, "stopping: handed back the tasks not started");
         }
         outbox.deliver();
@@ -164,14 +165,19 @@ impl State {
                 Some(dispatch)
                     if dispatch.lease == lease
                         && dispatch.key == key
-                        && !dispatch.started
+                        && dispatch.report_by_ms.is_none()
                         && task.report.state == TaskState::Running =>
                 {
-                    dispatch.started = true;
                     task.report.started_ms = Some(now);
                     self.monitor.changed(&task.report);
                     let due = now.saturating_add(dispatch.timeout_ms).saturating_add(REPORT_GRACE_MS);
-                    self.timers.set(due, Alarm::ReportBy(task_id, lease));
+                    dispatch.report_by_ms = Some(due);
+                    // The alarm set at dispatch rings first for a run with a
+                    // long timeout and is set again then (one alarm per run
+                    // in the common case); a short timeout needs its own.
+                    if due < dispatch.start_by_ms {
+                        self.timers.set(due, Alarm::Lease(task_id, lease));
+                    }
                 }
                 Some(dispatch) if dispatch.lease == lease => {}
                 _ => revoked += 1,
@@ -191,17 +197,22 @@ impl State {
         debug!(worker = %worker_id, "discarded a run's report: its lease was revoked and the task sent elsewhere");
     }
 
-    /// A run was not reported in time (`started`: its start; else its
-    /// end): if it is still the current one, the lease is revoked and the
-    /// task sent elsewhere.
-    pub(super) fn lease_expired(&self, tasks: &mut Tasks, task_id: TaskId, lease: u64, outbox: &mut Outbox) {
+    /// A lease's alarm rang: if its run is still the current one and was
+    /// not reported started (or, once started, ended) in time, the lease is
+    /// revoked and the task sent elsewhere.
+    pub(super) fn lease_due(&self, tasks: &mut Tasks, task_id: TaskId, lease: u64, outbox: &mut Outbox) {
         let Some(task) = tasks.live.get(&task_id) else { return };
         let Some(dispatch) = task.dispatch.filter(|d| d.lease == lease) else { return };
         if task.report.state != TaskState::Running {
             return;
         }
+        let due = dispatch.report_by_ms.unwrap_or(dispatch.start_by_ms);
+        if now_ms() < due {
+            // Started since the alarm was set: its end is due later.
+            return self.timers.set(due, Alarm::Lease(task_id, lease));
+        }
         let worker_id = tasks.cluster.get(dispatch.key).map(|w| w.name.worker_id.clone()).unwrap_or_default();
-        let why = if dispatch.started {
+        let why = if dispatch.report_by_ms.is_some() {
             format!(
                 "subworker '{worker_id}' did not report the run within {} s of its start (its timeout plus {} s)",
                 dispatch.timeout_ms as f64 / 1000.0,
@@ -239,6 +250,7 @@ impl State {
         if task.report.state != TaskState::Running {
             return;
         }
+        self.delivery.handed_back.fetch_add(1, Ordering::Relaxed);
         // The run never started: it does not count.
         task.report.attempts = task.report.attempts.saturating_sub(1);
         task.dispatch = None;
