@@ -80,6 +80,17 @@ impl Membership {
     /// reached), then heartbeats, registering again whenever the control
     /// plane has forgotten this worker. Returns only on a refusal.
     pub async fn run(&self, in_flight: impl Fn() -> u32) -> Result<(), MembershipError> {
+        self.run_woken(in_flight, std::future::pending::<()>).await
+    }
+
+    /// As [`Membership::run`], heartbeating at once whenever `woken`
+    /// completes (the control plane's connection to this worker dropped:
+    /// a restarted control plane is then found as soon as it serves).
+    pub async fn run_woken<F: std::future::Future<Output = ()>>(
+        &self,
+        in_flight: impl Fn() -> u32,
+        woken: impl Fn() -> F,
+    ) -> Result<(), MembershipError> {
         loop {
             let management = self.register().await?;
             let mut failures = 0u32;
@@ -91,7 +102,10 @@ impl Membership {
                     0 => self.config.heartbeat_interval,
                     n => FIRST_RETRY.saturating_mul(1 << n.min(8)).min(self.config.heartbeat_interval),
                 };
-                tokio::time::sleep(pause).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = woken() => info!("the control plane's connection to this subworker dropped: heartbeating now"),
+                }
                 let heartbeat = Heartbeat { name: self.name.clone(), in_flight: in_flight() };
                 match management.manage(&Request::Heartbeat(heartbeat)).await {
                     Ok(()) => {

@@ -359,7 +359,7 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
     let refused = runtime.block_on(async {
         tokio::select! {
             signal = shutdown_signal() => { info!(signal, "stop requested"); None }
-            result = membership.run(in_flight) => result.err(),
+            result = membership.run_woken(in_flight, || server.connection_dropped()) => result.err(),
             _ = report_started() => None,
         }
     });
