@@ -57,6 +57,9 @@ pub(crate) struct Worker<L> {
     pub(crate) last_seen_ms: u64,
     /// Tasks it said it has, from any client, in its last heartbeat.
     pub(crate) reported_in_flight: u32,
+    /// A run it was sent was not reported in time: it gets nothing new
+    /// until its next heartbeat shows it is alive.
+    pub(crate) suspect: bool,
     /// Tasks sent to it so far.
     pub(crate) dispatched: u64,
     pub(crate) link: L,
@@ -121,7 +124,7 @@ impl<L> Default for Cluster<L> {
 impl<L> Worker<L> {
     /// Whether tasks may be sent to it.
     pub(crate) fn routable(&self) -> bool {
-        self.phase == Phase::Active && self.connected
+        self.phase == Phase::Active && self.connected && !self.suspect
     }
 
     /// Whether it is stopping but still registered: the tasks it provides
@@ -150,7 +153,7 @@ impl<L> Worker<L> {
 
     fn status(&self) -> WorkerState {
         match self.phase {
-            Phase::Active if self.connected => WorkerState::Active,
+            Phase::Active if self.connected && !self.suspect => WorkerState::Active,
             Phase::Draining => WorkerState::Draining,
             _ => WorkerState::Inactive,
         }
@@ -180,6 +183,7 @@ impl<L> Cluster<L> {
             last_seen: Instant::now(),
             last_seen_ms: crate::protocol::now_ms(),
             reported_in_flight: 0,
+            suspect: false,
             dispatched: 0,
             link,
         });
@@ -233,9 +237,11 @@ impl<L> Cluster<L> {
     }
 
     /// Revokes one task's slot on a worker (its run was not reported in
-    /// time): the slot stays unusable until its exchange ends.
+    /// time): the slot stays unusable until its exchange ends, and the
+    /// worker gets nothing new until it heartbeats again.
     pub(crate) fn abandon(&mut self, key: WorkerKey, task_id: TaskId) {
         let Some(worker) = self.get_mut(key) else { return };
+        worker.suspect = true;
         for slot in &mut worker.slots {
             if *slot == Slot::Busy(task_id) {
                 *slot = Slot::Abandoned;
@@ -429,7 +435,8 @@ impl<L> Cluster<L> {
         worker.last_seen = Instant::now();
         worker.last_seen_ms = crate::protocol::now_ms();
         worker.reported_in_flight = in_flight;
-        let back = worker.phase == Phase::Inactive;
+        let back = worker.phase == Phase::Inactive || (worker.suspect && worker.phase == Phase::Active);
+        worker.suspect = false;
         if back {
             worker.phase = Phase::Active;
         }

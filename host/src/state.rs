@@ -362,7 +362,9 @@ impl State {
                 "'{}' is shutting down and takes no new tasks; submit to another one or retry after it restarts",
                 self.config.worker_id
             );
-            return Err((ErrorReply::new(ErrorKind::ShuttingDown, message), waiter));
+            // A run sent under a lease is handed back: it never started here.
+            let kind = if lease.is_some() { ErrorKind::HandedBack } else { ErrorKind::ShuttingDown };
+            return Err((ErrorReply::new(kind, message), waiter));
         }
         let task_id = submit.task_id;
         let mut tasks = self.lock();
@@ -931,11 +933,11 @@ impl State {
                 };
                 self.complete(tasks, task_id, attempt, outcome, started, outbox);
             }
-            Ok(Reply::Error(refusal)) if matches!(refusal.kind, ErrorKind::HandedBack | ErrorKind::ShuttingDown) => {
+            Ok(Reply::Error(refusal)) if refusal.kind == ErrorKind::HandedBack => {
                 let why = format!("subworker '{worker_id}' handed it back unstarted: {}", refusal.message);
                 self.handed_back(tasks, key, task_id, &why, outbox);
             }
-            Ok(Reply::Error(refusal)) if refusal.kind == ErrorKind::Busy => {
+            Ok(Reply::Error(refusal)) if matches!(refusal.kind, ErrorKind::ShuttingDown | ErrorKind::Busy) => {
                 let why = format!("subworker '{worker_id}' could not take it: {}", refusal.message);
                 self.send_again(tasks, task_id, &why, outbox);
             }
