@@ -27,8 +27,8 @@ pub mod protocol;
 pub mod schedules;
 mod state;
 pub mod subworker;
-mod timers;
 pub mod tls;
+mod timers;
 
 pub use address::{BaseAddress, DEFAULT_BASE_ADDRESS};
 pub use client::{Client, ClientError, SubmitOptions};
