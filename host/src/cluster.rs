@@ -619,6 +619,24 @@ mod tests {
     }
 
     #[test]
+    fn a_revoked_run_keeps_its_slot_and_its_worker_gets_nothing_until_it_heartbeats() {
+        let mut cluster = Cluster::default();
+        let a = worker(&mut cluster, "a", 2, &["add"]);
+        let late = id();
+        assert_eq!(cluster.place(late, "add"), Placement::Slot(a, 0));
+        cluster.abandon(a, late);
+        assert!(cluster.is_abandoned(a, 0));
+        assert_eq!(cluster.abandoned_slots(a), vec![0]);
+        assert_eq!(cluster.carried(a, 0), None, "the slot no longer carries the task");
+        assert_eq!(cluster.place(id(), "add"), Placement::Nobody, "a suspect worker is not routed to");
+        assert_eq!(cluster.status().active_subworkers, 0);
+        assert!(cluster.heard_from(a, 1));
+        assert_eq!(cluster.place(id(), "add"), Placement::Slot(a, 1));
+        assert!(!cluster.release(a, 0, None));
+        assert!(!cluster.is_abandoned(a, 0));
+    }
+
+    #[test]
     fn silence_makes_a_worker_inactive_and_a_heartbeat_brings_it_back() {
         let mut cluster = Cluster::default();
         let a = worker(&mut cluster, "a", 1, &["add"]);
