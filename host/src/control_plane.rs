@@ -221,6 +221,12 @@ impl State {
                 let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };
                 self.submit_batch(submits, replier)
             }
+            // A subworker hears here which runs its control plane took back.
+            Ok(Request::Revoke { task_ids }) if self.config.management.is_none() => {
+                let Some(replier) = replier.allow(submitters, "revoke tasks here") else { return };
+                self.revoke(&task_ids, Caller::of(&replier));
+                replier.send(&Reply::Done)
+            }
             // A subworker takes cancellations from its control plane here.
             Ok(Request::Cancel { task_id }) if self.config.management.is_none() => {
                 let Some(replier) = replier.allow(submitters, "cancel tasks here") else { return };

@@ -128,6 +128,7 @@ impl Membership {
             | Request::Batch(_)
             | Request::Schedules
             | Request::Dispatch(_)
+            | Request::Revoke { .. }
             | Request::PauseSchedule { .. } => replier.send(&error_reply(
                 ErrorKind::WrongEndpoint,
                 "the management port is for subworkers: submit tasks to a priority port and query results on base+4"

@@ -68,6 +68,13 @@ pub enum Request {
     Dispatch(Dispatch),
     /// A subworker started runs it was sent (management port).
     Started(Started),
+    /// A control plane took these tasks back from a subworker (its task
+    /// ports): stop them there, started or not; what they report is
+    /// discarded anyway.
+    Revoke {
+        /// The tasks taken back.
+        task_ids: Vec<TaskId>,
+    },
 }
 
 /// One run of a task sent to a subworker, under a lease: a fencing token

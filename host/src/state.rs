@@ -1007,6 +1007,7 @@ impl State {
     pub(crate) fn take_back(&self, tasks: &mut Tasks, key: WorkerKey, why: &str, outbox: &mut Outbox) {
         let connected = tasks.cluster.get(key).is_some_and(|w| w.connected);
         let carried = tasks.cluster.take_back(key);
+        self.tell_revoked(tasks, key, carried.iter().map(|(_, task_id)| *task_id).collect());
         if let Some(worker) = tasks.cluster.get(key).filter(|_| !connected) {
             for slot in tasks.cluster.abandoned_slots(key) {
                 worker.link.cancel(slot);

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use fastworker::protocol::ErrorKind;
-use fastworker::{Client, ClientError, SubmitOptions, TaskId, TaskReport, TaskState};
+use fastworker::{Client, ClientError, Priority, SubmitOptions, TaskId, TaskReport, TaskState};
 use fastworker_tests::{free_base_port, http, runtime, wait_until, Process};
 
 /// Every report of `ids` once all are final, or `None` after `limit`.
@@ -107,9 +107,13 @@ fn a_stalled_subworkers_short_timeout_tasks_finish_elsewhere_and_its_late_report
     );
     let client = cp.client();
     let rt = runtime();
-    // One long task runs; five with a 2 s timeout wait behind it on sw1.
-    let long = rt.block_on(client.delay("sleep_ms", (4000,), SubmitOptions::default())).unwrap();
-    let short = SubmitOptions { timeout: Some(Duration::from_secs(2)), ..Default::default() };
+    // One long task runs; five with a 2 s timeout wait behind it on sw1
+    // (sent after it, and less urgent, so that they do not start first).
+    let urgent = SubmitOptions { priority: Some(Priority::Critical), ..Default::default() };
+    let long = rt.block_on(client.delay("sleep_ms", (4000,), urgent)).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || dispatched(&cp, "sw1") == 1), "{:?}", cp.workers());
+    let short =
+        SubmitOptions { timeout: Some(Duration::from_secs(2)), priority: Some(Priority::Low), ..Default::default() };
     let adds: Vec<TaskId> =
         (0..5_i64).map(|i| rt.block_on(client.delay("add", (i, i), short.clone())).unwrap()).collect();
     assert!(wait_until(Duration::from_secs(10), || dispatched(&cp, "sw1") == 6), "sw1 holds all 6: {:?}", cp.workers());
@@ -132,6 +136,10 @@ fn a_stalled_subworkers_short_timeout_tasks_finish_elsewhere_and_its_late_report
     sw1.signal("CONT");
     let counted = wait_until(Duration::from_secs(20), || metric(&cp, "fastworker_revoked_reports_total") >= 6);
     assert!(counted, "revoked reports: {}\n{}", metric(&cp, "fastworker_revoked_reports_total"), cp.log());
+    // It is told what was taken back (best effort: it may have run them
+    // already, as here when the notice comes after its queue has run).
+    let told = wait_until(Duration::from_secs(5), || sw1.log().contains("the control plane took back tasks sent here"));
+    assert!(told, "{}", sw1.log());
     for id in &ids {
         let report = rt.block_on(client.status(*id)).unwrap();
         assert_eq!((report.state, report.worker.as_str()), (TaskState::Succeeded, "sw2"), "{report:?}");

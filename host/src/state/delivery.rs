@@ -21,11 +21,13 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use super::{Job, Outbox, State, Tasks};
+use super::{Caller, Job, Outbox, State, Tasks};
 use crate::cluster::{Phase, WorkerKey};
-use crate::protocol::{now_ms, ErrorKind, ErrorReply, Reply, Started, TaskId, TaskState, WorkerName};
+use crate::protocol::{
+    encode_message, now_ms, ErrorKind, ErrorReply, Reply, Request, Started, TaskId, TaskState, WorkerName,
+};
 use crate::timers::Alarm;
 
 /// How long past a run's timeout the control plane waits for the
@@ -146,6 +148,28 @@ impl State {
         outbox.deliver();
     }
 
+    /// On a subworker: its control plane took these tasks back; they stop
+    /// here (a queued one never starts, a running one is asked to stop).
+    pub(crate) fn revoke(&self, task_ids: &[TaskId], caller: Caller) {
+        let live = task_ids.iter().filter(|id| self.is_live(**id)).count();
+        for task_id in task_ids {
+            let _ = self.cancel(*task_id, caller);
+        }
+        info!(count = task_ids.len(), still_here = live, "the control plane took back tasks sent here: they stop");
+    }
+
+    /// On a control plane: tells a worker still connected that these runs
+    /// were taken back, so that it does not run them for nothing (best
+    /// effort: their reports are discarded anyway).
+    pub(super) fn tell_revoked(&self, tasks: &Tasks, key: WorkerKey, task_ids: Vec<TaskId>) {
+        if task_ids.is_empty() {
+            return;
+        }
+        if let Some(worker) = tasks.cluster.get(key).filter(|w| w.connected) {
+            worker.link.note(encode_message(&Request::Revoke { task_ids }));
+        }
+    }
+
     /// On a control plane: a subworker reports runs it started. A run
     /// under its current lease gets its start time and a bound on its
     /// report; any other is discarded and counted.
@@ -226,6 +250,7 @@ impl State {
         };
         self.delivery.leases_expired.fetch_add(1, Ordering::Relaxed);
         tasks.cluster.abandon(dispatch.key, task_id);
+        self.tell_revoked(tasks, dispatch.key, vec![task_id]);
         self.send_again(tasks, task_id, &why, outbox);
     }
 
