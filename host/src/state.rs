@@ -812,7 +812,8 @@ impl State {
                 debug!(%task_id, worker = %worker.name.worker_id, lease, "task sent to a subworker");
                 let start_by_ms = sent.saturating_add(bound_ms);
                 task.dispatch = Some(Dispatched { key, lease, timeout_ms, start_by_ms, report_by_ms: None });
-                self.timers.set(start_by_ms, Alarm::Lease(task_id, lease));
+                let first_look = sent.saturating_add(timeout_ms).saturating_add(delivery::REPORT_GRACE_MS);
+                self.timers.set(first_look.min(start_by_ms), Alarm::Lease(task_id, lease));
             }
             Err(error) => {
                 // The tick sends it again once a slot is free.

@@ -195,13 +195,9 @@ impl State {
                     task.report.started_ms = Some(now);
                     self.monitor.changed(&task.report);
                     let due = now.saturating_add(dispatch.timeout_ms).saturating_add(REPORT_GRACE_MS);
+                    // The lease's alarm, set at dispatch for its timeout from
+                    // then, rings before this and is set again for it.
                     dispatch.report_by_ms = Some(due);
-                    // The alarm set at dispatch rings first for a run with a
-                    // long timeout and is set again then (one alarm per run
-                    // in the common case); a short timeout needs its own.
-                    if due < dispatch.start_by_ms {
-                        self.timers.set(due, Alarm::Lease(task_id, lease));
-                    }
                 }
                 Some(dispatch) if dispatch.lease == lease => {}
                 _ => revoked += 1,
@@ -230,8 +226,18 @@ impl State {
         if task.report.state != TaskState::Running {
             return;
         }
-        let due = dispatch.report_by_ms.unwrap_or(dispatch.start_by_ms);
-        if now_ms() < due {
+        let now = now_ms();
+        let due = match dispatch.report_by_ms {
+            Some(report_by) => report_by,
+            None if now >= dispatch.start_by_ms => dispatch.start_by_ms,
+            // Not started yet (queued there): look again a timeout later,
+            // so that alarms live about as long as runs, not the bound.
+            None => {
+                let again = now.saturating_add(dispatch.timeout_ms).saturating_add(REPORT_GRACE_MS);
+                return self.timers.set(again.min(dispatch.start_by_ms), Alarm::Lease(task_id, lease));
+            }
+        };
+        if now < due {
             // Started since the alarm was set: its end is due later.
             return self.timers.set(due, Alarm::Lease(task_id, lease));
         }
