@@ -144,14 +144,18 @@ impl ControlPlane {
     }
 
     /// On a subworker: the runs its control plane sent that have started
-    /// since the last call, each with its lease, to report (`Started`).
+    /// since the last call and are still running, each with its lease, to
+    /// report (`Started`).
     pub fn take_started(&self) -> Vec<(crate::protocol::TaskId, u64)> {
-        self.state.started_runs.take()
+        self.state.take_started()
     }
 
-    /// Waits until a run has started since the last [`ControlPlane::take_started`].
+    /// Waits until a run has started since the last
+    /// [`ControlPlane::take_started`], then a little more (so that short
+    /// runs, already ended, need no report).
     pub async fn started_ready(&self) {
-        self.state.started_runs.ready().await
+        self.state.started_runs.ready().await;
+        tokio::time::sleep(crate::state::START_REPORT_DELAY).await;
     }
 
     /// On a subworker: waits until a connection to its CRITICAL port drops

@@ -41,7 +41,7 @@ use crate::timers::{Alarm, Timers};
 mod delivery;
 
 use delivery::Dispatched;
-pub(crate) use delivery::{DeliveryCounters, StartedRuns};
+pub(crate) use delivery::{DeliveryCounters, StartedRuns, START_REPORT_DELAY};
 
 /// How many times a task may be lost with a subworker that went away
 /// before the control plane gives up on it.

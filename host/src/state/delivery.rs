@@ -30,6 +30,11 @@ use crate::protocol::{
 };
 use crate::timers::Alarm;
 
+/// How long a subworker gathers start reports before sending them: runs
+/// that end within it are not reported started at all (their outcome says
+/// enough), so short tasks cost no extra message.
+pub(crate) const START_REPORT_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How long past a run's timeout the control plane waits for the
 /// subworker's report (which it sends at its own deadline) before taking
 /// the task back.
@@ -111,6 +116,17 @@ impl State {
         let window = self.config.management.as_ref()?.restart_window;
         let elapsed = Instant::now().checked_duration_since(self.started_at)?;
         (elapsed < window).then(|| not_yet_provided(task_name, elapsed.as_millis(), window.as_millis()))
+    }
+
+    /// On a subworker: the runs started since the last call that are still
+    /// running, to report to the control plane.
+    pub(crate) fn take_started(&self) -> Vec<(TaskId, u64)> {
+        let mut runs = self.started_runs.take();
+        if !runs.is_empty() {
+            let tasks = self.lock();
+            runs.retain(|(task_id, _)| tasks.live.contains_key(task_id));
+        }
+        runs
     }
 
     /// On a subworker: notes that run `task_id`, sent under `lease`, starts.
