@@ -17,8 +17,8 @@ use tokio::sync::oneshot;
 use crate::address::{AddressError, BaseAddress};
 use crate::auth::{open, seal, AuthError, Key, KeyError, KeyRing, Sender, ENVELOPE_BYTES};
 use crate::protocol::{
-    decode, encode_message, now_ms, Callback, ClusterStatus, DecodeError, ErrorReply, Priority, Reply, Request,
-    RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
+    decode, encode_message, now_ms, Callback, ClusterStatus, DecodeError, ErrorKind, ErrorReply, Priority, Reply,
+    Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
 };
 
 /// Calls one client keeps in service on one port at once; more wait in
@@ -29,6 +29,13 @@ pub const MAX_IN_FLIGHT_PER_PORT: usize = 128;
 
 /// The timeout of a call when none is set.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The first pause before a submission refused `NotYetProvided` is sent
+/// again; each further pause doubles, up to [`NOT_YET_PROVIDED_MAX_PAUSE`].
+const NOT_YET_PROVIDED_FIRST_PAUSE: Duration = Duration::from_millis(100);
+
+/// The longest pause between submissions refused `NotYetProvided`.
+const NOT_YET_PROVIDED_MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// A failed client call.
 #[derive(Debug, thiserror::Error)]
@@ -324,9 +331,25 @@ impl Client {
     ) -> Result<Reply, ClientError> {
         let port = options.priority.unwrap_or(Priority::Normal).index();
         let request = Request::Submit(options.submission(task_name, args, wait));
-        match self.request(port, &request).await? {
-            Reply::Error(error) => Err(ClientError::Refused(error)),
-            reply => Ok(reply),
+        // A control plane that has just started may not know its subworkers'
+        // tasks yet (`NotYetProvided`): ask again, within this call's timeout.
+        let deadline = Instant::now().checked_add(self.inner.timeout);
+        let mut pause = NOT_YET_PROVIDED_FIRST_PAUSE;
+        loop {
+            match self.request(port, &request).await? {
+                Reply::Error(error) if error.kind == ErrorKind::NotYetProvided => {
+                    let again = Instant::now().checked_add(pause);
+                    match (again, deadline) {
+                        (Some(again), Some(deadline)) if again < deadline => {
+                            tokio::time::sleep(pause).await;
+                            pause = pause.saturating_mul(2).min(NOT_YET_PROVIDED_MAX_PAUSE);
+                        }
+                        _ => return Err(ClientError::Refused(error)),
+                    }
+                }
+                Reply::Error(error) => return Err(ClientError::Refused(error)),
+                reply => return Ok(reply),
+            }
         }
     }
 

@@ -57,6 +57,9 @@ pub(crate) struct Worker<L> {
     pub(crate) last_seen_ms: u64,
     /// Tasks it said it has, from any client, in its last heartbeat.
     pub(crate) reported_in_flight: u32,
+    /// A run it was sent was not reported in time: it gets nothing new
+    /// until its next heartbeat shows it is alive.
+    pub(crate) suspect: bool,
     /// Tasks sent to it so far.
     pub(crate) dispatched: u64,
     pub(crate) link: L,
@@ -105,6 +108,9 @@ pub(crate) enum Placement {
     Slot(WorkerKey, usize),
     /// Live workers provide it but none has a free slot: it must wait.
     Wait,
+    /// No live worker provides it, but a draining one still does: it may
+    /// wait for another provider (the name is still known).
+    Held,
     /// No live worker provides it.
     Nobody,
 }
@@ -118,7 +124,13 @@ impl<L> Default for Cluster<L> {
 impl<L> Worker<L> {
     /// Whether tasks may be sent to it.
     pub(crate) fn routable(&self) -> bool {
-        self.phase == Phase::Active && self.connected
+        self.phase == Phase::Active && self.connected && !self.suspect
+    }
+
+    /// Whether it is stopping but still registered: the tasks it provides
+    /// are still known, and may wait for another provider.
+    fn draining(&self) -> bool {
+        self.phase == Phase::Draining
     }
 
     /// Whether it is up and answering, for the duplicate-id check.
@@ -141,7 +153,7 @@ impl<L> Worker<L> {
 
     fn status(&self) -> WorkerState {
         match self.phase {
-            Phase::Active if self.connected => WorkerState::Active,
+            Phase::Active if self.connected && !self.suspect => WorkerState::Active,
             Phase::Draining => WorkerState::Draining,
             _ => WorkerState::Inactive,
         }
@@ -171,6 +183,7 @@ impl<L> Cluster<L> {
             last_seen: Instant::now(),
             last_seen_ms: crate::protocol::now_ms(),
             reported_in_flight: 0,
+            suspect: false,
             dispatched: 0,
             link,
         });
@@ -223,6 +236,31 @@ impl<L> Cluster<L> {
         self.get_mut(key).map(take_back).unwrap_or_default()
     }
 
+    /// Revokes one task's slot on a worker (its run was not reported in
+    /// time): the slot stays unusable until its exchange ends, and the
+    /// worker gets nothing new until it heartbeats again.
+    pub(crate) fn abandon(&mut self, key: WorkerKey, task_id: TaskId) {
+        let Some(worker) = self.get_mut(key) else { return };
+        worker.suspect = true;
+        for slot in &mut worker.slots {
+            if *slot == Slot::Busy(task_id) {
+                *slot = Slot::Abandoned;
+            }
+        }
+    }
+
+    /// Whether a slot's task was taken back while its exchange goes on.
+    pub(crate) fn is_abandoned(&self, key: WorkerKey, slot: usize) -> bool {
+        self.get(key).and_then(|w| w.slots.get(slot)) == Some(&Slot::Abandoned)
+    }
+
+    /// The slots of a worker whose task was taken back and whose exchange
+    /// has not ended.
+    pub(crate) fn abandoned_slots(&self, key: WorkerKey) -> Vec<usize> {
+        let Some(worker) = self.get(key) else { return Vec::new() };
+        worker.slots.iter().enumerate().filter(|(_, s)| **s == Slot::Abandoned).map(|(i, _)| i).collect()
+    }
+
     /// Marks a worker's connection down and the worker inactive: if the
     /// connection comes back, only a heartbeat from the same process makes
     /// it active again (a new process at that address registers anew).
@@ -254,11 +292,16 @@ impl<L> Cluster<L> {
     pub(crate) fn place(&mut self, task_id: TaskId, task_name: &str) -> Placement {
         let count = self.workers.len();
         let mut provided = false;
+        let mut held = false;
         let mut best: Option<(usize, u64)> = None;
         for step in 0..count {
             let index = (self.turn + step) % count;
             let worker = &self.workers[index];
-            if !worker.routable() || !worker.tasks.contains_key(task_name) {
+            if !worker.tasks.contains_key(task_name) {
+                continue;
+            }
+            if !worker.routable() {
+                held |= worker.draining();
                 continue;
             }
             provided = true;
@@ -281,6 +324,7 @@ impl<L> Cluster<L> {
                 Placement::Slot(worker.key, slot)
             }
             None if provided => Placement::Wait,
+            None if held => Placement::Held,
             None => Placement::Nobody,
         }
     }
@@ -353,11 +397,12 @@ impl<L> Cluster<L> {
         filled
     }
 
-    /// Removes and returns the waiting tasks that no live worker provides
-    /// any more.
+    /// Removes and returns the waiting tasks that no live or draining
+    /// worker provides any more.
     pub(crate) fn stranded(&mut self) -> Vec<Waiting> {
         let workers = &self.workers;
-        let provided = |name: &str| workers.iter().any(|w| w.routable() && w.tasks.contains_key(name));
+        let provided =
+            |name: &str| workers.iter().any(|w| (w.routable() || w.draining()) && w.tasks.contains_key(name));
         let mut stranded = Vec::new();
         for queue in &mut self.waiting {
             queue.retain(|waiting| {
@@ -390,7 +435,8 @@ impl<L> Cluster<L> {
         worker.last_seen = Instant::now();
         worker.last_seen_ms = crate::protocol::now_ms();
         worker.reported_in_flight = in_flight;
-        let back = worker.phase == Phase::Inactive;
+        let back = worker.phase == Phase::Inactive || (worker.suspect && worker.phase == Phase::Active);
+        worker.suspect = false;
         if back {
             worker.phase = Phase::Active;
         }
@@ -555,6 +601,39 @@ mod tests {
         assert_eq!(cluster.place(id(), "add"), Placement::Wait);
         assert!(!cluster.release(a, 0, Some(task)), "an abandoned slot no longer carries its task");
         assert!(matches!(cluster.place(id(), "add"), Placement::Slot(..)));
+    }
+
+    #[test]
+    fn a_task_only_a_draining_worker_provides_is_held_not_stranded() {
+        let mut cluster = Cluster::default();
+        let a = worker(&mut cluster, "a", 1, &["add"]);
+        cluster.get_mut(a).unwrap().phase = Phase::Draining;
+        assert_eq!(cluster.place(id(), "add"), Placement::Held);
+        let held = id();
+        cluster.wait(Priority::Normal, Waiting { task_id: held, task_name: "add".into() }, true);
+        assert!(cluster.stranded().is_empty(), "a draining provider keeps the name known");
+        let b = worker(&mut cluster, "b", 1, &["add"]);
+        assert_eq!(cluster.fill(), vec![(b, 0, held)]);
+        cluster.remove(a);
+        assert_eq!(cluster.place(id(), "add"), Placement::Wait);
+    }
+
+    #[test]
+    fn a_revoked_run_keeps_its_slot_and_its_worker_gets_nothing_until_it_heartbeats() {
+        let mut cluster = Cluster::default();
+        let a = worker(&mut cluster, "a", 2, &["add"]);
+        let late = id();
+        assert_eq!(cluster.place(late, "add"), Placement::Slot(a, 0));
+        cluster.abandon(a, late);
+        assert!(cluster.is_abandoned(a, 0));
+        assert_eq!(cluster.abandoned_slots(a), vec![0]);
+        assert_eq!(cluster.carried(a, 0), None, "the slot no longer carries the task");
+        assert_eq!(cluster.place(id(), "add"), Placement::Nobody, "a suspect worker is not routed to");
+        assert_eq!(cluster.status().active_subworkers, 0);
+        assert!(cluster.heard_from(a, 1));
+        assert_eq!(cluster.place(id(), "add"), Placement::Slot(a, 1));
+        assert!(!cluster.release(a, 0, None));
+        assert!(!cluster.is_abandoned(a, 0));
     }
 
     #[test]

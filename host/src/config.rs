@@ -47,4 +47,8 @@ pub struct ManagementConfig {
     pub port: u16,
     /// Silence after which a subworker is excluded (`--inactive-after`).
     pub inactive_after: Duration,
+    /// How long after start a task nobody provides is answered with the
+    /// transient `NotYetProvided` rather than `UnknownTask`, while
+    /// subworkers register again (`--restart-window`).
+    pub restart_window: Duration,
 }

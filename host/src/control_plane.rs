@@ -28,6 +28,9 @@ pub struct ControlPlane {
     membership: Option<(mpsc::Sender<Event>, JoinHandle<()>)>,
     announcer: Option<Announcer>,
     dashboard: Option<Dashboard>,
+    /// On a subworker: notified when a connection to its CRITICAL port (the
+    /// one its control plane dials) drops.
+    dropped: Arc<tokio::sync::Notify>,
 }
 
 impl ControlPlane {
@@ -40,6 +43,7 @@ impl ControlPlane {
         let auth = config.keys.as_ref().map(|ring| {
             Arc::new(PortAuth { ring: ring.clone(), sender: Sender::new(), guard: ReplayGuard::default() })
         });
+        let dropped = Arc::new(tokio::sync::Notify::new());
         let options = |purpose: &'static str, contexts: usize| PortOptions {
             auth: auth.clone(),
             purpose,
@@ -49,17 +53,18 @@ impl ControlPlane {
             reply_timeout: limits.reply_timeout,
             refusals: state.refusals.clone(),
             log: state.peer_log.clone(),
+            on_drop: None,
         };
         let mut listeners = Vec::with_capacity(6);
         for priority in Priority::ALL {
             let port_state = state.clone();
             let handler: Handler = Arc::new(move |replier, message| port_state.on_task_request(replier, message));
             let address = config.base.task_address(priority);
-            listeners.push(Listener::start(
-                &address,
-                options(priority_purpose(priority), limits.contexts_per_port),
-                handler,
-            )?);
+            let mut port_options = options(priority_purpose(priority), limits.contexts_per_port);
+            if priority == Priority::Critical && config.management.is_none() {
+                port_options.on_drop = Some(dropped.clone());
+            }
+            listeners.push(Listener::start(&address, port_options, handler)?);
         }
         let mut membership = None;
         if let Some(management) = &config.management {
@@ -116,7 +121,7 @@ impl ControlPlane {
             }
             _ => None,
         };
-        Ok(ControlPlane { state, listeners, membership, announcer, dashboard: None })
+        Ok(ControlPlane { state, listeners, membership, announcer, dashboard: None, dropped })
     }
 
     /// Serves the management dashboard (page, JSON API, events, metrics) on
@@ -136,6 +141,27 @@ impl ControlPlane {
     /// Tasks accepted and not yet finished.
     pub fn in_flight(&self) -> usize {
         self.state.in_flight()
+    }
+
+    /// On a subworker: the runs its control plane sent that have started
+    /// since the last call and are still running, each with its lease, to
+    /// report (`Started`).
+    pub fn take_started(&self) -> Vec<(crate::protocol::TaskId, u64)> {
+        self.state.take_started()
+    }
+
+    /// Waits until a run has started since the last
+    /// [`ControlPlane::take_started`], then a little more (so that short
+    /// runs, already ended, need no report).
+    pub async fn started_ready(&self) {
+        self.state.started_runs.ready().await;
+        tokio::time::sleep(crate::state::START_REPORT_DELAY).await;
+    }
+
+    /// On a subworker: waits until a connection to its CRITICAL port drops
+    /// (its control plane dials that port: it may have died or restarted).
+    pub async fn connection_dropped(&self) {
+        self.dropped.notified().await
     }
 
     /// The subworkers and their health.
@@ -190,9 +216,20 @@ impl State {
                 let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };
                 self.submit(submit, replier)
             }
+            // A subworker takes runs from its control plane under a lease.
+            Ok(Request::Dispatch(dispatch)) if self.config.management.is_none() => {
+                let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };
+                self.submit_leased(dispatch.submit, Some(dispatch.lease), replier)
+            }
             Ok(Request::Batch(submits)) => {
                 let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };
                 self.submit_batch(submits, replier)
+            }
+            // A subworker hears here which runs its control plane took back.
+            Ok(Request::Revoke { task_ids }) if self.config.management.is_none() => {
+                let Some(replier) = replier.allow(submitters, "revoke tasks here") else { return };
+                self.revoke(&task_ids, Caller::of(&replier));
+                replier.send(&Reply::Done)
             }
             // A subworker takes cancellations from its control plane here.
             Ok(Request::Cancel { task_id }) if self.config.management.is_none() => {

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use nng::options::{Options, RecvMaxSize, RemAddr};
-use nng::{Aio, AioResult, Context, Message, Pipe, Protocol, Socket};
+use nng::{Aio, AioResult, Context, Message, Pipe, PipeEvent, Protocol, Socket};
 use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
@@ -254,6 +254,9 @@ pub(crate) struct PortOptions {
     pub(crate) log: Arc<PeerLog>,
     /// The keys every request must be sealed with, if any.
     pub(crate) auth: Option<Arc<PortAuth>>,
+    /// Notified whenever a connection to this port drops (a subworker
+    /// watches its control plane's connection this way).
+    pub(crate) on_drop: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// A listening socket and its contexts.
@@ -298,6 +301,16 @@ impl Listener {
         };
         let socket = Socket::new(Protocol::Rep0).map_err(fail)?;
         socket.set_opt::<RecvMaxSize>(options.max_frame.saturating_mul(2).max(64 * 1024)).map_err(fail)?;
+        if let Some(notify) = options.on_drop {
+            // Only wakes a waiting task: never blocks NNG's callback thread.
+            socket
+                .pipe_notify(move |_pipe, event| {
+                    if event == PipeEvent::RemovePost {
+                        notify.notify_one();
+                    }
+                })
+                .map_err(fail)?;
+        }
         crate::tls::listen(&socket, url).map_err(fail)?;
         let port = Arc::new(Port {
             purpose,

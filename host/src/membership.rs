@@ -103,8 +103,14 @@ impl Membership {
             }
         };
         const WORKERS: &[Role] = &[Role::Worker, Role::Operator];
-        if matches!(request, Request::Register(_) | Request::Heartbeat(_) | Request::Leave(_) | Request::Unregister(_))
-        {
+        if matches!(
+            request,
+            Request::Register(_)
+                | Request::Heartbeat(_)
+                | Request::Leave(_)
+                | Request::Unregister(_)
+                | Request::Started(_)
+        ) {
             let Some(allowed) = replier.allow(WORKERS, "register or manage subworkers") else { return };
             replier = allowed;
         }
@@ -113,6 +119,7 @@ impl Membership {
             Request::Heartbeat(heartbeat) => replier.send(&self.heartbeat(heartbeat)),
             Request::Leave(name) => replier.send(&self.leave(&name)),
             Request::Unregister(name) => replier.send(&self.unregister(&name)),
+            Request::Started(started) => replier.send(&self.state.on_started(&started)),
             Request::Workers => replier.send(&Reply::Workers(self.state.cluster_status())),
             Request::Discover => replier.send(&Reply::Discovered { management_port: self.config.port }),
             Request::Submit(_)
@@ -120,6 +127,8 @@ impl Membership {
             | Request::Cancel { .. }
             | Request::Batch(_)
             | Request::Schedules
+            | Request::Dispatch(_)
+            | Request::Revoke { .. }
             | Request::PauseSchedule { .. } => replier.send(&error_reply(
                 ErrorKind::WrongEndpoint,
                 "the management port is for subworkers: submit tasks to a priority port and query results on base+4"

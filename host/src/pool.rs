@@ -72,6 +72,16 @@ impl<J: Send + 'static> Pool<J> {
         self.threads.len()
     }
 
+    /// Stops taking jobs and takes out every job not started yet.
+    pub(crate) fn close_and_take_queued(&self) -> Vec<J> {
+        let mut state = self.shared.state.lock().expect("pool lock");
+        state.closed = true;
+        let queued = state.queues.iter_mut().flat_map(|q| q.drain(..)).collect();
+        drop(state);
+        self.shared.work_ready.notify_all();
+        queued
+    }
+
     /// Stops taking jobs, lets the threads work through what is queued and
     /// waits up to `timeout` for all of it to finish. Returns the jobs that
     /// never started; jobs still running at the deadline are left to run.

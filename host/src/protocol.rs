@@ -63,6 +63,39 @@ pub enum Request {
         /// Pause or resume.
         paused: bool,
     },
+    /// A control plane sends a subworker one run of a task under a lease
+    /// (the subworker's task ports); answered as a blocking `Submit`.
+    Dispatch(Dispatch),
+    /// A subworker started runs it was sent (management port).
+    Started(Started),
+    /// A control plane took these tasks back from a subworker (its task
+    /// ports): stop them there, started or not; what they report is
+    /// discarded anyway.
+    Revoke {
+        /// The tasks taken back.
+        task_ids: Vec<TaskId>,
+    },
+}
+
+/// One run of a task sent to a subworker, under a lease: a fencing token
+/// the control plane takes back when it sends the task elsewhere, so that
+/// what the run reports afterwards is discarded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dispatch {
+    /// The lease, unique per dispatch on the control plane that made it.
+    pub lease: u64,
+    /// The run, as a blocking submission with its priority, timeout and
+    /// run number filled in.
+    pub submit: Submit,
+}
+
+/// Runs a subworker started, each named by its task and lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Started {
+    /// Who started them.
+    pub name: WorkerName,
+    /// The runs: task id and the lease it was sent under.
+    pub runs: Vec<(TaskId, u64)>,
 }
 
 /// A periodic task's schedule and record, as `fastworker schedules` shows it.
@@ -458,6 +491,13 @@ pub enum ErrorKind {
     Forbidden,
     /// A task id already used for another task (another name or arguments).
     IdConflict,
+    /// A stopping subworker hands back a task it has not started: the
+    /// control plane sends it elsewhere (it never counts as a run).
+    HandedBack,
+    /// No worker provides the task yet, while a control plane that has just
+    /// started waits for its subworkers to register (`--restart-window`):
+    /// transient, retry shortly (the Rust client does so by itself).
+    NotYetProvided,
 }
 
 /// The most slots (concurrency plus prefetch) a subworker may ask for.
@@ -539,11 +579,15 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     frame
 }
 
-/// A [`Request::Submit`] with borrowed parts: the control plane forwards a
-/// task it keeps (it may need to send it again) without copying it first.
+/// The variant index of [`Request::Dispatch`] in the encoding.
+const DISPATCH_INDEX: u8 = 12;
+
+/// A [`Dispatch`] with borrowed parts: the control plane forwards a task it
+/// keeps (it may need to send it again) without copying it first.
 #[derive(Serialize)]
-enum ForwardedRequest<'a> {
-    Submit(ForwardedSubmit<'a>),
+struct ForwardedDispatch<'a> {
+    lease: u64,
+    submit: ForwardedSubmit<'a>,
 }
 
 #[derive(Serialize)]
@@ -569,12 +613,14 @@ pub(crate) struct Forwarded<'a> {
     pub(crate) priority: Priority,
     pub(crate) timeout_ms: u64,
     pub(crate) attempt: u32,
+    pub(crate) lease: u64,
 }
 
-/// The frame of a blocking `Request::Submit` of these parts, to be run once
-/// (the control plane does the retrying) within `timeout_ms`.
-pub(crate) fn forwarded_submit(forwarded: Forwarded<'_>) -> nng::Message {
-    let Forwarded { task_id, task_name, args, priority, timeout_ms, attempt } = forwarded;
+/// The frame of a `Request::Dispatch` of these parts: a blocking
+/// submission to be run once (the control plane does the retrying) within
+/// `timeout_ms`, under `lease`.
+pub(crate) fn forwarded_dispatch(forwarded: Forwarded<'_>) -> nng::Message {
+    let Forwarded { task_id, task_name, args, priority, timeout_ms, attempt, lease } = forwarded;
     let submit = ForwardedSubmit {
         task_id,
         task_name,
@@ -587,7 +633,19 @@ pub(crate) fn forwarded_submit(forwarded: Forwarded<'_>) -> nng::Message {
         callback: None,
         attempt: Some(attempt),
     };
-    encode_message(&ForwardedRequest::Submit(submit))
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|buffer| {
+        buffer.clear();
+        buffer.extend_from_slice(&[PROTOCOL_VERSION, DISPATCH_INDEX]);
+        postcard::to_io(&ForwardedDispatch { lease, submit }, &mut *buffer).expect("writing to a Vec cannot fail");
+        let frame = nng::Message::from(&buffer[..]);
+        if buffer.capacity() > 1 << 20 {
+            *buffer = Vec::new();
+        }
+        frame
+    })
 }
 
 /// Decodes a frame of at most `limit` bytes.
@@ -631,7 +689,7 @@ mod tests {
     }
 
     #[test]
-    fn a_forwarded_submission_is_an_ordinary_one() {
+    fn a_forwarded_dispatch_is_an_ordinary_one() {
         let task_id = TaskId::from_bytes([9; 16]);
         let mut forwarded = Vec::new();
         let parts = Forwarded {
@@ -641,9 +699,10 @@ mod tests {
             priority: Priority::High,
             timeout_ms: 500,
             attempt: 2,
+            lease: 300,
         };
-        forwarded.extend_from_slice(&forwarded_submit(parts));
-        let owned = Request::Submit(Submit {
+        forwarded.extend_from_slice(&forwarded_dispatch(parts));
+        let submit = Submit {
             task_id,
             task_name: "add".into(),
             args: b"[1,2]".to_vec(),
@@ -653,8 +712,12 @@ mod tests {
             retry: Some(RetryPolicy::NONE),
             attempt: Some(2),
             ..Default::default()
-        });
+        };
+        let owned = Request::Dispatch(Dispatch { lease: 300, submit });
         assert_eq!(forwarded, encode(&owned));
+        // Documented in docs/protocol.md: variant 12, then the lease (300 as
+        // a varint: ac 02), then the submission.
+        assert_eq!(&forwarded[..4], &[2, 12, 0xac, 0x02]);
     }
 
     #[test]

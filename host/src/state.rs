@@ -32,11 +32,16 @@ use crate::peer_log::PeerLog;
 use crate::plugins::Registry;
 use crate::pool::Pool;
 use crate::protocol::{
-    decode, encode_message, forwarded_submit, now_ms, Callback, ClusterStatus, ErrorKind, ErrorReply, Forwarded,
+    decode, encode_message, forwarded_dispatch, now_ms, Callback, ClusterStatus, ErrorKind, ErrorReply, Forwarded,
     Notice, Priority, Reply, Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState,
 };
 use crate::schedules::Scheduler;
 use crate::timers::{Alarm, Timers};
+
+mod delivery;
+
+use delivery::Dispatched;
+pub(crate) use delivery::{DeliveryCounters, StartedRuns, START_REPORT_DELAY};
 
 /// How many times a task may be lost with a subworker that went away
 /// before the control plane gives up on it.
@@ -68,6 +73,12 @@ pub(crate) struct State {
     pub(crate) refusals: Arc<Refusals>,
     /// Rate-limited lines about peers' refused requests.
     pub(crate) peer_log: Arc<PeerLog>,
+    /// When this process started serving (the restart window runs from it).
+    started_at: Instant,
+    /// Revoked reports, hand-backs and expired leases, for `/metrics`.
+    pub(crate) delivery: DeliveryCounters,
+    /// On a subworker: runs started, to report to the control plane.
+    pub(crate) started_runs: Arc<StartedRuns>,
 }
 
 /// The live tasks and the subworkers, under one lock.
@@ -77,6 +88,8 @@ pub(crate) struct Tasks {
     /// Bytes of arguments the live tasks hold (`--max-queued-bytes`).
     live_bytes: u64,
     pub(crate) cluster: Cluster<Link>,
+    /// The last lease given to a run sent to a subworker.
+    next_lease: u64,
 }
 
 /// A task that has been accepted and has not ended.
@@ -93,6 +106,10 @@ struct LiveTask {
     losses: u32,
     /// The key that submitted it, when ports authenticate.
     owner: Option<[u8; 8]>,
+    /// On a control plane: its current run on a subworker, under a lease.
+    dispatch: Option<Dispatched>,
+    /// On a subworker: the lease its control plane sent it under.
+    lease: Option<u64>,
 }
 
 /// Who asks for something that only some may do (cancelling).
@@ -223,7 +240,12 @@ impl State {
                     config.limits.max_cached_bytes,
                     config.result_cache_ttl,
                 )),
-                tasks: Mutex::new(Tasks { live: FxHashMap::default(), live_bytes: 0, cluster: Cluster::default() }),
+                tasks: Mutex::new(Tasks {
+                    live: FxHashMap::default(),
+                    live_bytes: 0,
+                    cluster: Cluster::default(),
+                    next_lease: 0,
+                }),
                 accepting: AtomicBool::new(true),
                 monitor: Monitor::default(),
                 registry,
@@ -233,6 +255,9 @@ impl State {
                 callbacks,
                 peer_log: Arc::new(PeerLog::new(refusals.clone())),
                 refusals,
+                started_at: Instant::now(),
+                delivery: DeliveryCounters::default(),
+                started_runs: Arc::default(),
             }
         })
     }
@@ -260,9 +285,14 @@ impl State {
     /// Answers a submission: at once with the task's id, or, for a client
     /// that waits, when the task ends.
     pub(crate) fn submit(&self, submit: Submit, replier: Replier) {
+        self.submit_leased(submit, None, replier)
+    }
+
+    /// As [`State::submit`], for a run a control plane sent under `lease`.
+    pub(crate) fn submit_leased(&self, submit: Submit, lease: Option<u64>, replier: Replier) {
         let owner = replier.key_id();
         let (waiter, answer_now) = if submit.wait { (Some(replier), None) } else { (None, Some(replier)) };
-        match self.accept(submit, waiter, owner) {
+        match self.accept(submit, waiter, owner, lease) {
             Ok(task_id) => {
                 if let Some(replier) = answer_now {
                     replier.send(&Reply::Accepted { task_id });
@@ -302,7 +332,7 @@ impl State {
 
     /// Accepts a periodic run; why not, if refused.
     pub(crate) fn accept_periodic(&self, submit: Submit) -> Result<(), String> {
-        self.accept(submit, None, None).map(|_| ()).map_err(|(refusal, _)| refusal.message)
+        self.accept(submit, None, None, None).map(|_| ()).map_err(|(refusal, _)| refusal.message)
     }
 
     /// Accepts every submission of a batch; one outcome each, in order.
@@ -310,26 +340,32 @@ impl State {
         let owner = replier.key_id();
         let outcomes = submits
             .into_iter()
-            .map(|submit| self.accept(Submit { wait: false, ..submit }, None, owner).map_err(|(refusal, _)| refusal))
+            .map(|submit| {
+                self.accept(Submit { wait: false, ..submit }, None, owner, None).map_err(|(refusal, _)| refusal)
+            })
             .collect();
         replier.send(&Reply::Batch(outcomes));
     }
 
     /// Takes a task in: runs it here, sends it to a subworker, queues it for
     /// one, or schedules it for later. `waiter` is answered when it ends.
-    /// `owner` is the key that submitted it (it may cancel it).
+    /// `owner` is the key that submitted it (it may cancel it); `lease`,
+    /// on a subworker, the lease its control plane sent it under.
     fn accept(
         &self,
         submit: Submit,
         waiter: Option<Replier>,
         owner: Option<[u8; 8]>,
+        lease: Option<u64>,
     ) -> Result<TaskId, (ErrorReply, Option<Replier>)> {
         if !self.accepting.load(Ordering::SeqCst) {
             let message = format!(
                 "'{}' is shutting down and takes no new tasks; submit to another one or retry after it restarts",
                 self.config.worker_id
             );
-            return Err((ErrorReply::new(ErrorKind::ShuttingDown, message), waiter));
+            // A run sent under a lease is handed back: it never started here.
+            let kind = if lease.is_some() { ErrorKind::HandedBack } else { ErrorKind::ShuttingDown };
+            return Err((ErrorReply::new(kind, message), waiter));
         }
         let task_id = submit.task_id;
         let mut tasks = self.lock();
@@ -378,6 +414,9 @@ impl State {
             }
             (None, Some(task)) => Declared::of(task),
             (None, None) => {
+                if let Some(refusal) = self.restart_window_refusal(&submit.task_name) {
+                    return Err((refusal, waiter));
+                }
                 let message = self.nobody_provides(&tasks, &submit.task_name);
                 return Err((ErrorReply::new(ErrorKind::UnknownTask, message), waiter));
             }
@@ -409,6 +448,8 @@ impl State {
             failures: 0,
             losses: 0,
             owner,
+            dispatch: None,
+            lease,
         };
         self.monitor.accepted(&task.report);
         tasks.live_bytes += task.args.len() as u64;
@@ -440,7 +481,10 @@ impl State {
         let placement = if cluster.is_empty() { Placement::Nobody } else { cluster.place(task_id, &report.task_name) };
         match placement {
             Placement::Slot(key, slot) => self.send_to_worker(tasks, key, slot, task_id),
-            Placement::Wait => {
+            Placement::Held if self.registry.get(&report.task_name).is_some() && self.pool.threads() > 0 => {
+                self.run_here_or_fail(tasks, task_id, why, outbox)
+            }
+            Placement::Wait | Placement::Held => {
                 let priority = report.priority;
                 let waiting = Waiting { task_id, task_name: report.task_name.clone() };
                 cluster.wait(priority, waiting, first);
@@ -562,6 +606,7 @@ impl State {
             report.attempts = report.attempts.saturating_add(1);
             report.worker.clone_from(&self.config.worker_id);
             self.monitor.changed(report);
+            self.report_started(job.task_id, task.lease);
             (report.attempts, task.plan.timeout_ms)
         };
         let deadline = if timeout_ms == 0 { 0 } else { started.saturating_add(timeout_ms) };
@@ -659,6 +704,7 @@ impl State {
                     }
                 }
                 Alarm::Deadline(task_id, attempt) => self.time_out(&mut tasks, task_id, attempt, &mut outbox),
+                Alarm::Lease(task_id, lease) => self.lease_due(&mut tasks, task_id, lease, &mut outbox),
             }
         }
         drop(tasks);
@@ -735,6 +781,7 @@ impl State {
 
     /// Sends a live task into a subworker slot that [`Cluster`] reserved for it.
     fn send_to_worker(&self, tasks: &mut Tasks, key: WorkerKey, slot: usize, task_id: TaskId) {
+        let lease = State::next_lease(tasks);
         let Tasks { live, cluster, .. } = tasks;
         let (Some(worker), Some(task)) = (cluster.get(key), live.get_mut(&task_id)) else {
             cluster.release(key, slot, Some(task_id));
@@ -755,18 +802,24 @@ impl State {
             priority: report.priority,
             timeout_ms,
             attempt: report.attempts + 1,
+            lease,
         };
-        let message = forwarded_submit(forwarded);
+        let message = forwarded_dispatch(forwarded);
         match worker.link.send(slot, message) {
             Ok(()) => {
                 report.state = TaskState::Running;
                 report.worker.clone_from(&worker.name.worker_id);
                 report.attempts = report.attempts.saturating_add(1);
-                let started = now_ms();
-                report.started_ms = Some(started);
+                let sent = now_ms();
+                report.started_ms = Some(sent);
                 self.monitor.changed(report);
-                self.timers.set(started.saturating_add(timeout_ms), Alarm::Deadline(task_id, report.attempts));
-                debug!(%task_id, worker = %worker.name.worker_id, "task sent to a subworker");
+                // The timeout runs from the start the subworker reports;
+                // until then, the run must be reported started in time.
+                debug!(%task_id, worker = %worker.name.worker_id, lease, "task sent to a subworker");
+                let start_by_ms = sent.saturating_add(bound_ms);
+                task.dispatch = Some(Dispatched { key, lease, timeout_ms, start_by_ms, report_by_ms: None });
+                let first_look = sent.saturating_add(timeout_ms).saturating_add(delivery::REPORT_GRACE_MS);
+                self.timers.set(first_look.min(start_by_ms), Alarm::Lease(task_id, lease));
             }
             Err(error) => {
                 // The tick sends it again once a slot is free.
@@ -804,7 +857,7 @@ impl State {
                             format!("subworker '{worker_id}' sent a reply that is not authenticated: {error}");
                         self.fail(&mut tasks, task_id, message, &mut outbox);
                     }
-                    _ => self.take_reply(&mut tasks, task_id, &worker_id, &message, &mut outbox),
+                    _ => self.take_reply(&mut tasks, key, task_id, &worker_id, &message, &mut outbox),
                 }
             }
             (AioResult::Sleep(_), _) => return,
@@ -821,6 +874,20 @@ impl State {
                 self.send_again(&mut tasks, task_id, &why, &mut outbox);
                 self.take_back(&mut tasks, key, &why, &mut outbox);
             }
+            (AioResult::Send(Ok(())), None) if tasks.cluster.is_abandoned(key, slot) => {
+                // A run whose lease was revoked while it was leaving: wait
+                // for its report, to discard it (the slot frees then).
+                if let Some(Ok(())) = tasks.cluster.get(key).map(|w| w.link.receive(slot)) {
+                    return;
+                }
+                tasks.cluster.release(key, slot, None);
+            }
+            (AioResult::Recv(Ok(_)), None) if tasks.cluster.is_abandoned(key, slot) => {
+                // The report of a run whose lease was revoked: discarded.
+                let worker_id = tasks.cluster.get(key).map(|w| w.name.worker_id.clone()).unwrap_or_default();
+                self.revoked_report(&worker_id);
+                tasks.cluster.release(key, slot, None);
+            }
             (_, None) => {
                 // An abandoned exchange ended: the slot is free again.
                 tasks.cluster.release(key, slot, None);
@@ -834,7 +901,15 @@ impl State {
     }
 
     /// Takes a subworker's answer for a task.
-    fn take_reply(&self, tasks: &mut Tasks, task_id: TaskId, worker_id: &str, frame: &[u8], outbox: &mut Outbox) {
+    fn take_reply(
+        &self,
+        tasks: &mut Tasks,
+        key: WorkerKey,
+        task_id: TaskId,
+        worker_id: &str,
+        frame: &[u8],
+        outbox: &mut Outbox,
+    ) {
         let attempt = tasks.live.get(&task_id).map_or(0, |t| t.report.attempts);
         match decode::<Reply>(frame, usize::MAX) {
             Ok(Reply::Report(report)) if report.task_id == task_id && report.state.is_final() => {
@@ -864,6 +939,10 @@ impl State {
                     }),
                 };
                 self.complete(tasks, task_id, attempt, outcome, started, outbox);
+            }
+            Ok(Reply::Error(refusal)) if refusal.kind == ErrorKind::HandedBack => {
+                let why = format!("subworker '{worker_id}' handed it back unstarted: {}", refusal.message);
+                self.handed_back(tasks, key, task_id, &why, outbox);
             }
             Ok(Reply::Error(refusal)) if matches!(refusal.kind, ErrorKind::ShuttingDown | ErrorKind::Busy) => {
                 let why = format!("subworker '{worker_id}' could not take it: {}", refusal.message);
@@ -928,12 +1007,17 @@ impl State {
     }
 
     /// Takes back every task a subworker carries (it went silent or away),
-    /// sends them elsewhere, and settles waiting tasks nobody provides now.
+    /// revoking their leases, sends them elsewhere, and settles waiting
+    /// tasks nobody provides now. A silent worker's exchanges stay open, so
+    /// that what it reports if it wakes up is seen and discarded; a lost
+    /// connection's are cancelled (NNG would resend them on reconnection).
     pub(crate) fn take_back(&self, tasks: &mut Tasks, key: WorkerKey, why: &str, outbox: &mut Outbox) {
+        let connected = tasks.cluster.get(key).is_some_and(|w| w.connected);
         let carried = tasks.cluster.take_back(key);
-        if let Some(worker) = tasks.cluster.get(key) {
-            for (slot, _) in &carried {
-                worker.link.cancel(*slot);
+        self.tell_revoked(tasks, key, carried.iter().map(|(_, task_id)| *task_id).collect());
+        if let Some(worker) = tasks.cluster.get(key).filter(|_| !connected) {
+            for slot in tasks.cluster.abandoned_slots(key) {
+                worker.link.cancel(slot);
             }
         }
         for (_, task_id) in carried {
@@ -966,6 +1050,11 @@ impl State {
         info!(timeout_secs = timeout.as_secs_f64(), "shutting down: finishing queued and running tasks");
         let deadline = Instant::now() + timeout;
         self.end_waiting_for_time();
+        if self.config.management.is_none() {
+            // A subworker hands back at once what it has not started: its
+            // control plane runs it elsewhere rather than it failing here.
+            self.hand_back_unstarted(self.pool.close_and_take_queued());
+        }
         let unstarted = self.pool.drain(timeout);
         // Tasks on subworkers finish on their own; wait for them too.
         while !self.lock().live.is_empty() && Instant::now() < deadline {
@@ -1098,7 +1187,7 @@ impl State {
 
     /// Accepts a task the dashboard submits (a retry under a fresh id).
     pub(crate) fn accept_from_dashboard(&self, submit: Submit) -> Result<TaskId, ErrorReply> {
-        self.accept(submit, None, None).map_err(|(refusal, _)| refusal)
+        self.accept(submit, None, None, None).map_err(|(refusal, _)| refusal)
     }
 }
 

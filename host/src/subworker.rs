@@ -9,10 +9,14 @@ use tracing::{info, warn};
 
 use crate::auth::{KeyRing, Role};
 use crate::client::{Client, ClientError};
-use crate::protocol::{ErrorKind, Heartbeat, OfferedTask, Registration, Request, WorkerName};
+use crate::protocol::{ErrorKind, Heartbeat, OfferedTask, Registration, Request, Started, TaskId, WorkerName};
 
 /// The longest pause between registration attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The first pause before a heartbeat that follows a failed one: a control
+/// plane that restarts is found again well within one heartbeat interval.
+const FIRST_RETRY: Duration = Duration::from_millis(250);
 
 /// How long a registration may take: the control plane connects back first.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,11 +80,32 @@ impl Membership {
     /// reached), then heartbeats, registering again whenever the control
     /// plane has forgotten this worker. Returns only on a refusal.
     pub async fn run(&self, in_flight: impl Fn() -> u32) -> Result<(), MembershipError> {
+        self.run_woken(in_flight, std::future::pending::<()>).await
+    }
+
+    /// As [`Membership::run`], heartbeating at once whenever `woken`
+    /// completes (the control plane's connection to this worker dropped:
+    /// a restarted control plane is then found as soon as it serves).
+    pub async fn run_woken<F: std::future::Future<Output = ()>>(
+        &self,
+        in_flight: impl Fn() -> u32,
+        woken: impl Fn() -> F,
+    ) -> Result<(), MembershipError> {
         loop {
             let management = self.register().await?;
             let mut failures = 0u32;
             loop {
-                tokio::time::sleep(self.config.heartbeat_interval).await;
+                // After a failure, heartbeats come sooner (doubling back up
+                // to the interval), so a restarted control plane hears from
+                // this worker, and has it register again, quickly.
+                let pause = match failures {
+                    0 => self.config.heartbeat_interval,
+                    n => FIRST_RETRY.saturating_mul(1 << n.min(8)).min(self.config.heartbeat_interval),
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = woken() => info!("the control plane's connection to this subworker dropped: heartbeating now"),
+                }
                 let heartbeat = Heartbeat { name: self.name.clone(), in_flight: in_flight() };
                 match management.manage(&Request::Heartbeat(heartbeat)).await {
                     Ok(()) => {
@@ -164,6 +189,13 @@ impl Membership {
     pub async fn heartbeat(&self, in_flight: u32) -> Result<(), ClientError> {
         let heartbeat = Heartbeat { name: self.name.clone(), in_flight };
         self.management().await?.manage(&Request::Heartbeat(heartbeat)).await
+    }
+
+    /// Tells the control plane these runs, sent under these leases, started
+    /// (their timeouts run from now).
+    pub async fn started(&self, runs: Vec<(TaskId, u64)>) -> Result<(), ClientError> {
+        let started = Started { name: self.name.clone(), runs };
+        self.management().await?.manage(&Request::Started(started)).await
     }
 
     /// Asks the control plane to send nothing new (before draining).

@@ -23,6 +23,10 @@ pub(crate) enum Alarm {
     Start(TaskId),
     /// Run `attempt` of a task reaches its timeout.
     Deadline(TaskId, u32),
+    /// The run sent to a subworker under this lease must have been
+    /// reported started by now, or, once started, ended (its timeout from
+    /// its start, plus a grace): else the lease is revoked.
+    Lease(TaskId, u64),
 }
 
 /// Alarms by due time, and the thread that rings them.

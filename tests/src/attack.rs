@@ -221,7 +221,12 @@ impl FakeSubworker {
                 if answer == FakeAnswer::Never {
                     continue;
                 }
-                let Ok(Request::Submit(submit)) = decode::<Request>(&message, usize::MAX) else { continue };
+                // Runs come as leased dispatches (plain submissions are taken too).
+                let submit = match decode::<Request>(&message, usize::MAX) {
+                    Ok(Request::Dispatch(dispatch)) => dispatch.submit,
+                    Ok(Request::Submit(submit)) => submit,
+                    _ => continue,
+                };
                 let report = TaskReport {
                     task_id: submit.task_id,
                     task_name: submit.task_name,

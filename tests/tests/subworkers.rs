@@ -123,7 +123,8 @@ fn concurrent_tasks_spread_over_three_subworkers_and_none_runs_on_the_control_pl
 
 #[test]
 fn tasks_are_routed_by_name_and_a_task_nobody_provides_is_refused_at_once() {
-    let cp = Process::control_plane(&[], &[]);
+    // No restart window (see delivery.rs): refusals are immediate from the start.
+    let cp = Process::control_plane(&[], &["--restart-window", "0"]);
     let _a = Process::subworker(&cp, "sw-a", &["example-tasks"], &[]);
     let mut b = Process::subworker(&cp, "sw-b", &["text-tasks"], &[]);
     let client = cp.client();
@@ -254,7 +255,7 @@ fn tasks_of_a_killed_subworker_are_dispatched_again_and_every_client_gets_its_ow
 
 #[test]
 fn sigterm_lets_a_subworker_finish_its_task_unregister_and_exit_zero() {
-    let cp = Process::control_plane(&[], &[]);
+    let cp = Process::control_plane(&[], &["--restart-window", "0"]);
     let mut sw1 = Process::subworker(&cp, "sw1", &["example-tasks"], &[]);
     let client = cp.client();
     let rt = runtime();

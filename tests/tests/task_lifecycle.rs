@@ -127,7 +127,8 @@ fn cancelled_scheduled_and_queued_tasks_never_run() {
 
 #[test]
 fn a_batch_submits_tasks_at_their_own_priorities_and_refuses_unknown_ones_alone() {
-    let cp = Process::control_plane(&["example-tasks"], &[]);
+    // No restart window: an unknown task is refused as such from the start.
+    let cp = Process::control_plane(&["example-tasks"], &["--restart-window", "0"]);
     let client = cp.client();
     runtime().block_on(async {
         let priorities = [Priority::Critical, Priority::Low, Priority::High, Priority::Normal];

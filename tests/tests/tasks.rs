@@ -7,7 +7,8 @@ use fastworker::{ClientError, Priority, SubmitOptions, TaskState};
 use fastworker_tests::{run_cli, runtime, stderr, stdout, Process};
 
 fn both_plugins() -> Process {
-    Process::control_plane(&["example-tasks", "text-tasks"], &["--concurrency", "2"])
+    // No restart window: an unknown task is refused at once, from the start.
+    Process::control_plane(&["example-tasks", "text-tasks"], &["--concurrency", "2", "--restart-window", "0"])
 }
 
 fn submit(cp: &Process, args: &[&str]) -> std::process::Output {

@@ -46,6 +46,9 @@ pub(crate) struct ControlPlaneArgs {
     /// Seconds without a heartbeat after which a subworker gets no tasks.
     #[arg(long, env = "FASTWORKER_INACTIVE_AFTER", default_value_t = 30.0)]
     pub(crate) inactive_after: f64,
+    /// Seconds after start during which a task nobody provides yet is refused as transient (NotYetProvided), while subworkers register again; 0: none.
+    #[arg(long, env = "FASTWORKER_RESTART_WINDOW", default_value_t = 10.0)]
+    pub(crate) restart_window: f64,
     /// Most results kept in the cache; 0 keeps none.
     #[arg(long, env = "FASTWORKER_RESULT_CACHE_SIZE", default_value_t = 10_000)]
     pub(crate) result_cache_size: usize,
@@ -141,6 +144,9 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     let Some(inactive_after) = seconds(args.inactive_after, false) else {
         return fail(EXIT_USAGE, "--inactive-after must be a positive number of seconds");
     };
+    let Some(restart_window) = seconds(args.restart_window, true).filter(|w| w.as_secs() <= 3600) else {
+        return fail(EXIT_USAGE, "--restart-window must be a number of seconds from 0 to 3600");
+    };
     let keys = match args.credentials.keys.load() {
         Ok(keys) => keys,
         Err(code) => return code,
@@ -199,7 +205,7 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         shutdown_timeout,
         limits: limits(&args.task_limits, Some(&args.cluster_limits), 0),
         keys,
-        management: Some(ManagementConfig { port: management_port, inactive_after }),
+        management: Some(ManagementConfig { port: management_port, inactive_after, restart_window }),
         discovery: (!args.no_discovery).then_some(args.discovery_address),
     };
     let mut control_plane = match ControlPlane::start(config, registry) {
@@ -363,10 +369,24 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
     let server = Arc::new(server);
     let in_flight = || server.in_flight() as u32;
+    // Started runs are reported as they start, so that their timeouts run
+    // from their start (one request at a time, batching what accumulates).
+    let report_started = || async {
+        loop {
+            server.started_ready().await;
+            let runs = server.take_started();
+            if !runs.is_empty() {
+                if let Err(error) = membership.started(runs).await {
+                    warn!(%error, "could not report started tasks to the control plane");
+                }
+            }
+        }
+    };
     let refused = runtime.block_on(async {
         tokio::select! {
             signal = shutdown_signal() => { info!(signal, "stop requested"); None }
-            result = membership.run(in_flight) => result.err(),
+            result = membership.run_woken(in_flight, || server.connection_dropped()) => result.err(),
+            _ = report_started() => None,
         }
     });
     if let Some(refusal) = refused {
@@ -385,6 +405,12 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
         };
         let mut next_heartbeat = tokio::time::Instant::now();
         while !draining.is_finished() {
+            let runs = server.take_started();
+            if !runs.is_empty() {
+                if let Err(error) = membership.started(runs).await {
+                    warn!(%error, "could not report started tasks to the control plane");
+                }
+            }
             if tokio::time::Instant::now() >= next_heartbeat {
                 if let Err(error) = membership.heartbeat(in_flight()).await {
                     warn!(%error, "a heartbeat failed while draining");

@@ -150,6 +150,27 @@ fn render_limits(shared: &Shared, out: &mut String) {
     for (name, help, value) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
     }
+    let delivery = &state.delivery;
+    let counters: [(&str, &str, &AtomicU64); 3] = [
+        (
+            "fastworker_revoked_reports_total",
+            "Reports (starts and outcomes) of subworker runs whose lease had been revoked: discarded.",
+            &delivery.revoked_reports,
+        ),
+        (
+            "fastworker_tasks_handed_back_total",
+            "Tasks a stopping subworker handed back unstarted.",
+            &delivery.handed_back,
+        ),
+        (
+            "fastworker_leases_expired_total",
+            "Subworker runs taken back because their start or end was not reported in time.",
+            &delivery.leases_expired,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+    }
 }
 
 /// A label value with `\`, `"` and newlines escaped.
