@@ -25,6 +25,7 @@ use crate::callbacks::Callbacks;
 use crate::cluster::{Cluster, Placement, Waiting, WorkerKey};
 use crate::config::ControlPlaneConfig;
 use crate::endpoint::{encode_reply, Replier};
+use crate::journal::Journal;
 use crate::limits::{millis, Bound, Refusals};
 use crate::link::Link;
 use crate::monitor::{Monitor, TaskSummary};
@@ -37,6 +38,8 @@ use crate::protocol::{
 };
 use crate::schedules::Scheduler;
 use crate::timers::{Alarm, Timers};
+
+mod durable;
 
 /// How many times a task may be lost with a subworker that went away
 /// before the control plane gives up on it.
@@ -68,6 +71,8 @@ pub(crate) struct State {
     pub(crate) refusals: Arc<Refusals>,
     /// Rate-limited lines about peers' refused requests.
     pub(crate) peer_log: Arc<PeerLog>,
+    /// The durable mode's store (`--state-dir`); `None` in memory mode.
+    journal: Option<Journal>,
 }
 
 /// The live tasks and the subworkers, under one lock.
@@ -189,7 +194,7 @@ impl Outbox {
 
 impl State {
     /// Builds the state and starts the worker, timer and callback threads.
-    pub(crate) fn new(config: ControlPlaneConfig, registry: Registry) -> Arc<State> {
+    pub(crate) fn new(config: ControlPlaneConfig, registry: Registry, journal: Option<Journal>) -> Arc<State> {
         Arc::new_cyclic(|me: &Weak<State>| {
             let runner = me.clone();
             let pool = Pool::start(config.concurrency, move |job| {
@@ -215,13 +220,15 @@ impl State {
                 scheduler
             });
             let refusals = Arc::<Refusals>::default();
+            let mut cache =
+                ResultCache::new(config.result_cache_size, config.limits.max_cached_bytes, config.result_cache_ttl);
+            if journal.is_some() {
+                cache.track_forgotten();
+            }
             State {
                 scheduler,
-                cache: Mutex::new(ResultCache::new(
-                    config.result_cache_size,
-                    config.limits.max_cached_bytes,
-                    config.result_cache_ttl,
-                )),
+                journal,
+                cache: Mutex::new(cache),
                 tasks: Mutex::new(Tasks { live: FxHashMap::default(), live_bytes: 0, cluster: Cluster::default() }),
                 accepting: AtomicBool::new(true),
                 monitor: Monitor::default(),
@@ -253,7 +260,10 @@ impl State {
 
     /// Drops results older than the TTL.
     pub(crate) fn sweep_expired(&self) -> usize {
-        self.cache.lock().expect("cache lock").sweep()
+        let mut cache = self.cache.lock().expect("cache lock");
+        let swept = cache.sweep();
+        self.forget_dropped(&mut cache);
+        swept
     }
 
     /// Answers a submission: at once with the task's id, or, for a client
@@ -264,7 +274,7 @@ impl State {
         match self.accept(submit, waiter, owner) {
             Ok(task_id) => {
                 if let Some(replier) = answer_now {
-                    replier.send(&Reply::Accepted { task_id });
+                    self.acknowledge(replier, Reply::Accepted { task_id });
                 }
             }
             Err((refusal, waiter)) => {
@@ -311,7 +321,7 @@ impl State {
             .into_iter()
             .map(|submit| self.accept(Submit { wait: false, ..submit }, None, owner).map_err(|(refusal, _)| refusal))
             .collect();
-        replier.send(&Reply::Batch(outcomes));
+        self.acknowledge(replier, Reply::Batch(outcomes));
     }
 
     /// Takes a task in: runs it here, sends it to a subworker, queues it for
@@ -355,7 +365,7 @@ impl State {
             return Ok(task_id);
         }
         drop(cache);
-        if let Err(refusal) = self.within_limits(&tasks, &submit) {
+        if let Err(refusal) = self.within_limits(&tasks, &submit).and_then(|()| self.journal_has_room()) {
             return Err((refusal, waiter));
         }
         let declared = match (tasks.cluster.provider(&submit.task_name), self.registry.get(&submit.task_name)) {
@@ -410,6 +420,7 @@ impl State {
             owner,
         };
         self.monitor.accepted(&task.report);
+        self.record_accepted(task_id, &task, later);
         tasks.live_bytes += task.args.len() as u64;
         tasks.live.insert(task_id, task);
         let mut outbox = Outbox::default();
@@ -556,7 +567,8 @@ impl State {
             report.attempts = report.attempts.saturating_add(1);
             report.worker.clone_from(&self.config.worker_id);
             self.monitor.changed(report);
-            (report.attempts, task.plan.timeout_ms)
+            self.record_progress(job.task_id, task, None);
+            (task.report.attempts, task.plan.timeout_ms)
         };
         let deadline = if timeout_ms == 0 { 0 } else { started.saturating_add(timeout_ms) };
         if deadline > 0 {
@@ -597,7 +609,9 @@ impl State {
                 task.report.state = TaskState::Retrying;
                 task.report.error = Some(error);
                 self.monitor.retrying(&task.report);
-                self.timers.set(now_ms().saturating_add(delay), Alarm::Start(task_id));
+                let due = now_ms().saturating_add(delay);
+                self.record_progress(task_id, task, Some(due));
+                self.timers.set(due, Alarm::Start(task_id));
             }
             Err(error) => {
                 debug!(%task_id, attempt, error = %error.message, "task failed");
@@ -627,12 +641,16 @@ impl State {
         if let Some(callback) = task.plan.callback {
             self.callbacks.push(callback.address, Notice { report: report.clone(), data: callback.data });
         }
+        let digest = args_digest(&task.args);
+        self.record_finished(&report, digest);
         let reply = Reply::Report(report);
         if !task.waiters.is_empty() {
-            outbox.0.push((task.waiters, encode_reply(&reply)));
+            self.answer_final(task.waiters, encode_reply(&reply), outbox);
         }
         let Reply::Report(report) = reply else { unreachable!() };
-        self.cache.lock().expect("cache lock").insert(report, args_digest(&task.args));
+        let mut cache = self.cache.lock().expect("cache lock");
+        cache.insert(report, digest);
+        self.forget_dropped(&mut cache);
     }
 
     fn fail(&self, tasks: &mut Tasks, task_id: TaskId, message: String, outbox: &mut Outbox) {
@@ -759,7 +777,9 @@ impl State {
                 let started = now_ms();
                 report.started_ms = Some(started);
                 self.monitor.changed(report);
-                self.timers.set(started.saturating_add(timeout_ms), Alarm::Deadline(task_id, report.attempts));
+                let attempt = report.attempts;
+                self.record_progress(task_id, task, None);
+                self.timers.set(started.saturating_add(timeout_ms), Alarm::Deadline(task_id, attempt));
                 debug!(%task_id, worker = %worker.name.worker_id, "task sent to a subworker");
             }
             Err(error) => {
@@ -959,15 +979,21 @@ impl State {
         let timeout = self.config.shutdown_timeout;
         info!(timeout_secs = timeout.as_secs_f64(), "shutting down: finishing queued and running tasks");
         let deadline = Instant::now() + timeout;
-        self.end_waiting_for_time();
+        // In durable mode what has not run yet waits on disk for the restart.
+        let durable = self.journal.is_some();
+        if !durable {
+            self.end_waiting_for_time();
+        }
         let unstarted = self.pool.drain(timeout);
         // Tasks on subworkers finish on their own; wait for them too.
-        while !self.lock().live.is_empty() && Instant::now() < deadline {
+        while self.lock().live.values().any(|t| !durable || t.report.state == TaskState::Running)
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
-        for job in &unstarted {
+        for job in unstarted.iter().filter(|_| !durable) {
             let message = format!(
                 "'{}' shut down before this task started (--shutdown-timeout {} s); submit it again",
                 self.config.worker_id,
@@ -975,13 +1001,16 @@ impl State {
             );
             self.fail(&mut tasks, job.task_id, message, &mut outbox);
         }
-        if !unstarted.is_empty() {
+        if !unstarted.is_empty() && !durable {
             warn!(count = unstarted.len(), "tasks never started before the shutdown deadline");
         }
         let abandoned: Vec<(TaskId, LiveTask)> = tasks.live.drain().collect();
         tasks.live_bytes = 0;
         drop(tasks);
         outbox.deliver();
+        if durable {
+            return self.leave_for_restart(abandoned);
+        }
         for (task_id, task) in abandoned {
             warn!(%task_id, task = %task.report.task_name, "still running at the shutdown deadline; its result is lost");
             task.cancelled.store(true, Ordering::SeqCst);
