@@ -142,10 +142,7 @@ fn build(mode: c_int, cert: &CString, key: &CString, ca: &CString) -> Result<*mu
     let steps = unsafe {
         [
             ("--tls-ca", nng_tls_config_ca_chain(config, ca.as_ptr(), std::ptr::null())),
-            (
-                "--tls-cert and --tls-key",
-                nng_tls_config_own_cert(config, cert.as_ptr(), key.as_ptr(), std::ptr::null()),
-            ),
+            ("--tls-cert and --tls-key", nng_tls_config_own_cert(config, cert.as_ptr(), key.as_ptr(), std::ptr::null())),
             ("the TLS authentication mode", nng_tls_config_auth_mode(config, AUTH_REQUIRED)),
         ]
     };
