@@ -24,8 +24,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
@@ -47,6 +49,12 @@ pub(crate) const MAX_PENDING: usize = 100_000;
 
 /// The most entries one transaction takes.
 const MAX_BATCH: usize = 8192;
+
+/// How long records that nobody waits for (a run started, a task accepted
+/// by a client that waits for its end) may wait for company before they are
+/// written: most tasks end within it, and their acceptance, start and end
+/// are then written as one record, in one transaction.
+const LINGER: Duration = Duration::from_millis(2);
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const TASKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tasks");
@@ -146,11 +154,14 @@ pub(crate) enum Record {
     Forget(Vec<TaskId>),
 }
 
+/// A reply waiting for the records handed before it.
+type Then = Box<dyn FnOnce(bool) + Send>;
+
 /// What the writer thread is handed.
 enum Entry {
     Record(Record),
     /// Runs once everything handed before it is written; told whether it was.
-    Then(Box<dyn FnOnce(bool) + Send>),
+    Then(Then),
     Stop,
 }
 
@@ -204,9 +215,22 @@ impl Journal {
         let pending = Arc::new(AtomicUsize::new(0));
         let writer_pending = pending.clone();
         let writer_path = dir.to_path_buf();
+        // Replies are sent by a thread of their own, so that the writer
+        // starts the next transaction while the last one's replies leave.
+        let (done, completions) = mpsc::channel::<(Vec<Then>, bool)>();
+        let replier = std::thread::Builder::new().name("journal-replies".into()).spawn(move || {
+            for (thens, written) in completions {
+                thens.into_iter().for_each(|then| then(written));
+            }
+        });
+        let replier = replier.map_err(|source| JournalError::Directory { path: dir.into(), source })?;
         let writer = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || write_loop(&db, &writer_path, &receiver, &writer_pending))
+            .spawn(move || {
+                write_loop(&db, &writer_path, &receiver, &writer_pending, &done);
+                drop(done);
+                let _ = replier.join();
+            })
             .map_err(|source| JournalError::Directory { path: dir.into(), source })?;
         info!(
             state_dir = %dir.display(),
@@ -302,7 +326,7 @@ fn read_all(db: &Database, dir: &Path, max: usize) -> Result<Recovered, JournalE
         why,
     };
     let read = db.begin_read().map_err(|e| store(e.into()))?;
-    let mut progress = rustc_hash::FxHashMap::default();
+    let mut progress = FxHashMap::default();
     let table = read.open_table(PROGRESS).map_err(|e| store(e.into()))?;
     for entry in table.iter().map_err(|e| store(e.into()))? {
         let (key, value) = entry.map_err(|e| store(e.into()))?;
@@ -335,17 +359,29 @@ fn read_all(db: &Database, dir: &Path, max: usize) -> Result<Recovered, JournalE
 
 /// The writer thread: takes what is pending, writes it in one transaction,
 /// then runs the replies that waited for it.
-fn write_loop(db: &Database, dir: &Path, entries: &mpsc::Receiver<Entry>, pending: &AtomicUsize) {
+fn write_loop(
+    db: &Database,
+    dir: &Path,
+    entries: &mpsc::Receiver<Entry>,
+    pending: &AtomicUsize,
+    done: &mpsc::Sender<(Vec<Then>, bool)>,
+) {
     let mut batch = Vec::new();
     let mut stop = false;
     while !stop {
         let Ok(first) = entries.recv() else { break };
         batch.push(first);
+        // Until someone waits for what is taken, linger a little for more.
+        let linger_until = Instant::now() + LINGER;
+        let mut awaited = matches!(batch[0], Entry::Then(_) | Entry::Stop);
         while batch.len() < MAX_BATCH {
-            match entries.try_recv() {
-                Ok(entry) => batch.push(entry),
-                Err(_) => break,
-            }
+            let next = match awaited {
+                true => entries.try_recv().ok(),
+                false => entries.recv_timeout(linger_until.saturating_duration_since(Instant::now())).ok(),
+            };
+            let Some(entry) = next else { break };
+            awaited |= matches!(entry, Entry::Then(_) | Entry::Stop);
+            batch.push(entry);
         }
         let taken = batch.len();
         let written = match commit(db, &batch) {
@@ -355,30 +391,86 @@ fn write_loop(db: &Database, dir: &Path, entries: &mpsc::Receiver<Entry>, pendin
                 false
             }
         };
+        let mut thens = Vec::new();
         for entry in batch.drain(..) {
             match entry {
-                Entry::Then(then) => then(written),
+                Entry::Then(then) => thens.push(then),
                 Entry::Stop => stop = true,
                 Entry::Record(_) => {}
             }
         }
         pending.fetch_sub(taken, Ordering::Relaxed);
+        if !thens.is_empty() {
+            if let Err(mpsc::SendError((thens, written))) = done.send((thens, written)) {
+                thens.into_iter().for_each(|then| then(written));
+            }
+        }
     }
 }
 
-/// Writes the records of `batch` in one transaction (one fsync).
+/// Where in a batch each task's last acceptance, end and forgetting are,
+/// so that what a later record of the same batch undoes is not written.
+#[derive(Default)]
+struct Positions {
+    accepted: FxHashMap<TaskId, usize>,
+    finished: FxHashMap<TaskId, usize>,
+    forgotten: FxHashMap<TaskId, usize>,
+}
+
+impl Positions {
+    fn of(batch: &[Entry]) -> Positions {
+        let mut positions = Positions::default();
+        for (index, entry) in batch.iter().enumerate() {
+            match entry {
+                Entry::Record(Record::Accepted(task_id, _)) => {
+                    positions.accepted.insert(*task_id, index);
+                }
+                Entry::Record(Record::Finished(result)) => {
+                    positions.finished.insert(result.report.task_id, index);
+                }
+                Entry::Record(Record::Forget(task_ids)) => {
+                    positions.forgotten.extend(task_ids.iter().map(|task_id| (*task_id, index)));
+                }
+                _ => {}
+            }
+        }
+        positions
+    }
+
+    /// Whether the task ends later in the batch.
+    fn ends_after(&self, task_id: &TaskId, index: usize) -> bool {
+        self.finished.get(task_id).is_some_and(|&at| at > index)
+    }
+
+    /// Whether the task's result is forgotten later in the batch.
+    fn forgotten_after(&self, task_id: &TaskId, index: usize) -> bool {
+        self.forgotten.get(task_id).is_some_and(|&at| at > index)
+    }
+
+    /// Whether the task was accepted earlier in the batch (so nothing of
+    /// it is stored yet).
+    fn accepted_before(&self, task_id: &TaskId, index: usize) -> bool {
+        self.accepted.get(task_id).is_some_and(|&at| at < index)
+    }
+}
+
+/// Writes the records of `batch` in one transaction (one fsync). A task
+/// accepted and ended within the batch is written as its result alone.
 fn commit(db: &Database, batch: &[Entry]) -> Result<(), redb::Error> {
     if !batch.iter().any(|entry| matches!(entry, Entry::Record(_))) {
         return Ok(());
     }
+    let positions = Positions::of(batch);
     let write = db.begin_write()?;
     {
         let mut tasks = write.open_table(TASKS)?;
         let mut progress = write.open_table(PROGRESS)?;
         let mut results = write.open_table(RESULTS)?;
-        for entry in batch {
+        for (index, entry) in batch.iter().enumerate() {
             let Entry::Record(record) = entry else { continue };
             match record {
+                Record::Accepted(task_id, _) | Record::Progress(task_id, _) if positions.ends_after(task_id, index) => {
+                }
                 Record::Accepted(task_id, task) => {
                     tasks.insert(task_id.as_bytes().as_slice(), encode(task).as_slice())?;
                 }
@@ -386,10 +478,15 @@ fn commit(db: &Database, batch: &[Entry]) -> Result<(), redb::Error> {
                     progress.insert(task_id.as_bytes().as_slice(), encode(state).as_slice())?;
                 }
                 Record::Finished(result) => {
-                    let key = result.report.task_id.as_bytes().as_slice();
-                    tasks.remove(key)?;
-                    progress.remove(key)?;
-                    results.insert(key, encode(result).as_slice())?;
+                    let task_id = &result.report.task_id;
+                    let key = task_id.as_bytes().as_slice();
+                    if !positions.accepted_before(task_id, index) {
+                        tasks.remove(key)?;
+                        progress.remove(key)?;
+                    }
+                    if !positions.forgotten_after(task_id, index) {
+                        results.insert(key, encode(result).as_slice())?;
+                    }
                 }
                 Record::Forget(task_ids) => {
                     for task_id in task_ids {
