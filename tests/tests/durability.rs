@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fastworker::protocol::ErrorKind;
+use fastworker::protocol::{ErrorKind, RetryPolicy};
 use fastworker::{ClientError, SubmitOptions, TaskId, TaskReport, TaskState};
 use fastworker_tests::{free_base_port, plugin, run_cli, runtime, stderr, wait_until, Process};
 
@@ -154,6 +154,29 @@ fn a_killed_control_plane_brings_every_accepted_task_to_one_outcome_after_a_rest
         );
     }
     drop(subworker);
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_retry_waiting_at_the_crash_runs_at_its_time_after_the_restart_and_counts_its_runs() {
+    let dir = temp_dir("state");
+    let state_dir = dir.display().to_string();
+    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let flags = ["--state-dir", state_dir.as_str()];
+    let mut cp = control_plane_at(&address, &flags);
+    let rt = runtime();
+    let task_id = TaskId::new_v4();
+    let retry = RetryPolicy { max_retries: 2, delay_ms: 2000, factor: 1.0, max_delay_ms: 2000 };
+    rt.block_on(cp.client().delay("flaky", (1,), SubmitOptions { retry: Some(retry), ..with_id(task_id) })).unwrap();
+    let retrying = report_when(&cp, task_id, Duration::from_secs(10), |r| r.state == TaskState::Retrying);
+    assert_eq!(retrying.attempts, 1);
+    kill_9(&mut cp);
+    let cp = control_plane_at(&address, &flags);
+    assert_eq!(rt.block_on(cp.client().status(task_id)).unwrap().state, TaskState::Retrying);
+    let report = report_when(&cp, task_id, Duration::from_secs(20), |r| r.state.is_final());
+    // flaky returns the run number it succeeded on: the second.
+    assert_eq!((report.state, report.attempts, report.result.as_deref()), (TaskState::Succeeded, 2, Some(&b"2"[..])));
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
 }
