@@ -578,6 +578,41 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_keeps_what_its_later_records_leave() {
+        let dir = std::env::temp_dir().join(format!("fw-journal-{}", TaskId::new_v4()));
+        let (a, b) = (TaskId::new_v4(), TaskId::new_v4());
+        {
+            let (journal, _) = Journal::open(&dir, 1 << 20).expect("open");
+            // Accepted, started and ended in one batch: written as its result;
+            // b's result is forgotten in the same batch: nothing is kept of b.
+            let progress = Progress { attempts: 1, failures: 0, retry_at_ms: None, error: None };
+            let batch = vec![
+                Entry::Record(Record::Accepted(a, Box::new(task("add")))),
+                Entry::Record(Record::Accepted(b, Box::new(task("add")))),
+                Entry::Record(Record::Progress(a, progress)),
+                Entry::Record(Record::Finished(Box::new(finished(a)))),
+                Entry::Record(Record::Finished(Box::new(finished(b)))),
+                Entry::Record(Record::Forget(vec![b])),
+            ];
+            let db = Database::create(dir.join("direct.redb")).expect("db");
+            let write = db.begin_write().expect("write");
+            for table in [TASKS, PROGRESS, RESULTS] {
+                write.open_table(table).expect("table");
+            }
+            write.commit().expect("commit");
+            commit(&db, &batch).expect("batch");
+            let read = db.begin_read().expect("read");
+            assert!(read.open_table(TASKS).expect("tasks").is_empty().expect("len"));
+            assert!(read.open_table(PROGRESS).expect("progress").is_empty().expect("len"));
+            let results = read.open_table(RESULTS).expect("results");
+            assert!(results.get(a.as_bytes().as_slice()).expect("get").is_some());
+            assert!(results.get(b.as_bytes().as_slice()).expect("get").is_none());
+            journal.close();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_store_of_another_format_or_a_foreign_file_is_refused() {
         let dir = std::env::temp_dir().join(format!("fw-journal-{}", TaskId::new_v4()));
         {
