@@ -42,6 +42,12 @@
 //! (default: the number of cores); a control plane sends a subworker no more
 //! tasks at once than that, and queues the rest itself.
 //!
+//! * `durable-blocking`, `durable-pipelined-K` and the recovery of 100 000
+//!   queued tasks after `kill -9`: the durable mode (`--state-dir`), each
+//!   as a ratio to the in-memory `cp` rows (or start-up) of the same run;
+//!   see `durable.rs`. `--durable-only` runs the floors, the `cp` rows and
+//!   these alone.
+//!
 //! Memory is the resident set (VmRSS in `/proc/PID/status`, Linux only) of a
 //! control plane with the example plugin loaded: right after it starts, with
 //! the default flags and with `--result-cache-size 100000`, and after the
@@ -75,7 +81,9 @@
 //!
 //! Run with `cargo run --release -p fastworker-bench -- [--seconds S]
 //! [--requests N] [--in-flight K] [--concurrency C] [--cluster-size N]
-//! [--floor-in-process]`.
+//! [--floor-in-process] [--durable-only]`.
+
+mod durable;
 
 mod security;
 mod soak;
@@ -133,6 +141,8 @@ struct Settings {
     floor_in_process: bool,
     /// Run the memory soak for this many minutes instead of the table.
     soak_minutes: Option<f64>,
+    /// Run only the floors, the `cp` rows and the durable rows.
+    durable_only: bool,
 }
 
 impl Settings {
@@ -178,13 +188,14 @@ fn main() -> ExitCode {
 
 fn parse_args() -> Result<Settings, String> {
     const USAGE: &str = "usage: fastworker-bench [--seconds S] [--requests N] [--in-flight K] [--concurrency C] \
-        [--cluster-size N] [--floor-in-process] [--soak MINUTES]\n  \
+        [--cluster-size N] [--floor-in-process] [--durable-only] [--soak MINUTES]\n  \
         --seconds S           measured seconds per phase (default 2)\n  \
         --requests N          measure N requests per phase instead of a duration\n  \
         --in-flight K         requests in flight in the pipelined phases (default 64)\n  \
         --concurrency C       threads running `add` in the control plane and in each subworker (default: cores)\n  \
         --cluster-size N      subworkers registered in the large-cluster row, N - 1 of them fakes (default 100)\n  \
         --floor-in-process    run the echo server on this process's threads, not in a child process\n  \
+        --durable-only        run only the floors, the cp rows and the durable (--state-dir) rows\n  \
         --soak MINUTES        instead of the table: mixed load with a subworker killed every 20 s, memory sampled";
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut settings = Settings {
@@ -195,6 +206,7 @@ fn parse_args() -> Result<Settings, String> {
         cluster_size: 100,
         floor_in_process: false,
         soak_minutes: None,
+        durable_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -233,6 +245,7 @@ fn parse_args() -> Result<Settings, String> {
                 }
                 settings.soak_minutes = Some(minutes);
             }
+            "--durable-only" => settings.durable_only = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
         }
@@ -248,6 +261,8 @@ struct Results {
     idle_kib: Option<u64>,
     idle_large_cache_kib: Option<u64>,
     cached_kib: Option<u64>,
+    /// The durable mode's recovery after a SIGKILL (see `durable.rs`).
+    recovery: Option<durable::Recovery>,
     /// Processes that did not stop cleanly, fake subworkers that could not
     /// register or unregister, cluster listings that were not as expected.
     problems: Vec<String>,
@@ -303,6 +318,7 @@ fn run(settings: &Settings) -> Result<bool, String> {
         idle_kib: None,
         idle_large_cache_kib: None,
         cached_kib: None,
+        recovery: None,
         problems: Vec::new(),
     };
 
@@ -357,6 +373,13 @@ fn run(settings: &Settings) -> Result<bool, String> {
         results.stopped(&mut control_plane);
     }
     drop(credentials);
+
+    // The same with --state-dir, and the recovery of a killed one.
+    results.recovery = Some(durable::durable_rows(settings, &binary, &plugin, &runtime, &mut results)?);
+    if settings.durable_only {
+        insert_floors(&mut results, [floor_seq, floor_pipe, tcp_seq, tcp_pipe], floors()?, k);
+        return Ok(report(settings, &results));
+    }
 
     // A control plane that runs nothing, routing `add` to one subworker, then two.
     println!("sw: {} control-plane (no --task-modules), subworkers --concurrency {c}", binary.display());
@@ -413,18 +436,29 @@ fn run(settings: &Settings) -> Result<bool, String> {
     results.stopped(&mut control_plane);
 
     // The floors' second halves.
-    let [sequential, pipelined, tcp_sequential, tcp_pipelined] = floors()?;
-    let floors = [
-        ("tcp-sequential".to_string(), tcp_seq.merge(tcp_sequential), false),
-        (format!("tcp-pipelined-{k}"), tcp_pipe.merge(tcp_pipelined), true),
-        ("floor-sequential".to_string(), floor_seq.merge(sequential), false),
-        (format!("floor-pipelined-{k}"), floor_pipe.merge(pipelined), true),
-    ];
-    for (index, (name, phase, pipelined)) in floors.into_iter().enumerate() {
-        results.rows.insert(index, Row { name, phase, pipelined });
-    }
+    insert_floors(&mut results, [floor_seq, floor_pipe, tcp_seq, tcp_pipe], floors()?, k);
 
     Ok(report(settings, &results))
+}
+
+/// Puts the floors, each measured in two halves (NNG sequential and
+/// pipelined, TCP sequential and pipelined), at the top of the table.
+fn insert_floors(results: &mut Results, first: [Phase; 4], second: [Phase; 4], k: usize) {
+    let names = [
+        ("floor-sequential".to_string(), false),
+        (format!("floor-pipelined-{k}"), true),
+        ("tcp-sequential".to_string(), false),
+        (format!("tcp-pipelined-{k}"), true),
+    ];
+    let mut rows: Vec<Row> = names
+        .into_iter()
+        .zip(first.into_iter().zip(second))
+        .map(|((name, pipelined), (a, b))| Row { name, phase: a.merge(b), pipelined })
+        .collect();
+    rows.rotate_left(2);
+    for (index, row) in rows.into_iter().enumerate() {
+        results.rows.insert(index, row);
+    }
 }
 
 /// Runs `phase` once unmeasured with a [`WARMUP`] budget, then with `budget`.
@@ -494,6 +528,37 @@ fn report(settings: &Settings, results: &Results) -> bool {
 
     let cp_seq = results.row("cp-blocking");
     let cp_pipe = results.row(&format!("cp-pipelined-{k}"));
+    let durable_seq = results.row("durable-blocking");
+    let durable_pipe = results.row(&format!("durable-pipelined-{k}"));
+    println!();
+    println!(
+        "durable mode (durable / cp):      blocking rate {:.3}, p50 {:.2}×, p99 {:.2}×; pipelined rate {:.3}, p50 {:.2}×",
+        durable_seq.rate() / cp_seq.rate(),
+        ratio_p(durable_seq, cp_seq, 50.0),
+        ratio_p(durable_seq, cp_seq, 99.0),
+        durable_pipe.rate() / cp_pipe.rate(),
+        ratio_p(durable_pipe, cp_pipe, 50.0),
+    );
+    let recovery = results.recovery.as_ref();
+    if let Some(recovery) = recovery {
+        println!(
+            "recovery of {} queued tasks after kill -9: serving again {:.0} ms after the restart (in-memory start: {:.0} ms, {:.2}×)",
+            durable::RECOVERED_TASKS,
+            recovery.durable.as_secs_f64() * 1000.0,
+            recovery.memory.as_secs_f64() * 1000.0,
+            recovery.durable.as_secs_f64() / recovery.memory.as_secs_f64()
+        );
+    }
+    let durable_targets = [
+        ("durable-pipelined rate ≥ 0.50 of cp's", Some(durable_pipe.rate() / cp_pipe.rate()), 0.5, true, ""),
+        ("recovery of 100 000 queued ≤ 2 s", recovery.map(|r| r.durable.as_secs_f64()), 2.0, false, " s"),
+    ];
+    if settings.durable_only {
+        println!();
+        println!("targets:");
+        print_targets(&durable_targets);
+        return checked(results);
+    }
     let sw_seq = results.row("sw-blocking");
     let sw_pipe = results.row(&format!("sw-pipelined-{k}"));
     let sw2_pipe = results.row(&format!("sw2-pipelined-{k}"));
@@ -540,8 +605,6 @@ fn report(settings: &Settings, results: &Results) -> bool {
     }
 
     let (wrong, missing) = results.rows.iter().fold((0, 0), |(w, m), row| (w + row.phase.wrong, m + row.phase.missing));
-    let measured: usize = results.rows.iter().map(|row| row.phase.latencies.len()).sum();
-    let warmup: u64 = results.rows.iter().map(|row| row.phase.warmup_replies).sum();
     println!();
     println!("targets:");
     let cluster_target = format!("sw{n} costs ≤ 10 % of sw1-alone's rate");
@@ -555,7 +618,18 @@ fn report(settings: &Settings, results: &Results) -> bool {
         ("memory with 100 000 cached ≤ 100 MiB", cached, 100.0, false, " MiB"),
         ("wrong + missing replies = 0", Some((wrong + missing) as f64), 0.0, false, ""),
     ];
-    for (what, value, limit, at_least, unit) in targets {
+    print_targets(&targets);
+    print_targets(&durable_targets);
+    checked(results)
+}
+
+/// A target: what, the value measured, the limit, whether it is a floor
+/// (else a ceiling), the unit.
+type Target<'a> = (&'a str, Option<f64>, f64, bool, &'a str);
+
+/// Prints each target, marked met or not.
+fn print_targets(targets: &[Target<'_>]) {
+    for &(what, value, limit, at_least, unit) in targets {
         let verdict = match value {
             Some(v) if (at_least && v >= limit) || (!at_least && v <= limit) => "met",
             Some(_) => "NOT MET",
@@ -564,7 +638,12 @@ fn report(settings: &Settings, results: &Results) -> bool {
         let value = value.map_or("?".to_string(), |v| format!("{v:.3}{unit}"));
         println!("  {what:<40} {value:>14}   {verdict}");
     }
+}
 
+/// Prints the wrong and missing replies and the problems; whether there were none.
+fn checked(results: &Results) -> bool {
+    let measured: usize = results.rows.iter().map(|row| row.phase.latencies.len()).sum();
+    let warmup: u64 = results.rows.iter().map(|row| row.phase.warmup_replies).sum();
     println!();
     let mut clean = true;
     for Row { name, phase, .. } in &results.rows {
@@ -1090,39 +1169,18 @@ impl FastworkerProcess {
         args: &[OsString],
         mut ready: impl FnMut(&mut FastworkerProcess) -> Result<(), String>,
     ) -> Result<FastworkerProcess, String> {
-        let log = binary.with_file_name(format!("fastworker-bench-{}.log", role.replace(' ', "-")));
         let mut last_error = String::new();
         for _attempt in 0..3 {
             // A process given certificates listens on tls+tcp://.
             let scheme = if args.iter().any(|arg| arg == "--tls-cert") { "tls+tcp" } else { "tcp" };
             let address = format!("{scheme}://127.0.0.1:{}", free_base_port()?);
-            let stderr = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
-            let child = Command::new(binary)
-                .args(args)
-                .args(["--base-address", &address])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .map_err(|e| format!("starting {}: {e}", binary.display()))?;
-            let key_file = args.windows(2).find(|pair| pair[0] == "--cluster-key-file").map(|pair| &pair[1]);
-            let keys = match key_file {
-                Some(path) => Some(Arc::new(KeyRing::load(Path::new(path)).map_err(|e| e.to_string())?)),
-                None => None,
-            };
-            let mut process = FastworkerProcess {
-                process: ChildGuard(Some(child)),
-                role: role.to_string(),
-                address,
-                keys,
-                log: log.clone(),
-            };
+            let mut process = FastworkerProcess::spawn(binary, role, args, address)?;
             match ready(&mut process) {
                 Ok(()) => return Ok(process),
                 Err(error) => {
                     process.process.stop();
-                    let output = std::fs::read_to_string(&log).unwrap_or_default();
-                    last_error = format!("{error}\n--- {role} log ({}) ---\n{output}", log.display());
+                    let output = std::fs::read_to_string(&process.log).unwrap_or_default();
+                    last_error = format!("{error}\n--- {role} log ({}) ---\n{output}", process.log.display());
                     // A port taken between our check and its bind: try another.
                     if !output.contains("already in use") {
                         break;
@@ -1131,6 +1189,35 @@ impl FastworkerProcess {
             }
         }
         Err(last_error)
+    }
+
+    /// Starts `binary ARGS --base-address ADDRESS`, stderr to a log named
+    /// after `role` next to `binary`, without waiting for anything.
+    fn spawn(binary: &Path, role: &str, args: &[OsString], address: String) -> Result<FastworkerProcess, String> {
+        let log = binary.with_file_name(format!("fastworker-bench-{}.log", role.replace(' ', "-")));
+        let stderr = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+        let child = Command::new(binary)
+            .args(args)
+            .args(["--base-address", &address])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+        let key_file = args.windows(2).find(|pair| pair[0] == "--cluster-key-file").map(|pair| &pair[1]);
+        let keys = match key_file {
+            Some(path) => Some(Arc::new(KeyRing::load(Path::new(path)).map_err(|e| e.to_string())?)),
+            None => None,
+        };
+        Ok(FastworkerProcess { process: ChildGuard(Some(child)), role: role.to_string(), address, keys, log })
+    }
+
+    /// Kills it with SIGKILL (a crash) and waits until it is gone.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.process.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Calls `probe` every 20 ms until it reports [`Probe::Ready`]; fails if
@@ -1178,14 +1265,6 @@ impl FastworkerProcess {
         line.trim().strip_suffix("kB")?.trim().parse().ok()
     }
 
-    /// Kills it at once (SIGKILL), as a crash would.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.process.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
     /// Stops it (see [`ChildGuard::stop`]); an error says how it did not
     /// exit cleanly.
     fn stop(&mut self) -> Result<(), String> {
@@ -1216,13 +1295,17 @@ fn start_control_plane(
         args.extend(["--task-modules".into(), plugin.into()]);
     }
     args.extend_from_slice(extra);
-    FastworkerProcess::start(binary, role, &args, |process| {
-        let probe = process.client()?.with_timeout(PROBE_TIMEOUT);
-        process.wait_until(|runtime| match runtime.block_on(probe.status(TaskId::new_v4())) {
-            Err(ClientError::Refused(_)) => Probe::Ready,
-            Ok(report) => Probe::Failed(format!("a random task id has a report: {report:?}")),
-            Err(error) => Probe::NotYet(error.to_string()),
-        })
+    FastworkerProcess::start(binary, role, &args, serving)
+}
+
+/// Waits until a starting control plane serves: it refuses a status query
+/// for an unknown task id.
+fn serving(process: &mut FastworkerProcess) -> Result<(), String> {
+    let probe = process.client()?.with_timeout(PROBE_TIMEOUT);
+    process.wait_until(|runtime| match runtime.block_on(probe.status(TaskId::new_v4())) {
+        Err(ClientError::Refused(_)) => Probe::Ready,
+        Ok(report) => Probe::Failed(format!("a random task id has a report: {report:?}")),
+        Err(error) => Probe::NotYet(error.to_string()),
     })
 }
 

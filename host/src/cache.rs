@@ -56,6 +56,16 @@ pub(crate) struct ResultCache {
     /// Bytes the held results take (their result, error and name).
     bytes: u64,
     max_bytes: u64,
+    /// Ids of results dropped since the last [`ResultCache::take_forgotten`],
+    /// when a durable store must delete them too (`None`: nobody asks).
+    forgotten: Option<Vec<TaskId>>,
+}
+
+/// Notes that `id`'s result is no longer held, for whoever tracks it.
+fn note(forgotten: &mut Option<Vec<TaskId>>, id: TaskId) {
+    if let Some(forgotten) = forgotten {
+        forgotten.push(id);
+    }
 }
 
 /// The bytes a cached report is counted for.
@@ -70,26 +80,51 @@ impl ResultCache {
     pub(crate) fn new(capacity: usize, max_bytes: u64, ttl: Option<Duration>) -> Self {
         let remembered = NonZeroUsize::new(capacity.clamp(1024, MAX_REMEMBERED_DROPS)).expect("clamped above zero");
         let results = NonZeroUsize::new(capacity).map(LruCache::new);
-        ResultCache { results, dropped: LruCache::new(remembered), ttl, bytes: 0, max_bytes }
+        ResultCache { results, dropped: LruCache::new(remembered), ttl, bytes: 0, max_bytes, forgotten: None }
     }
 
     /// Stores a finished task, evicting the least recently used one if full.
     pub(crate) fn insert(&mut self, report: TaskReport, args_digest: [u8; 16]) {
-        let Some(results) = self.results.as_mut() else { return };
+        self.insert_aged(report, args_digest, Duration::ZERO);
+    }
+
+    /// Stores a task that finished `age` ago (read back from a durable
+    /// store): one already past the TTL is not stored.
+    pub(crate) fn insert_aged(&mut self, report: TaskReport, args_digest: [u8; 16], age: Duration) {
         let id = report.task_id;
+        let Some(results) = self.results.as_mut() else { return note(&mut self.forgotten, id) };
+        if self.ttl.is_some_and(|ttl| age >= ttl) {
+            self.dropped.put(id, Dropped::Expired);
+            return note(&mut self.forgotten, id);
+        }
+        // An age beyond the monotonic clock's start (the machine rebooted)
+        // counts from now: such a result is kept up to one TTL too long.
+        let stored = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         self.bytes += size_of(&report);
-        if let Some((evicted, old)) = results.push(id, Cached { report, stored: Instant::now(), args_digest }) {
+        if let Some((evicted, old)) = results.push(id, Cached { report, stored, args_digest }) {
             self.bytes -= size_of(&old.report);
             if evicted != id {
                 self.dropped.put(evicted, Dropped::Evicted);
+                note(&mut self.forgotten, evicted);
             }
         }
         while self.bytes > self.max_bytes {
             let Some((evicted, old)) = results.pop_lru() else { break };
             self.bytes -= size_of(&old.report);
             self.dropped.put(evicted, Dropped::Evicted);
+            note(&mut self.forgotten, evicted);
         }
         self.dropped.pop(&id);
+    }
+
+    /// Starts noting the ids of dropped results (see [`ResultCache::take_forgotten`]).
+    pub(crate) fn track_forgotten(&mut self) {
+        self.forgotten.get_or_insert_with(Vec::new);
+    }
+
+    /// The ids of results dropped since the last call.
+    pub(crate) fn take_forgotten(&mut self) -> Vec<TaskId> {
+        self.forgotten.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The digest of the arguments of a held result, without refreshing it.
@@ -112,6 +147,7 @@ impl ResultCache {
                         self.bytes -= size_of(&old.report);
                     }
                     self.dropped.put(*id, Dropped::Expired);
+                    note(&mut self.forgotten, *id);
                     return Lookup::Expired;
                 }
                 return Lookup::Found(cached.report.clone());
@@ -134,6 +170,7 @@ impl ResultCache {
                 self.bytes -= size_of(&old.report);
             }
             self.dropped.put(*id, Dropped::Expired);
+            note(&mut self.forgotten, *id);
         }
         expired.len()
     }
@@ -208,5 +245,19 @@ mod tests {
         assert!(matches!(cache.get(&ids[0]), Lookup::Evicted));
         assert!(matches!(cache.get(&ids[4]), Lookup::Found(_)));
         assert_eq!(cache.bytes(), 3 * size_of(&report(ids[0])));
+    }
+
+    #[test]
+    fn dropped_results_are_noted_when_tracked_and_old_ones_are_not_stored() {
+        let mut cache = ResultCache::new(2, u64::MAX, Some(Duration::from_secs(60)));
+        cache.track_forgotten();
+        let ids: Vec<TaskId> = (0..4).map(|_| TaskId::new_v4()).collect();
+        cache.insert(report(ids[0]), [0; 16]);
+        cache.insert(report(ids[1]), [0; 16]);
+        cache.insert(report(ids[2]), [0; 16]);
+        cache.insert_aged(report(ids[3]), [0; 16], Duration::from_secs(61));
+        assert_eq!(cache.take_forgotten(), vec![ids[0], ids[3]]);
+        assert!(cache.take_forgotten().is_empty());
+        assert!(matches!(cache.get(&ids[3]), Lookup::Expired));
     }
 }

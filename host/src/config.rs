@@ -2,6 +2,7 @@
 //! line builds and every part of the server reads, kept apart from the
 //! server so that no part needs to import the server for its settings.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -38,6 +39,10 @@ pub struct ControlPlaneConfig {
     /// `management` (subworkers set `None`). If the address is taken, a
     /// warning is logged and the control plane serves without announcing.
     pub discovery: Option<String>,
+    /// The durable mode's directory (`--state-dir`): accepted tasks, their
+    /// progress and their results are kept there and taken up again after a
+    /// restart. `None` keeps everything in memory only (see docs/durability.md).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// How a control plane manages subworkers.

@@ -16,10 +16,22 @@ use crate::config::ControlPlaneConfig;
 use crate::dashboard::{Dashboard, DashboardConfig, DashboardError};
 use crate::discovery::{Announcement, Announcer};
 use crate::endpoint::{Handler, ListenError, Listener, PortAuth, PortOptions, Replier};
+use crate::journal::{Journal, JournalError};
 use crate::membership::{self, Event};
 use crate::plugins::Registry;
 use crate::protocol::{decode, ClusterStatus, ErrorKind, Priority, Reply, Request};
 use crate::state::{error_reply, Caller, State};
+
+/// Why a control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A port could not be listened on.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The `--state-dir` cannot be used.
+    #[error(transparent)]
+    State(#[from] JournalError),
+}
 
 /// A running control plane or subworker.
 pub struct ControlPlane {
@@ -34,10 +46,21 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Binds every port and starts the worker threads.
-    pub fn start(config: ControlPlaneConfig, registry: Registry) -> Result<ControlPlane, ListenError> {
+    /// Opens the `--state-dir` if there is one, takes up what it holds,
+    /// binds every port and starts the worker threads.
+    pub fn start(config: ControlPlaneConfig, registry: Registry) -> Result<ControlPlane, StartError> {
         crate::memory::give_back_freed_memory();
-        let state = State::new(config, registry);
+        // A stored record is at most a task's arguments or its result (each
+        // bounded by the frame size) and a little more.
+        let max_record = config.limits.max_frame_bytes.saturating_mul(2).saturating_add(1 << 20);
+        let (journal, recovered) = match &config.state_dir {
+            Some(dir) => Journal::open(dir, max_record).map(|(journal, recovered)| (Some(journal), Some(recovered)))?,
+            None => (None, None),
+        };
+        let state = State::new(config, registry, journal);
+        if let Some(recovered) = recovered {
+            state.restore(recovered);
+        }
         let config = &state.config;
         let limits = &config.limits;
         let auth = config.keys.as_ref().map(|ring| {
@@ -190,6 +213,7 @@ impl ControlPlane {
         // Give the last replies a moment to leave before the sockets close.
         std::thread::sleep(Duration::from_millis(100));
         drop(self.listeners);
+        self.state.close_journal();
         info!("stopped");
     }
 }

@@ -25,6 +25,7 @@ use crate::callbacks::Callbacks;
 use crate::cluster::{Cluster, Placement, Waiting, WorkerKey};
 use crate::config::ControlPlaneConfig;
 use crate::endpoint::{encode_reply, Replier};
+use crate::journal::Journal;
 use crate::limits::{millis, Bound, Refusals};
 use crate::link::Link;
 use crate::monitor::{Monitor, TaskSummary};
@@ -39,6 +40,7 @@ use crate::schedules::Scheduler;
 use crate::timers::{Alarm, Timers};
 
 mod delivery;
+mod durable;
 
 use delivery::Dispatched;
 pub(crate) use delivery::{DeliveryCounters, StartedRuns, START_REPORT_DELAY};
@@ -79,6 +81,8 @@ pub(crate) struct State {
     pub(crate) delivery: DeliveryCounters,
     /// On a subworker: runs started, to report to the control plane.
     pub(crate) started_runs: Arc<StartedRuns>,
+    /// The durable mode's store (`--state-dir`); `None` in memory mode.
+    journal: Option<Journal>,
 }
 
 /// The live tasks and the subworkers, under one lock.
@@ -206,7 +210,7 @@ impl Outbox {
 
 impl State {
     /// Builds the state and starts the worker, timer and callback threads.
-    pub(crate) fn new(config: ControlPlaneConfig, registry: Registry) -> Arc<State> {
+    pub(crate) fn new(config: ControlPlaneConfig, registry: Registry, journal: Option<Journal>) -> Arc<State> {
         Arc::new_cyclic(|me: &Weak<State>| {
             let runner = me.clone();
             let pool = Pool::start(config.concurrency, move |job| {
@@ -233,13 +237,15 @@ impl State {
             });
             let refusals = Arc::<Refusals>::default();
             let callbacks = Callbacks::start(&config.limits, refusals.clone());
+            let mut cache =
+                ResultCache::new(config.result_cache_size, config.limits.max_cached_bytes, config.result_cache_ttl);
+            if journal.is_some() {
+                cache.track_forgotten();
+            }
             State {
                 scheduler,
-                cache: Mutex::new(ResultCache::new(
-                    config.result_cache_size,
-                    config.limits.max_cached_bytes,
-                    config.result_cache_ttl,
-                )),
+                journal,
+                cache: Mutex::new(cache),
                 tasks: Mutex::new(Tasks {
                     live: FxHashMap::default(),
                     live_bytes: 0,
@@ -279,7 +285,10 @@ impl State {
 
     /// Drops results older than the TTL.
     pub(crate) fn sweep_expired(&self) -> usize {
-        self.cache.lock().expect("cache lock").sweep()
+        let mut cache = self.cache.lock().expect("cache lock");
+        let swept = cache.sweep();
+        self.forget_dropped(&mut cache);
+        swept
     }
 
     /// Answers a submission: at once with the task's id, or, for a client
@@ -295,7 +304,7 @@ impl State {
         match self.accept(submit, waiter, owner, lease) {
             Ok(task_id) => {
                 if let Some(replier) = answer_now {
-                    replier.send(&Reply::Accepted { task_id });
+                    self.acknowledge(replier, Reply::Accepted { task_id });
                 }
             }
             Err((refusal, waiter)) => {
@@ -344,7 +353,7 @@ impl State {
                 self.accept(Submit { wait: false, ..submit }, None, owner, None).map_err(|(refusal, _)| refusal)
             })
             .collect();
-        replier.send(&Reply::Batch(outcomes));
+        self.acknowledge(replier, Reply::Batch(outcomes));
     }
 
     /// Takes a task in: runs it here, sends it to a subworker, queues it for
@@ -392,7 +401,7 @@ impl State {
             return Ok(task_id);
         }
         drop(cache);
-        if let Err(refusal) = self.within_limits(&tasks, &submit) {
+        if let Err(refusal) = self.within_limits(&tasks, &submit).and_then(|()| self.journal_has_room()) {
             return Err((refusal, waiter));
         }
         let declared = match (tasks.cluster.provider(&submit.task_name), self.registry.get(&submit.task_name)) {
@@ -452,6 +461,7 @@ impl State {
             lease,
         };
         self.monitor.accepted(&task.report);
+        self.record_accepted(task_id, &task, later);
         tasks.live_bytes += task.args.len() as u64;
         tasks.live.insert(task_id, task);
         let mut outbox = Outbox::default();
@@ -607,7 +617,8 @@ impl State {
             report.worker.clone_from(&self.config.worker_id);
             self.monitor.changed(report);
             self.report_started(job.task_id, task.lease);
-            (report.attempts, task.plan.timeout_ms)
+            self.record_progress(job.task_id, task, None);
+            (task.report.attempts, task.plan.timeout_ms)
         };
         let deadline = if timeout_ms == 0 { 0 } else { started.saturating_add(timeout_ms) };
         if deadline > 0 {
@@ -648,7 +659,9 @@ impl State {
                 task.report.state = TaskState::Retrying;
                 task.report.error = Some(error);
                 self.monitor.retrying(&task.report);
-                self.timers.set(now_ms().saturating_add(delay), Alarm::Start(task_id));
+                let due = now_ms().saturating_add(delay);
+                self.record_progress(task_id, task, Some(due));
+                self.timers.set(due, Alarm::Start(task_id));
             }
             Err(error) => {
                 debug!(%task_id, attempt, error = %error.message, "task failed");
@@ -678,12 +691,16 @@ impl State {
         if let Some(callback) = task.plan.callback {
             self.callbacks.push(callback.address, Notice { report: report.clone(), data: callback.data });
         }
+        let digest = args_digest(&task.args);
+        self.record_finished(&report, digest);
         let reply = Reply::Report(report);
         if !task.waiters.is_empty() {
-            outbox.0.push((task.waiters, encode_reply(&reply)));
+            self.answer_final(task.waiters, encode_reply(&reply), outbox);
         }
         let Reply::Report(report) = reply else { unreachable!() };
-        self.cache.lock().expect("cache lock").insert(report, args_digest(&task.args));
+        let mut cache = self.cache.lock().expect("cache lock");
+        cache.insert(report, digest);
+        self.forget_dropped(&mut cache);
     }
 
     fn fail(&self, tasks: &mut Tasks, task_id: TaskId, message: String, outbox: &mut Outbox) {
@@ -820,6 +837,7 @@ impl State {
                 task.dispatch = Some(Dispatched { key, lease, timeout_ms, start_by_ms, report_by_ms: None });
                 let first_look = sent.saturating_add(timeout_ms).saturating_add(delivery::REPORT_GRACE_MS);
                 self.timers.set(first_look.min(start_by_ms), Alarm::Lease(task_id, lease));
+                self.record_progress(task_id, task, None);
             }
             Err(error) => {
                 // The tick sends it again once a slot is free.
@@ -1049,7 +1067,11 @@ impl State {
         let timeout = self.config.shutdown_timeout;
         info!(timeout_secs = timeout.as_secs_f64(), "shutting down: finishing queued and running tasks");
         let deadline = Instant::now() + timeout;
-        self.end_waiting_for_time();
+        // In durable mode what has not run yet waits on disk for the restart.
+        let durable = self.journal.is_some();
+        if !durable {
+            self.end_waiting_for_time();
+        }
         if self.config.management.is_none() {
             // A subworker hands back at once what it has not started: its
             // control plane runs it elsewhere rather than it failing here.
@@ -1057,12 +1079,14 @@ impl State {
         }
         let unstarted = self.pool.drain(timeout);
         // Tasks on subworkers finish on their own; wait for them too.
-        while !self.lock().live.is_empty() && Instant::now() < deadline {
+        while self.lock().live.values().any(|t| !durable || t.report.state == TaskState::Running)
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
-        for job in &unstarted {
+        for job in unstarted.iter().filter(|_| !durable) {
             let message = format!(
                 "'{}' shut down before this task started (--shutdown-timeout {} s); submit it again",
                 self.config.worker_id,
@@ -1070,13 +1094,16 @@ impl State {
             );
             self.fail(&mut tasks, job.task_id, message, &mut outbox);
         }
-        if !unstarted.is_empty() {
+        if !unstarted.is_empty() && !durable {
             warn!(count = unstarted.len(), "tasks never started before the shutdown deadline");
         }
         let abandoned: Vec<(TaskId, LiveTask)> = tasks.live.drain().collect();
         tasks.live_bytes = 0;
         drop(tasks);
         outbox.deliver();
+        if durable {
+            return self.leave_for_restart(abandoned);
+        }
         for (task_id, task) in abandoned {
             warn!(%task_id, task = %task.report.task_name, "still running at the shutdown deadline; its result is lost");
             task.cancelled.store(true, Ordering::SeqCst);

@@ -79,6 +79,10 @@ pub(crate) struct ControlPlaneArgs {
     /// Seconds a shutdown waits for queued and running tasks.
     #[arg(long, env = "FASTWORKER_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     pub(crate) shutdown_timeout: f64,
+    /// Durable mode: keep accepted tasks, their progress and results in this directory, and take
+    /// them up again after a restart (see docs/durability.md); without it nothing survives a restart.
+    #[arg(long, env = "FASTWORKER_STATE_DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) task_limits: TaskLimitArgs,
     #[command(flatten)]
@@ -207,6 +211,7 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         keys,
         management: Some(ManagementConfig { port: management_port, inactive_after, restart_window }),
         discovery: (!args.no_discovery).then_some(args.discovery_address),
+        state_dir: args.state_dir,
     };
     let mut control_plane = match ControlPlane::start(config, registry) {
         Ok(control_plane) => control_plane,
@@ -361,6 +366,7 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
         keys,
         management: None,
         discovery: None,
+        state_dir: None,
     };
     let server = match ControlPlane::start(config, registry) {
         Ok(server) => server,

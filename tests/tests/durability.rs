@@ -1,0 +1,247 @@
+//! The durable mode (`--state-dir`): a control plane killed with SIGKILL
+//! while tasks are queued, running (here and on a subworker), scheduled and
+//! finished, then restarted on the same directory, brings every accepted
+//! task to one outcome and still answers for the finished ones; a directory
+//! it cannot use stops the start-up with a clear message.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fastworker::protocol::{ErrorKind, RetryPolicy};
+use fastworker::{ClientError, SubmitOptions, TaskId, TaskReport, TaskState};
+use fastworker_tests::{free_base_port, plugin, run_cli, runtime, stderr, wait_until, Process};
+
+/// A fresh directory under the system's temporary one.
+fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fastworker-{what}-{}", TaskId::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts a control plane with the example plugin at `address`, with `extra`
+/// flags, and waits until it answers.
+fn control_plane_at(address: &str, extra: &[&str]) -> Process {
+    let mut args: Vec<String> = ["control-plane", "--base-address", address, "--no-gui", "--no-discovery"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--task-modules".into(), plugin("example-tasks").display().to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut process = Process::spawn(&args, &[], address.to_string());
+    if let Err(log) = process.wait_ready(Duration::from_secs(20)) {
+        panic!("control plane did not start:\n{log}");
+    }
+    process
+}
+
+/// Kills a process with SIGKILL and waits for it to be gone.
+fn kill_9(process: &mut Process) {
+    process.signal("KILL");
+    let _ = process.wait_exit(Duration::from_secs(10));
+}
+
+fn with_id(task_id: TaskId) -> SubmitOptions {
+    SubmitOptions { task_id: Some(task_id), ..Default::default() }
+}
+
+/// The report of `task_id` once it is `state`, within `limit`.
+fn report_when(cp: &Process, task_id: TaskId, limit: Duration, ok: impl Fn(&TaskReport) -> bool) -> TaskReport {
+    let rt = runtime();
+    let client = cp.client();
+    let mut last = None;
+    let reached = wait_until(limit, || {
+        last = rt.block_on(client.status(task_id)).ok();
+        last.as_ref().is_some_and(&ok)
+    });
+    assert!(reached, "task {task_id} did not reach the expected state in {limit:?}: last {last:?}\n{}", cp.log());
+    last.expect("a report")
+}
+
+#[test]
+fn a_killed_control_plane_brings_every_accepted_task_to_one_outcome_after_a_restart() {
+    let dir = temp_dir("state");
+    let state_dir = dir.display().to_string();
+    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let flags = ["--concurrency", "1", "--state-dir", state_dir.as_str(), "--inactive-after", "2"];
+    let mut cp = control_plane_at(&address, &flags);
+    let rt = runtime();
+    let client = cp.client();
+
+    // Finished before the crash: two that succeeded (one after a retry) and one that failed.
+    let finished: Vec<TaskReport> = rt.block_on(async {
+        let add = client.submit("add", (1, 2), with_id(TaskId::new_v4())).await.unwrap();
+        let flaky = client.submit("flaky", (1,), with_id(TaskId::new_v4())).await.unwrap();
+        let divide = client.submit("divide", (1, 0), with_id(TaskId::new_v4())).await.unwrap();
+        vec![add, flaky, divide]
+    });
+    assert_eq!(finished[0].state, TaskState::Succeeded);
+    assert_eq!((finished[1].state, finished[1].attempts), (TaskState::Succeeded, 2));
+    assert_eq!(finished[2].state, TaskState::Failed);
+
+    // Running here: the cluster is empty, so the control plane's one thread takes it.
+    let local = TaskId::new_v4();
+    rt.block_on(client.delay("sleep_ms", (1500,), with_id(local))).unwrap();
+    let running = report_when(&cp, local, Duration::from_secs(10), |r| r.state == TaskState::Running);
+    assert_eq!(running.worker, "control-plane");
+
+    // Running on a subworker, then queued behind it (it provides sleep_ms with one slot).
+    let subworker = Process::subworker(&cp, "durable-sw", &["example-tasks"], &["--concurrency", "1"]);
+    let remote = TaskId::new_v4();
+    rt.block_on(client.delay("sleep_ms", (1500,), with_id(remote))).unwrap();
+    let running = report_when(&cp, remote, Duration::from_secs(10), |r| r.state == TaskState::Running);
+    assert_eq!(running.worker, "durable-sw");
+    let queued: Vec<TaskId> = (0..5).map(|_| TaskId::new_v4()).collect();
+    for task_id in &queued {
+        rt.block_on(client.delay("sleep_ms", (10,), with_id(*task_id))).unwrap();
+    }
+    assert_eq!(rt.block_on(client.status(queued[4])).unwrap().state, TaskState::Queued);
+
+    // Scheduled for later.
+    let scheduled = TaskId::new_v4();
+    let due = Instant::now() + Duration::from_secs(3);
+    let countdown = SubmitOptions { countdown: Some(Duration::from_secs(3)), ..with_id(scheduled) };
+    rt.block_on(client.delay("add", (2, 3), countdown)).unwrap();
+    assert_eq!(rt.block_on(client.status(scheduled)).unwrap().state, TaskState::Scheduled);
+
+    // A client waiting for a task when the control plane dies gets an error,
+    // and may ask for the task by id after the restart.
+    let blocked = TaskId::new_v4();
+    let waiting = {
+        let client = cp.client().with_timeout(Duration::from_secs(20));
+        rt.spawn(async move { client.submit("sleep_ms", (20,), with_id(blocked)).await })
+    };
+    assert!(wait_until(Duration::from_secs(5), || rt.block_on(client.status(blocked)).is_ok()));
+
+    kill_9(&mut cp);
+    let outcome = rt.block_on(waiting).unwrap();
+    assert!(outcome.is_err(), "a blocking call in flight at the crash fails: {outcome:?}");
+
+    let cp = control_plane_at(&address, &flags);
+    let client = cp.client();
+    // What had finished is answered as before, and a resubmission does not run it again.
+    for before in &finished {
+        let after = rt.block_on(client.status(before.task_id)).unwrap();
+        assert_eq!(
+            (after.state, after.attempts, after.finished_ms, &after.result),
+            (before.state, before.attempts, before.finished_ms, &before.result)
+        );
+    }
+    let again = rt.block_on(client.submit("flaky", (1,), with_id(finished[1].task_id))).unwrap();
+    assert_eq!((again.attempts, again.finished_ms), (2, finished[1].finished_ms), "not run again: {again:?}");
+    let conflict = rt.block_on(client.submit("add", (5, 5), with_id(finished[0].task_id)));
+    assert!(matches!(conflict, Err(ClientError::Refused(r)) if r.kind == ErrorKind::IdConflict));
+
+    // Everything accepted ends succeeded; what was running says it ran again.
+    let all: Vec<TaskId> = [local, remote, scheduled, blocked].into_iter().chain(queued.iter().copied()).collect();
+    let mut ended = Vec::new();
+    for task_id in &all {
+        let report = report_when(&cp, *task_id, Duration::from_secs(30), |r| r.state.is_final());
+        assert_eq!(report.state, TaskState::Succeeded, "{report:?}");
+        ended.push(report);
+    }
+    assert_eq!(ended[0].attempts, 2, "the run interrupted here counts: {:?}", ended[0]);
+    assert_eq!(ended[1].attempts, 2, "the run interrupted on the subworker counts: {:?}", ended[1]);
+    assert!(Instant::now() >= due, "the countdown task ran no sooner than its time");
+    assert!(ended[2].started_ms >= ended[2].created_ms.checked_add(2900), "{:?}", ended[2]);
+    assert_eq!(ended[2].result.as_deref(), Some(&b"5"[..]));
+    // One outcome each: asked again later, every report is the same.
+    std::thread::sleep(Duration::from_millis(500));
+    for before in &ended {
+        let after = rt.block_on(client.status(before.task_id)).unwrap();
+        assert_eq!(
+            (after.state, after.finished_ms, after.attempts),
+            (before.state, before.finished_ms, before.attempts)
+        );
+    }
+    drop(subworker);
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_retry_waiting_at_the_crash_runs_at_its_time_after_the_restart_and_counts_its_runs() {
+    let dir = temp_dir("state");
+    let state_dir = dir.display().to_string();
+    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let flags = ["--state-dir", state_dir.as_str()];
+    let mut cp = control_plane_at(&address, &flags);
+    let rt = runtime();
+    let task_id = TaskId::new_v4();
+    let retry = RetryPolicy { max_retries: 2, delay_ms: 2000, factor: 1.0, max_delay_ms: 2000 };
+    rt.block_on(cp.client().delay("flaky", (1,), SubmitOptions { retry: Some(retry), ..with_id(task_id) })).unwrap();
+    let retrying = report_when(&cp, task_id, Duration::from_secs(10), |r| r.state == TaskState::Retrying);
+    assert_eq!(retrying.attempts, 1);
+    kill_9(&mut cp);
+    let cp = control_plane_at(&address, &flags);
+    assert_eq!(rt.block_on(cp.client().status(task_id)).unwrap().state, TaskState::Retrying);
+    let report = report_when(&cp, task_id, Duration::from_secs(20), |r| r.state.is_final());
+    // flaky returns the run number it succeeded on: the second.
+    assert_eq!((report.state, report.attempts, report.result.as_deref()), (TaskState::Succeeded, 2, Some(&b"2"[..])));
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_graceful_stop_in_durable_mode_keeps_scheduled_tasks_for_the_restart() {
+    let dir = temp_dir("state");
+    let state_dir = dir.display().to_string();
+    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let flags = ["--state-dir", state_dir.as_str()];
+    let mut cp = control_plane_at(&address, &flags);
+    let rt = runtime();
+    let task_id = TaskId::new_v4();
+    let countdown = SubmitOptions { countdown: Some(Duration::from_secs(2)), ..with_id(task_id) };
+    rt.block_on(cp.client().delay("add", (20, 22), countdown)).unwrap();
+    cp.signal("TERM");
+    assert_eq!(cp.wait_exit(Duration::from_secs(20)), Some(0), "{}", cp.log());
+    let cp = control_plane_at(&address, &flags);
+    let report = report_when(&cp, task_id, Duration::from_secs(20), |r| r.state.is_final());
+    assert_eq!((report.state, report.result.as_deref()), (TaskState::Succeeded, Some(&b"42"[..])));
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_a_state_dir_nothing_survives_a_restart() {
+    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let mut cp = control_plane_at(&address, &[]);
+    let rt = runtime();
+    let report = rt.block_on(cp.client().submit("add", (1, 1), SubmitOptions::default())).unwrap();
+    kill_9(&mut cp);
+    let cp = control_plane_at(&address, &[]);
+    let status = rt.block_on(cp.client().status(report.task_id));
+    assert!(matches!(status, Err(ClientError::Refused(ref r)) if r.kind == ErrorKind::UnknownTaskId), "{status:?}");
+}
+
+/// Runs a control plane on `state_dir` that should refuse to start.
+fn refused_start(state_dir: &Path) -> (Option<i32>, String) {
+    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let output = run_cli(&[
+        "control-plane",
+        "--base-address",
+        &address,
+        "--no-gui",
+        "--no-discovery",
+        "--state-dir",
+        &state_dir.display().to_string(),
+    ]);
+    (output.status.code(), stderr(&output))
+}
+
+#[test]
+fn a_state_dir_that_cannot_be_used_stops_the_start_with_a_clear_message() {
+    let dir = temp_dir("bad-state");
+    // Not a store at all.
+    std::fs::write(dir.join("fastworker-state.redb"), b"this is not a fastworker state store").unwrap();
+    let (code, log) = refused_start(&dir);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("--state-dir") && log.contains("cannot be used"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    // A file where the directory should be.
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let (code, log) = refused_start(&file);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("--state-dir") && !log.contains("panicked"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
