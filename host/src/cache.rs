@@ -59,7 +59,16 @@ pub(crate) struct ResultCache {
     /// Ids of results dropped since the last [`ResultCache::take_forgotten`],
     /// when a durable store must delete them too (`None`: nobody asks).
     forgotten: Option<Vec<TaskId>>,
+    /// The most results held since the table was last rebuilt.
+    peak: usize,
 }
+
+/// A sweep that leaves fewer than 1/`SHRINK_FACTOR` of the peak rebuilds
+/// the table, so that the memory a large cache filled is given back.
+const SHRINK_FACTOR: usize = 4;
+
+/// Tables of fewer entries than this are never rebuilt (not worth it).
+const SHRINK_ABOVE: usize = 4096;
 
 /// Notes that `id`'s result is no longer held, for whoever tracks it.
 fn note(forgotten: &mut Option<Vec<TaskId>>, id: TaskId) {
@@ -80,7 +89,7 @@ impl ResultCache {
     pub(crate) fn new(capacity: usize, max_bytes: u64, ttl: Option<Duration>) -> Self {
         let remembered = NonZeroUsize::new(capacity.clamp(1024, MAX_REMEMBERED_DROPS)).expect("clamped above zero");
         let results = NonZeroUsize::new(capacity).map(LruCache::new);
-        ResultCache { results, dropped: LruCache::new(remembered), ttl, bytes: 0, max_bytes, forgotten: None }
+        ResultCache { results, dropped: LruCache::new(remembered), ttl, bytes: 0, max_bytes, forgotten: None, peak: 0 }
     }
 
     /// Stores a finished task, evicting the least recently used one if full.
@@ -115,6 +124,7 @@ impl ResultCache {
             note(&mut self.forgotten, evicted);
         }
         self.dropped.pop(&id);
+        self.peak = self.peak.max(results.len());
     }
 
     /// Starts noting the ids of dropped results (see [`ResultCache::take_forgotten`]).
@@ -172,7 +182,24 @@ impl ResultCache {
             self.dropped.put(*id, Dropped::Expired);
             note(&mut self.forgotten, *id);
         }
+        self.shrink_after_emptying();
         expired.len()
+    }
+
+    /// Once most of a large table has emptied, moves what is left into a
+    /// new table, in the same order: the old one's pages (touched when it
+    /// was full) go back to the allocator, and so to the system.
+    fn shrink_after_emptying(&mut self) {
+        let Some(results) = self.results.as_mut() else { return };
+        if self.peak < SHRINK_ABOVE || results.len().saturating_mul(SHRINK_FACTOR) >= self.peak {
+            return;
+        }
+        let mut fresh = LruCache::new(results.cap());
+        while let Some((id, cached)) = results.pop_lru() {
+            fresh.push(id, cached);
+        }
+        self.peak = fresh.len();
+        *results = fresh;
     }
 
     /// How many results are held.
@@ -259,5 +286,25 @@ mod tests {
         assert_eq!(cache.take_forgotten(), vec![ids[0], ids[3]]);
         assert!(cache.take_forgotten().is_empty());
         assert!(matches!(cache.get(&ids[3]), Lookup::Expired));
+    }
+
+    #[test]
+    fn a_sweep_that_empties_a_large_table_keeps_the_rest_in_order() {
+        let mut cache = ResultCache::new(10_000, u64::MAX, Some(Duration::from_secs(1)));
+        for _ in 0..9_000 {
+            cache.insert(report(TaskId::new_v4()), [0; 16]);
+        }
+        std::thread::sleep(Duration::from_millis(1050));
+        let (older, newer) = (TaskId::new_v4(), TaskId::new_v4());
+        cache.insert(report(older), [0; 16]);
+        cache.insert(report(newer), [0; 16]);
+        assert_eq!(cache.sweep(), 9_000);
+        assert_eq!((cache.len(), cache.peak), (2, 2), "the table was rebuilt");
+        // The order held: filling up evicts the least recently used first.
+        for _ in 0..9_999 {
+            cache.insert(report(TaskId::new_v4()), [0; 16]);
+        }
+        assert!(matches!(cache.get(&older), Lookup::Evicted));
+        assert!(matches!(cache.get(&newer), Lookup::Found(_)));
     }
 }

@@ -629,6 +629,10 @@ impl State {
             RResult::ROk(bytes) => Ok(bytes.into_vec()),
             RResult::RErr(failure) => Err(TaskError { kind: failure.kind, message: failure.message.into_string() }),
         };
+        if deadline > 0 {
+            // The run ended: its timeout guards nothing any more.
+            self.timers.cancel(Alarm::Deadline(job.task_id, attempt));
+        }
         let mut outbox = Outbox::default();
         self.complete(&mut self.lock(), job.task_id, attempt, outcome, None, &mut outbox);
         outbox.deliver();
@@ -675,6 +679,10 @@ impl State {
     fn finish(&self, tasks: &mut Tasks, task_id: TaskId, ending: Ending, started_ms: Option<u64>, outbox: &mut Outbox) {
         let Some(task) = tasks.live.remove(&task_id) else { return };
         tasks.live_bytes -= task.args.len() as u64;
+        // Its lease's alarm guards nothing any more.
+        if let Some(dispatch) = &task.dispatch {
+            self.timers.cancel(Alarm::Lease(task_id, dispatch.lease));
+        }
         let mut report = task.report;
         report.finished_ms = Some(now_ms());
         if started_ms.is_some() {

@@ -2,14 +2,19 @@
 //! due, a retry whose backoff is over, a run that reaches its timeout.
 //!
 //! Every run with a timeout sets an alarm, so this is on the hot path: due
-//! times are rounded up to a [`GRAIN`], the thread is woken only when an
+//! times are rounded up to a [`GRAIN_MS`], the thread is woken only when an
 //! alarm earlier than all others is set, and it rings every alarm due at
-//! once in one batch.
+//! once in one batch. An alarm that is no longer needed (its run ended) is
+//! cancelled, so that alarms live as long as what they guard, not as long
+//! as the longest timeout: a task with a ten-minute timeout that takes a
+//! millisecond holds no memory for ten minutes. Setting an alarm again
+//! moves it.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+use rustc_hash::FxHashMap;
 
 use crate::protocol::{now_ms, TaskId};
 
@@ -17,7 +22,7 @@ use crate::protocol::{now_ms, TaskId};
 const GRAIN_MS: u64 = 10;
 
 /// What is due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Alarm {
     /// A scheduled or retrying task may start.
     Start(TaskId),
@@ -35,14 +40,33 @@ pub(crate) struct Timers {
 }
 
 struct Shared {
-    alarms: Mutex<BinaryHeap<Reverse<(u64, Alarm)>>>,
+    alarms: Mutex<Alarms>,
     changed: Condvar,
+}
+
+/// The alarms set, in due order and by identity.
+#[derive(Default)]
+struct Alarms {
+    by_due: BTreeSet<(u64, Alarm)>,
+    due_of: FxHashMap<Alarm, u64>,
+}
+
+impl Alarms {
+    fn first(&self) -> Option<u64> {
+        self.by_due.first().map(|(due, _)| *due)
+    }
+
+    fn remove(&mut self, alarm: Alarm) {
+        if let Some(due) = self.due_of.remove(&alarm) {
+            self.by_due.remove(&(due, alarm));
+        }
+    }
 }
 
 impl Timers {
     /// Starts the thread; `ring` is called with the alarms that are due.
     pub(crate) fn start(ring: impl Fn(Vec<Alarm>) + Send + 'static) -> Timers {
-        let shared = Arc::new(Shared { alarms: Mutex::new(BinaryHeap::new()), changed: Condvar::new() });
+        let shared = Arc::new(Shared { alarms: Mutex::default(), changed: Condvar::new() });
         let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("timers".into())
@@ -51,16 +75,30 @@ impl Timers {
         Timers { shared }
     }
 
-    /// Rings `alarm` at `due_ms` (milliseconds since the Unix epoch).
+    /// Rings `alarm` at `due_ms` (milliseconds since the Unix epoch), or
+    /// moves it there if it was set already.
     pub(crate) fn set(&self, due_ms: u64, alarm: Alarm) {
         let due_ms = due_ms.div_ceil(GRAIN_MS).saturating_mul(GRAIN_MS);
         let mut alarms = self.shared.alarms.lock().expect("timer lock");
-        let earliest = alarms.peek().is_none_or(|Reverse((first, _))| due_ms < *first);
-        alarms.push(Reverse((due_ms, alarm)));
+        alarms.remove(alarm);
+        let earliest = alarms.first().is_none_or(|first| due_ms < first);
+        alarms.by_due.insert((due_ms, alarm));
+        alarms.due_of.insert(alarm, due_ms);
         drop(alarms);
         if earliest {
             self.shared.changed.notify_one();
         }
+    }
+
+    /// Forgets `alarm` if it is set: it will not ring.
+    pub(crate) fn cancel(&self, alarm: Alarm) {
+        self.shared.alarms.lock().expect("timer lock").remove(alarm);
+    }
+
+    /// Alarms set now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shared.alarms.lock().expect("timer lock").by_due.len()
     }
 }
 
@@ -68,17 +106,22 @@ fn ring_loop(shared: &Shared, ring: &dyn Fn(Vec<Alarm>)) {
     let mut alarms = shared.alarms.lock().expect("timer lock");
     loop {
         let now = now_ms();
-        match alarms.peek() {
-            Some(Reverse((due, _))) if *due <= now => {
+        match alarms.first() {
+            Some(due) if due <= now => {
                 let mut due = Vec::new();
-                while alarms.peek().is_some_and(|Reverse((at, _))| *at <= now) {
-                    due.push(alarms.pop().expect("peeked").0 .1);
+                while let Some(&(at, alarm)) = alarms.by_due.first() {
+                    if at > now {
+                        break;
+                    }
+                    alarms.by_due.pop_first();
+                    alarms.due_of.remove(&alarm);
+                    due.push(alarm);
                 }
                 drop(alarms);
                 ring(due);
                 alarms = shared.alarms.lock().expect("timer lock");
             }
-            Some(Reverse((due, _))) => {
+            Some(due) => {
                 let wait = Duration::from_millis(due - now);
                 alarms = shared.changed.wait_timeout(alarms, wait).expect("timer lock").0;
             }
@@ -108,5 +151,31 @@ mod tests {
         let (second, at_second) = receiver.recv_timeout(Duration::from_secs(2)).unwrap();
         assert_eq!((first, second), (Alarm::Deadline(early, 1), Alarm::Start(late)));
         assert!(at_first >= start + 30 && at_second >= start + 80);
+    }
+
+    #[test]
+    fn cancelled_alarms_never_ring_and_hold_nothing() {
+        let (sender, receiver) = mpsc::channel();
+        let timers = Timers::start(move |alarms| {
+            for alarm in alarms {
+                sender.send(alarm).unwrap();
+            }
+        });
+        let start = now_ms();
+        let ended: Vec<TaskId> = (0..1000).map(|_| TaskId::new_v4()).collect();
+        for task_id in &ended {
+            timers.set(start + 600_000, Alarm::Deadline(*task_id, 1));
+        }
+        let kept = TaskId::new_v4();
+        timers.set(start + 40, Alarm::Deadline(kept, 1));
+        // Set again: it moves, it does not ring twice.
+        timers.set(start + 50, Alarm::Deadline(kept, 1));
+        for task_id in &ended {
+            timers.cancel(Alarm::Deadline(*task_id, 1));
+        }
+        assert_eq!(timers.len(), 1);
+        assert_eq!(receiver.recv_timeout(Duration::from_secs(2)).unwrap(), Alarm::Deadline(kept, 1));
+        assert!(receiver.recv_timeout(Duration::from_millis(100)).is_err());
+        assert_eq!(timers.len(), 0);
     }
 }
