@@ -141,6 +141,8 @@ struct Settings {
     floor_in_process: bool,
     /// Run the memory soak for this many minutes instead of the table.
     soak_minutes: Option<f64>,
+    /// Time between two kills of the soak's subworker (`None`: never).
+    soak_kill_every: Option<Duration>,
     /// Run only the floors, the `cp` rows and the durable rows.
     durable_only: bool,
 }
@@ -173,7 +175,7 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match settings.soak_minutes {
-        Some(minutes) => soak::run(minutes, settings.concurrency),
+        Some(minutes) => soak::run(minutes, settings.soak_kill_every, settings.concurrency),
         None => run(&settings),
     };
     match outcome {
@@ -188,7 +190,7 @@ fn main() -> ExitCode {
 
 fn parse_args() -> Result<Settings, String> {
     const USAGE: &str = "usage: fastworker-bench [--seconds S] [--requests N] [--in-flight K] [--concurrency C] \
-        [--cluster-size N] [--floor-in-process] [--durable-only] [--soak MINUTES]\n  \
+        [--cluster-size N] [--floor-in-process] [--durable-only] [--soak MINUTES [--soak-kill-every S]]\n  \
         --seconds S           measured seconds per phase (default 2)\n  \
         --requests N          measure N requests per phase instead of a duration\n  \
         --in-flight K         requests in flight in the pipelined phases (default 64)\n  \
@@ -196,7 +198,8 @@ fn parse_args() -> Result<Settings, String> {
         --cluster-size N      subworkers registered in the large-cluster row, N - 1 of them fakes (default 100)\n  \
         --floor-in-process    run the echo server on this process's threads, not in a child process\n  \
         --durable-only        run only the floors, the cp rows and the durable (--state-dir) rows\n  \
-        --soak MINUTES        instead of the table: mixed load with a subworker killed every 20 s, memory sampled";
+        --soak MINUTES        instead of the table: mixed load with a subworker killed every 20 s, memory sampled\n  \
+        --soak-kill-every S   seconds between two kills of the soak's subworker (default 20; 0: never)";
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut settings = Settings {
         seconds: 2.0,
@@ -206,6 +209,7 @@ fn parse_args() -> Result<Settings, String> {
         cluster_size: 100,
         floor_in_process: false,
         soak_minutes: None,
+        soak_kill_every: Some(Duration::from_secs(20)),
         durable_only: false,
     };
     let mut args = std::env::args().skip(1);
@@ -244,6 +248,10 @@ fn parse_args() -> Result<Settings, String> {
                     return Err(format!("--soak takes minutes, above 0 and at most a day\n{USAGE}"));
                 }
                 settings.soak_minutes = Some(minutes);
+            }
+            "--soak-kill-every" => {
+                let seconds = whole("--soak-kill-every", 0..=3600)?;
+                settings.soak_kill_every = (seconds > 0).then(|| Duration::from_secs(seconds));
             }
             "--durable-only" => settings.durable_only = true,
             "-h" | "--help" => return Err(USAGE.to_string()),

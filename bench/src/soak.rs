@@ -1,5 +1,6 @@
 //! `--soak MINUTES`: a control plane and a subworker under mixed load for
-//! a while, the subworker killed (`kill -9`) and restarted every 20 s, the
+//! a while, the subworker killed (`kill -9`) and restarted every
+//! `--soak-kill-every` seconds (default 20, 0: never), the
 //! control plane's resident memory sampled every 10 s; prints the samples
 //! and the slope of memory over the run's last two thirds (after the result
 //! cache and the dashboard's ring have filled), in KiB per minute.
@@ -15,8 +16,6 @@ use crate::{locate_binaries, start_control_plane, start_subworker};
 
 /// Concurrent callers.
 const CALLERS: usize = 8;
-/// Time between two kills of the subworker.
-const KILL_EVERY: Duration = Duration::from_secs(20);
 /// Pause of each caller between two calls (about 400 calls/s in all).
 const PAUSE: Duration = Duration::from_millis(20);
 /// Time between two memory samples.
@@ -32,7 +31,8 @@ struct Counts {
 }
 
 /// Runs the soak for `minutes`; `Ok(false)` when a reply was wrong.
-pub(crate) fn run(minutes: f64, concurrency: usize) -> Result<bool, String> {
+/// `kill_every`: time between two kills of the subworker (`None`: never).
+pub(crate) fn run(minutes: f64, kill_every: Option<Duration>, concurrency: usize) -> Result<bool, String> {
     let (binary, plugin) = locate_binaries()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -49,9 +49,11 @@ pub(crate) fn run(minutes: f64, concurrency: usize) -> Result<bool, String> {
         .collect();
     let length = Duration::from_secs_f64(minutes * 60.0);
     let started = Instant::now();
-    let (mut next_kill, mut next_sample) = (started + KILL_EVERY, started);
+    let mut next_kill = kill_every.map(|every| started + every);
+    let mut next_sample = started;
     let mut samples: Vec<(f64, u64)> = Vec::new();
-    println!("soak: {minutes} min, {CALLERS} callers of add / sleep_ms / divide by zero / flaky, subworker killed every {} s", KILL_EVERY.as_secs());
+    let kills = kill_every.map_or("never killed".to_string(), |every| format!("killed every {} s", every.as_secs_f64()));
+    println!("soak: {minutes} min, {CALLERS} callers of add / sleep_ms / divide by zero / flaky, the subworker {kills}");
     while started.elapsed() < length {
         let now = Instant::now();
         if now >= next_sample {
@@ -66,10 +68,12 @@ pub(crate) fn run(minutes: f64, concurrency: usize) -> Result<bool, String> {
             samples.push((at, kib));
             next_sample += SAMPLE_EVERY;
         }
-        if now >= next_kill {
-            subworker.kill();
-            subworker = start_subworker(&binary, &plugin, &control_plane, "soak-sw", concurrency)?;
-            next_kill += KILL_EVERY;
+        if let (Some(at), Some(every)) = (next_kill, kill_every) {
+            if now >= at {
+                subworker.kill();
+                subworker = start_subworker(&binary, &plugin, &control_plane, "soak-sw", concurrency)?;
+                next_kill = Some(at + every);
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
