@@ -52,8 +52,11 @@ pub(crate) fn run(minutes: f64, kill_every: Option<Duration>, concurrency: usize
     let mut next_kill = kill_every.map(|every| started + every);
     let mut next_sample = started;
     let mut samples: Vec<(f64, u64)> = Vec::new();
-    let kills = kill_every.map_or("never killed".to_string(), |every| format!("killed every {} s", every.as_secs_f64()));
-    println!("soak: {minutes} min, {CALLERS} callers of add / sleep_ms / divide by zero / flaky, the subworker {kills}");
+    let kills =
+        kill_every.map_or("never killed".to_string(), |every| format!("killed every {} s", every.as_secs_f64()));
+    println!(
+        "soak: {minutes} min, {CALLERS} callers of add / sleep_ms / divide by zero / flaky, the subworker {kills}"
+    );
     while started.elapsed() < length {
         let now = Instant::now();
         if now >= next_sample {
