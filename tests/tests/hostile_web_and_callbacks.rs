@@ -415,5 +415,6 @@ fn too_many_or_malformed_allowed_hosts_stop_the_start_up() {
         ]);
         assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
         assert!(stderr(&output).contains("--gui-allowed-hosts"), "{}", stderr(&output));
+        assert!(!stderr(&output).contains("serving:"), "refused only after the ports were bound: {}", stderr(&output));
     }
 }

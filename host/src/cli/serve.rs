@@ -151,6 +151,9 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     let Some(restart_window) = seconds(args.restart_window, true).filter(|w| w.as_secs() <= 3600) else {
         return fail(EXIT_USAGE, "--restart-window must be a number of seconds from 0 to 3600");
     };
+    if let Err(error) = fastworker::dashboard::check_allowed_hosts(&args.gui_allowed_hosts) {
+        return fail(EXIT_USAGE, format_args!("--gui-allowed-hosts: {error}"));
+    }
     let keys = match args.credentials.keys.load() {
         Ok(keys) => keys,
         Err(code) => return code,

@@ -21,8 +21,9 @@ pub(crate) const MAX_ALLOWED_HOSTS: usize = 64;
 /// Longest name `--gui-allowed-hosts` may give, in bytes.
 pub(crate) const MAX_HOST_BYTES: usize = 255;
 
-/// Why a `--gui-allowed-hosts` list is refused, if it is.
-pub(crate) fn check_allowed_hosts(hosts: &[String]) -> Result<(), String> {
+/// Why a `--gui-allowed-hosts` list is refused, if it is (checked before
+/// anything starts, and again when the dashboard binds).
+pub fn check_allowed_hosts(hosts: &[String]) -> Result<(), String> {
     if hosts.len() > MAX_ALLOWED_HOSTS {
         return Err(format!("--gui-allowed-hosts takes at most {MAX_ALLOWED_HOSTS} names; {} given", hosts.len()));
     }

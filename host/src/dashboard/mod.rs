@@ -15,6 +15,8 @@ mod events;
 mod hosts;
 mod metrics;
 
+pub use hosts::check_allowed_hosts;
+
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
