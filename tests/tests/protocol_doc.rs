@@ -12,12 +12,16 @@ use serde::Serialize;
 
 const DOC: &str = include_str!("../../docs/protocol.md");
 
-/// The rows `| `Name` | index | text |` of the table under `heading`.
-fn table(heading: &str) -> Vec<(String, u64, String)> {
+/// The text under `heading`, up to the next heading.
+fn section(heading: &str) -> &'static str {
     let start = DOC.find(heading).unwrap_or_else(|| panic!("docs/protocol.md has no '{heading}'"));
     let rest = &DOC[start + heading.len()..];
-    let end = rest.find("\n#").unwrap_or(rest.len());
-    rest[..end]
+    &rest[..rest.find("\n#").unwrap_or(rest.len())]
+}
+
+/// The rows `| `Name` | index | text |` of the table under `heading`.
+fn table(heading: &str) -> Vec<(String, u64, String)> {
+    section(heading)
         .lines()
         .filter_map(|line| {
             let cells: Vec<&str> = line.trim().trim_matches('|').split('|').map(str::trim).collect();
@@ -220,10 +224,7 @@ fn every_reply_and_error_kind_is_as_documented() {
 
 /// The first column of a `| field | type | meaning |` table.
 fn table_fields(heading: &str) -> Vec<String> {
-    let start = DOC.find(heading).unwrap_or_else(|| panic!("docs/protocol.md has no '{heading}'"));
-    let rest = &DOC[start + heading.len()..];
-    let end = rest.find("\n#").unwrap_or(rest.len());
-    rest[..end]
+    section(heading)
         .lines()
         .filter_map(|line| {
             let first = line.trim().trim_start_matches('|').split('|').next()?.trim();
