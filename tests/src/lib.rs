@@ -139,7 +139,12 @@ impl Process {
             let key_file = key_file.or_else(|| extra.windows(2).find(|w| w[0] == "--cluster-key-file").map(|w| w[1]));
             process.keys =
                 key_file.map(|path| std::sync::Arc::new(fastworker::auth::KeyRing::load(Path::new(path)).unwrap()));
-            match process.wait_ready(Duration::from_secs(20)) {
+            // The dashboard binds after the task ports: wait for it too.
+            let ready = process.wait_ready(Duration::from_secs(20)).and_then(|()| match gui_port {
+                Some(port) => process.wait_for_port(port, Duration::from_secs(20)),
+                None => Ok(()),
+            });
+            match ready {
                 Ok(()) => return process,
                 Err(log) if log.contains("already in use") => continue,
                 Err(log) => panic!("control plane did not start:\n{log}"),
@@ -256,6 +261,22 @@ impl Process {
             }
         }
         Err(format!("not answering after {limit:?}:\n{}", self.log()))
+    }
+
+    /// Waits until something accepts TCP connections on 127.0.0.1:`port`
+    /// (the dashboard), or returns the log.
+    pub fn wait_for_port(&mut self, port: u16, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return Err(format!("exited with {status}:\n{}", self.log()));
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("nothing listening on port {port} after {limit:?}:\n{}", self.log()))
     }
 
     /// A client of this control plane with a 10 s timeout (holding the
