@@ -842,7 +842,13 @@ impl State {
                 // until then, the run must be reported started in time.
                 debug!(%task_id, worker = %worker.name.worker_id, lease, "task sent to a subworker");
                 let start_by_ms = sent.saturating_add(bound_ms);
-                task.dispatch = Some(Dispatched { key, lease, timeout_ms, start_by_ms, report_by_ms: None });
+                let previous =
+                    task.dispatch.replace(Dispatched { key, lease, timeout_ms, start_by_ms, report_by_ms: None });
+                if let Some(previous) = previous {
+                    // A retry or a task taken back: its earlier run's lease
+                    // alarm (up to --max-subworker-run away) guards nothing.
+                    self.timers.cancel(Alarm::Lease(task_id, previous.lease));
+                }
                 let first_look = sent.saturating_add(timeout_ms).saturating_add(delivery::REPORT_GRACE_MS);
                 self.timers.set(first_look.min(start_by_ms), Alarm::Lease(task_id, lease));
                 self.record_progress(task_id, task, None);
