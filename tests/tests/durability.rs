@@ -18,6 +18,14 @@ fn temp_dir(what: &str) -> PathBuf {
     dir
 }
 
+/// A fresh state directory (its path, as a flag value) and a free base
+/// address to restart a control plane on.
+fn durable_place() -> (PathBuf, String, String) {
+    let dir = temp_dir("state");
+    let state_dir = dir.display().to_string();
+    (dir, state_dir, format!("tcp://127.0.0.1:{}", free_base_port()))
+}
+
 /// Starts a control plane with the example plugin at `address`, with `extra`
 /// flags, and waits until it answers.
 fn control_plane_at(address: &str, extra: &[&str]) -> Process {
@@ -59,9 +67,7 @@ fn report_when(cp: &Process, task_id: TaskId, limit: Duration, ok: impl Fn(&Task
 
 #[test]
 fn a_killed_control_plane_brings_every_accepted_task_to_one_outcome_after_a_restart() {
-    let dir = temp_dir("state");
-    let state_dir = dir.display().to_string();
-    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let (dir, state_dir, address) = durable_place();
     let flags = ["--concurrency", "1", "--state-dir", state_dir.as_str(), "--inactive-after", "2"];
     let mut cp = control_plane_at(&address, &flags);
     let rt = runtime();
@@ -160,9 +166,7 @@ fn a_killed_control_plane_brings_every_accepted_task_to_one_outcome_after_a_rest
 
 #[test]
 fn a_retry_waiting_at_the_crash_runs_at_its_time_after_the_restart_and_counts_its_runs() {
-    let dir = temp_dir("state");
-    let state_dir = dir.display().to_string();
-    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let (dir, state_dir, address) = durable_place();
     let flags = ["--state-dir", state_dir.as_str()];
     let mut cp = control_plane_at(&address, &flags);
     let rt = runtime();
@@ -183,9 +187,7 @@ fn a_retry_waiting_at_the_crash_runs_at_its_time_after_the_restart_and_counts_it
 
 #[test]
 fn a_graceful_stop_in_durable_mode_keeps_scheduled_tasks_for_the_restart() {
-    let dir = temp_dir("state");
-    let state_dir = dir.display().to_string();
-    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let (dir, state_dir, address) = durable_place();
     let flags = ["--state-dir", state_dir.as_str()];
     let mut cp = control_plane_at(&address, &flags);
     let rt = runtime();

@@ -300,7 +300,9 @@ impl State {
         self.delivery.handed_back.fetch_add(1, Ordering::Relaxed);
         // The run never started: it does not count.
         task.report.attempts = task.report.attempts.saturating_sub(1);
-        task.dispatch = None;
+        if let Some(dispatch) = task.dispatch.take() {
+            self.timers.cancel(Alarm::Lease(task_id, dispatch.lease));
+        }
         debug!(%task_id, "a stopping subworker handed the task back: {why}");
         self.start(tasks, task_id, true, why, outbox);
     }
