@@ -117,6 +117,11 @@ fn a_killed_control_plane_brings_every_accepted_task_to_one_outcome_after_a_rest
         rt.spawn(async move { client.submit("sleep_ms", (20,), with_id(blocked)).await })
     };
     assert!(wait_until(Duration::from_secs(5), || rt.block_on(client.status(blocked)).is_ok()));
+    // A blocking submission is promised nothing until it is on disk; the
+    // writer keeps submission order, so once a later acknowledged one is
+    // on disk, so is it.
+    let marker = TaskId::new_v4();
+    rt.block_on(client.delay("add", (1, 1), with_id(marker))).unwrap();
 
     kill_9(&mut cp);
     let outcome = rt.block_on(waiting).unwrap();
@@ -138,7 +143,8 @@ fn a_killed_control_plane_brings_every_accepted_task_to_one_outcome_after_a_rest
     assert!(matches!(conflict, Err(ClientError::Refused(r)) if r.kind == ErrorKind::IdConflict));
 
     // Everything accepted ends succeeded; what was running says it ran again.
-    let all: Vec<TaskId> = [local, remote, scheduled, blocked].into_iter().chain(queued.iter().copied()).collect();
+    let all: Vec<TaskId> =
+        [local, remote, scheduled, blocked].into_iter().chain(queued.iter().copied()).chain([marker]).collect();
     let mut ended = Vec::new();
     for task_id in &all {
         let report = report_when(&cp, *task_id, Duration::from_secs(30), |r| r.state.is_final());
