@@ -250,6 +250,17 @@ impl State {
             // lease; their outcomes wait to be collected.
             Ok(Request::Dispatch(runs)) if self.config.management.is_none() => {
                 let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };
+                // Outcomes not yet collected are bounded like the tasks
+                // behind them: a peer that dispatches and never collects is
+                // refused, not remembered without end.
+                let uncollected = self.collector.pending().saturating_add(runs.len());
+                if uncollected > self.config.limits.max_queued_tasks {
+                    let message = format!(
+                        "{uncollected} outcomes would wait to be collected, more than --max-queued-tasks ({}): collect them first",
+                        self.config.limits.max_queued_tasks
+                    );
+                    return replier.send(&error_reply(ErrorKind::Busy, message));
+                }
                 let owner = replier.key_id();
                 replier.send(&Reply::Done);
                 for run in runs {
