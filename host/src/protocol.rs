@@ -661,16 +661,19 @@ pub(crate) fn dispatch_part(forwarded: Forwarded<'_>) -> Vec<u8> {
 /// variant, the count as a varint, then the parts (postcard's layout of a
 /// list).
 pub(crate) fn dispatch_frame<'a>(parts: impl ExactSizeIterator<Item = &'a [u8]> + Clone) -> nng::Message {
+    // Built in one piece and copied once, as `encode_message` does (NNG 1.4
+    // corrupts its heap when a seal is later put in front of a message made
+    // by `Message::with_capacity`).
     let count = parts.len();
     let bytes: usize = parts.clone().map(<[u8]>::len).sum();
-    let mut frame = nng::Message::with_capacity(2 + 10 + bytes);
-    frame.push_back(&[PROTOCOL_VERSION, DISPATCH_INDEX]);
+    let mut frame = Vec::with_capacity(2 + 10 + bytes);
+    frame.extend_from_slice(&[PROTOCOL_VERSION, DISPATCH_INDEX]);
     let mut varint = [0u8; 10];
-    frame.push_back(postcard::to_slice(&count, &mut varint).expect("a usize fits ten bytes"));
+    frame.extend_from_slice(postcard::to_slice(&count, &mut varint).expect("a usize fits ten bytes"));
     for part in parts {
-        frame.push_back(part);
+        frame.extend_from_slice(part);
     }
-    frame
+    nng::Message::from(&frame[..])
 }
 
 /// Decodes a frame of at most `limit` bytes.
