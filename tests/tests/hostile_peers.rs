@@ -323,7 +323,9 @@ fn a_peer_that_dispatches_runs_and_never_collects_their_outcomes_is_refused() {
     assert!(refused, "a second frame of 40 runs is refused Busy");
     // Collecting them (as a control plane does) makes room again.
     let Ok(Reply::Reports(outcomes)) = rt.block_on(peer.request(0, &Request::Collect)) else { panic!("no outcomes") };
-    assert!(outcomes.len() >= 40, "{} outcomes", outcomes.len());
+    // (The first outcome may have answered the stopped control plane's own
+    // waiting Collect.)
+    assert!(outcomes.len() >= 39, "{} outcomes", outcomes.len());
     assert!(matches!(rt.block_on(peer.request(0, &runs(40))), Ok(Reply::Done)));
     cp.signal("CONT");
 }
