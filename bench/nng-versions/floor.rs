@@ -18,6 +18,8 @@
 //! `PHASE replies=N seconds=S p50_us=X p99_us=Y wrong=W missing=M`, which
 //! `fastworker-bench --nng-versions` reads.
 //!
+//! `--tls-check` instead runs `tls_check.rs`.
+//!
 //! Every `unsafe` block calls into NNG's C API; each says which of NNG's
 //! rules it relies on. The version-specific differences (NNG 2.0 has
 //! `nng_init` and returns `nng_err`) live in each project's `shim` module.
@@ -47,7 +49,7 @@ const REQUEST_TIMEOUT_MS: i32 = 5000;
 const WARMUP: Duration = Duration::from_millis(300);
 
 /// An NNG call's non-zero return code as an error message.
-fn check(what: &str, code: i32) -> Result<(), String> {
+pub fn check(what: &str, code: i32) -> Result<(), String> {
     if code == 0 {
         return Ok(());
     }
@@ -62,6 +64,7 @@ pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let outcome = match args.as_slice() {
         [flag, address] if flag == "--echo-server" => serve(address),
+        [flag] if flag == "--tls-check" => crate::tls_check::run().map(|what| println!("tls ok: {what}")),
         [seconds_flag, seconds, in_flight_flag, in_flight]
             if seconds_flag == "--seconds" && in_flight_flag == "--in-flight" =>
         {
@@ -70,7 +73,7 @@ pub fn main() -> ExitCode {
                 _ => Err("--seconds takes 0 to 60, --in-flight 1 to 256".to_string()),
             }
         }
-        _ => Err("usage: floor --seconds S --in-flight K (or --echo-server ADDRESS, internal)".to_string()),
+        _ => Err("usage: floor --seconds S --in-flight K | --tls-check (or --echo-server ADDRESS, internal)".to_string()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
