@@ -52,8 +52,8 @@ pub(crate) fn report(settings: &Settings, results: &Results) -> bool {
         ("cp-blocking p50 ≤ 2× tcp", Some(ratio_p(cp_seq, tcp_seq, 50.0)), 2.0, false, "×"),
         ("cp-pipelined rate ≥ 0.50 of tcp", Some(cp_pipe.rate() / tcp_pipe.rate()), 0.5, true, ""),
     ];
-    let scale_targets = scale_report(settings, results);
     if settings.scale_only {
+        let scale_targets = scale_report(settings, results);
         println!();
         println!("targets:");
         print_targets(&cp_targets);
@@ -136,6 +136,7 @@ pub(crate) fn report(settings: &Settings, results: &Results) -> bool {
         println!("  {what:<40} {:>12}", show(value));
     }
 
+    let scale_targets = scale_report(settings, results);
     let (wrong, missing) = scale_phases(results)
         .map(|(_, phase)| phase)
         .chain(results.rows.iter().map(|row| &row.phase))
