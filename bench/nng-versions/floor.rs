@@ -201,6 +201,11 @@ struct EchoSlot {
 }
 
 /// The echo server's aio callback: receive → send it back → receive.
+///
+/// # Safety
+/// Called by NNG only, with the argument given to `nng_aio_alloc`: a live
+/// [`EchoSlot`]. An aio's callback never runs twice at once, so the slot's
+/// aio is never driven from two threads.
 unsafe extern "C" fn echo_event(arg: *mut c_void) {
     // SAFETY: `arg` is the EchoSlot registered with this aio; it outlives the aio (see `serve`).
     let slot = &*(arg as *const EchoSlot);
@@ -282,6 +287,7 @@ fn sequential(address: &str, length: Duration) -> Result<Phase, String> {
         // SAFETY: on success nng_sendmsg takes the message; on failure it is still ours to free.
         let code = unsafe { nng_sendmsg(socket, msg, 0) };
         if code != 0 {
+            // SAFETY: a failed send left the message with us; freed once.
             unsafe { nng_msg_free(msg) };
             phase.missing += 1;
             continue;
@@ -296,6 +302,7 @@ fn sequential(address: &str, length: Duration) -> Result<Phase, String> {
         }
         // SAFETY: `reply` is a live message we own, freed once.
         let right = unsafe { body_is(reply, &expect) };
+        // SAFETY: as above; not used after this.
         unsafe { nng_msg_free(reply) };
         if right {
             phase.latencies.push(latency);
@@ -363,6 +370,11 @@ impl Slot {
 }
 
 /// The aio callback of a [`pipelined`] slot. It must not panic.
+///
+/// # Safety
+/// Called by NNG only, with the argument given to `nng_aio_alloc`: a live
+/// [`Slot`]; `nng_aio_get_msg` after a successful receive hands us the reply,
+/// after a failed send gives the unsent message back.
 unsafe extern "C" fn slot_event(arg: *mut c_void) {
     // SAFETY: `arg` is the boxed Slot registered with this aio, alive until the aio is stopped.
     let slot = &*(arg as *const Slot);
