@@ -72,7 +72,7 @@ pub(crate) fn sleep_rows(
 /// Starts `n` subworkers (`sleep0`…) of [`SLEEP_CONCURRENCY`] for `router`
 /// at once, each on a base port of its own, and waits until the router
 /// lists every one as active; one that exits at start (a port taken
-/// meanwhile) is started again on another port, up to twice.
+/// meanwhile) is started again on another port (at most 2 × N restarts in all).
 fn start_subworkers(
     binary: &Path,
     plugin: &Path,
