@@ -4,7 +4,7 @@
 //! benchmark) step for step, so that the figures compare:
 //!
 //! * the echo server runs in its own process (this executable with
-//!   `--echo-server ADDRESS`): a Rep0 socket with 256 contexts, each with an
+//!   `--echo-server ADDRESS`, `echo_server.rs`): a Rep0 socket with 256 contexts, each with an
 //!   aio looping receive → send the same message back → receive, served by
 //!   NNG's own threads;
 //! * `sequential`: one Req0 socket, one 16-byte request at a time with
@@ -25,7 +25,7 @@
 //! `nng_init` and returns `nng_err`) live in each project's `shim` module.
 
 use std::ffi::{c_void, CStr, CString};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,15 +34,15 @@ use std::time::{Duration, Instant};
 
 use nng_sys::{
     nng_aio, nng_aio_free, nng_aio_get_msg, nng_aio_set_msg, nng_aio_set_timeout, nng_aio_stop, nng_ctx,
-    nng_ctx_open, nng_ctx_recv, nng_ctx_send, nng_dial, nng_listen, nng_msg, nng_msg_alloc, nng_msg_append,
-    nng_msg_body, nng_msg_free, nng_msg_len, nng_recvmsg, nng_rep0_open, nng_req0_open, nng_sendmsg, nng_socket,
+    nng_ctx_open, nng_ctx_recv, nng_ctx_send, nng_dial, nng_msg, nng_msg_alloc, nng_msg_append,
+    nng_msg_body, nng_msg_free, nng_msg_len, nng_recvmsg, nng_req0_open, nng_sendmsg, nng_socket,
     nng_socket_close, nng_socket_set_ms, nng_version, NNG_OPT_RECVTIMEO, NNG_OPT_SENDTIMEO,
 };
 
 use crate::shim;
 
 /// Contexts of the echo server (as `ECHO_CONTEXTS` in the main benchmark).
-const ECHO_CONTEXTS: usize = 256;
+pub const ECHO_CONTEXTS: usize = 256;
 /// Longest any request may take before it counts as missing.
 const REQUEST_TIMEOUT_MS: i32 = 5000;
 /// Unmeasured run before each measured phase.
@@ -63,7 +63,7 @@ pub fn main() -> ExitCode {
     shim::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let outcome = match args.as_slice() {
-        [flag, address] if flag == "--echo-server" => serve(address),
+        [flag, address] if flag == "--echo-server" => crate::echo_server::serve(address),
         [flag] if flag == "--tls-check" => crate::tls_check::run().map(|what| println!("tls ok: {what}")),
         [seconds_flag, seconds, in_flight_flag, in_flight]
             if seconds_flag == "--seconds" && in_flight_flag == "--in-flight" =>
@@ -163,7 +163,7 @@ fn payload(n: u64) -> [u8; 16] {
 }
 
 /// A new message holding `bytes`.
-fn message(bytes: &[u8]) -> Result<*mut nng_msg, String> {
+pub fn message(bytes: &[u8]) -> Result<*mut nng_msg, String> {
     let mut msg: *mut nng_msg = null_mut();
     // SAFETY: nng_msg_alloc writes a new message to `msg` on success; we own it then.
     check("nng_msg_alloc", unsafe { nng_msg_alloc(&mut msg, 0) })?;
@@ -180,84 +180,17 @@ fn message(bytes: &[u8]) -> Result<*mut nng_msg, String> {
 ///
 /// # Safety
 /// `msg` must be a live message owned by the caller.
-unsafe fn body_is(msg: *mut nng_msg, expect: &[u8]) -> bool {
+pub unsafe fn body_is(msg: *mut nng_msg, expect: &[u8]) -> bool {
     let (body, len) = (nng_msg_body(msg).cast::<u8>(), nng_msg_len(msg));
     std::slice::from_raw_parts(body, len) == expect
 }
 
 /// A socket of `open` (nng_rep0_open or nng_req0_open).
-fn open(open: unsafe extern "C" fn(*mut nng_socket) -> i32) -> Result<nng_socket, String> {
+pub fn open(open: unsafe extern "C" fn(*mut nng_socket) -> i32) -> Result<nng_socket, String> {
     let mut socket = nng_socket::default();
     // SAFETY: the open function writes a new socket id on success.
     check("opening a socket", unsafe { open(&mut socket) })?;
     Ok(socket)
-}
-
-/// One echo context of the server: its aio, and whether a send is pending.
-struct EchoSlot {
-    ctx: nng_ctx,
-    aio: *mut nng_aio,
-    sending: AtomicBool,
-}
-
-/// The echo server's aio callback: receive → send it back → receive.
-///
-/// # Safety
-/// Called by NNG only, with the argument given to `nng_aio_alloc`: a live
-/// [`EchoSlot`]. An aio's callback never runs twice at once, so the slot's
-/// aio is never driven from two threads.
-unsafe extern "C" fn echo_event(arg: *mut c_void) {
-    // SAFETY: `arg` is the EchoSlot registered with this aio; it outlives the aio (see `serve`).
-    let slot = &*(arg as *const EchoSlot);
-    let result = shim::aio_result(slot.aio);
-    if slot.sending.swap(false, Ordering::AcqRel) {
-        if result != 0 {
-            // A failed send leaves the message with the aio: free it.
-            nng_msg_free(nng_aio_get_msg(slot.aio));
-        }
-    } else if result == 0 {
-        // The received message moves straight back into the send.
-        nng_aio_set_msg(slot.aio, nng_aio_get_msg(slot.aio));
-        slot.sending.store(true, Ordering::Release);
-        return nng_ctx_send(slot.ctx, slot.aio);
-    }
-    if result != shim::ECLOSED && result != shim::ECANCELED {
-        nng_ctx_recv(slot.ctx, slot.aio);
-    }
-}
-
-/// The child-process mode: echoes until standard input closes.
-fn serve(address: &str) -> Result<(), String> {
-    let socket = open(nng_rep0_open)?;
-    let url = CString::new(address).map_err(|e| e.to_string())?;
-    // SAFETY: `url` is NUL-terminated; no listener handle is asked for.
-    check("nng_listen", unsafe { nng_listen(socket, url.as_ptr(), null_mut(), 0) })?;
-    // Boxed so that each slot's address, given to its aio, never moves.
-    let mut slots: Vec<Box<EchoSlot>> = Vec::with_capacity(ECHO_CONTEXTS);
-    for _ in 0..ECHO_CONTEXTS {
-        let mut slot = Box::new(EchoSlot { ctx: nng_ctx::default(), aio: null_mut(), sending: AtomicBool::new(false) });
-        // SAFETY: `socket` is open; nng_ctx_open writes the new context id.
-        check("nng_ctx_open", unsafe { nng_ctx_open(&mut slot.ctx, socket) })?;
-        let arg = (&*slot as *const EchoSlot).cast_mut().cast::<c_void>();
-        // SAFETY: the callback's argument is the boxed slot, freed only after the aio is stopped.
-        check("nng_aio_alloc", shim::aio_alloc(&mut slot.aio, echo_event, arg))?;
-        // SAFETY: the context and aio are live; the callback takes over from here.
-        unsafe { nng_ctx_recv(slot.ctx, slot.aio) };
-        slots.push(slot);
-    }
-    println!("ready");
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stdin().read_to_end(&mut Vec::new());
-    // SAFETY: closing the socket ends every operation; nng_aio_stop waits for
-    // each callback, after which the aio and then its slot may be freed.
-    unsafe {
-        nng_socket_close(socket);
-        for slot in &slots {
-            nng_aio_stop(slot.aio);
-            nng_aio_free(slot.aio);
-        }
-    }
-    Ok(())
 }
 
 /// A Req0 socket dialed synchronously to `address`, with 5 s send and receive timeouts.

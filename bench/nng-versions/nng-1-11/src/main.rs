@@ -1,5 +1,7 @@
 //! The raw NNG request/reply floor against NNG 1.11 (see `../floor.rs`).
 
+#[path = "../../echo_server.rs"]
+mod echo_server;
 #[path = "../../floor.rs"]
 mod floor;
 #[path = "../../tls_check.rs"]
