@@ -36,7 +36,9 @@ def test_submit_then_poll(http):
         if report["state"] == "succeeded" or time.monotonic() > deadline:
             break
         time.sleep(0.02)
-    assert report == {"task_id": task_id, "task_name": "sleep_ms", "state": "succeeded", "result": 100, "error": None}
+    assert report["state"] == "succeeded", report
+    assert report["task_id"] == task_id and report["task_name"] == "sleep_ms" and report["error"] is None
+    assert 100 <= report["result"] < 5000  # the milliseconds it slept
 
 
 def test_errors_become_status_codes(http):
