@@ -79,14 +79,20 @@
 //! every row is given as a ratio to both. `cp-auth-*` and `cp-tls-*` are the
 //! `cp` rows with a cluster key, and with a key and `tls+tcp://`.
 //!
+//! * `py-blocking` and `py-pipelined-K` (with `--python PATH`): the Python
+//!   client (`clients/python`) on the control plane of the `cp` rows, measured
+//!   by `bench/python/client_bench.py` run with PATH, as ratios to the `cp`
+//!   rows; see `python.rs`.
+//!
 //! Run with `cargo run --release -p fastworker-bench -- [--seconds S]
 //! [--requests N] [--in-flight K] [--concurrency C] [--cluster-size N]
-//! [--floor-in-process] [--durable-only]`.
+//! [--floor-in-process] [--durable-only] [--python PATH]`.
 
 mod durable;
 mod nng_floor;
 mod phase;
 mod processes;
+mod python;
 mod report;
 
 mod security;
@@ -156,6 +162,8 @@ struct Settings {
     soak_kill_every: Option<Duration>,
     /// Run only the floors, the `cp` rows and the durable rows.
     durable_only: bool,
+    /// A Python interpreter with the `fastworker` package: adds the Python client's rows.
+    python: Option<PathBuf>,
 }
 
 impl Settings {
@@ -201,7 +209,7 @@ fn main() -> ExitCode {
 
 fn parse_args() -> Result<Settings, String> {
     const USAGE: &str = "usage: fastworker-bench [--seconds S] [--requests N] [--in-flight K] [--concurrency C] \
-        [--cluster-size N] [--floor-in-process] [--durable-only] [--soak MINUTES [--soak-kill-every S]]\n  \
+        [--cluster-size N] [--floor-in-process] [--durable-only] [--python PATH] [--soak MINUTES [--soak-kill-every S]]\n  \
         --seconds S           measured seconds per phase (default 2)\n  \
         --requests N          measure N requests per phase instead of a duration\n  \
         --in-flight K         requests in flight in the pipelined phases (default 64)\n  \
@@ -209,6 +217,7 @@ fn parse_args() -> Result<Settings, String> {
         --cluster-size N      subworkers registered in the large-cluster row, N - 1 of them fakes (default 100)\n  \
         --floor-in-process    run the echo server on this process's threads, not in a child process\n  \
         --durable-only        run only the floors, the cp rows and the durable (--state-dir) rows\n  \
+        --python PATH         add the Python client's rows (bench/python/client_bench.py run with PATH)\n  \
         --soak MINUTES        instead of the table: mixed load with a subworker killed every 20 s, memory sampled\n  \
         --soak-kill-every S   seconds between two kills of the soak's subworker (default 20; 0: never)";
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -222,6 +231,7 @@ fn parse_args() -> Result<Settings, String> {
         soak_minutes: None,
         soak_kill_every: Some(Duration::from_secs(20)),
         durable_only: false,
+        python: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -265,6 +275,9 @@ fn parse_args() -> Result<Settings, String> {
                 settings.soak_kill_every = (seconds > 0).then(|| Duration::from_secs(seconds));
             }
             "--durable-only" => settings.durable_only = true,
+            "--python" => {
+                settings.python = Some(args.next().ok_or_else(|| format!("--python needs a path\n{USAGE}"))?.into())
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
         }
@@ -373,6 +386,12 @@ fn run(settings: &Settings) -> Result<bool, String> {
     let client = control_plane.client()?;
     results.push("cp-blocking".into(), false, blocking_add(&runtime, &client, settings.budget_part(1)));
     results.push(format!("cp-pipelined-{k}"), true, pipelined_add(&runtime, &client, k, settings.budget_part(1)));
+    // The Python client against the same control plane, right after.
+    if let Some(interpreter) = &settings.python {
+        let [blocking, pipelined] = python::rows(settings, interpreter, &control_plane.address)?;
+        results.push("py-blocking".into(), false, blocking);
+        results.push(format!("py-pipelined-{k}"), true, pipelined);
+    }
     results.stopped(&mut control_plane);
 
     // The same with a cluster key (every frame sealed and checked), then
