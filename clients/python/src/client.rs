@@ -1,6 +1,6 @@
 //! `fastworker.Client`: the Rust client behind a Python class, each call in
 //! a blocking form (which releases the GIL while it waits) and an `async`
-//! form (an awaitable driven by the process's tokio runtime).
+//! form (an asyncio future, resolved through `completions.rs`).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -47,17 +47,27 @@ fn run<T: Send + 'static>(
     convert: Convert<T>,
 ) -> PyResult<Py<PyAny>> {
     if asynchronous {
-        let awaitable = pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        let (completions, token, awaitable) = pump_start(py)?;
+        crate::runtime::runtime().spawn(async move {
             let output = future.await;
-            Python::attach(|py| output.and_then(|value| convert(py, value)).map_err(|failure| failure.into_pyerr(py)))
-        })?;
-        Ok(awaitable.unbind())
+            completions.complete(token, Box::new(move |py| output.and_then(|value| convert(py, value))));
+        });
+        Ok(awaitable)
     } else {
         match block_on(py, future)? {
             Ok(value) => convert(py, value).map_err(|failure| failure.into_pyerr(py)),
             Err(failure) => Err(failure.into_pyerr(py)),
         }
     }
+}
+
+/// A new call's place on the running event loop: `fastworker._pump.start()`.
+fn pump_start(py: Python<'_>) -> PyResult<(Arc<crate::completions::Shared>, u64, Py<PyAny>)> {
+    static START: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+    let start = START.get_or_try_init(py, || py.import("fastworker._pump")?.getattr("start").map(Bound::unbind))?;
+    let (completions, token, future): (Bound<'_, crate::completions::Completions>, u64, Py<PyAny>) =
+        start.bind(py).call0()?.extract()?;
+    Ok((completions.get().shared.clone(), token, future))
 }
 
 async fn client_call<T>(future: impl Future<Output = Result<T, fastworker::ClientError>>) -> Result<T, Failure> {

@@ -6,6 +6,7 @@
 use pyo3::prelude::*;
 
 mod client;
+mod completions;
 mod failure;
 mod json;
 mod options;
@@ -17,6 +18,7 @@ mod runtime;
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<client::Client>()?;
     module.add_class::<report::TaskReport>()?;
+    module.add_class::<completions::Completions>()?;
     module.add("DEFAULT_ADDRESS", fastworker::DEFAULT_BASE_ADDRESS)?;
     Ok(())
 }

@@ -1,7 +1,8 @@
-//! The process's one tokio runtime (the one `pyo3-async-runtimes` drives
-//! asyncio futures on) and the bridge from a blocking Python call to it.
+//! The process's one tokio runtime, which every call of every client runs
+//! on, and the bridge from a blocking Python call to it.
 
 use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use pyo3::exceptions::PyRuntimeError;
@@ -14,7 +15,14 @@ const SIGNAL_POLL: Duration = Duration::from_millis(100);
 
 /// The runtime every call of every client of this process runs on.
 pub(crate) fn runtime() -> &'static Runtime {
-    pyo3_async_runtimes::tokio::get_runtime()
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("fastworker-client")
+            .build()
+            .expect("the fastworker client cannot start its tokio runtime (threads)")
+    })
 }
 
 /// Runs `future` on the runtime and waits for it without holding the GIL,

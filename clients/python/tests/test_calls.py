@@ -189,3 +189,28 @@ def test_ctrl_c_interrupts_a_blocking_call(control_plane):
     finally:
         child.kill()
         child.wait()
+
+
+def test_async_calls_abandoned_and_on_several_loops(client):
+    async def abandon_then_call():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(client.call_async("sleep_ms", [1000]), 0.1)
+        # The abandoned call's outcome arrives later and is dropped; others go on.
+        results = await asyncio.gather(*(client.call_async("add", [i, 1]) for i in range(100)))
+        await asyncio.sleep(1.2)
+        assert await client.call_async("add", [2, 2]) == 4
+        return results
+
+    outcomes = {}
+
+    def on_own_loop(n):
+        outcomes[n] = asyncio.run(abandon_then_call())
+
+    threads = [threading.Thread(target=on_own_loop, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes == {n: [i + 1 for i in range(100)] for n in range(3)}
+    with pytest.raises(RuntimeError):
+        client.call_async("add", [1, 1])  # outside a running event loop
