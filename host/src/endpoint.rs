@@ -36,6 +36,9 @@ pub(crate) struct Replier {
     slot: Option<Arc<Slot>>,
     /// Who sealed the request, when the port authenticates.
     opened: Option<Opened>,
+    /// Where the answer goes instead of a port (a subworker's dispatched
+    /// runs: to the outcomes its control plane collects).
+    forward: Option<Box<dyn FnOnce(Message) + Send>>,
 }
 
 /// How a port authenticates: the keys it accepts, its own sender identity
@@ -77,6 +80,11 @@ struct Port {
 }
 
 impl Replier {
+    /// A replier whose answer is handed to `forward` instead of a port.
+    pub(crate) fn forwarding(forward: impl FnOnce(Message) + Send + 'static) -> Replier {
+        Replier { slot: None, opened: None, forward: Some(Box::new(forward)) }
+    }
+
     /// Sends the reply and lets the context take the next request.
     pub(crate) fn send(self, reply: &Reply) {
         self.send_message(encode_reply(reply));
@@ -115,6 +123,9 @@ impl Replier {
     /// Sends an already encoded reply; if it cannot leave within the
     /// port's reply timeout it is dropped and the connection closed.
     pub(crate) fn send_message(mut self, mut message: Message) {
+        if let Some(forward) = self.forward.take() {
+            return forward(message);
+        }
         let Some(slot) = self.slot.take() else { return };
         if let (Some(auth), Some(opened)) = (&slot.port.auth, self.opened.take()) {
             let (envelope, _) = seal(&opened.key, &auth.sender, &message, Some(opened.seal), now_ms());
@@ -348,7 +359,7 @@ fn on_event(slot: &Arc<Slot>, result: AioResult, handler: &Handler) {
         AioResult::Recv(Ok(mut message)) => {
             let pipe = message.pipe();
             *slot.pipe.lock().expect("slot lock") = pipe;
-            let mut replier = Replier { slot: Some(slot.clone()), opened: None };
+            let mut replier = Replier { slot: Some(slot.clone()), opened: None, forward: None };
             if let Some(auth) = &slot.port.auth {
                 match open(&auth.ring, &message, None, now_ms()).and_then(|opened| {
                     auth.guard.check(opened.seal)?;
