@@ -73,8 +73,22 @@ class ControlPlane:
 
     def _wait_ready(self, limit):
         """None once a status query is answered, else the log."""
-        probe = fastworker.Client(self.address, key=self.key, timeout=0.3)
         deadline = time.monotonic() + limit
+        # Dial only once the result port listens, as tests/src/lib.rs does:
+        # NNG 1.4 can crash a process that closes a socket whose dialer is
+        # between two failed connection attempts.
+        result_port = int(self.address.rsplit(":", 1)[1]) + 4
+        while True:
+            if self.process.poll() is not None:
+                return f"exited with {self.process.returncode}:\n{self.log()}"
+            try:
+                socket.create_connection(("127.0.0.1", result_port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return f"nothing listening on port {result_port} after {limit} s:\n{self.log()}"
+                time.sleep(0.02)
+        probe = fastworker.Client(self.address, key=self.key, timeout=0.3)
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 return f"exited with {self.process.returncode}:\n{self.log()}"
