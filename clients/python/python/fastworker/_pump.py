@@ -22,6 +22,7 @@ class _Pump:
         self.completions = Completions()
         self.futures = {}
         self.fd = self.completions.fileno()
+        os.set_blocking(self.fd, False)
         loop.add_reader(self.fd, self._drain)
 
     def _drain(self):
