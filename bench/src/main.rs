@@ -79,6 +79,11 @@
 //! every row is given as a ratio to both. `cp-auth-*` and `cp-tls-*` are the
 //! `cp` rows with a cluster key, and with a key and `tls+tcp://`.
 //!
+//! * `py-blocking` and `py-pipelined-K` (with `--python PATH`): the Python
+//!   client (`clients/python`) on the control plane of the `cp` rows, measured
+//!   by `bench/python/client_bench.py` run with PATH, as ratios to the `cp`
+//!   rows; see `python.rs`.
+//!
 //! The scale rows (see `scale.rs`, `batch.rs`, `payload.rs`): `sleep-N`,
 //! N subworkers of concurrency 4 running `sleep_ms(10)` against the ideal
 //! N × 4 × 100 tasks/s (N from `--sleep-sizes`, default 1, 10, 100);
@@ -100,6 +105,7 @@ mod nng_versions;
 mod payload;
 mod phase;
 mod processes;
+mod python;
 mod report;
 mod results;
 mod scale;
@@ -252,6 +258,12 @@ fn run(settings: &Settings) -> Result<bool, String> {
     let client = control_plane.client()?;
     results.push("cp-blocking".into(), false, blocking_add(&runtime, &client, settings.budget_part(1)));
     results.push(format!("cp-pipelined-{k}"), true, pipelined_add(&runtime, &client, k, settings.budget_part(1)));
+    // The Python client against the same control plane, right after.
+    if let Some(interpreter) = &settings.python {
+        let [blocking, pipelined] = python::rows(settings, interpreter, &control_plane.address)?;
+        results.push("py-blocking".into(), false, blocking);
+        results.push(format!("py-pipelined-{k}"), true, pipelined);
+    }
     results.stopped(&mut control_plane);
 
     // The same with a cluster key (every frame sealed and checked), then

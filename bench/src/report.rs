@@ -71,6 +71,17 @@ pub(crate) fn report(settings: &Settings, results: &Results) -> bool {
         durable_pipe.rate() / cp_pipe.rate(),
         ratio_p(durable_pipe, cp_pipe, 50.0),
     );
+    if results.rows.iter().any(|row| row.name == "py-blocking") {
+        let (py_seq, py_pipe) = (results.row("py-blocking"), results.row(&format!("py-pipelined-{k}")));
+        println!(
+            "python client (py / cp):          blocking p50 {:.2}×, p99 {:.2}×, rate {:.3}; pipelined rate {:.3}, p50 {:.2}×",
+            ratio_p(py_seq, cp_seq, 50.0),
+            ratio_p(py_seq, cp_seq, 99.0),
+            py_seq.rate() / cp_seq.rate(),
+            py_pipe.rate() / cp_pipe.rate(),
+            ratio_p(py_pipe, cp_pipe, 50.0),
+        );
+    }
     let recovery = results.recovery.as_ref();
     if let Some(recovery) = recovery {
         println!(
