@@ -36,6 +36,9 @@ pub(crate) struct Replier {
     slot: Option<Arc<Slot>>,
     /// Who sealed the request, when the port authenticates.
     opened: Option<Opened>,
+    /// Instead of a port's context: a caller in this process (the HTTP API)
+    /// that awaits the encoded reply.
+    local: Option<tokio::sync::oneshot::Sender<Message>>,
 }
 
 /// How a port authenticates: the keys it accepts, its own sender identity
@@ -77,6 +80,19 @@ struct Port {
 }
 
 impl Replier {
+    /// A replier for a request made inside this process: the reply arrives
+    /// on the receiver, encoded as on the wire (decode it with
+    /// [`crate::protocol::decode`]); dropped unanswered, the receiver errs.
+    pub(crate) fn local() -> (Replier, tokio::sync::oneshot::Receiver<Message>) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        (Replier { slot: None, opened: None, local: Some(sender) }, receiver)
+    }
+
+    /// True for an in-process replier whose caller stopped waiting.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.local.as_ref().is_some_and(|local| local.is_closed())
+    }
+
     /// Sends the reply and lets the context take the next request.
     pub(crate) fn send(self, reply: &Reply) {
         self.send_message(encode_reply(reply));
@@ -115,6 +131,11 @@ impl Replier {
     /// Sends an already encoded reply; if it cannot leave within the
     /// port's reply timeout it is dropped and the connection closed.
     pub(crate) fn send_message(mut self, mut message: Message) {
+        if let Some(local) = self.local.take() {
+            // The caller may have stopped waiting: nothing to do then.
+            let _ = local.send(message);
+            return;
+        }
         let Some(slot) = self.slot.take() else { return };
         if let (Some(auth), Some(opened)) = (&slot.port.auth, self.opened.take()) {
             let (envelope, _) = seal(&opened.key, &auth.sender, &message, Some(opened.seal), now_ms());
@@ -348,7 +369,7 @@ fn on_event(slot: &Arc<Slot>, result: AioResult, handler: &Handler) {
         AioResult::Recv(Ok(mut message)) => {
             let pipe = message.pipe();
             *slot.pipe.lock().expect("slot lock") = pipe;
-            let mut replier = Replier { slot: Some(slot.clone()), opened: None };
+            let mut replier = Replier { slot: Some(slot.clone()), opened: None, local: None };
             if let Some(auth) = &slot.port.auth {
                 match open(&auth.ring, &message, None, now_ms()).and_then(|opened| {
                     auth.guard.check(opened.seal)?;

@@ -1226,6 +1226,21 @@ impl State {
         self.cache.lock().expect("cache lock").len()
     }
 
+    /// Answers `replier` when the task ends (at once with its report or why
+    /// it is unknown, when it is not live): the HTTP API's wait.
+    pub(crate) fn wait_for(&self, task_id: TaskId, replier: Replier) {
+        let mut tasks = self.lock();
+        if let Some(task) = tasks.live.get_mut(&task_id) {
+            // Waits that gave up (their bound passed) leave; so a client
+            // waiting again and again on a long task leaves no trail.
+            task.waiters.retain(|waiter| !waiter.is_abandoned());
+            task.waiters.push(replier);
+            return;
+        }
+        drop(tasks);
+        replier.send(&self.status(task_id));
+    }
+
     /// Accepts a task the dashboard submits (a retry under a fresh id).
     pub(crate) fn accept_from_dashboard(&self, submit: Submit) -> Result<TaskId, ErrorReply> {
         self.accept(submit, None, None, None).map_err(|(refusal, _)| refusal)
