@@ -360,6 +360,8 @@ impl State {
     /// one, or schedules it for later. `waiter` is answered when it ends.
     /// `owner` is the key that submitted it (it may cancel it); `lease`,
     /// on a subworker, the lease its control plane sent it under.
+    // The refusal hands the waiter back: a cold path, not worth a box.
+    #[allow(clippy::result_large_err)]
     fn accept(
         &self,
         submit: Submit,
