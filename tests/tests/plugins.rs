@@ -132,6 +132,31 @@ fn a_plugin_built_before_schemas_existed_loads_runs_and_shows_no_schema() {
     assert!(rows[0]["schema"].is_null(), "{rows}");
 
     let process = Process::control_plane(&["pre-schema-plugin"], &[]);
-    let doubled: i64 = fastworker_tests::runtime().block_on(process.client().call("double", [21])).unwrap();
+    let runtime = fastworker_tests::runtime();
+    let doubled: i64 = runtime.block_on(process.client().call("double", [21])).unwrap();
     assert_eq!(doubled, 42);
+    let tasks = runtime.block_on(process.client().tasks()).unwrap();
+    assert_eq!((tasks[0].name.as_str(), &tasks[0].args_schema, &tasks[0].result_schema), ("double", &None, &None));
+}
+
+#[test]
+fn the_client_lists_the_tasks_with_their_schemas_and_providers() {
+    let cp = Process::control_plane(&["example-tasks"], &[]);
+    let _sw = Process::subworker(&cp, "sw1", &["text-tasks"], &[]);
+    let tasks = fastworker_tests::runtime().block_on(cp.client().tasks()).unwrap();
+    let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "sorted by name");
+    let add = tasks.iter().find(|t| t.name == "add").unwrap();
+    assert_eq!(add.doc, "Adds two integers.");
+    assert_eq!(add.providers, ["control-plane"]);
+    let args: serde_json::Value = serde_json::from_str(add.args_schema.as_deref().unwrap()).unwrap();
+    assert_eq!(args["required"], serde_json::json!(["x", "y"]));
+    let result: serde_json::Value = serde_json::from_str(add.result_schema.as_deref().unwrap()).unwrap();
+    assert_eq!(result["type"], "integer");
+    // A task only the subworker provides: its defaults, no schema (registration carries none).
+    let upper = tasks.iter().find(|t| t.name == "upper").unwrap_or_else(|| panic!("upper missing: {names:?}"));
+    assert_eq!(upper.providers, ["sw1"]);
+    assert!(upper.args_schema.is_none());
 }

@@ -456,33 +456,24 @@ pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, headers: HeaderMap
 /// GET /api/v1/registered-tasks: the tasks this control plane or a live
 /// subworker provides, with their declared defaults and schemas.
 pub(crate) async fn registered(State(shared): State<Arc<Shared>>) -> Response {
-    let state = &shared.state;
-    let mut rows: Vec<Value> = state
-        .registry
-        .tasks()
+    let schema = |text: &Option<String>| text.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok());
+    let rows: Vec<Value> = shared
+        .state
+        .registered_tasks()
         .iter()
         .map(|task| {
-            let options = &task.decl.options;
             json!({
-                "task": task.decl.name.as_str(),
-                "doc": task.decl.doc.as_str(),
-                "signature": task.decl.signature.as_str(),
-                "priority": options.priority.as_str(),
-                "timeout_ms": options.timeout_ms,
-                "max_retries": options.max_retries,
-                "args_schema": task.schema.as_ref().map(|s| &s.args),
-                "result_schema": task.schema.as_ref().map(|s| &s.result),
+                "task": task.name,
+                "doc": task.doc,
+                "signature": task.signature,
+                "priority": task.priority.as_str(),
+                "timeout_ms": task.timeout_ms,
+                "max_retries": task.max_retries,
+                "args_schema": schema(&task.args_schema),
+                "result_schema": schema(&task.result_schema),
+                "providers": task.providers,
             })
         })
         .collect();
-    let mut offered: Vec<String> = state.cluster_status().subworkers.into_iter().flat_map(|w| w.tasks).collect();
-    offered.sort_unstable();
-    offered.dedup();
-    for name in offered {
-        if state.registry.get(&name).is_none() {
-            rows.push(json!({ "task": name, "args_schema": null, "result_schema": null }));
-        }
-    }
-    rows.sort_by(|a, b| a["task"].as_str().cmp(&b["task"].as_str()));
     Json(json!({ "tasks": rows })).into_response()
 }
