@@ -366,7 +366,12 @@ fn the_page_shows_the_cluster_live_in_a_browser() {
     assert!(
         browser.wait_for("document.querySelector('#run-state').textContent === 'succeeded'", Duration::from_secs(10))
     );
-    assert!(browser.eval("Number(document.querySelector('#run-result').textContent)").as_f64().unwrap() >= 1200.0);
+    // The result follows the state (the event stream may tell of the end first).
+    assert!(
+        browser.wait_for("Number(document.querySelector('#run-result').textContent) >= 1200", Duration::from_secs(10)),
+        "the slept time is not shown: {}",
+        browser.eval("document.querySelector('#run-result').textContent")
+    );
     // Arguments that do not fit the schema: the refusal is shown, nothing runs.
     browser.eval("{ const s = document.querySelector('#run-task'); s.value = 'midpoint'; s.dispatchEvent(new Event('change')); } true");
     browser.eval("document.querySelector('#run-arg-a').value = '{\"x\": 1}'; document.querySelector('#run-arg-b').value = '{\"x\": 1, \"y\": 2}'; document.querySelector('#run-submit').click(); true");
