@@ -83,17 +83,32 @@
 //! every row is given as a ratio to both. `cp-auth-*` and `cp-tls-*` are the
 //! `cp` rows with a cluster key, and with a key and `tls+tcp://`.
 //!
-//! Run with `cargo run --release -p fastworker-bench -- [--seconds S]
-//! [--requests N] [--in-flight K] [--concurrency C] [--cluster-size N]
-//! [--floor-in-process] [--durable-only]`.
+//! The scale rows (see `scale.rs`, `batch.rs`, `payload.rs`): `sleep-N`,
+//! N subworkers of concurrency 4 running `sleep_ms(10)` against the ideal
+//! N × 4 × 100 tasks/s (N from `--sleep-sizes`, default 1, 10, 100);
+//! `batch-100000`, 100 000 `noop` tasks submitted in batches and run, end
+//! to end; `cp-payload-1024KiB`, `echo` of 1 MiB against the TCP echo
+//! moving the same bytes. `--scale-only` runs the floors, the `cp` rows and
+//! these alone; `--no-scale` skips them. `--nng-versions` (see
+//! `nng_versions.rs`) instead prints the NNG 1.4, 1.11 and 2.0 floors side
+//! by side. The figures and the decision they led to: `docs/speed.md`.
+//!
+//! Run with `cargo run --release -p fastworker-bench -- --help` for every option.
 
+mod args;
+mod batch;
 mod durable;
+mod fakes;
 mod http_api;
 mod nng_floor;
+mod nng_versions;
+mod payload;
 mod phase;
 mod processes;
 mod report;
-
+mod results;
+mod scale;
+mod scale_report;
 mod security;
 mod setup;
 mod soak;
@@ -118,10 +133,16 @@ use nng::options::{Options, RecvTimeout, SendTimeout};
 use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
 use tokio::runtime::Runtime;
 
+use args::*;
+use fakes::*;
 use nng_floor::*;
+use payload::PAYLOAD;
 use phase::*;
 use processes::*;
 use report::*;
+use results::*;
+use scale::SLEEP_CONCURRENCY;
+use scale_report::*;
 use setup::*;
 
 /// Unmeasured run before each measured phase (connections, caches, page faults).
@@ -140,38 +161,6 @@ const CACHED_RESULTS: u64 = 100_000;
 const FAKE_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long a registration may take (the control plane connects back first).
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Command-line settings.
-struct Settings {
-    /// Measured seconds per phase (ignored when `requests` is set).
-    seconds: f64,
-    /// A fixed number of measured requests per phase instead of a duration.
-    requests: Option<u64>,
-    /// Requests in flight in the pipelined phases.
-    in_flight: usize,
-    /// Threads running `add` in the control plane of the `cp` rows and in each subworker.
-    concurrency: usize,
-    /// Subworkers registered in the large-cluster row (all but one fake).
-    cluster_size: usize,
-    /// Run the echo server on this process's threads instead of a child process.
-    floor_in_process: bool,
-    /// Run the memory soak for this many minutes instead of the table.
-    soak_minutes: Option<f64>,
-    /// Time between two kills of the soak's subworker (`None`: never).
-    soak_kill_every: Option<Duration>,
-    /// Run only the floors, the `cp` rows and the durable rows.
-    durable_only: bool,
-}
-
-impl Settings {
-    /// The budget of one of `parts` parts of a measured phase (1: all of it).
-    fn budget_part(&self, parts: u32) -> Budget {
-        match self.requests {
-            Some(n) => Budget::requests((n / u64::from(parts)).max(1)),
-            None => Budget::time(Duration::from_secs_f64(self.seconds) / parts),
-        }
-    }
-}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -192,6 +181,7 @@ fn main() -> ExitCode {
     };
     let outcome = match settings.soak_minutes {
         Some(minutes) => soak::run(minutes, settings.soak_kill_every, settings.concurrency),
+        None if settings.nng_versions => nng_versions::run(&settings),
         None => run(&settings),
     };
     match outcome {
@@ -200,120 +190,6 @@ fn main() -> ExitCode {
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-fn parse_args() -> Result<Settings, String> {
-    const USAGE: &str = "usage: fastworker-bench [--seconds S] [--requests N] [--in-flight K] [--concurrency C] \
-        [--cluster-size N] [--floor-in-process] [--durable-only] [--soak MINUTES [--soak-kill-every S]]\n  \
-        --seconds S           measured seconds per phase (default 2)\n  \
-        --requests N          measure N requests per phase instead of a duration\n  \
-        --in-flight K         requests in flight in the pipelined phases (default 64)\n  \
-        --concurrency C       threads running `add` in the control plane and in each subworker (default: cores)\n  \
-        --cluster-size N      subworkers registered in the large-cluster row, N - 1 of them fakes (default 100)\n  \
-        --floor-in-process    run the echo server on this process's threads, not in a child process\n  \
-        --durable-only        run only the floors, the cp rows and the durable (--state-dir) rows\n  \
-        --soak MINUTES        instead of the table: mixed load with a subworker killed every 20 s, memory sampled\n  \
-        --soak-kill-every S   seconds between two kills of the soak's subworker (default 20; 0: never)";
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut settings = Settings {
-        seconds: 2.0,
-        requests: None,
-        in_flight: 64,
-        concurrency: cores,
-        cluster_size: 100,
-        floor_in_process: false,
-        soak_minutes: None,
-        soak_kill_every: Some(Duration::from_secs(20)),
-        durable_only: false,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut number = |name: &str| -> Result<f64, String> {
-            let value = args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"))?;
-            value.parse().map_err(|_| format!("{name}: not a number\n{USAGE}"))
-        };
-        let mut whole = |name: &str, range: std::ops::RangeInclusive<u64>| -> Result<u64, String> {
-            let n = number(name)?;
-            if n.fract() != 0.0 || !(*range.start() as f64..=*range.end() as f64).contains(&n) {
-                return Err(format!(
-                    "{name} must be a whole number from {} to {}\n{USAGE}",
-                    range.start(),
-                    range.end()
-                ));
-            }
-            Ok(n as u64)
-        };
-        match flag.as_str() {
-            "--seconds" => {
-                settings.seconds = number("--seconds")?;
-                if !(settings.seconds.is_finite() && settings.seconds > 0.0 && settings.seconds <= 60.0) {
-                    return Err(format!("--seconds must be above 0 and at most 60\n{USAGE}"));
-                }
-            }
-            "--requests" => settings.requests = Some(whole("--requests", 1..=u64::MAX >> 12)?),
-            // The echo server serves that many at once.
-            "--in-flight" => settings.in_flight = whole("--in-flight", 1..=ECHO_CONTEXTS as u64)? as usize,
-            "--concurrency" => settings.concurrency = whole("--concurrency", 1..=1024)? as usize,
-            "--cluster-size" => settings.cluster_size = whole("--cluster-size", 1..=1000)? as usize,
-            "--floor-in-process" => settings.floor_in_process = true,
-            "--soak" => {
-                let minutes = number("--soak")?;
-                if !(minutes.is_finite() && minutes > 0.0 && minutes <= 24.0 * 60.0) {
-                    return Err(format!("--soak takes minutes, above 0 and at most a day\n{USAGE}"));
-                }
-                settings.soak_minutes = Some(minutes);
-            }
-            "--soak-kill-every" => {
-                let seconds = whole("--soak-kill-every", 0..=3600)?;
-                settings.soak_kill_every = (seconds > 0).then(|| Duration::from_secs(seconds));
-            }
-            "--durable-only" => settings.durable_only = true,
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
-        }
-    }
-    Ok(settings)
-}
-
-/// Everything one run measured.
-struct Results {
-    /// The timed rows, floors first, in the order they are printed.
-    rows: Vec<Row>,
-    /// Resident memory of the control planes, in KiB (`None` where unknown).
-    idle_kib: Option<u64>,
-    idle_large_cache_kib: Option<u64>,
-    cached_kib: Option<u64>,
-    /// The durable mode's recovery after a SIGKILL (see `durable.rs`).
-    recovery: Option<durable::Recovery>,
-    /// Processes that did not stop cleanly, fake subworkers that could not
-    /// register or unregister, cluster listings that were not as expected.
-    problems: Vec<String>,
-}
-
-/// One row of the table.
-struct Row {
-    name: String,
-    phase: Phase,
-    /// Compared with the pipelined floor (else with the sequential one).
-    pipelined: bool,
-}
-
-impl Results {
-    /// The row named `name` (rows are named by [`run`], so it exists).
-    fn row(&self, name: &str) -> &Phase {
-        &self.rows.iter().find(|row| row.name == name).unwrap_or_else(|| panic!("no row {name}")).phase
-    }
-
-    fn push(&mut self, name: String, pipelined: bool, phase: Phase) {
-        self.rows.push(Row { name, phase, pipelined });
-    }
-
-    /// Records a process's stop (see [`FastworkerProcess::stop`]).
-    fn stopped(&mut self, process: &mut FastworkerProcess) {
-        if let Err(problem) = process.stop() {
-            self.problems.push(problem);
         }
     }
 }
@@ -343,6 +219,9 @@ fn run(settings: &Settings) -> Result<bool, String> {
         idle_large_cache_kib: None,
         cached_kib: None,
         recovery: None,
+        sleep: Vec::new(),
+        batch: None,
+        payload: None,
         problems: Vec::new(),
     };
 
@@ -408,6 +287,12 @@ fn run(settings: &Settings) -> Result<bool, String> {
     }
     drop(credentials);
 
+    if settings.scale_only {
+        scale_rows(settings, &binary, &plugin, &runtime, &mut results)?;
+        insert_floors(&mut results, [floor_seq, floor_pipe, tcp_seq, tcp_pipe], floors()?, k);
+        return Ok(report(settings, &results));
+    }
+
     // The same with --state-dir, and the recovery of a killed one.
     results.recovery = Some(durable::durable_rows(settings, &binary, &plugin, &runtime, &mut results)?);
     if settings.durable_only {
@@ -469,6 +354,10 @@ fn run(settings: &Settings) -> Result<bool, String> {
     results.cached_kib = control_plane.resident_kib();
     results.stopped(&mut control_plane);
 
+    if !settings.no_scale {
+        scale_rows(settings, &binary, &plugin, &runtime, &mut results)?;
+    }
+
     // The floors' second halves.
     insert_floors(&mut results, [floor_seq, floor_pipe, tcp_seq, tcp_pipe], floors()?, k);
 
@@ -495,20 +384,17 @@ fn insert_floors(results: &mut Results, first: [Phase; 4], second: [Phase; 4], k
     }
 }
 
-/// Runs `phase` once unmeasured with a [`WARMUP`] budget, then with `budget`.
-fn warmed(budget: Budget, phase: impl Fn(Budget) -> Result<Phase, String>) -> Result<Phase, String> {
-    let warm = phase(Budget::time(WARMUP))?;
-    Ok(phase(budget)?.after_warmup(warm))
-}
-
-/// `add` through `client` one call at a time, after a warm-up.
-fn blocking_add(runtime: &Runtime, client: &Client, budget: Budget) -> Phase {
-    let phase = |budget| Ok(runtime.block_on(add_blocking(client, budget)));
-    warmed(budget, phase).expect("infallible")
-}
-
-/// `add` through `client` with `in_flight` calls at once, after a warm-up.
-fn pipelined_add(runtime: &Runtime, client: &Client, in_flight: usize, budget: Budget) -> Phase {
-    let phase = |budget| Ok(runtime.block_on(add_pipelined(client, in_flight, budget)));
-    warmed(budget, phase).expect("infallible")
+/// The scale rows: sleep scaling, the batch of no-op tasks, the 1 MiB payload.
+fn scale_rows(
+    settings: &Settings,
+    binary: &Path,
+    plugin: &Path,
+    runtime: &Runtime,
+    results: &mut Results,
+) -> Result<(), String> {
+    results.sleep = scale::sleep_rows(settings, binary, plugin, runtime, &mut results.problems)?;
+    let (c, tasks) = (settings.concurrency, settings.batch_tasks);
+    results.batch = Some(batch::batch_row(binary, plugin, c, tasks, runtime, &mut results.problems)?);
+    results.payload = Some(payload::payload_row(settings, binary, plugin, runtime, &mut results.problems)?);
+    Ok(())
 }

@@ -127,3 +127,9 @@ impl Phase {
 pub(crate) fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
+
+/// Runs `phase` once unmeasured with a [`WARMUP`] budget, then with `budget`.
+pub(crate) fn warmed(budget: Budget, phase: impl Fn(Budget) -> Result<Phase, String>) -> Result<Phase, String> {
+    let warm = phase(Budget::time(WARMUP))?;
+    Ok(phase(budget)?.after_warmup(warm))
+}

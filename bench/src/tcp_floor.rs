@@ -1,7 +1,8 @@
 //! The physical floor: a plain TCP echo in its own process, with no
-//! framework: each frame is a 4-byte length prefix and a 64-byte body, one
-//! thread per connection. What NNG (and so fastworker) costs above this is
-//! the transport's and our own price; what this costs is the kernel's.
+//! framework: each frame is a 4-byte length prefix and a body (64 bytes, or
+//! 1 MiB in the payload row), one thread per connection. What NNG (and so
+//! fastworker) costs above this is the transport's and our own price; what
+//! this costs is the kernel's.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,6 +14,8 @@ use crate::{Budget, Phase};
 
 /// Bytes of an echo body (a `Submit` of `add` is about this size).
 const BODY: usize = 64;
+/// Largest body the server echoes (the payload row sends 1 MiB).
+const MAX_BODY: usize = 64 << 20;
 
 /// The child-process mode (`--tcp-echo-server ADDRESS`): echoes every frame
 /// on every connection until standard input closes.
@@ -35,29 +38,38 @@ pub(crate) fn serve(address: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Echoes frames on one connection until it closes.
+/// Echoes frames on one connection until it closes, or a frame announces
+/// a body above [`MAX_BODY`].
 fn echo(mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let mut frame = [0u8; 4 + BODY];
-    while stream.read_exact(&mut frame).is_ok() {
-        if stream.write_all(&frame).is_err() {
+    let mut frame = vec![0u8; 4 + BODY];
+    loop {
+        if stream.read_exact(&mut frame[..4]).is_err() {
+            return;
+        }
+        let length = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+        if length > MAX_BODY {
+            return;
+        }
+        frame.resize(4 + length, 0);
+        if stream.read_exact(&mut frame[4..]).is_err() || stream.write_all(&frame).is_err() {
             return;
         }
     }
 }
 
-/// A frame whose body is made from `n`, so that each echo can be checked.
-fn frame(n: u64) -> [u8; 4 + BODY] {
-    let mut frame = [0u8; 4 + BODY];
-    frame[..4].copy_from_slice(&(BODY as u32).to_be_bytes());
+/// A frame of a `body`-byte body made from `n`, so that each echo can be checked.
+fn frame(n: u64, body: usize) -> Vec<u8> {
+    let mut frame = vec![0u8; 4 + body];
+    frame[..4].copy_from_slice(&(body as u32).to_be_bytes());
     for (index, chunk) in frame[4..].chunks_mut(8).enumerate() {
-        chunk.copy_from_slice(&(n ^ index as u64).to_le_bytes());
+        chunk.copy_from_slice(&(n ^ index as u64).to_le_bytes()[..chunk.len()]);
     }
     frame
 }
 
-/// Round trips on one connection while `budget` lasts.
-fn round_trips(address: &str, budget: &Budget) -> Phase {
+/// Round trips of a `body`-byte body on one connection while `budget` lasts.
+fn round_trips(address: &str, budget: &Budget, body: usize) -> Phase {
     let mut phase = Phase::default();
     let mut stream = match TcpStream::connect(address.trim_start_matches("tcp://")) {
         Ok(stream) => stream,
@@ -67,9 +79,9 @@ fn round_trips(address: &str, budget: &Budget) -> Phase {
         }
     };
     let _ = stream.set_nodelay(true);
-    let mut reply = [0u8; 4 + BODY];
+    let mut reply = vec![0u8; 4 + body];
     while let Some(n) = budget.claim() {
-        let request = frame(n);
+        let request = frame(n, body);
         let sent = Instant::now();
         let echoed = stream.write_all(&request).and_then(|()| stream.read_exact(&mut reply));
         let latency = sent.elapsed();
@@ -88,7 +100,14 @@ fn round_trips(address: &str, budget: &Budget) -> Phase {
 /// Sequential round trips on one connection.
 pub(crate) fn sequential(address: &str, budget: Budget) -> Result<Phase, String> {
     let start = budget.start();
-    let phase = round_trips(address, &budget);
+    let phase = round_trips(address, &budget, BODY);
+    Ok(phase.finish(start.elapsed()))
+}
+
+/// Sequential round trips of a `body`-byte body on one connection (the payload row's floor).
+pub(crate) fn payload(address: &str, body: usize, budget: Budget) -> Result<Phase, String> {
+    let start = budget.start();
+    let phase = round_trips(address, &budget, body);
     Ok(phase.finish(start.elapsed()))
 }
 
@@ -99,7 +118,7 @@ pub(crate) fn pipelined(address: &str, connections: usize, budget: Budget) -> Re
     let threads: Vec<_> = (0..connections)
         .map(|_| {
             let (address, budget) = (address.to_string(), budget.clone());
-            std::thread::spawn(move || round_trips(&address, &budget))
+            std::thread::spawn(move || round_trips(&address, &budget, BODY))
         })
         .collect();
     let mut total = Phase::default();

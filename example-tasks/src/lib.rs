@@ -29,7 +29,8 @@ fn sleep_ms(ctx: &TaskContext, ms: u64) -> u64 {
     let start = std::time::Instant::now();
     let total = std::time::Duration::from_millis(ms);
     while start.elapsed() < total && !ctx.is_cancelled() {
-        std::thread::sleep((total - start.elapsed()).min(std::time::Duration::from_millis(20)));
+        // Saturating: the time may run out between the check and here.
+        std::thread::sleep(total.saturating_sub(start.elapsed()).min(std::time::Duration::from_millis(20)));
     }
     start.elapsed().as_millis() as u64
 }
@@ -73,6 +74,19 @@ fn hash_bytes(n: u64) -> String {
     format!("{hash:016x}")
 }
 
+/// Does nothing: the cheapest task there is, so that a benchmark of many
+/// tasks (`fastworker-bench`'s batch row) measures the runtime, not the work.
+#[task]
+fn noop() {}
+
+/// Returns its argument unchanged: a task whose arguments and result are as
+/// large as the caller makes them (`fastworker-bench`'s 1 MB payload row
+/// sends a megabyte of text and checks that the same comes back).
+#[task]
+fn echo(text: String) -> String {
+    text
+}
+
 /// Fails its first `failures` runs, then returns the run number: a task
 /// that shows retries (declared: up to 3, the first after 100 ms).
 #[task(retries = 3, retry_delay = "100ms")]
@@ -96,4 +110,6 @@ fn report(label: String) -> String {
     format!("{label} report: all good")
 }
 
-fastworker_plugin_sdk::export_plugin!(add, midpoint, sleep_ms, divide, panic_now, fib, hash_bytes, flaky, tick, report);
+fastworker_plugin_sdk::export_plugin!(
+    add, midpoint, sleep_ms, divide, panic_now, fib, hash_bytes, noop, echo, flaky, tick, report
+);

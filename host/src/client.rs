@@ -662,16 +662,26 @@ fn on_event(ctx: &Context, aio: &Aio, result: AioResult, me: &Weak<Slot>, list: 
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        // Close first so that no exchange is in flight, and wait for every
-        // callback to return before the Aios are freed: an Aio must never be
-        // freed from inside its own callback.
-        self.socket.close();
+        // Stop every Aio before the socket closes: a callback that starts
+        // its receive on a context while the socket is closing makes NNG 1.4
+        // finalize that context against a freed socket (a crash in
+        // `req0_ctx_fini`). A stopped Aio takes no new operation, and the
+        // stop waits for its callback, so no Aio is freed inside one.
         let all = std::mem::take(&mut *self.slots.all.lock().expect("slot list lock"));
         for slot in &all {
-            slot.aio.cancel();
-            slot.aio.wait();
+            stop(&slot.aio);
         }
+        self.socket.close();
         self.slots.free.lock().expect("slot list lock").clear();
         drop(all);
     }
+}
+
+/// Stops an Aio for good: its operation is cancelled, later ones fail at
+/// once, and the call returns when its callback has.
+pub(crate) fn stop(aio: &Aio) {
+    // SAFETY: the pointer is the Aio's own and lives as long as `aio`;
+    // `nng_aio_stop` may be called on any Aio, any number of times, from any
+    // thread but its own callback's (the callers are drops, never callbacks).
+    unsafe { nng_sys::nng_aio_stop(aio.nng_aio()) }
 }

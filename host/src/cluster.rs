@@ -4,7 +4,7 @@
 //! routing rules are tested here directly.
 //!
 //! A worker has one slot per task it runs at once (its `--concurrency`),
-//! plus any it asked to have queued ahead (its `--prefetch`, 0 by default); the
+//! plus any it asked to have queued ahead (its `--prefetch`, 16 by default); the
 //! control plane sends a worker a task only into a free slot. Tasks that find
 //! every capable slot taken wait here, one queue per priority, and a slot
 //! that frees takes the most urgent waiting task its worker provides. So
@@ -96,9 +96,10 @@ pub(crate) enum Slot {
     Idle,
     /// Carrying this task.
     Busy(TaskId),
-    /// Its task was taken back (the worker went silent or away); the slot
-    /// is free again once its connection reports the exchange ended.
-    Abandoned,
+    /// Its task was taken back (the worker went silent or its run was not
+    /// reported in time); the slot is free again once the worker reports
+    /// that run (the report is discarded) or its connection drops.
+    Abandoned(TaskId),
 }
 
 /// Where a task should go.
@@ -244,21 +245,30 @@ impl<L> Cluster<L> {
         worker.suspect = true;
         for slot in &mut worker.slots {
             if *slot == Slot::Busy(task_id) {
-                *slot = Slot::Abandoned;
+                *slot = Slot::Abandoned(task_id);
             }
         }
     }
 
-    /// Whether a slot's task was taken back while its exchange goes on.
-    pub(crate) fn is_abandoned(&self, key: WorkerKey, slot: usize) -> bool {
-        self.get(key).and_then(|w| w.slots.get(slot)) == Some(&Slot::Abandoned)
+    /// The slot of a worker that carries `task_id`, or carried it before
+    /// it was taken back (`true` when abandoned).
+    pub(crate) fn slot_of(&self, key: WorkerKey, task_id: TaskId) -> Option<(usize, bool)> {
+        self.get(key)?.slots.iter().enumerate().find_map(|(index, slot)| match *slot {
+            Slot::Busy(busy) if busy == task_id => Some((index, false)),
+            Slot::Abandoned(gone) if gone == task_id => Some((index, true)),
+            _ => None,
+        })
     }
 
-    /// The slots of a worker whose task was taken back and whose exchange
-    /// has not ended.
-    pub(crate) fn abandoned_slots(&self, key: WorkerKey) -> Vec<usize> {
-        let Some(worker) = self.get(key) else { return Vec::new() };
-        worker.slots.iter().enumerate().filter(|(_, s)| **s == Slot::Abandoned).map(|(i, _)| i).collect()
+    /// Frees the slots whose tasks were taken back (the connection dropped:
+    /// nothing more will be heard of those runs).
+    pub(crate) fn free_abandoned(&mut self, key: WorkerKey) {
+        let Some(worker) = self.get_mut(key) else { return };
+        for slot in &mut worker.slots {
+            if matches!(slot, Slot::Abandoned(_)) {
+                *slot = Slot::Idle;
+            }
+        }
     }
 
     /// Marks a worker's connection down and the worker inactive: if the
@@ -351,6 +361,7 @@ impl<L> Cluster<L> {
     }
 
     /// The task in `key`'s slot, if it is busy.
+    #[cfg(test)]
     pub(crate) fn carried(&self, key: WorkerKey, slot: usize) -> Option<TaskId> {
         match self.get(key)?.slots.get(slot)? {
             Slot::Busy(task_id) => Some(*task_id),
@@ -494,7 +505,7 @@ fn take_back<L>(worker: &mut Worker<L>) -> Carried {
     for (index, slot) in worker.slots.iter_mut().enumerate() {
         if let Slot::Busy(task_id) = *slot {
             carried.push((index, task_id));
-            *slot = Slot::Abandoned;
+            *slot = Slot::Abandoned(task_id);
         }
     }
     carried
@@ -607,6 +618,14 @@ mod tests {
         assert_eq!(cluster.place(id(), "add"), Placement::Wait);
         assert!(!cluster.release(a, 0, Some(task)), "an abandoned slot no longer carries its task");
         assert!(matches!(cluster.place(id(), "add"), Placement::Slot(..)));
+        // A dropped connection frees every abandoned slot at once.
+        let other = id();
+        assert!(matches!(cluster.place(other, "add"), Placement::Wait));
+        let busy = cluster.carried(a, 0).unwrap();
+        cluster.take_back(a);
+        assert_eq!(cluster.slot_of(a, busy), Some((0, true)));
+        cluster.free_abandoned(a);
+        assert_eq!(cluster.slot_of(a, busy), None);
     }
 
     #[test]
@@ -631,15 +650,14 @@ mod tests {
         let late = id();
         assert_eq!(cluster.place(late, "add"), Placement::Slot(a, 0));
         cluster.abandon(a, late);
-        assert!(cluster.is_abandoned(a, 0));
-        assert_eq!(cluster.abandoned_slots(a), vec![0]);
+        assert_eq!(cluster.slot_of(a, late), Some((0, true)));
         assert_eq!(cluster.carried(a, 0), None, "the slot no longer carries the task");
         assert_eq!(cluster.place(id(), "add"), Placement::Nobody, "a suspect worker is not routed to");
         assert_eq!(cluster.status().active_subworkers, 0);
         assert!(cluster.heard_from(a, 1));
         assert_eq!(cluster.place(id(), "add"), Placement::Slot(a, 1));
         assert!(!cluster.release(a, 0, None));
-        assert!(!cluster.is_abandoned(a, 0));
+        assert_eq!(cluster.slot_of(a, late), None);
     }
 
     #[test]

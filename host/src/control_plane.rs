@@ -210,6 +210,12 @@ impl ControlPlane {
             let _ = events.send(Event::Stop);
             let _ = thread.join();
         }
+        // On a subworker, outcomes still waiting are collected by the
+        // control plane within moments, unless it is gone.
+        let collected_by = std::time::Instant::now() + Duration::from_secs(2);
+        while self.state.collector.pending() > 0 && std::time::Instant::now() < collected_by {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         // Give the last replies a moment to leave before the sockets close.
         std::thread::sleep(Duration::from_millis(100));
         drop(self.listeners);
@@ -240,10 +246,31 @@ impl State {
                 let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };
                 self.submit(submit, replier)
             }
-            // A subworker takes runs from its control plane under a lease.
-            Ok(Request::Dispatch(dispatch)) if self.config.management.is_none() => {
+            // A subworker takes runs from its control plane, each under a
+            // lease; their outcomes wait to be collected.
+            Ok(Request::Dispatch(runs)) if self.config.management.is_none() => {
                 let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };
-                self.submit_leased(dispatch.submit, Some(dispatch.lease), replier)
+                // Outcomes not yet collected are bounded like the tasks
+                // behind them: a peer that dispatches and never collects is
+                // refused, not remembered without end.
+                let uncollected = self.collector.pending().saturating_add(runs.len());
+                if uncollected > self.config.limits.max_queued_tasks {
+                    let message = format!(
+                        "{uncollected} outcomes would wait to be collected, more than --max-queued-tasks ({}): collect them first",
+                        self.config.limits.max_queued_tasks
+                    );
+                    return replier.send(&error_reply(ErrorKind::Busy, message));
+                }
+                let owner = replier.key_id();
+                replier.send(&Reply::Done);
+                for run in runs {
+                    let answer = self.collector.replier_for(run.submit.task_id, run.lease);
+                    self.submit_leased(run.submit, Some(run.lease), owner, answer);
+                }
+            }
+            Ok(Request::Collect) if self.config.management.is_none() => {
+                let Some(replier) = replier.allow(submitters, "collect outcomes here") else { return };
+                self.collector.collect(replier)
             }
             Ok(Request::Batch(submits)) => {
                 let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };

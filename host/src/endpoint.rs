@@ -36,6 +36,9 @@ pub(crate) struct Replier {
     slot: Option<Arc<Slot>>,
     /// Who sealed the request, when the port authenticates.
     opened: Option<Opened>,
+    /// Where the answer goes instead of a port (a subworker's dispatched
+    /// runs: to the outcomes its control plane collects).
+    forward: Option<Box<dyn FnOnce(Message) + Send>>,
     /// Instead of a port's context: a caller in this process (the HTTP API)
     /// that awaits the encoded reply.
     local: Option<tokio::sync::oneshot::Sender<Message>>,
@@ -80,12 +83,17 @@ struct Port {
 }
 
 impl Replier {
+    /// A replier whose answer is handed to `forward` instead of a port.
+    pub(crate) fn forwarding(forward: impl FnOnce(Message) + Send + 'static) -> Replier {
+        Replier { slot: None, opened: None, forward: Some(Box::new(forward)), local: None }
+    }
+
     /// A replier for a request made inside this process: the reply arrives
     /// on the receiver, encoded as on the wire (decode it with
     /// [`crate::protocol::decode`]); dropped unanswered, the receiver errs.
     pub(crate) fn local() -> (Replier, tokio::sync::oneshot::Receiver<Message>) {
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        (Replier { slot: None, opened: None, local: Some(sender) }, receiver)
+        (Replier { slot: None, opened: None, forward: None, local: Some(sender) }, receiver)
     }
 
     /// True for an in-process replier whose caller stopped waiting.
@@ -131,6 +139,9 @@ impl Replier {
     /// Sends an already encoded reply; if it cannot leave within the
     /// port's reply timeout it is dropped and the connection closed.
     pub(crate) fn send_message(mut self, mut message: Message) {
+        if let Some(forward) = self.forward.take() {
+            return forward(message);
+        }
         if let Some(local) = self.local.take() {
             // The caller may have stopped waiting: nothing to do then.
             let _ = local.send(message);
@@ -369,7 +380,7 @@ fn on_event(slot: &Arc<Slot>, result: AioResult, handler: &Handler) {
         AioResult::Recv(Ok(mut message)) => {
             let pipe = message.pipe();
             *slot.pipe.lock().expect("slot lock") = pipe;
-            let mut replier = Replier { slot: Some(slot.clone()), opened: None, local: None };
+            let mut replier = Replier { slot: Some(slot.clone()), opened: None, forward: None, local: None };
             if let Some(auth) = &slot.port.auth {
                 match open(&auth.ring, &message, None, now_ms()).and_then(|opened| {
                     auth.guard.check(opened.seal)?;

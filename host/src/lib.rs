@@ -10,6 +10,7 @@ mod cache;
 mod callbacks;
 pub mod client;
 mod cluster;
+mod collector;
 pub mod config;
 pub mod control_plane;
 pub mod dashboard;

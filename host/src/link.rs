@@ -1,27 +1,57 @@
 //! The control plane's connection to one subworker: a REQ socket dialed to
-//! the worker's base port, one context per slot (a slot carries one task at
-//! a time), and a watch on the connection, so that a worker that dies is
-//! noticed the moment its connection drops rather than when heartbeats stop.
+//! the worker's CRITICAL port carrying two exchanges at a time, and a watch
+//! on the connection, so that a worker that dies is noticed the moment its
+//! connection drops rather than when heartbeats stop.
+//!
+//! - **Dispatch**: runs for the worker's free slots leave in one
+//!   `Dispatch` frame; runs placed while a frame is in flight wait here
+//!   and leave together in the next one. The worker answers at once.
+//! - **Collect**: one `Collect` always waits on the worker, answered with
+//!   every outcome ready; the next one leaves as soon as the answer is in.
+//!
+//! So a busy worker's tasks and outcomes travel many to a frame, and an
+//! idle worker's single task costs one frame each way. The slots (the
+//! worker's credit) are counted by [`crate::cluster`]: the link sends only
+//! what was placed into a free slot.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::auth::{open, seal, AuthError, Key, KeyRing, Seal, Sender, ENVELOPE_BYTES};
-use crate::protocol::now_ms;
+use crate::protocol::{dispatch_frame, encode_message, now_ms, Request, TaskId};
 
 use nng::options::protocol::reqrep::ResendTime;
 use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize};
 use nng::{Aio, AioResult, Context, Message, PipeEvent, Protocol, Socket};
 
+/// The two exchanges of a link, as its callback names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Channel {
+    /// Runs going to the worker.
+    Dispatch,
+    /// Outcomes coming back.
+    Collect,
+}
+
+/// Room kept in a dispatch frame for its envelope and header.
+const FRAME_HEADROOM: usize = 1024;
+
 /// A dialed connection to a subworker.
 pub(crate) struct Link {
     socket: Socket,
-    slots: Vec<(Context, Aio)>,
-    /// A context for notes that need no answer (cancellations).
+    dispatch: (Context, Aio),
+    collect: (Context, Aio),
+    /// A context for notes that need no answer (cancellations, revocations).
     notes: (Context, Aio),
     /// With a cluster key: frames are sealed with the worker key, and each
-    /// slot remembers its request's seal, which its reply must cover.
+    /// exchange remembers its request's seal, which its reply must cover.
     auth: Option<LinkAuth>,
+    /// The most bytes of runs in one dispatch frame.
+    max_batch_bytes: usize,
+    /// Runs placed and not yet sent, encoded.
+    queued: Vec<(TaskId, Vec<u8>)>,
+    /// The runs of the dispatch frame in flight.
+    sending: Vec<TaskId>,
 }
 
 /// How a link seals and checks frames.
@@ -32,31 +62,30 @@ pub(crate) struct LinkAuth {
     pub(crate) ring: Arc<KeyRing>,
     /// This control plane's sender identity.
     pub(crate) sender: Arc<Sender>,
-    seals: Vec<Mutex<Option<Seal>>>,
+    seals: [Mutex<Option<Seal>>; 2],
 }
 
 impl LinkAuth {
     /// Sealing with `key`, checking replies against `ring`.
     pub(crate) fn new(key: Key, ring: Arc<KeyRing>, sender: Arc<Sender>) -> LinkAuth {
-        LinkAuth { key, ring, sender, seals: Vec::new() }
+        LinkAuth { key, ring, sender, seals: Default::default() }
     }
 }
 
 impl Link {
-    /// Dials `url` (without waiting for the connection) with `slots`
-    /// contexts. `on_connection` hears `true` when the connection comes up
-    /// and `false` when it drops; `on_slot` hears each slot's events.
+    /// Dials `url` (without waiting for the connection). `on_connection`
+    /// hears `true` when the connection comes up and `false` when it
+    /// drops; `on_event` hears each exchange's events.
     pub(crate) fn open(
         url: &str,
-        slots: usize,
         max_frame: usize,
         auth: Option<LinkAuth>,
         on_connection: impl Fn(bool) + Send + Sync + 'static,
-        on_slot: impl Fn(usize, Aio, AioResult) + Send + Sync + Clone + 'static,
+        on_event: impl Fn(Channel, AioResult) + Send + Sync + Clone + 'static,
     ) -> Result<Link, nng::Error> {
         let socket = Socket::new(Protocol::Req0)?;
-        // A task may run for hours: never resend on a timer. A task lost
-        // with its connection is sent elsewhere by the control plane.
+        // A task may run for hours: never resend on a timer. Runs lost with
+        // the connection are sent elsewhere by the control plane.
         socket.set_opt::<ResendTime>(None)?;
         socket.set_opt::<ReconnectMinTime>(Some(Duration::from_millis(50)))?;
         socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_secs(1)))?;
@@ -66,45 +95,118 @@ impl Link {
             PipeEvent::RemovePost => on_connection(false),
             _ => {}
         })?;
+        let exchange = |channel: Channel| -> Result<(Context, Aio), nng::Error> {
+            let on_event = on_event.clone();
+            Ok((Context::new(&socket)?, Aio::new(move |_aio, result| on_event(channel, result))?))
+        };
+        let (dispatch, collect) = (exchange(Channel::Dispatch)?, exchange(Channel::Collect)?);
         let notes = (Context::new(&socket)?, Aio::new(|_, _| {})?);
-        let auth = auth.map(|auth| LinkAuth { seals: (0..slots).map(|_| Mutex::new(None)).collect(), ..auth });
-        let mut link = Link { socket, slots: Vec::with_capacity(slots), notes, auth };
-        for index in 0..slots {
-            let ctx = Context::new(&link.socket)?;
-            let on_slot = on_slot.clone();
-            let aio = Aio::new(move |aio, result| on_slot(index, aio, result))?;
-            link.slots.push((ctx, aio));
-        }
+        let link = Link {
+            dispatch,
+            collect,
+            notes,
+            auth,
+            max_batch_bytes: max_frame.saturating_sub(FRAME_HEADROOM).max(1),
+            queued: Vec::new(),
+            sending: Vec::new(),
+            socket,
+        };
         crate::tls::dial_async(&link.socket, url)?;
         Ok(link)
     }
 
-    /// Sends a request on a free slot; its reply arrives through `on_slot`
-    /// once [`Link::receive`] is called after the send completes.
-    pub(crate) fn send(&self, slot: usize, mut message: Message) -> Result<(), nng::Error> {
+    fn exchange(&self, channel: Channel) -> &(Context, Aio) {
+        match channel {
+            Channel::Dispatch => &self.dispatch,
+            Channel::Collect => &self.collect,
+        }
+    }
+
+    fn sealed(&self, channel: Channel, mut message: Message) -> Message {
         if let Some(auth) = &self.auth {
             let (envelope, seal) = seal(&auth.key, &auth.sender, &message, None, now_ms());
             message.push_front(&envelope);
-            *auth.seals[slot].lock().expect("seal lock") = Some(seal);
+            *auth.seals[channel as usize].lock().expect("seal lock") = Some(seal);
         }
-        let (ctx, aio) = &self.slots[slot];
-        ctx.send(aio, message).map_err(|(_, error)| error)
+        message
     }
 
-    /// Checks and strips the seal of the reply a slot received.
-    pub(crate) fn open_reply(&self, slot: usize, message: &mut Message) -> Result<(), AuthError> {
+    /// Queues an encoded run ([`crate::protocol::dispatch_part`]) placed
+    /// in one of the worker's free slots; [`Link::flush`] sends it.
+    pub(crate) fn queue(&mut self, task_id: TaskId, run: Vec<u8>) {
+        self.queued.push((task_id, run));
+    }
+
+    /// Sends the queued runs (as many as fit one frame) unless a dispatch
+    /// frame is in flight; on failure returns the runs that did not leave.
+    pub(crate) fn flush(&mut self) -> Result<(), (nng::Error, Vec<TaskId>)> {
+        if !self.sending.is_empty() || self.queued.is_empty() {
+            return Ok(());
+        }
+        let mut bytes = 0usize;
+        let count = self
+            .queued
+            .iter()
+            .take_while(|(_, run)| {
+                bytes = bytes.saturating_add(run.len());
+                bytes <= self.max_batch_bytes
+            })
+            .count()
+            .max(1);
+        let frame = dispatch_frame(self.queued[..count].iter().map(|(_, run)| run.as_slice()));
+        let sent: Vec<TaskId> = self.queued.drain(..count).map(|(task_id, _)| task_id).collect();
+        let frame = self.sealed(Channel::Dispatch, frame);
+        let (ctx, aio) = &self.dispatch;
+        match ctx.send(aio, frame) {
+            Ok(()) => {
+                self.sending = sent;
+                Ok(())
+            }
+            Err((_, error)) => Err((error, sent)),
+        }
+    }
+
+    /// The runs of the dispatch frame whose exchange just ended.
+    pub(crate) fn dispatched(&mut self) -> Vec<TaskId> {
+        std::mem::take(&mut self.sending)
+    }
+
+    /// Forgets the runs not yet sent and those in flight (the worker is
+    /// taken back: they go elsewhere), and ends both exchanges.
+    pub(crate) fn reset(&mut self) {
+        self.queued.clear();
+        self.sending.clear();
+        self.dispatch.1.cancel();
+        self.collect.1.cancel();
+    }
+
+    /// Asks the worker for its outcomes.
+    pub(crate) fn collect(&self) -> Result<(), nng::Error> {
+        let frame = self.sealed(Channel::Collect, encode_message(&Request::Collect));
+        let (ctx, aio) = &self.collect;
+        ctx.send(aio, frame).map_err(|(_, error)| error)
+    }
+
+    /// Asks the worker for its outcomes after `pause` (after an empty or
+    /// refused answer, so that a worker answering at once costs no spin).
+    pub(crate) fn collect_after(&self, pause: Duration) -> Result<(), nng::Error> {
+        self.collect.1.sleep(pause)
+    }
+
+    /// Waits for the reply to the request an exchange just sent.
+    pub(crate) fn receive(&self, channel: Channel) -> Result<(), nng::Error> {
+        let (ctx, aio) = self.exchange(channel);
+        ctx.recv(aio)
+    }
+
+    /// Checks and strips the seal of the reply an exchange received.
+    pub(crate) fn open_reply(&self, channel: Channel, message: &mut Message) -> Result<(), AuthError> {
         let Some(auth) = &self.auth else { return Ok(()) };
-        let request = auth.seals[slot].lock().expect("seal lock").take();
+        let request = auth.seals[channel as usize].lock().expect("seal lock").take();
         let Some(request) = request else { return Err(AuthError::Missing) };
         open(&auth.ring, message, Some(request), now_ms())?;
         message.trim(ENVELOPE_BYTES);
         Ok(())
-    }
-
-    /// Waits for the reply to the request a slot just sent.
-    pub(crate) fn receive(&self, slot: usize) -> Result<(), nng::Error> {
-        let (ctx, aio) = &self.slots[slot];
-        ctx.recv(aio)
     }
 
     /// Sends a request whose answer does not matter, best effort: one at a
@@ -117,21 +219,17 @@ impl Link {
         let (ctx, aio) = &self.notes;
         let _ = ctx.send(aio, message);
     }
-
-    /// Gives up on a slot's exchange; `on_slot` hears it end.
-    pub(crate) fn cancel(&self, slot: usize) {
-        self.slots[slot].1.cancel();
-    }
 }
 
 impl Drop for Link {
     fn drop(&mut self) {
-        // Links are dropped on the cluster thread, never inside one of their
-        // own callbacks, so waiting for those callbacks cannot deadlock.
-        self.socket.close();
-        for (_, aio) in self.slots.iter().chain([&self.notes]) {
-            aio.cancel();
-            aio.wait();
+        // Links are dropped on the cluster thread without the task lock,
+        // never inside one of their own callbacks, so waiting for those
+        // callbacks cannot deadlock. The Aios stop before the socket closes
+        // (see `client::stop`).
+        for (_, aio) in [&self.dispatch, &self.collect, &self.notes] {
+            crate::client::stop(aio);
         }
+        self.socket.close();
     }
 }

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nng::Message;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::address::BaseAddress;
 use crate::auth::Role;
@@ -129,6 +129,7 @@ impl Membership {
             | Request::Schedules
             | Request::Dispatch(_)
             | Request::Revoke { .. }
+            | Request::Collect
             | Request::Tasks
             | Request::PauseSchedule { .. } => replier.send(&error_reply(
                 ErrorKind::WrongEndpoint,
@@ -208,15 +209,14 @@ impl Membership {
         });
         let link = Link::open(
             &base.at_offset(0),
-            (concurrency.max(1) + prefetch) as usize,
             self.state.config.limits.max_frame_bytes,
             auth,
             move |up| {
                 let _ = events.send(Event::Connection(key, up));
             },
-            move |slot, _aio, result| {
+            move |channel, result| {
                 if let Some(state) = state.upgrade() {
-                    state.on_slot_event(key, slot, result);
+                    state.on_link_event(key, channel, result);
                 }
             },
         );
@@ -326,7 +326,10 @@ impl Membership {
                 }
                 periodic.extend(worker.tasks.values().filter(|t| !t.schedule.is_empty()).cloned());
             }
-            self.state.fill(&mut tasks);
+            if let Err(error) = worker.link.collect() {
+                debug!(worker = %worker.name.worker_id, %error, "could not ask a subworker for outcomes");
+            }
+            self.state.fill(&mut tasks, &mut outbox);
         } else {
             let worker_id = tasks.cluster.disconnected(key).unwrap_or_default();
             let why = format!("the connection to subworker '{worker_id}' dropped");
@@ -369,7 +372,10 @@ impl Membership {
         };
         if tasks.cluster.heard_from(key, heartbeat.in_flight) {
             info!(worker = %heartbeat.name.worker_id, "subworker heard from again: active");
-            self.state.fill(&mut tasks);
+            let mut outbox = Outbox::default();
+            self.state.fill(&mut tasks, &mut outbox);
+            drop(tasks);
+            outbox.deliver();
         }
         Reply::Done
     }
@@ -458,7 +464,7 @@ impl Membership {
                     unreachable.push((*key, address));
                 }
             }
-            self.state.fill(&mut tasks);
+            self.state.fill(&mut tasks, &mut outbox);
         }
         outbox.deliver();
         for (key, worker_id) in forget {

@@ -14,7 +14,7 @@ pub use fastworker_plugin_sdk::abi::FailureKind;
 pub use fastworker_plugin_sdk::Priority;
 
 /// The version byte that starts every frame this build sends and accepts.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// The largest frame accepted by default (16 MiB).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
@@ -63,9 +63,10 @@ pub enum Request {
         /// Pause or resume.
         paused: bool,
     },
-    /// A control plane sends a subworker one run of a task under a lease
-    /// (the subworker's task ports); answered as a blocking `Submit`.
-    Dispatch(Dispatch),
+    /// A control plane sends a subworker runs of tasks, each under a lease
+    /// (the subworker's CRITICAL port); answered `Done` once they are
+    /// taken, while their outcomes come back through `Collect`.
+    Dispatch(Vec<Dispatch>),
     /// A subworker started runs it was sent (management port).
     Started(Started),
     /// A control plane took these tasks back from a subworker (its task
@@ -75,6 +76,10 @@ pub enum Request {
         /// The tasks taken back.
         task_ids: Vec<TaskId>,
     },
+    /// A control plane asks a subworker for the outcomes of the runs it
+    /// sent (the subworker's CRITICAL port): answered `Reports` as soon as
+    /// at least one is ready, with every outcome ready then.
+    Collect,
     /// The tasks this control plane and its live subworkers provide, with
     /// their declared defaults and JSON Schemas (result port).
     Tasks,
@@ -346,6 +351,8 @@ pub enum Reply {
     Batch(Vec<Result<TaskId, ErrorReply>>),
     /// The periodic tasks and their records.
     Schedules(Vec<ScheduleStatus>),
+    /// Outcomes of dispatched runs, answering `Collect`.
+    Reports(Vec<Reported>),
     /// The registered tasks, sorted by name (the answer to `Tasks`).
     Tasks(Vec<TaskInfo>),
 }
@@ -373,6 +380,19 @@ pub struct TaskInfo {
     pub result_schema: Option<String>,
     /// The worker ids that provide it (the control plane's first).
     pub providers: Vec<String>,
+}
+
+/// The outcome of one dispatched run, as a subworker sends it back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reported {
+    /// The run's task.
+    pub task_id: TaskId,
+    /// The lease it was sent under.
+    pub lease: u64,
+    /// The subworker's reply for it, as a blocking submission gets it: an
+    /// encoded `Reply::Report` (or `Reply::Error` for a run it refused).
+    #[serde(with = "serde_bytes")]
+    pub reply: Vec<u8>,
 }
 
 /// Where a task is in its life.
@@ -646,10 +666,11 @@ pub(crate) struct Forwarded<'a> {
     pub(crate) lease: u64,
 }
 
-/// The frame of a `Request::Dispatch` of these parts: a blocking
-/// submission to be run once (the control plane does the retrying) within
-/// `timeout_ms`, under `lease`.
-pub(crate) fn forwarded_dispatch(forwarded: Forwarded<'_>) -> nng::Message {
+/// One run of a `Request::Dispatch` encoded on its own (a [`Dispatch`]):
+/// a blocking submission to be run once (the control plane does the
+/// retrying) within `timeout_ms`, under `lease`. The link gathers such
+/// parts and sends those ready together in one frame ([`dispatch_frame`]).
+pub(crate) fn dispatch_part(forwarded: Forwarded<'_>) -> Vec<u8> {
     let Forwarded { task_id, task_name, args, priority, timeout_ms, attempt, lease } = forwarded;
     let submit = ForwardedSubmit {
         task_id,
@@ -663,19 +684,26 @@ pub(crate) fn forwarded_dispatch(forwarded: Forwarded<'_>) -> nng::Message {
         callback: None,
         attempt: Some(attempt),
     };
-    thread_local! {
-        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    postcard::to_stdvec(&ForwardedDispatch { lease, submit }).expect("writing to a Vec cannot fail")
+}
+
+/// The frame of a `Request::Dispatch` of encoded parts: the version, the
+/// variant, the count as a varint, then the parts (postcard's layout of a
+/// list).
+pub(crate) fn dispatch_frame<'a>(parts: impl ExactSizeIterator<Item = &'a [u8]> + Clone) -> nng::Message {
+    // Built in one piece and copied once, as `encode_message` does (NNG 1.4
+    // corrupts its heap when a seal is later put in front of a message made
+    // by `Message::with_capacity`).
+    let count = parts.len();
+    let bytes: usize = parts.clone().map(<[u8]>::len).sum();
+    let mut frame = Vec::with_capacity(2 + 10 + bytes);
+    frame.extend_from_slice(&[PROTOCOL_VERSION, DISPATCH_INDEX]);
+    let mut varint = [0u8; 10];
+    frame.extend_from_slice(postcard::to_slice(&count, &mut varint).expect("a usize fits ten bytes"));
+    for part in parts {
+        frame.extend_from_slice(part);
     }
-    BUFFER.with_borrow_mut(|buffer| {
-        buffer.clear();
-        buffer.extend_from_slice(&[PROTOCOL_VERSION, DISPATCH_INDEX]);
-        postcard::to_io(&ForwardedDispatch { lease, submit }, &mut *buffer).expect("writing to a Vec cannot fail");
-        let frame = nng::Message::from(&buffer[..]);
-        if buffer.capacity() > 1 << 20 {
-            *buffer = Vec::new();
-        }
-        frame
-    })
+    nng::Message::from(&frame[..])
 }
 
 /// Decodes a frame of at most `limit` bytes.
@@ -711,7 +739,7 @@ mod tests {
             wait: true,
             ..Default::default()
         });
-        let mut expected = vec![2, 0, 16];
+        let mut expected = vec![3, 0, 16];
         expected.extend_from_slice(&[7; 16]);
         expected.extend_from_slice(&[3, b'a', b'd', b'd', 5, b'[', b'5', b',', b'3', b']', 0, 1, 0, 0, 0, 0, 0]);
         assert_eq!(encode(&request), expected);
@@ -719,20 +747,8 @@ mod tests {
     }
 
     #[test]
-    fn a_forwarded_dispatch_is_an_ordinary_one() {
-        let task_id = TaskId::from_bytes([9; 16]);
-        let mut forwarded = Vec::new();
-        let parts = Forwarded {
-            task_id,
-            task_name: "add",
-            args: b"[1,2]",
-            priority: Priority::High,
-            timeout_ms: 500,
-            attempt: 2,
-            lease: 300,
-        };
-        forwarded.extend_from_slice(&forwarded_dispatch(parts));
-        let submit = Submit {
+    fn gathered_dispatch_parts_make_an_ordinary_dispatch() {
+        let submit = |task_id, attempt| Submit {
             task_id,
             task_name: "add".into(),
             args: b"[1,2]".to_vec(),
@@ -740,21 +756,38 @@ mod tests {
             wait: true,
             timeout_ms: Some(500),
             retry: Some(RetryPolicy::NONE),
-            attempt: Some(2),
+            attempt: Some(attempt),
             ..Default::default()
         };
-        let owned = Request::Dispatch(Dispatch { lease: 300, submit });
-        assert_eq!(forwarded, encode(&owned));
-        // Documented in docs/protocol.md: variant 12, then the lease (300 as
-        // a varint: ac 02), then the submission.
-        assert_eq!(&forwarded[..4], &[2, 12, 0xac, 0x02]);
+        let part = |task_id, attempt, lease| {
+            dispatch_part(Forwarded {
+                task_id,
+                task_name: "add",
+                args: b"[1,2]",
+                priority: Priority::High,
+                timeout_ms: 500,
+                attempt,
+                lease,
+            })
+        };
+        let (first, second) = (TaskId::from_bytes([9; 16]), TaskId::from_bytes([8; 16]));
+        let parts = [part(first, 2, 300), part(second, 1, 301)];
+        let frame = dispatch_frame(parts.iter().map(Vec::as_slice));
+        let owned = Request::Dispatch(vec![
+            Dispatch { lease: 300, submit: submit(first, 2) },
+            Dispatch { lease: 301, submit: submit(second, 1) },
+        ]);
+        assert_eq!(&frame[..], &encode(&owned)[..]);
+        // Documented in docs/protocol.md: variant 12, the count (2), then
+        // each run: its lease (300 as a varint: ac 02) and its submission.
+        assert_eq!(&frame[..5], &[3, 12, 2, 0xac, 0x02]);
     }
 
     #[test]
     fn bad_frames_are_told_apart() {
         assert!(matches!(decode::<Request>(&[], 10), Err(DecodeError::Empty)));
         assert!(matches!(decode::<Request>(&[1, 0], 10), Err(DecodeError::Version { found: 1 })));
-        assert!(matches!(decode::<Request>(&[2, 99], 10), Err(DecodeError::Body(_))));
+        assert!(matches!(decode::<Request>(&[3, 99], 10), Err(DecodeError::Body(_))));
         assert!(matches!(decode::<Request>(&[1; 11], 10), Err(DecodeError::TooLarge { size: 11, limit: 10 })));
     }
 }

@@ -23,18 +23,19 @@ use crate::auth::Role;
 use crate::cache::{args_digest, Lookup, ResultCache};
 use crate::callbacks::Callbacks;
 use crate::cluster::{Cluster, Placement, Waiting, WorkerKey};
+use crate::collector::Collector;
 use crate::config::ControlPlaneConfig;
 use crate::endpoint::{encode_reply, Replier};
 use crate::journal::Journal;
 use crate::limits::{millis, Bound, Refusals};
-use crate::link::Link;
+use crate::link::{Channel, Link};
 use crate::monitor::{Monitor, TaskSummary};
 use crate::peer_log::PeerLog;
 use crate::plugins::Registry;
 use crate::pool::Pool;
 use crate::protocol::{
-    decode, encode_message, forwarded_dispatch, now_ms, Callback, ClusterStatus, ErrorKind, ErrorReply, Forwarded,
-    Notice, Priority, Reply, Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState,
+    decode, dispatch_part, encode_message, now_ms, Callback, ClusterStatus, ErrorKind, ErrorReply, Forwarded, Notice,
+    Priority, Reply, Reported, Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState,
 };
 use crate::schedules::Scheduler;
 use crate::timers::{Alarm, Timers};
@@ -81,6 +82,8 @@ pub(crate) struct State {
     pub(crate) delivery: DeliveryCounters,
     /// On a subworker: runs started, to report to the control plane.
     pub(crate) started_runs: Arc<StartedRuns>,
+    /// On a subworker: the outcomes of dispatched runs, until collected.
+    pub(crate) collector: Arc<Collector>,
     /// The durable mode's store (`--state-dir`); `None` in memory mode.
     journal: Option<Journal>,
 }
@@ -255,6 +258,7 @@ impl State {
                 accepting: AtomicBool::new(true),
                 monitor: Monitor::default(),
                 registry,
+                collector: Arc::new(Collector::new(config.limits.max_frame_bytes)),
                 config,
                 pool,
                 timers,
@@ -294,12 +298,13 @@ impl State {
     /// Answers a submission: at once with the task's id, or, for a client
     /// that waits, when the task ends.
     pub(crate) fn submit(&self, submit: Submit, replier: Replier) {
-        self.submit_leased(submit, None, replier)
+        let owner = replier.key_id();
+        self.submit_leased(submit, None, owner, replier)
     }
 
-    /// As [`State::submit`], for a run a control plane sent under `lease`.
-    pub(crate) fn submit_leased(&self, submit: Submit, lease: Option<u64>, replier: Replier) {
-        let owner = replier.key_id();
+    /// As [`State::submit`], for a run a control plane sent under `lease`
+    /// with the key `owner`.
+    pub(crate) fn submit_leased(&self, submit: Submit, lease: Option<u64>, owner: Option<[u8; 8]>, replier: Replier) {
         let (waiter, answer_now) = if submit.wait { (Some(replier), None) } else { (None, Some(replier)) };
         match self.accept(submit, waiter, owner, lease) {
             Ok(task_id) => {
@@ -360,7 +365,7 @@ impl State {
     /// one, or schedules it for later. `waiter` is answered when it ends.
     /// `owner` is the key that submitted it (it may cancel it); `lease`,
     /// on a subworker, the lease its control plane sent it under.
-    // The refusal hands the waiter back: a cold path, not worth a box.
+    // A refusal hands the waiter back to be answered: a cold path, moved once.
     #[allow(clippy::result_large_err)]
     fn accept(
         &self,
@@ -492,7 +497,7 @@ impl State {
         let report = &live[&task_id].report;
         let placement = if cluster.is_empty() { Placement::Nobody } else { cluster.place(task_id, &report.task_name) };
         match placement {
-            Placement::Slot(key, slot) => self.send_to_worker(tasks, key, slot, task_id),
+            Placement::Slot(key, slot) => self.send_to_worker(tasks, key, slot, task_id, outbox),
             Placement::Held if self.registry.get(&report.task_name).is_some() && self.pool.threads() > 0 => {
                 self.run_here_or_fail(tasks, task_id, why, outbox)
             }
@@ -806,11 +811,19 @@ impl State {
         self.status(task_id)
     }
 
-    /// Sends a live task into a subworker slot that [`Cluster`] reserved for it.
-    fn send_to_worker(&self, tasks: &mut Tasks, key: WorkerKey, slot: usize, task_id: TaskId) {
+    /// Sends a live task into a subworker slot that [`Cluster`] reserved
+    /// for it: with the runs placed together, in one frame.
+    fn send_to_worker(&self, tasks: &mut Tasks, key: WorkerKey, slot: usize, task_id: TaskId, outbox: &mut Outbox) {
+        self.queue_for_worker(tasks, key, slot, task_id);
+        self.flush_worker(tasks, key, outbox);
+    }
+
+    /// Puts a run into a worker's next dispatch frame (see
+    /// [`State::flush_worker`]), into a slot [`Cluster`] reserved for it.
+    fn queue_for_worker(&self, tasks: &mut Tasks, key: WorkerKey, slot: usize, task_id: TaskId) {
         let lease = State::next_lease(tasks);
         let Tasks { live, cluster, .. } = tasks;
-        let (Some(worker), Some(task)) = (cluster.get(key), live.get_mut(&task_id)) else {
+        let (Some(worker), Some(task)) = (cluster.get_mut(key), live.get_mut(&task_id)) else {
             cluster.release(key, slot, Some(task_id));
             return;
         };
@@ -831,107 +844,199 @@ impl State {
             attempt: report.attempts + 1,
             lease,
         };
-        let message = forwarded_dispatch(forwarded);
-        match worker.link.send(slot, message) {
-            Ok(()) => {
-                report.state = TaskState::Running;
-                report.worker.clone_from(&worker.name.worker_id);
-                report.attempts = report.attempts.saturating_add(1);
-                let sent = now_ms();
-                report.started_ms = Some(sent);
-                self.monitor.changed(report);
-                // The timeout runs from the start the subworker reports;
-                // until then, the run must be reported started in time.
-                debug!(%task_id, worker = %worker.name.worker_id, lease, "task sent to a subworker");
-                let start_by_ms = sent.saturating_add(bound_ms);
-                let previous =
-                    task.dispatch.replace(Dispatched { key, lease, timeout_ms, start_by_ms, report_by_ms: None });
-                if let Some(previous) = previous {
-                    // A retry or a task taken back: its earlier run's lease
-                    // alarm (up to --max-subworker-run away) guards nothing.
-                    self.timers.cancel(Alarm::Lease(task_id, previous.lease));
-                }
-                let first_look = sent.saturating_add(timeout_ms).saturating_add(delivery::REPORT_GRACE_MS);
-                self.timers.set(first_look.min(start_by_ms), Alarm::Lease(task_id, lease));
-                self.record_progress(task_id, task, None);
-            }
-            Err(error) => {
-                // The tick sends it again once a slot is free.
-                warn!(%task_id, worker = %worker.name.worker_id, %error, "could not send a task to a subworker");
-                let (priority, task_name) = (report.priority, report.task_name.clone());
-                cluster.release(key, slot, Some(task_id));
-                cluster.wait(priority, Waiting { task_id, task_name }, true);
-            }
+        worker.link.queue(task_id, dispatch_part(forwarded));
+        report.state = TaskState::Running;
+        report.worker.clone_from(&worker.name.worker_id);
+        report.attempts = report.attempts.saturating_add(1);
+        let sent = now_ms();
+        report.started_ms = Some(sent);
+        self.monitor.changed(report);
+        // The timeout runs from the start the subworker reports; until
+        // then, the run must be reported started in time.
+        debug!(%task_id, worker = %worker.name.worker_id, lease, "task sent to a subworker");
+        let start_by_ms = sent.saturating_add(bound_ms);
+        let previous = task.dispatch.replace(Dispatched { key, lease, timeout_ms, start_by_ms, report_by_ms: None });
+        if let Some(previous) = previous {
+            // A retry or a task taken back: its earlier run's lease alarm
+            // (up to --max-subworker-run away) guards nothing.
+            self.timers.cancel(Alarm::Lease(task_id, previous.lease));
+        }
+        let first_look = sent.saturating_add(timeout_ms).saturating_add(delivery::REPORT_GRACE_MS);
+        self.timers.set(first_look.min(start_by_ms), Alarm::Lease(task_id, lease));
+        self.record_progress(task_id, task, None);
+    }
+
+    /// Sends a worker's queued runs unless a dispatch frame of its is in
+    /// flight (those queued meanwhile leave together when it lands).
+    fn flush_worker(&self, tasks: &mut Tasks, key: WorkerKey, outbox: &mut Outbox) {
+        let Some(worker) = tasks.cluster.get_mut(key) else { return };
+        if let Err((error, unsent)) = worker.link.flush() {
+            let worker_id = worker.name.worker_id.clone();
+            warn!(worker = %worker_id, %error, runs = unsent.len(), "could not send runs to a subworker");
+            let why = format!("sending it to subworker '{worker_id}' failed: {error}");
+            self.link_broken(tasks, key, &why, outbox);
         }
     }
 
-    /// A subworker slot's exchange moved on: the request left, the reply
-    /// came, or it failed. Called from the slot's NNG callback.
-    pub(crate) fn on_slot_event(&self, key: WorkerKey, slot: usize, result: AioResult) {
+    /// One of a subworker link's exchanges moved on: the request left, the
+    /// reply came, a pause ended, or it failed. Called from its NNG callback.
+    pub(crate) fn on_link_event(&self, key: WorkerKey, channel: Channel, result: AioResult) {
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
-        let carried = tasks.cluster.carried(key, slot);
-        match (result, carried) {
-            (AioResult::Send(Ok(())), Some(task_id)) => match tasks.cluster.get(key).map(|w| w.link.receive(slot)) {
-                Some(Ok(())) | None => return,
-                Some(Err(error)) => {
-                    tasks.cluster.release(key, slot, Some(task_id));
-                    let why = format!("waiting for its result failed: {error}");
-                    self.send_again(&mut tasks, task_id, &why, &mut outbox);
+        let Some(worker) = tasks.cluster.get(key) else { return };
+        let worker_id = worker.name.worker_id.clone();
+        match result {
+            AioResult::Send(Ok(())) => match worker.link.receive(channel) {
+                Ok(()) => return,
+                Err(error) => {
+                    let why = format!("waiting for subworker '{worker_id}' failed: {error}");
+                    self.link_broken(&mut tasks, key, &why, &mut outbox);
                 }
             },
-            (AioResult::Recv(Ok(mut message)), Some(task_id)) => {
-                let opened = tasks.cluster.get(key).map(|w| w.link.open_reply(slot, &mut message));
-                tasks.cluster.release(key, slot, Some(task_id));
-                let worker_id = tasks.cluster.get(key).map(|w| w.name.worker_id.clone()).unwrap_or_default();
-                match opened {
-                    Some(Err(error)) => {
-                        self.refusals.unauthenticated.fetch_add(1, Ordering::Relaxed);
-                        let message =
-                            format!("subworker '{worker_id}' sent a reply that is not authenticated: {error}");
-                        self.fail(&mut tasks, task_id, message, &mut outbox);
+            AioResult::Sleep(_) => {
+                if worker.connected {
+                    if let Err(error) = worker.link.collect() {
+                        debug!(worker = %worker_id, %error, "could not collect outcomes");
                     }
-                    _ => self.take_reply(&mut tasks, key, task_id, &worker_id, &message, &mut outbox),
+                }
+                return;
+            }
+            AioResult::Recv(Ok(mut message)) => {
+                let opened = worker.link.open_reply(channel, &mut message).map_err(|error| {
+                    self.refusals.unauthenticated.fetch_add(1, Ordering::Relaxed);
+                    format!("subworker '{worker_id}' sent a reply that is not authenticated: {error}")
+                });
+                match channel {
+                    Channel::Dispatch => {
+                        self.on_dispatched(&mut tasks, key, &worker_id, opened.map(|()| &message[..]), &mut outbox)
+                    }
+                    Channel::Collect => {
+                        self.on_collected(&mut tasks, key, &worker_id, opened.map(|()| &message[..]), &mut outbox)
+                    }
                 }
             }
-            (AioResult::Sleep(_), _) => return,
-            (result, Some(task_id)) => {
-                // The exchange failed while carrying its task: the connection
-                // is broken, whether or not its drop has been reported yet.
-                tasks.cluster.release(key, slot, Some(task_id));
-                let error = match result {
-                    AioResult::Send(Err((_, error))) | AioResult::Recv(Err(error)) => error.to_string(),
-                    _ => "unexpected event".to_string(),
-                };
-                let worker_id = tasks.cluster.disconnected(key).unwrap_or_default();
-                let why = format!("the exchange with subworker '{worker_id}' failed: {error}");
-                self.send_again(&mut tasks, task_id, &why, &mut outbox);
-                self.take_back(&mut tasks, key, &why, &mut outbox);
-            }
-            (AioResult::Send(Ok(())), None) if tasks.cluster.is_abandoned(key, slot) => {
-                // A run whose lease was revoked while it was leaving: wait
-                // for its report, to discard it (the slot frees then).
-                if let Some(Ok(())) = tasks.cluster.get(key).map(|w| w.link.receive(slot)) {
-                    return;
+            AioResult::Send(Err((_, error))) | AioResult::Recv(Err(error)) => {
+                // Cancelled by a reset (the worker was taken back), or the
+                // connection broke, whether or not its drop was reported.
+                if worker.connected && error != nng::Error::Canceled {
+                    let why = format!("the exchange with subworker '{worker_id}' failed: {error}");
+                    self.link_broken(&mut tasks, key, &why, &mut outbox);
+                } else if channel == Channel::Collect && worker.connected {
+                    let _ = worker.link.collect_after(Duration::from_millis(20));
                 }
-                tasks.cluster.release(key, slot, None);
             }
-            (AioResult::Recv(Ok(_)), None) if tasks.cluster.is_abandoned(key, slot) => {
-                // The report of a run whose lease was revoked: discarded.
-                let worker_id = tasks.cluster.get(key).map(|w| w.name.worker_id.clone()).unwrap_or_default();
-                self.revoked_report(&worker_id);
-                tasks.cluster.release(key, slot, None);
-            }
-            (_, None) => {
-                // An abandoned exchange ended: the slot is free again.
-                tasks.cluster.release(key, slot, None);
-            }
-        }
-        if let Some(next) = tasks.cluster.next_for(key, slot) {
-            self.send_to_worker(&mut tasks, key, slot, next);
         }
         drop(tasks);
         outbox.deliver();
+    }
+
+    /// A dispatch frame's answer: taken (`Done`), or refused as a whole
+    /// (each run then has the refusal for its answer), or not to be
+    /// trusted (each run is sent again, elsewhere if it can be).
+    fn on_dispatched(
+        &self,
+        tasks: &mut Tasks,
+        key: WorkerKey,
+        worker_id: &str,
+        frame: Result<&[u8], String>,
+        outbox: &mut Outbox,
+    ) {
+        let sent = tasks.cluster.get_mut(key).map(|w| w.link.dispatched()).unwrap_or_default();
+        let answer = frame.and_then(|frame| match decode::<Reply>(frame, usize::MAX) {
+            Ok(Reply::Done) => Ok(None),
+            Ok(Reply::Error(refusal)) => Ok(Some(encode_reply(&Reply::Error(refusal)))),
+            Ok(reply) => Err(format!("subworker '{worker_id}' answered runs with an unexpected message: {reply:?}")),
+            Err(error) => Err(format!("subworker '{worker_id}' sent a reply that does not decode: {error}")),
+        });
+        if !matches!(answer, Ok(None)) {
+            for task_id in sent {
+                let Some((slot, false)) = tasks.cluster.slot_of(key, task_id) else { continue };
+                tasks.cluster.release(key, slot, Some(task_id));
+                match &answer {
+                    Ok(Some(refusal)) => self.take_reply(tasks, key, task_id, worker_id, refusal, outbox),
+                    Ok(None) => {}
+                    Err(why) => {
+                        warn!(%task_id, "{why}");
+                        self.send_again(tasks, task_id, why, outbox);
+                    }
+                }
+            }
+        }
+        self.fill_worker(tasks, key, outbox);
+    }
+
+    /// Outcomes a worker sent back: each settles its task if it carries
+    /// the task's current lease (a revoked run's outcome is discarded).
+    fn on_collected(
+        &self,
+        tasks: &mut Tasks,
+        key: WorkerKey,
+        worker_id: &str,
+        frame: Result<&[u8], String>,
+        outbox: &mut Outbox,
+    ) {
+        let decoded = frame.and_then(|frame| {
+            decode::<Reply>(frame, usize::MAX)
+                .map_err(|error| format!("subworker '{worker_id}' sent outcomes that do not decode: {error}"))
+        });
+        let pause = match decoded {
+            Ok(Reply::Reports(outcomes)) => {
+                let empty = outcomes.is_empty();
+                for Reported { task_id, lease, reply } in outcomes {
+                    let current = tasks.live.get(&task_id).and_then(|t| t.dispatch.as_ref()).map(|d| (d.key, d.lease));
+                    match tasks.cluster.slot_of(key, task_id) {
+                        Some((slot, false)) if current == Some((key, lease)) => {
+                            tasks.cluster.release(key, slot, Some(task_id));
+                            self.take_reply(tasks, key, task_id, worker_id, &reply, outbox);
+                        }
+                        Some((slot, true)) => {
+                            // The run was taken back: its slot is free again.
+                            tasks.cluster.release(key, slot, None);
+                            self.revoked_report(worker_id);
+                        }
+                        _ => self.revoked_report(worker_id),
+                    }
+                }
+                empty.then_some(Duration::from_millis(20))
+            }
+            Ok(other) => {
+                warn!(worker = %worker_id, "a subworker answered Collect with an unexpected message: {other:?}");
+                Some(Duration::from_secs(1))
+            }
+            Err(why) => {
+                warn!(worker = %worker_id, "{why}");
+                Some(Duration::from_secs(1))
+            }
+        };
+        if let Some(worker) = tasks.cluster.get(key) {
+            let asked = match pause {
+                None => worker.link.collect(),
+                Some(pause) => worker.link.collect_after(pause),
+            };
+            if let Err(error) = asked {
+                debug!(worker = %worker_id, %error, "could not collect outcomes");
+            }
+        }
+        self.fill_worker(tasks, key, outbox);
+    }
+
+    /// Gives a worker's free slots the most urgent waiting tasks it
+    /// provides, in one frame.
+    fn fill_worker(&self, tasks: &mut Tasks, key: WorkerKey, outbox: &mut Outbox) {
+        let slots = tasks.cluster.get(key).map_or(0, |w| w.slots.len());
+        for slot in 0..slots {
+            if let Some(next) = tasks.cluster.next_for(key, slot) {
+                self.queue_for_worker(tasks, key, slot, next);
+            }
+        }
+        self.flush_worker(tasks, key, outbox);
+    }
+
+    /// A link that failed: the worker is marked disconnected and what it
+    /// carried goes elsewhere.
+    fn link_broken(&self, tasks: &mut Tasks, key: WorkerKey, why: &str, outbox: &mut Outbox) {
+        tasks.cluster.disconnected(key);
+        self.take_back(tasks, key, why, outbox);
     }
 
     /// Takes a subworker's answer for a task.
@@ -1049,10 +1154,13 @@ impl State {
         let connected = tasks.cluster.get(key).is_some_and(|w| w.connected);
         let carried = tasks.cluster.take_back(key);
         self.tell_revoked(tasks, key, carried.iter().map(|(_, task_id)| *task_id).collect());
-        if let Some(worker) = tasks.cluster.get(key).filter(|_| !connected) {
-            for slot in tasks.cluster.abandoned_slots(key) {
-                worker.link.cancel(slot);
+        if !connected {
+            // Nothing more is heard of those runs: NNG would send the frames
+            // in flight again on reconnection, so they are cancelled.
+            if let Some(worker) = tasks.cluster.get_mut(key) {
+                worker.link.reset();
             }
+            tasks.cluster.free_abandoned(key);
         }
         for (_, task_id) in carried {
             self.send_again(tasks, task_id, why, outbox);
@@ -1068,9 +1176,17 @@ impl State {
     }
 
     /// Gives free subworker slots the waiting tasks they provide.
-    pub(crate) fn fill(&self, tasks: &mut Tasks) {
-        for (key, slot, task_id) in tasks.cluster.fill() {
-            self.send_to_worker(tasks, key, slot, task_id);
+    pub(crate) fn fill(&self, tasks: &mut Tasks, outbox: &mut Outbox) {
+        let filled = tasks.cluster.fill();
+        let mut workers: Vec<WorkerKey> = Vec::new();
+        for (key, slot, task_id) in filled {
+            self.queue_for_worker(tasks, key, slot, task_id);
+            if !workers.contains(&key) {
+                workers.push(key);
+            }
+        }
+        for key in workers {
+            self.flush_worker(tasks, key, outbox);
         }
     }
 

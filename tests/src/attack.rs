@@ -209,38 +209,39 @@ impl FakeSubworker {
         offered: Vec<fastworker::protocol::OfferedTask>,
         answer: FakeAnswer,
     ) -> FakeSubworker {
-        use fastworker::protocol::{decode, encode, Registration, Reply, Request, TaskReport, TaskState, WorkerName};
+        use fastworker::protocol::{decode, encode, Registration, Reply, Reported, Request, WorkerName};
         let address = format!("tcp://127.0.0.1:{}", crate::free_ports(4));
         let socket = nng::Socket::new(nng::Protocol::Rep0).unwrap();
         socket.listen(&address).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (thread_socket, thread_stop) = (socket.clone(), stop.clone());
         std::thread::spawn(move || {
+            // Outcomes of the runs taken, until the control plane collects them.
+            let mut outcomes: Vec<Reported> = Vec::new();
             while !thread_stop.load(Ordering::SeqCst) {
                 let Ok(message) = thread_socket.recv() else { return };
                 if answer == FakeAnswer::Never {
                     continue;
                 }
-                // Runs come as leased dispatches (plain submissions are taken too).
-                let submit = match decode::<Request>(&message, usize::MAX) {
-                    Ok(Request::Dispatch(dispatch)) => dispatch.submit,
-                    Ok(Request::Submit(submit)) => submit,
+                let reply = match decode::<Request>(&message, usize::MAX) {
+                    // Runs come as leased dispatches, taken at once.
+                    Ok(Request::Dispatch(runs)) => {
+                        outcomes.extend(runs.into_iter().map(|run| Reported {
+                            task_id: run.submit.task_id,
+                            lease: run.lease,
+                            reply: encode(&Reply::Report(not_json_report(run.submit))),
+                        }));
+                        Reply::Done
+                    }
+                    Ok(Request::Collect) => {
+                        if outcomes.is_empty() {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                        Reply::Reports(std::mem::take(&mut outcomes))
+                    }
                     _ => continue,
                 };
-                let report = TaskReport {
-                    task_id: submit.task_id,
-                    task_name: submit.task_name,
-                    state: TaskState::Succeeded,
-                    priority: submit.priority.unwrap_or(fastworker::Priority::Normal),
-                    worker: "fake".into(),
-                    attempts: 1,
-                    created_ms: 0,
-                    started_ms: None,
-                    finished_ms: None,
-                    result: Some(b"\xffnot json{".to_vec()),
-                    error: None,
-                };
-                let _ = thread_socket.send(nng::Message::from(&encode(&Reply::Report(report))[..]));
+                let _ = thread_socket.send(nng::Message::from(&encode(&reply)[..]));
             }
         });
         let name = WorkerName { worker_id: worker_id.into(), instance: uuid::Uuid::new_v4() };
@@ -252,6 +253,23 @@ impl FakeSubworker {
         let management = client.with_management_port(port);
         runtime.block_on(management.manage(&Request::Register(registration))).expect("the fake subworker registers");
         FakeSubworker { address, name, _socket: socket, stop }
+    }
+}
+
+/// A "succeeded" report of `submit` whose result is not JSON.
+fn not_json_report(submit: fastworker::protocol::Submit) -> fastworker::protocol::TaskReport {
+    fastworker::protocol::TaskReport {
+        task_id: submit.task_id,
+        task_name: submit.task_name,
+        state: fastworker::protocol::TaskState::Succeeded,
+        priority: submit.priority.unwrap_or(fastworker::Priority::Normal),
+        worker: "fake".into(),
+        attempts: 1,
+        created_ms: 0,
+        started_ms: None,
+        finished_ms: None,
+        result: Some(b"\xffnot json{".to_vec()),
+        error: None,
     }
 }
 

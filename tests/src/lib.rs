@@ -52,6 +52,12 @@ pub fn free_base_port() -> u16 {
     free_ports(6)
 }
 
+/// The port of a base address (`tcp://127.0.0.1:5555`, `tls+tcp://…`).
+pub fn base_port(address: &str) -> u16 {
+    let port = address.rsplit(':').next().unwrap_or_default();
+    port.parse().unwrap_or_else(|_| panic!("'{address}' ends with no port"))
+}
+
 /// The first of `count` consecutive ports that were free a moment ago.
 pub fn free_ports(count: u16) -> u16 {
     let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
@@ -249,6 +255,13 @@ impl Process {
     /// Waits until the control plane answers a status query, or returns its log.
     pub fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
+        // Dial only once the result port listens: NNG 1.4 can crash a
+        // process that closes a socket whose dialer is between two failed
+        // connection attempts (fixed upstream in later releases), and a
+        // test's client must never be that socket.
+        let result_port = base_port(&self.address) + 4;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.wait_for_port(result_port, remaining)?;
         let client = Client::new(&self.address).unwrap().with_timeout(Duration::from_millis(300));
         let runtime = runtime();
         while Instant::now() < deadline {

@@ -90,8 +90,10 @@ fn a_killed_control_plane_brings_every_accepted_task_to_one_outcome_after_a_rest
     let running = report_when(&cp, local, Duration::from_secs(10), |r| r.state == TaskState::Running);
     assert_eq!(running.worker, "control-plane");
 
-    // Running on a subworker, then queued behind it (it provides sleep_ms with one slot).
-    let subworker = Process::subworker(&cp, "durable-sw", &["example-tasks"], &["--concurrency", "1"]);
+    // Running on a subworker, then queued behind it at the control plane
+    // (it provides sleep_ms with one slot and takes nothing ahead).
+    let subworker =
+        Process::subworker(&cp, "durable-sw", &["example-tasks"], &["--concurrency", "1", "--prefetch", "0"]);
     let remote = TaskId::new_v4();
     rt.block_on(client.delay("sleep_ms", (1500,), with_id(remote))).unwrap();
     let running = report_when(&cp, remote, Duration::from_secs(10), |r| r.state == TaskState::Running);

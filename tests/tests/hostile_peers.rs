@@ -292,3 +292,40 @@ fn a_flood_of_bad_frames_does_not_grow_the_log() {
     assert!(lines <= 2, "{sent} bad frames wrote {lines} lines:\n{}", cp.log());
     assert_stops_on_sigterm(&mut cp, Duration::from_secs(5));
 }
+
+#[test]
+fn a_peer_that_dispatches_runs_and_never_collects_their_outcomes_is_refused() {
+    let cp = Process::control_plane(&[], &[]);
+    let sw = Process::subworker(&cp, "sw1", &["example-tasks"], &["--max-queued-tasks", "50"]);
+    // Its control plane stops collecting.
+    cp.signal("STOP");
+    let peer = fastworker::Client::new(&sw.address).unwrap().with_timeout(Duration::from_secs(5));
+    let runs = |count: usize| {
+        let run = |_| fastworker::protocol::Dispatch {
+            lease: 1,
+            submit: Submit {
+                task_id: TaskId::new_v4(),
+                task_name: "add".into(),
+                args: b"[1,2]".to_vec(),
+                wait: true,
+                ..Default::default()
+            },
+        };
+        Request::Dispatch((0..count).map(run).collect())
+    };
+    let rt = runtime();
+    assert!(matches!(rt.block_on(peer.request(0, &runs(40))), Ok(Reply::Done)));
+    // The 40 outcomes wait; 40 more would pass --max-queued-tasks.
+    let refused = wait_until(
+        Duration::from_secs(5),
+        || matches!(rt.block_on(peer.request(0, &runs(40))), Ok(Reply::Error(e)) if e.kind == ErrorKind::Busy && e.message.contains("--max-queued-tasks")),
+    );
+    assert!(refused, "a second frame of 40 runs is refused Busy");
+    // Collecting them (as a control plane does) makes room again.
+    let Ok(Reply::Reports(outcomes)) = rt.block_on(peer.request(0, &Request::Collect)) else { panic!("no outcomes") };
+    // (The first outcome may have answered the stopped control plane's own
+    // waiting Collect.)
+    assert!(outcomes.len() >= 39, "{} outcomes", outcomes.len());
+    assert!(matches!(rt.block_on(peer.request(0, &runs(40))), Ok(Reply::Done)));
+    cp.signal("CONT");
+}

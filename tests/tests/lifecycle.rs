@@ -122,6 +122,8 @@ fn the_shutdown_timeout_bounds_the_wait_and_waiting_clients_are_told() {
 #[test]
 fn client_commands_against_no_control_plane_fail_within_their_timeout() {
     let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    // The binary is built (on a test binary's first use) before the clock starts.
+    let _ = fastworker_tests::fastworker_bin();
     let start = Instant::now();
     let output =
         run_cli(&["submit", "--address", &address, "--timeout", "1", "--task-name", "add", "--args", "1", "2"]);

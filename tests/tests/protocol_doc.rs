@@ -5,7 +5,7 @@
 
 use fastworker::protocol::{
     encode, ClusterStatus, Dispatch, ErrorKind, ErrorReply, Heartbeat, OfferedTask, Priority, Registration, Reply,
-    Request, ScheduleStatus, Started, Submit, TaskInfo, TaskReport, TaskState, WorkerName, PROTOCOL_VERSION,
+    Reported, Request, ScheduleStatus, Started, Submit, TaskInfo, TaskReport, TaskState, WorkerName, PROTOCOL_VERSION,
 };
 use fastworker::TaskId;
 use serde::Serialize;
@@ -155,9 +155,10 @@ fn every_request_is_as_documented() {
         sample(Request::Batch(vec![])),
         sample(Request::Schedules),
         sample(Request::PauseSchedule { task_name: "tick".into(), paused: true }),
-        sample(Request::Dispatch(Dispatch { lease: 1, submit: Submit::default() })),
+        sample(Request::Dispatch(vec![Dispatch { lease: 1, submit: Submit::default() }])),
         sample(Request::Started(Started { name: worker(), runs: vec![(id, 1)] })),
         sample(Request::Revoke { task_ids: vec![id] }),
+        sample(Request::Collect),
         sample(Request::Tasks),
     ];
     check("## Request", &samples);
@@ -204,6 +205,7 @@ fn every_reply_and_error_kind_is_as_documented() {
         sample(Reply::Done),
         sample(Reply::Batch(vec![])),
         sample(Reply::Schedules(vec![schedule])),
+        sample(Reply::Reports(vec![Reported { task_id: id, lease: 1, reply: vec![] }])),
         sample(Reply::Tasks(vec![TaskInfo {
             name: "add".into(),
             doc: String::new(),

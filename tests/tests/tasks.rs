@@ -162,3 +162,17 @@ fn the_client_library_returns_typed_results_and_typed_errors() {
         assert_eq!(report.priority, Priority::Low);
     });
 }
+
+#[test]
+fn the_example_noop_returns_nothing_and_echo_returns_a_megabyte_unchanged() {
+    let cp = both_plugins();
+    let client = cp.client();
+    runtime().block_on(async {
+        let report = client.submit("noop", [(); 0], SubmitOptions::default()).await.unwrap();
+        assert_eq!((report.state, report.result.as_deref()), (TaskState::Succeeded, Some(&b"null"[..])));
+        // What the benchmark's payload row sends: 1 MiB of text each way.
+        let text: String = (0..1 << 20).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let echoed = client.call::<String>("echo", (&text,)).await.unwrap();
+        assert!(echoed == text, "echo returned {} bytes that differ from the {} sent", echoed.len(), text.len());
+    });
+}

@@ -23,6 +23,11 @@ use crate::cli::keys::{protected, CredentialArgs};
 use crate::cli::limits::{limits, ClusterLimitArgs, TaskLimitArgs};
 use crate::{fail, seconds, EXIT_USAGE};
 
+/// Runs a subworker may be sent beyond its concurrency by default: enough
+/// to cover the round trip to the control plane for tasks of a fraction of
+/// a millisecond (see docs/subworkers.md, *Prefetch*).
+const DEFAULT_PREFETCH: u32 = 16;
+
 /// How long a subworker without --control-plane-address waits for an announcement.
 pub(crate) const SUBWORKER_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -117,10 +122,10 @@ pub(crate) struct SubworkerArgs {
     /// Worker threads running tasks (default: the number of cores).
     #[arg(long, env = "FASTWORKER_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=2048))]
     pub(crate) concurrency: Option<u32>,
-    /// Tasks the control plane may send ahead beyond --concurrency, queued here: more throughput for
-    /// short tasks, at the cost of cluster-wide priority order (a queued task may start before a more
-    /// urgent one sent later).
-    #[arg(long, env = "FASTWORKER_PREFETCH", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=2048))]
+    /// Tasks the control plane may send ahead beyond --concurrency, queued here (most urgent first) so
+    /// that no thread idles for a network round trip between short tasks; 0 for long tasks of uneven
+    /// length, so that none waits here while another subworker is idle.
+    #[arg(long, env = "FASTWORKER_PREFETCH", default_value_t = DEFAULT_PREFETCH, value_parser = clap::value_parser!(u32).range(0..=2048))]
     pub(crate) prefetch: u32,
     /// Seconds between heartbeats to the control plane.
     #[arg(long, env = "FASTWORKER_HEARTBEAT_INTERVAL", default_value_t = 5.0)]

@@ -1,0 +1,63 @@
+//! The payload row: `echo` of a 1 MiB string (so 1 MiB of arguments and
+//! 1 MiB of result), one call at a time, on a control plane running it
+//! itself (`cp-payload-1MiB`), against the plain TCP echo moving the same
+//! bytes each way (`tcp-payload-1MiB`: a 4-byte length prefix and a 1 MiB
+//! body, sent and echoed). Each call's text differs and every echo is checked.
+
+use super::*;
+
+/// Bytes of the arguments (and of the result) of each call.
+pub(crate) const PAYLOAD: usize = 1 << 20;
+
+/// What the payload row measured: through the control plane, and the TCP floor.
+pub(crate) struct PayloadRow {
+    pub(crate) cp: Phase,
+    pub(crate) tcp: Phase,
+}
+
+/// Runs the payload row: the TCP floor first, then the control plane.
+pub(crate) fn payload_row(
+    settings: &Settings,
+    binary: &Path,
+    plugin: &Path,
+    runtime: &Runtime,
+    problems: &mut Vec<String>,
+) -> Result<PayloadRow, String> {
+    let tcp_address = format!("tcp://127.0.0.1:{}", free_port()?);
+    let mut tcp_server = spawn_echo_child("--tcp-echo-server", &tcp_address)?;
+    let tcp = warmed(settings.budget_part(1), |budget| tcp_floor::payload(&tcp_address, PAYLOAD, budget))?;
+    tcp_server.stop();
+    println!("cp-payload: as cp, echo of a {} KiB string", PAYLOAD >> 10);
+    let mut control_plane =
+        start_control_plane(binary, "payload control plane", Some(plugin), settings.concurrency, &[])?;
+    let client = control_plane.client()?;
+    let cp = warmed(settings.budget_part(1), |budget| Ok(runtime.block_on(echo_blocking(&client, budget))))?;
+    if let Err(problem) = control_plane.stop() {
+        problems.push(problem);
+    }
+    Ok(PayloadRow { cp, tcp })
+}
+
+/// The text of call `n`: [`PAYLOAD`] letters in an order that depends on
+/// `n`, so that a stale or mixed-up reply shows.
+fn text(n: u64) -> String {
+    (0..PAYLOAD as u64).map(|i| char::from(b'a' + ((i ^ n) % 26) as u8)).collect()
+}
+
+/// `echo` through `client` one call at a time.
+async fn echo_blocking(client: &Client, budget: Budget) -> Phase {
+    let mut phase = Phase::default();
+    let start = budget.start();
+    while let Some(n) = budget.claim() {
+        let text = text(n);
+        let sent = Instant::now();
+        let result = client.call::<String>("echo", (&text,)).await;
+        let latency = sent.elapsed();
+        match result {
+            Ok(echoed) if echoed == text => phase.latencies.push(latency),
+            Ok(echoed) => phase.problem(true, || format!("echo {n}: {} bytes came back different", echoed.len())),
+            Err(error) => phase.problem(false, || format!("echo {n}: {error}")),
+        }
+    }
+    phase.finish(start.elapsed())
+}
