@@ -42,6 +42,10 @@
 //! (default: the number of cores); a control plane sends a subworker no more
 //! tasks at once than that, and queues the rest itself.
 //!
+//! * `http-blocking` and `http-pipelined-K`: `add` through the HTTP API
+//!   (`POST /api/v1/tasks` with `wait_ms`) of a control plane like the `cp`
+//!   one with its dashboard on, over one keep-alive connection, then K
+//!   connections (one thread each); compared with the `cp` rows (see `http_api.rs`).
 //! * `durable-blocking`, `durable-pipelined-K` and the recovery of 100 000
 //!   queued tasks after `kill -9`: the durable mode (`--state-dir`), each
 //!   as a ratio to the in-memory `cp` rows (or start-up) of the same run;
@@ -100,6 +104,7 @@ mod args;
 mod batch;
 mod durable;
 mod fakes;
+mod http_api;
 mod nng_floor;
 mod nng_versions;
 mod payload;
@@ -264,6 +269,16 @@ fn run(settings: &Settings) -> Result<bool, String> {
         results.push("py-blocking".into(), false, blocking);
         results.push(format!("py-pipelined-{k}"), true, pipelined);
     }
+    results.stopped(&mut control_plane);
+
+    // The same calls through the HTTP API, on a control plane serving its dashboard.
+    println!("http: as cp, with the dashboard on; add submitted with wait_ms over keep-alive HTTP/1.1");
+    let (mut control_plane, host) = http_api::start(&binary, &plugin, c)?;
+    let http = |connections: usize, budget: Budget| {
+        warmed(budget, |budget| Ok(http_api::add_over_http(&host, connections, budget))).expect("infallible")
+    };
+    results.push("http-blocking".into(), false, http(1, settings.budget_part(1)));
+    results.push(format!("http-pipelined-{k}"), true, http(k, settings.budget_part(1)));
     results.stopped(&mut control_plane);
 
     // The same with a cluster key (every frame sealed and checked), then

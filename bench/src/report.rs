@@ -82,6 +82,15 @@ pub(crate) fn report(settings: &Settings, results: &Results) -> bool {
             ratio_p(py_pipe, cp_pipe, 50.0),
         );
     }
+    let (http_seq, http_pipe) = (results.row("http-blocking"), results.row(&format!("http-pipelined-{k}")));
+    println!(
+        "HTTP API (http / cp, Rust client): blocking rate {:.3}, p50 {:.2}×, p99 {:.2}×; {k} in flight rate {:.3}, p50 {:.2}×",
+        http_seq.rate() / cp_seq.rate(),
+        ratio_p(http_seq, cp_seq, 50.0),
+        ratio_p(http_seq, cp_seq, 99.0),
+        http_pipe.rate() / cp_pipe.rate(),
+        ratio_p(http_pipe, cp_pipe, 50.0),
+    );
     let recovery = results.recovery.as_ref();
     if let Some(recovery) = recovery {
         println!(

@@ -1,6 +1,6 @@
 //! The example plugin: one task of each kind a plugin author meets.
 
-use fastworker_plugin_sdk::{task, TaskContext};
+use fastworker_plugin_sdk::{task, JsonSchema, TaskContext};
 use serde::{Deserialize, Serialize};
 
 /// Adds two integers.
@@ -10,7 +10,8 @@ fn add(x: i64, y: i64) -> i64 {
 }
 
 /// A point on a plane.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "fastworker_plugin_sdk::schemars")]
 pub struct Point {
     pub x: f64,
     pub y: f64,

@@ -18,7 +18,8 @@ use crate::address::{AddressError, BaseAddress};
 use crate::auth::{open, seal, AuthError, Key, KeyError, KeyRing, Sender, ENVELOPE_BYTES};
 use crate::protocol::{
     decode, encode_message, now_ms, Callback, ClusterStatus, DecodeError, ErrorKind, ErrorReply, Priority, Reply,
-    Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
+    Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskInfo, TaskReport, TaskState,
+    DEFAULT_MAX_FRAME_BYTES,
 };
 
 /// Calls one client keeps in service on one port at once; more wait in
@@ -412,6 +413,17 @@ impl Client {
     pub async fn workers(&self) -> Result<ClusterStatus, ClientError> {
         match self.request(RESULTS, &Request::Workers).await? {
             Reply::Workers(status) => Ok(status),
+            Reply::Error(error) => Err(ClientError::Refused(error)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// The tasks the control plane and its live subworkers provide, with
+    /// their declared defaults and the JSON Schemas of their arguments and
+    /// results (`None` for a plugin built before schemas existed).
+    pub async fn tasks(&self) -> Result<Vec<TaskInfo>, ClientError> {
+        match self.request(RESULTS, &Request::Tasks).await? {
+            Reply::Tasks(tasks) => Ok(tasks),
             Reply::Error(error) => Err(ClientError::Refused(error)),
             other => Err(self.unexpected(other)),
         }

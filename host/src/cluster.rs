@@ -454,6 +454,12 @@ impl<L> Cluster<L> {
         back
     }
 
+    /// Each task a live worker provides, with that worker's id.
+    pub(crate) fn offered_tasks(&self) -> Vec<(String, OfferedTask)> {
+        let routable = self.workers.iter().filter(|w| w.routable());
+        routable.flat_map(|w| w.tasks.values().map(|task| (w.name.worker_id.clone(), task.clone()))).collect()
+    }
+
     /// The names of the tasks live workers provide, sorted.
     pub(crate) fn task_names(&self) -> Vec<&str> {
         let mut names: Vec<&str> =

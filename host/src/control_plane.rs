@@ -326,6 +326,10 @@ impl State {
                 return replier.send(&self.pause_schedule(&task_name, paused));
             }
             Ok(Request::Workers) => Reply::Workers(self.cluster_status()),
+            Ok(Request::Tasks) => {
+                let Some(replier) = replier.allow(READERS, "list tasks") else { return };
+                return replier.send(&Reply::Tasks(self.registered_tasks()));
+            }
             Ok(Request::Discover) => Reply::Discovered { management_port },
             Ok(Request::Submit(_) | Request::Batch(_)) => error_reply(
                 ErrorKind::WrongEndpoint,

@@ -39,6 +39,9 @@ pub(crate) struct Replier {
     /// Where the answer goes instead of a port (a subworker's dispatched
     /// runs: to the outcomes its control plane collects).
     forward: Option<Box<dyn FnOnce(Message) + Send>>,
+    /// Instead of a port's context: a caller in this process (the HTTP API)
+    /// that awaits the encoded reply.
+    local: Option<tokio::sync::oneshot::Sender<Message>>,
 }
 
 /// How a port authenticates: the keys it accepts, its own sender identity
@@ -82,7 +85,20 @@ struct Port {
 impl Replier {
     /// A replier whose answer is handed to `forward` instead of a port.
     pub(crate) fn forwarding(forward: impl FnOnce(Message) + Send + 'static) -> Replier {
-        Replier { slot: None, opened: None, forward: Some(Box::new(forward)) }
+        Replier { slot: None, opened: None, forward: Some(Box::new(forward)), local: None }
+    }
+
+    /// A replier for a request made inside this process: the reply arrives
+    /// on the receiver, encoded as on the wire (decode it with
+    /// [`crate::protocol::decode`]); dropped unanswered, the receiver errs.
+    pub(crate) fn local() -> (Replier, tokio::sync::oneshot::Receiver<Message>) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        (Replier { slot: None, opened: None, forward: None, local: Some(sender) }, receiver)
+    }
+
+    /// True for an in-process replier whose caller stopped waiting.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.local.as_ref().is_some_and(|local| local.is_closed())
     }
 
     /// Sends the reply and lets the context take the next request.
@@ -125,6 +141,11 @@ impl Replier {
     pub(crate) fn send_message(mut self, mut message: Message) {
         if let Some(forward) = self.forward.take() {
             return forward(message);
+        }
+        if let Some(local) = self.local.take() {
+            // The caller may have stopped waiting: nothing to do then.
+            let _ = local.send(message);
+            return;
         }
         let Some(slot) = self.slot.take() else { return };
         if let (Some(auth), Some(opened)) = (&slot.port.auth, self.opened.take()) {
@@ -359,7 +380,7 @@ fn on_event(slot: &Arc<Slot>, result: AioResult, handler: &Handler) {
         AioResult::Recv(Ok(mut message)) => {
             let pipe = message.pipe();
             *slot.pipe.lock().expect("slot lock") = pipe;
-            let mut replier = Replier { slot: Some(slot.clone()), opened: None, forward: None };
+            let mut replier = Replier { slot: Some(slot.clone()), opened: None, forward: None, local: None };
             if let Some(auth) = &slot.port.auth {
                 match open(&auth.ring, &message, None, now_ms()).and_then(|opened| {
                     auth.guard.check(opened.seal)?;

@@ -130,6 +130,7 @@ impl Membership {
             | Request::Dispatch(_)
             | Request::Revoke { .. }
             | Request::Collect
+            | Request::Tasks
             | Request::PauseSchedule { .. } => replier.send(&error_reply(
                 ErrorKind::WrongEndpoint,
                 "the management port is for subworkers: submit tasks to a priority port and query results on base+4"

@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary};
-use fastworker_plugin_sdk::abi::{PluginRef, TaskDecl};
+use abi_stable::std_types::RStr;
+use fastworker_plugin_sdk::abi::{prefix, PluginRef, TaskDecl, TaskSchema as ExportedSchema};
 use fastworker_plugin_sdk::SDK_VERSION;
 
 use crate::schedules::{Schedule, ScheduleError};
+use crate::task_schema::TaskSchema;
 
 /// A loaded plugin file.
 #[derive(Debug)]
@@ -28,6 +30,9 @@ pub struct LoadedTask {
     pub decl: TaskDecl,
     /// Where it came from.
     pub plugin: Arc<PluginInfo>,
+    /// Its argument and result schemas; `None` for a plugin built before
+    /// the SDK exported them.
+    pub schema: Option<Arc<TaskSchema>>,
 }
 
 /// Every task of every loaded plugin, by name.
@@ -119,9 +124,11 @@ impl Registry {
     pub fn load(paths: &[PathBuf]) -> Result<Registry, PluginError> {
         let mut registry = Registry::default();
         for path in paths {
-            let (info, plugin) = load_plugin(path)?;
+            let (info, tasks, schemas) = load_plugin(path)?;
             let info = Arc::new(info);
-            for decl in plugin.tasks().as_slice() {
+            // One schema per task, or none at all (a plugin of an older SDK).
+            let schemas = schemas.filter(|schemas| schemas.len() == tasks.len());
+            for (index, decl) in tasks.iter().enumerate() {
                 let name = decl.name.as_str().to_string();
                 if let Some(existing) = registry.tasks.get(&name) {
                     return Err(PluginError::DuplicateTask {
@@ -136,7 +143,8 @@ impl Registry {
                         .map_err(|source| PluginError::BadSchedule { path: path.clone(), source })?;
                     registry.schedules.push(schedule);
                 }
-                registry.tasks.insert(name, LoadedTask { decl: *decl, plugin: info.clone() });
+                let schema = schemas.and_then(|schemas| TaskSchema::load(&name, &schemas[index])).map(Arc::new);
+                registry.tasks.insert(name, LoadedTask { decl: *decl, plugin: info.clone(), schema });
             }
             registry.plugins.push(info);
         }
@@ -176,7 +184,10 @@ impl Registry {
     }
 }
 
-fn load_plugin(path: &Path) -> Result<(PluginInfo, PluginRef), PluginError> {
+/// A loaded plugin's tasks and, when its SDK exports them, their schemas.
+type Loaded = (PluginInfo, &'static [TaskDecl], Option<&'static [ExportedSchema]>);
+
+fn load_plugin(path: &Path) -> Result<Loaded, PluginError> {
     if !path.is_file() {
         return Err(PluginError::NotFound { path: path.to_path_buf() });
     }
@@ -196,13 +207,22 @@ fn load_plugin(path: &Path) -> Result<(PluginInfo, PluginRef), PluginError> {
     let library: &'static RawLibrary = Box::leak(Box::new(library));
     // SAFETY: the library is leaked above, so the header's 'static borrows stay valid.
     let header = unsafe { lib_header_from_raw_library(library) }.map_err(|error| classify(path, error))?;
-    let plugin = header.init_root_module::<PluginRef>().map_err(|error| classify(path, error))?;
-    let info = PluginInfo {
+    let info = |name: RStr<'static>, version: RStr<'static>| PluginInfo {
         path: path.to_path_buf(),
-        name: plugin.name().as_str().to_string(),
-        version: plugin.version().as_str().to_string(),
+        name: name.as_str().to_string(),
+        version: version.as_str().to_string(),
     };
-    Ok((info, plugin))
+    match header.init_root_module::<PluginRef>() {
+        Ok(plugin) => {
+            Ok((info(plugin.name(), plugin.version()), plugin.tasks().as_slice(), Some(plugin.schemas().as_slice())))
+        }
+        // Built before tasks had schemas: its root module ends at `tasks`.
+        Err(error @ LibraryError::AbiInstability(_)) => match header.init_root_module::<prefix::PluginRef>() {
+            Ok(plugin) => Ok((info(plugin.name(), plugin.version()), plugin.tasks().as_slice(), None)),
+            Err(_) => Err(classify(path, error)),
+        },
+        Err(error) => Err(classify(path, error)),
+    }
 }
 
 /// Checks, before the dynamic loader maps it, that `file` is a shared

@@ -80,6 +80,9 @@ pub enum Request {
     /// sent (the subworker's CRITICAL port): answered `Reports` as soon as
     /// at least one is ready, with every outcome ready then.
     Collect,
+    /// The tasks this control plane and its live subworkers provide, with
+    /// their declared defaults and JSON Schemas (result port).
+    Tasks,
 }
 
 /// One run of a task sent to a subworker, under a lease: a fencing token
@@ -350,6 +353,33 @@ pub enum Reply {
     Schedules(Vec<ScheduleStatus>),
     /// Outcomes of dispatched runs, answering `Collect`.
     Reports(Vec<Reported>),
+    /// The registered tasks, sorted by name (the answer to `Tasks`).
+    Tasks(Vec<TaskInfo>),
+}
+
+/// A task a control plane or its subworkers provide, as `Client::tasks`
+/// lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// Its declared name.
+    pub name: String,
+    /// The first line of its doc comment (empty when only a subworker provides it).
+    pub doc: String,
+    /// Its Rust signature (empty when only a subworker provides it).
+    pub signature: String,
+    /// Its default priority.
+    pub priority: Priority,
+    /// Its default timeout in milliseconds (0: none).
+    pub timeout_ms: u64,
+    /// Its default retries.
+    pub max_retries: u32,
+    /// The JSON Schema of its arguments, as JSON text; `None` when its
+    /// plugin exports none (or only a subworker provides it).
+    pub args_schema: Option<String>,
+    /// The JSON Schema of its result, as JSON text.
+    pub result_schema: Option<String>,
+    /// The worker ids that provide it (the control plane's first).
+    pub providers: Vec<String>,
 }
 
 /// The outcome of one dispatched run, as a subworker sends it back.

@@ -1344,6 +1344,62 @@ impl State {
         self.cache.lock().expect("cache lock").len()
     }
 
+    /// The tasks the plugins here and the live subworkers provide, sorted
+    /// by name, with their schemas (`Request::Tasks`, the HTTP API).
+    pub(crate) fn registered_tasks(&self) -> Vec<crate::protocol::TaskInfo> {
+        let mut rows: std::collections::BTreeMap<String, crate::protocol::TaskInfo> = self
+            .registry
+            .tasks()
+            .into_iter()
+            .map(|task| {
+                let options = &task.decl.options;
+                let info = crate::protocol::TaskInfo {
+                    name: task.decl.name.to_string(),
+                    doc: task.decl.doc.to_string(),
+                    signature: task.decl.signature.to_string(),
+                    priority: options.priority,
+                    timeout_ms: options.timeout_ms,
+                    max_retries: options.max_retries,
+                    args_schema: task.schema.as_ref().map(|s| s.args.to_string()),
+                    result_schema: task.schema.as_ref().map(|s| s.result.to_string()),
+                    providers: vec![self.config.worker_id.clone()],
+                };
+                (info.name.clone(), info)
+            })
+            .collect();
+        let offered = self.lock().cluster.offered_tasks();
+        for (worker_id, offer) in offered {
+            let row = rows.entry(offer.name.clone()).or_insert_with(|| crate::protocol::TaskInfo {
+                name: offer.name.clone(),
+                doc: String::new(),
+                signature: String::new(),
+                priority: offer.priority,
+                timeout_ms: offer.timeout_ms,
+                max_retries: offer.max_retries,
+                args_schema: None,
+                result_schema: None,
+                providers: Vec::new(),
+            });
+            row.providers.push(worker_id);
+        }
+        rows.into_values().collect()
+    }
+
+    /// Answers `replier` when the task ends (at once with its report or why
+    /// it is unknown, when it is not live): the HTTP API's wait.
+    pub(crate) fn wait_for(&self, task_id: TaskId, replier: Replier) {
+        let mut tasks = self.lock();
+        if let Some(task) = tasks.live.get_mut(&task_id) {
+            // Waits that gave up (their bound passed) leave; so a client
+            // waiting again and again on a long task leaves no trail.
+            task.waiters.retain(|waiter| !waiter.is_abandoned());
+            task.waiters.push(replier);
+            return;
+        }
+        drop(tasks);
+        replier.send(&self.status(task_id));
+    }
+
     /// Accepts a task the dashboard submits (a retry under a fresh id).
     pub(crate) fn accept_from_dashboard(&self, submit: Submit) -> Result<TaskId, ErrorReply> {
         self.accept(submit, None, None, None).map_err(|(refusal, _)| refusal)

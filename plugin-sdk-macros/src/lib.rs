@@ -35,18 +35,26 @@ pub fn export_plugin(input: TokenStream) -> TokenStream {
         Ok(paths) => paths,
         Err(error) => return error.to_compile_error().into(),
     };
-    let decls = paths.iter().map(|path| {
-        let mut path = path.clone();
-        let last = path.segments.last_mut().expect("a path has a last segment");
-        last.ident = decl_ident(&last.ident);
-        path
-    });
+    let renamed = |rename: fn(&syn::Ident) -> syn::Ident| {
+        paths
+            .iter()
+            .map(|path| {
+                let mut path = path.clone();
+                let last = path.segments.last_mut().expect("a path has a last segment");
+                last.ident = rename(&last.ident);
+                path
+            })
+            .collect::<Vec<_>>()
+    };
+    let decls = renamed(decl_ident);
+    let schemas = renamed(schema_ident);
     let loader = format_ident!("{}", abi_stable_shared::mangled_root_module_loader_name());
     quote! {
         #[doc(hidden)]
         pub fn __fastworker_plugin_root() -> ::fastworker_plugin_sdk::abi::PluginRef {
             static TASKS: &[::fastworker_plugin_sdk::abi::TaskDecl] = &[#(#decls),*];
-            ::fastworker_plugin_sdk::__private::plugin(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), TASKS)
+            static SCHEMAS: &[::fastworker_plugin_sdk::__private::SchemaDecl] = &[#(#schemas),*];
+            ::fastworker_plugin_sdk::__private::plugin(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), TASKS, SCHEMAS)
         }
 
         #[doc(hidden)]
@@ -74,6 +82,20 @@ pub fn export_plugin(input: TokenStream) -> TokenStream {
 
 fn decl_ident(task: &syn::Ident) -> syn::Ident {
     format_ident!("__fastworker_task_{}", task)
+}
+
+fn schema_ident(task: &syn::Ident) -> syn::Ident {
+    format_ident!("__fastworker_schema_{}", task)
+}
+
+/// `T` of `Result<T, E>` (or of an alias such as `io::Result<T>`).
+fn ok_type(ty: &Type) -> Option<Type> {
+    let Type::Path(path) = ty else { return None };
+    let syn::PathArguments::AngleBracketed(args) = &path.path.segments.last()?.arguments else { return None };
+    args.args.iter().find_map(|arg| match arg {
+        syn::GenericArgument::Type(ty) => Some(ty.clone()),
+        _ => None,
+    })
 }
 
 struct Options {
@@ -271,6 +293,13 @@ fn expand_task(attr: TokenStream2, function: &ItemFn) -> syn::Result<TokenStream
     });
     let context_arg = takes_context.then(|| quote!(ctx,));
 
+    let result_type: Type = match &function.sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) if last_segment_is(ty, "Result") => ok_type(ty).ok_or_else(|| {
+            syn::Error::new(ty.span(), "a task returning Result names its success type: Result<T, E>")
+        })?,
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    };
     let (returns, encode) = match &function.sig.output {
         ReturnType::Default => (String::new(), quote!(::fastworker_plugin_sdk::__private::encode(&()))),
         ReturnType::Type(_, ty) if last_segment_is(ty, "Result") => (
@@ -298,6 +327,10 @@ fn expand_task(attr: TokenStream2, function: &ItemFn) -> syn::Result<TokenStream
         .unwrap_or_default();
 
     let decl = decl_ident(ident);
+    let schema = schema_ident(ident);
+    let schema_params = params.iter().map(|(name, ty)| {
+        quote!((#name, ::fastworker_plugin_sdk::__private::schema_of::<#ty> as ::fastworker_plugin_sdk::__private::SchemaFn))
+    });
     let priority = &options.priority;
     let schedule =
         if options.schedule.is_empty() { String::new() } else { format!("{{{}}}", options.schedule.join(",")) };
@@ -344,6 +377,15 @@ fn expand_task(attr: TokenStream2, function: &ItemFn) -> syn::Result<TokenStream
                 },
                 call,
             }
+        };
+
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        #vis const #schema: ::fastworker_plugin_sdk::__private::SchemaDecl = ::fastworker_plugin_sdk::__private::SchemaDecl {
+            task: #task_name,
+            doc: #doc,
+            params: &[#(#schema_params),*],
+            result: ::fastworker_plugin_sdk::__private::schema_of::<#result_type>,
         };
     })
 }

@@ -141,6 +141,23 @@ pub struct Plugin {
     /// The tasks it provides.
     #[sabi(last_prefix_field)]
     pub tasks: RSlice<'static, TaskDecl>,
+    /// The JSON Schemas of the tasks, one per entry of `tasks` and in its
+    /// order. Added after the prefix: a plugin built before schemas existed
+    /// has a root module without it, which the host loads as a
+    /// [`prefix::Plugin`] (and then reads no schemas).
+    #[sabi(missing_field(default))]
+    pub schemas: RSlice<'static, TaskSchema>,
+}
+
+/// The JSON Schemas of one task, as JSON text (JSON Schema 2020-12).
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct TaskSchema {
+    /// Its arguments, as the object keyed by parameter name; `required`
+    /// lists the parameters in their positional order.
+    pub args: RStr<'static>,
+    /// Its result value.
+    pub result: RStr<'static>,
 }
 
 impl RootModule for PluginRef {
@@ -148,4 +165,34 @@ impl RootModule for PluginRef {
     const BASE_NAME: &'static str = "fastworker_plugin";
     const NAME: &'static str = "fastworker-plugin-sdk";
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// The root module as SDK 0.1.0 exported it before tasks had schemas: its
+/// fields up to `tasks`. abi_stable refuses a library whose prefix type has
+/// fewer fields than the host's, so the host checks a plugin against
+/// [`Plugin`] first and, when that fails, against this shorter layout.
+pub mod prefix {
+    use super::*;
+
+    /// [`super::Plugin`] without the fields added after `tasks`.
+    #[repr(C)]
+    #[derive(StableAbi)]
+    #[sabi(kind(Prefix(prefix_ref = PluginRef)))]
+    #[sabi(missing_field(panic))]
+    pub struct Plugin {
+        /// The plugin crate's package name.
+        pub name: RStr<'static>,
+        /// The plugin crate's package version.
+        pub version: RStr<'static>,
+        /// The tasks it provides.
+        #[sabi(last_prefix_field)]
+        pub tasks: RSlice<'static, TaskDecl>,
+    }
+
+    impl RootModule for PluginRef {
+        declare_root_module_statics! {PluginRef}
+        const BASE_NAME: &'static str = "fastworker_plugin";
+        const NAME: &'static str = "fastworker-plugin-sdk";
+        const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    }
 }

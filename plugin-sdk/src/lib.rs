@@ -21,7 +21,10 @@
 //! `fastworker control-plane --task-modules`. Arguments arrive as JSON (a
 //! positional array, or an object keyed by parameter name) and are decoded
 //! into the function's parameter types with serde; the return value is
-//! encoded back to JSON. Only the types in [`abi`] cross the library
+//! encoded back to JSON. Every parameter and result type implements
+//! [`JsonSchema`], so the host can describe and check a task's arguments
+//! (`fastworker list --json`, the dashboard's HTTP API); the first line of
+//! the doc comment is the description. Only the types in [`abi`] cross the library
 //! boundary, and the host checks their layout and this crate's version when
 //! it loads a plugin.
 
@@ -35,6 +38,12 @@ pub mod __private;
 pub use abi::{Priority, TaskOptions};
 pub use context::TaskContext;
 pub use fastworker_plugin_macros::{export_plugin, task};
+/// The JSON Schema crate `#[task]` derives schemas with: derive
+/// [`JsonSchema`] on your own argument and result types (with
+/// `#[schemars(crate = "fastworker_plugin_sdk::schemars")]` unless the
+/// plugin depends on schemars 1 itself).
+pub use schemars;
+pub use schemars::JsonSchema;
 
 /// The version of this SDK, compiled into every plugin and checked by the host.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");

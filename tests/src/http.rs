@@ -42,7 +42,7 @@ fn split(url: &str) -> (&str, &str) {
     }
 }
 
-fn connect(url: &str, method: &str, headers: &[(&str, &str)]) -> (TcpStream, BufReader<TcpStream>) {
+fn connect(url: &str, method: &str, headers: &[(&str, &str)], body: &[u8]) -> (TcpStream, BufReader<TcpStream>) {
     let (host, path) = split(url);
     let mut stream = TcpStream::connect(host).unwrap_or_else(|e| panic!("connecting to {host}: {e}"));
     stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
@@ -54,11 +54,13 @@ fn connect(url: &str, method: &str, headers: &[(&str, &str)]) -> (TcpStream, Buf
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    if method == "POST" {
-        head.push_str("Content-Length: 0\r\n");
+    if method == "POST" || !body.is_empty() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) and stop reading before the body's end.
+    let _ = stream.write_all(body);
     let reader = BufReader::new(stream.try_clone().unwrap());
     (stream, reader)
 }
@@ -88,7 +90,12 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>) 
 
 /// Sends a request and reads the whole response.
 pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Response {
-    let (_stream, mut reader) = connect(url, method, headers);
+    request_with_body(method, url, headers, &[])
+}
+
+/// Sends a request with a body (its `Content-Length` added) and reads the whole response.
+pub fn request_with_body(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let (_stream, mut reader) = connect(url, method, headers, body);
     let (status, headers) = read_head(&mut reader);
     let chunked = headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
     let mut body = Vec::new();
@@ -140,7 +147,7 @@ pub struct EventStream {
 impl EventStream {
     /// Opens `url` as an event stream.
     pub fn open(url: &str) -> EventStream {
-        let (stream, mut reader) = connect(url, "GET", &[("Accept", "text/event-stream")]);
+        let (stream, mut reader) = connect(url, "GET", &[("Accept", "text/event-stream")], &[]);
         let (status, headers) = read_head(&mut reader);
         EventStream { _stream: stream, reader, status, headers }
     }

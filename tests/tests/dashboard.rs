@@ -332,6 +332,58 @@ fn the_page_shows_the_cluster_live_in_a_browser() {
     );
     browser.eval("document.querySelector('#detail').close(); true");
 
+    // Run a task from the form built from its schema: one input per
+    // parameter; the result comes back through the HTTP API.
+    assert!(
+        browser.wait_for(
+            "[...document.querySelectorAll('#run-task option')].some(o => o.value === 'add')",
+            Duration::from_secs(10)
+        ),
+        "the form does not list the tasks"
+    );
+    browser.eval("{ const s = document.querySelector('#run-task'); s.value = 'add'; s.dispatchEvent(new Event('change')); } true");
+    assert_eq!(browser.eval("document.querySelector('#run-arg-x').type"), "number");
+    assert_eq!(browser.eval("document.querySelector('#run-doc').textContent"), "Adds two integers.");
+    browser.eval("document.querySelector('#run-arg-x').value = '19'; document.querySelector('#run-arg-y').value = '23'; document.querySelector('#run-submit').click(); true");
+    assert!(
+        browser.wait_for("document.querySelector('#run-result').textContent === '42'", Duration::from_secs(10)),
+        "the form's task did not show its result: {}",
+        browser.eval("document.querySelector('#run-card').innerText")
+    );
+    assert_eq!(browser.eval("document.querySelector('#run-state').textContent"), "succeeded");
+    let run_id = browser.eval("document.querySelector('#run-id').textContent");
+    let run_id = TaskId::parse_str(run_id.as_str().unwrap()).unwrap();
+    assert!(browser.wait_for(&format!("{} === 'succeeded'", row_state(run_id)), Duration::from_secs(10)));
+    // A task that runs a while shows its state as it runs, then its result.
+    browser.eval("{ const s = document.querySelector('#run-task'); s.value = 'sleep_ms'; s.dispatchEvent(new Event('change')); } true");
+    browser.eval(
+        "document.querySelector('#run-arg-ms').value = '1200'; document.querySelector('#run-submit').click(); true",
+    );
+    assert!(
+        browser.wait_for("document.querySelector('#run-state').textContent === 'running'", Duration::from_secs(10)),
+        "the running state is not shown"
+    );
+    assert!(
+        browser.wait_for("document.querySelector('#run-state').textContent === 'succeeded'", Duration::from_secs(10))
+    );
+    // The result follows the state (the event stream may tell of the end first).
+    assert!(
+        browser.wait_for("Number(document.querySelector('#run-result').textContent) >= 1200", Duration::from_secs(10)),
+        "the slept time is not shown: {}",
+        browser.eval("document.querySelector('#run-result').textContent")
+    );
+    // Arguments that do not fit the schema: the refusal is shown, nothing runs.
+    browser.eval("{ const s = document.querySelector('#run-task'); s.value = 'midpoint'; s.dispatchEvent(new Event('change')); } true");
+    browser.eval("document.querySelector('#run-arg-a').value = '{\"x\": 1}'; document.querySelector('#run-arg-b').value = '{\"x\": 1, \"y\": 2}'; document.querySelector('#run-submit').click(); true");
+    assert!(
+        browser.wait_for(
+            "document.querySelector('#run-message').textContent.startsWith('BadArguments')",
+            Duration::from_secs(10)
+        ),
+        "the refusal is not shown: {}",
+        browser.eval("document.querySelector('#run-card').innerText")
+    );
+
     // Under load, for the screenshot: tasks keep coming for a few seconds.
     let busy = Arc::new(AtomicBool::new(true));
     let load = {

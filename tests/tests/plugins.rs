@@ -94,3 +94,69 @@ fn a_plugin_built_against_another_sdk_is_refused_naming_both_versions() {
     let path = plugin("old-sdk-plugin").display().to_string();
     refused(std::slice::from_ref(&path), &[&path, "0.0.3", fastworker_plugin_sdk::SDK_VERSION, "rebuild"]);
 }
+
+#[test]
+fn tasks_list_their_argument_and_result_schemas() {
+    let example = plugin("example-tasks");
+    let output = run_cli(&["list", "--json", "--task-modules", example.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let row = |name: &str| rows.as_array().unwrap().iter().find(|r| r["task"] == name).unwrap().clone();
+    let add = row("add");
+    let args = &add["schema"]["args"];
+    assert_eq!(args["type"], "object");
+    assert_eq!(args["required"], serde_json::json!(["x", "y"]), "parameters in positional order: {args}");
+    assert_eq!(args["properties"]["x"]["type"], "integer");
+    assert_eq!(args["additionalProperties"], false);
+    assert_eq!(args["description"], "Adds two integers.");
+    assert_eq!(add["schema"]["result"]["type"], "integer");
+    // A struct parameter: its schema is a definition the properties refer to.
+    let midpoint = row("midpoint");
+    let defs = &midpoint["schema"]["args"]["$defs"];
+    assert_eq!(defs["Point"]["properties"]["x"]["type"], "number", "{midpoint}");
+    assert_eq!(midpoint["schema"]["result"]["$defs"]["Point"]["required"], serde_json::json!(["x", "y"]));
+    // A task returning Result: the schema is of its success value; the context is no parameter.
+    assert_eq!(row("divide")["schema"]["result"]["type"], "integer");
+    assert_eq!(row("flaky")["schema"]["args"]["required"], serde_json::json!(["failures"]));
+    assert_eq!(row("tick")["schema"]["args"]["properties"], serde_json::json!({}));
+}
+
+#[test]
+fn a_plugin_built_before_schemas_existed_loads_runs_and_shows_no_schema() {
+    let path = plugin("pre-schema-plugin");
+    let output = run_cli(&["list", "--json", "--task-modules", path.to_str().unwrap()]);
+    assert!(output.status.success(), "the plugin was refused: {}", stderr(&output));
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows[0]["task"], "double");
+    assert_eq!(rows[0]["plugin"], "pre-schema-plugin");
+    assert!(rows[0]["schema"].is_null(), "{rows}");
+
+    let process = Process::control_plane(&["pre-schema-plugin"], &[]);
+    let runtime = fastworker_tests::runtime();
+    let doubled: i64 = runtime.block_on(process.client().call("double", [21])).unwrap();
+    assert_eq!(doubled, 42);
+    let tasks = runtime.block_on(process.client().tasks()).unwrap();
+    assert_eq!((tasks[0].name.as_str(), &tasks[0].args_schema, &tasks[0].result_schema), ("double", &None, &None));
+}
+
+#[test]
+fn the_client_lists_the_tasks_with_their_schemas_and_providers() {
+    let cp = Process::control_plane(&["example-tasks"], &[]);
+    let _sw = Process::subworker(&cp, "sw1", &["text-tasks"], &[]);
+    let tasks = fastworker_tests::runtime().block_on(cp.client().tasks()).unwrap();
+    let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "sorted by name");
+    let add = tasks.iter().find(|t| t.name == "add").unwrap();
+    assert_eq!(add.doc, "Adds two integers.");
+    assert_eq!(add.providers, ["control-plane"]);
+    let args: serde_json::Value = serde_json::from_str(add.args_schema.as_deref().unwrap()).unwrap();
+    assert_eq!(args["required"], serde_json::json!(["x", "y"]));
+    let result: serde_json::Value = serde_json::from_str(add.result_schema.as_deref().unwrap()).unwrap();
+    assert_eq!(result["type"], "integer");
+    // A task only the subworker provides: its defaults, no schema (registration carries none).
+    let upper = tasks.iter().find(|t| t.name == "upper").unwrap_or_else(|| panic!("upper missing: {names:?}"));
+    assert_eq!(upper.providers, ["sw1"]);
+    assert!(upper.args_schema.is_none());
+}

@@ -5,7 +5,7 @@
 
 use fastworker::protocol::{
     encode, ClusterStatus, Dispatch, ErrorKind, ErrorReply, Heartbeat, OfferedTask, Priority, Registration, Reply,
-    Reported, Request, ScheduleStatus, Started, Submit, TaskReport, TaskState, WorkerName, PROTOCOL_VERSION,
+    Reported, Request, ScheduleStatus, Started, Submit, TaskInfo, TaskReport, TaskState, WorkerName, PROTOCOL_VERSION,
 };
 use fastworker::TaskId;
 use serde::Serialize;
@@ -159,6 +159,7 @@ fn every_request_is_as_documented() {
         sample(Request::Started(Started { name: worker(), runs: vec![(id, 1)] })),
         sample(Request::Revoke { task_ids: vec![id] }),
         sample(Request::Collect),
+        sample(Request::Tasks),
     ];
     check("## Request", &samples);
     // The fields of a Submit, in order.
@@ -205,6 +206,17 @@ fn every_reply_and_error_kind_is_as_documented() {
         sample(Reply::Batch(vec![])),
         sample(Reply::Schedules(vec![schedule])),
         sample(Reply::Reports(vec![Reported { task_id: id, lease: 1, reply: vec![] }])),
+        sample(Reply::Tasks(vec![TaskInfo {
+            name: "add".into(),
+            doc: String::new(),
+            signature: String::new(),
+            priority: Priority::High,
+            timeout_ms: 0,
+            max_retries: 0,
+            args_schema: None,
+            result_schema: None,
+            providers: vec![],
+        }])),
     ];
     check("## Reply", &samples);
     assert_eq!(table_fields("### TaskReport"), report_fields, "docs/protocol.md's TaskReport table");

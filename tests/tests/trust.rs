@@ -338,3 +338,28 @@ fn with_a_cluster_key_the_dashboard_shows_arguments_only_with_its_key() {
         }
     }
 }
+
+#[test]
+fn with_a_cluster_key_the_http_api_answers_only_with_the_dashboards_key() {
+    use fastworker_tests::http::request_with_body;
+    let keys = Keys::new();
+    let cluster = keys.path("cluster");
+    let env = [("FASTWORKER_CLUSTER_KEY_FILE", cluster.as_str())];
+    let body = br#"{"task": "add", "args": [40, 2], "wait_ms": 10000}"#;
+    let json = ("Content-Type", "application/json");
+    // Without --gui-api-key nobody may submit or read over HTTP.
+    let cp = Process::control_plane_with_gui(&["example-tasks"], &[], &env);
+    let url = format!("{}/api/v1/tasks", cp.gui.as_ref().unwrap());
+    let refused = request_with_body("POST", &url, &[json], body);
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["kind"], "Forbidden");
+    assert!(refused.text().contains("--gui-api-key"), "{}", refused.text());
+    drop(cp);
+    // With it, the key is needed and enough.
+    let cp = Process::control_plane_with_gui(&["example-tasks"], &["--gui-api-key", "s3cret"], &env);
+    let url = format!("{}/api/v1/tasks", cp.gui.as_ref().unwrap());
+    assert_eq!(request_with_body("POST", &url, &[json], body).status, 401);
+    let accepted = request_with_body("POST", &url, &[json, ("Authorization", "Bearer s3cret")], body);
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    assert_eq!(accepted.json()["result"], 42);
+}

@@ -49,6 +49,7 @@ pub(crate) fn list(args: ListArgs) -> ExitCode {
                     "max_retries": options.max_retries,
                     "retry_delay_ms": options.retry_delay_ms,
                     "schedule": options.schedule.as_str(),
+                    "schema": task.schema.as_ref().map(|s| json!({ "args": s.args, "result": s.result })),
                 })
             })
             .collect();

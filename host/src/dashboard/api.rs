@@ -175,13 +175,15 @@ pub(crate) async fn registered_tasks(State(shared): State<Arc<Shared>>) -> Json<
                 "retry_delay_ms": options.retry_delay_ms,
                 "plugin": task.plugin.name,
                 "plugin_version": task.plugin.version,
+                "schema": task.schema.as_ref().map(|s| json!({ "args": s.args, "result": s.result })),
                 "providers": [state.config.worker_id.clone()],
             }),
         );
     }
     for worker in state.cluster_status().subworkers {
         for name in &worker.tasks {
-            let row = rows.entry(name.clone()).or_insert_with(|| json!({ "task": name, "providers": [] }));
+            let row =
+                rows.entry(name.clone()).or_insert_with(|| json!({ "task": name, "schema": null, "providers": [] }));
             if let Some(providers) = row["providers"].as_array_mut() {
                 providers.push(Value::String(worker.worker_id.clone()));
             }

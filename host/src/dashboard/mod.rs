@@ -14,6 +14,8 @@ mod connections;
 mod events;
 mod hosts;
 mod metrics;
+mod openapi;
+mod task_api;
 
 pub use hosts::check_allowed_hosts;
 
@@ -188,10 +190,34 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/throughput", get(api::throughput))
         .route("/api/schedules", get(api::schedules))
         .route("/api/events", get(events::events))
+        .merge(task_routes(shared.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(shared.clone(), hosts::check_host))
         .with_state(shared)
+}
+
+/// The HTTP API for tasks (docs/http-api.md), with its own body limit.
+fn task_routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
+    let limit = task_api::MAX_BODY_BYTES.min(shared.state.config.limits.max_frame_bytes.max(4096));
+    task_api_routes()
+        .into_iter()
+        .fold(Router::new(), |router, (_, path, handler)| router.route(path, handler))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+}
+
+/// Every route of the HTTP API, with its method: the router is built from
+/// this list, and a test holds `/api/openapi.json` to it both ways.
+fn task_api_routes() -> Vec<(Method, &'static str, axum::routing::MethodRouter<Arc<Shared>>)> {
+    vec![
+        (Method::POST, "/api/v1/tasks", post(task_api::submit)),
+        (Method::POST, "/api/v1/tasks/batch", post(task_api::batch)),
+        (Method::GET, "/api/v1/tasks/{id}", get(task_api::status)),
+        (Method::GET, "/api/v1/tasks/{id}/wait", get(task_api::wait)),
+        (Method::POST, "/api/v1/tasks/{id}/cancel", post(task_api::cancel)),
+        (Method::GET, "/api/v1/registered-tasks", get(task_api::registered)),
+        (Method::GET, "/api/openapi.json", get(openapi::serve)),
+    ]
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

@@ -289,6 +289,139 @@ async function act(action) {
   }
 }
 
+// ---- run a task (the HTTP API, docs/http-api.md) ----
+const registered = new Map(); // task name -> {doc, args_schema, …}
+let running = null; // the id of the task the form submitted last
+
+// A call of /api/v1/, whose errors are {"error": {"kind", "message"}}.
+async function apiV1(path, options) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = new Error((body.error && body.error.message) || response.statusText);
+    error.status = response.status;
+    error.kind = body.error && body.error.kind;
+    throw error;
+  }
+  return body;
+}
+
+function runMessage(text, isError) {
+  const box = $('#run-message');
+  box.textContent = text;
+  box.className = 'message' + (isError ? ' error' : '');
+  box.hidden = !text;
+}
+
+// The schema a property refers to, one `$ref` into `$defs` deep.
+function resolve(schema, root) {
+  const ref = schema && schema.$ref;
+  if (ref && ref.startsWith('#/$defs/')) return (root.$defs || {})[ref.slice(8)] || schema;
+  return schema || {};
+}
+
+// One input per parameter, in positional order: numbers, text and
+// booleans as such, anything else as JSON.
+function renderRunFields() {
+  const task = registered.get($('#run-task').value);
+  const fields = $('#run-fields');
+  fields.replaceChildren();
+  $('#run-doc').textContent = task ? task.doc || '' : '';
+  if (!task) return;
+  const schema = task.args_schema;
+  if (!schema) {
+    fields.append(el('label', { htmlFor: 'run-raw' }, 'arguments'),
+      el('textarea', { id: 'run-raw', placeholder: 'a JSON array or object (this task has no schema)', value: '[]' }));
+    return;
+  }
+  for (const name of schema.required || []) {
+    const property = resolve((schema.properties || {})[name], schema);
+    const type = Array.isArray(property.type) ? property.type.find((t) => t !== 'null') : property.type;
+    const id = 'run-arg-' + name;
+    let input;
+    if (type === 'integer' || type === 'number') {
+      input = el('input', { id, type: 'number', step: type === 'integer' ? '1' : 'any', required: true });
+    } else if (type === 'string' && !property.enum) {
+      input = el('input', { id, type: 'text' });
+    } else if (type === 'boolean') {
+      input = el('input', { id, type: 'checkbox' });
+    } else {
+      input = el('textarea', { id, placeholder: 'JSON' + (property.title ? ': ' + property.title : '') });
+    }
+    input.dataset.param = name;
+    input.dataset.kind = input.type === 'number' ? type : input.type === 'checkbox' ? 'boolean' : input.tagName === 'TEXTAREA' ? 'json' : 'string';
+    fields.append(el('label', { htmlFor: id, title: property.description || '' }, name), input);
+  }
+}
+
+// The arguments the fields hold, or an error naming the field.
+function runArgs() {
+  const raw = $('#run-raw');
+  if (raw) return JSON.parse(raw.value || '[]');
+  const args = {};
+  for (const input of document.querySelectorAll('#run-fields [data-param]')) {
+    const name = input.dataset.param;
+    const kind = input.dataset.kind;
+    if (kind === 'integer' || kind === 'number') args[name] = input.value === '' ? null : Number(input.value);
+    else if (kind === 'boolean') args[name] = input.checked;
+    else if (kind === 'string') args[name] = input.value;
+    else {
+      try { args[name] = JSON.parse(input.value); } catch (error) { throw new Error(`${name}: not JSON (${error.message})`); }
+    }
+  }
+  return args;
+}
+
+function showRun(report) {
+  if (report.task_id !== running) return;
+  $('#run-outcome').hidden = false;
+  $('#run-id').textContent = report.task_id;
+  $('#run-state').replaceChildren(stateBadge(report.state));
+  $('#run-result').textContent = report.failure ? report.failure.message : report.finished ? pretty(report.result) : '…';
+}
+
+async function runTask(event) {
+  event.preventDefault();
+  runMessage('');
+  $('#run-outcome').hidden = true;
+  running = null;
+  let args;
+  try { args = runArgs(); } catch (error) { return runMessage(error.message, true); }
+  const submission = { task: $('#run-task').value, args };
+  if ($('#run-priority').value) submission.priority = $('#run-priority').value;
+  const headers = { 'Content-Type': 'application/json', ...keyHeaders() };
+  try {
+    let report = await apiV1('/api/v1/tasks', { method: 'POST', headers, body: JSON.stringify(submission) });
+    running = report.task_id;
+    showRun(report);
+    // Follow it (the event stream shows its changes meanwhile) until it ends.
+    while (!report.finished && running === report.task_id) {
+      report = await apiV1(`/api/v1/tasks/${report.task_id}/wait?timeout_ms=20000`, { headers: keyHeaders() });
+      showRun(report);
+    }
+  } catch (error) {
+    if (error.status === 401) { $('#key-box').hidden = false; $('#api-key').focus(); }
+    runMessage((error.kind ? error.kind + ': ' : '') + error.message, true);
+  }
+}
+
+async function loadRegistered() {
+  try {
+    const body = await apiV1('/api/v1/registered-tasks');
+    const select = $('#run-task');
+    const chosen = select.value;
+    registered.clear();
+    select.replaceChildren();
+    for (const task of body.tasks) {
+      registered.set(task.task, task);
+      select.append(el('option', { value: task.task }, task.task));
+    }
+    if (registered.has(chosen)) select.value = chosen;
+    $('#run-card').hidden = registered.size === 0;
+    renderRunFields();
+  } catch (error) { console.warn('loading the registered tasks', error); }
+}
+
 // ---- live stream ----
 function setLive(live) {
   window.fastworker.live = live;
@@ -308,6 +441,7 @@ function connect() {
     const task = JSON.parse(e.data);
     upsert(task);
     scheduleRender();
+    if (task.task_id === running) $('#run-state').replaceChildren(stateBadge(task.state));
     if (selected === task.task_id && $('#detail').open) showTask(task.task_id);
   });
   source.addEventListener('worker', (e) => {
@@ -337,11 +471,14 @@ $('#cancel-task').addEventListener('click', () => act('cancel'));
 $('#retry-task').addEventListener('click', () => act('retry'));
 $('#detail').addEventListener('close', () => { selected = null; });
 $('#api-key').value = sessionStorage.getItem('fastworker-key') || '';
+$('#run-task').addEventListener('change', renderRunFields);
+$('#run-form').addEventListener('submit', runTask);
 
 api('/api/status').then(applyOverview).catch((error) => console.warn('loading the overview', error));
 api('/api/throughput?seconds=' + CHART_SECONDS)
   .then((body) => { for (const s of body.seconds) history.set(s.t, s); drawCharts(); })
   .catch((error) => console.warn('loading the history', error));
 loadTasks();
+loadRegistered();
 connect();
 setInterval(drawCharts, 1000);

@@ -1,0 +1,479 @@
+//! The HTTP API for tasks under `/api/v1/`: submit one task or a batch,
+//! read a task's state and result, wait for it, cancel it, and list the
+//! registered tasks with their schemas (docs/http-api.md).
+//!
+//! Submissions enter the control plane's [`crate::state::State`] directly,
+//! as a task port would hand them over, with an in-process replier
+//! ([`Replier::local`]) to await instead of an NNG context: no socket, no
+//! frame, no key. The state lock is held only inside those calls, never
+//! across an await. Every wait is bounded by [`MAX_WAIT`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fastworker_plugin_sdk::abi::FailureKind;
+use futures_util::future::join_all;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{authorize, authorize_read, ApiError, Shared};
+use crate::endpoint::Replier;
+use crate::protocol::{
+    decode, now_ms, ErrorKind, ErrorReply, Priority, Reply, RetryPolicy, Submit, TaskId, TaskReport,
+};
+
+/// The longest a request may wait for a task (`wait_ms`, `timeout_ms`).
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// How long `GET .../wait` waits when it is not told.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+
+/// The largest request body, whatever `--max-frame-bytes` allows.
+pub(crate) const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The most tasks one batch may hold.
+pub(crate) const MAX_BATCH: usize = 1000;
+
+/// A refusal in the API's shape: `{"error": {"kind": ..., "message": ...}}`.
+pub(crate) struct HttpError {
+    status: StatusCode,
+    kind: String,
+    message: String,
+    bearer: bool,
+    retry_after: bool,
+}
+
+impl HttpError {
+    fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> HttpError {
+        HttpError { status, kind: kind.to_string(), message: message.into(), bearer: false, retry_after: false }
+    }
+
+    /// A refusal of the control plane, with the status its kind calls for.
+    fn refused(refusal: ErrorReply) -> HttpError {
+        let (status, retry_after) = match refusal.kind {
+            ErrorKind::UnknownTask | ErrorKind::UnknownTaskId => (StatusCode::NOT_FOUND, false),
+            ErrorKind::ExpiredTaskId => (StatusCode::GONE, false),
+            ErrorKind::AlreadyFinished | ErrorKind::IdConflict => (StatusCode::CONFLICT, false),
+            ErrorKind::BadRequest | ErrorKind::MalformedFrame | ErrorKind::FrameTooLarge => {
+                (StatusCode::BAD_REQUEST, false)
+            }
+            ErrorKind::Forbidden => (StatusCode::FORBIDDEN, false),
+            ErrorKind::Unauthenticated => (StatusCode::UNAUTHORIZED, false),
+            ErrorKind::Busy | ErrorKind::NotYetProvided => (StatusCode::SERVICE_UNAVAILABLE, true),
+            ErrorKind::ShuttingDown | ErrorKind::NoWorker => (StatusCode::SERVICE_UNAVAILABLE, false),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, false),
+        };
+        HttpError { retry_after, ..HttpError::new(status, &format!("{:?}", refusal.kind), refusal.message) }
+    }
+
+    /// A refusal of the dashboard's authorization, in this shape.
+    fn from_dashboard(refusal: ApiError) -> HttpError {
+        let kind = match refusal.status {
+            StatusCode::UNAUTHORIZED => "Unauthorized",
+            _ => "Forbidden",
+        };
+        HttpError { bearer: refusal.bearer, ..HttpError::new(refusal.status, kind, refusal.message) }
+    }
+
+    fn bad_request(message: impl Into<String>) -> HttpError {
+        HttpError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "kind": self.kind, "message": self.message } });
+        let mut response = (self.status, Json(body)).into_response();
+        if self.bearer {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+type Answer = Result<Response, HttpError>;
+
+/// Lets a request through: the dashboard's rules for actions (origin, API
+/// key); with a cluster key, results are as secret as the frames that carry
+/// them, so the API key must be configured and given.
+fn allow(shared: &Shared, headers: &HeaderMap) -> Result<(), HttpError> {
+    let allowed =
+        if shared.state.config.keys.is_some() { authorize_read(shared, headers) } else { authorize(shared, headers) };
+    allowed.map_err(HttpError::from_dashboard)
+}
+
+/// A body read whole (within [`MAX_BODY_BYTES`]) and decoded as `T`; only
+/// `Content-Type: application/json`, which no page of another site can send
+/// without the browser asking first.
+fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, HttpError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes: send fewer or smaller tasks per request"),
+        ),
+        status => HttpError::new(status, "BadRequest", rejection.body_text()),
+    })?;
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "send the body as JSON with Content-Type: application/json",
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| HttpError::bad_request(format!("the body does not fit: {e}")))
+}
+
+/// One submission as the API takes it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TaskRequest {
+    task: String,
+    #[serde(default)]
+    args: Option<Value>,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default)]
+    countdown_ms: Option<u64>,
+    #[serde(default)]
+    eta: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    retries: Option<u32>,
+    #[serde(default)]
+    retry_delay_ms: Option<u64>,
+    #[serde(default)]
+    task_id: Option<String>,
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+/// A batch: the tasks, and how long to wait for all of them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchRequest {
+    tasks: Vec<TaskRequest>,
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+/// `wait_ms` as a bounded duration.
+fn bounded_wait(wait_ms: Option<u64>) -> Result<Duration, HttpError> {
+    let wait = Duration::from_millis(wait_ms.unwrap_or(0));
+    if wait > MAX_WAIT {
+        return Err(HttpError::bad_request(format!("wait_ms is at most {} (60 s)", MAX_WAIT.as_millis())));
+    }
+    Ok(wait)
+}
+
+impl TaskRequest {
+    /// The submission, checked against the task's schema when it has one.
+    fn submission(self, shared: &Shared) -> Result<Submit, HttpError> {
+        let task_id = match &self.task_id {
+            None => TaskId::now_v7(),
+            Some(id) => {
+                TaskId::parse_str(id).map_err(|_| HttpError::bad_request(format!("task_id '{id}' is not a UUID")))?
+            }
+        };
+        let priority = match &self.priority {
+            None => None,
+            Some(name) => Some(Priority::parse(name).ok_or_else(|| {
+                HttpError::bad_request(format!("priority is critical, high, normal or low, not '{name}'"))
+            })?),
+        };
+        let args = self.args.unwrap_or_else(|| json!([]));
+        if let Some(schema) = shared.state.registry.get(&self.task).and_then(|task| task.schema.clone()) {
+            schema.check(&args).map_err(|reason| {
+                HttpError::new(
+                    StatusCode::BAD_REQUEST,
+                    "BadArguments",
+                    format!("the arguments do not fit task '{}': {reason}", self.task),
+                )
+            })?;
+        } else if !(args.is_array() || args.is_object()) {
+            return Err(HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "BadArguments",
+                "args is a JSON array (positional) or object (by parameter name)",
+            ));
+        }
+        let countdown = self.countdown_ms.map(|ms| now_ms().saturating_add(ms));
+        let eta = match &self.eta {
+            None => None,
+            Some(text) => {
+                let at = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| {
+                    HttpError::bad_request(format!("eta '{text}' is not an RFC 3339 time (2027-01-01T12:00:00Z): {e}"))
+                })?;
+                Some(u64::try_from(at.timestamp_millis()).unwrap_or(0))
+            }
+        };
+        let retry = match (self.retries, self.retry_delay_ms) {
+            (None, None) => None,
+            (retries, delay) => Some(RetryPolicy {
+                max_retries: retries.unwrap_or(0),
+                delay_ms: delay.unwrap_or(0),
+                factor: 2.0,
+                max_delay_ms: 5 * 60 * 1000,
+            }),
+        };
+        Ok(Submit {
+            task_id,
+            task_name: self.task,
+            args: serde_json::to_vec(&args).expect("JSON"),
+            priority,
+            wait: false,
+            not_before_ms: countdown.max(eta),
+            timeout_ms: self.timeout_ms,
+            retry,
+            callback: None,
+            attempt: None,
+        })
+    }
+}
+
+/// The reply the state sent an in-process replier.
+async fn reply_of(answer: tokio::sync::oneshot::Receiver<nng::Message>) -> Option<Reply> {
+    let message = answer.await.ok()?;
+    // Encoded by this process: no bound to enforce.
+    decode::<Reply>(&message, usize::MAX).ok()
+}
+
+/// Waits up to `wait` for the task to end; its report then, or `None`
+/// when it was still going (or the wait was not asked for).
+async fn wait_for(shared: &Shared, task_id: TaskId, wait: Duration) -> Result<Option<TaskReport>, HttpError> {
+    if wait.is_zero() {
+        return Ok(None);
+    }
+    let (replier, answer) = Replier::local();
+    shared.state.wait_for(task_id, replier);
+    match tokio::time::timeout(wait, reply_of(answer)).await {
+        Err(_) => Ok(None),
+        Ok(Some(Reply::Report(report))) if report.state.is_final() => Ok(Some(report)),
+        Ok(Some(Reply::Report(_))) | Ok(None) => Ok(None),
+        Ok(Some(Reply::Error(refusal))) => Err(HttpError::refused(refusal)),
+        Ok(Some(other)) => {
+            Err(HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", format!("unexpected reply: {other:?}")))
+        }
+    }
+}
+
+/// A task's state as the API shows it.
+fn report_json(report: &TaskReport) -> Value {
+    let failure = report.error.as_ref().map(|error| {
+        let kind = match error.kind {
+            FailureKind::Error => "error",
+            FailureKind::Panic => "panic",
+            FailureKind::BadArguments => "bad_arguments",
+        };
+        json!({ "kind": kind, "message": error.message })
+    });
+    json!({
+        "task_id": report.task_id,
+        "task": report.task_name,
+        "state": report.state.as_str(),
+        "finished": report.state.is_final(),
+        "priority": report.priority.as_str(),
+        "worker": report.worker,
+        "attempts": report.attempts,
+        "created_ms": report.created_ms,
+        "started_ms": report.started_ms,
+        "finished_ms": report.finished_ms,
+        "result": report.result.as_deref().and_then(|r| serde_json::from_slice::<Value>(r).ok()),
+        "failure": failure,
+    })
+}
+
+/// The current report of a task, or why there is none.
+fn current(shared: &Shared, task_id: TaskId) -> Result<TaskReport, HttpError> {
+    match shared.state.status(task_id) {
+        Reply::Report(report) => Ok(report),
+        Reply::Error(refusal) => Err(HttpError::refused(refusal)),
+        other => {
+            Err(HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", format!("unexpected reply: {other:?}")))
+        }
+    }
+}
+
+/// 200 with the final report, or 202 with the current one.
+fn report_response(report: &TaskReport) -> Response {
+    let status = if report.state.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    (status, Json(report_json(report))).into_response()
+}
+
+/// Accepts one submission: its id, or why not.
+async fn accept(shared: &Shared, submit: Submit) -> Result<TaskId, HttpError> {
+    let (replier, answer) = Replier::local();
+    shared.state.submit(submit, replier);
+    match reply_of(answer).await {
+        Some(Reply::Accepted { task_id }) => Ok(task_id),
+        Some(Reply::Error(refusal)) => Err(HttpError::refused(refusal)),
+        other => Err(HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal",
+            format!("the control plane did not acknowledge the submission: {other:?}"),
+        )),
+    }
+}
+
+/// POST /api/v1/tasks: submits one task; with `wait_ms`, waits for it.
+pub(crate) async fn submit(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    allow(&shared, &headers)?;
+    let request: TaskRequest = json_body(&headers, body)?;
+    let wait = bounded_wait(request.wait_ms)?;
+    let submit = request.submission(&shared)?;
+    let task_id = accept(&shared, submit).await?;
+    if let Some(report) = wait_for(&shared, task_id, wait).await? {
+        return Ok(report_response(&report));
+    }
+    Ok(report_response(&current(&shared, task_id)?))
+}
+
+/// POST /api/v1/tasks/batch: submits many tasks, each accepted or refused
+/// on its own; with `wait_ms`, waits for all of them within it.
+pub(crate) async fn batch(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    allow(&shared, &headers)?;
+    let request: BatchRequest = json_body(&headers, body)?;
+    let wait = bounded_wait(request.wait_ms)?;
+    if request.tasks.len() > MAX_BATCH {
+        return Err(HttpError::bad_request(format!(
+            "a batch holds at most {MAX_BATCH} tasks, not {}: split it",
+            request.tasks.len()
+        )));
+    }
+    let mut outcomes = Vec::with_capacity(request.tasks.len());
+    for task in request.tasks {
+        outcomes.push(match task.submission(&shared) {
+            Ok(submit) => accept(&shared, submit).await,
+            Err(refusal) => Err(refusal),
+        });
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let waits = outcomes.iter().map(|outcome| {
+        let shared = &shared;
+        async move {
+            match outcome {
+                Ok(task_id) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let report = match wait_for(shared, *task_id, left).await {
+                        Ok(Some(report)) => Ok(report),
+                        Ok(None) => current(shared, *task_id),
+                        Err(refusal) => Err(refusal),
+                    };
+                    match report {
+                        Ok(report) => report_json(&report),
+                        Err(refusal) => error_json(&refusal),
+                    }
+                }
+                Err(refusal) => error_json(refusal),
+            }
+        }
+    });
+    let results = join_all(waits).await;
+    Ok((StatusCode::OK, Json(json!({ "tasks": results }))).into_response())
+}
+
+fn error_json(refusal: &HttpError) -> Value {
+    json!({ "error": { "kind": refusal.kind, "message": refusal.message, "status": refusal.status.as_u16() } })
+}
+
+fn parse_id(id: &str) -> Result<TaskId, HttpError> {
+    TaskId::parse_str(id).map_err(|_| HttpError::bad_request(format!("'{id}' is not a task id (a UUID)")))
+}
+
+/// GET /api/v1/tasks/{id}: the task's state, with its result or failure.
+pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
+    allow(&shared, &headers)?;
+    let task_id = parse_id(&id)?;
+    Ok(report_response(&current(&shared, task_id)?))
+}
+
+/// The query of `GET .../wait`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WaitQuery {
+    timeout_ms: Option<u64>,
+}
+
+/// GET /api/v1/tasks/{id}/wait?timeout_ms=N: waits (at most 60 s) for the task to end.
+pub(crate) async fn wait(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    allow(&shared, &headers)?;
+    let task_id = parse_id(&id)?;
+    let Query(query) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
+    let wait = match query.timeout_ms {
+        None => DEFAULT_WAIT,
+        Some(ms) if Duration::from_millis(ms) <= MAX_WAIT => Duration::from_millis(ms),
+        Some(_) => return Err(HttpError::bad_request(format!("timeout_ms is at most {}", MAX_WAIT.as_millis()))),
+    };
+    if let Some(report) = wait_for(&shared, task_id, wait).await? {
+        return Ok(report_response(&report));
+    }
+    Ok(report_response(&current(&shared, task_id)?))
+}
+
+/// POST /api/v1/tasks/{id}/cancel: cancels a task that has not ended.
+pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
+    allow(&shared, &headers)?;
+    let task_id = parse_id(&id)?;
+    match shared.state.cancel(task_id, crate::state::Caller::OPERATOR) {
+        Reply::Report(report) => Ok(report_response(&report)),
+        Reply::Error(refusal) => Err(HttpError::refused(refusal)),
+        other => {
+            Err(HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", format!("unexpected reply: {other:?}")))
+        }
+    }
+}
+
+/// GET /api/v1/registered-tasks: the tasks this control plane or a live
+/// subworker provides, with their declared defaults and schemas.
+pub(crate) async fn registered(State(shared): State<Arc<Shared>>) -> Response {
+    let schema = |text: &Option<String>| text.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok());
+    let rows: Vec<Value> = shared
+        .state
+        .registered_tasks()
+        .iter()
+        .map(|task| {
+            json!({
+                "task": task.name,
+                "doc": task.doc,
+                "signature": task.signature,
+                "priority": task.priority.as_str(),
+                "timeout_ms": task.timeout_ms,
+                "max_retries": task.max_retries,
+                "args_schema": schema(&task.args_schema),
+                "result_schema": schema(&task.result_schema),
+                "providers": task.providers,
+            })
+        })
+        .collect();
+    Json(json!({ "tasks": rows })).into_response()
+}

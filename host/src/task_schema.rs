@@ -1,0 +1,89 @@
+//! A task's JSON Schemas as its plugin exports them (`#[task]` derives them
+//! with schemars), and the check of arguments against them, so that the
+//! HTTP API refuses arguments that do not fit before a task is queued.
+
+use fastworker_plugin_sdk::abi;
+use serde_json::Value;
+use tracing::warn;
+
+/// The most schema errors one refusal lists.
+const MAX_REASONS: usize = 5;
+
+/// One task's argument and result schemas, with the argument check built.
+pub struct TaskSchema {
+    /// The schema of the arguments as an object keyed by parameter name.
+    pub args: Value,
+    /// The schema of the result.
+    pub result: Value,
+    /// The parameters in positional order (the args schema's `required`).
+    params: Vec<String>,
+    validator: jsonschema::Validator,
+}
+
+impl TaskSchema {
+    /// Reads what the plugin exported for `task`; `None` (with a warning)
+    /// when it is not JSON or not a schema the validator takes: the task
+    /// still loads and runs, unchecked.
+    pub(crate) fn load(task: &str, exported: &abi::TaskSchema) -> Option<TaskSchema> {
+        let parse = |text: &str| serde_json::from_str::<Value>(text);
+        let (args, result) = match (parse(exported.args.as_str()), parse(exported.result.as_str())) {
+            (Ok(args), Ok(result)) => (args, result),
+            (Err(error), _) | (_, Err(error)) => {
+                warn!(task, %error, "the plugin's schema of this task is not JSON; its arguments are not checked");
+                return None;
+            }
+        };
+        let validator = match jsonschema::options().should_validate_formats(false).build(&args) {
+            Ok(validator) => validator,
+            Err(error) => {
+                warn!(task, %error, "the plugin's schema of this task is not a valid JSON Schema; its arguments are not checked");
+                return None;
+            }
+        };
+        let params = args["required"]
+            .as_array()
+            .map(|names| names.iter().filter_map(|n| n.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        Some(TaskSchema { args, result, params, validator })
+    }
+
+    /// Checks `args` (a positional array or an object keyed by parameter
+    /// name, as submissions take them); why they do not fit, if not.
+    pub fn check(&self, args: &Value) -> Result<(), String> {
+        let named;
+        let instance = match args {
+            Value::Array(values) => {
+                if values.len() != self.params.len() {
+                    return Err(format!(
+                        "takes {} argument(s) ({}), but {} were given",
+                        self.params.len(),
+                        self.params.join(", "),
+                        values.len()
+                    ));
+                }
+                named = Value::Object(self.params.iter().cloned().zip(values.iter().cloned()).collect());
+                &named
+            }
+            Value::Object(_) => args,
+            _ => return Err("arguments are a JSON array (positional) or object (by parameter name)".to_string()),
+        };
+        let reasons: Vec<String> = self
+            .validator
+            .iter_errors(instance)
+            .take(MAX_REASONS)
+            .map(|error| {
+                let path = error.instance_path().to_string();
+                if path.is_empty() {
+                    error.to_string()
+                } else {
+                    format!("{}: {error}", path.trim_start_matches('/'))
+                }
+            })
+            .collect();
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons.join("; "))
+        }
+    }
+}
