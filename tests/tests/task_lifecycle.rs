@@ -91,7 +91,7 @@ fn cancelled_scheduled_and_queued_tasks_never_run() {
             .delay("add", (1, 1), SubmitOptions { countdown: Some(Duration::from_millis(400)), ..options() })
             .await
             .unwrap();
-        let blocker = client.delay("sleep_ms", (600,), options()).await.unwrap();
+        let blocker = client.delay("sleep_ms", (2000,), options()).await.unwrap();
         let queued = client.delay("add", (2, 2), options()).await.unwrap();
         assert_eq!(client.status(queued).await.unwrap().state, TaskState::Queued);
 
