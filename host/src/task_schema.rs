@@ -2,6 +2,8 @@
 //! with schemars), and the check of arguments against them, so that the
 //! HTTP API refuses arguments that do not fit before a task is queued.
 
+use std::sync::OnceLock;
+
 use fastworker_plugin_sdk::abi;
 use serde_json::Value;
 use tracing::warn;
@@ -17,7 +19,11 @@ pub struct TaskSchema {
     pub result: Value,
     /// The parameters in positional order (the args schema's `required`).
     params: Vec<String>,
-    validator: jsonschema::Validator,
+    /// Built on the first check (a validator costs memory that a control
+    /// plane nobody sends HTTP submissions to should not pay); `None` when
+    /// the schema is not one the validator takes: then nothing is checked.
+    validator: OnceLock<Option<jsonschema::Validator>>,
+    task: String,
 }
 
 impl TaskSchema {
@@ -33,18 +39,11 @@ impl TaskSchema {
                 return None;
             }
         };
-        let validator = match jsonschema::options().should_validate_formats(false).build(&args) {
-            Ok(validator) => validator,
-            Err(error) => {
-                warn!(task, %error, "the plugin's schema of this task is not a valid JSON Schema; its arguments are not checked");
-                return None;
-            }
-        };
         let params = args["required"]
             .as_array()
             .map(|names| names.iter().filter_map(|n| n.as_str().map(str::to_string)).collect())
             .unwrap_or_default();
-        Some(TaskSchema { args, result, params, validator })
+        Some(TaskSchema { args, result, params, validator: OnceLock::new(), task: task.to_string() })
     }
 
     /// Checks `args` (a positional array or an object keyed by parameter
@@ -67,8 +66,17 @@ impl TaskSchema {
             Value::Object(_) => args,
             _ => return Err("arguments are a JSON array (positional) or object (by parameter name)".to_string()),
         };
-        let reasons: Vec<String> = self
-            .validator
+        let validator = self.validator.get_or_init(|| {
+            match jsonschema::options().should_validate_formats(false).build(&self.args) {
+                Ok(validator) => Some(validator),
+                Err(error) => {
+                    warn!(task = %self.task, %error, "the plugin's schema of this task is not a valid JSON Schema; its arguments are not checked");
+                    None
+                }
+            }
+        });
+        let Some(validator) = validator else { return Ok(()) };
+        let reasons: Vec<String> = validator
             .iter_errors(instance)
             .take(MAX_REASONS)
             .map(|error| {
