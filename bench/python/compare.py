@@ -8,7 +8,9 @@ after the other: an `add(x, y)` task on a worker with 2 slots,
 - in flight: K calls outstanding at once (64 by default), a new one as each ends;
 
 each phase measured for the same duration after an unmeasured warm-up, every
-result checked against x + y (wrong and missing ones are counted, not timed).
+result checked against x + y (wrong and missing ones are counted, not timed;
+the rate counts correct results only). It exits non-zero when fastworker gave
+a wrong or missing result or a system could not be measured.
 It prints one table (rate, p50, p99 per system and phase) and the ratios of
 fastworker's Python client over each other system.
 
@@ -389,7 +391,9 @@ def report(results, args):
     if args.json:
         print(json.dumps({system: {key: summarize(m[key]) for key, _ in phases}
                           for system, m in results.items()}))
-    return 1 if problems else 0
+    # Another system's wrong or missing results are a finding of the run, shown above;
+    # only fastworker's own make the run fail.
+    return 1 if any(system == "fastworker" for system, _, _ in problems) else 0
 
 
 def drive(args):
