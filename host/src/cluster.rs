@@ -238,7 +238,7 @@ impl<L> Cluster<L> {
     }
 
     /// Revokes one task's slot on a worker (its run was not reported in
-    /// time): the slot stays unusable until its exchange ends, and the
+    /// time): the slot stays unusable until the run is reported or the connection drops, and the
     /// worker gets nothing new until it heartbeats again.
     pub(crate) fn abandon(&mut self, key: WorkerKey, task_id: TaskId) {
         let Some(worker) = self.get_mut(key) else { return };
@@ -350,7 +350,7 @@ impl<L> Cluster<L> {
         }
     }
 
-    /// Frees a slot after its exchange ended. True when it carried `task_id`
+    /// Frees a slot once its run was reported (or refused). True when it carried `task_id`
     /// (false for an abandoned slot, whose task went elsewhere).
     pub(crate) fn release(&mut self, key: WorkerKey, slot: usize, task_id: Option<TaskId>) -> bool {
         let Some(worker) = self.get_mut(key) else { return false };
