@@ -138,7 +138,9 @@ impl Link {
     }
 
     /// Sends the queued runs (as many as fit one frame) unless a dispatch
-    /// frame is in flight; on failure returns the runs that did not leave.
+    /// frame is in flight, or the exchange is still ending after a
+    /// [`Link::reset`] (they leave when it has: see the caller); on failure
+    /// returns the runs that did not leave.
     pub(crate) fn flush(&mut self) -> Result<(), (nng::Error, Vec<TaskId>)> {
         if !self.sending.is_empty() || self.queued.is_empty() {
             return Ok(());
@@ -154,15 +156,16 @@ impl Link {
             .count()
             .max(1);
         let frame = dispatch_frame(self.queued[..count].iter().map(|(_, run)| run.as_slice()));
-        let sent: Vec<TaskId> = self.queued.drain(..count).map(|(task_id, _)| task_id).collect();
         let frame = self.sealed(Channel::Dispatch, frame);
         let (ctx, aio) = &self.dispatch;
         match ctx.send(aio, frame) {
             Ok(()) => {
-                self.sending = sent;
+                self.sending = self.queued.drain(..count).map(|(task_id, _)| task_id).collect();
                 Ok(())
             }
-            Err((_, error)) => Err((error, sent)),
+            // The exchange a reset cancelled has not reported its end yet.
+            Err((_, nng::Error::IncorrectState)) => Ok(()),
+            Err((_, error)) => Err((error, self.queued.drain(..count).map(|(task_id, _)| task_id).collect())),
         }
     }
 

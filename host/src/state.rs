@@ -918,11 +918,16 @@ impl State {
             AioResult::Send(Err((_, error))) | AioResult::Recv(Err(error)) => {
                 // Cancelled by a reset (the worker was taken back), or the
                 // connection broke, whether or not its drop was reported.
-                if worker.connected && error != nng::Error::Canceled {
+                let connected = worker.connected;
+                if connected && error != nng::Error::Canceled {
                     let why = format!("the exchange with subworker '{worker_id}' failed: {error}");
                     self.link_broken(&mut tasks, key, &why, &mut outbox);
-                } else if channel == Channel::Collect && worker.connected {
+                } else if connected && channel == Channel::Collect {
                     let _ = worker.link.collect_after(Duration::from_millis(20));
+                } else if connected {
+                    // Runs placed after the worker came back waited for
+                    // this exchange to end.
+                    self.flush_worker(&mut tasks, key, &mut outbox);
                 }
             }
         }
