@@ -32,6 +32,7 @@ pub mod subworker;
 pub mod task_schema;
 mod timers;
 pub mod tls;
+pub mod workflow;
 
 pub use address::{BaseAddress, DEFAULT_BASE_ADDRESS};
 pub use client::{Client, ClientError, SubmitOptions};
