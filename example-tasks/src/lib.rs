@@ -9,6 +9,13 @@ fn add(x: i64, y: i64) -> i64 {
     x + y
 }
 
+/// The sum of a list of integers: a chord's callback, receiving its
+/// group's results.
+#[task]
+fn sum(values: Vec<i64>) -> i64 {
+    values.iter().fold(0i64, |total, value| total.wrapping_add(*value))
+}
+
 /// A point on a plane.
 #[derive(Serialize, Deserialize, JsonSchema)]
 #[schemars(crate = "fastworker_plugin_sdk::schemars")]
@@ -111,5 +118,5 @@ fn report(label: String) -> String {
 }
 
 fastworker_plugin_sdk::export_plugin!(
-    add, midpoint, sleep_ms, divide, panic_now, fib, hash_bytes, noop, echo, flaky, tick, report
+    add, midpoint, sleep_ms, divide, panic_now, fib, hash_bytes, noop, echo, flaky, tick, report, sum
 );

@@ -14,6 +14,7 @@ use cli::client::{
 use cli::keys::{keygen, KeygenArgs};
 use cli::plugins::{list, ListArgs};
 use cli::serve::{run_control_plane, run_subworker, ControlPlaneArgs, SubworkerArgs};
+use cli::workflow::{workflow, WorkflowArgs};
 
 /// Exit status of a task that failed or a request the control plane refused.
 pub(crate) const EXIT_FAILED: u8 = 1;
@@ -55,6 +56,8 @@ enum Command {
     Schedules(SchedulesArgs),
     /// Write a new cluster key, or a role key (operator, client, worker) derived from one.
     Keygen(KeygenArgs),
+    /// Submit, inspect, wait for or cancel a workflow (chains, groups, chords of tasks).
+    Workflow(WorkflowArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Keygen(args) => keygen(args),
+        Command::Workflow(args) => workflow(args),
         Command::Schedules(args) => match connect(&args.client) {
             Ok(client) => block_on(schedules(client, args)),
             Err(code) => code,

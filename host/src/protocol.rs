@@ -13,6 +13,8 @@ use uuid::Uuid;
 pub use fastworker_plugin_sdk::abi::FailureKind;
 pub use fastworker_plugin_sdk::Priority;
 
+pub use crate::workflow::wire::{WorkflowId, WorkflowReport, WorkflowSubmit};
+
 /// The version byte that starts every frame this build sends and accepts.
 pub const PROTOCOL_VERSION: u8 = 3;
 
@@ -83,6 +85,20 @@ pub enum Request {
     /// The tasks this control plane and its live subworkers provide, with
     /// their declared defaults and JSON Schemas (result port).
     Tasks,
+    /// Run a workflow (task ports of a control plane): answered with its
+    /// status once accepted (`docs/workflows.md`).
+    SubmitWorkflow(WorkflowSubmit),
+    /// Report a workflow's state, members and result (result port).
+    WorkflowStatus {
+        /// The workflow asked about.
+        workflow_id: WorkflowId,
+    },
+    /// Cancel a workflow (result port): pending members never run, live
+    /// ones are cancelled.
+    CancelWorkflow {
+        /// The workflow to cancel.
+        workflow_id: WorkflowId,
+    },
 }
 
 /// One run of a task sent to a subworker, under a lease: a fencing token
@@ -355,6 +371,8 @@ pub enum Reply {
     Reports(Vec<Reported>),
     /// The registered tasks, sorted by name (the answer to `Tasks`).
     Tasks(Vec<TaskInfo>),
+    /// A workflow's status (the answer to the workflow requests).
+    Workflow(WorkflowReport),
 }
 
 /// A task a control plane or its subworkers provide, as `Client::tasks`
@@ -548,6 +566,9 @@ pub enum ErrorKind {
     /// started waits for its subworkers to register (`--restart-window`):
     /// transient, retry shortly (the Rust client does so by itself).
     NotYetProvided,
+    /// The control plane never saw this workflow id, or forgot it (finished
+    /// workflows are kept like results: `--result-cache-size`, `--result-cache-ttl`).
+    UnknownWorkflowId,
 }
 
 /// The most slots (concurrency plus prefetch) a subworker may ask for.

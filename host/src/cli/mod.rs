@@ -7,3 +7,4 @@ pub(crate) mod limits;
 pub(crate) mod plugins;
 pub(crate) mod serve;
 pub(crate) mod tls;
+pub(crate) mod workflow;

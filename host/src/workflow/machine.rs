@@ -32,9 +32,9 @@ pub(crate) struct Bounds {
 }
 
 /// How a member's task ended.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Outcome {
-    Succeeded(Vec<u8>),
+    Succeeded(#[serde(with = "serde_bytes")] Vec<u8>),
     Failed(TaskError),
     TimedOut(TaskError),
     Cancelled(TaskError),

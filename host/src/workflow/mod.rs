@@ -5,6 +5,7 @@
 //! workflow's pure state machine, `registry` the set a process knows. The
 //! ledger (`state/workflows.rs`) feeds them the ends of member tasks.
 
+mod client;
 pub(crate) mod machine;
 pub(crate) mod registry;
 pub mod spec;
