@@ -24,7 +24,7 @@ fn run(client: &Client, workflow: &Workflow) -> WorkflowReport {
     rt.block_on(client.wait_workflow(id, WAIT)).unwrap()
 }
 
-fn refusal(result: Result<WorkflowReport, ClientError>) -> fastworker::protocol::ErrorReply {
+fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>) -> fastworker::protocol::ErrorReply {
     match result {
         Err(ClientError::Refused(refusal)) => refusal,
         other => panic!("expected a refusal, got {other:?}"),
@@ -345,6 +345,49 @@ fn a_workflow_survives_a_control_plane_killed_mid_way() {
     // The first member's result came from the store, not a second run.
     let first = rt.block_on(client.status(report.members[0].task_id.unwrap())).unwrap();
     assert_eq!(first.attempts, 1);
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn with_keys_a_workflow_belongs_to_the_key_that_submitted_it() {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use fastworker::auth::{KeyRing, Role};
+
+    let dir = std::env::temp_dir().join(format!("fastworker-wf-keys-{}", WorkflowId::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(format!("{name}.key")).display().to_string();
+    assert!(run_cli(&["keygen", "--out", &path("cluster")]).status.success());
+    for (name, role) in [("operator", "operator"), ("alice", "client"), ("worker", "worker")] {
+        let out = run_cli(&["keygen", "--role", role, "--from", &path("cluster"), "--out", &path(name)]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let cluster = path("cluster");
+    let cp = Process::control_plane_with_env(&["example-tasks"], &[], &[("FASTWORKER_CLUSTER_KEY_FILE", &cluster)]);
+    let client = |name: &str| {
+        let ring = Arc::new(KeyRing::load(Path::new(&path(name))).unwrap());
+        let unkeyed = Client::new(&cp.address).unwrap().with_timeout(Duration::from_secs(10));
+        match name {
+            "worker" => unkeyed.with_key(ring.signer(Role::Worker).unwrap(), ring),
+            _ => unkeyed.with_keys(ring).unwrap(),
+        }
+    };
+    let (alice, operator, worker) = (client("alice"), client("operator"), client("worker"));
+    let rt = runtime();
+    let slow = Workflow::chain([task("sleep_ms", json!([20_000])), task("add", json!([1]))]);
+    assert_eq!(refusal(rt.block_on(worker.submit_workflow(&slow))).kind, ErrorKind::Forbidden);
+    let id = rt.block_on(alice.submit_workflow(&slow)).unwrap().workflow_id;
+    assert_eq!(refusal(rt.block_on(worker.cancel_workflow(id))).kind, ErrorKind::Forbidden);
+    assert_eq!(refusal(rt.block_on(worker.workflow_status(id))).kind, ErrorKind::Forbidden);
+    // Its members are tasks of the same key, under the same rules.
+    let member = rt.block_on(alice.workflow_status(id)).unwrap().members[0].task_id.unwrap();
+    assert_eq!(refusal(rt.block_on(worker.cancel(member))).kind, ErrorKind::Forbidden);
+    assert_eq!(rt.block_on(alice.workflow_status(id)).unwrap().state, WorkflowState::Running);
+    assert_eq!(rt.block_on(alice.cancel_workflow(id)).unwrap().state, WorkflowState::Cancelled);
+    let other = rt.block_on(alice.submit_workflow(&slow)).unwrap().workflow_id;
+    assert_eq!(rt.block_on(operator.cancel_workflow(other)).unwrap().state, WorkflowState::Cancelled);
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
 }
