@@ -131,6 +131,14 @@ impl State {
             tasks.workflows.note(workflow_id, &effects);
             let owner = tasks.workflows.get(&workflow_id).and_then(|e| e.owner);
             for Submission { node, task_id, step } in effects.submit {
+                let Some(entry) = tasks.workflows.get_mut(&workflow_id) else { break };
+                if entry.machine.state().is_final() {
+                    // It ended meanwhile (a member created before this one
+                    // failed at once): this member is never created.
+                    entry.machine.member_not_created(node);
+                    tasks.workflows.forget_member(&task_id);
+                    continue;
+                }
                 let retry = step.max_retries.map(|max_retries| RetryPolicy {
                     max_retries,
                     delay_ms: step.retry_delay_ms.unwrap_or(1000),
@@ -146,13 +154,25 @@ impl State {
                     retry,
                     ..Default::default()
                 };
-                if let Err((refusal, _)) = self.admit(tasks, submit, None, owner, None, outbox) {
-                    tasks.workflows.forget_member(&task_id);
-                    let message = format!("member {node} could not be created: {}", refusal.message);
-                    self.record(Record::WorkflowStep(workflow_id, node, Box::new(Outcome::Failed(failure(&message)))));
-                    if let Some(entry) = tasks.workflows.get_mut(&workflow_id) {
-                        queue.push_back(entry.machine.member_refused(node, message));
+                match self.admit(tasks, submit, None, owner, None, outbox) {
+                    Err((refusal, _)) => {
+                        tasks.workflows.forget_member(&task_id);
+                        let message = format!("member {node} could not be created: {}", refusal.message);
+                        let outcome = Box::new(Outcome::Failed(failure(&message)));
+                        self.record(Record::WorkflowStep(workflow_id, node, outcome));
+                        if let Some(entry) = tasks.workflows.get_mut(&workflow_id) {
+                            queue.push_back(entry.machine.member_refused(node, message));
+                        }
                     }
+                    // A task of that id had already ended (its result is
+                    // cached): its end is the member's.
+                    Ok(_) if !tasks.live.contains_key(&task_id) && tasks.workflows.member_of(&task_id).is_some() => {
+                        let cached = self.cache.lock().expect("cache lock").get(&task_id);
+                        if let Lookup::Found(report) = cached {
+                            self.member_ended(tasks, &report, outbox);
+                        }
+                    }
+                    Ok(_) => {}
                 }
             }
             for task_id in effects.cancel {
