@@ -36,10 +36,18 @@ impl State {
         }
     }
 
+    /// Answers a workflow submission: in durable mode once the workflow is
+    /// stored.
+    pub(crate) fn submit_workflow_for(&self, submit: WorkflowSubmit, replier: crate::endpoint::Replier) {
+        let owner = replier.key_id();
+        let reply = self.submit_workflow(submit, owner);
+        self.acknowledge(replier, reply);
+    }
+
     /// Accepts a workflow submitted by `owner`: answered with its status.
     /// The same id with the same description again answers for the one
     /// already accepted.
-    pub(crate) fn submit_workflow(&self, submit: WorkflowSubmit, owner: Option<[u8; 8]>) -> Reply {
+    fn submit_workflow(&self, submit: WorkflowSubmit, owner: Option<[u8; 8]>) -> Reply {
         let bad = |kind, message: String| Reply::Error(ErrorReply::new(kind, message));
         if !self.accepting.load(std::sync::atomic::Ordering::SeqCst) {
             let message = format!("'{}' is shutting down and takes no new workflows", self.config.worker_id);
@@ -325,11 +333,11 @@ impl State {
                     pending.push((node, outcome));
                 }
             }
-            // Outcomes in the order their members became live.
-            while !pending.is_empty() {
-                let live: Vec<u32> = machine.live_members().map(|(node, _)| node).collect();
-                let Some(at) = pending.iter().position(|(node, _)| live.contains(node)) else { break };
-                let (node, outcome) = pending.swap_remove(at);
+            // In node order: whatever must end before a member starts has a
+            // smaller node (depth-first pre-order), so each member is live
+            // when its outcome comes.
+            pending.sort_by_key(|(node, _)| *node);
+            for (node, outcome) in pending {
                 remember(machine.member_ended(node, outcome), &mut made);
             }
             if cancelled {
