@@ -391,3 +391,39 @@ fn with_keys_a_workflow_belongs_to_the_key_that_submitted_it() {
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_chord_killed_with_part_of_its_group_done_finishes_after_the_restart() {
+    let dir = std::env::temp_dir().join(format!("fastworker-wf-state-{}", WorkflowId::new_v4()));
+    let state_dir = dir.display().to_string();
+    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let mut cp = durable_at(&address, &state_dir);
+    let rt = runtime();
+    let client = cp.client();
+    let wf = Workflow::chord(
+        [task("add", json!([1, 2])), task("sleep_ms", json!([2500])), task("add", json!([3, 4]))],
+        task("sum", json!([])),
+    );
+    let id = rt.block_on(client.submit_workflow(&wf)).unwrap().workflow_id;
+    let midway = wait_until(Duration::from_secs(10), || {
+        let report = rt.block_on(client.workflow_status(id)).unwrap();
+        let states: Vec<MemberState> = report.members.iter().map(|m| m.state).collect();
+        states[..3] == [MemberState::Succeeded, MemberState::Running, MemberState::Succeeded]
+    });
+    assert!(midway, "two adds done, the sleeper running");
+    cp.signal("KILL");
+    let _ = cp.wait_exit(Duration::from_secs(10));
+    let cp = durable_at(&address, &state_dir);
+    let client = cp.client();
+    let report = rt.block_on(client.wait_workflow(id, WAIT)).unwrap();
+    let total = result_of(&report).as_i64().unwrap();
+    assert!(total >= 3 + 2500 + 7, "{total}");
+    for done in [0, 2] {
+        let add = rt.block_on(client.status(report.members[done].task_id.unwrap())).unwrap();
+        assert_eq!(add.attempts, 1, "a finished member is not run again");
+    }
+    let sleeper = rt.block_on(client.status(report.members[1].task_id.unwrap())).unwrap();
+    assert_eq!(sleeper.attempts, 2, "the interrupted member ran again");
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
