@@ -427,3 +427,24 @@ fn a_chord_killed_with_part_of_its_group_done_finishes_after_the_restart() {
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn results_too_large_for_a_frame_fail_the_workflow_clearly() {
+    let cp = Process::control_plane(&["example-tasks"], &["--max-frame-bytes", "65536"]);
+    let client = cp.client();
+    // One result of 15 000 bytes fanned out to a group of five echoes: their
+    // results are more than a 64 KiB frame (less its margin) can carry on.
+    let text = "x".repeat(15_000);
+    let wf = Workflow::chain([
+        task("echo", json!([text])),
+        Workflow::group((0..5).map(|_| task("echo", json!([])))),
+        task("sum", json!([])),
+    ]);
+    let report = run(&client, &wf);
+    assert_eq!(report.state, WorkflowState::Failed);
+    let failure = report.failure.unwrap();
+    assert!(failure.message.contains("--max-frame-bytes"), "{}", failure.message);
+    assert_eq!(report.members.last().unwrap().state, MemberState::Skipped, "the callback never ran");
+    // The control plane goes on.
+    assert_eq!(result_of(&run(&client, &Workflow::chain([task("add", json!([2, 2]))]))), json!(4));
+}
