@@ -221,6 +221,11 @@ fn hostile_workflows_are_refused_with_typed_errors_and_the_control_plane_goes_on
     let refused = refusal(raw(vec![WorkflowNode::Chain(vec![0])]));
     assert_eq!(refused.kind, ErrorKind::BadRequest);
     assert_eq!(refusal(raw(vec![])).kind, ErrorKind::BadRequest);
+    // A member taking its arguments by name cannot take the previous result first.
+    let by_name = Workflow::chain([task("add", json!([1, 2])), task("sum", json!({}))]);
+    let refused = refusal(rt.block_on(client.submit_workflow(&by_name)));
+    assert_eq!(refused.kind, ErrorKind::BadRequest);
+    assert!(refused.message.contains("by name"), "{}", refused.message);
     // A task nobody provides.
     let unknown = Workflow::chain([task("add", json!([1, 2])), task("no_such_task", json!([]))]);
     assert_eq!(refusal(rt.block_on(client.submit_workflow(&unknown))).kind, ErrorKind::UnknownTask);
