@@ -7,7 +7,7 @@
 //! shares a thread with the NNG callbacks, the worker threads or the control
 //! plane's main loop, and a subworker (which serves no dashboard) pays
 //! nothing for it. It reads the control plane's state through short copies
-//! (see `State`'s dashboard accessors and [`crate::monitor`]).
+//! (see `State`'s dashboard accessors and [`crate::server::monitor`]).
 
 mod api;
 mod connections;
@@ -33,7 +33,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{info, warn};
 
-use crate::state::State;
+use crate::server::state::State;
 
 /// Where and how the dashboard is served.
 #[derive(Debug, Clone)]

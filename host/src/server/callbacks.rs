@@ -16,8 +16,8 @@ use nng::options::{Options, ReconnectMaxTime, SendTimeout};
 use nng::{Protocol, Socket};
 use tracing::{debug, warn};
 
-use crate::limits::{Bound, Limits, Refusals};
-use crate::protocol::{encode_message, Notice};
+use crate::server::limits::{Bound, Limits, Refusals};
+use crate::wire::protocol::{encode_message, Notice};
 
 /// How long an address that failed to take a notice gets none.
 pub(crate) const QUARANTINE: Duration = Duration::from_secs(10);
@@ -191,7 +191,7 @@ fn open(address: &str, timeout: Duration) -> Result<Socket, nng::Error> {
     let socket = Socket::new(Protocol::Push0)?;
     socket.set_opt::<SendTimeout>(Some(timeout))?;
     socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_secs(1)))?;
-    crate::tls::dial_async(&socket, address)?;
+    crate::wire::tls::dial_async(&socket, address)?;
     Ok(socket)
 }
 

@@ -10,8 +10,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use crate::endpoint::Replier;
-use crate::protocol::{Reply, Reported, TaskId};
+use crate::server::endpoint::Replier;
+use crate::wire::protocol::{Reply, Reported, TaskId};
 
 /// Bytes of a `Reports` reply beyond its outcomes' own (version, variant,
 /// count, and per outcome its id, lease and length).
@@ -102,7 +102,7 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
-    use crate::protocol::decode;
+    use crate::wire::protocol::decode;
 
     /// A replier whose answer, a `Reports`, arrives on the returned channel.
     fn collector_request() -> (Replier, mpsc::Receiver<Vec<Reported>>) {

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::auth::{KeyRing, Role};
 use crate::client::{Client, ClientError};
-use crate::protocol::{ErrorKind, Heartbeat, OfferedTask, Registration, Request, Started, TaskId, WorkerName};
+use crate::wire::auth::{KeyRing, Role};
+use crate::wire::protocol::{ErrorKind, Heartbeat, OfferedTask, Registration, Request, Started, TaskId, WorkerName};
 
 /// The longest pause between registration attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

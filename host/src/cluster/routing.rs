@@ -14,7 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{ClusterStatus, OfferedTask, Priority, TaskId, WorkerName, WorkerState, WorkerStatus};
+use crate::wire::protocol::{ClusterStatus, OfferedTask, Priority, TaskId, WorkerName, WorkerState, WorkerStatus};
 
 /// A worker's handle in the cluster; never reused, so a late event about a
 /// removed worker cannot touch its successor.
@@ -182,7 +182,7 @@ impl<L> Cluster<L> {
             phase: Phase::Connecting,
             connected: false,
             last_seen: Instant::now(),
-            last_seen_ms: crate::protocol::now_ms(),
+            last_seen_ms: crate::wire::protocol::now_ms(),
             reported_in_flight: 0,
             suspect: false,
             dispatched: 0,
@@ -444,7 +444,7 @@ impl<L> Cluster<L> {
     pub(crate) fn heard_from(&mut self, key: WorkerKey, in_flight: u32) -> bool {
         let Some(worker) = self.get_mut(key) else { return false };
         worker.last_seen = Instant::now();
-        worker.last_seen_ms = crate::protocol::now_ms();
+        worker.last_seen_ms = crate::wire::protocol::now_ms();
         worker.reported_in_flight = in_flight;
         let back = worker.phase == Phase::Inactive || (worker.suspect && worker.phase == Phase::Active);
         worker.suspect = false;

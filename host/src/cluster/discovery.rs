@@ -27,10 +27,10 @@ use nng::{PipeEvent, Protocol, Socket};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
-use crate::address::BaseAddress;
-use crate::auth::{open, seal, Key, KeyRing, Role, Sender, ENVELOPE_BYTES};
 use crate::client::{Client, ClientError};
-use crate::protocol::{decode, encode, now_ms};
+use crate::wire::address::BaseAddress;
+use crate::wire::auth::{open, seal, Key, KeyRing, Role, Sender, ENVELOPE_BYTES};
+use crate::wire::protocol::{decode, encode, now_ms};
 
 /// The discovery address when none is given.
 pub const DEFAULT_DISCOVERY_ADDRESS: &str = "tcp://127.0.0.1:5550";
@@ -114,7 +114,7 @@ pub fn check_address(address: &str) -> Result<(), DiscoveryError> {
     let error = |reason| DiscoveryError::Address { address: address.to_string(), reason };
     let rest = address
         .strip_prefix("tcp://")
-        .or_else(|| address.strip_prefix(crate::tls::TLS_SCHEME))
+        .or_else(|| address.strip_prefix(crate::wire::tls::TLS_SCHEME))
         .ok_or_else(|| error("only tcp:// and tls+tcp:// addresses are supported"))?;
     let (host, port) = rest.rsplit_once(':').ok_or_else(|| error("the port is missing"))?;
     if host.is_empty() {
@@ -166,7 +166,7 @@ impl Announcer {
                 }
             })
             .map_err(transport)?;
-        crate::tls::listen(&socket, address).map_err(|source| match source {
+        crate::wire::tls::listen(&socket, address).map_err(|source| match source {
             nng::Error::AddressInUse => DiscoveryError::AddressInUse { address: address.to_string() },
             source => transport(source),
         })?;
@@ -297,7 +297,7 @@ fn find_blocking(
     socket.set_opt::<ReconnectMinTime>(Some(Duration::from_millis(100))).map_err(transport)?;
     socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_millis(500))).map_err(transport)?;
     // Keeps dialing in the background until an announcer listens.
-    crate::tls::dial_async(&socket, address).map_err(transport)?;
+    crate::wire::tls::dial_async(&socket, address).map_err(transport)?;
     let mut stale = 0u32;
     let mut oldest_ms = 0u64;
     let mut foreign = 0u32;
@@ -364,7 +364,7 @@ fn reachable(mut announcement: Announcement, discovery_address: &str) -> Announc
     let is_wildcard = |host: &str| matches!(host, "0.0.0.0" | "[::]" | "*");
     let discovery_host = discovery_address
         .strip_prefix("tcp://")
-        .or_else(|| discovery_address.strip_prefix(crate::tls::TLS_SCHEME))
+        .or_else(|| discovery_address.strip_prefix(crate::wire::tls::TLS_SCHEME))
         .and_then(|rest| rest.rsplit_once(':'))
         .map(|(host, _)| host)
         .filter(|host| !is_wildcard(host));

@@ -25,10 +25,10 @@ use nng::{Aio, AioResult, Context, Message, Pipe, PipeEvent, Protocol, Socket};
 use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
-use crate::auth::{open, seal, AuthError, KeyRing, Opened, ReplayGuard, Role, Sender, ENVELOPE_BYTES};
-use crate::limits::{Bound, Refusals};
-use crate::peer_log::PeerLog;
-use crate::protocol::{encode_message, now_ms, ErrorKind, ErrorReply, Reply};
+use crate::server::limits::{Bound, Refusals};
+use crate::server::peer_log::PeerLog;
+use crate::wire::auth::{open, seal, AuthError, KeyRing, Opened, ReplayGuard, Role, Sender, ENVELOPE_BYTES};
+use crate::wire::protocol::{encode_message, now_ms, ErrorKind, ErrorReply, Reply};
 
 /// The handle to answer one request with. Dropping it unanswered frees its
 /// context without a reply (the peer's call times out).
@@ -90,7 +90,7 @@ impl Replier {
 
     /// A replier for a request made inside this process: the reply arrives
     /// on the receiver, encoded as on the wire (decode it with
-    /// [`crate::protocol::decode`]); dropped unanswered, the receiver errs.
+    /// [`crate::wire::protocol::decode`]); dropped unanswered, the receiver errs.
     pub(crate) fn local() -> (Replier, tokio::sync::oneshot::Receiver<Message>) {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         (Replier { slot: None, opened: None, forward: None, local: Some(sender) }, receiver)
@@ -343,7 +343,7 @@ impl Listener {
                 })
                 .map_err(fail)?;
         }
-        crate::tls::listen(&socket, url).map_err(fail)?;
+        crate::wire::tls::listen(&socket, url).map_err(fail)?;
         let port = Arc::new(Port {
             purpose,
             per_connection: u32::try_from(options.per_connection).unwrap_or(u32::MAX).max(1),

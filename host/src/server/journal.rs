@@ -3,7 +3,7 @@
 //! that a control plane that crashes and restarts on the same directory
 //! finishes what it had accepted and still answers for what it finished.
 //!
-//! The task ledger (`state.rs`) never touches the disk: it hands
+//! The task state (`server/state`) never touches the disk: it hands
 //! [`Record`]s to [`Journal::write`] under its lock (a channel send, never
 //! a wait), and replies that must not leave before their records are on
 //! disk to [`Journal::then`]. One writer thread takes everything pending,
@@ -31,7 +31,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
-use crate::protocol::{Callback, Priority, RetryPolicy, TaskError, TaskId, TaskReport};
+use crate::wire::protocol::{Callback, Priority, RetryPolicy, TaskError, TaskId, TaskReport};
 
 /// The file inside `--state-dir`.
 const FILE_NAME: &str = "fastworker-state.redb";
@@ -503,7 +503,7 @@ fn commit(db: &Database, batch: &[Entry]) -> Result<(), redb::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::TaskState;
+    use crate::wire::protocol::TaskState;
 
     fn task(name: &str) -> TaskRecord {
         TaskRecord {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 
-use crate::protocol::{now_ms, TaskId};
+use crate::wire::protocol::{now_ms, TaskId};
 
 /// The precision of alarms: they ring up to this much late, never early.
 const GRAIN_MS: u64 = 10;

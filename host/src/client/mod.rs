@@ -4,19 +4,21 @@
 //! takes its own NNG context, so any number of calls may overlap on the same
 //! sockets and each gets its own reply. Every call has a timeout.
 
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+mod endpoint;
+
+pub(crate) use endpoint::stop;
+use endpoint::Endpoint;
+
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nng::options::protocol::reqrep::ResendTime;
-use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize};
-use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
+use nng::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::oneshot;
 
-use crate::address::{AddressError, BaseAddress};
-use crate::auth::{open, seal, AuthError, Key, KeyError, KeyRing, Sender, ENVELOPE_BYTES};
-use crate::protocol::{
+use crate::wire::address::{AddressError, BaseAddress};
+use crate::wire::auth::{open, seal, AuthError, Key, KeyError, KeyRing, Sender, ENVELOPE_BYTES};
+use crate::wire::protocol::{
     decode, encode_message, now_ms, Callback, ClusterStatus, DecodeError, ErrorKind, ErrorReply, Priority, Reply,
     Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskInfo, TaskReport, TaskState,
     DEFAULT_MAX_FRAME_BYTES,
@@ -83,7 +85,7 @@ pub enum ClientError {
     #[error("{}", .0.message)]
     Refused(ErrorReply),
     /// The task ran and failed.
-    #[error("{}", crate::protocol::describe_failure(task_name, error))]
+    #[error("{}", crate::wire::protocol::describe_failure(task_name, error))]
     TaskFailed {
         /// The task.
         task_name: String,
@@ -139,7 +141,7 @@ pub struct SubmitOptions {
     pub timeout: Option<Duration>,
     /// Its retries, overriding the declared ones.
     pub retry: Option<RetryPolicy>,
-    /// Where to push a notice when it ends ([`Notice`](crate::protocol::Notice)).
+    /// Where to push a notice when it ends ([`Notice`](crate::wire::protocol::Notice)).
     pub callback: Option<Callback>,
 }
 
@@ -253,7 +255,7 @@ impl Client {
     }
 
     /// The same client sealing every request with `key` (from a cluster key
-    /// file, see [`crate::auth`]) and accepting only replies sealed with a
+    /// file, see [`crate::wire::auth`]) and accepting only replies sealed with a
     /// key of `ring`. A control plane started with `--cluster-key-file`
     /// answers nothing else.
     pub fn with_key(self, key: Key, ring: Arc<KeyRing>) -> Client {
@@ -487,7 +489,7 @@ impl Client {
         let address = self.address(index);
         let transport = |source| ClientError::Transport { address: address.to_string(), source };
         let endpoint = inner.endpoints[index]
-            .get_or_init(|| Endpoint::open(address, inner.max_frame))
+            .get_or_init(|| Endpoint::open(address, inner.max_frame, MAX_IN_FLIGHT_PER_PORT))
             .as_ref()
             .map_err(|e| transport(*e))?;
         let timeout = inner.timeout;
@@ -498,16 +500,7 @@ impl Client {
             Err(_) => return Err(ClientError::Timeout { address: address.to_string(), after: timeout }),
         };
         let timeout = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-        let slot = endpoint.acquire().map_err(transport)?;
-        let (sender, receiver) = oneshot::channel();
-        *slot.pending.lock().expect("slot lock") = Some(Pending { sender, deadline: Instant::now() + timeout });
-        slot.aio.set_timeout(Some(timeout)).map_err(transport)?;
-        if let Err((_, error)) = slot.ctx.send(&slot.aio, frame) {
-            slot.pending.lock().expect("slot lock").take();
-            endpoint.release(slot);
-            return Err(transport(error));
-        }
-        drop(slot);
+        let receiver = endpoint.send(frame, timeout).map_err(transport)?;
         // The Aio's own timeout ends the exchange; this outer one only guards
         // against a lost wake-up.
         match tokio::time::timeout(timeout + Duration::from_secs(1), receiver).await {
@@ -547,7 +540,7 @@ fn is_refusal(message: &[u8]) -> bool {
     matches!(
         decode::<Reply>(message, usize::MAX),
         Ok(Reply::Error(ErrorReply {
-            kind: crate::protocol::ErrorKind::Unauthenticated | crate::protocol::ErrorKind::Busy,
+            kind: crate::wire::protocol::ErrorKind::Unauthenticated | crate::wire::protocol::ErrorKind::Busy,
             ..
         }))
     )
@@ -565,123 +558,4 @@ pub fn decode_result<R: DeserializeOwned>(report: TaskReport) -> Result<R, Clien
             reply: format!("task '{}' is {}", report.task_name, state.as_str()),
         }),
     }
-}
-
-/// One dialed REQ socket and the contexts that carry its requests.
-struct Endpoint {
-    socket: Socket,
-    slots: Arc<SlotList>,
-    /// Calls in service on this connection: never more than a control
-    /// plane serves per connection by default (`--max-requests-per-connection`).
-    in_flight: tokio::sync::Semaphore,
-}
-
-#[derive(Default)]
-struct SlotList {
-    all: Mutex<Vec<Arc<Slot>>>,
-    free: Mutex<Vec<Arc<Slot>>>,
-}
-
-struct Slot {
-    ctx: Context,
-    aio: Aio,
-    pending: Mutex<Option<Pending>>,
-}
-
-struct Pending {
-    sender: oneshot::Sender<Result<Message, nng::Error>>,
-    deadline: Instant,
-}
-
-impl Endpoint {
-    fn open(address: &str, max_frame: usize) -> Result<Endpoint, nng::Error> {
-        let socket = Socket::new(Protocol::Req0)?;
-        // Never resend on a timer: a long task would run twice. A call whose
-        // connection drops fails; the task id makes submitting it again safe.
-        socket.set_opt::<ResendTime>(None)?;
-        socket.set_opt::<ReconnectMinTime>(Some(Duration::from_millis(10)))?;
-        socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_millis(500)))?;
-        socket.set_opt::<RecvMaxSize>(max_frame.saturating_mul(2))?;
-        crate::tls::dial_async(&socket, address)?;
-        Ok(Endpoint { socket, slots: Arc::default(), in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_PORT) })
-    }
-
-    fn acquire(&self) -> Result<Arc<Slot>, nng::Error> {
-        if let Some(slot) = self.slots.free.lock().expect("slot list lock").pop() {
-            return Ok(slot);
-        }
-        let ctx = Context::new(&self.socket)?;
-        let mut failure = None;
-        let slot = Arc::new_cyclic(|me: &Weak<Slot>| {
-            let (me, list, callback_ctx) = (me.clone(), Arc::downgrade(&self.slots), ctx.clone());
-            let aio = Aio::new(move |aio, result| on_event(&callback_ctx, &aio, result, &me, &list));
-            let aio = aio.unwrap_or_else(|error| {
-                failure = Some(error);
-                Aio::new(|_, _| {}).expect("allocating a placeholder aio")
-            });
-            Slot { ctx, aio, pending: Mutex::new(None) }
-        });
-        if let Some(error) = failure {
-            return Err(error);
-        }
-        self.slots.all.lock().expect("slot list lock").push(slot.clone());
-        Ok(slot)
-    }
-
-    fn release(&self, slot: Arc<Slot>) {
-        self.slots.free.lock().expect("slot list lock").push(slot);
-    }
-}
-
-fn on_event(ctx: &Context, aio: &Aio, result: AioResult, me: &Weak<Slot>, list: &Weak<SlotList>) {
-    let outcome = match result {
-        AioResult::Send(Ok(())) => {
-            let Some(slot) = me.upgrade() else { return };
-            let remaining = slot
-                .pending
-                .lock()
-                .expect("slot lock")
-                .as_ref()
-                .map(|p| p.deadline.saturating_duration_since(Instant::now()));
-            let started = aio.set_timeout(remaining).and_then(|()| ctx.recv(aio));
-            match started {
-                Ok(()) => return,
-                Err(error) => Err(error),
-            }
-        }
-        AioResult::Send(Err((_, error))) => Err(error),
-        AioResult::Recv(result) => result,
-        AioResult::Sleep(_) => return,
-    };
-    let (Some(slot), Some(list)) = (me.upgrade(), list.upgrade()) else { return };
-    if let Some(pending) = slot.pending.lock().expect("slot lock").take() {
-        let _ = pending.sender.send(outcome);
-    }
-    list.free.lock().expect("slot list lock").push(slot);
-}
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        // Stop every Aio before the socket closes: a callback that starts
-        // its receive on a context while the socket is closing makes NNG 1.4
-        // finalize that context against a freed socket (a crash in
-        // `req0_ctx_fini`). A stopped Aio takes no new operation, and the
-        // stop waits for its callback, so no Aio is freed inside one.
-        let all = std::mem::take(&mut *self.slots.all.lock().expect("slot list lock"));
-        for slot in &all {
-            stop(&slot.aio);
-        }
-        self.socket.close();
-        self.slots.free.lock().expect("slot list lock").clear();
-        drop(all);
-    }
-}
-
-/// Stops an Aio for good: its operation is cancelled, later ones fail at
-/// once, and the call returns when its callback has.
-pub(crate) fn stop(aio: &Aio) {
-    // SAFETY: the pointer is the Aio's own and lives as long as `aio`;
-    // `nng_aio_stop` may be called on any Aio, any number of times, from any
-    // thread but its own callback's (the callers are drops, never callbacks).
-    unsafe { nng_sys::nng_aio_stop(aio.nng_aio()) }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
-use crate::protocol::{TaskId, TaskReport};
+use crate::wire::protocol::{TaskId, TaskReport};
 
 /// The most ids of dropped results remembered, to tell "expired" from "unknown".
 const MAX_REMEMBERED_DROPS: usize = 100_000;
@@ -211,7 +211,7 @@ impl ResultCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Priority, TaskState};
+    use crate::wire::protocol::{Priority, TaskState};
 
     fn report(id: TaskId) -> TaskReport {
         TaskReport {

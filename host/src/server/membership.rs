@@ -14,18 +14,18 @@ use std::time::{Duration, Instant};
 use nng::Message;
 use tracing::{debug, info, warn};
 
-use crate::address::BaseAddress;
-use crate::auth::Role;
-use crate::cluster::{Joining, Phase, WorkerKey};
-use crate::config::ManagementConfig;
-use crate::endpoint::Replier;
-use crate::limits::{Bound, MAX_NAME_BYTES, MAX_SCHEDULE_BYTES};
-use crate::link::{Link, LinkAuth};
-use crate::protocol::{
+use crate::cluster::link::{Link, LinkAuth};
+use crate::cluster::routing::{Joining, Phase, WorkerKey};
+use crate::plugins::schedule::Schedule;
+use crate::server::config::ManagementConfig;
+use crate::server::endpoint::Replier;
+use crate::server::limits::{Bound, MAX_NAME_BYTES, MAX_SCHEDULE_BYTES};
+use crate::server::state::{error_reply, Outbox, State};
+use crate::wire::address::BaseAddress;
+use crate::wire::auth::Role;
+use crate::wire::protocol::{
     decode, ErrorKind, ErrorReply, Heartbeat, OfferedTask, Registration, Reply, Request, WorkerName, MAX_WORKER_SLOTS,
 };
-use crate::schedules::Schedule;
-use crate::state::{error_reply, Outbox, State};
 
 /// How often silence and registrations are checked.
 const TICK: Duration = Duration::from_millis(100);
@@ -59,7 +59,7 @@ pub(crate) fn start(
     events: Sender<Event>,
     receiver: Receiver<Event>,
 ) -> JoinHandle<()> {
-    let sender = Arc::new(crate::auth::Sender::new());
+    let sender = Arc::new(crate::wire::auth::Sender::new());
     let mut membership = Membership { state, config, events, connecting: HashMap::new(), sender };
     std::thread::Builder::new()
         .name("membership".into())
@@ -90,7 +90,7 @@ struct Membership {
     /// worker, with their deadline.
     connecting: HashMap<WorkerKey, (Replier, Instant)>,
     /// The identity links seal forwarded tasks with.
-    sender: Arc<crate::auth::Sender>,
+    sender: Arc<crate::wire::auth::Sender>,
 }
 
 impl Membership {
@@ -310,7 +310,7 @@ impl Membership {
             if worker.phase == Phase::Connecting {
                 worker.phase = Phase::Active;
                 worker.last_seen = Instant::now();
-                worker.last_seen_ms = crate::protocol::now_ms();
+                worker.last_seen_ms = crate::wire::protocol::now_ms();
                 let mut names: Vec<&str> = worker.tasks.keys().map(String::as_str).collect();
                 names.sort_unstable();
                 info!(

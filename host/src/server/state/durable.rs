@@ -13,17 +13,17 @@ use nng::Message;
 use tracing::{info, warn};
 
 use super::{LiveTask, Outbox, Plan, State, TaskId, Tasks};
-use crate::cache::ResultCache;
-use crate::cluster::Waiting;
-use crate::journal::{Progress, Record, Recovered, ResultRecord, TaskRecord};
-use crate::protocol::{now_ms, ErrorKind, ErrorReply, Reply, TaskReport, TaskState};
-use crate::timers::Alarm;
+use crate::cluster::routing::Waiting;
+use crate::server::cache::ResultCache;
+use crate::server::journal::{Progress, Record, Recovered, ResultRecord, TaskRecord};
+use crate::server::timers::Alarm;
+use crate::wire::protocol::{now_ms, ErrorKind, ErrorReply, Reply, TaskReport, TaskState};
 
 impl State {
     /// Sends `reply` now, or, in durable mode, once every record handed to
     /// the store before it is on disk (a submission is acknowledged only
     /// when its task is stored).
-    pub(super) fn acknowledge(&self, replier: crate::endpoint::Replier, reply: Reply) {
+    pub(super) fn acknowledge(&self, replier: crate::server::endpoint::Replier, reply: Reply) {
         let Some(journal) = &self.journal else { return replier.send(&reply) };
         let worker_id = self.config.worker_id.clone();
         let state_dir = journal.path().display().to_string();
@@ -40,7 +40,12 @@ impl State {
 
     /// Queues the final report for the clients waiting for it: in durable
     /// mode, behind the record of the outcome.
-    pub(super) fn answer_final(&self, waiters: Vec<crate::endpoint::Replier>, message: Message, outbox: &mut Outbox) {
+    pub(super) fn answer_final(
+        &self,
+        waiters: Vec<crate::server::endpoint::Replier>,
+        message: Message,
+        outbox: &mut Outbox,
+    ) {
         match &self.journal {
             None => outbox.0.push((waiters, message)),
             Some(journal) => journal.then(move |_| {

@@ -11,14 +11,14 @@
 //!
 //! So a busy worker's tasks and outcomes travel many to a frame, and an
 //! idle worker's single task costs one frame each way. The slots (the
-//! worker's credit) are counted by [`crate::cluster`]: the link sends only
+//! worker's credit) are counted by [`crate::cluster::routing`]: the link sends only
 //! what was placed into a free slot.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::auth::{open, seal, AuthError, Key, KeyRing, Seal, Sender, ENVELOPE_BYTES};
-use crate::protocol::{dispatch_frame, encode_message, now_ms, Request, TaskId};
+use crate::wire::auth::{open, seal, AuthError, Key, KeyRing, Seal, Sender, ENVELOPE_BYTES};
+use crate::wire::protocol::{dispatch_frame, encode_message, now_ms, Request, TaskId};
 
 use nng::options::protocol::reqrep::ResendTime;
 use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize};
@@ -111,7 +111,7 @@ impl Link {
             sending: Vec::new(),
             socket,
         };
-        crate::tls::dial_async(&link.socket, url)?;
+        crate::wire::tls::dial_async(&link.socket, url)?;
         Ok(link)
     }
 
@@ -131,7 +131,7 @@ impl Link {
         message
     }
 
-    /// Queues an encoded run ([`crate::protocol::dispatch_part`]) placed
+    /// Queues an encoded run ([`crate::wire::protocol::dispatch_part`]) placed
     /// in one of the worker's free slots; [`Link::flush`] sends it.
     pub(crate) fn queue(&mut self, task_id: TaskId, run: Vec<u8>) {
         self.queued.push((task_id, run));

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use crate::address::BaseAddress;
-use crate::auth::KeyRing;
-use crate::limits::Limits;
+use crate::server::limits::Limits;
+use crate::wire::address::BaseAddress;
+use crate::wire::auth::KeyRing;
 
 /// How a control plane (or subworker) is set up.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::protocol::{now_ms, Priority, TaskId, TaskReport, TaskState};
+use crate::wire::protocol::{now_ms, Priority, TaskId, TaskReport, TaskState};
 
 /// Finished tasks kept for the dashboard's task list and its retry action.
 pub(crate) const RECENT_CAPACITY: usize = 1000;

@@ -9,8 +9,8 @@ use abi_stable::std_types::RStr;
 use fastworker_plugin_sdk::abi::{prefix, PluginRef, TaskDecl, TaskSchema as ExportedSchema};
 use fastworker_plugin_sdk::SDK_VERSION;
 
-use crate::schedules::{Schedule, ScheduleError};
-use crate::task_schema::TaskSchema;
+use crate::plugins::schedule::{Schedule, ScheduleError};
+use crate::plugins::task_schema::TaskSchema;
 
 /// A loaded plugin file.
 #[derive(Debug)]

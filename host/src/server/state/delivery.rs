@@ -24,11 +24,11 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::{Caller, Job, Outbox, State, Tasks};
-use crate::cluster::{Phase, WorkerKey};
-use crate::protocol::{
+use crate::cluster::routing::{Phase, WorkerKey};
+use crate::server::timers::Alarm;
+use crate::wire::protocol::{
     encode_message, now_ms, ErrorKind, ErrorReply, Reply, Request, Started, TaskId, TaskState, WorkerName,
 };
-use crate::timers::Alarm;
 
 /// How long a subworker gathers start reports before sending them: runs
 /// that end within it are not reported started at all (their outcome says
@@ -154,7 +154,7 @@ impl State {
                 ),
             ));
             if !task.waiters.is_empty() {
-                outbox.0.push((task.waiters, crate::endpoint::encode_reply(&reply)));
+                outbox.0.push((task.waiters, crate::server::endpoint::encode_reply(&reply)));
             }
         }
         drop(tasks);

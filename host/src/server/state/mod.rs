@@ -19,26 +19,26 @@ use nng::{AioResult, Message};
 use rustc_hash::FxHashMap;
 use tracing::{debug, info, warn};
 
-use crate::auth::Role;
-use crate::cache::{args_digest, Lookup, ResultCache};
-use crate::callbacks::Callbacks;
-use crate::cluster::{Cluster, Placement, Waiting, WorkerKey};
-use crate::collector::Collector;
-use crate::config::ControlPlaneConfig;
-use crate::endpoint::{encode_reply, Replier};
-use crate::journal::Journal;
-use crate::limits::{millis, Bound, Refusals};
-use crate::link::{Channel, Link};
-use crate::monitor::{Monitor, TaskSummary};
-use crate::peer_log::PeerLog;
+use crate::cluster::link::{Channel, Link};
+use crate::cluster::routing::{Cluster, Placement, Waiting, WorkerKey};
 use crate::plugins::Registry;
-use crate::pool::Pool;
-use crate::protocol::{
+use crate::server::cache::{args_digest, Lookup, ResultCache};
+use crate::server::callbacks::Callbacks;
+use crate::server::collector::Collector;
+use crate::server::config::ControlPlaneConfig;
+use crate::server::endpoint::{encode_reply, Replier};
+use crate::server::journal::Journal;
+use crate::server::limits::{millis, Bound, Refusals};
+use crate::server::monitor::{Monitor, TaskSummary};
+use crate::server::peer_log::PeerLog;
+use crate::server::pool::Pool;
+use crate::server::scheduler::{PeriodicRuns, Scheduler};
+use crate::server::timers::{Alarm, Timers};
+use crate::wire::auth::Role;
+use crate::wire::protocol::{
     decode, dispatch_part, encode_message, now_ms, Callback, ClusterStatus, ErrorKind, ErrorReply, Forwarded, Notice,
     Priority, Reply, Reported, Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState,
 };
-use crate::schedules::Scheduler;
-use crate::timers::{Alarm, Timers};
 
 mod delivery;
 mod durable;
@@ -229,7 +229,11 @@ impl State {
             });
             let scheduler = config.management.is_some().then(|| {
                 let limits = &config.limits;
-                let scheduler = Scheduler::start(me.clone(), limits.max_schedules, limits.min_schedule_period);
+                let scheduler = Scheduler::start(
+                    me.clone() as Weak<dyn PeriodicRuns>,
+                    limits.max_schedules,
+                    limits.min_schedule_period,
+                );
                 for schedule in registry.schedules() {
                     // The command line checked these against the limits.
                     if let Err(error) = scheduler.add(schedule.clone()) {
@@ -342,11 +346,6 @@ impl State {
                 format!("no periodic task '{task_name}' here: `fastworker schedules` lists them"),
             ),
         }
-    }
-
-    /// Accepts a periodic run; why not, if refused.
-    pub(crate) fn accept_periodic(&self, submit: Submit) -> Result<(), String> {
-        self.accept(submit, None, None, None).map(|_| ()).map_err(|(refusal, _)| refusal.message)
     }
 
     /// Accepts every submission of a batch; one outcome each, in order.
@@ -536,7 +535,7 @@ impl State {
         }
         let bad = |message: String| Err(ErrorReply::new(ErrorKind::BadRequest, message));
         if let Some(callback) = &submit.callback {
-            if let Err(message) = crate::callbacks::check_address(&callback.address, limits) {
+            if let Err(message) = crate::server::callbacks::check_address(&callback.address, limits) {
                 return bad(message);
             }
         }
@@ -1351,14 +1350,14 @@ impl State {
 
     /// The tasks the plugins here and the live subworkers provide, sorted
     /// by name, with their schemas (`Request::Tasks`, the HTTP API).
-    pub(crate) fn registered_tasks(&self) -> Vec<crate::protocol::TaskInfo> {
-        let mut rows: std::collections::BTreeMap<String, crate::protocol::TaskInfo> = self
+    pub(crate) fn registered_tasks(&self) -> Vec<crate::wire::protocol::TaskInfo> {
+        let mut rows: std::collections::BTreeMap<String, crate::wire::protocol::TaskInfo> = self
             .registry
             .tasks()
             .into_iter()
             .map(|task| {
                 let options = &task.decl.options;
-                let info = crate::protocol::TaskInfo {
+                let info = crate::wire::protocol::TaskInfo {
                     name: task.decl.name.to_string(),
                     doc: task.decl.doc.to_string(),
                     signature: task.decl.signature.to_string(),
@@ -1374,7 +1373,7 @@ impl State {
             .collect();
         let offered = self.lock().cluster.offered_tasks();
         for (worker_id, offer) in offered {
-            let row = rows.entry(offer.name.clone()).or_insert_with(|| crate::protocol::TaskInfo {
+            let row = rows.entry(offer.name.clone()).or_insert_with(|| crate::wire::protocol::TaskInfo {
                 name: offer.name.clone(),
                 doc: String::new(),
                 signature: String::new(),
@@ -1424,6 +1423,17 @@ fn new_report(task_id: TaskId, task_name: String, priority: Priority) -> TaskRep
         finished_ms: None,
         result: None,
         error: None,
+    }
+}
+
+/// The scheduler starts periodic runs through this.
+impl PeriodicRuns for State {
+    fn is_live(&self, task_id: TaskId) -> bool {
+        State::is_live(self, task_id)
+    }
+
+    fn accept_periodic(&self, submit: Submit) -> Result<(), String> {
+        self.accept(submit, None, None, None).map(|_| ()).map_err(|(refusal, _)| refusal.message)
     }
 }
 
