@@ -241,7 +241,7 @@ fn a_task_submitted_while_a_restarted_control_plane_waits_for_its_subworkers_suc
     );
     // Inside the window, a name nobody provides is transient (nobody can
     // tell a misspelling yet): a short call gets NotYetProvided.
-    let quick = cp.client().with_timeout(Duration::from_millis(300));
+    let quick = cp.client().with_timeout(Duration::from_millis(1000));
     match rt.block_on(quick.submit("ad", (2, 3), SubmitOptions::default())) {
         Err(ClientError::Refused(refusal)) => {
             assert_eq!(refusal.kind, ErrorKind::NotYetProvided, "{refusal:?}");
