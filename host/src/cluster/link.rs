@@ -14,11 +14,12 @@
 //! worker's credit) are counted by [`crate::cluster::routing`]: the link sends only
 //! what was placed into a free slot.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::wire::auth::{open, seal, AuthError, Key, KeyRing, Seal, Sender, ENVELOPE_BYTES};
-use crate::wire::protocol::{dispatch_frame, encode_message, now_ms, Request, TaskId};
+use crate::wire::protocol::{dispatch_frame, encode_dispatch_part, encode_message, now_ms, Forwarded, Request, TaskId};
 
 use nng::options::protocol::reqrep::ResendTime;
 use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize};
@@ -36,6 +37,10 @@ pub(crate) enum Channel {
 /// Room kept in a dispatch frame for its envelope and header.
 const FRAME_HEADROOM: usize = 1024;
 
+/// The most room a link keeps in its buffers between frames: more, left
+/// by a burst of large runs, is given back.
+const KEPT_BUFFER_BYTES: usize = 1 << 20;
+
 /// A dialed connection to a subworker.
 pub(crate) struct Link {
     socket: Socket,
@@ -48,8 +53,12 @@ pub(crate) struct Link {
     auth: Option<LinkAuth>,
     /// The most bytes of runs in one dispatch frame.
     max_batch_bytes: usize,
-    /// Runs placed and not yet sent, encoded.
-    queued: Vec<(TaskId, Vec<u8>)>,
+    /// Runs placed and not yet sent, encoded back to back in `queued_bytes`:
+    /// each one's task id and length.
+    queued: VecDeque<(TaskId, usize)>,
+    queued_bytes: Vec<u8>,
+    /// Where each dispatch frame is assembled, reused.
+    scratch: Vec<u8>,
     /// The runs of the dispatch frame in flight.
     sending: Vec<TaskId>,
 }
@@ -107,7 +116,9 @@ impl Link {
             notes,
             auth,
             max_batch_bytes: max_frame.saturating_sub(FRAME_HEADROOM).max(1),
-            queued: Vec::new(),
+            queued: VecDeque::new(),
+            queued_bytes: Vec::new(),
+            scratch: Vec::new(),
             sending: Vec::new(),
             socket,
         };
@@ -131,10 +142,13 @@ impl Link {
         message
     }
 
-    /// Queues an encoded run ([`crate::wire::protocol::dispatch_part`]) placed
-    /// in one of the worker's free slots; [`Link::flush`] sends it.
-    pub(crate) fn queue(&mut self, task_id: TaskId, run: Vec<u8>) {
-        self.queued.push((task_id, run));
+    /// Queues a run placed in one of the worker's free slots, encoded at
+    /// once; [`Link::flush`] sends it.
+    pub(crate) fn queue(&mut self, run: Forwarded<'_>) {
+        let task_id = run.task_id;
+        let before = self.queued_bytes.len();
+        encode_dispatch_part(run, &mut self.queued_bytes);
+        self.queued.push_back((task_id, self.queued_bytes.len() - before));
     }
 
     /// Sends the queued runs (as many as fit one frame) unless a dispatch
@@ -146,26 +160,41 @@ impl Link {
             return Ok(());
         }
         let mut bytes = 0usize;
-        let count = self
-            .queued
-            .iter()
-            .take_while(|(_, run)| {
-                bytes = bytes.saturating_add(run.len());
-                bytes <= self.max_batch_bytes
-            })
-            .count()
-            .max(1);
-        let frame = dispatch_frame(self.queued[..count].iter().map(|(_, run)| run.as_slice()));
+        let mut count = 0usize;
+        for &(_, len) in &self.queued {
+            if count > 0 && bytes.saturating_add(len) > self.max_batch_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(len);
+            count += 1;
+        }
+        let frame = dispatch_frame(count, &self.queued_bytes[..bytes], &mut self.scratch);
         let frame = self.sealed(Channel::Dispatch, frame);
         let (ctx, aio) = &self.dispatch;
+        if self.scratch.capacity() > KEPT_BUFFER_BYTES {
+            self.scratch = Vec::new();
+        }
         match ctx.send(aio, frame) {
             Ok(()) => {
+                self.drain_bytes(bytes);
                 self.sending = self.queued.drain(..count).map(|(task_id, _)| task_id).collect();
                 Ok(())
             }
             // The exchange a reset cancelled has not reported its end yet.
             Err((_, nng::Error::IncorrectState)) => Ok(()),
-            Err((_, error)) => Err((error, self.queued.drain(..count).map(|(task_id, _)| task_id).collect())),
+            Err((_, error)) => {
+                self.drain_bytes(bytes);
+                Err((error, self.queued.drain(..count).map(|(task_id, _)| task_id).collect()))
+            }
+        }
+    }
+
+    /// Forgets the first `bytes` of queued runs, and the buffer's room
+    /// once a burst of large runs has left.
+    fn drain_bytes(&mut self, bytes: usize) {
+        self.queued_bytes.drain(..bytes);
+        if self.queued_bytes.is_empty() && self.queued_bytes.capacity() > KEPT_BUFFER_BYTES {
+            self.queued_bytes = Vec::new();
         }
     }
 
@@ -178,6 +207,7 @@ impl Link {
     /// taken back: they go elsewhere), and ends both exchanges.
     pub(crate) fn reset(&mut self) {
         self.queued.clear();
+        self.queued_bytes.clear();
         self.sending.clear();
         self.dispatch.1.cancel();
         self.collect.1.cancel();

@@ -666,11 +666,11 @@ pub(crate) struct Forwarded<'a> {
     pub(crate) lease: u64,
 }
 
-/// One run of a `Request::Dispatch` encoded on its own (a [`Dispatch`]):
-/// a blocking submission to be run once (the control plane does the
-/// retrying) within `timeout_ms`, under `lease`. The link gathers such
+/// Appends one run of a `Request::Dispatch` (a [`Dispatch`]), encoded, to
+/// `parts`: a blocking submission to be run once (the control plane does
+/// the retrying) within `timeout_ms`, under `lease`. The link gathers such
 /// parts and sends those ready together in one frame ([`dispatch_frame`]).
-pub(crate) fn dispatch_part(forwarded: Forwarded<'_>) -> Vec<u8> {
+pub(crate) fn encode_dispatch_part(forwarded: Forwarded<'_>, parts: &mut Vec<u8>) {
     let Forwarded { task_id, task_name, args, priority, timeout_ms, attempt, lease } = forwarded;
     let submit = ForwardedSubmit {
         task_id,
@@ -684,26 +684,23 @@ pub(crate) fn dispatch_part(forwarded: Forwarded<'_>) -> Vec<u8> {
         callback: None,
         attempt: Some(attempt),
     };
-    postcard::to_stdvec(&ForwardedDispatch { lease, submit }).expect("writing to a Vec cannot fail")
+    let buffer = std::mem::take(parts);
+    *parts = postcard::to_extend(&ForwardedDispatch { lease, submit }, buffer).expect("writing to a Vec cannot fail");
 }
 
-/// The frame of a `Request::Dispatch` of encoded parts: the version, the
-/// variant, the count as a varint, then the parts (postcard's layout of a
-/// list).
-pub(crate) fn dispatch_frame<'a>(parts: impl ExactSizeIterator<Item = &'a [u8]> + Clone) -> nng::Message {
+/// The frame of a `Request::Dispatch` of `count` parts encoded back to back
+/// in `parts`: the version, the variant, the count as a varint, then the
+/// parts (postcard's layout of a list). `scratch` is reused between frames.
+pub(crate) fn dispatch_frame(count: usize, parts: &[u8], scratch: &mut Vec<u8>) -> nng::Message {
     // Built in one piece and copied once, as `encode_message` does (NNG 1.4
     // corrupts its heap when a seal is later put in front of a message made
     // by `Message::with_capacity`).
-    let count = parts.len();
-    let bytes: usize = parts.clone().map(<[u8]>::len).sum();
-    let mut frame = Vec::with_capacity(2 + 10 + bytes);
-    frame.extend_from_slice(&[PROTOCOL_VERSION, DISPATCH_INDEX]);
+    scratch.clear();
+    scratch.extend_from_slice(&[PROTOCOL_VERSION, DISPATCH_INDEX]);
     let mut varint = [0u8; 10];
-    frame.extend_from_slice(postcard::to_slice(&count, &mut varint).expect("a usize fits ten bytes"));
-    for part in parts {
-        frame.extend_from_slice(part);
-    }
-    nng::Message::from(&frame[..])
+    scratch.extend_from_slice(postcard::to_slice(&count, &mut varint).expect("a usize fits ten bytes"));
+    scratch.extend_from_slice(parts);
+    nng::Message::from(&scratch[..])
 }
 
 /// Decodes a frame of at most `limit` bytes.
@@ -759,20 +756,25 @@ mod tests {
             attempt: Some(attempt),
             ..Default::default()
         };
-        let part = |task_id, attempt, lease| {
-            dispatch_part(Forwarded {
-                task_id,
-                task_name: "add",
-                args: b"[1,2]",
-                priority: Priority::High,
-                timeout_ms: 500,
-                attempt,
-                lease,
-            })
+        let mut parts = Vec::new();
+        let mut part = |task_id, attempt, lease| {
+            encode_dispatch_part(
+                Forwarded {
+                    task_id,
+                    task_name: "add",
+                    args: b"[1,2]",
+                    priority: Priority::High,
+                    timeout_ms: 500,
+                    attempt,
+                    lease,
+                },
+                &mut parts,
+            )
         };
         let (first, second) = (TaskId::from_bytes([9; 16]), TaskId::from_bytes([8; 16]));
-        let parts = [part(first, 2, 300), part(second, 1, 301)];
-        let frame = dispatch_frame(parts.iter().map(Vec::as_slice));
+        part(first, 2, 300);
+        part(second, 1, 301);
+        let frame = dispatch_frame(2, &parts, &mut Vec::new());
         let owned = Request::Dispatch(vec![
             Dispatch { lease: 300, submit: submit(first, 2) },
             Dispatch { lease: 301, submit: submit(second, 1) },

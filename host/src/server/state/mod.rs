@@ -36,8 +36,8 @@ use crate::server::scheduler::{PeriodicRuns, Scheduler};
 use crate::server::timers::{Alarm, Timers};
 use crate::wire::auth::Role;
 use crate::wire::protocol::{
-    decode, dispatch_part, encode_message, now_ms, Callback, ClusterStatus, ErrorKind, ErrorReply, Forwarded, Notice,
-    Priority, Reply, Reported, Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState,
+    decode, encode_message, now_ms, Callback, ClusterStatus, ErrorKind, ErrorReply, Forwarded, Notice, Priority, Reply,
+    Reported, Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskReport, TaskState,
 };
 
 mod delivery;
@@ -843,7 +843,7 @@ impl State {
             attempt: report.attempts + 1,
             lease,
         };
-        worker.link.queue(task_id, dispatch_part(forwarded));
+        worker.link.queue(forwarded);
         report.state = TaskState::Running;
         report.worker.clone_from(&worker.name.worker_id);
         report.attempts = report.attempts.saturating_add(1);
