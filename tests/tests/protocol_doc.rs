@@ -134,6 +134,10 @@ fn every_request_is_as_documented() {
         max_retries: 0,
         retry_delay_ms: 0,
         schedule: String::new(),
+        doc: String::new(),
+        signature: String::new(),
+        args_schema: None,
+        result_schema: None,
     };
     let registration = Registration {
         name: worker(),

@@ -325,7 +325,18 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
             "the plugins given with --task-modules declare no task: a subworker needs at least one",
         );
     }
-    let offered: Vec<OfferedTask> = registry.tasks().iter().map(|task| OfferedTask::from(&task.decl)).collect();
+    let offered: Vec<OfferedTask> = registry
+        .tasks()
+        .iter()
+        .map(|task| {
+            let text = |value: &serde_json::Value| value.to_string();
+            OfferedTask {
+                args_schema: task.schema.as_ref().map(|schema| text(&schema.args)),
+                result_schema: task.schema.as_ref().map(|schema| text(&schema.result)),
+                ..OfferedTask::from(&task.decl)
+            }
+        })
+        .collect();
     let concurrency = args.concurrency.unwrap_or_else(|| cores() as u32);
     let control_plane = match &args.control_plane_address {
         Some(address) => address.clone(),

@@ -290,6 +290,12 @@ impl<L> Cluster<L> {
         self.workers.iter().filter(|w| w.routable()).find_map(|w| w.tasks.get(task_name))
     }
 
+    /// The live worker whose offer describes `task_name` (the first that
+    /// provides it), and that offer.
+    pub(crate) fn describing_provider(&self, task_name: &str) -> Option<(WorkerKey, &OfferedTask)> {
+        self.workers.iter().filter(|w| w.routable()).find_map(|w| w.tasks.get(task_name).map(|task| (w.key, task)))
+    }
+
     /// Takes a task out of the waiting line (it was cancelled).
     pub(crate) fn forget_waiting(&mut self, task_id: TaskId) {
         for queue in &mut self.waiting {
@@ -527,6 +533,10 @@ mod tests {
             max_retries: 0,
             retry_delay_ms: 0,
             schedule: String::new(),
+            doc: String::new(),
+            signature: String::new(),
+            args_schema: None,
+            result_schema: None,
         };
         let tasks = tasks.iter().map(|t| (t.to_string(), offer(t))).collect();
         let key = cluster.new_key();

@@ -199,7 +199,7 @@ impl TaskRequest {
             })?),
         };
         let args = self.args.unwrap_or_else(|| json!([]));
-        if let Some(schema) = shared.state.registry.get(&self.task).and_then(|task| task.schema.clone()) {
+        if let Some(schema) = shared.state.task_schema(&self.task) {
             schema.check(&args).map_err(|reason| {
                 HttpError::new(
                     StatusCode::BAD_REQUEST,

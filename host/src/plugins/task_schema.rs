@@ -31,11 +31,18 @@ impl TaskSchema {
     /// when it is not JSON or not a schema the validator takes: the task
     /// still loads and runs, unchecked.
     pub(crate) fn load(task: &str, exported: &abi::TaskSchema) -> Option<TaskSchema> {
+        TaskSchema::from_text(task, exported.args.as_str(), exported.result.as_str())
+    }
+
+    /// Reads a task's schemas from their JSON text (as a plugin exports
+    /// them, or a subworker offers them); `None`, with a warning, when
+    /// either is not JSON.
+    pub(crate) fn from_text(task: &str, args: &str, result: &str) -> Option<TaskSchema> {
         let parse = |text: &str| serde_json::from_str::<Value>(text);
-        let (args, result) = match (parse(exported.args.as_str()), parse(exported.result.as_str())) {
+        let (args, result) = match (parse(args), parse(result)) {
             (Ok(args), Ok(result)) => (args, result),
             (Err(error), _) | (_, Err(error)) => {
-                warn!(task, %error, "the plugin's schema of this task is not JSON; its arguments are not checked");
+                warn!(task, %error, "the schema of this task is not JSON; its arguments are not checked");
                 return None;
             }
         };
@@ -70,7 +77,7 @@ impl TaskSchema {
             match jsonschema::options().should_validate_formats(false).build(&self.args) {
                 Ok(validator) => Some(validator),
                 Err(error) => {
-                    warn!(task = %self.task, %error, "the plugin's schema of this task is not a valid JSON Schema; its arguments are not checked");
+                    warn!(task = %self.task, %error, "the schema of this task is not a valid JSON Schema; its arguments are not checked");
                     None
                 }
             }

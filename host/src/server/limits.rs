@@ -152,6 +152,10 @@ pub const MAX_NAME_BYTES: usize = 128;
 /// The longest schedule a subworker may offer for one task, in bytes.
 pub const MAX_SCHEDULE_BYTES: usize = 1024;
 
+/// The most bytes of doc comments, signatures and JSON Schemas, all tasks
+/// together, that one subworker registration may carry.
+pub const MAX_OFFERED_TEXT_BYTES: usize = 256 * 1024;
+
 /// The address schemes a callback may name, when allowed by `--callback-schemes`.
 pub const KNOWN_CALLBACK_SCHEMES: &[&str] = &["tcp", "tls+tcp", "ipc", "ws", "wss"];
 

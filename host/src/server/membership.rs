@@ -19,7 +19,7 @@ use crate::cluster::routing::{Joining, Phase, WorkerKey};
 use crate::plugins::schedule::Schedule;
 use crate::server::config::ManagementConfig;
 use crate::server::endpoint::Replier;
-use crate::server::limits::{Bound, MAX_NAME_BYTES, MAX_SCHEDULE_BYTES};
+use crate::server::limits::{Bound, MAX_NAME_BYTES, MAX_OFFERED_TEXT_BYTES, MAX_SCHEDULE_BYTES};
 use crate::server::state::{error_reply, Outbox, State};
 use crate::wire::address::BaseAddress;
 use crate::wire::auth::Role;
@@ -263,6 +263,19 @@ impl Membership {
             return bad(format!(
                 "subworker '{worker_id}' offers a task whose name is not 1 to {MAX_NAME_BYTES} bytes without spaces, or whose schedule is over {MAX_SCHEDULE_BYTES} bytes ({} bytes)",
                 task.name.len()
+            ));
+        }
+        let text: usize = registration
+            .tasks
+            .iter()
+            .map(|t| {
+                let schemas = [&t.args_schema, &t.result_schema].map(|s| s.as_ref().map_or(0, String::len));
+                t.doc.len().saturating_add(t.signature.len()).saturating_add(schemas[0]).saturating_add(schemas[1])
+            })
+            .fold(0, usize::saturating_add);
+        if text > MAX_OFFERED_TEXT_BYTES {
+            return bad(format!(
+                "subworker '{worker_id}' offers {text} bytes of task docs, signatures and schemas; at most {MAX_OFFERED_TEXT_BYTES} are taken per registration"
             ));
         }
         let busy = |bound: Bound, what: String| {

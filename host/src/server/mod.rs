@@ -8,7 +8,8 @@
 //! - State: [`state`] (the live tasks, their lifecycle, the cluster's
 //!   slots and the clients waiting), [`cache`] (finished results),
 //!   [`journal`] (the durable mode's store), [`monitor`] (what the
-//!   dashboard shows).
+//!   dashboard shows), [`offered_schemas`] (schemas of tasks only
+//!   subworkers provide).
 //! - Machinery: [`pool`] (worker threads), [`timers`] (time-outs, retries,
 //!   leases), [`callbacks`] (completion notices), [`scheduler`] (periodic
 //!   runs), [`memory`].
@@ -25,6 +26,7 @@ pub mod limits;
 pub(crate) mod membership;
 pub(crate) mod memory;
 pub(crate) mod monitor;
+pub(crate) mod offered_schemas;
 pub(crate) mod peer_log;
 pub(crate) mod pool;
 pub(crate) mod scheduler;

@@ -14,7 +14,7 @@ pub use fastworker_plugin_sdk::abi::FailureKind;
 pub use fastworker_plugin_sdk::Priority;
 
 /// The version byte that starts every frame this build sends and accepts.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// The largest frame accepted by default (16 MiB).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
@@ -160,6 +160,15 @@ pub struct OfferedTask {
     pub retry_delay_ms: u64,
     /// Its periodic schedule as declared (JSON), or empty.
     pub schedule: String,
+    /// The first line of its doc comment.
+    pub doc: String,
+    /// Its Rust signature.
+    pub signature: String,
+    /// The JSON Schema of its arguments, as JSON text, when its plugin
+    /// exports one (then the control plane checks HTTP submissions with it).
+    pub args_schema: Option<String>,
+    /// The JSON Schema of its result, as JSON text.
+    pub result_schema: Option<String>,
 }
 
 impl From<&fastworker_plugin_sdk::abi::TaskDecl> for OfferedTask {
@@ -172,6 +181,10 @@ impl From<&fastworker_plugin_sdk::abi::TaskDecl> for OfferedTask {
             max_retries: options.max_retries,
             retry_delay_ms: options.retry_delay_ms,
             schedule: options.schedule.to_string(),
+            doc: decl.doc.to_string(),
+            signature: decl.signature.to_string(),
+            args_schema: None,
+            result_schema: None,
         }
     }
 }
@@ -363,9 +376,9 @@ pub enum Reply {
 pub struct TaskInfo {
     /// Its declared name.
     pub name: String,
-    /// The first line of its doc comment (empty when only a subworker provides it).
+    /// The first line of its doc comment.
     pub doc: String,
-    /// Its Rust signature (empty when only a subworker provides it).
+    /// Its Rust signature.
     pub signature: String,
     /// Its default priority.
     pub priority: Priority,
@@ -374,7 +387,7 @@ pub struct TaskInfo {
     /// Its default retries.
     pub max_retries: u32,
     /// The JSON Schema of its arguments, as JSON text; `None` when its
-    /// plugin exports none (or only a subworker provides it).
+    /// plugin exports none.
     pub args_schema: Option<String>,
     /// The JSON Schema of its result, as JSON text.
     pub result_schema: Option<String>,
@@ -736,7 +749,7 @@ mod tests {
             wait: true,
             ..Default::default()
         });
-        let mut expected = vec![3, 0, 16];
+        let mut expected = vec![4, 0, 16];
         expected.extend_from_slice(&[7; 16]);
         expected.extend_from_slice(&[3, b'a', b'd', b'd', 5, b'[', b'5', b',', b'3', b']', 0, 1, 0, 0, 0, 0, 0]);
         assert_eq!(encode(&request), expected);
@@ -782,14 +795,14 @@ mod tests {
         assert_eq!(&frame[..], &encode(&owned)[..]);
         // Documented in docs/protocol.md: variant 12, the count (2), then
         // each run: its lease (300 as a varint: ac 02) and its submission.
-        assert_eq!(&frame[..5], &[3, 12, 2, 0xac, 0x02]);
+        assert_eq!(&frame[..5], &[4, 12, 2, 0xac, 0x02]);
     }
 
     #[test]
     fn bad_frames_are_told_apart() {
         assert!(matches!(decode::<Request>(&[], 10), Err(DecodeError::Empty)));
         assert!(matches!(decode::<Request>(&[1, 0], 10), Err(DecodeError::Version { found: 1 })));
-        assert!(matches!(decode::<Request>(&[3, 99], 10), Err(DecodeError::Body(_))));
+        assert!(matches!(decode::<Request>(&[4, 99], 10), Err(DecodeError::Body(_))));
         assert!(matches!(decode::<Request>(&[1; 11], 10), Err(DecodeError::TooLarge { size: 11, limit: 10 })));
     }
 }

@@ -30,6 +30,7 @@ use crate::server::endpoint::{encode_reply, Replier};
 use crate::server::journal::Journal;
 use crate::server::limits::{millis, Bound, Refusals};
 use crate::server::monitor::{Monitor, TaskSummary};
+use crate::server::offered_schemas::{Offer, OfferedSchemas};
 use crate::server::peer_log::PeerLog;
 use crate::server::pool::Pool;
 use crate::server::scheduler::{PeriodicRuns, Scheduler};
@@ -86,6 +87,8 @@ pub(crate) struct State {
     pub(crate) collector: Arc<Collector>,
     /// The durable mode's store (`--state-dir`); `None` in memory mode.
     journal: Option<Journal>,
+    /// Schemas of tasks only subworkers provide, for the HTTP API's check.
+    offered_schemas: OfferedSchemas,
 }
 
 /// The live tasks and the subworkers, under one lock.
@@ -252,6 +255,7 @@ impl State {
             State {
                 scheduler,
                 journal,
+                offered_schemas: OfferedSchemas::new(config.limits.max_offered_tasks),
                 cache: Mutex::new(cache),
                 tasks: Mutex::new(Tasks {
                     live: FxHashMap::default(),
@@ -1348,6 +1352,21 @@ impl State {
         self.cache.lock().expect("cache lock").len()
     }
 
+    /// The schemas a submission of `task_name` is checked against: those of
+    /// this process's plugin, or else those the first live subworker that
+    /// provides it offered.
+    pub(crate) fn task_schema(&self, task_name: &str) -> Option<Arc<crate::plugins::task_schema::TaskSchema>> {
+        if let Some(task) = self.registry.get(task_name) {
+            return task.schema.clone();
+        }
+        let from = self.lock().cluster.describing_provider(task_name)?.0;
+        self.offered_schemas.get(task_name, from, || {
+            let tasks = self.lock();
+            let (key, offer) = tasks.cluster.describing_provider(task_name)?;
+            Some(Offer { key, text: offer.args_schema.clone().zip(offer.result_schema.clone()) })
+        })
+    }
+
     /// The tasks the plugins here and the live subworkers provide, sorted
     /// by name, with their schemas (`Request::Tasks`, the HTTP API).
     pub(crate) fn registered_tasks(&self) -> Vec<crate::wire::protocol::TaskInfo> {
@@ -1375,13 +1394,13 @@ impl State {
         for (worker_id, offer) in offered {
             let row = rows.entry(offer.name.clone()).or_insert_with(|| crate::wire::protocol::TaskInfo {
                 name: offer.name.clone(),
-                doc: String::new(),
-                signature: String::new(),
                 priority: offer.priority,
                 timeout_ms: offer.timeout_ms,
                 max_retries: offer.max_retries,
-                args_schema: None,
-                result_schema: None,
+                doc: offer.doc.clone(),
+                signature: offer.signature.clone(),
+                args_schema: offer.args_schema.clone(),
+                result_schema: offer.result_schema.clone(),
                 providers: Vec::new(),
             });
             row.providers.push(worker_id);
