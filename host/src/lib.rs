@@ -1,7 +1,7 @@
 //! fastworker: a brokerless task runtime.
 //!
-//! The `fastworker` binary (`main.rs` and [`cli`](../fastworker/index.html)
-//! over this library) is at once the control plane and a subworker. Rust
+//! The `fastworker` binary (`main.rs` and `cli/`, over this library's
+//! public API) is at once the control plane and a subworker. Rust
 //! applications use [`client::Client`]. The modules, by role, each folder
 //! opening with a map of its own:
 //!

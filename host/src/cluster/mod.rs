@@ -1,9 +1,9 @@
 //! The cluster: how a control plane and its subworkers find and reach each
 //! other, and which worker gets which task.
 //!
-//! - [`routing`]: who provides which task, who has a free slot, and the
+//! - `routing`: who provides which task, who has a free slot, and the
 //!   tasks waiting for one (pure bookkeeping, no I/O).
-//! - [`link`]: the control plane's connection to one subworker (batched
+//! - `link`: the control plane's connection to one subworker (batched
 //!   dispatch and collection of runs).
 //! - [`subworker`]: the subworker's side of membership (register,
 //!   heartbeat, leave).

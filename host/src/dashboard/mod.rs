@@ -7,7 +7,7 @@
 //! shares a thread with the NNG callbacks, the worker threads or the control
 //! plane's main loop, and a subworker (which serves no dashboard) pays
 //! nothing for it. It reads the control plane's state through short copies
-//! (see `State`'s dashboard accessors and [`crate::server::monitor`]).
+//! (see `State`'s dashboard accessors and `server::monitor`).
 
 mod api;
 mod connections;
