@@ -29,6 +29,7 @@ pub mod protocol;
 pub mod schedules;
 mod state;
 pub mod subworker;
+pub mod task_limits;
 pub mod task_schema;
 mod timers;
 pub mod tls;
