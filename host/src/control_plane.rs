@@ -330,6 +330,19 @@ impl State {
                 let Some(replier) = replier.allow(READERS, "list tasks") else { return };
                 return replier.send(&Reply::Tasks(self.registered_tasks()));
             }
+            Ok(Request::TaskLimits) => {
+                let Some(replier) = replier.allow(READERS, "list task limits") else { return };
+                return replier.send(&Reply::TaskLimits(self.task_limit_statuses()));
+            }
+            // Changing a limit is an operator's action, like pausing a schedule.
+            Ok(Request::SetTaskLimit { task_name, limit }) => {
+                let Some(replier) = replier.allow(&[Role::Operator], "change task limits") else { return };
+                return replier.send(&self.set_task_limit(&task_name, limit));
+            }
+            Ok(Request::ClearTaskLimit { task_name }) => {
+                let Some(replier) = replier.allow(&[Role::Operator], "change task limits") else { return };
+                return replier.send(&self.clear_task_limit(&task_name));
+            }
             Ok(Request::Discover) => Reply::Discovered { management_port },
             Ok(Request::Submit(_) | Request::Batch(_)) => error_reply(
                 ErrorKind::WrongEndpoint,

@@ -32,7 +32,7 @@ pub mod plugins;
 pub(crate) mod server;
 pub mod wire;
 
-pub use cluster::{discovery, subworker};
+pub use cluster::{discovery, subworker, task_limits};
 pub use plugins::{schedule as schedules, task_schema};
 pub use server::{config, limits};
 pub use wire::{address, auth, protocol, tls};

@@ -14,6 +14,7 @@ use cli::client::{
 use cli::keys::{keygen, KeygenArgs};
 use cli::plugins::{list, ListArgs};
 use cli::serve::{run_control_plane, run_subworker, ControlPlaneArgs, SubworkerArgs};
+use cli::task_limits::{client_args, limits, LimitsArgs};
 
 /// Exit status of a task that failed or a request the control plane refused.
 pub(crate) const EXIT_FAILED: u8 = 1;
@@ -55,6 +56,8 @@ enum Command {
     Schedules(SchedulesArgs),
     /// Write a new cluster key, or a role key (operator, client, worker) derived from one.
     Keygen(KeygenArgs),
+    /// List, set or clear the cluster-wide task limits of a running control plane (docs/limits.md).
+    Limits(LimitsArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,10 @@ fn main() -> ExitCode {
         Command::Keygen(args) => keygen(args),
         Command::Schedules(args) => match connect(&args.client) {
             Ok(client) => block_on(schedules(client, args)),
+            Err(code) => code,
+        },
+        Command::Limits(args) => match connect(client_args(&args)) {
+            Ok(client) => block_on(limits(client, args)),
             Err(code) => code,
         },
     }

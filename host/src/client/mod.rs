@@ -450,6 +450,39 @@ impl Client {
         }
     }
 
+    /// The cluster-wide task limits and what each holds now (docs/limits.md).
+    pub async fn task_limits(&self) -> Result<Vec<crate::task_limits::TaskLimitStatus>, ClientError> {
+        match self.request(RESULTS, &Request::TaskLimits).await? {
+            Reply::TaskLimits(rows) => Ok(rows),
+            Reply::Error(error) => Err(ClientError::Refused(error)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Sets a task's cluster-wide limit at run time (`None` lifts its
+    /// declared or flag limit); needs the operator's key on a keyed cluster.
+    pub async fn set_task_limit(
+        &self,
+        task_name: &str,
+        limit: Option<crate::task_limits::TaskLimit>,
+    ) -> Result<(), ClientError> {
+        let request = Request::SetTaskLimit { task_name: task_name.to_string(), limit };
+        self.expect_done(&request).await
+    }
+
+    /// Drops a task's run-time limit: its declared or flag limit holds again.
+    pub async fn clear_task_limit(&self, task_name: &str) -> Result<(), ClientError> {
+        self.expect_done(&Request::ClearTaskLimit { task_name: task_name.to_string() }).await
+    }
+
+    async fn expect_done(&self, request: &Request) -> Result<(), ClientError> {
+        match self.request(RESULTS, request).await? {
+            Reply::Done => Ok(()),
+            Reply::Error(error) => Err(ClientError::Refused(error)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
     /// The control plane's subworker-management port.
     pub async fn discover(&self) -> Result<u16, ClientError> {
         match self.request(RESULTS, &Request::Discover).await? {

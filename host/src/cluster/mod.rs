@@ -9,6 +9,8 @@
 //!   heartbeat, leave).
 //! - [`discovery`]: announcing and finding a control plane without an
 //!   address.
+//! - [`task_limits`]: cluster-wide rate and concurrency limits per task
+//!   name (pure: the time comes in with each question).
 //!
 //! The control plane's side of membership, which drives the server's state,
 //! is `server::membership`.
@@ -17,3 +19,4 @@ pub mod discovery;
 pub(crate) mod link;
 pub(crate) mod routing;
 pub mod subworker;
+pub mod task_limits;

@@ -114,6 +114,35 @@ pub(crate) enum Placement {
     Held,
     /// No live worker provides it.
     Nobody,
+    /// A worker could start it, but its task limit holds it back: it waits
+    /// in line like [`Placement::Wait`] (see `crate::cluster::task_limits`).
+    Limited,
+}
+
+/// What the cluster asks before it hands a waiting or new run of a limited
+/// task to a worker (the cluster-wide task limits, `crate::cluster::task_limits`).
+pub(crate) trait Gate {
+    /// Whether runs of `task_name` are limited: such a run goes only to a
+    /// worker with a free *running* slot (fewer runs sent than its
+    /// concurrency), so that it starts at once, never into prefetch.
+    fn limited(&mut self, task_name: &str) -> bool;
+    /// Takes a start of `task_id` if its limit allows it now; false holds
+    /// it back.
+    fn admit(&mut self, task_name: &str, task_id: TaskId) -> bool;
+}
+
+/// The gate of a cluster without task limits.
+#[cfg(test)]
+pub(crate) struct Open;
+
+#[cfg(test)]
+impl Gate for Open {
+    fn limited(&mut self, _: &str) -> bool {
+        false
+    }
+    fn admit(&mut self, _: &str, _: TaskId) -> bool {
+        true
+    }
 }
 
 impl<L> Default for Cluster<L> {
@@ -305,7 +334,15 @@ impl<L> Cluster<L> {
 
     /// Chooses the least-loaded live worker providing `task_name` that has a
     /// free slot (equal loads take turns) and marks that slot busy.
+    #[cfg(test)]
     pub(crate) fn place(&mut self, task_id: TaskId, task_name: &str) -> Placement {
+        self.place_with(task_id, task_name, &mut Open)
+    }
+
+    /// As [`Cluster::place`], asking `gate` first about a limited task,
+    /// which only a worker with a free running slot may take.
+    pub(crate) fn place_with(&mut self, task_id: TaskId, task_name: &str, gate: &mut dyn Gate) -> Placement {
+        let limited = gate.limited(task_name);
         let count = self.workers.len();
         let mut provided = false;
         let mut held = false;
@@ -321,7 +358,7 @@ impl<L> Cluster<L> {
                 continue;
             }
             provided = true;
-            if worker.free_slot().is_none() {
+            if worker.free_slot().is_none() || (limited && worker.in_flight() >= worker.concurrency) {
                 continue;
             }
             // In-flight tasks as a fixed-point fraction of concurrency.
@@ -331,6 +368,7 @@ impl<L> Cluster<L> {
             }
         }
         match best {
+            Some(_) if limited && !gate.admit(task_name, task_id) => Placement::Limited,
             Some((index, _)) => {
                 self.turn = index + 1;
                 let worker = &mut self.workers[index];
@@ -377,13 +415,26 @@ impl<L> Cluster<L> {
 
     /// Gives a free slot of a live worker the most urgent waiting task it
     /// provides, marking the slot busy.
+    #[cfg(test)]
     pub(crate) fn next_for(&mut self, key: WorkerKey, slot: usize) -> Option<TaskId> {
+        self.next_for_with(key, slot, &mut Open)
+    }
+
+    /// As [`Cluster::next_for`], passing over the waiting runs `gate` holds
+    /// back (and, on a worker without a free running slot, every limited
+    /// one), so that they block no other task behind them.
+    pub(crate) fn next_for_with(&mut self, key: WorkerKey, slot: usize, gate: &mut dyn Gate) -> Option<TaskId> {
         let worker = self.workers.iter_mut().find(|w| w.key == key)?;
         if !worker.routable() || worker.slots.get(slot) != Some(&Slot::Idle) {
             return None;
         }
+        let running_room = worker.in_flight() < worker.concurrency;
         for queue in &mut self.waiting {
-            if let Some(position) = queue.iter().position(|w| worker.tasks.contains_key(&w.task_name)) {
+            let eligible = |w: &Waiting, gate: &mut dyn Gate| {
+                worker.tasks.contains_key(&w.task_name)
+                    && (!gate.limited(&w.task_name) || (running_room && gate.admit(&w.task_name, w.task_id)))
+            };
+            if let Some(position) = queue.iter().position(|w| eligible(w, gate)) {
                 let waiting = queue.remove(position).expect("position is in range");
                 worker.slots[slot] = Slot::Busy(waiting.task_id);
                 worker.dispatched += 1;
@@ -395,7 +446,13 @@ impl<L> Cluster<L> {
 
     /// Every free slot of a live worker paired with a waiting task it
     /// provides, most urgent first (after a worker joins or comes back).
+    #[cfg(test)]
     pub(crate) fn fill(&mut self) -> Vec<(WorkerKey, usize, TaskId)> {
+        self.fill_with(&mut Open)
+    }
+
+    /// As [`Cluster::fill`], through `gate` (see [`Cluster::next_for_with`]).
+    pub(crate) fn fill_with(&mut self, gate: &mut dyn Gate) -> Vec<(WorkerKey, usize, TaskId)> {
         let mut filled = Vec::new();
         if self.waiting.iter().all(VecDeque::is_empty) {
             return filled;
@@ -406,12 +463,24 @@ impl<L> Cluster<L> {
             .filter(|w| w.routable())
             .flat_map(|w| w.slots.iter().enumerate().filter(|(_, s)| **s == Slot::Idle).map(|(i, _)| (w.key, i)))
             .collect();
+        // A worker that found nothing for one free slot finds nothing for
+        // its others: it is asked once.
+        let mut done: Vec<WorkerKey> = Vec::new();
         for (key, slot) in free {
-            if let Some(task_id) = self.next_for(key, slot) {
-                filled.push((key, slot, task_id));
+            if done.contains(&key) {
+                continue;
+            }
+            match self.next_for_with(key, slot, gate) {
+                Some(task_id) => filled.push((key, slot, task_id)),
+                None => done.push(key),
             }
         }
         filled
+    }
+
+    /// Runs of `task_name` waiting in line for a slot (or for its limit).
+    pub(crate) fn waiting_named(&self, task_name: &str) -> usize {
+        self.waiting.iter().flatten().filter(|w| w.task_name == task_name).count()
     }
 
     /// Removes and returns the waiting tasks that no live or draining
@@ -668,6 +737,65 @@ mod tests {
         assert_eq!(cluster.place(id(), "add"), Placement::Slot(a, 1));
         assert!(!cluster.release(a, 0, None));
         assert_eq!(cluster.slot_of(a, late), None);
+    }
+
+    /// Refuses every run of "slow" beyond `allowed` starts.
+    struct Limited {
+        allowed: usize,
+    }
+
+    impl Gate for Limited {
+        fn limited(&mut self, task_name: &str) -> bool {
+            task_name == "slow"
+        }
+        fn admit(&mut self, _: &str, _: TaskId) -> bool {
+            let admitted = self.allowed > 0;
+            self.allowed = self.allowed.saturating_sub(1);
+            admitted
+        }
+    }
+
+    #[test]
+    fn held_back_runs_block_nothing_behind_them_and_never_take_prefetch_slots() {
+        let mut cluster = Cluster::default();
+        let key = cluster.new_key();
+        let tasks = ["slow", "add"]
+            .iter()
+            .map(|name| {
+                let offer = OfferedTask {
+                    name: name.to_string(),
+                    priority: Priority::Normal,
+                    timeout_ms: 0,
+                    max_retries: 0,
+                    retry_delay_ms: 0,
+                    schedule: String::new(),
+                    doc: String::new(),
+                    signature: String::new(),
+                    args_schema: None,
+                    result_schema: None,
+                };
+                (name.to_string(), offer)
+            })
+            .collect();
+        let joining =
+            Joining { key, name: name("a"), address: "tcp://a:1".into(), concurrency: 1, prefetch: 2, tasks, link: () };
+        cluster.add(joining);
+        let worker = cluster.get_mut(key).unwrap();
+        (worker.phase, worker.connected) = (Phase::Active, true);
+        let mut gate = Limited { allowed: 0 };
+        assert_eq!(cluster.place_with(id(), "slow", &mut gate), Placement::Limited);
+        let held = id();
+        cluster.wait(Priority::Critical, Waiting { task_id: held, task_name: "slow".into() }, false);
+        let unlimited = id();
+        cluster.wait(Priority::Low, Waiting { task_id: unlimited, task_name: "add".into() }, false);
+        assert_eq!(cluster.next_for_with(key, 0, &mut gate), Some(unlimited), "the held run blocks nothing");
+        // The worker's one running slot is taken: a limited run would only wait in prefetch.
+        gate.allowed = 5;
+        assert_eq!(cluster.next_for_with(key, 1, &mut gate), None);
+        assert_eq!(cluster.place_with(id(), "slow", &mut gate), Placement::Wait);
+        assert!(cluster.release(key, 0, Some(unlimited)));
+        assert_eq!(cluster.fill_with(&mut gate), vec![(key, 0, held)]);
+        assert_eq!(cluster.waiting_named("slow"), 0);
     }
 
     #[test]

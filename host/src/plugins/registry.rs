@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary};
 use abi_stable::std_types::RStr;
-use fastworker_plugin_sdk::abi::{prefix, PluginRef, TaskDecl, TaskSchema as ExportedSchema};
+use fastworker_plugin_sdk::abi::{prefix, with_schemas, PluginRef, TaskDecl, TaskSchema as ExportedSchema};
 use fastworker_plugin_sdk::SDK_VERSION;
 
+use crate::cluster::task_limits::TaskLimit;
 use crate::plugins::schedule::{Schedule, ScheduleError};
 use crate::plugins::task_schema::TaskSchema;
 
@@ -33,6 +34,9 @@ pub struct LoadedTask {
     /// Its argument and result schemas; `None` for a plugin built before
     /// the SDK exported them.
     pub schema: Option<Arc<TaskSchema>>,
+    /// Its declared cluster-wide limit (`#[task(rate = ..., max_running = ...)]`);
+    /// `None` when it declares none or its plugin predates them.
+    pub limit: Option<TaskLimit>,
 }
 
 /// Every task of every loaded plugin, by name.
@@ -106,6 +110,16 @@ pub enum PluginError {
         /// The task, the schedule and what is wrong.
         source: ScheduleError,
     },
+    /// A task's further options (`task_meta`) are not what the SDK writes.
+    #[error("plugin {path}: task '{task}' declares options the host cannot take ({reason}); rebuild the plugin with this SDK and check its #[task(rate = ..., burst = ..., max_running = ...)]")]
+    BadTaskMeta {
+        /// The path given.
+        path: PathBuf,
+        /// The task.
+        task: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Two plugins declare the same task.
     #[error("task '{task}' is declared by both {first} and {second}; task names must be unique across --task-modules, so rename one or load only one of the plugins")]
     DuplicateTask {
@@ -124,10 +138,11 @@ impl Registry {
     pub fn load(paths: &[PathBuf]) -> Result<Registry, PluginError> {
         let mut registry = Registry::default();
         for path in paths {
-            let (info, tasks, schemas) = load_plugin(path)?;
+            let (info, tasks, schemas, meta) = load_plugin(path)?;
             let info = Arc::new(info);
             // One schema per task, or none at all (a plugin of an older SDK).
             let schemas = schemas.filter(|schemas| schemas.len() == tasks.len());
+            let limits = task_limits(path, tasks, meta)?;
             for (index, decl) in tasks.iter().enumerate() {
                 let name = decl.name.as_str().to_string();
                 if let Some(existing) = registry.tasks.get(&name) {
@@ -144,7 +159,8 @@ impl Registry {
                     registry.schedules.push(schedule);
                 }
                 let schema = schemas.and_then(|schemas| TaskSchema::load(&name, &schemas[index])).map(Arc::new);
-                registry.tasks.insert(name, LoadedTask { decl: *decl, plugin: info.clone(), schema });
+                let limit = limits[index];
+                registry.tasks.insert(name, LoadedTask { decl: *decl, plugin: info.clone(), schema, limit });
             }
             registry.plugins.push(info);
         }
@@ -184,8 +200,40 @@ impl Registry {
     }
 }
 
-/// A loaded plugin's tasks and, when its SDK exports them, their schemas.
-type Loaded = (PluginInfo, &'static [TaskDecl], Option<&'static [ExportedSchema]>);
+/// A loaded plugin's tasks and, when its SDK exports them, their schemas
+/// and further options.
+type Loaded = (PluginInfo, &'static [TaskDecl], Option<&'static [ExportedSchema]>, &'static [RStr<'static>]);
+
+/// Each task's declared limit, from its `task_meta` entry (none at all for
+/// a plugin that predates them). Keys the host does not know are ignored.
+fn task_limits(path: &Path, tasks: &[TaskDecl], meta: &[RStr<'static>]) -> Result<Vec<Option<TaskLimit>>, PluginError> {
+    let refuse = |task: &str, reason: String| PluginError::BadTaskMeta {
+        path: path.to_path_buf(),
+        task: task.chars().take(crate::limits::MAX_NAME_BYTES).collect(),
+        reason,
+    };
+    if meta.is_empty() {
+        return Ok(vec![None; tasks.len()]);
+    }
+    if meta.len() != tasks.len() {
+        let first = tasks.first().map_or("", |t| t.name.as_str());
+        return Err(refuse(first, format!("{} option entries for {} tasks", meta.len(), tasks.len())));
+    }
+    tasks
+        .iter()
+        .zip(meta)
+        .map(|(decl, text)| {
+            let text = text.as_str();
+            if text.trim().is_empty() {
+                return Ok(None);
+            }
+            let limit: TaskLimit = serde_json::from_str(text)
+                .map_err(|error| refuse(decl.name.as_str(), format!("not the JSON object expected: {error}")))?;
+            limit.check().map_err(|error| refuse(decl.name.as_str(), error.to_string()))?;
+            Ok(Some(limit).filter(TaskLimit::limits))
+        })
+        .collect()
+}
 
 fn load_plugin(path: &Path) -> Result<Loaded, PluginError> {
     if !path.is_file() {
@@ -213,13 +261,25 @@ fn load_plugin(path: &Path) -> Result<Loaded, PluginError> {
         version: version.as_str().to_string(),
     };
     match header.init_root_module::<PluginRef>() {
-        Ok(plugin) => {
-            Ok((info(plugin.name(), plugin.version()), plugin.tasks().as_slice(), Some(plugin.schemas().as_slice())))
-        }
-        // Built before tasks had schemas: its root module ends at `tasks`.
-        Err(error @ LibraryError::AbiInstability(_)) => match header.init_root_module::<prefix::PluginRef>() {
-            Ok(plugin) => Ok((info(plugin.name(), plugin.version()), plugin.tasks().as_slice(), None)),
-            Err(_) => Err(classify(path, error)),
+        Ok(plugin) => Ok((
+            info(plugin.name(), plugin.version()),
+            plugin.tasks().as_slice(),
+            Some(plugin.schemas().as_slice()),
+            plugin.task_meta().as_slice(),
+        )),
+        // Built before tasks had further options: its root module ends at
+        // `schemas`; or before they had schemas: it ends at `tasks`.
+        Err(error @ LibraryError::AbiInstability(_)) => match header.init_root_module::<with_schemas::PluginRef>() {
+            Ok(plugin) => Ok((
+                info(plugin.name(), plugin.version()),
+                plugin.tasks().as_slice(),
+                Some(plugin.schemas().as_slice()),
+                &[],
+            )),
+            Err(_) => match header.init_root_module::<prefix::PluginRef>() {
+                Ok(plugin) => Ok((info(plugin.name(), plugin.version()), plugin.tasks().as_slice(), None, &[])),
+                Err(_) => Err(classify(path, error)),
+            },
         },
         Err(error) => Err(classify(path, error)),
     }

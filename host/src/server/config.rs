@@ -56,4 +56,7 @@ pub struct ManagementConfig {
     /// transient `NotYetProvided` rather than `UnknownTask`, while
     /// subworkers register again (`--restart-window`).
     pub restart_window: Duration,
+    /// Cluster-wide task limits set by `--task-limit`, over those the
+    /// plugins declare; `None` lifts a declared one (see docs/limits.md).
+    pub task_limits: Vec<(String, Option<crate::cluster::task_limits::TaskLimit>)>,
 }

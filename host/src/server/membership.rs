@@ -131,6 +131,9 @@ impl Membership {
             | Request::Revoke { .. }
             | Request::Collect
             | Request::Tasks
+            | Request::TaskLimits
+            | Request::SetTaskLimit { .. }
+            | Request::ClearTaskLimit { .. }
             | Request::PauseSchedule { .. } => replier.send(&error_reply(
                 ErrorKind::WrongEndpoint,
                 "the management port is for subworkers: submit tasks to a priority port and query results on base+4"

@@ -32,6 +32,9 @@ pub(crate) enum Alarm {
     /// reported started by now, or, once started, ended (its timeout from
     /// its start, plus a grace): else the lease is revoked.
     Lease(TaskId, u64),
+    /// A held-back run of a limited task may start: a rate token came due
+    /// or a running run settled (see `crate::cluster::task_limits`).
+    TaskLimits,
 }
 
 /// Alarms by due time, and the thread that rings them.

@@ -83,6 +83,23 @@ pub enum Request {
     /// The tasks this control plane and its live subworkers provide, with
     /// their declared defaults and JSON Schemas (result port).
     Tasks,
+    /// The cluster-wide task limits and what they hold now (result port);
+    /// answered `TaskLimits`.
+    TaskLimits,
+    /// Sets a task's cluster-wide limit at run time, or removes it (`None`);
+    /// operator only when the cluster is keyed (result port).
+    SetTaskLimit {
+        /// The task name.
+        task_name: String,
+        /// The limit; `None` lifts the declared or flag limit.
+        limit: Option<crate::cluster::task_limits::TaskLimit>,
+    },
+    /// Drops a task's run-time limit: its declared or flag limit holds
+    /// again; operator only when the cluster is keyed (result port).
+    ClearTaskLimit {
+        /// The task name.
+        task_name: String,
+    },
 }
 
 /// One run of a task sent to a subworker, under a lease: a fencing token
@@ -368,6 +385,8 @@ pub enum Reply {
     Reports(Vec<Reported>),
     /// The registered tasks, sorted by name (the answer to `Tasks`).
     Tasks(Vec<TaskInfo>),
+    /// Answers `TaskLimits`: one row per limited task name, sorted.
+    TaskLimits(Vec<crate::cluster::task_limits::TaskLimitStatus>),
 }
 
 /// A task a control plane or its subworkers provide, as `Client::tasks`
@@ -561,6 +580,8 @@ pub enum ErrorKind {
     /// started waits for its subworkers to register (`--restart-window`):
     /// transient, retry shortly (the Rust client does so by itself).
     NotYetProvided,
+    /// A task limit that is out of range, for a bad task name, or one too many.
+    BadTaskLimit,
 }
 
 /// The most slots (concurrency plus prefetch) a subworker may ask for.

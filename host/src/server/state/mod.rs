@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::link::{Channel, Link};
 use crate::cluster::routing::{Cluster, Placement, Waiting, WorkerKey};
+use crate::cluster::task_limits::TaskLimits;
 use crate::plugins::Registry;
 use crate::server::cache::{args_digest, Lookup, ResultCache};
 use crate::server::callbacks::Callbacks;
@@ -43,6 +44,7 @@ use crate::wire::protocol::{
 
 mod delivery;
 mod durable;
+mod limited;
 
 use delivery::Dispatched;
 pub(crate) use delivery::{DeliveryCounters, StartedRuns, START_REPORT_DELAY};
@@ -100,6 +102,9 @@ pub(crate) struct Tasks {
     pub(crate) cluster: Cluster<Link>,
     /// The last lease given to a run sent to a subworker.
     next_lease: u64,
+    /// The cluster-wide limits per task name (a control plane's; empty on
+    /// a subworker, which does not enforce them).
+    pub(crate) task_limits: TaskLimits,
 }
 
 /// A task that has been accepted and has not ended.
@@ -262,6 +267,7 @@ impl State {
                     live_bytes: 0,
                     cluster: Cluster::default(),
                     next_lease: 0,
+                    task_limits: limited::task_limits(&config, &registry),
                 }),
                 accepting: AtomicBool::new(true),
                 monitor: Monitor::default(),
@@ -496,19 +502,33 @@ impl State {
             task.report.state = TaskState::Queued;
             self.monitor.changed(&task.report);
         }
-        let Tasks { live, cluster, .. } = tasks;
+        let Tasks { live, cluster, task_limits, .. } = tasks;
         let report = &live[&task_id].report;
-        let placement = if cluster.is_empty() { Placement::Nobody } else { cluster.place(task_id, &report.task_name) };
+        // A run sent again counts again, against the rate too.
+        task_limits.settle(&report.task_name, task_id);
+        let placement = if cluster.is_empty() {
+            Placement::Nobody
+        } else {
+            cluster.place_with(task_id, &report.task_name, &mut limited::Gate::new(task_limits))
+        };
         match placement {
             Placement::Slot(key, slot) => self.send_to_worker(tasks, key, slot, task_id, outbox),
             Placement::Held if self.registry.get(&report.task_name).is_some() && self.pool.threads() > 0 => {
                 self.run_here_or_fail(tasks, task_id, why, outbox)
             }
-            Placement::Wait | Placement::Held => {
+            Placement::Wait | Placement::Held | Placement::Limited => {
                 let priority = report.priority;
                 let waiting = Waiting { task_id, task_name: report.task_name.clone() };
+                if placement == Placement::Limited {
+                    task_limits.note_held(&waiting.task_name);
+                    debug!(%task_id, %priority, "task held back by its task limit");
+                } else {
+                    debug!(%task_id, %priority, "task waits for a subworker slot");
+                }
                 cluster.wait(priority, waiting, first);
-                debug!(%task_id, %priority, "task waits for a subworker slot");
+                if placement == Placement::Limited {
+                    self.arm_task_limits(task_limits);
+                }
             }
             Placement::Nobody => self.run_here_or_fail(tasks, task_id, why, outbox),
         }
@@ -644,7 +664,13 @@ impl State {
             self.timers.cancel(Alarm::Deadline(job.task_id, attempt));
         }
         let mut outbox = Outbox::default();
-        self.complete(&mut self.lock(), job.task_id, attempt, outcome, None, &mut outbox);
+        let mut tasks = self.lock();
+        self.complete(&mut tasks, job.task_id, attempt, outcome, None, &mut outbox);
+        // A running place freed here goes to a run held back for these threads.
+        if tasks.task_limits.holds_local() {
+            self.release_held(&mut tasks, &mut outbox);
+        }
+        drop(tasks);
         outbox.deliver();
     }
 
@@ -672,6 +698,8 @@ impl State {
                 debug!(%task_id, attempt, delay_ms = delay, error = %error.message, "run failed; retrying after the backoff");
                 task.report.state = TaskState::Retrying;
                 task.report.error = Some(error);
+                tasks.task_limits.settle(&task.report.task_name, task_id);
+                self.arm_task_limits(&mut tasks.task_limits);
                 self.monitor.retrying(&task.report);
                 let due = now_ms().saturating_add(delay);
                 self.record_progress(task_id, task, Some(due));
@@ -689,6 +717,8 @@ impl State {
     fn finish(&self, tasks: &mut Tasks, task_id: TaskId, ending: Ending, started_ms: Option<u64>, outbox: &mut Outbox) {
         let Some(task) = tasks.live.remove(&task_id) else { return };
         tasks.live_bytes -= task.args.len() as u64;
+        tasks.task_limits.settle(&task.report.task_name, task_id);
+        self.arm_task_limits(&mut tasks.task_limits);
         // Its lease's alarm guards nothing any more.
         if let Some(dispatch) = &task.dispatch {
             self.timers.cancel(Alarm::Lease(task_id, dispatch.lease));
@@ -740,6 +770,10 @@ impl State {
                 }
                 Alarm::Deadline(task_id, attempt) => self.time_out(&mut tasks, task_id, attempt, &mut outbox),
                 Alarm::Lease(task_id, lease) => self.lease_due(&mut tasks, task_id, lease, &mut outbox),
+                Alarm::TaskLimits => {
+                    tasks.task_limits.rang();
+                    self.release_held(&mut tasks, &mut outbox);
+                }
             }
         }
         drop(tasks);
@@ -1033,7 +1067,8 @@ impl State {
     fn fill_worker(&self, tasks: &mut Tasks, key: WorkerKey, outbox: &mut Outbox) {
         let slots = tasks.cluster.get(key).map_or(0, |w| w.slots.len());
         for slot in 0..slots {
-            if let Some(next) = tasks.cluster.next_for(key, slot) {
+            let mut gate = limited::Gate::new(&mut tasks.task_limits);
+            if let Some(next) = tasks.cluster.next_for_with(key, slot, &mut gate) {
                 self.queue_for_worker(tasks, key, slot, next);
             }
         }
@@ -1136,13 +1171,15 @@ impl State {
         let Some(live) = tasks.live.get_mut(&task_id) else { return };
         let name = &live.report.task_name;
         match self.registry.get(name) {
-            Some(task) if self.pool.threads() > 0 => {
+            Some(_) if self.pool.threads() > 0 => {
                 live.report.state = TaskState::Queued;
-                let job = Job { task_id, decl: task.decl, args: live.args.clone(), cancelled: live.cancelled.clone() };
-                if self.pool.push(live.report.priority, job).is_err() {
-                    let message = "shut down before the task could run here; submit it again".to_string();
-                    self.fail(tasks, task_id, message, outbox);
+                let (name, priority) = (live.report.task_name.clone(), live.report.priority);
+                if !tasks.task_limits.try_start(&name, task_id, now_ms()) {
+                    debug!(%task_id, %priority, "task held back by its task limit");
+                    tasks.task_limits.hold_local(&name, priority, task_id);
+                    return self.arm_task_limits(&mut tasks.task_limits);
                 }
+                self.push_local(tasks, task_id, outbox);
             }
             _ => {
                 let why = if why.is_empty() { "no live subworker provides it".to_string() } else { why.to_string() };
@@ -1185,7 +1222,7 @@ impl State {
 
     /// Gives free subworker slots the waiting tasks they provide.
     pub(crate) fn fill(&self, tasks: &mut Tasks, outbox: &mut Outbox) {
-        let filled = tasks.cluster.fill();
+        let filled = tasks.cluster.fill_with(&mut limited::Gate::new(&mut tasks.task_limits));
         let mut workers: Vec<WorkerKey> = Vec::new();
         for (key, slot, task_id) in filled {
             self.queue_for_worker(tasks, key, slot, task_id);

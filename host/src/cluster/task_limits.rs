@@ -1,0 +1,623 @@
+//! Cluster-wide limits per task name: a rate (runs *started* per second, a
+//! token bucket with a burst) and a concurrency (runs at once across the
+//! control plane's threads and every subworker). Not to be confused with
+//! [`crate::server::limits`], the bounds of what a peer can make a process spend.
+//!
+//! A pure state machine: no clock, no lock, no I/O. The control plane passes
+//! the time in (milliseconds since the epoch) and asks, when a run of a
+//! limited task could go to a free worker, whether it may start; a run that
+//! may not is held back in its priority queue (the cluster's, or here for the
+//! control plane's own threads) and asked again when a token comes due or a
+//! running run settles. See docs/limits.md.
+
+use std::collections::VecDeque;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
+
+use crate::wire::protocol::{Priority, TaskId};
+
+/// The slowest rate accepted: one run an hour.
+pub const MIN_PER_SECOND: f64 = 1.0 / 3600.0;
+/// The fastest rate accepted, in runs per second.
+pub const MAX_PER_SECOND: f64 = 1_000_000.0;
+/// The largest burst accepted.
+pub const MAX_BURST: u32 = 1_000_000;
+/// The largest `max_running` accepted.
+pub const MAX_RUNNING: u32 = 1_000_000;
+/// Most task names with a run-time or flag override.
+pub const MAX_OVERRIDES: usize = 1024;
+/// Longest task name a limit may be set for, in bytes.
+pub const MAX_TASK_NAME_BYTES: usize = crate::server::limits::MAX_NAME_BYTES;
+
+/// A rate: runs started per second, with a burst.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Rate {
+    /// Runs started per second, on average.
+    pub per_second: f64,
+    /// Runs that may start at once after a quiet spell (the bucket's size).
+    pub burst: u32,
+}
+
+/// The limits of one task name; `None` fields do not limit.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct TaskLimit {
+    /// Runs started per second.
+    #[serde(default)]
+    pub rate: Option<Rate>,
+    /// Runs at once across the cluster.
+    #[serde(default)]
+    pub max_running: Option<u32>,
+}
+
+/// Where a task's limit comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LimitSource {
+    /// Its plugin's `#[task(rate = ..., max_running = ...)]`.
+    Declared,
+    /// The control plane's `--task-limit` flag.
+    Flag,
+    /// Set at run time (`fastworker limits set`, the dashboard).
+    RunTime,
+}
+
+impl LimitSource {
+    /// The lower-case name shown by the CLI and the dashboard.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitSource::Declared => "declared",
+            LimitSource::Flag => "flag",
+            LimitSource::RunTime => "run-time",
+        }
+    }
+}
+
+/// One task name's limit and what it holds now, as `fastworker limits list`,
+/// the dashboard and `/metrics` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskLimitStatus {
+    /// The task name.
+    pub task_name: String,
+    /// The limit in force (both fields `None`: a declared limit removed).
+    pub limit: TaskLimit,
+    /// Where it comes from.
+    pub source: LimitSource,
+    /// Runs counted as running now.
+    pub running: u32,
+    /// Runs held back now, waiting for the limit.
+    pub held: u32,
+    /// Times a run was held back so far.
+    pub held_total: u64,
+}
+
+/// Why a limit is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TaskLimitError {
+    /// The rate text does not parse.
+    #[error("rate '{0}' is not N/s, N/m or N/h with N a positive number (for example 20/s, 600/m, 5/h)")]
+    BadRate(String),
+    /// The rate is 0, too slow or too fast.
+    #[error("a rate must be between one run an hour and {MAX_PER_SECOND} a second; {0} a second is not")]
+    RateOutOfRange(f64),
+    /// The burst is 0 or too large.
+    #[error("burst must be from 1 to {MAX_BURST}; {0} is not")]
+    BurstOutOfRange(u64),
+    /// `max_running` is 0 or too large.
+    #[error("max_running must be from 1 to {MAX_RUNNING}; {0} is not")]
+    RunningOutOfRange(u64),
+    /// A burst without a rate.
+    #[error("a burst needs a rate")]
+    BurstWithoutRate,
+    /// Neither a rate nor `max_running`.
+    #[error("a limit names a rate, max_running or both (or `none` to remove one)")]
+    Empty,
+    /// The task name is empty or too long.
+    #[error("a task name for a limit must be 1 to {MAX_TASK_NAME_BYTES} bytes")]
+    BadName,
+    /// Too many names have overrides.
+    #[error("at most {MAX_OVERRIDES} task names may have limit overrides; clear some first")]
+    TooMany,
+    /// A part of a limit that is not known.
+    #[error("unknown limit part '{0}': use rate, burst and max_running (or `none`)")]
+    UnknownPart(String),
+}
+
+/// `20/s`, `600/m`, `5/h` (or `0.5/s`) as runs per second.
+pub fn parse_rate(text: &str) -> Result<f64, TaskLimitError> {
+    let bad = || TaskLimitError::BadRate(text.chars().take(64).collect());
+    let (number, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let number: f64 = number.trim().parse().map_err(|_| bad())?;
+    let seconds = match unit.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        _ => return Err(bad()),
+    };
+    if !number.is_finite() || number <= 0.0 {
+        return Err(bad());
+    }
+    Ok(number / seconds)
+}
+
+/// The default burst of a rate: one second's worth, at least 1.
+pub fn default_burst(per_second: f64) -> u32 {
+    per_second.ceil().clamp(1.0, MAX_BURST as f64) as u32
+}
+
+impl TaskLimit {
+    /// Checks every value is within range.
+    pub fn check(&self) -> Result<(), TaskLimitError> {
+        if let Some(rate) = &self.rate {
+            if !(rate.per_second.is_finite() && (MIN_PER_SECOND..=MAX_PER_SECOND).contains(&rate.per_second)) {
+                return Err(TaskLimitError::RateOutOfRange(rate.per_second));
+            }
+            if rate.burst == 0 || rate.burst > MAX_BURST {
+                return Err(TaskLimitError::BurstOutOfRange(rate.burst.into()));
+            }
+        }
+        if let Some(max) = self.max_running {
+            if max == 0 || max > MAX_RUNNING {
+                return Err(TaskLimitError::RunningOutOfRange(max.into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether it limits anything.
+    pub fn limits(&self) -> bool {
+        self.rate.is_some() || self.max_running.is_some()
+    }
+
+    /// Parses `rate:20/s,burst:5,max_running:2` (the flag's form; `=` works
+    /// as well as `:`, and spaces as well as commas): `Ok(None)` for `none`.
+    pub fn parse(text: &str) -> Result<Option<TaskLimit>, TaskLimitError> {
+        if text.trim().eq_ignore_ascii_case("none") {
+            return Ok(None);
+        }
+        let (mut per_second, mut burst, mut max_running) = (None, None, None);
+        for part in text.split([',', ' ']).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once([':', '='])
+                .ok_or_else(|| TaskLimitError::UnknownPart(part.chars().take(64).collect()))?;
+            let number = |value: &str, error: fn(u64) -> TaskLimitError| {
+                value.trim().parse::<u64>().map_err(|_| error(0)).and_then(|n| u32::try_from(n).map_err(|_| error(n)))
+            };
+            match key.trim() {
+                "rate" => per_second = Some(parse_rate(value)?),
+                "burst" => burst = Some(number(value, TaskLimitError::BurstOutOfRange)?),
+                "max_running" | "running" => max_running = Some(number(value, TaskLimitError::RunningOutOfRange)?),
+                other => return Err(TaskLimitError::UnknownPart(other.chars().take(64).collect())),
+            }
+        }
+        if burst.is_some() && per_second.is_none() {
+            return Err(TaskLimitError::BurstWithoutRate);
+        }
+        let rate = per_second.map(|per_second| Rate { per_second, burst: burst.unwrap_or(default_burst(per_second)) });
+        let limit = TaskLimit { rate, max_running };
+        if !limit.limits() {
+            return Err(TaskLimitError::Empty);
+        }
+        limit.check()?;
+        Ok(Some(limit))
+    }
+
+    /// The limit as text (`rate:20/s,burst:20,max_running:2`), or `none`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(rate) = &self.rate {
+            parts.push(format!("rate:{}/s,burst:{}", rate.per_second, rate.burst));
+        }
+        if let Some(max) = self.max_running {
+            parts.push(format!("max_running:{max}"));
+        }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(",")
+        }
+    }
+}
+
+/// Checks a task name a limit is set for.
+pub fn check_name(task_name: &str) -> Result<(), TaskLimitError> {
+    if task_name.is_empty() || task_name.len() > MAX_TASK_NAME_BYTES {
+        return Err(TaskLimitError::BadName);
+    }
+    Ok(())
+}
+
+/// What one task name is limited to and what it holds now.
+#[derive(Default)]
+struct NameState {
+    /// The limit in force and its source; `None` limit: not limited now.
+    limit: Option<TaskLimit>,
+    source: Option<LimitSource>,
+    /// Tokens in the bucket (at most the burst), as of `refilled_ms`.
+    tokens: f64,
+    refilled_ms: u64,
+    /// Runs counted as running (sent or handed to a thread, not settled).
+    running: FxHashSet<TaskId>,
+    /// Runs for this process's own threads held back, by priority.
+    local: [VecDeque<TaskId>; 4],
+    held_total: u64,
+}
+
+impl NameState {
+    fn refill(&mut self, now_ms: u64) {
+        if let Some(rate) = self.limit.and_then(|l| l.rate) {
+            let elapsed = now_ms.saturating_sub(self.refilled_ms) as f64 / 1000.0;
+            self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst as f64);
+        }
+        self.refilled_ms = self.refilled_ms.max(now_ms);
+    }
+
+    fn may_start(&mut self, now_ms: u64) -> bool {
+        let Some(limit) = self.limit else { return true };
+        self.refill(now_ms);
+        let room = limit.max_running.is_none_or(|max| self.running.len() < max as usize);
+        room && (limit.rate.is_none() || self.tokens >= 1.0)
+    }
+
+    fn take(&mut self, task_id: TaskId) {
+        if self.limit.is_some_and(|l| l.rate.is_some()) {
+            self.tokens -= 1.0;
+        }
+        self.running.insert(task_id);
+    }
+
+    /// When the next token is in the bucket, if one is missing.
+    fn next_token_ms(&self) -> Option<u64> {
+        let rate = self.limit?.rate?;
+        if self.tokens >= 1.0 {
+            return None;
+        }
+        let wait_ms = ((1.0 - self.tokens) / rate.per_second * 1000.0).ceil();
+        // Bounded by the slowest rate (an hour a token): the cast cannot overflow.
+        Some(self.refilled_ms.saturating_add(wait_ms.clamp(1.0, 3_600_000.0) as u64))
+    }
+
+    fn held_locally(&self) -> usize {
+        self.local.iter().map(VecDeque::len).sum()
+    }
+
+    fn idle(&self) -> bool {
+        self.limit.is_none() && self.running.is_empty() && self.held_locally() == 0
+    }
+}
+
+/// Every task name's limit and what it holds now.
+#[derive(Default)]
+pub(crate) struct TaskLimits {
+    /// Declared by the plugins here, with the flag's overrides applied.
+    base: FxHashMap<String, (Option<TaskLimit>, LimitSource)>,
+    /// Set at run time; `None` removes a limit.
+    run_time: FxHashMap<String, Option<TaskLimit>>,
+    names: FxHashMap<String, NameState>,
+    /// When the wake-up alarm is set for, if it is.
+    armed_ms: Option<u64>,
+    /// A settled run may let a held one go: wake at once.
+    wake_now: bool,
+}
+
+impl TaskLimits {
+    /// The limits declared by the plugins (`declared`) with the flag's
+    /// overrides (`flags`, `None`: remove) on top.
+    pub(crate) fn new(
+        declared: impl IntoIterator<Item = (String, TaskLimit)>,
+        flags: impl IntoIterator<Item = (String, Option<TaskLimit>)>,
+        now_ms: u64,
+    ) -> TaskLimits {
+        let mut limits = TaskLimits::default();
+        for (name, limit) in declared {
+            limits.base.insert(name, (Some(limit), LimitSource::Declared));
+        }
+        for (name, limit) in flags {
+            limits.base.insert(name, (limit, LimitSource::Flag));
+        }
+        let names: Vec<String> = limits.base.keys().cloned().collect();
+        for name in names {
+            limits.refresh(&name, now_ms);
+        }
+        limits.wake_now = false;
+        limits
+    }
+
+    /// Sets (`Some`) or removes (`None`) a task's limit at run time.
+    pub(crate) fn set(&mut self, name: &str, limit: Option<TaskLimit>, now_ms: u64) -> Result<(), TaskLimitError> {
+        check_name(name)?;
+        if let Some(limit) = &limit {
+            limit.check()?;
+        }
+        if !self.run_time.contains_key(name) && self.run_time.len() >= MAX_OVERRIDES {
+            return Err(TaskLimitError::TooMany);
+        }
+        self.run_time.insert(name.to_string(), limit);
+        self.refresh(name, now_ms);
+        Ok(())
+    }
+
+    /// Drops a run-time override: the declared or flag limit holds again.
+    /// False when there was none.
+    pub(crate) fn clear(&mut self, name: &str, now_ms: u64) -> bool {
+        let had = self.run_time.remove(name).is_some();
+        self.refresh(name, now_ms);
+        had
+    }
+
+    fn effective(&self, name: &str) -> (Option<TaskLimit>, Option<LimitSource>) {
+        match (self.run_time.get(name), self.base.get(name)) {
+            (Some(limit), _) => (*limit, Some(LimitSource::RunTime)),
+            (None, Some((limit, source))) => (*limit, Some(*source)),
+            (None, None) => (None, None),
+        }
+    }
+
+    /// Applies a changed limit; a new or faster rate starts with a full bucket.
+    fn refresh(&mut self, name: &str, now_ms: u64) {
+        let (limit, source) = self.effective(name);
+        let state = self.names.entry(name.to_string()).or_default();
+        state.refill(now_ms);
+        let old_rate = state.limit.and_then(|l| l.rate);
+        state.limit = limit.filter(TaskLimit::limits);
+        state.source = source;
+        if let Some(rate) = state.limit.and_then(|l| l.rate) {
+            state.tokens = match old_rate {
+                Some(old) if old.per_second >= rate.per_second => state.tokens.min(rate.burst as f64),
+                _ => rate.burst as f64,
+            };
+        }
+        state.refilled_ms = now_ms;
+        // Loosened: what is held may go now.
+        self.wake_now = true;
+        if state.idle() && source.is_none() {
+            self.names.remove(name);
+        }
+    }
+
+    /// Whether runs of `name` are limited now.
+    pub(crate) fn is_limited(&self, name: &str) -> bool {
+        self.names.get(name).is_some_and(|s| s.limit.is_some())
+    }
+
+    /// Whether no task name is limited and nothing is held (the common
+    /// case, checked first on the hot path).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Takes a start of `task_id` (a run of `name`) if the limit allows it
+    /// now: a token, and a running place. False holds it back.
+    pub(crate) fn try_start(&mut self, name: &str, task_id: TaskId, now_ms: u64) -> bool {
+        let Some(state) = self.names.get_mut(name) else { return true };
+        if !state.may_start(now_ms) {
+            return false;
+        }
+        if state.limit.is_some() {
+            state.take(task_id);
+        }
+        true
+    }
+
+    /// Counts a run held back (for `/metrics`).
+    pub(crate) fn note_held(&mut self, name: &str) {
+        if let Some(state) = self.names.get_mut(name) {
+            state.held_total += 1;
+        }
+    }
+
+    /// Holds back a run for this process's own threads, in its priority's line.
+    pub(crate) fn hold_local(&mut self, name: &str, priority: Priority, task_id: TaskId) {
+        let state = self.names.entry(name.to_string()).or_default();
+        state.held_total += 1;
+        state.local[priority.index()].push_back(task_id);
+    }
+
+    /// Whether runs for this process's threads are held back.
+    pub(crate) fn holds_local(&self) -> bool {
+        self.names.values().any(|s| s.held_locally() > 0)
+    }
+
+    /// The most urgent held-back local run that may start now (its start
+    /// is taken); `None` when none may.
+    pub(crate) fn next_local(&mut self, now_ms: u64) -> Option<(String, TaskId)> {
+        for priority in 0..4 {
+            for (name, state) in self.names.iter_mut() {
+                if state.local[priority].is_empty() || !state.may_start(now_ms) {
+                    continue;
+                }
+                let task_id = state.local[priority].pop_front().expect("not empty");
+                if state.limit.is_some() {
+                    state.take(task_id);
+                }
+                return Some((name.clone(), task_id));
+            }
+        }
+        None
+    }
+
+    /// A run of `name` left the running state (it ended, waits for a retry,
+    /// or is being sent again), or a held-back one was cancelled.
+    pub(crate) fn settle(&mut self, name: &str, task_id: TaskId) {
+        let Some(state) = self.names.get_mut(name) else { return };
+        if state.running.remove(&task_id) {
+            if state.limit.is_some_and(|l| l.max_running.is_some()) {
+                self.wake_now = true;
+            }
+        } else if state.held_locally() > 0 {
+            for line in &mut state.local {
+                line.retain(|held| *held != task_id);
+            }
+        }
+        if state.idle() && state.source.is_none() {
+            self.names.remove(name);
+        }
+    }
+
+    /// When the control plane should look again at what is held back, if
+    /// that is earlier than the alarm already set: it sets its alarm then.
+    pub(crate) fn arm(&mut self, now_ms: u64) -> Option<u64> {
+        let next_token = self.names.values().filter_map(NameState::next_token_ms).min();
+        let due = if std::mem::take(&mut self.wake_now) { Some(now_ms) } else { next_token };
+        let due = due?;
+        if self.armed_ms.is_some_and(|armed| armed <= due) {
+            return None;
+        }
+        self.armed_ms = Some(due);
+        Some(due)
+    }
+
+    /// The alarm rang: it is no longer set.
+    pub(crate) fn rang(&mut self) {
+        self.armed_ms = None;
+    }
+
+    /// Every limited (or once-limited) name, sorted, with what it holds;
+    /// `held_elsewhere` counts the runs waiting in the cluster's lines.
+    pub(crate) fn statuses(&self, held_elsewhere: impl Fn(&str) -> usize) -> Vec<TaskLimitStatus> {
+        let mut rows: Vec<TaskLimitStatus> = self
+            .names
+            .iter()
+            .filter_map(|(name, state)| {
+                let source = state.source?;
+                Some(TaskLimitStatus {
+                    task_name: name.clone(),
+                    limit: state.limit.unwrap_or_default(),
+                    source,
+                    running: state.running.len() as u32,
+                    held: (state.held_locally() + held_elsewhere(name)) as u32,
+                    held_total: state.held_total,
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| a.task_name.cmp(&b.task_name));
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> TaskId {
+        TaskId::new_v4()
+    }
+
+    fn limit(text: &str) -> TaskLimit {
+        TaskLimit::parse(text).unwrap().unwrap()
+    }
+
+    #[test]
+    fn rates_and_limits_parse_and_are_bounded() {
+        assert_eq!(parse_rate("20/s").unwrap(), 20.0);
+        assert_eq!(parse_rate("600/m").unwrap(), 10.0);
+        assert_eq!(parse_rate("36/h").unwrap(), 0.01);
+        for bad in ["", "20", "20/d", "/s", "-1/s", "0/s", "NaN/s", "inf/s", "1e400/s"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(limit("rate:20/s").rate, Some(Rate { per_second: 20.0, burst: 20 }));
+        assert_eq!(limit("rate=5/h").rate.unwrap().burst, 1, "at least one");
+        assert_eq!(
+            limit("rate:20/s,burst:5,max_running:2"),
+            TaskLimit { rate: Some(Rate { per_second: 20.0, burst: 5 }), max_running: Some(2) }
+        );
+        assert_eq!(TaskLimit::parse("none").unwrap(), None);
+        assert!(matches!(TaskLimit::parse("rate:1/s,burst:0"), Err(TaskLimitError::BurstOutOfRange(0))));
+        assert!(TaskLimit::parse("burst:5").is_err());
+        assert!(TaskLimit::parse("max_running:0").is_err());
+        assert!(TaskLimit::parse("max_running:99999999999").is_err());
+        assert!(TaskLimit::parse("rate:2000000/s").is_err());
+        assert!(TaskLimit::parse("rate:1/h,max_running:1,colour:red").is_err());
+        assert!(TaskLimit::parse("").is_err());
+        let huge = TaskLimit { rate: Some(Rate { per_second: f64::MAX, burst: 1 }), max_running: None };
+        assert!(huge.check().is_err());
+    }
+
+    #[test]
+    fn a_rate_lets_its_burst_through_then_one_per_interval() {
+        let mut limits = TaskLimits::new([("a".into(), limit("rate:10/s,burst:3"))], [], 1000);
+        let started = (0..5).filter(|_| limits.try_start("a", id(), 1000)).count();
+        assert_eq!(started, 3, "the burst");
+        // The next token is due 100 ms on.
+        assert_eq!(limits.arm(1000), Some(1100));
+        assert_eq!(limits.arm(1000), None, "already armed that early");
+        assert!(!limits.try_start("a", id(), 1099));
+        assert!(limits.try_start("a", id(), 1100));
+        assert!(!limits.try_start("a", id(), 1150));
+        // A quiet spell refills up to the burst, not beyond.
+        assert_eq!((0..10).filter(|_| limits.try_start("a", id(), 100_000)).count(), 3);
+        // Unlimited names always start.
+        assert!((0..100).all(|_| limits.try_start("b", id(), 0)));
+    }
+
+    #[test]
+    fn max_running_counts_until_runs_settle() {
+        let mut limits = TaskLimits::new([("a".into(), limit("max_running:2"))], [], 0);
+        let (one, two, three) = (id(), id(), id());
+        assert!(limits.try_start("a", one, 0) && limits.try_start("a", two, 0));
+        assert!(!limits.try_start("a", three, 0));
+        limits.settle("a", one);
+        assert_eq!(limits.arm(5), Some(5), "a settled run wakes the held ones at once");
+        assert!(limits.try_start("a", three, 5));
+        limits.settle("a", one);
+        assert!(!limits.try_start("a", id(), 6), "settling twice frees nothing");
+    }
+
+    #[test]
+    fn local_runs_are_held_by_priority_and_leave_when_allowed() {
+        let mut limits = TaskLimits::new([("a".into(), limit("max_running:1"))], [], 0);
+        let running = id();
+        assert!(limits.try_start("a", running, 0));
+        let (low, critical, cancelled) = (id(), id(), id());
+        limits.hold_local("a", Priority::Low, low);
+        limits.hold_local("a", Priority::Normal, cancelled);
+        limits.hold_local("a", Priority::Critical, critical);
+        assert!(limits.holds_local());
+        assert_eq!(limits.next_local(1), None);
+        limits.settle("a", cancelled);
+        limits.settle("a", running);
+        assert_eq!(limits.next_local(2), Some(("a".into(), critical)));
+        assert_eq!(limits.next_local(2), None);
+        limits.settle("a", critical);
+        assert_eq!(limits.next_local(3), Some(("a".into(), low)));
+        let status = &limits.statuses(|_| 4)[0];
+        assert_eq!((status.running, status.held, status.held_total), (1, 4, 3));
+    }
+
+    #[test]
+    fn overrides_layer_over_declared_limits_and_clear_back() {
+        let flags = [("b".to_string(), None), ("c".to_string(), Some(limit("max_running:3")))];
+        let mut limits =
+            TaskLimits::new([("a".into(), limit("max_running:1")), ("b".into(), limit("max_running:1"))], flags, 0);
+        assert!(limits.is_limited("a") && !limits.is_limited("b") && limits.is_limited("c"));
+        limits.set("a", None, 0).unwrap();
+        assert!(!limits.is_limited("a"));
+        limits.set("d", Some(limit("rate:1/s")), 0).unwrap();
+        assert!(limits.is_limited("d"));
+        assert!(limits.clear("a", 0));
+        assert!(limits.is_limited("a"));
+        assert!(limits.clear("d", 0));
+        assert!(!limits.is_limited("d"));
+        let rows = limits.statuses(|_| 0);
+        let sources: Vec<(&str, LimitSource)> = rows.iter().map(|r| (r.task_name.as_str(), r.source)).collect();
+        assert_eq!(sources, [("a", LimitSource::Declared), ("b", LimitSource::Flag), ("c", LimitSource::Flag)]);
+        assert!(limits.set("", Some(limit("max_running:1")), 0).is_err());
+        assert!(limits.set(&"x".repeat(MAX_TASK_NAME_BYTES + 1), None, 0).is_err());
+        let bad = TaskLimit { rate: None, max_running: Some(0) };
+        assert!(limits.set("e", Some(bad), 0).is_err());
+        for n in 0..MAX_OVERRIDES {
+            limits.set(&format!("n{n}"), None, 0).unwrap();
+        }
+        assert_eq!(limits.set("one-more", None, 0), Err(TaskLimitError::TooMany));
+    }
+
+    #[test]
+    fn time_arithmetic_holds_at_the_extremes() {
+        let fast = TaskLimit { rate: Some(Rate { per_second: MAX_PER_SECOND, burst: MAX_BURST }), max_running: None };
+        let slow = TaskLimit { rate: Some(Rate { per_second: MIN_PER_SECOND, burst: 1 }), max_running: None };
+        let mut limits = TaskLimits::new([("fast".into(), fast), ("slow".into(), slow)], [], u64::MAX - 10);
+        assert!(limits.try_start("slow", id(), u64::MAX - 10));
+        assert!(!limits.try_start("slow", id(), u64::MAX));
+        assert_eq!(limits.arm(u64::MAX), Some(u64::MAX), "saturates, never overflows");
+        assert!(limits.try_start("fast", id(), 0), "time going backwards refills nothing but does not panic");
+    }
+}
