@@ -9,6 +9,13 @@ fn add(x: i64, y: i64) -> i64 {
     x + y
 }
 
+/// The sum of a list of integers: a chord's callback, receiving its
+/// group's results.
+#[task]
+fn sum(values: Vec<i64>) -> i64 {
+    values.iter().fold(0i64, |total, value| total.wrapping_add(*value))
+}
+
 /// A point on a plane.
 #[derive(Serialize, Deserialize, JsonSchema)]
 #[schemars(crate = "fastworker_plugin_sdk::schemars")]
@@ -150,5 +157,6 @@ fastworker_plugin_sdk::export_plugin!(
     report,
     timed_sleep,
     limited_rate,
-    limited_running
+    limited_running,
+    sum
 );

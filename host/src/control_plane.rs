@@ -276,6 +276,12 @@ impl State {
                 let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };
                 self.submit_batch(submits, replier)
             }
+            // Workflows are tracked by a control plane, not a subworker.
+            Ok(Request::SubmitWorkflow(workflow)) if self.config.management.is_some() => {
+                let Some(replier) = replier.allow(submitters, "submit workflows here") else { return };
+                let owner = replier.key_id();
+                replier.send(&self.submit_workflow(workflow, owner))
+            }
             // A subworker hears here which runs its control plane took back.
             Ok(Request::Revoke { task_ids }) if self.config.management.is_none() => {
                 let Some(replier) = replier.allow(submitters, "revoke tasks here") else { return };
@@ -317,6 +323,15 @@ impl State {
                 let caller = Caller::of(&replier);
                 return replier.send(&self.cancel(task_id, caller));
             }
+            Ok(Request::WorkflowStatus { workflow_id }) => {
+                let Some(replier) = replier.allow(READERS, "read workflows") else { return };
+                return replier.send(&self.workflow_status(workflow_id));
+            }
+            Ok(Request::CancelWorkflow { workflow_id }) => {
+                let Some(replier) = replier.allow(READERS, "cancel workflows") else { return };
+                let caller = Caller::of(&replier);
+                return replier.send(&self.cancel_workflow(workflow_id, caller));
+            }
             Ok(Request::Schedules) => {
                 let Some(replier) = replier.allow(READERS, "list schedules") else { return };
                 return replier.send(&Reply::Schedules(self.schedule_statuses()));
@@ -344,9 +359,9 @@ impl State {
                 return replier.send(&self.clear_task_limit(&task_name));
             }
             Ok(Request::Discover) => Reply::Discovered { management_port },
-            Ok(Request::Submit(_) | Request::Batch(_)) => error_reply(
+            Ok(Request::Submit(_) | Request::Batch(_) | Request::SubmitWorkflow(_)) => error_reply(
                 ErrorKind::WrongEndpoint,
-                "tasks are submitted to a priority port (base+0 to base+3), not the result port".into(),
+                "tasks and workflows are submitted to a priority port (base+0 to base+3), not the result port".into(),
             ),
             Ok(_) => error_reply(
                 ErrorKind::WrongEndpoint,

@@ -31,6 +31,7 @@ pub mod dashboard;
 pub mod plugins;
 pub(crate) mod server;
 pub mod wire;
+pub mod workflow;
 
 pub use cluster::{discovery, subworker, task_limits};
 pub use plugins::{schedule as schedules, task_schema};

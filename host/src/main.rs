@@ -15,6 +15,7 @@ use cli::keys::{keygen, KeygenArgs};
 use cli::plugins::{list, ListArgs};
 use cli::serve::{run_control_plane, run_subworker, ControlPlaneArgs, SubworkerArgs};
 use cli::task_limits::{client_args, limits, LimitsArgs};
+use cli::workflow::{workflow, WorkflowArgs};
 
 /// Exit status of a task that failed or a request the control plane refused.
 pub(crate) const EXIT_FAILED: u8 = 1;
@@ -58,6 +59,8 @@ enum Command {
     Keygen(KeygenArgs),
     /// List, set or clear the cluster-wide task limits of a running control plane (docs/limits.md).
     Limits(LimitsArgs),
+    /// Submit, inspect, wait for or cancel a workflow (chains, groups, chords of tasks).
+    Workflow(WorkflowArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Keygen(args) => keygen(args),
+        Command::Workflow(args) => workflow(args),
         Command::Schedules(args) => match connect(&args.client) {
             Ok(client) => block_on(schedules(client, args)),
             Err(code) => code,

@@ -7,6 +7,7 @@ use fastworker::protocol::{
     encode, ClusterStatus, Dispatch, ErrorKind, ErrorReply, Heartbeat, OfferedTask, Priority, Registration, Reply,
     Reported, Request, ScheduleStatus, Started, Submit, TaskInfo, TaskReport, TaskState, WorkerName, PROTOCOL_VERSION,
 };
+use fastworker::workflow::{MemberState, Receive, WorkflowNode, WorkflowReport, WorkflowState, WorkflowSubmit};
 use fastworker::TaskId;
 use serde::Serialize;
 
@@ -164,6 +165,9 @@ fn every_request_is_as_documented() {
         sample(Request::Revoke { task_ids: vec![id] }),
         sample(Request::Collect),
         sample(Request::Tasks),
+        sample(Request::SubmitWorkflow(workflow_submit())),
+        sample(Request::WorkflowStatus { workflow_id: id }),
+        sample(Request::CancelWorkflow { workflow_id: id }),
     ];
     check("## Request", &samples);
     // The fields of a Submit, in order.
@@ -221,9 +225,14 @@ fn every_reply_and_error_kind_is_as_documented() {
             result_schema: None,
             providers: vec![],
         }])),
+        sample(Reply::Workflow(workflow_report())),
     ];
     check("## Reply", &samples);
     assert_eq!(table_fields("### TaskReport"), report_fields, "docs/protocol.md's TaskReport table");
+    let (_, workflow_fields) = shape(&Reply::Workflow(workflow_report()));
+    assert_eq!(table_fields("### WorkflowReport"), workflow_fields, "docs/protocol.md's WorkflowReport table");
+    let (_, submit_fields) = shape(&Request::SubmitWorkflow(workflow_submit()));
+    assert_eq!(table_fields("### WorkflowSubmit"), submit_fields, "docs/protocol.md's WorkflowSubmit table");
 
     // Error kinds: each documented index decodes to the kind named, and the
     // index after the last decodes to none.
@@ -238,6 +247,51 @@ fn every_reply_and_error_kind_is_as_documented() {
     assert!(postcard::from_bytes::<ErrorKind>(&[next]).is_err(), "ErrorKind {next} exists but is not documented");
     let version_row = &kinds.iter().find(|(name, ..)| name == "UnsupportedVersion").unwrap().2;
     assert!(version_row.contains(&format!("`{PROTOCOL_VERSION}`")), "UnsupportedVersion's row: {version_row}");
+}
+
+fn workflow_submit() -> WorkflowSubmit {
+    let step = match fastworker::workflow::task("add", serde_json::json!([1, 2])) {
+        fastworker::workflow::Workflow::Task(step) => step,
+        _ => unreachable!(),
+    };
+    WorkflowSubmit { workflow_id: TaskId::from_bytes([3; 16]), nodes: vec![WorkflowNode::Task(step)] }
+}
+
+fn workflow_report() -> WorkflowReport {
+    WorkflowReport {
+        workflow_id: TaskId::from_bytes([3; 16]),
+        state: WorkflowState::Running,
+        created_ms: 0,
+        finished_ms: None,
+        members: vec![],
+        result: None,
+        failure: None,
+    }
+}
+
+/// The variant indexes of the workflow enums, as docs/protocol.md gives them.
+#[test]
+fn workflow_enums_are_as_documented() {
+    let index = |value: &dyn erased::Encode| value.first_byte();
+    assert_eq!(index(&WorkflowState::Cancelled), 3);
+    assert_eq!(index(&MemberState::Skipped), 8);
+    assert_eq!(index(&Receive::Key("k".into())), 2);
+    assert_eq!(index(&WorkflowNode::Group(vec![])), 2);
+    let doc = section("### WorkflowReport");
+    assert!(doc.contains("`Cancelled` 3") && doc.contains("`Skipped` 8"), "{doc}");
+    assert!(section("### WorkflowSubmit").contains("`Group` 2"));
+}
+
+mod erased {
+    /// The first byte of a value's postcard encoding (its variant index).
+    pub(super) trait Encode {
+        fn first_byte(&self) -> u8;
+    }
+    impl<T: serde::Serialize> Encode for T {
+        fn first_byte(&self) -> u8 {
+            postcard::to_stdvec(self).unwrap()[0]
+        }
+    }
 }
 
 /// The first column of a `| field | type | meaning |` table.

@@ -8,3 +8,4 @@ pub(crate) mod plugins;
 pub(crate) mod serve;
 pub(crate) mod task_limits;
 pub(crate) mod tls;
+pub(crate) mod workflow;

@@ -5,6 +5,7 @@
 //! sockets and each gets its own reply. Every call has a timeout.
 
 mod endpoint;
+mod workflow;
 
 pub(crate) use endpoint::stop;
 use endpoint::Endpoint;
@@ -122,7 +123,7 @@ pub enum ClientError {
 }
 
 /// Index of the result port among a client's endpoints.
-const RESULTS: usize = 4;
+pub(crate) const RESULTS: usize = 4;
 /// Index of the management port among a client's endpoints.
 const MANAGEMENT: usize = 5;
 
@@ -227,6 +228,11 @@ impl Client {
                 auth: None,
             }),
         })
+    }
+
+    /// The per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
     }
 
     /// The same client with another per-call timeout.
@@ -558,11 +564,11 @@ impl Client {
         }
     }
 
-    fn address(&self, index: usize) -> &str {
+    pub(crate) fn address(&self, index: usize) -> &str {
         &self.inner.addresses[index]
     }
 
-    fn unexpected(&self, reply: Reply) -> ClientError {
+    pub(crate) fn unexpected(&self, reply: Reply) -> ClientError {
         ClientError::Unexpected { address: self.inner.base.to_string(), reply: format!("{reply:?}") }
     }
 }

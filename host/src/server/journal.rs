@@ -31,7 +31,10 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
-use crate::wire::protocol::{Callback, Priority, RetryPolicy, TaskError, TaskId, TaskReport};
+use crate::wire::protocol::{
+    Callback, Priority, RetryPolicy, TaskError, TaskId, TaskReport, WorkflowId, WorkflowSubmit,
+};
+use crate::workflow::machine::Outcome;
 
 /// The file inside `--state-dir`.
 const FILE_NAME: &str = "fastworker-state.redb";
@@ -60,6 +63,13 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const TASKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tasks");
 const PROGRESS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("progress");
 const RESULTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("results");
+/// Running workflows' descriptions, by workflow id.
+const WORKFLOWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("workflows");
+/// Their members' outcomes, keyed by workflow id and node (big-endian).
+const WORKFLOW_STEPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("workflow_steps");
+
+/// The node of a workflow step that records the workflow's cancellation.
+pub(crate) const CANCEL_STEP: u32 = u32::MAX;
 
 /// Why the state directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +152,22 @@ pub(crate) struct ResultRecord {
     pub(crate) args_digest: [u8; 16],
 }
 
+/// A workflow as accepted: enough to rebuild it after a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WorkflowRecord {
+    pub(crate) submit: WorkflowSubmit,
+    pub(crate) owner: Option<[u8; 8]>,
+    pub(crate) created_ms: u64,
+}
+
+/// A running workflow found in the store, with its members' outcomes.
+pub(crate) struct RecoveredWorkflow {
+    pub(crate) workflow_id: WorkflowId,
+    pub(crate) record: WorkflowRecord,
+    /// Outcomes by node ([`CANCEL_STEP`]: the workflow was cancelled).
+    pub(crate) steps: Vec<(u32, Outcome)>,
+}
+
 /// One change to the store.
 pub(crate) enum Record {
     /// A task was accepted.
@@ -152,6 +178,12 @@ pub(crate) enum Record {
     Finished(Box<ResultRecord>),
     /// The result cache dropped these results.
     Forget(Vec<TaskId>),
+    /// A workflow was accepted.
+    WorkflowAccepted(WorkflowId, Box<WorkflowRecord>),
+    /// A workflow's member ended (or, at [`CANCEL_STEP`], it was cancelled).
+    WorkflowStep(WorkflowId, u32, Box<Outcome>),
+    /// A workflow ended: nothing of it is kept.
+    WorkflowEnded(WorkflowId),
 }
 
 /// A reply waiting for the records handed before it.
@@ -172,6 +204,8 @@ pub(crate) struct Recovered {
     pub(crate) tasks: Vec<(TaskId, TaskRecord, Option<Progress>)>,
     /// Final reports.
     pub(crate) results: Vec<ResultRecord>,
+    /// Running workflows.
+    pub(crate) workflows: Vec<RecoveredWorkflow>,
 }
 
 /// The store and its writer thread.
@@ -205,7 +239,7 @@ impl Journal {
                     meta.insert(FORMAT_KEY, FORMAT).map_err(|e| store(e.into()))?;
                 }
             }
-            for table in [TASKS, PROGRESS, RESULTS] {
+            for table in [TASKS, PROGRESS, RESULTS, WORKFLOWS, WORKFLOW_STEPS] {
                 write.open_table(table).map_err(|e| store(e.into()))?;
             }
         }
@@ -316,6 +350,14 @@ fn task_id_of(key: &[u8]) -> Result<TaskId, String> {
     TaskId::from_slice(key).map_err(|_| format!("a key of {} bytes is not a task id", key.len()))
 }
 
+/// The key of a workflow step: the workflow's id, then the node, big-endian.
+fn step_key(workflow_id: &WorkflowId, node: u32) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..16].copy_from_slice(workflow_id.as_bytes());
+    key[16..].copy_from_slice(&node.to_be_bytes());
+    key
+}
+
 /// Reads every table, refusing anything that does not decode.
 fn read_all(db: &Database, dir: &Path, max: usize) -> Result<Recovered, JournalError> {
     let store = |source: redb::Error| JournalError::Store { path: dir.into(), source: Box::new(source) };
@@ -351,6 +393,28 @@ fn read_all(db: &Database, dir: &Path, max: usize) -> Result<Recovered, JournalE
         }
         recovered.results.push(record);
     }
+    let mut steps: FxHashMap<WorkflowId, Vec<(u32, Outcome)>> = FxHashMap::default();
+    let table = read.open_table(WORKFLOW_STEPS).map_err(|e| store(e.into()))?;
+    for entry in table.iter().map_err(|e| store(e.into()))? {
+        let (key, value) = entry.map_err(|e| store(e.into()))?;
+        let key = key.value();
+        let (Some(id), Some(node)) = (key.get(..16), key.get(16..20)) else {
+            return Err(bad("workflow_steps", key, "a key that is not a workflow id and a node".into()));
+        };
+        let workflow_id = task_id_of(id).map_err(|why| bad("workflow_steps", key, why))?;
+        let node = u32::from_be_bytes(node.try_into().unwrap_or_default());
+        let outcome: Outcome = decode(value.value(), max).map_err(|why| bad("workflow_steps", key, why))?;
+        steps.entry(workflow_id).or_default().push((node, outcome));
+    }
+    let table = read.open_table(WORKFLOWS).map_err(|e| store(e.into()))?;
+    for entry in table.iter().map_err(|e| store(e.into()))? {
+        let (key, value) = entry.map_err(|e| store(e.into()))?;
+        let workflow_id = task_id_of(key.value()).map_err(|why| bad("workflows", key.value(), why))?;
+        let record: WorkflowRecord = decode(value.value(), max).map_err(|why| bad("workflows", key.value(), why))?;
+        let steps = steps.remove(&workflow_id).unwrap_or_default();
+        recovered.workflows.push(RecoveredWorkflow { workflow_id, record, steps });
+    }
+    recovered.workflows.sort_by_key(|w| w.record.created_ms);
     // Results in the order they finished, so the cache's LRU order is kept.
     recovered.results.sort_by_key(|r| r.report.finished_ms);
     recovered.tasks.sort_by_key(|(_, task, _)| task.created_ms);
@@ -466,6 +530,8 @@ fn commit(db: &Database, batch: &[Entry]) -> Result<(), redb::Error> {
         let mut tasks = write.open_table(TASKS)?;
         let mut progress = write.open_table(PROGRESS)?;
         let mut results = write.open_table(RESULTS)?;
+        let mut workflows = write.open_table(WORKFLOWS)?;
+        let mut steps = write.open_table(WORKFLOW_STEPS)?;
         for (index, entry) in batch.iter().enumerate() {
             let Entry::Record(record) = entry else { continue };
             match record {
@@ -492,6 +558,18 @@ fn commit(db: &Database, batch: &[Entry]) -> Result<(), redb::Error> {
                     for task_id in task_ids {
                         results.remove(task_id.as_bytes().as_slice())?;
                     }
+                }
+                Record::WorkflowAccepted(workflow_id, workflow) => {
+                    workflows.insert(workflow_id.as_bytes().as_slice(), encode(workflow).as_slice())?;
+                }
+                Record::WorkflowStep(workflow_id, node, outcome) => {
+                    let key = step_key(workflow_id, *node);
+                    steps.insert(key.as_slice(), encode(outcome).as_slice())?;
+                }
+                Record::WorkflowEnded(workflow_id) => {
+                    workflows.remove(workflow_id.as_bytes().as_slice())?;
+                    let (first, last) = (step_key(workflow_id, 0), step_key(workflow_id, u32::MAX));
+                    steps.retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
                 }
             }
         }
@@ -596,7 +674,7 @@ mod tests {
             ];
             let db = Database::create(dir.join("direct.redb")).expect("db");
             let write = db.begin_write().expect("write");
-            for table in [TASKS, PROGRESS, RESULTS] {
+            for table in [TASKS, PROGRESS, RESULTS, WORKFLOWS, WORKFLOW_STEPS] {
                 write.open_table(table).expect("table");
             }
             write.commit().expect("commit");

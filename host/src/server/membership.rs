@@ -134,7 +134,10 @@ impl Membership {
             | Request::TaskLimits
             | Request::SetTaskLimit { .. }
             | Request::ClearTaskLimit { .. }
-            | Request::PauseSchedule { .. } => replier.send(&error_reply(
+            | Request::PauseSchedule { .. }
+            | Request::SubmitWorkflow(_)
+            | Request::WorkflowStatus { .. }
+            | Request::CancelWorkflow { .. } => replier.send(&error_reply(
                 ErrorKind::WrongEndpoint,
                 "the management port is for subworkers: submit tasks to a priority port and query results on base+4"
                     .into(),

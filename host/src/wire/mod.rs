@@ -7,8 +7,10 @@
 //! - [`auth`]: cluster keys, roles, and the sealed envelope each frame
 //!   travels in when ports authenticate.
 //! - [`tls`]: `tls+tcp://` listeners and dialers with mutual certificates.
+//! - [`workflow`]: a workflow as it travels (a flat tree) and its status.
 
 pub mod address;
 pub mod auth;
 pub mod protocol;
 pub mod tls;
+pub mod workflow;

@@ -13,6 +13,8 @@ use uuid::Uuid;
 pub use fastworker_plugin_sdk::abi::FailureKind;
 pub use fastworker_plugin_sdk::Priority;
 
+pub use crate::wire::workflow::{WorkflowId, WorkflowReport, WorkflowSubmit};
+
 /// The version byte that starts every frame this build sends and accepts.
 pub const PROTOCOL_VERSION: u8 = 4;
 
@@ -83,6 +85,20 @@ pub enum Request {
     /// The tasks this control plane and its live subworkers provide, with
     /// their declared defaults and JSON Schemas (result port).
     Tasks,
+    /// Run a workflow (task ports of a control plane): answered with its
+    /// status once accepted (`docs/workflows.md`).
+    SubmitWorkflow(WorkflowSubmit),
+    /// Report a workflow's state, members and result (result port).
+    WorkflowStatus {
+        /// The workflow asked about.
+        workflow_id: WorkflowId,
+    },
+    /// Cancel a workflow (result port): pending members never run, live
+    /// ones are cancelled.
+    CancelWorkflow {
+        /// The workflow to cancel.
+        workflow_id: WorkflowId,
+    },
     /// The cluster-wide task limits and what they hold now (result port);
     /// answered `TaskLimits`.
     TaskLimits,
@@ -385,6 +401,8 @@ pub enum Reply {
     Reports(Vec<Reported>),
     /// The registered tasks, sorted by name (the answer to `Tasks`).
     Tasks(Vec<TaskInfo>),
+    /// A workflow's status (the answer to the workflow requests).
+    Workflow(WorkflowReport),
     /// Answers `TaskLimits`: one row per limited task name, sorted.
     TaskLimits(Vec<crate::cluster::task_limits::TaskLimitStatus>),
 }
@@ -580,6 +598,9 @@ pub enum ErrorKind {
     /// started waits for its subworkers to register (`--restart-window`):
     /// transient, retry shortly (the Rust client does so by itself).
     NotYetProvided,
+    /// The control plane never saw this workflow id, or forgot it (finished
+    /// workflows are kept like results: `--result-cache-size`, `--result-cache-ttl`).
+    UnknownWorkflowId,
     /// A task limit that is out of range, for a bad task name, or one too many.
     BadTaskLimit,
 }

@@ -162,6 +162,7 @@ impl State {
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
         let (mut queued, mut rerun, mut waiting_for_time, mut for_subworkers) = (0, 0, 0, 0);
+        let workflows = recovered.workflows;
         for (task_id, record, progress) in recovered.tasks {
             if tasks.live.contains_key(&task_id) {
                 continue;
@@ -226,6 +227,7 @@ impl State {
             for_subworkers,
             "durable mode: accepted tasks taken up again after the restart"
         );
+        self.restore_workflows(workflows);
         if for_subworkers > 0 {
             self.settle_stranded_later();
         }

@@ -45,6 +45,7 @@ use crate::wire::protocol::{
 mod delivery;
 mod durable;
 mod limited;
+mod workflows;
 
 use delivery::Dispatched;
 pub(crate) use delivery::{DeliveryCounters, StartedRuns, START_REPORT_DELAY};
@@ -102,6 +103,8 @@ pub(crate) struct Tasks {
     pub(crate) cluster: Cluster<Link>,
     /// The last lease given to a run sent to a subworker.
     next_lease: u64,
+    /// Workflows, whose members are tasks here (`state/workflows.rs`).
+    workflows: crate::workflow::registry::Workflows<Replier>,
     /// The cluster-wide limits per task name (a control plane's; empty on
     /// a subworker, which does not enforce them).
     pub(crate) task_limits: TaskLimits,
@@ -267,6 +270,10 @@ impl State {
                     live_bytes: 0,
                     cluster: Cluster::default(),
                     next_lease: 0,
+                    workflows: crate::workflow::registry::Workflows::new(
+                        config.result_cache_size,
+                        config.result_cache_ttl.map(millis),
+                    ),
                     task_limits: limited::task_limits(&config, &registry),
                 }),
                 accepting: AtomicBool::new(true),
@@ -392,8 +399,26 @@ impl State {
             let kind = if lease.is_some() { ErrorKind::HandedBack } else { ErrorKind::ShuttingDown };
             return Err((ErrorReply::new(kind, message), waiter));
         }
-        let task_id = submit.task_id;
+        let mut outbox = Outbox::default();
         let mut tasks = self.lock();
+        let accepted = self.admit(&mut tasks, submit, waiter, owner, lease, &mut outbox);
+        drop(tasks);
+        outbox.deliver();
+        accepted
+    }
+
+    /// [`State::accept`] under the task lock: replies go to `outbox`.
+    #[allow(clippy::result_large_err)]
+    fn admit(
+        &self,
+        tasks: &mut Tasks,
+        submit: Submit,
+        waiter: Option<Replier>,
+        owner: Option<[u8; 8]>,
+        lease: Option<u64>,
+        outbox: &mut Outbox,
+    ) -> Result<TaskId, (ErrorReply, Option<Replier>)> {
+        let task_id = submit.task_id;
         if let Some(existing) = tasks.live.get_mut(&task_id) {
             if existing.report.task_name != submit.task_name || *existing.args != submit.args {
                 return Err((id_conflict(task_id, &existing.report.task_name), waiter));
@@ -407,17 +432,17 @@ impl State {
         if let Lookup::Found(report) = cache.get(&task_id) {
             let same = report.task_name == submit.task_name
                 && cache.args_digest_of(&task_id) == Some(args_digest(&submit.args));
-            drop((cache, tasks));
+            drop(cache);
             if !same {
                 return Err((id_conflict(task_id, &report.task_name), waiter));
             }
             if let Some(waiter) = waiter {
-                waiter.send(&Reply::Report(report));
+                outbox.0.push((vec![waiter], encode_reply(&Reply::Report(report))));
             }
             return Ok(task_id);
         }
         drop(cache);
-        if let Err(refusal) = self.within_limits(&tasks, &submit).and_then(|()| self.journal_has_room()) {
+        if let Err(refusal) = self.within_limits(tasks, &submit).and_then(|()| self.journal_has_room()) {
             return Err((refusal, waiter));
         }
         let declared = match (tasks.cluster.provider(&submit.task_name), self.registry.get(&submit.task_name)) {
@@ -442,7 +467,7 @@ impl State {
                 if let Some(refusal) = self.restart_window_refusal(&submit.task_name) {
                     return Err((refusal, waiter));
                 }
-                let message = self.nobody_provides(&tasks, &submit.task_name);
+                let message = self.nobody_provides(tasks, &submit.task_name);
                 return Err((ErrorReply::new(ErrorKind::UnknownTask, message), waiter));
             }
         };
@@ -480,16 +505,13 @@ impl State {
         self.record_accepted(task_id, &task, later);
         tasks.live_bytes += task.args.len() as u64;
         tasks.live.insert(task_id, task);
-        let mut outbox = Outbox::default();
         match later {
             Some(at) => {
                 self.timers.set(at, Alarm::Start(task_id));
                 debug!(%task_id, at_ms = at, "task scheduled");
             }
-            None => self.start(&mut tasks, task_id, false, "", &mut outbox),
+            None => self.start(tasks, task_id, false, "", outbox),
         }
-        drop(tasks);
-        outbox.deliver();
         Ok(task_id)
     }
 
@@ -741,6 +763,7 @@ impl State {
         }
         let digest = args_digest(&task.args);
         self.record_finished(&report, digest);
+        self.member_ended(tasks, &report, outbox);
         let reply = Reply::Report(report);
         if !task.waiters.is_empty() {
             self.answer_final(task.waiters, encode_reply(&reply), outbox);
@@ -814,7 +837,7 @@ impl State {
                 );
             }
         }
-        let Some(task) = tasks.live.get(&task_id) else {
+        if !tasks.live.contains_key(&task_id) {
             drop(tasks);
             return match self.cache.lock().expect("cache lock").get(&task_id) {
                 Lookup::Found(report) => error_reply(
@@ -830,7 +853,21 @@ impl State {
                     format!("task {task_id} is unknown to '{}': check the id and the --address", self.config.worker_id),
                 ),
             };
-        };
+        }
+        // Cancelling a workflow's member cancels its workflow.
+        self.cancel_member_workflow(&mut tasks, task_id, &mut outbox);
+        if let Some(report) = self.cancel_live(&mut tasks, task_id, &mut outbox) {
+            return Reply::Report(report);
+        }
+        drop(tasks);
+        outbox.deliver();
+        self.status(task_id)
+    }
+
+    /// Cancels a live task under the lock: one not started ends at once
+    /// (`None`); a running one has its flag set and is reported as it is.
+    fn cancel_live(&self, tasks: &mut Tasks, task_id: TaskId, outbox: &mut Outbox) -> Option<TaskReport> {
+        let task = tasks.live.get(&task_id)?;
         task.cancelled.store(true, Ordering::SeqCst);
         if task.report.state == TaskState::Running {
             let report = task.report.clone();
@@ -838,14 +875,12 @@ impl State {
             if let Some(worker) = worker {
                 worker.link.note(encode_message(&Request::Cancel { task_id }));
             }
-            return Reply::Report(report);
+            return Some(report);
         }
         let error = TaskError { kind: FailureKind::Error, message: "cancelled by a client before it ran".into() };
         tasks.cluster.forget_waiting(task_id);
-        self.finish(&mut tasks, task_id, Ending::Cancelled(error), None, &mut outbox);
-        drop(tasks);
-        outbox.deliver();
-        self.status(task_id)
+        self.finish(tasks, task_id, Ending::Cancelled(error), None, outbox);
+        None
     }
 
     /// Sends a live task into a subworker slot that [`Cluster`] reserved
