@@ -856,12 +856,14 @@ impl State {
         }
         // Cancelling a workflow's member cancels its workflow.
         self.cancel_member_workflow(&mut tasks, task_id, &mut outbox);
-        if let Some(report) = self.cancel_live(&mut tasks, task_id, &mut outbox) {
-            return Reply::Report(report);
-        }
+        let running = self.cancel_live(&mut tasks, task_id, &mut outbox);
         drop(tasks);
+        // The replies the workflow's end queued go out on both paths.
         outbox.deliver();
-        self.status(task_id)
+        match running {
+            Some(report) => Reply::Report(report),
+            None => self.status(task_id),
+        }
     }
 
     /// Cancels a live task under the lock: one not started ends at once
