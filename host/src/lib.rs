@@ -10,7 +10,8 @@
 //! | [`wire`] | what crosses a socket: frames and messages, addresses and the port layout, keys and sealed envelopes, TLS |
 //! | [`plugins`] | loading task plugins, their tasks, schemas and schedules |
 //! | `server` | the serving process's parts: the ports, the task state behind them, and the worker threads, timers, callbacks, journal and scheduler it drives |
-//! | `cluster` | control plane and subworkers: routing to free slots, the link to each subworker, membership, discovery |
+//! | `cluster` | control plane and subworkers: routing to free slots, the link to each subworker, membership, discovery, cluster-wide task limits |
+//! | [`workflow`] | chains, groups and chords: the description clients write, and the pure state machine the control plane keeps for each |
 //! | [`client`] | the Rust client |
 //! | [`dashboard`] | the web page, JSON and task HTTP API, `/metrics` |
 //! | [`control_plane`] | one serving process assembled from the above |
