@@ -160,6 +160,9 @@ fn every_request_is_as_documented() {
         sample(Request::Revoke { task_ids: vec![id] }),
         sample(Request::Collect),
         sample(Request::Tasks),
+        sample(Request::TaskLimits),
+        sample(Request::SetTaskLimit { task_name: "add".into(), limit: None }),
+        sample(Request::ClearTaskLimit { task_name: "add".into() }),
     ];
     check("## Request", &samples);
     // The fields of a Submit, in order.
@@ -217,6 +220,7 @@ fn every_reply_and_error_kind_is_as_documented() {
             result_schema: None,
             providers: vec![],
         }])),
+        sample(Reply::TaskLimits(vec![])),
     ];
     check("## Reply", &samples);
     assert_eq!(table_fields("### TaskReport"), report_fields, "docs/protocol.md's TaskReport table");

@@ -32,7 +32,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
 }
 
 /// One row as the page and the API show it.
-pub(crate) fn row(status: &TaskLimitStatus) -> Value {
+fn row(status: &TaskLimitStatus) -> Value {
     json!({
         "task": status.task_name,
         "rate_per_second": status.limit.rate.map(|r| r.per_second),
@@ -46,10 +46,15 @@ pub(crate) fn row(status: &TaskLimitStatus) -> Value {
     })
 }
 
+/// Every limited task and what it holds now, as rows (also in the overview
+/// the event stream sends every second, which keeps the page's panel live).
+pub(crate) fn rows(shared: &Shared) -> Vec<Value> {
+    shared.state.task_limit_statuses().iter().map(row).collect()
+}
+
 /// GET /api/task-limits: every limited task and what it holds now.
 async fn list(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    let rows: Vec<Value> = shared.state.task_limit_statuses().iter().map(row).collect();
-    Json(json!({ "limits": rows }))
+    Json(json!({ "limits": rows(&shared) }))
 }
 
 /// The body of a change: `{"limit": "rate:20/s,burst:5,max_running:2"}` or `{"limit": "none"}`.

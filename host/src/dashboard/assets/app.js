@@ -109,6 +109,7 @@ async function loadTasks(query) {
 // ---- overview ----
 function applyOverview(o) {
   overview = o;
+  if (o.task_limits) renderLimits(o.task_limits);
   const cp = o.control_plane;
   $('#cp-id').textContent = cp.worker_id;
   document.title = 'fastworker · ' + cp.worker_id;
@@ -469,24 +470,28 @@ function rateText(row) {
   return `${shown} (burst ${row.burst})`;
 }
 
+function renderLimits(limits) {
+  $('#task-limits tbody').replaceChildren(...limits.map((row) => {
+    const clear = row.source === 'run-time'
+      ? el('button', { type: 'button', onclick: () => changeLimit(`/api/task-limits/${encodeURIComponent(row.task)}/clear`, null) }, 'Clear')
+      : '';
+    return el('tr', { 'data-task': row.task },
+      el('td', {}, row.task),
+      el('td', {}, rateText(row)),
+      el('td', {}, row.max_running ?? '—'),
+      el('td', {}, row.running),
+      el('td', {}, row.held),
+      el('td', {}, row.held_total),
+      el('td', {}, row.source),
+      el('td', {}, clear));
+  }));
+  $('#no-limits').hidden = limits.length > 0;
+}
+
+// After a change: at once, not at the next overview.
 async function loadLimits() {
   try {
-    const body = await api('/api/task-limits');
-    $('#task-limits tbody').replaceChildren(...body.limits.map((row) => {
-      const clear = row.source === 'run-time'
-        ? el('button', { type: 'button', onclick: () => changeLimit(`/api/task-limits/${encodeURIComponent(row.task)}/clear`, null) }, 'Clear')
-        : '';
-      return el('tr', { 'data-task': row.task },
-        el('td', {}, row.task),
-        el('td', {}, rateText(row)),
-        el('td', {}, row.max_running ?? '—'),
-        el('td', {}, row.running),
-        el('td', {}, row.held),
-        el('td', {}, row.held_total),
-        el('td', {}, row.source),
-        el('td', {}, clear));
-    }));
-    $('#no-limits').hidden = body.limits.length > 0;
+    renderLimits((await api('/api/task-limits')).limits);
   } catch (error) {
     console.warn('loading the task limits', error);
   }
@@ -542,5 +547,4 @@ loadTasks();
 loadRegistered();
 connect();
 setInterval(drawCharts, 1000);
-loadLimits();
-setInterval(loadLimits, 2000);
+
