@@ -437,3 +437,26 @@ fn the_dashboard_shows_and_changes_the_limits() {
 fn row_absent(rows: &[Value], task: &str) -> bool {
     row(rows, task).is_none()
 }
+
+#[test]
+fn retries_count_again_against_the_rate() {
+    // `flaky` fails twice, retried after 100 then 200 ms; limited to one
+    // start every half second, its three runs take at least a second.
+    let cp = Process::control_plane(&["example-tasks"], &["--task-limit", "flaky=rate:2/s,burst:1"]);
+    let client = cp.client();
+    let rt = runtime();
+    let asked = Instant::now();
+    let attempts: u32 = rt.block_on(client.call("flaky", [2])).unwrap();
+    let took = asked.elapsed();
+    assert_eq!(attempts, 3);
+    eprintln!("three runs at 2/s took {took:?}");
+    assert!(took >= Duration::from_millis(950), "three runs of a 2/s task took only {took:?}");
+    let rows = rt.block_on(client.task_limits()).unwrap();
+    assert!(rows[0].held_total >= 2, "{rows:?}");
+    // Unlimited, the same three runs take about the backoff, 300 ms.
+    let clear = run_cli(&["limits", "set", "flaky", "none", "--address", &cp.address]);
+    assert!(clear.status.success(), "{}", stderr(&clear));
+    let asked = Instant::now();
+    let _: u32 = rt.block_on(client.call("flaky", [2])).unwrap();
+    assert!(asked.elapsed() < Duration::from_millis(900), "unlimited, it took {:?}", asked.elapsed());
+}
