@@ -488,3 +488,39 @@ fn expand_task(attr: TokenStream2, function: &ItemFn) -> syn::Result<TokenStream
         };
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(attr: TokenStream2) -> String {
+        match parse_options(attr) {
+            Ok(_) => panic!("accepted"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn limits_become_the_task_meta_json() {
+        let options = parse_options(quote!(rate = "20/s", max_running = 4)).unwrap();
+        assert_eq!(meta_json(&options), r#"{"rate":{"per_second":20.0,"burst":20},"max_running":4}"#);
+        let options = parse_options(quote!(rate = "600/m", burst = 5)).unwrap();
+        assert_eq!(meta_json(&options), r#"{"rate":{"per_second":10.0,"burst":5}}"#);
+        let options = parse_options(quote!(rate = "5/h")).unwrap();
+        assert!(meta_json(&options).ends_with(r#""burst":1}}"#), "at least one: {}", meta_json(&options));
+        assert_eq!(meta_json(&parse_options(quote!(priority = "high")).unwrap()), "");
+    }
+
+    #[test]
+    fn bad_limits_are_compile_errors_that_say_what_to_write() {
+        for bad in [quote!(rate = "fast"), quote!(rate = "20"), quote!(rate = "0/s"), quote!(rate = "20/d")] {
+            assert!(refusal(bad).contains("is not N/s, N/m or N/h"));
+        }
+        assert!(refusal(quote!(rate = "2000000/s")).contains("one run an hour"));
+        assert!(refusal(quote!(rate = 20)).contains("string literal"));
+        assert!(refusal(quote!(burst = 5)).contains("`burst` needs a `rate`"));
+        assert!(refusal(quote!(rate = "1/s", burst = 0)).contains("burst is from 1"));
+        assert!(refusal(quote!(max_running = 0)).contains("max_running is from 1"));
+        assert!(refusal(quote!(max_running = 2000000)).contains("max_running is from 1"));
+    }
+}

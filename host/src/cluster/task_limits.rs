@@ -456,6 +456,12 @@ impl TaskLimits {
     /// When the control plane should look again at what is held back, if
     /// that is earlier than the alarm already set: it sets its alarm then.
     pub(crate) fn arm(&mut self, now_ms: u64) -> Option<u64> {
+        // Buckets as of now: a token due in the past is in the bucket, so
+        // the alarm is never set for a time already gone (it would ring
+        // again and again).
+        for state in self.names.values_mut() {
+            state.refill(now_ms);
+        }
         let next_token = self.names.values().filter_map(NameState::next_token_ms).min();
         let due = if std::mem::take(&mut self.wake_now) { Some(now_ms) } else { next_token };
         let due = due?;
@@ -547,6 +553,19 @@ mod tests {
         assert_eq!((0..10).filter(|_| limits.try_start("a", id(), 100_000)).count(), 3);
         // Unlimited names always start.
         assert!((0..100).all(|_| limits.try_start("b", id(), 0)));
+    }
+
+    #[test]
+    fn the_alarm_is_never_set_in_the_past_and_stops_once_buckets_refill() {
+        let mut limits = TaskLimits::new([("a".into(), limit("rate:10/s,burst:1"))], [], 1000);
+        assert!(limits.try_start("a", id(), 1000));
+        // Looked at much later (the alarm rang late, nothing held): the
+        // bucket is full again, so no alarm at all.
+        assert_eq!(limits.arm(5000), None);
+        assert!(limits.try_start("a", id(), 5000));
+        assert_eq!(limits.arm(5050), Some(5100), "half a token in, half to go");
+        limits.rang();
+        assert_eq!(limits.arm(5100), None, "a full token now: nothing to wake for");
     }
 
     #[test]

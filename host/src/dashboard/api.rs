@@ -90,6 +90,7 @@ pub(crate) fn overview(shared: &Shared) -> Value {
             "cancelled": totals.cancelled,
         },
         "history": history,
+        "task_limits": super::task_limits::rows(shared),
     })
 }
 

@@ -93,6 +93,7 @@ fn render(shared: &Shared) -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     }
     render_limits(shared, &mut out);
+    super::task_limits::render_metrics(shared, &mut out, escape);
     out
 }
 

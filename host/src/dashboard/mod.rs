@@ -16,6 +16,7 @@ mod hosts;
 mod metrics;
 mod openapi;
 mod task_api;
+mod task_limits;
 
 pub use hosts::check_allowed_hosts;
 
@@ -191,6 +192,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/schedules", get(api::schedules))
         .route("/api/events", get(events::events))
         .merge(task_routes(shared.clone()))
+        .merge(task_limits::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(shared.clone(), hosts::check_host))

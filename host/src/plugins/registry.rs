@@ -445,3 +445,49 @@ fn classify(path: &Path, error: LibraryError) -> PluginError {
 fn first_line(text: &str) -> String {
     text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi_stable::std_types::{RResult, RSlice, RVec};
+    use fastworker_plugin_sdk::abi::TaskFailure;
+    use fastworker_plugin_sdk::{TaskContext, TaskOptions};
+
+    extern "C" fn nothing(_: &TaskContext<'_>, _: RSlice<'_, u8>) -> RResult<RVec<u8>, TaskFailure> {
+        RResult::ROk(RVec::new())
+    }
+
+    fn decl(name: &'static str) -> TaskDecl {
+        TaskDecl {
+            name: RStr::from_str(name),
+            signature: RStr::from_str(""),
+            doc: RStr::from_str(""),
+            options: TaskOptions::DEFAULT,
+            call: nothing,
+        }
+    }
+
+    #[test]
+    fn task_meta_gives_limits_ignores_unknown_keys_and_refuses_what_is_malformed() {
+        let path = Path::new("libtasks.so");
+        let tasks = [decl("a"), decl("b")];
+        let meta = [RStr::from_str(r#"{"max_running":2,"added_later":{"x":1}}"#), RStr::from_str("")];
+        let limits = task_limits(path, &tasks, &meta).unwrap();
+        assert_eq!(limits[0].unwrap().max_running, Some(2));
+        assert_eq!(limits[1], None);
+        assert_eq!(task_limits(path, &tasks, &[]).unwrap(), vec![None, None], "a plugin without task_meta");
+        for (bad, why) in [
+            (r#"{"max_running":"two"}"#, "not the JSON object expected"),
+            ("not json", "not the JSON object expected"),
+            (r#"{"max_running":0}"#, "max_running must be from 1"),
+            (r#"{"rate":{"per_second":1e12,"burst":1}}"#, "between one run an hour"),
+        ] {
+            let meta = [RStr::from_str(""), RStr::from_str(bad)];
+            let error = task_limits(path, &tasks, &meta).unwrap_err().to_string();
+            assert!(error.contains("task 'b'") && error.contains(why), "{bad}: {error}");
+            assert!(error.contains("libtasks.so"), "{error}");
+        }
+        let error = task_limits(path, &tasks, &[RStr::from_str("")]).unwrap_err().to_string();
+        assert!(error.contains("1 option entries for 2 tasks"), "{error}");
+    }
+}

@@ -17,9 +17,8 @@ use tracing::info;
 use super::{Job, Outbox, State, Tasks};
 use crate::cluster::task_limits::{TaskLimit, TaskLimitStatus, TaskLimits};
 use crate::plugins::Registry;
-use crate::server::config::ControlPlaneConfig;
 use crate::server::timers::Alarm;
-use crate::wire::protocol::{now_ms, ErrorKind, Reply, TaskId, TaskState};
+use crate::wire::protocol::{now_ms, ErrorKind, ErrorReply, Reply, TaskId, TaskState};
 
 /// The limits a control plane starts with: what its plugins declare, with
 /// its `--task-limit` flags over them. A subworker enforces none.
@@ -105,7 +104,7 @@ impl State {
                 let shown = limit.map_or("none".to_string(), |l| l.describe());
                 info!(task = %task_name, limit = %shown, "task limit set at run time");
             })
-            .map_or_else(|refusal| refusal, |()| Reply::Done)
+            .map_or_else(Reply::Error, |()| Reply::Done)
     }
 
     /// Drops a task's run-time limit: its declared or flag limit holds again.
@@ -119,22 +118,22 @@ impl State {
                 info!(task = %task_name, had_one = had, "run-time task limit cleared");
                 Reply::Done
             }
-            Err(refusal) => refusal,
+            Err(refusal) => Reply::Error(refusal),
         }
     }
 
     fn change_task_limits<T>(
         &self,
         change: impl FnOnce(&mut TaskLimits, u64) -> Result<T, String>,
-    ) -> Result<T, Reply> {
+    ) -> Result<T, ErrorReply> {
         if self.config.management.is_none() {
-            let message = "task limits are set on the control plane, which enforces them".to_string();
-            return Err(super::error_reply(ErrorKind::WrongEndpoint, message));
+            let message = "task limits are set on the control plane, which enforces them";
+            return Err(ErrorReply::new(ErrorKind::WrongEndpoint, message));
         }
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
         let changed = change(&mut tasks.task_limits, now_ms())
-            .map_err(|message| super::error_reply(ErrorKind::BadTaskLimit, message))?;
+            .map_err(|message| ErrorReply::new(ErrorKind::BadTaskLimit, message))?;
         // A loosened limit lets held-back runs go at once.
         self.release_held(&mut tasks, &mut outbox);
         drop(tasks);

@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 use tracing::{debug, info, warn};
 
 use crate::cluster::link::{Channel, Link};
-use crate::cluster::routing::{Cluster, Placement, Waiting, WorkerKey};
+use crate::cluster::routing::{Cluster, Placement, Slot, Waiting, WorkerKey};
 use crate::cluster::task_limits::TaskLimits;
 use crate::plugins::Registry;
 use crate::server::cache::{args_digest, Lookup, ResultCache};
@@ -1102,11 +1102,15 @@ impl State {
     /// Gives a worker's free slots the most urgent waiting tasks it
     /// provides, in one frame.
     fn fill_worker(&self, tasks: &mut Tasks, key: WorkerKey, outbox: &mut Outbox) {
-        let slots = tasks.cluster.get(key).map_or(0, |w| w.slots.len());
-        for slot in 0..slots {
+        let idle: Vec<usize> = tasks.cluster.get(key).map_or_else(Vec::new, |w| {
+            w.slots.iter().enumerate().filter(|(_, slot)| **slot == Slot::Idle).map(|(index, _)| index).collect()
+        });
+        for slot in idle {
             let mut gate = limited::Gate::new(&mut tasks.task_limits);
-            if let Some(next) = tasks.cluster.next_for_with(key, slot, &mut gate) {
-                self.queue_for_worker(tasks, key, slot, next);
+            match tasks.cluster.next_for_with(key, slot, &mut gate) {
+                Some(next) => self.queue_for_worker(tasks, key, slot, next),
+                // Nothing for one free slot is nothing for the others.
+                None => break,
             }
         }
         self.flush_worker(tasks, key, outbox);
@@ -1210,11 +1214,13 @@ impl State {
         match self.registry.get(name) {
             Some(_) if self.pool.threads() > 0 => {
                 live.report.state = TaskState::Queued;
-                let (name, priority) = (live.report.task_name.clone(), live.report.priority);
-                if !tasks.task_limits.try_start(&name, task_id, now_ms()) {
-                    debug!(%task_id, %priority, "task held back by its task limit");
-                    tasks.task_limits.hold_local(&name, priority, task_id);
-                    return self.arm_task_limits(&mut tasks.task_limits);
+                if !tasks.task_limits.is_empty() {
+                    let (name, priority) = (live.report.task_name.clone(), live.report.priority);
+                    if !tasks.task_limits.try_start(&name, task_id, now_ms()) {
+                        debug!(%task_id, %priority, "task held back by its task limit");
+                        tasks.task_limits.hold_local(&name, priority, task_id);
+                        return self.arm_task_limits(&mut tasks.task_limits);
+                    }
                 }
                 self.push_local(tasks, task_id, outbox);
             }
