@@ -35,6 +35,7 @@ impl FakeSubworkers {
                 signature: String::new(),
                 args_schema: None,
                 result_schema: None,
+                limit: None,
             };
             let name = WorkerName { worker_id: format!("fake{index}"), instance: TaskId::new_v4() };
             registrations.push(Registration { name, address, concurrency, prefetch: 0, tasks: vec![task] });

@@ -294,5 +294,6 @@ pub fn offered(name: &str, schedule: &str) -> fastworker::protocol::OfferedTask 
         signature: String::new(),
         args_schema: None,
         result_schema: None,
+        limit: None,
     }
 }

@@ -140,6 +140,27 @@ fn max_running_2_is_never_exceeded_across_the_control_plane_and_two_subworkers()
 }
 
 #[test]
+fn a_limit_declared_by_a_subworkers_plugin_holds_on_a_control_plane_without_it() {
+    // The control plane loads no plugin: `limited_running`'s `max_running = 2`
+    // reaches it in the subworkers' registrations.
+    let cp = Process::control_plane(&[], &["--concurrency", "0"]);
+    let _sw1 = Process::subworker(&cp, "sw1", &["example-tasks"], &["--concurrency", "4"]);
+    let _sw2 = Process::subworker(&cp, "sw2", &["example-tasks"], &["--concurrency", "4"]);
+    let client = cp.client();
+    let reports = runtime().block_on(async {
+        let ids = queue(&client, "limited_running", serde_json::json!([120]), 12, SubmitOptions::default()).await;
+        finish(&client, &ids, Duration::from_secs(30)).await
+    });
+    let spans: Vec<(u64, u64)> = reports.iter().map(span).collect();
+    assert_eq!(most_at_once(&spans), 2, "never more than 2 at once across both subworkers: {spans:?}");
+    let workers: std::collections::BTreeSet<&str> = reports.iter().map(|r| r.worker.as_str()).collect();
+    assert_eq!(workers.len(), 2, "both subworkers ran some: {workers:?}");
+    let rows = limits_json(&cp);
+    let limited = row(&rows, "limited_running").unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!((limited["source"].as_str(), limited["max_running"].as_u64()), (Some("declared"), Some(2)), "{limited}");
+}
+
+#[test]
 fn a_held_back_task_blocks_no_unlimited_task_behind_it() {
     let cp = Process::control_plane(&["example-tasks"], &["--concurrency", "4"]);
     let _sw = Process::subworker(&cp, "sw1", &["example-tasks"], &["--concurrency", "4"]);

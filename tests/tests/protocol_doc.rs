@@ -139,6 +139,7 @@ fn every_request_is_as_documented() {
         signature: String::new(),
         args_schema: None,
         result_schema: None,
+        limit: None,
     };
     let registration = Registration {
         name: worker(),

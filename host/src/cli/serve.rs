@@ -345,6 +345,7 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
             OfferedTask {
                 args_schema: task.schema.as_ref().map(|schema| text(&schema.args)),
                 result_schema: task.schema.as_ref().map(|schema| text(&schema.result)),
+                limit: task.limit,
                 ..OfferedTask::from(&task.decl)
             }
         })

@@ -457,7 +457,7 @@ impl Client {
     }
 
     /// The cluster-wide task limits and what each holds now (docs/limits.md).
-    pub async fn task_limits(&self) -> Result<Vec<crate::task_limits::TaskLimitStatus>, ClientError> {
+    pub async fn task_limits(&self) -> Result<Vec<crate::wire::task_limit::TaskLimitStatus>, ClientError> {
         match self.request(RESULTS, &Request::TaskLimits).await? {
             Reply::TaskLimits(rows) => Ok(rows),
             Reply::Error(error) => Err(ClientError::Refused(error)),
@@ -470,7 +470,7 @@ impl Client {
     pub async fn set_task_limit(
         &self,
         task_name: &str,
-        limit: Option<crate::task_limits::TaskLimit>,
+        limit: Option<crate::wire::task_limit::TaskLimit>,
     ) -> Result<(), ClientError> {
         let request = Request::SetTaskLimit { task_name: task_name.to_string(), limit };
         self.expect_done(&request).await

@@ -606,6 +606,7 @@ mod tests {
             signature: String::new(),
             args_schema: None,
             result_schema: None,
+            limit: None,
         };
         let tasks = tasks.iter().map(|t| (t.to_string(), offer(t))).collect();
         let key = cluster.new_key();
@@ -773,6 +774,7 @@ mod tests {
                     signature: String::new(),
                     args_schema: None,
                     result_schema: None,
+                    limit: None,
                 };
                 (name.to_string(), offer)
             })

@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{authorize, error, Shared};
-use crate::protocol::Reply;
-use crate::task_limits::{TaskLimit, TaskLimitStatus};
+use crate::cluster::task_limits::{TaskLimit, TaskLimitStatus};
+use crate::wire::protocol::Reply;
 
 /// The largest body a limit change may have.
 const MAX_BODY_BYTES: usize = 1024;

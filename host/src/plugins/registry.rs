@@ -9,9 +9,9 @@ use abi_stable::std_types::RStr;
 use fastworker_plugin_sdk::abi::{prefix, with_schemas, PluginRef, TaskDecl, TaskSchema as ExportedSchema};
 use fastworker_plugin_sdk::SDK_VERSION;
 
-use crate::cluster::task_limits::TaskLimit;
 use crate::plugins::schedule::{Schedule, ScheduleError};
 use crate::plugins::task_schema::TaskSchema;
+use crate::wire::task_limit::TaskLimit;
 
 /// A loaded plugin file.
 #[derive(Debug)]
@@ -209,7 +209,7 @@ type Loaded = (PluginInfo, &'static [TaskDecl], Option<&'static [ExportedSchema]
 fn task_limits(path: &Path, tasks: &[TaskDecl], meta: &[RStr<'static>]) -> Result<Vec<Option<TaskLimit>>, PluginError> {
     let refuse = |task: &str, reason: String| PluginError::BadTaskMeta {
         path: path.to_path_buf(),
-        task: task.chars().take(crate::limits::MAX_NAME_BYTES).collect(),
+        task: task.chars().take(crate::wire::protocol::MAX_NAME_BYTES).collect(),
         reason,
     };
     if meta.is_empty() {

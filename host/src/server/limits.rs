@@ -146,8 +146,7 @@ pub mod range {
     pub const HEADER_TIMEOUT_S: (f64, f64) = (0.1, 300.0);
 }
 
-/// The longest `--worker-id` (and a task name a subworker offers), in bytes.
-pub const MAX_NAME_BYTES: usize = 128;
+pub use crate::wire::protocol::MAX_NAME_BYTES;
 
 /// The longest schedule a subworker may offer for one task, in bytes.
 pub const MAX_SCHEDULE_BYTES: usize = 1024;

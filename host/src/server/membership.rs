@@ -236,8 +236,18 @@ impl Membership {
             }
         };
         let provided: HashMap<String, _> = offered.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let declared: Vec<_> = provided.values().filter_map(|t| Some((t.name.clone(), t.limit?))).collect();
         let joining = Joining { key, name, address, concurrency, prefetch, tasks: provided, link };
-        self.state.lock().cluster.add(joining);
+        let mut tasks = self.state.lock();
+        tasks.cluster.add(joining);
+        if self.state.config.management.is_some() {
+            for (task_name, limit) in declared {
+                if tasks.task_limits.declare_offered(&task_name, limit, crate::wire::protocol::now_ms()) {
+                    info!(task = %task_name, limit = %limit.describe(), "cluster-wide limit declared by a subworker's plugin");
+                }
+            }
+        }
+        drop(tasks);
         self.connecting.insert(key, (replier, Instant::now() + CONNECT_LIMIT));
     }
 
@@ -279,6 +289,13 @@ impl Membership {
                 t.doc.len().saturating_add(t.signature.len()).saturating_add(schemas[0]).saturating_add(schemas[1])
             })
             .fold(0, usize::saturating_add);
+        if let Some((task, error)) =
+            registration.tasks.iter().find_map(|t| Some((&t.name, t.limit.as_ref()?.check().err()?)))
+        {
+            return bad(format!(
+                "subworker '{worker_id}' declares a limit for task '{task}' that is out of range: {error}"
+            ));
+        }
         if text > MAX_OFFERED_TEXT_BYTES {
             return bad(format!(
                 "subworker '{worker_id}' offers {text} bytes of task docs, signatures and schemas; at most {MAX_OFFERED_TEXT_BYTES} are taken per registration"

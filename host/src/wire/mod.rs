@@ -7,10 +7,12 @@
 //! - [`auth`]: cluster keys, roles, and the sealed envelope each frame
 //!   travels in when ports authenticate.
 //! - [`tls`]: `tls+tcp://` listeners and dialers with mutual certificates.
+//! - [`task_limit`]: a cluster-wide limit per task name, as declared and set.
 //! - [`workflow`]: a workflow as it travels (a flat tree) and its status.
 
 pub mod address;
 pub mod auth;
 pub mod protocol;
+pub mod task_limit;
 pub mod tls;
 pub mod workflow;

@@ -15,6 +15,10 @@ pub use fastworker_plugin_sdk::Priority;
 
 pub use crate::wire::workflow::{WorkflowId, WorkflowReport, WorkflowSubmit};
 
+/// The longest `--worker-id` (and a task name a subworker offers or a task
+/// limit names), in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+
 /// The version byte that starts every frame this build sends and accepts.
 pub const PROTOCOL_VERSION: u8 = 4;
 
@@ -108,7 +112,7 @@ pub enum Request {
         /// The task name.
         task_name: String,
         /// The limit; `None` lifts the declared or flag limit.
-        limit: Option<crate::cluster::task_limits::TaskLimit>,
+        limit: Option<crate::wire::task_limit::TaskLimit>,
     },
     /// Drops a task's run-time limit: its declared or flag limit holds
     /// again; operator only when the cluster is keyed (result port).
@@ -202,6 +206,9 @@ pub struct OfferedTask {
     pub args_schema: Option<String>,
     /// The JSON Schema of its result, as JSON text.
     pub result_schema: Option<String>,
+    /// Its declared cluster-wide limit (`#[task(rate = ..., max_running = ...)]`),
+    /// which the control plane applies unless it has one for the task already.
+    pub limit: Option<crate::wire::task_limit::TaskLimit>,
 }
 
 impl From<&fastworker_plugin_sdk::abi::TaskDecl> for OfferedTask {
@@ -218,6 +225,7 @@ impl From<&fastworker_plugin_sdk::abi::TaskDecl> for OfferedTask {
             signature: decl.signature.to_string(),
             args_schema: None,
             result_schema: None,
+            limit: None,
         }
     }
 }
@@ -404,7 +412,7 @@ pub enum Reply {
     /// A workflow's status (the answer to the workflow requests).
     Workflow(WorkflowReport),
     /// Answers `TaskLimits`: one row per limited task name, sorted.
-    TaskLimits(Vec<crate::cluster::task_limits::TaskLimitStatus>),
+    TaskLimits(Vec<crate::wire::task_limit::TaskLimitStatus>),
 }
 
 /// A task a control plane or its subworkers provide, as `Client::tasks`

@@ -17,6 +17,7 @@ use tracing::info;
 use super::{Job, Outbox, State, Tasks};
 use crate::cluster::task_limits::{TaskLimit, TaskLimitStatus, TaskLimits};
 use crate::plugins::Registry;
+use crate::server::config::ControlPlaneConfig;
 use crate::server::timers::Alarm;
 use crate::wire::protocol::{now_ms, ErrorKind, ErrorReply, Reply, TaskId, TaskState};
 
