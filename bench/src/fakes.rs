@@ -31,6 +31,11 @@ impl FakeSubworkers {
                 max_retries: 0,
                 retry_delay_ms: 0,
                 schedule: String::new(),
+                doc: String::new(),
+                signature: String::new(),
+                args_schema: None,
+                result_schema: None,
+                limit: None,
             };
             let name = WorkerName { worker_id: format!("fake{index}"), instance: TaskId::new_v4() };
             registrations.push(Registration { name, address, concurrency, prefetch: 0, tasks: vec![task] });

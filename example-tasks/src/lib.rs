@@ -117,6 +117,46 @@ fn report(label: String) -> String {
     format!("{label} report: all good")
 }
 
+/// Milliseconds since the Unix epoch, as the tasks below report them.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Sleeps `ms` milliseconds and returns when it started and ended (ms since the epoch).
+#[task]
+fn timed_sleep(ms: u64) -> (u64, u64) {
+    let start = now_ms();
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    (start, now_ms())
+}
+
+/// Returns when it started (ms since the epoch); at most 20 start a second across the cluster.
+#[task(rate = "20/s")]
+fn limited_rate() -> u64 {
+    now_ms()
+}
+
+/// Sleeps `ms` milliseconds and returns when it started and ended; at most 2 run at once across the cluster.
+#[task(max_running = 2)]
+fn limited_running(ms: u64) -> (u64, u64) {
+    timed_sleep(ms)
+}
+
 fastworker_plugin_sdk::export_plugin!(
-    add, midpoint, sleep_ms, divide, panic_now, fib, hash_bytes, noop, echo, flaky, tick, report, sum
+    add,
+    midpoint,
+    sleep_ms,
+    divide,
+    panic_now,
+    fib,
+    hash_bytes,
+    noop,
+    echo,
+    flaky,
+    tick,
+    report,
+    timed_sleep,
+    limited_rate,
+    limited_running,
+    sum
 );

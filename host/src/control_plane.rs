@@ -11,16 +11,16 @@ use std::time::Duration;
 use nng::Message;
 use tracing::{info, warn};
 
-use crate::auth::{ReplayGuard, Role, Sender};
-use crate::config::ControlPlaneConfig;
+use crate::cluster::discovery::{Announcement, Announcer};
 use crate::dashboard::{Dashboard, DashboardConfig, DashboardError};
-use crate::discovery::{Announcement, Announcer};
-use crate::endpoint::{Handler, ListenError, Listener, PortAuth, PortOptions, Replier};
-use crate::journal::{Journal, JournalError};
-use crate::membership::{self, Event};
 use crate::plugins::Registry;
-use crate::protocol::{decode, ClusterStatus, ErrorKind, Priority, Reply, Request};
-use crate::state::{error_reply, Caller, State};
+use crate::server::config::ControlPlaneConfig;
+use crate::server::endpoint::{Handler, ListenError, Listener, PortAuth, PortOptions, Replier};
+use crate::server::journal::{Journal, JournalError};
+use crate::server::membership::{self, Event};
+use crate::server::state::{error_reply, Caller, State};
+use crate::wire::auth::{ReplayGuard, Role, Sender};
+use crate::wire::protocol::{decode, ClusterStatus, ErrorKind, Priority, Reply, Request};
 
 /// Why a control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,7 @@ impl ControlPlane {
     /// Opens the `--state-dir` if there is one, takes up what it holds,
     /// binds every port and starts the worker threads.
     pub fn start(config: ControlPlaneConfig, registry: Registry) -> Result<ControlPlane, StartError> {
-        crate::memory::give_back_freed_memory();
+        crate::server::memory::give_back_freed_memory();
         // A stored record is at most a task's arguments or its result (each
         // bounded by the frame size) and a little more.
         let max_record = config.limits.max_frame_bytes.saturating_mul(2).saturating_add(1 << 20);
@@ -169,7 +169,7 @@ impl ControlPlane {
     /// On a subworker: the runs its control plane sent that have started
     /// since the last call and are still running, each with its lease, to
     /// report (`Started`).
-    pub fn take_started(&self) -> Vec<(crate::protocol::TaskId, u64)> {
+    pub fn take_started(&self) -> Vec<(crate::wire::protocol::TaskId, u64)> {
         self.state.take_started()
     }
 
@@ -178,7 +178,7 @@ impl ControlPlane {
     /// runs, already ended, need no report).
     pub async fn started_ready(&self) {
         self.state.started_runs.ready().await;
-        tokio::time::sleep(crate::state::START_REPORT_DELAY).await;
+        tokio::time::sleep(crate::server::state::START_REPORT_DELAY).await;
     }
 
     /// On a subworker: waits until a connection to its CRITICAL port drops
@@ -343,6 +343,19 @@ impl State {
             Ok(Request::Tasks) => {
                 let Some(replier) = replier.allow(READERS, "list tasks") else { return };
                 return replier.send(&Reply::Tasks(self.registered_tasks()));
+            }
+            Ok(Request::TaskLimits) => {
+                let Some(replier) = replier.allow(READERS, "list task limits") else { return };
+                return replier.send(&Reply::TaskLimits(self.task_limit_statuses()));
+            }
+            // Changing a limit is an operator's action, like pausing a schedule.
+            Ok(Request::SetTaskLimit { task_name, limit }) => {
+                let Some(replier) = replier.allow(&[Role::Operator], "change task limits") else { return };
+                return replier.send(&self.set_task_limit(&task_name, limit));
+            }
+            Ok(Request::ClearTaskLimit { task_name }) => {
+                let Some(replier) = replier.allow(&[Role::Operator], "change task limits") else { return };
+                return replier.send(&self.clear_task_limit(&task_name));
             }
             Ok(Request::Discover) => Reply::Discovered { management_port },
             Ok(Request::Submit(_) | Request::Batch(_) | Request::SubmitWorkflow(_)) => error_reply(

@@ -1,47 +1,52 @@
 //! fastworker: a brokerless task runtime.
 //!
-//! This library holds the control plane, the subworker, the plugin loader,
-//! the wire protocol and the client; the `fastworker` binary is a thin command line
-//! over it. Rust applications use [`client::Client`].
+//! The `fastworker` binary (`main.rs` and `cli/`, over this library's
+//! public API) is at once the control plane and a subworker. Rust
+//! applications use [`client::Client`]. The modules, by role, each folder
+//! opening with a map of its own:
+//!
+//! | module | role |
+//! |--|--|
+//! | [`wire`] | what crosses a socket: frames and messages, addresses and the port layout, keys and sealed envelopes, TLS |
+//! | [`plugins`] | loading task plugins, their tasks, schemas and schedules |
+//! | `server` | the serving process's parts: the ports, the task state behind them, and the worker threads, timers, callbacks, journal and scheduler it drives |
+//! | `cluster` | control plane and subworkers: routing to free slots, the link to each subworker, membership, discovery, cluster-wide task limits |
+//! | [`workflow`] | chains, groups and chords: the description clients write, and the pure state machine the control plane keeps for each |
+//! | [`client`] | the Rust client |
+//! | [`dashboard`] | the web page, JSON and task HTTP API, `/metrics` |
+//! | [`control_plane`] | one serving process assembled from the above |
+//!
+//! Dependencies point down this table's roles and never back up: `wire`
+//! and `plugins` import nothing of the crate's above them, `cluster` knows
+//! nothing of the server's state, and only `control_plane` ties the server
+//! to the dashboard. `docs/architecture.md` follows a task through them.
+//!
+//! The public paths below (`fastworker::protocol`, `fastworker::auth`, …)
+//! are the API other crates use; they stay where they were when the files
+//! moved into folders.
 
-pub mod address;
-pub mod auth;
-mod cache;
-mod callbacks;
 pub mod client;
-mod cluster;
-mod collector;
-pub mod config;
+pub mod cluster;
 pub mod control_plane;
 pub mod dashboard;
-pub mod discovery;
-mod endpoint;
-mod journal;
-pub mod limits;
-mod link;
-mod membership;
-mod memory;
-mod monitor;
-mod peer_log;
 pub mod plugins;
-mod pool;
-pub mod protocol;
-pub mod schedules;
-mod state;
-pub mod subworker;
-pub mod task_schema;
-mod timers;
-pub mod tls;
+pub(crate) mod server;
+pub mod wire;
 pub mod workflow;
 
-pub use address::{BaseAddress, DEFAULT_BASE_ADDRESS};
+pub use cluster::{discovery, subworker, task_limits};
+pub use plugins::{schedule as schedules, task_schema};
+pub use server::{config, limits};
+pub use wire::{address, auth, protocol, tls};
+
 pub use client::{Client, ClientError, SubmitOptions};
+pub use cluster::discovery::{connect_via_discovery, Announcement, DiscoveryError};
 pub use config::{ControlPlaneConfig, ManagementConfig};
 pub use control_plane::{ControlPlane, StartError};
 pub use dashboard::{DashboardConfig, DashboardError};
-pub use discovery::{connect_via_discovery, Announcement, DiscoveryError};
-pub use endpoint::ListenError;
-pub use journal::JournalError;
 pub use limits::Limits;
 pub use plugins::{PluginError, Registry};
 pub use protocol::{Priority, TaskId, TaskReport, TaskState};
+pub use server::endpoint::ListenError;
+pub use server::journal::JournalError;
+pub use wire::address::{BaseAddress, DEFAULT_BASE_ADDRESS};

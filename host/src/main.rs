@@ -14,6 +14,7 @@ use cli::client::{
 use cli::keys::{keygen, KeygenArgs};
 use cli::plugins::{list, ListArgs};
 use cli::serve::{run_control_plane, run_subworker, ControlPlaneArgs, SubworkerArgs};
+use cli::task_limits::{client_args, limits, LimitsArgs};
 use cli::workflow::{workflow, WorkflowArgs};
 
 /// Exit status of a task that failed or a request the control plane refused.
@@ -36,6 +37,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Load task plugins and serve tasks on the priority ports.
@@ -56,6 +59,8 @@ enum Command {
     Schedules(SchedulesArgs),
     /// Write a new cluster key, or a role key (operator, client, worker) derived from one.
     Keygen(KeygenArgs),
+    /// List, set or clear the cluster-wide task limits of a running control plane (docs/limits.md).
+    Limits(LimitsArgs),
     /// Submit, inspect, wait for or cancel a workflow (chains, groups, chords of tasks).
     Workflow(WorkflowArgs),
 }
@@ -92,6 +97,10 @@ fn main() -> ExitCode {
         Command::Workflow(args) => workflow(args),
         Command::Schedules(args) => match connect(&args.client) {
             Ok(client) => block_on(schedules(client, args)),
+            Err(code) => code,
+        },
+        Command::Limits(args) => match connect(client_args(&args)) {
+            Ok(client) => block_on(limits(client, args)),
             Err(code) => code,
         },
     }

@@ -15,7 +15,9 @@ use syn::{
 /// `timeout = "30s"`, `retries = 3`, `retry_delay = "1s"`, and for periodic
 /// tasks `every = "30s"` or `cron = "0 * * * *"`, with optional `runs = N`,
 /// `until = "2027-01-01T00:00:00Z"`, `args = "[1, 2]"` and
-/// `timezone = "Europe/Paris"`.
+/// `timezone = "Europe/Paris"`; for cluster-wide limits `rate = "20/s"`
+/// (or `"600/m"`, `"5/h"`), with optional `burst = 10` (default: one
+/// second's worth, at least 1), and `max_running = 4`.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     let function = syn::parse_macro_input!(item as ItemFn);
@@ -48,13 +50,21 @@ pub fn export_plugin(input: TokenStream) -> TokenStream {
     };
     let decls = renamed(decl_ident);
     let schemas = renamed(schema_ident);
+    let metas = renamed(meta_ident);
     let loader = format_ident!("{}", abi_stable_shared::mangled_root_module_loader_name());
     quote! {
         #[doc(hidden)]
         pub fn __fastworker_plugin_root() -> ::fastworker_plugin_sdk::abi::PluginRef {
             static TASKS: &[::fastworker_plugin_sdk::abi::TaskDecl] = &[#(#decls),*];
             static SCHEMAS: &[::fastworker_plugin_sdk::__private::SchemaDecl] = &[#(#schemas),*];
-            ::fastworker_plugin_sdk::__private::plugin(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), TASKS, SCHEMAS)
+            static META: &[::fastworker_plugin_sdk::__private::RStr<'static>] = &[#(#metas),*];
+            ::fastworker_plugin_sdk::__private::plugin(
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_PKG_VERSION"),
+                TASKS,
+                SCHEMAS,
+                META,
+            )
         }
 
         #[doc(hidden)]
@@ -88,6 +98,10 @@ fn schema_ident(task: &syn::Ident) -> syn::Ident {
     format_ident!("__fastworker_schema_{}", task)
 }
 
+fn meta_ident(task: &syn::Ident) -> syn::Ident {
+    format_ident!("__fastworker_meta_{}", task)
+}
+
 /// `T` of `Result<T, E>` (or of an alias such as `io::Result<T>`).
 fn ok_type(ty: &Type) -> Option<Type> {
     let Type::Path(path) = ty else { return None };
@@ -106,6 +120,12 @@ struct Options {
     retry_delay_ms: u64,
     /// The periodic schedule's fields as JSON members (`"every_ms":30000`).
     schedule: Vec<String>,
+    /// The cluster-wide rate in runs per second (`rate = "20/s"`).
+    rate: Option<f64>,
+    /// The rate's burst (`burst = 10`).
+    burst: Option<u64>,
+    /// Runs at once across the cluster (`max_running = 4`).
+    max_running: Option<u64>,
 }
 
 fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
@@ -116,6 +136,9 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
         retries: 0,
         retry_delay_ms: 0,
         schedule: Vec::new(),
+        rate: None,
+        burst: None,
+        max_running: None,
     };
     let mut periodic = false;
     let pairs = Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(attr)?;
@@ -155,16 +178,25 @@ fn parse_options(attr: TokenStream2) -> syn::Result<Options> {
                 options.schedule.push(format!("\"cron\":{}", json_string(&string_lit(value)?)));
             }
             "runs" => options.schedule.push(format!("\"runs\":{}", int_lit(value)?)),
+            "rate" => options.rate = Some(rate_lit(value)?),
+            "burst" => options.burst = Some(bounded_int(value, "burst")?),
+            "max_running" => options.max_running = Some(bounded_int(value, "max_running")?),
             "until" | "args" | "timezone" => {
                 options.schedule.push(format!("{}:{}", json_string(&key), json_string(&string_lit(value)?)))
             }
             _ => {
                 return Err(syn::Error::new(
                     pair.path.span(),
-                    "unknown task option; use name, priority, timeout, retries, retry_delay, every, cron, runs, until, args or timezone",
+                    "unknown task option; use name, priority, timeout, retries, retry_delay, every, cron, runs, until, args, timezone, rate, burst or max_running",
                 ))
             }
         }
+    }
+    if options.burst.is_some() && options.rate.is_none() {
+        return Err(syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "`burst` needs a `rate` (for example rate = \"20/s\")",
+        ));
     }
     if !periodic && !options.schedule.is_empty() {
         return Err(syn::Error::new(
@@ -208,6 +240,66 @@ fn int_lit(expr: &Expr) -> syn::Result<u64> {
             _ => Err(syn::Error::new(expr.span(), "expected an integer")),
         },
         _ => Err(syn::Error::new(expr.span(), "expected an integer")),
+    }
+}
+
+/// The fastest rate a task may declare, in runs per second (the host's bound).
+const MAX_PER_SECOND: f64 = 1_000_000.0;
+/// The largest burst or `max_running` a task may declare (the host's bound).
+const MAX_COUNT: u64 = 1_000_000;
+
+/// `"20/s"`, `"600/m"`, `"5/h"` as runs per second, within the host's range
+/// (one an hour to a million a second).
+fn rate_lit(expr: &Expr) -> syn::Result<f64> {
+    let text = string_lit(expr)?;
+    let bad = || {
+        syn::Error::new(
+            expr.span(),
+            format!("rate \"{text}\" is not N/s, N/m or N/h with N a positive number (for example \"20/s\", \"600/m\", \"5/h\")"),
+        )
+    };
+    let (number, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let number: f64 = number.trim().parse().map_err(|_| bad())?;
+    let seconds = match unit.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
+    };
+    if !number.is_finite() || number <= 0.0 {
+        return Err(bad());
+    }
+    let per_second = number / seconds;
+    if !(1.0 / 3600.0..=MAX_PER_SECOND).contains(&per_second) {
+        return Err(syn::Error::new(expr.span(), "a rate is between one run an hour (\"1/h\") and a million a second"));
+    }
+    Ok(per_second)
+}
+
+/// An integer option from 1 to [`MAX_COUNT`].
+fn bounded_int(expr: &Expr, what: &str) -> syn::Result<u64> {
+    let value = int_lit(expr)?;
+    if value == 0 || value > MAX_COUNT {
+        return Err(syn::Error::new(expr.span(), format!("{what} is from 1 to {MAX_COUNT}")));
+    }
+    Ok(value)
+}
+
+/// The task's further options as the JSON object `task_meta` carries
+/// (empty when it declares none).
+fn meta_json(options: &Options) -> String {
+    let mut members = Vec::new();
+    if let Some(per_second) = options.rate {
+        let burst = options.burst.unwrap_or_else(|| (per_second.ceil() as u64).clamp(1, MAX_COUNT));
+        members.push(format!("\"rate\":{{\"per_second\":{per_second:?},\"burst\":{burst}}}"));
+    }
+    if let Some(max_running) = options.max_running {
+        members.push(format!("\"max_running\":{max_running}"));
+    }
+    if members.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", members.join(","))
     }
 }
 
@@ -335,6 +427,8 @@ fn expand_task(attr: TokenStream2, function: &ItemFn) -> syn::Result<TokenStream
     let schedule =
         if options.schedule.is_empty() { String::new() } else { format!("{{{}}}", options.schedule.join(",")) };
     let (timeout_ms, retries, retry_delay_ms) = (options.timeout_ms, options.retries, options.retry_delay_ms);
+    let meta = meta_ident(ident);
+    let meta_text = meta_json(&options);
 
     Ok(quote! {
         #function
@@ -380,6 +474,11 @@ fn expand_task(attr: TokenStream2, function: &ItemFn) -> syn::Result<TokenStream
         };
 
         #[doc(hidden)]
+        #[allow(non_upper_case_globals, dead_code)]
+        #vis const #meta: ::fastworker_plugin_sdk::__private::RStr<'static> =
+            ::fastworker_plugin_sdk::__private::RStr::from_str(#meta_text);
+
+        #[doc(hidden)]
         #[allow(non_upper_case_globals)]
         #vis const #schema: ::fastworker_plugin_sdk::__private::SchemaDecl = ::fastworker_plugin_sdk::__private::SchemaDecl {
             task: #task_name,
@@ -388,4 +487,40 @@ fn expand_task(attr: TokenStream2, function: &ItemFn) -> syn::Result<TokenStream
             result: ::fastworker_plugin_sdk::__private::schema_of::<#result_type>,
         };
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(attr: TokenStream2) -> String {
+        match parse_options(attr) {
+            Ok(_) => panic!("accepted"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn limits_become_the_task_meta_json() {
+        let options = parse_options(quote!(rate = "20/s", max_running = 4)).unwrap();
+        assert_eq!(meta_json(&options), r#"{"rate":{"per_second":20.0,"burst":20},"max_running":4}"#);
+        let options = parse_options(quote!(rate = "600/m", burst = 5)).unwrap();
+        assert_eq!(meta_json(&options), r#"{"rate":{"per_second":10.0,"burst":5}}"#);
+        let options = parse_options(quote!(rate = "5/h")).unwrap();
+        assert!(meta_json(&options).ends_with(r#""burst":1}}"#), "at least one: {}", meta_json(&options));
+        assert_eq!(meta_json(&parse_options(quote!(priority = "high")).unwrap()), "");
+    }
+
+    #[test]
+    fn bad_limits_are_compile_errors_that_say_what_to_write() {
+        for bad in [quote!(rate = "fast"), quote!(rate = "20"), quote!(rate = "0/s"), quote!(rate = "20/d")] {
+            assert!(refusal(bad).contains("is not N/s, N/m or N/h"));
+        }
+        assert!(refusal(quote!(rate = "2000000/s")).contains("one run an hour"));
+        assert!(refusal(quote!(rate = 20)).contains("string literal"));
+        assert!(refusal(quote!(burst = 5)).contains("`burst` needs a `rate`"));
+        assert!(refusal(quote!(rate = "1/s", burst = 0)).contains("burst is from 1"));
+        assert!(refusal(quote!(max_running = 0)).contains("max_running is from 1"));
+        assert!(refusal(quote!(max_running = 2000000)).contains("max_running is from 1"));
+    }
 }

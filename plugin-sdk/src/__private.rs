@@ -46,12 +46,14 @@ pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, TaskFa
         .map_err(|e| failure(FailureKind::Error, format!("result could not be encoded as JSON: {e}")))
 }
 
-/// Builds the root module of a plugin; `schemas` has one entry per task.
+/// Builds the root module of a plugin; `schemas` and `meta` (each task's
+/// further options as JSON, `#[task]` writes it) have one entry per task.
 pub fn plugin(
     name: &'static str,
     version: &'static str,
     tasks: &'static [TaskDecl],
     schemas: &'static [SchemaDecl],
+    meta: &'static [RStr<'static>],
 ) -> PluginRef {
     let schemas: Vec<TaskSchema> = schemas.iter().map(SchemaDecl::build).collect();
     Plugin {
@@ -60,6 +62,7 @@ pub fn plugin(
         tasks: RSlice::from_slice(tasks),
         // Built once per process, when the host loads the plugin; kept for its life.
         schemas: RSlice::from_slice(Box::leak(schemas.into_boxed_slice())),
+        task_meta: RSlice::from_slice(meta),
     }
     .leak_into_prefix()
 }

@@ -147,6 +147,15 @@ pub struct Plugin {
     /// [`prefix::Plugin`] (and then reads no schemas).
     #[sabi(missing_field(default))]
     pub schemas: RSlice<'static, TaskSchema>,
+    /// More of each task's declared options, one JSON object per entry of
+    /// `tasks` and in its order (`""` for none): today its cluster-wide
+    /// limits, `{"rate":{"per_second":20.0,"burst":20},"max_running":2}`.
+    /// The host ignores keys it does not know, so options added later need
+    /// no new field. A plugin built before it existed has a root module
+    /// without it, which the host loads as a [`with_schemas::Plugin`] (and
+    /// then reads no options).
+    #[sabi(missing_field(default))]
+    pub task_meta: RSlice<'static, RStr<'static>>,
 }
 
 /// The JSON Schemas of one task, as JSON text (JSON Schema 2020-12).
@@ -187,6 +196,39 @@ pub mod prefix {
         /// The tasks it provides.
         #[sabi(last_prefix_field)]
         pub tasks: RSlice<'static, TaskDecl>,
+    }
+
+    impl RootModule for PluginRef {
+        declare_root_module_statics! {PluginRef}
+        const BASE_NAME: &'static str = "fastworker_plugin";
+        const NAME: &'static str = "fastworker-plugin-sdk";
+        const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    }
+}
+
+/// The root module as SDK 0.1.0 exported it once tasks had schemas and
+/// before they had more options (`task_meta`): its fields up to `schemas`.
+/// The host checks a plugin against [`Plugin`], then this layout, then
+/// [`prefix::Plugin`].
+pub mod with_schemas {
+    use super::*;
+
+    /// [`super::Plugin`] without the fields added after `schemas`.
+    #[repr(C)]
+    #[derive(StableAbi)]
+    #[sabi(kind(Prefix(prefix_ref = PluginRef)))]
+    #[sabi(missing_field(panic))]
+    pub struct Plugin {
+        /// The plugin crate's package name.
+        pub name: RStr<'static>,
+        /// The plugin crate's package version.
+        pub version: RStr<'static>,
+        /// The tasks it provides.
+        #[sabi(last_prefix_field)]
+        pub tasks: RSlice<'static, TaskDecl>,
+        /// The JSON Schemas of the tasks, one per entry of `tasks`.
+        #[sabi(missing_field(default))]
+        pub schemas: RSlice<'static, TaskSchema>,
     }
 
     impl RootModule for PluginRef {

@@ -17,6 +17,15 @@
 //! fastworker_plugin_sdk::export_plugin!(add, resize);
 //! ```
 //!
+//! A task may also declare cluster-wide limits, which the control plane
+//! enforces across its threads and every subworker (docs/limits.md):
+//! `#[task(rate = "100/s", max_running = 4)]`, with `rate` as `"N/s"`,
+//! `"N/m"` or `"N/h"`, an optional `burst = 10` (default: one second's
+//! worth, at least 1) and `max_running` from 1 to 1,000,000. A bad value is
+//! a compile error. They reach the host in the root module's `task_meta`
+//! (one JSON object per task, in [`abi::Plugin`]); a host ignores keys it
+//! does not know, so later options need no new field.
+//!
 //! Build the crate as a `cdylib` and hand the resulting library to
 //! `fastworker control-plane --task-modules`. Arguments arrive as JSON (a
 //! positional array, or an object keyed by parameter name) and are decoded

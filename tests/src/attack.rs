@@ -290,5 +290,10 @@ pub fn offered(name: &str, schedule: &str) -> fastworker::protocol::OfferedTask 
         max_retries: 0,
         retry_delay_ms: 0,
         schedule: schedule.into(),
+        doc: String::new(),
+        signature: String::new(),
+        args_schema: None,
+        result_schema: None,
+        limit: None,
     }
 }

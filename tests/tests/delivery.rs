@@ -188,6 +188,9 @@ fn a_draining_subworker_holding_more_than_64_tasks_loses_none() {
     let rt = runtime();
     let ids = submit_sleeps(&rt, &client, 100, 3000);
     assert!(wait_until(Duration::from_secs(20), || dispatched(&cp, "sw1") == 100), "sw1 holds 100: {:?}", cp.workers());
+    // Its two threads take their runs (3 s each) at once; on a loaded
+    // machine "at once" can be a few hundred ms after the dispatch lands.
+    std::thread::sleep(Duration::from_secs(1));
     sw1.signal("TERM");
     // Nobody else provides sleep_ms: the 98 handed back wait, queued.
     let queued = || {
@@ -241,7 +244,7 @@ fn a_task_submitted_while_a_restarted_control_plane_waits_for_its_subworkers_suc
     );
     // Inside the window, a name nobody provides is transient (nobody can
     // tell a misspelling yet): a short call gets NotYetProvided.
-    let quick = cp.client().with_timeout(Duration::from_millis(300));
+    let quick = cp.client().with_timeout(Duration::from_millis(1000));
     match rt.block_on(quick.submit("ad", (2, 3), SubmitOptions::default())) {
         Err(ClientError::Refused(refusal)) => {
             assert_eq!(refusal.kind, ErrorKind::NotYetProvided, "{refusal:?}");

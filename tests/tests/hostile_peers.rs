@@ -209,7 +209,18 @@ fn a_flood_of_registrations_is_bounded() {
     bystander.check("during a registration flood");
     // One registration asking for too many tasks or a bad name.
     let too_many: Vec<_> = (0..2000).map(|n| offered(&format!("t{n}"), "")).collect();
-    for (worker_id, tasks) in [("many", too_many), ("", vec![offered("add", "")]), ("sp ace", vec![])] {
+    // Or schemas beyond the per-registration bound (256 KiB of text).
+    let schema = format!("{{\"description\":\"{}\"}}", "s".repeat(100 * 1024));
+    let too_much_text: Vec<_> = (0..3)
+        .map(|n| fastworker::protocol::OfferedTask {
+            args_schema: Some(schema.clone()),
+            result_schema: Some("{}".into()),
+            ..offered(&format!("t{n}"), "")
+        })
+        .collect();
+    for (worker_id, tasks) in
+        [("many", too_many), ("wordy", too_much_text), ("", vec![offered("add", "")]), ("sp ace", vec![])]
+    {
         let registration = Registration {
             name: WorkerName { worker_id: worker_id.into(), instance: uuid::Uuid::new_v4() },
             address: dead.clone(),

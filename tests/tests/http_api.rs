@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use fastworker_tests::http::{get, request, request_with_body, Response};
-use fastworker_tests::Process;
+use fastworker_tests::{runtime, Process};
 use serde_json::{json, Value};
 
 const KEY: &str = "http-api-test-key";
@@ -205,6 +205,35 @@ fn registered_tasks_carry_their_schemas() {
     assert_eq!(add["args_schema"]["required"], json!(["x", "y"]));
     assert_eq!(add["result_schema"]["type"], "integer");
     assert_eq!(add["doc"], "Adds two integers.");
+}
+
+#[test]
+fn a_task_only_a_subworker_provides_shows_and_checks_its_schema() {
+    // A control plane with no plugin of its own routes `add` to sw1.
+    let cp = Process::control_plane_with_gui(&[], &["--restart-window", "0", "--concurrency", "0"], &[]);
+    let gui = cp.gui.clone().expect("a dashboard");
+    let _sw = Process::subworker(&cp, "sw1", &["example-tasks"], &[]);
+    let tasks = get(&format!("{gui}/api/v1/registered-tasks")).json();
+    let add = tasks["tasks"].as_array().unwrap().iter().find(|t| t["task"] == "add").unwrap().clone();
+    assert_eq!(add["args_schema"]["required"], json!(["x", "y"]), "{add}");
+    assert_eq!(add["result_schema"]["type"], "integer", "{add}");
+    assert_eq!(
+        (add["doc"].as_str(), add["signature"].as_str().map(|s| s.contains("i64"))),
+        (Some("Adds two integers."), Some(true))
+    );
+    // Arguments that do not fit are refused here, before anything is sent.
+    let response = post(&format!("{gui}/api/v1/tasks"), &json!({"task": "add", "args": {"x": "two", "y": 3}}), &[]);
+    assert_eq!((response.status, error_kind(&response).as_str()), (400, "BadArguments"), "{}", response.text());
+    assert!(response.text().contains("x"), "{}", response.text());
+    let response = post(&format!("{gui}/api/v1/tasks"), &json!({"task": "add", "args": [2, 3], "wait_ms": 10000}), &[]);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let body = response.json();
+    assert_eq!((body["result"].clone(), body["worker"].clone()), (json!(5), json!("sw1")), "{body}");
+    // The Rust client's listing carries them too.
+    let listed = runtime().block_on(cp.client().tasks()).unwrap();
+    let add = listed.iter().find(|t| t.name == "add").unwrap();
+    assert!(add.args_schema.as_deref().is_some_and(|s| s.contains("\"x\"")), "{add:?}");
+    assert_eq!(add.providers, vec!["sw1".to_string()]);
 }
 
 #[test]

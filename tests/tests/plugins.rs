@@ -155,8 +155,10 @@ fn the_client_lists_the_tasks_with_their_schemas_and_providers() {
     assert_eq!(args["required"], serde_json::json!(["x", "y"]));
     let result: serde_json::Value = serde_json::from_str(add.result_schema.as_deref().unwrap()).unwrap();
     assert_eq!(result["type"], "integer");
-    // A task only the subworker provides: its defaults, no schema (registration carries none).
+    // A task only the subworker provides: described as its registration offered it.
     let upper = tasks.iter().find(|t| t.name == "upper").unwrap_or_else(|| panic!("upper missing: {names:?}"));
     assert_eq!(upper.providers, ["sw1"]);
-    assert!(upper.args_schema.is_none());
+    assert!(!upper.doc.is_empty() && upper.signature.contains("String"), "{upper:?}");
+    let args: serde_json::Value = serde_json::from_str(upper.args_schema.as_deref().unwrap()).unwrap();
+    assert!(args["required"].as_array().is_some_and(|r| r.len() == 1), "{args}");
 }

@@ -135,6 +135,11 @@ fn every_request_is_as_documented() {
         max_retries: 0,
         retry_delay_ms: 0,
         schedule: String::new(),
+        doc: String::new(),
+        signature: String::new(),
+        args_schema: None,
+        result_schema: None,
+        limit: None,
     };
     let registration = Registration {
         name: worker(),
@@ -164,6 +169,9 @@ fn every_request_is_as_documented() {
         sample(Request::SubmitWorkflow(workflow_submit())),
         sample(Request::WorkflowStatus { workflow_id: id }),
         sample(Request::CancelWorkflow { workflow_id: id }),
+        sample(Request::TaskLimits),
+        sample(Request::SetTaskLimit { task_name: "add".into(), limit: None }),
+        sample(Request::ClearTaskLimit { task_name: "add".into() }),
     ];
     check("## Request", &samples);
     // The fields of a Submit, in order.
@@ -222,6 +230,7 @@ fn every_reply_and_error_kind_is_as_documented() {
             providers: vec![],
         }])),
         sample(Reply::Workflow(workflow_report())),
+        sample(Reply::TaskLimits(vec![])),
     ];
     check("## Reply", &samples);
     assert_eq!(table_fields("### TaskReport"), report_fields, "docs/protocol.md's TaskReport table");

@@ -83,7 +83,7 @@ impl Class {
             ErrorKind::NoWorker | ErrorKind::NotYetProvided => Class::NoWorker,
             ErrorKind::AlreadyFinished => Class::AlreadyFinished,
             ErrorKind::Busy => Class::Busy,
-            ErrorKind::BadRequest => Class::BadRequest,
+            ErrorKind::BadRequest | ErrorKind::BadTaskLimit => Class::BadRequest,
             ErrorKind::Unauthenticated => Class::Unauthenticated,
             ErrorKind::Forbidden => Class::Forbidden,
             ErrorKind::IdConflict => Class::IdConflict,

@@ -6,5 +6,6 @@ pub(crate) mod keys;
 pub(crate) mod limits;
 pub(crate) mod plugins;
 pub(crate) mod serve;
+pub(crate) mod task_limits;
 pub(crate) mod tls;
 pub(crate) mod workflow;

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::cli::keys::{protected, CredentialArgs};
 use crate::cli::limits::{limits, ClusterLimitArgs, TaskLimitArgs};
+use crate::cli::task_limits::{check_task_limit_flags, parse_task_limit_flag, TaskLimitFlag};
 use crate::{fail, seconds, EXIT_USAGE};
 
 /// Runs a subworker may be sent beyond its concurrency by default: enough
@@ -88,6 +89,9 @@ pub(crate) struct ControlPlaneArgs {
     /// them up again after a restart (see docs/durability.md); without it nothing survives a restart.
     #[arg(long, env = "FASTWORKER_STATE_DIR")]
     pub(crate) state_dir: Option<PathBuf>,
+    /// A cluster-wide limit of one task, over its declared one (repeatable): TASK=rate:20/s,burst:5,max_running:2, or TASK=none to lift it (docs/limits.md).
+    #[arg(long = "task-limit", value_name = "TASK=LIMIT", value_parser = parse_task_limit_flag)]
+    pub(crate) task_limit: Vec<TaskLimitFlag>,
     #[command(flatten)]
     pub(crate) task_limits: TaskLimitArgs,
     #[command(flatten)]
@@ -172,6 +176,9 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
             ),
         );
     }
+    if let Err(error) = check_task_limit_flags(&args.task_limit) {
+        return fail(EXIT_USAGE, error);
+    }
     let gui_host = (!args.no_gui).then_some(args.gui_host.as_str());
     for (host, what) in [(Some(base.host()), "the control plane"), (gui_host, "the dashboard")] {
         if let Err(code) = protected(host.unwrap_or("127.0.0.1"), what, keys.is_some(), args.insecure) {
@@ -217,7 +224,12 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         shutdown_timeout,
         limits: limits(&args.task_limits, Some(&args.cluster_limits), 0),
         keys,
-        management: Some(ManagementConfig { port: management_port, inactive_after, restart_window }),
+        management: Some(ManagementConfig {
+            port: management_port,
+            inactive_after,
+            restart_window,
+            task_limits: args.task_limit,
+        }),
         discovery: (!args.no_discovery).then_some(args.discovery_address),
         state_dir: args.state_dir,
     };
@@ -325,7 +337,19 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
             "the plugins given with --task-modules declare no task: a subworker needs at least one",
         );
     }
-    let offered: Vec<OfferedTask> = registry.tasks().iter().map(|task| OfferedTask::from(&task.decl)).collect();
+    let offered: Vec<OfferedTask> = registry
+        .tasks()
+        .iter()
+        .map(|task| {
+            let text = |value: &serde_json::Value| value.to_string();
+            OfferedTask {
+                args_schema: task.schema.as_ref().map(|schema| text(&schema.args)),
+                result_schema: task.schema.as_ref().map(|schema| text(&schema.result)),
+                limit: task.limit,
+                ..OfferedTask::from(&task.decl)
+            }
+        })
+        .collect();
     let concurrency = args.concurrency.unwrap_or_else(|| cores() as u32);
     let control_plane = match &args.control_plane_address {
         Some(address) => address.clone(),

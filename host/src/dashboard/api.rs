@@ -12,8 +12,10 @@ use fastworker_plugin_sdk::abi::FailureKind;
 use serde_json::{json, Value};
 
 use super::{authorize, authorize_read, error, ApiError, Shared};
-use crate::monitor::{Counts, TaskSummary, RECENT_CAPACITY};
-use crate::protocol::{ClusterStatus, ErrorKind, Priority, Reply, Submit, TaskError, TaskId, TaskReport, TaskState};
+use crate::server::monitor::{Counts, TaskSummary, RECENT_CAPACITY};
+use crate::wire::protocol::{
+    ClusterStatus, ErrorKind, Priority, Reply, Submit, TaskError, TaskId, TaskReport, TaskState,
+};
 
 /// The most tasks one page of `/api/tasks` holds.
 const MAX_PAGE: usize = 500;
@@ -88,6 +90,7 @@ pub(crate) fn overview(shared: &Shared) -> Value {
             "cancelled": totals.cancelled,
         },
         "history": history,
+        "task_limits": super::task_limits::rows(shared),
     })
 }
 
@@ -101,7 +104,7 @@ pub(crate) fn workers_json(cluster: &ClusterStatus) -> Value {
     json!({ "total": cluster.total_subworkers, "active": cluster.active_subworkers, "subworkers": subworkers })
 }
 
-pub(crate) fn worker_json(w: &crate::protocol::WorkerStatus) -> Value {
+pub(crate) fn worker_json(w: &crate::wire::protocol::WorkerStatus) -> Value {
     json!({
         "worker_id": w.worker_id,
         "address": w.address,
@@ -201,9 +204,10 @@ pub(crate) async fn throughput(
 ) -> Response {
     let seconds = match query.get("seconds").map(|s| s.parse::<usize>()) {
         None => 300,
-        Some(Ok(n)) if (1..=crate::monitor::HISTORY_SECONDS).contains(&n) => n,
+        Some(Ok(n)) if (1..=crate::server::monitor::HISTORY_SECONDS).contains(&n) => n,
         Some(_) => {
-            let message = format!("seconds must be a whole number from 1 to {}", crate::monitor::HISTORY_SECONDS);
+            let message =
+                format!("seconds must be a whole number from 1 to {}", crate::server::monitor::HISTORY_SECONDS);
             return error(StatusCode::BAD_REQUEST, "bad_request", message);
         }
     };
@@ -302,7 +306,7 @@ pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, headers: HeaderMap
         Ok(task_id) => task_id,
         Err(refusal) => return refusal.into_response(),
     };
-    match shared.state.cancel(task_id, crate::state::Caller::OPERATOR) {
+    match shared.state.cancel(task_id, crate::server::state::Caller::OPERATOR) {
         Reply::Report(report) => {
             let cancelled = report.state == TaskState::Cancelled;
             Json(json!({ "cancelled": cancelled, "task": TaskSummary::of(&report) })).into_response()

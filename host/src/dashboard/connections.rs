@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tracing::debug;
 
 use super::Shared;
-use crate::limits::Bound;
+use crate::server::limits::Bound;
 
 /// The most bytes a request's head may take (hyper's read buffer).
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;

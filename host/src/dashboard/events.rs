@@ -18,8 +18,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::api::{overview, worker_json};
 use super::{ApiError, Shared};
-use crate::monitor::{Event, Watch};
-use crate::protocol::WorkerState;
+use crate::server::monitor::{Event, Watch};
+use crate::wire::protocol::WorkerState;
 
 /// How often subworkers are looked at for changes while the page is open.
 const WORKER_POLL: Duration = Duration::from_millis(250);
@@ -55,7 +55,7 @@ impl StreamSlot {
         let max = shared.max_streams();
         if shared.streams.fetch_add(1, Ordering::SeqCst) >= max {
             shared.streams.fetch_sub(1, Ordering::SeqCst);
-            shared.state.refusals.count(crate::limits::Bound::GuiConnections);
+            shared.state.refusals.count(crate::server::limits::Bound::GuiConnections);
             let message =
                 format!("{max} event streams are open, half of --gui-max-connections; close one or retry later");
             return Err(ApiError { close: true, ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message) });

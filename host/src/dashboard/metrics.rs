@@ -10,9 +10,9 @@ use axum::response::IntoResponse;
 use fastworker_plugin_sdk::Priority;
 
 use super::Shared;
-use crate::limits::Bound;
-use crate::monitor::DURATION_BUCKETS_MS;
-use crate::protocol::WorkerState;
+use crate::server::limits::Bound;
+use crate::server::monitor::DURATION_BUCKETS_MS;
+use crate::wire::protocol::WorkerState;
 
 /// GET /metrics.
 pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -24,7 +24,7 @@ fn render(shared: &Shared) -> String {
     let mut out = String::with_capacity(4096);
     let book = state.monitor.book();
     let counts = book.all_counts();
-    type Pick = fn(&crate::monitor::Counts) -> u64;
+    type Pick = fn(&crate::server::monitor::Counts) -> u64;
     let counters: [(&str, &str, Pick); 6] = [
         ("fastworker_tasks_submitted_total", "Tasks accepted.", |c| c.submitted),
         ("fastworker_tasks_completed_total", "Tasks that succeeded.", |c| c.succeeded),
@@ -93,6 +93,7 @@ fn render(shared: &Shared) -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     }
     render_limits(shared, &mut out);
+    super::task_limits::render_metrics(shared, &mut out, escape);
     out
 }
 

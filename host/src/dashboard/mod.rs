@@ -7,7 +7,7 @@
 //! shares a thread with the NNG callbacks, the worker threads or the control
 //! plane's main loop, and a subworker (which serves no dashboard) pays
 //! nothing for it. It reads the control plane's state through short copies
-//! (see `State`'s dashboard accessors and [`crate::monitor`]).
+//! (see `State`'s dashboard accessors and `server::monitor`).
 
 mod api;
 mod connections;
@@ -16,6 +16,7 @@ mod hosts;
 mod metrics;
 mod openapi;
 mod task_api;
+mod task_limits;
 
 pub use hosts::check_allowed_hosts;
 
@@ -33,7 +34,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{info, warn};
 
-use crate::state::State;
+use crate::server::state::State;
 
 /// Where and how the dashboard is served.
 #[derive(Debug, Clone)]
@@ -191,6 +192,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/schedules", get(api::schedules))
         .route("/api/events", get(events::events))
         .merge(task_routes(shared.clone()))
+        .merge(task_limits::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(shared.clone(), hosts::check_host))

@@ -2,7 +2,7 @@
 //! read a task's state and result, wait for it, cancel it, and list the
 //! registered tasks with their schemas (docs/http-api.md).
 //!
-//! Submissions enter the control plane's [`crate::state::State`] directly,
+//! Submissions enter the control plane's [`crate::server::state::State`] directly,
 //! as a task port would hand them over, with an in-process replier
 //! ([`Replier::local`]) to await instead of an NNG context: no socket, no
 //! frame, no key. The state lock is held only inside those calls, never
@@ -23,8 +23,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{authorize, authorize_read, ApiError, Shared};
-use crate::endpoint::Replier;
-use crate::protocol::{
+use crate::server::endpoint::Replier;
+use crate::wire::protocol::{
     decode, now_ms, ErrorKind, ErrorReply, Priority, Reply, RetryPolicy, Submit, TaskId, TaskReport,
 };
 
@@ -199,7 +199,7 @@ impl TaskRequest {
             })?),
         };
         let args = self.args.unwrap_or_else(|| json!([]));
-        if let Some(schema) = shared.state.registry.get(&self.task).and_then(|task| task.schema.clone()) {
+        if let Some(schema) = shared.state.task_schema(&self.task) {
             schema.check(&args).map_err(|reason| {
                 HttpError::new(
                     StatusCode::BAD_REQUEST,
@@ -444,7 +444,7 @@ pub(crate) async fn wait(
 pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
     allow(&shared, &headers)?;
     let task_id = parse_id(&id)?;
-    match shared.state.cancel(task_id, crate::state::Caller::OPERATOR) {
+    match shared.state.cancel(task_id, crate::server::state::Caller::OPERATOR) {
         Reply::Report(report) => Ok(report_response(&report)),
         Reply::Error(refusal) => Err(HttpError::refused(refusal)),
         other => {

@@ -12,8 +12,10 @@
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use super::wire::{MemberState, Receive, WorkflowFailure, WorkflowId, WorkflowNode, WorkflowStep, WorkflowSubmit};
-use crate::protocol::{FailureKind, TaskError, TaskId, TaskState};
+use crate::wire::protocol::{FailureKind, TaskError, TaskId, TaskState};
+use crate::wire::workflow::{
+    MemberState, Receive, WorkflowFailure, WorkflowId, WorkflowNode, WorkflowStep, WorkflowSubmit,
+};
 
 /// What a workflow may ask for, checked when it is submitted.
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +87,7 @@ struct Node {
 pub(crate) struct Machine {
     id: WorkflowId,
     nodes: Vec<Node>,
-    state: super::wire::WorkflowState,
+    state: crate::wire::workflow::WorkflowState,
     result: Option<Vec<u8>>,
     failure: Option<WorkflowFailure>,
     max_bytes: usize,
@@ -239,7 +241,7 @@ impl Machine {
         Machine {
             id: submit.workflow_id,
             nodes,
-            state: super::wire::WorkflowState::Running,
+            state: crate::wire::workflow::WorkflowState::Running,
             result: None,
             failure: None,
             max_bytes,
@@ -254,7 +256,7 @@ impl Machine {
     }
 
     /// The workflow's state.
-    pub(crate) fn state(&self) -> super::wire::WorkflowState {
+    pub(crate) fn state(&self) -> crate::wire::workflow::WorkflowState {
         self.state
     }
 
@@ -337,9 +339,9 @@ impl Machine {
             message: error.message,
         };
         let ending = if state == MemberState::Cancelled {
-            super::wire::WorkflowState::Cancelled
+            crate::wire::workflow::WorkflowState::Cancelled
         } else {
-            super::wire::WorkflowState::Failed
+            crate::wire::workflow::WorkflowState::Failed
         };
         self.end(ending, failure, &mut effects);
         effects
@@ -382,7 +384,7 @@ impl Machine {
                 kind: FailureKind::Error,
                 message,
             };
-            self.end(super::wire::WorkflowState::Cancelled, failure, &mut effects);
+            self.end(crate::wire::workflow::WorkflowState::Cancelled, failure, &mut effects);
         }
         effects
     }
@@ -436,7 +438,7 @@ impl Machine {
     fn completed(&mut self, mut index: u32, mut result: Vec<u8>, effects: &mut Effects) {
         loop {
             let Some((parent, position)) = self.nodes[index as usize].parent else {
-                self.state = super::wire::WorkflowState::Succeeded;
+                self.state = crate::wire::workflow::WorkflowState::Succeeded;
                 self.result = Some(result);
                 effects.ended = true;
                 return;
@@ -498,11 +500,11 @@ impl Machine {
             kind: FailureKind::Error,
             message,
         };
-        self.end(super::wire::WorkflowState::Failed, failure, effects);
+        self.end(crate::wire::workflow::WorkflowState::Failed, failure, effects);
     }
 
     /// Ends the workflow: pending members are skipped, live ones cancelled.
-    fn end(&mut self, state: super::wire::WorkflowState, failure: WorkflowFailure, effects: &mut Effects) {
+    fn end(&mut self, state: crate::wire::workflow::WorkflowState, failure: WorkflowFailure, effects: &mut Effects) {
         self.state = state;
         self.failure = Some(failure);
         effects.ended = true;
@@ -524,8 +526,8 @@ mod tests {
     use serde_json::json;
 
     use super::super::spec::{task, Workflow};
-    use super::super::wire::WorkflowState;
     use super::*;
+    use crate::wire::workflow::WorkflowState;
 
     const BOUNDS: Bounds =
         Bounds { max_members: 100, max_depth: 32, max_bytes: 1 << 20, max_retries: 10, max_delay_ms: 1000 };

@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap;
 
 use super::machine::{Effects, Machine};
-use super::wire::{MemberReport, WorkflowId, WorkflowReport};
-use crate::protocol::{TaskId, TaskState};
+use crate::wire::protocol::{TaskId, TaskState};
+use crate::wire::workflow::{MemberReport, WorkflowId, WorkflowReport};
 
 /// One workflow and who waits for it.
 pub(crate) struct Entry<W> {
@@ -150,8 +150,8 @@ mod tests {
 
     use super::super::machine::{validate, Bounds, Outcome};
     use super::super::spec::{task, Workflow};
-    use super::super::wire::WorkflowState;
     use super::*;
+    use crate::wire::workflow::WorkflowState;
 
     fn entry(id: WorkflowId) -> (Entry<u8>, Effects) {
         let bounds = Bounds { max_members: 10, max_depth: 8, max_bytes: 1024, max_retries: 1, max_delay_ms: 1 };
@@ -192,8 +192,8 @@ mod tests {
         let machine = &mut workflows.get_mut(&a).unwrap().machine;
         machine.member_ended(
             1,
-            Outcome::Cancelled(crate::protocol::TaskError {
-                kind: crate::protocol::FailureKind::Error,
+            Outcome::Cancelled(crate::wire::protocol::TaskError {
+                kind: crate::wire::protocol::FailureKind::Error,
                 message: "x".into(),
             }),
         );

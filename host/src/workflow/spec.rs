@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::wire::{Receive, WorkflowId, WorkflowNode, WorkflowStep, WorkflowSubmit};
-use crate::protocol::Priority;
+use crate::wire::protocol::Priority;
+use crate::wire::workflow::{Receive, WorkflowId, WorkflowNode, WorkflowStep, WorkflowSubmit};
 
 /// The deepest nesting a workflow may have (the root is at depth 1).
 pub const MAX_DEPTH: usize = 32;

@@ -109,6 +109,7 @@ async function loadTasks(query) {
 // ---- overview ----
 function applyOverview(o) {
   overview = o;
+  if (o.task_limits) renderLimits(o.task_limits);
   const cp = o.control_plane;
   $('#cp-id').textContent = cp.worker_id;
   document.title = 'fastworker · ' + cp.worker_id;
@@ -454,6 +455,70 @@ function connect() {
   source.addEventListener('resync', () => loadTasks());
 }
 
+// ---- task limits (docs/limits.md) ----
+function limitMessage(text, isError) {
+  const box = $('#limit-message');
+  box.textContent = text;
+  box.className = 'message' + (isError ? ' error' : '');
+  box.hidden = false;
+}
+
+function rateText(row) {
+  if (row.rate_per_second == null) return '—';
+  const r = row.rate_per_second;
+  const shown = r >= 1 ? `${+r.toFixed(3)}/s` : r * 60 >= 1 ? `${+(r * 60).toFixed(3)}/min` : `${+(r * 3600).toFixed(3)}/h`;
+  return `${shown} (burst ${row.burst})`;
+}
+
+function renderLimits(limits) {
+  $('#task-limits tbody').replaceChildren(...limits.map((row) => {
+    const clear = row.source === 'run-time'
+      ? el('button', { type: 'button', onclick: () => changeLimit(`/api/task-limits/${encodeURIComponent(row.task)}/clear`, null) }, 'Clear')
+      : '';
+    return el('tr', { 'data-task': row.task },
+      el('td', {}, row.task),
+      el('td', {}, rateText(row)),
+      el('td', {}, row.max_running ?? '—'),
+      el('td', {}, row.running),
+      el('td', {}, row.held),
+      el('td', {}, row.held_total),
+      el('td', {}, row.source),
+      el('td', {}, clear));
+  }));
+  $('#no-limits').hidden = limits.length > 0;
+}
+
+// After a change: at once, not at the next overview.
+async function loadLimits() {
+  try {
+    renderLimits((await api('/api/task-limits')).limits);
+  } catch (error) {
+    console.warn('loading the task limits', error);
+  }
+}
+
+async function changeLimit(path, limit) {
+  const headers = { ...keyHeaders(), 'Content-Type': 'application/json' };
+  const options = { method: 'POST', headers };
+  if (limit !== null) options.body = JSON.stringify({ limit });
+  try {
+    await api(path, options);
+    limitMessage(limit === null ? 'Cleared: the declared or --task-limit limit holds again.' : 'Limit set.');
+    loadLimits();
+  } catch (error) {
+    if (error.status === 401) { $('#key-box').hidden = false; $('#api-key').focus(); }
+    limitMessage(error.message, true);
+  }
+}
+
+$('#limit-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const task = $('#limit-task').value.trim();
+  const spec = $('#limit-spec').value.trim();
+  if (!task || !spec) return limitMessage('Name a task and its limit (for example rate:20/s,max_running:2, or none).', true);
+  changeLimit(`/api/task-limits/${encodeURIComponent(task)}`, spec);
+});
+
 // ---- start ----
 let searchTimer = null;
 function refilter() {
@@ -482,3 +547,4 @@ loadTasks();
 loadRegistered();
 connect();
 setInterval(drawCharts, 1000);
+

@@ -1,0 +1,268 @@
+//! The control plane's connection to one subworker: a REQ socket dialed to
+//! the worker's CRITICAL port carrying two exchanges at a time, and a watch
+//! on the connection, so that a worker that dies is noticed the moment its
+//! connection drops rather than when heartbeats stop.
+//!
+//! - **Dispatch**: runs for the worker's free slots leave in one
+//!   `Dispatch` frame; runs placed while a frame is in flight wait here
+//!   and leave together in the next one. The worker answers at once.
+//! - **Collect**: one `Collect` always waits on the worker, answered with
+//!   every outcome ready; the next one leaves as soon as the answer is in.
+//!
+//! So a busy worker's tasks and outcomes travel many to a frame, and an
+//! idle worker's single task costs one frame each way. The slots (the
+//! worker's credit) are counted by [`crate::cluster::routing`]: the link sends only
+//! what was placed into a free slot.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::wire::auth::{open, seal, AuthError, Key, KeyRing, Seal, Sender, ENVELOPE_BYTES};
+use crate::wire::protocol::{dispatch_frame, encode_dispatch_part, encode_message, now_ms, Forwarded, Request, TaskId};
+
+use nng::options::protocol::reqrep::ResendTime;
+use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize};
+use nng::{Aio, AioResult, Context, Message, PipeEvent, Protocol, Socket};
+
+/// The two exchanges of a link, as its callback names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Channel {
+    /// Runs going to the worker.
+    Dispatch,
+    /// Outcomes coming back.
+    Collect,
+}
+
+/// Room kept in a dispatch frame for its envelope and header.
+const FRAME_HEADROOM: usize = 1024;
+
+/// The most room a link keeps in its buffers between frames: more, left
+/// by a burst of large runs, is given back.
+const KEPT_BUFFER_BYTES: usize = 1 << 20;
+
+/// A dialed connection to a subworker.
+pub(crate) struct Link {
+    socket: Socket,
+    dispatch: (Context, Aio),
+    collect: (Context, Aio),
+    /// A context for notes that need no answer (cancellations, revocations).
+    notes: (Context, Aio),
+    /// With a cluster key: frames are sealed with the worker key, and each
+    /// exchange remembers its request's seal, which its reply must cover.
+    auth: Option<LinkAuth>,
+    /// The most bytes of runs in one dispatch frame.
+    max_batch_bytes: usize,
+    /// Runs placed and not yet sent, encoded back to back in `queued_bytes`:
+    /// each one's task id and length.
+    queued: VecDeque<(TaskId, usize)>,
+    queued_bytes: Vec<u8>,
+    /// Where each dispatch frame is assembled, reused.
+    scratch: Vec<u8>,
+    /// The runs of the dispatch frame in flight.
+    sending: Vec<TaskId>,
+}
+
+/// How a link seals and checks frames.
+pub(crate) struct LinkAuth {
+    /// The worker key the control plane signs forwarded tasks with.
+    pub(crate) key: Key,
+    /// The keys a reply may be sealed with.
+    pub(crate) ring: Arc<KeyRing>,
+    /// This control plane's sender identity.
+    pub(crate) sender: Arc<Sender>,
+    seals: [Mutex<Option<Seal>>; 2],
+}
+
+impl LinkAuth {
+    /// Sealing with `key`, checking replies against `ring`.
+    pub(crate) fn new(key: Key, ring: Arc<KeyRing>, sender: Arc<Sender>) -> LinkAuth {
+        LinkAuth { key, ring, sender, seals: Default::default() }
+    }
+}
+
+impl Link {
+    /// Dials `url` (without waiting for the connection). `on_connection`
+    /// hears `true` when the connection comes up and `false` when it
+    /// drops; `on_event` hears each exchange's events.
+    pub(crate) fn open(
+        url: &str,
+        max_frame: usize,
+        auth: Option<LinkAuth>,
+        on_connection: impl Fn(bool) + Send + Sync + 'static,
+        on_event: impl Fn(Channel, AioResult) + Send + Sync + Clone + 'static,
+    ) -> Result<Link, nng::Error> {
+        let socket = Socket::new(Protocol::Req0)?;
+        // A task may run for hours: never resend on a timer. Runs lost with
+        // the connection are sent elsewhere by the control plane.
+        socket.set_opt::<ResendTime>(None)?;
+        socket.set_opt::<ReconnectMinTime>(Some(Duration::from_millis(50)))?;
+        socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_secs(1)))?;
+        socket.set_opt::<RecvMaxSize>(max_frame.saturating_mul(2))?;
+        socket.pipe_notify(move |_pipe, event| match event {
+            PipeEvent::AddPost => on_connection(true),
+            PipeEvent::RemovePost => on_connection(false),
+            _ => {}
+        })?;
+        let exchange = |channel: Channel| -> Result<(Context, Aio), nng::Error> {
+            let on_event = on_event.clone();
+            Ok((Context::new(&socket)?, Aio::new(move |_aio, result| on_event(channel, result))?))
+        };
+        let (dispatch, collect) = (exchange(Channel::Dispatch)?, exchange(Channel::Collect)?);
+        let notes = (Context::new(&socket)?, Aio::new(|_, _| {})?);
+        let link = Link {
+            dispatch,
+            collect,
+            notes,
+            auth,
+            max_batch_bytes: max_frame.saturating_sub(FRAME_HEADROOM).max(1),
+            queued: VecDeque::new(),
+            queued_bytes: Vec::new(),
+            scratch: Vec::new(),
+            sending: Vec::new(),
+            socket,
+        };
+        crate::wire::tls::dial_async(&link.socket, url)?;
+        Ok(link)
+    }
+
+    fn exchange(&self, channel: Channel) -> &(Context, Aio) {
+        match channel {
+            Channel::Dispatch => &self.dispatch,
+            Channel::Collect => &self.collect,
+        }
+    }
+
+    fn sealed(&self, channel: Channel, mut message: Message) -> Message {
+        if let Some(auth) = &self.auth {
+            let (envelope, seal) = seal(&auth.key, &auth.sender, &message, None, now_ms());
+            message.push_front(&envelope);
+            *auth.seals[channel as usize].lock().expect("seal lock") = Some(seal);
+        }
+        message
+    }
+
+    /// Queues a run placed in one of the worker's free slots, encoded at
+    /// once; [`Link::flush`] sends it.
+    pub(crate) fn queue(&mut self, run: Forwarded<'_>) {
+        let task_id = run.task_id;
+        let before = self.queued_bytes.len();
+        encode_dispatch_part(run, &mut self.queued_bytes);
+        self.queued.push_back((task_id, self.queued_bytes.len() - before));
+    }
+
+    /// Sends the queued runs (as many as fit one frame) unless a dispatch
+    /// frame is in flight, or the exchange is still ending after a
+    /// [`Link::reset`] (they leave when it has: see the caller); on failure
+    /// returns the runs that did not leave.
+    pub(crate) fn flush(&mut self) -> Result<(), (nng::Error, Vec<TaskId>)> {
+        if !self.sending.is_empty() || self.queued.is_empty() {
+            return Ok(());
+        }
+        let mut bytes = 0usize;
+        let mut count = 0usize;
+        for &(_, len) in &self.queued {
+            if count > 0 && bytes.saturating_add(len) > self.max_batch_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(len);
+            count += 1;
+        }
+        let frame = dispatch_frame(count, &self.queued_bytes[..bytes], &mut self.scratch);
+        let frame = self.sealed(Channel::Dispatch, frame);
+        let (ctx, aio) = &self.dispatch;
+        if self.scratch.capacity() > KEPT_BUFFER_BYTES {
+            self.scratch = Vec::new();
+        }
+        match ctx.send(aio, frame) {
+            Ok(()) => {
+                self.drain_bytes(bytes);
+                self.sending = self.queued.drain(..count).map(|(task_id, _)| task_id).collect();
+                Ok(())
+            }
+            // The exchange a reset cancelled has not reported its end yet.
+            Err((_, nng::Error::IncorrectState)) => Ok(()),
+            Err((_, error)) => {
+                self.drain_bytes(bytes);
+                Err((error, self.queued.drain(..count).map(|(task_id, _)| task_id).collect()))
+            }
+        }
+    }
+
+    /// Forgets the first `bytes` of queued runs, and the buffer's room
+    /// once a burst of large runs has left.
+    fn drain_bytes(&mut self, bytes: usize) {
+        self.queued_bytes.drain(..bytes);
+        if self.queued_bytes.is_empty() && self.queued_bytes.capacity() > KEPT_BUFFER_BYTES {
+            self.queued_bytes = Vec::new();
+        }
+    }
+
+    /// The runs of the dispatch frame whose exchange just ended.
+    pub(crate) fn dispatched(&mut self) -> Vec<TaskId> {
+        std::mem::take(&mut self.sending)
+    }
+
+    /// Forgets the runs not yet sent and those in flight (the worker is
+    /// taken back: they go elsewhere), and ends both exchanges.
+    pub(crate) fn reset(&mut self) {
+        self.queued.clear();
+        self.queued_bytes.clear();
+        self.sending.clear();
+        self.dispatch.1.cancel();
+        self.collect.1.cancel();
+    }
+
+    /// Asks the worker for its outcomes.
+    pub(crate) fn collect(&self) -> Result<(), nng::Error> {
+        let frame = self.sealed(Channel::Collect, encode_message(&Request::Collect));
+        let (ctx, aio) = &self.collect;
+        ctx.send(aio, frame).map_err(|(_, error)| error)
+    }
+
+    /// Asks the worker for its outcomes after `pause` (after an empty or
+    /// refused answer, so that a worker answering at once costs no spin).
+    pub(crate) fn collect_after(&self, pause: Duration) -> Result<(), nng::Error> {
+        self.collect.1.sleep(pause)
+    }
+
+    /// Waits for the reply to the request an exchange just sent.
+    pub(crate) fn receive(&self, channel: Channel) -> Result<(), nng::Error> {
+        let (ctx, aio) = self.exchange(channel);
+        ctx.recv(aio)
+    }
+
+    /// Checks and strips the seal of the reply an exchange received.
+    pub(crate) fn open_reply(&self, channel: Channel, message: &mut Message) -> Result<(), AuthError> {
+        let Some(auth) = &self.auth else { return Ok(()) };
+        let request = auth.seals[channel as usize].lock().expect("seal lock").take();
+        let Some(request) = request else { return Err(AuthError::Missing) };
+        open(&auth.ring, message, Some(request), now_ms())?;
+        message.trim(ENVELOPE_BYTES);
+        Ok(())
+    }
+
+    /// Sends a request whose answer does not matter, best effort: one at a
+    /// time; a note sent while the previous one is still leaving is dropped.
+    pub(crate) fn note(&self, mut message: Message) {
+        if let Some(auth) = &self.auth {
+            let (envelope, _) = seal(&auth.key, &auth.sender, &message, None, now_ms());
+            message.push_front(&envelope);
+        }
+        let (ctx, aio) = &self.notes;
+        let _ = ctx.send(aio, message);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Links are dropped on the cluster thread without the task lock,
+        // never inside one of their own callbacks, so waiting for those
+        // callbacks cannot deadlock. The Aios stop before the socket closes
+        // (see `client::stop`).
+        for (_, aio) in [&self.dispatch, &self.collect, &self.notes] {
+            crate::client::stop(aio);
+        }
+        self.socket.close();
+    }
+}

@@ -1,0 +1,22 @@
+//! The cluster: how a control plane and its subworkers find and reach each
+//! other, and which worker gets which task.
+//!
+//! - `routing`: who provides which task, who has a free slot, and the
+//!   tasks waiting for one (pure bookkeeping, no I/O).
+//! - `link`: the control plane's connection to one subworker (batched
+//!   dispatch and collection of runs).
+//! - [`subworker`]: the subworker's side of membership (register,
+//!   heartbeat, leave).
+//! - [`discovery`]: announcing and finding a control plane without an
+//!   address.
+//! - [`task_limits`]: cluster-wide rate and concurrency limits per task
+//!   name (pure: the time comes in with each question).
+//!
+//! The control plane's side of membership, which drives the server's state,
+//! is `server::membership`.
+
+pub mod discovery;
+pub(crate) mod link;
+pub(crate) mod routing;
+pub mod subworker;
+pub mod task_limits;

@@ -1,0 +1,814 @@
+//! The control plane's view of its subworkers: who provides which task, who
+//! has a free slot, and the tasks waiting for one. Pure bookkeeping with no
+//! I/O (the connection to each worker is the type parameter `L`), so the
+//! routing rules are tested here directly.
+//!
+//! A worker has one slot per task it runs at once (its `--concurrency`),
+//! plus any it asked to have queued ahead (its `--prefetch`, 16 by default); the
+//! control plane sends a worker a task only into a free slot. Tasks that find
+//! every capable slot taken wait here, one queue per priority, and a slot
+//! that frees takes the most urgent waiting task its worker provides. So
+//! priorities hold across the cluster, and no worker is handed more than it
+//! can start.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::wire::protocol::{ClusterStatus, OfferedTask, Priority, TaskId, WorkerName, WorkerState, WorkerStatus};
+
+/// A worker's handle in the cluster; never reused, so a late event about a
+/// removed worker cannot touch its successor.
+pub(crate) type WorkerKey = u64;
+
+/// Tasks taken back from a worker, with the slots that carried them.
+pub(crate) type Carried = Vec<(usize, TaskId)>;
+
+/// Every subworker and the tasks waiting for a slot.
+pub(crate) struct Cluster<L> {
+    workers: Vec<Worker<L>>,
+    waiting: [VecDeque<Waiting>; 4],
+    /// Where the next search for a least-loaded worker starts, so that
+    /// equally loaded workers take turns.
+    turn: usize,
+    next_key: WorkerKey,
+}
+
+/// A task waiting for a free slot on a worker that provides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Waiting {
+    pub(crate) task_id: TaskId,
+    pub(crate) task_name: String,
+}
+
+/// One subworker.
+pub(crate) struct Worker<L> {
+    pub(crate) key: WorkerKey,
+    pub(crate) name: WorkerName,
+    pub(crate) address: String,
+    /// The tasks it provides, with their declared defaults.
+    pub(crate) tasks: HashMap<String, OfferedTask>,
+    /// Tasks it runs at once; its slots may be more (prefetch).
+    pub(crate) concurrency: u32,
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) phase: Phase,
+    /// Whether the control plane's connection to it is up.
+    pub(crate) connected: bool,
+    pub(crate) last_seen: Instant,
+    pub(crate) last_seen_ms: u64,
+    /// Tasks it said it has, from any client, in its last heartbeat.
+    pub(crate) reported_in_flight: u32,
+    /// A run it was sent was not reported in time: it gets nothing new
+    /// until its next heartbeat shows it is alive.
+    pub(crate) suspect: bool,
+    /// Tasks sent to it so far.
+    pub(crate) dispatched: u64,
+    pub(crate) link: L,
+}
+
+/// A worker about to be added, as it registered.
+pub(crate) struct Joining<L> {
+    pub(crate) key: WorkerKey,
+    pub(crate) name: WorkerName,
+    pub(crate) address: String,
+    pub(crate) concurrency: u32,
+    pub(crate) prefetch: u32,
+    pub(crate) tasks: HashMap<String, OfferedTask>,
+    pub(crate) link: L,
+}
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Registered; the control plane is still connecting to it.
+    Connecting,
+    /// Takes tasks.
+    Active,
+    /// Silent too long: takes nothing until it heartbeats again.
+    Inactive,
+    /// Stopping: finishes what it has, takes nothing new.
+    Draining,
+}
+
+/// What one slot of a worker is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// Free.
+    Idle,
+    /// Carrying this task.
+    Busy(TaskId),
+    /// Its task was taken back (the worker went silent or its run was not
+    /// reported in time); the slot is free again once the worker reports
+    /// that run (the report is discarded) or its connection drops.
+    Abandoned(TaskId),
+}
+
+/// Where a task should go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// Sent to this worker's slot (now marked busy with the task).
+    Slot(WorkerKey, usize),
+    /// Live workers provide it but none has a free slot: it must wait.
+    Wait,
+    /// No live worker provides it, but a draining one still does: it may
+    /// wait for another provider (the name is still known).
+    Held,
+    /// No live worker provides it.
+    Nobody,
+    /// A worker could start it, but its task limit holds it back: it waits
+    /// in line like [`Placement::Wait`] (see `crate::cluster::task_limits`).
+    Limited,
+}
+
+/// What the cluster asks before it hands a waiting or new run of a limited
+/// task to a worker (the cluster-wide task limits, `crate::cluster::task_limits`).
+pub(crate) trait Gate {
+    /// Whether runs of `task_name` are limited: such a run goes only to a
+    /// worker with a free *running* slot (fewer runs sent than its
+    /// concurrency), so that it starts at once, never into prefetch.
+    fn limited(&mut self, task_name: &str) -> bool;
+    /// Takes a start of `task_id` if its limit allows it now; false holds
+    /// it back.
+    fn admit(&mut self, task_name: &str, task_id: TaskId) -> bool;
+}
+
+/// The gate of a cluster without task limits.
+#[cfg(test)]
+pub(crate) struct Open;
+
+#[cfg(test)]
+impl Gate for Open {
+    fn limited(&mut self, _: &str) -> bool {
+        false
+    }
+    fn admit(&mut self, _: &str, _: TaskId) -> bool {
+        true
+    }
+}
+
+impl<L> Default for Cluster<L> {
+    fn default() -> Self {
+        Cluster { workers: Vec::new(), waiting: Default::default(), turn: 0, next_key: 1 }
+    }
+}
+
+impl<L> Worker<L> {
+    /// Whether tasks may be sent to it.
+    pub(crate) fn routable(&self) -> bool {
+        self.phase == Phase::Active && self.connected && !self.suspect
+    }
+
+    /// Whether it is stopping but still registered: the tasks it provides
+    /// are still known, and may wait for another provider.
+    fn draining(&self) -> bool {
+        self.phase == Phase::Draining
+    }
+
+    /// Whether it is up and answering, for the duplicate-id check.
+    pub(crate) fn alive(&self) -> bool {
+        self.connected && matches!(self.phase, Phase::Active | Phase::Draining)
+    }
+
+    fn in_flight(&self) -> u32 {
+        self.slots.iter().filter(|slot| matches!(slot, Slot::Busy(_))).count() as u32
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        self.slots.iter().position(|slot| *slot == Slot::Idle)
+    }
+
+    /// The busier of what the control plane sent and what the worker said.
+    fn load(&self) -> u32 {
+        self.in_flight().max(self.reported_in_flight)
+    }
+
+    fn status(&self) -> WorkerState {
+        match self.phase {
+            Phase::Active if self.connected && !self.suspect => WorkerState::Active,
+            Phase::Draining => WorkerState::Draining,
+            _ => WorkerState::Inactive,
+        }
+    }
+}
+
+impl<L> Cluster<L> {
+    /// A key for a worker about to be added.
+    pub(crate) fn new_key(&mut self) -> WorkerKey {
+        self.next_key += 1;
+        self.next_key
+    }
+
+    /// Adds a worker, still connecting.
+    pub(crate) fn add(&mut self, joining: Joining<L>) {
+        let Joining { key, name, address, concurrency, prefetch, tasks, link } = joining;
+        let concurrency = concurrency.max(1);
+        self.workers.push(Worker {
+            key,
+            name,
+            address,
+            tasks,
+            concurrency,
+            slots: vec![Slot::Idle; (concurrency + prefetch) as usize],
+            phase: Phase::Connecting,
+            connected: false,
+            last_seen: Instant::now(),
+            last_seen_ms: crate::wire::protocol::now_ms(),
+            reported_in_flight: 0,
+            suspect: false,
+            dispatched: 0,
+            link,
+        });
+    }
+
+    /// Whether there are no workers at all (the common single-node case).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    pub(crate) fn get(&self, key: WorkerKey) -> Option<&Worker<L>> {
+        self.workers.iter().find(|w| w.key == key)
+    }
+
+    pub(crate) fn get_mut(&mut self, key: WorkerKey) -> Option<&mut Worker<L>> {
+        self.workers.iter_mut().find(|w| w.key == key)
+    }
+
+    pub(crate) fn find(&self, worker_id: &str) -> Option<&Worker<L>> {
+        self.workers.iter().find(|w| w.name.worker_id == worker_id)
+    }
+
+    pub(crate) fn workers(&self) -> impl Iterator<Item = &Worker<L>> {
+        self.workers.iter()
+    }
+
+    /// Removes a worker; the tasks it was carrying (with their slots) are
+    /// returned for sending elsewhere.
+    pub(crate) fn remove(&mut self, key: WorkerKey) -> Option<(Worker<L>, Carried)> {
+        let index = self.workers.iter().position(|w| w.key == key)?;
+        let mut worker = self.workers.remove(index);
+        let carried = take_back(&mut worker);
+        Some((worker, carried))
+    }
+
+    /// Workers registered, and their slots together (`--max-subworkers`,
+    /// `--max-subworker-slots`).
+    pub(crate) fn size(&self) -> (usize, usize) {
+        (self.workers.len(), self.workers.iter().map(|w| w.slots.len()).sum())
+    }
+
+    /// Whether any worker still registered offers `task_name` with a schedule.
+    pub(crate) fn schedules(&self, task_name: &str) -> bool {
+        self.workers.iter().any(|w| w.tasks.get(task_name).is_some_and(|t| !t.schedule.is_empty()))
+    }
+
+    /// Takes back the tasks a worker carries (it went silent or its
+    /// connection dropped); their slots stay unusable until released.
+    pub(crate) fn take_back(&mut self, key: WorkerKey) -> Carried {
+        self.get_mut(key).map(take_back).unwrap_or_default()
+    }
+
+    /// Revokes one task's slot on a worker (its run was not reported in
+    /// time): the slot stays unusable until the run is reported or the connection drops, and the
+    /// worker gets nothing new until it heartbeats again.
+    pub(crate) fn abandon(&mut self, key: WorkerKey, task_id: TaskId) {
+        let Some(worker) = self.get_mut(key) else { return };
+        worker.suspect = true;
+        for slot in &mut worker.slots {
+            if *slot == Slot::Busy(task_id) {
+                *slot = Slot::Abandoned(task_id);
+            }
+        }
+    }
+
+    /// The slot of a worker that carries `task_id`, or carried it before
+    /// it was taken back (`true` when abandoned).
+    pub(crate) fn slot_of(&self, key: WorkerKey, task_id: TaskId) -> Option<(usize, bool)> {
+        self.get(key)?.slots.iter().enumerate().find_map(|(index, slot)| match *slot {
+            Slot::Busy(busy) if busy == task_id => Some((index, false)),
+            Slot::Abandoned(gone) if gone == task_id => Some((index, true)),
+            _ => None,
+        })
+    }
+
+    /// Frees the slots whose tasks were taken back (the connection dropped:
+    /// nothing more will be heard of those runs).
+    pub(crate) fn free_abandoned(&mut self, key: WorkerKey) {
+        let Some(worker) = self.get_mut(key) else { return };
+        for slot in &mut worker.slots {
+            if matches!(slot, Slot::Abandoned(_)) {
+                *slot = Slot::Idle;
+            }
+        }
+    }
+
+    /// Marks a worker's connection down and the worker inactive: if the
+    /// connection comes back, only a heartbeat from the same process makes
+    /// it active again (a new process at that address registers anew).
+    /// Returns its id.
+    pub(crate) fn disconnected(&mut self, key: WorkerKey) -> Option<String> {
+        let worker = self.get_mut(key)?;
+        worker.connected = false;
+        worker.reported_in_flight = 0;
+        if worker.phase != Phase::Connecting {
+            worker.phase = Phase::Inactive;
+        }
+        Some(worker.name.worker_id.clone())
+    }
+
+    /// The declared defaults of a task a live worker provides.
+    pub(crate) fn provider(&self, task_name: &str) -> Option<&OfferedTask> {
+        self.workers.iter().filter(|w| w.routable()).find_map(|w| w.tasks.get(task_name))
+    }
+
+    /// The live worker whose offer describes `task_name` (the first that
+    /// provides it), and that offer.
+    pub(crate) fn describing_provider(&self, task_name: &str) -> Option<(WorkerKey, &OfferedTask)> {
+        self.workers.iter().filter(|w| w.routable()).find_map(|w| w.tasks.get(task_name).map(|task| (w.key, task)))
+    }
+
+    /// Takes a task out of the waiting line (it was cancelled).
+    pub(crate) fn forget_waiting(&mut self, task_id: TaskId) {
+        for queue in &mut self.waiting {
+            queue.retain(|waiting| waiting.task_id != task_id);
+        }
+    }
+
+    /// Chooses the least-loaded live worker providing `task_name` that has a
+    /// free slot (equal loads take turns) and marks that slot busy.
+    #[cfg(test)]
+    pub(crate) fn place(&mut self, task_id: TaskId, task_name: &str) -> Placement {
+        self.place_with(task_id, task_name, &mut Open)
+    }
+
+    /// As [`Cluster::place`], asking `gate` first about a limited task,
+    /// which only a worker with a free running slot may take.
+    pub(crate) fn place_with(&mut self, task_id: TaskId, task_name: &str, gate: &mut dyn Gate) -> Placement {
+        let limited = gate.limited(task_name);
+        let count = self.workers.len();
+        let mut provided = false;
+        let mut held = false;
+        let mut best: Option<(usize, u64)> = None;
+        for step in 0..count {
+            let index = (self.turn + step) % count;
+            let worker = &self.workers[index];
+            if !worker.tasks.contains_key(task_name) {
+                continue;
+            }
+            if !worker.routable() {
+                held |= worker.draining();
+                continue;
+            }
+            provided = true;
+            if worker.free_slot().is_none() || (limited && worker.in_flight() >= worker.concurrency) {
+                continue;
+            }
+            // In-flight tasks as a fixed-point fraction of concurrency.
+            let weighted = ((worker.load() as u64) << 32) / worker.concurrency as u64;
+            if !matches!(best, Some((_, lowest)) if lowest <= weighted) {
+                best = Some((index, weighted));
+            }
+        }
+        match best {
+            Some(_) if limited && !gate.admit(task_name, task_id) => Placement::Limited,
+            Some((index, _)) => {
+                self.turn = index + 1;
+                let worker = &mut self.workers[index];
+                let slot = worker.free_slot().expect("checked above");
+                worker.slots[slot] = Slot::Busy(task_id);
+                worker.dispatched += 1;
+                Placement::Slot(worker.key, slot)
+            }
+            None if provided => Placement::Wait,
+            None if held => Placement::Held,
+            None => Placement::Nobody,
+        }
+    }
+
+    /// Puts a task in line for a slot; `first` for a task taken back from a
+    /// worker, which has waited longest.
+    pub(crate) fn wait(&mut self, priority: Priority, waiting: Waiting, first: bool) {
+        let queue = &mut self.waiting[priority.index()];
+        if first {
+            queue.push_front(waiting);
+        } else {
+            queue.push_back(waiting);
+        }
+    }
+
+    /// Frees a slot once its run was reported (or refused). True when it carried `task_id`
+    /// (false for an abandoned slot, whose task went elsewhere).
+    pub(crate) fn release(&mut self, key: WorkerKey, slot: usize, task_id: Option<TaskId>) -> bool {
+        let Some(worker) = self.get_mut(key) else { return false };
+        let Some(state) = worker.slots.get_mut(slot) else { return false };
+        let carried = matches!((*state, task_id), (Slot::Busy(busy), Some(id)) if busy == id);
+        *state = Slot::Idle;
+        carried
+    }
+
+    /// The task in `key`'s slot, if it is busy.
+    #[cfg(test)]
+    pub(crate) fn carried(&self, key: WorkerKey, slot: usize) -> Option<TaskId> {
+        match self.get(key)?.slots.get(slot)? {
+            Slot::Busy(task_id) => Some(*task_id),
+            _ => None,
+        }
+    }
+
+    /// Gives a free slot of a live worker the most urgent waiting task it
+    /// provides, marking the slot busy.
+    #[cfg(test)]
+    pub(crate) fn next_for(&mut self, key: WorkerKey, slot: usize) -> Option<TaskId> {
+        self.next_for_with(key, slot, &mut Open)
+    }
+
+    /// As [`Cluster::next_for`], passing over the waiting runs `gate` holds
+    /// back (and, on a worker without a free running slot, every limited
+    /// one), so that they block no other task behind them.
+    pub(crate) fn next_for_with(&mut self, key: WorkerKey, slot: usize, gate: &mut dyn Gate) -> Option<TaskId> {
+        let worker = self.workers.iter_mut().find(|w| w.key == key)?;
+        if !worker.routable() || worker.slots.get(slot) != Some(&Slot::Idle) {
+            return None;
+        }
+        let running_room = worker.in_flight() < worker.concurrency;
+        for queue in &mut self.waiting {
+            let eligible = |w: &Waiting, gate: &mut dyn Gate| {
+                worker.tasks.contains_key(&w.task_name)
+                    && (!gate.limited(&w.task_name) || (running_room && gate.admit(&w.task_name, w.task_id)))
+            };
+            if let Some(position) = queue.iter().position(|w| eligible(w, gate)) {
+                let waiting = queue.remove(position).expect("position is in range");
+                worker.slots[slot] = Slot::Busy(waiting.task_id);
+                worker.dispatched += 1;
+                return Some(waiting.task_id);
+            }
+        }
+        None
+    }
+
+    /// Every free slot of a live worker paired with a waiting task it
+    /// provides, most urgent first (after a worker joins or comes back).
+    #[cfg(test)]
+    pub(crate) fn fill(&mut self) -> Vec<(WorkerKey, usize, TaskId)> {
+        self.fill_with(&mut Open)
+    }
+
+    /// As [`Cluster::fill`], through `gate` (see [`Cluster::next_for_with`]).
+    pub(crate) fn fill_with(&mut self, gate: &mut dyn Gate) -> Vec<(WorkerKey, usize, TaskId)> {
+        let mut filled = Vec::new();
+        if self.waiting.iter().all(VecDeque::is_empty) {
+            return filled;
+        }
+        let free: Vec<(WorkerKey, usize)> = self
+            .workers
+            .iter()
+            .filter(|w| w.routable())
+            .flat_map(|w| w.slots.iter().enumerate().filter(|(_, s)| **s == Slot::Idle).map(|(i, _)| (w.key, i)))
+            .collect();
+        // A worker that found nothing for one free slot finds nothing for
+        // its others: it is asked once.
+        let mut done: Vec<WorkerKey> = Vec::new();
+        for (key, slot) in free {
+            if done.contains(&key) {
+                continue;
+            }
+            match self.next_for_with(key, slot, gate) {
+                Some(task_id) => filled.push((key, slot, task_id)),
+                None => done.push(key),
+            }
+        }
+        filled
+    }
+
+    /// Runs of `task_name` waiting in line for a slot (or for its limit).
+    pub(crate) fn waiting_named(&self, task_name: &str) -> usize {
+        self.waiting.iter().flatten().filter(|w| w.task_name == task_name).count()
+    }
+
+    /// Removes and returns the waiting tasks that no live or draining
+    /// worker provides any more.
+    pub(crate) fn stranded(&mut self) -> Vec<Waiting> {
+        let workers = &self.workers;
+        let provided =
+            |name: &str| workers.iter().any(|w| (w.routable() || w.draining()) && w.tasks.contains_key(name));
+        let mut stranded = Vec::new();
+        for queue in &mut self.waiting {
+            queue.retain(|waiting| {
+                let keep = provided(&waiting.task_name);
+                if !keep {
+                    stranded.push(waiting.clone());
+                }
+                keep
+            });
+        }
+        stranded
+    }
+
+    /// Marks workers silent for longer than `after` inactive; returns them.
+    pub(crate) fn silent(&mut self, now: Instant, after: Duration) -> Vec<WorkerKey> {
+        let mut silent = Vec::new();
+        for worker in &mut self.workers {
+            let quiet = now.saturating_duration_since(worker.last_seen) > after;
+            if quiet && matches!(worker.phase, Phase::Active | Phase::Draining) {
+                worker.phase = Phase::Inactive;
+                silent.push(worker.key);
+            }
+        }
+        silent
+    }
+
+    /// Records a heartbeat; true when it brings the worker back from inactive.
+    pub(crate) fn heard_from(&mut self, key: WorkerKey, in_flight: u32) -> bool {
+        let Some(worker) = self.get_mut(key) else { return false };
+        worker.last_seen = Instant::now();
+        worker.last_seen_ms = crate::wire::protocol::now_ms();
+        worker.reported_in_flight = in_flight;
+        let back = worker.phase == Phase::Inactive || (worker.suspect && worker.phase == Phase::Active);
+        worker.suspect = false;
+        if back {
+            worker.phase = Phase::Active;
+        }
+        back
+    }
+
+    /// Each task a live worker provides, with that worker's id.
+    pub(crate) fn offered_tasks(&self) -> Vec<(String, OfferedTask)> {
+        let routable = self.workers.iter().filter(|w| w.routable());
+        routable.flat_map(|w| w.tasks.values().map(|task| (w.name.worker_id.clone(), task.clone()))).collect()
+    }
+
+    /// The names of the tasks live workers provide, sorted.
+    pub(crate) fn task_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> =
+            self.workers.iter().filter(|w| w.routable()).flat_map(|w| w.tasks.keys().map(String::as_str)).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// The cluster as `fastworker workers` shows it.
+    pub(crate) fn status(&self) -> ClusterStatus {
+        let mut subworkers: Vec<WorkerStatus> = self
+            .workers
+            .iter()
+            .filter(|w| w.phase != Phase::Connecting)
+            .map(|w| {
+                let mut tasks: Vec<String> = w.tasks.keys().cloned().collect();
+                tasks.sort_unstable();
+                WorkerStatus {
+                    worker_id: w.name.worker_id.clone(),
+                    address: w.address.clone(),
+                    status: w.status(),
+                    load: w.load(),
+                    concurrency: w.concurrency,
+                    last_seen_ms: w.last_seen_ms,
+                    connected: w.connected,
+                    dispatched: w.dispatched,
+                    tasks,
+                }
+            })
+            .collect();
+        subworkers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        ClusterStatus {
+            total_subworkers: subworkers.len() as u32,
+            active_subworkers: subworkers.iter().filter(|w| w.status == WorkerState::Active).count() as u32,
+            subworkers,
+        }
+    }
+}
+
+fn take_back<L>(worker: &mut Worker<L>) -> Carried {
+    let mut carried = Vec::new();
+    for (index, slot) in worker.slots.iter_mut().enumerate() {
+        if let Slot::Busy(task_id) = *slot {
+            carried.push((index, task_id));
+            *slot = Slot::Abandoned(task_id);
+        }
+    }
+    carried
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(id: &str) -> WorkerName {
+        WorkerName { worker_id: id.into(), instance: TaskId::new_v4() }
+    }
+
+    fn worker(cluster: &mut Cluster<()>, id: &str, concurrency: u32, tasks: &[&str]) -> WorkerKey {
+        let offer = |name: &str| OfferedTask {
+            name: name.to_string(),
+            priority: Priority::Normal,
+            timeout_ms: 0,
+            max_retries: 0,
+            retry_delay_ms: 0,
+            schedule: String::new(),
+            doc: String::new(),
+            signature: String::new(),
+            args_schema: None,
+            result_schema: None,
+            limit: None,
+        };
+        let tasks = tasks.iter().map(|t| (t.to_string(), offer(t))).collect();
+        let key = cluster.new_key();
+        let address = format!("tcp://{id}:1");
+        cluster.add(Joining { key, name: name(id), address, concurrency, prefetch: 0, tasks, link: () });
+        let worker = cluster.get_mut(key).unwrap();
+        worker.phase = Phase::Active;
+        worker.connected = true;
+        key
+    }
+
+    fn id() -> TaskId {
+        TaskId::new_v4()
+    }
+
+    #[test]
+    fn equal_workers_take_turns_and_the_least_loaded_wins() {
+        let mut cluster = Cluster::default();
+        let a = worker(&mut cluster, "a", 2, &["add"]);
+        let b = worker(&mut cluster, "b", 2, &["add"]);
+        let Placement::Slot(first, _) = cluster.place(id(), "add") else { panic!() };
+        let Placement::Slot(second, _) = cluster.place(id(), "add") else { panic!() };
+        assert_ne!(first, second, "ties are spread");
+        // Both at 1/2; one finishes, so it is the least loaded.
+        let carried = cluster.carried(a, 0).unwrap();
+        assert!(cluster.release(a, 0, Some(carried)));
+        assert_eq!(cluster.place(id(), "add"), Placement::Slot(a, 0));
+        // Both at 1/2 again: the turn passes to b.
+        assert!(matches!(cluster.place(id(), "add"), Placement::Slot(k, _) if k == b));
+        assert_eq!(cluster.place(id(), "add"), Placement::Slot(a, 1));
+        assert_eq!(cluster.place(id(), "add"), Placement::Wait);
+    }
+
+    #[test]
+    fn load_is_relative_to_concurrency() {
+        let mut cluster = Cluster::default();
+        let small = worker(&mut cluster, "small", 1, &["add"]);
+        let big = worker(&mut cluster, "big", 4, &["add"]);
+        cluster.get_mut(big).unwrap().reported_in_flight = 1;
+        // small at 0/1 is less loaded than big at 1/4.
+        assert_eq!(cluster.place(id(), "add"), Placement::Slot(small, 0));
+        // small is now 1/1, big 1/4.
+        assert!(matches!(cluster.place(id(), "add"), Placement::Slot(k, _) if k == big));
+    }
+
+    #[test]
+    fn routing_is_by_task_name_and_liveness() {
+        let mut cluster = Cluster::default();
+        let images = worker(&mut cluster, "images", 1, &["resize"]);
+        let _text = worker(&mut cluster, "text", 1, &["upper"]);
+        assert_eq!(cluster.place(id(), "resize"), Placement::Slot(images, 0));
+        assert_eq!(cluster.place(id(), "nothing"), Placement::Nobody);
+        cluster.disconnected(images);
+        assert_eq!(cluster.place(id(), "resize"), Placement::Nobody);
+        assert_eq!(cluster.task_names(), vec!["upper"]);
+        // Reconnecting is not enough: only a heartbeat brings it back.
+        cluster.get_mut(images).unwrap().connected = true;
+        assert!(!cluster.get(images).unwrap().alive());
+        assert!(cluster.heard_from(images, 0));
+        // Routable again (its one slot still carries the first task).
+        assert_eq!(cluster.place(id(), "resize"), Placement::Wait);
+    }
+
+    #[test]
+    fn a_freed_slot_takes_the_most_urgent_task_its_worker_provides() {
+        let mut cluster = Cluster::default();
+        let a = worker(&mut cluster, "a", 1, &["add", "fib"]);
+        let running = id();
+        assert_eq!(cluster.place(running, "add"), Placement::Slot(a, 0));
+        let (low, other, critical) = (id(), id(), id());
+        cluster.wait(Priority::Low, Waiting { task_id: low, task_name: "fib".into() }, false);
+        cluster.wait(Priority::Critical, Waiting { task_id: other, task_name: "upper".into() }, false);
+        cluster.wait(Priority::High, Waiting { task_id: critical, task_name: "add".into() }, false);
+        assert!(cluster.release(a, 0, Some(running)));
+        assert_eq!(cluster.next_for(a, 0), Some(critical));
+        assert!(cluster.release(a, 0, Some(critical)));
+        assert_eq!(cluster.next_for(a, 0), Some(low));
+        // "upper" has no live provider any more.
+        assert_eq!(cluster.stranded(), vec![Waiting { task_id: other, task_name: "upper".into() }]);
+    }
+
+    #[test]
+    fn tasks_taken_back_leave_their_slots_unusable_until_released() {
+        let mut cluster = Cluster::default();
+        let a = worker(&mut cluster, "a", 1, &["add"]);
+        let task = id();
+        cluster.place(task, "add");
+        assert_eq!(cluster.take_back(a), vec![(0, task)]);
+        assert_eq!(cluster.place(id(), "add"), Placement::Wait);
+        assert!(!cluster.release(a, 0, Some(task)), "an abandoned slot no longer carries its task");
+        assert!(matches!(cluster.place(id(), "add"), Placement::Slot(..)));
+        // A dropped connection frees every abandoned slot at once.
+        let other = id();
+        assert!(matches!(cluster.place(other, "add"), Placement::Wait));
+        let busy = cluster.carried(a, 0).unwrap();
+        cluster.take_back(a);
+        assert_eq!(cluster.slot_of(a, busy), Some((0, true)));
+        cluster.free_abandoned(a);
+        assert_eq!(cluster.slot_of(a, busy), None);
+    }
+
+    #[test]
+    fn a_task_only_a_draining_worker_provides_is_held_not_stranded() {
+        let mut cluster = Cluster::default();
+        let a = worker(&mut cluster, "a", 1, &["add"]);
+        cluster.get_mut(a).unwrap().phase = Phase::Draining;
+        assert_eq!(cluster.place(id(), "add"), Placement::Held);
+        let held = id();
+        cluster.wait(Priority::Normal, Waiting { task_id: held, task_name: "add".into() }, true);
+        assert!(cluster.stranded().is_empty(), "a draining provider keeps the name known");
+        let b = worker(&mut cluster, "b", 1, &["add"]);
+        assert_eq!(cluster.fill(), vec![(b, 0, held)]);
+        cluster.remove(a);
+        assert_eq!(cluster.place(id(), "add"), Placement::Wait);
+    }
+
+    #[test]
+    fn a_revoked_run_keeps_its_slot_and_its_worker_gets_nothing_until_it_heartbeats() {
+        let mut cluster = Cluster::default();
+        let a = worker(&mut cluster, "a", 2, &["add"]);
+        let late = id();
+        assert_eq!(cluster.place(late, "add"), Placement::Slot(a, 0));
+        cluster.abandon(a, late);
+        assert_eq!(cluster.slot_of(a, late), Some((0, true)));
+        assert_eq!(cluster.carried(a, 0), None, "the slot no longer carries the task");
+        assert_eq!(cluster.place(id(), "add"), Placement::Nobody, "a suspect worker is not routed to");
+        assert_eq!(cluster.status().active_subworkers, 0);
+        assert!(cluster.heard_from(a, 1));
+        assert_eq!(cluster.place(id(), "add"), Placement::Slot(a, 1));
+        assert!(!cluster.release(a, 0, None));
+        assert_eq!(cluster.slot_of(a, late), None);
+    }
+
+    /// Refuses every run of "slow" beyond `allowed` starts.
+    struct Limited {
+        allowed: usize,
+    }
+
+    impl Gate for Limited {
+        fn limited(&mut self, task_name: &str) -> bool {
+            task_name == "slow"
+        }
+        fn admit(&mut self, _: &str, _: TaskId) -> bool {
+            let admitted = self.allowed > 0;
+            self.allowed = self.allowed.saturating_sub(1);
+            admitted
+        }
+    }
+
+    #[test]
+    fn held_back_runs_block_nothing_behind_them_and_never_take_prefetch_slots() {
+        let mut cluster = Cluster::default();
+        let key = cluster.new_key();
+        let tasks = ["slow", "add"]
+            .iter()
+            .map(|name| {
+                let offer = OfferedTask {
+                    name: name.to_string(),
+                    priority: Priority::Normal,
+                    timeout_ms: 0,
+                    max_retries: 0,
+                    retry_delay_ms: 0,
+                    schedule: String::new(),
+                    doc: String::new(),
+                    signature: String::new(),
+                    args_schema: None,
+                    result_schema: None,
+                    limit: None,
+                };
+                (name.to_string(), offer)
+            })
+            .collect();
+        let joining =
+            Joining { key, name: name("a"), address: "tcp://a:1".into(), concurrency: 1, prefetch: 2, tasks, link: () };
+        cluster.add(joining);
+        let worker = cluster.get_mut(key).unwrap();
+        (worker.phase, worker.connected) = (Phase::Active, true);
+        let mut gate = Limited { allowed: 0 };
+        assert_eq!(cluster.place_with(id(), "slow", &mut gate), Placement::Limited);
+        let held = id();
+        cluster.wait(Priority::Critical, Waiting { task_id: held, task_name: "slow".into() }, false);
+        let unlimited = id();
+        cluster.wait(Priority::Low, Waiting { task_id: unlimited, task_name: "add".into() }, false);
+        assert_eq!(cluster.next_for_with(key, 0, &mut gate), Some(unlimited), "the held run blocks nothing");
+        // The worker's one running slot is taken: a limited run would only wait in prefetch.
+        gate.allowed = 5;
+        assert_eq!(cluster.next_for_with(key, 1, &mut gate), None);
+        assert_eq!(cluster.place_with(id(), "slow", &mut gate), Placement::Wait);
+        assert!(cluster.release(key, 0, Some(unlimited)));
+        assert_eq!(cluster.fill_with(&mut gate), vec![(key, 0, held)]);
+        assert_eq!(cluster.waiting_named("slow"), 0);
+    }
+
+    #[test]
+    fn silence_makes_a_worker_inactive_and_a_heartbeat_brings_it_back() {
+        let mut cluster = Cluster::default();
+        let a = worker(&mut cluster, "a", 1, &["add"]);
+        let later = Instant::now() + Duration::from_secs(31);
+        assert_eq!(cluster.silent(later, Duration::from_secs(30)), vec![a]);
+        assert_eq!(cluster.status().active_subworkers, 0);
+        assert_eq!(cluster.place(id(), "add"), Placement::Nobody);
+        assert!(cluster.heard_from(a, 0));
+        assert_eq!(cluster.status().active_subworkers, 1);
+    }
+}

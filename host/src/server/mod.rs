@@ -1,0 +1,34 @@
+//! The serving process's parts: the ports and what answers on them, the
+//! task state behind them, and the machinery that state drives.
+//!
+//! - Ports: [`endpoint`] (a listening socket and its repliers),
+//!   [`membership`] (the management port), [`collector`] (a subworker's
+//!   outcomes waiting to be collected), [`peer_log`] (rate-limited lines
+//!   about refused peers).
+//! - State: [`state`] (the live tasks, their lifecycle, the cluster's
+//!   slots and the clients waiting), [`cache`] (finished results),
+//!   [`journal`] (the durable mode's store), [`monitor`] (what the
+//!   dashboard shows), [`offered_schemas`] (schemas of tasks only
+//!   subworkers provide).
+//! - Machinery: [`pool`] (worker threads), [`timers`] (time-outs, retries,
+//!   leases), [`callbacks`] (completion notices), [`scheduler`] (periodic
+//!   runs), [`memory`].
+//! - Settings: [`config`] and [`limits`] (the bounds on what a peer may
+//!   ask for).
+
+pub(crate) mod cache;
+pub(crate) mod callbacks;
+pub(crate) mod collector;
+pub mod config;
+pub(crate) mod endpoint;
+pub(crate) mod journal;
+pub mod limits;
+pub(crate) mod membership;
+pub(crate) mod memory;
+pub(crate) mod monitor;
+pub(crate) mod offered_schemas;
+pub(crate) mod peer_log;
+pub(crate) mod pool;
+pub(crate) mod scheduler;
+pub(crate) mod state;
+pub(crate) mod timers;

@@ -1,0 +1,404 @@
+//! The ledger's side of workflows: accepting one, creating its members as
+//! ordinary tasks when they become ready, feeding it the ends of its member
+//! tasks (from [`State::finish`]), cancelling it, answering its status,
+//! and taking it up again after a durable restart. The bookkeeping itself
+//! is the pure state machine of `workflow/machine.rs`.
+
+use std::collections::VecDeque;
+
+use tracing::{debug, info, warn};
+
+use super::{Caller, Outbox, State, Tasks};
+use crate::server::cache::{args_digest, Lookup};
+use crate::server::journal::{Record, RecoveredWorkflow, WorkflowRecord, CANCEL_STEP};
+use crate::server::limits::{millis, Bound};
+use crate::wire::auth::Role;
+use crate::wire::protocol::{
+    now_ms, ErrorKind, ErrorReply, Reply, RetryPolicy, Submit, TaskId, TaskReport, TaskState, WorkflowId,
+    WorkflowSubmit,
+};
+use crate::workflow::machine::{validate, Bounds, Effects, Machine, Outcome, Submission};
+use crate::workflow::registry::Entry;
+use crate::workflow::{WorkflowNode, MAX_DEPTH, MAX_MEMBERS};
+
+/// Bytes kept free in a frame for what surrounds a member's arguments.
+const FRAME_MARGIN: usize = 4096;
+
+impl State {
+    fn workflow_bounds(&self) -> Bounds {
+        let limits = &self.config.limits;
+        Bounds {
+            max_members: MAX_MEMBERS.min(limits.max_queued_tasks),
+            max_depth: MAX_DEPTH,
+            max_bytes: limits.max_frame_bytes.saturating_sub(FRAME_MARGIN),
+            max_retries: limits.max_retries,
+            max_delay_ms: millis(limits.max_countdown),
+        }
+    }
+
+    /// Answers a workflow submission: in durable mode once the workflow is
+    /// stored.
+    pub(crate) fn submit_workflow_for(&self, submit: WorkflowSubmit, replier: crate::server::endpoint::Replier) {
+        let owner = replier.key_id();
+        let reply = self.submit_workflow(submit, owner);
+        self.acknowledge(replier, reply);
+    }
+
+    /// Accepts a workflow submitted by `owner`: answered with its status.
+    /// The same id with the same description again answers for the one
+    /// already accepted.
+    fn submit_workflow(&self, submit: WorkflowSubmit, owner: Option<[u8; 8]>) -> Reply {
+        let bad = |kind, message: String| Reply::Error(ErrorReply::new(kind, message));
+        if !self.accepting.load(std::sync::atomic::Ordering::SeqCst) {
+            let message = format!("'{}' is shutting down and takes no new workflows", self.config.worker_id);
+            return bad(ErrorKind::ShuttingDown, message);
+        }
+        let workflow_id = submit.workflow_id;
+        let bounds = self.workflow_bounds();
+        let parents = match validate(&submit, &bounds) {
+            Ok(parents) => parents,
+            Err(why) => return bad(ErrorKind::BadRequest, format!("workflow {workflow_id} refused: {why}")),
+        };
+        let encoded = postcard::to_stdvec(&submit).unwrap_or_default();
+        let digest = args_digest(&encoded);
+        let mut outbox = Outbox::default();
+        let mut tasks = self.lock();
+        tasks.workflows.sweep(now_ms());
+        if let Some(existing) = tasks.workflows.get(&workflow_id) {
+            if existing.digest != digest {
+                let message =
+                    format!("workflow id {workflow_id} is already used by another workflow: choose a fresh id");
+                return bad(ErrorKind::IdConflict, message);
+            }
+            return self.workflow_report(&tasks, workflow_id);
+        }
+        if let Some(refusal) = self.workflow_refusal(&tasks, &submit, encoded.len()) {
+            return Reply::Error(refusal);
+        }
+        let created_ms = now_ms();
+        self.record(Record::WorkflowAccepted(
+            workflow_id,
+            Box::new(WorkflowRecord { submit: submit.clone(), owner, created_ms }),
+        ));
+        let mut machine = Machine::new(submit, parents, bounds.max_bytes);
+        let effects = machine.start();
+        let entry =
+            Entry { machine, owner, created_ms, finished_ms: None, waiters: Vec::new(), digest, bytes: encoded.len() };
+        tasks.workflows.insert(workflow_id, entry);
+        debug!(%workflow_id, "workflow accepted");
+        self.apply(&mut tasks, workflow_id, effects, &mut outbox);
+        let reply = self.workflow_report(&tasks, workflow_id);
+        drop(tasks);
+        outbox.deliver();
+        reply
+    }
+
+    /// Why a valid workflow cannot be taken now: too many live ones, too
+    /// many bytes, or a task nobody provides.
+    fn workflow_refusal(&self, tasks: &Tasks, submit: &WorkflowSubmit, bytes: usize) -> Option<ErrorReply> {
+        let limits = &self.config.limits;
+        let (live, live_bytes) = tasks.workflows.live();
+        let busy = |what: String, bound: Bound| {
+            self.refusals.count(bound);
+            Some(ErrorReply::new(
+                ErrorKind::Busy,
+                format!(
+                    "'{}' is busy: {what} ({} {}); retry later",
+                    self.config.worker_id,
+                    bound.flag(),
+                    bound.value(limits)
+                ),
+            ))
+        };
+        if live >= limits.max_queued_tasks {
+            return busy(format!("{live} workflows are running"), Bound::QueuedTasks);
+        }
+        if (live_bytes + bytes) as u64 > limits.max_queued_bytes {
+            return busy(format!("running workflows hold {live_bytes} bytes"), Bound::QueuedBytes);
+        }
+        for node in &submit.nodes {
+            let WorkflowNode::Task(step) = node else { continue };
+            let name = &step.task_name;
+            let here = self.registry.get(name).is_some() && self.pool.threads() > 0;
+            if here || tasks.cluster.provider(name).is_some() {
+                continue;
+            }
+            if let Some(refusal) = self.restart_window_refusal(name) {
+                return Some(refusal);
+            }
+            return Some(ErrorReply::new(ErrorKind::UnknownTask, self.nobody_provides(tasks, name)));
+        }
+        None
+    }
+
+    /// Carries out what the workflow's machine asked for, and what that in
+    /// turn makes it ask for: members to create, tasks to cancel, its end.
+    fn apply(&self, tasks: &mut Tasks, workflow_id: WorkflowId, effects: Effects, outbox: &mut Outbox) {
+        let mut queue = VecDeque::from([effects]);
+        while let Some(effects) = queue.pop_front() {
+            tasks.workflows.note(workflow_id, &effects);
+            let owner = tasks.workflows.get(&workflow_id).and_then(|e| e.owner);
+            for Submission { node, task_id, step } in effects.submit {
+                let Some(entry) = tasks.workflows.get_mut(&workflow_id) else { break };
+                if entry.machine.state().is_final() {
+                    // It ended meanwhile (a member created before this one
+                    // failed at once): this member is never created.
+                    entry.machine.member_not_created(node);
+                    tasks.workflows.forget_member(&task_id);
+                    continue;
+                }
+                let retry = step.max_retries.map(|max_retries| RetryPolicy {
+                    max_retries,
+                    delay_ms: step.retry_delay_ms.unwrap_or(1000),
+                    factor: super::DEFAULT_RETRY_FACTOR,
+                    max_delay_ms: super::DEFAULT_MAX_RETRY_DELAY_MS.max(step.retry_delay_ms.unwrap_or(0)),
+                });
+                let submit = Submit {
+                    task_id,
+                    task_name: step.task_name,
+                    args: step.args,
+                    priority: step.priority,
+                    timeout_ms: step.timeout_ms,
+                    retry,
+                    ..Default::default()
+                };
+                match self.admit(tasks, submit, None, owner, None, outbox) {
+                    Err((refusal, _)) => {
+                        tasks.workflows.forget_member(&task_id);
+                        let message = format!("member {node} could not be created: {}", refusal.message);
+                        let outcome = Box::new(Outcome::Failed(failure(&message)));
+                        self.record(Record::WorkflowStep(workflow_id, node, outcome));
+                        if let Some(entry) = tasks.workflows.get_mut(&workflow_id) {
+                            queue.push_back(entry.machine.member_refused(node, message));
+                        }
+                    }
+                    // A task of that id had already ended (its result is
+                    // cached): its end is the member's.
+                    Ok(_) if !tasks.live.contains_key(&task_id) && tasks.workflows.member_of(&task_id).is_some() => {
+                        let cached = self.cache.lock().expect("cache lock").get(&task_id);
+                        if let Lookup::Found(report) = cached {
+                            self.member_ended(tasks, &report, outbox);
+                        }
+                    }
+                    Ok(_) => {}
+                }
+            }
+            for task_id in effects.cancel {
+                self.cancel_live(tasks, task_id, outbox);
+            }
+            if effects.ended {
+                let now = now_ms();
+                let waiters = tasks.workflows.finished(workflow_id, now);
+                self.record(Record::WorkflowEnded(workflow_id));
+                if let Some(entry) = tasks.workflows.get(&workflow_id) {
+                    info!(%workflow_id, state = entry.machine.state().as_str(), "workflow ended");
+                }
+                if !waiters.is_empty() {
+                    let reply = self.workflow_report(tasks, workflow_id);
+                    outbox.0.push((waiters, crate::server::endpoint::encode_reply(&reply)));
+                }
+                tasks.workflows.sweep(now);
+            }
+        }
+    }
+
+    /// Called by [`State::finish`] for every task that ends: a workflow's
+    /// member moves its workflow on.
+    pub(super) fn member_ended(&self, tasks: &mut Tasks, report: &TaskReport, outbox: &mut Outbox) {
+        let Some((workflow_id, node)) = tasks.workflows.member_of(&report.task_id) else { return };
+        tasks.workflows.forget_member(&report.task_id);
+        let error = || report.error.clone().unwrap_or_else(|| failure("ended without a result"));
+        let outcome = match report.state {
+            TaskState::Succeeded => Outcome::Succeeded(report.result.clone().unwrap_or_else(|| b"null".to_vec())),
+            TaskState::TimedOut => Outcome::TimedOut(error()),
+            TaskState::Cancelled => Outcome::Cancelled(error()),
+            _ => Outcome::Failed(error()),
+        };
+        let Some(entry) = tasks.workflows.get_mut(&workflow_id) else { return };
+        let running = !entry.machine.state().is_final();
+        let effects = entry.machine.member_ended(node, outcome.clone());
+        if running {
+            self.record(Record::WorkflowStep(workflow_id, node, Box::new(outcome)));
+        }
+        self.apply(tasks, workflow_id, effects, outbox);
+    }
+
+    /// A workflow's status, or why it is not known.
+    pub(crate) fn workflow_status(&self, workflow_id: WorkflowId) -> Reply {
+        let mut tasks = self.lock();
+        tasks.workflows.sweep(now_ms());
+        self.workflow_report(&tasks, workflow_id)
+    }
+
+    fn workflow_report(&self, tasks: &Tasks, workflow_id: WorkflowId) -> Reply {
+        match tasks.workflows.report(workflow_id, |task_id| tasks.live.get(&task_id).map(|t| t.report.state)) {
+            Some(report) => Reply::Workflow(report),
+            None => Reply::Error(ErrorReply::new(
+                ErrorKind::UnknownWorkflowId,
+                format!(
+                    "workflow {workflow_id} is unknown to '{}' (or finished long enough ago to be forgotten: --result-cache-ttl, --result-cache-size)",
+                    self.config.worker_id
+                ),
+            )),
+        }
+    }
+
+    /// Cancels a workflow: pending members never run, queued ones are
+    /// cancelled, running ones have their cancellation flag set.
+    pub(crate) fn cancel_workflow(&self, workflow_id: WorkflowId, caller: Caller) -> Reply {
+        let mut outbox = Outbox::default();
+        let mut tasks = self.lock();
+        let Some(entry) = tasks.workflows.get_mut(&workflow_id) else {
+            return self.workflow_report(&tasks, workflow_id);
+        };
+        if caller.role == Some(Role::Client) && entry.owner != caller.key_id {
+            return Reply::Error(ErrorReply::new(
+                ErrorKind::Forbidden,
+                format!("workflow {workflow_id} was submitted with another key: only that key or the operator's may cancel it"),
+            ));
+        }
+        if entry.machine.state().is_final() {
+            return Reply::Error(ErrorReply::new(
+                ErrorKind::AlreadyFinished,
+                format!("workflow {workflow_id} already ended ({}); nothing to cancel", entry.machine.state().as_str()),
+            ));
+        }
+        let effects = entry.machine.cancel("the workflow was cancelled by a client".into());
+        self.record(Record::WorkflowStep(workflow_id, CANCEL_STEP, Box::new(Outcome::Cancelled(failure("cancelled")))));
+        self.apply(&mut tasks, workflow_id, effects, &mut outbox);
+        let reply = self.workflow_report(&tasks, workflow_id);
+        drop(tasks);
+        outbox.deliver();
+        reply
+    }
+
+    /// A client cancels `task_id`: if it is a workflow's member, its
+    /// workflow is cancelled with it (the other live members too).
+    pub(super) fn cancel_member_workflow(&self, tasks: &mut Tasks, task_id: TaskId, outbox: &mut Outbox) {
+        let Some((workflow_id, node)) = tasks.workflows.member_of(&task_id) else { return };
+        let Some(entry) = tasks.workflows.get_mut(&workflow_id) else { return };
+        let message = format!("its member {node} (task {task_id}) was cancelled by a client");
+        let effects = entry.machine.cancel(message);
+        if effects.ended {
+            self.record(Record::WorkflowStep(
+                workflow_id,
+                CANCEL_STEP,
+                Box::new(Outcome::Cancelled(failure("cancelled"))),
+            ));
+        }
+        self.apply(tasks, workflow_id, effects, outbox);
+    }
+
+    /// Hands a workflow record to the durable store, if there is one.
+    fn record(&self, record: Record) {
+        if let Some(journal) = &self.journal {
+            journal.write(record);
+        }
+    }
+
+    /// After a durable restart (tasks already restored): rebuilds each
+    /// workflow from its description and the member outcomes recorded,
+    /// then goes on: members whose task ended meanwhile are fed its end,
+    /// members whose task was never stored are created again.
+    pub(super) fn restore_workflows(&self, recovered: Vec<RecoveredWorkflow>) {
+        let bounds = self.workflow_bounds();
+        let mut outbox = Outbox::default();
+        let mut tasks = self.lock();
+        let count = recovered.len();
+        for RecoveredWorkflow { workflow_id, record, steps } in recovered {
+            let WorkflowRecord { submit, owner, created_ms } = record;
+            let encoded = postcard::to_stdvec(&submit).unwrap_or_default();
+            let parents = match validate(&submit, &bounds) {
+                Ok(parents) => parents,
+                Err(why) => {
+                    warn!(%workflow_id, "a stored workflow no longer fits this control plane's limits, dropped: {why}");
+                    self.record(Record::WorkflowEnded(workflow_id));
+                    continue;
+                }
+            };
+            let mut machine = Machine::new(submit, parents, bounds.max_bytes);
+            let mut made: rustc_hash::FxHashMap<u32, Submission> = rustc_hash::FxHashMap::default();
+            let remember = |effects: Effects, made: &mut rustc_hash::FxHashMap<u32, Submission>| {
+                for submission in effects.submit {
+                    made.insert(submission.node, submission);
+                }
+            };
+            remember(machine.start(), &mut made);
+            let mut cancelled = false;
+            let mut pending: Vec<(u32, Outcome)> = Vec::new();
+            for (node, outcome) in steps {
+                if node == CANCEL_STEP {
+                    cancelled = true;
+                } else {
+                    pending.push((node, outcome));
+                }
+            }
+            // In node order: whatever must end before a member starts has a
+            // smaller node (depth-first pre-order), so each member is live
+            // when its outcome comes.
+            pending.sort_by_key(|(node, _)| *node);
+            for (node, outcome) in pending {
+                remember(machine.member_ended(node, outcome), &mut made);
+            }
+            if cancelled {
+                machine.cancel("the workflow was cancelled by a client".into());
+            }
+            let ended = machine.state().is_final();
+            let live: Vec<(u32, TaskId)> = machine.live_members().collect();
+            let digest = args_digest(&encoded);
+            let entry = Entry {
+                machine,
+                owner,
+                created_ms,
+                finished_ms: None,
+                waiters: Vec::new(),
+                digest,
+                bytes: encoded.len(),
+            };
+            tasks.workflows.insert(workflow_id, entry);
+            let note = Effects {
+                submit: live.iter().filter_map(|(node, _)| made.get(node).cloned()).collect(),
+                ..Default::default()
+            };
+            tasks.workflows.note(workflow_id, &note);
+            if ended {
+                let effects = Effects {
+                    cancel: live.iter().map(|(_, task_id)| *task_id).collect(),
+                    ended: true,
+                    ..Default::default()
+                };
+                self.apply(&mut tasks, workflow_id, effects, &mut outbox);
+                continue;
+            }
+            for (node, task_id) in live {
+                if tasks.live.contains_key(&task_id) {
+                    continue;
+                }
+                let still_live = tasks.workflows.member_of(&task_id).is_some()
+                    && tasks.workflows.get(&workflow_id).is_some_and(|e| !e.machine.state().is_final());
+                let cached = self.cache.lock().expect("cache lock").get(&task_id);
+                match cached {
+                    // It ended before the restart without its workflow hearing of it.
+                    Lookup::Found(report) => self.member_ended(&mut tasks, &report, &mut outbox),
+                    // It was never stored: it is created again.
+                    _ if still_live => {
+                        if let Some(submission) = made.remove(&node) {
+                            let effects = Effects { submit: vec![submission], ..Default::default() };
+                            self.apply(&mut tasks, workflow_id, effects, &mut outbox);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        drop(tasks);
+        outbox.deliver();
+        if count > 0 {
+            info!(workflows = count, "durable mode: workflows taken up again after the restart");
+        }
+    }
+}
+
+fn failure(message: &str) -> crate::wire::protocol::TaskError {
+    crate::wire::protocol::TaskError { kind: crate::wire::protocol::FailureKind::Error, message: message.to_string() }
+}

@@ -1,0 +1,18 @@
+//! The wire: what crosses a socket, and nothing that acts on it.
+//!
+//! - [`protocol`]: the frames (a version byte, then a postcard-encoded
+//!   request or reply) and every message in them.
+//! - [`address`]: base addresses and the port layout (base+0..+3 by
+//!   priority, +4 results, +5 subworker management).
+//! - [`auth`]: cluster keys, roles, and the sealed envelope each frame
+//!   travels in when ports authenticate.
+//! - [`tls`]: `tls+tcp://` listeners and dialers with mutual certificates.
+//! - [`task_limit`]: a cluster-wide limit per task name, as declared and set.
+//! - [`workflow`]: a workflow as it travels (a flat tree) and its status.
+
+pub mod address;
+pub mod auth;
+pub mod protocol;
+pub mod task_limit;
+pub mod tls;
+pub mod workflow;
