@@ -98,6 +98,10 @@
 //! `nng_versions.rs`) instead prints the NNG 1.4, 1.11 and 2.0 floors side
 //! by side. The figures and the decision they led to: `docs/speed.md`.
 //!
+//! `workflow-chord` (see `workflow.rs`, also among the scale rows): a chord
+//! of 1000 `add` and a `sum`, end to end, against 1000 pipelined `add`
+//! calls on the same control plane; `--workflow-only` runs it alone.
+//!
 //! Run with `cargo run --release -p fastworker-bench -- --help` for every option.
 
 mod args;
@@ -119,6 +123,7 @@ mod security;
 mod setup;
 mod soak;
 mod tcp_floor;
+mod workflow;
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -188,6 +193,7 @@ fn main() -> ExitCode {
     let outcome = match settings.soak_minutes {
         Some(minutes) => soak::run(minutes, settings.soak_kill_every, settings.concurrency),
         None if settings.nng_versions => nng_versions::run(&settings),
+        None if settings.workflow_only => workflow::run(&settings),
         None => run(&settings),
     };
     match outcome {
@@ -228,6 +234,7 @@ fn run(settings: &Settings) -> Result<bool, String> {
         sleep: Vec::new(),
         batch: None,
         payload: None,
+        workflow: None,
         problems: Vec::new(),
     };
 
@@ -408,5 +415,7 @@ fn scale_rows(
     let (c, tasks) = (settings.concurrency, settings.batch_tasks);
     results.batch = Some(batch::batch_row(binary, plugin, c, tasks, runtime, &mut results.problems)?);
     results.payload = Some(payload::payload_row(settings, binary, plugin, runtime, &mut results.problems)?);
+    let k = settings.in_flight;
+    results.workflow = Some(workflow::workflow_row(binary, plugin, c, k, runtime, &mut results.problems)?);
     Ok(())
 }

@@ -18,6 +18,8 @@ pub(crate) struct Results {
     pub(crate) batch: Option<batch::BatchRow>,
     /// The payload row (see `payload.rs`).
     pub(crate) payload: Option<payload::PayloadRow>,
+    /// The workflow row (see `workflow.rs`).
+    pub(crate) workflow: Option<workflow::WorkflowRow>,
     /// Processes that did not stop cleanly, fake subworkers that could not
     /// register or unregister, cluster listings that were not as expected.
     pub(crate) problems: Vec<String>,

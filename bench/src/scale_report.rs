@@ -70,5 +70,8 @@ pub(crate) fn scale_report(settings: &Settings, results: &Results) -> Vec<OwnedT
             ratio_p(&payload.cp, &payload.tcp, 50.0)
         );
     }
+    if let Some(row) = &results.workflow {
+        targets.push(workflow::report(row));
+    }
     targets
 }

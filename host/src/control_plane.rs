@@ -279,8 +279,7 @@ impl State {
             // Workflows are tracked by a control plane, not a subworker.
             Ok(Request::SubmitWorkflow(workflow)) if self.config.management.is_some() => {
                 let Some(replier) = replier.allow(submitters, "submit workflows here") else { return };
-                let owner = replier.key_id();
-                replier.send(&self.submit_workflow(workflow, owner))
+                self.submit_workflow_for(workflow, replier)
             }
             // A subworker hears here which runs its control plane took back.
             Ok(Request::Revoke { task_ids }) if self.config.management.is_none() => {

@@ -24,7 +24,7 @@ fn run(client: &Client, workflow: &Workflow) -> WorkflowReport {
     rt.block_on(client.wait_workflow(id, WAIT)).unwrap()
 }
 
-fn refusal(result: Result<WorkflowReport, ClientError>) -> fastworker::protocol::ErrorReply {
+fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>) -> fastworker::protocol::ErrorReply {
     match result {
         Err(ClientError::Refused(refusal)) => refusal,
         other => panic!("expected a refusal, got {other:?}"),
@@ -221,6 +221,11 @@ fn hostile_workflows_are_refused_with_typed_errors_and_the_control_plane_goes_on
     let refused = refusal(raw(vec![WorkflowNode::Chain(vec![0])]));
     assert_eq!(refused.kind, ErrorKind::BadRequest);
     assert_eq!(refusal(raw(vec![])).kind, ErrorKind::BadRequest);
+    // A member taking its arguments by name cannot take the previous result first.
+    let by_name = Workflow::chain([task("add", json!([1, 2])), task("sum", json!({}))]);
+    let refused = refusal(rt.block_on(client.submit_workflow(&by_name)));
+    assert_eq!(refused.kind, ErrorKind::BadRequest);
+    assert!(refused.message.contains("by name"), "{}", refused.message);
     // A task nobody provides.
     let unknown = Workflow::chain([task("add", json!([1, 2])), task("no_such_task", json!([]))]);
     assert_eq!(refusal(rt.block_on(client.submit_workflow(&unknown))).kind, ErrorKind::UnknownTask);
@@ -347,4 +352,104 @@ fn a_workflow_survives_a_control_plane_killed_mid_way() {
     assert_eq!(first.attempts, 1);
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn with_keys_a_workflow_belongs_to_the_key_that_submitted_it() {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use fastworker::auth::{KeyRing, Role};
+
+    let dir = std::env::temp_dir().join(format!("fastworker-wf-keys-{}", WorkflowId::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(format!("{name}.key")).display().to_string();
+    assert!(run_cli(&["keygen", "--out", &path("cluster")]).status.success());
+    for (name, role) in [("operator", "operator"), ("alice", "client"), ("worker", "worker")] {
+        let out = run_cli(&["keygen", "--role", role, "--from", &path("cluster"), "--out", &path(name)]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let cluster = path("cluster");
+    let cp = Process::control_plane_with_env(&["example-tasks"], &[], &[("FASTWORKER_CLUSTER_KEY_FILE", &cluster)]);
+    let client = |name: &str| {
+        let ring = Arc::new(KeyRing::load(Path::new(&path(name))).unwrap());
+        let unkeyed = Client::new(&cp.address).unwrap().with_timeout(Duration::from_secs(10));
+        match name {
+            "worker" => unkeyed.with_key(ring.signer(Role::Worker).unwrap(), ring),
+            _ => unkeyed.with_keys(ring).unwrap(),
+        }
+    };
+    let (alice, operator, worker) = (client("alice"), client("operator"), client("worker"));
+    let rt = runtime();
+    let slow = Workflow::chain([task("sleep_ms", json!([20_000])), task("add", json!([1]))]);
+    assert_eq!(refusal(rt.block_on(worker.submit_workflow(&slow))).kind, ErrorKind::Forbidden);
+    let id = rt.block_on(alice.submit_workflow(&slow)).unwrap().workflow_id;
+    assert_eq!(refusal(rt.block_on(worker.cancel_workflow(id))).kind, ErrorKind::Forbidden);
+    assert_eq!(refusal(rt.block_on(worker.workflow_status(id))).kind, ErrorKind::Forbidden);
+    // Its members are tasks of the same key, under the same rules.
+    let member = rt.block_on(alice.workflow_status(id)).unwrap().members[0].task_id.unwrap();
+    assert_eq!(refusal(rt.block_on(worker.cancel(member))).kind, ErrorKind::Forbidden);
+    assert_eq!(rt.block_on(alice.workflow_status(id)).unwrap().state, WorkflowState::Running);
+    assert_eq!(rt.block_on(alice.cancel_workflow(id)).unwrap().state, WorkflowState::Cancelled);
+    let other = rt.block_on(alice.submit_workflow(&slow)).unwrap().workflow_id;
+    assert_eq!(rt.block_on(operator.cancel_workflow(other)).unwrap().state, WorkflowState::Cancelled);
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_chord_killed_with_part_of_its_group_done_finishes_after_the_restart() {
+    let dir = std::env::temp_dir().join(format!("fastworker-wf-state-{}", WorkflowId::new_v4()));
+    let state_dir = dir.display().to_string();
+    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let mut cp = durable_at(&address, &state_dir);
+    let rt = runtime();
+    let client = cp.client();
+    let wf = Workflow::chord(
+        [task("add", json!([1, 2])), task("sleep_ms", json!([2500])), task("add", json!([3, 4]))],
+        task("sum", json!([])),
+    );
+    let id = rt.block_on(client.submit_workflow(&wf)).unwrap().workflow_id;
+    let midway = wait_until(Duration::from_secs(10), || {
+        let report = rt.block_on(client.workflow_status(id)).unwrap();
+        let states: Vec<MemberState> = report.members.iter().map(|m| m.state).collect();
+        states[..3] == [MemberState::Succeeded, MemberState::Running, MemberState::Succeeded]
+    });
+    assert!(midway, "two adds done, the sleeper running");
+    cp.signal("KILL");
+    let _ = cp.wait_exit(Duration::from_secs(10));
+    let cp = durable_at(&address, &state_dir);
+    let client = cp.client();
+    let report = rt.block_on(client.wait_workflow(id, WAIT)).unwrap();
+    let total = result_of(&report).as_i64().unwrap();
+    assert!(total >= 3 + 2500 + 7, "{total}");
+    for done in [0, 2] {
+        let add = rt.block_on(client.status(report.members[done].task_id.unwrap())).unwrap();
+        assert_eq!(add.attempts, 1, "a finished member is not run again");
+    }
+    let sleeper = rt.block_on(client.status(report.members[1].task_id.unwrap())).unwrap();
+    assert_eq!(sleeper.attempts, 2, "the interrupted member ran again");
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn results_too_large_for_a_frame_fail_the_workflow_clearly() {
+    let cp = Process::control_plane(&["example-tasks"], &["--max-frame-bytes", "65536"]);
+    let client = cp.client();
+    // One result of 15 000 bytes fanned out to a group of five echoes: their
+    // results are more than a 64 KiB frame (less its margin) can carry on.
+    let text = "x".repeat(15_000);
+    let wf = Workflow::chain([
+        task("echo", json!([text])),
+        Workflow::group((0..5).map(|_| task("echo", json!([])))),
+        task("sum", json!([])),
+    ]);
+    let report = run(&client, &wf);
+    assert_eq!(report.state, WorkflowState::Failed);
+    let failure = report.failure.unwrap();
+    assert!(failure.message.contains("--max-frame-bytes"), "{}", failure.message);
+    assert_eq!(report.members.last().unwrap().state, MemberState::Skipped, "the callback never ran");
+    // The control plane goes on.
+    assert_eq!(result_of(&run(&client, &Workflow::chain([task("add", json!([2, 2]))]))), json!(4));
 }

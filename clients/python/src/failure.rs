@@ -75,7 +75,9 @@ impl Class {
     fn of_refusal(kind: ErrorKind) -> Class {
         match kind {
             ErrorKind::UnknownTask => Class::UnknownTask,
-            ErrorKind::UnknownTaskId => Class::UnknownTaskId,
+            // Workflows are not in this client yet; an unknown workflow id
+            // is an unknown id all the same.
+            ErrorKind::UnknownTaskId | ErrorKind::UnknownWorkflowId => Class::UnknownTaskId,
             ErrorKind::ExpiredTaskId => Class::ExpiredTaskId,
             ErrorKind::ShuttingDown => Class::ShuttingDown,
             ErrorKind::NoWorker | ErrorKind::NotYetProvided => Class::NoWorker,

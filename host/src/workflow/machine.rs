@@ -361,6 +361,16 @@ impl Machine {
         effects
     }
 
+    /// A member handed out for creation was not created, the workflow
+    /// having ended first: it is skipped.
+    pub(crate) fn member_not_created(&mut self, node: u32) {
+        if let Some(node) = self.nodes.get_mut(node as usize) {
+            if matches!(node.member, Member::Live(_)) {
+                node.member = Member::Done(MemberState::Skipped, None);
+            }
+        }
+    }
+
     /// A client cancels the workflow: pending members never run, live ones
     /// are cancelled.
     pub(crate) fn cancel(&mut self, message: String) -> Effects {
@@ -687,6 +697,17 @@ mod tests {
         assert!(refused.ended);
         assert_eq!(refused.cancel, [started.submit[1].task_id]);
         assert_eq!(m.members(|_| None)[0].3, MemberState::Failed);
+    }
+
+    #[test]
+    fn a_member_not_created_after_the_end_is_skipped() {
+        let mut m = machine(Workflow::group([task("add", json!([1, 2])), task("add", json!([3, 4]))]));
+        let started = m.start();
+        let failed = m.member_ended(1, Outcome::Failed(error("gone")));
+        assert_eq!(failed.cancel, [started.submit[1].task_id]);
+        m.member_not_created(2);
+        assert_eq!(m.members(|_| None)[1], (2, "add", None, MemberState::Skipped));
+        assert!(m.live_members().next().is_none());
     }
 
     #[test]

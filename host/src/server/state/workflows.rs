@@ -36,10 +36,18 @@ impl State {
         }
     }
 
+    /// Answers a workflow submission: in durable mode once the workflow is
+    /// stored.
+    pub(crate) fn submit_workflow_for(&self, submit: WorkflowSubmit, replier: crate::server::endpoint::Replier) {
+        let owner = replier.key_id();
+        let reply = self.submit_workflow(submit, owner);
+        self.acknowledge(replier, reply);
+    }
+
     /// Accepts a workflow submitted by `owner`: answered with its status.
     /// The same id with the same description again answers for the one
     /// already accepted.
-    pub(crate) fn submit_workflow(&self, submit: WorkflowSubmit, owner: Option<[u8; 8]>) -> Reply {
+    fn submit_workflow(&self, submit: WorkflowSubmit, owner: Option<[u8; 8]>) -> Reply {
         let bad = |kind, message: String| Reply::Error(ErrorReply::new(kind, message));
         if !self.accepting.load(std::sync::atomic::Ordering::SeqCst) {
             let message = format!("'{}' is shutting down and takes no new workflows", self.config.worker_id);
@@ -131,6 +139,14 @@ impl State {
             tasks.workflows.note(workflow_id, &effects);
             let owner = tasks.workflows.get(&workflow_id).and_then(|e| e.owner);
             for Submission { node, task_id, step } in effects.submit {
+                let Some(entry) = tasks.workflows.get_mut(&workflow_id) else { break };
+                if entry.machine.state().is_final() {
+                    // It ended meanwhile (a member created before this one
+                    // failed at once): this member is never created.
+                    entry.machine.member_not_created(node);
+                    tasks.workflows.forget_member(&task_id);
+                    continue;
+                }
                 let retry = step.max_retries.map(|max_retries| RetryPolicy {
                     max_retries,
                     delay_ms: step.retry_delay_ms.unwrap_or(1000),
@@ -146,13 +162,25 @@ impl State {
                     retry,
                     ..Default::default()
                 };
-                if let Err((refusal, _)) = self.admit(tasks, submit, None, owner, None, outbox) {
-                    tasks.workflows.forget_member(&task_id);
-                    let message = format!("member {node} could not be created: {}", refusal.message);
-                    self.record(Record::WorkflowStep(workflow_id, node, Box::new(Outcome::Failed(failure(&message)))));
-                    if let Some(entry) = tasks.workflows.get_mut(&workflow_id) {
-                        queue.push_back(entry.machine.member_refused(node, message));
+                match self.admit(tasks, submit, None, owner, None, outbox) {
+                    Err((refusal, _)) => {
+                        tasks.workflows.forget_member(&task_id);
+                        let message = format!("member {node} could not be created: {}", refusal.message);
+                        let outcome = Box::new(Outcome::Failed(failure(&message)));
+                        self.record(Record::WorkflowStep(workflow_id, node, outcome));
+                        if let Some(entry) = tasks.workflows.get_mut(&workflow_id) {
+                            queue.push_back(entry.machine.member_refused(node, message));
+                        }
                     }
+                    // A task of that id had already ended (its result is
+                    // cached): its end is the member's.
+                    Ok(_) if !tasks.live.contains_key(&task_id) && tasks.workflows.member_of(&task_id).is_some() => {
+                        let cached = self.cache.lock().expect("cache lock").get(&task_id);
+                        if let Lookup::Found(report) = cached {
+                            self.member_ended(tasks, &report, outbox);
+                        }
+                    }
+                    Ok(_) => {}
                 }
             }
             for task_id in effects.cancel {
@@ -305,11 +333,11 @@ impl State {
                     pending.push((node, outcome));
                 }
             }
-            // Outcomes in the order their members became live.
-            while !pending.is_empty() {
-                let live: Vec<u32> = machine.live_members().map(|(node, _)| node).collect();
-                let Some(at) = pending.iter().position(|(node, _)| live.contains(node)) else { break };
-                let (node, outcome) = pending.swap_remove(at);
+            // In node order: whatever must end before a member starts has a
+            // smaller node (depth-first pre-order), so each member is live
+            // when its outcome comes.
+            pending.sort_by_key(|(node, _)| *node);
+            for (node, outcome) in pending {
                 remember(machine.member_ended(node, outcome), &mut made);
             }
             if cancelled {
