@@ -42,7 +42,10 @@ use crate::timers::{Alarm, Timers};
 
 mod delivery;
 mod durable;
+mod workflow_views;
 mod workflows;
+
+pub(crate) use workflow_views::WorkflowSummary;
 
 use delivery::Dispatched;
 pub(crate) use delivery::{DeliveryCounters, StartedRuns, START_REPORT_DELAY};
