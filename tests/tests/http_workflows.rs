@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use fastworker_tests::http::{get, request, request_with_body, Response};
-use fastworker_tests::Process;
+use fastworker_tests::{run_cli, stderr, Process};
 use serde_json::{json, Value};
 
 const KEY: &str = "http-workflow-test-key";
@@ -309,4 +309,45 @@ fn the_dashboard_lists_workflows_newest_first_with_their_progress() {
     let detail = get(&format!("{gui}/api/workflows/{}", first.as_str().unwrap())).json();
     assert_eq!(detail["members"].as_array().unwrap().len(), 2);
     assert_eq!(get(&format!("{gui}/api/workflows/{}", uuid::Uuid::new_v4())).status, 404);
+}
+
+#[test]
+fn with_a_cluster_key_results_are_shown_only_with_the_dashboards_key() {
+    let dir = std::env::temp_dir().join(format!("fastworker-wf-keys-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cluster = dir.join("cluster.key").display().to_string();
+    let output = run_cli(&["keygen", "--out", &cluster]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let env = [("FASTWORKER_CLUSTER_KEY_FILE", cluster.as_str())];
+    let submission = json!({"workflow": {"group": [{"task": "add", "args": [40, 2]}]}, "wait_ms": 10_000});
+    // Without --gui-api-key nobody may submit or read workflows over HTTP.
+    let cp = Process::control_plane_with_gui(&["example-tasks"], &[], &env);
+    let gui = cp.gui.clone().unwrap();
+    let refused = post(&format!("{gui}/api/v1/workflows"), &submission, &[]);
+    assert_eq!((refused.status, error_of(&refused).0.as_str()), (403, "Forbidden"));
+    assert!(refused.text().contains("--gui-api-key"), "{}", refused.text());
+    drop(cp);
+    let cp = Process::control_plane_with_gui(&["example-tasks"], &["--gui-api-key", KEY], &env);
+    let gui = cp.gui.clone().unwrap();
+    let bearer = format!("Bearer {KEY}");
+    let accepted = post(&format!("{gui}/api/v1/workflows"), &submission, &[("Authorization", &bearer)]);
+    assert_eq!((accepted.status, accepted.json()["result"].clone()), (200, json!([42])), "{}", accepted.text());
+    let id = accepted.json()["workflow_id"].as_str().unwrap().to_string();
+    let failing = json!({"workflow": {"task": "divide", "args": [41, 0]}, "wait_ms": 10_000});
+    assert_eq!(post(&format!("{gui}/api/v1/workflows"), &failing, &[("Authorization", &bearer)]).status, 200);
+    // The table shows states and progress, not results or failure messages.
+    let list = get(&format!("{gui}/api/workflows"));
+    assert_eq!(list.status, 200);
+    let text = list.text();
+    assert!(!text.contains("by zero"), "a failure shown without the key: {text}");
+    let rows = list.json()["workflows"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|row| row["result"].is_null()), "a result shown without the key: {text}");
+    assert!(rows.iter().any(|row| row["state"] == "failed" && row["failure"]["task"] == "divide"), "{text}");
+    // One workflow needs the key, as a task's detail does.
+    let url = format!("{gui}/api/workflows/{id}");
+    assert_eq!(get(&url).status, 401);
+    let shown = request("GET", &url, &[("Authorization", &bearer)]);
+    assert_eq!((shown.status, shown.json()["result"].clone()), (200, json!([42])), "{}", shown.text());
+    let _ = std::fs::remove_dir_all(&dir);
 }

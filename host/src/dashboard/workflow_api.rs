@@ -199,7 +199,10 @@ pub(crate) async fn submit(
     let wait = bounded_wait(request.wait_ms)?;
     let submit = request.submission(&shared)?;
     let workflow_id = submit.workflow_id;
-    let report = report_of(Some(shared.state.submit_workflow(submit, None)))?;
+    // Answered, in durable mode, once the workflow is stored.
+    let (replier, answer) = Replier::local();
+    shared.state.submit_workflow_for(submit, replier);
+    let report = report_of(reply_of(answer).await)?;
     if report.state.is_final() {
         return Ok(report_response(&report));
     }
