@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fastworker::workflow::{task, Workflow, WorkflowId, WorkflowState};
 use fastworker::{SubmitOptions, TaskId, TaskState};
 use fastworker_tests::browser::{chromium, Browser};
 use fastworker_tests::http::{get, request, EventStream};
@@ -383,6 +384,54 @@ fn the_page_shows_the_cluster_live_in_a_browser() {
         "the refusal is not shown: {}",
         browser.eval("document.querySelector('#run-card').innerText")
     );
+
+    // A workflow appears in its table as it runs, shows its progress and
+    // result, and opens with its members; another is cancelled from the page.
+    let chain = Workflow::chain([task("sleep_ms", json!([1200])), task("add", json!([1]))]);
+    let workflow = rt.block_on(client.submit_workflow(&chain)).unwrap().workflow_id;
+    let workflow_row = |id: WorkflowId| format!("document.querySelector('#workflows tr[data-workflow-id=\"{id}\"]')");
+    assert!(
+        browser.wait_for(&format!("{}?.dataset.state === 'running'", workflow_row(workflow)), Duration::from_secs(10)),
+        "the workflow is not shown running: {}",
+        browser.eval("document.querySelector('#workflows').innerText")
+    );
+    assert!(
+        browser
+            .wait_for(&format!("{}?.dataset.state === 'succeeded'", workflow_row(workflow)), Duration::from_secs(10)),
+        "the workflow's end is not shown"
+    );
+    let cells = browser.eval(&format!("{}.innerText", workflow_row(workflow)));
+    assert!(cells.as_str().unwrap().contains("2 / 2") && cells.as_str().unwrap().contains("1201"), "{cells}");
+    browser.eval(&format!("{}.click(); true", workflow_row(workflow)));
+    assert!(
+        browser.wait_for(
+            "document.querySelector('#wf-detail').open && document.querySelector('#wf-result')?.textContent === '1201'",
+            Duration::from_secs(5)
+        ),
+        "the opened workflow does not show its result"
+    );
+    let members = "[...document.querySelectorAll('#wf-members tbody tr')].map(r => r.dataset.state).join(',')";
+    assert_eq!(browser.eval(members), "succeeded,succeeded");
+    assert_eq!(browser.eval("document.querySelector('#cancel-workflow').hidden"), true);
+    browser.eval("document.querySelector('#wf-detail').close(); true");
+    let slow = Workflow::chain([task("sleep_ms", json!([5000])), task("add", json!([1]))]);
+    let slow = rt.block_on(client.submit_workflow(&slow)).unwrap().workflow_id;
+    assert!(browser.wait_for(&format!("{}?.dataset.state === 'running'", workflow_row(slow)), Duration::from_secs(10)));
+    browser.eval(&format!("{}.click(); true", workflow_row(slow)));
+    assert!(browser.wait_for("document.querySelector('#cancel-workflow').hidden === false", Duration::from_secs(5)));
+    browser.eval("document.querySelector('#cancel-workflow').click(); true");
+    assert!(
+        browser.wait_for(&format!("{}?.dataset.state === 'cancelled'", workflow_row(slow)), Duration::from_secs(10)),
+        "the cancelled workflow is not shown cancelled: {}",
+        browser.eval("document.querySelector('#wf-detail').innerText")
+    );
+    assert!(browser.wait_for(
+        "document.querySelector('#wf-members tr[data-node=\"2\"]')?.dataset.state === 'skipped'",
+        Duration::from_secs(5)
+    ));
+    let report = rt.block_on(client.workflow_status(slow)).unwrap();
+    assert_eq!(report.state, WorkflowState::Cancelled);
+    browser.eval("document.querySelector('#wf-detail').close(); true");
 
     // Under load, for the screenshot: tasks keep coming for a few seconds.
     let busy = Arc::new(AtomicBool::new(true));

@@ -229,6 +229,59 @@ impl Client {
         }
     }
 
+    fn workflow_impl(
+        &self,
+        py: Python<'_>,
+        asynchronous: bool,
+        description: &Bound<'_, PyAny>,
+        workflow_id: Option<&str>,
+    ) -> PyResult<Py<PyAny>> {
+        let prepared = crate::workflow::description(description).and_then(|workflow| {
+            let workflow_id = match workflow_id {
+                None => fastworker::workflow::WorkflowId::new_v4(),
+                Some(text) => crate::workflow::parse_id(text)?,
+            };
+            Ok((workflow, workflow_id))
+        });
+        let (workflow, workflow_id) = prepared.map_err(|failure| failure.into_pyerr(py))?;
+        let client = self.inner.clone();
+        let future = async move { client_call(client.submit_workflow_as(workflow_id, &workflow)).await };
+        run(py, asynchronous, future, crate::workflow::to_id)
+    }
+
+    fn workflow_by_id(
+        &self,
+        py: Python<'_>,
+        asynchronous: bool,
+        workflow_id: &str,
+        what: WorkflowCall,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        let workflow_id = crate::workflow::parse_id(workflow_id).map_err(|failure| failure.into_pyerr(py))?;
+        let limit = self.wait_limit(timeout)?;
+        let client = self.inner.clone();
+        match what {
+            WorkflowCall::Status => run(
+                py,
+                asynchronous,
+                async move { client_call(client.workflow_status(workflow_id)).await },
+                crate::workflow::to_status,
+            ),
+            WorkflowCall::Cancel => run(
+                py,
+                asynchronous,
+                async move { client_call(client.cancel_workflow(workflow_id)).await },
+                crate::workflow::to_status,
+            ),
+            WorkflowCall::Wait => run(
+                py,
+                asynchronous,
+                async move { client_call(client.wait_workflow(workflow_id, limit)).await },
+                crate::workflow::to_result,
+            ),
+        }
+    }
+
     fn workers_impl(&self, py: Python<'_>, asynchronous: bool) -> PyResult<Py<PyAny>> {
         let client = self.inner.clone();
         run(py, asynchronous, async move { client_call(client.workers()).await }, to_workers)
@@ -243,6 +296,14 @@ impl Client {
         let client = self.inner.clone();
         run(py, asynchronous, async move { client_call(client.pause_schedule(&task, paused)).await }, to_none)
     }
+}
+
+/// The calls that name a workflow by its id.
+#[derive(Clone, Copy)]
+enum WorkflowCall {
+    Status,
+    Cancel,
+    Wait,
 }
 
 /// The calls that name a task by its id.
@@ -452,6 +513,67 @@ impl Client {
     /// `cancel` as an awaitable.
     fn cancel_async(&self, py: Python<'_>, task_id: &str) -> PyResult<Py<PyAny>> {
         self.by_id(py, true, task_id, ById::Cancel, None)
+    }
+
+    /// Submits a workflow (a dict as docs/workflows.md describes, or built
+    /// with `fastworker.chain`, `group`, `chord` and `task`) and returns its
+    /// id (a str). Sending it again under the same `workflow_id` does not
+    /// run it twice.
+    #[pyo3(signature = (description, *, workflow_id = None))]
+    fn workflow(
+        &self,
+        py: Python<'_>,
+        description: &Bound<'_, PyAny>,
+        workflow_id: Option<String>,
+    ) -> PyResult<Py<PyAny>> {
+        self.workflow_impl(py, false, description, workflow_id.as_deref())
+    }
+
+    /// `workflow` as an awaitable.
+    #[pyo3(signature = (description, *, workflow_id = None))]
+    fn workflow_async(
+        &self,
+        py: Python<'_>,
+        description: &Bound<'_, PyAny>,
+        workflow_id: Option<String>,
+    ) -> PyResult<Py<PyAny>> {
+        self.workflow_impl(py, true, description, workflow_id.as_deref())
+    }
+
+    /// The workflow's status now, as a dict: state, members (with their
+    /// task ids and states), result or first failure.
+    fn workflow_status(&self, py: Python<'_>, workflow_id: &str) -> PyResult<Py<PyAny>> {
+        self.workflow_by_id(py, false, workflow_id, WorkflowCall::Status, None)
+    }
+
+    /// `workflow_status` as an awaitable.
+    fn workflow_status_async(&self, py: Python<'_>, workflow_id: &str) -> PyResult<Py<PyAny>> {
+        self.workflow_by_id(py, true, workflow_id, WorkflowCall::Status, None)
+    }
+
+    /// Waits up to `timeout` seconds (default: the client's) for the
+    /// workflow to end and returns its result, or raises what its first
+    /// failure stands for (`TaskFailed` naming the member, `Cancelled`…;
+    /// `TimedOut` if it has not ended).
+    #[pyo3(signature = (workflow_id, timeout = None))]
+    fn wait_workflow(&self, py: Python<'_>, workflow_id: &str, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        self.workflow_by_id(py, false, workflow_id, WorkflowCall::Wait, timeout)
+    }
+
+    /// `wait_workflow` as an awaitable.
+    #[pyo3(signature = (workflow_id, timeout = None))]
+    fn wait_workflow_async(&self, py: Python<'_>, workflow_id: &str, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        self.workflow_by_id(py, true, workflow_id, WorkflowCall::Wait, timeout)
+    }
+
+    /// Cancels a running workflow (pending members never run); its status after.
+    fn cancel_workflow(&self, py: Python<'_>, workflow_id: &str) -> PyResult<Py<PyAny>> {
+        self.workflow_by_id(py, false, workflow_id, WorkflowCall::Cancel, None)
+    }
+
+    /// `cancel_workflow` as an awaitable.
+    fn cancel_workflow_async(&self, py: Python<'_>, workflow_id: &str) -> PyResult<Py<PyAny>> {
+        self.workflow_by_id(py, true, workflow_id, WorkflowCall::Cancel, None)
     }
 
     /// The control plane's subworkers and their health, as a dict.

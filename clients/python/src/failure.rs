@@ -27,6 +27,7 @@ pub(crate) enum Class {
     Unauthenticated,
     Forbidden,
     UnknownTaskId,
+    UnknownWorkflowId,
     ExpiredTaskId,
     InvalidTaskId,
     UnknownSchedule,
@@ -56,6 +57,7 @@ impl Class {
             Class::Unauthenticated => "Unauthenticated",
             Class::Forbidden => "Forbidden",
             Class::UnknownTaskId => "UnknownTaskId",
+            Class::UnknownWorkflowId => "UnknownWorkflowId",
             Class::ExpiredTaskId => "ExpiredTaskId",
             Class::InvalidTaskId => "InvalidTaskId",
             Class::UnknownSchedule => "UnknownSchedule",
@@ -75,9 +77,8 @@ impl Class {
     fn of_refusal(kind: ErrorKind) -> Class {
         match kind {
             ErrorKind::UnknownTask => Class::UnknownTask,
-            // Workflows are not in this client yet; an unknown workflow id
-            // is an unknown id all the same.
-            ErrorKind::UnknownTaskId | ErrorKind::UnknownWorkflowId => Class::UnknownTaskId,
+            ErrorKind::UnknownTaskId => Class::UnknownTaskId,
+            ErrorKind::UnknownWorkflowId => Class::UnknownWorkflowId,
             ErrorKind::ExpiredTaskId => Class::ExpiredTaskId,
             ErrorKind::ShuttingDown => Class::ShuttingDown,
             ErrorKind::NoWorker | ErrorKind::NotYetProvided => Class::NoWorker,

@@ -12,6 +12,7 @@ mod json;
 mod options;
 mod report;
 mod runtime;
+mod workflow;
 
 /// The module's contents: the client and its report type.
 #[pymodule]

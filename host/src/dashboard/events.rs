@@ -1,7 +1,7 @@
 //! `/api/events`: the page's live stream (server-sent events). Task state
 //! changes come from the monitor's broadcast as they happen; subworker
-//! changes and the once-a-second overview come from [`watch_cluster`],
-//! which looks only while someone watches.
+//! changes, workflow changes and the once-a-second overview come from
+//! [`watch_cluster`], which looks only while someone watches.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -27,7 +27,7 @@ const WORKER_POLL: Duration = Duration::from_millis(250);
 /// How often the overview is sent.
 const SNAPSHOT_EVERY: u32 = 4;
 
-/// GET /api/events: `snapshot` first, then `task`, `worker` and `snapshot`
+/// GET /api/events: `snapshot` first, then `task`, `worker`, `workflow` and `snapshot`
 /// events as they come; `resync` when this stream fell behind and missed some.
 /// Beyond [`Shared::max_streams`] open streams, 503 `busy`.
 pub(crate) async fn events(
@@ -73,7 +73,7 @@ impl Drop for StreamSlot {
 fn sse(event: &Event) -> SseEvent {
     let data = match event {
         Event::Task(summary) => serde_json::to_string(summary),
-        Event::Worker(value) | Event::Snapshot(value) => serde_json::to_string(value),
+        Event::Worker(value) | Event::Snapshot(value) | Event::Workflow(value) => serde_json::to_string(value),
     };
     SseEvent::default().event(event.name()).data(data.expect("JSON"))
 }
@@ -83,6 +83,7 @@ fn sse(event: &Event) -> SseEvent {
 pub(crate) async fn watch_cluster(shared: Arc<Shared>) {
     let monitor = &shared.state.monitor;
     let mut known: HashMap<String, (WorkerState, bool)> = HashMap::new();
+    let mut workflows = HashMap::new();
     let mut tick = tokio::time::interval(WORKER_POLL);
     let mut ticks = 0u32;
     loop {
@@ -91,6 +92,7 @@ pub(crate) async fn watch_cluster(shared: Arc<Shared>) {
             continue;
         }
         ticks += 1;
+        super::workflows::watch_workflows(&shared, &mut workflows);
         if ticks == SNAPSHOT_EVERY {
             ticks = 0;
             monitor.publish(Event::Snapshot(overview(&shared)));

@@ -17,6 +17,8 @@ mod metrics;
 mod openapi;
 mod task_api;
 mod task_limits;
+mod workflow_api;
+mod workflows;
 
 pub use hosts::check_allowed_hosts;
 
@@ -190,6 +192,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/registered-tasks", get(api::registered_tasks))
         .route("/api/throughput", get(api::throughput))
         .route("/api/schedules", get(api::schedules))
+        .route("/api/workflows", get(workflows::list))
+        .route("/api/workflows/{id}", get(workflows::detail))
+        .route("/api/workflows/{id}/cancel", post(workflows::cancel))
         .route("/api/events", get(events::events))
         .merge(task_routes(shared.clone()))
         .merge(task_limits::routes())
@@ -199,7 +204,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// The HTTP API for tasks (docs/http-api.md), with its own body limit.
+/// The HTTP API for tasks and workflows (docs/http-api.md), with its own body limit.
 fn task_routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
     let limit = task_api::MAX_BODY_BYTES.min(shared.state.config.limits.max_frame_bytes.max(4096));
     task_api_routes()
@@ -218,6 +223,10 @@ fn task_api_routes() -> Vec<(Method, &'static str, axum::routing::MethodRouter<A
         (Method::GET, "/api/v1/tasks/{id}/wait", get(task_api::wait)),
         (Method::POST, "/api/v1/tasks/{id}/cancel", post(task_api::cancel)),
         (Method::GET, "/api/v1/registered-tasks", get(task_api::registered)),
+        (Method::POST, "/api/v1/workflows", post(workflow_api::submit)),
+        (Method::GET, "/api/v1/workflows/{id}", get(workflow_api::status)),
+        (Method::GET, "/api/v1/workflows/{id}/wait", get(workflow_api::wait)),
+        (Method::POST, "/api/v1/workflows/{id}/cancel", post(workflow_api::cancel)),
         (Method::GET, "/api/openapi.json", get(openapi::serve)),
     ]
 }

@@ -32,7 +32,7 @@ use crate::wire::protocol::{
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// How long `GET .../wait` waits when it is not told.
-const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
 /// The largest request body, whatever `--max-frame-bytes` allows.
 pub(crate) const MAX_BODY_BYTES: usize = 1 << 20;
@@ -50,14 +50,16 @@ pub(crate) struct HttpError {
 }
 
 impl HttpError {
-    fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> HttpError {
+    pub(super) fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> HttpError {
         HttpError { status, kind: kind.to_string(), message: message.into(), bearer: false, retry_after: false }
     }
 
     /// A refusal of the control plane, with the status its kind calls for.
-    fn refused(refusal: ErrorReply) -> HttpError {
+    pub(super) fn refused(refusal: ErrorReply) -> HttpError {
         let (status, retry_after) = match refusal.kind {
-            ErrorKind::UnknownTask | ErrorKind::UnknownTaskId => (StatusCode::NOT_FOUND, false),
+            ErrorKind::UnknownTask | ErrorKind::UnknownTaskId | ErrorKind::UnknownWorkflowId => {
+                (StatusCode::NOT_FOUND, false)
+            }
             ErrorKind::ExpiredTaskId => (StatusCode::GONE, false),
             ErrorKind::AlreadyFinished | ErrorKind::IdConflict => (StatusCode::CONFLICT, false),
             ErrorKind::BadRequest | ErrorKind::MalformedFrame | ErrorKind::FrameTooLarge => {
@@ -81,7 +83,7 @@ impl HttpError {
         HttpError { bearer: refusal.bearer, ..HttpError::new(refusal.status, kind, refusal.message) }
     }
 
-    fn bad_request(message: impl Into<String>) -> HttpError {
+    pub(super) fn bad_request(message: impl Into<String>) -> HttpError {
         HttpError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
     }
 }
@@ -100,12 +102,12 @@ impl IntoResponse for HttpError {
     }
 }
 
-type Answer = Result<Response, HttpError>;
+pub(super) type Answer = Result<Response, HttpError>;
 
 /// Lets a request through: the dashboard's rules for actions (origin, API
 /// key); with a cluster key, results are as secret as the frames that carry
 /// them, so the API key must be configured and given.
-fn allow(shared: &Shared, headers: &HeaderMap) -> Result<(), HttpError> {
+pub(super) fn allow(shared: &Shared, headers: &HeaderMap) -> Result<(), HttpError> {
     let allowed =
         if shared.state.config.keys.is_some() { authorize_read(shared, headers) } else { authorize(shared, headers) };
     allowed.map_err(HttpError::from_dashboard)
@@ -114,7 +116,7 @@ fn allow(shared: &Shared, headers: &HeaderMap) -> Result<(), HttpError> {
 /// A body read whole (within [`MAX_BODY_BYTES`]) and decoded as `T`; only
 /// `Content-Type: application/json`, which no page of another site can send
 /// without the browser asking first.
-fn json_body<T: serde::de::DeserializeOwned>(
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, HttpError> {
@@ -175,7 +177,7 @@ pub(crate) struct BatchRequest {
 }
 
 /// `wait_ms` as a bounded duration.
-fn bounded_wait(wait_ms: Option<u64>) -> Result<Duration, HttpError> {
+pub(super) fn bounded_wait(wait_ms: Option<u64>) -> Result<Duration, HttpError> {
     let wait = Duration::from_millis(wait_ms.unwrap_or(0));
     if wait > MAX_WAIT {
         return Err(HttpError::bad_request(format!("wait_ms is at most {} (60 s)", MAX_WAIT.as_millis())));
@@ -249,7 +251,7 @@ impl TaskRequest {
 }
 
 /// The reply the state sent an in-process replier.
-async fn reply_of(answer: tokio::sync::oneshot::Receiver<nng::Message>) -> Option<Reply> {
+pub(super) async fn reply_of(answer: tokio::sync::oneshot::Receiver<nng::Message>) -> Option<Reply> {
     let message = answer.await.ok()?;
     // Encoded by this process: no bound to enforce.
     decode::<Reply>(&message, usize::MAX).ok()
@@ -416,7 +418,7 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WaitQuery {
-    timeout_ms: Option<u64>,
+    pub(super) timeout_ms: Option<u64>,
 }
 
 /// GET /api/v1/tasks/{id}/wait?timeout_ms=N: waits (at most 60 s) for the task to end.

@@ -127,6 +127,8 @@ pub(crate) enum Event {
     Worker(serde_json::Value),
     /// The overview (queues, cache, workers, counters), every second.
     Snapshot(serde_json::Value),
+    /// A workflow appeared or changed (the dashboard's table row).
+    Workflow(serde_json::Value),
 }
 
 impl Event {
@@ -136,6 +138,7 @@ impl Event {
             Event::Task(_) => "task",
             Event::Worker(_) => "worker",
             Event::Snapshot(_) => "snapshot",
+            Event::Workflow(_) => "workflow",
         }
     }
 }

@@ -52,6 +52,11 @@ impl<W> Workflows<W> {
         }
     }
 
+    /// Every workflow known, in no order (the dashboard's list).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (WorkflowId, &Entry<W>)> + '_ {
+        self.all.iter().map(|(id, entry)| (*id, entry))
+    }
+
     /// Workflows running, and the bytes their descriptions hold.
     pub(crate) fn live(&self) -> (usize, usize) {
         (self.live, self.live_bytes)

@@ -78,12 +78,16 @@ class UnknownTaskId(FastworkerError):
     """The control plane does not know this task id."""
 
 
+class UnknownWorkflowId(FastworkerError):
+    """The control plane does not know this workflow id (or it ended long enough ago to be forgotten)."""
+
+
 class ExpiredTaskId(UnknownTaskId):
     """The task ended, but its result has left the control plane's cache."""
 
 
 class InvalidTaskId(FastworkerError, ValueError):
-    """The text given as a task id is not a UUID."""
+    """The text given as a task id (or a workflow id) is not a UUID."""
 
 
 class UnknownSchedule(FastworkerError):

@@ -9,6 +9,9 @@ const CHART_SECONDS = 300;
 const FINAL = new Set(['succeeded', 'failed', 'timed_out', 'cancelled']);
 
 const tasks = new Map(); // task id -> summary
+const workflows = new Map(); // workflow id -> summary (the newest, from /api/workflows and events)
+const MAX_WORKFLOWS = 200;
+let selectedWorkflow = null;
 const workers = new Map(); // worker id -> worker
 const history = new Map(); // second -> {finished, failed, duration_sum_ms, duration_max_ms}
 let overview = null;
@@ -423,6 +426,112 @@ async function loadRegistered() {
   } catch (error) { console.warn('loading the registered tasks', error); }
 }
 
+// ---- workflows (docs/workflows.md) ----
+function upsertWorkflow(wf) {
+  const old = workflows.get(wf.workflow_id);
+  // A late event never takes an ended workflow back to running.
+  if (old && old.state !== 'running' && wf.state === 'running') return;
+  workflows.set(wf.workflow_id, wf);
+  if (workflows.size > MAX_WORKFLOWS) {
+    const oldest = [...workflows.values()].sort((a, b) => a.created_ms - b.created_ms);
+    for (const w of oldest.slice(0, workflows.size - MAX_WORKFLOWS)) workflows.delete(w.workflow_id);
+  }
+}
+
+function outcomeText(wf) {
+  if (wf.failure) return `${wf.failure.task || 'workflow'}: ${wf.failure.message ?? '(hidden: open it with the API key)'}`;
+  if (wf.state === 'succeeded') return wf.result ?? '(hidden: open it with the API key)';
+  return '—';
+}
+
+function renderWorkflows() {
+  const rows = [...workflows.values()].sort((a, b) => b.created_ms - a.created_ms);
+  $('#workflows tbody').replaceChildren(...rows.map((wf) => {
+    const bar = el('div', { class: 'bar' }, el('span', {}));
+    bar.firstChild.style.width = (wf.total ? (100 * wf.done) / wf.total : 0).toFixed(1) + '%';
+    const row = el('tr', { 'data-workflow-id': wf.workflow_id, 'data-state': wf.state },
+      el('td', {}, stateBadge(wf.state)),
+      el('td', { class: 'id', title: wf.workflow_id }, wf.workflow_id.slice(0, 8) + '…'),
+      el('td', { class: 'members' }, el('div', {}, `${wf.done} / ${wf.total}`), bar),
+      el('td', { title: new Date(wf.created_ms).toISOString() }, clock(wf.created_ms)),
+      el('td', {}, wf.finished_ms ? duration(wf.finished_ms - wf.created_ms) : '—'),
+      el('td', { class: 'wrap outcome' }, outcomeText(wf)));
+    row.addEventListener('click', () => openWorkflow(wf.workflow_id));
+    return row;
+  }));
+  $('#workflows-count').textContent = `(${rows.length})`;
+  $('#no-workflows').hidden = rows.length > 0;
+}
+
+async function loadWorkflows() {
+  try {
+    const body = await api('/api/workflows?limit=' + MAX_WORKFLOWS);
+    body.workflows.forEach(upsertWorkflow);
+    renderWorkflows();
+  } catch (error) { console.warn('loading workflows', error); }
+}
+
+function wfMessage(text, isError) {
+  const box = $('#wf-message');
+  box.textContent = text;
+  box.className = 'message' + (isError ? ' error' : '');
+  box.hidden = !text;
+}
+
+async function openWorkflow(workflowId) {
+  selectedWorkflow = workflowId;
+  wfMessage('');
+  await showWorkflow(workflowId);
+  if (!$('#wf-detail').open) $('#wf-detail').showModal();
+}
+
+async function showWorkflow(workflowId) {
+  let wf;
+  try { wf = await api('/api/workflows/' + workflowId, { headers: keyHeaders() }); } catch (error) {
+    if (error.status === 401) { $('#key-box').hidden = false; $('#api-key').focus(); }
+    return wfMessage(error.message, true);
+  }
+  if (selectedWorkflow !== workflowId) return;
+  $('#wf-title').replaceChildren('Workflow ', stateBadge(wf.state));
+  const done = wf.members.filter((m) => !['pending', 'queued', 'running', 'retrying'].includes(m.state)).length;
+  const facts = [
+    ['Id', wf.workflow_id], ['Members', `${done} of ${wf.members.length} done`],
+    ['Started', clock(wf.created_ms)], ['Finished', clock(wf.finished_ms)],
+    ['Took', wf.finished_ms ? duration(wf.finished_ms - wf.created_ms) : '—'],
+  ];
+  $('#wf-facts').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
+  $('#wf-members tbody').replaceChildren(...wf.members.map((m) => {
+    const row = el('tr', { 'data-node': m.node, 'data-state': m.state },
+      el('td', {}, m.node), el('td', {}, m.task), el('td', {}, stateBadge(m.state)),
+      el('td', { class: 'id', title: m.task_id || '' }, m.task_id ? m.task_id.slice(0, 8) + '…' : '—'));
+    if (m.task_id) row.addEventListener('click', () => openTask(m.task_id));
+    return row;
+  }));
+  const parts = [];
+  if (wf.state === 'succeeded') parts.push(el('h3', { class: 'small muted' }, 'Result'), el('pre', { id: 'wf-result' }, pretty(wf.result)));
+  if (wf.failure) {
+    const who = wf.failure.node == null ? 'the workflow' : `member ${wf.failure.node} (${wf.failure.task})`;
+    parts.push(el('h3', { class: 'small muted' }, 'First failure'),
+      el('pre', { id: 'wf-failure' }, `${who} ${wf.failure.state}: ${wf.failure.message}`));
+  }
+  $('#wf-body').replaceChildren(...parts);
+  $('#cancel-workflow').hidden = wf.finished;
+}
+
+async function cancelWorkflow() {
+  const workflowId = selectedWorkflow;
+  const headers = keyHeaders();
+  try {
+    await api(`/api/workflows/${workflowId}/cancel`, { method: 'POST', headers });
+    if (headers.Authorization) sessionStorage.setItem('fastworker-key', $('#api-key').value || sessionStorage.getItem('fastworker-key'));
+    wfMessage('Cancelled: its pending members will not run.');
+    showWorkflow(workflowId);
+  } catch (error) {
+    if (error.status === 401) { $('#key-box').hidden = false; $('#api-key').focus(); }
+    wfMessage(error.message, true);
+  }
+}
+
 // ---- live stream ----
 function setLive(live) {
   window.fastworker.live = live;
@@ -452,7 +561,14 @@ function connect() {
     else workers.set(change.worker_id, change);
     renderWorkers();
   });
-  source.addEventListener('resync', () => loadTasks());
+  source.addEventListener('workflow', (e) => {
+    seen();
+    const wf = JSON.parse(e.data);
+    upsertWorkflow(wf);
+    renderWorkflows();
+    if (selectedWorkflow === wf.workflow_id && $('#wf-detail').open) showWorkflow(wf.workflow_id);
+  });
+  source.addEventListener('resync', () => { loadTasks(); loadWorkflows(); });
 }
 
 // ---- task limits (docs/limits.md) ----
@@ -535,6 +651,8 @@ $('#search').addEventListener('input', refilter);
 $('#cancel-task').addEventListener('click', () => act('cancel'));
 $('#retry-task').addEventListener('click', () => act('retry'));
 $('#detail').addEventListener('close', () => { selected = null; });
+$('#cancel-workflow').addEventListener('click', cancelWorkflow);
+$('#wf-detail').addEventListener('close', () => { selectedWorkflow = null; });
 $('#api-key').value = sessionStorage.getItem('fastworker-key') || '';
 $('#run-task').addEventListener('change', renderRunFields);
 $('#run-form').addEventListener('submit', runTask);
@@ -544,6 +662,7 @@ api('/api/throughput?seconds=' + CHART_SECONDS)
   .then((body) => { for (const s of body.seconds) history.set(s.t, s); drawCharts(); })
   .catch((error) => console.warn('loading the history', error));
 loadTasks();
+loadWorkflows();
 loadRegistered();
 connect();
 setInterval(drawCharts, 1000);

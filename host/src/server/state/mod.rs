@@ -45,7 +45,10 @@ use crate::wire::protocol::{
 mod delivery;
 mod durable;
 mod limited;
+mod workflow_views;
 mod workflows;
+
+pub(crate) use workflow_views::WorkflowSummary;
 
 use delivery::Dispatched;
 pub(crate) use delivery::{DeliveryCounters, StartedRuns, START_REPORT_DELAY};

@@ -1,0 +1,125 @@
+//! The page's view of workflows (docs/dashboard.md): the table of the
+//! newest ones (`GET /api/workflows`), one with its members
+//! (`GET /api/workflows/{id}`), the cancel action, and the `workflow`
+//! events [`watch_workflows`] sends while someone watches.
+//!
+//! With a cluster key, results and failure messages are as secret as the
+//! frames that carried them: the table and the events leave them out, and
+//! reading one workflow needs the dashboard's API key (as for a task).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{authorize, authorize_read, error, ApiError, Shared};
+use crate::server::monitor::Event;
+use crate::server::state::WorkflowSummary;
+use crate::wire::protocol::{ErrorKind, Reply};
+use crate::workflow::WorkflowId;
+
+/// The most workflows one answer of `/api/workflows` holds.
+const MAX_LISTED: usize = 200;
+
+/// The workflows the event stream follows: the newest ones.
+const WATCHED: usize = 50;
+
+/// One row of the table; `secret` leaves out the result and failure text.
+pub(crate) fn summary_json(summary: &WorkflowSummary, secret: bool) -> Value {
+    let failure = summary
+        .failure
+        .as_ref()
+        .map(|(task, message)| json!({ "task": task, "message": if secret { Value::Null } else { json!(message) } }));
+    json!({
+        "workflow_id": summary.workflow_id,
+        "state": summary.state.as_str(),
+        "done": summary.done,
+        "total": summary.total,
+        "created_ms": summary.created_ms,
+        "finished_ms": summary.finished_ms,
+        "result": if secret { None } else { summary.result.clone() },
+        "failure": failure,
+    })
+}
+
+/// GET /api/workflows?limit=N: the number known and the newest N (at most
+/// 200, 50 when not told), newest first.
+pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let limit = match query.get("limit").map(|text| text.parse::<usize>()) {
+        None => WATCHED,
+        Some(Ok(n)) => n.min(MAX_LISTED),
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "bad_request", "limit must be a whole number"),
+    };
+    let secret = shared.state.config.keys.is_some();
+    let (total, rows) = shared.state.workflow_summaries(limit);
+    let rows: Vec<Value> = rows.iter().map(|row| summary_json(row, secret)).collect();
+    Json(json!({ "total": total, "workflows": rows })).into_response()
+}
+
+fn parse_id(id: &str) -> Result<WorkflowId, ApiError> {
+    WorkflowId::parse_str(id).map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_workflow_id", format!("'{id}' is not a workflow id (a UUID)"))
+    })
+}
+
+/// GET /api/workflows/{id}: one workflow with its members, result or failure.
+pub(crate) async fn detail(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if shared.state.config.keys.is_some() {
+        if let Err(refusal) = authorize_read(&shared, &headers) {
+            return refusal.into_response();
+        }
+    }
+    let workflow_id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match shared.state.workflow_status(workflow_id) {
+        Reply::Workflow(report) => Json(super::workflow_api::report_json(&report)).into_response(),
+        Reply::Error(refusal) => error(StatusCode::NOT_FOUND, "unknown_workflow", refusal.message),
+        other => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected reply: {other:?}")),
+    }
+}
+
+/// POST /api/workflows/{id}/cancel: cancels a running workflow (the same
+/// rules as cancelling a task from the page).
+pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(refusal) = authorize(&shared, &headers) {
+        return refusal.into_response();
+    }
+    let workflow_id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match shared.state.cancel_workflow(workflow_id, crate::server::state::Caller::OPERATOR) {
+        Reply::Workflow(report) => Json(json!({ "cancelled": true, "state": report.state.as_str() })).into_response(),
+        Reply::Error(refusal) => {
+            let (status, kind) = match refusal.kind {
+                ErrorKind::UnknownWorkflowId => (StatusCode::NOT_FOUND, "unknown_workflow"),
+                ErrorKind::AlreadyFinished => (StatusCode::CONFLICT, "already_finished"),
+                _ => (StatusCode::BAD_REQUEST, "refused"),
+            };
+            error(status, kind, refusal.message)
+        }
+        other => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected reply: {other:?}")),
+    }
+}
+
+/// Called on every tick of the event stream's watcher: sends a `workflow`
+/// event for each of the newest workflows that appeared or changed since
+/// `known` (which it updates).
+pub(crate) fn watch_workflows(shared: &Shared, known: &mut HashMap<WorkflowId, WorkflowSummary>) {
+    let secret = shared.state.config.keys.is_some();
+    let (_, rows) = shared.state.workflow_summaries(WATCHED);
+    let mut seen = HashMap::with_capacity(rows.len());
+    for row in rows {
+        if known.get(&row.workflow_id) != Some(&row) {
+            shared.state.monitor.publish(Event::Workflow(summary_json(&row, secret)));
+        }
+        seen.insert(row.workflow_id, row);
+    }
+    *known = seen;
+}
