@@ -24,19 +24,7 @@ impl FakeSubworkers {
         for index in 0..count {
             let (socket, address) = listen_somewhere()?;
             sockets.push(socket);
-            let task = OfferedTask {
-                name: format!("noop_{index}"),
-                priority: Priority::Normal,
-                timeout_ms: 0,
-                max_retries: 0,
-                retry_delay_ms: 0,
-                schedule: String::new(),
-                doc: String::new(),
-                signature: String::new(),
-                args_schema: None,
-                result_schema: None,
-                limit: None,
-            };
+            let task = OfferedTask::new(&format!("noop_{index}"));
             let name = WorkerName { worker_id: format!("fake{index}"), instance: TaskId::new_v4() };
             registrations.push(Registration { name, address, concurrency, prefetch: 0, tasks: vec![task] });
         }

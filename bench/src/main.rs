@@ -136,9 +136,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use fastworker::auth::KeyRing;
-use fastworker::protocol::{
-    ErrorKind, Heartbeat, OfferedTask, Priority, Registration, Request, WorkerName, WorkerState,
-};
+use fastworker::protocol::{ErrorKind, Heartbeat, OfferedTask, Registration, Request, WorkerName, WorkerState};
 use fastworker::{Client, ClientError, TaskId};
 use nng::options::{Options, RecvTimeout, SendTimeout};
 use nng::{Aio, AioResult, Context, Message, Protocol, Socket};

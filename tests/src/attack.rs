@@ -283,17 +283,5 @@ impl Drop for FakeSubworker {
 /// A task a fake subworker offers: `name`, no timeout, no retries, and
 /// `schedule` (JSON, or empty).
 pub fn offered(name: &str, schedule: &str) -> fastworker::protocol::OfferedTask {
-    fastworker::protocol::OfferedTask {
-        name: name.into(),
-        priority: fastworker::Priority::Normal,
-        timeout_ms: 0,
-        max_retries: 0,
-        retry_delay_ms: 0,
-        schedule: schedule.into(),
-        doc: String::new(),
-        signature: String::new(),
-        args_schema: None,
-        result_schema: None,
-        limit: None,
-    }
+    fastworker::protocol::OfferedTask { schedule: schedule.into(), ..fastworker::protocol::OfferedTask::new(name) }
 }

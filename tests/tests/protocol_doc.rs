@@ -128,19 +128,7 @@ fn worker() -> WorkerName {
 #[test]
 fn every_request_is_as_documented() {
     let id = TaskId::from_bytes([7; 16]);
-    let offered = OfferedTask {
-        name: "add".into(),
-        priority: Priority::High,
-        timeout_ms: 5000,
-        max_retries: 0,
-        retry_delay_ms: 0,
-        schedule: String::new(),
-        doc: String::new(),
-        signature: String::new(),
-        args_schema: None,
-        result_schema: None,
-        limit: None,
-    };
+    let offered = OfferedTask { priority: Priority::High, timeout_ms: 5000, ..OfferedTask::new("add") };
     let registration = Registration {
         name: worker(),
         address: "tcp://127.0.0.1:1".into(),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use fastworker::client::Client;
 use fastworker::task_limits::{check_name, TaskLimit, TaskLimitStatus, MAX_OVERRIDES};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::cli::client::{client_failure, ClientArgs};
 use crate::{fail, EXIT_USAGE};
@@ -85,7 +85,7 @@ pub(crate) async fn limits(client: Client, args: LimitsArgs) -> ExitCode {
         LimitsAction::List(_) => {
             return match client.task_limits().await {
                 Ok(rows) => {
-                    let rows: Vec<Value> = rows.iter().map(row).collect();
+                    let rows: Vec<Value> = rows.iter().map(TaskLimitStatus::to_json).collect();
                     println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
                     ExitCode::SUCCESS
                 }
@@ -105,17 +105,4 @@ pub(crate) async fn limits(client: Client, args: LimitsArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => client_failure(error),
     }
-}
-
-fn row(status: &TaskLimitStatus) -> Value {
-    json!({
-        "task": status.task_name,
-        "rate_per_second": status.limit.rate.map(|r| r.per_second),
-        "burst": status.limit.rate.map(|r| r.burst),
-        "max_running": status.limit.max_running,
-        "source": status.source.as_str(),
-        "running": status.running,
-        "held": status.held,
-        "held_total": status.held_total,
-    })
 }

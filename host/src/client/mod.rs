@@ -387,19 +387,32 @@ impl Client {
 
     /// Waits up to `limit` for a task to end and returns its final report.
     pub async fn wait(&self, task_id: TaskId, limit: Duration) -> Result<TaskReport, ClientError> {
+        let pauses = (Duration::from_millis(5), Duration::from_millis(200));
+        self.poll_until(limit, pauses, || self.status(task_id), |report| report.state.is_final()).await
+    }
+
+    /// Asks `status` until `done` says its answer is final or `limit` has
+    /// passed, pausing from `pauses.0` and doubling up to `pauses.1`.
+    pub(crate) async fn poll_until<R, F: std::future::Future<Output = Result<R, ClientError>>>(
+        &self,
+        limit: Duration,
+        pauses: (Duration, Duration),
+        mut status: impl FnMut() -> F,
+        done: impl Fn(&R) -> bool,
+    ) -> Result<R, ClientError> {
         let deadline = Instant::now() + limit;
-        let mut pause = Duration::from_millis(5);
+        let mut pause = pauses.0;
         loop {
-            let report = self.status(task_id).await?;
-            if report.state.is_final() {
-                return Ok(report);
+            let answer = status().await?;
+            if done(&answer) {
+                return Ok(answer);
             }
             let now = Instant::now();
             if now >= deadline {
                 return Err(ClientError::Timeout { address: self.address(RESULTS).to_string(), after: limit });
             }
             tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(200));
+            pause = (pause * 2).min(pauses.1);
         }
     }
 

@@ -66,20 +66,8 @@ impl Client {
 
     /// Waits up to `limit` for a workflow to end and returns its final status.
     pub async fn wait_workflow(&self, workflow_id: WorkflowId, limit: Duration) -> Result<WorkflowReport, ClientError> {
-        let deadline = Instant::now() + limit;
-        let mut pause = Duration::from_millis(2);
-        loop {
-            let report = self.workflow_status(workflow_id).await?;
-            if report.state.is_final() {
-                return Ok(report);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(ClientError::Timeout { address: self.address(RESULTS).to_string(), after: limit });
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(MAX_WAIT_PAUSE);
-        }
+        let pauses = (Duration::from_millis(2), MAX_WAIT_PAUSE);
+        self.poll_until(limit, pauses, || self.workflow_status(workflow_id), |report| report.state.is_final()).await
     }
 
     async fn expect_report(&self, port: usize, request: &Request) -> Result<WorkflowReport, ClientError> {

@@ -595,19 +595,7 @@ mod tests {
     }
 
     fn worker(cluster: &mut Cluster<()>, id: &str, concurrency: u32, tasks: &[&str]) -> WorkerKey {
-        let offer = |name: &str| OfferedTask {
-            name: name.to_string(),
-            priority: Priority::Normal,
-            timeout_ms: 0,
-            max_retries: 0,
-            retry_delay_ms: 0,
-            schedule: String::new(),
-            doc: String::new(),
-            signature: String::new(),
-            args_schema: None,
-            result_schema: None,
-            limit: None,
-        };
+        let offer = OfferedTask::new;
         let tasks = tasks.iter().map(|t| (t.to_string(), offer(t))).collect();
         let key = cluster.new_key();
         let address = format!("tcp://{id}:1");
@@ -763,19 +751,7 @@ mod tests {
         let tasks = ["slow", "add"]
             .iter()
             .map(|name| {
-                let offer = OfferedTask {
-                    name: name.to_string(),
-                    priority: Priority::Normal,
-                    timeout_ms: 0,
-                    max_retries: 0,
-                    retry_delay_ms: 0,
-                    schedule: String::new(),
-                    doc: String::new(),
-                    signature: String::new(),
-                    args_schema: None,
-                    result_schema: None,
-                    limit: None,
-                };
+                let offer = OfferedTask::new(name);
                 (name.to_string(), offer)
             })
             .collect();

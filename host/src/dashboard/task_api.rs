@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -421,21 +421,27 @@ pub(crate) struct WaitQuery {
     pub(super) timeout_ms: Option<u64>,
 }
 
+/// How long a wait route waits: its `timeout_ms`, [`DEFAULT_WAIT`] without
+/// one, at most [`MAX_WAIT`].
+pub(super) fn wait_of(query: Result<Query<WaitQuery>, QueryRejection>) -> Result<Duration, HttpError> {
+    let Query(query) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
+    match query.timeout_ms {
+        None => Ok(DEFAULT_WAIT),
+        Some(ms) if Duration::from_millis(ms) <= MAX_WAIT => Ok(Duration::from_millis(ms)),
+        Some(_) => Err(HttpError::bad_request(format!("timeout_ms is at most {}", MAX_WAIT.as_millis()))),
+    }
+}
+
 /// GET /api/v1/tasks/{id}/wait?timeout_ms=N: waits (at most 60 s) for the task to end.
 pub(crate) async fn wait(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Answer {
     allow(&shared, &headers)?;
     let task_id = parse_id(&id)?;
-    let Query(query) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
-    let wait = match query.timeout_ms {
-        None => DEFAULT_WAIT,
-        Some(ms) if Duration::from_millis(ms) <= MAX_WAIT => Duration::from_millis(ms),
-        Some(_) => return Err(HttpError::bad_request(format!("timeout_ms is at most {}", MAX_WAIT.as_millis()))),
-    };
+    let wait = wait_of(query)?;
     if let Some(report) = wait_for(&shared, task_id, wait).await? {
         return Ok(report_response(&report));
     }

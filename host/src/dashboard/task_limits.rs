@@ -31,25 +31,10 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
-/// One row as the page and the API show it.
-fn row(status: &TaskLimitStatus) -> Value {
-    json!({
-        "task": status.task_name,
-        "rate_per_second": status.limit.rate.map(|r| r.per_second),
-        "burst": status.limit.rate.map(|r| r.burst),
-        "max_running": status.limit.max_running,
-        "limit": status.limit.describe(),
-        "source": status.source.as_str(),
-        "running": status.running,
-        "held": status.held,
-        "held_total": status.held_total,
-    })
-}
-
 /// Every limited task and what it holds now, as rows (also in the overview
 /// the event stream sends every second, which keeps the page's panel live).
 pub(crate) fn rows(shared: &Shared) -> Vec<Value> {
-    shared.state.task_limit_statuses().iter().map(row).collect()
+    shared.state.task_limit_statuses().iter().map(TaskLimitStatus::to_json).collect()
 }
 
 /// GET /api/task-limits: every limited task and what it holds now.

@@ -21,7 +21,7 @@ use fastworker_plugin_sdk::abi::FailureKind;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::task_api::{allow, bounded_wait, json_body, reply_of, Answer, HttpError, WaitQuery, DEFAULT_WAIT, MAX_WAIT};
+use super::task_api::{allow, bounded_wait, json_body, reply_of, wait_of, Answer, HttpError, WaitQuery};
 use super::Shared;
 use crate::server::endpoint::Replier;
 use crate::wire::protocol::Reply;
@@ -229,12 +229,7 @@ pub(crate) async fn wait(
 ) -> Answer {
     allow(&shared, &headers)?;
     let workflow_id = parse_id(&id)?;
-    let Query(query) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
-    let wait = match query.timeout_ms {
-        None => DEFAULT_WAIT,
-        Some(ms) if Duration::from_millis(ms) <= MAX_WAIT => Duration::from_millis(ms),
-        Some(_) => return Err(HttpError::bad_request(format!("timeout_ms is at most {}", MAX_WAIT.as_millis()))),
-    };
+    let wait = wait_of(query)?;
     if let Some(report) = wait_for(&shared, workflow_id, wait).await? {
         return Ok(report_response(&report));
     }

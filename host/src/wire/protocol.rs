@@ -211,6 +211,26 @@ pub struct OfferedTask {
     pub limit: Option<crate::wire::task_limit::TaskLimit>,
 }
 
+impl OfferedTask {
+    /// An offer of `name` with no declared options: normal priority, no
+    /// timeout, retries, schedule, description, schema or limit.
+    pub fn new(name: &str) -> OfferedTask {
+        OfferedTask {
+            name: name.to_string(),
+            priority: Priority::Normal,
+            timeout_ms: 0,
+            max_retries: 0,
+            retry_delay_ms: 0,
+            schedule: String::new(),
+            doc: String::new(),
+            signature: String::new(),
+            args_schema: None,
+            result_schema: None,
+            limit: None,
+        }
+    }
+}
+
 impl From<&fastworker_plugin_sdk::abi::TaskDecl> for OfferedTask {
     fn from(decl: &fastworker_plugin_sdk::abi::TaskDecl) -> Self {
         let options = &decl.options;

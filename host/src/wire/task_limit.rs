@@ -78,6 +78,23 @@ pub struct TaskLimitStatus {
     pub held_total: u64,
 }
 
+impl TaskLimitStatus {
+    /// The row `fastworker limits list`, the dashboard and its API show.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "task": self.task_name,
+            "rate_per_second": self.limit.rate.map(|r| r.per_second),
+            "burst": self.limit.rate.map(|r| r.burst),
+            "max_running": self.limit.max_running,
+            "limit": self.limit.describe(),
+            "source": self.source.as_str(),
+            "running": self.running,
+            "held": self.held,
+            "held_total": self.held_total,
+        })
+    }
+}
+
 /// Why a limit is refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TaskLimitError {
