@@ -83,7 +83,7 @@ fn sse(event: &Event) -> SseEvent {
 pub(crate) async fn watch_cluster(shared: Arc<Shared>) {
     let monitor = &shared.state.monitor;
     let mut known: HashMap<String, (WorkerState, bool)> = HashMap::new();
-    let mut workflows = HashMap::new();
+    let mut workflows = super::workflows::Watched::default();
     let mut tick = tokio::time::interval(WORKER_POLL);
     let mut ticks = 0u32;
     loop {

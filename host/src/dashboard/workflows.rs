@@ -108,10 +108,25 @@ pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, headers: HeaderMap
     }
 }
 
+/// What the event stream's watcher last saw of the workflows.
+#[derive(Default)]
+pub(crate) struct Watched {
+    generation: Option<u64>,
+    rows: HashMap<WorkflowId, WorkflowSummary>,
+}
+
 /// Called on every tick of the event stream's watcher: sends a `workflow`
 /// event for each of the newest workflows that appeared or changed since
 /// `known` (which it updates).
-pub(crate) fn watch_workflows(shared: &Shared, known: &mut HashMap<WorkflowId, WorkflowSummary>) {
+pub(crate) fn watch_workflows(shared: &Shared, known: &mut Watched) {
+    // Nothing changed since the last look: no summary is built (they are
+    // built under the task lock).
+    let generation = shared.state.workflow_generation();
+    if known.generation == Some(generation) {
+        return;
+    }
+    known.generation = Some(generation);
+    let known = &mut known.rows;
     let secret = shared.state.config.keys.is_some();
     let (_, rows) = shared.state.workflow_summaries(WATCHED);
     let mut seen = HashMap::with_capacity(rows.len());

@@ -36,6 +36,9 @@ pub(crate) struct Workflows<W> {
     live_bytes: usize,
     keep: usize,
     ttl_ms: Option<u64>,
+    /// Counts every change a summary of the workflows could show, so that a
+    /// watcher skips looking when nothing changed.
+    generation: u64,
 }
 
 impl<W> Workflows<W> {
@@ -49,7 +52,14 @@ impl<W> Workflows<W> {
             live_bytes: 0,
             keep,
             ttl_ms,
+            generation: 0,
         }
+    }
+
+    /// Changes so far: a new workflow, a member created or ended, an end,
+    /// a finished workflow forgotten.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Every workflow known, in no order (the dashboard's list).
@@ -66,6 +76,7 @@ impl<W> Workflows<W> {
     pub(crate) fn insert(&mut self, id: WorkflowId, entry: Entry<W>) {
         self.live += 1;
         self.live_bytes += entry.bytes;
+        self.generation += 1;
         self.all.insert(id, entry);
     }
 
@@ -84,6 +95,7 @@ impl<W> Workflows<W> {
 
     /// Indexes the members `effects` create.
     pub(crate) fn note(&mut self, id: WorkflowId, effects: &Effects) {
+        self.generation += 1;
         for submission in &effects.submit {
             self.by_task.insert(submission.task_id, (id, submission.node));
         }
@@ -91,6 +103,7 @@ impl<W> Workflows<W> {
 
     /// A member's task ended: it is no longer indexed.
     pub(crate) fn forget_member(&mut self, task_id: &TaskId) {
+        self.generation += 1;
         self.by_task.remove(task_id);
     }
 
@@ -101,6 +114,7 @@ impl<W> Workflows<W> {
             return Vec::new();
         }
         entry.finished_ms = Some(now_ms);
+        self.generation += 1;
         self.live -= 1;
         self.live_bytes -= entry.bytes;
         self.finished.push_back((id, now_ms));
@@ -115,6 +129,7 @@ impl<W> Workflows<W> {
                 break;
             }
             self.finished.pop_front();
+            self.generation += 1;
             if let Some(entry) = self.all.remove(&id) {
                 for (_, task_id) in entry.machine.live_members() {
                     self.by_task.remove(&task_id);

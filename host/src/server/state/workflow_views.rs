@@ -60,6 +60,12 @@ impl State {
         replier.send(&self.workflow_status(workflow_id));
     }
 
+    /// A count of the changes a workflow summary could show (it moves when
+    /// a workflow is accepted, a member is created or ends, or one ends).
+    pub(crate) fn workflow_generation(&self) -> u64 {
+        self.lock().workflows.generation()
+    }
+
     /// The number of workflows known, and the newest `limit` of them
     /// (by acceptance time) summarized.
     pub(crate) fn workflow_summaries(&self, limit: usize) -> (usize, Vec<WorkflowSummary>) {
