@@ -125,6 +125,23 @@ pub fn get(url: &str) -> Response {
     request("GET", url, &[])
 }
 
+/// POST of a JSON body, with `headers` besides its content type.
+pub fn post_json(url: &str, body: &serde_json::Value, headers: &[(&str, &str)]) -> Response {
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    request_with_body("POST", url, &all, body.to_string().as_bytes())
+}
+
+/// A control plane with the example plugin and its dashboard (restart
+/// window off, plus `extra` flags), and the dashboard's base URL.
+pub fn control_plane_with_api(extra: &[&str]) -> (crate::Process, String) {
+    let mut flags = vec!["--restart-window", "0"];
+    flags.extend_from_slice(extra);
+    let process = crate::Process::control_plane_with_gui(&["example-tasks"], &flags, &[]);
+    let gui = process.gui.clone().expect("a dashboard");
+    (process, gui)
+}
+
 /// One server-sent event.
 #[derive(Debug, Clone)]
 pub struct SseEvent {

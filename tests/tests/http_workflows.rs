@@ -5,25 +5,12 @@
 
 use std::time::{Duration, Instant};
 
+use fastworker_tests::http::{control_plane_with_api as control_plane, post_json as post};
 use fastworker_tests::http::{get, request, request_with_body, Response};
 use fastworker_tests::{run_cli, stderr, Process};
 use serde_json::{json, Value};
 
 const KEY: &str = "http-workflow-test-key";
-
-fn control_plane(extra: &[&str]) -> (Process, String) {
-    let mut flags = vec!["--restart-window", "0"];
-    flags.extend_from_slice(extra);
-    let process = Process::control_plane_with_gui(&["example-tasks"], &flags, &[]);
-    let gui = process.gui.clone().expect("a dashboard");
-    (process, gui)
-}
-
-fn post(url: &str, body: &Value, headers: &[(&str, &str)]) -> Response {
-    let mut all = vec![("Content-Type", "application/json")];
-    all.extend_from_slice(headers);
-    request_with_body("POST", url, &all, body.to_string().as_bytes())
-}
 
 /// The error's kind and message, asserting the body has the API's error shape.
 fn error_of(response: &Response) -> (String, String) {

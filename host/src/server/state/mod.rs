@@ -559,22 +559,25 @@ impl State {
         }
     }
 
+    /// The `Busy` refusal of something `bound` does not let in now (counted
+    /// for `/metrics`): `what` says what is full.
+    pub(super) fn busy(&self, bound: Bound, what: &str) -> ErrorReply {
+        self.refusals.count(bound);
+        let limits = &self.config.limits;
+        let message = format!(
+            "'{}' is busy: {what} ({} {}); retry later",
+            self.config.worker_id,
+            bound.flag(),
+            bound.value(limits)
+        );
+        ErrorReply::new(ErrorKind::Busy, message)
+    }
+
     /// Refuses a submission the limits do not allow: `Busy` when a queue is
     /// full (retry later), `BadRequest` when it asks for too much.
     fn within_limits(&self, tasks: &Tasks, submit: &Submit) -> Result<(), ErrorReply> {
         let limits = &self.config.limits;
-        let busy = |bound: Bound, what: String| {
-            self.refusals.count(bound);
-            ErrorReply::new(
-                ErrorKind::Busy,
-                format!(
-                    "'{}' is busy: {what} ({} {}); retry later",
-                    self.config.worker_id,
-                    bound.flag(),
-                    bound.value(limits)
-                ),
-            )
-        };
+        let busy = |bound: Bound, what: String| self.busy(bound, &what);
         if tasks.live.len() >= limits.max_queued_tasks {
             return Err(busy(Bound::QueuedTasks, format!("{} tasks are queued or running", tasks.live.len())));
         }

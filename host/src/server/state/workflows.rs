@@ -98,18 +98,7 @@ impl State {
     fn workflow_refusal(&self, tasks: &Tasks, submit: &WorkflowSubmit, bytes: usize) -> Option<ErrorReply> {
         let limits = &self.config.limits;
         let (live, live_bytes) = tasks.workflows.live();
-        let busy = |what: String, bound: Bound| {
-            self.refusals.count(bound);
-            Some(ErrorReply::new(
-                ErrorKind::Busy,
-                format!(
-                    "'{}' is busy: {what} ({} {}); retry later",
-                    self.config.worker_id,
-                    bound.flag(),
-                    bound.value(limits)
-                ),
-            ))
-        };
+        let busy = |what: String, bound: Bound| Some(self.busy(bound, &what));
         if live >= limits.max_queued_tasks {
             return busy(format!("{live} workflows are running"), Bound::QueuedTasks);
         }
