@@ -87,11 +87,13 @@ fn cancelled_scheduled_and_queued_tasks_never_run() {
     let cp = Process::control_plane(&["example-tasks"], &["--concurrency", "1"]);
     let client = cp.client();
     runtime().block_on(async {
+        // The blocker takes the only thread first, so that neither task
+        // below can run before it is cancelled, however slow the machine.
+        let blocker = client.delay("sleep_ms", (2000,), options()).await.unwrap();
         let scheduled = client
             .delay("add", (1, 1), SubmitOptions { countdown: Some(Duration::from_millis(400)), ..options() })
             .await
             .unwrap();
-        let blocker = client.delay("sleep_ms", (2000,), options()).await.unwrap();
         let queued = client.delay("add", (2, 2), options()).await.unwrap();
         assert_eq!(client.status(queued).await.unwrap().state, TaskState::Queued);
 
