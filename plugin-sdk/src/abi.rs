@@ -102,6 +102,17 @@ pub enum FailureKind {
     BadArguments = 2,
 }
 
+impl FailureKind {
+    /// The snake-case name the JSON APIs and listings use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Error => "error",
+            FailureKind::Panic => "panic",
+            FailureKind::BadArguments => "bad_arguments",
+        }
+    }
+}
+
 /// A failed run as it crosses the boundary.
 #[repr(C)]
 #[derive(StableAbi, Debug)]

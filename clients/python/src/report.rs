@@ -72,17 +72,8 @@ impl TaskReport {
             finished_ms: report.finished_ms,
             result,
             error: report.error.as_ref().map(|error| error.message.clone()),
-            error_kind: report.error.as_ref().map(|error| failure_kind(error.kind).to_string()),
+            error_kind: report.error.as_ref().map(|error| error.kind.as_str().to_string()),
         })
-    }
-}
-
-fn failure_kind(kind: fastworker::protocol::FailureKind) -> &'static str {
-    use fastworker::protocol::FailureKind;
-    match kind {
-        FailureKind::Error => "error",
-        FailureKind::Panic => "panic",
-        FailureKind::BadArguments => "bad_arguments",
     }
 }
 

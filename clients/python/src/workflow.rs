@@ -7,7 +7,7 @@
 use fastworker::protocol::FailureKind;
 use fastworker::workflow::{MemberState, Workflow, WorkflowFailure, WorkflowId, WorkflowReport, WorkflowState};
 use pyo3::prelude::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::failure::{Class, Failure};
 use crate::json::{to_json, to_python};
@@ -26,50 +26,13 @@ pub(crate) fn parse_id(text: &str) -> Result<WorkflowId, Failure> {
         .map_err(|_| Failure::new(Class::InvalidTaskId, format!("'{text}' is not a workflow id (a UUID)")))
 }
 
-fn kind_name(kind: FailureKind) -> &'static str {
-    match kind {
-        FailureKind::Error => "error",
-        FailureKind::Panic => "panic",
-        FailureKind::BadArguments => "bad_arguments",
-    }
-}
-
-/// The status as JSON: the shape of the HTTP API's (docs/http-api.md).
-fn status_json(report: &WorkflowReport) -> Value {
-    let members: Vec<Value> = report
-        .members
-        .iter()
-        .map(|m| json!({ "node": m.node, "task": m.task_name, "task_id": m.task_id, "state": m.state.as_str() }))
-        .collect();
-    let failure = report.failure.as_ref().map(|f| {
-        json!({
-            "node": f.node,
-            "task_id": f.task_id,
-            "task": f.task_name,
-            "state": f.state.as_str(),
-            "kind": kind_name(f.kind),
-            "message": f.message,
-        })
-    });
-    json!({
-        "workflow_id": report.workflow_id,
-        "state": report.state.as_str(),
-        "finished": report.state.is_final(),
-        "created_ms": report.created_ms,
-        "finished_ms": report.finished_ms,
-        "members": members,
-        "result": report.result.as_deref().and_then(|r| serde_json::from_slice::<Value>(r).ok()),
-        "failure": failure,
-    })
-}
-
 fn python(py: Python<'_>, value: &Value) -> Result<Py<PyAny>, Failure> {
     to_python(py, value).map(Bound::unbind).map_err(|error| Failure::new(Class::ProtocolError, error.to_string()))
 }
 
 /// The workflow's status, as a dict.
 pub(crate) fn to_status(py: Python<'_>, report: WorkflowReport) -> Result<Py<PyAny>, Failure> {
-    python(py, &status_json(&report))
+    python(py, &report.to_json())
 }
 
 /// The workflow's id, as a str.

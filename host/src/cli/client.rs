@@ -7,9 +7,7 @@ use clap::Args;
 use fastworker::client::{Client, ClientError, SubmitOptions};
 use fastworker::discovery::{self};
 use fastworker::limits::{millis, range};
-use fastworker::protocol::{
-    describe_failure, Callback, ErrorKind, FailureKind, Reply, RetryPolicy, TaskReport, TaskState,
-};
+use fastworker::protocol::{describe_failure, Callback, ErrorKind, Reply, RetryPolicy, TaskReport, TaskState};
 use fastworker::schedules::format_ms;
 use fastworker::{Priority, TaskId, DEFAULT_BASE_ADDRESS};
 use serde_json::{json, Value};
@@ -346,7 +344,7 @@ pub(crate) fn report_json(report: &TaskReport) -> Value {
         "state": report.state.as_str(),
         "result": result,
         "error": report.error.as_ref().map(|e| json!({
-            "kind": match e.kind { FailureKind::Error => "error", FailureKind::Panic => "panic", FailureKind::BadArguments => "bad_arguments" },
+            "kind": e.kind.as_str(),
             "message": e.message,
         })),
         "priority": report.priority.as_str(),

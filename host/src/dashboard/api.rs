@@ -8,7 +8,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fastworker_plugin_sdk::abi::FailureKind;
 use serde_json::{json, Value};
 
 use super::{authorize, authorize_read, error, ApiError, Shared};
@@ -390,10 +389,5 @@ fn detail(report: &TaskReport, args: Option<&Vec<u8>>, live: bool) -> Value {
 }
 
 fn error_json(error: &TaskError) -> Value {
-    let kind = match error.kind {
-        FailureKind::Error => "error",
-        FailureKind::Panic => "panic",
-        FailureKind::BadArguments => "bad_arguments",
-    };
-    json!({ "kind": kind, "message": error.message })
+    json!({ "kind": error.kind.as_str(), "message": error.message })
 }

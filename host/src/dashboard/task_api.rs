@@ -17,7 +17,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fastworker_plugin_sdk::abi::FailureKind;
 use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -278,14 +277,7 @@ async fn wait_for(shared: &Shared, task_id: TaskId, wait: Duration) -> Result<Op
 
 /// A task's state as the API shows it.
 fn report_json(report: &TaskReport) -> Value {
-    let failure = report.error.as_ref().map(|error| {
-        let kind = match error.kind {
-            FailureKind::Error => "error",
-            FailureKind::Panic => "panic",
-            FailureKind::BadArguments => "bad_arguments",
-        };
-        json!({ "kind": kind, "message": error.message })
-    });
+    let failure = report.error.as_ref().map(|error| json!({ "kind": error.kind.as_str(), "message": error.message }));
     json!({
         "task_id": report.task_id,
         "task": report.task_name,

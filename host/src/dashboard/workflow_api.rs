@@ -17,9 +17,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fastworker_plugin_sdk::abi::FailureKind;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::task_api::{allow, bounded_wait, json_body, reply_of, wait_of, Answer, HttpError, WaitQuery};
 use super::Shared;
@@ -101,54 +100,10 @@ fn check_members(shared: &Shared, submit: &WorkflowSubmit) -> Result<(), HttpErr
     Ok(())
 }
 
-fn failure_kind(kind: FailureKind) -> &'static str {
-    match kind {
-        FailureKind::Error => "error",
-        FailureKind::Panic => "panic",
-        FailureKind::BadArguments => "bad_arguments",
-    }
-}
-
-/// A workflow's status as the API shows it.
-pub(crate) fn report_json(report: &WorkflowReport) -> Value {
-    let members: Vec<Value> = report
-        .members
-        .iter()
-        .map(|member| {
-            json!({
-                "node": member.node,
-                "task": member.task_name,
-                "task_id": member.task_id,
-                "state": member.state.as_str(),
-            })
-        })
-        .collect();
-    let failure = report.failure.as_ref().map(|failure| {
-        json!({
-            "node": failure.node,
-            "task_id": failure.task_id,
-            "task": failure.task_name,
-            "state": failure.state.as_str(),
-            "kind": failure_kind(failure.kind),
-            "message": failure.message,
-        })
-    });
-    json!({
-        "workflow_id": report.workflow_id,
-        "state": report.state.as_str(),
-        "finished": report.state.is_final(),
-        "created_ms": report.created_ms,
-        "finished_ms": report.finished_ms,
-        "members": members,
-        "result": report.result.as_deref().and_then(|r| serde_json::from_slice::<Value>(r).ok()),
-        "failure": failure,
-    })
-}
-
 /// 200 with the final status, or 202 with the current one.
 fn report_response(report: &WorkflowReport) -> Response {
     let status = if report.state.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
-    (status, Json(report_json(report))).into_response()
+    (status, Json(report.to_json())).into_response()
 }
 
 /// The status in a reply of the control plane, or its refusal.

@@ -78,7 +78,7 @@ pub(crate) async fn detail(State(shared): State<Arc<Shared>>, headers: HeaderMap
         Err(refusal) => return refusal.into_response(),
     };
     match shared.state.workflow_status(workflow_id) {
-        Reply::Workflow(report) => Json(super::workflow_api::report_json(&report)).into_response(),
+        Reply::Workflow(report) => Json(report.to_json()).into_response(),
         Reply::Error(refusal) => error(StatusCode::NOT_FOUND, "unknown_workflow", refusal.message),
         other => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected reply: {other:?}")),
     }

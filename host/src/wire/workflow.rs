@@ -156,6 +156,38 @@ pub struct WorkflowReport {
     pub failure: Option<WorkflowFailure>,
 }
 
+impl WorkflowReport {
+    /// The status as JSON, as the HTTP API and the Python client show it
+    /// (docs/http-api.md).
+    pub fn to_json(&self) -> serde_json::Value {
+        let members: Vec<serde_json::Value> = self
+            .members
+            .iter()
+            .map(|m| serde_json::json!({ "node": m.node, "task": m.task_name, "task_id": m.task_id, "state": m.state.as_str() }))
+            .collect();
+        let failure = self.failure.as_ref().map(|f| {
+            serde_json::json!({
+                "node": f.node,
+                "task_id": f.task_id,
+                "task": f.task_name,
+                "state": f.state.as_str(),
+                "kind": f.kind.as_str(),
+                "message": f.message,
+            })
+        });
+        serde_json::json!({
+            "workflow_id": self.workflow_id,
+            "state": self.state.as_str(),
+            "finished": self.state.is_final(),
+            "created_ms": self.created_ms,
+            "finished_ms": self.finished_ms,
+            "members": members,
+            "result": self.result.as_deref().and_then(|r| serde_json::from_slice::<serde_json::Value>(r).ok()),
+            "failure": failure,
+        })
+    }
+}
+
 /// One member in a workflow's status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberReport {
