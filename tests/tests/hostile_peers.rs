@@ -229,9 +229,16 @@ fn a_flood_of_registrations_is_bounded() {
             ..offered(&format!("t{n}"), "")
         })
         .collect();
-    for (worker_id, tasks) in
-        [("many", too_many), ("wordy", too_much_text), ("", vec![offered("add", "")]), ("sp ace", vec![])]
-    {
+    // Or a declared limit out of range.
+    let bad_limit = fastworker::task_limits::TaskLimit { rate: None, max_running: Some(0) };
+    let absurd = vec![fastworker::protocol::OfferedTask { limit: Some(bad_limit), ..offered("add", "") }];
+    for (worker_id, tasks) in [
+        ("many", too_many),
+        ("wordy", too_much_text),
+        ("limited", absurd),
+        ("", vec![offered("add", "")]),
+        ("sp ace", vec![]),
+    ] {
         let registration = Registration {
             name: WorkerName { worker_id: worker_id.into(), instance: uuid::Uuid::new_v4() },
             address: dead.clone(),
