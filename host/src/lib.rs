@@ -9,7 +9,8 @@
 //! |--|--|
 //! | [`wire`] | what crosses a socket: frames and messages, addresses and the port layout, keys and sealed envelopes, TLS |
 //! | [`plugins`] | loading task plugins, their tasks, schemas and schedules |
-//! | `server` | the serving process's parts: the ports, the task state behind them, and the worker threads, timers, callbacks, journal and scheduler it drives |
+//! | `ledger` | the task ledger: live tasks, their lifecycle and the cluster's slots, changed only by events (time passed in) that answer with typed effects; no I/O |
+//! | `server` | the serving process's parts: the ports, the state that holds the ledger and carries out its effects, and the worker threads, timers, callbacks, journal and scheduler it drives |
 //! | `cluster` | control plane and subworkers: routing to free slots, the link to each subworker, membership, discovery, cluster-wide task limits |
 //! | [`workflow`] | chains, groups and chords: the description clients write, and the pure state machine the control plane keeps for each |
 //! | [`client`] | the Rust client |
@@ -18,8 +19,9 @@
 //!
 //! Dependencies point down this table's roles and never back up: `wire`
 //! and `plugins` import nothing of the crate's above them, `cluster` knows
-//! nothing of the server's state, and only `control_plane` ties the server
-//! to the dashboard. `docs/architecture.md` follows a task through them.
+//! nothing of the server's state, the `ledger` imports only `wire` and
+//! `cluster`'s pure parts (routing, task limits), and only `control_plane`
+//! ties the server to the dashboard. `docs/architecture.md` follows a task through them.
 //!
 //! The public paths below (`fastworker::protocol`, `fastworker::auth`, …)
 //! are the API other crates use; they stay where they were when the files
@@ -29,6 +31,7 @@ pub mod client;
 pub mod cluster;
 pub mod control_plane;
 pub mod dashboard;
+pub(crate) mod ledger;
 pub mod plugins;
 pub(crate) mod server;
 pub mod wire;

@@ -174,7 +174,7 @@ impl Membership {
         };
         let replaced = {
             let tasks = self.state.lock();
-            match tasks.cluster.find(&name.worker_id) {
+            match tasks.ledger.cluster.find(&name.worker_id) {
                 Some(existing) if existing.name == name => {
                     // The same process again: its earlier request timed out.
                     let key = existing.key;
@@ -206,7 +206,7 @@ impl Membership {
         if let Some(key) = replaced {
             self.remove(key, &format!("subworker '{}' registered again as a new process", name.worker_id));
         }
-        let key = self.state.lock().cluster.new_key();
+        let key = self.state.lock().ledger.cluster.new_key();
         let events = self.events.clone();
         let state = Arc::downgrade(&self.state);
         let auth = self.state.config.keys.as_ref().and_then(|ring| {
@@ -239,10 +239,10 @@ impl Membership {
         let declared: Vec<_> = provided.values().filter_map(|t| Some((t.name.clone(), t.limit?))).collect();
         let joining = Joining { key, name, address, concurrency, prefetch, tasks: provided, link };
         let mut tasks = self.state.lock();
-        tasks.cluster.add(joining);
+        tasks.ledger.cluster.add(joining);
         if self.state.config.management.is_some() {
             for (task_name, limit) in declared {
-                if tasks.task_limits.declare_offered(&task_name, limit, crate::wire::protocol::now_ms()) {
+                if tasks.ledger.task_limits.declare_offered(&task_name, limit, crate::wire::protocol::now_ms()) {
                     info!(task = %task_name, limit = %limit.describe(), "cluster-wide limit declared by a subworker's plugin");
                 }
             }
@@ -319,9 +319,9 @@ impl Membership {
             );
         }
         let tasks = self.state.lock();
-        let (workers, slots) = tasks.cluster.size();
+        let (workers, slots) = tasks.ledger.cluster.size();
         // A worker registering again replaces its earlier self.
-        let (workers, slots) = match tasks.cluster.find(worker_id) {
+        let (workers, slots) = match tasks.ledger.cluster.find(worker_id) {
             Some(earlier) => (workers - 1, slots - earlier.slots.len()),
             None => (workers, slots),
         };
@@ -340,7 +340,7 @@ impl Membership {
         let mut outbox = Outbox::default();
         let mut periodic = Vec::new();
         let mut tasks = self.state.lock();
-        let Some(worker) = tasks.cluster.get_mut(key) else { return };
+        let Some(worker) = tasks.ledger.cluster.get_mut(key) else { return };
         if up {
             worker.connected = true;
             if worker.phase == Phase::Connecting {
@@ -367,7 +367,7 @@ impl Membership {
             }
             self.state.fill(&mut tasks, &mut outbox);
         } else {
-            let worker_id = tasks.cluster.disconnected(key).unwrap_or_default();
+            let worker_id = tasks.ledger.cluster.disconnected(key).unwrap_or_default();
             let why = format!("the connection to subworker '{worker_id}' dropped");
             warn!(worker = %worker_id, "lost the connection to a subworker: excluded, its tasks go elsewhere");
             self.state.take_back(&mut tasks, key, &why, &mut outbox);
@@ -394,7 +394,7 @@ impl Membership {
 
     fn heartbeat(&mut self, heartbeat: Heartbeat) -> Reply {
         let mut tasks = self.state.lock();
-        let key = match tasks.cluster.find(&heartbeat.name.worker_id) {
+        let key = match tasks.ledger.cluster.find(&heartbeat.name.worker_id) {
             Some(worker) if worker.name == heartbeat.name => worker.key,
             _ => {
                 return error_reply(
@@ -406,7 +406,7 @@ impl Membership {
                 )
             }
         };
-        if tasks.cluster.heard_from(key, heartbeat.in_flight) {
+        if tasks.ledger.cluster.heard_from(key, heartbeat.in_flight) {
             info!(worker = %heartbeat.name.worker_id, "subworker heard from again: active");
             let mut outbox = Outbox::default();
             self.state.fill(&mut tasks, &mut outbox);
@@ -418,8 +418,8 @@ impl Membership {
 
     fn leave(&mut self, name: &WorkerName) -> Reply {
         let mut tasks = self.state.lock();
-        let key = tasks.cluster.find(&name.worker_id).filter(|w| w.name == *name).map(|w| w.key);
-        if let Some(worker) = key.and_then(|key| tasks.cluster.get_mut(key)) {
+        let key = tasks.ledger.cluster.find(&name.worker_id).filter(|w| w.name == *name).map(|w| w.key);
+        if let Some(worker) = key.and_then(|key| tasks.ledger.cluster.get_mut(key)) {
             worker.phase = Phase::Draining;
             info!(worker = %name.worker_id, "subworker stopping: no new tasks go to it");
             let mut outbox = Outbox::default();
@@ -432,7 +432,7 @@ impl Membership {
     }
 
     fn unregister(&mut self, name: &WorkerName) -> Reply {
-        let key = self.state.lock().cluster.find(&name.worker_id).filter(|w| w.name == *name).map(|w| w.key);
+        let key = self.state.lock().ledger.cluster.find(&name.worker_id).filter(|w| w.name == *name).map(|w| w.key);
         if let Some(key) = key {
             self.remove(key, &format!("subworker '{}' unregistered", name.worker_id));
             info!(worker = %name.worker_id, "subworker unregistered");
@@ -444,17 +444,15 @@ impl Membership {
     fn remove(&mut self, key: WorkerKey, why: &str) {
         let mut outbox = Outbox::default();
         let mut tasks = self.state.lock();
-        let Some((worker, carried)) = tasks.cluster.remove(key) else { return };
-        for (_, task_id) in carried {
-            self.state.send_again(&mut tasks, task_id, why, &mut outbox);
-        }
-        self.state.settle_stranded(&mut tasks, why, &mut outbox);
+        let Some((worker, carried)) = tasks.ledger.cluster.remove(key) else { return };
+        let carried = carried.into_iter().map(|(_, task_id)| task_id).collect();
+        self.state.worker_left(&mut tasks, carried, why, &mut outbox);
         // Its schedules leave with it, unless another provider declares them.
         let local = self.state.registry.schedules();
         let orphaned: Vec<&str> = worker
             .tasks
             .values()
-            .filter(|t| !t.schedule.is_empty() && !tasks.cluster.schedules(&t.name))
+            .filter(|t| !t.schedule.is_empty() && !tasks.ledger.cluster.schedules(&t.name))
             .filter(|t| !local.iter().any(|schedule| schedule.task_name == t.name))
             .map(|t| t.name.as_str())
             .collect();
@@ -481,14 +479,14 @@ impl Membership {
         let mut unreachable = Vec::new();
         {
             let mut tasks = self.state.lock();
-            for key in tasks.cluster.silent(now, after) {
-                let Some(worker) = tasks.cluster.get(key) else { continue };
+            for key in tasks.ledger.cluster.silent(now, after) {
+                let Some(worker) = tasks.ledger.cluster.get(key) else { continue };
                 let why =
                     format!("subworker '{}' has been silent for over {} s", worker.name.worker_id, after.as_secs_f64());
                 warn!(worker = %worker.name.worker_id, "no heartbeat for over {} s (--inactive-after): excluded until it heartbeats again", after.as_secs_f64());
                 self.state.take_back(&mut tasks, key, &why, &mut outbox);
             }
-            for worker in tasks.cluster.workers() {
+            for worker in tasks.ledger.cluster.workers() {
                 let silent_for = now.saturating_duration_since(worker.last_seen);
                 if !worker.connected && worker.phase != Phase::Connecting && silent_for > after {
                     forget.push((worker.key, worker.name.worker_id.clone()));
@@ -496,7 +494,7 @@ impl Membership {
             }
             for (key, (_, deadline)) in &self.connecting {
                 if now >= *deadline {
-                    let address = tasks.cluster.get(*key).map(|w| w.address.clone()).unwrap_or_default();
+                    let address = tasks.ledger.cluster.get(*key).map(|w| w.address.clone()).unwrap_or_default();
                     unreachable.push((*key, address));
                 }
             }
@@ -523,7 +521,7 @@ impl Membership {
 
     /// Closes every link on the way out.
     fn close_all(&mut self) {
-        let keys: Vec<WorkerKey> = self.state.lock().cluster.workers().map(|w| w.key).collect();
+        let keys: Vec<WorkerKey> = self.state.lock().ledger.cluster.workers().map(|w| w.key).collect();
         for key in keys {
             self.remove(key, "the control plane stopped");
         }

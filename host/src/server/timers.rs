@@ -16,26 +16,12 @@ use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 
-use crate::wire::protocol::{now_ms, TaskId};
+use crate::wire::protocol::now_ms;
 
 /// The precision of alarms: they ring up to this much late, never early.
 const GRAIN_MS: u64 = 10;
 
-/// What is due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) enum Alarm {
-    /// A scheduled or retrying task may start.
-    Start(TaskId),
-    /// Run `attempt` of a task reaches its timeout.
-    Deadline(TaskId, u32),
-    /// The run sent to a subworker under this lease must have been
-    /// reported started by now, or, once started, ended (its timeout from
-    /// its start, plus a grace): else the lease is revoked.
-    Lease(TaskId, u64),
-    /// A held-back run of a limited task may start: a rate token came due
-    /// or a running run settled (see `crate::cluster::task_limits`).
-    TaskLimits,
-}
+pub(crate) use crate::ledger::Alarm;
 
 /// Alarms by due time, and the thread that rings them.
 pub(crate) struct Timers {
@@ -136,6 +122,7 @@ fn ring_loop(shared: &Shared, ring: &dyn Fn(Vec<Alarm>)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::protocol::TaskId;
     use std::sync::mpsc;
 
     #[test]

@@ -5,18 +5,18 @@
 //! In memory mode (no journal) every hook here does nothing, or sends its
 //! reply at once, as before.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use nng::Message;
 use tracing::{info, warn};
 
-use super::{LiveTask, Outbox, Plan, State, TaskId, Tasks};
-use crate::cluster::routing::Waiting;
+use super::{Outbox, State, Tasks};
+use crate::ledger::{LiveTask, Plan};
 use crate::server::cache::ResultCache;
+use crate::server::endpoint::Replier;
 use crate::server::journal::{Progress, Record, Recovered, ResultRecord, TaskRecord};
-use crate::server::timers::Alarm;
 use crate::wire::protocol::{now_ms, ErrorKind, ErrorReply, Reply, TaskReport, TaskState};
 
 impl State {
@@ -72,7 +72,7 @@ impl State {
     }
 
     /// Records a task just accepted (`later`: its countdown or ETA).
-    pub(super) fn record_accepted(&self, task_id: TaskId, task: &LiveTask, later: Option<u64>) {
+    pub(super) fn record_accepted(&self, task: &LiveTask<Replier>, later: Option<u64>) {
         let Some(journal) = &self.journal else { return };
         let record = TaskRecord {
             task_name: task.report.task_name.clone(),
@@ -86,11 +86,11 @@ impl State {
             attempts: task.report.attempts,
             owner: task.owner,
         };
-        journal.write(Record::Accepted(task_id, Box::new(record)));
+        journal.write(Record::Accepted(task.report.task_id, Box::new(record)));
     }
 
     /// Records that a task started a run, or waits for a retry due at `retry_at_ms`.
-    pub(super) fn record_progress(&self, task_id: TaskId, task: &LiveTask, retry_at_ms: Option<u64>) {
+    pub(super) fn record_progress(&self, task: &LiveTask<Replier>, retry_at_ms: Option<u64>) {
         let Some(journal) = &self.journal else { return };
         let progress = Progress {
             attempts: task.report.attempts,
@@ -98,7 +98,7 @@ impl State {
             retry_at_ms,
             error: retry_at_ms.and(task.report.error.clone()),
         };
-        journal.write(Record::Progress(task_id, progress));
+        journal.write(Record::Progress(task.report.task_id, progress));
     }
 
     /// Records how a task ended.
@@ -118,8 +118,9 @@ impl State {
 
     /// At a durable shutdown, tasks still running are left in the store:
     /// they run again after the restart. Their waiting clients are told so.
-    pub(super) fn leave_for_restart(&self, left: Vec<(TaskId, LiveTask)>) {
-        for (task_id, task) in left {
+    pub(super) fn leave_for_restart(&self, left: Vec<LiveTask<Replier>>) {
+        for task in left {
+            let task_id = task.report.task_id;
             task.cancelled.store(true, Ordering::SeqCst);
             let reply = Reply::Error(ErrorReply::new(
                 ErrorKind::ShuttingDown,
@@ -164,11 +165,10 @@ impl State {
         let (mut queued, mut rerun, mut waiting_for_time, mut for_subworkers) = (0, 0, 0, 0);
         let workflows = recovered.workflows;
         for (task_id, record, progress) in recovered.tasks {
-            if tasks.live.contains_key(&task_id) {
+            if tasks.ledger.get(&task_id).is_some() {
                 continue;
             }
-            let mut report = super::new_report(task_id, record.task_name, record.priority);
-            report.created_ms = record.created_ms;
+            let mut report = super::new_report(task_id, record.task_name, record.priority, record.created_ms);
             report.attempts = record.attempts;
             let mut failures = 0;
             let mut retry_at = None;
@@ -189,33 +189,19 @@ impl State {
             } else if scheduled.is_some() {
                 report.state = TaskState::Scheduled;
             }
-            let task = LiveTask {
-                report,
-                waiters: Vec::new(),
-                cancelled: Arc::new(AtomicBool::new(false)),
-                args: Arc::new(record.args),
-                plan: Plan { timeout_ms: record.timeout_ms, retry: record.retry, callback: record.callback },
-                failures,
-                losses: 0,
-                owner: record.owner,
-                dispatch: None,
-                lease: None,
-            };
+            let plan = Plan { timeout_ms: record.timeout_ms, retry: record.retry, callback: record.callback };
+            let mut task = LiveTask::new(report, record.args, plan, record.owner);
+            task.failures = failures;
             self.monitor.accepted(&task.report);
-            tasks.live_bytes = tasks.live_bytes.saturating_add(task.args.len() as u64);
-            let (priority, task_name) = (task.report.priority, task.report.task_name.clone());
-            tasks.live.insert(task_id, task);
-            if let Some(at) = due {
+            if due.is_some() {
                 waiting_for_time += 1;
-                self.timers.set(at, Alarm::Start(task_id));
-            } else if self.registry.get(&task_name).is_some() && self.pool.threads() > 0 {
+            } else if tasks.ledger.runs_here(&task.report.task_name) {
                 queued += 1;
-                self.start(&mut tasks, task_id, false, "", &mut outbox);
             } else {
                 // Only subworkers provide it: it waits for one to register.
                 for_subworkers += 1;
-                tasks.cluster.wait(priority, Waiting { task_id, task_name }, false);
             }
+            self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.restore(task, due, now, io));
         }
         drop(tasks);
         outbox.deliver();

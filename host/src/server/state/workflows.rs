@@ -108,8 +108,8 @@ impl State {
         for node in &submit.nodes {
             let WorkflowNode::Task(step) = node else { continue };
             let name = &step.task_name;
-            let here = self.registry.get(name).is_some() && self.pool.threads() > 0;
-            if here || tasks.cluster.provider(name).is_some() {
+            let here = tasks.ledger.runs_here(name);
+            if here || tasks.ledger.cluster.provider(name).is_some() {
                 continue;
             }
             if let Some(refusal) = self.restart_window_refusal(name) {
@@ -163,7 +163,7 @@ impl State {
                     }
                     // A task of that id had already ended (its result is
                     // cached): its end is the member's.
-                    Ok(_) if !tasks.live.contains_key(&task_id) && tasks.workflows.member_of(&task_id).is_some() => {
+                    Ok(_) if tasks.ledger.get(&task_id).is_none() && tasks.workflows.member_of(&task_id).is_some() => {
                         let cached = self.cache.lock().expect("cache lock").get(&task_id);
                         if let Lookup::Found(report) = cached {
                             self.member_ended(tasks, &report, outbox);
@@ -173,7 +173,7 @@ impl State {
                 }
             }
             for task_id in effects.cancel {
-                self.cancel_live(tasks, task_id, outbox);
+                self.drive(tasks, outbox, |ledger, io| ledger.cancel(task_id, now_ms(), io));
             }
             if effects.ended {
                 let now = now_ms();
@@ -220,7 +220,7 @@ impl State {
     }
 
     fn workflow_report(&self, tasks: &Tasks, workflow_id: WorkflowId) -> Reply {
-        match tasks.workflows.report(workflow_id, |task_id| tasks.live.get(&task_id).map(|t| t.report.state)) {
+        match tasks.workflows.report(workflow_id, |task_id| tasks.ledger.get(&task_id).map(|t| t.report.state)) {
             Some(report) => Reply::Workflow(report),
             None => Reply::Error(ErrorReply::new(
                 ErrorKind::UnknownWorkflowId,
@@ -360,7 +360,7 @@ impl State {
                 continue;
             }
             for (node, task_id) in live {
-                if tasks.live.contains_key(&task_id) {
+                if tasks.ledger.get(&task_id).is_some() {
                     continue;
                 }
                 let still_live = tasks.workflows.member_of(&task_id).is_some()

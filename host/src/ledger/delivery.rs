@@ -1,0 +1,242 @@
+//! Delivery: every accepted task reaches exactly one recorded outcome.
+//!
+//! * **Leases.** Each run sent to a subworker carries a lease, a fencing
+//!   token. When the ledger takes a task back (its worker went silent, did
+//!   not report the run started or ended in time, or went away) the lease
+//!   is revoked; whatever that run reports later, its start or its
+//!   outcome, is discarded and counted.
+//! * **Timeouts from the start.** A run's timeout is kept by the subworker
+//!   from the moment it starts the run, which it reports; the ledger only
+//!   bounds how long it waits for those reports.
+//! * **Hand-backs.** A stopping subworker hands back at once every task it
+//!   has not started; it goes elsewhere, first in line, or stays queued
+//!   while a draining worker still provides it, without counting a run.
+//! * **Losses.** A task lost with [`MAX_DISPATCHES`] subworkers fails,
+//!   saying it may have run partly.
+
+use tracing::{debug, warn};
+
+use super::{Alarm, Counted, Effects, Ledger, MAX_DISPATCHES};
+use crate::cluster::routing::{Phase, WorkerKey};
+use crate::wire::protocol::{Request, TaskId, TaskState};
+
+/// How long past a run's timeout the ledger waits for the subworker's
+/// report (which it sends at its own deadline) before taking the task back.
+pub(crate) const REPORT_GRACE_MS: u64 = 2_000;
+
+/// A run sent to a subworker, as the ledger keeps it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dispatched {
+    /// The worker it went to.
+    pub(crate) key: WorkerKey,
+    /// Its lease.
+    pub(crate) lease: u64,
+    /// The timeout the subworker keeps for it, in milliseconds.
+    pub(crate) timeout_ms: u64,
+    /// When it must have been reported started (ms since the Unix epoch).
+    pub(crate) start_by_ms: u64,
+    /// Once reported started: when it must have been reported ended.
+    pub(crate) report_by_ms: Option<u64>,
+}
+
+/// What a subworker's start report came to.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct StartReports {
+    /// Runs under their current lease, now timed from their start.
+    pub(crate) taken: u64,
+    /// Runs under a revoked lease: discarded.
+    pub(crate) revoked: u64,
+}
+
+impl<W, L> Ledger<W, L> {
+    /// Event: the subworker of `key` reports runs it started. A run under
+    /// its current lease gets its start time and a bound on its report;
+    /// any other is discarded and counted.
+    pub(crate) fn started(
+        &mut self,
+        key: WorkerKey,
+        runs: &[(TaskId, u64)],
+        now: u64,
+        io: &mut impl Effects<W, L>,
+    ) -> StartReports {
+        let mut reports = StartReports::default();
+        for &(task_id, lease) in runs {
+            // A run that already ended (a short task's outcome can arrive
+            // before its start report): nothing to do.
+            let Some(task) = self.live.get_mut(&task_id) else { continue };
+            match &mut task.dispatch {
+                Some(dispatch)
+                    if dispatch.lease == lease
+                        && dispatch.key == key
+                        && dispatch.report_by_ms.is_none()
+                        && task.report.state == TaskState::Running =>
+                {
+                    task.report.started_ms = Some(now);
+                    io.changed(&task.report);
+                    let due = now.saturating_add(dispatch.timeout_ms).saturating_add(REPORT_GRACE_MS);
+                    // The lease's alarm, set at dispatch for its timeout from
+                    // then, rings before this and is set again for it.
+                    dispatch.report_by_ms = Some(due);
+                    reports.taken += 1;
+                }
+                // The same run reported started again.
+                Some(dispatch) if dispatch.lease == lease && task.report.state == TaskState::Running => {}
+                _ => {
+                    io.count(Counted::RevokedReport);
+                    reports.revoked += 1;
+                }
+            }
+        }
+        reports
+    }
+
+    /// A lease's alarm rang: if its run is still the current one and was
+    /// not reported started (or, once started, ended) in time, the lease is
+    /// revoked and the task sent elsewhere.
+    pub(super) fn lease_due(&mut self, task_id: TaskId, lease: u64, now: u64, io: &mut impl Effects<W, L>) {
+        let Some(task) = self.live.get(&task_id) else { return };
+        let Some(dispatch) = task.dispatch.filter(|d| d.lease == lease) else { return };
+        if task.report.state != TaskState::Running {
+            return;
+        }
+        let due = match dispatch.report_by_ms {
+            Some(report_by) => report_by,
+            None if now >= dispatch.start_by_ms => dispatch.start_by_ms,
+            // Not started yet (queued there): look again a timeout later,
+            // so that alarms live about as long as runs, not the bound.
+            None => {
+                let again = now.saturating_add(dispatch.timeout_ms).saturating_add(REPORT_GRACE_MS);
+                return io.set_alarm(again.min(dispatch.start_by_ms), Alarm::Lease(task_id, lease));
+            }
+        };
+        if now < due {
+            // Started since the alarm was set: its end is due later.
+            return io.set_alarm(due, Alarm::Lease(task_id, lease));
+        }
+        let worker_id = self.worker_name(dispatch.key);
+        let why = if dispatch.report_by_ms.is_some() {
+            format!(
+                "subworker '{worker_id}' did not report the run within {} s of its start (its timeout plus {} s)",
+                dispatch.timeout_ms as f64 / 1000.0,
+                REPORT_GRACE_MS as f64 / 1000.0
+            )
+        } else {
+            format!(
+                "subworker '{worker_id}' did not report the run started within {} s (--max-subworker-run)",
+                self.settings.max_subworker_run_ms as f64 / 1000.0
+            )
+        };
+        io.count(Counted::LeaseExpired);
+        self.cluster.abandon(dispatch.key, task_id);
+        self.tell_revoked(dispatch.key, vec![task_id], io);
+        self.send_again(task_id, &why, now, io);
+    }
+
+    /// Tells a worker still connected that these runs were taken back, so
+    /// that it does not run them for nothing (best effort: their reports
+    /// are discarded anyway).
+    fn tell_revoked(&self, key: WorkerKey, task_ids: Vec<TaskId>, io: &mut impl Effects<W, L>) {
+        if task_ids.is_empty() {
+            return;
+        }
+        if let Some(worker) = self.cluster.get(key).filter(|w| w.connected) {
+            io.note(&worker.link, Request::Revoke { task_ids });
+        }
+    }
+
+    /// A subworker answered a run with "not started": it is stopping
+    /// (`HandedBack`). The task goes elsewhere, first in line, and this
+    /// does not count as a run or a loss.
+    pub(super) fn handed_back(
+        &mut self,
+        key: WorkerKey,
+        task_id: TaskId,
+        why: &str,
+        now: u64,
+        io: &mut impl Effects<W, L>,
+    ) {
+        if let Some(worker) = self.cluster.get_mut(key) {
+            if worker.phase == Phase::Active {
+                // It said it is stopping, whether or not its Leave arrived.
+                worker.phase = Phase::Draining;
+            }
+        }
+        let Some(task) = self.live.get_mut(&task_id) else { return };
+        if task.report.state != TaskState::Running {
+            return;
+        }
+        io.count(Counted::HandedBack);
+        // The run never started: it does not count.
+        task.report.attempts = task.report.attempts.saturating_sub(1);
+        if let Some(dispatch) = task.dispatch.take() {
+            io.cancel_alarm(Alarm::Lease(task_id, dispatch.lease));
+        }
+        debug!(%task_id, "a stopping subworker handed the task back: {why}");
+        self.start(task_id, true, why, now, io);
+    }
+
+    /// Event: a task's subworker went away while running it. It goes to
+    /// another capable worker, first in line, or fails after
+    /// [`MAX_DISPATCHES`] losses or when nobody provides it.
+    pub(crate) fn send_again(&mut self, task_id: TaskId, why: &str, now: u64, io: &mut impl Effects<W, L>) {
+        let Some(task) = self.live.get_mut(&task_id) else { return };
+        if task.report.state != TaskState::Running {
+            return;
+        }
+        task.losses += 1;
+        if task.losses >= MAX_DISPATCHES {
+            let message = format!(
+                "task '{}' was sent to subworkers {} times and each went away before finishing it (last: {why}); it may have run partly; submit it again",
+                task.report.task_name, task.losses
+            );
+            warn!(%task_id, losses = task.losses, "giving up on a task: {why}");
+            return self.fail(task_id, message, now, io);
+        }
+        warn!(%task_id, task = %task.report.task_name, "sending the task again: {why}");
+        self.start(task_id, true, why, now, io);
+    }
+
+    /// Event: a subworker went silent or its connection broke. Every task
+    /// it carries is taken back (their leases revoked) and sent elsewhere,
+    /// and waiting tasks nobody provides now are settled. A silent worker's
+    /// exchanges stay open, so that what it reports if it wakes up is seen
+    /// and discarded; a lost connection's are cancelled.
+    pub(crate) fn take_back(&mut self, key: WorkerKey, why: &str, now: u64, io: &mut impl Effects<W, L>) {
+        let connected = self.cluster.get(key).is_some_and(|w| w.connected);
+        let carried = self.cluster.take_back(key);
+        self.tell_revoked(key, carried.iter().map(|(_, task_id)| *task_id).collect(), io);
+        if !connected {
+            if let Some(worker) = self.cluster.get_mut(key) {
+                io.reset(&mut worker.link);
+            }
+            self.cluster.free_abandoned(key);
+        }
+        for (_, task_id) in carried {
+            self.send_again(task_id, why, now, io);
+        }
+        self.settle_stranded(why, now, io);
+    }
+
+    /// Event: the connection to a subworker failed. It is marked
+    /// disconnected and what it carried goes elsewhere.
+    pub(crate) fn link_broken(&mut self, key: WorkerKey, why: &str, now: u64, io: &mut impl Effects<W, L>) {
+        self.cluster.disconnected(key);
+        self.take_back(key, why, now, io);
+    }
+
+    /// Event: a subworker left (its carried tasks are given): they go
+    /// elsewhere, and waiting tasks nobody provides now are settled.
+    pub(crate) fn worker_left(&mut self, carried: Vec<TaskId>, why: &str, now: u64, io: &mut impl Effects<W, L>) {
+        for task_id in carried {
+            self.send_again(task_id, why, now, io);
+        }
+        self.settle_stranded(why, now, io);
+    }
+
+    /// Waiting tasks that no live subworker provides run here or fail.
+    pub(crate) fn settle_stranded(&mut self, why: &str, now: u64, io: &mut impl Effects<W, L>) {
+        for waiting in self.cluster.stranded() {
+            self.run_here_or_fail(waiting.task_id, why, now, io);
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! What the ledger asks of the world: the typed effects of its events.
+//!
+//! The ledger never touches a socket, a thread, a clock or a lock; each of
+//! its events calls these methods to say what must happen, and the caller
+//! carries it out (`server/state/driver.rs` in a serving process, a
+//! recorder in the ledger's unit tests). The methods are called under the
+//! ledger's lock, in the order the effects must happen, so an
+//! implementation only queues what takes time (replies go out after the
+//! lock is released).
+
+use crate::wire::protocol::{Forwarded, Request, TaskId, TaskReport};
+
+use super::LiveTask;
+
+/// What is due at a time: the ledger sets alarms and hears them ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Alarm {
+    /// A scheduled or retrying task may start.
+    Start(TaskId),
+    /// Run `attempt` of a task reaches its timeout.
+    Deadline(TaskId, u32),
+    /// The run sent to a subworker under this lease must have been
+    /// reported started by now, or, once started, ended (its timeout from
+    /// its start, plus a grace): else the lease is revoked.
+    Lease(TaskId, u64),
+    /// A held-back run of a limited task may start: a rate token came due
+    /// or a running run settled (see `crate::cluster::task_limits`).
+    TaskLimits,
+}
+
+/// What delivery counts, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counted {
+    /// A report (a start or an outcome) of a run whose lease was revoked.
+    RevokedReport,
+    /// A task a stopping subworker handed back unstarted.
+    HandedBack,
+    /// A lease revoked because its run was not reported in time.
+    LeaseExpired,
+    /// A subworker's result that is not JSON.
+    BadResult,
+}
+
+/// The effects of the ledger's events. `W` is whoever waits for a task's
+/// end (a client's replier), `L` the connection to a subworker.
+pub(crate) trait Effects<W, L> {
+    /// A task was accepted; `later` is its countdown or ETA. (Durable mode
+    /// acknowledges it once this is stored.)
+    fn accepted(&mut self, task: &LiveTask<W>, later: Option<u64>);
+
+    /// A live task's state or placement changed (the dashboard shows it).
+    fn changed(&mut self, report: &TaskReport);
+
+    /// A run started (here or sent to a subworker), or failed and waits for
+    /// a retry due at `retry_at_ms`: the record durable mode keeps.
+    fn progressed(&mut self, task: &LiveTask<W>, retry_at_ms: Option<u64>);
+
+    /// Runs the task's next run on this process's worker threads; `false`
+    /// when they take no more work (shutting down).
+    fn run_here(&mut self, task: &LiveTask<W>) -> bool;
+
+    /// Rings `alarm` back into the ledger at `due_ms` (ms since the epoch).
+    fn set_alarm(&mut self, due_ms: u64, alarm: Alarm);
+
+    /// The alarm guards nothing any more.
+    fn cancel_alarm(&mut self, alarm: Alarm);
+
+    /// The task ended: its report is final. Its result is to be kept, its
+    /// waiters answered, its callback notified.
+    fn ended(&mut self, task: LiveTask<W>);
+
+    /// Puts a run into the subworker's next dispatch frame.
+    fn dispatch(&mut self, link: &mut L, run: Forwarded<'_>);
+
+    /// Sends the subworker's queued runs unless a frame is in flight; the
+    /// error says why the connection failed.
+    fn flush(&mut self, link: &mut L) -> Result<(), String>;
+
+    /// Tells a subworker something it may act on (`Cancel`, `Revoke`): best
+    /// effort, on its own exchange.
+    fn note(&mut self, link: &L, request: Request);
+
+    /// Cancels the subworker link's exchanges in flight (its connection was
+    /// lost: NNG would send them again on reconnection).
+    fn reset(&mut self, link: &mut L);
+
+    /// Counts a delivery event.
+    fn count(&mut self, counted: Counted);
+}

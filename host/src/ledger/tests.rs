@@ -1,0 +1,602 @@
+//! The ledger driven event by event, with the time passed in and every
+//! effect recorded: the lifecycle of a task run here, and every case of
+//! delivery to subworkers (leases, losses, silence, hand-backs, refusals,
+//! late and duplicate reports). No process, socket or thread is started.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use fastworker_plugin_sdk::abi::FailureKind;
+
+use super::delivery::StartReports;
+use super::local::LocalRun;
+use super::*;
+use crate::cluster::routing::{Joining, Phase, Slot, WorkerKey};
+use crate::cluster::task_limits::TaskLimit;
+use crate::wire::protocol::{
+    encode_message, ErrorKind, ErrorReply, Forwarded, OfferedTask, Priority, Reply, Reported, TaskId, WorkerName,
+};
+
+/// A waiter: a number the test chose.
+type Waiter = u32;
+
+/// A subworker's connection, as the ledger's effects leave it.
+#[derive(Default)]
+struct FakeLink {
+    /// Runs queued for the next frame: task, lease, run number.
+    queued: Vec<(TaskId, u64, u32)>,
+    /// Runs sent (flushed), in order.
+    sent: Vec<(TaskId, u64, u32)>,
+    /// Whether the next flush fails.
+    broken: bool,
+    /// Notes go out on their own exchange, through a shared link (as the
+    /// real one queues them).
+    notes: RefCell<Vec<Request>>,
+    resets: u32,
+}
+
+/// What the ledger asked for, in order.
+#[derive(Debug, Clone, PartialEq)]
+enum Effect {
+    Accepted(TaskId),
+    Progressed(TaskId, Option<u64>),
+    RunHere(TaskId),
+    SetAlarm(u64, Alarm),
+    CancelAlarm(Alarm),
+    Ended(TaskId),
+    Count(Counted),
+}
+
+#[derive(Default)]
+struct Recorder {
+    effects: Vec<Effect>,
+    /// Every task that ended so far, with its waiters.
+    ended: Vec<(TaskReport, Vec<Waiter>)>,
+    /// Whether this process's threads refuse work (shutting down).
+    pool_closed: bool,
+}
+
+impl Effects<Waiter, FakeLink> for Recorder {
+    fn accepted(&mut self, task: &LiveTask<Waiter>, _later: Option<u64>) {
+        self.effects.push(Effect::Accepted(task.report.task_id));
+    }
+    fn changed(&mut self, _report: &TaskReport) {}
+    fn progressed(&mut self, task: &LiveTask<Waiter>, retry_at_ms: Option<u64>) {
+        self.effects.push(Effect::Progressed(task.report.task_id, retry_at_ms));
+    }
+    fn run_here(&mut self, task: &LiveTask<Waiter>) -> bool {
+        self.effects.push(Effect::RunHere(task.report.task_id));
+        !self.pool_closed
+    }
+    fn set_alarm(&mut self, due_ms: u64, alarm: Alarm) {
+        self.effects.push(Effect::SetAlarm(due_ms, alarm));
+    }
+    fn cancel_alarm(&mut self, alarm: Alarm) {
+        self.effects.push(Effect::CancelAlarm(alarm));
+    }
+    fn ended(&mut self, task: LiveTask<Waiter>) {
+        self.effects.push(Effect::Ended(task.report.task_id));
+        self.ended.push((task.report, task.waiters));
+    }
+    fn dispatch(&mut self, link: &mut FakeLink, run: Forwarded<'_>) {
+        link.queued.push((run.task_id, run.lease, run.attempt));
+    }
+    fn flush(&mut self, link: &mut FakeLink) -> Result<(), String> {
+        if link.broken {
+            link.queued.clear();
+            return Err("connection refused".into());
+        }
+        link.sent.append(&mut link.queued);
+        Ok(())
+    }
+    fn note(&mut self, link: &FakeLink, request: Request) {
+        link.notes.borrow_mut().push(request);
+    }
+    fn reset(&mut self, link: &mut FakeLink) {
+        link.resets += 1;
+    }
+    fn count(&mut self, counted: Counted) {
+        self.effects.push(Effect::Count(counted));
+    }
+}
+
+impl Recorder {
+    fn take(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// Every task that ended so far, with its report and waiters.
+    fn ended(&self) -> Vec<(TaskReport, Vec<Waiter>)> {
+        self.ended.clone()
+    }
+}
+
+const T0: u64 = 1_000_000;
+const MAX_RUN_MS: u64 = 60_000;
+
+/// A ledger whose process runs `local` tasks itself.
+fn ledger(local: &[&str]) -> Ledger<Waiter, FakeLink> {
+    let settings = Settings {
+        worker_id: "cp".into(),
+        max_subworker_run_ms: MAX_RUN_MS,
+        local_tasks: local.iter().map(|t| t.to_string()).collect(),
+    };
+    Ledger::new(settings, TaskLimits::default())
+}
+
+/// Adds an active, connected subworker `id` with `slots` slots providing `tasks`.
+fn worker(ledger: &mut Ledger<Waiter, FakeLink>, id: &str, slots: u32, tasks: &[&str]) -> WorkerKey {
+    let tasks: HashMap<String, OfferedTask> = tasks.iter().map(|t| (t.to_string(), OfferedTask::new(t))).collect();
+    let key = ledger.cluster.new_key();
+    let name = WorkerName { worker_id: id.into(), instance: TaskId::new_v4() };
+    let address = format!("tcp://{id}:1");
+    ledger.cluster.add(Joining {
+        key,
+        name,
+        address,
+        concurrency: slots,
+        prefetch: 0,
+        tasks,
+        link: FakeLink::default(),
+    });
+    let worker = ledger.cluster.get_mut(key).unwrap();
+    worker.phase = Phase::Active;
+    worker.connected = true;
+    key
+}
+
+fn link(ledger: &mut Ledger<Waiter, FakeLink>, key: WorkerKey) -> &mut FakeLink {
+    &mut ledger.cluster.get_mut(key).unwrap().link
+}
+
+/// A task of `name` with `retries` retries 100 ms apart, no timeout.
+fn task(name: &str, retries: u32, waiter: Option<Waiter>) -> LiveTask<Waiter> {
+    task_timed(name, retries, 0, waiter)
+}
+
+fn task_timed(name: &str, retries: u32, timeout_ms: u64, waiter: Option<Waiter>) -> LiveTask<Waiter> {
+    let report = TaskReport {
+        task_id: TaskId::new_v4(),
+        task_name: name.into(),
+        state: TaskState::Queued,
+        priority: Priority::Normal,
+        worker: String::new(),
+        attempts: 0,
+        created_ms: T0,
+        started_ms: None,
+        finished_ms: None,
+        result: None,
+        error: None,
+    };
+    let retry = RetryPolicy { max_retries: retries, delay_ms: 100, factor: 2.0, max_delay_ms: 10_000 };
+    let mut task = LiveTask::new(report, b"[1]".to_vec(), Plan { timeout_ms, retry, callback: None }, None);
+    task.waiters.extend(waiter);
+    task
+}
+
+fn admit(ledger: &mut Ledger<Waiter, FakeLink>, io: &mut Recorder, task: LiveTask<Waiter>) -> TaskId {
+    let task_id = task.report.task_id;
+    ledger.admit(task, None, T0, io);
+    task_id
+}
+
+fn state(ledger: &Ledger<Waiter, FakeLink>, task_id: TaskId) -> Option<TaskState> {
+    ledger.get(&task_id).map(|t| t.report.state)
+}
+
+/// A subworker's encoded reply for a run.
+fn outcome(task_id: TaskId, lease: u64, result: Result<&str, &str>) -> Reported {
+    let report = TaskReport {
+        task_id,
+        task_name: String::new(),
+        state: if result.is_ok() { TaskState::Succeeded } else { TaskState::Failed },
+        priority: Priority::Normal,
+        worker: String::new(),
+        attempts: 1,
+        created_ms: T0,
+        started_ms: Some(T0 + 5),
+        finished_ms: Some(T0 + 6),
+        result: result.ok().map(|r| r.as_bytes().to_vec()),
+        error: result.err().map(|e| TaskError { kind: FailureKind::Error, message: e.into() }),
+    };
+    reply(task_id, lease, &Reply::Report(report))
+}
+
+fn reply(task_id: TaskId, lease: u64, reply: &Reply) -> Reported {
+    Reported { task_id, lease, reply: encode_message(reply).as_slice().to_vec() }
+}
+
+mod here {
+    use super::*;
+
+    #[test]
+    fn a_task_runs_here_once_and_its_waiters_get_the_result() {
+        let (mut ledger, mut io) = (ledger(&["add"]), Recorder::default());
+        let task_id = admit(&mut ledger, &mut io, task("add", 0, Some(7)));
+        assert_eq!(io.take(), vec![Effect::Accepted(task_id), Effect::RunHere(task_id)]);
+        assert!(matches!(ledger.join(task_id, "add", b"[1]", Some(8)), Joined::Same));
+        let run = ledger.local_started(task_id, T0 + 10, &mut io).expect("starts");
+        assert_eq!(run, LocalRun { attempt: 1, deadline_ms: 0, lease: None });
+        assert_eq!(state(&ledger, task_id), Some(TaskState::Running));
+        assert!(ledger.local_started(task_id, T0 + 11, &mut io).is_none(), "a run starts once");
+        io.take();
+        ledger.local_ended(task_id, run, Ok(b"2".to_vec()), T0 + 20, &mut io);
+        let ended = io.ended();
+        assert_eq!(ended.len(), 1);
+        let (report, waiters) = &ended[0];
+        assert_eq!(
+            (report.state, report.result.as_deref(), report.attempts),
+            (TaskState::Succeeded, Some(&b"2"[..]), 1)
+        );
+        assert_eq!((report.started_ms, report.finished_ms), (Some(T0 + 10), Some(T0 + 20)));
+        assert_eq!(waiters, &vec![7, 8]);
+        assert_eq!(ledger.load(), (0, 0));
+        // The same outcome again (a late duplicate) changes nothing.
+        ledger.local_ended(task_id, run, Ok(b"3".to_vec()), T0 + 30, &mut io);
+        assert_eq!(io.ended().len(), 1);
+    }
+
+    #[test]
+    fn the_same_id_with_other_arguments_is_a_conflict() {
+        let (mut ledger, mut io) = (ledger(&["add"]), Recorder::default());
+        let task_id = admit(&mut ledger, &mut io, task("add", 0, None));
+        match ledger.join(task_id, "add", b"[2]", Some(1)) {
+            Joined::Conflict(name, Some(1)) => assert_eq!(name, "add"),
+            _ => panic!("expected a conflict"),
+        }
+        assert!(matches!(ledger.join(TaskId::new_v4(), "add", b"[1]", None), Joined::NotLive(None)));
+    }
+
+    #[test]
+    fn a_failed_run_retries_after_its_backoff_then_succeeds() {
+        let (mut ledger, mut io) = (ledger(&["flaky"]), Recorder::default());
+        let task_id = admit(&mut ledger, &mut io, task("flaky", 2, None));
+        let run = ledger.local_started(task_id, T0, &mut io).unwrap();
+        io.take();
+        let error = TaskError { kind: FailureKind::Error, message: "boom".into() };
+        ledger.local_ended(task_id, run, Err(error), T0 + 50, &mut io);
+        assert_eq!(state(&ledger, task_id), Some(TaskState::Retrying));
+        let effects = io.take();
+        assert!(effects.contains(&Effect::Progressed(task_id, Some(T0 + 150))), "{effects:?}");
+        assert!(effects.contains(&Effect::SetAlarm(T0 + 150, Alarm::Start(task_id))), "{effects:?}");
+        ledger.alarm(Alarm::Start(task_id), T0 + 150, &mut io);
+        assert_eq!(io.take(), vec![Effect::RunHere(task_id)]);
+        let run = ledger.local_started(task_id, T0 + 160, &mut io).unwrap();
+        assert_eq!(run.attempt, 2);
+        ledger.local_ended(task_id, run, Ok(b"1".to_vec()), T0 + 170, &mut io);
+        let ended = io.ended();
+        assert_eq!((ended[0].0.state, ended[0].0.attempts), (TaskState::Succeeded, 2));
+    }
+
+    #[test]
+    fn bad_arguments_and_the_last_retry_fail_the_task() {
+        let (mut ledger, mut io) = (ledger(&["t"]), Recorder::default());
+        let task_id = admit(&mut ledger, &mut io, task("t", 5, None));
+        let run = ledger.local_started(task_id, T0, &mut io).unwrap();
+        let error = TaskError { kind: FailureKind::BadArguments, message: "not a number".into() };
+        ledger.local_ended(task_id, run, Err(error), T0 + 1, &mut io);
+        assert_eq!(io.ended()[0].0.state, TaskState::Failed, "bad arguments never retry");
+
+        let task_id = admit(&mut ledger, &mut io, task("t", 1, None));
+        for at in [T0, T0 + 200] {
+            ledger.alarm(Alarm::Start(task_id), at, &mut io);
+            let run = ledger.local_started(task_id, at, &mut io).unwrap();
+            let error = TaskError { kind: FailureKind::Error, message: format!("run {}", run.attempt) };
+            ledger.local_ended(task_id, run, Err(error), at + 1, &mut io);
+        }
+        let ended = io.ended();
+        let (report, _) = ended.last().unwrap();
+        assert_eq!((report.state, report.attempts), (TaskState::Failed, 2));
+        assert_eq!(report.error.as_ref().unwrap().message, "run 2");
+    }
+
+    #[test]
+    fn a_run_past_its_timeout_ends_timed_out_and_its_late_outcome_is_dropped() {
+        let (mut ledger, mut io) = (ledger(&["slow"]), Recorder::default());
+        let task_id = admit(&mut ledger, &mut io, task_timed("slow", 3, 500, None));
+        let run = ledger.local_started(task_id, T0, &mut io).unwrap();
+        assert_eq!(run.deadline_ms, T0 + 500);
+        assert!(io.take().contains(&Effect::SetAlarm(T0 + 500, Alarm::Deadline(task_id, 1))));
+        ledger.alarm(Alarm::Deadline(task_id, 1), T0 + 500, &mut io);
+        let ended = io.ended();
+        assert_eq!(ended[0].0.state, TaskState::TimedOut, "a timeout is not retried");
+        ledger.local_ended(task_id, run, Ok(b"1".to_vec()), T0 + 900, &mut io);
+        assert_eq!(io.ended().len(), 1, "one outcome only");
+        // The deadline of a run that ended in time guards nothing.
+        let task_id = admit(&mut ledger, &mut io, task_timed("slow", 0, 500, None));
+        let run = ledger.local_started(task_id, T0, &mut io).unwrap();
+        ledger.local_ended(task_id, run, Ok(b"1".to_vec()), T0 + 10, &mut io);
+        assert!(io.take().contains(&Effect::CancelAlarm(Alarm::Deadline(task_id, 1))));
+        ledger.alarm(Alarm::Deadline(task_id, 1), T0 + 500, &mut io);
+        assert_eq!(io.ended().len(), 2, "the second task ended once, in time");
+        assert_eq!(io.ended()[1].0.state, TaskState::Succeeded);
+    }
+
+    #[test]
+    fn a_scheduled_task_waits_for_its_alarm_and_a_cancel_ends_it_before_it_runs() {
+        let (mut ledger, mut io) = (ledger(&["t"]), Recorder::default());
+        let mut scheduled = task("t", 0, Some(1));
+        scheduled.report.state = TaskState::Scheduled;
+        let task_id = scheduled.report.task_id;
+        ledger.admit(scheduled, Some(T0 + 5_000), T0, &mut io);
+        assert_eq!(io.take(), vec![Effect::Accepted(task_id), Effect::SetAlarm(T0 + 5_000, Alarm::Start(task_id))]);
+        assert!(ledger.cancel(task_id, T0 + 1, &mut io).is_none(), "ended at once");
+        let ended = io.ended();
+        assert_eq!((ended[0].0.state, ended[0].1.clone()), (TaskState::Cancelled, vec![1]));
+        ledger.alarm(Alarm::Start(task_id), T0 + 5_000, &mut io);
+        assert!(!io.take().iter().any(|e| matches!(e, Effect::RunHere(_))), "a cancelled task never runs");
+    }
+
+    #[test]
+    fn a_running_task_cancelled_is_asked_to_stop_and_ends_with_its_run() {
+        let (mut ledger, mut io) = (ledger(&["t"]), Recorder::default());
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        let run = ledger.local_started(task_id, T0, &mut io).unwrap();
+        let report = ledger.cancel(task_id, T0 + 1, &mut io).expect("reported as running");
+        assert_eq!(report.state, TaskState::Running);
+        assert!(ledger.get(&task_id).unwrap().cancelled.load(Ordering::SeqCst));
+        let error = TaskError { kind: FailureKind::Error, message: "stopped".into() };
+        ledger.local_ended(task_id, run, Err(error), T0 + 2, &mut io);
+        assert_eq!(io.ended()[0].0.state, TaskState::Failed);
+    }
+
+    #[test]
+    fn threads_that_take_no_more_work_fail_the_task_saying_so() {
+        let (mut ledger, mut io) = (ledger(&["t"]), Recorder { pool_closed: true, ..Default::default() });
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        let ended = io.ended();
+        assert_eq!(ended[0].0.task_id, task_id);
+        assert!(ended[0].0.error.as_ref().unwrap().message.contains("shut down"));
+    }
+
+    #[test]
+    fn a_concurrency_limit_holds_runs_back_until_one_ends() {
+        let local_tasks = ["t"].iter().map(|t| t.to_string()).collect();
+        let settings = Settings { worker_id: "cp".into(), max_subworker_run_ms: MAX_RUN_MS, local_tasks };
+        let limit = TaskLimit { rate: None, max_running: Some(1) };
+        let flags: Vec<(String, Option<TaskLimit>)> = Vec::new();
+        let mut ledger = Ledger::new(settings, TaskLimits::new([("t".to_string(), limit)], flags, T0));
+        let mut io = Recorder::default();
+        let first = admit(&mut ledger, &mut io, task("t", 0, None));
+        let second = admit(&mut ledger, &mut io, task("t", 0, None));
+        let ran: Vec<_> = io.take().into_iter().filter(|e| matches!(e, Effect::RunHere(_))).collect();
+        assert_eq!(ran, vec![Effect::RunHere(first)], "the second is held back");
+        let run = ledger.local_started(first, T0, &mut io).unwrap();
+        ledger.local_ended(first, run, Ok(b"1".to_vec()), T0 + 1, &mut io);
+        assert!(io.take().contains(&Effect::RunHere(second)), "released when the first ended");
+    }
+}
+
+mod cluster {
+    use super::*;
+
+    /// A ledger with no local tasks and one worker `w1` of `slots` slots for "t".
+    fn one_worker(slots: u32) -> (Ledger<Waiter, FakeLink>, WorkerKey, Recorder) {
+        let mut ledger = ledger(&[]);
+        let key = worker(&mut ledger, "w1", slots, &["t"]);
+        (ledger, key, Recorder::default())
+    }
+
+    #[test]
+    fn a_task_goes_to_a_free_slot_under_a_lease_and_its_outcome_settles_it() {
+        let (mut ledger, key, mut io) = one_worker(1);
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, Some(3)));
+        assert_eq!(link(&mut ledger, key).sent, vec![(task_id, 1, 1)]);
+        let effects = io.take();
+        assert!(effects.contains(&Effect::SetAlarm(T0 + MAX_RUN_MS, Alarm::Lease(task_id, 1))), "{effects:?}");
+        assert_eq!(ledger.get(&task_id).unwrap().report.worker, "w1");
+        ledger.collected(key, vec![outcome(task_id, 1, Ok("42"))], T0 + 10, &mut io);
+        let ended = io.ended();
+        assert_eq!((ended[0].0.state, ended[0].0.result.as_deref()), (TaskState::Succeeded, Some(&b"42"[..])));
+        assert_eq!(ended[0].1, vec![3]);
+        assert!(io.take().contains(&Effect::CancelAlarm(Alarm::Lease(task_id, 1))));
+        assert_eq!(ledger.cluster.get(key).unwrap().slots, vec![Slot::Idle]);
+        // The same outcome again is discarded and counted.
+        ledger.collected(key, vec![outcome(task_id, 1, Ok("43"))], T0 + 11, &mut io);
+        assert_eq!(io.take(), vec![Effect::Count(Counted::RevokedReport)]);
+    }
+
+    #[test]
+    fn tasks_beyond_the_slots_wait_and_a_freed_slot_takes_the_next() {
+        let (mut ledger, key, mut io) = one_worker(1);
+        let first = admit(&mut ledger, &mut io, task("t", 0, None));
+        let second = admit(&mut ledger, &mut io, task("t", 0, None));
+        assert_eq!(state(&ledger, second), Some(TaskState::Queued));
+        assert_eq!(link(&mut ledger, key).sent.len(), 1);
+        ledger.collected(key, vec![outcome(first, 1, Ok("1"))], T0 + 1, &mut io);
+        assert_eq!(link(&mut ledger, key).sent[1], (second, 2, 1));
+        assert_eq!(state(&ledger, second), Some(TaskState::Running));
+    }
+
+    #[test]
+    fn a_lost_worker_s_task_goes_to_another_and_the_old_lease_s_outcome_is_discarded() {
+        let (mut ledger, first, mut io) = one_worker(1);
+        let second = worker(&mut ledger, "w2", 1, &["t"]);
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, Some(1)));
+        let (on, other) = if link(&mut ledger, first).sent.is_empty() { (second, first) } else { (first, second) };
+        let lease = link(&mut ledger, on).sent[0].1;
+        ledger.link_broken(on, "connection reset", T0 + 5, &mut io);
+        assert_eq!(link(&mut ledger, on).resets, 1, "a lost connection's exchanges are cancelled");
+        let resent = link(&mut ledger, other).sent.clone();
+        assert_eq!(resent.len(), 1);
+        let (_, new_lease, attempt) = resent[0];
+        assert!(new_lease > lease);
+        assert_eq!(attempt, 2, "the lost run counted as a run");
+        // The first worker's late outcome is discarded; the second's settles.
+        io.take();
+        ledger.collected(on, vec![outcome(task_id, lease, Ok("\"old\""))], T0 + 6, &mut io);
+        assert_eq!(io.take(), vec![Effect::Count(Counted::RevokedReport)]);
+        assert_eq!(state(&ledger, task_id), Some(TaskState::Running));
+        ledger.collected(other, vec![outcome(task_id, new_lease, Ok("\"new\""))], T0 + 7, &mut io);
+        let ended = io.ended();
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].0.result.as_deref(), Some(&b"\"new\""[..]));
+    }
+
+    #[test]
+    fn a_task_lost_with_three_workers_fails_saying_it_may_have_run_partly() {
+        let mut ledger = ledger(&[]);
+        let mut io = Recorder::default();
+        let keys: Vec<WorkerKey> = (0..3).map(|i| worker(&mut ledger, &format!("w{i}"), 1, &["t"])).collect();
+        let task_id = admit(&mut ledger, &mut io, task("t", 5, None));
+        for round in 0..MAX_DISPATCHES {
+            let key = *keys.iter().find(|k| ledger.cluster.slot_of(**k, task_id).is_some()).expect("carried");
+            ledger.link_broken(key, &format!("lost {round}"), T0 + u64::from(round), &mut io);
+        }
+        let ended = io.ended();
+        assert_eq!(ended.len(), 1);
+        let message = &ended[0].0.error.as_ref().unwrap().message;
+        assert!(message.contains("3 times") && message.contains("may have run partly"), "{message}");
+    }
+
+    #[test]
+    fn a_task_nobody_else_provides_runs_here_or_fails_when_its_worker_is_lost() {
+        let mut ledger = ledger(&["t"]);
+        let key = worker(&mut ledger, "w1", 1, &["t", "only-there"]);
+        let mut io = Recorder::default();
+        let here = admit(&mut ledger, &mut io, task("t", 0, None));
+        let there = admit(&mut ledger, &mut io, task("only-there", 0, None));
+        io.take();
+        // Taken back when it goes silent (the connection stays up).
+        ledger.cluster.disconnected(key);
+        ledger.take_back(key, "silent", T0 + 1, &mut io);
+        let effects = io.take();
+        assert!(effects.contains(&Effect::RunHere(here)), "{effects:?}");
+        let failed: Vec<_> = io.ended().into_iter().map(|(report, _)| report).collect();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].task_id, there);
+        assert!(failed[0].error.as_ref().unwrap().message.contains("no worker provides task 'only-there' any more"));
+    }
+
+    #[test]
+    fn a_run_not_reported_started_in_time_is_revoked_and_sent_elsewhere() {
+        let (mut ledger, first, mut io) = one_worker(1);
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        let second = worker(&mut ledger, "w2", 1, &["t"]);
+        // The first look comes at the bound; nothing was reported.
+        ledger.alarm(Alarm::Lease(task_id, 1), T0 + MAX_RUN_MS, &mut io);
+        let effects = io.take();
+        assert!(effects.contains(&Effect::Count(Counted::LeaseExpired)), "{effects:?}");
+        let notes = format!("{:?}", link(&mut ledger, first).notes.borrow());
+        assert_eq!(notes, format!("{:?}", vec![Request::Revoke { task_ids: vec![task_id] }]));
+        assert_eq!(link(&mut ledger, second).sent, vec![(task_id, 2, 2)]);
+        // The revoked run's slot stays taken until its worker reports it.
+        assert_eq!(ledger.cluster.slot_of(first, task_id), Some((0, true)));
+        ledger.collected(first, vec![outcome(task_id, 1, Ok("\"late\""))], T0 + MAX_RUN_MS + 1, &mut io);
+        assert!(io.take().contains(&Effect::Count(Counted::RevokedReport)));
+        assert_eq!(ledger.cluster.get(first).unwrap().slots, vec![Slot::Idle]);
+        assert_eq!(state(&ledger, task_id), Some(TaskState::Running), "still running on w2");
+    }
+
+    #[test]
+    fn a_start_report_times_the_run_from_its_start() {
+        let (mut ledger, key, mut io) = one_worker(1);
+        let task_id = admit(&mut ledger, &mut io, task_timed("t", 0, 1_000, None));
+        let other = worker(&mut ledger, "w2", 1, &["t"]);
+        // Dispatched with a 1 s timeout: the first look is at its timeout plus the grace.
+        assert!(io.take().contains(&Effect::SetAlarm(T0 + 1_000 + REPORT_GRACE_MS, Alarm::Lease(task_id, 1))));
+        // Queued there, not started: the alarm looks again later.
+        ledger.alarm(Alarm::Lease(task_id, 1), T0 + 3_000, &mut io);
+        assert_eq!(io.take(), vec![Effect::SetAlarm(T0 + 3_000 + 1_000 + REPORT_GRACE_MS, Alarm::Lease(task_id, 1))]);
+        let reports = ledger.started(key, &[(task_id, 1), (TaskId::new_v4(), 9)], T0 + 4_000, &mut io);
+        assert_eq!((reports.taken, reports.revoked), (1, 0), "a run that already ended is not counted");
+        assert_eq!(ledger.get(&task_id).unwrap().report.started_ms, Some(T0 + 4_000));
+        // Its report is due a timeout plus the grace after its start.
+        ledger.alarm(Alarm::Lease(task_id, 1), T0 + 6_000, &mut io);
+        assert_eq!(io.take(), vec![Effect::SetAlarm(T0 + 4_000 + 1_000 + REPORT_GRACE_MS, Alarm::Lease(task_id, 1))]);
+        ledger.alarm(Alarm::Lease(task_id, 1), T0 + 7_000, &mut io);
+        assert!(io.take().contains(&Effect::Count(Counted::LeaseExpired)));
+        assert_eq!(link(&mut ledger, other).sent, vec![(task_id, 2, 2)], "sent elsewhere");
+        // A start report under the revoked lease is discarded and counted.
+        let reports = ledger.started(key, &[(task_id, 1)], T0 + 7_001, &mut io);
+        assert_eq!(reports, StartReports { taken: 0, revoked: 1 });
+        assert_eq!(ledger.get(&task_id).unwrap().report.started_ms, Some(T0 + 7_000));
+    }
+
+    #[test]
+    fn a_hand_back_does_not_count_as_a_run_and_the_task_goes_first_in_line() {
+        let (mut ledger, first, mut io) = one_worker(1);
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        let waiting = admit(&mut ledger, &mut io, task("t", 0, None));
+        let second = worker(&mut ledger, "w2", 1, &["t"]);
+        ledger.fill(T0, &mut io);
+        assert_eq!(link(&mut ledger, second).sent, vec![(waiting, 2, 1)]);
+        let refusal = Reply::Error(ErrorReply::new(ErrorKind::HandedBack, "stopping"));
+        ledger.collected(first, vec![reply(task_id, 1, &refusal)], T0 + 1, &mut io);
+        assert!(io.take().contains(&Effect::Count(Counted::HandedBack)));
+        assert_eq!(ledger.cluster.get(first).unwrap().phase, Phase::Draining);
+        let task = ledger.get(&task_id).unwrap();
+        assert_eq!((task.report.state, task.report.attempts), (TaskState::Queued, 0));
+        ledger.collected(second, vec![outcome(waiting, 2, Ok("1"))], T0 + 2, &mut io);
+        assert_eq!(link(&mut ledger, second).sent[1], (task_id, 3, 1), "sent again as its first run");
+    }
+
+    #[test]
+    fn refusals_send_again_or_fail_and_a_frame_that_cannot_be_trusted_sends_every_run_again() {
+        let (mut ledger, key, mut io) = one_worker(2);
+        let busy = admit(&mut ledger, &mut io, task("t", 0, None));
+        let refused = admit(&mut ledger, &mut io, task("t", 0, None));
+        let answer = |kind| reply(busy, 1, &Reply::Error(ErrorReply::new(kind, "no")));
+        ledger.collected(key, vec![answer(ErrorKind::Busy)], T0 + 1, &mut io);
+        assert_eq!(link(&mut ledger, key).sent.last(), Some(&(busy, 3, 2)), "busy: sent again");
+        let no = reply(refused, 2, &Reply::Error(ErrorReply::new(ErrorKind::UnknownTask, "no such task")));
+        ledger.collected(key, vec![no], T0 + 2, &mut io);
+        let ended = io.ended();
+        assert!(ended[0].0.error.as_ref().unwrap().message.contains("refused the task: no such task"));
+        // A frame whose answer does not decode: each of its runs goes again.
+        ledger.dispatch_answered(key, vec![busy], FrameAnswer::Broken("garbage".into()), T0 + 3, &mut io);
+        assert_eq!(link(&mut ledger, key).sent.last(), Some(&(busy, 4, 3)));
+        assert_eq!(ledger.get(&busy).unwrap().losses, 2);
+    }
+
+    #[test]
+    fn a_result_that_is_not_json_fails_the_run_and_a_failure_retries_elsewhere() {
+        let (mut ledger, key, mut io) = one_worker(1);
+        let task_id = admit(&mut ledger, &mut io, task("t", 1, None));
+        ledger.collected(key, vec![outcome(task_id, 1, Ok("{not json"))], T0 + 1, &mut io);
+        let effects = io.take();
+        assert!(effects.contains(&Effect::Count(Counted::BadResult)));
+        assert!(effects.contains(&Effect::SetAlarm(T0 + 101, Alarm::Start(task_id))), "retried: {effects:?}");
+        ledger.alarm(Alarm::Start(task_id), T0 + 101, &mut io);
+        assert_eq!(link(&mut ledger, key).sent.last(), Some(&(task_id, 2, 2)));
+        ledger.collected(key, vec![outcome(task_id, 2, Err("boom"))], T0 + 200, &mut io);
+        let ended = io.ended();
+        assert_eq!((ended[0].0.state, ended[0].0.attempts), (TaskState::Failed, 2));
+    }
+
+    #[test]
+    fn a_failed_send_marks_the_worker_lost_and_the_run_goes_elsewhere() {
+        let (mut ledger, first, mut io) = one_worker(1);
+        link(&mut ledger, first).broken = true;
+        let second = worker(&mut ledger, "w2", 1, &["t"]);
+        link(&mut ledger, second).broken = false;
+        // Placement takes turns; make sure the first worker is tried first.
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        let on_second = link(&mut ledger, second).sent.clone();
+        assert_eq!(on_second.len(), 1, "it ends on the live worker");
+        assert_eq!(on_second[0].0, task_id);
+        assert_eq!(state(&ledger, task_id), Some(TaskState::Running));
+    }
+
+    #[test]
+    fn cancelling_a_task_running_on_a_subworker_tells_that_worker() {
+        let (mut ledger, key, mut io) = one_worker(1);
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        let report = ledger.cancel(task_id, T0 + 1, &mut io).expect("running");
+        assert_eq!(report.worker, "w1");
+        let notes = format!("{:?}", link(&mut ledger, key).notes.borrow());
+        assert_eq!(notes, format!("{:?}", vec![Request::Cancel { task_id }]));
+    }
+
+    #[test]
+    fn a_worker_that_left_hands_its_tasks_to_the_others_and_the_rest_fail() {
+        let (mut ledger, key, mut io) = one_worker(1);
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        let (_, carried) = ledger.cluster.remove(key).unwrap();
+        let carried = carried.into_iter().map(|(_, id)| id).collect();
+        ledger.worker_left(carried, "it left", T0 + 1, &mut io);
+        let ended = io.ended();
+        assert_eq!(ended[0].0.task_id, task_id);
+        assert!(ended[0].0.error.as_ref().unwrap().message.contains("it left"));
+    }
+}

@@ -1,0 +1,118 @@
+//! Carries out the ledger's effects in a serving process: the worker
+//! pool, the timers, the subworker links, the journal, the result cache,
+//! the callbacks, the dashboard's monitor, and the replies (queued in an
+//! [`Outbox`], sent once the task lock is released).
+
+use std::sync::atomic::Ordering;
+
+use crate::cluster::link::Link;
+use crate::ledger::{Alarm, Counted, Effects, LiveTask};
+use crate::server::cache::args_digest;
+use crate::server::endpoint::{encode_reply, Replier};
+use crate::wire::protocol::{encode_message, Forwarded, Notice, Reply, Request, TaskReport};
+use crate::workflow::registry::Workflows;
+
+use super::{Job, Outbox, State};
+
+/// The effects of one event, carried out as the ledger asks for them.
+pub(super) struct Driver<'a> {
+    state: &'a State,
+    outbox: &'a mut Outbox,
+    workflows: &'a Workflows<Replier>,
+    /// Workflow members that ended: their workflows move on once the
+    /// ledger's event is over.
+    pub(super) members_ended: Vec<TaskReport>,
+}
+
+impl<'a> Driver<'a> {
+    pub(super) fn new(state: &'a State, outbox: &'a mut Outbox, workflows: &'a Workflows<Replier>) -> Driver<'a> {
+        Driver { state, outbox, workflows, members_ended: Vec::new() }
+    }
+}
+
+impl Effects<Replier, Link> for Driver<'_> {
+    fn accepted(&mut self, task: &LiveTask<Replier>, later: Option<u64>) {
+        self.state.monitor.accepted(&task.report);
+        self.state.record_accepted(task, later);
+    }
+
+    fn changed(&mut self, report: &TaskReport) {
+        self.state.monitor.changed(report);
+    }
+
+    fn progressed(&mut self, task: &LiveTask<Replier>, retry_at_ms: Option<u64>) {
+        if retry_at_ms.is_some() {
+            self.state.monitor.retrying(&task.report);
+        }
+        self.state.record_progress(task, retry_at_ms);
+    }
+
+    fn run_here(&mut self, task: &LiveTask<Replier>) -> bool {
+        let report = &task.report;
+        let Some(loaded) = self.state.registry.get(&report.task_name) else { return false };
+        let job = Job {
+            task_id: report.task_id,
+            decl: loaded.decl,
+            args: task.args.clone(),
+            cancelled: task.cancelled.clone(),
+        };
+        self.state.pool.push(report.priority, job).is_ok()
+    }
+
+    fn set_alarm(&mut self, due_ms: u64, alarm: Alarm) {
+        self.state.timers.set(due_ms, alarm);
+    }
+
+    fn cancel_alarm(&mut self, alarm: Alarm) {
+        self.state.timers.cancel(alarm);
+    }
+
+    fn ended(&mut self, task: LiveTask<Replier>) {
+        let state = self.state;
+        let report = task.report;
+        state.monitor.finished(&report, &task.args);
+        if let Some(callback) = task.plan.callback {
+            state.callbacks.push(callback.address, Notice { report: report.clone(), data: callback.data });
+        }
+        let digest = args_digest(&task.args);
+        state.record_finished(&report, digest);
+        if self.workflows.member_of(&report.task_id).is_some() {
+            self.members_ended.push(report.clone());
+        }
+        let reply = Reply::Report(report);
+        if !task.waiters.is_empty() {
+            state.answer_final(task.waiters, encode_reply(&reply), self.outbox);
+        }
+        let Reply::Report(report) = reply else { unreachable!() };
+        let mut cache = state.cache.lock().expect("cache lock");
+        cache.insert(report, digest);
+        state.forget_dropped(&mut cache);
+    }
+
+    fn dispatch(&mut self, link: &mut Link, run: Forwarded<'_>) {
+        link.queue(run);
+    }
+
+    fn flush(&mut self, link: &mut Link) -> Result<(), String> {
+        link.flush().map_err(|(error, unsent)| format!("{error} ({} runs unsent)", unsent.len()))
+    }
+
+    fn note(&mut self, link: &Link, request: Request) {
+        link.note(encode_message(&request));
+    }
+
+    fn reset(&mut self, link: &mut Link) {
+        link.reset();
+    }
+
+    fn count(&mut self, counted: Counted) {
+        let delivery = &self.state.delivery;
+        let counter = match counted {
+            Counted::RevokedReport => &delivery.revoked_reports,
+            Counted::HandedBack => &delivery.handed_back,
+            Counted::LeaseExpired => &delivery.leases_expired,
+            Counted::BadResult => &self.state.refusals.bad_results,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
