@@ -123,4 +123,23 @@ mod tests {
         assert!(cluster.task_names().is_empty(), "neither a disconnected nor a suspect worker offers anything");
         assert!(cluster.offered_tasks().is_empty());
     }
+
+    #[test]
+    fn defaults_come_from_a_live_provider_and_schedules_from_any_registered_one() {
+        let mut cluster = Cluster::default();
+        let draining = worker(&mut cluster, "a", 1, &["tick"]);
+        let live = worker(&mut cluster, "b", 1, &["tick"]);
+        for key in [draining, live] {
+            let offer = cluster.get_mut(key).unwrap().tasks.get_mut("tick").unwrap();
+            offer.timeout_ms = key;
+        }
+        cluster.get_mut(draining).unwrap().tasks.get_mut("tick").unwrap().schedule = "{\"every_ms\":1000}".into();
+        cluster.get_mut(draining).unwrap().phase = Phase::Draining;
+        assert_eq!(cluster.provider("tick").map(|t| t.timeout_ms), Some(live), "a draining worker describes nothing");
+        assert_eq!(cluster.describing_provider("tick").map(|(key, t)| (key, t.timeout_ms)), Some((live, live)));
+        assert!(cluster.schedules("tick"), "a draining worker's schedule still counts");
+        assert!(cluster.provider("nothing").is_none() && !cluster.schedules("nothing"));
+        cluster.remove(draining);
+        assert!(!cluster.schedules("tick"), "the live provider declares no schedule");
+    }
 }
