@@ -1,8 +1,14 @@
 //! The cluster: how a control plane and its subworkers find and reach each
 //! other, and which worker gets which task.
 //!
-//! - `routing`: who provides which task, who has a free slot, and the
-//!   tasks waiting for one (pure bookkeeping, no I/O).
+//! - `routing`: who provides which task, who has a free slot, and which
+//!   task goes where (pure bookkeeping, no I/O).
+//! - `worker`: one subworker as the control plane sees it, its phase and
+//!   its slots (no I/O).
+//! - `waiting`: the tasks waiting for a free slot, one line per priority
+//!   (no I/O).
+//! - `status`: what the cluster reports about itself (its size, the tasks
+//!   on offer and their defaults, the `fastworker workers` table).
 //! - `link`: the control plane's connection to one subworker (batched
 //!   dispatch and collection of runs).
 //! - [`subworker`]: the subworker's side of membership (register,
@@ -18,5 +24,8 @@
 pub mod discovery;
 pub(crate) mod link;
 pub(crate) mod routing;
+mod status;
 pub mod subworker;
 pub mod task_limits;
+mod waiting;
+mod worker;

@@ -1,105 +1,34 @@
 //! The control plane's view of its subworkers: who provides which task, who
-//! has a free slot, and the tasks waiting for one. Pure bookkeeping with no
+//! has a free slot, and which task goes where. Pure bookkeeping with no
 //! I/O (the connection to each worker is the type parameter `L`), so the
 //! routing rules are tested here directly.
 //!
 //! A worker has one slot per task it runs at once (its `--concurrency`),
 //! plus any it asked to have queued ahead (its `--prefetch`, 16 by default); the
 //! control plane sends a worker a task only into a free slot. Tasks that find
-//! every capable slot taken wait here, one queue per priority, and a slot
-//! that frees takes the most urgent waiting task its worker provides. So
-//! priorities hold across the cluster, and no worker is handed more than it
-//! can start.
+//! every capable slot taken wait in line (`crate::cluster::waiting`), one
+//! queue per priority, and a slot that frees takes the most urgent waiting
+//! task its worker provides. So priorities hold across the cluster, and no
+//! worker is handed more than it can start.
+//!
+//! One worker's own state (its phase and slots) is `crate::cluster::worker`;
+//! what the cluster reports about itself is `crate::cluster::status`.
 
-use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::wire::protocol::{ClusterStatus, OfferedTask, Priority, TaskId, WorkerName, WorkerState, WorkerStatus};
-
-/// A worker's handle in the cluster; never reused, so a late event about a
-/// removed worker cannot touch its successor.
-pub(crate) type WorkerKey = u64;
-
-/// Tasks taken back from a worker, with the slots that carried them.
-pub(crate) type Carried = Vec<(usize, TaskId)>;
+pub(crate) use super::waiting::Waiting;
+use super::waiting::WaitingLine;
+pub(crate) use super::worker::{Carried, Joining, Phase, Slot, Worker, WorkerKey};
+use crate::wire::protocol::{Priority, TaskId};
 
 /// Every subworker and the tasks waiting for a slot.
 pub(crate) struct Cluster<L> {
     workers: Vec<Worker<L>>,
-    waiting: [VecDeque<Waiting>; 4],
+    waiting: WaitingLine,
     /// Where the next search for a least-loaded worker starts, so that
     /// equally loaded workers take turns.
     turn: usize,
     next_key: WorkerKey,
-}
-
-/// A task waiting for a free slot on a worker that provides it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Waiting {
-    pub(crate) task_id: TaskId,
-    pub(crate) task_name: String,
-}
-
-/// One subworker.
-pub(crate) struct Worker<L> {
-    pub(crate) key: WorkerKey,
-    pub(crate) name: WorkerName,
-    pub(crate) address: String,
-    /// The tasks it provides, with their declared defaults.
-    pub(crate) tasks: HashMap<String, OfferedTask>,
-    /// Tasks it runs at once; its slots may be more (prefetch).
-    pub(crate) concurrency: u32,
-    pub(crate) slots: Vec<Slot>,
-    pub(crate) phase: Phase,
-    /// Whether the control plane's connection to it is up.
-    pub(crate) connected: bool,
-    pub(crate) last_seen: Instant,
-    pub(crate) last_seen_ms: u64,
-    /// Tasks it said it has, from any client, in its last heartbeat.
-    pub(crate) reported_in_flight: u32,
-    /// A run it was sent was not reported in time: it gets nothing new
-    /// until its next heartbeat shows it is alive.
-    pub(crate) suspect: bool,
-    /// Tasks sent to it so far.
-    pub(crate) dispatched: u64,
-    pub(crate) link: L,
-}
-
-/// A worker about to be added, as it registered.
-pub(crate) struct Joining<L> {
-    pub(crate) key: WorkerKey,
-    pub(crate) name: WorkerName,
-    pub(crate) address: String,
-    pub(crate) concurrency: u32,
-    pub(crate) prefetch: u32,
-    pub(crate) tasks: HashMap<String, OfferedTask>,
-    pub(crate) link: L,
-}
-
-/// Where a worker is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Registered; the control plane is still connecting to it.
-    Connecting,
-    /// Takes tasks.
-    Active,
-    /// Silent too long: takes nothing until it heartbeats again.
-    Inactive,
-    /// Stopping: finishes what it has, takes nothing new.
-    Draining,
-}
-
-/// What one slot of a worker is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Slot {
-    /// Free.
-    Idle,
-    /// Carrying this task.
-    Busy(TaskId),
-    /// Its task was taken back (the worker went silent or its run was not
-    /// reported in time); the slot is free again once the worker reports
-    /// that run (the report is discarded) or its connection drops.
-    Abandoned(TaskId),
 }
 
 /// Where a task should go.
@@ -147,46 +76,7 @@ impl Gate for Open {
 
 impl<L> Default for Cluster<L> {
     fn default() -> Self {
-        Cluster { workers: Vec::new(), waiting: Default::default(), turn: 0, next_key: 1 }
-    }
-}
-
-impl<L> Worker<L> {
-    /// Whether tasks may be sent to it.
-    pub(crate) fn routable(&self) -> bool {
-        self.phase == Phase::Active && self.connected && !self.suspect
-    }
-
-    /// Whether it is stopping but still registered: the tasks it provides
-    /// are still known, and may wait for another provider.
-    fn draining(&self) -> bool {
-        self.phase == Phase::Draining
-    }
-
-    /// Whether it is up and answering, for the duplicate-id check.
-    pub(crate) fn alive(&self) -> bool {
-        self.connected && matches!(self.phase, Phase::Active | Phase::Draining)
-    }
-
-    fn in_flight(&self) -> u32 {
-        self.slots.iter().filter(|slot| matches!(slot, Slot::Busy(_))).count() as u32
-    }
-
-    fn free_slot(&self) -> Option<usize> {
-        self.slots.iter().position(|slot| *slot == Slot::Idle)
-    }
-
-    /// The busier of what the control plane sent and what the worker said.
-    fn load(&self) -> u32 {
-        self.in_flight().max(self.reported_in_flight)
-    }
-
-    fn status(&self) -> WorkerState {
-        match self.phase {
-            Phase::Active if self.connected && !self.suspect => WorkerState::Active,
-            Phase::Draining => WorkerState::Draining,
-            _ => WorkerState::Inactive,
-        }
+        Cluster { workers: Vec::new(), waiting: WaitingLine::default(), turn: 0, next_key: 1 }
     }
 }
 
@@ -199,24 +89,7 @@ impl<L> Cluster<L> {
 
     /// Adds a worker, still connecting.
     pub(crate) fn add(&mut self, joining: Joining<L>) {
-        let Joining { key, name, address, concurrency, prefetch, tasks, link } = joining;
-        let concurrency = concurrency.max(1);
-        self.workers.push(Worker {
-            key,
-            name,
-            address,
-            tasks,
-            concurrency,
-            slots: vec![Slot::Idle; (concurrency + prefetch) as usize],
-            phase: Phase::Connecting,
-            connected: false,
-            last_seen: Instant::now(),
-            last_seen_ms: crate::wire::protocol::now_ms(),
-            reported_in_flight: 0,
-            suspect: false,
-            dispatched: 0,
-            link,
-        });
+        self.workers.push(Worker::joined(joining));
     }
 
     /// Whether there are no workers at all (the common single-node case).
@@ -224,18 +97,22 @@ impl<L> Cluster<L> {
         self.workers.is_empty()
     }
 
+    /// The worker with this key, if it is still registered.
     pub(crate) fn get(&self, key: WorkerKey) -> Option<&Worker<L>> {
         self.workers.iter().find(|w| w.key == key)
     }
 
+    /// The worker with this key, to change it.
     pub(crate) fn get_mut(&mut self, key: WorkerKey) -> Option<&mut Worker<L>> {
         self.workers.iter_mut().find(|w| w.key == key)
     }
 
+    /// The registered worker with this id.
     pub(crate) fn find(&self, worker_id: &str) -> Option<&Worker<L>> {
         self.workers.iter().find(|w| w.name.worker_id == worker_id)
     }
 
+    /// Every registered worker, in the order they joined.
     pub(crate) fn workers(&self) -> impl Iterator<Item = &Worker<L>> {
         self.workers.iter()
     }
@@ -245,58 +122,36 @@ impl<L> Cluster<L> {
     pub(crate) fn remove(&mut self, key: WorkerKey) -> Option<(Worker<L>, Carried)> {
         let index = self.workers.iter().position(|w| w.key == key)?;
         let mut worker = self.workers.remove(index);
-        let carried = take_back(&mut worker);
+        let carried = worker.take_back();
         Some((worker, carried))
-    }
-
-    /// Workers registered, and their slots together (`--max-subworkers`,
-    /// `--max-subworker-slots`).
-    pub(crate) fn size(&self) -> (usize, usize) {
-        (self.workers.len(), self.workers.iter().map(|w| w.slots.len()).sum())
-    }
-
-    /// Whether any worker still registered offers `task_name` with a schedule.
-    pub(crate) fn schedules(&self, task_name: &str) -> bool {
-        self.workers.iter().any(|w| w.tasks.get(task_name).is_some_and(|t| !t.schedule.is_empty()))
     }
 
     /// Takes back the tasks a worker carries (it went silent or its
     /// connection dropped); their slots stay unusable until released.
     pub(crate) fn take_back(&mut self, key: WorkerKey) -> Carried {
-        self.get_mut(key).map(take_back).unwrap_or_default()
+        self.get_mut(key).map(Worker::take_back).unwrap_or_default()
     }
 
     /// Revokes one task's slot on a worker (its run was not reported in
     /// time): the slot stays unusable until the run is reported or the connection drops, and the
     /// worker gets nothing new until it heartbeats again.
     pub(crate) fn abandon(&mut self, key: WorkerKey, task_id: TaskId) {
-        let Some(worker) = self.get_mut(key) else { return };
-        worker.suspect = true;
-        for slot in &mut worker.slots {
-            if *slot == Slot::Busy(task_id) {
-                *slot = Slot::Abandoned(task_id);
-            }
+        if let Some(worker) = self.get_mut(key) {
+            worker.abandon(task_id);
         }
     }
 
     /// The slot of a worker that carries `task_id`, or carried it before
     /// it was taken back (`true` when abandoned).
     pub(crate) fn slot_of(&self, key: WorkerKey, task_id: TaskId) -> Option<(usize, bool)> {
-        self.get(key)?.slots.iter().enumerate().find_map(|(index, slot)| match *slot {
-            Slot::Busy(busy) if busy == task_id => Some((index, false)),
-            Slot::Abandoned(gone) if gone == task_id => Some((index, true)),
-            _ => None,
-        })
+        self.get(key)?.slot_of(task_id)
     }
 
     /// Frees the slots whose tasks were taken back (the connection dropped:
     /// nothing more will be heard of those runs).
     pub(crate) fn free_abandoned(&mut self, key: WorkerKey) {
-        let Some(worker) = self.get_mut(key) else { return };
-        for slot in &mut worker.slots {
-            if matches!(slot, Slot::Abandoned(_)) {
-                *slot = Slot::Idle;
-            }
+        if let Some(worker) = self.get_mut(key) {
+            worker.free_abandoned();
         }
     }
 
@@ -306,30 +161,13 @@ impl<L> Cluster<L> {
     /// Returns its id.
     pub(crate) fn disconnected(&mut self, key: WorkerKey) -> Option<String> {
         let worker = self.get_mut(key)?;
-        worker.connected = false;
-        worker.reported_in_flight = 0;
-        if worker.phase != Phase::Connecting {
-            worker.phase = Phase::Inactive;
-        }
+        worker.disconnect();
         Some(worker.name.worker_id.clone())
-    }
-
-    /// The declared defaults of a task a live worker provides.
-    pub(crate) fn provider(&self, task_name: &str) -> Option<&OfferedTask> {
-        self.workers.iter().filter(|w| w.routable()).find_map(|w| w.tasks.get(task_name))
-    }
-
-    /// The live worker whose offer describes `task_name` (the first that
-    /// provides it), and that offer.
-    pub(crate) fn describing_provider(&self, task_name: &str) -> Option<(WorkerKey, &OfferedTask)> {
-        self.workers.iter().filter(|w| w.routable()).find_map(|w| w.tasks.get(task_name).map(|task| (w.key, task)))
     }
 
     /// Takes a task out of the waiting line (it was cancelled).
     pub(crate) fn forget_waiting(&mut self, task_id: TaskId) {
-        for queue in &mut self.waiting {
-            queue.retain(|waiting| waiting.task_id != task_id);
-        }
+        self.waiting.forget(task_id);
     }
 
     /// Chooses the least-loaded live worker providing `task_name` that has a
@@ -373,8 +211,7 @@ impl<L> Cluster<L> {
                 self.turn = index + 1;
                 let worker = &mut self.workers[index];
                 let slot = worker.free_slot().expect("checked above");
-                worker.slots[slot] = Slot::Busy(task_id);
-                worker.dispatched += 1;
+                worker.occupy(slot, task_id);
                 Placement::Slot(worker.key, slot)
             }
             None if provided => Placement::Wait,
@@ -386,22 +223,13 @@ impl<L> Cluster<L> {
     /// Puts a task in line for a slot; `first` for a task taken back from a
     /// worker, which has waited longest.
     pub(crate) fn wait(&mut self, priority: Priority, waiting: Waiting, first: bool) {
-        let queue = &mut self.waiting[priority.index()];
-        if first {
-            queue.push_front(waiting);
-        } else {
-            queue.push_back(waiting);
-        }
+        self.waiting.push(priority, waiting, first);
     }
 
     /// Frees a slot once its run was reported (or refused). True when it carried `task_id`
     /// (false for an abandoned slot, whose task went elsewhere).
     pub(crate) fn release(&mut self, key: WorkerKey, slot: usize, task_id: Option<TaskId>) -> bool {
-        let Some(worker) = self.get_mut(key) else { return false };
-        let Some(state) = worker.slots.get_mut(slot) else { return false };
-        let carried = matches!((*state, task_id), (Slot::Busy(busy), Some(id)) if busy == id);
-        *state = Slot::Idle;
-        carried
+        self.get_mut(key).is_some_and(|worker| worker.release(slot, task_id))
     }
 
     /// The task in `key`'s slot, if it is busy.
@@ -429,19 +257,13 @@ impl<L> Cluster<L> {
             return None;
         }
         let running_room = worker.in_flight() < worker.concurrency;
-        for queue in &mut self.waiting {
-            let eligible = |w: &Waiting, gate: &mut dyn Gate| {
-                worker.tasks.contains_key(&w.task_name)
-                    && (!gate.limited(&w.task_name) || (running_room && gate.admit(&w.task_name, w.task_id)))
-            };
-            if let Some(position) = queue.iter().position(|w| eligible(w, gate)) {
-                let waiting = queue.remove(position).expect("position is in range");
-                worker.slots[slot] = Slot::Busy(waiting.task_id);
-                worker.dispatched += 1;
-                return Some(waiting.task_id);
-            }
-        }
-        None
+        let tasks = &worker.tasks;
+        let waiting = self.waiting.take_first(|w| {
+            tasks.contains_key(&w.task_name)
+                && (!gate.limited(&w.task_name) || (running_room && gate.admit(&w.task_name, w.task_id)))
+        })?;
+        worker.occupy(slot, waiting.task_id);
+        Some(waiting.task_id)
     }
 
     /// Every free slot of a live worker paired with a waiting task it
@@ -454,7 +276,7 @@ impl<L> Cluster<L> {
     /// As [`Cluster::fill`], through `gate` (see [`Cluster::next_for_with`]).
     pub(crate) fn fill_with(&mut self, gate: &mut dyn Gate) -> Vec<(WorkerKey, usize, TaskId)> {
         let mut filled = Vec::new();
-        if self.waiting.iter().all(VecDeque::is_empty) {
+        if self.waiting.is_empty() {
             return filled;
         }
         let free: Vec<(WorkerKey, usize)> = self
@@ -480,121 +302,38 @@ impl<L> Cluster<L> {
 
     /// Runs of `task_name` waiting in line for a slot (or for its limit).
     pub(crate) fn waiting_named(&self, task_name: &str) -> usize {
-        self.waiting.iter().flatten().filter(|w| w.task_name == task_name).count()
+        self.waiting.named(task_name)
     }
 
     /// Removes and returns the waiting tasks that no live or draining
     /// worker provides any more.
     pub(crate) fn stranded(&mut self) -> Vec<Waiting> {
         let workers = &self.workers;
-        let provided =
-            |name: &str| workers.iter().any(|w| (w.routable() || w.draining()) && w.tasks.contains_key(name));
-        let mut stranded = Vec::new();
-        for queue in &mut self.waiting {
-            queue.retain(|waiting| {
-                let keep = provided(&waiting.task_name);
-                if !keep {
-                    stranded.push(waiting.clone());
-                }
-                keep
-            });
-        }
-        stranded
+        self.waiting.strand(|name| workers.iter().any(|w| (w.routable() || w.draining()) && w.tasks.contains_key(name)))
     }
 
     /// Marks workers silent for longer than `after` inactive; returns them.
     pub(crate) fn silent(&mut self, now: Instant, after: Duration) -> Vec<WorkerKey> {
-        let mut silent = Vec::new();
-        for worker in &mut self.workers {
-            let quiet = now.saturating_duration_since(worker.last_seen) > after;
-            if quiet && matches!(worker.phase, Phase::Active | Phase::Draining) {
-                worker.phase = Phase::Inactive;
-                silent.push(worker.key);
-            }
-        }
-        silent
+        self.workers.iter_mut().filter_map(|worker| worker.fell_silent(now, after).then_some(worker.key)).collect()
     }
 
     /// Records a heartbeat; true when it brings the worker back from inactive.
     pub(crate) fn heard_from(&mut self, key: WorkerKey, in_flight: u32) -> bool {
-        let Some(worker) = self.get_mut(key) else { return false };
-        worker.last_seen = Instant::now();
-        worker.last_seen_ms = crate::wire::protocol::now_ms();
-        worker.reported_in_flight = in_flight;
-        let back = worker.phase == Phase::Inactive || (worker.suspect && worker.phase == Phase::Active);
-        worker.suspect = false;
-        if back {
-            worker.phase = Phase::Active;
-        }
-        back
+        self.get_mut(key).is_some_and(|worker| worker.heard(in_flight))
     }
-
-    /// Each task a live worker provides, with that worker's id.
-    pub(crate) fn offered_tasks(&self) -> Vec<(String, OfferedTask)> {
-        let routable = self.workers.iter().filter(|w| w.routable());
-        routable.flat_map(|w| w.tasks.values().map(|task| (w.name.worker_id.clone(), task.clone()))).collect()
-    }
-
-    /// The names of the tasks live workers provide, sorted.
-    pub(crate) fn task_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> =
-            self.workers.iter().filter(|w| w.routable()).flat_map(|w| w.tasks.keys().map(String::as_str)).collect();
-        names.sort_unstable();
-        names.dedup();
-        names
-    }
-
-    /// The cluster as `fastworker workers` shows it.
-    pub(crate) fn status(&self) -> ClusterStatus {
-        let mut subworkers: Vec<WorkerStatus> = self
-            .workers
-            .iter()
-            .filter(|w| w.phase != Phase::Connecting)
-            .map(|w| {
-                let mut tasks: Vec<String> = w.tasks.keys().cloned().collect();
-                tasks.sort_unstable();
-                WorkerStatus {
-                    worker_id: w.name.worker_id.clone(),
-                    address: w.address.clone(),
-                    status: w.status(),
-                    load: w.load(),
-                    concurrency: w.concurrency,
-                    last_seen_ms: w.last_seen_ms,
-                    connected: w.connected,
-                    dispatched: w.dispatched,
-                    tasks,
-                }
-            })
-            .collect();
-        subworkers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
-        ClusterStatus {
-            total_subworkers: subworkers.len() as u32,
-            active_subworkers: subworkers.iter().filter(|w| w.status == WorkerState::Active).count() as u32,
-            subworkers,
-        }
-    }
-}
-
-fn take_back<L>(worker: &mut Worker<L>) -> Carried {
-    let mut carried = Vec::new();
-    for (index, slot) in worker.slots.iter_mut().enumerate() {
-        if let Slot::Busy(task_id) = *slot {
-            carried.push((index, task_id));
-            *slot = Slot::Abandoned(task_id);
-        }
-    }
-    carried
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::wire::protocol::{OfferedTask, WorkerName};
 
     fn name(id: &str) -> WorkerName {
         WorkerName { worker_id: id.into(), instance: TaskId::new_v4() }
     }
 
-    fn worker(cluster: &mut Cluster<()>, id: &str, concurrency: u32, tasks: &[&str]) -> WorkerKey {
+    /// An active, connected worker providing `tasks`, without prefetch.
+    pub(crate) fn worker(cluster: &mut Cluster<()>, id: &str, concurrency: u32, tasks: &[&str]) -> WorkerKey {
         let offer = OfferedTask::new;
         let tasks = tasks.iter().map(|t| (t.to_string(), offer(t))).collect();
         let key = cluster.new_key();
@@ -606,7 +345,7 @@ mod tests {
         key
     }
 
-    fn id() -> TaskId {
+    pub(crate) fn id() -> TaskId {
         TaskId::new_v4()
     }
 
