@@ -58,8 +58,13 @@ pub fn base_port(address: &str) -> u16 {
     port.parse().unwrap_or_else(|_| panic!("'{address}' ends with no port"))
 }
 
-/// The first of `count` consecutive ports that were free a moment ago.
+/// The first of `count` consecutive ports that were free a moment ago and
+/// were never handed out before in this test process: a port a killed
+/// process of one test freed is not given to another test, whose process
+/// would then answer the first test's reconnecting client.
 pub fn free_ports(count: u16) -> u16 {
+    use std::collections::BTreeSet;
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
     let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407)
         ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
@@ -68,7 +73,10 @@ pub fn free_ports(count: u16) -> u16 {
         state ^= state >> 7;
         state ^= state << 17;
         let base = 20_000 + (state % 40_000) as u16;
-        if (0..count).all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok()) {
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let fresh = handed_out.range(base..base + count).next().is_none();
+        if fresh && (0..count).all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok()) {
+            handed_out.extend(base..base + count);
             return base;
         }
     }

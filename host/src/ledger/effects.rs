@@ -7,6 +7,10 @@
 //! ledger's lock, in the order the effects must happen, so an
 //! implementation only queues what takes time (replies go out after the
 //! lock is released).
+//!
+//! Effects are calls rather than a returned list so that the hot path
+//! builds nothing per effect: the driver carries each out as it comes,
+//! and the unit tests' recorder turns them into a list to compare.
 
 use crate::wire::protocol::{Forwarded, Request, TaskId, TaskReport};
 

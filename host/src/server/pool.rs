@@ -133,14 +133,18 @@ mod tests {
         let gate = Mutex::new(gate_rx);
         let (done_tx, done_rx) = mpsc::channel();
         let done_tx = Mutex::new(done_tx);
+        let (started_tx, started_rx) = mpsc::channel::<()>();
+        let started_tx = Mutex::new(started_tx);
         let pool = Pool::start(1, move |job: (u32, bool)| {
             if job.1 {
+                started_tx.lock().unwrap().send(()).unwrap();
                 gate.lock().unwrap().recv().unwrap();
             }
             done_tx.lock().unwrap().send(job.0).unwrap();
         });
         pool.push(Priority::Low, (0, true)).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        // The only thread is busy with the first job: the others wait.
+        started_rx.recv().unwrap();
         for (n, p) in [(1, Priority::Low), (2, Priority::Normal), (3, Priority::High), (4, Priority::Critical)] {
             pool.push(p, (n, false)).unwrap();
         }

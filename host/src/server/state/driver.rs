@@ -25,6 +25,8 @@ pub(super) struct Driver<'a> {
 }
 
 impl<'a> Driver<'a> {
+    /// The driver of one event: replies go to `outbox`; `workflows` says
+    /// which ended tasks are members.
     pub(super) fn new(state: &'a State, outbox: &'a mut Outbox, workflows: &'a Workflows<Replier>) -> Driver<'a> {
         Driver { state, outbox, workflows, members_ended: Vec::new() }
     }
@@ -33,7 +35,7 @@ impl<'a> Driver<'a> {
 impl Effects<Replier, Link> for Driver<'_> {
     fn accepted(&mut self, task: &LiveTask<Replier>, later: Option<u64>) {
         self.state.monitor.accepted(&task.report);
-        self.state.record_accepted(task, later);
+        self.state.durable.record_accepted(task, later);
     }
 
     fn changed(&mut self, report: &TaskReport) {
@@ -44,7 +46,7 @@ impl Effects<Replier, Link> for Driver<'_> {
         if retry_at_ms.is_some() {
             self.state.monitor.retrying(&task.report);
         }
-        self.state.record_progress(task, retry_at_ms);
+        self.state.durable.record_progress(task, retry_at_ms);
     }
 
     fn run_here(&mut self, task: &LiveTask<Replier>) -> bool {
@@ -75,18 +77,18 @@ impl Effects<Replier, Link> for Driver<'_> {
             state.callbacks.push(callback.address, Notice { report: report.clone(), data: callback.data });
         }
         let digest = args_digest(&task.args);
-        state.record_finished(&report, digest);
+        state.durable.record_finished(&report, digest);
         if self.workflows.member_of(&report.task_id).is_some() {
             self.members_ended.push(report.clone());
         }
         let reply = Reply::Report(report);
         if !task.waiters.is_empty() {
-            state.answer_final(task.waiters, encode_reply(&reply), self.outbox);
+            state.durable.answer_final(task.waiters, encode_reply(&reply), self.outbox);
         }
         let Reply::Report(report) = reply else { unreachable!() };
         let mut cache = state.cache.lock().expect("cache lock");
         cache.insert(report, digest);
-        state.forget_dropped(&mut cache);
+        state.durable.forget_dropped(&mut cache);
     }
 
     fn dispatch(&mut self, link: &mut Link, run: Forwarded<'_>) {

@@ -11,24 +11,27 @@
 //!
 //! | file | concern |
 //! |--|--|
-//! | `mod.rs` | the state, admission of submissions, status, cancel, shutdown |
+//! | `mod.rs` | the state, submissions, status, runs here, alarms, cancel |
+//! | `admission.rs` | the bounds a submission must pass, its task's defaults, refusals |
 //! | `driver.rs` | the ledger's effects carried out |
 //! | `links.rs` | the subworker links' frames, as ledger events |
 //! | `delivery.rs` | start reports, hand-backs, revocations, the restart window |
-//! | `durable.rs` | journal records, acknowledgements after storage, restart |
+//! | `durable.rs` | the journal's records, and replies sent once they are stored |
+//! | `restore.rs` | the restart from the store, and a durable shutdown |
+//! | `shutdown.rs` | draining at shutdown |
 //! | `limited.rs` | the cluster-wide task limits changed at run time |
 //! | `workflows.rs`, `workflow_views.rs` | workflows, whose members are tasks here |
 //! | `views.rs` | what the dashboard and `/metrics` read |
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use abi_stable::std_types::{RResult, RSlice};
 use fastworker_plugin_sdk::abi::TaskDecl;
 use fastworker_plugin_sdk::TaskContext;
 use nng::Message;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::cluster::link::Link;
 use crate::cluster::routing::WorkerKey;
@@ -40,7 +43,7 @@ use crate::server::collector::Collector;
 use crate::server::config::ControlPlaneConfig;
 use crate::server::endpoint::{encode_reply, Replier};
 use crate::server::journal::Journal;
-use crate::server::limits::{millis, Bound, Refusals};
+use crate::server::limits::{millis, Refusals};
 use crate::server::monitor::Monitor;
 use crate::server::offered_schemas::OfferedSchemas;
 use crate::server::peer_log::PeerLog;
@@ -54,17 +57,21 @@ use crate::wire::protocol::{
 };
 use crate::workflow::registry::Workflows;
 
+mod admission;
 mod delivery;
 mod driver;
 mod durable;
 mod limited;
 mod links;
+mod restore;
+mod shutdown;
 mod views;
 mod workflow_views;
 mod workflows;
 
 pub(crate) use workflow_views::WorkflowSummary;
 
+use admission::id_conflict;
 pub(crate) use delivery::{DeliveryCounters, StartedRuns, START_REPORT_DELAY};
 use driver::Driver;
 
@@ -102,8 +109,8 @@ pub(crate) struct State {
     pub(crate) started_runs: Arc<StartedRuns>,
     /// On a subworker: the outcomes of dispatched runs, until collected.
     pub(crate) collector: Arc<Collector>,
-    /// The durable mode's store (`--state-dir`); `None` in memory mode.
-    journal: Option<Journal>,
+    /// The durable mode's store (`--state-dir`) and its hooks.
+    durable: durable::Durable,
     /// Schemas of tasks only subworkers provide, for the HTTP API's check.
     offered_schemas: OfferedSchemas,
 }
@@ -132,36 +139,6 @@ impl Caller {
     /// The sender of a request.
     pub(crate) fn of(replier: &Replier) -> Caller {
         Caller { role: replier.role(), key_id: replier.key_id() }
-    }
-}
-
-/// The refusal of a task id already used for another task.
-fn id_conflict(task_id: TaskId, task_name: &str) -> ErrorReply {
-    ErrorReply::new(
-        ErrorKind::IdConflict,
-        format!(
-            "task id {task_id} is already used by a task '{task_name}' with other arguments: choose a fresh id (ids are not secrets; resubmitting the same task under its id is safe)"
-        ),
-    )
-}
-
-/// A task's declared defaults, from the plugin here or a subworker's offer.
-struct Declared {
-    priority: Priority,
-    timeout_ms: u64,
-    max_retries: u32,
-    retry_delay_ms: u64,
-}
-
-impl Declared {
-    fn of(task: &crate::plugins::LoadedTask) -> Declared {
-        let options = &task.decl.options;
-        Declared {
-            priority: options.priority,
-            timeout_ms: options.timeout_ms,
-            max_retries: options.max_retries,
-            retry_delay_ms: options.retry_delay_ms,
-        }
     }
 }
 
@@ -237,7 +214,7 @@ impl State {
             };
             State {
                 scheduler,
-                journal,
+                durable: durable::Durable::new(journal, config.worker_id.clone()),
                 offered_schemas: OfferedSchemas::new(config.limits.max_offered_tasks),
                 cache: Mutex::new(cache),
                 tasks: Mutex::new(Tasks {
@@ -310,7 +287,7 @@ impl State {
     pub(crate) fn sweep_expired(&self) -> usize {
         let mut cache = self.cache.lock().expect("cache lock");
         let swept = cache.sweep();
-        self.forget_dropped(&mut cache);
+        self.durable.forget_dropped(&mut cache);
         swept
     }
 
@@ -328,7 +305,7 @@ impl State {
         match self.accept(submit, waiter, owner, lease) {
             Ok(task_id) => {
                 if let Some(replier) = answer_now {
-                    self.acknowledge(replier, Reply::Accepted { task_id });
+                    self.durable.acknowledge(replier, Reply::Accepted { task_id });
                 }
             }
             Err((refusal, waiter)) => {
@@ -372,7 +349,7 @@ impl State {
                 self.accept(Submit { wait: false, ..submit }, None, owner, None).map_err(|(refusal, _)| refusal)
             })
             .collect();
-        self.acknowledge(replier, Reply::Batch(outcomes));
+        self.durable.acknowledge(replier, Reply::Batch(outcomes));
     }
 
     /// Takes a task in: runs it here, sends it to a subworker, queues it for
@@ -439,7 +416,7 @@ impl State {
             return Ok(task_id);
         }
         drop(cache);
-        if let Err(refusal) = self.within_limits(tasks, &submit).and_then(|()| self.journal_has_room()) {
+        if let Err(refusal) = self.within_limits(tasks, &submit).and_then(|()| self.durable.has_room()) {
             return Err((refusal, waiter));
         }
         let declared = match self.declared(tasks, &submit.task_name) {
@@ -470,102 +447,6 @@ impl State {
         task.lease = lease;
         self.drive(tasks, outbox, |ledger, io| ledger.admit(task, later, now, io));
         Ok(task_id)
-    }
-
-    /// The defaults of `task_name`: this process's plugin's, else a live
-    /// subworker's offer; or why nobody can run it.
-    fn declared(&self, tasks: &Tasks, task_name: &str) -> Result<Declared, ErrorReply> {
-        match (tasks.ledger.cluster.provider(task_name), self.registry.get(task_name)) {
-            // What this control plane's own plugin declares wins over what
-            // a subworker offers for the same task.
-            (Some(_), Some(task)) => Ok(Declared::of(task)),
-            (Some(offered), None) => Ok(Declared {
-                priority: offered.priority,
-                timeout_ms: offered.timeout_ms,
-                max_retries: offered.max_retries.min(self.config.limits.max_retries),
-                retry_delay_ms: offered.retry_delay_ms.min(millis(self.config.limits.max_countdown)),
-            }),
-            (None, Some(_)) if self.pool.threads() == 0 => {
-                let message = format!(
-                    "no worker can run task '{task_name}': this control plane runs with --concurrency 0 and no live subworker provides it"
-                );
-                Err(ErrorReply::new(ErrorKind::NoWorker, message))
-            }
-            (None, Some(task)) => Ok(Declared::of(task)),
-            (None, None) => Err(self
-                .restart_window_refusal(task_name)
-                .unwrap_or_else(|| ErrorReply::new(ErrorKind::UnknownTask, self.nobody_provides(tasks, task_name)))),
-        }
-    }
-
-    /// The `Busy` refusal of something `bound` does not let in now (counted
-    /// for `/metrics`): `what` says what is full.
-    pub(super) fn busy(&self, bound: Bound, what: &str) -> ErrorReply {
-        self.refusals.count(bound);
-        let limits = &self.config.limits;
-        let message = format!(
-            "'{}' is busy: {what} ({} {}); retry later",
-            self.config.worker_id,
-            bound.flag(),
-            bound.value(limits)
-        );
-        ErrorReply::new(ErrorKind::Busy, message)
-    }
-
-    /// Refuses a submission the limits do not allow: `Busy` when a queue is
-    /// full (retry later), `BadRequest` when it asks for too much.
-    fn within_limits(&self, tasks: &Tasks, submit: &Submit) -> Result<(), ErrorReply> {
-        let limits = &self.config.limits;
-        let busy = |bound: Bound, what: String| self.busy(bound, &what);
-        let (live, live_bytes) = tasks.ledger.load();
-        if live >= limits.max_queued_tasks {
-            return Err(busy(Bound::QueuedTasks, format!("{live} tasks are queued or running")));
-        }
-        let bytes = live_bytes.saturating_add(submit.args.len() as u64);
-        if bytes > limits.max_queued_bytes {
-            return Err(busy(Bound::QueuedBytes, format!("queued tasks hold {live_bytes} bytes of arguments")));
-        }
-        let bad = |message: String| Err(ErrorReply::new(ErrorKind::BadRequest, message));
-        if let Some(callback) = &submit.callback {
-            if let Err(message) = crate::server::callbacks::check_address(&callback.address, limits) {
-                return bad(message);
-            }
-        }
-        let furthest = now_ms().saturating_add(millis(limits.max_countdown));
-        if submit.not_before_ms.is_some_and(|at| at > furthest) {
-            return bad(format!(
-                "a countdown or ETA may be at most {} s ahead here (--max-countdown)",
-                limits.max_countdown.as_secs()
-            ));
-        }
-        if let Some(retry) = &submit.retry {
-            if retry.max_retries > limits.max_retries {
-                return bad(format!(
-                    "{} retries asked for; at most {} are allowed here (--max-retries)",
-                    retry.max_retries, limits.max_retries
-                ));
-            }
-            if !retry.factor.is_finite() || retry.factor < 0.0 {
-                return bad(format!("retry factor {} is not a finite number of 0 or more", retry.factor));
-            }
-            if retry.delay_ms.max(retry.max_delay_ms) > millis(limits.max_countdown) {
-                return bad(format!(
-                    "a pause between retries may be at most {} s here (--max-countdown)",
-                    limits.max_countdown.as_secs()
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// "No worker provides task 'x'", with what is provided.
-    fn nobody_provides(&self, tasks: &Tasks, task_name: &str) -> String {
-        let mut known: Vec<&str> = self.registry.tasks().iter().map(|t| t.decl.name.as_str()).collect();
-        known.extend(tasks.ledger.cluster.task_names());
-        known.sort_unstable();
-        known.dedup();
-        let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
-        format!("no worker provides task '{task_name}' (tasks provided now: {known})")
     }
 
     /// The state of a task, or why it is not known.
@@ -688,91 +569,6 @@ impl State {
     /// Waiting tasks that no live subworker provides run here or fail.
     pub(crate) fn settle_stranded(&self, tasks: &mut Tasks, why: &str, outbox: &mut Outbox) {
         self.drive(tasks, outbox, |ledger, io| ledger.settle_stranded(why, now_ms(), io));
-    }
-
-    /// Stops taking tasks, lets queued and running ones finish within the
-    /// shutdown timeout, and answers every client still waiting.
-    pub(crate) fn drain(&self) {
-        if !self.accepting.swap(false, Ordering::SeqCst) {
-            return;
-        }
-        let timeout = self.config.shutdown_timeout;
-        info!(timeout_secs = timeout.as_secs_f64(), "shutting down: finishing queued and running tasks");
-        let deadline = Instant::now() + timeout;
-        // In durable mode what has not run yet waits on disk for the restart.
-        let durable = self.journal.is_some();
-        if !durable {
-            self.end_waiting_for_time();
-        }
-        if self.config.management.is_none() {
-            // A subworker hands back at once what it has not started: its
-            // control plane runs it elsewhere rather than it failing here.
-            self.hand_back_unstarted(self.pool.close_and_take_queued());
-        }
-        let unstarted = self.pool.drain(timeout);
-        // Tasks on subworkers finish on their own; wait for them too.
-        let busy = |tasks: &Tasks| tasks.ledger.tasks().any(|(_, t)| !durable || t.report.state == TaskState::Running);
-        while busy(&self.lock()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let mut outbox = Outbox::default();
-        let mut tasks = self.lock();
-        if !durable {
-            let message = format!(
-                "'{}' shut down before this task started (--shutdown-timeout {} s); submit it again",
-                self.config.worker_id,
-                timeout.as_secs_f64()
-            );
-            self.drive(&mut tasks, &mut outbox, |ledger, io| {
-                for job in &unstarted {
-                    ledger.fail(job.task_id, message.clone(), now_ms(), io);
-                }
-            });
-            if !unstarted.is_empty() {
-                warn!(count = unstarted.len(), "tasks never started before the shutdown deadline");
-            }
-        }
-        let abandoned = tasks.ledger.remove_all();
-        drop(tasks);
-        outbox.deliver();
-        if durable {
-            return self.leave_for_restart(abandoned);
-        }
-        for task in abandoned {
-            let (task_id, task_name) = (task.report.task_id, &task.report.task_name);
-            warn!(%task_id, task = %task_name, "still running at the shutdown deadline; its result is lost");
-            task.cancelled.store(true, Ordering::SeqCst);
-            let reply = error_reply(
-                ErrorKind::ShuttingDown,
-                format!(
-                    "'{}' shut down while task '{task_name}' ({task_id}) was still running after --shutdown-timeout {} s; its result is lost",
-                    self.config.worker_id,
-                    timeout.as_secs_f64()
-                ),
-            );
-            for waiter in task.waiters {
-                waiter.send(&reply);
-            }
-        }
-    }
-
-    /// At shutdown, tasks waiting for a countdown, ETA or retry will not
-    /// get their time here: they fail now, saying so.
-    fn end_waiting_for_time(&self) {
-        let message = format!(
-            "'{}' shut down before this task's scheduled time or next retry; submit it again",
-            self.config.worker_id
-        );
-        self.drive_locked(|ledger, io| {
-            let waiting: Vec<TaskId> = ledger
-                .tasks()
-                .filter(|(_, t)| matches!(t.report.state, TaskState::Scheduled | TaskState::Retrying))
-                .map(|(id, _)| *id)
-                .collect();
-            for task_id in waiting {
-                ledger.fail(task_id, message.clone(), now_ms(), io);
-            }
-        });
     }
 }
 

@@ -41,7 +41,7 @@ impl State {
     pub(crate) fn submit_workflow_for(&self, submit: WorkflowSubmit, replier: crate::server::endpoint::Replier) {
         let owner = replier.key_id();
         let reply = self.submit_workflow(submit, owner);
-        self.acknowledge(replier, reply);
+        self.durable.acknowledge(replier, reply);
     }
 
     /// Accepts a workflow submitted by `owner`: answered with its status.
@@ -280,9 +280,7 @@ impl State {
 
     /// Hands a workflow record to the durable store, if there is one.
     fn record(&self, record: Record) {
-        if let Some(journal) = &self.journal {
-            journal.write(record);
-        }
+        self.durable.write(record);
     }
 
     /// After a durable restart (tasks already restored): rebuilds each

@@ -1,0 +1,208 @@
+//! Admission: what a submission must pass before the ledger takes it.
+//! The bounds it may not exceed (a pure check, [`check_bounds`]), the
+//! defaults its task declares (this process's plugin, else a live
+//! subworker's offer), and the refusals when nobody provides it or its id
+//! is another task's.
+
+use super::{State, Tasks};
+use crate::server::limits::{millis, Bound, Limits};
+use crate::wire::protocol::{now_ms, ErrorKind, ErrorReply, Priority, Submit, TaskId};
+
+/// Why the bounds refuse a submission.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// A queue is full (`what` says which): retry later.
+    Busy(Bound, String),
+    /// It asks for more than this process allows.
+    Bad(String),
+}
+
+/// Checks a submission against `limits`, with `load` (live tasks, and the
+/// bytes of arguments they hold) the ledger's now.
+pub(super) fn check_bounds(limits: &Limits, load: (usize, u64), submit: &Submit, now: u64) -> Result<(), Refusal> {
+    let (live, live_bytes) = load;
+    if live >= limits.max_queued_tasks {
+        return Err(Refusal::Busy(Bound::QueuedTasks, format!("{live} tasks are queued or running")));
+    }
+    let bytes = live_bytes.saturating_add(submit.args.len() as u64);
+    if bytes > limits.max_queued_bytes {
+        return Err(Refusal::Busy(Bound::QueuedBytes, format!("queued tasks hold {live_bytes} bytes of arguments")));
+    }
+    let bad = |message: String| Err(Refusal::Bad(message));
+    if let Some(callback) = &submit.callback {
+        if let Err(message) = crate::server::callbacks::check_address(&callback.address, limits) {
+            return bad(message);
+        }
+    }
+    let furthest = now.saturating_add(millis(limits.max_countdown));
+    if submit.not_before_ms.is_some_and(|at| at > furthest) {
+        return bad(format!(
+            "a countdown or ETA may be at most {} s ahead here (--max-countdown)",
+            limits.max_countdown.as_secs()
+        ));
+    }
+    if let Some(retry) = &submit.retry {
+        if retry.max_retries > limits.max_retries {
+            return bad(format!(
+                "{} retries asked for; at most {} are allowed here (--max-retries)",
+                retry.max_retries, limits.max_retries
+            ));
+        }
+        if !retry.factor.is_finite() || retry.factor < 0.0 {
+            return bad(format!("retry factor {} is not a finite number of 0 or more", retry.factor));
+        }
+        if retry.delay_ms.max(retry.max_delay_ms) > millis(limits.max_countdown) {
+            return bad(format!(
+                "a pause between retries may be at most {} s here (--max-countdown)",
+                limits.max_countdown.as_secs()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The refusal of a task id already used for another task.
+pub(super) fn id_conflict(task_id: TaskId, task_name: &str) -> ErrorReply {
+    ErrorReply::new(
+        ErrorKind::IdConflict,
+        format!(
+            "task id {task_id} is already used by a task '{task_name}' with other arguments: choose a fresh id (ids are not secrets; resubmitting the same task under its id is safe)"
+        ),
+    )
+}
+
+/// A task's declared defaults, from the plugin here or a subworker's offer.
+pub(super) struct Declared {
+    pub(super) priority: Priority,
+    pub(super) timeout_ms: u64,
+    pub(super) max_retries: u32,
+    pub(super) retry_delay_ms: u64,
+}
+
+impl Declared {
+    fn of(task: &crate::plugins::LoadedTask) -> Declared {
+        let options = &task.decl.options;
+        Declared {
+            priority: options.priority,
+            timeout_ms: options.timeout_ms,
+            max_retries: options.max_retries,
+            retry_delay_ms: options.retry_delay_ms,
+        }
+    }
+}
+
+impl State {
+    /// The defaults of `task_name`: this process's plugin's, else a live
+    /// subworker's offer; or why nobody can run it.
+    pub(super) fn declared(&self, tasks: &Tasks, task_name: &str) -> Result<Declared, ErrorReply> {
+        match (tasks.ledger.cluster.provider(task_name), self.registry.get(task_name)) {
+            // What this control plane's own plugin declares wins over what
+            // a subworker offers for the same task.
+            (Some(_), Some(task)) => Ok(Declared::of(task)),
+            (Some(offered), None) => Ok(Declared {
+                priority: offered.priority,
+                timeout_ms: offered.timeout_ms,
+                max_retries: offered.max_retries.min(self.config.limits.max_retries),
+                retry_delay_ms: offered.retry_delay_ms.min(millis(self.config.limits.max_countdown)),
+            }),
+            (None, Some(_)) if self.pool.threads() == 0 => {
+                let message = format!(
+                    "no worker can run task '{task_name}': this control plane runs with --concurrency 0 and no live subworker provides it"
+                );
+                Err(ErrorReply::new(ErrorKind::NoWorker, message))
+            }
+            (None, Some(task)) => Ok(Declared::of(task)),
+            (None, None) => Err(self
+                .restart_window_refusal(task_name)
+                .unwrap_or_else(|| ErrorReply::new(ErrorKind::UnknownTask, self.nobody_provides(tasks, task_name)))),
+        }
+    }
+
+    /// The `Busy` refusal of something `bound` does not let in now (counted
+    /// for `/metrics`): `what` says what is full.
+    pub(super) fn busy(&self, bound: Bound, what: &str) -> ErrorReply {
+        self.refusals.count(bound);
+        let limits = &self.config.limits;
+        let message = format!(
+            "'{}' is busy: {what} ({} {}); retry later",
+            self.config.worker_id,
+            bound.flag(),
+            bound.value(limits)
+        );
+        ErrorReply::new(ErrorKind::Busy, message)
+    }
+
+    /// Refuses a submission the bounds do not allow (see [`check_bounds`]);
+    /// a full queue is counted for `/metrics`.
+    pub(super) fn within_limits(&self, tasks: &Tasks, submit: &Submit) -> Result<(), ErrorReply> {
+        check_bounds(&self.config.limits, tasks.ledger.load(), submit, now_ms()).map_err(|refusal| match refusal {
+            Refusal::Busy(bound, what) => self.busy(bound, &what),
+            Refusal::Bad(message) => ErrorReply::new(ErrorKind::BadRequest, message),
+        })
+    }
+
+    /// "No worker provides task 'x'", with what is provided.
+    pub(super) fn nobody_provides(&self, tasks: &Tasks, task_name: &str) -> String {
+        let mut known: Vec<&str> = self.registry.tasks().iter().map(|t| t.decl.name.as_str()).collect();
+        known.extend(tasks.ledger.cluster.task_names());
+        known.sort_unstable();
+        known.dedup();
+        let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+        format!("no worker provides task '{task_name}' (tasks provided now: {known})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::protocol::{Callback, RetryPolicy};
+
+    const NOW: u64 = 1_000_000;
+
+    fn submit(args: &[u8]) -> Submit {
+        Submit { task_id: TaskId::new_v4(), task_name: "t".into(), args: args.to_vec(), ..Default::default() }
+    }
+
+    #[test]
+    fn full_queues_are_busy_and_say_which() {
+        let limits = Limits { max_queued_tasks: 2, max_queued_bytes: 10, ..Limits::default() };
+        assert_eq!(check_bounds(&limits, (1, 0), &submit(b"[1]"), NOW), Ok(()));
+        assert!(matches!(
+            check_bounds(&limits, (2, 0), &submit(b"[1]"), NOW),
+            Err(Refusal::Busy(Bound::QueuedTasks, _))
+        ));
+        assert!(matches!(
+            check_bounds(&limits, (1, 8), &submit(b"[1]"), NOW),
+            Err(Refusal::Busy(Bound::QueuedBytes, _))
+        ));
+        // Sums that would overflow are refused, not wrapped.
+        assert!(check_bounds(&limits, (0, u64::MAX), &submit(b"[1]"), NOW).is_err());
+    }
+
+    #[test]
+    fn countdowns_retries_and_callbacks_beyond_the_limits_are_bad_requests() {
+        let limits = Limits::default();
+        let far = Submit { not_before_ms: Some(u64::MAX), ..submit(b"[]") };
+        assert!(
+            matches!(check_bounds(&limits, (0, 0), &far, NOW), Err(Refusal::Bad(m)) if m.contains("--max-countdown"))
+        );
+        let retry = |max_retries, factor, delay_ms| Submit {
+            retry: Some(RetryPolicy { max_retries, delay_ms, factor, max_delay_ms: delay_ms }),
+            ..submit(b"[]")
+        };
+        let too_many = retry(limits.max_retries + 1, 2.0, 10);
+        assert!(
+            matches!(check_bounds(&limits, (0, 0), &too_many, NOW), Err(Refusal::Bad(m)) if m.contains("--max-retries"))
+        );
+        for factor in [f64::NAN, f64::INFINITY, -1.0] {
+            assert!(check_bounds(&limits, (0, 0), &retry(1, factor, 10), NOW).is_err(), "factor {factor}");
+        }
+        assert!(check_bounds(&limits, (0, 0), &retry(1, 2.0, u64::MAX), NOW).is_err());
+        assert_eq!(check_bounds(&limits, (0, 0), &retry(1, 2.0, 10), NOW), Ok(()));
+        let callback = Callback { address: "file:///etc/passwd".into(), data: Vec::new() };
+        let bad_callback = Submit { callback: Some(callback), ..submit(b"[]") };
+        assert!(
+            matches!(check_bounds(&limits, (0, 0), &bad_callback, NOW), Err(Refusal::Bad(m)) if m.contains("scheme"))
+        );
+    }
+}

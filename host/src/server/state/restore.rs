@@ -1,0 +1,136 @@
+//! The durable mode's restart: what the store held at start-up is taken up
+//! again (results back into the cache, tasks into the ledger), and at a
+//! durable shutdown what has not ended is left in the store for the next
+//! start.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::{Outbox, State, Tasks};
+use crate::ledger::{LiveTask, Plan};
+use crate::server::endpoint::Replier;
+use crate::server::journal::Recovered;
+use crate::wire::protocol::{now_ms, ErrorKind, ErrorReply, Reply, TaskState};
+
+impl State {
+    /// At a durable shutdown, tasks still running are left in the store:
+    /// they run again after the restart. Their waiting clients are told so.
+    pub(super) fn leave_for_restart(&self, left: Vec<LiveTask<Replier>>) {
+        for task in left {
+            let task_id = task.report.task_id;
+            task.cancelled.store(true, Ordering::SeqCst);
+            let reply = Reply::Error(ErrorReply::new(
+                ErrorKind::ShuttingDown,
+                format!(
+                    "'{}' shut down before task '{}' ({task_id}) ended; it is kept in --state-dir and runs when the control plane restarts there: ask its status then",
+                    self.config.worker_id, task.report.task_name
+                ),
+            ));
+            for waiter in task.waiters {
+                waiter.send(&reply);
+            }
+        }
+        self.durable.close();
+    }
+
+    /// Writes what is pending and closes the store (at shutdown).
+    pub(crate) fn close_journal(&self) {
+        self.durable.close();
+    }
+
+    /// Takes up what a durable store held at start-up: results go back to
+    /// the cache (those past their TTL are dropped), tasks that had not
+    /// started are queued or scheduled again, tasks that were running (here
+    /// or on a subworker) run again with their next run number, and retries
+    /// wait for their time. Called before any port serves.
+    pub(crate) fn restore(self: &Arc<Self>, recovered: Recovered) {
+        let now = now_ms();
+        let mut cache = self.cache.lock().expect("cache lock");
+        for result in recovered.results {
+            let age = now.saturating_sub(result.report.finished_ms.unwrap_or(now));
+            cache.insert_aged(result.report, result.args_digest, Duration::from_millis(age));
+        }
+        let results = cache.len();
+        self.durable.forget_dropped(&mut cache);
+        drop(cache);
+        let mut outbox = Outbox::default();
+        let mut tasks = self.lock();
+        let (mut queued, mut rerun, mut waiting_for_time, mut for_subworkers) = (0, 0, 0, 0);
+        let workflows = recovered.workflows;
+        for (task_id, record, progress) in recovered.tasks {
+            if tasks.ledger.get(&task_id).is_some() {
+                continue;
+            }
+            let mut report = super::new_report(task_id, record.task_name, record.priority, record.created_ms);
+            report.attempts = record.attempts;
+            let mut failures = 0;
+            let mut retry_at = None;
+            if let Some(progress) = progress {
+                if progress.attempts > record.attempts && progress.retry_at_ms.is_none() {
+                    rerun += 1;
+                }
+                report.attempts = progress.attempts;
+                report.error = progress.error;
+                failures = progress.failures;
+                retry_at = progress.retry_at_ms;
+            }
+            let started = report.attempts > record.attempts || retry_at.is_some();
+            let scheduled = record.not_before_ms.filter(|&at| at > now && !started);
+            let due = retry_at.or(scheduled);
+            if retry_at.is_some() {
+                report.state = TaskState::Retrying;
+            } else if scheduled.is_some() {
+                report.state = TaskState::Scheduled;
+            }
+            let plan = Plan { timeout_ms: record.timeout_ms, retry: record.retry, callback: record.callback };
+            let mut task = LiveTask::new(report, record.args, plan, record.owner);
+            task.failures = failures;
+            self.monitor.accepted(&task.report);
+            if due.is_some() {
+                waiting_for_time += 1;
+            } else if tasks.ledger.runs_here(&task.report.task_name) {
+                queued += 1;
+            } else {
+                // Only subworkers provide it: it waits for one to register.
+                for_subworkers += 1;
+            }
+            self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.restore(task, due, now, io));
+        }
+        drop(tasks);
+        outbox.deliver();
+        info!(
+            results,
+            queued,
+            rerun,
+            waiting_for_time,
+            for_subworkers,
+            "durable mode: accepted tasks taken up again after the restart"
+        );
+        self.restore_workflows(workflows);
+        if for_subworkers > 0 {
+            self.settle_stranded_later();
+        }
+    }
+
+    /// Tasks restored for subworkers wait for them to register again; those
+    /// nobody provides after `--inactive-after` run here or fail, saying so.
+    fn settle_stranded_later(self: &Arc<Self>) {
+        let grace = self.config.management.as_ref().map_or(Duration::from_secs(30), |m| m.inactive_after);
+        let state: Weak<State> = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("restore-grace".into()).spawn(move || {
+            std::thread::sleep(grace);
+            let Some(state) = state.upgrade() else { return };
+            let mut outbox = Outbox::default();
+            let mut tasks: std::sync::MutexGuard<'_, Tasks> = state.lock();
+            state.settle_stranded(&mut tasks, "no subworker providing it registered after the restart", &mut outbox);
+            drop(tasks);
+            outbox.deliver();
+        });
+        if let Err(error) = spawned {
+            warn!(%error, "could not start the thread that settles restored tasks nobody provides");
+        }
+    }
+}

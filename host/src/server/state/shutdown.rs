@@ -1,0 +1,99 @@
+//! Shutdown: a process stops taking tasks, lets queued and running ones
+//! finish within `--shutdown-timeout`, and answers every client still
+//! waiting. In durable mode what has not ended stays in the store for the
+//! restart; a subworker hands back at once what it has not started.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::{error_reply, Outbox, State, Tasks};
+use crate::wire::protocol::{now_ms, ErrorKind, TaskId, TaskState};
+
+impl State {
+    /// Stops taking tasks, lets queued and running ones finish within the
+    /// shutdown timeout, and answers every client still waiting.
+    pub(crate) fn drain(&self) {
+        if !self.accepting.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let timeout = self.config.shutdown_timeout;
+        info!(timeout_secs = timeout.as_secs_f64(), "shutting down: finishing queued and running tasks");
+        let deadline = Instant::now() + timeout;
+        // In durable mode what has not run yet waits on disk for the restart.
+        let durable = self.durable.is_on();
+        if !durable {
+            self.end_waiting_for_time();
+        }
+        if self.config.management.is_none() {
+            // A subworker hands back at once what it has not started: its
+            // control plane runs it elsewhere rather than it failing here.
+            self.hand_back_unstarted(self.pool.close_and_take_queued());
+        }
+        let unstarted = self.pool.drain(timeout);
+        // Tasks on subworkers finish on their own; wait for them too.
+        let busy = |tasks: &Tasks| tasks.ledger.tasks().any(|(_, t)| !durable || t.report.state == TaskState::Running);
+        while busy(&self.lock()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut outbox = Outbox::default();
+        let mut tasks = self.lock();
+        if !durable {
+            let message = format!(
+                "'{}' shut down before this task started (--shutdown-timeout {} s); submit it again",
+                self.config.worker_id,
+                timeout.as_secs_f64()
+            );
+            self.drive(&mut tasks, &mut outbox, |ledger, io| {
+                for job in &unstarted {
+                    ledger.fail(job.task_id, message.clone(), now_ms(), io);
+                }
+            });
+            if !unstarted.is_empty() {
+                warn!(count = unstarted.len(), "tasks never started before the shutdown deadline");
+            }
+        }
+        let abandoned = tasks.ledger.remove_all();
+        drop(tasks);
+        outbox.deliver();
+        if durable {
+            return self.leave_for_restart(abandoned);
+        }
+        for task in abandoned {
+            let (task_id, task_name) = (task.report.task_id, &task.report.task_name);
+            warn!(%task_id, task = %task_name, "still running at the shutdown deadline; its result is lost");
+            task.cancelled.store(true, Ordering::SeqCst);
+            let reply = error_reply(
+                ErrorKind::ShuttingDown,
+                format!(
+                    "'{}' shut down while task '{task_name}' ({task_id}) was still running after --shutdown-timeout {} s; its result is lost",
+                    self.config.worker_id,
+                    timeout.as_secs_f64()
+                ),
+            );
+            for waiter in task.waiters {
+                waiter.send(&reply);
+            }
+        }
+    }
+
+    /// At shutdown, tasks waiting for a countdown, ETA or retry will not
+    /// get their time here: they fail now, saying so.
+    fn end_waiting_for_time(&self) {
+        let message = format!(
+            "'{}' shut down before this task's scheduled time or next retry; submit it again",
+            self.config.worker_id
+        );
+        self.drive_locked(|ledger, io| {
+            let waiting: Vec<TaskId> = ledger
+                .tasks()
+                .filter(|(_, t)| matches!(t.report.state, TaskState::Scheduled | TaskState::Retrying))
+                .map(|(id, _)| *id)
+                .collect();
+            for task_id in waiting {
+                ledger.fail(task_id, message.clone(), now_ms(), io);
+            }
+        });
+    }
+}
