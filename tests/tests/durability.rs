@@ -255,3 +255,34 @@ fn a_state_dir_that_cannot_be_used_stops_the_start_with_a_clear_message() {
     assert!(log.contains("--state-dir") && !log.contains("panicked"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_outcome_shown_by_status_is_on_disk_so_a_crash_right_after_cannot_take_it_back() {
+    let (dir, state_dir, address) = durable_place();
+    let flags = ["--state-dir", state_dir.as_str()];
+    let rt = runtime();
+    let mut cp = control_plane_at(&address, &flags);
+    for round in 0..5 {
+        let client = cp.client();
+        let task_id = TaskId::new_v4();
+        rt.block_on(client.delay("sleep_ms", (20,), with_id(task_id))).unwrap();
+        // Polled as fast as it answers, and killed the moment it shows an end:
+        // the end must have been on disk already.
+        let shown = loop {
+            let report = rt.block_on(client.status(task_id)).unwrap();
+            if report.state.is_final() {
+                break report;
+            }
+        };
+        kill_9(&mut cp);
+        cp = control_plane_at(&address, &flags);
+        let after = rt.block_on(cp.client().status(task_id)).unwrap();
+        assert_eq!(
+            (after.state, after.attempts, after.result.as_deref()),
+            (shown.state, shown.attempts, shown.result.as_deref()),
+            "round {round}: status showed {shown:?} before the crash, and {after:?} after the restart"
+        );
+    }
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -36,6 +36,9 @@ struct Cached {
     /// A digest of the task's arguments, to tell a resubmission of the same
     /// task from another task under a reused id.
     args_digest: [u8; 16],
+    /// In durable mode, the sequence number of the journal record of its
+    /// outcome (0: none, or stored before it came here).
+    record: u64,
 }
 
 /// The digest [`ResultCache`] keeps of a task's arguments (SHA-256, first
@@ -93,13 +96,30 @@ impl ResultCache {
     }
 
     /// Stores a finished task, evicting the least recently used one if full.
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, report: TaskReport, args_digest: [u8; 16]) {
         self.insert_aged(report, args_digest, Duration::ZERO);
+    }
+
+    /// Stores a finished task whose outcome is the journal's record
+    /// number `record` (see [`ResultCache::record_of`]).
+    pub(crate) fn insert_recorded(&mut self, report: TaskReport, args_digest: [u8; 16], record: u64) {
+        self.put(report, args_digest, Duration::ZERO, record);
+    }
+
+    /// The journal record number of a held result's outcome (0: none, or
+    /// stored before it came here), without refreshing it.
+    pub(crate) fn record_of(&self, id: &TaskId) -> u64 {
+        self.results.as_ref().and_then(|results| results.peek(id)).map_or(0, |cached| cached.record)
     }
 
     /// Stores a task that finished `age` ago (read back from a durable
     /// store): one already past the TTL is not stored.
     pub(crate) fn insert_aged(&mut self, report: TaskReport, args_digest: [u8; 16], age: Duration) {
+        self.put(report, args_digest, age, 0);
+    }
+
+    fn put(&mut self, report: TaskReport, args_digest: [u8; 16], age: Duration, record: u64) {
         let id = report.task_id;
         let Some(results) = self.results.as_mut() else { return note(&mut self.forgotten, id) };
         if self.ttl.is_some_and(|ttl| age >= ttl) {
@@ -110,7 +130,7 @@ impl ResultCache {
         // counts from now: such a result is kept up to one TTL too long.
         let stored = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         self.bytes += size_of(&report);
-        if let Some((evicted, old)) = results.push(id, Cached { report, stored, args_digest }) {
+        if let Some((evicted, old)) = results.push(id, Cached { report, stored, args_digest, record }) {
             self.bytes -= size_of(&old.report);
             if evicted != id {
                 self.dropped.put(evicted, Dropped::Evicted);

@@ -20,7 +20,7 @@
 //! written by another format is refused, never guessed at.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -191,7 +191,8 @@ type Then = Box<dyn FnOnce(bool) + Send>;
 
 /// What the writer thread is handed.
 enum Entry {
-    Record(Record),
+    /// A record and its sequence number (1, 2, … in the order handed).
+    Record(u64, Record),
     /// Runs once everything handed before it is written; told whether it was.
     Then(Then),
     Stop,
@@ -210,7 +211,12 @@ pub(crate) struct Recovered {
 
 /// The store and its writer thread.
 pub(crate) struct Journal {
-    entries: mpsc::Sender<Entry>,
+    /// The channel to the writer, and the sequence number of the last
+    /// record sent on it: numbered and sent under one lock, so the writer
+    /// receives records in the order of their numbers.
+    entries: Mutex<(mpsc::Sender<Entry>, u64)>,
+    /// Every record numbered up to this one has been through a commit.
+    stored_through: Arc<AtomicU64>,
     pending: Arc<AtomicUsize>,
     writer: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
@@ -248,6 +254,8 @@ impl Journal {
         let (entries, receiver) = mpsc::channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let writer_pending = pending.clone();
+        let stored_through = Arc::new(AtomicU64::new(0));
+        let writer_stored = stored_through.clone();
         let writer_path = dir.to_path_buf();
         // Replies are sent by a thread of their own, so that the writer
         // starts the next transaction while the last one's replies leave.
@@ -261,7 +269,7 @@ impl Journal {
         let writer = std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || {
-                write_loop(&db, &writer_path, &receiver, &writer_pending, &done);
+                write_loop(&db, &writer_path, &receiver, &writer_pending, &writer_stored, &done);
                 drop(done);
                 let _ = replier.join();
             })
@@ -272,7 +280,8 @@ impl Journal {
             results = recovered.results.len(),
             "durable mode: state store opened"
         );
-        let journal = Journal { entries, pending, writer: Mutex::new(Some(writer)), path: dir.into() };
+        let entries = Mutex::new((entries, 0));
+        let journal = Journal { entries, stored_through, pending, writer: Mutex::new(Some(writer)), path: dir.into() };
         Ok((journal, recovered))
     }
 
@@ -291,9 +300,25 @@ impl Journal {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Hands a record to the writer; never waits.
-    pub(crate) fn write(&self, record: Record) {
-        self.send(Entry::Record(record));
+    /// Hands a record to the writer; never waits. Returns its sequence
+    /// number, for [`Journal::is_stored`].
+    pub(crate) fn write(&self, record: Record) -> u64 {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        entries.1 += 1;
+        let seq = entries.1;
+        if entries.0.send(Entry::Record(seq, record)).is_err() {
+            // The writer stopped (shutdown): nothing more is written.
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        seq
+    }
+
+    /// Whether the record numbered `seq` has been through a commit (it is
+    /// on disk, unless the store failed, which is logged and refuses
+    /// submissions).
+    pub(crate) fn is_stored(&self, seq: u64) -> bool {
+        seq <= self.stored_through.load(Ordering::Acquire)
     }
 
     /// Runs `then` once every record handed before it is on disk (`true`)
@@ -305,7 +330,8 @@ impl Journal {
 
     fn send(&self, entry: Entry) {
         self.pending.fetch_add(1, Ordering::Relaxed);
-        if let Err(mpsc::SendError(entry)) = self.entries.send(entry) {
+        let sent = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).0.send(entry);
+        if let Err(mpsc::SendError(entry)) = sent {
             // The writer stopped (shutdown): nothing more is written.
             self.pending.fetch_sub(1, Ordering::Relaxed);
             if let Entry::Then(then) = entry {
@@ -316,7 +342,7 @@ impl Journal {
 
     /// Writes everything pending and stops the writer.
     pub(crate) fn close(&self) {
-        let _ = self.entries.send(Entry::Stop);
+        let _ = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).0.send(Entry::Stop);
         let writer = self.writer.lock().map(|mut w| w.take()).unwrap_or(None);
         if let Some(writer) = writer {
             let _ = writer.join();
@@ -428,6 +454,7 @@ fn write_loop(
     dir: &Path,
     entries: &mpsc::Receiver<Entry>,
     pending: &AtomicUsize,
+    stored_through: &AtomicU64,
     done: &mpsc::Sender<(Vec<Then>, bool)>,
 ) {
     let mut batch = Vec::new();
@@ -456,12 +483,18 @@ fn write_loop(
             }
         };
         let mut thens = Vec::new();
+        let mut last_seq = None;
         for entry in batch.drain(..) {
             match entry {
                 Entry::Then(then) => thens.push(then),
                 Entry::Stop => stop = true,
-                Entry::Record(_) => {}
+                Entry::Record(seq, _) => last_seq = Some(seq),
             }
+        }
+        // Records arrive in the order of their numbers: all up to the last
+        // of this batch have been through a commit.
+        if let Some(seq) = last_seq {
+            stored_through.store(seq, Ordering::Release);
         }
         pending.fetch_sub(taken, Ordering::Relaxed);
         if !thens.is_empty() {
@@ -486,13 +519,13 @@ impl Positions {
         let mut positions = Positions::default();
         for (index, entry) in batch.iter().enumerate() {
             match entry {
-                Entry::Record(Record::Accepted(task_id, _)) => {
+                Entry::Record(_, Record::Accepted(task_id, _)) => {
                     positions.accepted.insert(*task_id, index);
                 }
-                Entry::Record(Record::Finished(result)) => {
+                Entry::Record(_, Record::Finished(result)) => {
                     positions.finished.insert(result.report.task_id, index);
                 }
-                Entry::Record(Record::Forget(task_ids)) => {
+                Entry::Record(_, Record::Forget(task_ids)) => {
                     positions.forgotten.extend(task_ids.iter().map(|task_id| (*task_id, index)));
                 }
                 _ => {}
@@ -521,7 +554,7 @@ impl Positions {
 /// Writes the records of `batch` in one transaction (one fsync). A task
 /// accepted and ended within the batch is written as its result alone.
 fn commit(db: &Database, batch: &[Entry]) -> Result<(), redb::Error> {
-    if !batch.iter().any(|entry| matches!(entry, Entry::Record(_))) {
+    if !batch.iter().any(|entry| matches!(entry, Entry::Record(..))) {
         return Ok(());
     }
     let positions = Positions::of(batch);
@@ -533,7 +566,7 @@ fn commit(db: &Database, batch: &[Entry]) -> Result<(), redb::Error> {
         let mut workflows = write.open_table(WORKFLOWS)?;
         let mut steps = write.open_table(WORKFLOW_STEPS)?;
         for (index, entry) in batch.iter().enumerate() {
-            let Entry::Record(record) = entry else { continue };
+            let Entry::Record(_, record) = entry else { continue };
             match record {
                 Record::Accepted(task_id, _) | Record::Progress(task_id, _) if positions.ends_after(task_id, index) => {
                 }
@@ -665,12 +698,12 @@ mod tests {
             // b's result is forgotten in the same batch: nothing is kept of b.
             let progress = Progress { attempts: 1, failures: 0, retry_at_ms: None, error: None };
             let batch = vec![
-                Entry::Record(Record::Accepted(a, Box::new(task("add")))),
-                Entry::Record(Record::Accepted(b, Box::new(task("add")))),
-                Entry::Record(Record::Progress(a, progress)),
-                Entry::Record(Record::Finished(Box::new(finished(a)))),
-                Entry::Record(Record::Finished(Box::new(finished(b)))),
-                Entry::Record(Record::Forget(vec![b])),
+                Entry::Record(1, Record::Accepted(a, Box::new(task("add")))),
+                Entry::Record(2, Record::Accepted(b, Box::new(task("add")))),
+                Entry::Record(3, Record::Progress(a, progress)),
+                Entry::Record(4, Record::Finished(Box::new(finished(a)))),
+                Entry::Record(5, Record::Finished(Box::new(finished(b)))),
+                Entry::Record(6, Record::Forget(vec![b])),
             ];
             let db = Database::create(dir.join("direct.redb")).expect("db");
             let write = db.begin_write().expect("write");

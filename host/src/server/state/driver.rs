@@ -77,7 +77,7 @@ impl Effects<Replier, Link> for Driver<'_> {
             state.callbacks.push(callback.address, Notice { report: report.clone(), data: callback.data });
         }
         let digest = args_digest(&task.args);
-        state.durable.record_finished(&report, digest);
+        let record = state.durable.record_finished(&report, digest);
         if self.workflows.member_of(&report.task_id).is_some() {
             self.members_ended.push(report.clone());
         }
@@ -87,7 +87,7 @@ impl Effects<Replier, Link> for Driver<'_> {
         }
         let Reply::Report(report) = reply else { unreachable!() };
         let mut cache = state.cache.lock().expect("cache lock");
-        cache.insert(report, digest);
+        cache.insert_recorded(report, digest, record);
         state.durable.forget_dropped(&mut cache);
     }
 

@@ -120,10 +120,18 @@ impl Durable {
         journal.write(Record::Progress(task.report.task_id, progress));
     }
 
-    /// Records how a task ended.
-    pub(super) fn record_finished(&self, report: &TaskReport, args_digest: [u8; 16]) {
-        let Some(journal) = &self.journal else { return };
-        journal.write(Record::Finished(Box::new(ResultRecord { report: report.clone(), args_digest })));
+    /// Records how a task ended; returns the record's number (0 in memory
+    /// mode), for [`Durable::is_stored`].
+    pub(super) fn record_finished(&self, report: &TaskReport, args_digest: [u8; 16]) -> u64 {
+        let Some(journal) = &self.journal else { return 0 };
+        journal.write(Record::Finished(Box::new(ResultRecord { report: report.clone(), args_digest })))
+    }
+
+    /// Whether the record numbered `record` (0: none) is stored: an
+    /// outcome is shown only once it is, so that no client sees an outcome
+    /// that a crash could take back (the task would run again).
+    pub(super) fn is_stored(&self, record: u64) -> bool {
+        record == 0 || self.journal.as_ref().is_none_or(|journal| journal.is_stored(record))
     }
 
     /// Deletes from the store the results the cache dropped.

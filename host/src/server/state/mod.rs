@@ -406,12 +406,13 @@ impl State {
         if let Lookup::Found(report) = cache.get(&task_id) {
             let same = report.task_name == submit.task_name
                 && cache.args_digest_of(&task_id) == Some(args_digest(&submit.args));
+            let record = cache.record_of(&task_id);
             drop(cache);
             if !same {
                 return Err((id_conflict(task_id, &report.task_name), waiter));
             }
             if let Some(waiter) = waiter {
-                outbox.0.push((vec![waiter], encode_reply(&Reply::Report(report))));
+                self.answer_ended(waiter, report, record, outbox);
             }
             return Ok(task_id);
         }
@@ -455,9 +456,10 @@ impl State {
             return Reply::Report(task.report.clone());
         }
         let config = &self.config;
-        let lookup = self.cache.lock().expect("cache lock").get(&task_id);
+        let (lookup, record) = self.cached(task_id);
         self.monitor.cache_lookup(matches!(lookup, Lookup::Found(_)));
         match lookup {
+            Lookup::Found(report) if !self.durable.is_stored(record) => Reply::Report(before_its_end(report)),
             Lookup::Found(report) => Reply::Report(report),
             Lookup::Expired => error_reply(
                 ErrorKind::ExpiredTaskId,
@@ -477,6 +479,25 @@ impl State {
                 ErrorKind::UnknownTaskId,
                 format!("task {task_id} is unknown to '{}': check the id and the --address", config.worker_id),
             ),
+        }
+    }
+
+    /// What the cache holds of a task, and the journal record number of
+    /// its outcome (see [`durable::Durable::is_stored`]).
+    fn cached(&self, task_id: TaskId) -> (Lookup, u64) {
+        let mut cache = self.cache.lock().expect("cache lock");
+        let lookup = cache.get(&task_id);
+        (lookup, cache.record_of(&task_id))
+    }
+
+    /// Answers `waiter` with the report of a task that ended: at once once
+    /// its outcome (record number `record`) is stored, else behind it.
+    fn answer_ended(&self, waiter: Replier, report: TaskReport, record: u64, outbox: &mut Outbox) {
+        let message = encode_reply(&Reply::Report(report));
+        if self.durable.is_stored(record) {
+            outbox.0.push((vec![waiter], message));
+        } else {
+            self.durable.answer_final(vec![waiter], message, outbox);
         }
     }
 
@@ -570,6 +591,14 @@ impl State {
     pub(crate) fn settle_stranded(&self, tasks: &mut Tasks, why: &str, outbox: &mut Outbox) {
         self.drive(tasks, outbox, |ledger, io| ledger.settle_stranded(why, now_ms(), io));
     }
+}
+
+/// A task's report as it was just before it ended: what `status` shows
+/// until its outcome is stored (durable mode).
+fn before_its_end(mut report: TaskReport) -> TaskReport {
+    report.state = if report.started_ms.is_some() { TaskState::Running } else { TaskState::Queued };
+    (report.result, report.error, report.finished_ms) = (None, None, None);
+    report
 }
 
 /// A task's first report, as it is accepted at `now`.

@@ -149,7 +149,14 @@ impl State {
             return;
         }
         drop(tasks);
-        replier.send(&self.status(task_id));
+        match self.cached(task_id) {
+            (crate::server::cache::Lookup::Found(report), record) => {
+                let mut outbox = super::Outbox::default();
+                self.answer_ended(replier, report, record, &mut outbox);
+                outbox.deliver();
+            }
+            _ => replier.send(&self.status(task_id)),
+        }
     }
 
     /// Accepts a task the dashboard submits (a retry under a fresh id).
