@@ -4,7 +4,9 @@
 //! takes its own NNG context, so any number of calls may overlap on the same
 //! sockets and each gets its own reply. Every call has a timeout.
 
+mod admin;
 mod endpoint;
+mod exchange;
 mod workflow;
 
 pub(crate) use endpoint::stop;
@@ -13,16 +15,14 @@ use endpoint::Endpoint;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nng::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::wire::address::{AddressError, BaseAddress};
-use crate::wire::auth::{open, seal, AuthError, Key, KeyError, KeyRing, Sender, ENVELOPE_BYTES};
+use crate::wire::auth::{AuthError, Key, KeyError, KeyRing, Sender};
 use crate::wire::protocol::{
-    decode, encode_message, now_ms, Callback, ClusterStatus, DecodeError, ErrorKind, ErrorReply, Priority, Reply,
-    Request, RetryPolicy, ScheduleStatus, Submit, TaskError, TaskId, TaskInfo, TaskReport, TaskState,
-    DEFAULT_MAX_FRAME_BYTES,
+    Callback, DecodeError, ErrorKind, ErrorReply, Priority, Reply, Request, RetryPolicy, Submit, TaskError, TaskId,
+    TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
 };
 
 /// Calls one client keeps in service on one port at once; more wait in
@@ -429,173 +429,6 @@ impl Client {
             other => Err(self.unexpected(other)),
         }
     }
-
-    /// The control plane's subworkers and their health.
-    pub async fn workers(&self) -> Result<ClusterStatus, ClientError> {
-        match self.request(RESULTS, &Request::Workers).await? {
-            Reply::Workers(status) => Ok(status),
-            Reply::Error(error) => Err(ClientError::Refused(error)),
-            other => Err(self.unexpected(other)),
-        }
-    }
-
-    /// The tasks the control plane and its live subworkers provide, with
-    /// their declared defaults and the JSON Schemas of their arguments and
-    /// results (`None` for a plugin built before schemas existed).
-    pub async fn tasks(&self) -> Result<Vec<TaskInfo>, ClientError> {
-        match self.request(RESULTS, &Request::Tasks).await? {
-            Reply::Tasks(tasks) => Ok(tasks),
-            Reply::Error(error) => Err(ClientError::Refused(error)),
-            other => Err(self.unexpected(other)),
-        }
-    }
-
-    /// The periodic tasks and their records.
-    pub async fn schedules(&self) -> Result<Vec<ScheduleStatus>, ClientError> {
-        match self.request(RESULTS, &Request::Schedules).await? {
-            Reply::Schedules(statuses) => Ok(statuses),
-            Reply::Error(error) => Err(ClientError::Refused(error)),
-            other => Err(self.unexpected(other)),
-        }
-    }
-
-    /// Pauses (`true`) or resumes a periodic task's schedule.
-    pub async fn pause_schedule(&self, task_name: &str, paused: bool) -> Result<(), ClientError> {
-        let request = Request::PauseSchedule { task_name: task_name.to_string(), paused };
-        match self.request(RESULTS, &request).await? {
-            Reply::Done => Ok(()),
-            Reply::Error(error) => Err(ClientError::Refused(error)),
-            other => Err(self.unexpected(other)),
-        }
-    }
-
-    /// The cluster-wide task limits and what each holds now (docs/limits.md).
-    pub async fn task_limits(&self) -> Result<Vec<crate::wire::task_limit::TaskLimitStatus>, ClientError> {
-        match self.request(RESULTS, &Request::TaskLimits).await? {
-            Reply::TaskLimits(rows) => Ok(rows),
-            Reply::Error(error) => Err(ClientError::Refused(error)),
-            other => Err(self.unexpected(other)),
-        }
-    }
-
-    /// Sets a task's cluster-wide limit at run time (`None` lifts its
-    /// declared or flag limit); needs the operator's key on a keyed cluster.
-    pub async fn set_task_limit(
-        &self,
-        task_name: &str,
-        limit: Option<crate::wire::task_limit::TaskLimit>,
-    ) -> Result<(), ClientError> {
-        let request = Request::SetTaskLimit { task_name: task_name.to_string(), limit };
-        self.expect_done(&request).await
-    }
-
-    /// Drops a task's run-time limit: its declared or flag limit holds again.
-    pub async fn clear_task_limit(&self, task_name: &str) -> Result<(), ClientError> {
-        self.expect_done(&Request::ClearTaskLimit { task_name: task_name.to_string() }).await
-    }
-
-    async fn expect_done(&self, request: &Request) -> Result<(), ClientError> {
-        match self.request(RESULTS, request).await? {
-            Reply::Done => Ok(()),
-            Reply::Error(error) => Err(ClientError::Refused(error)),
-            other => Err(self.unexpected(other)),
-        }
-    }
-
-    /// The control plane's subworker-management port.
-    pub async fn discover(&self) -> Result<u16, ClientError> {
-        match self.request(RESULTS, &Request::Discover).await? {
-            Reply::Discovered { management_port } => Ok(management_port),
-            Reply::Error(error) => Err(ClientError::Refused(error)),
-            other => Err(self.unexpected(other)),
-        }
-    }
-
-    /// Sends a request to the management port and expects [`Reply::Done`].
-    pub async fn manage(&self, request: &Request) -> Result<(), ClientError> {
-        match self.request(MANAGEMENT, request).await? {
-            Reply::Done => Ok(()),
-            Reply::Error(error) => Err(ClientError::Refused(error)),
-            other => Err(self.unexpected(other)),
-        }
-    }
-
-    /// Sends any request to endpoint `index` (0-3 task ports, 4 results, 5 management).
-    pub async fn request(&self, index: usize, request: &Request) -> Result<Reply, ClientError> {
-        let reply = self.exchange(index, encode_message(request)).await?;
-        decode::<Reply>(&reply, usize::MAX)
-            .map_err(|source| ClientError::Decode { address: self.address(index).to_string(), source })
-    }
-
-    /// Sends a raw frame to endpoint `index` and returns the raw reply.
-    pub async fn exchange(&self, index: usize, mut frame: Message) -> Result<Message, ClientError> {
-        let inner = &self.inner;
-        let sealed = inner.auth.as_ref().map(|auth| {
-            let (envelope, seal) = seal(&auth.key, &auth.sender, &frame, None, now_ms());
-            frame.push_front(&envelope);
-            (auth, seal)
-        });
-        if frame.len() > inner.max_frame {
-            return Err(ClientError::TooLarge { size: frame.len(), limit: inner.max_frame });
-        }
-        let address = self.address(index);
-        let transport = |source| ClientError::Transport { address: address.to_string(), source };
-        let endpoint = inner.endpoints[index]
-            .get_or_init(|| Endpoint::open(address, inner.max_frame, MAX_IN_FLIGHT_PER_PORT))
-            .as_ref()
-            .map_err(|e| transport(*e))?;
-        let timeout = inner.timeout;
-        let started = Instant::now();
-        let _permit = match tokio::time::timeout(timeout, endpoint.in_flight.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(transport(nng::Error::Closed)),
-            Err(_) => return Err(ClientError::Timeout { address: address.to_string(), after: timeout }),
-        };
-        let timeout = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-        let receiver = endpoint.send(frame, timeout).map_err(transport)?;
-        // The Aio's own timeout ends the exchange; this outer one only guards
-        // against a lost wake-up.
-        match tokio::time::timeout(timeout + Duration::from_secs(1), receiver).await {
-            Ok(Ok(Ok(mut message))) => match sealed {
-                None => Ok(message),
-                // An unauthenticated error reply says why the request was
-                // refused; anything else must be sealed for this request.
-                Some((auth, seal)) => match open(&auth.ring, &message, Some(seal), now_ms()) {
-                    Ok(_) => {
-                        message.trim(ENVELOPE_BYTES);
-                        Ok(message)
-                    }
-                    Err(AuthError::Missing) if is_refusal(&message) => Ok(message),
-                    Err(source) => Err(ClientError::Unauthenticated { address: address.to_string(), source }),
-                },
-            },
-            Ok(Ok(Err(nng::Error::TimedOut))) | Err(_) => {
-                Err(ClientError::Timeout { address: address.to_string(), after: timeout })
-            }
-            Ok(Ok(Err(error))) => Err(transport(error)),
-            Ok(Err(_)) => Err(transport(nng::Error::Closed)),
-        }
-    }
-
-    pub(crate) fn address(&self, index: usize) -> &str {
-        &self.inner.addresses[index]
-    }
-
-    pub(crate) fn unexpected(&self, reply: Reply) -> ClientError {
-        ClientError::Unexpected { address: self.inner.base.to_string(), reply: format!("{reply:?}") }
-    }
-}
-
-/// Whether an unsealed reply is a refusal that a server sends without a
-/// seal (the request itself was not authenticated, so nothing is trusted).
-fn is_refusal(message: &[u8]) -> bool {
-    matches!(
-        decode::<Reply>(message, usize::MAX),
-        Ok(Reply::Error(ErrorReply {
-            kind: crate::wire::protocol::ErrorKind::Unauthenticated | crate::wire::protocol::ErrorKind::Busy,
-            ..
-        }))
-    )
 }
 
 /// Turns a final report into the task's typed result.

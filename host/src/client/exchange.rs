@@ -1,0 +1,100 @@
+//! How the Rust client sends one request: sealed with its key, bounded
+//! by the frame limit, on the port's endpoint within the call's timeout,
+//! and its reply opened and decoded.
+
+use std::time::{Duration, Instant};
+
+use nng::Message;
+
+use super::endpoint::Endpoint;
+use super::{Client, ClientError, MANAGEMENT, MAX_IN_FLIGHT_PER_PORT};
+use crate::wire::auth::{open, seal, AuthError, ENVELOPE_BYTES};
+use crate::wire::protocol::{decode, encode_message, now_ms, ErrorReply, Reply, Request};
+
+impl Client {
+    /// Sends a request to the management port and expects [`Reply::Done`].
+    pub async fn manage(&self, request: &Request) -> Result<(), ClientError> {
+        match self.request(MANAGEMENT, request).await? {
+            Reply::Done => Ok(()),
+            Reply::Error(error) => Err(ClientError::Refused(error)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Sends any request to endpoint `index` (0-3 task ports, 4 results, 5 management).
+    pub async fn request(&self, index: usize, request: &Request) -> Result<Reply, ClientError> {
+        let reply = self.exchange(index, encode_message(request)).await?;
+        decode::<Reply>(&reply, usize::MAX)
+            .map_err(|source| ClientError::Decode { address: self.address(index).to_string(), source })
+    }
+
+    /// Sends a raw frame to endpoint `index` and returns the raw reply.
+    pub async fn exchange(&self, index: usize, mut frame: Message) -> Result<Message, ClientError> {
+        let inner = &self.inner;
+        let sealed = inner.auth.as_ref().map(|auth| {
+            let (envelope, seal) = seal(&auth.key, &auth.sender, &frame, None, now_ms());
+            frame.push_front(&envelope);
+            (auth, seal)
+        });
+        if frame.len() > inner.max_frame {
+            return Err(ClientError::TooLarge { size: frame.len(), limit: inner.max_frame });
+        }
+        let address = self.address(index);
+        let transport = |source| ClientError::Transport { address: address.to_string(), source };
+        let endpoint = inner.endpoints[index]
+            .get_or_init(|| Endpoint::open(address, inner.max_frame, MAX_IN_FLIGHT_PER_PORT))
+            .as_ref()
+            .map_err(|e| transport(*e))?;
+        let timeout = inner.timeout;
+        let started = Instant::now();
+        let _permit = match tokio::time::timeout(timeout, endpoint.in_flight.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(transport(nng::Error::Closed)),
+            Err(_) => return Err(ClientError::Timeout { address: address.to_string(), after: timeout }),
+        };
+        let timeout = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+        let receiver = endpoint.send(frame, timeout).map_err(transport)?;
+        // The Aio's own timeout ends the exchange; this outer one only guards
+        // against a lost wake-up.
+        match tokio::time::timeout(timeout + Duration::from_secs(1), receiver).await {
+            Ok(Ok(Ok(mut message))) => match sealed {
+                None => Ok(message),
+                // An unauthenticated error reply says why the request was
+                // refused; anything else must be sealed for this request.
+                Some((auth, seal)) => match open(&auth.ring, &message, Some(seal), now_ms()) {
+                    Ok(_) => {
+                        message.trim(ENVELOPE_BYTES);
+                        Ok(message)
+                    }
+                    Err(AuthError::Missing) if is_refusal(&message) => Ok(message),
+                    Err(source) => Err(ClientError::Unauthenticated { address: address.to_string(), source }),
+                },
+            },
+            Ok(Ok(Err(nng::Error::TimedOut))) | Err(_) => {
+                Err(ClientError::Timeout { address: address.to_string(), after: timeout })
+            }
+            Ok(Ok(Err(error))) => Err(transport(error)),
+            Ok(Err(_)) => Err(transport(nng::Error::Closed)),
+        }
+    }
+
+    pub(crate) fn address(&self, index: usize) -> &str {
+        &self.inner.addresses[index]
+    }
+
+    pub(crate) fn unexpected(&self, reply: Reply) -> ClientError {
+        ClientError::Unexpected { address: self.inner.base.to_string(), reply: format!("{reply:?}") }
+    }
+}
+
+/// Whether an unsealed reply is a refusal that a server sends without a
+/// seal (the request itself was not authenticated, so nothing is trusted).
+fn is_refusal(message: &[u8]) -> bool {
+    matches!(
+        decode::<Reply>(message, usize::MAX),
+        Ok(Reply::Error(ErrorReply {
+            kind: crate::wire::protocol::ErrorKind::Unauthenticated | crate::wire::protocol::ErrorKind::Busy,
+            ..
+        }))
+    )
+}

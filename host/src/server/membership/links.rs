@@ -1,0 +1,104 @@
+//! The control plane's link to each registering subworker: dialing it,
+//! and what happens when it connects (the worker becomes active and its
+//! registration is answered) or drops (its tasks go elsewhere).
+
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use super::connecting::Connecting;
+use super::{schedules, Event};
+use crate::cluster::link::{Link, LinkAuth};
+use crate::cluster::routing::{Phase, WorkerKey};
+use crate::server::endpoint::Replier;
+use crate::server::state::{Outbox, State};
+use crate::wire::address::BaseAddress;
+use crate::wire::auth::Role;
+use crate::wire::protocol::Reply;
+
+/// Dials subworkers, with what every link shares.
+pub(crate) struct Dialer {
+    /// Where each link's connection events go: the membership thread.
+    events: Sender<Event>,
+    /// The identity links seal forwarded tasks with.
+    sender: Arc<crate::wire::auth::Sender>,
+}
+
+impl Dialer {
+    /// A dialer whose links report their connection to `events`.
+    pub(crate) fn new(events: Sender<Event>) -> Dialer {
+        Dialer { events, sender: Arc::new(crate::wire::auth::Sender::new()) }
+    }
+
+    /// Opens the link to worker `key` at `base`: it connects in the
+    /// background (reported as [`Event::Connection`]), and its frames go to
+    /// the state for as long as the state lives.
+    pub(crate) fn open(&self, state: &Arc<State>, key: WorkerKey, base: &BaseAddress) -> Result<Link, nng::Error> {
+        let events = self.events.clone();
+        let weak = Arc::downgrade(state);
+        let auth = state.config.keys.as_ref().and_then(|ring| {
+            let key = ring.signer(Role::Worker).ok()?;
+            Some(LinkAuth::new(key, ring.clone(), self.sender.clone()))
+        });
+        Link::open(
+            &base.at_offset(0),
+            state.config.limits.max_frame_bytes,
+            auth,
+            move |up| {
+                let _ = events.send(Event::Connection(key, up));
+            },
+            move |channel, result| {
+                if let Some(state) = weak.upgrade() {
+                    state.on_link_event(key, channel, result);
+                }
+            },
+        )
+    }
+}
+
+/// Acts on worker `key`'s link connecting (`up`) or dropping: a worker
+/// connecting for the first time becomes active, its registration is
+/// answered and its periodic tasks are scheduled; a drop takes its tasks back.
+pub(crate) fn on_connection(state: &State, connecting: &mut Connecting<Replier>, key: WorkerKey, up: bool) {
+    let mut outbox = Outbox::default();
+    let mut periodic = Vec::new();
+    let mut tasks = state.lock();
+    let Some(worker) = tasks.ledger.cluster.get_mut(key) else { return };
+    if up {
+        worker.connected = true;
+        if worker.phase == Phase::Connecting {
+            worker.phase = Phase::Active;
+            worker.last_seen = Instant::now();
+            worker.last_seen_ms = crate::wire::protocol::now_ms();
+            let mut names: Vec<&str> = worker.tasks.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            info!(
+                worker = %worker.name.worker_id,
+                address = %worker.address,
+                concurrency = worker.concurrency,
+                prefetch = worker.slots.len() as u32 - worker.concurrency,
+                tasks = %names.join(", "),
+                "subworker registered"
+            );
+            if let Some(replier) = connecting.take(key) {
+                replier.send(&Reply::Done);
+            }
+            periodic.extend(worker.tasks.values().filter(|t| !t.schedule.is_empty()).cloned());
+        }
+        if let Err(error) = worker.link.collect() {
+            debug!(worker = %worker.name.worker_id, %error, "could not ask a subworker for outcomes");
+        }
+        state.fill(&mut tasks, &mut outbox);
+    } else {
+        let worker_id = tasks.ledger.cluster.disconnected(key).unwrap_or_default();
+        let why = format!("the connection to subworker '{worker_id}' dropped");
+        warn!(worker = %worker_id, "lost the connection to a subworker: excluded, its tasks go elsewhere");
+        state.take_back(&mut tasks, key, &why, &mut outbox);
+    }
+    drop(tasks);
+    outbox.deliver();
+    // The scheduler's lock is taken before the task lock, never after.
+    schedules::offered(state, &periodic);
+}
