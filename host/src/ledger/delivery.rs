@@ -224,9 +224,9 @@ impl<W, L> Ledger<W, L> {
         self.take_back(key, why, now, io);
     }
 
-    /// Event: a subworker left (its carried tasks are given): they go
-    /// elsewhere, and waiting tasks nobody provides now are settled.
-    pub(crate) fn worker_left(&mut self, carried: Vec<TaskId>, why: &str, now: u64, io: &mut impl Effects<W, L>) {
+    /// A subworker left (its carried tasks are given): they go elsewhere,
+    /// and waiting tasks nobody provides now are settled.
+    pub(super) fn worker_left(&mut self, carried: Vec<TaskId>, why: &str, now: u64, io: &mut impl Effects<W, L>) {
         for task_id in carried {
             self.send_again(task_id, why, now, io);
         }

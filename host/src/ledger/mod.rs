@@ -17,6 +17,7 @@
 //! | `local.rs` | runs on this process's threads: start, outcome, timeout; held-back runs of limited tasks |
 //! | `dispatch.rs` | runs on subworkers: dispatch under a lease, the answers to dispatch frames, collected outcomes |
 //! | `delivery.rs` | start reports, expired leases, hand-backs, lost subworkers: every task reaches exactly one outcome |
+//! | `workers.rs` | subworkers registering, connecting, heartbeating, stopping, falling silent, removed |
 //! | `effects.rs` | what the ledger asks of the world |
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,7 @@ mod effects;
 mod local;
 #[cfg(test)]
 mod tests;
+mod workers;
 
 pub(crate) use delivery::{Dispatched, REPORT_GRACE_MS};
 pub(crate) use dispatch::FrameAnswer;

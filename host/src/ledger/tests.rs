@@ -592,11 +592,96 @@ mod cluster {
     fn a_worker_that_left_hands_its_tasks_to_the_others_and_the_rest_fail() {
         let (mut ledger, key, mut io) = one_worker(1);
         let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
-        let (_, carried) = ledger.cluster.remove(key).unwrap();
-        let carried = carried.into_iter().map(|(_, id)| id).collect();
-        ledger.worker_left(carried, "it left", T0 + 1, &mut io);
+        let worker = ledger.remove_worker(key, "it left", T0 + 1, &mut io).expect("removed");
+        assert_eq!(worker.name.worker_id, "w1");
         let ended = io.ended();
         assert_eq!(ended[0].0.task_id, task_id);
         assert!(ended[0].0.error.as_ref().unwrap().message.contains("it left"));
+        assert!(ledger.remove_worker(key, "again", T0 + 2, &mut io).is_none());
+    }
+}
+
+mod workers {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Registers (not yet connected) a worker `id` of one slot for "t".
+    fn joining(ledger: &mut Ledger<Waiter, FakeLink>, id: &str) -> WorkerKey {
+        let key = ledger.cluster.new_key();
+        let name = WorkerName { worker_id: id.into(), instance: TaskId::new_v4() };
+        let tasks = [("t".to_string(), OfferedTask::new("t"))].into_iter().collect();
+        let address = format!("tcp://{id}:1");
+        let joining = Joining { key, name, address, concurrency: 1, prefetch: 0, tasks, link: FakeLink::default() };
+        let limit = TaskLimit { rate: None, max_running: Some(1) };
+        ledger.joined(joining, vec![("t".into(), limit)], T0);
+        key
+    }
+
+    #[test]
+    fn a_worker_whose_link_comes_up_takes_the_waiting_tasks() {
+        let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
+        let busy = worker(&mut ledger, "w0", 1, &["t"]);
+        let running = admit(&mut ledger, &mut io, task("t", 0, None));
+        let waiting = admit(&mut ledger, &mut io, task("t", 0, None));
+        assert_eq!(state(&ledger, waiting), Some(TaskState::Queued));
+        let key = joining(&mut ledger, "w1");
+        assert!(ledger.task_limits.is_limited("t"), "the limit its plugin declares counts");
+        ledger.fill(T0, &mut io);
+        assert!(link(&mut ledger, key).sent.is_empty(), "nothing before its link is up");
+        assert!(ledger.connected(key, Instant::now(), T0 + 1, &mut io), "its first connection");
+        assert_eq!(link(&mut ledger, key).sent, vec![(waiting, 2, 1)]);
+        // The run w0 has (started before the limit was declared) goes on.
+        ledger.collected(busy, vec![outcome(running, 1, Ok("1"))], T0 + 2, &mut io);
+        assert_eq!(io.ended()[0].0.task_id, running);
+        assert!(!ledger.connected(key, Instant::now(), T0 + 3, &mut io), "a reconnection is not a first");
+    }
+
+    #[test]
+    fn a_silent_worker_is_excluded_and_a_heartbeat_brings_it_back() {
+        let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
+        let key = joining(&mut ledger, "w1");
+        let start = Instant::now();
+        ledger.connected(key, start, T0, &mut io);
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        ledger.sweep(start + Duration::from_secs(31), Duration::from_secs(30), T0 + 31_000, &mut io);
+        assert_eq!(ledger.cluster.get(key).unwrap().phase, Phase::Inactive);
+        // Nobody else provides it: it failed, saying why.
+        let ended = io.ended();
+        assert!(ended[0].0.error.as_ref().unwrap().message.contains("silent for over 30 s"), "{:?}", ended[0].0);
+        let waiting = admit(&mut ledger, &mut io, task("t", 0, None));
+        assert!(ledger.get(&waiting).is_none(), "nobody provides it while the only worker is silent");
+        assert!(ledger.heartbeat(key, 0, T0 + 32_000, &mut io), "back");
+        assert!(!ledger.heartbeat(key, 0, T0 + 33_000, &mut io), "already back");
+        assert_eq!(ledger.cluster.get(key).unwrap().phase, Phase::Active);
+        let _ = task_id;
+    }
+
+    #[test]
+    fn a_stopping_worker_takes_nothing_new_and_tasks_only_it_provides_settle() {
+        let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
+        let key = joining(&mut ledger, "w1");
+        ledger.connected(key, Instant::now(), T0, &mut io);
+        let running = admit(&mut ledger, &mut io, task("t", 0, None));
+        let waiting = admit(&mut ledger, &mut io, task("t", 0, None));
+        assert!(ledger.leaving(key, "w1 is stopping", T0 + 1, &mut io));
+        assert_eq!(ledger.cluster.get(key).unwrap().phase, Phase::Draining);
+        // The run it has goes on; the waiting task still waits for a provider.
+        assert_eq!(state(&ledger, running), Some(TaskState::Running));
+        assert_eq!(state(&ledger, waiting), Some(TaskState::Queued));
+        ledger.collected(key, vec![outcome(running, 1, Ok("1"))], T0 + 2, &mut io);
+        assert_eq!(link(&mut ledger, key).sent.len(), 1, "nothing new for a draining worker");
+        assert!(!ledger.leaving(TaskId::new_v4().as_u128() as u64, "unknown", T0, &mut io));
+    }
+
+    #[test]
+    fn a_dropped_connection_sends_the_tasks_elsewhere() {
+        let (mut ledger, mut io) = (ledger(&["t"]), Recorder::default());
+        let key = joining(&mut ledger, "w1");
+        ledger.connected(key, Instant::now(), T0, &mut io);
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        assert_eq!(link(&mut ledger, key).sent.len(), 1);
+        assert_eq!(ledger.connection_lost(key, T0 + 1, &mut io), "w1");
+        assert_eq!(link(&mut ledger, key).resets, 1);
+        assert!(io.take().contains(&Effect::RunHere(task_id)), "run here instead");
     }
 }

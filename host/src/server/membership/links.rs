@@ -6,17 +6,17 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::connecting::Connecting;
 use super::{schedules, Event};
 use crate::cluster::link::{Link, LinkAuth};
-use crate::cluster::routing::{Phase, WorkerKey};
+use crate::cluster::routing::WorkerKey;
 use crate::server::endpoint::Replier;
 use crate::server::state::{Outbox, State};
 use crate::wire::address::BaseAddress;
 use crate::wire::auth::Role;
-use crate::wire::protocol::Reply;
+use crate::wire::protocol::{now_ms, Reply};
 
 /// Dials subworkers, with what every link shares.
 pub(crate) struct Dialer {
@@ -62,16 +62,16 @@ impl Dialer {
 /// connecting for the first time becomes active, its registration is
 /// answered and its periodic tasks are scheduled; a drop takes its tasks back.
 pub(crate) fn on_connection(state: &State, connecting: &mut Connecting<Replier>, key: WorkerKey, up: bool) {
-    let mut outbox = Outbox::default();
     let mut periodic = Vec::new();
+    let mut outbox = Outbox::default();
     let mut tasks = state.lock();
-    let Some(worker) = tasks.ledger.cluster.get_mut(key) else { return };
-    if up {
-        worker.connected = true;
-        if worker.phase == Phase::Connecting {
-            worker.phase = Phase::Active;
-            worker.last_seen = Instant::now();
-            worker.last_seen_ms = crate::wire::protocol::now_ms();
+    if !up {
+        state.drive(&mut tasks, &mut outbox, |ledger, io| ledger.connection_lost(key, now_ms(), io));
+    } else if tasks.ledger.cluster.get(key).is_some() {
+        let first =
+            state.drive(&mut tasks, &mut outbox, |ledger, io| ledger.connected(key, Instant::now(), now_ms(), io));
+        let Some(worker) = tasks.ledger.cluster.get(key) else { return };
+        if first {
             let mut names: Vec<&str> = worker.tasks.keys().map(String::as_str).collect();
             names.sort_unstable();
             info!(
@@ -90,12 +90,6 @@ pub(crate) fn on_connection(state: &State, connecting: &mut Connecting<Replier>,
         if let Err(error) = worker.link.collect() {
             debug!(worker = %worker.name.worker_id, %error, "could not ask a subworker for outcomes");
         }
-        state.fill(&mut tasks, &mut outbox);
-    } else {
-        let worker_id = tasks.ledger.cluster.disconnected(key).unwrap_or_default();
-        let why = format!("the connection to subworker '{worker_id}' dropped");
-        warn!(worker = %worker_id, "lost the connection to a subworker: excluded, its tasks go elsewhere");
-        state.take_back(&mut tasks, key, &why, &mut outbox);
     }
     drop(tasks);
     outbox.deliver();

@@ -28,12 +28,12 @@ use std::time::{Duration, Instant};
 use nng::Message;
 use tracing::{info, warn};
 
-use crate::cluster::routing::{Joining, Phase, WorkerKey};
+use crate::cluster::routing::{Joining, WorkerKey};
 use crate::server::config::ManagementConfig;
 use crate::server::endpoint::Replier;
-use crate::server::state::{error_reply, Outbox, State};
+use crate::server::state::{error_reply, State};
 use crate::wire::auth::Role;
-use crate::wire::protocol::{decode, ErrorKind, Heartbeat, Registration, Reply, Request, WorkerName};
+use crate::wire::protocol::{decode, now_ms, ErrorKind, Heartbeat, Registration, Reply, Request, WorkerName};
 use admission::{Refusal, Rejoin, Room};
 use connecting::Connecting;
 use links::Dialer;
@@ -199,54 +199,43 @@ impl Membership {
         let provided: HashMap<String, _> = offered.into_iter().map(|t| (t.name.clone(), t)).collect();
         let declared: Vec<_> = provided.values().filter_map(|t| Some((t.name.clone(), t.limit?))).collect();
         let joining = Joining { key, name, address, concurrency, prefetch, tasks: provided, link };
-        let mut tasks = self.state.lock();
-        tasks.ledger.cluster.add(joining);
-        if self.state.config.management.is_some() {
-            for (task_name, limit) in declared {
-                if tasks.ledger.task_limits.declare_offered(&task_name, limit, crate::wire::protocol::now_ms()) {
-                    info!(task = %task_name, limit = %limit.describe(), "cluster-wide limit declared by a subworker's plugin");
-                }
-            }
-        }
-        drop(tasks);
+        // Only a control plane enforces the task limits subworkers declare.
+        let declared = if self.state.config.management.is_some() { declared } else { Vec::new() };
+        self.state.lock().ledger.joined(joining, declared, now_ms());
         self.connecting.wait(key, replier, Instant::now());
     }
 
     fn heartbeat(&mut self, heartbeat: Heartbeat) -> Reply {
-        let mut tasks = self.state.lock();
-        let key = match tasks.ledger.cluster.find(&heartbeat.name.worker_id) {
-            Some(worker) if worker.name == heartbeat.name => worker.key,
-            _ => {
-                return error_reply(
-                    ErrorKind::UnknownWorker,
-                    format!(
-                        "this control plane does not know subworker '{}' (it restarted, or forgot the worker after a long silence): register again",
-                        heartbeat.name.worker_id
-                    ),
-                )
+        let name = &heartbeat.name;
+        let back = self.state.drive_locked(|ledger, io| {
+            let key = ledger.cluster.find(&name.worker_id).filter(|w| w.name == *name)?.key;
+            Some(ledger.heartbeat(key, heartbeat.in_flight, now_ms(), io))
+        });
+        match back {
+            Some(back) => {
+                if back {
+                    info!(worker = %name.worker_id, "subworker heard from again: active");
+                }
+                Reply::Done
             }
-        };
-        if tasks.ledger.cluster.heard_from(key, heartbeat.in_flight) {
-            info!(worker = %heartbeat.name.worker_id, "subworker heard from again: active");
-            let mut outbox = Outbox::default();
-            self.state.fill(&mut tasks, &mut outbox);
-            drop(tasks);
-            outbox.deliver();
+            None => error_reply(
+                ErrorKind::UnknownWorker,
+                format!(
+                    "this control plane does not know subworker '{}' (it restarted, or forgot the worker after a long silence): register again",
+                    name.worker_id
+                ),
+            ),
         }
-        Reply::Done
     }
 
     fn leave(&mut self, name: &WorkerName) -> Reply {
-        let mut tasks = self.state.lock();
-        let key = tasks.ledger.cluster.find(&name.worker_id).filter(|w| w.name == *name).map(|w| w.key);
-        if let Some(worker) = key.and_then(|key| tasks.ledger.cluster.get_mut(key)) {
-            worker.phase = Phase::Draining;
+        let why = format!("subworker '{}' is stopping", name.worker_id);
+        let left = self.state.drive_locked(|ledger, io| {
+            let key = ledger.cluster.find(&name.worker_id).filter(|w| w.name == *name).map(|w| w.key);
+            key.is_some_and(|key| ledger.leaving(key, &why, now_ms(), io))
+        });
+        if left {
             info!(worker = %name.worker_id, "subworker stopping: no new tasks go to it");
-            let mut outbox = Outbox::default();
-            let why = format!("subworker '{}' is stopping", name.worker_id);
-            self.state.settle_stranded(&mut tasks, &why, &mut outbox);
-            drop(tasks);
-            outbox.deliver();
         }
         Reply::Done
     }
@@ -262,15 +251,14 @@ impl Membership {
 
     /// Removes a worker, sending what it carried elsewhere, and closes its link.
     fn remove(&mut self, key: WorkerKey, why: &str) {
-        let mut outbox = Outbox::default();
-        let mut tasks = self.state.lock();
-        let Some((worker, carried)) = tasks.ledger.cluster.remove(key) else { return };
-        let carried = carried.into_iter().map(|(_, task_id)| task_id).collect();
-        self.state.worker_left(&mut tasks, carried, why, &mut outbox);
-        // Its schedules leave with it, unless another provider declares them.
-        let orphaned = schedules::orphaned(&worker, &tasks.ledger.cluster, self.state.registry.schedules());
-        drop(tasks);
-        outbox.deliver();
+        let local = self.state.registry.schedules();
+        let removed = self.state.drive_locked(|ledger, io| {
+            let worker = ledger.remove_worker(key, why, now_ms(), io)?;
+            // Its schedules leave with it, unless another provider declares them.
+            let orphaned = schedules::orphaned(&worker, &ledger.cluster, local);
+            Some((worker, orphaned))
+        });
+        let Some((worker, orphaned)) = removed else { return };
         schedules::unschedule(&self.state, &orphaned);
         if let Some(replier) = self.connecting.take(key) {
             replier.send(&error_reply(ErrorKind::WorkerUnreachable, why.to_string()));

@@ -5,10 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::warn;
-
 use crate::cluster::routing::{Cluster, Phase, WorkerKey};
 use crate::server::state::{Outbox, State};
+use crate::wire::protocol::now_ms;
 
 /// What a sweep found that is acted on once the task lock is released.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -26,16 +25,10 @@ pub(crate) struct Swept {
 pub(crate) fn sweep(state: &State, after: Duration, now: Instant, expired: &[WorkerKey]) -> Swept {
     let mut outbox = Outbox::default();
     let mut tasks = state.lock();
-    for key in tasks.ledger.cluster.silent(now, after) {
-        let Some(worker) = tasks.ledger.cluster.get(key) else { continue };
-        let why = format!("subworker '{}' has been silent for over {} s", worker.name.worker_id, after.as_secs_f64());
-        warn!(worker = %worker.name.worker_id, "no heartbeat for over {} s (--inactive-after): excluded until it heartbeats again", after.as_secs_f64());
-        state.take_back(&mut tasks, key, &why, &mut outbox);
-    }
+    state.drive(&mut tasks, &mut outbox, |ledger, io| ledger.sweep(now, after, now_ms(), io));
     let forget = gone(&tasks.ledger.cluster, now, after);
     let address = |key: &WorkerKey| tasks.ledger.cluster.get(*key).map(|w| w.address.clone()).unwrap_or_default();
     let unreachable = expired.iter().map(|key| (*key, address(key))).collect();
-    state.fill(&mut tasks, &mut outbox);
     drop(tasks);
     outbox.deliver();
     Swept { forget, unreachable }

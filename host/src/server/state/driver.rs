@@ -15,7 +15,7 @@ use crate::workflow::registry::Workflows;
 use super::{Job, Outbox, State};
 
 /// The effects of one event, carried out as the ledger asks for them.
-pub(super) struct Driver<'a> {
+pub(crate) struct Driver<'a> {
     state: &'a State,
     outbox: &'a mut Outbox,
     workflows: &'a Workflows<Replier>,

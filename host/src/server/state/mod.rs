@@ -34,7 +34,6 @@ use nng::Message;
 use tracing::warn;
 
 use crate::cluster::link::Link;
-use crate::cluster::routing::WorkerKey;
 use crate::ledger::{Joined, Ledger, LiveTask, Plan, Settings};
 use crate::plugins::Registry;
 use crate::server::cache::{args_digest, Lookup, ResultCache};
@@ -69,11 +68,11 @@ mod views;
 mod workflow_views;
 mod workflows;
 
+pub(crate) use driver::Driver;
 pub(crate) use workflow_views::WorkflowSummary;
 
 use admission::id_conflict;
 pub(crate) use delivery::{DeliveryCounters, StartedRuns, START_REPORT_DELAY};
-use driver::Driver;
 
 /// The longest pause between retries unless a caller sets one.
 const DEFAULT_MAX_RETRY_DELAY_MS: u64 = 5 * 60 * 1000;
@@ -246,7 +245,7 @@ impl State {
     /// Feeds one event to the ledger, under the task lock the caller
     /// holds, and carries out its effects: replies go to `outbox`, and the
     /// workflows of members that ended move on.
-    fn drive<T>(
+    pub(crate) fn drive<T>(
         &self,
         tasks: &mut Tasks,
         outbox: &mut Outbox,
@@ -264,7 +263,7 @@ impl State {
 
     /// Takes the task lock, feeds one event to the ledger, and sends the
     /// replies it made once the lock is released.
-    fn drive_locked<T>(&self, event: impl FnOnce(&mut Ledger<Replier, Link>, &mut Driver<'_>) -> T) -> T {
+    pub(crate) fn drive_locked<T>(&self, event: impl FnOnce(&mut Ledger<Replier, Link>, &mut Driver<'_>) -> T) -> T {
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
         let answer = self.drive(&mut tasks, &mut outbox, event);
@@ -569,22 +568,6 @@ impl State {
                 format!("task {task_id} is unknown to '{}': check the id and the --address", self.config.worker_id),
             ),
         }
-    }
-
-    /// A subworker's connection is back or it heartbeated: its free slots
-    /// take waiting tasks.
-    pub(crate) fn fill(&self, tasks: &mut Tasks, outbox: &mut Outbox) {
-        self.drive(tasks, outbox, |ledger, io| ledger.fill(now_ms(), io));
-    }
-
-    /// A subworker went silent or away: what it carries goes elsewhere.
-    pub(crate) fn take_back(&self, tasks: &mut Tasks, key: WorkerKey, why: &str, outbox: &mut Outbox) {
-        self.drive(tasks, outbox, |ledger, io| ledger.take_back(key, why, now_ms(), io));
-    }
-
-    /// A subworker left, handing back what it carried.
-    pub(crate) fn worker_left(&self, tasks: &mut Tasks, carried: Vec<TaskId>, why: &str, outbox: &mut Outbox) {
-        self.drive(tasks, outbox, |ledger, io| ledger.worker_left(carried, why, now_ms(), io));
     }
 
     /// Waiting tasks that no live subworker provides run here or fail.
