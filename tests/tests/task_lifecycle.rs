@@ -90,6 +90,13 @@ fn cancelled_scheduled_and_queued_tasks_never_run() {
         // The blocker takes the only thread first, so that neither task
         // below can run before it is cancelled, however slow the machine.
         let blocker = client.delay("sleep_ms", (2000,), options()).await.unwrap();
+        // `add` is more urgent than `sleep_ms`: the blocker must hold the
+        // thread before the others are queued.
+        let started = Instant::now();
+        while client.status(blocker).await.unwrap().state != TaskState::Running {
+            assert!(started.elapsed() < Duration::from_secs(5), "the blocker did not start");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let scheduled = client
             .delay("add", (1, 1), SubmitOptions { countdown: Some(Duration::from_millis(400)), ..options() })
             .await
