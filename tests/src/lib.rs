@@ -328,6 +328,12 @@ impl Process {
         assert!(status.success());
     }
 
+    /// Whether the process is still running (it has not exited, nor been
+    /// killed by a signal, e.g. aborted).
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|child| child.try_wait().unwrap().is_none())
+    }
+
     /// Waits up to `limit` for the process to exit; its exit code.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
         let deadline = Instant::now() + limit;

@@ -12,9 +12,14 @@
 //!   requests in service (received, not yet answered); a request beyond
 //!   that is answered `Busy` at once;
 //! * a connection with more than that many replies waiting to leave does
-//!   not read them: it is closed, which frees every context it held;
+//!   not read them: it is closed, which frees every context holding one of
+//!   its unsent replies (a request still running keeps its context until
+//!   its task ends, then its reply is discarded);
 //! * a reply that cannot be sent within `reply_timeout` is dropped and
 //!   counted, and its connection closed the same way.
+//!
+//! Several contexts may close the same connection at once (every reply
+//! queued behind a slow reader times out together): see `close_connection`.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -165,7 +170,7 @@ impl Replier {
                         port.per_connection
                     )
                 });
-                pipe.close();
+                close_connection(pipe);
             }
         }
         let _ = slot.aio.set_timeout(Some(slot.port.reply_timeout));
@@ -249,6 +254,28 @@ impl Port {
                 connections.remove(&pipe);
             }
         }
+    }
+}
+
+/// Closes a connection, once or many times.
+///
+/// Every reply queued behind a peer that does not read times out at about
+/// the same moment, each on its own context and NNG callback thread, and
+/// each closes the connection. The first close wins; by the time a later one
+/// runs, NNG may have reaped the pipe, and `nng_pipe_close` then answers
+/// `ENOENT`. The `nng` crate's `Pipe::close` panics on that answer, and a
+/// panic in an NNG callback aborts the whole process: so the call is made
+/// here, and a pipe already closed or gone counts as closed.
+fn close_connection(pipe: Pipe) {
+    // SAFETY: `nng_pipe_close` takes the pipe by value (its id) and looks
+    // it up in NNG's table of live pipes under NNG's own lock: any id may be
+    // passed from any thread, a stale one is answered `ENOENT`. Pipe ids
+    // are not reused before 2^31 more connections, so a stale id never
+    // names another peer's connection.
+    let rv = unsafe { nng_sys::nng_pipe_close(pipe.nng_pipe()) };
+    match u32::try_from(rv) {
+        Ok(0 | nng_sys::NNG_ECLOSED | nng_sys::NNG_ENOENT) => {}
+        _ => debug!(code = rv, "closing a connection failed"),
     }
 }
 
@@ -438,7 +465,7 @@ fn on_event(slot: &Arc<Slot>, result: AioResult, handler: &Handler) {
                 )
             });
             if let Some(pipe) = pipe {
-                pipe.close();
+                close_connection(pipe);
             }
             slot.done();
         }
