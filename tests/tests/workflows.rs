@@ -355,6 +355,33 @@ fn a_workflow_survives_a_control_plane_killed_mid_way() {
 }
 
 #[test]
+fn a_finished_workflow_still_answers_for_its_status_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!("fastworker-wf-ended-{}", WorkflowId::new_v4()));
+    let state_dir = dir.display().to_string();
+    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let mut cp = durable_at(&address, &state_dir);
+    let rt = runtime();
+    let wf = Workflow::chain([task("add", json!([1, 2])), task("add", json!([10]))]);
+    let done = run(&cp.client(), &wf);
+    assert_eq!(result_of(&done), json!(13));
+    cp.signal("KILL");
+    let _ = cp.wait_exit(Duration::from_secs(10));
+    let cp = durable_at(&address, &state_dir);
+    let after = rt.block_on(cp.client().workflow_status(done.workflow_id)).expect("known after the restart");
+    assert_eq!(after.state, done.state);
+    assert_eq!(result_of(&after), json!(13));
+    let members = |r: &WorkflowReport| r.members.iter().map(|m| (m.task_id, m.state)).collect::<Vec<_>>();
+    assert_eq!(members(&after), members(&done));
+    // Its members ran once: their results came from the store.
+    for member in &after.members {
+        let report = rt.block_on(cp.client().status(member.task_id.unwrap())).unwrap();
+        assert_eq!((report.state, report.attempts), (TaskState::Succeeded, 1));
+    }
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn with_keys_a_workflow_belongs_to_the_key_that_submitted_it() {
     use std::path::Path;
     use std::sync::Arc;

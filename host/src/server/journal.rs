@@ -16,8 +16,11 @@
 //! accepted, unchanged until the task ends), `progress` (runs and failures
 //! so far, and when a retry is due) and `results` (final reports, for the
 //! result cache; deleted as the cache drops them, so the store stays as
-//! bounded as the cache). A fourth, `meta`, names the format: a directory
-//! written by another format is refused, never guessed at.
+//! bounded as the cache). Workflows have `workflows` (descriptions),
+//! `workflow_steps` (members' outcomes) and `workflow_ends` (when a finished
+//! one ended; it is kept for its status until the control plane forgets it).
+//! `meta` names the format: a directory written by another format is
+//! refused, never guessed at.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -67,6 +70,10 @@ const RESULTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("results");
 const WORKFLOWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("workflows");
 /// Their members' outcomes, keyed by workflow id and node (big-endian).
 const WORKFLOW_STEPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("workflow_steps");
+/// When finished workflows ended (ms since the epoch), by workflow id: a
+/// finished workflow's description and steps are kept with it, for its
+/// status, until the control plane forgets it.
+const WORKFLOW_ENDS: TableDefinition<&[u8], u64> = TableDefinition::new("workflow_ends");
 
 /// The node of a workflow step that records the workflow's cancellation.
 pub(crate) const CANCEL_STEP: u32 = u32::MAX;
@@ -160,12 +167,14 @@ pub(crate) struct WorkflowRecord {
     pub(crate) created_ms: u64,
 }
 
-/// A running workflow found in the store, with its members' outcomes.
+/// A workflow found in the store, with its members' outcomes.
 pub(crate) struct RecoveredWorkflow {
     pub(crate) workflow_id: WorkflowId,
     pub(crate) record: WorkflowRecord,
     /// Outcomes by node ([`CANCEL_STEP`]: the workflow was cancelled).
     pub(crate) steps: Vec<(u32, Outcome)>,
+    /// When it ended, if it had (it is kept for its status).
+    pub(crate) finished_ms: Option<u64>,
 }
 
 /// One change to the store.
@@ -182,8 +191,12 @@ pub(crate) enum Record {
     WorkflowAccepted(WorkflowId, Box<WorkflowRecord>),
     /// A workflow's member ended (or, at [`CANCEL_STEP`], it was cancelled).
     WorkflowStep(WorkflowId, u32, Box<Outcome>),
-    /// A workflow ended: nothing of it is kept.
-    WorkflowEnded(WorkflowId),
+    /// A workflow ended at this time (ms since the epoch): it is kept, for
+    /// its status, until forgotten.
+    WorkflowEnded(WorkflowId, u64),
+    /// Finished workflows the control plane no longer keeps: nothing of
+    /// them is kept.
+    WorkflowForget(Vec<WorkflowId>),
 }
 
 /// A reply waiting for the records handed before it.
@@ -248,6 +261,8 @@ impl Journal {
             for table in [TASKS, PROGRESS, RESULTS, WORKFLOWS, WORKFLOW_STEPS] {
                 write.open_table(table).map_err(|e| store(e.into()))?;
             }
+            // Added after the first stores were written: created when missing.
+            write.open_table(WORKFLOW_ENDS).map_err(|e| store(e.into()))?;
         }
         write.commit().map_err(|e| store(e.into()))?;
         let recovered = read_all(&db, dir, max_record)?;
@@ -432,13 +447,21 @@ fn read_all(db: &Database, dir: &Path, max: usize) -> Result<Recovered, JournalE
         let outcome: Outcome = decode(value.value(), max).map_err(|why| bad("workflow_steps", key, why))?;
         steps.entry(workflow_id).or_default().push((node, outcome));
     }
+    let mut ends: FxHashMap<WorkflowId, u64> = FxHashMap::default();
+    let table = read.open_table(WORKFLOW_ENDS).map_err(|e| store(e.into()))?;
+    for entry in table.iter().map_err(|e| store(e.into()))? {
+        let (key, value) = entry.map_err(|e| store(e.into()))?;
+        let workflow_id = task_id_of(key.value()).map_err(|why| bad("workflow_ends", key.value(), why))?;
+        ends.insert(workflow_id, value.value());
+    }
     let table = read.open_table(WORKFLOWS).map_err(|e| store(e.into()))?;
     for entry in table.iter().map_err(|e| store(e.into()))? {
         let (key, value) = entry.map_err(|e| store(e.into()))?;
         let workflow_id = task_id_of(key.value()).map_err(|why| bad("workflows", key.value(), why))?;
         let record: WorkflowRecord = decode(value.value(), max).map_err(|why| bad("workflows", key.value(), why))?;
         let steps = steps.remove(&workflow_id).unwrap_or_default();
-        recovered.workflows.push(RecoveredWorkflow { workflow_id, record, steps });
+        let finished_ms = ends.get(&workflow_id).copied();
+        recovered.workflows.push(RecoveredWorkflow { workflow_id, record, steps, finished_ms });
     }
     recovered.workflows.sort_by_key(|w| w.record.created_ms);
     // Results in the order they finished, so the cache's LRU order is kept.
@@ -565,6 +588,7 @@ fn commit(db: &Database, batch: &[Entry]) -> Result<(), redb::Error> {
         let mut results = write.open_table(RESULTS)?;
         let mut workflows = write.open_table(WORKFLOWS)?;
         let mut steps = write.open_table(WORKFLOW_STEPS)?;
+        let mut ends = write.open_table(WORKFLOW_ENDS)?;
         for (index, entry) in batch.iter().enumerate() {
             let Entry::Record(_, record) = entry else { continue };
             match record {
@@ -599,10 +623,16 @@ fn commit(db: &Database, batch: &[Entry]) -> Result<(), redb::Error> {
                     let key = step_key(workflow_id, *node);
                     steps.insert(key.as_slice(), encode(outcome).as_slice())?;
                 }
-                Record::WorkflowEnded(workflow_id) => {
-                    workflows.remove(workflow_id.as_bytes().as_slice())?;
-                    let (first, last) = (step_key(workflow_id, 0), step_key(workflow_id, u32::MAX));
-                    steps.retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
+                Record::WorkflowEnded(workflow_id, finished_ms) => {
+                    ends.insert(workflow_id.as_bytes().as_slice(), *finished_ms)?;
+                }
+                Record::WorkflowForget(workflow_ids) => {
+                    for workflow_id in workflow_ids {
+                        workflows.remove(workflow_id.as_bytes().as_slice())?;
+                        ends.remove(workflow_id.as_bytes().as_slice())?;
+                        let (first, last) = (step_key(workflow_id, 0), step_key(workflow_id, u32::MAX));
+                        steps.retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
+                    }
                 }
             }
         }
@@ -685,6 +715,43 @@ mod tests {
         assert_eq!(recovered.results[0].report.task_id, a);
         journal.close();
         drop(journal);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_finished_workflow_is_kept_with_its_end_until_it_is_forgotten() {
+        let dir = std::env::temp_dir().join(format!("fw-journal-wf-{}", TaskId::new_v4()));
+        let (running, ended) = (WorkflowId::new_v4(), WorkflowId::new_v4());
+        let submit = WorkflowSubmit { workflow_id: running, nodes: Vec::new() };
+        let record = || Box::new(WorkflowRecord { submit: submit.clone(), owner: None, created_ms: 1 });
+        let reopen = |dir: &Path| {
+            let (journal, recovered) = Journal::open(dir, 1 << 20).expect("open");
+            journal.close();
+            let mut found: Vec<_> =
+                recovered.workflows.iter().map(|w| (w.workflow_id, w.steps.len(), w.finished_ms)).collect();
+            found.sort();
+            found
+        };
+        {
+            let (journal, _) = Journal::open(&dir, 1 << 20).expect("open");
+            for id in [running, ended] {
+                journal.write(Record::WorkflowAccepted(id, record()));
+                journal.write(Record::WorkflowStep(id, 0, Box::new(Outcome::Succeeded(b"1".to_vec()))));
+            }
+            journal.write(Record::WorkflowEnded(ended, 77));
+            assert!(flush(&journal));
+            journal.close();
+        }
+        let mut expected = vec![(running, 1, None), (ended, 1, Some(77))];
+        expected.sort();
+        assert_eq!(reopen(&dir), expected);
+        {
+            let (journal, _) = Journal::open(&dir, 1 << 20).expect("open");
+            journal.write(Record::WorkflowForget(vec![ended]));
+            assert!(flush(&journal));
+            journal.close();
+        }
+        assert_eq!(reopen(&dir), vec![(running, 1, None)], "nothing of a forgotten workflow is kept");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -121,13 +121,16 @@ impl<W> Workflows<W> {
         std::mem::take(&mut entry.waiters)
     }
 
-    /// Drops finished workflows past their age or beyond the count kept.
-    pub(crate) fn sweep(&mut self, now_ms: u64) {
+    /// Drops finished workflows past their age or beyond the count kept;
+    /// returns their ids.
+    pub(crate) fn sweep(&mut self, now_ms: u64) -> Vec<WorkflowId> {
+        let mut dropped = Vec::new();
         while let Some(&(id, at)) = self.finished.front() {
             let old = self.ttl_ms.is_some_and(|ttl| now_ms.saturating_sub(at) > ttl);
             if !old && self.finished.len() <= self.keep {
                 break;
             }
+            dropped.push(id);
             self.finished.pop_front();
             self.generation += 1;
             if let Some(entry) = self.all.remove(&id) {
@@ -136,6 +139,7 @@ impl<W> Workflows<W> {
                 }
             }
         }
+        dropped
     }
 
     /// A workflow's status (`live` tells where its created tasks are).

@@ -46,7 +46,7 @@ impl State {
     /// once when it has ended or is unknown: the HTTP API's wait.
     pub(crate) fn wait_workflow(&self, workflow_id: WorkflowId, replier: Replier) {
         let mut tasks = self.lock();
-        tasks.workflows.sweep(now_ms());
+        self.sweep_workflows(&mut tasks, now_ms());
         if let Some(entry) = tasks.workflows.get_mut(&workflow_id) {
             if entry.finished_ms.is_none() {
                 // Waits that gave up leave, so that waiting again and again
@@ -70,7 +70,7 @@ impl State {
     /// (by acceptance time) summarized.
     pub(crate) fn workflow_summaries(&self, limit: usize) -> (usize, Vec<WorkflowSummary>) {
         let mut tasks = self.lock();
-        tasks.workflows.sweep(now_ms());
+        self.sweep_workflows(&mut tasks, now_ms());
         let mut newest: Vec<(u64, WorkflowId)> =
             tasks.workflows.iter().map(|(id, entry)| (entry.created_ms, id)).collect();
         let total = newest.len();

@@ -63,7 +63,7 @@ impl State {
         let digest = args_digest(&encoded);
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
-        tasks.workflows.sweep(now_ms());
+        self.sweep_workflows(&mut tasks, now_ms());
         if let Some(existing) = tasks.workflows.get(&workflow_id) {
             if existing.digest != digest {
                 let message =
@@ -178,7 +178,7 @@ impl State {
             if effects.ended {
                 let now = now_ms();
                 let waiters = tasks.workflows.finished(workflow_id, now);
-                self.record(Record::WorkflowEnded(workflow_id));
+                self.record(Record::WorkflowEnded(workflow_id, now));
                 if let Some(entry) = tasks.workflows.get(&workflow_id) {
                     info!(%workflow_id, state = entry.machine.state().as_str(), "workflow ended");
                 }
@@ -186,7 +186,7 @@ impl State {
                     let reply = self.workflow_report(tasks, workflow_id);
                     outbox.0.push((waiters, crate::server::endpoint::encode_reply(&reply)));
                 }
-                tasks.workflows.sweep(now);
+                self.sweep_workflows(tasks, now);
             }
         }
     }
@@ -215,7 +215,7 @@ impl State {
     /// A workflow's status, or why it is not known.
     pub(crate) fn workflow_status(&self, workflow_id: WorkflowId) -> Reply {
         let mut tasks = self.lock();
-        tasks.workflows.sweep(now_ms());
+        self.sweep_workflows(&mut tasks, now_ms());
         self.workflow_report(&tasks, workflow_id)
     }
 
@@ -279,6 +279,15 @@ impl State {
     }
 
     /// Hands a workflow record to the durable store, if there is one.
+    /// Forgets the finished workflows past their age or beyond the count
+    /// kept, in the store too.
+    pub(super) fn sweep_workflows(&self, tasks: &mut Tasks, now: u64) {
+        let forgotten = tasks.workflows.sweep(now);
+        if !forgotten.is_empty() {
+            self.record(Record::WorkflowForget(forgotten));
+        }
+    }
+
     fn record(&self, record: Record) {
         self.durable.write(record);
     }
@@ -292,14 +301,14 @@ impl State {
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
         let count = recovered.len();
-        for RecoveredWorkflow { workflow_id, record, steps } in recovered {
+        for RecoveredWorkflow { workflow_id, record, steps, finished_ms } in recovered {
             let WorkflowRecord { submit, owner, created_ms } = record;
             let encoded = postcard::to_stdvec(&submit).unwrap_or_default();
             let parents = match validate(&submit, &bounds) {
                 Ok(parents) => parents,
                 Err(why) => {
                     warn!(%workflow_id, "a stored workflow no longer fits this control plane's limits, dropped: {why}");
-                    self.record(Record::WorkflowEnded(workflow_id));
+                    self.record(Record::WorkflowForget(vec![workflow_id]));
                     continue;
                 }
             };
@@ -348,6 +357,15 @@ impl State {
                 ..Default::default()
             };
             tasks.workflows.note(workflow_id, &note);
+            if let Some(at) = finished_ms.filter(|_| ended) {
+                // It had ended: kept for its status, as it was. A member still
+                // running at the crash (cancelled as the workflow failed) stops.
+                for (_, task_id) in live {
+                    self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.cancel(task_id, now_ms(), io));
+                }
+                tasks.workflows.finished(workflow_id, at);
+                continue;
+            }
             if ended {
                 let effects = Effects {
                     cancel: live.iter().map(|(_, task_id)| *task_id).collect(),
