@@ -289,6 +289,14 @@ fn the_command_line_submits_a_json_workflow_and_reports_on_it() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A fresh state directory (and its path as a flag value) and a free
+/// base address to restart a control plane on.
+fn durable_place(what: &str) -> (std::path::PathBuf, String, String) {
+    let dir = std::env::temp_dir().join(format!("fastworker-wf-{what}-{}", WorkflowId::new_v4()));
+    let state_dir = dir.display().to_string();
+    (dir, state_dir, format!("tcp://127.0.0.1:{}", free_base_port()))
+}
+
 /// Starts a durable control plane with the example plugin at `address`.
 fn durable_at(address: &str, state_dir: &str) -> Process {
     let args: Vec<String> = [
@@ -314,9 +322,7 @@ fn durable_at(address: &str, state_dir: &str) -> Process {
 
 #[test]
 fn a_workflow_survives_a_control_plane_killed_mid_way() {
-    let dir = std::env::temp_dir().join(format!("fastworker-wf-state-{}", WorkflowId::new_v4()));
-    let state_dir = dir.display().to_string();
-    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let (dir, state_dir, address) = durable_place("state");
     let mut cp = durable_at(&address, &state_dir);
     let rt = runtime();
     let client = cp.client();
@@ -356,9 +362,7 @@ fn a_workflow_survives_a_control_plane_killed_mid_way() {
 
 #[test]
 fn a_finished_workflow_still_answers_for_its_status_after_a_restart() {
-    let dir = std::env::temp_dir().join(format!("fastworker-wf-ended-{}", WorkflowId::new_v4()));
-    let state_dir = dir.display().to_string();
-    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let (dir, state_dir, address) = durable_place("ended");
     let mut cp = durable_at(&address, &state_dir);
     let rt = runtime();
     let wf = Workflow::chain([task("add", json!([1, 2])), task("add", json!([10]))]);
@@ -426,9 +430,7 @@ fn with_keys_a_workflow_belongs_to_the_key_that_submitted_it() {
 
 #[test]
 fn a_chord_killed_with_part_of_its_group_done_finishes_after_the_restart() {
-    let dir = std::env::temp_dir().join(format!("fastworker-wf-state-{}", WorkflowId::new_v4()));
-    let state_dir = dir.display().to_string();
-    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let (dir, state_dir, address) = durable_place("state");
     let mut cp = durable_at(&address, &state_dir);
     let rt = runtime();
     let client = cp.client();
