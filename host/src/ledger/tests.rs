@@ -680,8 +680,12 @@ mod workers {
         ledger.connected(key, Instant::now(), T0, &mut io);
         let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
         assert_eq!(link(&mut ledger, key).sent.len(), 1);
-        assert_eq!(ledger.connection_lost(key, T0 + 1, &mut io), "w1");
+        assert_eq!(ledger.connection_lost(key, T0 + 1, &mut io).as_deref(), Some("w1"));
         assert_eq!(link(&mut ledger, key).resets, 1);
         assert!(io.take().contains(&Effect::RunHere(task_id)), "run here instead");
+        // A late event about a worker removed meanwhile changes nothing.
+        ledger.remove_worker(key, "gone", T0 + 2, &mut io);
+        assert_eq!(ledger.connection_lost(key, T0 + 3, &mut io), None);
+        assert!(io.take().is_empty());
     }
 }

@@ -45,13 +45,14 @@ impl<W, L> Ledger<W, L> {
     }
 
     /// Event: a subworker's link dropped. It is excluded and what it
-    /// carried goes elsewhere. Returns its id.
-    pub(crate) fn connection_lost(&mut self, key: WorkerKey, now: u64, io: &mut impl Effects<W, L>) -> String {
-        let worker_id = self.cluster.disconnected(key).unwrap_or_default();
+    /// carried goes elsewhere. Returns its id (`None`: no such worker, and
+    /// nothing changes).
+    pub(crate) fn connection_lost(&mut self, key: WorkerKey, now: u64, io: &mut impl Effects<W, L>) -> Option<String> {
+        let worker_id = self.cluster.disconnected(key)?;
         let why = format!("the connection to subworker '{worker_id}' dropped");
         warn!(worker = %worker_id, "lost the connection to a subworker: excluded, its tasks go elsewhere");
         self.take_back(key, &why, now, io);
-        worker_id
+        Some(worker_id)
     }
 
     /// Event: a heartbeat with the tasks the subworker has. One that was

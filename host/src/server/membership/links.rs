@@ -65,9 +65,13 @@ pub(crate) fn on_connection(state: &State, connecting: &mut Connecting<Replier>,
     let mut periodic = Vec::new();
     let mut outbox = Outbox::default();
     let mut tasks = state.lock();
+    // A late event of a worker removed meanwhile changes nothing.
+    if tasks.ledger.cluster.get(key).is_none() {
+        return;
+    }
     if !up {
         state.drive(&mut tasks, &mut outbox, |ledger, io| ledger.connection_lost(key, now_ms(), io));
-    } else if tasks.ledger.cluster.get(key).is_some() {
+    } else {
         let first =
             state.drive(&mut tasks, &mut outbox, |ledger, io| ledger.connected(key, Instant::now(), now_ms(), io));
         let Some(worker) = tasks.ledger.cluster.get(key) else { return };
