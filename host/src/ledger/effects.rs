@@ -84,6 +84,12 @@ pub(crate) trait Effects<W, L> {
     /// effort, on its own exchange.
     fn note(&mut self, link: &L, request: Request);
 
+    /// Starts collecting a subworker's outcomes (its link just came up).
+    /// It comes before any run is dispatched on that link: a subworker
+    /// hands an outcome to the newest `Collect` it holds, which must be
+    /// this control plane's, not one a dead predecessor left.
+    fn collect(&mut self, link: &L);
+
     /// Cancels the subworker link's exchanges in flight (its connection was
     /// lost: NNG would send them again on reconnection).
     fn reset(&mut self, link: &mut L);

@@ -33,6 +33,8 @@ struct FakeLink {
     /// real one queues them).
     notes: RefCell<Vec<Request>>,
     resets: u32,
+    /// Runs already sent when its outcomes were first collected.
+    collected_after: RefCell<Option<usize>>,
 }
 
 /// What the ledger asked for, in order.
@@ -91,6 +93,9 @@ impl Effects<Waiter, FakeLink> for Recorder {
     }
     fn note(&mut self, link: &FakeLink, request: Request) {
         link.notes.borrow_mut().push(request);
+    }
+    fn collect(&mut self, link: &FakeLink) {
+        link.collected_after.borrow_mut().get_or_insert(link.sent.len());
     }
     fn reset(&mut self, link: &mut FakeLink) {
         link.resets += 1;
@@ -630,6 +635,8 @@ mod workers {
         assert!(link(&mut ledger, key).sent.is_empty(), "nothing before its link is up");
         assert!(ledger.connected(key, Instant::now(), T0 + 1, &mut io), "its first connection");
         assert_eq!(link(&mut ledger, key).sent, vec![(waiting, 2, 1)]);
+        // Its outcomes were collected before the first run was sent to it.
+        assert_eq!(*link(&mut ledger, key).collected_after.borrow(), Some(0));
         // The run w0 has (started before the limit was declared) goes on.
         ledger.collected(busy, vec![outcome(running, 1, Ok("1"))], T0 + 2, &mut io);
         assert_eq!(io.ended()[0].0.task_id, running);

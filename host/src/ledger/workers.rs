@@ -29,8 +29,8 @@ impl<W, L> Ledger<W, L> {
     }
 
     /// Event: a subworker's link came up. A worker connecting for the
-    /// first time becomes active (`true` is returned); then its free slots
-    /// take waiting tasks.
+    /// first time becomes active (`true` is returned); its outcomes are
+    /// collected, then its free slots take waiting tasks.
     pub(crate) fn connected(&mut self, key: WorkerKey, seen: Instant, now: u64, io: &mut impl Effects<W, L>) -> bool {
         let Some(worker) = self.cluster.get_mut(key) else { return false };
         worker.connected = true;
@@ -40,6 +40,7 @@ impl<W, L> Ledger<W, L> {
             worker.last_seen = seen;
             worker.last_seen_ms = now;
         }
+        io.collect(&worker.link);
         self.fill(now, io);
         first
     }

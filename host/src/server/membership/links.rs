@@ -6,7 +6,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{debug, info};
+use tracing::info;
 
 use super::connecting::Connecting;
 use super::{schedules, Event};
@@ -74,25 +74,24 @@ pub(crate) fn on_connection(state: &State, connecting: &mut Connecting<Replier>,
     } else {
         let first =
             state.drive(&mut tasks, &mut outbox, |ledger, io| ledger.connected(key, Instant::now(), now_ms(), io));
-        let Some(worker) = tasks.ledger.cluster.get(key) else { return };
-        if first {
-            let mut names: Vec<&str> = worker.tasks.keys().map(String::as_str).collect();
-            names.sort_unstable();
-            info!(
-                worker = %worker.name.worker_id,
-                address = %worker.address,
-                concurrency = worker.concurrency,
-                prefetch = worker.slots.len() as u32 - worker.concurrency,
-                tasks = %names.join(", "),
-                "subworker registered"
-            );
-            if let Some(replier) = connecting.take(key) {
-                replier.send(&Reply::Done);
+        // It is still there: the event does not remove workers.
+        if let Some(worker) = tasks.ledger.cluster.get(key) {
+            if first {
+                let mut names: Vec<&str> = worker.tasks.keys().map(String::as_str).collect();
+                names.sort_unstable();
+                info!(
+                    worker = %worker.name.worker_id,
+                    address = %worker.address,
+                    concurrency = worker.concurrency,
+                    prefetch = worker.slots.len() as u32 - worker.concurrency,
+                    tasks = %names.join(", "),
+                    "subworker registered"
+                );
+                if let Some(replier) = connecting.take(key) {
+                    replier.send(&Reply::Done);
+                }
+                periodic.extend(worker.tasks.values().filter(|t| !t.schedule.is_empty()).cloned());
             }
-            periodic.extend(worker.tasks.values().filter(|t| !t.schedule.is_empty()).cloned());
-        }
-        if let Err(error) = worker.link.collect() {
-            debug!(worker = %worker.name.worker_id, %error, "could not ask a subworker for outcomes");
         }
     }
     drop(tasks);

@@ -103,6 +103,12 @@ impl Effects<Replier, Link> for Driver<'_> {
         link.note(encode_message(&request));
     }
 
+    fn collect(&mut self, link: &Link) {
+        if let Err(error) = link.collect() {
+            tracing::debug!(%error, "could not ask a subworker for outcomes");
+        }
+    }
+
     fn reset(&mut self, link: &mut Link) {
         link.reset();
     }
