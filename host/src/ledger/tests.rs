@@ -654,13 +654,13 @@ mod workers {
         assert_eq!(ledger.cluster.get(key).unwrap().phase, Phase::Inactive);
         // Nobody else provides it: it failed, saying why.
         let ended = io.ended();
+        assert_eq!(ended[0].0.task_id, task_id);
         assert!(ended[0].0.error.as_ref().unwrap().message.contains("silent for over 30 s"), "{:?}", ended[0].0);
         let waiting = admit(&mut ledger, &mut io, task("t", 0, None));
         assert!(ledger.get(&waiting).is_none(), "nobody provides it while the only worker is silent");
         assert!(ledger.heartbeat(key, 0, T0 + 32_000, &mut io), "back");
         assert!(!ledger.heartbeat(key, 0, T0 + 33_000, &mut io), "already back");
         assert_eq!(ledger.cluster.get(key).unwrap().phase, Phase::Active);
-        let _ = task_id;
     }
 
     #[test]
@@ -677,7 +677,8 @@ mod workers {
         assert_eq!(state(&ledger, waiting), Some(TaskState::Queued));
         ledger.collected(key, vec![outcome(running, 1, Ok("1"))], T0 + 2, &mut io);
         assert_eq!(link(&mut ledger, key).sent.len(), 1, "nothing new for a draining worker");
-        assert!(!ledger.leaving(TaskId::new_v4().as_u128() as u64, "unknown", T0, &mut io));
+        // A key never given (keys are not reused) names no worker.
+        assert!(!ledger.leaving(key + 1_000, "unknown", T0, &mut io));
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl State {
             return Reply::Error(refusal);
         }
         let created_ms = now_ms();
-        self.record(Record::WorkflowAccepted(
+        self.durable.write(Record::WorkflowAccepted(
             workflow_id,
             Box::new(WorkflowRecord { submit: submit.clone(), owner, created_ms }),
         ));
@@ -156,7 +156,7 @@ impl State {
                         tasks.workflows.forget_member(&task_id);
                         let message = format!("member {node} could not be created: {}", refusal.message);
                         let outcome = Box::new(Outcome::Failed(failure(&message)));
-                        self.record(Record::WorkflowStep(workflow_id, node, outcome));
+                        self.durable.write(Record::WorkflowStep(workflow_id, node, outcome));
                         if let Some(entry) = tasks.workflows.get_mut(&workflow_id) {
                             queue.push_back(entry.machine.member_refused(node, message));
                         }
@@ -178,7 +178,7 @@ impl State {
             if effects.ended {
                 let now = now_ms();
                 let waiters = tasks.workflows.finished(workflow_id, now);
-                self.record(Record::WorkflowEnded(workflow_id, now));
+                self.durable.write(Record::WorkflowEnded(workflow_id, now));
                 if let Some(entry) = tasks.workflows.get(&workflow_id) {
                     info!(%workflow_id, state = entry.machine.state().as_str(), "workflow ended");
                 }
@@ -207,7 +207,7 @@ impl State {
         let running = !entry.machine.state().is_final();
         let effects = entry.machine.member_ended(node, outcome.clone());
         if running {
-            self.record(Record::WorkflowStep(workflow_id, node, Box::new(outcome)));
+            self.durable.write(Record::WorkflowStep(workflow_id, node, Box::new(outcome)));
         }
         self.apply(tasks, workflow_id, effects, outbox);
     }
@@ -253,7 +253,11 @@ impl State {
             ));
         }
         let effects = entry.machine.cancel("the workflow was cancelled by a client".into());
-        self.record(Record::WorkflowStep(workflow_id, CANCEL_STEP, Box::new(Outcome::Cancelled(failure("cancelled")))));
+        self.durable.write(Record::WorkflowStep(
+            workflow_id,
+            CANCEL_STEP,
+            Box::new(Outcome::Cancelled(failure("cancelled"))),
+        ));
         self.apply(&mut tasks, workflow_id, effects, &mut outbox);
         let reply = self.workflow_report(&tasks, workflow_id);
         drop(tasks);
@@ -269,7 +273,7 @@ impl State {
         let message = format!("its member {node} (task {task_id}) was cancelled by a client");
         let effects = entry.machine.cancel(message);
         if effects.ended {
-            self.record(Record::WorkflowStep(
+            self.durable.write(Record::WorkflowStep(
                 workflow_id,
                 CANCEL_STEP,
                 Box::new(Outcome::Cancelled(failure("cancelled"))),
@@ -284,12 +288,8 @@ impl State {
     pub(super) fn sweep_workflows(&self, tasks: &mut Tasks, now: u64) {
         let forgotten = tasks.workflows.sweep(now);
         if !forgotten.is_empty() {
-            self.record(Record::WorkflowForget(forgotten));
+            self.durable.write(Record::WorkflowForget(forgotten));
         }
-    }
-
-    fn record(&self, record: Record) {
-        self.durable.write(record);
     }
 
     /// After a durable restart (tasks already restored): rebuilds each
@@ -308,7 +308,7 @@ impl State {
                 Ok(parents) => parents,
                 Err(why) => {
                     warn!(%workflow_id, "a stored workflow no longer fits this control plane's limits, dropped: {why}");
-                    self.record(Record::WorkflowForget(vec![workflow_id]));
+                    self.durable.write(Record::WorkflowForget(vec![workflow_id]));
                     continue;
                 }
             };
