@@ -21,6 +21,27 @@ pub fn chromium() -> Option<PathBuf> {
     std::env::split_paths(&path).flat_map(|dir| candidates.iter().map(move |c| dir.join(c))).find(|p| p.is_file())
 }
 
+/// The variable that skips the browser tests, said out loud: `scripts/test`
+/// sets it when Chromium is missing outside CI and names the skipped tests
+/// in its summary.
+pub const SKIP_BROWSER: &str = "FASTWORKER_SKIP_BROWSER_TESTS";
+
+/// Chromium for a browser test, or `None` when the run opted out with
+/// [`SKIP_BROWSER`]. A missing Chromium without that opt-out fails the test
+/// (never a silent pass), and in CI nothing skips it.
+pub fn chromium_or_opted_out(test: &str) -> Option<PathBuf> {
+    if let Some(found) = chromium() {
+        return Some(found);
+    }
+    let opted_out = std::env::var_os(SKIP_BROWSER).is_some_and(|value| value == "1");
+    assert!(
+        opted_out && std::env::var_os("CI").is_none(),
+        "{test}: chromium is not installed: apt-get install chromium (or set {SKIP_BROWSER}=1 outside CI to skip it)"
+    );
+    eprintln!("SKIPPED {test}: chromium is not installed and {SKIP_BROWSER}=1");
+    None
+}
+
 /// A headless Chromium with one page, killed when dropped.
 pub struct Browser {
     child: Child,

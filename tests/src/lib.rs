@@ -357,9 +357,57 @@ impl Drop for Process {
     }
 }
 
-/// Runs the `fastworker` command line to completion.
+/// Runs the `fastworker` command line to completion, within [`CLI_LIMIT`].
 pub fn run_cli(args: &[&str]) -> Output {
-    Command::new(fastworker_bin()).args(args).stdin(Stdio::null()).output().expect("running fastworker")
+    let mut command = Command::new(fastworker_bin());
+    command.args(args);
+    output_within(command, CLI_LIMIT)
+}
+
+/// How long any command a test runs may take: a regression that hangs
+/// fails its test instead of the suite.
+pub const CLI_LIMIT: Duration = Duration::from_secs(90);
+
+/// Runs `command` (no standard input) to completion and returns its output;
+/// past `limit` it is killed and the test fails, naming the command and what
+/// it printed so far.
+pub fn output_within(mut command: Command, limit: Duration) -> Output {
+    use std::io::Read;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a command") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let (stdout, stderr) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+            panic!(
+                "{command:?} ran past {limit:?} and was killed; it printed:\n{}\n{}",
+                String::from_utf8_lossy(&stdout),
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
 }
 
 /// A multi-threaded tokio runtime for tests that drive the async client.

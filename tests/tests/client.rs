@@ -3,13 +3,13 @@
 //! example program users copy.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fastworker::client::decode_result;
 use fastworker::{Client, ClientError, SubmitOptions, TaskId, TaskReport, TaskState};
-use fastworker_tests::{free_base_port, runtime, target_dir, Process};
+use fastworker_tests::{free_base_port, output_within, runtime, target_dir, Process, CLI_LIMIT};
 
 /// `host/examples/client.rs`, built once (with the workspace's features, so
 /// that nothing else the tests run gets rebuilt underneath them).
@@ -38,11 +38,9 @@ fn the_example_program_runs_against_a_control_plane_and_exits_0() {
     let example = example_client();
     let cp = Process::control_plane(&["example-tasks"], &["--concurrency", "2"]);
     let started = Instant::now();
-    let output = Command::new(&example)
-        .args(["--address", &cp.address])
-        .stdin(Stdio::null())
-        .output()
-        .expect("running the example");
+    let mut command = Command::new(&example);
+    command.args(["--address", &cp.address]);
+    let output = output_within(command, CLI_LIMIT);
     let (out, err) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(
         output.status.success(),
@@ -63,7 +61,9 @@ fn the_example_program_runs_against_a_control_plane_and_exits_0() {
 
     // Against a control plane without the example plugin, it fails rather than claiming success.
     let other = Process::control_plane(&["text-tasks"], &[]);
-    let output = Command::new(&example).args(["--address", &other.address]).stdin(Stdio::null()).output().unwrap();
+    let mut command = Command::new(&example);
+    command.args(["--address", &other.address]);
+    let output = output_within(command, CLI_LIMIT);
     let err = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "expected exit 1 without the example plugin; stderr:\n{err}");
     assert!(err.contains("'add'"), "expected the error to name the task 'add'; stderr:\n{err}");

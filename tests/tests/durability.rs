@@ -5,7 +5,7 @@
 //! it cannot use stops the start-up with a clear message.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fastworker::protocol::{ErrorKind, RetryPolicy};
 use fastworker::{ClientError, SubmitOptions, TaskId, TaskReport, TaskState};
@@ -106,7 +106,6 @@ fn a_killed_control_plane_brings_every_accepted_task_to_one_outcome_after_a_rest
 
     // Scheduled for later.
     let scheduled = TaskId::new_v4();
-    let due = Instant::now() + Duration::from_secs(3);
     let countdown = SubmitOptions { countdown: Some(Duration::from_secs(3)), ..with_id(scheduled) };
     rt.block_on(client.delay("add", (2, 3), countdown)).unwrap();
     assert_eq!(rt.block_on(client.status(scheduled)).unwrap().state, TaskState::Scheduled);
@@ -155,7 +154,7 @@ fn a_killed_control_plane_brings_every_accepted_task_to_one_outcome_after_a_rest
     }
     assert_eq!(ended[0].attempts, 2, "the run interrupted here counts: {:?}", ended[0]);
     assert_eq!(ended[1].attempts, 2, "the run interrupted on the subworker counts: {:?}", ended[1]);
-    assert!(Instant::now() >= due, "the countdown task ran no sooner than its time");
+    // The countdown ran no sooner than its time, by the control plane's own record.
     assert!(ended[2].started_ms >= ended[2].created_ms.checked_add(2900), "{:?}", ended[2]);
     assert_eq!(ended[2].result.as_deref(), Some(&b"5"[..]));
     // One outcome each: asked again later, every report is the same.

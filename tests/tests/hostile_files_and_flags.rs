@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fastworker_tests::{fastworker_bin, free_base_port, free_ports, plugin, run_cli, stderr, Process};
+use fastworker_tests::{
+    fastworker_bin, free_base_port, free_ports, output_within, plugin, run_cli, stderr, Process, CLI_LIMIT,
+};
 
 /// How long a refused command may take to exit.
 const REFUSAL_LIMIT: Duration = Duration::from_secs(10);
@@ -200,7 +202,7 @@ fn submit(extra: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     for (key, value) in env {
         command.env(key, value);
     }
-    let output = command.output().expect("running fastworker submit");
+    let output = output_within(command, CLI_LIMIT);
     (output.status.code(), stderr(&output))
 }
 

@@ -86,7 +86,10 @@ fn no_import_runs_back_up_the_layers() {
     for path in &files {
         let (top, inner) = module_of(path);
         let Some(may) = allowed.get(top.as_str()) else {
-            wrong.push(format!("{}: module '{top}' is in no layer of this test (add it to ALLOWED and docs/architecture.md)", path.display()));
+            wrong.push(format!(
+                "{}: module '{top}' is in no layer of this test (add it to ALLOWED and docs/architecture.md)",
+                path.display()
+            ));
             continue;
         };
         let text = std::fs::read_to_string(path).expect("reading a source file");
@@ -99,16 +102,24 @@ fn no_import_runs_back_up_the_layers() {
                 continue;
             }
             if first.starts_with(|c: char| c.is_uppercase()) {
-                wrong.push(format!("{}:{line}: imports the re-export crate::{first}; name its module instead", path.display()));
+                wrong.push(format!(
+                    "{}:{line}: imports the re-export crate::{first}; name its module instead",
+                    path.display()
+                ));
                 continue;
             }
             let pure_cluster = top == "cluster" && PURE_CLUSTER.contains(&inner.as_str());
-            let fits = !pure_cluster && may.iter().any(|rule| match rule.split_once("::") {
-                Some((module, sub)) => module == first && sub == second,
-                None => *rule == first,
-            }) || pure_cluster && first == "wire";
+            let fits = !pure_cluster
+                && may.iter().any(|rule| match rule.split_once("::") {
+                    Some((module, sub)) => module == first && sub == second,
+                    None => *rule == first,
+                })
+                || pure_cluster && first == "wire";
             if !fits {
-                wrong.push(format!("{}:{line}: '{top}' imports crate::{first}::{second}, which is not below it", path.display()));
+                wrong.push(format!(
+                    "{}:{line}: '{top}' imports crate::{first}::{second}, which is not below it",
+                    path.display()
+                ));
             }
         }
     }
