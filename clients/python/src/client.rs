@@ -11,14 +11,14 @@ use fastworker::auth::KeyRing;
 use fastworker::client::BatchTask;
 use fastworker::protocol::TaskReport as RustReport;
 use fastworker::SubmitOptions;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 use serde_json::Value;
 
 use crate::failure::{Class, Failure};
 use crate::json::to_python;
-use crate::options::{parse_task_id, task_args, PyOptions};
+use crate::options::{parse_task_id, task_args, OptionError, PyOptions};
 use crate::report::{outcome, TaskReport};
 use crate::runtime::block_on;
 
@@ -145,24 +145,25 @@ fn batch_entry(entry: &Bound<'_, PyAny>) -> Result<BatchTask, Failure> {
 
 fn batch_options(options: &Bound<'_, PyAny>) -> Result<SubmitOptions, Failure> {
     let bad = |message: String| Failure::new(Class::BadRequest, message);
-    let dict = options.cast::<pyo3::types::PyDict>().map_err(|_| bad("batch options must be a dict".into()))?;
-    let mut read = PyOptions { retry_delay: 1.0, retry_max_delay: 300.0, ..PyOptions::default() };
-    for (key, value) in dict.iter() {
-        let key: String = key.extract().map_err(|_| bad("batch option names must be str".into()))?;
-        let wrong = |_| bad(format!("batch option '{key}' has a value of the wrong type"));
-        match key.as_str() {
-            "priority" => read.priority = Some(value.extract().map_err(wrong)?),
-            "countdown" => read.countdown = Some(value.extract().map_err(wrong)?),
-            "eta" => read.eta = Some(value),
-            "task_timeout" => read.task_timeout = Some(value.extract().map_err(wrong)?),
-            "retries" => read.retries = Some(value.extract().map_err(wrong)?),
-            "retry_delay" => read.retry_delay = value.extract().map_err(wrong)?,
-            "retry_max_delay" => read.retry_max_delay = value.extract().map_err(wrong)?,
-            "task_id" => read.task_id = Some(value.extract().map_err(wrong)?),
-            _ => return Err(bad(format!("'{key}' is not a batch option"))),
-        }
-    }
+    let dict = options.cast::<PyDict>().map_err(|_| bad("batch options must be a dict".into()))?;
+    let read = PyOptions::by_name(Some(dict)).map_err(|error| match error {
+        OptionError::NotText => bad("batch option names must be str".into()),
+        OptionError::WrongType(key) => bad(format!("batch option '{key}' has a value of the wrong type")),
+        OptionError::Unknown(key) => bad(format!("'{key}' is not a batch option")),
+    })?;
     read.resolve()
+}
+
+/// The keyword options of `call`, `delay` and their awaitables, refused as
+/// Python refuses a bad keyword argument (`TypeError`).
+fn keyword_options<'py>(method: &str, options: Option<&Bound<'py, PyDict>>) -> PyResult<PyOptions<'py>> {
+    PyOptions::by_name(options).map_err(|error| {
+        PyTypeError::new_err(match error {
+            OptionError::NotText => format!("{method}() keywords must be strings"),
+            OptionError::WrongType(key) => format!("{method}() argument '{key}' has a value of the wrong type"),
+            OptionError::Unknown(key) => format!("{method}() got an unexpected keyword argument '{key}'"),
+        })
+    })
 }
 
 impl Client {
@@ -364,95 +365,57 @@ impl Client {
         format!("Client(address='{}', timeout={})", self.address, self.timeout.as_secs_f64())
     }
 
-    /// Runs `task` with `args` (a list/tuple, or a dict by name) and returns its result.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (task, args = None, *, priority = None, countdown = None, eta = None, task_timeout = None,
-                        retries = None, retry_delay = 1.0, retry_max_delay = 300.0, task_id = None))]
+    /// Runs `task` with `args` (a list/tuple, or a dict by name) and returns its result; the options
+    /// (`priority`, `countdown`, `eta`, `task_timeout`, `retries`, `retry_delay`, `retry_max_delay`,
+    /// `task_id`) are keywords, read in one place (`PyOptions::by_name`).
+    #[pyo3(signature = (task, args = None, **options))]
     fn call<'py>(
         &self,
         py: Python<'py>,
         task: String,
         args: Option<Bound<'py, PyAny>>,
-        priority: Option<String>,
-        countdown: Option<f64>,
-        eta: Option<Bound<'py, PyAny>>,
-        task_timeout: Option<f64>,
-        retries: Option<u32>,
-        retry_delay: f64,
-        retry_max_delay: f64,
-        task_id: Option<String>,
+        options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let options =
-            PyOptions { priority, countdown, eta, task_timeout, retries, retry_delay, retry_max_delay, task_id };
+        let options = keyword_options("call", options)?;
         self.submit(py, false, true, task, args.as_ref(), options)
     }
 
     /// `call` as an awaitable.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (task, args = None, *, priority = None, countdown = None, eta = None, task_timeout = None,
-                        retries = None, retry_delay = 1.0, retry_max_delay = 300.0, task_id = None))]
+    #[pyo3(signature = (task, args = None, **options))]
     fn call_async<'py>(
         &self,
         py: Python<'py>,
         task: String,
         args: Option<Bound<'py, PyAny>>,
-        priority: Option<String>,
-        countdown: Option<f64>,
-        eta: Option<Bound<'py, PyAny>>,
-        task_timeout: Option<f64>,
-        retries: Option<u32>,
-        retry_delay: f64,
-        retry_max_delay: f64,
-        task_id: Option<String>,
+        options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let options =
-            PyOptions { priority, countdown, eta, task_timeout, retries, retry_delay, retry_max_delay, task_id };
+        let options = keyword_options("call_async", options)?;
         self.submit(py, true, true, task, args.as_ref(), options)
     }
 
-    /// Queues `task` and returns its id (a str) without waiting for it.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (task, args = None, *, priority = None, countdown = None, eta = None, task_timeout = None,
-                        retries = None, retry_delay = 1.0, retry_max_delay = 300.0, task_id = None))]
+    /// Queues `task` and returns its id (a str) without waiting for it; the options as for `call`.
+    #[pyo3(signature = (task, args = None, **options))]
     fn delay<'py>(
         &self,
         py: Python<'py>,
         task: String,
         args: Option<Bound<'py, PyAny>>,
-        priority: Option<String>,
-        countdown: Option<f64>,
-        eta: Option<Bound<'py, PyAny>>,
-        task_timeout: Option<f64>,
-        retries: Option<u32>,
-        retry_delay: f64,
-        retry_max_delay: f64,
-        task_id: Option<String>,
+        options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let options =
-            PyOptions { priority, countdown, eta, task_timeout, retries, retry_delay, retry_max_delay, task_id };
+        let options = keyword_options("delay", options)?;
         self.submit(py, false, false, task, args.as_ref(), options)
     }
 
     /// `delay` as an awaitable.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (task, args = None, *, priority = None, countdown = None, eta = None, task_timeout = None,
-                        retries = None, retry_delay = 1.0, retry_max_delay = 300.0, task_id = None))]
+    #[pyo3(signature = (task, args = None, **options))]
     fn delay_async<'py>(
         &self,
         py: Python<'py>,
         task: String,
         args: Option<Bound<'py, PyAny>>,
-        priority: Option<String>,
-        countdown: Option<f64>,
-        eta: Option<Bound<'py, PyAny>>,
-        task_timeout: Option<f64>,
-        retries: Option<u32>,
-        retry_delay: f64,
-        retry_max_delay: f64,
-        task_id: Option<String>,
+        options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let options =
-            PyOptions { priority, countdown, eta, task_timeout, retries, retry_delay, retry_max_delay, task_id };
+        let options = keyword_options("delay_async", options)?;
         self.submit(py, true, false, task, args.as_ref(), options)
     }
 

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fastworker::protocol::{Priority, RetryPolicy, TaskId};
 use fastworker::SubmitOptions;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use serde_json::Value;
 
 use crate::failure::{Class, Failure};
@@ -27,7 +28,46 @@ pub(crate) struct PyOptions<'py> {
     pub(crate) task_id: Option<String>,
 }
 
-impl PyOptions<'_> {
+/// The names of the options, in the order the docs list them.
+const KNOWN: [&str; 8] =
+    ["priority", "countdown", "eta", "task_timeout", "retries", "retry_delay", "retry_max_delay", "task_id"];
+
+/// Why options given by name could not be read.
+pub(crate) enum OptionError {
+    /// A name that is not a `str`.
+    NotText,
+    /// A known option with a value of the wrong type.
+    WrongType(String),
+    /// A name that is no option.
+    Unknown(String),
+}
+
+impl<'py> PyOptions<'py> {
+    /// The options given by name: a call's keyword arguments or a batch
+    /// entry's dict. The one place that knows their names and defaults.
+    pub(crate) fn by_name(dict: Option<&Bound<'py, PyDict>>) -> Result<PyOptions<'py>, OptionError> {
+        let mut read = PyOptions { retry_delay: 1.0, retry_max_delay: 300.0, ..PyOptions::default() };
+        for (key, value) in dict.into_iter().flat_map(|dict| dict.iter()) {
+            let key: String = key.extract().map_err(|_| OptionError::NotText)?;
+            if value.is_none() && KNOWN.contains(&key.as_str()) {
+                continue; // None means the option's default, as the keywords always took it
+            }
+            let wrong = |_| OptionError::WrongType(key.clone());
+            match key.as_str() {
+                "priority" => read.priority = Some(value.extract().map_err(wrong)?),
+                "countdown" => read.countdown = Some(value.extract().map_err(wrong)?),
+                "eta" => read.eta = Some(value),
+                "task_timeout" => read.task_timeout = Some(value.extract().map_err(wrong)?),
+                "retries" => read.retries = Some(value.extract().map_err(wrong)?),
+                "retry_delay" => read.retry_delay = value.extract().map_err(wrong)?,
+                "retry_max_delay" => read.retry_max_delay = value.extract().map_err(wrong)?,
+                "task_id" => read.task_id = Some(value.extract().map_err(wrong)?),
+                _ => return Err(OptionError::Unknown(key)),
+            }
+        }
+        Ok(read)
+    }
+
     /// The Rust client's options, or why these are not valid.
     pub(crate) fn resolve(&self) -> Result<SubmitOptions, Failure> {
         let bad = |message: String| Failure::new(Class::BadRequest, message);

@@ -3,6 +3,8 @@
 from datetime import datetime
 from typing import Any, Awaitable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from typing_extensions import TypedDict, Unpack
+
 from .errors import FastworkerError
 
 Args = Optional[Union[Sequence[Any], Dict[str, Any]]]
@@ -10,6 +12,18 @@ Eta = Optional[Union[datetime, float]]
 BatchEntry = Union[Tuple[str], Tuple[str, Args], Tuple[str, Args, Dict[str, Any]]]
 
 DEFAULT_ADDRESS: str
+
+class SubmitOptions(TypedDict, total=False):
+    """The keyword options of call, delay and their awaitables (and a batch entry's dict); None means the default."""
+
+    priority: Optional[str]
+    countdown: Optional[float]
+    eta: Eta
+    task_timeout: Optional[float]
+    retries: Optional[int]
+    retry_delay: Optional[float]
+    retry_max_delay: Optional[float]
+    task_id: Optional[str]
 
 class TaskReport:
     task_id: str
@@ -34,20 +48,10 @@ class Client:
     address: str
     timeout: float
     def __init__(self, address: str = ..., key: Optional[str] = None, timeout: float = 30.0) -> None: ...
-    def call(self, task: str, args: Args = None, *, priority: Optional[str] = None, countdown: Optional[float] = None,
-             eta: Eta = None, task_timeout: Optional[float] = None, retries: Optional[int] = None,
-             retry_delay: float = 1.0, retry_max_delay: float = 300.0, task_id: Optional[str] = None) -> Any: ...
-    def call_async(self, task: str, args: Args = None, *, priority: Optional[str] = None,
-                   countdown: Optional[float] = None, eta: Eta = None, task_timeout: Optional[float] = None,
-                   retries: Optional[int] = None, retry_delay: float = 1.0, retry_max_delay: float = 300.0,
-                   task_id: Optional[str] = None) -> Awaitable[Any]: ...
-    def delay(self, task: str, args: Args = None, *, priority: Optional[str] = None, countdown: Optional[float] = None,
-              eta: Eta = None, task_timeout: Optional[float] = None, retries: Optional[int] = None,
-              retry_delay: float = 1.0, retry_max_delay: float = 300.0, task_id: Optional[str] = None) -> str: ...
-    def delay_async(self, task: str, args: Args = None, *, priority: Optional[str] = None,
-                    countdown: Optional[float] = None, eta: Eta = None, task_timeout: Optional[float] = None,
-                    retries: Optional[int] = None, retry_delay: float = 1.0, retry_max_delay: float = 300.0,
-                    task_id: Optional[str] = None) -> Awaitable[str]: ...
+    def call(self, task: str, args: Args = None, **options: Unpack[SubmitOptions]) -> Any: ...
+    def call_async(self, task: str, args: Args = None, **options: Unpack[SubmitOptions]) -> Awaitable[Any]: ...
+    def delay(self, task: str, args: Args = None, **options: Unpack[SubmitOptions]) -> str: ...
+    def delay_async(self, task: str, args: Args = None, **options: Unpack[SubmitOptions]) -> Awaitable[str]: ...
     def batch(self, tasks: Iterable[BatchEntry]) -> List[Union[str, FastworkerError]]: ...
     def batch_async(self, tasks: Iterable[BatchEntry]) -> Awaitable[List[Union[str, FastworkerError]]]: ...
     def status(self, task_id: str) -> TaskReport: ...
