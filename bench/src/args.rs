@@ -1,6 +1,9 @@
 //! Command-line settings and their parsing.
 
-use super::*;
+use std::time::Duration;
+
+use crate::phase::Budget;
+use crate::ECHO_CONTEXTS;
 
 /// Command-line settings.
 pub(crate) struct Settings {

@@ -9,10 +9,21 @@
 //! task. Afterwards, untimed, every task's report is fetched and checked:
 //! succeeded, with a `null` result (the control plane caches them all).
 
-use fastworker::client::BatchTask;
-use fastworker::{SubmitOptions, TaskState};
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::*;
+use fastworker::client::BatchTask;
+use fastworker::{Client, SubmitOptions, TaskId, TaskState};
+use tokio::runtime::Runtime;
+
+use crate::phase::Phase;
+use crate::processes::{serving, FastworkerProcess};
+use crate::setup::free_port;
+use crate::REQUEST_TIMEOUT;
 
 /// Tasks per batch request.
 const BATCH: usize = 1000;

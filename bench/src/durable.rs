@@ -20,9 +20,9 @@ use fastworker::client::BatchTask;
 use fastworker::{Priority, SubmitOptions, TaskId, TaskState};
 use tokio::runtime::Runtime;
 
-use crate::{
-    add_args, blocking_add, pipelined_add, serving, start_control_plane, FastworkerProcess, Results, Settings,
-};
+use crate::args::Settings;
+use crate::processes::{add_args, blocking_add, pipelined_add, serving, start_control_plane, FastworkerProcess};
+use crate::results::Results;
 
 /// Tasks queued in the recovery row.
 pub(crate) const RECOVERED_TASKS: usize = 100_000;

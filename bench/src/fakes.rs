@@ -1,6 +1,14 @@
 //! Fake subworkers: registrations that weigh on a control plane's routing and never run a task.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastworker::protocol::{ErrorKind, Heartbeat, OfferedTask, Registration, Request, WorkerName};
+use fastworker::{Client, ClientError, TaskId};
+use nng::{Protocol, Socket};
+
+use crate::setup::free_port;
+use crate::{FAKE_HEARTBEAT, REGISTER_TIMEOUT};
 
 /// Subworkers that only register with a control plane, from this process:
 /// weight on its routing table, never sent a task. Each listens on a port of

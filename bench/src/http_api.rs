@@ -3,9 +3,16 @@
 //! connections to the control plane's dashboard port, one request at a time
 //! per connection; compared with the Rust client's `cp` rows of the same run.
 
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::*;
+use crate::phase::{Budget, Phase};
+use crate::processes::{serving, FastworkerProcess};
+use crate::setup::free_port;
 
 /// A keep-alive connection to the dashboard.
 struct Connection {

@@ -126,33 +126,24 @@ mod tcp_floor;
 mod workflow;
 
 use std::ffi::OsString;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
 
-use fastworker::auth::KeyRing;
-use fastworker::protocol::{ErrorKind, Heartbeat, OfferedTask, Registration, Request, WorkerName, WorkerState};
-use fastworker::{Client, ClientError, TaskId};
-use nng::options::{Options, RecvTimeout, SendTimeout};
-use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
 use tokio::runtime::Runtime;
 
-use args::*;
-use fakes::*;
-use nng_floor::*;
-use payload::PAYLOAD;
-use phase::*;
-use processes::*;
-use report::*;
-use results::*;
-use scale::SLEEP_CONCURRENCY;
-use scale_report::*;
-use setup::*;
+use crate::args::{parse_args, Settings};
+use crate::fakes::FakeSubworkers;
+use crate::nng_floor::{
+    echo_server_main, floor_pipelined, floor_sequential, spawn_echo_child, spawn_echo_server, EchoServer,
+};
+use crate::phase::{warmed, Budget, Phase};
+use crate::processes::{
+    add_pipelined, blocking_add, expect_cluster, pipelined_add, start_control_plane, start_subworker,
+};
+use crate::report::report;
+use crate::results::{Results, Row};
+use crate::setup::{free_port, locate_binaries, machine_description};
 
 /// Unmeasured run before each measured phase (connections, caches, page faults).
 const WARMUP: Duration = Duration::from_millis(300);

@@ -1,6 +1,16 @@
 //! The transport's floor: raw NNG request/reply to an echo server in its own process.
 
-use super::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nng::options::{Options, RecvTimeout, SendTimeout};
+use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
+
+use crate::phase::{Budget, Phase};
+use crate::processes::ChildGuard;
+use crate::{ECHO_CONTEXTS, REQUEST_TIMEOUT};
 
 /// An in-process Rep0 echo server: `contexts` contexts, each with an Aio
 /// looping receive → send the same message back → receive, so that many

@@ -18,7 +18,15 @@
 //! phase after a 300 ms warm-up. Rates add the rounds' replies and times;
 //! percentiles are the mean of the rounds'.
 
-use super::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::args::Settings;
+use crate::nng_floor::{floor_pipelined, floor_sequential, spawn_echo_child, spawn_echo_server};
+use crate::phase::{micros, warmed, Budget, Phase};
+use crate::setup::{free_port, machine_description};
+use crate::tcp_floor;
 
 /// One phase's figures, summed over the rounds.
 #[derive(Default, Clone, Copy)]

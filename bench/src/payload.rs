@@ -4,7 +4,18 @@
 //! bytes each way (`tcp-payload-1MiB`: a 4-byte length prefix and a 1 MiB
 //! body, sent and echoed). Each call's text differs and every echo is checked.
 
-use super::*;
+use std::path::Path;
+use std::time::Instant;
+
+use fastworker::Client;
+use tokio::runtime::Runtime;
+
+use crate::args::Settings;
+use crate::nng_floor::spawn_echo_child;
+use crate::phase::{warmed, Budget, Phase};
+use crate::processes::start_control_plane;
+use crate::setup::free_port;
+use crate::tcp_floor;
 
 /// Bytes of the arguments (and of the result) of each call.
 pub(crate) const PAYLOAD: usize = 1 << 20;

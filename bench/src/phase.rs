@@ -1,6 +1,10 @@
 //! Measurement bookkeeping: budgets of requests or time, and what a phase measured.
 
-use super::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::WARMUP;
 
 /// How much of a phase is left: a deadline or a number of requests.
 pub(crate) struct Budget {

@@ -1,6 +1,20 @@
 //! The control plane and subworkers as child processes, their clients, and fake subworkers.
 
-use super::*;
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fastworker::auth::KeyRing;
+use fastworker::protocol::WorkerState;
+use fastworker::{Client, ClientError, TaskId};
+use tokio::runtime::Runtime;
+
+use crate::phase::{warmed, Budget, Phase};
+use crate::setup::free_base_port;
+use crate::{PROBE_TIMEOUT, REQUEST_TIMEOUT, STARTUP_TIMEOUT};
 
 /// The arguments of `add` request `n`: both vary, signs included.
 pub(crate) fn add_args(n: u64) -> (i64, i64) {

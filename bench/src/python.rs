@@ -3,7 +3,12 @@
 //! against the control plane of the `cp` rows, so that they sit beside the
 //! Rust client's rows of the same run and the same control plane.
 
-use super::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::args::Settings;
+use crate::phase::Phase;
 
 /// Runs the script with `python` against `address`; its blocking and pipelined phases.
 pub(crate) fn rows(settings: &Settings, python: &Path, address: &str) -> Result<[Phase; 2], String> {

@@ -1,6 +1,10 @@
 //! The report: the table, the derived ratios, the memory and the targets.
 
-use super::*;
+use crate::args::Settings;
+use crate::phase::{micros, Phase};
+use crate::results::{Results, Row};
+use crate::scale_report::{scale_phases, scale_report};
+use crate::{durable, CACHED_RESULTS};
 
 /// Prints the table, the derived ratios, the memory and the targets;
 /// returns whether every reply was right and every process behaved.

@@ -1,6 +1,8 @@
 //! What one run measured: the rows of the table and the rest.
 
-use super::*;
+use crate::phase::Phase;
+use crate::processes::FastworkerProcess;
+use crate::{batch, durable, payload, scale, workflow};
 
 /// Everything one run measured.
 pub(crate) struct Results {
@@ -34,7 +36,7 @@ pub(crate) struct Row {
 }
 
 impl Results {
-    /// The row named `name` (rows are named by [`run`], so it exists).
+    /// The row named `name` (rows are named by [`run`](crate::run), so it exists).
     pub(crate) fn row(&self, name: &str) -> &Phase {
         &self.rows.iter().find(|row| row.name == name).unwrap_or_else(|| panic!("no row {name}")).phase
     }

@@ -10,7 +10,20 @@
 //! calls each) so that no slot waits for the client, for the same budget as
 //! every other phase, after the usual warm-up.
 
-use super::*;
+use std::ffi::OsString;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fastworker::protocol::WorkerState;
+use fastworker::Client;
+use tokio::runtime::Runtime;
+
+use crate::args::Settings;
+use crate::phase::{warmed, Budget, Phase};
+use crate::processes::{start_control_plane, FastworkerProcess};
+use crate::setup::free_base_port;
+use crate::PROBE_TIMEOUT;
 
 /// Slots of each subworker of the sleep rows.
 pub(crate) const SLEEP_CONCURRENCY: usize = 4;

@@ -1,8 +1,14 @@
 //! The scale rows' part of the report: sleep scaling, the batch, the payload.
 
-use super::*;
+use crate::args::Settings;
+use crate::payload::PAYLOAD;
+use crate::phase::{micros, Phase};
+use crate::report::ratio_p;
+use crate::results::Results;
+use crate::scale::SLEEP_CONCURRENCY;
+use crate::workflow;
 
-/// A target with an owned description (see [`Target`]).
+/// A target with an owned description (see [`Target`](crate::report::Target)).
 pub(crate) type OwnedTarget = (String, Option<f64>, f64, bool, &'static str);
 
 /// Every checked phase of the scale rows, named.

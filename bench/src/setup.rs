@@ -1,6 +1,8 @@
 //! Setup helpers: where the binaries are, free ports, the machine.
 
-use super::*;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The `fastworker` binary and `libexample_tasks.so` next to this executable
 /// (target/release/), always (re)built with cargo first so that the figures

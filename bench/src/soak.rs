@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use fastworker::{Client, ClientError};
 
-use crate::{locate_binaries, start_control_plane, start_subworker};
+use crate::processes::{start_control_plane, start_subworker};
+use crate::setup::locate_binaries;
 
 /// Concurrent callers.
 const CALLERS: usize = 8;

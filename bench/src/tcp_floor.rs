@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::{Budget, Phase};
+use crate::phase::{Budget, Phase};
 
 /// Bytes of an echo body (a `Submit` of `add` is about this size).
 const BODY: usize = 64;

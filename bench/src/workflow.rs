@@ -6,9 +6,20 @@
 //! load weighs on both. Every chord's result is checked against the sum of
 //! its members' `a + b`.
 
-use fastworker::workflow::{task, Workflow, WorkflowState};
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use super::*;
+use fastworker::workflow::{task, Workflow, WorkflowState};
+use fastworker::Client;
+use tokio::runtime::Runtime;
+
+use crate::args::Settings;
+use crate::phase::{Budget, Phase};
+use crate::processes::{add_args, add_pipelined, start_control_plane};
+use crate::report::print_targets;
+use crate::scale_report::OwnedTarget;
+use crate::setup::locate_binaries;
 
 /// Members of the chord, and independent calls it is compared with.
 pub(crate) const MEMBERS: u64 = 1000;
