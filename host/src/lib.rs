@@ -16,6 +16,7 @@
 //! | [`client`] | the Rust client |
 //! | [`dashboard`] | the web page, JSON and task HTTP API, `/metrics` |
 //! | [`control_plane`] | one serving process assembled from the above |
+//! | [`subworker_process`] | a subworker assembled: a control plane's serving part with its task ports only, joined to its control plane, draining on stop |
 //!
 //! Dependencies point down this table's roles and never back up: `wire`
 //! and `plugins` import nothing of the crate's above them, `cluster` knows
@@ -34,6 +35,7 @@ pub mod dashboard;
 pub(crate) mod ledger;
 pub mod plugins;
 pub(crate) mod server;
+pub mod subworker_process;
 pub mod wire;
 pub mod workflow;
 
@@ -52,4 +54,5 @@ pub use plugins::{PluginError, Registry};
 pub use protocol::{Priority, TaskId, TaskReport, TaskState};
 pub use server::endpoint::ListenError;
 pub use server::journal::JournalError;
+pub use subworker_process::{Subworker, SubworkerConfig, SubworkerError};
 pub use wire::address::{BaseAddress, DEFAULT_BASE_ADDRESS};

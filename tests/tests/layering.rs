@@ -18,6 +18,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("server", &["wire", "plugins", "workflow", "cluster", "ledger"]),
     ("dashboard", &["wire", "plugins", "cluster", "workflow", "server"]),
     ("control_plane", &["wire", "plugins", "client", "cluster", "ledger", "workflow", "server", "dashboard"]),
+    ("subworker_process", &["wire", "plugins", "client", "cluster", "server", "control_plane"]),
 ];
 
 /// The pure parts of `cluster/`: bookkeeping with no I/O, which the ledger

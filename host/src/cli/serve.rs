@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -13,9 +12,8 @@ use fastworker::dashboard::DashboardConfig;
 use fastworker::discovery::{self, DEFAULT_DISCOVERY_ADDRESS};
 use fastworker::limits::{range, MAX_NAME_BYTES};
 use fastworker::plugins::Registry;
-use fastworker::protocol::OfferedTask;
 use fastworker::schedules;
-use fastworker::subworker::{Membership, MembershipConfig};
+use fastworker::subworker_process::{Subworker, SubworkerConfig};
 use fastworker::{BaseAddress, DEFAULT_BASE_ADDRESS};
 use tracing::{info, warn};
 
@@ -337,19 +335,6 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
             "the plugins given with --task-modules declare no task: a subworker needs at least one",
         );
     }
-    let offered: Vec<OfferedTask> = registry
-        .tasks()
-        .iter()
-        .map(|task| {
-            let text = |value: &serde_json::Value| value.to_string();
-            OfferedTask {
-                args_schema: task.schema.as_ref().map(|schema| text(&schema.args)),
-                result_schema: task.schema.as_ref().map(|schema| text(&schema.result)),
-                limit: task.limit,
-                ..OfferedTask::from(&task.decl)
-            }
-        })
-        .collect();
     let concurrency = args.concurrency.unwrap_or_else(|| cores() as u32);
     let control_plane = match &args.control_plane_address {
         Some(address) => address.clone(),
@@ -371,100 +356,29 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
             }
         }
     };
-    let membership = MembershipConfig {
-        worker_id: args.worker_id.clone(),
+    let config = SubworkerConfig {
+        worker_id: args.worker_id,
+        base,
         control_plane,
         advertise,
         concurrency,
         prefetch: args.prefetch,
         heartbeat_interval,
-        keys: keys.clone(),
-    };
-    let membership = match Membership::new(membership, offered) {
-        Ok(membership) => membership,
-        Err(error) => return fail(EXIT_USAGE, error),
-    };
-    let config = ControlPlaneConfig {
-        worker_id: args.worker_id,
-        base,
-        concurrency: concurrency as usize,
-        // Results are kept by the control plane, which also sends a task
-        // again to retry it: a subworker keeps none.
-        result_cache_size: 0,
-        result_cache_ttl: None,
         shutdown_timeout,
         // Its ports hold what the control plane may send it at once.
         limits: limits(&args.task_limits, None, (concurrency + args.prefetch).max(64) as usize),
         keys,
-        management: None,
-        discovery: None,
-        state_dir: None,
     };
-    let server = match ControlPlane::start(config, registry) {
-        Ok(server) => server,
+    let subworker = match Subworker::start(config, registry) {
+        Ok(subworker) => subworker,
         Err(error) => return fail(EXIT_USAGE, error),
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
-    let server = Arc::new(server);
-    let in_flight = || server.in_flight() as u32;
-    // Started runs are reported as they start, so that their timeouts run
-    // from their start (one request at a time, batching what accumulates).
-    let report_started = || async {
-        loop {
-            server.started_ready().await;
-            let runs = server.take_started();
-            if !runs.is_empty() {
-                if let Err(error) = membership.started(runs).await {
-                    warn!(%error, "could not report started tasks to the control plane");
-                }
-            }
-        }
-    };
-    let refused = runtime.block_on(async {
-        tokio::select! {
-            signal = shutdown_signal() => { info!(signal, "stop requested"); None }
-            result = membership.run_woken(in_flight, || server.connection_dropped()) => result.err(),
-            _ = report_started() => None,
-        }
-    });
-    if let Some(refusal) = refused {
-        server.drain();
-        return fail(EXIT_USAGE, refusal);
+    let stop = async { info!(signal = shutdown_signal().await, "stop requested") };
+    match runtime.block_on(subworker.run(stop)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(EXIT_USAGE, error),
     }
-    runtime.block_on(async {
-        if let Err(error) = membership.leave().await {
-            warn!(%error, "could not tell the control plane this subworker is stopping");
-        }
-        // Drain on another thread while heartbeats go on, so the control
-        // plane keeps waiting for the tasks still running here.
-        let draining = {
-            let server = server.clone();
-            std::thread::spawn(move || server.drain())
-        };
-        let mut next_heartbeat = tokio::time::Instant::now();
-        while !draining.is_finished() {
-            let runs = server.take_started();
-            if !runs.is_empty() {
-                if let Err(error) = membership.started(runs).await {
-                    warn!(%error, "could not report started tasks to the control plane");
-                }
-            }
-            if tokio::time::Instant::now() >= next_heartbeat {
-                if let Err(error) = membership.heartbeat(in_flight()).await {
-                    warn!(%error, "a heartbeat failed while draining");
-                }
-                next_heartbeat = tokio::time::Instant::now() + heartbeat_interval;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if let Err(error) = membership.unregister().await {
-            warn!(%error, "could not unregister from the control plane; it will notice the closed connection");
-        }
-    });
-    if let Ok(server) = Arc::try_unwrap(server) {
-        server.shutdown();
-    }
-    ExitCode::SUCCESS
 }
 
 /// Loads `--task-modules` and logs each plugin, or says why not (exit 2).

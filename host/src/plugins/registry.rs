@@ -11,6 +11,7 @@ use fastworker_plugin_sdk::SDK_VERSION;
 
 use crate::plugins::schedule::{Schedule, ScheduleError};
 use crate::plugins::task_schema::TaskSchema;
+use crate::wire::protocol::OfferedTask;
 use crate::wire::task_limit::TaskLimit;
 
 /// A loaded plugin file.
@@ -182,6 +183,21 @@ impl Registry {
         let mut tasks: Vec<_> = self.tasks.values().collect();
         tasks.sort_by(|a, b| a.decl.name.as_str().cmp(b.decl.name.as_str()));
         tasks
+    }
+
+    /// All tasks as a subworker offers them to its control plane: name,
+    /// defaults, schemas and declared limit, sorted by name.
+    pub fn offered(&self) -> Vec<OfferedTask> {
+        let text = |value: &serde_json::Value| value.to_string();
+        self.tasks()
+            .into_iter()
+            .map(|task| OfferedTask {
+                args_schema: task.schema.as_ref().map(|schema| text(&schema.args)),
+                result_schema: task.schema.as_ref().map(|schema| text(&schema.result)),
+                limit: task.limit,
+                ..OfferedTask::from(&task.decl)
+            })
+            .collect()
     }
 
     /// The loaded plugins, in load order.

@@ -58,7 +58,8 @@ pub(crate) fn start(
     events: Sender<Event>,
     receiver: Receiver<Event>,
 ) -> JoinHandle<()> {
-    let mut membership = Membership { state, config, dialer: Dialer::new(events), connecting: Connecting::default() };
+    let mut membership =
+        ManagementPort { state, config, dialer: Dialer::new(events), connecting: Connecting::default() };
     std::thread::Builder::new()
         .name("membership".into())
         .spawn(move || {
@@ -82,9 +83,10 @@ pub(crate) fn start(
         .expect("spawning the membership thread")
 }
 
-/// The membership thread's state: what it answers on the management port,
+/// The membership thread's state (the control plane's side of membership;
+/// a subworker's side is `cluster::subworker::Membership`): what it answers on the management port,
 /// and the workers it is still connecting to.
-struct Membership {
+struct ManagementPort {
     state: Arc<State>,
     config: ManagementConfig,
     /// Opens the link to each registering worker.
@@ -93,7 +95,7 @@ struct Membership {
     connecting: Connecting<Replier>,
 }
 
-impl Membership {
+impl ManagementPort {
     /// Answers one frame of the management port.
     fn on_frame(&mut self, mut replier: Replier, message: &Message) {
         let request = match decode::<Request>(message, self.state.config.limits.max_frame_bytes) {

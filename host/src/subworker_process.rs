@@ -1,0 +1,169 @@
+//! One subworker process, assembled: the serving part (a [`ControlPlane`]
+//! with its task ports only, running the plugins' tasks) and its membership
+//! of a control plane (register, report starts, heartbeat), with the leave
+//! and the drain that hand nothing back unfinished. The command line only
+//! parses flags into a [`SubworkerConfig`]; tests, the benchmark and worker
+//! processes start a subworker the same way.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::client::ClientError;
+use crate::cluster::subworker::{Membership, MembershipConfig, MembershipError};
+use crate::control_plane::{ControlPlane, StartError};
+use crate::plugins::Registry;
+use crate::server::config::ControlPlaneConfig;
+use crate::server::limits::Limits;
+use crate::wire::address::BaseAddress;
+use crate::wire::auth::KeyRing;
+
+/// How often a draining subworker reports the runs that started, and looks
+/// whether the drain is over.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// What a subworker needs to serve and to join its control plane.
+#[derive(Debug, Clone)]
+pub struct SubworkerConfig {
+    /// Its `--worker-id`, unique in the cluster.
+    pub worker_id: String,
+    /// Where its task ports listen.
+    pub base: BaseAddress,
+    /// The control plane's base address.
+    pub control_plane: String,
+    /// The base address the control plane dials (the `--advertise-address`,
+    /// else `base`).
+    pub advertise: String,
+    /// Tasks it runs at once (its threads).
+    pub concurrency: u32,
+    /// Tasks it takes ahead beyond `concurrency`.
+    pub prefetch: u32,
+    /// Time between heartbeats.
+    pub heartbeat_interval: Duration,
+    /// How long a stop waits for queued and running tasks.
+    pub shutdown_timeout: Duration,
+    /// The bounds of what a peer can make it spend.
+    pub limits: Limits,
+    /// The keys it seals its requests with and accepts tasks under.
+    pub keys: Option<Arc<KeyRing>>,
+}
+
+/// Why a subworker could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum SubworkerError {
+    /// Its control plane's address or its keys are unusable.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Its ports could not be bound.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The control plane refused it (a duplicate id, a bad key, …).
+    #[error(transparent)]
+    Refused(#[from] MembershipError),
+}
+
+/// A serving subworker that has not joined its control plane yet.
+pub struct Subworker {
+    server: Arc<ControlPlane>,
+    membership: Membership,
+    heartbeat_interval: Duration,
+}
+
+impl Subworker {
+    /// Binds the task ports and starts the worker threads for `registry`'s
+    /// tasks; nothing is sent to the control plane before [`Subworker::run`].
+    pub fn start(config: SubworkerConfig, registry: Registry) -> Result<Subworker, SubworkerError> {
+        let membership = MembershipConfig {
+            worker_id: config.worker_id.clone(),
+            control_plane: config.control_plane,
+            advertise: config.advertise,
+            concurrency: config.concurrency,
+            prefetch: config.prefetch,
+            heartbeat_interval: config.heartbeat_interval,
+            keys: config.keys.clone(),
+        };
+        let membership = Membership::new(membership, registry.offered())?;
+        let serving = ControlPlaneConfig {
+            worker_id: config.worker_id,
+            base: config.base,
+            concurrency: config.concurrency as usize,
+            // Results are kept by the control plane, which also sends a task
+            // again to retry it: a subworker keeps none.
+            result_cache_size: 0,
+            result_cache_ttl: None,
+            shutdown_timeout: config.shutdown_timeout,
+            limits: config.limits,
+            keys: config.keys,
+            management: None,
+            discovery: None,
+            state_dir: None,
+        };
+        let server = Arc::new(ControlPlane::start(serving, registry)?);
+        Ok(Subworker { server, membership, heartbeat_interval: config.heartbeat_interval })
+    }
+
+    /// Joins the control plane and serves it until `stop` resolves; then
+    /// leaves (the control plane sends nothing new), finishes what it holds
+    /// within the shutdown timeout while still heartbeating, unregisters and
+    /// closes its ports. A refusal by the control plane ends it at once.
+    pub async fn run(self, stop: impl Future<Output = ()>) -> Result<(), SubworkerError> {
+        let Subworker { server, membership, heartbeat_interval } = self;
+        let in_flight = || server.in_flight() as u32;
+        // Started runs are reported as they start, so that their timeouts run
+        // from their start (one request at a time, batching what accumulates).
+        let keep_reporting = || async {
+            loop {
+                server.started_ready().await;
+                report_started(&server, &membership).await;
+            }
+        };
+        let refused = tokio::select! {
+            () = stop => None,
+            result = membership.run_woken(in_flight, || server.connection_dropped()) => result.err(),
+            () = keep_reporting() => None,
+        };
+        if let Some(refusal) = refused {
+            server.drain();
+            return Err(refusal.into());
+        }
+        if let Err(error) = membership.leave().await {
+            warn!(%error, "could not tell the control plane this subworker is stopping");
+        }
+        // Drain on another thread while heartbeats go on, so the control
+        // plane keeps waiting for the tasks still running here.
+        let draining = {
+            let server = server.clone();
+            std::thread::spawn(move || server.drain())
+        };
+        let mut next_heartbeat = tokio::time::Instant::now();
+        while !draining.is_finished() {
+            report_started(&server, &membership).await;
+            if tokio::time::Instant::now() >= next_heartbeat {
+                if let Err(error) = membership.heartbeat(in_flight()).await {
+                    warn!(%error, "a heartbeat failed while draining");
+                }
+                next_heartbeat = tokio::time::Instant::now() + heartbeat_interval;
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        if let Err(error) = membership.unregister().await {
+            warn!(%error, "could not unregister from the control plane; it will notice the closed connection");
+        }
+        if let Ok(server) = Arc::try_unwrap(server) {
+            server.shutdown();
+        }
+        Ok(())
+    }
+}
+
+/// Reports the runs that started since the last report, if any.
+async fn report_started(server: &ControlPlane, membership: &Membership) {
+    let runs = server.take_started();
+    if !runs.is_empty() {
+        if let Err(error) = membership.started(runs).await {
+            warn!(%error, "could not report started tasks to the control plane");
+        }
+    }
+}
