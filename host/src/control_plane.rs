@@ -8,19 +8,19 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nng::Message;
 use tracing::{info, warn};
 
 use crate::cluster::discovery::{Announcement, Announcer};
 use crate::dashboard::{Dashboard, DashboardConfig, DashboardError};
 use crate::plugins::Registry;
 use crate::server::config::ControlPlaneConfig;
-use crate::server::endpoint::{Handler, ListenError, Listener, PortAuth, PortOptions, Replier};
+use crate::server::endpoint::{Handler, ListenError, Listener, PortAuth, PortOptions};
 use crate::server::journal::{Journal, JournalError};
 use crate::server::membership::{self, Event};
-use crate::server::state::{error_reply, Caller, State};
-use crate::wire::auth::{ReplayGuard, Role, Sender};
-use crate::wire::protocol::{decode, ClusterStatus, ErrorKind, Priority, Reply, Request};
+use crate::server::routes;
+use crate::server::state::State;
+use crate::wire::auth::{ReplayGuard, Sender};
+use crate::wire::protocol::{ClusterStatus, Priority};
 
 /// Why a control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +81,10 @@ impl ControlPlane {
         let mut listeners = Vec::with_capacity(6);
         for priority in Priority::ALL {
             let port_state = state.clone();
-            let handler: Handler = Arc::new(move |replier, message| port_state.on_task_request(replier, message));
+            let handler: Handler = Arc::new(move |replier, message| routes::task_port(&port_state, replier, message));
             let address = config.base.task_address(priority);
             let mut port_options = options(priority_purpose(priority), limits.contexts_per_port);
-            if priority == Priority::Critical && config.management.is_none() {
+            if priority == Priority::Critical && config.is_subworker() {
                 port_options.on_drop = Some(dropped.clone());
             }
             listeners.push(Listener::start(&address, port_options, handler)?);
@@ -95,7 +95,7 @@ impl ControlPlane {
             let query_state = state.clone();
             let port = management.port;
             let handler: Handler =
-                Arc::new(move |replier, message| query_state.on_result_request(port, replier, message));
+                Arc::new(move |replier, message| routes::result_port(&query_state, port, replier, message));
             let contexts = limits.contexts_per_port.min(64);
             listeners.push(Listener::start(&config.base.result_address(), options("result port", contexts), handler)?);
             let sender = events.clone();
@@ -230,147 +230,5 @@ fn priority_purpose(priority: Priority) -> &'static str {
         Priority::High => "HIGH task port",
         Priority::Normal => "NORMAL task port",
         Priority::Low => "LOW task port",
-    }
-}
-
-impl State {
-    fn on_task_request(&self, replier: Replier, message: Message) {
-        // A control plane takes tasks from clients; a subworker from its
-        // control plane (which seals them with the worker key).
-        let submitters: &[Role] = match self.config.management {
-            Some(_) => &[Role::Client, Role::Operator],
-            None => &[Role::Worker, Role::Operator],
-        };
-        match decode::<Request>(&message, self.config.limits.max_frame_bytes) {
-            Ok(Request::Submit(submit)) => {
-                let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };
-                self.submit(submit, replier)
-            }
-            // A subworker takes runs from its control plane, each under a
-            // lease; their outcomes wait to be collected.
-            Ok(Request::Dispatch(runs)) if self.config.management.is_none() => {
-                let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };
-                // Outcomes not yet collected are bounded like the tasks
-                // behind them: a peer that dispatches and never collects is
-                // refused, not remembered without end.
-                let uncollected = self.collector.pending().saturating_add(runs.len());
-                if uncollected > self.config.limits.max_queued_tasks {
-                    let message = format!(
-                        "{uncollected} outcomes would wait to be collected, more than --max-queued-tasks ({}): collect them first",
-                        self.config.limits.max_queued_tasks
-                    );
-                    return replier.send(&error_reply(ErrorKind::Busy, message));
-                }
-                let owner = replier.key_id();
-                replier.send(&Reply::Done);
-                for run in runs {
-                    let answer = self.collector.replier_for(run.submit.task_id, run.lease);
-                    self.submit_leased(run.submit, Some(run.lease), owner, answer);
-                }
-            }
-            Ok(Request::Collect) if self.config.management.is_none() => {
-                let Some(replier) = replier.allow(submitters, "collect outcomes here") else { return };
-                self.collector.collect(replier)
-            }
-            Ok(Request::Batch(submits)) => {
-                let Some(replier) = replier.allow(submitters, "submit tasks here") else { return };
-                self.submit_batch(submits, replier)
-            }
-            // Workflows are tracked by a control plane, not a subworker.
-            Ok(Request::SubmitWorkflow(workflow)) if self.config.management.is_some() => {
-                let Some(replier) = replier.allow(submitters, "submit workflows here") else { return };
-                self.submit_workflow_for(workflow, replier)
-            }
-            // A subworker hears here which runs its control plane took back.
-            Ok(Request::Revoke { task_ids }) if self.config.management.is_none() => {
-                let Some(replier) = replier.allow(submitters, "revoke tasks here") else { return };
-                self.revoke(&task_ids, Caller::of(&replier));
-                replier.send(&Reply::Done)
-            }
-            // A subworker takes cancellations from its control plane here.
-            Ok(Request::Cancel { task_id }) if self.config.management.is_none() => {
-                let Some(replier) = replier.allow(submitters, "cancel tasks here") else { return };
-                let caller = Caller::of(&replier);
-                replier.send(&self.cancel(task_id, caller))
-            }
-            Ok(_) => replier.send(&error_reply(
-                ErrorKind::WrongEndpoint,
-                match &self.config.management {
-                    Some(_) => format!(
-                        "a task port takes only submissions: status and cluster queries go to the result port ({})",
-                        self.config.base.result_address()
-                    ),
-                    None => "a subworker's ports take only submissions: query the control plane".to_string(),
-                },
-            )),
-            Err(error) => {
-                replier.warn_peer("refused a frame", &error);
-                replier.send(&Reply::Error(error.to_reply()));
-            }
-        }
-    }
-
-    fn on_result_request(&self, management_port: u16, replier: Replier, message: Message) {
-        const READERS: &[Role] = &[Role::Client, Role::Operator];
-        let reply = match decode::<Request>(&message, self.config.limits.max_frame_bytes) {
-            Ok(Request::Status { task_id }) => {
-                let Some(replier) = replier.allow(READERS, "read tasks") else { return };
-                return replier.send(&self.status(task_id));
-            }
-            Ok(Request::Cancel { task_id }) => {
-                let Some(replier) = replier.allow(READERS, "cancel tasks") else { return };
-                let caller = Caller::of(&replier);
-                return replier.send(&self.cancel(task_id, caller));
-            }
-            Ok(Request::WorkflowStatus { workflow_id }) => {
-                let Some(replier) = replier.allow(READERS, "read workflows") else { return };
-                return replier.send(&self.workflow_status(workflow_id));
-            }
-            Ok(Request::CancelWorkflow { workflow_id }) => {
-                let Some(replier) = replier.allow(READERS, "cancel workflows") else { return };
-                let caller = Caller::of(&replier);
-                return replier.send(&self.cancel_workflow(workflow_id, caller));
-            }
-            Ok(Request::Schedules) => {
-                let Some(replier) = replier.allow(READERS, "list schedules") else { return };
-                return replier.send(&Reply::Schedules(self.schedule_statuses()));
-            }
-            Ok(Request::PauseSchedule { task_name, paused }) => {
-                let Some(replier) = replier.allow(&[Role::Operator], "pause or resume schedules") else { return };
-                return replier.send(&self.pause_schedule(&task_name, paused));
-            }
-            Ok(Request::Workers) => Reply::Workers(self.cluster_status()),
-            Ok(Request::Tasks) => {
-                let Some(replier) = replier.allow(READERS, "list tasks") else { return };
-                return replier.send(&Reply::Tasks(self.registered_tasks()));
-            }
-            Ok(Request::TaskLimits) => {
-                let Some(replier) = replier.allow(READERS, "list task limits") else { return };
-                return replier.send(&Reply::TaskLimits(self.task_limit_statuses()));
-            }
-            // Changing a limit is an operator's action, like pausing a schedule.
-            Ok(Request::SetTaskLimit { task_name, limit }) => {
-                let Some(replier) = replier.allow(&[Role::Operator], "change task limits") else { return };
-                return replier.send(&self.set_task_limit(&task_name, limit));
-            }
-            Ok(Request::ClearTaskLimit { task_name }) => {
-                let Some(replier) = replier.allow(&[Role::Operator], "change task limits") else { return };
-                return replier.send(&self.clear_task_limit(&task_name));
-            }
-            Ok(Request::Discover) => Reply::Discovered { management_port },
-            Ok(Request::Submit(_) | Request::Batch(_) | Request::SubmitWorkflow(_)) => error_reply(
-                ErrorKind::WrongEndpoint,
-                "tasks and workflows are submitted to a priority port (base+0 to base+3), not the result port".into(),
-            ),
-            Ok(_) => error_reply(
-                ErrorKind::WrongEndpoint,
-                format!("subworkers register on the management port ({})", self.config.base.at_port(management_port)),
-            ),
-            Err(error) => {
-                replier.warn_peer("refused a frame", &error);
-                Reply::Error(error.to_reply())
-            }
-        };
-        replier.send(&reply);
     }
 }

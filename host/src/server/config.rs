@@ -45,6 +45,15 @@ pub struct ControlPlaneConfig {
     pub state_dir: Option<PathBuf>,
 }
 
+impl ControlPlaneConfig {
+    /// Whether this process is a subworker (serving its control plane on
+    /// its task ports only) rather than a control plane: the one place
+    /// that tells the two roles apart.
+    pub fn is_subworker(&self) -> bool {
+        self.management.is_none()
+    }
+}
+
 /// How a control plane manages subworkers.
 #[derive(Debug, Clone)]
 pub struct ManagementConfig {

@@ -2,6 +2,7 @@
 //! task state behind them, and the machinery that state drives.
 //!
 //! - Ports: [`endpoint`] (a listening socket and its repliers),
+//!   [`routes`] (the routers of the task ports and the result port),
 //!   [`membership`] (the management port), [`collector`] (a subworker's
 //!   outcomes waiting to be collected), [`peer_log`] (rate-limited lines
 //!   about refused peers).
@@ -29,6 +30,7 @@ pub(crate) mod monitor;
 pub(crate) mod offered_schemas;
 pub(crate) mod peer_log;
 pub(crate) mod pool;
+pub(crate) mod routes;
 pub(crate) mod scheduler;
 pub(crate) mod state;
 pub(crate) mod timers;

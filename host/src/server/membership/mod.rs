@@ -202,7 +202,7 @@ impl ManagementPort {
         let declared: Vec<_> = provided.values().filter_map(|t| Some((t.name.clone(), t.limit?))).collect();
         let joining = Joining { key, name, address, concurrency, prefetch, tasks: provided, link };
         // Only a control plane enforces the task limits subworkers declare.
-        let declared = if self.state.config.management.is_some() { declared } else { Vec::new() };
+        let declared = if !self.state.config.is_subworker() { declared } else { Vec::new() };
         self.state.lock().ledger.joined(joining, declared, now_ms());
         self.connecting.wait(key, replier, Instant::now());
     }

@@ -56,7 +56,7 @@ impl State {
         &self,
         change: impl FnOnce(&mut TaskLimits, u64) -> Result<T, String>,
     ) -> Result<T, ErrorReply> {
-        if self.config.management.is_none() {
+        if self.config.is_subworker() {
             let message = "task limits are set on the control plane, which enforces them";
             return Err(ErrorReply::new(ErrorKind::WrongEndpoint, message));
         }

@@ -180,7 +180,7 @@ impl State {
                     state.on_alarms(alarms);
                 }
             });
-            let scheduler = config.management.is_some().then(|| {
+            let scheduler = (!config.is_subworker()).then(|| {
                 let limits = &config.limits;
                 let scheduler = Scheduler::start(
                     me.clone() as Weak<dyn PeriodicRuns>,

@@ -26,7 +26,7 @@ impl State {
         if !durable {
             self.end_waiting_for_time();
         }
-        if self.config.management.is_none() {
+        if self.config.is_subworker() {
             // A subworker hands back at once what it has not started: its
             // control plane runs it elsewhere rather than it failing here.
             self.hand_back_unstarted(self.pool.close_and_take_queued());
