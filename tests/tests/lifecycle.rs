@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use fastworker::{ClientError, SubmitOptions, TaskState};
-use fastworker_tests::{free_base_port, plugin, run_cli, runtime, stderr, Process};
+use fastworker::{ClientError, SubmitOptions, TaskId, TaskState};
+use fastworker_tests::{free_base_port, plugin, run_cli, runtime, stderr, wait_until, Process};
 
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
@@ -65,28 +65,44 @@ fn sigterm_finishes_running_work_refuses_late_tasks_and_exits_zero() {
     let mut cp = Process::control_plane(&["example-tasks"], &["--concurrency", "1"]);
     let client = cp.client();
     let rt = runtime();
+    let (running_id, queued_id) = (TaskId::new_v4(), TaskId::new_v4());
     let running = rt.spawn({
         let client = client.clone();
-        async move { client.call::<u64>("sleep_ms", (800,)).await }
+        async move { client.submit("sleep_ms", (800,), with_id(running_id)).await }
     });
+    assert!(wait_until(Duration::from_secs(10), || state_of(&rt, &client, running_id) == Some(TaskState::Running)));
     let queued = rt.spawn({
         let client = client.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            client.call::<i64>("add", (20, 22)).await
-        }
+        async move { client.submit("add", (20, 22), with_id(queued_id)).await }
     });
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(wait_until(Duration::from_secs(10), || state_of(&rt, &client, queued_id) == Some(TaskState::Queued)));
     cp.signal("TERM");
-    std::thread::sleep(Duration::from_millis(100));
+    assert!(wait_until(Duration::from_secs(10), || cp.log().contains("stop requested")), "{}", cp.log());
     let late = rt.block_on(client.call::<i64>("add", (1, 1)));
     match late {
         Err(ClientError::Refused(refusal)) => assert!(refusal.message.contains("shutting down"), "{}", refusal.message),
         other => panic!("a late submission must be refused, got {other:?}"),
     }
-    assert!(rt.block_on(running).unwrap().unwrap() >= 800, "the running task finished");
-    assert_eq!(rt.block_on(queued).unwrap().unwrap(), 42, "the queued task ran");
+    let slept: u64 = result_of(rt.block_on(running).unwrap().unwrap());
+    assert!(slept >= 800, "the running task finished");
+    assert_eq!(result_of::<i64>(rt.block_on(queued).unwrap().unwrap()), 42, "the queued task ran");
     assert_eq!(cp.wait_exit(Duration::from_secs(10)), Some(0), "{}", cp.log());
+}
+
+/// Options naming the task's id, so a test can watch a blocking call's task.
+fn with_id(task_id: TaskId) -> SubmitOptions {
+    SubmitOptions { task_id: Some(task_id), ..SubmitOptions::default() }
+}
+
+/// The task's state now, if the control plane answers.
+fn state_of(rt: &tokio::runtime::Runtime, client: &fastworker::Client, task_id: TaskId) -> Option<TaskState> {
+    rt.block_on(client.status(task_id)).ok().map(|report| report.state)
+}
+
+/// A succeeded task's result.
+fn result_of<T: serde::de::DeserializeOwned>(report: fastworker::TaskReport) -> T {
+    assert_eq!(report.state, TaskState::Succeeded, "{report:?}");
+    serde_json::from_slice(report.result.as_deref().expect("a result")).expect("a JSON result")
 }
 
 #[test]
@@ -94,18 +110,17 @@ fn the_shutdown_timeout_bounds_the_wait_and_waiting_clients_are_told() {
     let mut cp = Process::control_plane(&["example-tasks"], &["--concurrency", "1", "--shutdown-timeout", "0.5"]);
     let client = cp.client();
     let rt = runtime();
+    let (running_id, queued_id) = (TaskId::new_v4(), TaskId::new_v4());
     let running = rt.spawn({
         let client = client.clone();
-        async move { client.submit("sleep_ms", (30_000,), SubmitOptions::default()).await }
+        async move { client.submit("sleep_ms", (30_000,), with_id(running_id)).await }
     });
+    assert!(wait_until(Duration::from_secs(10), || state_of(&rt, &client, running_id) == Some(TaskState::Running)));
     let queued = rt.spawn({
         let client = client.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            client.submit("add", (1, 2), SubmitOptions::default()).await
-        }
+        async move { client.submit("add", (1, 2), with_id(queued_id)).await }
     });
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(wait_until(Duration::from_secs(10), || state_of(&rt, &client, queued_id) == Some(TaskState::Queued)));
     let start = Instant::now();
     cp.signal("INT");
     assert_eq!(cp.wait_exit(Duration::from_secs(10)), Some(0), "{}", cp.log());

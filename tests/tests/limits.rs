@@ -102,10 +102,22 @@ fn max_running_2_is_never_exceeded_across_the_control_plane_and_two_subworkers()
     let started = Instant::now();
     let (reports, metrics) = rt.block_on(async {
         let ids = queue(&client, "limited_running", serde_json::json!([150]), 16, SubmitOptions::default()).await;
-        // While they run: /metrics shows the limit at work.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // While they run: /metrics shows the limit at work (two running, the
+        // rest held back), looked at until it does or the runs are over.
         let gui = cp.gui.clone().unwrap();
-        let metrics = tokio::task::spawn_blocking(move || get(&format!("{gui}/metrics")).text()).await.unwrap();
+        let metrics = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let metrics = get(&format!("{gui}/metrics")).text();
+                let at_work = metrics.contains("fastworker_task_limit_running{task=\"limited_running\"} 2");
+                if at_work || Instant::now() >= deadline {
+                    return metrics;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await
+        .unwrap();
         (finish(&client, &ids, Duration::from_secs(30)).await, metrics)
     });
     let spans: Vec<(u64, u64)> = reports.iter().map(span).collect();
@@ -205,7 +217,13 @@ fn priorities_hold_among_held_back_tasks() {
     let order = rt.block_on(async {
         // Two long runs take both running places.
         let blockers = queue(&client, "limited_running", serde_json::json!([400]), 2, SubmitOptions::default()).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for id in &blockers {
+            while client.status(*id).await.unwrap().state != TaskState::Running {
+                assert!(Instant::now() < deadline, "the blockers never ran");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         let mut waiting = Vec::new();
         for priority in [Priority::Low, Priority::Normal, Priority::High, Priority::Critical] {
             let options = SubmitOptions { priority: Some(priority), ..Default::default() };

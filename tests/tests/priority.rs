@@ -1,6 +1,6 @@
 //! With every worker thread busy, waiting tasks start CRITICAL first, LOW last.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fastworker::{Priority, SubmitOptions, TaskState};
 use fastworker_tests::{runtime, Process};
@@ -10,12 +10,12 @@ fn a_saturated_pool_starts_waiting_tasks_by_priority() {
     let cp = Process::control_plane(&["example-tasks"], &["--concurrency", "1"]);
     let client = cp.client();
     runtime().block_on(async {
-        let blocker = client.delay("sleep_ms", (500,), SubmitOptions::default()).await.unwrap();
+        // Long enough that the submissions below all wait behind it on a loaded machine.
+        let blocker = client.delay("sleep_ms", (1500,), SubmitOptions::default()).await.unwrap();
         // Wait until it occupies the only thread.
-        for _ in 0..100 {
-            if client.status(blocker).await.unwrap().state == TaskState::Running {
-                break;
-            }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client.status(blocker).await.unwrap().state != TaskState::Running {
+            assert!(Instant::now() < deadline, "the blocker never started");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Submitted least urgent first, so arrival order is the reverse of priority order.
