@@ -14,7 +14,7 @@
 //! One worker's own state (its phase and slots) is `crate::cluster::worker`;
 //! what the cluster reports about itself is `crate::cluster::status`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub(crate) use super::waiting::Waiting;
 use super::waiting::WaitingLine;
@@ -87,9 +87,9 @@ impl<L> Cluster<L> {
         self.next_key
     }
 
-    /// Adds a worker, still connecting.
-    pub(crate) fn add(&mut self, joining: Joining<L>) {
-        self.workers.push(Worker::joined(joining));
+    /// Adds a worker, still connecting, heard from at `now_ms`.
+    pub(crate) fn add(&mut self, joining: Joining<L>, now_ms: u64) {
+        self.workers.push(Worker::joined(joining, now_ms));
     }
 
     /// Whether there are no workers at all (the common single-node case).
@@ -313,13 +313,13 @@ impl<L> Cluster<L> {
     }
 
     /// Marks workers silent for longer than `after` inactive; returns them.
-    pub(crate) fn silent(&mut self, now: Instant, after: Duration) -> Vec<WorkerKey> {
-        self.workers.iter_mut().filter_map(|worker| worker.fell_silent(now, after).then_some(worker.key)).collect()
+    pub(crate) fn silent(&mut self, now_ms: u64, after: Duration) -> Vec<WorkerKey> {
+        self.workers.iter_mut().filter_map(|worker| worker.fell_silent(now_ms, after).then_some(worker.key)).collect()
     }
 
-    /// Records a heartbeat; true when it brings the worker back from inactive.
-    pub(crate) fn heard_from(&mut self, key: WorkerKey, in_flight: u32) -> bool {
-        self.get_mut(key).is_some_and(|worker| worker.heard(in_flight))
+    /// Records a heartbeat at `now_ms`; true when it brings the worker back from inactive.
+    pub(crate) fn heard_from(&mut self, key: WorkerKey, in_flight: u32, now_ms: u64) -> bool {
+        self.get_mut(key).is_some_and(|worker| worker.heard(in_flight, now_ms))
     }
 }
 
@@ -338,7 +338,7 @@ pub(super) mod tests {
         let tasks = tasks.iter().map(|t| (t.to_string(), offer(t))).collect();
         let key = cluster.new_key();
         let address = format!("tcp://{id}:1");
-        cluster.add(Joining { key, name: name(id), address, concurrency, prefetch: 0, tasks, link: () });
+        cluster.add(Joining { key, name: name(id), address, concurrency, prefetch: 0, tasks, link: () }, 1_000);
         let worker = cluster.get_mut(key).unwrap();
         worker.phase = Phase::Active;
         worker.connected = true;
@@ -392,7 +392,7 @@ pub(super) mod tests {
         // Reconnecting is not enough: only a heartbeat brings it back.
         cluster.get_mut(images).unwrap().connected = true;
         assert!(!cluster.get(images).unwrap().alive());
-        assert!(cluster.heard_from(images, 0));
+        assert!(cluster.heard_from(images, 0, 2_000));
         // Routable again (its one slot still carries the first task).
         assert_eq!(cluster.place(id(), "resize"), Placement::Wait);
     }
@@ -461,7 +461,7 @@ pub(super) mod tests {
         assert_eq!(cluster.carried(a, 0), None, "the slot no longer carries the task");
         assert_eq!(cluster.place(id(), "add"), Placement::Nobody, "a suspect worker is not routed to");
         assert_eq!(cluster.status().active_subworkers, 0);
-        assert!(cluster.heard_from(a, 1));
+        assert!(cluster.heard_from(a, 1, 2_000));
         assert_eq!(cluster.place(id(), "add"), Placement::Slot(a, 1));
         assert!(!cluster.release(a, 0, None));
         assert_eq!(cluster.slot_of(a, late), None);
@@ -496,7 +496,7 @@ pub(super) mod tests {
             .collect();
         let joining =
             Joining { key, name: name("a"), address: "tcp://a:1".into(), concurrency: 1, prefetch: 2, tasks, link: () };
-        cluster.add(joining);
+        cluster.add(joining, 1_000);
         let worker = cluster.get_mut(key).unwrap();
         (worker.phase, worker.connected) = (Phase::Active, true);
         let mut gate = Limited { allowed: 0 };
@@ -519,11 +519,11 @@ pub(super) mod tests {
     fn silence_makes_a_worker_inactive_and_a_heartbeat_brings_it_back() {
         let mut cluster = Cluster::default();
         let a = worker(&mut cluster, "a", 1, &["add"]);
-        let later = Instant::now() + Duration::from_secs(31);
+        let later = cluster.get(a).unwrap().last_seen_ms + 31_000;
         assert_eq!(cluster.silent(later, Duration::from_secs(30)), vec![a]);
         assert_eq!(cluster.status().active_subworkers, 0);
         assert_eq!(cluster.place(id(), "add"), Placement::Nobody);
-        assert!(cluster.heard_from(a, 0));
+        assert!(cluster.heard_from(a, 0, later));
         assert_eq!(cluster.status().active_subworkers, 1);
     }
 }

@@ -4,7 +4,7 @@
 //! (`crate::cluster::routing`) finds a worker by its key and asks it here.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::wire::protocol::{OfferedTask, TaskId, WorkerName};
 
@@ -28,7 +28,7 @@ pub(crate) struct Worker<L> {
     pub(crate) phase: Phase,
     /// Whether the control plane's connection to it is up.
     pub(crate) connected: bool,
-    pub(crate) last_seen: Instant,
+    /// When it was last heard from (ms since the Unix epoch, the ledger's time).
     pub(crate) last_seen_ms: u64,
     /// Tasks it said it has, from any client, in its last heartbeat.
     pub(crate) reported_in_flight: u32,
@@ -79,7 +79,7 @@ pub(crate) enum Slot {
 
 impl<L> Worker<L> {
     /// A worker as it registered, still connecting, every slot free.
-    pub(super) fn joined(joining: Joining<L>) -> Worker<L> {
+    pub(super) fn joined(joining: Joining<L>, now_ms: u64) -> Worker<L> {
         let Joining { key, name, address, concurrency, prefetch, tasks, link } = joining;
         let concurrency = concurrency.max(1);
         Worker {
@@ -91,8 +91,7 @@ impl<L> Worker<L> {
             slots: vec![Slot::Idle; (concurrency + prefetch) as usize],
             phase: Phase::Connecting,
             connected: false,
-            last_seen: Instant::now(),
-            last_seen_ms: crate::wire::protocol::now_ms(),
+            last_seen_ms: now_ms,
             reported_in_flight: 0,
             suspect: false,
             dispatched: 0,
@@ -198,8 +197,8 @@ impl<L> Worker<L> {
 
     /// Marks it inactive if it was active or draining and has not been
     /// heard from for longer than `after`; true when it did.
-    pub(super) fn fell_silent(&mut self, now: Instant, after: Duration) -> bool {
-        let quiet = now.saturating_duration_since(self.last_seen) > after;
+    pub(super) fn fell_silent(&mut self, now_ms: u64, after: Duration) -> bool {
+        let quiet = u128::from(now_ms.saturating_sub(self.last_seen_ms)) > after.as_millis();
         let silent = quiet && matches!(self.phase, Phase::Active | Phase::Draining);
         if silent {
             self.phase = Phase::Inactive;
@@ -209,9 +208,8 @@ impl<L> Worker<L> {
 
     /// Records a heartbeat; true when it brings the worker back from
     /// inactive or suspect.
-    pub(super) fn heard(&mut self, in_flight: u32) -> bool {
-        self.last_seen = Instant::now();
-        self.last_seen_ms = crate::wire::protocol::now_ms();
+    pub(super) fn heard(&mut self, in_flight: u32, now_ms: u64) -> bool {
+        self.last_seen_ms = now_ms;
         self.reported_in_flight = in_flight;
         let back = self.phase == Phase::Inactive || (self.suspect && self.phase == Phase::Active);
         self.suspect = false;
@@ -230,7 +228,7 @@ mod tests {
         let name = WorkerName { worker_id: "a".into(), instance: TaskId::new_v4() };
         let tasks = HashMap::new();
         let joining = Joining { key: 7, name, address: "tcp://a:1".into(), concurrency, prefetch, tasks, link: () };
-        Worker::joined(joining)
+        Worker::joined(joining, 1_000)
     }
 
     #[test]
@@ -274,28 +272,28 @@ mod tests {
         w.abandon(late);
         assert_eq!(w.slot_of(late), Some((0, true)));
         assert!(!w.routable(), "a suspect worker gets nothing new");
-        assert!(w.heard(1), "a heartbeat brings a suspect worker back");
+        assert!(w.heard(1, 2_000), "a heartbeat brings a suspect worker back");
         assert!(w.routable());
         assert_eq!(w.reported_in_flight, 1);
-        assert!(!w.heard(0), "an active worker is not brought back twice");
+        assert!(!w.heard(0, 2_000), "an active worker is not brought back twice");
         w.disconnect();
         assert_eq!((w.phase, w.connected, w.reported_in_flight), (Phase::Inactive, false, 0));
         w.phase = Phase::Draining;
-        assert!(!w.heard(0), "a heartbeat does not undo draining");
+        assert!(!w.heard(0, 2_000), "a heartbeat does not undo draining");
         assert_eq!(w.phase, Phase::Draining);
     }
 
     #[test]
     fn only_an_active_or_draining_worker_falls_silent_and_only_once() {
         let mut w = worker(1, 0);
-        let (after, now) = (Duration::from_secs(30), w.last_seen);
-        assert!(!w.fell_silent(now + Duration::from_secs(31), after), "a connecting worker is not marked");
+        let (after, now) = (Duration::from_secs(30), w.last_seen_ms);
+        assert!(!w.fell_silent(now + 31_000, after), "a connecting worker is not marked");
         w.phase = Phase::Draining;
-        assert!(!w.fell_silent(now + after, after), "exactly `after` is not yet silent");
-        assert!(w.fell_silent(now + Duration::from_secs(31), after));
+        assert!(!w.fell_silent(now + 30_000, after), "exactly `after` is not yet silent");
+        assert!(w.fell_silent(now + 31_000, after));
         assert_eq!(w.phase, Phase::Inactive);
-        assert!(!w.fell_silent(now + Duration::from_secs(60), after), "an inactive worker is not marked again");
+        assert!(!w.fell_silent(now + 60_000, after), "an inactive worker is not marked again");
         w.phase = Phase::Active;
-        assert!(!w.fell_silent(now, after), "a clock behind its last heartbeat counts as no silence");
+        assert!(!w.fell_silent(now - 500, after), "a clock behind its last heartbeat counts as no silence");
     }
 }

@@ -135,15 +135,9 @@ fn worker(ledger: &mut Ledger<Waiter, FakeLink>, id: &str, slots: u32, tasks: &[
     let key = ledger.cluster.new_key();
     let name = WorkerName { worker_id: id.into(), instance: TaskId::new_v4() };
     let address = format!("tcp://{id}:1");
-    ledger.cluster.add(Joining {
-        key,
-        name,
-        address,
-        concurrency: slots,
-        prefetch: 0,
-        tasks,
-        link: FakeLink::default(),
-    });
+    ledger
+        .cluster
+        .add(Joining { key, name, address, concurrency: slots, prefetch: 0, tasks, link: FakeLink::default() }, T0);
     let worker = ledger.cluster.get_mut(key).unwrap();
     worker.phase = Phase::Active;
     worker.connected = true;
@@ -608,7 +602,7 @@ mod cluster {
 
 mod workers {
     use super::*;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     /// Registers (not yet connected) a worker `id` of one slot for "t".
     fn joining(ledger: &mut Ledger<Waiter, FakeLink>, id: &str) -> WorkerKey {
@@ -633,24 +627,23 @@ mod workers {
         assert!(ledger.task_limits.is_limited("t"), "the limit its plugin declares counts");
         ledger.fill(T0, &mut io);
         assert!(link(&mut ledger, key).sent.is_empty(), "nothing before its link is up");
-        assert!(ledger.connected(key, Instant::now(), T0 + 1, &mut io), "its first connection");
+        assert!(ledger.connected(key, T0 + 1, &mut io), "its first connection");
         assert_eq!(link(&mut ledger, key).sent, vec![(waiting, 2, 1)]);
         // Its outcomes were collected before the first run was sent to it.
         assert_eq!(*link(&mut ledger, key).collected_after.borrow(), Some(0));
         // The run w0 has (started before the limit was declared) goes on.
         ledger.collected(busy, vec![outcome(running, 1, Ok("1"))], T0 + 2, &mut io);
         assert_eq!(io.ended()[0].0.task_id, running);
-        assert!(!ledger.connected(key, Instant::now(), T0 + 3, &mut io), "a reconnection is not a first");
+        assert!(!ledger.connected(key, T0 + 3, &mut io), "a reconnection is not a first");
     }
 
     #[test]
     fn a_silent_worker_is_excluded_and_a_heartbeat_brings_it_back() {
         let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
         let key = joining(&mut ledger, "w1");
-        let start = Instant::now();
-        ledger.connected(key, start, T0, &mut io);
+        ledger.connected(key, T0, &mut io);
         let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
-        ledger.sweep(start + Duration::from_secs(31), Duration::from_secs(30), T0 + 31_000, &mut io);
+        ledger.sweep(Duration::from_secs(30), T0 + 31_000, &mut io);
         assert_eq!(ledger.cluster.get(key).unwrap().phase, Phase::Inactive);
         // Nobody else provides it: it failed, saying why.
         let ended = io.ended();
@@ -667,7 +660,7 @@ mod workers {
     fn a_stopping_worker_takes_nothing_new_and_tasks_only_it_provides_settle() {
         let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
         let key = joining(&mut ledger, "w1");
-        ledger.connected(key, Instant::now(), T0, &mut io);
+        ledger.connected(key, T0, &mut io);
         let running = admit(&mut ledger, &mut io, task("t", 0, None));
         let waiting = admit(&mut ledger, &mut io, task("t", 0, None));
         assert!(ledger.leaving(key, "w1 is stopping", T0 + 1, &mut io));
@@ -685,7 +678,7 @@ mod workers {
     fn a_dropped_connection_sends_the_tasks_elsewhere() {
         let (mut ledger, mut io) = (ledger(&["t"]), Recorder::default());
         let key = joining(&mut ledger, "w1");
-        ledger.connected(key, Instant::now(), T0, &mut io);
+        ledger.connected(key, T0, &mut io);
         let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
         assert_eq!(link(&mut ledger, key).sent.len(), 1);
         assert_eq!(ledger.connection_lost(key, T0 + 1, &mut io).as_deref(), Some("w1"));

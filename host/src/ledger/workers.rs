@@ -6,7 +6,7 @@
 //! The membership port (`server/membership/`) turns its requests and link
 //! events into these and does the I/O (replies, logs, the link's reads).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::{info, warn};
 
@@ -20,7 +20,7 @@ impl<W, L> Ledger<W, L> {
     /// task limits its plugins declare (`declared`) count for the cluster
     /// unless one is set here already.
     pub(crate) fn joined(&mut self, joining: Joining<L>, declared: Vec<(String, TaskLimit)>, now: u64) {
-        self.cluster.add(joining);
+        self.cluster.add(joining, now);
         for (task_name, limit) in declared {
             if self.task_limits.declare_offered(&task_name, limit, now) {
                 info!(task = %task_name, limit = %limit.describe(), "cluster-wide limit declared by a subworker's plugin");
@@ -31,13 +31,12 @@ impl<W, L> Ledger<W, L> {
     /// Event: a subworker's link came up. A worker connecting for the
     /// first time becomes active (`true` is returned); its outcomes are
     /// collected, then its free slots take waiting tasks.
-    pub(crate) fn connected(&mut self, key: WorkerKey, seen: Instant, now: u64, io: &mut impl Effects<W, L>) -> bool {
+    pub(crate) fn connected(&mut self, key: WorkerKey, now: u64, io: &mut impl Effects<W, L>) -> bool {
         let Some(worker) = self.cluster.get_mut(key) else { return false };
         worker.connected = true;
         let first = worker.phase == Phase::Connecting;
         if first {
             worker.phase = Phase::Active;
-            worker.last_seen = seen;
             worker.last_seen_ms = now;
         }
         io.collect(&worker.link);
@@ -59,7 +58,7 @@ impl<W, L> Ledger<W, L> {
     /// Event: a heartbeat with the tasks the subworker has. One that was
     /// silent is active again (`true`), and its free slots take waiting tasks.
     pub(crate) fn heartbeat(&mut self, key: WorkerKey, in_flight: u32, now: u64, io: &mut impl Effects<W, L>) -> bool {
-        let back = self.cluster.heard_from(key, in_flight);
+        let back = self.cluster.heard_from(key, in_flight, now);
         if back {
             self.fill(now, io);
         }
@@ -75,11 +74,11 @@ impl<W, L> Ledger<W, L> {
         true
     }
 
-    /// Event: the sweep at `seen`: workers silent for over `after` are
+    /// Event: the sweep at `now`: workers silent for over `after` are
     /// excluded and their tasks taken back; then free slots take waiting
     /// tasks.
-    pub(crate) fn sweep(&mut self, seen: Instant, after: Duration, now: u64, io: &mut impl Effects<W, L>) {
-        for key in self.cluster.silent(seen, after) {
+    pub(crate) fn sweep(&mut self, after: Duration, now: u64, io: &mut impl Effects<W, L>) {
+        for key in self.cluster.silent(now, after) {
             let worker_id = self.worker_name(key);
             let why = format!("subworker '{worker_id}' has been silent for over {} s", after.as_secs_f64());
             warn!(worker = %worker_id, "no heartbeat for over {} s (--inactive-after): excluded until it heartbeats again", after.as_secs_f64());

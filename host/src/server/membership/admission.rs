@@ -218,7 +218,7 @@ mod tests {
         let address = "tcp://10.0.0.1:1".to_string();
         let tasks = Default::default();
         let joining = Joining { key, name: name.clone(), address, concurrency: slots, prefetch: 0, tasks, link: () };
-        cluster.add(joining);
+        cluster.add(joining, 1_000);
         let worker = cluster.get_mut(key).unwrap();
         worker.phase = if alive { Phase::Active } else { Phase::Inactive };
         worker.connected = alive;

@@ -4,7 +4,6 @@
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tracing::info;
 
@@ -72,8 +71,7 @@ pub(crate) fn on_connection(state: &State, connecting: &mut Connecting<Replier>,
     if !up {
         state.drive(&mut tasks, &mut outbox, |ledger, io| ledger.connection_lost(key, now_ms(), io));
     } else {
-        let first =
-            state.drive(&mut tasks, &mut outbox, |ledger, io| ledger.connected(key, Instant::now(), now_ms(), io));
+        let first = state.drive(&mut tasks, &mut outbox, |ledger, io| ledger.connected(key, now_ms(), io));
         // It is still there: the event does not remove workers.
         if let Some(worker) = tasks.ledger.cluster.get(key) {
             if first {

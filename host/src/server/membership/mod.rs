@@ -273,9 +273,8 @@ impl ManagementPort {
     /// Sweeps for silence (`sweep`), then forgets the workers gone and
     /// refuses the registrations not connected in time.
     fn tick(&mut self) {
-        let now = Instant::now();
         let after = self.config.inactive_after;
-        let swept = sweep::sweep(&self.state, after, now, &self.connecting.expired(now));
+        let swept = sweep::sweep(&self.state, after, now_ms(), &self.connecting.expired(Instant::now()));
         for (key, worker_id) in swept.forget {
             info!(worker = %worker_id, "forgot a subworker that has been gone for over {} s", after.as_secs_f64());
             self.remove(key, &format!("subworker '{worker_id}' is gone"));

@@ -61,7 +61,10 @@ mod tests {
             .collect();
         let key = cluster.new_key();
         let name = WorkerName { worker_id: id.into(), instance: TaskId::new_v4() };
-        cluster.add(Joining { key, name, address: "tcp://a:1".into(), concurrency: 1, prefetch: 0, tasks, link: () });
+        cluster.add(
+            Joining { key, name, address: "tcp://a:1".into(), concurrency: 1, prefetch: 0, tasks, link: () },
+            1_000,
+        );
         key
     }
 

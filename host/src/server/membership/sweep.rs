@@ -3,11 +3,10 @@
 //! gone that long are to be forgotten, and registrations whose link did
 //! not connect in time are to be refused.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cluster::routing::{Cluster, Phase, WorkerKey};
 use crate::server::state::{Outbox, State};
-use crate::wire::protocol::now_ms;
 
 /// What a sweep found that is acted on once the task lock is released.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -22,10 +21,10 @@ pub(crate) struct Swept {
 /// Excludes the workers silent for over `after` at `now`, taking back
 /// their tasks, gives tasks to free slots, and lists the workers to
 /// forget and the registrations (`expired`) to refuse.
-pub(crate) fn sweep(state: &State, after: Duration, now: Instant, expired: &[WorkerKey]) -> Swept {
+pub(crate) fn sweep(state: &State, after: Duration, now: u64, expired: &[WorkerKey]) -> Swept {
     let mut outbox = Outbox::default();
     let mut tasks = state.lock();
-    state.drive(&mut tasks, &mut outbox, |ledger, io| ledger.sweep(now, after, now_ms(), io));
+    state.drive(&mut tasks, &mut outbox, |ledger, io| ledger.sweep(after, now, io));
     let forget = gone(&tasks.ledger.cluster, now, after);
     let address = |key: &WorkerKey| tasks.ledger.cluster.get(*key).map(|w| w.address.clone()).unwrap_or_default();
     let unreachable = expired.iter().map(|key| (*key, address(key))).collect();
@@ -36,11 +35,11 @@ pub(crate) fn sweep(state: &State, after: Duration, now: Instant, expired: &[Wor
 
 /// The workers whose link is down (after it had connected) and that have
 /// been silent for over `after` at `now`, with their ids.
-fn gone<L>(cluster: &Cluster<L>, now: Instant, after: Duration) -> Vec<(WorkerKey, String)> {
+fn gone<L>(cluster: &Cluster<L>, now: u64, after: Duration) -> Vec<(WorkerKey, String)> {
     cluster
         .workers()
         .filter(|w| !w.connected && w.phase != Phase::Connecting)
-        .filter(|w| now.saturating_duration_since(w.last_seen) > after)
+        .filter(|w| u128::from(now.saturating_sub(w.last_seen_ms)) > after.as_millis())
         .map(|w| (w.key, w.name.worker_id.clone()))
         .collect()
 }
@@ -51,11 +50,15 @@ mod tests {
     use crate::cluster::routing::Joining;
     use crate::wire::protocol::{TaskId, WorkerName};
 
+    /// The time of these tests (ms since the Unix epoch): no clock is read.
+    const NOW: u64 = 1_700_000_000_000;
+
     fn add(cluster: &mut Cluster<()>, id: &str, phase: Phase, connected: bool) -> WorkerKey {
         let key = cluster.new_key();
         let name = WorkerName { worker_id: id.into(), instance: TaskId::new_v4() };
         let tasks = Default::default();
-        cluster.add(Joining { key, name, address: "tcp://a:1".into(), concurrency: 1, prefetch: 0, tasks, link: () });
+        cluster
+            .add(Joining { key, name, address: "tcp://a:1".into(), concurrency: 1, prefetch: 0, tasks, link: () }, NOW);
         let worker = cluster.get_mut(key).unwrap();
         worker.phase = phase;
         worker.connected = connected;
@@ -69,11 +72,10 @@ mod tests {
         add(&mut cluster, "up", Phase::Inactive, true);
         add(&mut cluster, "dialing", Phase::Connecting, false);
         let after = Duration::from_secs(5);
-        let now = Instant::now();
-        assert!(gone(&cluster, now, after).is_empty(), "nobody has been silent that long");
-        let later = now + Duration::from_secs(6);
+        assert!(gone(&cluster, NOW, after).is_empty(), "nobody has been silent that long");
+        let later = NOW + 6_000;
         assert_eq!(gone(&cluster, later, after), vec![(down, "down".to_string())]);
-        cluster.get_mut(down).unwrap().last_seen = later;
+        cluster.get_mut(down).unwrap().last_seen_ms = later;
         assert!(gone(&cluster, later, after).is_empty(), "heard from again");
     }
 }
