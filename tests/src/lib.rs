@@ -249,9 +249,17 @@ impl Process {
 
     /// Spawns `fastworker` with `args`, stderr to a log file.
     pub fn spawn(args: &[String], env: &[(&str, &str)], address: String) -> Process {
+        Self::spawn_in(None, args, env, address)
+    }
+
+    /// As [`Process::spawn`], in the working directory `dir` when given.
+    pub fn spawn_in(dir: Option<&Path>, args: &[String], env: &[(&str, &str)], address: String) -> Process {
         let stderr_path = std::env::temp_dir().join(format!("fastworker-test-{}.log", TaskId::new_v4()));
         let stderr = std::fs::File::create(&stderr_path).expect("creating a log file");
         let mut command = Command::new(fastworker_bin());
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
         command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).env("FASTWORKER_LOG", "info");
         for (key, value) in env {
             command.env(key, value);

@@ -162,3 +162,58 @@ fn the_client_lists_the_tasks_with_their_schemas_and_providers() {
     let args: serde_json::Value = serde_json::from_str(upper.args_schema.as_deref().unwrap()).unwrap();
     assert!(args["required"].as_array().is_some_and(|r| r.len() == 1), "{args}");
 }
+
+/// The seeds' own command lines, run as written from a directory that holds
+/// the plugin: `--task-modules mytasks` finds `libmytasks.so`, for the
+/// control plane and a subworker alike; a name found nowhere says where it
+/// was looked for.
+#[test]
+fn the_seeds_plugin_names_work_as_written() {
+    use std::time::Duration;
+    let dir = std::env::temp_dir().join(format!("fastworker-seeds-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(plugin("example-tasks"), dir.join("libmytasks.so")).unwrap();
+    let base = fastworker_tests::free_base_port();
+    let address = format!("tcp://127.0.0.1:{base}");
+    let args: Vec<String> =
+        ["control-plane", "--task-modules", "mytasks", "--base-address", &address, "--no-gui", "--no-discovery"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let mut cp = Process::spawn_in(Some(&dir), &args, &[], address.clone());
+    cp.wait_ready(Duration::from_secs(20)).expect("the control plane starts with --task-modules mytasks");
+    let sw_address = format!("tcp://127.0.0.1:{}", fastworker_tests::free_ports(4));
+    let sw_args: Vec<String> = [
+        "subworker",
+        "--worker-id",
+        "sw1",
+        "--control-plane-address",
+        &address,
+        "--base-address",
+        &sw_address,
+        "--task-modules",
+        "mytasks",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _sw = Process::spawn_in(Some(&dir), &sw_args, &[], sw_address);
+    assert!(
+        fastworker_tests::wait_until(Duration::from_secs(20), || cp.worker("sw1").is_some()),
+        "the subworker started with --task-modules mytasks never registered:\n{}",
+        cp.log()
+    );
+    let output = run_cli(&["submit", "--task-name", "add", "--args", "5", "3", "--address", &address]);
+    assert_eq!(stdout(&output).trim(), "8", "{}", stderr(&output));
+
+    // Nothing called that anywhere: the error lists the places searched.
+    let output = run_cli(&["list", "--task-modules", "no_such_tasks"]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(message.contains("libno_such_tasks.so") && message.contains("FASTWORKER_PLUGIN_PATH"), "{message}");
+    // Found through FASTWORKER_PLUGIN_PATH from anywhere.
+    let mut command = std::process::Command::new(fastworker_tests::fastworker_bin());
+    command.args(["list", "--task-modules", "mytasks"]).env("FASTWORKER_PLUGIN_PATH", &dir);
+    let output = fastworker_tests::output_within(command, fastworker_tests::CLI_LIMIT);
+    assert!(output.status.success() && stdout(&output).contains("add "), "{}", stderr(&output));
+}

@@ -59,7 +59,7 @@ pub(crate) struct ControlPlaneArgs {
     /// Seconds a result is kept; 0 keeps results until evicted.
     #[arg(long, env = "FASTWORKER_RESULT_CACHE_TTL", default_value_t = 3600)]
     pub(crate) result_cache_ttl: u64,
-    /// Plugin libraries (.so/.dylib/.dll) whose tasks to serve.
+    /// Plugins whose tasks to serve: paths, or names (mytasks: libmytasks.so in FASTWORKER_PLUGIN_PATH, beside the binary, here or in target/release).
     #[arg(long, env = "FASTWORKER_TASK_MODULES", num_args = 1.., value_delimiter = ',')]
     pub(crate) task_modules: Vec<PathBuf>,
     /// Host the dashboard (web page, /api/, /metrics) binds; nothing else is bound.
@@ -118,7 +118,7 @@ pub(crate) struct SubworkerArgs {
     /// Where to find the control plane when --control-plane-address is not given.
     #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS", default_value = DEFAULT_DISCOVERY_ADDRESS)]
     pub(crate) discovery_address: String,
-    /// Plugin libraries (.so/.dylib/.dll) whose tasks to run.
+    /// Plugins whose tasks to run: paths, or names (mytasks: libmytasks.so in FASTWORKER_PLUGIN_PATH, beside the binary, here or in target/release).
     #[arg(long, env = "FASTWORKER_TASK_MODULES", num_args = 1.., value_delimiter = ',', required = true)]
     pub(crate) task_modules: Vec<PathBuf>,
     /// Worker threads running tasks (default: the number of cores).

@@ -59,6 +59,21 @@ pub enum PluginError {
         /// The path given.
         path: PathBuf,
     },
+    /// A plugin given by name (`--task-modules mytasks`) is in none of the
+    /// directories searched.
+    #[error(
+        "plugin '{name}': not found; looked for {} in {}: pass its path, or add its directory to FASTWORKER_PLUGIN_PATH",
+        names.join(", "),
+        looked.iter().map(|dir| dir.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NotFoundByName {
+        /// The name given.
+        name: String,
+        /// The file names tried.
+        names: Vec<String>,
+        /// The directories searched, in order.
+        looked: Vec<PathBuf>,
+    },
     /// The file could not be opened as a shared library.
     #[error("plugin {path}: not a loadable shared library ({reason}); pass the cdylib a plugin crate builds")]
     NotALibrary {
@@ -136,9 +151,12 @@ pub enum PluginError {
 impl Registry {
     /// Loads every plugin in `paths`, refusing the whole set at the first
     /// problem so that a process never starts with fewer tasks than asked for.
+    /// A bare name (`mytasks`) is found as `locate` says.
     pub fn load(paths: &[PathBuf]) -> Result<Registry, PluginError> {
         let mut registry = Registry::default();
-        for path in paths {
+        let dirs = crate::plugins::locate::search_dirs();
+        for given in paths {
+            let path = &crate::plugins::locate::resolve(given, &dirs)?;
             let (info, tasks, schemas, meta) = load_plugin(path)?;
             let info = Arc::new(info);
             // One schema per task, or none at all (a plugin of an older SDK).
