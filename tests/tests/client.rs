@@ -153,8 +153,8 @@ fn assert_same_run(what: &str, reference: &TaskReport, report: &TaskReport) {
     assert_eq!(report.worker, reference.worker, "{what}: expected the one run's worker");
 }
 
-/// Runs `call`, expecting it to fail with a timeout or transport error
-/// within `timeout` + 1.5 s.
+/// Runs `call`, expecting it to fail with a timeout, transport or
+/// unreachable error within `timeout` + 1.5 s.
 async fn fails_in_time<T: std::fmt::Debug>(
     what: &str,
     timeout: Duration,
@@ -164,8 +164,8 @@ async fn fails_in_time<T: std::fmt::Debug>(
     let outcome = call.await;
     let elapsed = started.elapsed();
     match outcome {
-        Err(ClientError::Timeout { .. } | ClientError::Transport { .. }) => {}
-        other => panic!("{what}: expected a timeout or transport error, got {other:?}"),
+        Err(ClientError::Timeout { .. } | ClientError::Transport { .. } | ClientError::Unreachable { .. }) => {}
+        other => panic!("{what}: expected a timeout, transport or unreachable error, got {other:?}"),
     }
     assert!(
         elapsed < timeout + Duration::from_millis(1500),

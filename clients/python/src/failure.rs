@@ -141,6 +141,7 @@ impl Failure {
                 ),
                 None => Failure::new(Class::TimedOut, timeout_message(&address, after)),
             },
+            ClientError::Unreachable { .. } => Failure::new(Class::Unreachable, error.to_string()),
             ClientError::Transport { address, source } => {
                 Failure::new(Class::Unreachable, format!("cannot talk to {address}: {source}"))
             }

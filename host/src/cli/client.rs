@@ -167,7 +167,9 @@ pub(crate) fn block_on(command: impl std::future::Future<Output = ExitCode>) -> 
 
 pub(crate) fn client_failure(error: ClientError) -> ExitCode {
     let code = match &error {
-        ClientError::Timeout { .. } | ClientError::Transport { .. } => EXIT_UNREACHABLE,
+        ClientError::Timeout { .. } | ClientError::Unreachable { .. } | ClientError::Transport { .. } => {
+            EXIT_UNREACHABLE
+        }
         ClientError::Address(_) => EXIT_USAGE,
         _ => EXIT_FAILED,
     };

@@ -1,12 +1,13 @@
 //! One dialed REQ socket and the NNG contexts that carry its requests, so
 //! that overlapping calls on one port each get their own reply.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use nng::options::protocol::reqrep::ResendTime;
 use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize};
-use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
+use nng::{Aio, AioResult, Context, Message, PipeEvent, Protocol, Socket};
 use tokio::sync::oneshot;
 
 /// What a call waits on: the reply, or why there is none.
@@ -19,6 +20,9 @@ pub(super) struct Endpoint {
     /// Calls in service on this connection: never more than a control
     /// plane serves per connection by default (`--max-requests-per-connection`).
     pub(super) in_flight: tokio::sync::Semaphore,
+    /// Whether a connection ever came up: until one has, a refused dial
+    /// means a wrong address, and calls fail at once rather than wait.
+    ever_connected: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -49,8 +53,21 @@ impl Endpoint {
         socket.set_opt::<ReconnectMinTime>(Some(Duration::from_millis(10)))?;
         socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_millis(500)))?;
         socket.set_opt::<RecvMaxSize>(max_frame.saturating_mul(2))?;
+        let ever_connected = Arc::new(AtomicBool::new(false));
+        let seen = ever_connected.clone();
+        socket.pipe_notify(move |_pipe, event| {
+            if event == PipeEvent::AddPost {
+                seen.store(true, Ordering::Relaxed);
+            }
+        })?;
         crate::wire::tls::dial_async(&socket, address)?;
-        Ok(Endpoint { socket, slots: Arc::default(), in_flight: tokio::sync::Semaphore::new(max_in_flight) })
+        let in_flight = tokio::sync::Semaphore::new(max_in_flight);
+        Ok(Endpoint { socket, slots: Arc::default(), in_flight, ever_connected })
+    }
+
+    /// Whether a connection to the address ever came up.
+    pub(super) fn ever_connected(&self) -> bool {
+        self.ever_connected.load(Ordering::Relaxed)
     }
 
     /// Sends `frame` on a free context; the answer comes within `timeout`.

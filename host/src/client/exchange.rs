@@ -7,9 +7,26 @@ use std::time::{Duration, Instant};
 use nng::Message;
 
 use super::endpoint::Endpoint;
+use super::probe;
 use super::{Client, ClientError, MANAGEMENT, MAX_IN_FLIGHT_PER_PORT};
 use crate::wire::auth::{open, seal, AuthError, ENVELOPE_BYTES};
 use crate::wire::protocol::{decode, encode_message, now_ms, ErrorReply, Reply, Request};
+
+/// How long a call waits for its first connection before asking whether
+/// anything listens at the address at all.
+const PROBE_AFTER: Duration = Duration::from_millis(300);
+
+/// What the port at `index` of a base address is, for messages.
+fn port_name(index: usize) -> &'static str {
+    match index {
+        0 => "the CRITICAL task port",
+        1 => "the HIGH task port",
+        2 => "the NORMAL task port",
+        3 => "the LOW task port",
+        4 => "the result port",
+        _ => "the management port",
+    }
+}
 
 impl Client {
     /// Sends a request to the management port and expects [`Reply::Done`].
@@ -55,8 +72,28 @@ impl Client {
         let timeout = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
         let receiver = endpoint.send(frame, timeout).map_err(transport)?;
         // The Aio's own timeout ends the exchange; this outer one only guards
-        // against a lost wake-up.
-        match tokio::time::timeout(timeout + Duration::from_secs(1), receiver).await {
+        // against a lost wake-up. Until a connection has come up, a refused
+        // dial ends it early.
+        let reply = tokio::time::timeout(timeout + Duration::from_secs(1), receiver);
+        let refused = async {
+            loop {
+                tokio::time::sleep(PROBE_AFTER).await;
+                if endpoint.ever_connected() {
+                    return std::future::pending().await;
+                }
+                if let Some(why) = probe::refused(address).await {
+                    return why;
+                }
+            }
+        };
+        let answer = tokio::select! {
+            answer = reply => answer,
+            why = refused => {
+                let port = format!("{}, base+{index} of {}", port_name(index), self.inner.base);
+                return Err(ClientError::Unreachable { address: address.to_string(), port, why });
+            }
+        };
+        match answer {
             Ok(Ok(Ok(mut message))) => match sealed {
                 None => Ok(message),
                 // An unauthenticated error reply says why the request was

@@ -7,6 +7,7 @@
 mod admin;
 mod endpoint;
 mod exchange;
+mod probe;
 mod workflow;
 
 pub(crate) use endpoint::stop;
@@ -48,12 +49,23 @@ pub enum ClientError {
     #[error(transparent)]
     Address(#[from] AddressError),
     /// No reply within the timeout.
-    #[error("no reply from {address} within {} s: is a control plane running there? (raise --timeout for long tasks)", .after.as_secs_f64())]
+    #[error("no reply from {address} within {:.1} s: is a control plane running there? (raise --timeout for long tasks)", .after.as_secs_f64())]
     Timeout {
         /// Where the request went.
         address: String,
         /// The timeout.
         after: Duration,
+    },
+    /// Nothing accepts connections at the address: it is wrong, or
+    /// nothing serves there yet. Said within a second of the call.
+    #[error("nothing accepts connections at {address} ({port}): {why}; is a control plane running there?")]
+    Unreachable {
+        /// The address of the port tried.
+        address: String,
+        /// Which port of which base address it is.
+        port: String,
+        /// What the connection attempt said.
+        why: String,
     },
     /// NNG failed.
     #[error("transport error talking to {address}: {source}")]
