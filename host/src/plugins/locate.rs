@@ -79,10 +79,13 @@ mod tests {
         let found = resolve(Path::new("mytasks"), &[empty.clone(), second.clone(), third]).unwrap();
         assert_eq!(found, second.join("libmytasks.so"));
         let dashed = dir_with(&["libmy_tasks.so"]);
-        assert_eq!(resolve(Path::new("my-tasks"), &[dashed.clone()]).unwrap(), dashed.join("libmy_tasks.so"));
+        assert_eq!(
+            resolve(Path::new("my-tasks"), std::slice::from_ref(&dashed)).unwrap(),
+            dashed.join("libmy_tasks.so")
+        );
         let plain = dir_with(&["other.so"]);
-        assert_eq!(resolve(Path::new("other"), &[plain.clone()]).unwrap(), plain.join("other.so"));
-        assert_eq!(resolve(Path::new("other.so"), &[plain.clone()]).unwrap(), plain.join("other.so"));
+        assert_eq!(resolve(Path::new("other"), std::slice::from_ref(&plain)).unwrap(), plain.join("other.so"));
+        assert_eq!(resolve(Path::new("other.so"), std::slice::from_ref(&plain)).unwrap(), plain.join("other.so"));
     }
 
     #[test]
@@ -90,7 +93,7 @@ mod tests {
         let given = Path::new("./nowhere/libx.so");
         assert_eq!(resolve(given, &[dir_with(&["libx.so"])]).unwrap(), given);
         let dir = dir_with(&[]);
-        let error = resolve(Path::new("mytasks"), &[dir.clone()]).unwrap_err().to_string();
+        let error = resolve(Path::new("mytasks"), std::slice::from_ref(&dir)).unwrap_err().to_string();
         assert!(error.contains("libmytasks.so") && error.contains(&dir.display().to_string()), "{error}");
         assert!(error.contains(PLUGIN_PATH_VAR), "{error}");
     }
