@@ -15,7 +15,7 @@ block the event loop (the waiting happens on fastworker's own threads).
 
 import os
 from contextlib import asynccontextmanager
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, AsyncIterator, Dict, List, Optional, Union
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -25,7 +25,7 @@ import fastworker
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI):
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # No I/O happens here: the client connects on its first call.
     app.state.fastworker = fastworker.Client(
         os.environ.get("FASTWORKER_ADDRESS", fastworker.DEFAULT_ADDRESS),
@@ -58,7 +58,8 @@ async def fastworker_error(request: Request, error: fastworker.FastworkerError) 
 
 
 def client(request: Request) -> fastworker.Client:
-    return request.app.state.fastworker
+    shared: fastworker.Client = request.app.state.fastworker
+    return shared
 
 
 class Numbers(BaseModel):

@@ -13,9 +13,41 @@ package, so Python and Rust clients behave alike. See docs/python-client.md.
     client.wait_workflow(workflow_id)     # 13
 """
 
-from . import errors
-from ._native import DEFAULT_ADDRESS, Client, TaskReport
-from .errors import *  # noqa: F401,F403
-from .workflows import chain, chord, group, task
+from . import errors as errors
+from ._native import DEFAULT_ADDRESS as DEFAULT_ADDRESS
+from ._native import Client as Client
+from ._native import TaskReport as TaskReport
+from .errors import (
+    FastworkerError as FastworkerError,
+    UnknownTask as UnknownTask,
+    BadArguments as BadArguments,
+    TaskFailed as TaskFailed,
+    TaskPanicked as TaskPanicked,
+    TimedOut as TimedOut,
+    TaskTimedOut as TaskTimedOut,
+    Cancelled as Cancelled,
+    Busy as Busy,
+    Unreachable as Unreachable,
+    Unauthenticated as Unauthenticated,
+    Forbidden as Forbidden,
+    UnknownTaskId as UnknownTaskId,
+    UnknownWorkflowId as UnknownWorkflowId,
+    ExpiredTaskId as ExpiredTaskId,
+    InvalidTaskId as InvalidTaskId,
+    UnknownSchedule as UnknownSchedule,
+    AlreadyFinished as AlreadyFinished,
+    IdConflict as IdConflict,
+    BadRequest as BadRequest,
+    NoWorker as NoWorker,
+    ShuttingDown as ShuttingDown,
+    TooLarge as TooLarge,
+    InvalidAddress as InvalidAddress,
+    InvalidKey as InvalidKey,
+    ProtocolError as ProtocolError,
+)
+from .workflows import chain as chain
+from .workflows import chord as chord
+from .workflows import group as group
+from .workflows import task as task
 
 __all__ = ["Client", "TaskReport", "DEFAULT_ADDRESS", "errors", "chain", "chord", "group", "task", *errors.__all__]

@@ -130,4 +130,32 @@ class ProtocolError(FastworkerError):
     """The control plane answered something this client does not expect (another version?)."""
 
 
-__all__ = [name for name, value in globals().items() if isinstance(value, type) and issubclass(value, FastworkerError)]
+# Written out, so that type checkers see every name (a test checks it against the classes).
+__all__ = [
+    "FastworkerError",
+    "UnknownTask",
+    "BadArguments",
+    "TaskFailed",
+    "TaskPanicked",
+    "TimedOut",
+    "TaskTimedOut",
+    "Cancelled",
+    "Busy",
+    "Unreachable",
+    "Unauthenticated",
+    "Forbidden",
+    "UnknownTaskId",
+    "UnknownWorkflowId",
+    "ExpiredTaskId",
+    "InvalidTaskId",
+    "UnknownSchedule",
+    "AlreadyFinished",
+    "IdConflict",
+    "BadRequest",
+    "NoWorker",
+    "ShuttingDown",
+    "TooLarge",
+    "InvalidAddress",
+    "InvalidKey",
+    "ProtocolError",
+]
