@@ -73,7 +73,7 @@ pub(crate) struct ControlPlaneArgs {
     /// Serve no dashboard.
     #[arg(long, env = "FASTWORKER_NO_GUI")]
     pub(crate) no_gui: bool,
-    /// Key the dashboard's cancel and retry need (Authorization: Bearer KEY); without it they are open.
+    /// The dashboard's operator credential (Authorization: Bearer KEY): its actions and reads of task arguments and results need it; without it they are open, or refused on a keyed cluster (whose dashboard beyond loopback needs it).
     #[arg(long, env = "FASTWORKER_GUI_API_KEY", hide_env_values = true)]
     pub(crate) gui_api_key: Option<String>,
     /// Host names (HOST:PORT, comma-separated, at most 64) the dashboard answers to besides its bound address.

@@ -1,0 +1,201 @@
+//! Insiders and side doors on the HTTP surfaces (issue 23): the dashboard's
+//! actions and the reads of arguments and results need the operator
+//! credential on every route, old and `/api/v1`; long waits keep to their
+//! own share of connections; names that reach output follow the task-name
+//! rules. Each test performs the attack and shows it refused or bounded,
+//! with a bystander (an `add` over NNG and `GET /api/status`) answered
+//! within 1 s during and after.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use fastworker::client::SubmitOptions;
+use fastworker::protocol::TaskState;
+use fastworker::workflow::{task, Workflow};
+use fastworker::TaskId;
+use fastworker_tests::attack::{Bystander, BYSTANDER_LIMIT};
+use fastworker_tests::http::{self, request, request_with_body};
+use fastworker_tests::{run_cli, runtime, stderr, Process};
+use serde_json::json;
+
+/// A cluster key in a directory of its own, removed when dropped.
+struct ClusterKey {
+    dir: PathBuf,
+}
+
+impl ClusterKey {
+    fn new() -> ClusterKey {
+        let dir = std::env::temp_dir().join(format!("fastworker-http-keys-{}", TaskId::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = ClusterKey { dir };
+        let output = run_cli(&["keygen", "--out", &key.path()]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        key
+    }
+
+    fn path(&self) -> String {
+        self.dir.join("cluster.key").display().to_string()
+    }
+}
+
+impl Drop for ClusterKey {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Panics unless `GET /api/status` answers 200 within the bystander's limit.
+fn status_answers(gui: &str, during: &str) -> Duration {
+    let started = Instant::now();
+    let status = request("GET", &format!("{gui}/api/status"), &[]);
+    let took = started.elapsed();
+    assert_eq!(status.status, 200, "/api/status {during}: {}", status.text());
+    assert!(took <= BYSTANDER_LIMIT, "/api/status took {took:?} {during}");
+    took
+}
+
+/// The operator's requests an attacker with plain HTTP tries on a task and
+/// a workflow: every action and every read of arguments and results, on
+/// the old routes and on `/api/v1`.
+fn operator_requests(task: TaskId, workflow: &str) -> Vec<(&'static str, String, Option<serde_json::Value>)> {
+    vec![
+        ("POST", format!("/api/tasks/{task}/cancel"), None),
+        ("POST", format!("/api/tasks/{task}/retry"), None),
+        ("POST", format!("/api/workflows/{workflow}/cancel"), None),
+        ("POST", "/api/task-limits/divide".into(), Some(json!({"limit": "rate:1/h"}))),
+        ("POST", "/api/task-limits/add/clear".into(), None),
+        ("GET", format!("/api/tasks/{task}"), None),
+        ("GET", format!("/api/workflows/{workflow}"), None),
+        ("POST", format!("/api/v1/tasks/{task}/cancel"), None),
+        ("POST", format!("/api/v1/workflows/{workflow}/cancel"), None),
+        ("POST", "/api/v1/tasks".into(), Some(json!({"task": "add", "args": [1, 2]}))),
+        ("GET", format!("/api/v1/tasks/{task}"), None),
+        ("GET", format!("/api/v1/tasks/{task}/wait?timeout_ms=10"), None),
+        ("GET", format!("/api/v1/workflows/{workflow}"), None),
+    ]
+}
+
+fn send(gui: &str, method: &str, path: &str, body: &Option<serde_json::Value>, auth: Option<&str>) -> http::Response {
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(auth) = auth {
+        headers.push(("Authorization", auth));
+    }
+    let body = body.as_ref().map(|b| b.to_string()).unwrap_or_default();
+    request_with_body(method, &format!("{gui}{path}"), &headers, body.as_bytes())
+}
+
+/// A task queued for a minute and a workflow of one such task, submitted
+/// by the operator over NNG.
+fn victims(cp: &Process) -> (TaskId, String) {
+    let client = cp.client();
+    let later = SubmitOptions { countdown: Some(Duration::from_secs(60)), ..Default::default() };
+    let task_id = runtime().block_on(client.delay("add", [40, 2], later)).unwrap();
+    let slow = Workflow::chain([task("sleep_ms", json!([60000]))]);
+    let workflow = runtime().block_on(client.submit_workflow(&slow)).unwrap().workflow_id;
+    (task_id, workflow.to_string())
+}
+
+#[test]
+fn a_keyed_clusters_dashboard_gives_no_operator_rights_without_the_credential() {
+    let key = ClusterKey::new();
+    let env = [("FASTWORKER_CLUSTER_KEY_FILE", key.path())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    for api_key in [None, Some("0perator-credential")] {
+        let extra: Vec<&str> = api_key.map_or(vec![], |key| vec!["--gui-api-key", key]);
+        let cp = Process::control_plane_with_gui(&["example-tasks"], &extra, &env);
+        let gui = cp.gui.clone().unwrap();
+        let (task, workflow) = victims(&cp);
+        let bystander = Bystander::start(&cp);
+        for (method, path, body) in operator_requests(task, &workflow) {
+            for auth in [None, Some("Bearer wrong")] {
+                let answer = send(&gui, method, &path, &body, auth);
+                let expected = if api_key.is_some() { 401 } else { 403 };
+                assert_eq!(answer.status, expected, "{method} {path} ({auth:?}): {}", answer.text());
+                let text = answer.text();
+                assert!(text.contains("--gui-api-key"), "{method} {path}: {text}");
+                assert!(!text.contains("40") && !text.contains("42"), "{method} {path} showed arguments: {text}");
+            }
+            status_answers(&gui, &format!("during {method} {path}"));
+        }
+        let record = bystander.check("while the dashboard was attacked");
+        // Nothing changed: the task and the workflow are still waiting, no limit was set.
+        let client = cp.client();
+        let report = runtime().block_on(client.status(task)).unwrap();
+        assert_eq!(report.state, TaskState::Scheduled, "{report:?}");
+        let limits = request("GET", &format!("{gui}/api/task-limits"), &[]).json();
+        let rows = limits["limits"].as_array().unwrap();
+        assert!(rows.iter().all(|row| row["source"] == "declared"), "a limit was set: {limits}");
+        let workflows = request("GET", &format!("{gui}/api/workflows"), &[]).json();
+        assert_eq!(workflows["workflows"][0]["state"], "running", "{workflows}");
+        eprintln!(
+            "figures: keyed dashboard, api key {}: every operator request refused; bystander {} calls, slowest {:?}",
+            api_key.is_some(),
+            record.calls,
+            record.slowest
+        );
+        // With the credential, the operator acts.
+        if let Some(api_key) = api_key {
+            let bearer = format!("Bearer {api_key}");
+            let shown = send(&gui, "GET", &format!("/api/tasks/{task}"), &None, Some(&bearer));
+            assert_eq!(shown.status, 200, "{}", shown.text());
+            assert_eq!(shown.json()["args"], json!([40, 2]));
+            let cancel = send(&gui, "POST", &format!("/api/tasks/{task}/cancel"), &None, Some(&bearer));
+            assert_eq!(cancel.status, 200, "{}", cancel.text());
+            let cancel = send(&gui, "POST", &format!("/api/v1/workflows/{workflow}/cancel"), &None, Some(&bearer));
+            assert_eq!(cancel.status, 200, "{}", cancel.text());
+        }
+        status_answers(&gui, "after the attack");
+    }
+}
+
+#[test]
+fn a_keyed_dashboard_beyond_loopback_needs_the_operator_credential_to_start() {
+    let key = ClusterKey::new();
+    let base = format!("tcp://127.0.0.1:{}", fastworker_tests::free_base_port());
+    let port = fastworker_tests::free_ports(1).to_string();
+    let path = key.path();
+    let args = [
+        "control-plane",
+        "--base-address",
+        &base,
+        "--no-discovery",
+        "--cluster-key-file",
+        &path,
+        "--gui-host",
+        "0.0.0.0",
+        "--gui-port",
+        &port,
+    ];
+    let output = run_cli(&args);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--gui-api-key"), "{}", stderr(&output));
+    assert!(stderr(&output).contains("beyond this machine"), "{}", stderr(&output));
+}
+
+#[test]
+fn with_an_api_key_the_old_routes_hide_arguments_and_results_as_v1_does() {
+    let (cp, gui) = http::control_plane_with_api(&["--gui-api-key", "k3y"]);
+    let task = TaskId::new_v4();
+    let options = SubmitOptions { task_id: Some(task), ..Default::default() };
+    let sum: i64 = runtime().block_on(cp.client().call_with("add", [40, 2], options)).unwrap();
+    assert_eq!(sum, 42);
+    let bystander = Bystander::start(&cp);
+    for path in [format!("/api/tasks/{task}"), format!("/api/v1/tasks/{task}")] {
+        let anonymous = request("GET", &format!("{gui}{path}"), &[]);
+        assert_eq!(anonymous.status, 401, "{path}: {}", anonymous.text());
+        assert!(!anonymous.text().contains("42"), "{path}: {}", anonymous.text());
+        let shown = request("GET", &format!("{gui}{path}"), &[("Authorization", "Bearer k3y")]);
+        assert_eq!(shown.status, 200, "{path}: {}", shown.text());
+        assert_eq!(shown.json()["result"], 42, "{path}");
+        status_answers(&gui, &format!("after GET {path}"));
+    }
+    // The workflow table leaves results out without the credential.
+    let workflow = json!({"workflow": {"chain": [{"task": "add", "args": [40, 2]}]}, "wait_ms": 10000});
+    let done = http::post_json(&format!("{gui}/api/v1/workflows"), &workflow, &[("Authorization", "Bearer k3y")]);
+    assert_eq!(done.status, 200, "{}", done.text());
+    let table = request("GET", &format!("{gui}/api/workflows"), &[]).json();
+    assert_eq!(table["workflows"][0]["result"], serde_json::Value::Null, "{table}");
+    let table = request("GET", &format!("{gui}/api/workflows"), &[("Authorization", "Bearer k3y")]).json();
+    assert_eq!(table["workflows"][0]["result"], "42", "{table}");
+    bystander.check("while reads were tried without the key");
+}
