@@ -199,3 +199,79 @@ fn with_an_api_key_the_old_routes_hide_arguments_and_results_as_v1_does() {
     assert_eq!(table["workflows"][0]["result"], "42", "{table}");
     bystander.check("while reads were tried without the key");
 }
+
+/// A gauge or counter of `/metrics`, by its whole name with labels.
+fn metric(gui: &str, name: &str) -> Option<f64> {
+    let text = request("GET", &format!("{gui}/metrics"), &[]).text();
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn three_hundred_long_waits_leave_room_for_plain_requests() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let (cp, gui) = http::control_plane_with_api(&[]);
+    let later = SubmitOptions { countdown: Some(Duration::from_secs(120)), ..Default::default() };
+    let task = runtime().block_on(cp.client().delay("add", [1, 2], later)).unwrap();
+    let host = gui.strip_prefix("http://").unwrap().to_string();
+    let bystander = Bystander::start(&cp);
+    // 300 connections, each waiting up to 60 s for a task that will not end.
+    let head = format!("GET /api/v1/tasks/{task}/wait?timeout_ms=60000 HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let mut waiting: Vec<TcpStream> = (0..300)
+        .filter_map(|_| {
+            let mut stream = TcpStream::connect(&host).ok()?;
+            stream.write_all(head.as_bytes()).ok()?;
+            Some(stream)
+        })
+        .collect();
+    let usage = "fastworker_limit_usage{limit=\"gui-max-waits\"}";
+    assert!(
+        fastworker_tests::wait_until(Duration::from_secs(20), || metric(&gui, usage) == Some(64.0)),
+        "64 waits (a quarter of 256 connections) are not held: {:?}",
+        metric(&gui, usage)
+    );
+    let mut slowest = Duration::ZERO;
+    for round in 0..10 {
+        slowest = slowest.max(status_answers(&gui, &format!("with 300 waits open (round {round})")));
+        let page = request("GET", &format!("{gui}/api/tasks"), &[]);
+        assert_eq!(page.status, 200, "{}", page.text());
+    }
+    // Those beyond the share were told so at once, and their connections closed.
+    let mut busy = 0;
+    for stream in &mut waiting {
+        stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut answer = [0u8; 512];
+        if let Ok(n) = stream.read(&mut answer) {
+            let text = String::from_utf8_lossy(&answer[..n]);
+            if text.starts_with("HTTP/1.1 503") {
+                assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+                busy += 1;
+            }
+        }
+    }
+    assert!(busy >= 300 - 64 - 8, "only {busy} of the waits beyond the share were refused");
+    let refused = metric(&gui, "fastworker_limit_refusals_total{limit=\"gui-max-waits\"}").unwrap();
+    assert!(refused >= 1.0, "no refusal counted");
+    let record = bystander.check("while 300 long waits were open");
+    drop(waiting);
+    assert!(
+        fastworker_tests::wait_until(Duration::from_secs(10), || metric(&gui, usage) == Some(0.0)),
+        "the waits' places are not given back: {:?}",
+        metric(&gui, usage)
+    );
+    status_answers(&gui, "after the waits closed");
+    eprintln!(
+        "figures: 300 long waits: 64 held, {busy} refused 503 at once; /api/status slowest {slowest:?}; bystander {} calls, slowest {:?}",
+        record.calls, record.slowest
+    );
+}
+
+#[test]
+fn a_wait_share_that_leaves_no_room_stops_the_start_up() {
+    let base = format!("tcp://127.0.0.1:{}", fastworker_tests::free_base_port());
+    let args =
+        ["control-plane", "--base-address", &base, "--no-gui", "--gui-max-connections", "16", "--gui-max-waits", "8"];
+    let output = run_cli(&args);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--gui-max-waits 8"), "{}", stderr(&output));
+}

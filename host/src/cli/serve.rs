@@ -179,6 +179,16 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     if let Err(error) = check_task_limit_flags(&args.task_limit) {
         return fail(EXIT_USAGE, error);
     }
+    let (connections, waits) = (args.cluster_limits.gui_max_connections, args.cluster_limits.gui_max_waits);
+    if let Some(waits) = waits.filter(|waits| waits + (connections / 2).max(1) >= connections) {
+        return fail(
+            EXIT_USAGE,
+            format_args!(
+                "--gui-max-waits {waits} with --gui-max-connections {connections} leaves no connection for plain requests (half of the connections may be event streams): lower --gui-max-waits below {} or raise --gui-max-connections",
+                connections - (connections / 2).max(1)
+            ),
+        );
+    }
     let gui_host = (!args.no_gui).then_some(args.gui_host.as_str());
     for (host, what) in [(Some(base.host()), "the control plane"), (gui_host, "the dashboard")] {
         if let Err(code) = protected(host.unwrap_or("127.0.0.1"), what, keys.is_some(), args.insecure) {

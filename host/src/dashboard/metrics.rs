@@ -110,8 +110,12 @@ fn render_limits(shared: &Shared, out: &mut String) {
     let _ = writeln!(out, "# HELP fastworker_limit_usage What a bound limits, in use now.");
     let _ = writeln!(out, "# TYPE fastworker_limit_usage gauge");
     for bound in Bound::ALL {
-        let open = || limits.gui_max_connections.saturating_sub(shared.connections.available_permits()) as u64;
-        let usage = if bound == Bound::GuiConnections { Some(open()) } else { state.usage(bound) };
+        let taken = |max: usize, free: usize| Some(max.saturating_sub(free) as u64);
+        let usage = match bound {
+            Bound::GuiConnections => taken(limits.gui_max_connections, shared.connections.available_permits()),
+            Bound::GuiWaits => taken(limits.gui_max_waits, shared.waits.available_permits()),
+            _ => state.usage(bound),
+        };
         if let Some(usage) = usage {
             let _ = writeln!(out, "fastworker_limit_usage{{limit=\"{}\"}} {usage}", bound.label());
         }

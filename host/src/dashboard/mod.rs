@@ -103,6 +103,8 @@ pub(crate) struct Shared {
     pub(crate) connections: Arc<Semaphore>,
     /// Event streams open now, at most [`Shared::max_streams`].
     pub(crate) streams: AtomicUsize,
+    /// Permits for requests waiting for a task or workflow (`--gui-max-waits`).
+    pub(crate) waits: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -136,6 +138,7 @@ impl Dashboard {
             SocketAddr::V4(v4) => format!("http://{v4}"),
         };
         let connections = connections::limit(state.config.limits.gui_max_connections);
+        let waits = connections::limit(state.config.limits.gui_max_waits);
         let shared = Arc::new(Shared {
             state,
             api_key,
@@ -143,6 +146,7 @@ impl Dashboard {
             allowed_hosts: hosts::allowed(local, &config.allowed_hosts),
             connections,
             streams: AtomicUsize::new(0),
+            waits,
         });
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()

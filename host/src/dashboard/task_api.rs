@@ -20,6 +20,7 @@ use axum::Json;
 use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::{ApiError, Shared};
 use crate::server::endpoint::Replier;
@@ -46,11 +47,20 @@ pub(crate) struct HttpError {
     message: String,
     bearer: bool,
     retry_after: bool,
+    /// Whether to close the connection after it (`Connection: close`).
+    close: bool,
 }
 
 impl HttpError {
     pub(super) fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> HttpError {
-        HttpError { status, kind: kind.to_string(), message: message.into(), bearer: false, retry_after: false }
+        HttpError {
+            status,
+            kind: kind.to_string(),
+            message: message.into(),
+            bearer: false,
+            retry_after: false,
+            close: false,
+        }
     }
 
     /// A refusal of the control plane, with the status its kind calls for.
@@ -96,6 +106,9 @@ impl IntoResponse for HttpError {
         }
         if self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.close {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -240,6 +253,28 @@ impl TaskRequest {
     }
 }
 
+/// A place among the requests waiting now, held until dropped, or 503
+/// `Busy` (closing the connection) when `--gui-max-waits` are waiting:
+/// waits keep to their own share of the connections, so that plain requests
+/// (and `/api/status`) always find room. `None` when no wait is asked for.
+pub(super) fn wait_slot(shared: &Shared, wait: Duration) -> Result<Option<OwnedSemaphorePermit>, HttpError> {
+    if wait.is_zero() {
+        return Ok(None);
+    }
+    match shared.waits.clone().try_acquire_owned() {
+        Ok(permit) => Ok(Some(permit)),
+        Err(_) => {
+            shared.state.refusals.count(crate::server::limits::Bound::GuiWaits);
+            let max = shared.state.config.limits.gui_max_waits;
+            let message = format!(
+                "{max} requests are waiting for tasks or workflows (--gui-max-waits); nothing was done: retry later, or poll without a wait"
+            );
+            let busy = HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Busy", message);
+            Err(HttpError { retry_after: true, close: true, ..busy })
+        }
+    }
+}
+
 /// The reply the state sent an in-process replier.
 pub(super) async fn reply_of(answer: tokio::sync::oneshot::Receiver<nng::Message>) -> Option<Reply> {
     let message = answer.await.ok()?;
@@ -325,6 +360,7 @@ pub(crate) async fn submit(
 ) -> Answer {
     let request: TaskRequest = json_body(&headers, body)?;
     let wait = bounded_wait(request.wait_ms)?;
+    let _slot = wait_slot(&shared, wait)?;
     let submit = request.submission(&shared)?;
     let task_id = accept(&shared, submit).await?;
     if let Some(report) = wait_for(&shared, task_id, wait).await? {
@@ -342,6 +378,7 @@ pub(crate) async fn batch(
 ) -> Answer {
     let request: BatchRequest = json_body(&headers, body)?;
     let wait = bounded_wait(request.wait_ms)?;
+    let _slot = wait_slot(&shared, wait)?;
     if request.tasks.len() > MAX_BATCH {
         return Err(HttpError::bad_request(format!(
             "a batch holds at most {MAX_BATCH} tasks, not {}: split it",
@@ -420,6 +457,7 @@ pub(crate) async fn wait(
 ) -> Answer {
     let task_id = parse_id(&id)?;
     let wait = wait_of(query)?;
+    let _slot = wait_slot(&shared, wait)?;
     if let Some(report) = wait_for(&shared, task_id, wait).await? {
         return Ok(report_response(&report));
     }

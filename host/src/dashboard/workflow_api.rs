@@ -19,7 +19,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::task_api::{bounded_wait, json_body, reply_of, wait_of, Answer, HttpError, WaitQuery};
+use super::task_api::{bounded_wait, json_body, reply_of, wait_of, wait_slot, Answer, HttpError, WaitQuery};
 use super::Shared;
 use crate::server::endpoint::Replier;
 use crate::wire::protocol::Reply;
@@ -150,6 +150,7 @@ pub(crate) async fn submit(
 ) -> Answer {
     let request: WorkflowRequest = json_body(&headers, body)?;
     let wait = bounded_wait(request.wait_ms)?;
+    let _slot = wait_slot(&shared, wait)?;
     let submit = request.submission(&shared)?;
     let workflow_id = submit.workflow_id;
     // Answered, in durable mode, once the workflow is stored.
@@ -180,6 +181,7 @@ pub(crate) async fn wait(
 ) -> Answer {
     let workflow_id = parse_id(&id)?;
     let wait = wait_of(query)?;
+    let _slot = wait_slot(&shared, wait)?;
     if let Some(report) = wait_for(&shared, workflow_id, wait).await? {
         return Ok(report_response(&report));
     }
