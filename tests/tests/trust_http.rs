@@ -275,3 +275,37 @@ fn a_wait_share_that_leaves_no_room_stops_the_start_up() {
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(stderr(&output).contains("--gui-max-waits 8"), "{}", stderr(&output));
 }
+
+#[test]
+fn add_refuses_to_wrap_and_a_task_panic_costs_no_backtrace() {
+    use fastworker_tests::attack::{rss_kib, RSS_SLACK_KIB};
+    let cp = Process::control_plane_with_env(&["example-tasks"], &[], &[("RUST_BACKTRACE", "1")]);
+    let client = cp.client();
+    let bystander = Bystander::start(&cp);
+    // i64::MAX + 1 is a task error, not a wrapped sum.
+    let wrapped = runtime().block_on(client.call::<i64>("add", (i64::MAX, 1)));
+    let message = format!("{:?}", wrapped.expect_err("i64::MAX + 1 must fail"));
+    assert!(message.contains("does not fit in a 64-bit integer"), "{message}");
+    let sum = runtime().block_on(client.call::<i64>("sum", (vec![i64::MAX, 1],)));
+    assert!(format!("{:?}", sum.expect_err("the sum overflows")).contains("does not fit"));
+    let quotient = runtime().block_on(client.call::<i64>("divide", (i64::MIN, -1)));
+    assert!(format!("{:?}", quotient.expect_err("i64::MIN / -1 overflows")).contains("does not fit"));
+    // The first panic with RUST_BACKTRACE=1: its message and location, no backtrace, no debug info loaded.
+    let idle = rss_kib(cp.pid());
+    let panicked = runtime().block_on(client.call::<i64>("panic_now", ("boom",)));
+    let message = format!("{:?}", panicked.expect_err("panic_now panics"));
+    assert!(message.contains("boom"), "{message}");
+    assert!(
+        fastworker_tests::wait_until(Duration::from_secs(5), || cp.log().contains("panicked at")),
+        "the panic is not in the log:\n{}",
+        cp.log()
+    );
+    let after = rss_kib(cp.pid());
+    let log = cp.log();
+    let line = log.lines().find(|l| l.contains("panicked at")).unwrap();
+    assert!(line.contains("example-tasks/src/lib.rs:") && line.ends_with(": boom"), "{line}");
+    assert!(!log.contains("stack backtrace"), "a backtrace was symbolized:\n{log}");
+    assert!(after <= idle + RSS_SLACK_KIB, "the first panic took {} KiB ({idle} KiB before)", after - idle);
+    bystander.check("while tasks overflowed and panicked");
+    eprintln!("figures: RSS before the first task panic {idle} KiB, after {after} KiB (RUST_BACKTRACE=1)");
+}
