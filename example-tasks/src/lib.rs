@@ -3,9 +3,10 @@
 use fastworker_plugin_sdk::{task, JsonSchema, TaskContext};
 use serde::{Deserialize, Serialize};
 
-/// Adds two integers; a sum beyond 64 bits fails the task (never wraps).
+/// Adds two integers.
 #[task(priority = "high", timeout = "5s")]
 fn add(x: i64, y: i64) -> Result<i64, String> {
+    // A sum beyond 64 bits fails the task; it never wraps.
     x.checked_add(y).ok_or_else(|| format!("{x} + {y} does not fit in a 64-bit integer"))
 }
 
