@@ -309,3 +309,41 @@ fn add_refuses_to_wrap_and_a_task_panic_costs_no_backtrace() {
     bystander.check("while tasks overflowed and panicked");
     eprintln!("figures: RSS before the first task panic {idle} KiB, after {after} KiB (RUST_BACKTRACE=1)");
 }
+
+#[test]
+fn limit_names_follow_the_task_name_rules_and_junk_cannot_fill_their_room() {
+    let (cp, gui) = http::control_plane_with_api(&[]);
+    let client = cp.client();
+    let bystander = Bystander::start(&cp);
+    let one = fastworker::task_limits::TaskLimit { rate: None, max_running: Some(1) };
+    runtime().block_on(async {
+        // Control characters and spaces, over the wire and over HTTP.
+        for name in ["add\r", "evil\"} 1\nfastworker_x{a=\"", "tab\tname", "bell\u{7}", "sp ace", "nel\u{85}"] {
+            let refused = client.set_task_limit(name, Some(one)).await.expect_err(name);
+            assert!(format!("{refused:?}").contains("without spaces or control characters"), "{name:?}: {refused:?}");
+        }
+        // 1020 junk names from one peer: each refused, none kept.
+        let mut refused = 0;
+        for n in 0..1020 {
+            if client.set_task_limit(&format!("junk-{n}"), Some(one)).await.is_err() {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 1020);
+    });
+    let escaped = http::post_json(&format!("{gui}/api/task-limits/add%0D"), &json!({"limit": "max_running:1"}), &[]);
+    assert_eq!(escaped.status, 400, "{}", escaped.text());
+    assert!(escaped.text().contains("control characters"), "{}", escaped.text());
+    status_answers(&gui, "after 1020 junk limit names");
+    // The room is still there: the operator limits a real task.
+    runtime().block_on(client.set_task_limit("add", Some(one))).unwrap();
+    let rows = runtime().block_on(client.task_limits()).unwrap();
+    assert!(rows.iter().all(|row| !row.task_name.starts_with("junk-")), "a junk name was kept");
+    assert!(rows.iter().any(|row| row.task_name == "add"), "add's limit is missing");
+    let metrics = request("GET", &format!("{gui}/metrics"), &[]).text();
+    assert!(!metrics.contains('\r'), "a raw carriage return in /metrics");
+    assert!(metrics.contains("fastworker_task_limit_max_running{task=\"add\"} 1"), "{metrics}");
+    runtime().block_on(client.clear_task_limit("add")).unwrap();
+    let record = bystander.check("while junk limit names were sent");
+    eprintln!("figures: 1020 junk limit names: 1020 refused, 0 kept; bystander slowest {:?}", record.slowest);
+}
