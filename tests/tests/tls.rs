@@ -135,6 +135,15 @@ fn a_tls_cluster_runs_tasks_and_refuses_plain_and_foreign_peers() {
     let output = run_cli(&cli.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!output.status.success(), "a peer of another CA was served: {}", stdout(&output));
     assert!(!stdout(&output).contains('3'));
+    // Both sides say so in their logs, not only a timeout.
+    let dialed = "TLS handshakes with the peer dialed failed";
+    assert!(stderr(&output).contains(dialed), "the intruder's side says nothing: {}", stderr(&output));
+    let here = "TLS handshakes of peers connecting here failed";
+    assert!(
+        fastworker_tests::wait_until(Duration::from_secs(10), || cp.log().contains(here)),
+        "the control plane logged no failed handshake:\n{}",
+        cp.log()
+    );
 
     // Still serving members after both.
     let sum: i64 = rt.block_on(client.call("add", (2, 3))).unwrap();

@@ -115,7 +115,9 @@ static IDENTITY: OnceLock<Tls> = OnceLock::new();
 /// Makes `tls` the identity every `tls+tcp://` listener and dialer of this
 /// process presents; once per process.
 pub fn install(tls: Tls) -> Result<(), TlsError> {
-    IDENTITY.set(tls).map_err(|_| TlsError::AlreadyInstalled)
+    IDENTITY.set(tls).map_err(|_| TlsError::AlreadyInstalled)?;
+    super::tls_failures::watch();
+    Ok(())
 }
 
 /// Whether a TLS identity is installed.
