@@ -117,9 +117,17 @@ pub(crate) fn add_over_http(host: &str, connections: usize, budget: Budget) -> P
 }
 
 /// Starts a control plane as for the `cp` rows, serving its dashboard on a
-/// free port; returns it and the dashboard's `host:port`.
-pub(crate) fn start(binary: &Path, plugin: &Path, concurrency: usize) -> Result<(FastworkerProcess, String), String> {
+/// free port with room for `waiting` requests that wait at once (its
+/// `--gui-max-waits` share, a quarter of the connections by default);
+/// returns it and the dashboard's `host:port`.
+pub(crate) fn start(
+    binary: &Path,
+    plugin: &Path,
+    concurrency: usize,
+    waiting: usize,
+) -> Result<(FastworkerProcess, String), String> {
     let port = free_port()?;
+    let waits = waiting.max(64);
     let args: Vec<OsString> = vec![
         "control-plane".into(),
         "--concurrency".into(),
@@ -128,6 +136,10 @@ pub(crate) fn start(binary: &Path, plugin: &Path, concurrency: usize) -> Result<
         plugin.into(),
         "--gui-port".into(),
         port.to_string().into(),
+        "--gui-max-waits".into(),
+        waits.to_string().into(),
+        "--gui-max-connections".into(),
+        (waits * 4).to_string().into(),
     ];
     let process = FastworkerProcess::start(binary, "http control plane", &args, serving)?;
     let host = format!("127.0.0.1:{port}");

@@ -269,7 +269,7 @@ fn run(settings: &Settings) -> Result<bool, String> {
 
     // The same calls through the HTTP API, on a control plane serving its dashboard.
     println!("http: as cp, with the dashboard on; add submitted with wait_ms over keep-alive HTTP/1.1");
-    let (mut control_plane, host) = http_api::start(&binary, &plugin, c)?;
+    let (mut control_plane, host) = http_api::start(&binary, &plugin, c, k)?;
     let http = |connections: usize, budget: Budget| {
         warmed(budget, |budget| Ok(http_api::add_over_http(&host, connections, budget))).expect("infallible")
     };

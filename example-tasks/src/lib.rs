@@ -5,15 +5,19 @@ use serde::{Deserialize, Serialize};
 
 /// Adds two integers.
 #[task(priority = "high", timeout = "5s")]
-fn add(x: i64, y: i64) -> i64 {
-    x + y
+fn add(x: i64, y: i64) -> Result<i64, String> {
+    // A sum beyond 64 bits fails the task; it never wraps.
+    x.checked_add(y).ok_or_else(|| format!("{x} + {y} does not fit in a 64-bit integer"))
 }
 
 /// The sum of a list of integers: a chord's callback, receiving its
 /// group's results.
 #[task]
-fn sum(values: Vec<i64>) -> i64 {
-    values.iter().fold(0i64, |total, value| total.wrapping_add(*value))
+fn sum(values: Vec<i64>) -> Result<i64, String> {
+    values
+        .iter()
+        .try_fold(0i64, |total, value| total.checked_add(*value))
+        .ok_or_else(|| "the sum does not fit in a 64-bit integer".to_string())
 }
 
 /// A point on a plane.
@@ -48,7 +52,7 @@ fn divide(x: i64, y: i64) -> Result<i64, String> {
     if y == 0 {
         return Err(format!("cannot divide {x} by zero"));
     }
-    Ok(x / y)
+    x.checked_div(y).ok_or_else(|| format!("{x} / {y} does not fit in a 64-bit integer"))
 }
 
 /// Always panics with the given message: shows that a panic fails only its own task.

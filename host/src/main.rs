@@ -66,6 +66,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    fastworker_plugin_sdk::panic_hook::install();
     let cli = Cli::parse();
     let filter =
         std::env::var("FASTWORKER_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());

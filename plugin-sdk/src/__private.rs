@@ -55,6 +55,7 @@ pub fn plugin(
     schemas: &'static [SchemaDecl],
     meta: &'static [RStr<'static>],
 ) -> PluginRef {
+    crate::panic_hook::install();
     let schemas: Vec<TaskSchema> = schemas.iter().map(SchemaDecl::build).collect();
     Plugin {
         name: RStr::from_str(name),

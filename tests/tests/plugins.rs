@@ -22,7 +22,7 @@ fn list_shows_the_tasks_of_two_plugins_with_their_options() {
     let add = rows.as_array().unwrap().iter().find(|r| r["task"] == "add").unwrap();
     assert_eq!(add["priority"], "high");
     assert_eq!(add["timeout_ms"], 5000);
-    assert_eq!(add["signature"], "add(x: i64, y: i64) -> i64");
+    assert_eq!(add["signature"], "add(x: i64, y: i64) -> Result<i64, String>");
 }
 
 /// A shared library that is not a plugin: the SDK's proc-macro crate.

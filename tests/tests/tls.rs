@@ -4,7 +4,7 @@
 //! cannot talk to it; TLS addresses without certificates are refused at
 //! start-up.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fastworker::protocol::WorkerState;
@@ -135,6 +135,15 @@ fn a_tls_cluster_runs_tasks_and_refuses_plain_and_foreign_peers() {
     let output = run_cli(&cli.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!output.status.success(), "a peer of another CA was served: {}", stdout(&output));
     assert!(!stdout(&output).contains('3'));
+    // Both sides say so in their logs, not only a timeout.
+    let dialed = "TLS handshakes with the peer dialed failed";
+    assert!(stderr(&output).contains(dialed), "the intruder's side says nothing: {}", stderr(&output));
+    let here = "TLS handshakes of peers connecting here failed";
+    assert!(
+        fastworker_tests::wait_until(Duration::from_secs(10), || cp.log().contains(here)),
+        "the control plane logged no failed handshake:\n{}",
+        cp.log()
+    );
 
     // Still serving members after both.
     let sum: i64 = rt.block_on(client.call("add", (2, 3))).unwrap();
@@ -171,4 +180,100 @@ fn tls_addresses_without_certificates_are_refused_at_start() {
     std::fs::write(&flags[1], "not a certificate").unwrap();
     let garbage = start_with(&flags[1]);
     assert!(garbage.contains("not usable"), "{garbage}");
+}
+
+/// The ```sh blocks of docs/security.md, in order.
+fn security_doc_blocks() -> Vec<String> {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/security.md")).unwrap();
+    doc.split("```sh\n").skip(1).map(|rest| rest.split("```").next().unwrap().to_string()).collect()
+}
+
+#[test]
+fn the_documented_key_and_tls_recipe_runs_as_written() {
+    let blocks = security_doc_blocks();
+    let block =
+        |needle: &str| blocks.iter().find(|b| b.contains(needle)).unwrap_or_else(|| panic!("no {needle} block"));
+    let dir = std::env::temp_dir().join(format!("fastworker-recipe-{}", TaskId::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin_dir = fastworker_tests::fastworker_bin().parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    // The keys, then the CA and certificates, as the page writes them.
+    for needle in ["fastworker keygen --out cluster.key", "openssl req -x509"] {
+        let output = std::process::Command::new("sh")
+            .args(["-e", "-c", block(needle)])
+            .current_dir(&dir)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "the block of {needle} failed: {}", stderr(&output));
+    }
+    let text = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    for key in ["cluster.key", "worker.key", "client.key", "operator.key"] {
+        assert!(
+            text(key).lines().any(|l| l.starts_with("fastworker-key v1")),
+            "{key} is not a fastworker key any more"
+        );
+    }
+    for pem in ["tls-client.key", "tls-sw1.key", "tls-control-plane.pem", "tls-ca.pem"] {
+        assert!(text(pem).starts_with("-----BEGIN"), "{pem} is missing");
+    }
+    // The three commands, with local addresses and the example plugin.
+    let (base, sw_port) = (free_base_port(), free_ports(4));
+    let commands = block("fastworker control-plane").replace("\\\n", " ");
+    let commands: Vec<Vec<String>> = commands
+        .lines()
+        .filter(|line| line.starts_with("fastworker "))
+        .map(|line| {
+            line.split_whitespace()
+                .skip(1)
+                .map(|word| match word {
+                    "tls+tcp://0.0.0.0:5555" | "tls+tcp://cp.example.net:5555" => format!("tls+tcp://127.0.0.1:{base}"),
+                    "tls+tcp://0.0.0.0:5561" | "tls+tcp://sw1.example.net:5561" => {
+                        format!("tls+tcp://127.0.0.1:{sw_port}")
+                    }
+                    "libmytasks.so" => plugin("example-tasks").display().to_string(),
+                    file if dir.join(file).is_file() => dir.join(file).display().to_string(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    let mut cp_args = commands[0].clone();
+    // Local only: no dashboard on the shared port 8080, no announcements.
+    cp_args.extend(strings(&["--no-gui", "--no-discovery"]));
+    let address = format!("tls+tcp://127.0.0.1:{base}");
+    let mut cp = Process::spawn(&cp_args, &[], address.clone());
+    cp.wait_for_port(base + 4, Duration::from_secs(20)).unwrap();
+    let mut sw = Process::spawn(&commands[1], &[], format!("tls+tcp://127.0.0.1:{sw_port}"));
+    sw.wait_for_port(sw_port, Duration::from_secs(20)).unwrap();
+    assert!(
+        fastworker_tests::wait_until(Duration::from_secs(20), || cp.log().contains("sw1")),
+        "sw1 did not register:\n{}\n{}",
+        cp.log(),
+        sw.log()
+    );
+    let submit: Vec<&str> = commands[2].iter().map(String::as_str).collect();
+    let output = run_cli(&submit);
+    assert!(output.status.success(), "the documented submit failed: {}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), "5");
+    // The old mistake, a TLS file given as the fastworker key, and the reverse, are named as such.
+    let swap = |from: &str, to: &str| -> Vec<String> {
+        submit.iter().map(|w| if w.ends_with(from) { w.replace(from, to) } else { w.to_string() }).collect()
+    };
+    for (args, says) in [
+        (
+            swap("/client.key", "/tls-client.key"),
+            "is a PEM file (a TLS private key), not a fastworker key: give it to --tls-key",
+        ),
+        (swap("/tls-client.pem", "/client.key"), "is a fastworker key (it belongs to --cluster-key-file)"),
+    ] {
+        let output = run_cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        assert!(stderr(&output).contains(says), "{}", stderr(&output));
+    }
+    let cert_as_key = swap("/client.key", "/tls-client.pem");
+    let output = run_cli(&cert_as_key.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(stderr(&output).contains("a certificate") && stderr(&output).contains("--tls-cert"), "{}", stderr(&output));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -97,6 +97,10 @@ pub(crate) struct ClusterLimitArgs {
     /// Seconds a dashboard client has to send a request's headers.
     #[arg(long, env = "FASTWORKER_GUI_HEADER_TIMEOUT", default_value = "10", value_parser = seconds_in(range::HEADER_TIMEOUT_S), allow_negative_numbers = true)]
     pub(crate) gui_header_timeout: Duration,
+    /// HTTP requests waiting for a task or workflow at once (default: a quarter of --gui-max-connections); more are refused 503 Busy.
+    #[arg(long, env = "FASTWORKER_GUI_MAX_WAITS",
+          value_parser = clap::value_parser!(u64).range(range::GUI_CONNECTIONS))]
+    pub(crate) gui_max_waits: Option<u64>,
 }
 
 /// The limits the flags set; a subworker (no `cluster`) keeps the defaults
@@ -135,6 +139,8 @@ pub(crate) fn limits(task: &TaskLimitArgs, cluster: Option<&ClusterLimitArgs>, c
         limits.min_schedule_period = cluster.min_schedule_period;
         limits.gui_max_connections = cluster.gui_max_connections as usize;
         limits.gui_header_timeout = cluster.gui_header_timeout;
+        let quarter = (limits.gui_max_connections / 4).max(1);
+        limits.gui_max_waits = cluster.gui_max_waits.map_or(quarter, |n| n as usize);
     }
     limits
 }

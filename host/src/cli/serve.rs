@@ -71,7 +71,7 @@ pub(crate) struct ControlPlaneArgs {
     /// Serve no dashboard.
     #[arg(long, env = "FASTWORKER_NO_GUI")]
     pub(crate) no_gui: bool,
-    /// Key the dashboard's cancel and retry need (Authorization: Bearer KEY); without it they are open.
+    /// The dashboard's operator credential (Authorization: Bearer KEY): its actions and reads of task arguments and results need it; without it they are open, or refused on a keyed cluster (whose dashboard beyond loopback needs it).
     #[arg(long, env = "FASTWORKER_GUI_API_KEY", hide_env_values = true)]
     pub(crate) gui_api_key: Option<String>,
     /// Host names (HOST:PORT, comma-separated, at most 64) the dashboard answers to besides its bound address.
@@ -176,6 +176,16 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     }
     if let Err(error) = check_task_limit_flags(&args.task_limit) {
         return fail(EXIT_USAGE, error);
+    }
+    let (connections, waits) = (args.cluster_limits.gui_max_connections, args.cluster_limits.gui_max_waits);
+    if let Some(waits) = waits.filter(|waits| waits + (connections / 2).max(1) >= connections) {
+        return fail(
+            EXIT_USAGE,
+            format_args!(
+                "--gui-max-waits {waits} with --gui-max-connections {connections} leaves no connection for plain requests (half of the connections may be event streams): lower --gui-max-waits below {} or raise --gui-max-connections",
+                connections - (connections / 2).max(1)
+            ),
+        );
     }
     let gui_host = (!args.no_gui).then_some(args.gui_host.as_str());
     for (host, what) in [(Some(base.host()), "the control plane"), (gui_host, "the dashboard")] {

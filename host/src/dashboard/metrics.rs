@@ -110,8 +110,12 @@ fn render_limits(shared: &Shared, out: &mut String) {
     let _ = writeln!(out, "# HELP fastworker_limit_usage What a bound limits, in use now.");
     let _ = writeln!(out, "# TYPE fastworker_limit_usage gauge");
     for bound in Bound::ALL {
-        let open = || limits.gui_max_connections.saturating_sub(shared.connections.available_permits()) as u64;
-        let usage = if bound == Bound::GuiConnections { Some(open()) } else { state.usage(bound) };
+        let taken = |max: usize, free: usize| Some(max.saturating_sub(free) as u64);
+        let usage = match bound {
+            Bound::GuiConnections => taken(limits.gui_max_connections, shared.connections.available_permits()),
+            Bound::GuiWaits => taken(limits.gui_max_waits, shared.waits.available_permits()),
+            _ => state.usage(bound),
+        };
         if let Some(usage) = usage {
             let _ = writeln!(out, "fastworker_limit_usage{{limit=\"{}\"}} {usage}", bound.label());
         }
@@ -174,7 +178,32 @@ fn render_limits(shared: &Shared, out: &mut String) {
     }
 }
 
-/// A label value with `\`, `"` and newlines escaped.
+/// A label value in the text format: `\\`, `\"` and `\n` as the format
+/// escapes them, and every other control character as the four visible
+/// characters `\\xHH` (a literal backslash, then its code), so that no
+/// name a peer gave can break a line or forge a series.
 fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\\\x{:02x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_control_character_is_escaped() {
+        assert_eq!(super::escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(super::escape("x\ry\u{7f}z\u{85}"), "x\\\\x0dy\\\\x7fz\\\\x85");
+        assert!(!super::escape(&(0u8..=0x1f).map(char::from).collect::<String>()).chars().any(char::is_control));
+    }
 }

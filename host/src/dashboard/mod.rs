@@ -15,6 +15,7 @@ mod events;
 mod hosts;
 mod metrics;
 mod openapi;
+mod roles;
 mod task_api;
 mod task_limits;
 mod workflow_api;
@@ -27,12 +28,11 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use subtle::ConstantTimeEq;
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{info, warn};
 
@@ -45,7 +45,9 @@ pub struct DashboardConfig {
     pub host: String,
     /// The port (`--gui-port`).
     pub port: u16,
-    /// When set (`--gui-api-key`), cancel and retry need `Authorization: Bearer <key>`.
+    /// The operator credential (`--gui-api-key`): when set, every action and
+    /// every read of arguments and results needs `Authorization: Bearer <key>`
+    /// (see [`roles`]); a keyed cluster's dashboard needs one for them at all.
     pub api_key: Option<String>,
     /// `Host` names served besides the bound address and, on loopback, the
     /// loopback names (`--gui-allowed-hosts`; at most 64 of at most 255 bytes).
@@ -64,6 +66,14 @@ pub enum DashboardError {
     /// A `--gui-allowed-hosts` list that is too long or not of host names.
     #[error("{0}")]
     AllowedHosts(String),
+    /// A keyed cluster's dashboard bound beyond loopback with no operator
+    /// credential: its actions would be refused to everyone, and a
+    /// credential-less dashboard on the network is what protected mode is for.
+    #[error("the dashboard would listen on {address}, beyond this machine, for a control plane with a cluster key but no operator credential: pass --gui-api-key (FASTWORKER_GUI_API_KEY), or listen on 127.0.0.1 (--gui-host)")]
+    NoCredential {
+        /// The address.
+        address: String,
+    },
     /// Any other failure to listen.
     #[error("cannot serve the dashboard on {address} (--gui-host/--gui-port): {source}")]
     Other {
@@ -93,6 +103,8 @@ pub(crate) struct Shared {
     pub(crate) connections: Arc<Semaphore>,
     /// Event streams open now, at most [`Shared::max_streams`].
     pub(crate) streams: AtomicUsize,
+    /// Permits for requests waiting for a task or workflow (`--gui-max-waits`).
+    pub(crate) waits: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -117,18 +129,24 @@ impl Dashboard {
         let fail = |source| DashboardError::Other { address: address.clone(), source };
         listener.set_nonblocking(true).map_err(fail)?;
         let local = listener.local_addr().map_err(fail)?;
+        let api_key = config.api_key.filter(|k| !k.is_empty());
+        if state.config.keys.is_some() && api_key.is_none() && !local.ip().is_loopback() {
+            return Err(DashboardError::NoCredential { address });
+        }
         let url = match local {
             SocketAddr::V6(v6) => format!("http://[{}]:{}", v6.ip(), v6.port()),
             SocketAddr::V4(v4) => format!("http://{v4}"),
         };
         let connections = connections::limit(state.config.limits.gui_max_connections);
+        let waits = connections::limit(state.config.limits.gui_max_waits);
         let shared = Arc::new(Shared {
             state,
-            api_key: config.api_key.filter(|k| !k.is_empty()),
+            api_key,
             url: url.clone(),
             allowed_hosts: hosts::allowed(local, &config.allowed_hosts),
             connections,
             streams: AtomicUsize::new(0),
+            waits,
         });
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()
@@ -200,6 +218,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .merge(task_limits::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), roles::check))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), hosts::check_host))
         .with_state(shared)
 }
@@ -277,31 +296,4 @@ async fn not_found(method: Method, uri: Uri) -> Response {
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{uri} does not take {method}"))
-}
-
-/// Lets a mutating request through, or answers why not: 403 from a page of
-/// another origin (so that no other site can make a browser cancel tasks
-/// here; see [`hosts`]), 401 without the API key when one is set.
-pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
-    if let Err(message) = hosts::origin_allowed(shared, headers) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message));
-    }
-    let Some(key) = &shared.api_key else { return Ok(()) };
-    let given =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if given.is_some_and(|given| bool::from(given.trim().as_bytes().ct_eq(key.as_bytes()))) {
-        return Ok(());
-    }
-    let message = "this action needs the dashboard's API key: send Authorization: Bearer <key> (--gui-api-key, FASTWORKER_GUI_API_KEY)";
-    Err(ApiError { bearer: true, ..ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message) })
-}
-
-/// Lets a read of arguments and results through with the API key; without
-/// one configured, nobody may read them (403 saying how to allow it).
-pub(crate) fn authorize_read(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
-    if shared.api_key.is_none() {
-        let message = "this control plane has a cluster key, so task arguments and results are shown only with the dashboard's API key: start it with --gui-api-key (FASTWORKER_GUI_API_KEY)";
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message));
-    }
-    authorize(shared, headers)
 }

@@ -20,8 +20,9 @@ use axum::Json;
 use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::sync::OwnedSemaphorePermit;
 
-use super::{authorize, authorize_read, ApiError, Shared};
+use super::{ApiError, Shared};
 use crate::server::endpoint::Replier;
 use crate::wire::protocol::{
     decode, now_ms, ErrorKind, ErrorReply, Priority, Reply, RetryPolicy, Submit, TaskId, TaskReport,
@@ -46,11 +47,20 @@ pub(crate) struct HttpError {
     message: String,
     bearer: bool,
     retry_after: bool,
+    /// Whether to close the connection after it (`Connection: close`).
+    close: bool,
 }
 
 impl HttpError {
     pub(super) fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> HttpError {
-        HttpError { status, kind: kind.to_string(), message: message.into(), bearer: false, retry_after: false }
+        HttpError {
+            status,
+            kind: kind.to_string(),
+            message: message.into(),
+            bearer: false,
+            retry_after: false,
+            close: false,
+        }
     }
 
     /// A refusal of the control plane, with the status its kind calls for.
@@ -74,7 +84,7 @@ impl HttpError {
     }
 
     /// A refusal of the dashboard's authorization, in this shape.
-    fn from_dashboard(refusal: ApiError) -> HttpError {
+    pub(super) fn from_dashboard(refusal: ApiError) -> HttpError {
         let kind = match refusal.status {
             StatusCode::UNAUTHORIZED => "Unauthorized",
             _ => "Forbidden",
@@ -97,20 +107,14 @@ impl IntoResponse for HttpError {
         if self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if self.close {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
 
 pub(super) type Answer = Result<Response, HttpError>;
-
-/// Lets a request through: the dashboard's rules for actions (origin, API
-/// key); with a cluster key, results are as secret as the frames that carry
-/// them, so the API key must be configured and given.
-pub(super) fn allow(shared: &Shared, headers: &HeaderMap) -> Result<(), HttpError> {
-    let allowed =
-        if shared.state.config.keys.is_some() { authorize_read(shared, headers) } else { authorize(shared, headers) };
-    allowed.map_err(HttpError::from_dashboard)
-}
 
 /// A body read whole (within [`MAX_BODY_BYTES`]) and decoded as `T`; only
 /// `Content-Type: application/json`, which no page of another site can send
@@ -249,6 +253,28 @@ impl TaskRequest {
     }
 }
 
+/// A place among the requests waiting now, held until dropped, or 503
+/// `Busy` (closing the connection) when `--gui-max-waits` are waiting:
+/// waits keep to their own share of the connections, so that plain requests
+/// (and `/api/status`) always find room. `None` when no wait is asked for.
+pub(super) fn wait_slot(shared: &Shared, wait: Duration) -> Result<Option<OwnedSemaphorePermit>, HttpError> {
+    if wait.is_zero() {
+        return Ok(None);
+    }
+    match shared.waits.clone().try_acquire_owned() {
+        Ok(permit) => Ok(Some(permit)),
+        Err(_) => {
+            shared.state.refusals.count(crate::server::limits::Bound::GuiWaits);
+            let max = shared.state.config.limits.gui_max_waits;
+            let message = format!(
+                "{max} requests are waiting for tasks or workflows (--gui-max-waits); nothing was done: retry later, or poll without a wait"
+            );
+            let busy = HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Busy", message);
+            Err(HttpError { retry_after: true, close: true, ..busy })
+        }
+    }
+}
+
 /// The reply the state sent an in-process replier.
 pub(super) async fn reply_of(answer: tokio::sync::oneshot::Receiver<nng::Message>) -> Option<Reply> {
     let message = answer.await.ok()?;
@@ -332,9 +358,9 @@ pub(crate) async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    allow(&shared, &headers)?;
     let request: TaskRequest = json_body(&headers, body)?;
     let wait = bounded_wait(request.wait_ms)?;
+    let _slot = wait_slot(&shared, wait)?;
     let submit = request.submission(&shared)?;
     let task_id = accept(&shared, submit).await?;
     if let Some(report) = wait_for(&shared, task_id, wait).await? {
@@ -350,9 +376,9 @@ pub(crate) async fn batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    allow(&shared, &headers)?;
     let request: BatchRequest = json_body(&headers, body)?;
     let wait = bounded_wait(request.wait_ms)?;
+    let _slot = wait_slot(&shared, wait)?;
     if request.tasks.len() > MAX_BATCH {
         return Err(HttpError::bad_request(format!(
             "a batch holds at most {MAX_BATCH} tasks, not {}: split it",
@@ -400,8 +426,7 @@ fn parse_id(id: &str) -> Result<TaskId, HttpError> {
 }
 
 /// GET /api/v1/tasks/{id}: the task's state, with its result or failure.
-pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
-    allow(&shared, &headers)?;
+pub(crate) async fn status(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Answer {
     let task_id = parse_id(&id)?;
     Ok(report_response(&current(&shared, task_id)?))
 }
@@ -427,13 +452,12 @@ pub(super) fn wait_of(query: Result<Query<WaitQuery>, QueryRejection>) -> Result
 /// GET /api/v1/tasks/{id}/wait?timeout_ms=N: waits (at most 60 s) for the task to end.
 pub(crate) async fn wait(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Answer {
-    allow(&shared, &headers)?;
     let task_id = parse_id(&id)?;
     let wait = wait_of(query)?;
+    let _slot = wait_slot(&shared, wait)?;
     if let Some(report) = wait_for(&shared, task_id, wait).await? {
         return Ok(report_response(&report));
     }
@@ -441,8 +465,7 @@ pub(crate) async fn wait(
 }
 
 /// POST /api/v1/tasks/{id}/cancel: cancels a task that has not ended.
-pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
-    allow(&shared, &headers)?;
+pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Answer {
     let task_id = parse_id(&id)?;
     match shared.state.cancel(task_id, crate::server::state::Caller::OPERATOR) {
         Reply::Report(report) => Ok(report_response(&report)),

@@ -2,9 +2,8 @@
 //! JSON description of `docs/workflows.md`), read its status, wait for its
 //! end, cancel it (docs/http-api.md).
 //!
-//! The same rules as the task routes (`task_api.rs`): the dashboard's
-//! origin check and API key, the key required when the cluster is keyed,
-//! bounded bodies and waits, unknown fields refused, one error shape.
+//! The same rules as the task routes (`task_api.rs`): operator requests
+//! (`roles.rs`), bounded bodies and waits, unknown fields refused, one error shape.
 //! Submissions enter the control plane's state directly; a wait is an
 //! in-process replier answered when the workflow ends, never a poll.
 
@@ -20,7 +19,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::task_api::{allow, bounded_wait, json_body, reply_of, wait_of, Answer, HttpError, WaitQuery};
+use super::task_api::{bounded_wait, json_body, reply_of, wait_of, wait_slot, Answer, HttpError, WaitQuery};
 use super::Shared;
 use crate::server::endpoint::Replier;
 use crate::wire::protocol::Reply;
@@ -149,9 +148,9 @@ pub(crate) async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    allow(&shared, &headers)?;
     let request: WorkflowRequest = json_body(&headers, body)?;
     let wait = bounded_wait(request.wait_ms)?;
+    let _slot = wait_slot(&shared, wait)?;
     let submit = request.submission(&shared)?;
     let workflow_id = submit.workflow_id;
     // Answered, in durable mode, once the workflow is stored.
@@ -169,8 +168,7 @@ pub(crate) async fn submit(
 
 /// GET /api/v1/workflows/{id}: the workflow's state, members, result or
 /// first failure.
-pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
-    allow(&shared, &headers)?;
+pub(crate) async fn status(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Answer {
     Ok(report_response(&current(&shared, parse_id(&id)?)?))
 }
 
@@ -178,13 +176,12 @@ pub(crate) async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap
 /// the workflow to end.
 pub(crate) async fn wait(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Answer {
-    allow(&shared, &headers)?;
     let workflow_id = parse_id(&id)?;
     let wait = wait_of(query)?;
+    let _slot = wait_slot(&shared, wait)?;
     if let Some(report) = wait_for(&shared, workflow_id, wait).await? {
         return Ok(report_response(&report));
     }
@@ -193,8 +190,7 @@ pub(crate) async fn wait(
 
 /// POST /api/v1/workflows/{id}/cancel: cancels a running workflow (its
 /// pending members never run).
-pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
-    allow(&shared, &headers)?;
+pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Answer {
     let workflow_id = parse_id(&id)?;
     let reply = shared.state.cancel_workflow(workflow_id, crate::server::state::Caller::OPERATOR);
     Ok(report_response(&report_of(Some(reply))?))

@@ -3,20 +3,22 @@
 //! (`GET /api/workflows/{id}`), the cancel action, and the `workflow`
 //! events [`watch_workflows`] sends while someone watches.
 //!
-//! With a cluster key, results and failure messages are as secret as the
-//! frames that carried them: the table and the events leave them out, and
-//! reading one workflow needs the dashboard's API key (as for a task).
+//! Whenever reads need the operator credential (a cluster key or
+//! `--gui-api-key`, see `roles.rs`), results and failure messages are left
+//! out of the table unless the request gave it, and out of the events
+//! always; reading one workflow is an operator's read, as for a task.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{authorize, authorize_read, error, ApiError, Shared};
+use super::roles::{reads_protected, Operator};
+use super::{error, ApiError, Shared};
 use crate::server::monitor::Event;
 use crate::server::state::WorkflowSummary;
 use crate::wire::protocol::{ErrorKind, Reply};
@@ -48,13 +50,17 @@ pub(crate) fn summary_json(summary: &WorkflowSummary, secret: bool) -> Value {
 
 /// GET /api/workflows?limit=N: the number known and the newest N (at most
 /// 200, 50 when not told), newest first.
-pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Response {
+pub(crate) async fn list(
+    State(shared): State<Arc<Shared>>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     let limit = match query.get("limit").map(|text| text.parse::<usize>()) {
         None => WATCHED,
         Some(Ok(n)) => n.min(MAX_LISTED),
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "bad_request", "limit must be a whole number"),
     };
-    let secret = shared.state.config.keys.is_some();
+    let secret = reads_protected(&shared) && !operator;
     let (total, rows) = shared.state.workflow_summaries(limit);
     let rows: Vec<Value> = rows.iter().map(|row| summary_json(row, secret)).collect();
     Json(json!({ "total": total, "workflows": rows })).into_response()
@@ -67,12 +73,8 @@ fn parse_id(id: &str) -> Result<WorkflowId, ApiError> {
 }
 
 /// GET /api/workflows/{id}: one workflow with its members, result or failure.
-pub(crate) async fn detail(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if shared.state.config.keys.is_some() {
-        if let Err(refusal) = authorize_read(&shared, &headers) {
-            return refusal.into_response();
-        }
-    }
+/// An operator's read ([`super::roles`]).
+pub(crate) async fn detail(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let workflow_id = match parse_id(&id) {
         Ok(id) => id,
         Err(refusal) => return refusal.into_response(),
@@ -86,10 +88,7 @@ pub(crate) async fn detail(State(shared): State<Arc<Shared>>, headers: HeaderMap
 
 /// POST /api/workflows/{id}/cancel: cancels a running workflow (the same
 /// rules as cancelling a task from the page).
-pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(refusal) = authorize(&shared, &headers) {
-        return refusal.into_response();
-    }
+pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let workflow_id = match parse_id(&id) {
         Ok(id) => id,
         Err(refusal) => return refusal.into_response(),
@@ -127,7 +126,7 @@ pub(crate) fn watch_workflows(shared: &Shared, known: &mut Watched) {
     }
     known.generation = Some(generation);
     let known = &mut known.rows;
-    let secret = shared.state.config.keys.is_some();
+    let secret = reads_protected(shared);
     let (_, rows) = shared.state.workflow_summaries(WATCHED);
     let mut seen = HashMap::with_capacity(rows.len());
     for row in rows {

@@ -64,6 +64,10 @@ pub struct Limits {
     pub gui_max_connections: usize,
     /// How long a dashboard client has to send a request's headers.
     pub gui_header_timeout: Duration,
+    /// HTTP requests waiting for a task or workflow at once (`wait`,
+    /// `wait_ms`): their own share of the connections, so that plain
+    /// requests always find room.
+    pub gui_max_waits: usize,
 }
 
 impl Default for Limits {
@@ -91,6 +95,7 @@ impl Default for Limits {
             callback_schemes: vec!["tcp".into()],
             gui_max_connections: 256,
             gui_header_timeout: Duration::from_secs(10),
+            gui_max_waits: 64,
         }
     }
 }
@@ -181,11 +186,13 @@ pub enum Bound {
     CallbackQueue,
     /// `--gui-max-connections`.
     GuiConnections,
+    /// `--gui-max-waits`.
+    GuiWaits,
 }
 
 impl Bound {
     /// Every bound, in `/metrics` order.
-    pub const ALL: [Bound; 10] = [
+    pub const ALL: [Bound; 11] = [
         Bound::QueuedTasks,
         Bound::QueuedBytes,
         Bound::CachedBytes,
@@ -196,6 +203,7 @@ impl Bound {
         Bound::Schedules,
         Bound::CallbackQueue,
         Bound::GuiConnections,
+        Bound::GuiWaits,
     ];
 
     /// The flag that sets it.
@@ -211,6 +219,7 @@ impl Bound {
             Bound::Schedules => "--max-schedules",
             Bound::CallbackQueue => "--callback-queue",
             Bound::GuiConnections => "--gui-max-connections",
+            Bound::GuiWaits => "--gui-max-waits",
         }
     }
 
@@ -232,6 +241,7 @@ impl Bound {
             Bound::Schedules => limits.max_schedules as u64,
             Bound::CallbackQueue => limits.callback_queue as u64,
             Bound::GuiConnections => limits.gui_max_connections as u64,
+            Bound::GuiWaits => limits.gui_max_waits as u64,
         }
     }
 }

@@ -160,6 +160,16 @@ pub enum KeyError {
         /// What is wrong.
         reason: String,
     },
+    /// A PEM file (a TLS key or certificate) where a fastworker key belongs.
+    #[error("key file {path} is a PEM file ({what}), not a fastworker key: give it to {flag}, and give --cluster-key-file a key made by `fastworker keygen` (docs/security.md)")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What it holds: a TLS private key or a certificate.
+        what: &'static str,
+        /// The flag that takes such a file.
+        flag: &'static str,
+    },
     /// No key at all.
     #[error("key file {path} holds no key; make one with `fastworker keygen --out {path}`")]
     Empty {
@@ -190,6 +200,14 @@ impl KeyRing {
     pub fn load(path: &Path) -> Result<KeyRing, KeyError> {
         let read = |source| KeyError::Read { path: path.to_path_buf(), source };
         let metadata = std::fs::metadata(path).map_err(read)?;
+        if metadata.len() > 64 * 1024 {
+            let reason = "the file is larger than 64 KiB".to_string();
+            return Err(KeyError::Malformed { path: path.to_path_buf(), line: 0, reason });
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        // A TLS file given by mistake is named as such, before its mode
+        // (a certificate is often readable by all) is held against it.
+        pem_check(&text, path)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -198,16 +216,12 @@ impl KeyRing {
                 return Err(KeyError::Exposed { path: path.to_path_buf(), mode });
             }
         }
-        if metadata.len() > 64 * 1024 {
-            let reason = "the file is larger than 64 KiB".to_string();
-            return Err(KeyError::Malformed { path: path.to_path_buf(), line: 0, reason });
-        }
-        let text = std::fs::read_to_string(path).map_err(read)?;
         KeyRing::parse(&text, path)
     }
 
     /// Parses the text of a key file (see [`KeyRing::load`]).
     pub fn parse(text: &str, path: &Path) -> Result<KeyRing, KeyError> {
+        pem_check(text, path)?;
         let mut entries = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
@@ -505,6 +519,20 @@ fn shift_bits(bits: &mut [u64], shift: u64) {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Refuses a PEM file (`-----BEGIN ...`), naming what it holds and the flag
+/// that takes it.
+fn pem_check(text: &str, path: &Path) -> Result<(), KeyError> {
+    let Some(label) = text.trim_start().strip_prefix("-----BEGIN ") else { return Ok(()) };
+    let (what, flag) = if label.starts_with("CERTIFICATE") {
+        ("a certificate", "--tls-cert (or, for the CA's, --tls-ca)")
+    } else if label.split("-----").next().is_some_and(|l| l.contains("PRIVATE KEY")) {
+        ("a TLS private key", "--tls-key")
+    } else {
+        ("a TLS file", "--tls-cert, --tls-key or --tls-ca")
+    };
+    Err(KeyError::Pem { path: path.to_path_buf(), what, flag })
 }
 
 #[cfg(test)]

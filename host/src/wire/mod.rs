@@ -6,7 +6,8 @@
 //!   priority, +4 results, +5 subworker management).
 //! - [`auth`]: cluster keys, roles, and the sealed envelope each frame
 //!   travels in when ports authenticate.
-//! - [`tls`]: `tls+tcp://` listeners and dialers with mutual certificates.
+//! - [`tls`]: `tls+tcp://` listeners and dialers with mutual certificates;
+//!   `tls_failures` logs the handshakes that failed.
 //! - [`task_limit`]: a cluster-wide limit per task name, as declared and set.
 //! - [`workflow`]: a workflow as it travels (a flat tree) and its status.
 
@@ -15,4 +16,5 @@ pub mod auth;
 pub mod protocol;
 pub mod task_limit;
 pub mod tls;
+mod tls_failures;
 pub mod workflow;

@@ -116,8 +116,9 @@ pub enum TaskLimitError {
     /// Neither a rate nor `max_running`.
     #[error("a limit names a rate, max_running or both (or `none` to remove one)")]
     Empty,
-    /// The task name is empty or too long.
-    #[error("a task name for a limit must be 1 to {MAX_TASK_NAME_BYTES} bytes")]
+    /// The task name breaks the task-name rules: empty, too long, or with
+    /// whitespace or control characters.
+    #[error("a task name for a limit must be 1 to {MAX_TASK_NAME_BYTES} bytes without spaces or control characters, as task names are")]
     BadName,
     /// Too many names have overrides.
     #[error("at most {MAX_OVERRIDES} task names may have limit overrides; clear some first")]
@@ -223,9 +224,12 @@ impl TaskLimit {
     }
 }
 
-/// Checks a task name a limit is set for.
+/// Checks a task name a limit is set for: the rules of task names (those a
+/// subworker may offer), so that no name that reaches a log, a list or
+/// `/metrics` carries a line break or another control character.
 pub fn check_name(task_name: &str) -> Result<(), TaskLimitError> {
-    if task_name.is_empty() || task_name.len() > MAX_TASK_NAME_BYTES {
+    let bad_char = |c: char| c.is_whitespace() || c.is_control();
+    if task_name.is_empty() || task_name.len() > MAX_TASK_NAME_BYTES || task_name.chars().any(bad_char) {
         return Err(TaskLimitError::BadName);
     }
     Ok(())

@@ -79,6 +79,14 @@ pub enum TlsError {
         /// Why.
         source: std::io::Error,
     },
+    /// A fastworker key file where a PEM file belongs.
+    #[error("{flag} {path} is a fastworker key (it belongs to --cluster-key-file), not a PEM file: give {flag} a PEM file (docs/security.md shows how to make them)")]
+    FastworkerKey {
+        /// The flag naming it.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
     /// NNG (mbedTLS) refused the certificate, key or CA.
     #[error("{what} is not usable ({reason}): give PEM files, the key unencrypted and matching the certificate (docs/security.md shows how to make them)")]
     Refused {
@@ -107,7 +115,9 @@ static IDENTITY: OnceLock<Tls> = OnceLock::new();
 /// Makes `tls` the identity every `tls+tcp://` listener and dialer of this
 /// process presents; once per process.
 pub fn install(tls: Tls) -> Result<(), TlsError> {
-    IDENTITY.set(tls).map_err(|_| TlsError::AlreadyInstalled)
+    IDENTITY.set(tls).map_err(|_| TlsError::AlreadyInstalled)?;
+    super::tls_failures::watch();
+    Ok(())
 }
 
 /// Whether a TLS identity is installed.
@@ -143,6 +153,9 @@ impl Tls {
     pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Tls, TlsError> {
         let read = |flag: &'static str, path: &Path| {
             let text = std::fs::read(path).map_err(|source| TlsError::Read { flag, path: path.into(), source })?;
+            if text.split(|b| *b == b'\n').any(|line| line.trim_ascii_start().starts_with(b"fastworker-key ")) {
+                return Err(TlsError::FastworkerKey { flag, path: path.into() });
+            }
             CString::new(text).map_err(|_| TlsError::Refused { what: flag, reason: "it holds a NUL byte".into() })
         };
         let (cert_pem, key_pem, ca_pem) = (read("--tls-cert", cert)?, read("--tls-key", key)?, read("--tls-ca", ca)?);

@@ -28,8 +28,21 @@ impl State {
     }
 
     /// Sets (`Some`) or lifts (`None`) a task's limit at run time.
+    /// Only for a task a plugin here or a live subworker provides, or one
+    /// limited already (by a flag): so that nobody can fill the names'
+    /// room with names no worker runs (docs/limits.md).
     pub(crate) fn set_task_limit(&self, task_name: &str, limit: Option<TaskLimit>) -> Reply {
-        self.change_task_limits(|limits, now| limits.set(task_name, limit, now).map_err(|e| e.to_string()))
+        let provided =
+            self.registry.get(task_name).is_some() || self.lock().ledger.cluster.provider(task_name).is_some();
+        self.change_task_limits(|limits, now| {
+            if !provided && !limits.is_limited(task_name) {
+                crate::cluster::task_limits::check_name(task_name).map_err(|e| e.to_string())?;
+                return Err(format!(
+                    "no plugin here and no live subworker provides task '{task_name}': a limit is set for a task that is provided (or with --task-limit at start-up)"
+                ));
+            }
+            limits.set(task_name, limit, now).map_err(|e| e.to_string())
+        })
             .map(|()| {
                 let shown = limit.map_or("none".to_string(), |l| l.describe());
                 info!(task = %task_name, limit = %shown, "task limit set at run time");
