@@ -235,11 +235,12 @@ fn priority_purpose(priority: Priority) -> &'static str {
 
 impl State {
     fn on_task_request(&self, replier: Replier, message: Message) {
-        // A control plane takes tasks from clients; a subworker from its
-        // control plane (which seals them with the worker key).
+        // A control plane takes tasks from clients; a subworker only from
+        // its control plane, which seals its link with the control key for
+        // this subworker (a worker key holder cannot speak for it).
         let submitters: &[Role] = match self.config.management {
             Some(_) => &[Role::Client, Role::Operator],
-            None => &[Role::Worker, Role::Operator],
+            None => &[Role::Control],
         };
         match decode::<Request>(&message, self.config.limits.max_frame_bytes) {
             Ok(Request::Submit(submit)) => {
@@ -339,7 +340,10 @@ impl State {
                 let Some(replier) = replier.allow(&[Role::Operator], "pause or resume schedules") else { return };
                 return replier.send(&self.pause_schedule(&task_name, paused));
             }
-            Ok(Request::Workers) => Reply::Workers(self.cluster_status()),
+            Ok(Request::Workers) => {
+                let Some(replier) = replier.allow(READERS, "list workers") else { return };
+                return replier.send(&Reply::Workers(self.cluster_status()));
+            }
             Ok(Request::Tasks) => {
                 let Some(replier) = replier.allow(READERS, "list tasks") else { return };
                 return replier.send(&Reply::Tasks(self.registered_tasks()));

@@ -27,8 +27,15 @@ impl Keys {
         let keys = Keys { dir };
         let cluster = keys.path("cluster");
         assert!(run_cli(&["keygen", "--out", &cluster]).status.success());
-        for role in ["operator", "client", "worker"] {
+        for role in ["operator", "client"] {
             let output = run_cli(&["keygen", "--role", role, "--from", &cluster, "--out", &keys.path(role)]);
+            assert!(output.status.success(), "{}", stderr(&output));
+        }
+        // A worker key is made for one subworker: `worker` for sw1, `worker-sw2` for sw2.
+        for (name, worker_id) in [("worker", "sw1"), ("worker-sw2", "sw2")] {
+            let out = keys.path(name);
+            let output =
+                run_cli(&["keygen", "--role", "worker", "--worker-id", worker_id, "--from", &cluster, "--out", &out]);
             assert!(output.status.success(), "{}", stderr(&output));
         }
         keys
@@ -47,7 +54,7 @@ impl Keys {
         let ring = self.ring(name);
         let unkeyed = Client::new(&cp.address).unwrap().with_timeout(Duration::from_secs(10));
         match name {
-            "worker" => unkeyed.with_key(ring.signer(Role::Worker).unwrap(), ring),
+            "worker" | "worker-sw2" => unkeyed.with_key(ring.signer(Role::Worker).unwrap(), ring),
             _ => unkeyed.with_keys(ring).unwrap(),
         }
     }
@@ -206,6 +213,101 @@ fn a_keyed_cluster_runs_tasks_through_a_subworker() {
     let mut rogue = Process::spawn_subworker(&cp, "rogue", &["example-tasks"], &[]);
     assert_eq!(rogue.wait_exit(Duration::from_secs(20)), Some(2), "{}", rogue.log());
     assert!(rogue.log().contains("not authenticated"), "{}", rogue.log());
+}
+
+/// Finding 2 of issue 23: a worker key spoke for the control plane to
+/// every other subworker (it took their outcomes, ran and cancelled their
+/// tasks) and read the cluster's workers. Now the control plane seals each
+/// link with that subworker's own control key, which no other worker key
+/// holds or can derive.
+#[test]
+fn a_worker_key_cannot_speak_for_the_control_plane_to_another_subworker() {
+    use fastworker::protocol::Dispatch;
+    use fastworker_tests::attack::Bystander;
+    let keys = Keys::new();
+    let cp = keyed_control_plane(&keys, &[]);
+    let sw1 = Process::subworker(&cp, "sw1", &["example-tasks"], &["--cluster-key-file", &keys.path("worker")]);
+    let sw2 = Process::subworker(&cp, "sw2", &["example-tasks"], &["--cluster-key-file", &keys.path("worker-sw2")]);
+    // sw1's key file, aimed at sw2's CRITICAL port (where its links arrive).
+    let ring = keys.ring("worker");
+    let at_sw2 = Client::new(&sw2.address)
+        .unwrap()
+        .with_key(ring.signer(Role::Worker).unwrap(), ring)
+        .with_timeout(Duration::from_secs(5));
+    let client = keys.client(&cp, "client");
+    let bystander = Bystander::with_client(keys.client(&cp, "client").with_timeout(Duration::from_secs(5)));
+    let runtime = runtime();
+    runtime.block_on(async {
+        // Victims: runs of 400 ms on both subworkers, their outcomes waiting there.
+        let mut victims = Vec::new();
+        for _ in 0..8 {
+            victims.push(client.delay("sleep_ms", [400], SubmitOptions::default()).await.unwrap());
+        }
+        let running = victims[0];
+        let mut refusals = 0;
+        let attempts_until = std::time::Instant::now() + Duration::from_millis(600);
+        while std::time::Instant::now() < attempts_until {
+            let stolen = Submit { wait: false, ..submit("add", "[1,2]") };
+            let dispatch = Dispatch { lease: 1, submit: submit("add", "[2,3]") };
+            for (what, request) in [
+                ("Collect", Request::Collect),
+                ("Submit", Request::Submit(stolen.clone())),
+                ("Batch", Request::Batch(vec![stolen])),
+                ("Dispatch", Request::Dispatch(vec![dispatch])),
+                ("Cancel", Request::Cancel { task_id: running }),
+                ("Revoke", Request::Revoke { task_ids: victims.clone() }),
+            ] {
+                match at_sw2.request(0, &request).await {
+                    Ok(Reply::Error(error)) if error.kind == ErrorKind::Forbidden => {
+                        assert!(error.message.contains("role control"), "{what}: {}", error.message);
+                        refusals += 1;
+                    }
+                    other => panic!("{what} from another subworker's key must be refused, got {other:?}"),
+                }
+            }
+        }
+        eprintln!("figures: {refusals} requests of sw1's key to sw2 refused, 0 taken");
+        // Every victim ends as it would have, with its own result.
+        for task_id in victims {
+            let report = client.wait(task_id, Duration::from_secs(20)).await.unwrap();
+            assert_eq!(report.state, TaskState::Succeeded, "{report:?}");
+            let slept: u64 = serde_json::from_slice(report.result.as_deref().unwrap()).unwrap();
+            assert!(slept >= 400, "a run was cut short: {report:?}");
+        }
+        // A worker key reads nothing on the control plane, Workers included.
+        let worker = keys.client(&cp, "worker");
+        assert_eq!(refused(worker.workers().await).0, ErrorKind::Forbidden);
+        let port = client.discover().await.unwrap();
+        let management = worker.clone().with_management_port(port);
+        match management.request(5, &Request::Workers).await {
+            Ok(Reply::Error(error)) => assert_eq!(error.kind, ErrorKind::Forbidden, "{}", error.message),
+            other => panic!("a worker key may not list workers on the management port, got {other:?}"),
+        }
+        // Clients and the operator still may.
+        assert_eq!(client.workers().await.unwrap().total_subworkers, 2);
+    });
+    let after = bystander.check("during the attack");
+    assert!(after.calls > 0);
+    let bystander = Bystander::with_client(keys.client(&cp, "client").with_timeout(Duration::from_secs(5)))
+        .let_run(Duration::from_millis(500));
+    bystander.check("after the attack");
+    drop((sw1, sw2));
+}
+
+/// A worker key made before control keys, or for another subworker, stops
+/// the subworker at start-up saying how to make the right one.
+#[test]
+fn a_subworker_with_another_subworkers_key_says_how_to_make_its_own() {
+    let keys = Keys::new();
+    let cp = keyed_control_plane(&keys, &[]);
+    let mut wrong =
+        Process::spawn_subworker(&cp, "sw3", &["example-tasks"], &["--cluster-key-file", &keys.path("worker")]);
+    assert_eq!(wrong.wait_exit(Duration::from_secs(20)), Some(2), "{}", wrong.log());
+    assert!(wrong.log().contains("--worker-id sw3") && wrong.log().contains("'sw1'"), "{}", wrong.log());
+    let output =
+        run_cli(&["keygen", "--role", "worker", "--from", &keys.path("cluster"), "--out", &keys.path("no-id")]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--worker-id"), "{}", stderr(&output));
 }
 
 #[test]

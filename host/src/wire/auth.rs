@@ -8,6 +8,11 @@
 //!   client --from cluster.key`), so that a client key cannot register a
 //!   worker and a worker key cannot cancel tasks. A key file may hold two
 //!   keys of the same kind: both are accepted, the first signs (rotation).
+//! * **Control keys.** The control plane seals its links to a subworker
+//!   with a [`Role::Control`] key derived from the cluster key *and that
+//!   subworker's id*; the subworker's key file carries the one for its own
+//!   id (HMAC needs the same key to check as to sign), so a worker key
+//!   holder can speak as the control plane to its own subworker only.
 //! * **Frames.** With a key, every frame is sealed: an envelope carries the
 //!   key's id, the sender's id and a counter, the send time, and an
 //!   HMAC-SHA-256 tag over all of it and the frame. A reply's tag also
@@ -59,10 +64,15 @@ pub enum Role {
     Client,
     /// Register, heartbeat, leave (subworkers), and carry forwarded tasks.
     Worker,
+    /// The control plane speaking to one subworker on its link: dispatch,
+    /// collect, cancel, revoke. Derived per subworker id, so that only the
+    /// cluster key's holder has it for every subworker.
+    Control,
 }
 
 impl Role {
-    /// Every role, as derived from a cluster key.
+    /// Every role derived alike from a cluster key ([`Role::Control`] is
+    /// derived per subworker: see [`KeyRing::control_ring`]).
     pub const ALL: [Role; 3] = [Role::Operator, Role::Client, Role::Worker];
 
     /// Its name in key files and messages.
@@ -71,6 +81,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Client => "client",
             Role::Worker => "worker",
+            Role::Control => "control",
         }
     }
 
@@ -112,6 +123,16 @@ impl Key {
         Key::new(role, secret)
     }
 
+    /// The control key for subworker `worker_id` derived from a cluster key.
+    fn derive_control(cluster: &[u8; 32], worker_id: &str) -> Key {
+        let hkdf = hkdf::Hkdf::<Sha256>::new(Some(b"fastworker cluster key v1"), cluster);
+        let mut secret = [0; 32];
+        // Worker ids hold no whitespace, so no role name reads the same.
+        let info = format!("control {worker_id}");
+        hkdf.expand(info.as_bytes(), &mut secret).expect("32 bytes is a valid HKDF length");
+        Key::new(Role::Control, secret)
+    }
+
     fn tag(&self, parts: &[&[u8]]) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
         for part in parts {
@@ -126,17 +147,33 @@ impl Key {
 enum Entry {
     Cluster([u8; 32]),
     Role(Key),
+    /// A control key, for the subworker named.
+    Control(String, Key),
 }
 
 /// The keys a process holds, loaded from `--cluster-key-file`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KeyRing {
     /// Every key accepted, by role (derived from cluster keys, or given).
     accepted: Vec<Key>,
-    /// Whether the file held a cluster key (it can then speak every role).
-    cluster: bool,
+    /// The cluster keys of the file, in order (the control plane derives
+    /// each subworker's control key from them).
+    clusters: Vec<[u8; 32]>,
+    /// The subworker the file's control keys are for, if it holds any.
+    control_for: Option<String>,
     /// The file, for messages.
     pub path: PathBuf,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("accepted", &self.accepted)
+            .field("clusters", &self.clusters.len())
+            .field("control_for", &self.control_for)
+            .field("path", &self.path)
+            .finish()
+    }
 }
 
 /// Why a key file cannot be used.
@@ -182,11 +219,23 @@ pub enum KeyError {
         /// The role.
         role: &'static str,
     },
+    /// A subworker's key file holds no control key for its id: the
+    /// subworker could not tell its control plane from any worker key.
+    #[error("key file {path} holds no control key for subworker '{worker_id}'{found}; make it again with `fastworker keygen --role worker --worker-id {worker_id} --from cluster.key --out {path}` (worker keys are made for one subworker id)")]
+    NoControl {
+        /// The file.
+        path: PathBuf,
+        /// The subworker's `--worker-id`.
+        worker_id: String,
+        /// What the file holds instead, for the message.
+        found: String,
+    },
 }
 
 impl KeyRing {
     /// Loads a key file: lines `fastworker-key v1 ROLE BASE64` where ROLE
-    /// is `cluster`, `operator`, `client` or `worker`; `#` starts a comment.
+    /// is `cluster`, `operator`, `client`, `worker` or `control:WORKER_ID`;
+    /// `#` starts a comment.
     pub fn load(path: &Path) -> Result<KeyRing, KeyError> {
         let read = |source| KeyError::Read { path: path.to_path_buf(), source };
         let metadata = std::fs::metadata(path).map_err(read)?;
@@ -227,11 +276,15 @@ impl KeyRing {
                 .decode(secret)
                 .map_err(|_| malformed("the key is not base64"))?;
             let secret: [u8; 32] = bytes.try_into().map_err(|_| malformed("the key is not 32 bytes"))?;
-            entries.push(match role {
-                "cluster" => Entry::Cluster(secret),
-                other => Entry::Role(Key::new(
-                    Role::parse(other)
-                        .ok_or_else(|| malformed("the role is not cluster, operator, client or worker"))?,
+            entries.push(match (role, role.strip_prefix("control:")) {
+                ("cluster", _) => Entry::Cluster(secret),
+                (_, Some(worker_id)) if !worker_id.is_empty() => {
+                    Entry::Control(worker_id.to_string(), Key::new(Role::Control, secret))
+                }
+                (other, _) => Entry::Role(Key::new(
+                    Role::parse(other).ok_or_else(|| {
+                        malformed("the role is not cluster, operator, client, worker or control:WORKER_ID")
+                    })?,
                     secret,
                 )),
             });
@@ -239,15 +292,61 @@ impl KeyRing {
         if entries.is_empty() {
             return Err(KeyError::Empty { path: path.to_path_buf() });
         }
-        let cluster = entries.iter().any(|e| matches!(e, Entry::Cluster(_)));
-        let accepted = entries
-            .into_iter()
-            .flat_map(|entry| match entry {
-                Entry::Cluster(secret) => Role::ALL.iter().map(|role| Key::derive(&secret, *role)).collect(),
-                Entry::Role(key) => vec![key],
-            })
-            .collect();
-        Ok(KeyRing { accepted, cluster, path: path.to_path_buf() })
+        let mut ring =
+            KeyRing { accepted: Vec::new(), clusters: Vec::new(), control_for: None, path: path.to_path_buf() };
+        for entry in entries {
+            match entry {
+                Entry::Cluster(secret) => {
+                    ring.accepted.extend(Role::ALL.iter().map(|role| Key::derive(&secret, *role)));
+                    ring.clusters.push(secret);
+                }
+                Entry::Role(key) => ring.accepted.push(key),
+                Entry::Control(worker_id, key) => {
+                    if ring.control_for.as_ref().is_some_and(|first| *first != worker_id) {
+                        let reason = "it holds control keys for two different subworkers".to_string();
+                        return Err(KeyError::Malformed { path: path.to_path_buf(), line: 0, reason });
+                    }
+                    ring.control_for = Some(worker_id);
+                    ring.accepted.push(key);
+                }
+            }
+        }
+        Ok(ring)
+    }
+
+    /// The keys of the control plane's link to subworker `worker_id`: its
+    /// control keys, derived from each cluster key of the file in order (the
+    /// first signs); `None` without a cluster key.
+    pub fn control_ring(&self, worker_id: &str) -> Option<KeyRing> {
+        if self.clusters.is_empty() {
+            return None;
+        }
+        let accepted = self.clusters.iter().map(|secret| Key::derive_control(secret, worker_id)).collect();
+        Some(KeyRing { accepted, clusters: Vec::new(), control_for: Some(worker_id.into()), path: self.path.clone() })
+    }
+
+    /// The keys subworker `worker_id` serves with: those of the file, and
+    /// the control keys for its id (derived, with a cluster key; else the
+    /// file must hold them, made for this id).
+    pub fn for_subworker(&self, worker_id: &str) -> Result<KeyRing, KeyError> {
+        self.signer(Role::Worker)?;
+        if let Some(control) = self.control_ring(worker_id) {
+            let mut ring = self.clone();
+            ring.accepted.extend(control.accepted);
+            ring.control_for = Some(worker_id.into());
+            return Ok(ring);
+        }
+        match &self.control_for {
+            Some(id) if id == worker_id => Ok(self.clone()),
+            found => Err(KeyError::NoControl {
+                path: self.path.clone(),
+                worker_id: worker_id.into(),
+                found: match found {
+                    Some(other) => format!(" (it holds the one for '{other}')"),
+                    None => " (a worker key made before control keys)".into(),
+                },
+            }),
+        }
     }
 
     /// The key to sign with as `role`: the first such key of the file.
@@ -267,7 +366,7 @@ impl KeyRing {
 
     /// Whether the file held a cluster key (needed to serve a control plane).
     pub fn is_cluster(&self) -> bool {
-        self.cluster
+        !self.clusters.is_empty()
     }
 
     fn find(&self, id: &[u8]) -> Option<&Key> {
@@ -287,14 +386,35 @@ pub fn new_cluster_key() -> Result<String, getrandom::Error> {
 
 /// The text of a role key file derived from the cluster keys of `ring`
 /// (every cluster key of the file, in order, so a rotation carries over).
-pub fn derived_key_file(ring: &KeyRing, role: Role) -> Result<String, KeyError> {
-    if !ring.cluster {
+/// A worker key file is made for one subworker, `worker_id`: it also holds
+/// the control keys for that id, with which the subworker checks that its
+/// links come from the control plane.
+pub fn derived_key_file(ring: &KeyRing, role: Role, worker_id: Option<&str>) -> Result<String, KeyError> {
+    let Some(control) = ring.control_ring(worker_id.unwrap_or_default()) else {
         return Err(KeyError::NoRole { path: ring.path.clone(), role: "cluster" });
-    }
+    };
+    let encode = |key: &Key| base64::engine::general_purpose::STANDARD.encode(key.secret);
     let mut text = format!("# fastworker {} key, derived from a cluster key\n", role.as_str());
     for key in ring.accepted.iter().filter(|k| k.role == role) {
-        let secret = base64::engine::general_purpose::STANDARD.encode(key.secret);
-        text.push_str(&format!("fastworker-key v1 {} {secret}\n", role.as_str()));
+        text.push_str(&format!("fastworker-key v1 {} {}\n", role.as_str(), encode(key)));
+    }
+    match (role, worker_id) {
+        (Role::Worker, Some(worker_id)) => {
+            text.push_str(&format!(
+                "# subworker '{worker_id}' checks with these that its links come from the control plane\n"
+            ));
+            for key in &control.accepted {
+                text.push_str(&format!("fastworker-key v1 control:{worker_id} {}\n", encode(key)));
+            }
+        }
+        (Role::Worker, None) => {
+            return Err(KeyError::NoControl {
+                path: ring.path.clone(),
+                worker_id: "WORKER_ID".into(),
+                found: ": a worker key needs the subworker's id".into(),
+            })
+        }
+        _ => {}
     }
     Ok(text)
 }
@@ -557,14 +677,40 @@ mod tests {
     #[test]
     fn role_keys_derive_from_the_cluster_key_and_carry_only_their_role() {
         let cluster = cluster();
-        let client_file = derived_key_file(&cluster, Role::Client).unwrap();
+        let client_file = derived_key_file(&cluster, Role::Client, None).unwrap();
         let client = ring(&client_file);
         assert!(!client.is_cluster());
         assert_eq!(client.signer(Role::Client).unwrap().id, cluster.signer(Role::Client).unwrap().id);
         assert!(client.signer(Role::Worker).is_err() && client.signer(Role::Operator).is_err());
         assert_eq!(client.client_signer().unwrap().role, Role::Client);
         assert_eq!(cluster.client_signer().unwrap().role, Role::Operator);
-        assert!(derived_key_file(&client, Role::Worker).is_err());
+        assert!(derived_key_file(&client, Role::Worker, Some("sw1")).is_err());
+    }
+
+    #[test]
+    fn a_worker_key_checks_only_its_own_subworkers_control_key() {
+        let cluster = cluster();
+        let sw1 = ring(&derived_key_file(&cluster, Role::Worker, Some("sw1")).unwrap());
+        assert!(derived_key_file(&cluster, Role::Worker, None).is_err(), "a worker key names its subworker");
+        let serving = sw1.for_subworker("sw1").unwrap();
+        let link = cluster.control_ring("sw1").unwrap();
+        let (envelope, _) = seal(&link.signer(Role::Control).unwrap(), &Sender::new(), b"\x02c", None, 9);
+        let opened = open(&serving, &[&envelope[..], b"\x02c"].concat(), None, 9).unwrap();
+        assert_eq!(opened.key.role, Role::Control);
+        // Another subworker's control key is not known to sw1, and sw1's
+        // file cannot serve as another subworker.
+        let other = cluster.control_ring("sw2").unwrap().signer(Role::Control).unwrap();
+        let (envelope, _) = seal(&other, &Sender::new(), b"\x02c", None, 9);
+        assert_eq!(open(&serving, &[&envelope[..], b"\x02c"].concat(), None, 9).unwrap_err(), AuthError::UnknownKey);
+        assert!(sw1.for_subworker("sw2").unwrap_err().to_string().contains("--worker-id sw2"));
+        // Nor can a worker key derive any control key.
+        assert!(sw1.control_ring("sw2").is_none() && !sw1.is_cluster());
+        // A worker key made before control keys is refused with what to do.
+        let old = ring(&derived_key_file(&cluster, Role::Client, None).unwrap().replace("client", "worker"));
+        let error = old.for_subworker("sw1").unwrap_err().to_string();
+        assert!(error.contains("made before control keys") && error.contains("keygen --role worker"), "{error}");
+        // A subworker holding the cluster key derives its own.
+        assert!(open(&cluster.for_subworker("sw2").unwrap(), &[&envelope[..], b"\x02c"].concat(), None, 9).is_ok());
     }
 
     #[test]
