@@ -294,6 +294,73 @@ fn a_worker_key_cannot_speak_for_the_control_plane_to_another_subworker() {
     drop((sw1, sw2));
 }
 
+/// Finding 4 of issue 23: a worker key's `Register` installed cluster-wide
+/// limits on the control plane's own tasks (`divide` at one run an hour,
+/// `sleep_ms` one at a time), and they stayed after `Unregister`. Now a
+/// declared limit counts only for tasks the control plane's plugins do not
+/// provide, and only while its subworker is registered.
+#[test]
+fn a_subworkers_declared_limits_stay_in_their_lane() {
+    use fastworker::protocol::OfferedTask;
+    use fastworker::task_limits::TaskLimit;
+    use fastworker_tests::attack::Bystander;
+    let keys = Keys::new();
+    let cp = keyed_control_plane(&keys, &["example-tasks"]);
+    let (operator, worker) = (keys.client(&cp, "operator"), keys.client(&cp, "worker"));
+    let bystander = Bystander::with_client(keys.client(&cp, "client").with_timeout(Duration::from_secs(5)));
+    // The attacker listens where its links would come, and never answers.
+    let address = format!("tcp://127.0.0.1:{}", free_ports(4));
+    let socket = nng::Socket::new(nng::Protocol::Rep0).unwrap();
+    socket.listen(&address).unwrap();
+    let limited =
+        |name: &str, limit: &str| OfferedTask { limit: TaskLimit::parse(limit).unwrap(), ..OfferedTask::new(name) };
+    let name = WorkerName { worker_id: "sw1".into(), instance: uuid::Uuid::new_v4() };
+    let registration = Registration {
+        name: name.clone(),
+        address,
+        concurrency: 1,
+        prefetch: 0,
+        tasks: vec![
+            limited("divide", "rate:1/h"),
+            limited("sleep_ms", "max_running:1"),
+            limited("limited_running", "max_running:1"),
+            limited("theirs", "max_running:1"),
+        ],
+    };
+    let runtime = runtime();
+    runtime.block_on(async {
+        let port = operator.discover().await.unwrap();
+        let management = worker.clone().with_management_port(port);
+        management.manage(&Request::Register(registration)).await.unwrap();
+        // Still registered, but taking no runs (it would never answer them).
+        management.manage(&Request::Leave(name.clone())).await.unwrap();
+        let rows = operator.task_limits().await.unwrap();
+        let limit_of = |name: &str| rows.iter().find(|row| row.task_name == name).map(|row| row.limit);
+        assert_eq!((limit_of("divide"), limit_of("sleep_ms")), (None, None), "{rows:?}");
+        assert_eq!(limit_of("limited_running").unwrap().max_running, Some(2), "its own plugin's limit holds: {rows:?}");
+        assert_eq!(limit_of("theirs").unwrap().max_running, Some(1), "a task only the subworker provides: {rows:?}");
+        // The operator's divide runs as often as asked (one an hour would hold the second).
+        for n in 1..=5i64 {
+            let started = std::time::Instant::now();
+            assert_eq!(operator.call::<i64>("divide", [10 * n, n]).await.unwrap(), 10);
+            assert!(started.elapsed() < Duration::from_secs(5));
+        }
+        // An operator's setting overrides the declared limit, and outlives it.
+        operator.set_task_limit("theirs", Some(TaskLimit::parse("max_running:3").unwrap().unwrap())).await.unwrap();
+        management.manage(&Request::Unregister(name)).await.unwrap();
+        let theirs = |rows: Vec<fastworker::task_limits::TaskLimitStatus>| {
+            rows.into_iter().find(|row| row.task_name == "theirs").map(|row| (row.source, row.limit.max_running))
+        };
+        let source = fastworker::task_limits::LimitSource::RunTime;
+        assert_eq!(theirs(operator.task_limits().await.unwrap()), Some((source, Some(3))));
+        operator.clear_task_limit("theirs").await.unwrap();
+        let left = theirs(operator.task_limits().await.unwrap());
+        assert_eq!(left, None, "the declared limit left with its subworker");
+    });
+    bystander.let_run(Duration::from_millis(300)).check("during and after the registration");
+    drop(socket);
+}
+
 /// A worker key made before control keys, or for another subworker, stops
 /// the subworker at start-up saying how to make the right one.
 #[test]
