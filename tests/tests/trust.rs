@@ -361,6 +361,75 @@ fn a_subworkers_declared_limits_stay_in_their_lane() {
     drop(socket);
 }
 
+/// Finding 3 of issue 23: 66 000 sealed frames from fresh sender ids under
+/// the client key filled the replay guard, and for a minute every new
+/// sender, the operator's CLI included, was refused "too many peers". Now a
+/// new sender evicts its own role's least recently seen one: nothing is
+/// refused for lack of room, and the operator and a new client are
+/// answered at once during and after the flood.
+#[test]
+fn a_flood_of_new_senders_locks_nobody_out() {
+    use fastworker_tests::attack::{rss_kib, Bystander};
+    const FLOOD: usize = 66_000;
+    const CONNECTIONS: usize = 8;
+    let keys = Keys::new();
+    let cp = keyed_control_plane(&keys, &["example-tasks"]);
+    let idle_kib = rss_kib(cp.pid());
+    let key = keys.ring("client").signer(Role::Client).unwrap();
+    let bystander = Bystander::with_client(keys.client(&cp, "client").with_timeout(Duration::from_secs(5)));
+    let runtime = runtime();
+    let started = std::time::Instant::now();
+    let refusals: Vec<Vec<String>> = runtime.block_on(async {
+        let floods = (0..CONNECTIONS).map(|_| {
+            let raw = Client::new(&cp.address).unwrap().with_timeout(Duration::from_secs(10));
+            let key = key.clone();
+            tokio::spawn(async move {
+                let mut refusals = Vec::new();
+                for _ in 0..FLOOD / CONNECTIONS {
+                    // Every frame from a sender never seen before.
+                    let frame = encode(&Request::Status { task_id: TaskId::new_v4() });
+                    let (envelope, _) = seal(&key, &Sender::new(), &frame, None, now_ms());
+                    let sealed = nng::Message::from(&[&envelope[..], &frame].concat()[..]);
+                    let reply = raw.exchange(4, sealed).await.unwrap();
+                    // A refusal before the guard is unsealed; an answer past it is sealed.
+                    if let Ok(Reply::Error(error)) = decode::<Reply>(&reply, usize::MAX) {
+                        refusals.push(error.message);
+                    }
+                }
+                refusals
+            })
+        });
+        let mut all = Vec::new();
+        for flood in floods.collect::<Vec<_>>() {
+            all.push(flood.await.unwrap());
+        }
+        all
+    });
+    let flood_took = started.elapsed();
+    let peak_kib = rss_kib(cp.pid());
+    let refused: Vec<&String> = refusals.iter().flatten().collect();
+    assert!(refused.is_empty(), "{} of {FLOOD} new senders refused, first: {:?}", refused.len(), refused.first());
+    bystander.check("during the flood");
+    // The operator's CLI and a new client are answered at once.
+    let asked = std::time::Instant::now();
+    let output =
+        run_cli(&["workers", "--address", &cp.address, "--timeout", "5", "--cluster-key-file", &keys.path("operator")]);
+    let cli_took = asked.elapsed();
+    assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    let asked = std::time::Instant::now();
+    let fresh = keys.client(&cp, "client");
+    assert_eq!(runtime.block_on(fresh.call::<i64>("add", [40, 2])).unwrap(), 42);
+    let fresh_took = asked.elapsed();
+    eprintln!(
+        "figures: {FLOOD} new senders in {flood_took:?}, 0 refused; then operator CLI {cli_took:?}, new client {fresh_took:?}; resident memory idle {idle_kib} KiB, after the flood {peak_kib} KiB"
+    );
+    assert!(fresh_took < Duration::from_secs(1), "a new client took {fresh_took:?}");
+    assert!(cli_took < Duration::from_secs(1), "the operator's CLI took {cli_took:?}");
+    Bystander::with_client(keys.client(&cp, "client").with_timeout(Duration::from_secs(5)))
+        .let_run(Duration::from_millis(500))
+        .check("after the flood");
+}
+
 /// A worker key made before control keys, or for another subworker, stops
 /// the subworker at start-up saying how to make the right one.
 #[test]

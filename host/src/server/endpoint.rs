@@ -409,8 +409,9 @@ fn on_event(slot: &Arc<Slot>, result: AioResult, handler: &Handler) {
             *slot.pipe.lock().expect("slot lock") = pipe;
             let mut replier = Replier { slot: Some(slot.clone()), opened: None, forward: None, local: None };
             if let Some(auth) = &slot.port.auth {
-                match open(&auth.ring, &message, None, now_ms()).and_then(|opened| {
-                    auth.guard.check(opened.seal)?;
+                let now = now_ms();
+                match open(&auth.ring, &message, None, now).and_then(|opened| {
+                    auth.guard.check(&opened, now)?;
                     Ok(opened)
                 }) {
                     Ok(opened) => {
@@ -421,7 +422,7 @@ fn on_event(slot: &Arc<Slot>, result: AioResult, handler: &Handler) {
                         slot.port.refusals.unauthenticated.fetch_add(1, Ordering::Relaxed);
                         replier.warn_peer("refused an unauthenticated frame", &error);
                         let kind = match error {
-                            AuthError::TooManySenders => ErrorKind::Busy,
+                            AuthError::Forgotten => ErrorKind::Busy,
                             _ => ErrorKind::Unauthenticated,
                         };
                         if let Some(pipe) = pipe {

@@ -26,10 +26,9 @@
 //! The cryptography is the RustCrypto crates' (`hmac`, `sha2`, `hkdf`);
 //! none is written here.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -50,8 +49,7 @@ pub const WINDOW: Duration = Duration::from_secs(30);
 /// Counters remembered per sender, below its highest.
 const REPLAY_BITS: u64 = 4096;
 
-/// Senders remembered at once; beyond this, a new sender is refused until
-/// one has been silent for twice [`WINDOW`].
+/// Senders remembered at once, shared out by role (see [`ReplayGuard`]).
 const MAX_SENDERS: usize = 65_536;
 
 /// What a key lets its holder do.
@@ -488,9 +486,10 @@ pub enum AuthError {
     /// Already received.
     #[error("the frame was already received: a replay")]
     Replayed,
-    /// Too many senders are remembered to take a new one now.
-    #[error("too many peers are talking at once to remember a new one; retry shortly")]
-    TooManySenders,
+    /// From a sender not remembered, sent before the latest frame of a
+    /// sender this receiver had to forget: possibly a replay of it.
+    #[error("the frame was sent before the newest frame of a peer this host had to forget (many new peers with this role's key at once): a replay, or a peer whose clock is behind; send it again")]
+    Forgotten,
 }
 
 /// Seals `frame` with `key` as sender `sender`; a reply passes the seal of
@@ -524,6 +523,8 @@ pub struct Opened {
     pub key: Key,
     /// The frame's own seal (a reply to it must cover it).
     pub seal: Seal,
+    /// When it was sent, by the sender's clock (ms since the epoch).
+    pub sent_ms: u64,
 }
 
 /// Checks the envelope at the start of `sealed` against `ring`: the key,
@@ -547,59 +548,129 @@ pub fn open(ring: &KeyRing, sealed: &[u8], answers: Option<Seal>, now_ms: u64) -
     let mut sender = [0; 16];
     sender.copy_from_slice(&sealed[9..25]);
     let counter = u64::from_be_bytes(sealed[25..33].try_into().expect("8 bytes"));
-    Ok(Opened { key: key.clone(), seal: Seal { sender, counter } })
+    Ok(Opened { key: key.clone(), seal: Seal { sender, counter }, sent_ms })
 }
 
 /// The counters each sender has used recently, so that a frame sent again
-/// is refused. Bounded: at most [`MAX_SENDERS`] senders, each with a
-/// window of [`REPLAY_BITS`] counters.
-#[derive(Default)]
+/// is refused. Bounded without ever refusing for lack of room: each role
+/// has its share of [`MAX_SENDERS`] ([`share`]); a new sender beyond its
+/// role's share evicts that role's least recently seen sender, and the
+/// latest send time of any sender evicted becomes the role's *floor*: a
+/// frame from a sender not remembered is taken only when sent after it, so
+/// an evicted sender's frames stay refused. A flood of new senders under
+/// one role's keys evicts only that role's senders: the operator, control
+/// and worker roles keep their room.
 pub struct ReplayGuard {
-    senders: Mutex<HashMap<[u8; 16], Seen>>,
+    /// By role ([`Role`] as index): a lock each, so that a flood under one
+    /// role does not wait on another's.
+    roles: [Mutex<Senders>; 4],
+}
+
+/// One role's remembered senders.
+struct Senders {
+    seen: lru::LruCache<[u8; 16], Seen>,
+    capacity: usize,
+    /// Frames of senders not remembered must be sent after this (ms).
+    floor_ms: u64,
 }
 
 struct Seen {
     highest: u64,
     /// Bit `i` set: counter `highest - i` was received.
     bits: [u64; (REPLAY_BITS / 64) as usize],
-    last: Instant,
+    /// The latest send time of its frames taken.
+    sent_ms: u64,
+}
+
+/// How many of `total` remembered senders a role may take: most for
+/// clients (every CLI call and restart is a new one), a reserve for each
+/// other role.
+fn share(role: Role, total: usize) -> usize {
+    let share = match role {
+        Role::Client => total / 4 * 3,
+        Role::Worker => total / 8,
+        Role::Operator | Role::Control => total / 16,
+    };
+    share.max(1)
+}
+
+fn role_index(role: Role) -> usize {
+    match role {
+        Role::Operator => 0,
+        Role::Client => 1,
+        Role::Worker => 2,
+        Role::Control => 3,
+    }
+}
+
+impl Default for ReplayGuard {
+    fn default() -> Self {
+        ReplayGuard::with_capacity(MAX_SENDERS)
+    }
 }
 
 impl ReplayGuard {
-    /// Records `seal`; refuses a counter already received, or too far below
-    /// the sender's highest to tell.
-    pub fn check(&self, seal: Seal) -> Result<(), AuthError> {
-        let now = Instant::now();
-        let mut senders = self.senders.lock().expect("replay lock");
-        if !senders.contains_key(&seal.sender) && senders.len() >= MAX_SENDERS {
-            // Forget senders silent for long enough that their frames are stale.
-            senders.retain(|_, seen| now.duration_since(seen.last) < 2 * WINDOW);
-            if senders.len() >= MAX_SENDERS {
-                return Err(AuthError::TooManySenders);
+    /// A guard remembering at most `total` senders, shared out by role.
+    pub fn with_capacity(total: usize) -> ReplayGuard {
+        let senders =
+            |role| Mutex::new(Senders { seen: lru::LruCache::unbounded(), capacity: share(role, total), floor_ms: 0 });
+        ReplayGuard { roles: [Role::Operator, Role::Client, Role::Worker, Role::Control].map(senders) }
+    }
+
+    /// Records an opened frame received at `now_ms`; refuses a counter
+    /// already received, one too far below the sender's highest to tell,
+    /// and a frame of a sender not remembered sent no later than its role's
+    /// floor (it may be an evicted sender's).
+    pub fn check(&self, opened: &Opened, now_ms: u64) -> Result<(), AuthError> {
+        let seal = opened.seal;
+        let mut senders = self.roles[role_index(opened.key.role)].lock().expect("replay lock");
+        if let Some(seen) = senders.seen.get_mut(&seal.sender) {
+            return seen.take(seal.counter, opened.sent_ms);
+        }
+        if opened.sent_ms <= senders.floor_ms {
+            return Err(AuthError::Forgotten);
+        }
+        // Senders whose every frame is stale by now need no remembering:
+        // a few go with each new one, so the room comes back.
+        for _ in 0..2 {
+            match senders.seen.peek_lru() {
+                Some((_, oldest)) if oldest.sent_ms.saturating_add(WINDOW.as_millis() as u64) < now_ms => {
+                    senders.seen.pop_lru();
+                }
+                _ => break,
             }
         }
-        let seen = senders.entry(seal.sender).or_insert(Seen {
-            highest: 0,
-            bits: [0; (REPLAY_BITS / 64) as usize],
-            last: now,
-        });
-        seen.last = now;
-        if seal.counter > seen.highest {
-            let shift = seal.counter - seen.highest;
-            shift_bits(&mut seen.bits, shift);
-            seen.highest = seal.counter;
-            seen.bits[0] |= 1;
+        while senders.seen.len() >= senders.capacity {
+            let Some((_, evicted)) = senders.seen.pop_lru() else { break };
+            senders.floor_ms = senders.floor_ms.max(evicted.sent_ms);
+        }
+        let mut seen = Seen { highest: 0, bits: [0; (REPLAY_BITS / 64) as usize], sent_ms: opened.sent_ms };
+        let taken = seen.take(seal.counter, opened.sent_ms);
+        senders.seen.push(seal.sender, seen);
+        taken
+    }
+}
+
+impl Seen {
+    fn take(&mut self, counter: u64, sent_ms: u64) -> Result<(), AuthError> {
+        if counter > self.highest {
+            let shift = counter - self.highest;
+            shift_bits(&mut self.bits, shift);
+            self.highest = counter;
+            self.bits[0] |= 1;
+            self.sent_ms = self.sent_ms.max(sent_ms);
             return Ok(());
         }
-        let back = seen.highest - seal.counter;
+        let back = self.highest - counter;
         if back >= REPLAY_BITS {
             return Err(AuthError::Replayed);
         }
         let (word, bit) = ((back / 64) as usize, back % 64);
-        if seen.bits[word] & (1 << bit) != 0 {
+        if self.bits[word] & (1 << bit) != 0 {
             return Err(AuthError::Replayed);
         }
-        seen.bits[word] |= 1 << bit;
+        self.bits[word] |= 1 << bit;
+        self.sent_ms = self.sent_ms.max(sent_ms);
         Ok(())
     }
 }
@@ -650,8 +721,8 @@ mod tests {
         let opened = open(&ring, &sealed, None, 1_000_500).unwrap();
         assert_eq!((opened.key.role, opened.seal), (Role::Client, seal));
         let guard = ReplayGuard::default();
-        guard.check(opened.seal).unwrap();
-        assert_eq!(guard.check(opened.seal), Err(AuthError::Replayed));
+        guard.check(&opened, 1_000_500).unwrap();
+        assert_eq!(guard.check(&opened, 1_000_500), Err(AuthError::Replayed));
         let mut altered = sealed.clone();
         *altered.last_mut().unwrap() ^= 1;
         assert_eq!(open(&ring, &altered, None, 1_000_500).unwrap_err(), AuthError::BadTag);
@@ -724,19 +795,78 @@ mod tests {
         assert_eq!(both.signer(Role::Worker).unwrap().id, ring(&new).signer(Role::Worker).unwrap().id);
     }
 
+    /// A frame of `role` from `sender` with `counter`, sent at `sent_ms`.
+    fn frame(role: Role, sender: [u8; 16], counter: u64, sent_ms: u64) -> Opened {
+        Opened { key: Key::new(role, [1; 32]), seal: Seal { sender, counter }, sent_ms }
+    }
+
     #[test]
     fn counters_out_of_order_are_taken_once_each() {
         let guard = ReplayGuard::default();
-        let sender = [7; 16];
+        let check = |counter| guard.check(&frame(Role::Client, [7; 16], counter, 5), 5);
         for counter in [5, 3, 9, 4, 200, 6, 1, 2] {
-            guard.check(Seal { sender, counter }).unwrap();
+            check(counter).unwrap();
         }
         for counter in [5, 3, 9, 200, 1] {
-            assert_eq!(guard.check(Seal { sender, counter }), Err(AuthError::Replayed), "counter {counter}");
+            assert_eq!(check(counter), Err(AuthError::Replayed), "counter {counter}");
         }
-        guard.check(Seal { sender, counter: 200 + REPLAY_BITS + 10 }).unwrap();
-        assert_eq!(guard.check(Seal { sender, counter: 7 }), Err(AuthError::Replayed), "too old to tell");
-        assert!(guard.check(Seal { sender, counter: 200 + REPLAY_BITS + 9 }).is_ok());
+        check(200 + REPLAY_BITS + 10).unwrap();
+        assert_eq!(check(7), Err(AuthError::Replayed), "too old to tell");
+        assert!(check(200 + REPLAY_BITS + 9).is_ok());
+    }
+
+    #[test]
+    fn a_flood_of_new_senders_evicts_its_own_roles_oldest_and_their_frames_stay_refused() {
+        let guard = ReplayGuard::with_capacity(64);
+        let client_share = share(Role::Client, 64);
+        let sender = |n: u32| {
+            let mut id = [0; 16];
+            id[..4].copy_from_slice(&n.to_be_bytes());
+            id
+        };
+        // An operator and a worker are remembered before the flood.
+        let operator = frame(Role::Operator, [0xAA; 16], 1, 1_000);
+        guard.check(&operator, 1_000).unwrap();
+        // A first client, then many more new ones than the clients' share,
+        // one a millisecond: never refused for lack of room.
+        let first = frame(Role::Client, sender(0), 1, 1_000);
+        guard.check(&first, 1_000).unwrap();
+        for n in 1..10 * client_share as u32 {
+            let now = 1_000 + u64::from(n);
+            guard.check(&frame(Role::Client, sender(n), 1, now), now).unwrap();
+        }
+        let remembered = guard.roles[role_index(Role::Client)].lock().unwrap().seen.len();
+        assert_eq!(remembered, client_share, "memory stays bounded");
+        let now = 1_000 + 10 * client_share as u64;
+        // The first client was evicted: its frame sent again is refused, and
+        // so is any frame of a forgotten sender sent before the floor.
+        assert_eq!(guard.check(&first, now), Err(AuthError::Forgotten));
+        assert_eq!(guard.check(&frame(Role::Client, sender(1), 1, 1_001), now), Err(AuthError::Forgotten));
+        // A remembered sender's replay is refused as before.
+        let recent = frame(Role::Client, sender(10 * client_share as u32 - 1), 1, now - 1);
+        assert_eq!(guard.check(&recent, now), Err(AuthError::Replayed));
+        // A new client sending now is taken, and the other roles lost nothing.
+        guard.check(&frame(Role::Client, [0xCC; 16], 1, now), now).unwrap();
+        assert_eq!(guard.check(&operator, now), Err(AuthError::Replayed), "the operator is still remembered");
+        guard.check(&frame(Role::Operator, [0xAA; 16], 2, now), now).unwrap();
+        guard.check(&frame(Role::Operator, [0xAB; 16], 1, 1_000), now).unwrap();
+        guard.check(&frame(Role::Control, [0xAC; 16], 1, 1_000), now).unwrap();
+    }
+
+    #[test]
+    fn senders_whose_frames_are_all_stale_make_room_without_raising_the_floor() {
+        let guard = ReplayGuard::with_capacity(64);
+        let capacity = share(Role::Worker, 64);
+        for n in 0..capacity as u8 {
+            guard.check(&frame(Role::Worker, [n; 16], 1, 1_000), 1_000).unwrap();
+        }
+        let later = 1_000 + WINDOW.as_millis() as u64 + 1;
+        for n in 0..capacity as u8 {
+            guard.check(&frame(Role::Worker, [n + 100; 16], 1, later), later).unwrap();
+        }
+        let senders = guard.roles[role_index(Role::Worker)].lock().unwrap();
+        assert_eq!(senders.seen.len(), capacity);
+        assert!(senders.floor_ms <= 1_000, "only stale senders were forgotten");
     }
 
     #[test]
