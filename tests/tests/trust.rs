@@ -430,6 +430,63 @@ fn a_flood_of_new_senders_locks_nobody_out() {
         .check("after the flood");
 }
 
+/// Finding 6 of issue 23: one key's queued tasks filled --max-queued-tasks
+/// and every other client's submission was `Busy`. Now one key (one
+/// connection without keys) holds at most its share (--queue-share, 50 %
+/// by default): beyond it that key is `Busy`, and everyone else gets in.
+#[test]
+fn one_key_cannot_fill_the_queue_for_everyone() {
+    use fastworker_tests::attack::Bystander;
+    const QUEUE: usize = 400;
+    let keys = Keys::new();
+    let cluster = keys.path("cluster");
+    let bound = QUEUE.to_string();
+    let keyed = Process::control_plane_with_env(
+        &["example-tasks"],
+        &["--max-queued-tasks", &bound],
+        &[("FASTWORKER_CLUSTER_KEY_FILE", cluster.as_str())],
+    );
+    let open = Process::control_plane(&["example-tasks"], &["--max-queued-tasks", &bound]);
+    let later = SubmitOptions { countdown: Some(Duration::from_secs(3600)), ..Default::default() };
+    let runtime = runtime();
+    // Queues tasks through `flooder` until it is told Busy; how many it got in.
+    let flood = |flooder: &Client| {
+        runtime.block_on(async {
+            for accepted in 0..QUEUE {
+                if let Err(error) = flooder.delay("add", [1, 2], later.clone()).await {
+                    let (kind, message) = refused(Err::<(), _>(error));
+                    assert_eq!(kind, ErrorKind::Busy, "{message}");
+                    assert!(message.contains("--queue-share") && message.contains("its share"), "{message}");
+                    return accepted;
+                }
+            }
+            QUEUE
+        })
+    };
+    for (cp, attacker, others) in [
+        (&keyed, keys.client(&keyed, "client"), vec![keys.client(&keyed, "operator")]),
+        (&open, open.client(), vec![open.client(), open.client()]),
+    ] {
+        let bystander_client = others[0].clone().with_timeout(Duration::from_secs(5));
+        let bystander = Bystander::with_client(bystander_client);
+        let accepted = flood(&attacker);
+        assert_eq!(accepted, QUEUE / 2, "one key (or connection) holds half of --max-queued-tasks");
+        // The others still get in, queued and at once.
+        for other in &others {
+            let started = std::time::Instant::now();
+            runtime.block_on(other.delay("add", [3, 4], later.clone())).unwrap();
+            assert_eq!(runtime.block_on(other.call::<i64>("add", [40, 2])).unwrap(), 42);
+            assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+        }
+        let record = bystander.check("while one key holds its share");
+        eprintln!(
+            "figures: {} flooder got {accepted} of {QUEUE} queued, then Busy; others answered, bystander slowest {:?}",
+            if cp.keys.is_some() { "keyed" } else { "open" },
+            record.slowest
+        );
+    }
+}
+
 /// A worker key made before control keys, or for another subworker, stops
 /// the subworker at start-up saying how to make the right one.
 #[test]

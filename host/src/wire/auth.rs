@@ -447,6 +447,17 @@ impl Default for Sender {
     }
 }
 
+/// Who a queued task counts against for its share of the queue
+/// (`--queue-share`): the key that sealed its submission, or, on a port
+/// without keys, the connection it came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tenant {
+    /// A key, by id.
+    Key([u8; 8]),
+    /// A connection (NNG pipe id) of a port without keys.
+    Connection(i32),
+}
+
 /// A request's identity, which its reply's tag covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Seal {
