@@ -388,9 +388,9 @@ pub fn new_cluster_key() -> Result<String, getrandom::Error> {
 /// the control keys for that id, with which the subworker checks that its
 /// links come from the control plane.
 pub fn derived_key_file(ring: &KeyRing, role: Role, worker_id: Option<&str>) -> Result<String, KeyError> {
-    let Some(control) = ring.control_ring(worker_id.unwrap_or_default()) else {
+    if !ring.is_cluster() {
         return Err(KeyError::NoRole { path: ring.path.clone(), role: "cluster" });
-    };
+    }
     let encode = |key: &Key| base64::engine::general_purpose::STANDARD.encode(key.secret);
     let mut text = format!("# fastworker {} key, derived from a cluster key\n", role.as_str());
     for key in ring.accepted.iter().filter(|k| k.role == role) {
@@ -401,6 +401,7 @@ pub fn derived_key_file(ring: &KeyRing, role: Role, worker_id: Option<&str>) -> 
             text.push_str(&format!(
                 "# subworker '{worker_id}' checks with these that its links come from the control plane\n"
             ));
+            let control = ring.control_ring(worker_id).expect("a cluster key");
             for key in &control.accepted {
                 text.push_str(&format!("fastworker-key v1 control:{worker_id} {}\n", encode(key)));
             }
