@@ -250,7 +250,11 @@ fn a_flood_of_registrations_is_bounded() {
 
 #[test]
 fn a_full_queue_answers_busy_and_absurd_requests_are_refused() {
-    let mut cp = Process::control_plane(&["example-tasks"], &["--concurrency", "1", "--max-queued-tasks", "50"]);
+    // One client here: its share of the queue is all of it.
+    let mut cp = Process::control_plane(
+        &["example-tasks"],
+        &["--concurrency", "1", "--max-queued-tasks", "50", "--queue-share", "100"],
+    );
     let client = cp.client();
     let runtime = runtime();
     let options = SubmitOptions { countdown: Some(Duration::from_secs(3600)), ..Default::default() };

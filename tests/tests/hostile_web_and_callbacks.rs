@@ -123,11 +123,54 @@ fn dead_callback_addresses_do_not_delay_another_clients_notice() {
     assert_stops_on_sigterm(&mut cp, Duration::from_secs(5));
 }
 
+/// Finding 6 of issue 23, for callbacks: one client whose tasks all call
+/// back a black hole filled the callback queue, and every other client's
+/// notice was dropped. Now one connection (one key) has its share of
+/// `--callback-queue` (`--queue-share`, half by default).
+#[test]
+fn one_client_cannot_fill_the_callback_queue_for_others() {
+    let cp = Process::control_plane_with_gui(
+        &["example-tasks"],
+        &["--callback-queue", "10", "--callback-concurrency", "1", "--callback-timeout", "2"],
+        &[],
+    );
+    let gui = cp.gui.clone().unwrap();
+    let hole = BlackHole::start();
+    let bystander = Bystander::start(&cp);
+    let attacker = cp.client();
+    let runtime = runtime();
+    for i in 0..50 {
+        let sum: i64 = runtime.block_on(attacker.call_with("add", (i, 1), with_callback(&hole.address))).unwrap();
+        assert_eq!(sum, i + 1);
+    }
+    // One in flight, five (its share) waiting, the rest dropped at once.
+    let share = metric(&gui, "fastworker_limit_refusals_total{limit=\"queue-share\"}").unwrap();
+    assert!(share >= 40.0, "notices beyond the attacker's share are refused and counted: {share}");
+    assert_eq!(metric(&gui, "fastworker_limit_usage{limit=\"callback-queue\"}"), Some(5.0));
+    // Another client's notice still has room, and arrives once the hole's
+    // notice in flight times out.
+    let live = format!("tcp://127.0.0.1:{}", free_ports(1));
+    let listener = Socket::new(Protocol::Pull0).unwrap();
+    listener.set_opt::<RecvTimeout>(Some(Duration::from_secs(10))).unwrap();
+    listener.listen(&live).unwrap();
+    let other = cp.client();
+    let started = Instant::now();
+    let report = runtime.block_on(other.submit("add", (20, 22), with_callback(&live))).unwrap();
+    let frame = listener.recv().expect("the other client's notice");
+    let notice = decode::<Notice>(&frame, usize::MAX).unwrap();
+    assert_eq!(notice.report.task_id, report.task_id);
+    let took = started.elapsed();
+    eprintln!("figures: the other client's notice came {took:?} after its submission, behind a full share of black-hole notices");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    bystander.check("with a client's share of the callback queue full");
+}
+
 #[test]
 fn a_full_callback_queue_drops_and_counts_and_foreign_schemes_are_refused() {
     let mut cp = Process::control_plane_with_gui(
         &["example-tasks"],
-        &["--callback-queue", "10", "--callback-concurrency", "1", "--callback-timeout", "5"],
+        // One client here: its share of the queue is all of it.
+        &["--callback-queue", "10", "--callback-concurrency", "1", "--callback-timeout", "5", "--queue-share", "100"],
         &[],
     );
     let gui = cp.gui.clone().unwrap();

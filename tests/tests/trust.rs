@@ -27,8 +27,15 @@ impl Keys {
         let keys = Keys { dir };
         let cluster = keys.path("cluster");
         assert!(run_cli(&["keygen", "--out", &cluster]).status.success());
-        for role in ["operator", "client", "worker"] {
+        for role in ["operator", "client"] {
             let output = run_cli(&["keygen", "--role", role, "--from", &cluster, "--out", &keys.path(role)]);
+            assert!(output.status.success(), "{}", stderr(&output));
+        }
+        // A worker key is made for one subworker: `worker` for sw1, `worker-sw2` for sw2.
+        for (name, worker_id) in [("worker", "sw1"), ("worker-sw2", "sw2")] {
+            let out = keys.path(name);
+            let output =
+                run_cli(&["keygen", "--role", "worker", "--worker-id", worker_id, "--from", &cluster, "--out", &out]);
             assert!(output.status.success(), "{}", stderr(&output));
         }
         keys
@@ -47,7 +54,7 @@ impl Keys {
         let ring = self.ring(name);
         let unkeyed = Client::new(&cp.address).unwrap().with_timeout(Duration::from_secs(10));
         match name {
-            "worker" => unkeyed.with_key(ring.signer(Role::Worker).unwrap(), ring),
+            "worker" | "worker-sw2" => unkeyed.with_key(ring.signer(Role::Worker).unwrap(), ring),
             _ => unkeyed.with_keys(ring).unwrap(),
         }
     }
@@ -206,6 +213,294 @@ fn a_keyed_cluster_runs_tasks_through_a_subworker() {
     let mut rogue = Process::spawn_subworker(&cp, "rogue", &["example-tasks"], &[]);
     assert_eq!(rogue.wait_exit(Duration::from_secs(20)), Some(2), "{}", rogue.log());
     assert!(rogue.log().contains("not authenticated"), "{}", rogue.log());
+}
+
+/// Finding 2 of issue 23: a worker key spoke for the control plane to
+/// every other subworker (it took their outcomes, ran and cancelled their
+/// tasks) and read the cluster's workers. Now the control plane seals each
+/// link with that subworker's own control key, which no other worker key
+/// holds or can derive.
+#[test]
+fn a_worker_key_cannot_speak_for_the_control_plane_to_another_subworker() {
+    use fastworker::protocol::Dispatch;
+    use fastworker_tests::attack::Bystander;
+    let keys = Keys::new();
+    let cp = keyed_control_plane(&keys, &[]);
+    let sw1 = Process::subworker(&cp, "sw1", &["example-tasks"], &["--cluster-key-file", &keys.path("worker")]);
+    let sw2 = Process::subworker(&cp, "sw2", &["example-tasks"], &["--cluster-key-file", &keys.path("worker-sw2")]);
+    // sw1's key file, aimed at sw2's CRITICAL port (where its links arrive).
+    let ring = keys.ring("worker");
+    let at_sw2 = Client::new(&sw2.address)
+        .unwrap()
+        .with_key(ring.signer(Role::Worker).unwrap(), ring)
+        .with_timeout(Duration::from_secs(5));
+    let client = keys.client(&cp, "client");
+    let bystander = Bystander::with_client(keys.client(&cp, "client").with_timeout(Duration::from_secs(5)));
+    let runtime = runtime();
+    runtime.block_on(async {
+        // Victims: runs of 400 ms on both subworkers, their outcomes waiting there.
+        let mut victims = Vec::new();
+        for _ in 0..8 {
+            victims.push(client.delay("sleep_ms", [400], SubmitOptions::default()).await.unwrap());
+        }
+        let running = victims[0];
+        let mut refusals = 0;
+        let attempts_until = std::time::Instant::now() + Duration::from_millis(600);
+        while std::time::Instant::now() < attempts_until {
+            let stolen = Submit { wait: false, ..submit("add", "[1,2]") };
+            let dispatch = Dispatch { lease: 1, submit: submit("add", "[2,3]") };
+            for (what, request) in [
+                ("Collect", Request::Collect),
+                ("Submit", Request::Submit(stolen.clone())),
+                ("Batch", Request::Batch(vec![stolen])),
+                ("Dispatch", Request::Dispatch(vec![dispatch])),
+                ("Cancel", Request::Cancel { task_id: running }),
+                ("Revoke", Request::Revoke { task_ids: victims.clone() }),
+            ] {
+                match at_sw2.request(0, &request).await {
+                    Ok(Reply::Error(error)) if error.kind == ErrorKind::Forbidden => {
+                        assert!(error.message.contains("role control"), "{what}: {}", error.message);
+                        refusals += 1;
+                    }
+                    other => panic!("{what} from another subworker's key must be refused, got {other:?}"),
+                }
+            }
+        }
+        eprintln!("figures: {refusals} requests of sw1's key to sw2 refused, 0 taken");
+        // Every victim ends as it would have, with its own result.
+        for task_id in victims {
+            let report = client.wait(task_id, Duration::from_secs(20)).await.unwrap();
+            assert_eq!(report.state, TaskState::Succeeded, "{report:?}");
+            let slept: u64 = serde_json::from_slice(report.result.as_deref().unwrap()).unwrap();
+            assert!(slept >= 400, "a run was cut short: {report:?}");
+        }
+        // A worker key reads nothing on the control plane, Workers included.
+        let worker = keys.client(&cp, "worker");
+        assert_eq!(refused(worker.workers().await).0, ErrorKind::Forbidden);
+        let port = client.discover().await.unwrap();
+        let management = worker.clone().with_management_port(port);
+        match management.request(5, &Request::Workers).await {
+            Ok(Reply::Error(error)) => assert_eq!(error.kind, ErrorKind::Forbidden, "{}", error.message),
+            other => panic!("a worker key may not list workers on the management port, got {other:?}"),
+        }
+        // Clients and the operator still may.
+        assert_eq!(client.workers().await.unwrap().total_subworkers, 2);
+    });
+    let after = bystander.check("during the attack");
+    assert!(after.calls > 0);
+    let bystander = Bystander::with_client(keys.client(&cp, "client").with_timeout(Duration::from_secs(5)))
+        .let_run(Duration::from_millis(500));
+    bystander.check("after the attack");
+    drop((sw1, sw2));
+}
+
+/// Finding 4 of issue 23: a worker key's `Register` installed cluster-wide
+/// limits on the control plane's own tasks (`divide` at one run an hour,
+/// `sleep_ms` one at a time), and they stayed after `Unregister`. Now a
+/// declared limit counts only for tasks the control plane's plugins do not
+/// provide, and only while its subworker is registered.
+#[test]
+fn a_subworkers_declared_limits_stay_in_their_lane() {
+    use fastworker::protocol::OfferedTask;
+    use fastworker::task_limits::TaskLimit;
+    use fastworker_tests::attack::Bystander;
+    let keys = Keys::new();
+    let cp = keyed_control_plane(&keys, &["example-tasks"]);
+    let (operator, worker) = (keys.client(&cp, "operator"), keys.client(&cp, "worker"));
+    let bystander = Bystander::with_client(keys.client(&cp, "client").with_timeout(Duration::from_secs(5)));
+    // The attacker listens where its links would come, and never answers.
+    let address = format!("tcp://127.0.0.1:{}", free_ports(4));
+    let socket = nng::Socket::new(nng::Protocol::Rep0).unwrap();
+    socket.listen(&address).unwrap();
+    let limited =
+        |name: &str, limit: &str| OfferedTask { limit: TaskLimit::parse(limit).unwrap(), ..OfferedTask::new(name) };
+    let name = WorkerName { worker_id: "sw1".into(), instance: uuid::Uuid::new_v4() };
+    let registration = Registration {
+        name: name.clone(),
+        address,
+        concurrency: 1,
+        prefetch: 0,
+        tasks: vec![
+            limited("divide", "rate:1/h"),
+            limited("sleep_ms", "max_running:1"),
+            limited("limited_running", "max_running:1"),
+            limited("theirs", "max_running:1"),
+        ],
+    };
+    let runtime = runtime();
+    runtime.block_on(async {
+        let port = operator.discover().await.unwrap();
+        let management = worker.clone().with_management_port(port);
+        management.manage(&Request::Register(registration)).await.unwrap();
+        // Still registered, but taking no runs (it would never answer them).
+        management.manage(&Request::Leave(name.clone())).await.unwrap();
+        let rows = operator.task_limits().await.unwrap();
+        let limit_of = |name: &str| rows.iter().find(|row| row.task_name == name).map(|row| row.limit);
+        assert_eq!((limit_of("divide"), limit_of("sleep_ms")), (None, None), "{rows:?}");
+        assert_eq!(limit_of("limited_running").unwrap().max_running, Some(2), "its own plugin's limit holds: {rows:?}");
+        assert_eq!(limit_of("theirs").unwrap().max_running, Some(1), "a task only the subworker provides: {rows:?}");
+        // The operator's divide runs as often as asked (one an hour would hold the second).
+        for n in 1..=5i64 {
+            let started = std::time::Instant::now();
+            assert_eq!(operator.call::<i64>("divide", [10 * n, n]).await.unwrap(), 10);
+            assert!(started.elapsed() < Duration::from_secs(5));
+        }
+        // An operator's setting overrides the declared limit, and outlives it.
+        operator.set_task_limit("theirs", Some(TaskLimit::parse("max_running:3").unwrap().unwrap())).await.unwrap();
+        management.manage(&Request::Unregister(name)).await.unwrap();
+        let theirs = |rows: Vec<fastworker::task_limits::TaskLimitStatus>| {
+            rows.into_iter().find(|row| row.task_name == "theirs").map(|row| (row.source, row.limit.max_running))
+        };
+        let source = fastworker::task_limits::LimitSource::RunTime;
+        assert_eq!(theirs(operator.task_limits().await.unwrap()), Some((source, Some(3))));
+        operator.clear_task_limit("theirs").await.unwrap();
+        let left = theirs(operator.task_limits().await.unwrap());
+        assert_eq!(left, None, "the declared limit left with its subworker");
+    });
+    bystander.let_run(Duration::from_millis(300)).check("during and after the registration");
+    drop(socket);
+}
+
+/// Finding 3 of issue 23: 66 000 sealed frames from fresh sender ids under
+/// the client key filled the replay guard, and for a minute every new
+/// sender, the operator's CLI included, was refused "too many peers". Now a
+/// new sender evicts its own role's least recently seen one: nothing is
+/// refused for lack of room, and the operator and a new client are
+/// answered at once during and after the flood.
+#[test]
+fn a_flood_of_new_senders_locks_nobody_out() {
+    use fastworker_tests::attack::{rss_kib, Bystander};
+    const FLOOD: usize = 66_000;
+    const CONNECTIONS: usize = 8;
+    let keys = Keys::new();
+    let cp = keyed_control_plane(&keys, &["example-tasks"]);
+    let idle_kib = rss_kib(cp.pid());
+    let key = keys.ring("client").signer(Role::Client).unwrap();
+    let bystander = Bystander::with_client(keys.client(&cp, "client").with_timeout(Duration::from_secs(5)));
+    let runtime = runtime();
+    let started = std::time::Instant::now();
+    let refusals: Vec<Vec<String>> = runtime.block_on(async {
+        let floods = (0..CONNECTIONS).map(|_| {
+            let raw = Client::new(&cp.address).unwrap().with_timeout(Duration::from_secs(10));
+            let key = key.clone();
+            tokio::spawn(async move {
+                let mut refusals = Vec::new();
+                for _ in 0..FLOOD / CONNECTIONS {
+                    // Every frame from a sender never seen before.
+                    let frame = encode(&Request::Status { task_id: TaskId::new_v4() });
+                    let (envelope, _) = seal(&key, &Sender::new(), &frame, None, now_ms());
+                    let sealed = nng::Message::from(&[&envelope[..], &frame].concat()[..]);
+                    let reply = raw.exchange(4, sealed).await.unwrap();
+                    // A refusal before the guard is unsealed; an answer past it is sealed.
+                    if let Ok(Reply::Error(error)) = decode::<Reply>(&reply, usize::MAX) {
+                        refusals.push(error.message);
+                    }
+                }
+                refusals
+            })
+        });
+        let mut all = Vec::new();
+        for flood in floods.collect::<Vec<_>>() {
+            all.push(flood.await.unwrap());
+        }
+        all
+    });
+    let flood_took = started.elapsed();
+    let peak_kib = rss_kib(cp.pid());
+    let refused: Vec<&String> = refusals.iter().flatten().collect();
+    assert!(refused.is_empty(), "{} of {FLOOD} new senders refused, first: {:?}", refused.len(), refused.first());
+    bystander.check("during the flood");
+    // The operator's CLI and a new client are answered at once.
+    let asked = std::time::Instant::now();
+    let output =
+        run_cli(&["workers", "--address", &cp.address, "--timeout", "5", "--cluster-key-file", &keys.path("operator")]);
+    let cli_took = asked.elapsed();
+    assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    let asked = std::time::Instant::now();
+    let fresh = keys.client(&cp, "client");
+    assert_eq!(runtime.block_on(fresh.call::<i64>("add", [40, 2])).unwrap(), 42);
+    let fresh_took = asked.elapsed();
+    eprintln!(
+        "figures: {FLOOD} new senders in {flood_took:?}, 0 refused; then operator CLI {cli_took:?}, new client {fresh_took:?}; resident memory idle {idle_kib} KiB, after the flood {peak_kib} KiB"
+    );
+    assert!(fresh_took < Duration::from_secs(1), "a new client took {fresh_took:?}");
+    assert!(cli_took < Duration::from_secs(1), "the operator's CLI took {cli_took:?}");
+    Bystander::with_client(keys.client(&cp, "client").with_timeout(Duration::from_secs(5)))
+        .let_run(Duration::from_millis(500))
+        .check("after the flood");
+}
+
+/// Finding 6 of issue 23: one key's queued tasks filled --max-queued-tasks
+/// and every other client's submission was `Busy`. Now one key (one
+/// connection without keys) holds at most its share (--queue-share, 50 %
+/// by default): beyond it that key is `Busy`, and everyone else gets in.
+#[test]
+fn one_key_cannot_fill_the_queue_for_everyone() {
+    use fastworker_tests::attack::Bystander;
+    const QUEUE: usize = 400;
+    let keys = Keys::new();
+    let cluster = keys.path("cluster");
+    let bound = QUEUE.to_string();
+    let keyed = Process::control_plane_with_env(
+        &["example-tasks"],
+        &["--max-queued-tasks", &bound],
+        &[("FASTWORKER_CLUSTER_KEY_FILE", cluster.as_str())],
+    );
+    let open = Process::control_plane(&["example-tasks"], &["--max-queued-tasks", &bound]);
+    let later = SubmitOptions { countdown: Some(Duration::from_secs(3600)), ..Default::default() };
+    let runtime = runtime();
+    // Queues tasks through `flooder` until it is told Busy; how many it got in.
+    let flood = |flooder: &Client| {
+        runtime.block_on(async {
+            for accepted in 0..QUEUE {
+                if let Err(error) = flooder.delay("add", [1, 2], later.clone()).await {
+                    let (kind, message) = refused(Err::<(), _>(error));
+                    assert_eq!(kind, ErrorKind::Busy, "{message}");
+                    assert!(message.contains("--queue-share") && message.contains("its share"), "{message}");
+                    return accepted;
+                }
+            }
+            QUEUE
+        })
+    };
+    for (cp, attacker, others) in [
+        (&keyed, keys.client(&keyed, "client"), vec![keys.client(&keyed, "operator")]),
+        (&open, open.client(), vec![open.client(), open.client()]),
+    ] {
+        let bystander_client = others[0].clone().with_timeout(Duration::from_secs(5));
+        let bystander = Bystander::with_client(bystander_client);
+        let accepted = flood(&attacker);
+        assert_eq!(accepted, QUEUE / 2, "one key (or connection) holds half of --max-queued-tasks");
+        // The others still get in, queued and at once.
+        for other in &others {
+            let started = std::time::Instant::now();
+            runtime.block_on(other.delay("add", [3, 4], later.clone())).unwrap();
+            assert_eq!(runtime.block_on(other.call::<i64>("add", [40, 2])).unwrap(), 42);
+            assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+        }
+        let record = bystander.check("while one key holds its share");
+        eprintln!(
+            "figures: {} flooder got {accepted} of {QUEUE} queued, then Busy; others answered, bystander slowest {:?}",
+            if cp.keys.is_some() { "keyed" } else { "open" },
+            record.slowest
+        );
+    }
+}
+
+/// A worker key made before control keys, or for another subworker, stops
+/// the subworker at start-up saying how to make the right one.
+#[test]
+fn a_subworker_with_another_subworkers_key_says_how_to_make_its_own() {
+    let keys = Keys::new();
+    let cp = keyed_control_plane(&keys, &[]);
+    let mut wrong =
+        Process::spawn_subworker(&cp, "sw3", &["example-tasks"], &["--cluster-key-file", &keys.path("worker")]);
+    assert_eq!(wrong.wait_exit(Duration::from_secs(20)), Some(2), "{}", wrong.log());
+    assert!(wrong.log().contains("--worker-id sw3") && wrong.log().contains("'sw1'"), "{}", wrong.log());
+    let output =
+        run_cli(&["keygen", "--role", "worker", "--from", &keys.path("cluster"), "--out", &keys.path("no-id")]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--worker-id"), "{}", stderr(&output));
 }
 
 #[test]

@@ -397,7 +397,17 @@ fn with_keys_a_workflow_belongs_to_the_key_that_submitted_it() {
     let path = |name: &str| dir.join(format!("{name}.key")).display().to_string();
     assert!(run_cli(&["keygen", "--out", &path("cluster")]).status.success());
     for (name, role) in [("operator", "operator"), ("alice", "client"), ("worker", "worker")] {
-        let out = run_cli(&["keygen", "--role", role, "--from", &path("cluster"), "--out", &path(name)]);
+        let out = run_cli(&[
+            "keygen",
+            "--role",
+            role,
+            "--from",
+            &path("cluster"),
+            "--out",
+            &path(name),
+            "--worker-id",
+            "sw1",
+        ]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let cluster = path("cluster");

@@ -154,11 +154,13 @@ def client(control_plane):
     return control_plane.client()
 
 
-def keygen(directory, name, role=None, source=None):
-    """A key file made by `fastworker keygen`."""
+def keygen(directory, name, role=None, source=None, worker_id=None):
+    """A key file made by `fastworker keygen` (a worker key names its subworker)."""
     out = Path(directory) / name
     args = [str(BIN), "keygen", "--out", str(out)]
     if role:
         args += ["--role", role, "--from", str(source)]
+    if worker_id:
+        args += ["--worker-id", worker_id]
     subprocess.run(args, check=True, capture_output=True)
     return out

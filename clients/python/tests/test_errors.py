@@ -198,7 +198,7 @@ def test_too_large(client):
 def test_keys(start_control_plane, tmp_path):
     cluster = keygen(tmp_path, "cluster.key")
     client_key = keygen(tmp_path, "client.key", role="client", source=cluster)
-    worker_key = keygen(tmp_path, "worker.key", role="worker", source=cluster)
+    worker_key = keygen(tmp_path, "worker.key", role="worker", source=cluster, worker_id="sw1")
     other = keygen(tmp_path, "other.key")
     cp = start_control_plane("--cluster-key-file", str(cluster), key=str(cluster))
     assert cp.client(key=str(client_key)).call("add", [1, 2]) == 3

@@ -51,6 +51,10 @@ pub(crate) struct KeygenArgs {
     /// The cluster key file to derive a role key from.
     #[arg(long, requires = "role")]
     pub(crate) from: Option<PathBuf>,
+    /// With `--role worker`: the `--worker-id` of the subworker the key is for (its file then also holds
+    /// the control key with which that subworker knows its control plane).
+    #[arg(long, required_if_eq("role", "worker"), value_parser = crate::cli::serve::worker_id)]
+    pub(crate) worker_id: Option<String>,
 }
 
 /// Writes a new cluster key, or a role key derived from one.
@@ -62,7 +66,7 @@ pub(crate) fn keygen(args: KeygenArgs) -> ExitCode {
                 "client" => Role::Client,
                 _ => Role::Worker,
             };
-            match KeyRing::load(from).and_then(|ring| derived_key_file(&ring, role)) {
+            match KeyRing::load(from).and_then(|ring| derived_key_file(&ring, role, args.worker_id.as_deref())) {
                 Ok(text) => text,
                 Err(error) => return fail(EXIT_USAGE, format_args!("--from: {error}")),
             }

@@ -29,6 +29,11 @@ pub(crate) struct TaskLimitArgs {
     #[arg(long, env = "FASTWORKER_MAX_QUEUED_BYTES", default_value_t = 1 << 30,
           value_parser = clap::value_parser!(u64).range(range::QUEUED_BYTES))]
     pub(crate) max_queued_bytes: u64,
+    /// Percent of --max-queued-tasks and --max-queued-bytes the tasks of one key (one connection without a
+    /// key) may hold; beyond it that key is answered Busy while others still get in.
+    #[arg(long, env = "FASTWORKER_QUEUE_SHARE", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(range::QUEUE_SHARE))]
+    pub(crate) queue_share: u64,
     /// Furthest a countdown or ETA may be, in seconds from now; also the longest pause between retries.
     #[arg(long, env = "FASTWORKER_MAX_COUNTDOWN", default_value = "2592000", value_parser = seconds_in(range::COUNTDOWN_S), allow_negative_numbers = true)]
     pub(crate) max_countdown: Duration,
@@ -114,6 +119,7 @@ pub(crate) fn limits(task: &TaskLimitArgs, cluster: Option<&ClusterLimitArgs>, c
         reply_timeout: task.reply_timeout,
         max_queued_tasks: task.max_queued_tasks as usize,
         max_queued_bytes: task.max_queued_bytes,
+        queue_share_percent: task.queue_share as u8,
         max_countdown: task.max_countdown,
         max_retries: task.max_retries as u32,
         callback_concurrency: task.callback_concurrency as usize,

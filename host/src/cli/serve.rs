@@ -297,9 +297,12 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
         Ok(keys) => keys,
         Err(code) => return code,
     };
-    if let Some(Err(error)) = keys.as_ref().map(|ring| ring.signer(fastworker::auth::Role::Worker)) {
-        return fail(EXIT_USAGE, format_args!("--cluster-key-file: {error}"));
-    }
+    // A subworker checks that its links come from the control plane with
+    // the control key for its own id (see docs/security.md).
+    let keys = match keys.map(|ring| ring.for_subworker(&args.worker_id)).transpose() {
+        Ok(keys) => keys.map(std::sync::Arc::new),
+        Err(error) => return fail(EXIT_USAGE, format_args!("--cluster-key-file: {error}")),
+    };
     if let Err(code) = protected(base.host(), "the subworker", keys.is_some(), args.insecure) {
         return code;
     }
@@ -402,7 +405,7 @@ fn load_plugins(paths: &[PathBuf]) -> Result<Registry, ExitCode> {
 
 /// A `--worker-id`: 1 to `MAX_NAME_BYTES` bytes, no whitespace or control
 /// characters, so that it reads as one word in reports, logs and `/metrics`.
-fn worker_id(text: &str) -> Result<String, String> {
+pub(crate) fn worker_id(text: &str) -> Result<String, String> {
     if text.is_empty() {
         return Err("a worker id cannot be empty".to_string());
     }

@@ -48,7 +48,7 @@ pub(crate) struct Link {
     collect: (Context, Aio),
     /// A context for notes that need no answer (cancellations, revocations).
     notes: (Context, Aio),
-    /// With a cluster key: frames are sealed with the worker key, and each
+    /// With a cluster key: frames are sealed with the subworker's control key, and each
     /// exchange remembers its request's seal, which its reply must cover.
     auth: Option<LinkAuth>,
     /// The most bytes of runs in one dispatch frame.
@@ -65,7 +65,7 @@ pub(crate) struct Link {
 
 /// How a link seals and checks frames.
 pub(crate) struct LinkAuth {
-    /// The worker key the control plane signs forwarded tasks with.
+    /// The control key for this subworker, which the control plane signs its link with.
     pub(crate) key: Key,
     /// The keys a reply may be sealed with.
     pub(crate) ring: Arc<KeyRing>,

@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::cluster::worker::WorkerKey;
 use crate::wire::protocol::{Priority, TaskId};
 pub use crate::wire::task_limit::{
     check_name, default_burst, parse_rate, LimitSource, Rate, TaskLimit, TaskLimitError, TaskLimitStatus, MAX_BURST,
@@ -86,6 +87,12 @@ pub(crate) struct TaskLimits {
     base: FxHashMap<String, (Option<TaskLimit>, LimitSource)>,
     /// Set at run time; `None` removes a limit.
     run_time: FxHashMap<String, Option<TaskLimit>>,
+    /// The tasks the control plane's own plugins provide: a subworker's
+    /// declared limit never applies to them.
+    own: FxHashSet<String>,
+    /// The subworker whose declared limit is in `base`, by task name: it
+    /// leaves with that subworker.
+    offered_by: FxHashMap<String, WorkerKey>,
     names: FxHashMap<String, NameState>,
     /// When the wake-up alarm is set for, if it is.
     armed_ms: Option<u64>,
@@ -116,17 +123,39 @@ impl TaskLimits {
         limits
     }
 
-    /// Adds the limit a subworker's plugin declares for `name`, unless the
-    /// task has a declared or flag limit here already (the control plane's
-    /// own plugins and flags, then the first subworker to offer it, win).
-    /// True when it was taken.
-    pub(crate) fn declare_offered(&mut self, name: &str, limit: TaskLimit, now_ms: u64) -> bool {
-        if self.base.contains_key(name) || limit.check().is_err() {
+    /// Names the tasks the control plane's own plugins provide, whose limits
+    /// only those plugins, flags and the operator set.
+    pub(crate) fn with_own_tasks(mut self, names: impl IntoIterator<Item = String>) -> TaskLimits {
+        self.own.extend(names);
+        self
+    }
+
+    /// Adds the limit subworker `by`'s plugin declares for `name`, unless
+    /// the control plane's plugins provide that task or it has a declared
+    /// or flag limit here already (the control plane's own plugins and
+    /// flags, then the first subworker to offer it, win); a run-time limit
+    /// still overrides it. True when it was taken.
+    pub(crate) fn declare_offered(&mut self, name: &str, limit: TaskLimit, by: WorkerKey, now_ms: u64) -> bool {
+        if self.own.contains(name) || self.base.contains_key(name) || limit.check().is_err() {
             return false;
         }
         self.base.insert(name.to_string(), (Some(limit), LimitSource::Declared));
+        self.offered_by.insert(name.to_string(), by);
         self.refresh(name, now_ms);
         true
+    }
+
+    /// Subworker `by` is gone: the limits it declared go with it. Returns
+    /// their names (another subworker offering them may declare them again).
+    pub(crate) fn withdraw_offered(&mut self, by: WorkerKey, now_ms: u64) -> Vec<String> {
+        let names: Vec<String> =
+            self.offered_by.iter().filter(|(_, worker)| **worker == by).map(|(name, _)| name.clone()).collect();
+        for name in &names {
+            self.offered_by.remove(name);
+            self.base.remove(name);
+            self.refresh(name, now_ms);
+        }
+        names
     }
 
     /// Sets (`Some`) or removes (`None`) a task's limit at run time.
@@ -434,6 +463,35 @@ mod tests {
             limits.set(&format!("n{n}"), None, 0).unwrap();
         }
         assert_eq!(limits.set("one-more", None, 0), Err(TaskLimitError::TooMany));
+    }
+
+    #[test]
+    fn a_subworkers_declared_limit_stays_in_its_lane() {
+        let flags = [("flagged".to_string(), Some(limit("max_running:5")))];
+        let mut limits = TaskLimits::new([], flags, 0).with_own_tasks(["own".to_string()]);
+        let tight = limit("rate:1/h,max_running:1");
+        // Not on a task the control plane's plugins provide, nor over a flag.
+        assert!(!limits.declare_offered("own", tight, 7, 0));
+        assert!(!limits.is_limited("own"));
+        assert!(!limits.declare_offered("flagged", tight, 7, 0));
+        assert_eq!(limits.statuses(|_| 0)[0].limit.max_running, Some(5));
+        // On a task only subworkers provide: while the declaring one is there.
+        assert!(limits.declare_offered("theirs", tight, 7, 0));
+        assert!(!limits.declare_offered("theirs", limit("max_running:2"), 8, 0), "the first one wins");
+        // An operator's setting overrides it, and outlives it.
+        limits.set("theirs", Some(limit("max_running:3")), 0).unwrap();
+        assert_eq!(limits.withdraw_offered(8, 1), Vec::<String>::new());
+        assert_eq!(limits.withdraw_offered(7, 1), ["theirs".to_string()]);
+        assert_eq!(
+            limits.statuses(|_| 0).iter().find(|r| r.task_name == "theirs").unwrap().source,
+            LimitSource::RunTime
+        );
+        assert!(limits.clear("theirs", 2));
+        assert!(!limits.is_limited("theirs"), "gone with the subworker that declared it");
+        assert!(
+            limits.declare_offered("theirs", limit("max_running:2"), 8, 3),
+            "another provider may declare it again"
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ use tracing::debug;
 
 use crate::cluster::routing::{Cluster, Placement, Waiting};
 use crate::cluster::task_limits::TaskLimits;
+use crate::wire::auth::Tenant;
 use crate::wire::protocol::{Callback, Request, RetryPolicy, TaskError, TaskId, TaskReport, TaskState};
 
 mod delivery;
@@ -65,6 +66,8 @@ pub(crate) struct Ledger<W, L> {
     live: FxHashMap<TaskId, LiveTask<W>>,
     /// Bytes of arguments the live tasks hold (`--max-queued-bytes`).
     live_bytes: u64,
+    /// The live tasks and their bytes of arguments, by tenant (`--queue-share`).
+    tenants: FxHashMap<Tenant, (usize, u64)>,
     /// The subworkers, their slots and the tasks waiting for one.
     pub(crate) cluster: Cluster<L>,
     /// The last lease given to a run sent to a subworker.
@@ -89,6 +92,8 @@ pub(crate) struct LiveTask<W> {
     pub(crate) losses: u32,
     /// The key that submitted it, when ports authenticate.
     pub(crate) owner: Option<[u8; 8]>,
+    /// Whom it counts against for its share of the queue, if anyone.
+    pub(crate) tenant: Option<Tenant>,
     /// On a control plane: its current run on a subworker, under a lease.
     pub(crate) dispatch: Option<Dispatched>,
     /// On a subworker: the lease its control plane sent it under.
@@ -124,6 +129,7 @@ impl<W> LiveTask<W> {
             failures: 0,
             losses: 0,
             owner,
+            tenant: None,
             dispatch: None,
             lease: None,
         }
@@ -148,6 +154,7 @@ impl<W, L> Ledger<W, L> {
             settings,
             live: FxHashMap::default(),
             live_bytes: 0,
+            tenants: FxHashMap::default(),
             cluster: Cluster::default(),
             next_lease: 0,
             task_limits,
@@ -177,6 +184,16 @@ impl<W, L> Ledger<W, L> {
     /// How many tasks are live, and the bytes of arguments they hold.
     pub(crate) fn load(&self) -> (usize, u64) {
         (self.live.len(), self.live_bytes)
+    }
+
+    /// How many live tasks `tenant` holds, and their bytes of arguments.
+    pub(crate) fn tenant_load(&self, tenant: Tenant) -> (usize, u64) {
+        self.tenants.get(&tenant).copied().unwrap_or_default()
+    }
+
+    /// The most live tasks one tenant holds (for `/metrics`).
+    pub(crate) fn largest_tenant_load(&self) -> usize {
+        self.tenants.values().map(|(tasks, _)| *tasks).max().unwrap_or(0)
     }
 
     /// A submission under `task_id` when a task of that id may be live.
@@ -222,6 +239,11 @@ impl<W, L> Ledger<W, L> {
 
     fn insert(&mut self, task: LiveTask<W>) {
         self.live_bytes = self.live_bytes.saturating_add(task.args.len() as u64);
+        if let Some(tenant) = task.tenant {
+            let (tasks, bytes) = self.tenants.entry(tenant).or_default();
+            *tasks += 1;
+            *bytes = bytes.saturating_add(task.args.len() as u64);
+        }
         self.live.insert(task.report.task_id, task);
     }
 
@@ -230,12 +252,22 @@ impl<W, L> Ledger<W, L> {
     pub(crate) fn remove(&mut self, task_id: &TaskId) -> Option<LiveTask<W>> {
         let task = self.live.remove(task_id)?;
         self.live_bytes = self.live_bytes.saturating_sub(task.args.len() as u64);
+        if let Some(tenant) = task.tenant {
+            if let Some((tasks, bytes)) = self.tenants.get_mut(&tenant) {
+                *tasks = tasks.saturating_sub(1);
+                *bytes = bytes.saturating_sub(task.args.len() as u64);
+                if *tasks == 0 {
+                    self.tenants.remove(&tenant);
+                }
+            }
+        }
         Some(task)
     }
 
     /// Takes every live task out without an outcome (at shutdown).
     pub(crate) fn remove_all(&mut self) -> Vec<LiveTask<W>> {
         self.live_bytes = 0;
+        self.tenants.clear();
         self.live.drain().map(|(_, task)| task).collect()
     }
 

@@ -598,6 +598,49 @@ mod cluster {
         assert!(ended[0].0.error.as_ref().unwrap().message.contains("it left"));
         assert!(ledger.remove_worker(key, "again", T0 + 2, &mut io).is_none());
     }
+
+    #[test]
+    fn a_removed_workers_declared_limit_goes_and_another_providers_takes_over() {
+        let (mut ledger, first, mut io) = one_worker(1);
+        let second = worker(&mut ledger, "w2", 1, &["t"]);
+        let tight = TaskLimit::parse("max_running:1").unwrap().unwrap();
+        let loose = TaskLimit::parse("max_running:3").unwrap().unwrap();
+        ledger.cluster.get_mut(second).unwrap().tasks.get_mut("t").unwrap().limit = Some(loose);
+        assert!(ledger.task_limits.declare_offered("t", tight, first, T0));
+        assert!(!ledger.task_limits.declare_offered("t", loose, second, T0));
+        ledger.remove_worker(first, "it left", T0 + 1, &mut io);
+        let rows = ledger.task_limits.statuses(|_| 0);
+        assert_eq!(rows[0].limit.max_running, Some(3), "the remaining provider's declaration: {:?}", rows[0]);
+        ledger.remove_worker(second, "it left", T0 + 2, &mut io);
+        assert!(!ledger.task_limits.is_limited("t"), "no provider, no declared limit");
+    }
+}
+
+mod tenants {
+    use super::*;
+    use crate::wire::auth::Tenant;
+
+    #[test]
+    fn each_tenants_live_tasks_are_counted_until_they_end() {
+        let (mut ledger, mut io) = (ledger(&["add"]), Recorder::default());
+        let (alice, bob) = (Tenant::Key([1; 8]), Tenant::Connection(7));
+        let mut ids = Vec::new();
+        for tenant in [Some(alice), Some(alice), Some(bob), None] {
+            let mut task = task("add", 0, None);
+            task.tenant = tenant;
+            ids.push(admit(&mut ledger, &mut io, task));
+        }
+        assert_eq!(ledger.tenant_load(alice), (2, 6));
+        assert_eq!(ledger.tenant_load(bob), (1, 3));
+        assert_eq!(ledger.largest_tenant_load(), 2);
+        let run = ledger.local_started(ids[0], T0 + 1, &mut io).unwrap();
+        ledger.local_ended(ids[0], run, Ok(b"2".to_vec()), T0 + 2, &mut io);
+        assert_eq!(ledger.tenant_load(alice), (1, 3));
+        ledger.remove(&ids[2]);
+        assert_eq!(ledger.tenant_load(bob), (0, 0));
+        ledger.remove_all();
+        assert_eq!((ledger.tenant_load(alice), ledger.largest_tenant_load()), ((0, 0), 0));
+    }
 }
 
 mod workers {

@@ -18,11 +18,13 @@ use crate::wire::protocol::TaskId;
 impl<W, L> Ledger<W, L> {
     /// Event: a subworker registered (its link is still connecting). The
     /// task limits its plugins declare (`declared`) count for the cluster
-    /// unless one is set here already.
+    /// while it is registered, for tasks the control plane's plugins do not
+    /// provide, unless one is set here already.
     pub(crate) fn joined(&mut self, joining: Joining<L>, declared: Vec<(String, TaskLimit)>, now: u64) {
+        let key = joining.key;
         self.cluster.add(joining, now);
         for (task_name, limit) in declared {
-            if self.task_limits.declare_offered(&task_name, limit, now) {
+            if self.task_limits.declare_offered(&task_name, limit, key, now) {
                 info!(task = %task_name, limit = %limit.describe(), "cluster-wide limit declared by a subworker's plugin");
             }
         }
@@ -97,6 +99,14 @@ impl<W, L> Ledger<W, L> {
         io: &mut impl Effects<W, L>,
     ) -> Option<Worker<L>> {
         let (worker, carried) = self.cluster.remove(key)?;
+        // The limits it declared leave with it; another provider that
+        // declares one for the same task takes over.
+        for task_name in self.task_limits.withdraw_offered(key, now) {
+            let next = self.cluster.workers().find_map(|w| Some((w.key, w.tasks.get(&task_name)?.limit?)));
+            if let Some((by, limit)) = next {
+                self.task_limits.declare_offered(&task_name, limit, by, now);
+            }
+        }
         let carried: Vec<TaskId> = carried.into_iter().map(|(_, task_id)| task_id).collect();
         self.worker_left(carried, why, now, io);
         Some(worker)

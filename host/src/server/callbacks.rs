@@ -2,7 +2,10 @@
 //! send them (`--callback-concurrency`), so an unreachable address delays
 //! no task and no worker, and, as each address has at most one notice in
 //! flight, other addresses' notices go on while one stalls. The queue is
-//! bounded (`--callback-queue`): a notice beyond it is dropped and counted.
+//! bounded (`--callback-queue`): a notice beyond it is dropped and counted,
+//! and the notices of one key's tasks (one connection's without keys) may
+//! take only their share of it (`--queue-share`), so that one tenant's dead
+//! addresses cannot crowd out others' notices.
 //! An address that did not take a notice within `--callback-timeout` is
 //! left alone for [`QUARANTINE`]: its waiting notices, and those that come
 //! meanwhile, are dropped and counted rather than each costing a timeout.
@@ -17,6 +20,7 @@ use nng::{Protocol, Socket};
 use tracing::{debug, warn};
 
 use crate::server::limits::{Bound, Limits, Refusals};
+use crate::wire::auth::Tenant;
 use crate::wire::protocol::{encode_message, Notice};
 
 /// How long an address that failed to take a notice gets none.
@@ -40,13 +44,17 @@ struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
     capacity: usize,
+    /// The most notices one tenant's tasks may have waiting.
+    share: usize,
     refusals: Arc<Refusals>,
 }
 
 #[derive(Default)]
 struct Queue {
-    /// Waiting notices by address.
-    waiting: HashMap<String, VecDeque<Notice>>,
+    /// Waiting notices by address, with whom each counts against.
+    waiting: HashMap<String, VecDeque<(Notice, Option<Tenant>)>>,
+    /// Notices waiting, by tenant.
+    by_tenant: HashMap<Tenant, usize>,
     /// Addresses with waiting notices and none in flight, oldest first.
     turns: VecDeque<String>,
     /// Addresses with a notice in flight.
@@ -64,6 +72,7 @@ impl Callbacks {
             queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
             capacity: limits.callback_queue,
+            share: limits.share_of(limits.callback_queue as u64) as usize,
             refusals,
         });
         for n in 0..limits.callback_concurrency.max(1) {
@@ -76,9 +85,10 @@ impl Callbacks {
         Callbacks { shared }
     }
 
-    /// Queues a notice for `address`, or drops and counts it when the queue
-    /// is full or the address is quarantined.
-    pub(crate) fn push(&self, address: String, notice: Notice) {
+    /// Queues a notice for `address` of a task `tenant` submitted, or drops
+    /// and counts it when the queue or the tenant's share of it is full or
+    /// the address is quarantined.
+    pub(crate) fn push(&self, address: String, notice: Notice, tenant: Option<Tenant>) {
         let shared = &self.shared;
         let mut queue = shared.queue.lock().expect("callback queue");
         let task_id = notice.report.task_id;
@@ -87,6 +97,12 @@ impl Callbacks {
             shared.refusals.count(Bound::CallbackQueue);
             shared.refusals.callbacks_dropped.fetch_add(1, Ordering::Relaxed);
             return debug!(%task_id, %address, "callback queue full (--callback-queue); notice dropped");
+        }
+        if tenant.is_some_and(|tenant| queue.by_tenant.get(&tenant).is_some_and(|held| *held >= shared.share)) {
+            drop(queue);
+            shared.refusals.count(Bound::QueueShare);
+            shared.refusals.callbacks_dropped.fetch_add(1, Ordering::Relaxed);
+            return debug!(%task_id, %address, "this key's share of the callback queue is full (--queue-share); notice dropped");
         }
         if let Some(until) = queue.quarantined.get(&address) {
             if *until > Instant::now() {
@@ -97,8 +113,11 @@ impl Callbacks {
             queue.quarantined.remove(&address);
         }
         queue.len += 1;
+        if let Some(tenant) = tenant {
+            *queue.by_tenant.entry(tenant).or_default() += 1;
+        }
         let first = !queue.waiting.contains_key(&address);
-        queue.waiting.entry(address.clone()).or_default().push_back(notice);
+        queue.waiting.entry(address.clone()).or_default().push_back((notice, tenant));
         if first && !queue.sending.contains_key(&address) {
             queue.turns.push_back(address);
             drop(queue);
@@ -112,6 +131,20 @@ impl Callbacks {
     }
 }
 
+impl Queue {
+    /// A notice of `tenant` left the queue (sent or dropped).
+    fn left(&mut self, tenant: Option<Tenant>) {
+        self.len -= 1;
+        let Some(tenant) = tenant else { return };
+        if let Some(held) = self.by_tenant.get_mut(&tenant) {
+            *held -= 1;
+            if *held == 0 {
+                self.by_tenant.remove(&tenant);
+            }
+        }
+    }
+}
+
 /// One sending thread: takes the next address's oldest notice, sends it,
 /// and hands the address back (or quarantines it when it failed).
 fn send_loop(shared: &Shared, timeout: Duration) {
@@ -122,11 +155,11 @@ fn send_loop(shared: &Shared, timeout: Duration) {
             queue = shared.ready.wait(queue).expect("callback queue");
             continue;
         };
-        let Some(notice) = queue.waiting.get_mut(&address).and_then(VecDeque::pop_front) else {
+        let Some((notice, tenant)) = queue.waiting.get_mut(&address).and_then(VecDeque::pop_front) else {
             queue.waiting.remove(&address);
             continue;
         };
-        queue.len -= 1;
+        queue.left(tenant);
         queue.sending.insert(address.clone(), ());
         drop(queue);
         let delivered = deliver(&mut sockets, &address, &notice, timeout);
@@ -136,8 +169,10 @@ fn send_loop(shared: &Shared, timeout: Duration) {
             sockets.remove(&address);
             shared.refusals.callbacks_dropped.fetch_add(1, Ordering::Relaxed);
             if let Some(dropped) = queue.waiting.remove(&address) {
-                queue.len -= dropped.len();
                 shared.refusals.callbacks_dropped.fetch_add(dropped.len() as u64, Ordering::Relaxed);
+                for (_, tenant) in dropped {
+                    queue.left(tenant);
+                }
             }
             if queue.quarantined.len() >= QUARANTINED_ADDRESSES {
                 let now = Instant::now();

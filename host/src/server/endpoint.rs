@@ -32,7 +32,7 @@ use tracing::{debug, warn};
 
 use crate::server::limits::{Bound, Refusals};
 use crate::server::peer_log::PeerLog;
-use crate::wire::auth::{open, seal, AuthError, KeyRing, Opened, ReplayGuard, Role, Sender, ENVELOPE_BYTES};
+use crate::wire::auth::{open, seal, AuthError, KeyRing, Opened, ReplayGuard, Role, Sender, Tenant, ENVELOPE_BYTES};
 use crate::wire::protocol::{encode_message, now_ms, ErrorKind, ErrorReply, Reply};
 
 /// The handle to answer one request with. Dropping it unanswered frees its
@@ -120,6 +120,19 @@ impl Replier {
     /// The id of the key that sealed the request.
     pub(crate) fn key_id(&self) -> Option<[u8; 8]> {
         self.opened.as_ref().map(|opened| opened.key.id)
+    }
+
+    /// Whom what this request queues counts against (`--queue-share`): its
+    /// key, else its connection; `None` for a request made in this process.
+    pub(crate) fn tenant(&self) -> Option<Tenant> {
+        if let Some(id) = self.key_id() {
+            return Some(Tenant::Key(id));
+        }
+        let pipe = self.slot.as_ref().and_then(|slot| *slot.pipe.lock().expect("slot lock"))?;
+        // SAFETY: `nng_pipe_id` only reads the id out of the pipe handle,
+        // passed by value; it touches no NNG state.
+        let id = unsafe { nng_sys::nng_pipe_id(pipe.nng_pipe()) };
+        Some(Tenant::Connection(id))
     }
 
     /// Answers `Forbidden` unless the request's role is one of `allowed`
@@ -409,8 +422,9 @@ fn on_event(slot: &Arc<Slot>, result: AioResult, handler: &Handler) {
             *slot.pipe.lock().expect("slot lock") = pipe;
             let mut replier = Replier { slot: Some(slot.clone()), opened: None, forward: None, local: None };
             if let Some(auth) = &slot.port.auth {
-                match open(&auth.ring, &message, None, now_ms()).and_then(|opened| {
-                    auth.guard.check(opened.seal)?;
+                let now = now_ms();
+                match open(&auth.ring, &message, None, now).and_then(|opened| {
+                    auth.guard.check(&opened, now)?;
                     Ok(opened)
                 }) {
                     Ok(opened) => {
@@ -421,7 +435,7 @@ fn on_event(slot: &Arc<Slot>, result: AioResult, handler: &Handler) {
                         slot.port.refusals.unauthenticated.fetch_add(1, Ordering::Relaxed);
                         replier.warn_peer("refused an unauthenticated frame", &error);
                         let kind = match error {
-                            AuthError::TooManySenders => ErrorKind::Busy,
+                            AuthError::Forgotten => ErrorKind::Busy,
                             _ => ErrorKind::Unauthenticated,
                         };
                         if let Some(pipe) = pipe {

@@ -31,6 +31,10 @@ pub struct Limits {
     pub max_queued_tasks: usize,
     /// Bytes of arguments those tasks may hold together.
     pub max_queued_bytes: u64,
+    /// The most of `max_queued_tasks` and `max_queued_bytes`, in percent,
+    /// that the tasks of one key (one connection without keys) may hold, so
+    /// that one tenant cannot make others `Busy`.
+    pub queue_share_percent: u8,
     /// Furthest a countdown or ETA may be in the future; also the longest
     /// pause between retries.
     pub max_countdown: Duration,
@@ -70,6 +74,13 @@ pub struct Limits {
     pub gui_max_waits: usize,
 }
 
+impl Limits {
+    /// One tenant's share of `total` (`--queue-share`), at least 1.
+    pub fn share_of(&self, total: u64) -> u64 {
+        (u128::from(total) * u128::from(self.queue_share_percent.min(100)) / 100).max(1) as u64
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -80,6 +91,7 @@ impl Default for Limits {
             max_cached_bytes: 256 * 1024 * 1024,
             max_queued_tasks: 100_000,
             max_queued_bytes: 1024 * 1024 * 1024,
+            queue_share_percent: 50,
             max_countdown: Duration::from_secs(30 * 24 * 3600),
             max_retries: 100,
             max_subworker_run: Duration::from_secs(3600),
@@ -113,6 +125,8 @@ pub mod range {
     pub const REQUESTS_PER_CONNECTION: RangeInclusive<u64> = 1..=4096;
     /// `--concurrency` (threads).
     pub const CONCURRENCY: RangeInclusive<u64> = 0..=2048;
+    /// `--queue-share`, in percent.
+    pub const QUEUE_SHARE: RangeInclusive<u64> = 1..=100;
     /// `--max-queued-tasks`.
     pub const QUEUED_TASKS: RangeInclusive<u64> = 1..=10_000_000;
     /// `--max-queued-bytes`: 1 MiB to 64 GiB.
@@ -188,11 +202,13 @@ pub enum Bound {
     GuiConnections,
     /// `--gui-max-waits`.
     GuiWaits,
+    /// `--queue-share`: one key's (or connection's) share of the queue.
+    QueueShare,
 }
 
 impl Bound {
     /// Every bound, in `/metrics` order.
-    pub const ALL: [Bound; 11] = [
+    pub const ALL: [Bound; 12] = [
         Bound::QueuedTasks,
         Bound::QueuedBytes,
         Bound::CachedBytes,
@@ -204,6 +220,7 @@ impl Bound {
         Bound::CallbackQueue,
         Bound::GuiConnections,
         Bound::GuiWaits,
+        Bound::QueueShare,
     ];
 
     /// The flag that sets it.
@@ -220,6 +237,7 @@ impl Bound {
             Bound::CallbackQueue => "--callback-queue",
             Bound::GuiConnections => "--gui-max-connections",
             Bound::GuiWaits => "--gui-max-waits",
+            Bound::QueueShare => "--queue-share",
         }
     }
 
@@ -242,6 +260,7 @@ impl Bound {
             Bound::CallbackQueue => limits.callback_queue as u64,
             Bound::GuiConnections => limits.gui_max_connections as u64,
             Bound::GuiWaits => limits.gui_max_waits as u64,
+            Bound::QueueShare => u64::from(limits.queue_share_percent),
         }
     }
 }

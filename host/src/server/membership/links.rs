@@ -31,15 +31,24 @@ impl Dialer {
         Dialer { events, sender: Arc::new(crate::wire::auth::Sender::new()) }
     }
 
-    /// Opens the link to worker `key` at `base`: it connects in the
-    /// background (reported as [`Event::Connection`]), and its frames go to
-    /// the state for as long as the state lives.
-    pub(crate) fn open(&self, state: &Arc<State>, key: WorkerKey, base: &BaseAddress) -> Result<Link, nng::Error> {
+    /// Opens the link to worker `key` (`worker_id`) at `base`: it connects
+    /// in the background (reported as [`Event::Connection`]), and its frames
+    /// go to the state for as long as the state lives. With a cluster key,
+    /// its frames are sealed with that worker's control key, which no other
+    /// subworker holds.
+    pub(crate) fn open(
+        &self,
+        state: &Arc<State>,
+        key: WorkerKey,
+        worker_id: &str,
+        base: &BaseAddress,
+    ) -> Result<Link, nng::Error> {
         let events = self.events.clone();
         let weak = Arc::downgrade(state);
         let auth = state.config.keys.as_ref().and_then(|ring| {
-            let key = ring.signer(Role::Worker).ok()?;
-            Some(LinkAuth::new(key, ring.clone(), self.sender.clone()))
+            let ring = ring.control_ring(worker_id)?;
+            let key = ring.signer(Role::Control).ok()?;
+            Some(LinkAuth::new(key, Arc::new(ring), self.sender.clone()))
         });
         Link::open(
             &base.at_offset(0),

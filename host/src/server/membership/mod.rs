@@ -123,7 +123,10 @@ impl ManagementPort {
             Request::Leave(name) => replier.send(&self.leave(&name)),
             Request::Unregister(name) => replier.send(&self.unregister(&name)),
             Request::Started(started) => replier.send(&self.state.on_started(&started)),
-            Request::Workers => replier.send(&Reply::Workers(self.state.cluster_status())),
+            Request::Workers => {
+                let Some(replier) = replier.allow(&[Role::Client, Role::Operator], "list workers") else { return };
+                replier.send(&Reply::Workers(self.state.cluster_status()))
+            }
             Request::Discover => replier.send(&Reply::Discovered { management_port: self.config.port }),
             Request::Submit(_)
             | Request::Status { .. }
@@ -189,7 +192,7 @@ impl ManagementPort {
             }
         }
         let key = self.state.lock().ledger.cluster.new_key();
-        let link = match self.dialer.open(&self.state, key, &base) {
+        let link = match self.dialer.open(&self.state, key, &name.worker_id, &base) {
             Ok(link) => link,
             Err(error) => {
                 return replier.send(&error_reply(

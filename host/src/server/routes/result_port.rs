@@ -50,7 +50,10 @@ pub(crate) fn result_port(state: &State, management_port: u16, replier: Replier,
             let Some(replier) = replier.allow(OPERATORS, "pause or resume schedules") else { return };
             return replier.send(&state.pause_schedule(&task_name, paused));
         }
-        Request::Workers => Reply::Workers(state.cluster_status()),
+        Request::Workers => {
+            let Some(replier) = replier.allow(READERS, "list workers") else { return };
+            return replier.send(&Reply::Workers(state.cluster_status()));
+        }
         Request::Tasks => {
             let Some(replier) = replier.allow(READERS, "list tasks") else { return };
             return replier.send(&Reply::Tasks(state.registered_tasks()));

@@ -53,8 +53,9 @@ fn control_plane(state: &State, replier: Replier, request: Request) {
 /// outcomes wait to be collected), and hears here which runs it took back
 /// or cancelled. Workflows are tracked by a control plane, not here.
 fn subworker(state: &State, replier: Replier, request: Request) {
-    // Its control plane seals these with the worker key.
-    const CONTROL: &[Role] = &[Role::Worker, Role::Operator];
+    // Only its control plane, which seals its link with the control key
+    // for this subworker (a worker key holder cannot speak for it).
+    const CONTROL: &[Role] = &[Role::Control];
     match request {
         Request::Submit(submit) => {
             let Some(replier) = replier.allow(CONTROL, "submit tasks here") else { return };

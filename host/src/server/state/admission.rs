@@ -6,6 +6,7 @@
 
 use super::{State, Tasks};
 use crate::server::limits::{millis, Bound, Limits};
+use crate::wire::auth::Tenant;
 use crate::wire::protocol::{now_ms, ErrorKind, ErrorReply, Priority, Submit, TaskId};
 
 /// Why the bounds refuse a submission.
@@ -18,9 +19,31 @@ pub(super) enum Refusal {
 }
 
 /// Checks a submission against `limits`, with `load` (live tasks, and the
-/// bytes of arguments they hold) the ledger's now.
-pub(super) fn check_bounds(limits: &Limits, load: (usize, u64), submit: &Submit, now: u64) -> Result<(), Refusal> {
+/// bytes of arguments they hold) the ledger's now, and `mine` the part of
+/// it its tenant (its key, or its connection without keys) holds, if it
+/// counts against a share (`--queue-share`).
+pub(super) fn check_bounds(
+    limits: &Limits,
+    load: (usize, u64),
+    mine: Option<(usize, u64)>,
+    submit: &Submit,
+    now: u64,
+) -> Result<(), Refusal> {
     let (live, live_bytes) = load;
+    if let Some((held, held_bytes)) = mine {
+        let share = limits.share_of(limits.max_queued_tasks as u64);
+        if held as u64 >= share {
+            let what = format!(
+                "this key (or connection) holds {held} queued or running tasks, its share of --max-queued-tasks {}",
+                limits.max_queued_tasks
+            );
+            return Err(Refusal::Busy(Bound::QueueShare, what));
+        }
+        if held_bytes.saturating_add(submit.args.len() as u64) > limits.share_of(limits.max_queued_bytes) {
+            let what = format!("this key's (or connection's) tasks hold {held_bytes} bytes of arguments, its share of --max-queued-bytes {}", limits.max_queued_bytes);
+            return Err(Refusal::Busy(Bound::QueueShare, what));
+        }
+    }
     if live >= limits.max_queued_tasks {
         return Err(Refusal::Busy(Bound::QueuedTasks, format!("{live} tasks are queued or running")));
     }
@@ -134,11 +157,19 @@ impl State {
 
     /// Refuses a submission the bounds do not allow (see [`check_bounds`]);
     /// a full queue is counted for `/metrics`.
-    pub(super) fn within_limits(&self, tasks: &Tasks, submit: &Submit) -> Result<(), ErrorReply> {
-        check_bounds(&self.config.limits, tasks.ledger.load(), submit, now_ms()).map_err(|refusal| match refusal {
-            Refusal::Busy(bound, what) => self.busy(bound, &what),
-            Refusal::Bad(message) => ErrorReply::new(ErrorKind::BadRequest, message),
-        })
+    pub(super) fn within_limits(
+        &self,
+        tasks: &Tasks,
+        submit: &Submit,
+        tenant: Option<Tenant>,
+    ) -> Result<(), ErrorReply> {
+        let mine = tenant.map(|tenant| tasks.ledger.tenant_load(tenant));
+        check_bounds(&self.config.limits, tasks.ledger.load(), mine, submit, now_ms()).map_err(
+            |refusal| match refusal {
+                Refusal::Busy(bound, what) => self.busy(bound, &what),
+                Refusal::Bad(message) => ErrorReply::new(ErrorKind::BadRequest, message),
+            },
+        )
     }
 
     /// "No worker provides task 'x'", with what is provided.
@@ -166,17 +197,41 @@ mod tests {
     #[test]
     fn full_queues_are_busy_and_say_which() {
         let limits = Limits { max_queued_tasks: 2, max_queued_bytes: 10, ..Limits::default() };
-        assert_eq!(check_bounds(&limits, (1, 0), &submit(b"[1]"), NOW), Ok(()));
+        assert_eq!(check_bounds(&limits, (1, 0), None, &submit(b"[1]"), NOW), Ok(()));
         assert!(matches!(
-            check_bounds(&limits, (2, 0), &submit(b"[1]"), NOW),
+            check_bounds(&limits, (2, 0), None, &submit(b"[1]"), NOW),
             Err(Refusal::Busy(Bound::QueuedTasks, _))
         ));
         assert!(matches!(
-            check_bounds(&limits, (1, 8), &submit(b"[1]"), NOW),
+            check_bounds(&limits, (1, 8), None, &submit(b"[1]"), NOW),
             Err(Refusal::Busy(Bound::QueuedBytes, _))
         ));
         // Sums that would overflow are refused, not wrapped.
-        assert!(check_bounds(&limits, (0, u64::MAX), &submit(b"[1]"), NOW).is_err());
+        assert!(check_bounds(&limits, (0, u64::MAX), None, &submit(b"[1]"), NOW).is_err());
+    }
+
+    #[test]
+    fn one_tenant_holds_at_most_its_share_and_others_still_get_in() {
+        let limits =
+            Limits { max_queued_tasks: 100, max_queued_bytes: 1000, queue_share_percent: 25, ..Limits::default() };
+        // A tenant holding its 25 tasks is Busy, naming the flag; another
+        // tenant, and a submission that counts against no share, get in.
+        let full = check_bounds(&limits, (25, 0), Some((25, 0)), &submit(b"[1]"), NOW);
+        assert!(matches!(full, Err(Refusal::Busy(Bound::QueueShare, ref m)) if m.contains("its share")), "{full:?}");
+        assert_eq!(check_bounds(&limits, (25, 0), Some((0, 0)), &submit(b"[1]"), NOW), Ok(()));
+        assert_eq!(check_bounds(&limits, (25, 0), None, &submit(b"[1]"), NOW), Ok(()));
+        assert_eq!(check_bounds(&limits, (24, 0), Some((24, 0)), &submit(b"[1]"), NOW), Ok(()));
+        // Bytes too: 250 of the 1000.
+        let heavy = check_bounds(&limits, (1, 248), Some((1, 248)), &submit(b"[1]"), NOW);
+        assert!(matches!(heavy, Err(Refusal::Busy(Bound::QueueShare, _))), "{heavy:?}");
+        // The whole queue still bounds everyone.
+        let all = check_bounds(&limits, (100, 0), Some((0, 0)), &submit(b"[1]"), NOW);
+        assert!(matches!(all, Err(Refusal::Busy(Bound::QueuedTasks, _))));
+        // At 100 %, one tenant may take it all; a share is never 0.
+        let whole = Limits { queue_share_percent: 100, ..limits.clone() };
+        assert_eq!(check_bounds(&whole, (99, 0), Some((99, 0)), &submit(b"[1]"), NOW), Ok(()));
+        let tiny = Limits { max_queued_tasks: 1, queue_share_percent: 1, ..limits };
+        assert_eq!(check_bounds(&tiny, (0, 0), Some((0, 0)), &submit(b"[1]"), NOW), Ok(()));
     }
 
     #[test]
@@ -184,7 +239,7 @@ mod tests {
         let limits = Limits::default();
         let far = Submit { not_before_ms: Some(u64::MAX), ..submit(b"[]") };
         assert!(
-            matches!(check_bounds(&limits, (0, 0), &far, NOW), Err(Refusal::Bad(m)) if m.contains("--max-countdown"))
+            matches!(check_bounds(&limits, (0, 0), None, &far, NOW), Err(Refusal::Bad(m)) if m.contains("--max-countdown"))
         );
         let retry = |max_retries, factor, delay_ms| Submit {
             retry: Some(RetryPolicy { max_retries, delay_ms, factor, max_delay_ms: delay_ms }),
@@ -192,17 +247,17 @@ mod tests {
         };
         let too_many = retry(limits.max_retries + 1, 2.0, 10);
         assert!(
-            matches!(check_bounds(&limits, (0, 0), &too_many, NOW), Err(Refusal::Bad(m)) if m.contains("--max-retries"))
+            matches!(check_bounds(&limits, (0, 0), None, &too_many, NOW), Err(Refusal::Bad(m)) if m.contains("--max-retries"))
         );
         for factor in [f64::NAN, f64::INFINITY, -1.0] {
-            assert!(check_bounds(&limits, (0, 0), &retry(1, factor, 10), NOW).is_err(), "factor {factor}");
+            assert!(check_bounds(&limits, (0, 0), None, &retry(1, factor, 10), NOW).is_err(), "factor {factor}");
         }
-        assert!(check_bounds(&limits, (0, 0), &retry(1, 2.0, u64::MAX), NOW).is_err());
-        assert_eq!(check_bounds(&limits, (0, 0), &retry(1, 2.0, 10), NOW), Ok(()));
+        assert!(check_bounds(&limits, (0, 0), None, &retry(1, 2.0, u64::MAX), NOW).is_err());
+        assert_eq!(check_bounds(&limits, (0, 0), None, &retry(1, 2.0, 10), NOW), Ok(()));
         let callback = Callback { address: "file:///etc/passwd".into(), data: Vec::new() };
         let bad_callback = Submit { callback: Some(callback), ..submit(b"[]") };
         assert!(
-            matches!(check_bounds(&limits, (0, 0), &bad_callback, NOW), Err(Refusal::Bad(m)) if m.contains("scheme"))
+            matches!(check_bounds(&limits, (0, 0), None, &bad_callback, NOW), Err(Refusal::Bad(m)) if m.contains("scheme"))
         );
     }
 }

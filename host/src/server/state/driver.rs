@@ -74,7 +74,8 @@ impl Effects<Replier, Link> for Driver<'_> {
         let report = task.report;
         state.monitor.finished(&report, &task.args);
         if let Some(callback) = task.plan.callback {
-            state.callbacks.push(callback.address, Notice { report: report.clone(), data: callback.data });
+            let notice = Notice { report: report.clone(), data: callback.data };
+            state.callbacks.push(callback.address, notice, task.tenant);
         }
         let digest = args_digest(&task.args);
         let record = state.durable.record_finished(&report, digest);

@@ -1,7 +1,9 @@
 //! The cluster-wide task limits ([`crate::cluster::task_limits`]) as a
 //! control plane starts with them, lists them, and changes them at run
 //! time. The ledger applies them (`ledger/local.rs`). Subworkers do not
-//! enforce them.
+//! enforce them; a limit a subworker declares counts only for a task the
+//! control plane's plugins do not provide, while that subworker is
+//! registered (`ledger/workers.rs`).
 
 use tracing::info;
 
@@ -17,7 +19,8 @@ pub(super) fn task_limits(config: &ControlPlaneConfig, registry: &Registry) -> T
     let Some(management) = &config.management else { return TaskLimits::default() };
     let declared =
         registry.tasks().into_iter().filter_map(|task| task.limit.map(|limit| (task.decl.name.to_string(), limit)));
-    TaskLimits::new(declared, management.task_limits.clone(), now_ms())
+    let own = registry.tasks().into_iter().map(|task| task.decl.name.to_string());
+    TaskLimits::new(declared, management.task_limits.clone(), now_ms()).with_own_tasks(own)
 }
 
 impl State {

@@ -164,6 +164,14 @@ impl Outbox {
     }
 }
 
+/// Who a submission is taken from: the key that may cancel it, and whom
+/// it counts against for its share of the queue (`--queue-share`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Admitted {
+    pub(crate) owner: Option<[u8; 8]>,
+    pub(crate) tenant: Option<crate::wire::auth::Tenant>,
+}
+
 impl State {
     /// Builds the state and starts the worker, timer and callback threads.
     pub(crate) fn new(config: ControlPlaneConfig, registry: Registry, journal: Option<Journal>) -> Arc<State> {
@@ -300,8 +308,10 @@ impl State {
     /// As [`State::submit`], for a run a control plane sent under `lease`
     /// with the key `owner`.
     pub(crate) fn submit_leased(&self, submit: Submit, lease: Option<u64>, owner: Option<[u8; 8]>, replier: Replier) {
+        // A run a control plane sent counts against no share: its slots bound it.
+        let tenant = if lease.is_none() { replier.tenant() } else { None };
         let (waiter, answer_now) = if submit.wait { (Some(replier), None) } else { (None, Some(replier)) };
-        match self.accept(submit, waiter, owner, lease) {
+        match self.accept(submit, waiter, Admitted { owner, tenant }, lease) {
             Ok(task_id) => {
                 if let Some(replier) = answer_now {
                     self.durable.acknowledge(replier, Reply::Accepted { task_id });
@@ -341,12 +351,10 @@ impl State {
 
     /// Accepts every submission of a batch; one outcome each, in order.
     pub(crate) fn submit_batch(&self, submits: Vec<Submit>, replier: Replier) {
-        let owner = replier.key_id();
+        let by = Admitted { owner: replier.key_id(), tenant: replier.tenant() };
         let outcomes = submits
             .into_iter()
-            .map(|submit| {
-                self.accept(Submit { wait: false, ..submit }, None, owner, None).map_err(|(refusal, _)| refusal)
-            })
+            .map(|submit| self.accept(Submit { wait: false, ..submit }, None, by, None).map_err(|(refusal, _)| refusal))
             .collect();
         self.durable.acknowledge(replier, Reply::Batch(outcomes));
     }
@@ -361,7 +369,7 @@ impl State {
         &self,
         submit: Submit,
         waiter: Option<Replier>,
-        owner: Option<[u8; 8]>,
+        by: Admitted,
         lease: Option<u64>,
     ) -> Result<TaskId, (ErrorReply, Option<Replier>)> {
         if !self.accepting.load(Ordering::SeqCst) {
@@ -375,7 +383,7 @@ impl State {
         }
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
-        let accepted = self.admit(&mut tasks, submit, waiter, owner, lease, &mut outbox);
+        let accepted = self.admit(&mut tasks, submit, waiter, by, lease, &mut outbox);
         drop(tasks);
         outbox.deliver();
         accepted
@@ -391,10 +399,11 @@ impl State {
         tasks: &mut Tasks,
         submit: Submit,
         waiter: Option<Replier>,
-        owner: Option<[u8; 8]>,
+        by: Admitted,
         lease: Option<u64>,
         outbox: &mut Outbox,
     ) -> Result<TaskId, (ErrorReply, Option<Replier>)> {
+        let Admitted { owner, tenant } = by;
         let task_id = submit.task_id;
         let waiter = match tasks.ledger.join(task_id, &submit.task_name, &submit.args, waiter) {
             Joined::Same => return Ok(task_id),
@@ -416,7 +425,7 @@ impl State {
             return Ok(task_id);
         }
         drop(cache);
-        if let Err(refusal) = self.within_limits(tasks, &submit).and_then(|()| self.durable.has_room()) {
+        if let Err(refusal) = self.within_limits(tasks, &submit, tenant).and_then(|()| self.durable.has_room()) {
             return Err((refusal, waiter));
         }
         let declared = match self.declared(tasks, &submit.task_name) {
@@ -443,6 +452,7 @@ impl State {
             report.state = TaskState::Scheduled;
         }
         let mut task = LiveTask::new(report, submit.args, plan, owner);
+        task.tenant = tenant;
         task.waiters.extend(waiter);
         task.lease = lease;
         self.drive(tasks, outbox, |ledger, io| ledger.admit(task, later, now, io));
@@ -608,7 +618,7 @@ impl PeriodicRuns for State {
     }
 
     fn accept_periodic(&self, submit: Submit) -> Result<(), String> {
-        self.accept(submit, None, None, None).map(|_| ()).map_err(|(refusal, _)| refusal.message)
+        self.accept(submit, None, Admitted::default(), None).map(|_| ()).map_err(|(refusal, _)| refusal.message)
     }
 }
 

@@ -57,6 +57,8 @@ impl State {
         let (live, live_bytes) = tasks.ledger.load();
         match bound {
             Bound::QueuedTasks => Some(live as u64),
+            // Per tenant: the largest share held now.
+            Bound::QueueShare => Some(tasks.ledger.largest_tenant_load() as u64),
             Bound::QueuedBytes => Some(live_bytes),
             Bound::CachedBytes => {
                 drop(tasks);
@@ -161,6 +163,6 @@ impl State {
 
     /// Accepts a task the dashboard submits (a retry under a fresh id).
     pub(crate) fn accept_from_dashboard(&self, submit: Submit) -> Result<TaskId, ErrorReply> {
-        self.accept(submit, None, None, None).map_err(|(refusal, _)| refusal)
+        self.accept(submit, None, super::Admitted::default(), None).map_err(|(refusal, _)| refusal)
     }
 }

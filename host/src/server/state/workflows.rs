@@ -151,7 +151,7 @@ impl State {
                     retry,
                     ..Default::default()
                 };
-                match self.admit(tasks, submit, None, owner, None, outbox) {
+                match self.admit(tasks, submit, None, super::Admitted { owner, tenant: None }, None, outbox) {
                     Err((refusal, _)) => {
                         tasks.workflows.forget_member(&task_id);
                         let message = format!("member {node} could not be created: {}", refusal.message);
