@@ -471,6 +471,13 @@ fn one_key_cannot_fill_the_queue_for_everyone() {
         let bystander = Bystander::with_client(bystander_client);
         let accepted = flood(&attacker);
         assert_eq!(accepted, QUEUE / 2, "one key (or connection) holds half of --max-queued-tasks");
+        if cp.keys.is_some() {
+            // Nor through a workflow: its member counts against the same share.
+            let workflow = fastworker::workflow::task("add", serde_json::json!([1, 2]));
+            let report = runtime.block_on(attacker.submit_workflow(&workflow)).unwrap();
+            let failure = report.failure.map(|f| f.message).unwrap_or_default();
+            assert!(failure.contains("--queue-share"), "{:?}: {failure}", report.state);
+        }
         // The others still get in, queued and at once.
         for other in &others {
             let started = std::time::Instant::now();

@@ -127,6 +127,8 @@ impl State {
         while let Some(effects) = queue.pop_front() {
             tasks.workflows.note(workflow_id, &effects);
             let owner = tasks.workflows.get(&workflow_id).and_then(|e| e.owner);
+            // Members count against their key's share of the queue.
+            let by = super::Admitted { owner, tenant: owner.map(crate::wire::auth::Tenant::Key) };
             for Submission { node, task_id, step } in effects.submit {
                 let Some(entry) = tasks.workflows.get_mut(&workflow_id) else { break };
                 if entry.machine.state().is_final() {
@@ -151,7 +153,7 @@ impl State {
                     retry,
                     ..Default::default()
                 };
-                match self.admit(tasks, submit, None, super::Admitted { owner, tenant: None }, None, outbox) {
+                match self.admit(tasks, submit, None, by, None, outbox) {
                     Err((refusal, _)) => {
                         tasks.workflows.forget_member(&task_id);
                         let message = format!("member {node} could not be created: {}", refusal.message);
