@@ -24,10 +24,16 @@ fn cluster(env: &[(&str, &str)]) -> (Process, Process, String) {
     (cp, sw, gui)
 }
 
+/// A task's detail, read with the operator credential (`KEY`, which a
+/// dashboard without `--gui-api-key` ignores).
 fn task_json(gui: &str, task_id: TaskId) -> Value {
-    let response = get(&format!("{gui}/api/tasks/{task_id}"));
+    let response = keyed_get(&format!("{gui}/api/tasks/{task_id}"));
     assert_eq!(response.status, 200, "{}", response.text());
     response.json()
+}
+
+fn keyed_get(url: &str) -> fastworker_tests::http::Response {
+    fastworker_tests::http::request("GET", url, &[("Authorization", &format!("Bearer {KEY}"))])
 }
 
 #[test]
@@ -98,9 +104,11 @@ fn the_api_answers_every_endpoint_and_guards_the_actions() {
     let one = task_json(&gui, divided.task_id);
     assert_eq!(one["error"]["message"], "cannot divide 1 by zero");
     assert_eq!(one["retryable"], true);
-    let unknown = get(&format!("{gui}/api/tasks/{}", TaskId::new_v4()));
+    let anonymous = get(&format!("{gui}/api/tasks/{}", added.task_id));
+    assert_eq!(anonymous.status, 401, "arguments and results need the key: {}", anonymous.text());
+    let unknown = keyed_get(&format!("{gui}/api/tasks/{}", TaskId::new_v4()));
     assert_eq!((unknown.status, unknown.json()["error"].as_str()), (404, Some("unknown_task")));
-    let malformed = get(&format!("{gui}/api/tasks/not-an-id"));
+    let malformed = keyed_get(&format!("{gui}/api/tasks/not-an-id"));
     assert_eq!((malformed.status, malformed.json()["error"].as_str()), (400, Some("bad_task_id")));
 
     // Queues, cache, registered tasks, throughput.
@@ -162,7 +170,7 @@ fn the_api_answers_every_endpoint_and_guards_the_actions() {
         let missing = get(&format!("{gui}{path}"));
         assert_eq!((missing.status, missing.json()["error"].as_str()), (404, Some("not_found")));
     }
-    let wrong_method = get(&cancel_url);
+    let wrong_method = keyed_get(&cancel_url);
     assert_eq!(wrong_method.status, 405);
     assert_eq!(wrong_method.json()["error"], "method_not_allowed");
 
