@@ -90,6 +90,10 @@ impl<W, L> Ledger<W, L> {
         // then, the run must be reported started in time.
         debug!(%task_id, worker = %worker.name.worker_id, lease, "task sent to a subworker");
         let start_by_ms = now.saturating_add(bound_ms);
+        if task.absent.take().is_some() {
+            // It waited for a provider, and found one.
+            io.cancel_alarm(Alarm::Provider(task_id));
+        }
         let previous = task.dispatch.replace(Dispatched { key, lease, timeout_ms, start_by_ms, report_by_ms: None });
         if let Some(previous) = previous {
             // A retry or a task taken back: its earlier run's lease alarm

@@ -27,6 +27,9 @@ pub(crate) enum Alarm {
     /// reported started by now, or, once started, ended (its timeout from
     /// its start, plus a grace): else the lease is revoked.
     Lease(TaskId, u64),
+    /// A task waiting for a provider to come back has waited the grace
+    /// (`--provider-grace`): it fails unless one is registered.
+    Provider(TaskId),
     /// A held-back run of a limited task may start: a rate token came due
     /// or a running run settled (see `crate::cluster::task_limits`).
     TaskLimits,
