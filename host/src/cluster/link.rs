@@ -213,6 +213,16 @@ impl Link {
         self.collect.1.cancel();
     }
 
+    /// Gives up the dispatch frame in flight if it carries `task_id` (the
+    /// worker did not answer it in time): its exchange is cancelled, so that
+    /// the runs queued behind it leave when that is reported.
+    pub(crate) fn abandon_dispatch(&mut self, task_id: TaskId) {
+        if self.sending.contains(&task_id) {
+            self.sending.clear();
+            self.dispatch.1.cancel();
+        }
+    }
+
     /// Asks the worker for its outcomes.
     pub(crate) fn collect(&self) -> Result<(), nng::Error> {
         let frame = self.sealed(Channel::Collect, encode_message(&Request::Collect));

@@ -38,6 +38,9 @@ pub(crate) struct Dispatched {
     pub(crate) lease: u64,
     /// The timeout the subworker keeps for it, in milliseconds.
     pub(crate) timeout_ms: u64,
+    /// Until its dispatch frame is answered: when it must have been
+    /// (ms since the Unix epoch).
+    pub(crate) answer_by_ms: Option<u64>,
     /// When it must have been reported started (ms since the Unix epoch).
     pub(crate) start_by_ms: u64,
     /// Once reported started: when it must have been reported ended.
@@ -86,6 +89,8 @@ impl<W, L> Ledger<W, L> {
                         && task.report.state == TaskState::Running =>
                 {
                     task.report.started_ms = Some(now);
+                    // Started, so received (whatever became of the frame's answer).
+                    dispatch.answer_by_ms = None;
                     io.changed(&task.report);
                     let due = now.saturating_add(dispatch.timeout_ms).saturating_add(REPORT_GRACE_MS);
                     // The lease's alarm, set at dispatch for its timeout from
@@ -112,6 +117,27 @@ impl<W, L> Ledger<W, L> {
         let Some(dispatch) = task.dispatch.filter(|d| d.lease == lease) else { return };
         if task.report.state != TaskState::Running {
             return;
+        }
+        if let Some(answer_by) = dispatch.answer_by_ms {
+            let due = answer_by.min(dispatch.start_by_ms);
+            if now < due {
+                return io.set_alarm(due, Alarm::Lease(task_id, lease));
+            }
+            // Not even acknowledged: the frame that carried it is given up.
+            if let Some(worker) = self.cluster.get_mut(dispatch.key) {
+                io.unanswered(&mut worker.link, task_id);
+            }
+            let (within_ms, flag) = if answer_by <= dispatch.start_by_ms {
+                (self.settings.answer_within_ms, "--reply-timeout")
+            } else {
+                (self.settings.max_subworker_run_ms, "--max-subworker-run")
+            };
+            let why = format!(
+                "subworker '{}' did not answer the dispatch of the run within {} s ({flag})",
+                self.worker_name(dispatch.key),
+                within_ms as f64 / 1000.0
+            );
+            return self.revoke(task_id, dispatch, &why, now, io);
         }
         let due = match dispatch.report_by_ms {
             Some(report_by) => report_by,
@@ -140,10 +166,16 @@ impl<W, L> Ledger<W, L> {
                 self.settings.max_subworker_run_ms as f64 / 1000.0
             )
         };
+        self.revoke(task_id, dispatch, &why, now, io);
+    }
+
+    /// Revokes a run's lease (it was not reported in time) and sends the
+    /// task elsewhere; its worker gets nothing new until it heartbeats.
+    fn revoke(&mut self, task_id: TaskId, dispatch: Dispatched, why: &str, now: u64, io: &mut impl Effects<W, L>) {
         io.count(Counted::LeaseExpired);
         self.cluster.abandon(dispatch.key, task_id);
         self.tell_revoked(dispatch.key, vec![task_id], io);
-        self.send_again(task_id, &why, now, io);
+        self.send_again(task_id, why, now, io);
     }
 
     /// Tells a worker still connected that these runs were taken back, so

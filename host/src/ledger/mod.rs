@@ -53,6 +53,9 @@ pub(crate) struct Settings {
     pub(crate) worker_id: String,
     /// The longest a subworker may keep a run (`--max-subworker-run`).
     pub(crate) max_subworker_run_ms: u64,
+    /// The longest a subworker may take to answer a dispatch frame
+    /// (`--reply-timeout`): its runs are taken back after that.
+    pub(crate) answer_within_ms: u64,
     /// The tasks this process's own threads can run (none when it has no
     /// threads).
     pub(crate) local_tasks: FxHashSet<String>,

@@ -33,6 +33,8 @@ struct FakeLink {
     /// real one queues them).
     notes: RefCell<Vec<Request>>,
     resets: u32,
+    /// Runs whose dispatch frame was given up unanswered.
+    unanswered: Vec<TaskId>,
     /// Runs already sent when its outcomes were first collected.
     collected_after: RefCell<Option<usize>>,
 }
@@ -97,6 +99,9 @@ impl Effects<Waiter, FakeLink> for Recorder {
     fn collect(&mut self, link: &FakeLink) {
         link.collected_after.borrow_mut().get_or_insert(link.sent.len());
     }
+    fn unanswered(&mut self, link: &mut FakeLink, task_id: TaskId) {
+        link.unanswered.push(task_id);
+    }
     fn reset(&mut self, link: &mut FakeLink) {
         link.resets += 1;
     }
@@ -118,6 +123,8 @@ impl Recorder {
 
 const T0: u64 = 1_000_000;
 const MAX_RUN_MS: u64 = 60_000;
+/// How long a subworker may take to answer a dispatch frame.
+const ANSWER_MS: u64 = 5_000;
 /// How long a task waits for an absent provider.
 const GRACE_MS: u64 = 30_000;
 
@@ -126,6 +133,7 @@ fn ledger(local: &[&str]) -> Ledger<Waiter, FakeLink> {
     let settings = Settings {
         worker_id: "cp".into(),
         max_subworker_run_ms: MAX_RUN_MS,
+        answer_within_ms: ANSWER_MS,
         local_tasks: local.iter().map(|t| t.to_string()).collect(),
         provider_grace_ms: GRACE_MS,
     };
@@ -363,6 +371,7 @@ mod here {
         let settings = Settings {
             worker_id: "cp".into(),
             max_subworker_run_ms: MAX_RUN_MS,
+            answer_within_ms: ANSWER_MS,
             local_tasks,
             provider_grace_ms: GRACE_MS,
         };
@@ -396,7 +405,8 @@ mod cluster {
         let task_id = admit(&mut ledger, &mut io, task("t", 0, Some(3)));
         assert_eq!(link(&mut ledger, key).sent, vec![(task_id, 1, 1)]);
         let effects = io.take();
-        assert!(effects.contains(&Effect::SetAlarm(T0 + MAX_RUN_MS, Alarm::Lease(task_id, 1))), "{effects:?}");
+        // The first look is at the bound on the dispatch frame's answer.
+        assert!(effects.contains(&Effect::SetAlarm(T0 + ANSWER_MS, Alarm::Lease(task_id, 1))), "{effects:?}");
         assert_eq!(ledger.get(&task_id).unwrap().report.worker, "w1");
         ledger.collected(key, vec![outcome(task_id, 1, Ok("42"))], T0 + 10, &mut io);
         let ended = io.ended();
@@ -492,6 +502,7 @@ mod cluster {
     fn a_run_not_reported_started_in_time_is_revoked_and_sent_elsewhere() {
         let (mut ledger, first, mut io) = one_worker(1);
         let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        ledger.dispatch_answered(first, vec![task_id], FrameAnswer::Taken, T0, &mut io);
         let second = worker(&mut ledger, "w2", 1, &["t"]);
         // The first look comes at the bound; nothing was reported.
         ledger.alarm(Alarm::Lease(task_id, 1), T0 + MAX_RUN_MS, &mut io);
@@ -512,6 +523,7 @@ mod cluster {
     fn a_start_report_times_the_run_from_its_start() {
         let (mut ledger, key, mut io) = one_worker(1);
         let task_id = admit(&mut ledger, &mut io, task_timed("t", 0, 1_000, None));
+        ledger.dispatch_answered(key, vec![task_id], FrameAnswer::Taken, T0, &mut io);
         let other = worker(&mut ledger, "w2", 1, &["t"]);
         // Dispatched with a 1 s timeout: the first look is at its timeout plus the grace.
         assert!(io.take().contains(&Effect::SetAlarm(T0 + 1_000 + REPORT_GRACE_MS, Alarm::Lease(task_id, 1))));
@@ -892,5 +904,55 @@ mod absent {
         fresh.restore(alone, None, T0, &mut io);
         fresh.alarm(Alarm::Provider(alone_id), T0 + GRACE_MS, &mut io);
         assert!(failed_message(&io, alone_id).contains("(no subworker providing it has registered since the restart)"));
+    }
+}
+
+mod unanswered {
+    use super::*;
+
+    #[test]
+    fn a_dispatch_not_answered_in_time_is_taken_back_and_sent_elsewhere() {
+        let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
+        let hole = worker(&mut ledger, "hole", 2, &["t"]);
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        assert!(io.take().contains(&Effect::SetAlarm(T0 + ANSWER_MS, Alarm::Lease(task_id, 1))));
+        let real = worker(&mut ledger, "real", 1, &["t"]);
+        ledger.alarm(Alarm::Lease(task_id, 1), T0 + ANSWER_MS - 1, &mut io);
+        assert_eq!(io.take(), vec![Effect::SetAlarm(T0 + ANSWER_MS, Alarm::Lease(task_id, 1))], "not before the bound");
+        ledger.alarm(Alarm::Lease(task_id, 1), T0 + ANSWER_MS, &mut io);
+        assert!(io.take().contains(&Effect::Count(Counted::LeaseExpired)));
+        // The frame is given up, the worker told, the task sent to the other.
+        assert_eq!(link(&mut ledger, hole).unanswered, vec![task_id]);
+        let notes = format!("{:?}", link(&mut ledger, hole).notes.borrow());
+        assert_eq!(notes, format!("{:?}", vec![Request::Revoke { task_ids: vec![task_id] }]));
+        assert_eq!(link(&mut ledger, real).sent, vec![(task_id, 2, 2)]);
+        assert_eq!(ledger.get(&task_id).unwrap().losses, 1);
+        // The silent worker gets nothing new until it heartbeats.
+        let next = admit(&mut ledger, &mut io, task("t", 0, None));
+        assert_eq!(state(&ledger, next), Some(TaskState::Queued));
+        assert_eq!(link(&mut ledger, hole).sent.len(), 1);
+    }
+
+    #[test]
+    fn an_answered_dispatch_is_bounded_by_its_start_report_and_a_start_report_is_an_answer() {
+        let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
+        let key = worker(&mut ledger, "w1", 2, &["t"]);
+        let answered = admit(&mut ledger, &mut io, task("t", 0, None));
+        let started = admit(&mut ledger, &mut io, task("t", 0, None));
+        ledger.dispatch_answered(key, vec![answered], FrameAnswer::Taken, T0 + 1, &mut io);
+        ledger.started(key, &[(started, 2)], T0 + 2, &mut io);
+        io.take();
+        // At the answer's bound, neither is taken back: the answered one is
+        // looked at again at --max-subworker-run, the started one at its end.
+        ledger.alarm(Alarm::Lease(answered, 1), T0 + ANSWER_MS, &mut io);
+        ledger.alarm(Alarm::Lease(started, 2), T0 + ANSWER_MS, &mut io);
+        let effects = io.take();
+        assert!(!effects.contains(&Effect::Count(Counted::LeaseExpired)), "{effects:?}");
+        assert!(effects.contains(&Effect::SetAlarm(T0 + MAX_RUN_MS, Alarm::Lease(answered, 1))), "{effects:?}");
+        assert!(link(&mut ledger, key).unanswered.is_empty());
+        assert_eq!(
+            (state(&ledger, answered), state(&ledger, started)),
+            (Some(TaskState::Running), Some(TaskState::Running))
+        );
     }
 }

@@ -205,6 +205,7 @@ impl State {
             let settings = Settings {
                 worker_id: config.worker_id.clone(),
                 max_subworker_run_ms: millis(config.limits.max_subworker_run),
+                answer_within_ms: millis(config.limits.reply_timeout),
                 local_tasks: if pool.threads() == 0 {
                     Default::default()
                 } else {
