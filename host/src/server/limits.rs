@@ -16,7 +16,9 @@ use std::time::Duration;
 pub struct Limits {
     /// Largest frame accepted on any port, in bytes.
     pub max_frame_bytes: usize,
-    /// Requests each port serves at once; more wait in NNG's queue.
+    /// Requests each task port serves at once: a control plane's grow to
+    /// this on demand and answer `Busy` beyond it (a subworker's are fixed,
+    /// and more wait in NNG's queue).
     pub contexts_per_port: usize,
     /// Requests one connection may have in service on one port; more are
     /// answered `Busy` at once, so one client cannot take a port's contexts.
@@ -70,7 +72,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_frame_bytes: 16 * 1024 * 1024,
-            contexts_per_port: 256,
+            contexts_per_port: 4096,
             max_requests_per_connection: 128,
             reply_timeout: Duration::from_secs(5),
             max_cached_bytes: 256 * 1024 * 1024,
@@ -181,14 +183,17 @@ pub enum Bound {
     CallbackQueue,
     /// `--gui-max-connections`.
     GuiConnections,
+    /// `--contexts-per-port`.
+    ContextsPerPort,
 }
 
 impl Bound {
     /// Every bound, in `/metrics` order.
-    pub const ALL: [Bound; 10] = [
+    pub const ALL: [Bound; 11] = [
         Bound::QueuedTasks,
         Bound::QueuedBytes,
         Bound::CachedBytes,
+        Bound::ContextsPerPort,
         Bound::RequestsPerConnection,
         Bound::Subworkers,
         Bound::SubworkerSlots,
@@ -211,6 +216,7 @@ impl Bound {
             Bound::Schedules => "--max-schedules",
             Bound::CallbackQueue => "--callback-queue",
             Bound::GuiConnections => "--gui-max-connections",
+            Bound::ContextsPerPort => "--contexts-per-port",
         }
     }
 
@@ -232,6 +238,7 @@ impl Bound {
             Bound::Schedules => limits.max_schedules as u64,
             Bound::CallbackQueue => limits.callback_queue as u64,
             Bound::GuiConnections => limits.gui_max_connections as u64,
+            Bound::ContextsPerPort => limits.contexts_per_port as u64,
         }
     }
 }
