@@ -96,7 +96,8 @@ fn a_thousand_blocking_submissions_at_once_are_all_served() {
 
 #[test]
 fn past_contexts_per_port_a_call_is_answered_busy_naming_the_flag() {
-    let cp = Process::control_plane(&["example-tasks"], &["--concurrency", "2", "--contexts-per-port", "40"]);
+    let cp =
+        Process::control_plane_with_gui(&["example-tasks"], &["--concurrency", "2", "--contexts-per-port", "40"], &[]);
     let countdown = Duration::from_secs(5);
     let (outcomes, _) = blocking_at_once(&cp, 100, countdown);
     let mut served = 0;
@@ -118,6 +119,9 @@ fn past_contexts_per_port_a_call_is_answered_busy_naming_the_flag() {
     // 39 in service at once, the 40th context answering the rest.
     assert_eq!(served + busy, 100);
     assert!((39..=60).contains(&served), "served {served}, refused {busy}");
+    let metrics = fastworker_tests::http::get(&format!("{}/metrics", cp.gui.as_ref().unwrap())).text();
+    let counted = format!("fastworker_limit_refusals_total{{limit=\"contexts-per-port\"}} {busy}");
+    assert!(metrics.contains(&counted), "{counted} in /metrics:\n{metrics}");
     // A refusal comes at once, not after the countdown.
     let client = cp.client();
     let rt = runtime();
