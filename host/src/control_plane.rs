@@ -22,6 +22,10 @@ use crate::server::state::State;
 use crate::wire::auth::{ReplayGuard, Sender};
 use crate::wire::protocol::{ClusterStatus, Priority};
 
+/// The contexts a control plane's task port starts with; it grows from
+/// there to `--contexts-per-port` under load.
+const INITIAL_CONTEXTS: usize = 256;
+
 /// Why a control plane could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -71,6 +75,7 @@ impl ControlPlane {
             auth: auth.clone(),
             purpose,
             contexts,
+            grow_to: None,
             max_frame: limits.max_frame_bytes,
             per_connection: limits.max_requests_per_connection,
             reply_timeout: limits.reply_timeout,
@@ -84,6 +89,12 @@ impl ControlPlane {
             let handler: Handler = Arc::new(move |replier, message| routes::task_port(&port_state, replier, message));
             let address = config.base.task_address(priority);
             let mut port_options = options(priority_purpose(priority), limits.contexts_per_port);
+            if !config.is_subworker() {
+                // A control plane's task ports start with up to 256 contexts
+                // and grow on demand to --contexts-per-port.
+                port_options.contexts = limits.contexts_per_port.min(INITIAL_CONTEXTS);
+                port_options.grow_to = Some(limits.contexts_per_port);
+            }
             if priority == Priority::Critical && config.is_subworker() {
                 port_options.on_drop = Some(dropped.clone());
             }

@@ -1,8 +1,12 @@
-//! Overlapping requests on one port each get their own reply.
+//! Overlapping requests on one port each get their own reply; a control
+//! plane's port grows its contexts so that 1 000 blocking calls at once are
+//! all served, and past `--contexts-per-port` a call is answered `Busy`.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use fastworker::{Priority, SubmitOptions};
+use fastworker::protocol::ErrorKind;
+use fastworker::{ClientError, Priority, SubmitOptions};
 use fastworker_tests::{runtime, Process};
 
 #[test]
@@ -41,4 +45,110 @@ fn many_requests_in_flight_from_several_clients_each_get_their_own_result() {
         }
         assert_eq!(wrong, 0, "some clients got another request's result");
     });
+}
+
+/// Starts `count` blocking `add` submissions at once, spread over clients
+/// of 100 calls each (one client keeps at most 128 in service), each to
+/// run `countdown` from now, so that every one holds a context of the port
+/// until then. Their outcomes, and how long the last took.
+fn blocking_at_once(
+    cp: &Process,
+    count: usize,
+    countdown: Duration,
+) -> (Vec<Result<fastworker::TaskReport, ClientError>>, Duration) {
+    let clients: Vec<Arc<fastworker::Client>> =
+        (0..count.div_ceil(100)).map(|_| Arc::new(cp.client().with_timeout(Duration::from_secs(30)))).collect();
+    runtime().block_on(async {
+        let started = Instant::now();
+        let calls: Vec<_> = (0..count)
+            .map(|i| {
+                let client = clients[i / 100].clone();
+                tokio::spawn(async move {
+                    let options = SubmitOptions { countdown: Some(countdown), ..Default::default() };
+                    client.submit("add", (i as i64, 1), options).await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(count);
+        for call in calls {
+            outcomes.push(call.await.unwrap());
+        }
+        (outcomes, started.elapsed())
+    })
+}
+
+#[test]
+fn a_thousand_blocking_submissions_at_once_are_all_served() {
+    let cp = Process::control_plane(&["example-tasks"], &["--concurrency", "2"]);
+    let countdown = Duration::from_secs(4);
+    let (outcomes, took) = blocking_at_once(&cp, 1000, countdown);
+    let failed: Vec<String> = outcomes.iter().filter_map(|o| o.as_ref().err().map(|e| e.to_string())).collect();
+    assert!(failed.is_empty(), "{} of 1000 failed, e.g. {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let report = outcome.as_ref().unwrap();
+        assert_eq!(report.result.as_deref(), Some((i as i64 + 1).to_string().as_bytes()), "{report:?}");
+    }
+    // All 1000 were in service together: they end with their countdown,
+    // not in rounds of a fixed set of contexts (256 would take 4 rounds).
+    assert!(took < countdown * 2, "the last of 1000 was answered {took:?} after they were sent");
+    eprintln!("1000 blocking submissions with a {countdown:?} countdown all answered within {took:.2?}");
+}
+
+#[test]
+fn past_contexts_per_port_a_call_is_answered_busy_naming_the_flag() {
+    let cp =
+        Process::control_plane_with_gui(&["example-tasks"], &["--concurrency", "2", "--contexts-per-port", "40"], &[]);
+    let countdown = Duration::from_secs(5);
+    let (outcomes, _) = blocking_at_once(&cp, 100, countdown);
+    let mut served = 0;
+    let mut busy = 0;
+    for outcome in &outcomes {
+        match outcome {
+            Ok(report) => {
+                assert_eq!(report.state, fastworker::TaskState::Succeeded, "{report:?}");
+                served += 1;
+            }
+            Err(ClientError::Refused(refusal)) => {
+                assert_eq!(refusal.kind, ErrorKind::Busy, "{refusal:?}");
+                assert!(refusal.message.contains("--contexts-per-port 40"), "{}", refusal.message);
+                busy += 1;
+            }
+            Err(other) => panic!("neither served nor refused: {other}"),
+        }
+    }
+    // 39 in service at once, the 40th context answering the rest.
+    assert_eq!(served + busy, 100);
+    assert!((39..=60).contains(&served), "served {served}, refused {busy}");
+    let metrics = fastworker_tests::http::get(&format!("{}/metrics", cp.gui.as_ref().unwrap())).text();
+    let counted = format!("fastworker_limit_refusals_total{{limit=\"contexts-per-port\"}} {busy}");
+    assert!(metrics.contains(&counted), "{counted} in /metrics:\n{metrics}");
+    // A refusal comes at once, not after the countdown.
+    let client = cp.client();
+    let rt = runtime();
+    let hold: Vec<_> = (0..2)
+        .map(|_| {
+            let client = Arc::new(cp.client().with_timeout(Duration::from_secs(30)));
+            (0..20)
+                .map(|i| {
+                    let client = client.clone();
+                    rt.spawn(async move {
+                        let options = SubmitOptions { countdown: Some(Duration::from_secs(5)), ..Default::default() };
+                        client.submit("add", (i, 1), options).await
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let full = fastworker_tests::wait_until(Duration::from_secs(10), || {
+        let asked = Instant::now();
+        let refused = matches!(
+            rt.block_on(client.submit("add", (1, 1), SubmitOptions::default())),
+            Err(ClientError::Refused(refusal)) if refusal.kind == ErrorKind::Busy
+        );
+        refused && asked.elapsed() < Duration::from_secs(1)
+    });
+    assert!(full, "a call past the bound is refused within 1 s");
+    for call in hold.into_iter().flatten() {
+        let _ = rt.block_on(call);
+    }
 }

@@ -6,6 +6,8 @@
 //! * a stalled (SIGSTOP) subworker's short-timeout tasks finish elsewhere,
 //!   and what it reports once it wakes up is discarded and counted;
 //! * a draining subworker holding more than 64 tasks loses none of them;
+//! * a registered worker that never answers a dispatch loses the runs sent
+//!   to it within the reply timeout, and a real subworker runs them;
 //! * a task submitted while a restarted control plane waits for its
 //!   subworkers succeeds once they are back, and a misspelled name is told
 //!   apart from a task not provided yet.
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use fastworker::protocol::ErrorKind;
 use fastworker::{Client, ClientError, Priority, SubmitOptions, TaskId, TaskReport, TaskState};
+use fastworker_tests::attack::{offered, FakeAnswer, FakeSubworker};
 use fastworker_tests::{free_base_port, http, runtime, wait_until, Process};
 
 /// Every report of `ids` once all are final, or `None` after `limit`.
@@ -207,6 +210,41 @@ fn a_draining_subworker_holding_more_than_64_tasks_loses_none() {
     assert_eq!(succeeded, 100, "{others:#?}");
     assert_eq!(reports.iter().filter(|r| r.worker == "sw1").count(), 2, "sw1 finished what it was running");
     assert_eq!(sw1.wait_exit(Duration::from_secs(10)), Some(0), "{}", sw1.log());
+}
+
+#[test]
+fn a_dispatch_nobody_answers_is_taken_back_and_runs_on_another_subworker_within_seconds() {
+    // --max-subworker-run stays at its hour: the reply timeout (5 s by
+    // default) is what acts.
+    let cp = Process::control_plane_with_gui(&[], &[], &[]);
+    let _hole = FakeSubworker::register(&cp, "hole", vec![offered("add", "")], FakeAnswer::Never);
+    let _real = Process::subworker(&cp, "real", &["example-tasks"], &["--concurrency", "2"]);
+    let client = cp.client();
+    let rt = runtime();
+    let submitted = Instant::now();
+    let ids: Vec<TaskId> =
+        (0..8_i64).map(|i| rt.block_on(client.delay("add", (i, 1), SubmitOptions::default())).unwrap()).collect();
+    assert!(
+        wait_until(Duration::from_secs(5), || dispatched(&cp, "hole") >= 1),
+        "the hole takes some: {:?}",
+        cp.workers()
+    );
+    let reports = final_reports(&rt, &client, &ids, Duration::from_secs(30)).expect("all 8 end");
+    let took = submitted.elapsed();
+    let (succeeded, others) = tally(&reports);
+    assert_eq!(succeeded, 8, "{others:#?}");
+    for report in &reports {
+        assert_eq!(report.worker, "real", "{report:?}");
+    }
+    let taken_back = dispatched(&cp, "hole");
+    assert!(metric(&cp, "fastworker_leases_expired_total") >= taken_back, "each run sent to the hole lost its lease");
+    let again = reports.iter().filter(|r| r.attempts == 2).count() as u64;
+    assert_eq!(again, taken_back, "the runs the hole held were sent again: {reports:#?}");
+    assert!(took < Duration::from_secs(15), "within seconds of the 5 s reply timeout, not an hour: {took:?}");
+    eprintln!(
+        "{taken_back} runs the hole never acknowledged succeeded on 'real'; all 8 ended {:.1} s after submission",
+        took.as_secs_f64()
+    );
 }
 
 /// Starts a control plane with no plugin on `address`, waiting until it answers.

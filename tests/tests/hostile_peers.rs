@@ -87,7 +87,9 @@ async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
 
 #[test]
 fn a_black_hole_subworker_cannot_keep_tasks_and_garbage_results_fail() {
-    let mut cp = Process::control_plane(&["example-tasks"], &["--max-subworker-run", "1"]);
+    // No grace for absent providers: only_there, taken back from the hole,
+    // fails at once rather than waiting for another provider.
+    let mut cp = Process::control_plane(&["example-tasks"], &["--max-subworker-run", "1", "--provider-grace", "0"]);
     let bystander = Bystander::start(&cp);
     // It offers sleep_ms with no timeout (the control plane's plugin
     // declares 10 min) and a task only it has, and never answers.

@@ -65,8 +65,8 @@ pub(crate) struct ClusterLimitArgs {
     #[arg(long, env = "FASTWORKER_RESULT_CACHE_BYTES", default_value_t = 256 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(range::CACHED_BYTES))]
     pub(crate) result_cache_bytes: u64,
-    /// Requests each port serves at once; more wait in line.
-    #[arg(long, env = "FASTWORKER_CONTEXTS_PER_PORT", default_value_t = 256,
+    /// Requests each task port serves at once: it starts with 256 and grows on demand to this; beyond, requests are answered Busy.
+    #[arg(long, env = "FASTWORKER_CONTEXTS_PER_PORT", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(range::CONTEXTS_PER_PORT))]
     pub(crate) contexts_per_port: u64,
     /// Seconds a run on a subworker may take at most, whatever the subworker offered.

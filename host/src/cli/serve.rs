@@ -53,6 +53,9 @@ pub(crate) struct ControlPlaneArgs {
     /// Seconds after start during which a task nobody provides yet is refused as transient (NotYetProvided), while subworkers register again; 0: none.
     #[arg(long, env = "FASTWORKER_RESTART_WINDOW", default_value_t = 10.0)]
     pub(crate) restart_window: f64,
+    /// Seconds a task whose every provider is gone (restarting, drained, not back yet after a restart) waits queued for one to come back before it fails; 0: fail at once.
+    #[arg(long, env = "FASTWORKER_PROVIDER_GRACE", default_value_t = 30.0)]
+    pub(crate) provider_grace: f64,
     /// Most results kept in the cache; 0 keeps none.
     #[arg(long, env = "FASTWORKER_RESULT_CACHE_SIZE", default_value_t = 10_000)]
     pub(crate) result_cache_size: usize,
@@ -158,6 +161,9 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     let Some(restart_window) = seconds(args.restart_window, true).filter(|w| w.as_secs() <= 3600) else {
         return fail(EXIT_USAGE, "--restart-window must be a number of seconds from 0 to 3600");
     };
+    let Some(provider_grace) = seconds(args.provider_grace, true).filter(|g| g.as_secs() <= 3600) else {
+        return fail(EXIT_USAGE, "--provider-grace must be a number of seconds from 0 to 3600");
+    };
     if let Err(error) = fastworker::dashboard::check_allowed_hosts(&args.gui_allowed_hosts) {
         return fail(EXIT_USAGE, format_args!("--gui-allowed-hosts: {error}"));
     }
@@ -236,6 +242,7 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
             port: management_port,
             inactive_after,
             restart_window,
+            provider_grace,
             task_limits: args.task_limit,
         }),
         discovery: (!args.no_discovery).then_some(args.discovery_address),

@@ -213,6 +213,21 @@ impl Link {
         self.collect.1.cancel();
     }
 
+    /// Gives up the run of `task_id` (the worker did not answer it in
+    /// time): the dispatch frame in flight that carries it is cancelled, so
+    /// that the runs queued behind it leave when that is reported; still
+    /// queued, it is dropped.
+    pub(crate) fn abandon_dispatch(&mut self, task_id: TaskId) {
+        if self.sending.contains(&task_id) {
+            self.sending.clear();
+            self.dispatch.1.cancel();
+        } else if let Some(index) = self.queued.iter().position(|(queued, _)| *queued == task_id) {
+            let start: usize = self.queued.iter().take(index).map(|(_, len)| len).sum();
+            let (_, len) = self.queued.remove(index).expect("found above");
+            self.queued_bytes.drain(start..start + len);
+        }
+    }
+
     /// Asks the worker for its outcomes.
     pub(crate) fn collect(&self) -> Result<(), nng::Error> {
         let frame = self.sealed(Channel::Collect, encode_message(&Request::Collect));

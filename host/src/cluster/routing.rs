@@ -305,6 +305,12 @@ impl<L> Cluster<L> {
         self.waiting.named(task_name)
     }
 
+    /// Whether a live or draining worker provides `task_name` (a task of
+    /// that name may wait for it).
+    pub(crate) fn provides(&self, task_name: &str) -> bool {
+        self.workers.iter().any(|w| (w.routable() || w.draining()) && w.tasks.contains_key(task_name))
+    }
+
     /// Removes and returns the waiting tasks that no live or draining
     /// worker provides any more.
     pub(crate) fn stranded(&mut self) -> Vec<Waiting> {

@@ -13,11 +13,16 @@
 //!   while a draining worker still provides it, without counting a run.
 //! * **Losses.** A task lost with [`MAX_DISPATCHES`] subworkers fails,
 //!   saying it may have run partly.
+//! * **Absent providers.** A task to be sent when no live or draining
+//!   subworker provides it (a retry, a countdown, a hand-back, a task
+//!   taken back or restored after a restart, while its only provider
+//!   restarts) waits, queued, for one to come back within the grace
+//!   (`--provider-grace`), an alarm; only then does it fail, saying so.
 
 use tracing::{debug, warn};
 
-use super::{Alarm, Counted, Effects, Ledger, MAX_DISPATCHES};
-use crate::cluster::routing::{Phase, WorkerKey};
+use super::{Alarm, Counted, Effects, Ledger, LiveTask, MAX_DISPATCHES};
+use crate::cluster::routing::{Phase, Waiting, WorkerKey};
 use crate::wire::protocol::{Request, TaskId, TaskState};
 
 /// How long past a run's timeout the ledger waits for the subworker's
@@ -33,10 +38,22 @@ pub(crate) struct Dispatched {
     pub(crate) lease: u64,
     /// The timeout the subworker keeps for it, in milliseconds.
     pub(crate) timeout_ms: u64,
+    /// Until its dispatch frame is answered: when it must have been
+    /// (ms since the Unix epoch).
+    pub(crate) answer_by_ms: Option<u64>,
     /// When it must have been reported started (ms since the Unix epoch).
     pub(crate) start_by_ms: u64,
     /// Once reported started: when it must have been reported ended.
     pub(crate) report_by_ms: Option<u64>,
+}
+
+/// A task waiting for a provider to come back.
+#[derive(Debug)]
+pub(crate) struct Absent {
+    /// When it fails if none has come (ms since the Unix epoch).
+    pub(crate) until_ms: u64,
+    /// Why no provider is there.
+    pub(crate) why: String,
 }
 
 /// What a subworker's start report came to.
@@ -72,6 +89,8 @@ impl<W, L> Ledger<W, L> {
                         && task.report.state == TaskState::Running =>
                 {
                     task.report.started_ms = Some(now);
+                    // Started, so received (whatever became of the frame's answer).
+                    dispatch.answer_by_ms = None;
                     io.changed(&task.report);
                     let due = now.saturating_add(dispatch.timeout_ms).saturating_add(REPORT_GRACE_MS);
                     // The lease's alarm, set at dispatch for its timeout from
@@ -98,6 +117,27 @@ impl<W, L> Ledger<W, L> {
         let Some(dispatch) = task.dispatch.filter(|d| d.lease == lease) else { return };
         if task.report.state != TaskState::Running {
             return;
+        }
+        if let Some(answer_by) = dispatch.answer_by_ms {
+            let due = answer_by.min(dispatch.start_by_ms);
+            if now < due {
+                return io.set_alarm(due, Alarm::Lease(task_id, lease));
+            }
+            // Not even acknowledged: the frame that carried it is given up.
+            if let Some(worker) = self.cluster.get_mut(dispatch.key) {
+                io.unanswered(&mut worker.link, task_id);
+            }
+            let (within_ms, flag) = if answer_by <= dispatch.start_by_ms {
+                (self.settings.answer_within_ms, "--reply-timeout")
+            } else {
+                (self.settings.max_subworker_run_ms, "--max-subworker-run")
+            };
+            let why = format!(
+                "subworker '{}' did not answer the dispatch of the run within {} s ({flag})",
+                self.worker_name(dispatch.key),
+                within_ms as f64 / 1000.0
+            );
+            return self.revoke(task_id, dispatch, &why, now, io);
         }
         let due = match dispatch.report_by_ms {
             Some(report_by) => report_by,
@@ -126,10 +166,16 @@ impl<W, L> Ledger<W, L> {
                 self.settings.max_subworker_run_ms as f64 / 1000.0
             )
         };
+        self.revoke(task_id, dispatch, &why, now, io);
+    }
+
+    /// Revokes a run's lease (it was not reported in time) and sends the
+    /// task elsewhere; its worker gets nothing new until it heartbeats.
+    fn revoke(&mut self, task_id: TaskId, dispatch: Dispatched, why: &str, now: u64, io: &mut impl Effects<W, L>) {
         io.count(Counted::LeaseExpired);
         self.cluster.abandon(dispatch.key, task_id);
         self.tell_revoked(dispatch.key, vec![task_id], io);
-        self.send_again(task_id, &why, now, io);
+        self.send_again(task_id, why, now, io);
     }
 
     /// Tells a worker still connected that these runs were taken back, so
@@ -233,10 +279,87 @@ impl<W, L> Ledger<W, L> {
         self.settle_stranded(why, now, io);
     }
 
-    /// Waiting tasks that no live subworker provides run here or fail.
+    /// Waiting tasks that no live subworker provides run here or wait for
+    /// a provider to come back.
     pub(crate) fn settle_stranded(&mut self, why: &str, now: u64, io: &mut impl Effects<W, L>) {
         for waiting in self.cluster.stranded() {
-            self.run_here_or_fail(waiting.task_id, why, now, io);
+            self.run_here_or_wait(waiting.task_id, false, why, now, io);
         }
     }
+
+    /// A queued task nobody provides now waits in line for a provider to
+    /// come back, until the grace is over (an alarm); with no grace it
+    /// fails at once.
+    pub(super) fn await_provider(
+        &mut self,
+        task_id: TaskId,
+        first: bool,
+        why: &str,
+        now: u64,
+        io: &mut impl Effects<W, L>,
+    ) {
+        let grace_ms = self.settings.provider_grace_ms;
+        let Some(task) = self.live.get_mut(&task_id) else { return };
+        let why = if why.is_empty() { "no live subworker provides it" } else { why };
+        if grace_ms == 0 {
+            let message = gone(&task.report.task_name, why, None);
+            return self.fail(task_id, message, now, io);
+        }
+        task.report.state = TaskState::Queued;
+        let priority = task.report.priority;
+        let waiting = Waiting { task_id, task_name: task.report.task_name.clone() };
+        if task.absent.is_none() {
+            // The grace runs from the moment its provider was first missed.
+            let until_ms = now.saturating_add(grace_ms);
+            task.absent = Some(Box::new(Absent { until_ms, why: why.to_string() }));
+            io.set_alarm(until_ms, Alarm::Provider(task_id));
+            debug!(%task_id, task = %waiting.task_name, grace_ms, "no provider now: the task waits for one ({why})");
+        }
+        self.cluster.wait(priority, waiting, first);
+    }
+
+    /// The grace of a task waiting for a provider is over: it fails if it
+    /// still waits and no live or draining subworker provides it now, with
+    /// every other waiting task whose grace is over (one pass over the line).
+    pub(super) fn provider_due(&mut self, task_id: TaskId, now: u64, io: &mut impl Effects<W, L>) {
+        let Some(task) = self.live.get_mut(&task_id) else { return };
+        if task.absent.is_none() {
+            return;
+        }
+        if task.report.state != TaskState::Queued || self.cluster.provides(&task.report.task_name) {
+            // A provider is back: it waits for a slot like any other task.
+            task.absent = None;
+            return;
+        }
+        let over = |task: &LiveTask<W>| task.absent.as_ref().is_some_and(|absent| absent.until_ms <= now);
+        for waiting in self.cluster.stranded() {
+            match self.live.get(&waiting.task_id) {
+                Some(task) if over(task) => self.give_up(waiting.task_id, now, io),
+                Some(_) => self.run_here_or_wait(waiting.task_id, false, "", now, io),
+                None => {}
+            }
+        }
+        if self.live.get(&task_id).is_some_and(over) {
+            self.give_up(task_id, now, io);
+        }
+    }
+
+    /// Fails a task that waited the grace for a provider, saying so.
+    fn give_up(&mut self, task_id: TaskId, now: u64, io: &mut impl Effects<W, L>) {
+        let Some(task) = self.live.get_mut(&task_id) else { return };
+        let Some(absent) = task.absent.take() else { return };
+        io.cancel_alarm(Alarm::Provider(task_id));
+        let message = gone(&task.report.task_name, &absent.why, Some(self.settings.provider_grace_ms));
+        warn!(%task_id, task = %task.report.task_name, "no provider came back within the grace: the task fails");
+        self.fail(task_id, message, now, io);
+    }
+}
+
+/// The failure of a task nobody provides any more (after `grace_ms`, if
+/// it waited).
+fn gone(task_name: &str, why: &str, grace_ms: Option<u64>) -> String {
+    let waited = grace_ms.map_or_else(String::new, |ms| {
+        format!(" and none came back within {} s (--provider-grace)", ms as f64 / 1000.0)
+    });
+    format!("no worker provides task '{task_name}' any more ({why}){waited}; submit it again when one does")
 }

@@ -90,14 +90,21 @@ impl<W, L> Ledger<W, L> {
         // then, the run must be reported started in time.
         debug!(%task_id, worker = %worker.name.worker_id, lease, "task sent to a subworker");
         let start_by_ms = now.saturating_add(bound_ms);
-        let previous = task.dispatch.replace(Dispatched { key, lease, timeout_ms, start_by_ms, report_by_ms: None });
+        if task.absent.take().is_some() {
+            // It waited for a provider, and found one.
+            io.cancel_alarm(Alarm::Provider(task_id));
+        }
+        let answer_by_ms = now.saturating_add(self.settings.answer_within_ms);
+        let dispatched =
+            Dispatched { key, lease, timeout_ms, answer_by_ms: Some(answer_by_ms), start_by_ms, report_by_ms: None };
+        let previous = task.dispatch.replace(dispatched);
         if let Some(previous) = previous {
             // A retry or a task taken back: its earlier run's lease alarm
             // (up to --max-subworker-run away) guards nothing.
             io.cancel_alarm(Alarm::Lease(task_id, previous.lease));
         }
         let first_look = now.saturating_add(timeout_ms).saturating_add(REPORT_GRACE_MS);
-        io.set_alarm(first_look.min(start_by_ms), Alarm::Lease(task_id, lease));
+        io.set_alarm(answer_by_ms.min(first_look).min(start_by_ms), Alarm::Lease(task_id, lease));
         io.progressed(task, None);
     }
 
@@ -155,7 +162,15 @@ impl<W, L> Ledger<W, L> {
         now: u64,
         io: &mut impl Effects<W, L>,
     ) {
-        if !matches!(answer, FrameAnswer::Taken) {
+        if matches!(answer, FrameAnswer::Taken) {
+            for task_id in &sent {
+                let Some(task) = self.live.get_mut(task_id) else { continue };
+                if let Some(dispatch) = task.dispatch.as_mut().filter(|d| d.key == key) {
+                    // Acknowledged: from now on its start report is awaited.
+                    dispatch.answer_by_ms = None;
+                }
+            }
+        } else {
             for task_id in sent {
                 let Some((slot, false)) = self.cluster.slot_of(key, task_id) else { continue };
                 self.cluster.release(key, slot, Some(task_id));

@@ -24,9 +24,14 @@ pub(crate) enum Alarm {
     /// Run `attempt` of a task reaches its timeout.
     Deadline(TaskId, u32),
     /// The run sent to a subworker under this lease must have been
-    /// reported started by now, or, once started, ended (its timeout from
-    /// its start, plus a grace): else the lease is revoked.
+    /// acknowledged by now (its dispatch frame answered within
+    /// `--reply-timeout`), reported started (within `--max-subworker-run`)
+    /// or, once started, ended (its timeout from its start, plus a grace):
+    /// else the lease is revoked.
     Lease(TaskId, u64),
+    /// A task waiting for a provider to come back has waited the grace
+    /// (`--provider-grace`): it fails unless one is registered.
+    Provider(TaskId),
     /// A held-back run of a limited task may start: a rate token came due
     /// or a running run settled (see `crate::cluster::task_limits`).
     TaskLimits,
@@ -89,6 +94,11 @@ pub(crate) trait Effects<W, L> {
     /// hands an outcome to the newest `Collect` it holds, which must be
     /// this control plane's, not one a dead predecessor left.
     fn collect(&mut self, link: &L);
+
+    /// The dispatch frame that carried `task_id` was not answered in time:
+    /// if it is still in flight, it is given up, so that what is queued
+    /// behind it can leave.
+    fn unanswered(&mut self, link: &mut L, task_id: TaskId);
 
     /// Cancels the subworker link's exchanges in flight (its connection was
     /// lost: NNG would send them again on reconnection).

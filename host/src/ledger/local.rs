@@ -74,14 +74,20 @@ impl<W, L> Ledger<W, L> {
     }
 
     /// For a task no live subworker takes: runs it on this process's
-    /// threads if they can (unless its limit holds it back), or fails it.
-    pub(crate) fn run_here_or_fail(&mut self, task_id: TaskId, why: &str, now: u64, io: &mut impl Effects<W, L>) {
+    /// threads if they can (unless its limit holds it back), or lets it
+    /// wait for a provider to come back (see `delivery.rs`).
+    pub(crate) fn run_here_or_wait(
+        &mut self,
+        task_id: TaskId,
+        first: bool,
+        why: &str,
+        now: u64,
+        io: &mut impl Effects<W, L>,
+    ) {
         let Some(task) = self.live.get_mut(&task_id) else { return };
         let name = &task.report.task_name;
         if !self.settings.local_tasks.contains(name) {
-            let why = if why.is_empty() { "no live subworker provides it".to_string() } else { why.to_string() };
-            let message = format!("no worker provides task '{name}' any more ({why}); submit it again when one does");
-            return self.fail(task_id, message, now, io);
+            return self.await_provider(task_id, first, why, now, io);
         }
         task.report.state = TaskState::Queued;
         if !self.task_limits.is_empty() && !self.task_limits.try_start(name, task_id, now) {

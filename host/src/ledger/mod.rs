@@ -40,7 +40,7 @@ mod local;
 mod tests;
 mod workers;
 
-pub(crate) use delivery::{Dispatched, REPORT_GRACE_MS};
+pub(crate) use delivery::{Absent, Dispatched, REPORT_GRACE_MS};
 pub(crate) use dispatch::FrameAnswer;
 pub(crate) use effects::{Alarm, Counted, Effects};
 
@@ -54,9 +54,15 @@ pub(crate) struct Settings {
     pub(crate) worker_id: String,
     /// The longest a subworker may keep a run (`--max-subworker-run`).
     pub(crate) max_subworker_run_ms: u64,
+    /// The longest a subworker may take to answer a dispatch frame
+    /// (`--reply-timeout`): its runs are taken back after that.
+    pub(crate) answer_within_ms: u64,
     /// The tasks this process's own threads can run (none when it has no
     /// threads).
     pub(crate) local_tasks: FxHashSet<String>,
+    /// How long a task whose every provider is gone waits, queued, for one
+    /// to come back before it fails (`--provider-grace`; 0 fails it at once).
+    pub(crate) provider_grace_ms: u64,
 }
 
 /// The live tasks, the subworkers' slots and the task limits.
@@ -98,6 +104,8 @@ pub(crate) struct LiveTask<W> {
     pub(crate) dispatch: Option<Dispatched>,
     /// On a subworker: the lease its control plane sent it under.
     pub(crate) lease: Option<u64>,
+    /// Set while it waits for a provider to come back (none is registered).
+    pub(crate) absent: Option<Box<Absent>>,
 }
 
 /// How a task runs: its timeout, its retries, and who hears of its end.
@@ -132,6 +140,7 @@ impl<W> LiveTask<W> {
             tenant: None,
             dispatch: None,
             lease: None,
+            absent: None,
         }
     }
 }
@@ -223,17 +232,14 @@ impl<W, L> Ledger<W, L> {
 
     /// Event: a task taken up from the durable store after a restart. It
     /// waits for `due` (a retry's or an ETA's time), runs here, or waits
-    /// for a subworker that provides it to register.
+    /// for a subworker that provides it to register (within the grace for
+    /// absent providers, like any task whose provider is away).
     pub(crate) fn restore(&mut self, task: LiveTask<W>, due: Option<u64>, now: u64, io: &mut impl Effects<W, L>) {
-        let (task_id, priority) = (task.report.task_id, task.report.priority);
-        let task_name = task.report.task_name.clone();
+        let task_id = task.report.task_id;
         self.insert(task);
-        if let Some(at) = due {
-            io.set_alarm(at, Alarm::Start(task_id));
-        } else if self.runs_here(&task_name) {
-            self.start(task_id, false, "", now, io);
-        } else {
-            self.cluster.wait(priority, Waiting { task_id, task_name }, false);
+        match due {
+            Some(at) => io.set_alarm(at, Alarm::Start(task_id)),
+            None => self.start(task_id, false, "no subworker providing it has registered since the restart", now, io),
         }
     }
 
@@ -291,7 +297,7 @@ impl<W, L> Ledger<W, L> {
         match placement {
             Placement::Slot(key, slot) => self.send_to_worker(key, slot, task_id, now, io),
             Placement::Held if self.settings.local_tasks.contains(&report.task_name) => {
-                self.run_here_or_fail(task_id, why, now, io)
+                self.run_here_or_wait(task_id, first, why, now, io)
             }
             Placement::Wait | Placement::Held | Placement::Limited => {
                 let priority = report.priority;
@@ -307,7 +313,7 @@ impl<W, L> Ledger<W, L> {
                     self.arm_task_limits(now, io);
                 }
             }
-            Placement::Nobody => self.run_here_or_fail(task_id, why, now, io),
+            Placement::Nobody => self.run_here_or_wait(task_id, first, why, now, io),
         }
     }
 
@@ -322,6 +328,7 @@ impl<W, L> Ledger<W, L> {
             }
             Alarm::Deadline(task_id, attempt) => self.time_out(task_id, attempt, now, io),
             Alarm::Lease(task_id, lease) => self.lease_due(task_id, lease, now, io),
+            Alarm::Provider(task_id) => self.provider_due(task_id, now, io),
             Alarm::TaskLimits => {
                 self.task_limits.rang();
                 self.release_held(now, io);
@@ -341,9 +348,12 @@ impl<W, L> Ledger<W, L> {
         let Some(mut task) = self.remove(&task_id) else { return };
         self.task_limits.settle(&task.report.task_name, task_id);
         self.arm_task_limits(now, io);
-        // Its lease's alarm guards nothing any more.
+        // Its lease's alarm, or its wait for a provider, guards nothing any more.
         if let Some(dispatch) = &task.dispatch {
             io.cancel_alarm(Alarm::Lease(task_id, dispatch.lease));
+        }
+        if task.absent.is_some() {
+            io.cancel_alarm(Alarm::Provider(task_id));
         }
         let report = &mut task.report;
         report.finished_ms = Some(now);

@@ -33,6 +33,8 @@ struct FakeLink {
     /// real one queues them).
     notes: RefCell<Vec<Request>>,
     resets: u32,
+    /// Runs whose dispatch frame was given up unanswered.
+    unanswered: Vec<TaskId>,
     /// Runs already sent when its outcomes were first collected.
     collected_after: RefCell<Option<usize>>,
 }
@@ -97,6 +99,9 @@ impl Effects<Waiter, FakeLink> for Recorder {
     fn collect(&mut self, link: &FakeLink) {
         link.collected_after.borrow_mut().get_or_insert(link.sent.len());
     }
+    fn unanswered(&mut self, link: &mut FakeLink, task_id: TaskId) {
+        link.unanswered.push(task_id);
+    }
     fn reset(&mut self, link: &mut FakeLink) {
         link.resets += 1;
     }
@@ -118,13 +123,19 @@ impl Recorder {
 
 const T0: u64 = 1_000_000;
 const MAX_RUN_MS: u64 = 60_000;
+/// How long a subworker may take to answer a dispatch frame.
+const ANSWER_MS: u64 = 5_000;
+/// How long a task waits for an absent provider.
+const GRACE_MS: u64 = 30_000;
 
 /// A ledger whose process runs `local` tasks itself.
 fn ledger(local: &[&str]) -> Ledger<Waiter, FakeLink> {
     let settings = Settings {
         worker_id: "cp".into(),
         max_subworker_run_ms: MAX_RUN_MS,
+        answer_within_ms: ANSWER_MS,
         local_tasks: local.iter().map(|t| t.to_string()).collect(),
+        provider_grace_ms: GRACE_MS,
     };
     Ledger::new(settings, TaskLimits::default())
 }
@@ -351,7 +362,13 @@ mod here {
     #[test]
     fn a_concurrency_limit_holds_runs_back_until_one_ends() {
         let local_tasks = ["t"].iter().map(|t| t.to_string()).collect();
-        let settings = Settings { worker_id: "cp".into(), max_subworker_run_ms: MAX_RUN_MS, local_tasks };
+        let settings = Settings {
+            worker_id: "cp".into(),
+            max_subworker_run_ms: MAX_RUN_MS,
+            answer_within_ms: ANSWER_MS,
+            local_tasks,
+            provider_grace_ms: GRACE_MS,
+        };
         let limit = TaskLimit { rate: None, max_running: Some(1) };
         let flags: Vec<(String, Option<TaskLimit>)> = Vec::new();
         let mut ledger = Ledger::new(settings, TaskLimits::new([("t".to_string(), limit)], flags, T0));
@@ -382,7 +399,8 @@ mod cluster {
         let task_id = admit(&mut ledger, &mut io, task("t", 0, Some(3)));
         assert_eq!(link(&mut ledger, key).sent, vec![(task_id, 1, 1)]);
         let effects = io.take();
-        assert!(effects.contains(&Effect::SetAlarm(T0 + MAX_RUN_MS, Alarm::Lease(task_id, 1))), "{effects:?}");
+        // The first look is at the bound on the dispatch frame's answer.
+        assert!(effects.contains(&Effect::SetAlarm(T0 + ANSWER_MS, Alarm::Lease(task_id, 1))), "{effects:?}");
         assert_eq!(ledger.get(&task_id).unwrap().report.worker, "w1");
         ledger.collected(key, vec![outcome(task_id, 1, Ok("42"))], T0 + 10, &mut io);
         let ended = io.ended();
@@ -461,16 +479,24 @@ mod cluster {
         ledger.take_back(key, "silent", T0 + 1, &mut io);
         let effects = io.take();
         assert!(effects.contains(&Effect::RunHere(here)), "{effects:?}");
+        // The other waits, queued, for its provider to come back, then fails.
+        assert!(effects.contains(&Effect::SetAlarm(T0 + 1 + GRACE_MS, Alarm::Provider(there))), "{effects:?}");
+        assert_eq!(state(&ledger, there), Some(TaskState::Queued));
+        assert!(io.ended().is_empty());
+        ledger.alarm(Alarm::Provider(there), T0 + 1 + GRACE_MS, &mut io);
         let failed: Vec<_> = io.ended().into_iter().map(|(report, _)| report).collect();
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].task_id, there);
-        assert!(failed[0].error.as_ref().unwrap().message.contains("no worker provides task 'only-there' any more"));
+        let message = &failed[0].error.as_ref().unwrap().message;
+        assert!(message.contains("no worker provides task 'only-there' any more (silent)"), "{message}");
+        assert!(message.contains("within 30 s (--provider-grace)"), "{message}");
     }
 
     #[test]
     fn a_run_not_reported_started_in_time_is_revoked_and_sent_elsewhere() {
         let (mut ledger, first, mut io) = one_worker(1);
         let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        ledger.dispatch_answered(first, vec![task_id], FrameAnswer::Taken, T0, &mut io);
         let second = worker(&mut ledger, "w2", 1, &["t"]);
         // The first look comes at the bound; nothing was reported.
         ledger.alarm(Alarm::Lease(task_id, 1), T0 + MAX_RUN_MS, &mut io);
@@ -491,6 +517,7 @@ mod cluster {
     fn a_start_report_times_the_run_from_its_start() {
         let (mut ledger, key, mut io) = one_worker(1);
         let task_id = admit(&mut ledger, &mut io, task_timed("t", 0, 1_000, None));
+        ledger.dispatch_answered(key, vec![task_id], FrameAnswer::Taken, T0, &mut io);
         let other = worker(&mut ledger, "w2", 1, &["t"]);
         // Dispatched with a 1 s timeout: the first look is at its timeout plus the grace.
         assert!(io.take().contains(&Effect::SetAlarm(T0 + 1_000 + REPORT_GRACE_MS, Alarm::Lease(task_id, 1))));
@@ -593,6 +620,8 @@ mod cluster {
         let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
         let worker = ledger.remove_worker(key, "it left", T0 + 1, &mut io).expect("removed");
         assert_eq!(worker.name.worker_id, "w1");
+        assert!(io.ended().is_empty(), "it waits for a provider first");
+        ledger.alarm(Alarm::Provider(task_id), T0 + 1 + GRACE_MS, &mut io);
         let ended = io.ended();
         assert_eq!(ended[0].0.task_id, task_id);
         assert!(ended[0].0.error.as_ref().unwrap().message.contains("it left"));
@@ -688,15 +717,26 @@ mod workers {
         let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
         ledger.sweep(Duration::from_secs(30), T0 + 31_000, &mut io);
         assert_eq!(ledger.cluster.get(key).unwrap().phase, Phase::Inactive);
-        // Nobody else provides it: it failed, saying why.
-        let ended = io.ended();
-        assert_eq!(ended[0].0.task_id, task_id);
-        assert!(ended[0].0.error.as_ref().unwrap().message.contains("silent for over 30 s"), "{:?}", ended[0].0);
+        // Nobody else provides it: it waits for its provider, queued.
+        assert!(io.ended().is_empty());
+        assert_eq!(state(&ledger, task_id), Some(TaskState::Queued));
         let waiting = admit(&mut ledger, &mut io, task("t", 0, None));
-        assert!(ledger.get(&waiting).is_none(), "nobody provides it while the only worker is silent");
+        assert_eq!(state(&ledger, waiting), Some(TaskState::Queued), "it waits too");
         assert!(ledger.heartbeat(key, 0, T0 + 32_000, &mut io), "back");
         assert!(!ledger.heartbeat(key, 0, T0 + 33_000, &mut io), "already back");
         assert_eq!(ledger.cluster.get(key).unwrap().phase, Phase::Active);
+        // The abandoned slot is still taken; the task sent again waits for
+        // a slot, no longer for a provider, past its grace.
+        ledger.alarm(Alarm::Provider(waiting), T0 + 60_000, &mut io);
+        ledger.alarm(Alarm::Provider(task_id), T0 + 61_000, &mut io);
+        assert!(io.ended().is_empty(), "{:?}", io.ended());
+        ledger.collected(key, vec![outcome(task_id, 1, Ok("1"))], T0 + 62_000, &mut io);
+        assert_eq!(
+            link(&mut ledger, key).sent.len(),
+            2,
+            "its slot, freed, takes the next: {:?}",
+            link(&mut ledger, key).sent
+        );
     }
 
     #[test]
@@ -731,5 +771,223 @@ mod workers {
         ledger.remove_worker(key, "gone", T0 + 2, &mut io);
         assert_eq!(ledger.connection_lost(key, T0 + 3, &mut io), None);
         assert!(io.take().is_empty());
+    }
+}
+
+mod absent {
+    use super::*;
+
+    fn failed_message(io: &Recorder, task_id: TaskId) -> String {
+        let ended = io.ended();
+        let (report, _) = ended.iter().find(|(r, _)| r.task_id == task_id).expect("ended");
+        assert_eq!(report.state, TaskState::Failed, "{report:?}");
+        report.error.as_ref().unwrap().message.clone()
+    }
+
+    #[test]
+    fn a_retry_and_a_countdown_due_while_the_only_provider_is_gone_wait_for_the_next_one() {
+        let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
+        let first = worker(&mut ledger, "w1", 1, &["t"]);
+        let retried = admit(&mut ledger, &mut io, task("t", 1, None));
+        ledger.collected(first, vec![outcome(retried, 1, Err("once"))], T0 + 1, &mut io);
+        assert_eq!(state(&ledger, retried), Some(TaskState::Retrying));
+        let mut countdown = task("t", 0, None);
+        countdown.report.state = TaskState::Scheduled;
+        let counted = countdown.report.task_id;
+        ledger.admit(countdown, Some(T0 + 500), T0, &mut io);
+        // The only provider goes away; both come due meanwhile.
+        ledger.connection_lost(first, T0 + 50, &mut io);
+        ledger.remove_worker(first, "it restarted", T0 + 60, &mut io);
+        io.take();
+        ledger.alarm(Alarm::Start(retried), T0 + 101, &mut io);
+        ledger.alarm(Alarm::Start(counted), T0 + 500, &mut io);
+        let effects = io.take();
+        assert!(effects.contains(&Effect::SetAlarm(T0 + 101 + GRACE_MS, Alarm::Provider(retried))), "{effects:?}");
+        assert!(effects.contains(&Effect::SetAlarm(T0 + 500 + GRACE_MS, Alarm::Provider(counted))), "{effects:?}");
+        assert_eq!(
+            (state(&ledger, retried), state(&ledger, counted)),
+            (Some(TaskState::Queued), Some(TaskState::Queued))
+        );
+        assert!(io.ended().is_empty());
+        // A provider registers 3 s later: both go to it, their graces end.
+        let second = worker(&mut ledger, "w2", 2, &["t"]);
+        ledger.connected(second, T0 + 3_000, &mut io);
+        let sent: Vec<TaskId> = link(&mut ledger, second).sent.iter().map(|(id, _, _)| *id).collect();
+        assert_eq!(sent, vec![retried, counted]);
+        let effects = io.take();
+        assert!(effects.contains(&Effect::CancelAlarm(Alarm::Provider(retried))), "{effects:?}");
+        assert!(effects.contains(&Effect::CancelAlarm(Alarm::Provider(counted))), "{effects:?}");
+        // An alarm that rings all the same changes nothing.
+        ledger.alarm(Alarm::Provider(retried), T0 + 101 + GRACE_MS, &mut io);
+        assert_eq!(state(&ledger, retried), Some(TaskState::Running));
+        let (retry_lease, count_lease) = (link(&mut ledger, second).sent[0].1, link(&mut ledger, second).sent[1].1);
+        let outcomes = vec![outcome(retried, retry_lease, Ok("2")), outcome(counted, count_lease, Ok("3"))];
+        ledger.collected(second, outcomes, T0 + 3_100, &mut io);
+        let ended = io.ended();
+        assert_eq!(ended.len(), 2);
+        assert!(ended.iter().all(|(r, _)| r.state == TaskState::Succeeded), "{ended:?}");
+        assert_eq!(ended.iter().find(|(r, _)| r.task_id == retried).unwrap().0.attempts, 2);
+    }
+
+    #[test]
+    fn the_last_provider_s_hand_backs_wait_for_the_next_provider() {
+        let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
+        let first = worker(&mut ledger, "w1", 3, &["t"]);
+        let ids: Vec<TaskId> = (0..3).map(|_| admit(&mut ledger, &mut io, task("t", 0, None))).collect();
+        let refusal = Reply::Error(ErrorReply::new(ErrorKind::HandedBack, "stopping"));
+        let handed = vec![reply(ids[1], 2, &refusal), reply(ids[2], 3, &refusal)];
+        ledger.collected(first, handed, T0 + 1, &mut io);
+        assert!(ledger.leaving(first, "w1 is stopping", T0 + 2, &mut io));
+        // Held while the draining worker is there, then waiting for another.
+        ledger.remove_worker(first, "w1 stopped", T0 + 3_000, &mut io);
+        assert!(io.ended().is_empty(), "{:?}", io.ended());
+        for task_id in &ids {
+            assert_eq!(state(&ledger, *task_id), Some(TaskState::Queued));
+        }
+        let effects = io.take();
+        for task_id in &ids {
+            assert!(
+                effects.contains(&Effect::SetAlarm(T0 + 3_000 + GRACE_MS, Alarm::Provider(*task_id))),
+                "{effects:?}"
+            );
+        }
+        // A new provider with two slots: two go, the third waits for a
+        // slot, no longer for a provider, past its grace.
+        let second = worker(&mut ledger, "w2", 2, &["t"]);
+        ledger.connected(second, T0 + 5_000, &mut io);
+        assert_eq!(link(&mut ledger, second).sent.len(), 2);
+        for task_id in &ids {
+            ledger.alarm(Alarm::Provider(*task_id), T0 + 3_000 + GRACE_MS, &mut io);
+        }
+        assert!(io.ended().is_empty(), "{:?}", io.ended());
+        let (done, lease, _) = link(&mut ledger, second).sent[0];
+        ledger.collected(second, vec![outcome(done, lease, Ok("1"))], T0 + 40_000, &mut io);
+        assert_eq!(link(&mut ledger, second).sent.len(), 3, "the third went to the freed slot");
+        // The run lost with w1 went first, and counts; hand-backs do not.
+        assert_eq!((done, io.ended()[0].0.attempts), (ids[0], 2));
+        let attempts: Vec<u32> = ids[1..].iter().filter_map(|id| ledger.get(id)).map(|t| t.report.attempts).collect();
+        assert_eq!(attempts, vec![1, 1], "a hand-back does not count a run");
+    }
+
+    #[test]
+    fn past_the_grace_the_tasks_still_without_a_provider_fail_together_saying_why() {
+        let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
+        let key = worker(&mut ledger, "w1", 1, &["t"]);
+        let ids: Vec<TaskId> = (0..3).map(|_| admit(&mut ledger, &mut io, task("t", 0, None))).collect();
+        ledger.connection_lost(key, T0 + 10, &mut io);
+        let later = task("t", 0, None);
+        let later_id = later.report.task_id;
+        ledger.admit(later, None, T0 + 1_000, &mut io);
+        assert!(io.ended().is_empty());
+        ledger.alarm(Alarm::Provider(ids[2]), T0 + 10 + GRACE_MS - 1, &mut io);
+        assert!(io.ended().is_empty(), "not before its grace is over");
+        ledger.alarm(Alarm::Provider(ids[2]), T0 + 10 + GRACE_MS, &mut io);
+        assert_eq!(io.ended().len(), 3, "the three whose grace is over fail in one pass");
+        let message = failed_message(&io, ids[0]);
+        assert!(
+            message.contains("no worker provides task 't' any more (the connection to subworker 'w1' dropped)"),
+            "{message}"
+        );
+        assert!(message.contains("none came back within 30 s (--provider-grace)"), "{message}");
+        let effects = io.take();
+        assert!(effects.contains(&Effect::CancelAlarm(Alarm::Provider(ids[0]))), "{effects:?}");
+        assert_eq!(state(&ledger, later_id), Some(TaskState::Queued), "its grace runs on");
+        ledger.alarm(Alarm::Provider(ids[0]), T0 + 10 + GRACE_MS, &mut io);
+        assert_eq!(io.ended().len(), 3);
+        ledger.alarm(Alarm::Provider(later_id), T0 + 1_000 + GRACE_MS, &mut io);
+        assert!(failed_message(&io, later_id).contains("(no live subworker provides it)"));
+        assert!(ledger.cluster.stranded().is_empty(), "nothing is left in line");
+    }
+
+    #[test]
+    fn without_a_grace_a_task_nobody_provides_fails_at_once() {
+        let mut ledger = ledger(&[]);
+        ledger.settings.provider_grace_ms = 0;
+        let mut io = Recorder::default();
+        let key = worker(&mut ledger, "w1", 1, &["t"]);
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        ledger.connection_lost(key, T0 + 10, &mut io);
+        let message = failed_message(&io, task_id);
+        assert!(message.contains("any more (the connection to subworker 'w1' dropped); submit it again"), "{message}");
+        assert!(!io.take().iter().any(|e| matches!(e, Effect::SetAlarm(_, Alarm::Provider(_)))));
+    }
+
+    #[test]
+    fn a_restored_task_waits_for_its_provider_to_register() {
+        let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
+        let restored = task("t", 0, None);
+        let task_id = restored.report.task_id;
+        ledger.restore(restored, None, T0, &mut io);
+        let retrying = task("t", 0, None);
+        let retrying_id = retrying.report.task_id;
+        ledger.restore(retrying, Some(T0 + 100), T0, &mut io);
+        let effects = io.take();
+        assert!(effects.contains(&Effect::SetAlarm(T0 + GRACE_MS, Alarm::Provider(task_id))), "{effects:?}");
+        assert!(effects.contains(&Effect::SetAlarm(T0 + 100, Alarm::Start(retrying_id))), "{effects:?}");
+        assert!(!effects.contains(&Effect::SetAlarm(T0 + GRACE_MS, Alarm::Provider(retrying_id))), "{effects:?}");
+        let key = worker(&mut ledger, "w1", 1, &["t"]);
+        ledger.connected(key, T0 + 1_000, &mut io);
+        assert_eq!(link(&mut ledger, key).sent, vec![(task_id, 1, 1)]);
+        assert!(io.take().contains(&Effect::CancelAlarm(Alarm::Provider(task_id))));
+        // Unrestored subworker: the message says what it waited for.
+        ledger.remove_worker(key, "gone", T0 + 2_000, &mut io);
+        ledger.alarm(Alarm::Provider(task_id), T0 + 2_000 + GRACE_MS, &mut io);
+        assert!(failed_message(&io, task_id).contains("(gone)"));
+        let mut fresh = super::ledger(&[]);
+        let alone = task("t", 0, None);
+        let alone_id = alone.report.task_id;
+        fresh.restore(alone, None, T0, &mut io);
+        fresh.alarm(Alarm::Provider(alone_id), T0 + GRACE_MS, &mut io);
+        assert!(failed_message(&io, alone_id).contains("(no subworker providing it has registered since the restart)"));
+    }
+}
+
+mod unanswered {
+    use super::*;
+
+    #[test]
+    fn a_dispatch_not_answered_in_time_is_taken_back_and_sent_elsewhere() {
+        let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
+        let hole = worker(&mut ledger, "hole", 2, &["t"]);
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        assert!(io.take().contains(&Effect::SetAlarm(T0 + ANSWER_MS, Alarm::Lease(task_id, 1))));
+        let real = worker(&mut ledger, "real", 1, &["t"]);
+        ledger.alarm(Alarm::Lease(task_id, 1), T0 + ANSWER_MS - 1, &mut io);
+        assert_eq!(io.take(), vec![Effect::SetAlarm(T0 + ANSWER_MS, Alarm::Lease(task_id, 1))], "not before the bound");
+        ledger.alarm(Alarm::Lease(task_id, 1), T0 + ANSWER_MS, &mut io);
+        assert!(io.take().contains(&Effect::Count(Counted::LeaseExpired)));
+        // The frame is given up, the worker told, the task sent to the other.
+        assert_eq!(link(&mut ledger, hole).unanswered, vec![task_id]);
+        let notes = format!("{:?}", link(&mut ledger, hole).notes.borrow());
+        assert_eq!(notes, format!("{:?}", vec![Request::Revoke { task_ids: vec![task_id] }]));
+        assert_eq!(link(&mut ledger, real).sent, vec![(task_id, 2, 2)]);
+        assert_eq!(ledger.get(&task_id).unwrap().losses, 1);
+        // The silent worker gets nothing new until it heartbeats.
+        let next = admit(&mut ledger, &mut io, task("t", 0, None));
+        assert_eq!(state(&ledger, next), Some(TaskState::Queued));
+        assert_eq!(link(&mut ledger, hole).sent.len(), 1);
+    }
+
+    #[test]
+    fn an_answered_dispatch_is_bounded_by_its_start_report_and_a_start_report_is_an_answer() {
+        let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
+        let key = worker(&mut ledger, "w1", 2, &["t"]);
+        let answered = admit(&mut ledger, &mut io, task("t", 0, None));
+        let started = admit(&mut ledger, &mut io, task("t", 0, None));
+        ledger.dispatch_answered(key, vec![answered], FrameAnswer::Taken, T0 + 1, &mut io);
+        ledger.started(key, &[(started, 2)], T0 + 2, &mut io);
+        io.take();
+        // At the answer's bound, neither is taken back: the answered one is
+        // looked at again at --max-subworker-run, the started one at its end.
+        ledger.alarm(Alarm::Lease(answered, 1), T0 + ANSWER_MS, &mut io);
+        ledger.alarm(Alarm::Lease(started, 2), T0 + ANSWER_MS, &mut io);
+        let effects = io.take();
+        assert!(!effects.contains(&Effect::Count(Counted::LeaseExpired)), "{effects:?}");
+        assert!(effects.contains(&Effect::SetAlarm(T0 + MAX_RUN_MS, Alarm::Lease(answered, 1))), "{effects:?}");
+        assert!(link(&mut ledger, key).unanswered.is_empty());
+        assert_eq!(
+            (state(&ledger, answered), state(&ledger, started)),
+            (Some(TaskState::Running), Some(TaskState::Running))
+        );
     }
 }

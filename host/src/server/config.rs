@@ -65,6 +65,10 @@ pub struct ManagementConfig {
     /// transient `NotYetProvided` rather than `UnknownTask`, while
     /// subworkers register again (`--restart-window`).
     pub restart_window: Duration,
+    /// How long a task whose every provider is gone (restarting, drained,
+    /// not registered again yet after a restart) waits, queued, for one to
+    /// come back before it fails (`--provider-grace`; zero fails it at once).
+    pub provider_grace: Duration,
     /// Cluster-wide task limits set by `--task-limit`, over those the
     /// plugins declare; `None` lifts a declared one (see docs/limits.md).
     pub task_limits: Vec<(String, Option<crate::cluster::task_limits::TaskLimit>)>,

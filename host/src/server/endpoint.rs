@@ -1,11 +1,15 @@
-//! A listening NNG reply socket served by a fixed set of contexts, so that
+//! A listening NNG reply socket served by a set of contexts, so that
 //! overlapping requests on one port each get their own reply.
 //!
 //! Each context loops receive → handle → reply → receive. A handler may
 //! reply at once or keep the [`Replier`] and reply later from another
 //! thread (a blocking submission replies when its task finishes); meanwhile
-//! the other contexts keep serving. Requests beyond the number of contexts
-//! wait inside NNG until one is free: nothing is dropped.
+//! the other contexts keep serving. A port's set of contexts is either
+//! fixed (requests beyond it wait inside NNG until one is free) or grows on
+//! demand: when its last idle context takes a request it doubles, up to a
+//! bound (`--contexts-per-port` on a control plane's task ports); at the
+//! bound, that last context answers `Busy`, naming the flag, to whatever
+//! arrives until another frees, so nobody waits without a word.
 //!
 //! No peer can take a port from the others:
 //! * one connection may have at most `max_requests_per_connection`
@@ -21,7 +25,7 @@
 //! Several contexts may close the same connection at once (every reply
 //! queued behind a slow reader times out together): see `close_connection`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -78,6 +82,10 @@ struct Load {
 /// What every context of a port shares.
 struct Port {
     purpose: &'static str,
+    /// Contexts waiting for a request.
+    idle: AtomicUsize,
+    /// Every context of the port, and how to add more.
+    contexts: Mutex<Contexts>,
     per_connection: u32,
     reply_timeout: Duration,
     /// Requests in service and replies waiting to leave, by connection.
@@ -85,6 +93,15 @@ struct Port {
     refusals: Arc<Refusals>,
     log: Arc<PeerLog>,
     auth: Option<Arc<PortAuth>>,
+}
+
+/// A port's contexts: those it has (kept alive here) and those it may add.
+struct Contexts {
+    slots: Vec<Arc<Slot>>,
+    /// The most it may have, when it grows on demand.
+    grow_to: Option<usize>,
+    socket: Socket,
+    handler: Handler,
 }
 
 impl Replier {
@@ -220,12 +237,21 @@ impl Drop for Replier {
             if let Some(pipe) = slot.pipe.lock().expect("slot lock").take() {
                 slot.port.update(pipe, |load| load.in_service = load.in_service.saturating_sub(1));
             }
-            let _ = slot.ctx.recv(&slot.aio);
+            slot.listen();
         }
     }
 }
 
 impl Slot {
+    /// Waits for the next request (the context is idle until one comes).
+    fn listen(&self) {
+        self.port.idle.fetch_add(1, Ordering::SeqCst);
+        if let Err(error) = self.ctx.recv(&self.aio) {
+            self.port.idle.fetch_sub(1, Ordering::SeqCst);
+            debug!(%error, port = self.port.purpose, "a context could not wait for a request");
+        }
+    }
+
     /// The reply left (or failed to): count it out of its connection and
     /// take the next request.
     fn done(&self) {
@@ -234,11 +260,63 @@ impl Slot {
             self.port.update(pipe, |load| load.unsent = load.unsent.saturating_sub(1));
         }
         let _ = self.aio.set_timeout(None);
-        let _ = self.ctx.recv(&self.aio);
+        self.listen();
+    }
+
+    /// A new context of `port`, not yet waiting for a request.
+    fn open(port: &Arc<Port>, socket: &Socket, handler: &Handler) -> Result<Arc<Slot>, nng::Error> {
+        let ctx = Context::new(socket)?;
+        let handler = handler.clone();
+        let this: Arc<OnceLock<Weak<Slot>>> = Arc::default();
+        let callback_this = this.clone();
+        let aio = Aio::new(move |_aio, result| {
+            if let Some(slot) = callback_this.get().and_then(Weak::upgrade) {
+                on_event(&slot, result, &handler);
+            }
+        })?;
+        let slot = Arc::new(Slot { ctx, aio, port: port.clone(), pipe: Mutex::new(None) });
+        let _ = this.set(Arc::downgrade(&slot));
+        Ok(slot)
     }
 }
 
 impl Port {
+    /// The last idle context just took a request: the port doubles its
+    /// contexts if it grows and has room. False when it is at its bound
+    /// (then the request is to be refused `Busy`).
+    fn grow(self: &Arc<Self>) -> bool {
+        let mut contexts = self.contexts.lock().expect("port contexts lock");
+        let Some(most) = contexts.grow_to else { return true };
+        if self.idle.load(Ordering::SeqCst) > 0 {
+            // Another context freed, or another request grew the port.
+            return true;
+        }
+        let have = contexts.slots.len();
+        if have >= most {
+            return false;
+        }
+        let add = have.max(1).min(most - have);
+        let mut fresh = Vec::with_capacity(add);
+        for _ in 0..add {
+            match Slot::open(self, &contexts.socket, &contexts.handler) {
+                Ok(slot) => fresh.push(slot),
+                Err(error) => {
+                    warn!(port = self.purpose, %error, "could not add a context");
+                    break;
+                }
+            }
+        }
+        contexts.slots.extend(fresh.iter().cloned());
+        let now = contexts.slots.len();
+        drop(contexts);
+        debug!(port = self.purpose, contexts = now, "every context was in service: the port grew");
+        // Outside the lock: a request may reach a new context at once.
+        for slot in &fresh {
+            slot.listen();
+        }
+        !fresh.is_empty()
+    }
+
     /// Counts a request of `pipe` in; false when that connection already
     /// had as many in service as allowed (it is counted in all the same).
     fn enter(&self, pipe: Pipe) -> bool {
@@ -311,8 +389,12 @@ pub(crate) fn encode_reply(reply: &Reply) -> Message {
 pub(crate) struct PortOptions {
     /// What the port is for, in errors and logs.
     pub(crate) purpose: &'static str,
-    /// Requests served at once.
+    /// Requests served at once, at the start.
     pub(crate) contexts: usize,
+    /// The most contexts it grows to on demand, beyond which a request is
+    /// answered `Busy` (`--contexts-per-port`; at least 2, one kept to
+    /// answer); `None`: `contexts` only, more requests wait inside NNG.
+    pub(crate) grow_to: Option<usize>,
     /// Largest frame taken; larger ones close the sender's connection
     /// (with slack, so that the handler can answer a clear error first).
     pub(crate) max_frame: usize,
@@ -334,7 +416,7 @@ pub(crate) struct PortOptions {
 /// A listening socket and its contexts.
 pub(crate) struct Listener {
     socket: Socket,
-    slots: Vec<Arc<Slot>>,
+    port: Arc<Port>,
 }
 
 /// Why a listener could not start.
@@ -384,8 +466,12 @@ impl Listener {
                 .map_err(fail)?;
         }
         crate::wire::tls::listen(&socket, url).map_err(fail)?;
+        let grow_to = options.grow_to.map(|most| most.max(2).max(options.contexts));
+        let contexts = Contexts { slots: Vec::new(), grow_to, socket: socket.clone(), handler: handler.clone() };
         let port = Arc::new(Port {
             purpose,
+            idle: AtomicUsize::new(0),
+            contexts: Mutex::new(contexts),
             per_connection: u32::try_from(options.per_connection).unwrap_or(u32::MAX).max(1),
             reply_timeout: options.reply_timeout,
             connections: Mutex::new(FxHashMap::default()),
@@ -394,30 +480,23 @@ impl Listener {
             auth: options.auth,
         });
         let mut slots = Vec::with_capacity(options.contexts);
-        for _ in 0..options.contexts {
-            let ctx = Context::new(&socket).map_err(fail)?;
-            let handler = handler.clone();
-            let port = port.clone();
-            let this: Arc<OnceLock<Weak<Slot>>> = Arc::default();
-            let callback_this = this.clone();
-            let aio = Aio::new(move |_aio, result| {
-                if let Some(slot) = callback_this.get().and_then(Weak::upgrade) {
-                    on_event(&slot, result, &handler);
-                }
-            })
-            .map_err(fail)?;
-            let slot = Arc::new(Slot { ctx, aio, port, pipe: Mutex::new(None) });
-            let _ = this.set(Arc::downgrade(&slot));
+        for _ in 0..options.contexts.max(1) {
+            let slot = Slot::open(&port, &socket, &handler).map_err(fail)?;
+            port.idle.fetch_add(1, Ordering::SeqCst);
             slot.ctx.recv(&slot.aio).map_err(fail)?;
             slots.push(slot);
         }
-        Ok(Listener { socket, slots })
+        port.contexts.lock().expect("port contexts lock").slots = slots;
+        Ok(Listener { socket, port })
     }
 }
 
 fn on_event(slot: &Arc<Slot>, result: AioResult, handler: &Handler) {
     match result {
         AioResult::Recv(Ok(mut message)) => {
+            // This context is in service now; if it was the last idle one,
+            // the port grows, or at its bound this request is refused.
+            let full = slot.port.idle.fetch_sub(1, Ordering::SeqCst) <= 1 && !slot.port.grow();
             let pipe = message.pipe();
             *slot.pipe.lock().expect("slot lock") = pipe;
             let mut replier = Replier { slot: Some(slot.clone()), opened: None, forward: None, local: None };
@@ -444,6 +523,12 @@ fn on_event(slot: &Arc<Slot>, result: AioResult, handler: &Handler) {
                         return replier.send(&Reply::Error(ErrorReply::new(kind, error.to_string())));
                     }
                 }
+            }
+            if full {
+                if let Some(pipe) = pipe {
+                    slot.port.enter(pipe);
+                }
+                return refuse_full(replier);
             }
             match pipe {
                 Some(pipe) if !slot.port.enter(pipe) => {
@@ -491,12 +576,28 @@ fn on_event(slot: &Arc<Slot>, result: AioResult, handler: &Handler) {
     }
 }
 
+/// Answers a request that reached the last context of a port at its bound.
+fn refuse_full(replier: Replier) {
+    let Some(slot) = &replier.slot else { return };
+    let port = slot.port.clone();
+    port.refusals.count(Bound::ContextsPerPort);
+    let most = port.contexts.lock().expect("port contexts lock").slots.len();
+    let message = format!(
+        "the {} has {} requests in service, as many as it serves (--contexts-per-port {most}): retry shortly, or raise --contexts-per-port",
+        port.purpose,
+        most.saturating_sub(1)
+    );
+    replier.warn_peer("refused a request", &"every context of the port is in service");
+    replier.send(&Reply::Error(ErrorReply::new(ErrorKind::Busy, message)));
+}
+
 impl Drop for Listener {
     fn drop(&mut self) {
         self.socket.close();
         // An Aio must never be freed from inside its own callback, which a
         // late reply racing this drop could cause; the process is ending, so
         // the contexts are left to the OS.
-        std::mem::forget(std::mem::take(&mut self.slots));
+        let slots = std::mem::take(&mut self.port.contexts.lock().expect("port contexts lock").slots);
+        std::mem::forget(slots);
     }
 }

@@ -16,7 +16,9 @@ use std::time::Duration;
 pub struct Limits {
     /// Largest frame accepted on any port, in bytes.
     pub max_frame_bytes: usize,
-    /// Requests each port serves at once; more wait in NNG's queue.
+    /// Requests each task port serves at once: a control plane's grow to
+    /// this on demand and answer `Busy` beyond it (a subworker's are fixed,
+    /// and more wait in NNG's queue).
     pub contexts_per_port: usize,
     /// Requests one connection may have in service on one port; more are
     /// answered `Busy` at once, so one client cannot take a port's contexts.
@@ -85,7 +87,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_frame_bytes: 16 * 1024 * 1024,
-            contexts_per_port: 256,
+            contexts_per_port: 4096,
             max_requests_per_connection: 128,
             reply_timeout: Duration::from_secs(5),
             max_cached_bytes: 256 * 1024 * 1024,
@@ -204,14 +206,17 @@ pub enum Bound {
     GuiWaits,
     /// `--queue-share`: one key's (or connection's) share of the queue.
     QueueShare,
+    /// `--contexts-per-port`.
+    ContextsPerPort,
 }
 
 impl Bound {
     /// Every bound, in `/metrics` order.
-    pub const ALL: [Bound; 12] = [
+    pub const ALL: [Bound; 13] = [
         Bound::QueuedTasks,
         Bound::QueuedBytes,
         Bound::CachedBytes,
+        Bound::ContextsPerPort,
         Bound::RequestsPerConnection,
         Bound::Subworkers,
         Bound::SubworkerSlots,
@@ -238,6 +243,7 @@ impl Bound {
             Bound::GuiConnections => "--gui-max-connections",
             Bound::GuiWaits => "--gui-max-waits",
             Bound::QueueShare => "--queue-share",
+            Bound::ContextsPerPort => "--contexts-per-port",
         }
     }
 
@@ -261,6 +267,7 @@ impl Bound {
             Bound::GuiConnections => limits.gui_max_connections as u64,
             Bound::GuiWaits => limits.gui_max_waits as u64,
             Bound::QueueShare => u64::from(limits.queue_share_percent),
+            Bound::ContextsPerPort => limits.contexts_per_port as u64,
         }
     }
 }

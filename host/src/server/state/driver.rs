@@ -9,7 +9,7 @@ use crate::cluster::link::Link;
 use crate::ledger::{Alarm, Counted, Effects, LiveTask};
 use crate::server::cache::args_digest;
 use crate::server::endpoint::{encode_reply, Replier};
-use crate::wire::protocol::{encode_message, Forwarded, Notice, Reply, Request, TaskReport};
+use crate::wire::protocol::{encode_message, Forwarded, Notice, Reply, Request, TaskId, TaskReport};
 use crate::workflow::registry::Workflows;
 
 use super::{Job, Outbox, State};
@@ -108,6 +108,10 @@ impl Effects<Replier, Link> for Driver<'_> {
         if let Err(error) = link.collect() {
             tracing::debug!(%error, "could not ask a subworker for outcomes");
         }
+    }
+
+    fn unanswered(&mut self, link: &mut Link, task_id: TaskId) {
+        link.abandon_dispatch(task_id);
     }
 
     fn reset(&mut self, link: &mut Link) {

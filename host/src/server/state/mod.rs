@@ -213,11 +213,13 @@ impl State {
             let settings = Settings {
                 worker_id: config.worker_id.clone(),
                 max_subworker_run_ms: millis(config.limits.max_subworker_run),
+                answer_within_ms: millis(config.limits.reply_timeout),
                 local_tasks: if pool.threads() == 0 {
                     Default::default()
                 } else {
                     registry.tasks().iter().map(|task| task.decl.name.to_string()).collect()
                 },
+                provider_grace_ms: config.management.as_ref().map_or(0, |m| millis(m.provider_grace)),
             };
             State {
                 scheduler,
@@ -578,11 +580,6 @@ impl State {
                 format!("task {task_id} is unknown to '{}': check the id and the --address", self.config.worker_id),
             ),
         }
-    }
-
-    /// Waiting tasks that no live subworker provides run here or fail.
-    pub(crate) fn settle_stranded(&self, tasks: &mut Tasks, why: &str, outbox: &mut Outbox) {
-        self.drive(tasks, outbox, |ledger, io| ledger.settle_stranded(why, now_ms(), io));
     }
 }
 

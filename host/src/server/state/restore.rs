@@ -4,12 +4,12 @@
 //! start.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::info;
 
-use super::{Outbox, State, Tasks};
+use super::{Outbox, State};
 use crate::ledger::{LiveTask, Plan};
 use crate::server::endpoint::Replier;
 use crate::server::journal::Recovered;
@@ -94,7 +94,8 @@ impl State {
             } else if tasks.ledger.runs_here(&task.report.task_name) {
                 queued += 1;
             } else {
-                // Only subworkers provide it: it waits for one to register.
+                // Only subworkers provide it: it waits for one to register
+                // (within --provider-grace).
                 for_subworkers += 1;
             }
             self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.restore(task, due, now, io));
@@ -110,27 +111,5 @@ impl State {
             "durable mode: accepted tasks taken up again after the restart"
         );
         self.restore_workflows(workflows);
-        if for_subworkers > 0 {
-            self.settle_stranded_later();
-        }
-    }
-
-    /// Tasks restored for subworkers wait for them to register again; those
-    /// nobody provides after `--inactive-after` run here or fail, saying so.
-    fn settle_stranded_later(self: &Arc<Self>) {
-        let grace = self.config.management.as_ref().map_or(Duration::from_secs(30), |m| m.inactive_after);
-        let state: Weak<State> = Arc::downgrade(self);
-        let spawned = std::thread::Builder::new().name("restore-grace".into()).spawn(move || {
-            std::thread::sleep(grace);
-            let Some(state) = state.upgrade() else { return };
-            let mut outbox = Outbox::default();
-            let mut tasks: std::sync::MutexGuard<'_, Tasks> = state.lock();
-            state.settle_stranded(&mut tasks, "no subworker providing it registered after the restart", &mut outbox);
-            drop(tasks);
-            outbox.deliver();
-        });
-        if let Err(error) = spawned {
-            warn!(%error, "could not start the thread that settles restored tasks nobody provides");
-        }
     }
 }
