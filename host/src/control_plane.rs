@@ -324,12 +324,12 @@ impl State {
             }
             Ok(Request::WorkflowStatus { workflow_id }) => {
                 let Some(replier) = replier.allow(READERS, "read workflows") else { return };
-                return replier.send(&self.workflow_status(workflow_id));
+                return self.workflow_status(workflow_id, replier);
             }
             Ok(Request::CancelWorkflow { workflow_id }) => {
                 let Some(replier) = replier.allow(READERS, "cancel workflows") else { return };
                 let caller = Caller::of(&replier);
-                return replier.send(&self.cancel_workflow(workflow_id, caller));
+                return self.cancel_workflow(workflow_id, caller, replier);
             }
             Ok(Request::Schedules) => {
                 let Some(replier) = replier.allow(READERS, "list schedules") else { return };

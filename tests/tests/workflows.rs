@@ -445,10 +445,8 @@ fn a_chord_killed_with_part_of_its_group_done_finishes_after_the_restart() {
         states[..3] == [MemberState::Succeeded, MemberState::Running, MemberState::Succeeded]
     });
     assert!(midway, "two adds done, the sleeper running");
-    // Status shows an outcome as soon as it is known; it is on disk with the
-    // next group commit (about 2 ms when idle, longer on a loaded machine).
-    // Killed before that, the member would rightly run again.
-    std::thread::sleep(Duration::from_millis(500));
+    // Killed the moment status shows the two ends: status shows them only
+    // once they are on disk, so they are not run again.
     cp.signal("KILL");
     let _ = cp.wait_exit(Duration::from_secs(10));
     let cp = durable_at(&address, &state_dir);
@@ -462,6 +460,38 @@ fn a_chord_killed_with_part_of_its_group_done_finishes_after_the_restart() {
     }
     let sleeper = rt.block_on(client.status(report.members[1].task_id.unwrap())).unwrap();
     assert_eq!(sleeper.attempts, 2, "the interrupted member ran again");
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_member_shown_ended_is_on_disk_so_a_crash_right_after_does_not_run_it_again() {
+    let (dir, state_dir, address) = durable_place("shown");
+    let rt = runtime();
+    let mut cp = durable_at(&address, &state_dir);
+    for round in 0..5 {
+        let client = cp.client();
+        let wf = Workflow::chain([task("sleep_ms", json!([20])), task("sleep_ms", json!([60_000]))]);
+        let id = rt.block_on(client.submit_workflow(&wf)).unwrap().workflow_id;
+        // Polled as fast as it answers, and killed the moment the first
+        // member shows its end: that end must have been on disk already.
+        let first = loop {
+            let report = rt.block_on(client.workflow_status(id)).unwrap();
+            if report.members[0].state == MemberState::Succeeded {
+                break report.members[0].task_id.unwrap();
+            }
+        };
+        cp.signal("KILL");
+        let _ = cp.wait_exit(Duration::from_secs(10));
+        cp = durable_at(&address, &state_dir);
+        let client = cp.client();
+        let report = rt.block_on(client.workflow_status(id)).unwrap();
+        assert_eq!(report.members[0].state, MemberState::Succeeded, "round {round}: {report:?}");
+        let task = rt.block_on(client.status(first)).unwrap();
+        assert_eq!(task.attempts, 1, "round {round}: a member shown ended ran again: {task:?}");
+        // Its second member stops (it may have ended already).
+        let _ = rt.block_on(client.cancel_workflow(id));
+    }
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
 }

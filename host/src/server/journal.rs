@@ -313,6 +313,11 @@ impl Journal {
         seq
     }
 
+    /// The number of the last record handed so far (0: none).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).1
+    }
+
     /// Whether the record numbered `seq` has been through a commit (it is
     /// on disk, unless the store failed, which is logged and refuses
     /// submissions).

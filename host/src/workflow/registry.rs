@@ -24,6 +24,9 @@ pub(crate) struct Entry<W> {
     pub(crate) digest: [u8; 16],
     /// Bytes its description holds.
     pub(crate) bytes: usize,
+    /// The number of the last durable record that its status reflects (0:
+    /// none): the status is shown only once that record is stored.
+    pub(crate) record: u64,
 }
 
 /// Every workflow known here.
@@ -191,6 +194,7 @@ mod tests {
             waiters: vec![7],
             digest: [0; 16],
             bytes: 10,
+            record: 0,
         };
         (entry, effects)
     }

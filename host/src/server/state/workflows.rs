@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::{Caller, Outbox, State, Tasks};
 use crate::server::cache::{args_digest, Lookup};
+use crate::server::endpoint::Replier;
 use crate::server::journal::{Record, RecoveredWorkflow, WorkflowRecord, CANCEL_STEP};
 use crate::server::limits::{millis, Bound};
 use crate::wire::auth::Role;
@@ -38,7 +39,7 @@ impl State {
 
     /// Answers a workflow submission: in durable mode once the workflow is
     /// stored.
-    pub(crate) fn submit_workflow_for(&self, submit: WorkflowSubmit, replier: crate::server::endpoint::Replier) {
+    pub(crate) fn submit_workflow_for(&self, submit: WorkflowSubmit, replier: Replier) {
         let owner = replier.key_id();
         let reply = self.submit_workflow(submit, owner);
         self.durable.acknowledge(replier, reply);
@@ -82,8 +83,17 @@ impl State {
         ));
         let mut machine = Machine::new(submit, parents, bounds.max_bytes);
         let effects = machine.start();
-        let entry =
-            Entry { machine, owner, created_ms, finished_ms: None, waiters: Vec::new(), digest, bytes: encoded.len() };
+        let record = self.durable.last_record();
+        let entry = Entry {
+            machine,
+            owner,
+            created_ms,
+            finished_ms: None,
+            waiters: Vec::new(),
+            digest,
+            bytes: encoded.len(),
+            record,
+        };
         tasks.workflows.insert(workflow_id, entry);
         debug!(%workflow_id, "workflow accepted");
         self.apply(&mut tasks, workflow_id, effects, &mut outbox);
@@ -184,10 +194,17 @@ impl State {
                 }
                 if !waiters.is_empty() {
                     let reply = self.workflow_report(tasks, workflow_id);
-                    outbox.0.push((waiters, crate::server::endpoint::encode_reply(&reply)));
+                    let message = crate::server::endpoint::encode_reply(&reply);
+                    self.durable.answer_final(waiters, message, outbox);
                 }
                 self.sweep_workflows(tasks, now);
             }
+        }
+        // What it shows now is shown once the records written for it (its
+        // members' ends, its own) are stored.
+        let record = self.durable.last_record();
+        if let Some(entry) = tasks.workflows.get_mut(&workflow_id) {
+            entry.record = record;
         }
     }
 
@@ -212,11 +229,17 @@ impl State {
         self.apply(tasks, workflow_id, effects, outbox);
     }
 
-    /// A workflow's status, or why it is not known.
-    pub(crate) fn workflow_status(&self, workflow_id: WorkflowId) -> Reply {
+    /// Answers `replier` with a workflow's status, or why it is not known:
+    /// in durable mode once every record it reflects is stored, so that no
+    /// member is shown ended (nor the workflow) before a crash could no
+    /// longer take that back.
+    pub(crate) fn workflow_status(&self, workflow_id: WorkflowId, replier: Replier) {
         let mut tasks = self.lock();
         self.sweep_workflows(&mut tasks, now_ms());
-        self.workflow_report(&tasks, workflow_id)
+        let reply = self.workflow_report(&tasks, workflow_id);
+        let record = tasks.workflows.get(&workflow_id).map_or(0, |entry| entry.record);
+        drop(tasks);
+        self.durable.after(record, move || replier.send(&reply));
     }
 
     fn workflow_report(&self, tasks: &Tasks, workflow_id: WorkflowId) -> Reply {
@@ -234,7 +257,15 @@ impl State {
 
     /// Cancels a workflow: pending members never run, queued ones are
     /// cancelled, running ones have their cancellation flag set.
-    pub(crate) fn cancel_workflow(&self, workflow_id: WorkflowId, caller: Caller) -> Reply {
+    /// The answer, the workflow's status, goes to `replier` once its
+    /// cancellation is stored.
+    pub(crate) fn cancel_workflow(&self, workflow_id: WorkflowId, caller: Caller, replier: Replier) {
+        let reply = self.cancel_workflow_now(workflow_id, caller);
+        let record = self.lock().workflows.get(&workflow_id).map_or(0, |entry| entry.record);
+        self.durable.after(record, move || replier.send(&reply));
+    }
+
+    fn cancel_workflow_now(&self, workflow_id: WorkflowId, caller: Caller) -> Reply {
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
         let Some(entry) = tasks.workflows.get_mut(&workflow_id) else {
@@ -350,6 +381,7 @@ impl State {
                 waiters: Vec::new(),
                 digest,
                 bytes: encoded.len(),
+                record: 0,
             };
             tasks.workflows.insert(workflow_id, entry);
             let note = Effects {
