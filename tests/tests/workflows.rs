@@ -496,6 +496,69 @@ fn a_member_shown_ended_is_on_disk_so_a_crash_right_after_does_not_run_it_again(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A gauge of the control plane's `/metrics`.
+fn gauge(cp: &Process, name: &str) -> f64 {
+    let metrics = fastworker_tests::http::get(&format!("{}/metrics", cp.gui.as_ref().unwrap())).text();
+    let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_chord_gathering_more_than_the_running_bound_fails_clearly_without_holding_it() {
+    let mib = 1 << 20;
+    let flags = ["--max-frame-bytes", "67108864", "--max-queued-bytes", "4194304", "--result-cache-bytes", "4194304"];
+    let cp = Process::control_plane_with_gui(&["example-tasks", "text-tasks"], &flags, &[]);
+    let client = cp.client();
+    let before = rss_kib(cp.pid());
+    // 40 results of 1 MiB each, gathered by the group for its callback: 40
+    // MiB, where running workflows may hold 4 MiB.
+    let members = (0..40).map(|_| task("repeat", json!(["x", mib])));
+    let wf = Workflow::chord(members, task("upper", json!([])));
+    let report = run(&client, &wf);
+    assert_eq!(report.state, WorkflowState::Failed, "{report:?}");
+    let message = &report.failure.as_ref().unwrap().message;
+    assert!(message.contains("--max-queued-bytes") && message.contains("gathered"), "{message}");
+    assert_eq!(report.members.last().unwrap().state, MemberState::Skipped, "the callback never ran");
+    let grown = rss_kib(cp.pid()).saturating_sub(before);
+    eprintln!("the control plane grew {grown} KiB");
+    assert!(grown < 24 * 1024, "the control plane grew {grown} KiB for a chord refused at 4 MiB");
+    assert_eq!(gauge(&cp, "fastworker_workflows_running_bytes"), 0.0);
+    assert_eq!(gauge(&cp, "fastworker_workflows_finished"), 1.0);
+    // The control plane goes on.
+    assert_eq!(result_of(&run(&client, &Workflow::chain([task("add", json!([2, 2]))]))), json!(4));
+}
+
+#[test]
+fn finished_workflows_past_the_byte_bound_are_forgotten_oldest_first() {
+    // Each finished workflow keeps its 100 KiB result: 1 MiB holds about ten.
+    let flags = ["--result-cache-bytes", "1048576"];
+    let cp = Process::control_plane_with_gui(&["example-tasks", "text-tasks"], &flags, &[]);
+    let client = cp.client();
+    let rt = runtime();
+    let ids: Vec<WorkflowId> = (0..30)
+        .map(|_| run(&client, &Workflow::chain([task("repeat", json!(["y", 100 * 1024]))])).workflow_id)
+        .collect();
+    let (kept, bytes) =
+        (gauge(&cp, "fastworker_workflows_finished"), gauge(&cp, "fastworker_workflows_finished_bytes"));
+    assert!((5.0..=10.0).contains(&kept) && bytes <= 1048576.0, "{kept} kept in {bytes} bytes");
+    let known: Vec<bool> = ids.iter().map(|id| rt.block_on(client.workflow_status(*id)).is_ok()).collect();
+    let first_known = known.iter().position(|k| *k).unwrap();
+    assert!(known[first_known..].iter().all(|k| *k), "the oldest are forgotten first: {known:?}");
+    assert_eq!(known.iter().filter(|k| **k).count() as f64, kept, "{known:?}");
+    let forgotten = rt.block_on(client.workflow_status(ids[0]));
+    assert!(
+        matches!(forgotten, Err(ClientError::Refused(ref r)) if r.kind == ErrorKind::UnknownWorkflowId),
+        "{forgotten:?}"
+    );
+}
+
 #[test]
 fn results_too_large_for_a_frame_fail_the_workflow_clearly() {
     let cp = Process::control_plane(&["example-tasks"], &["--max-frame-bytes", "65536"]);

@@ -112,6 +112,13 @@ impl State {
         (total, rows, record.unwrap_or(0))
     }
 
+    /// Workflows running and the bytes they hold (descriptions and
+    /// gathered results), then finished ones kept and their bytes.
+    pub(crate) fn workflow_bytes(&self) -> [(usize, usize); 2] {
+        let tasks = self.lock();
+        [tasks.workflows.live(), tasks.workflows.kept()]
+    }
+
     /// Whether the durable record numbered `record` is stored (always, in
     /// memory mode).
     pub(crate) fn is_stored(&self, record: u64) -> bool {

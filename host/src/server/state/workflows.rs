@@ -83,17 +83,8 @@ impl State {
         ));
         let mut machine = Machine::new(submit, parents, bounds.max_bytes);
         let effects = machine.start();
-        let record = self.durable.last_record();
-        let entry = Entry {
-            machine,
-            owner,
-            created_ms,
-            finished_ms: None,
-            waiters: Vec::new(),
-            digest,
-            bytes: encoded.len(),
-            record,
-        };
+        let mut entry = Entry::new(machine, owner, created_ms, digest, encoded.len());
+        entry.record = self.durable.last_record();
         tasks.workflows.insert(workflow_id, entry);
         debug!(%workflow_id, "workflow accepted");
         self.apply(&mut tasks, workflow_id, effects, &mut outbox);
@@ -206,6 +197,7 @@ impl State {
         if let Some(entry) = tasks.workflows.get_mut(&workflow_id) {
             entry.record = record;
         }
+        tasks.workflows.recount(&workflow_id);
     }
 
     /// Called by [`State::finish`] for every task that ends: a workflow's
@@ -226,7 +218,36 @@ impl State {
         if running {
             self.durable.write(Record::WorkflowStep(workflow_id, node, Box::new(outcome)));
         }
+        let abort = self.past_gathered_bound(tasks, workflow_id);
         self.apply(tasks, workflow_id, effects, outbox);
+        if let Some(effects) = abort {
+            self.apply(tasks, workflow_id, effects, outbox);
+        }
+    }
+
+    /// When the results running workflows gather pass `--max-queued-bytes`
+    /// with what `workflow_id` just gathered, it fails, saying so (the
+    /// failure is stored as its stop step): the effects of that.
+    fn past_gathered_bound(&self, tasks: &mut Tasks, workflow_id: WorkflowId) -> Option<Effects> {
+        let bound = self.config.limits.max_queued_bytes;
+        let live_bytes = tasks.workflows.recount(&workflow_id);
+        let entry = tasks.workflows.get_mut(&workflow_id)?;
+        let held = entry.machine.held();
+        if live_bytes as u64 <= bound || held == 0 || entry.machine.state().is_final() {
+            return None;
+        }
+        let message = format!(
+            "the results its groups gathered ({held} bytes) bring what running workflows hold to {live_bytes} bytes, more than --max-queued-bytes ({bound}) allows: gather fewer or smaller results at once, or raise --max-queued-bytes"
+        );
+        warn!(%workflow_id, "workflow failed: {message}");
+        let effects = entry.machine.abort(message.clone());
+        self.durable.write(Record::WorkflowStep(
+            workflow_id,
+            CANCEL_STEP,
+            Box::new(Outcome::Failed(failure(&message))),
+        ));
+        tasks.workflows.recount(&workflow_id);
+        Some(effects)
     }
 
     /// Answers `replier` with a workflow's status, or why it is not known:
@@ -351,11 +372,11 @@ impl State {
                 }
             };
             remember(machine.start(), &mut made);
-            let mut cancelled = false;
+            let mut stopped = None;
             let mut pending: Vec<(u32, Outcome)> = Vec::new();
             for (node, outcome) in steps {
                 if node == CANCEL_STEP {
-                    cancelled = true;
+                    stopped = Some(outcome);
                 } else {
                     pending.push((node, outcome));
                 }
@@ -367,22 +388,16 @@ impl State {
             for (node, outcome) in pending {
                 remember(machine.member_ended(node, outcome), &mut made);
             }
-            if cancelled {
-                machine.cancel("the workflow was cancelled by a client".into());
+            match stopped {
+                // Failed by a bound of the control plane.
+                Some(Outcome::Failed(error)) => drop(machine.abort(error.message)),
+                Some(_) => drop(machine.cancel("the workflow was cancelled by a client".into())),
+                None => {}
             }
             let ended = machine.state().is_final();
             let live: Vec<(u32, TaskId)> = machine.live_members().collect();
             let digest = args_digest(&encoded);
-            let entry = Entry {
-                machine,
-                owner,
-                created_ms,
-                finished_ms: None,
-                waiters: Vec::new(),
-                digest,
-                bytes: encoded.len(),
-                record: 0,
-            };
+            let entry = Entry::new(machine, owner, created_ms, digest, encoded.len());
             tasks.workflows.insert(workflow_id, entry);
             let note = Effects {
                 submit: live.iter().filter_map(|(node, _)| made.get(node).cloned()).collect(),
