@@ -285,3 +285,98 @@ fn an_outcome_shown_by_status_is_on_disk_so_a_crash_right_after_cannot_take_it_b
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// How a start on a damaged copy of a store went.
+enum DamagedStart {
+    /// Refused with exit 2, naming the store file.
+    Refused,
+    /// Started with every task as it was.
+    Intact,
+}
+
+/// Starts a control plane on `dir` (holding a damaged copy of a store whose
+/// tasks are `known`) and checks the one acceptable outcome it reached:
+/// refused with exit 2, naming the store file and what to do, or started
+/// with every task as it was. Never a panic, a hang or an empty start.
+fn start_on_damaged(dir: &Path, what: &str, known: &[(TaskId, TaskState)]) -> DamagedStart {
+    let rt = runtime();
+    let address = format!("tcp://127.0.0.1:{}", free_base_port());
+    let state_dir = dir.display().to_string();
+    let args: Vec<String> =
+        ["control-plane", "--base-address", &address, "--no-gui", "--no-discovery", "--state-dir", &state_dir]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--task-modules".to_string(), plugin("example-tasks").display().to_string()])
+            .collect();
+    let mut cp = Process::spawn(&args, &[], address);
+    if cp.wait_ready(Duration::from_secs(20)).is_ok() {
+        let client = cp.client();
+        for (task_id, state) in known {
+            let report = rt.block_on(client.status(*task_id));
+            let found = report.as_ref().map(|r| r.state).ok();
+            assert_eq!(found, Some(*state), "{what}: started, but task {task_id} is {report:?}\n{}", cp.log());
+        }
+        return DamagedStart::Intact;
+    }
+    let code = cp.wait_exit(Duration::from_secs(10));
+    let log = cp.log();
+    let file = dir.join("fastworker-state.redb").display().to_string();
+    assert_eq!(code, Some(2), "{what}: neither started nor refused with exit 2 (a hang or a panic):\n{log}");
+    assert!(log.contains(&file) && log.contains("move it aside"), "{what}: the refusal does not name {file}:\n{log}");
+    assert!(!log.contains("panicked"), "{what}: {log}");
+    DamagedStart::Refused
+}
+
+#[test]
+fn a_damaged_truncated_or_empty_store_is_refused_with_its_path_and_never_starts_empty() {
+    let (dir, state_dir, address) = durable_place();
+    let rt = runtime();
+    let mut cp = control_plane_at(&address, &["--state-dir", state_dir.as_str()]);
+    let client = cp.client();
+    let mut known = Vec::new();
+    for i in 0..40u32 {
+        let task_id = TaskId::new_v4();
+        if i % 2 == 0 {
+            let later = SubmitOptions { countdown: Some(Duration::from_secs(3600)), ..with_id(task_id) };
+            rt.block_on(client.delay("add", (i, i), later)).unwrap();
+            known.push((task_id, TaskState::Scheduled));
+        } else {
+            rt.block_on(client.submit("add", (i, i), with_id(task_id))).unwrap();
+            known.push((task_id, TaskState::Succeeded));
+        }
+    }
+    cp.signal("TERM");
+    assert_eq!(cp.wait_exit(Duration::from_secs(20)), Some(0), "{}", cp.log());
+    let store = std::fs::read(dir.join("fastworker-state.redb")).unwrap();
+    let len = store.len();
+    assert!(len > 4096, "a store of {len} bytes");
+
+    let mut damaged: Vec<(String, Vec<u8>)> = vec![("an empty file".into(), Vec::new())];
+    for cut in [1, 64, 511, 4096, len / 4, len / 2, len - 4096, len - 1] {
+        damaged.push((format!("truncated to {cut} of {len} bytes"), store[..cut].to_vec()));
+    }
+    // Flipped bytes spread over the file, half of them where it holds data
+    // (most of a small store is free space).
+    let used: Vec<usize> = (0..len).filter(|&at| store[at] != 0).collect();
+    let mut offsets: Vec<usize> = (0..10).map(|i| i * len / 10 + 7).collect();
+    offsets.extend((0..10).map(|i| used[i * used.len() / 10 + used.len() / 20]));
+    offsets.extend([0, 9, 40, 100]);
+    for at in offsets {
+        let mut copy = store.clone();
+        copy[at] ^= 0x5a;
+        damaged.push((format!("byte {at} of {len} flipped"), copy));
+    }
+    let mut intact = Vec::new();
+    for (what, bytes) in &damaged {
+        let copy = temp_dir("damaged-state");
+        std::fs::write(copy.join("fastworker-state.redb"), bytes).unwrap();
+        let start = start_on_damaged(&copy, what, &known);
+        assert!(!bytes.is_empty() || matches!(start, DamagedStart::Refused), "an empty store must be refused");
+        if matches!(start, DamagedStart::Intact) {
+            intact.push(what.as_str());
+        }
+        let _ = std::fs::remove_dir_all(&copy);
+    }
+    eprintln!("{} damaged stores, {} refused; started intact: {intact:?}", damaged.len(), damaged.len() - intact.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}

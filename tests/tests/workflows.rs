@@ -455,10 +455,8 @@ fn a_chord_killed_with_part_of_its_group_done_finishes_after_the_restart() {
         states[..3] == [MemberState::Succeeded, MemberState::Running, MemberState::Succeeded]
     });
     assert!(midway, "two adds done, the sleeper running");
-    // Status shows an outcome as soon as it is known; it is on disk with the
-    // next group commit (about 2 ms when idle, longer on a loaded machine).
-    // Killed before that, the member would rightly run again.
-    std::thread::sleep(Duration::from_millis(500));
+    // Killed the moment status shows the two ends: status shows them only
+    // once they are on disk, so they are not run again.
     cp.signal("KILL");
     let _ = cp.wait_exit(Duration::from_secs(10));
     let cp = durable_at(&address, &state_dir);
@@ -474,6 +472,103 @@ fn a_chord_killed_with_part_of_its_group_done_finishes_after_the_restart() {
     assert_eq!(sleeper.attempts, 2, "the interrupted member ran again");
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_member_shown_ended_is_on_disk_so_a_crash_right_after_does_not_run_it_again() {
+    let (dir, state_dir, address) = durable_place("shown");
+    let rt = runtime();
+    let mut cp = durable_at(&address, &state_dir);
+    for round in 0..5 {
+        let client = cp.client();
+        let wf = Workflow::chain([task("sleep_ms", json!([20])), task("sleep_ms", json!([60_000]))]);
+        let id = rt.block_on(client.submit_workflow(&wf)).unwrap().workflow_id;
+        // Polled as fast as it answers, and killed the moment the first
+        // member shows its end: that end must have been on disk already.
+        let first = loop {
+            let report = rt.block_on(client.workflow_status(id)).unwrap();
+            if report.members[0].state == MemberState::Succeeded {
+                break report.members[0].task_id.unwrap();
+            }
+        };
+        cp.signal("KILL");
+        let _ = cp.wait_exit(Duration::from_secs(10));
+        cp = durable_at(&address, &state_dir);
+        let client = cp.client();
+        let report = rt.block_on(client.workflow_status(id)).unwrap();
+        assert_eq!(report.members[0].state, MemberState::Succeeded, "round {round}: {report:?}");
+        let task = rt.block_on(client.status(first)).unwrap();
+        assert_eq!(task.attempts, 1, "round {round}: a member shown ended ran again: {task:?}");
+        // Its second member stops (it may have ended already).
+        let _ = rt.block_on(client.cancel_workflow(id));
+    }
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A process's resident memory now (`VmRSS`) or at its peak (`VmHWM`), in KiB.
+fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A gauge of the control plane's `/metrics`.
+fn gauge(cp: &Process, name: &str) -> f64 {
+    let metrics = fastworker_tests::http::get(&format!("{}/metrics", cp.gui.as_ref().unwrap())).text();
+    let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_chord_gathering_more_than_the_running_bound_fails_clearly_without_holding_it() {
+    let mib = 1 << 20;
+    let flags = ["--max-frame-bytes", "67108864", "--max-queued-bytes", "4194304", "--result-cache-bytes", "4194304"];
+    let cp = Process::control_plane_with_gui(&["example-tasks", "text-tasks"], &flags, &[]);
+    let client = cp.client();
+    let before = memory_kib(cp.pid(), "VmRSS:");
+    // 40 results of 1 MiB each, gathered by the group for its callback: 40
+    // MiB, where running workflows may hold 4 MiB.
+    let members = (0..40).map(|_| task("repeat", json!(["x", mib])));
+    let wf = Workflow::chord(members, task("upper", json!([])));
+    let report = run(&client, &wf);
+    assert_eq!(report.state, WorkflowState::Failed, "{report:?}");
+    let message = &report.failure.as_ref().unwrap().message;
+    assert!(message.contains("--max-queued-bytes") && message.contains("gathered"), "{message}");
+    assert_eq!(report.members.last().unwrap().state, MemberState::Skipped, "the callback never ran");
+    // Its peak: gathering the 40 MiB (and building the callback's
+    // arguments from them) took about 90 MiB more before.
+    let grown = memory_kib(cp.pid(), "VmHWM:").saturating_sub(before);
+    eprintln!("the control plane's peak was {grown} KiB above its start");
+    assert!(grown < 40 * 1024, "the control plane's peak grew {grown} KiB for a chord failed at 4 MiB");
+    assert_eq!(gauge(&cp, "fastworker_workflows_running_bytes"), 0.0);
+    assert_eq!(gauge(&cp, "fastworker_workflows_finished"), 1.0);
+    // The control plane goes on.
+    assert_eq!(result_of(&run(&client, &Workflow::chain([task("add", json!([2, 2]))]))), json!(4));
+}
+
+#[test]
+fn finished_workflows_past_the_byte_bound_are_forgotten_oldest_first() {
+    // Each finished workflow keeps its 100 KiB result: 1 MiB holds about ten.
+    let flags = ["--result-cache-bytes", "1048576"];
+    let cp = Process::control_plane_with_gui(&["example-tasks", "text-tasks"], &flags, &[]);
+    let client = cp.client();
+    let rt = runtime();
+    let ids: Vec<WorkflowId> = (0..30)
+        .map(|_| run(&client, &Workflow::chain([task("repeat", json!(["y", 100 * 1024]))])).workflow_id)
+        .collect();
+    let (kept, bytes) =
+        (gauge(&cp, "fastworker_workflows_finished"), gauge(&cp, "fastworker_workflows_finished_bytes"));
+    assert!((5.0..=10.0).contains(&kept) && bytes <= 1048576.0, "{kept} kept in {bytes} bytes");
+    let known: Vec<bool> = ids.iter().map(|id| rt.block_on(client.workflow_status(*id)).is_ok()).collect();
+    let first_known = known.iter().position(|k| *k).unwrap();
+    assert!(known[first_known..].iter().all(|k| *k), "the oldest are forgotten first: {known:?}");
+    assert_eq!(known.iter().filter(|k| **k).count() as f64, kept, "{known:?}");
+    let forgotten = rt.block_on(client.workflow_status(ids[0]));
+    assert!(
+        matches!(forgotten, Err(ClientError::Refused(ref r)) if r.kind == ErrorKind::UnknownWorkflowId),
+        "{forgotten:?}"
+    );
 }
 
 #[test]

@@ -80,6 +80,7 @@ pub(crate) fn overview(shared: &Shared) -> Value {
         "workers": workers_json(&state.cluster_status()),
         "queues": queues_json(state.live_counts()),
         "cache": cache_json(shared),
+        "workflows": workflows_json(shared),
         "totals": {
             "submitted": totals.submitted,
             "succeeded": totals.succeeded,
@@ -132,6 +133,17 @@ fn queues_json(counts: [[u32; 4]; 4]) -> Value {
         })
         .collect();
     Value::Object(by_priority)
+}
+
+/// Workflows running and finished ones kept, with the bytes they hold.
+fn workflows_json(shared: &Shared) -> Value {
+    let [(running, running_bytes), (finished, finished_bytes)] = shared.state.workflow_bytes();
+    json!({
+        "running": running,
+        "running_bytes": running_bytes,
+        "finished": finished,
+        "finished_bytes": finished_bytes,
+    })
 }
 
 /// GET /api/cache: the result cache's size, bounds and hit rate.

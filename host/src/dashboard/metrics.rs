@@ -92,6 +92,24 @@ fn render(shared: &Shared) -> String {
     for (name, kind, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     }
+    let [(running, running_bytes), (kept, kept_bytes)] = state.workflow_bytes();
+    let gauges: [(&str, &str, usize); 4] = [
+        ("fastworker_workflows_running", "Workflows running.", running),
+        (
+            "fastworker_workflows_running_bytes",
+            "Bytes running workflows hold: descriptions and the results their groups gathered (--max-queued-bytes).",
+            running_bytes,
+        ),
+        ("fastworker_workflows_finished", "Finished workflows kept for their status.", kept),
+        (
+            "fastworker_workflows_finished_bytes",
+            "Bytes the finished workflows kept hold (--result-cache-bytes, counted apart from results).",
+            kept_bytes,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    }
     render_limits(shared, &mut out);
     super::task_limits::render_metrics(shared, &mut out, escape);
     out

@@ -275,6 +275,14 @@ pub(super) fn wait_slot(shared: &Shared, wait: Duration) -> Result<Option<OwnedS
     }
 }
 
+/// The reply the state sends the in-process replier handed to `ask`
+/// (which may answer later: behind the durable store, say).
+pub(super) async fn asked(ask: impl FnOnce(Replier)) -> Option<Reply> {
+    let (replier, answer) = Replier::local();
+    ask(replier);
+    reply_of(answer).await
+}
+
 /// The reply the state sent an in-process replier.
 pub(super) async fn reply_of(answer: tokio::sync::oneshot::Receiver<nng::Message>) -> Option<Reply> {
     let message = answer.await.ok()?;

@@ -19,7 +19,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::task_api::{bounded_wait, json_body, reply_of, wait_of, wait_slot, Answer, HttpError, WaitQuery};
+use super::task_api::{asked, bounded_wait, json_body, reply_of, wait_of, wait_slot, Answer, HttpError, WaitQuery};
 use super::Shared;
 use crate::server::endpoint::Replier;
 use crate::wire::protocol::Reply;
@@ -134,8 +134,8 @@ async fn wait_for(
     }
 }
 
-fn current(shared: &Shared, workflow_id: WorkflowId) -> Result<WorkflowReport, HttpError> {
-    report_of(Some(shared.state.workflow_status(workflow_id)))
+async fn current(shared: &Shared, workflow_id: WorkflowId) -> Result<WorkflowReport, HttpError> {
+    report_of(asked(|replier| shared.state.workflow_status(workflow_id, replier)).await)
 }
 
 fn parse_id(id: &str) -> Result<WorkflowId, HttpError> {
@@ -163,13 +163,13 @@ pub(crate) async fn submit(
     if let Some(report) = wait_for(&shared, workflow_id, wait).await? {
         return Ok(report_response(&report));
     }
-    Ok(report_response(&current(&shared, workflow_id)?))
+    Ok(report_response(&current(&shared, workflow_id).await?))
 }
 
 /// GET /api/v1/workflows/{id}: the workflow's state, members, result or
 /// first failure.
 pub(crate) async fn status(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Answer {
-    Ok(report_response(&current(&shared, parse_id(&id)?)?))
+    Ok(report_response(&current(&shared, parse_id(&id)?).await?))
 }
 
 /// GET /api/v1/workflows/{id}/wait?timeout_ms=N: waits (at most 60 s) for
@@ -185,13 +185,14 @@ pub(crate) async fn wait(
     if let Some(report) = wait_for(&shared, workflow_id, wait).await? {
         return Ok(report_response(&report));
     }
-    Ok(report_response(&current(&shared, workflow_id)?))
+    Ok(report_response(&current(&shared, workflow_id).await?))
 }
 
 /// POST /api/v1/workflows/{id}/cancel: cancels a running workflow (its
 /// pending members never run).
 pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Answer {
     let workflow_id = parse_id(&id)?;
-    let reply = shared.state.cancel_workflow(workflow_id, crate::server::state::Caller::OPERATOR);
-    Ok(report_response(&report_of(Some(reply))?))
+    let operator = crate::server::state::Caller::OPERATOR;
+    let reply = asked(|replier| shared.state.cancel_workflow(workflow_id, operator, replier)).await;
+    Ok(report_response(&report_of(reply)?))
 }

@@ -18,6 +18,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::roles::{reads_protected, Operator};
+use super::task_api::asked;
 use super::{error, ApiError, Shared};
 use crate::server::monitor::Event;
 use crate::server::state::WorkflowSummary;
@@ -61,7 +62,9 @@ pub(crate) async fn list(
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "bad_request", "limit must be a whole number"),
     };
     let secret = reads_protected(&shared) && !operator;
-    let (total, rows) = shared.state.workflow_summaries(limit);
+    let (total, rows, record) = shared.state.workflow_summaries(limit);
+    // Shown once what they show is stored (durable mode).
+    let _ = shared.state.when_stored(record).await;
     let rows: Vec<Value> = rows.iter().map(|row| summary_json(row, secret)).collect();
     Json(json!({ "total": total, "workflows": rows })).into_response()
 }
@@ -79,9 +82,9 @@ pub(crate) async fn detail(State(shared): State<Arc<Shared>>, Path(id): Path<Str
         Ok(id) => id,
         Err(refusal) => return refusal.into_response(),
     };
-    match shared.state.workflow_status(workflow_id) {
-        Reply::Workflow(report) => Json(report.to_json()).into_response(),
-        Reply::Error(refusal) => error(StatusCode::NOT_FOUND, "unknown_workflow", refusal.message),
+    match asked(|replier| shared.state.workflow_status(workflow_id, replier)).await {
+        Some(Reply::Workflow(report)) => Json(report.to_json()).into_response(),
+        Some(Reply::Error(refusal)) => error(StatusCode::NOT_FOUND, "unknown_workflow", refusal.message),
         other => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected reply: {other:?}")),
     }
 }
@@ -93,9 +96,12 @@ pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, Path(id): Path<Str
         Ok(id) => id,
         Err(refusal) => return refusal.into_response(),
     };
-    match shared.state.cancel_workflow(workflow_id, crate::server::state::Caller::OPERATOR) {
-        Reply::Workflow(report) => Json(json!({ "cancelled": true, "state": report.state.as_str() })).into_response(),
-        Reply::Error(refusal) => {
+    let operator = crate::server::state::Caller::OPERATOR;
+    match asked(|replier| shared.state.cancel_workflow(workflow_id, operator, replier)).await {
+        Some(Reply::Workflow(report)) => {
+            Json(json!({ "cancelled": true, "state": report.state.as_str() })).into_response()
+        }
+        Some(Reply::Error(refusal)) => {
             let (status, kind) = match refusal.kind {
                 ErrorKind::UnknownWorkflowId => (StatusCode::NOT_FOUND, "unknown_workflow"),
                 ErrorKind::AlreadyFinished => (StatusCode::CONFLICT, "already_finished"),
@@ -124,10 +130,14 @@ pub(crate) fn watch_workflows(shared: &Shared, known: &mut Watched) {
     if known.generation == Some(generation) {
         return;
     }
+    let (_, rows, record) = shared.state.workflow_summaries(WATCHED);
+    if !shared.state.is_stored(record) {
+        // Not yet on disk (durable mode): looked at again on the next tick.
+        return;
+    }
     known.generation = Some(generation);
     let known = &mut known.rows;
     let secret = reads_protected(shared);
-    let (_, rows) = shared.state.workflow_summaries(WATCHED);
     let mut seen = HashMap::with_capacity(rows.len());
     for row in rows {
         if known.get(&row.workflow_id) != Some(&row) {

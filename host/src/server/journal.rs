@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Builder, Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
@@ -97,6 +97,15 @@ pub enum JournalError {
         path: PathBuf,
         /// The store's error.
         source: Box<redb::Error>,
+    },
+    /// The store file exists but is empty, damaged or not a store: what it
+    /// held cannot be read, and starting empty would lose it.
+    #[error("--state-dir {path}: the store {file} cannot be used: it {why}. It is left as it is, so that nothing it held is lost silently: restore it from a backup, or move it aside to start with an empty store (what it held is then lost)", file = path.join(FILE_NAME).display())]
+    Damaged {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
     },
     /// The store was written by another version of fastworker.
     #[error("--state-dir {path} was written in format '{found}', and this fastworker reads only '{FORMAT}': use the version that wrote it, or another directory")]
@@ -240,32 +249,7 @@ impl Journal {
     /// the writer. `max_record` bounds every stored value read back.
     pub(crate) fn open(dir: &Path, max_record: usize) -> Result<(Journal, Recovered), JournalError> {
         std::fs::create_dir_all(dir).map_err(|source| JournalError::Directory { path: dir.into(), source })?;
-        let store = |source: redb::Error| JournalError::Store { path: dir.into(), source: Box::new(source) };
-        let db = Database::create(dir.join(FILE_NAME)).map_err(|e| store(e.into()))?;
-        let write = db.begin_write().map_err(|e| store(e.into()))?;
-        {
-            let mut meta = write.open_table(META).map_err(|e| store(e.into()))?;
-            let found = meta.get(FORMAT_KEY).map_err(|e| store(e.into()))?.map(|v| v.value().to_string());
-            match found {
-                Some(found) if found != FORMAT => return Err(JournalError::Format { path: dir.into(), found }),
-                Some(_) => {}
-                None => {
-                    let empty = write.open_table(TASKS).map_err(|e| store(e.into()))?.is_empty();
-                    if !empty.map_err(|e| store(e.into()))? {
-                        let found = "none".to_string();
-                        return Err(JournalError::Format { path: dir.into(), found });
-                    }
-                    meta.insert(FORMAT_KEY, FORMAT).map_err(|e| store(e.into()))?;
-                }
-            }
-            for table in [TASKS, PROGRESS, RESULTS, WORKFLOWS, WORKFLOW_STEPS] {
-                write.open_table(table).map_err(|e| store(e.into()))?;
-            }
-            // Added after the first stores were written: created when missing.
-            write.open_table(WORKFLOW_ENDS).map_err(|e| store(e.into()))?;
-        }
-        write.commit().map_err(|e| store(e.into()))?;
-        let recovered = read_all(&db, dir, max_record)?;
+        let (db, recovered) = checked(dir, || open_store(dir, max_record))?;
         let (entries, receiver) = mpsc::channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let writer_pending = pending.clone();
@@ -329,6 +313,11 @@ impl Journal {
         seq
     }
 
+    /// The number of the last record handed so far (0: none).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).1
+    }
+
     /// Whether the record numbered `seq` has been through a commit (it is
     /// on disk, unless the store failed, which is logged and refuses
     /// submissions).
@@ -363,6 +352,89 @@ impl Journal {
             let _ = writer.join();
         }
     }
+}
+
+/// Opens the store file in `dir`: a missing one is created; an empty one, or
+/// one whose pages do not verify, is refused. Then sets the tables up and
+/// reads them all.
+fn open_store(dir: &Path, max_record: usize) -> Result<(Database, Recovered), JournalError> {
+    let file = dir.join(FILE_NAME);
+    let store = |source: redb::Error| JournalError::Store { path: dir.into(), source: Box::new(source) };
+    let damaged = |why: String| JournalError::Damaged { path: dir.into(), why };
+    let db = match std::fs::metadata(&file) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Database::create(&file).map_err(|e| store(e.into()))?
+        }
+        Err(error) => return Err(store(redb::StorageError::Io(error).into())),
+        // Only a crash in the very first start, between creating the file
+        // and writing its header, leaves an empty file with nothing
+        // acknowledged; any other empty store was truncated and what it held
+        // is gone. Refused either way, never taken for a fresh one.
+        Ok(meta) if meta.len() == 0 => return Err(damaged("is empty (0 bytes)".into())),
+        // Every page of an existing store is checked against its checksum,
+        // so that a damaged one is refused instead of trusted.
+        Ok(_) => Builder::new().set_check_integrity_on_open(true).open(&file).map_err(|error| match error {
+            redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => store(error.into()),
+            redb::DatabaseError::Storage(redb::StorageError::Io(ref io))
+                if !matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof) =>
+            {
+                store(error.into())
+            }
+            damage => damaged(format!("is damaged or not a store ({damage})")),
+        })?,
+    };
+    let write = db.begin_write().map_err(|e| store(e.into()))?;
+    {
+        let mut meta = write.open_table(META).map_err(|e| store(e.into()))?;
+        let found = meta.get(FORMAT_KEY).map_err(|e| store(e.into()))?.map(|v| v.value().to_string());
+        match found {
+            Some(found) if found != FORMAT => return Err(JournalError::Format { path: dir.into(), found }),
+            Some(_) => {}
+            None => {
+                let empty = write.open_table(TASKS).map_err(|e| store(e.into()))?.is_empty();
+                if !empty.map_err(|e| store(e.into()))? {
+                    let found = "none".to_string();
+                    return Err(JournalError::Format { path: dir.into(), found });
+                }
+                meta.insert(FORMAT_KEY, FORMAT).map_err(|e| store(e.into()))?;
+            }
+        }
+        for table in [TASKS, PROGRESS, RESULTS, WORKFLOWS, WORKFLOW_STEPS] {
+            write.open_table(table).map_err(|e| store(e.into()))?;
+        }
+        // Added after the first stores were written: created when missing.
+        write.open_table(WORKFLOW_ENDS).map_err(|e| store(e.into()))?;
+    }
+    write.commit().map_err(|e| store(e.into()))?;
+    let recovered = read_all(&db, dir, max_record)?;
+    Ok((db, recovered))
+}
+
+/// Runs `open`, turning a panic in it (the store's code meeting a damaged
+/// file it did not expect) into [`JournalError::Damaged`]. The panic's
+/// message goes into the error instead of the log.
+fn checked<T>(dir: &Path, open: impl FnOnce() -> Result<T, JournalError>) -> Result<T, JournalError> {
+    thread_local! {
+        static CAUGHT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let caught = CAUGHT.with(|caught| {
+                let mut caught = caught.borrow_mut();
+                caught.as_mut().map(|message| *message = info.to_string()).is_some()
+            });
+            if !caught {
+                previous(info);
+            }
+        }));
+    });
+    CAUGHT.with(|caught| *caught.borrow_mut() = Some(String::new()));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(open));
+    let message = CAUGHT.with(|caught| caught.borrow_mut().take()).unwrap_or_default();
+    result
+        .unwrap_or_else(|_| Err(JournalError::Damaged { path: dir.into(), why: format!("cannot be read ({message})") }))
 }
 
 /// Encodes a stored value: the record version, then postcard.
@@ -805,7 +877,9 @@ mod tests {
         }
         assert!(matches!(Journal::open(&dir, 1 << 20), Err(JournalError::Format { .. })));
         std::fs::write(dir.join(FILE_NAME), b"not a database at all, just some bytes").expect("overwrite");
-        assert!(matches!(Journal::open(&dir, 1 << 20), Err(JournalError::Store { .. })));
+        assert!(matches!(Journal::open(&dir, 1 << 20), Err(JournalError::Damaged { .. })));
+        std::fs::write(dir.join(FILE_NAME), b"").expect("truncate");
+        assert!(matches!(Journal::open(&dir, 1 << 20), Err(JournalError::Damaged { .. })));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

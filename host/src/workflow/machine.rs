@@ -91,6 +91,8 @@ pub(crate) struct Machine {
     result: Option<Vec<u8>>,
     failure: Option<WorkflowFailure>,
     max_bytes: usize,
+    /// Bytes of results its groups hold, all together.
+    held: usize,
 }
 
 /// The task id of member `node` of workflow `id`: derived, so that a
@@ -245,7 +247,47 @@ impl Machine {
             result: None,
             failure: None,
             max_bytes,
+            held: 0,
         }
+    }
+
+    /// Bytes of results its groups hold until they end: what a running
+    /// chord gathers.
+    pub(crate) fn held(&self) -> usize {
+        self.held
+    }
+
+    /// About the bytes it holds in all: its nodes (with their arguments),
+    /// the results held, its own result and failure. What a finished
+    /// workflow kept for its status is counted for.
+    pub(crate) fn bytes(&self) -> usize {
+        let nodes: usize = self
+            .nodes
+            .iter()
+            .map(|node| {
+                let step = match &node.kind {
+                    WorkflowNode::Task(step) => {
+                        let key = if let Receive::Key(key) = &step.receive { key.len() } else { 0 };
+                        step.task_name.len() + step.args.len() + key
+                    }
+                    WorkflowNode::Chain(children) | WorkflowNode::Group(children) => children.len() * 4,
+                };
+                std::mem::size_of::<Node>() + step
+            })
+            .sum();
+        let failure =
+            self.failure.as_ref().map_or(0, |f| f.message.len() + f.task_name.as_ref().map_or(0, String::len));
+        std::mem::size_of::<Machine>() + nodes + self.held + self.result.as_ref().map_or(0, Vec::len) + failure
+    }
+
+    /// Fails the running workflow for a reason outside it (a bound of the
+    /// control plane): live members are cancelled, pending ones skipped.
+    pub(crate) fn abort(&mut self, message: String) -> Effects {
+        let mut effects = Effects::default();
+        if !self.state.is_final() {
+            self.fail(None, message, &mut effects);
+        }
+        effects
     }
 
     /// Starts the workflow: the first members to run.
@@ -452,6 +494,7 @@ impl Machine {
                     let children = children.clone();
                     let group = &mut self.nodes[parent as usize];
                     group.held = group.held.saturating_add(result.len() + 1);
+                    self.held = self.held.saturating_add(result.len() + 1);
                     group.remaining = group.remaining.saturating_sub(1);
                     let (held, remaining) = (group.held, group.remaining);
                     if held > self.max_bytes {
@@ -479,7 +522,9 @@ impl Machine {
                         list.extend_from_slice(&part.unwrap_or_else(|| b"null".to_vec()));
                     }
                     list.push(b']');
-                    self.nodes[parent as usize].held = 0;
+                    let group = &mut self.nodes[parent as usize];
+                    self.held = self.held.saturating_sub(group.held);
+                    group.held = 0;
                     (index, result) = (parent, list);
                 }
                 WorkflowNode::Task(_) => unreachable!("a task has no children"),
@@ -508,8 +553,10 @@ impl Machine {
         self.state = state;
         self.failure = Some(failure);
         effects.ended = true;
+        self.held = 0;
         for node in &mut self.nodes {
             node.result = None;
+            node.held = 0;
             match node.member {
                 Member::Pending if matches!(node.kind, WorkflowNode::Task(_)) => {
                     node.member = Member::Done(MemberState::Skipped, None)
@@ -552,6 +599,27 @@ mod tests {
 
     fn error(message: &str) -> TaskError {
         TaskError { kind: FailureKind::Error, message: message.into() }
+    }
+
+    #[test]
+    fn the_results_a_chord_gathers_are_counted_until_its_group_ends() {
+        let mut m =
+            machine(Workflow::chord([task("add", json!([1, 2])), task("add", json!([3, 4]))], task("sum", json!([]))));
+        let effects = m.start();
+        let (a, b) = (effects.submit[0].node, effects.submit[1].node);
+        assert_eq!(m.held(), 0);
+        m.member_ended(a, ok(json!(3)));
+        assert_eq!(m.held(), 2, "its result and a separator");
+        let callback = m.member_ended(b, ok(json!(7)));
+        assert_eq!((m.held(), args(&callback)), (0, vec![(4, "[[3,7]]".to_string())]), "handed on");
+        let mut aborted =
+            machine(Workflow::chord([task("add", json!([1])), task("add", json!([2]))], task("sum", json!([]))));
+        let effects = aborted.start();
+        aborted.member_ended(effects.submit[0].node, ok(json!(1)));
+        let stop = aborted.abort("too much".into());
+        assert_eq!((aborted.held(), aborted.state()), (0, WorkflowState::Failed));
+        assert_eq!(stop.cancel, [effects.submit[1].task_id]);
+        assert_eq!(aborted.failure().map(|f| f.message.as_str()), Some("too much"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The workflows a process knows: live ones, and finished ones kept for
-//! their status (as results are, bounded in number and age), with the index
+//! their status (as results are, bounded in number, bytes and age), with the index
 //! from a member's task id to its workflow. No locks or clocks inside: the
 //! caller holds the task lock and passes the time.
 
@@ -24,6 +24,35 @@ pub(crate) struct Entry<W> {
     pub(crate) digest: [u8; 16],
     /// Bytes its description holds.
     pub(crate) bytes: usize,
+    /// The number of the last durable record that its status reflects (0:
+    /// none): the status is shown only once that record is stored.
+    pub(crate) record: u64,
+    /// The bytes it is counted for now: while it runs, its description and
+    /// the results its groups hold; once finished, all it keeps.
+    counted: usize,
+}
+
+impl<W> Entry<W> {
+    /// A workflow just accepted or rebuilt; `bytes`: its description's.
+    pub(crate) fn new(
+        machine: Machine,
+        owner: Option<[u8; 8]>,
+        created_ms: u64,
+        digest: [u8; 16],
+        bytes: usize,
+    ) -> Self {
+        Entry {
+            machine,
+            owner,
+            created_ms,
+            finished_ms: None,
+            waiters: Vec::new(),
+            digest,
+            bytes,
+            record: 0,
+            counted: bytes,
+        }
+    }
 }
 
 /// Every workflow known here.
@@ -32,9 +61,12 @@ pub(crate) struct Workflows<W> {
     by_task: FxHashMap<TaskId, (WorkflowId, u32)>,
     /// Finished workflows, oldest first, for expiry.
     finished: VecDeque<(WorkflowId, u64)>,
+    /// Bytes the finished workflows hold.
+    finished_bytes: usize,
     live: usize,
     live_bytes: usize,
     keep: usize,
+    keep_bytes: usize,
     ttl_ms: Option<u64>,
     /// Counts every change a summary of the workflows could show, so that a
     /// watcher skips looking when nothing changed.
@@ -42,15 +74,18 @@ pub(crate) struct Workflows<W> {
 }
 
 impl<W> Workflows<W> {
-    /// Keeps at most `keep` finished workflows, each for at most `ttl_ms`.
-    pub(crate) fn new(keep: usize, ttl_ms: Option<u64>) -> Self {
+    /// Keeps at most `keep` finished workflows holding at most
+    /// `keep_bytes` together, each for at most `ttl_ms`.
+    pub(crate) fn new(keep: usize, keep_bytes: usize, ttl_ms: Option<u64>) -> Self {
         Workflows {
             all: FxHashMap::default(),
             by_task: FxHashMap::default(),
             finished: VecDeque::new(),
+            finished_bytes: 0,
             live: 0,
             live_bytes: 0,
             keep,
+            keep_bytes,
             ttl_ms,
             generation: 0,
         }
@@ -67,15 +102,33 @@ impl<W> Workflows<W> {
         self.all.iter().map(|(id, entry)| (*id, entry))
     }
 
-    /// Workflows running, and the bytes their descriptions hold.
+    /// Workflows running, and the bytes their descriptions and the results
+    /// their groups gather hold.
     pub(crate) fn live(&self) -> (usize, usize) {
         (self.live, self.live_bytes)
     }
 
+    /// Finished workflows kept for their status, and the bytes they hold.
+    pub(crate) fn kept(&self) -> (usize, usize) {
+        (self.finished.len(), self.finished_bytes)
+    }
+
+    /// Counts again what a running workflow holds (its groups gathered or
+    /// let go of results); returns the bytes of the running ones then.
+    pub(crate) fn recount(&mut self, id: &WorkflowId) -> usize {
+        if let Some(entry) = self.all.get_mut(id).filter(|entry| entry.finished_ms.is_none()) {
+            let counted = entry.bytes + entry.machine.held();
+            self.live_bytes = self.live_bytes - entry.counted + counted;
+            entry.counted = counted;
+        }
+        self.live_bytes
+    }
+
     /// Takes a new workflow in (it is running).
-    pub(crate) fn insert(&mut self, id: WorkflowId, entry: Entry<W>) {
+    pub(crate) fn insert(&mut self, id: WorkflowId, mut entry: Entry<W>) {
         self.live += 1;
-        self.live_bytes += entry.bytes;
+        entry.counted = entry.bytes + entry.machine.held();
+        self.live_bytes += entry.counted;
         self.generation += 1;
         self.all.insert(id, entry);
     }
@@ -116,24 +169,27 @@ impl<W> Workflows<W> {
         entry.finished_ms = Some(now_ms);
         self.generation += 1;
         self.live -= 1;
-        self.live_bytes -= entry.bytes;
+        self.live_bytes -= entry.counted;
+        entry.counted = std::mem::size_of::<Entry<W>>() + entry.machine.bytes();
+        self.finished_bytes += entry.counted;
         self.finished.push_back((id, now_ms));
         std::mem::take(&mut entry.waiters)
     }
 
-    /// Drops finished workflows past their age or beyond the count kept;
-    /// returns their ids.
+    /// Drops finished workflows, oldest first, past their age or beyond
+    /// the count or bytes kept; returns their ids.
     pub(crate) fn sweep(&mut self, now_ms: u64) -> Vec<WorkflowId> {
         let mut dropped = Vec::new();
         while let Some(&(id, at)) = self.finished.front() {
             let old = self.ttl_ms.is_some_and(|ttl| now_ms.saturating_sub(at) > ttl);
-            if !old && self.finished.len() <= self.keep {
+            if !old && self.finished.len() <= self.keep && self.finished_bytes <= self.keep_bytes {
                 break;
             }
             dropped.push(id);
             self.finished.pop_front();
             self.generation += 1;
             if let Some(entry) = self.all.remove(&id) {
+                self.finished_bytes -= entry.counted;
                 for (_, task_id) in entry.machine.live_members() {
                     self.by_task.remove(&task_id);
                 }
@@ -183,21 +239,14 @@ mod tests {
         let parents = validate(&submit, &bounds).unwrap();
         let mut machine = Machine::new(submit, parents, 1024);
         let effects = machine.start();
-        let entry = Entry {
-            machine,
-            owner: None,
-            created_ms: 5,
-            finished_ms: None,
-            waiters: vec![7],
-            digest: [0; 16],
-            bytes: 10,
-        };
+        let mut entry = Entry::new(machine, None, 5, [0; 16], 10);
+        entry.waiters.push(7);
         (entry, effects)
     }
 
     #[test]
     fn members_are_indexed_until_they_end_and_finished_workflows_expire() {
-        let mut workflows = Workflows::new(1, Some(100));
+        let mut workflows = Workflows::new(1, usize::MAX, Some(100));
         let (a, b) = (WorkflowId::from_bytes([1; 16]), WorkflowId::from_bytes([2; 16]));
         let (entry_a, effects) = entry(a);
         let first = effects.submit[0].task_id;
@@ -231,5 +280,25 @@ mod tests {
         assert!(workflows.get(&b).is_some());
         workflows.sweep(1200);
         assert!(workflows.get(&b).is_none(), "past its age");
+    }
+
+    #[test]
+    fn finished_workflows_past_the_bytes_kept_are_dropped_oldest_first() {
+        let ids: Vec<WorkflowId> = (0..5u8).map(|i| WorkflowId::from_bytes([i; 16])).collect();
+        let (mut one, _) = entry(ids[0]);
+        one.machine.cancel("stop".into());
+        let size = std::mem::size_of::<Entry<u8>>() + one.machine.bytes();
+        let mut workflows = Workflows::new(100, 2 * size, None);
+        for (at, id) in ids.iter().enumerate() {
+            let (entry, _) = entry(*id);
+            workflows.insert(*id, entry);
+            workflows.get_mut(id).unwrap().machine.cancel("stop".into());
+            workflows.finished(*id, at as u64);
+            workflows.sweep(at as u64);
+        }
+        assert_eq!(workflows.kept(), (2, 2 * size));
+        assert_eq!(workflows.live(), (0, 0));
+        let kept: Vec<bool> = ids.iter().map(|id| workflows.get(id).is_some()).collect();
+        assert_eq!(kept, [false, false, false, true, true], "the newest two are kept");
     }
 }

@@ -14,4 +14,14 @@ fn word_count(text: String) -> usize {
     text.split_whitespace().count()
 }
 
-fastworker_plugin_sdk::export_plugin!(upper, word_count);
+/// `text` repeated `times` times (at most 64 MiB): a large result from
+/// small arguments.
+#[task]
+fn repeat(text: String, times: usize) -> Result<String, String> {
+    match text.len().checked_mul(times) {
+        Some(len) if len <= 64 << 20 => Ok(text.repeat(times)),
+        _ => Err("more than 64 MiB".into()),
+    }
+}
+
+fastworker_plugin_sdk::export_plugin!(upper, word_count, repeat);

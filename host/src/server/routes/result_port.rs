@@ -35,12 +35,12 @@ pub(crate) fn result_port(state: &State, management_port: u16, replier: Replier,
         }
         Request::WorkflowStatus { workflow_id } => {
             let Some(replier) = replier.allow(READERS, "read workflows") else { return };
-            return replier.send(&state.workflow_status(workflow_id));
+            return state.workflow_status(workflow_id, replier);
         }
         Request::CancelWorkflow { workflow_id } => {
             let Some(replier) = replier.allow(READERS, "cancel workflows") else { return };
             let caller = Caller::of(&replier);
-            return replier.send(&state.cancel_workflow(workflow_id, caller));
+            return state.cancel_workflow(workflow_id, caller, replier);
         }
         Request::Schedules => {
             let Some(replier) = replier.allow(READERS, "list schedules") else { return };

@@ -134,6 +134,22 @@ impl Durable {
         record == 0 || self.journal.as_ref().is_none_or(|journal| journal.is_stored(record))
     }
 
+    /// The number of the last record handed to the store (0: none, or
+    /// memory mode): what a view must wait for before it shows a change
+    /// just made, with [`Durable::after`].
+    pub(super) fn last_record(&self) -> u64 {
+        self.journal.as_ref().map_or(0, Journal::last_seq)
+    }
+
+    /// Runs `then` now if the record numbered `record` is stored, else once
+    /// it is (or could not be written).
+    pub(super) fn after(&self, record: u64, then: impl FnOnce() + Send + 'static) {
+        match &self.journal {
+            Some(journal) if !journal.is_stored(record) => journal.then(move |_| then()),
+            _ => then(),
+        }
+    }
+
     /// Deletes from the store the results the cache dropped.
     pub(super) fn forget_dropped(&self, cache: &mut ResultCache) {
         let Some(journal) = &self.journal else { return };

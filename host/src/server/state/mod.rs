@@ -228,7 +228,11 @@ impl State {
                 cache: Mutex::new(cache),
                 tasks: Mutex::new(Tasks {
                     ledger: Ledger::new(settings, limited::task_limits(&config, &registry)),
-                    workflows: Workflows::new(config.result_cache_size, config.result_cache_ttl.map(millis)),
+                    workflows: Workflows::new(
+                        config.result_cache_size,
+                        usize::try_from(config.limits.max_cached_bytes).unwrap_or(usize::MAX),
+                        config.result_cache_ttl.map(millis),
+                    ),
                 }),
                 accepting: AtomicBool::new(true),
                 monitor: Monitor::default(),

@@ -57,7 +57,7 @@ impl State {
             }
         }
         drop(tasks);
-        replier.send(&self.workflow_status(workflow_id));
+        self.workflow_status(workflow_id, replier);
     }
 
     /// A count of the changes a workflow summary could show (it moves when
@@ -66,9 +66,10 @@ impl State {
         self.lock().workflows.generation()
     }
 
-    /// The number of workflows known, and the newest `limit` of them
-    /// (by acceptance time) summarized.
-    pub(crate) fn workflow_summaries(&self, limit: usize) -> (usize, Vec<WorkflowSummary>) {
+    /// The number of workflows known, the newest `limit` of them (by
+    /// acceptance time) summarized, and the durable record they reflect:
+    /// they may be shown once it is stored ([`State::is_stored`]).
+    pub(crate) fn workflow_summaries(&self, limit: usize) -> (usize, Vec<WorkflowSummary>, u64) {
         let mut tasks = self.lock();
         self.sweep_workflows(&mut tasks, now_ms());
         let mut newest: Vec<(u64, WorkflowId)> =
@@ -80,6 +81,7 @@ impl State {
         }
         newest.truncate(limit);
         newest.sort_unstable_by(by_age);
+        let record = newest.iter().filter_map(|(_, id)| tasks.workflows.get(id)).map(|e| e.record).max();
         let rows = newest
             .into_iter()
             .filter_map(|(_, id)| {
@@ -107,7 +109,30 @@ impl State {
                 })
             })
             .collect();
-        (total, rows)
+        (total, rows, record.unwrap_or(0))
+    }
+
+    /// Workflows running and the bytes they hold (descriptions and
+    /// gathered results), then finished ones kept and their bytes.
+    pub(crate) fn workflow_bytes(&self) -> [(usize, usize); 2] {
+        let tasks = self.lock();
+        [tasks.workflows.live(), tasks.workflows.kept()]
+    }
+
+    /// Whether the durable record numbered `record` is stored (always, in
+    /// memory mode).
+    pub(crate) fn is_stored(&self, record: u64) -> bool {
+        self.durable.is_stored(record)
+    }
+
+    /// Resolves once the durable record numbered `record` is stored (at
+    /// once in memory mode).
+    pub(crate) fn when_stored(&self, record: u64) -> tokio::sync::oneshot::Receiver<()> {
+        let (stored, wait) = tokio::sync::oneshot::channel();
+        self.durable.after(record, move || {
+            let _ = stored.send(());
+        });
+        wait
     }
 }
 

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::{Caller, Outbox, State, Tasks};
 use crate::server::cache::{args_digest, Lookup};
+use crate::server::endpoint::Replier;
 use crate::server::journal::{Record, RecoveredWorkflow, WorkflowRecord, CANCEL_STEP};
 use crate::server::limits::{millis, Bound};
 use crate::wire::auth::Role;
@@ -38,7 +39,7 @@ impl State {
 
     /// Answers a workflow submission: in durable mode once the workflow is
     /// stored.
-    pub(crate) fn submit_workflow_for(&self, submit: WorkflowSubmit, replier: crate::server::endpoint::Replier) {
+    pub(crate) fn submit_workflow_for(&self, submit: WorkflowSubmit, replier: Replier) {
         let owner = replier.key_id();
         let reply = self.submit_workflow(submit, owner);
         self.durable.acknowledge(replier, reply);
@@ -82,8 +83,8 @@ impl State {
         ));
         let mut machine = Machine::new(submit, parents, bounds.max_bytes);
         let effects = machine.start();
-        let entry =
-            Entry { machine, owner, created_ms, finished_ms: None, waiters: Vec::new(), digest, bytes: encoded.len() };
+        let mut entry = Entry::new(machine, owner, created_ms, digest, encoded.len());
+        entry.record = self.durable.last_record();
         tasks.workflows.insert(workflow_id, entry);
         debug!(%workflow_id, "workflow accepted");
         self.apply(&mut tasks, workflow_id, effects, &mut outbox);
@@ -186,11 +187,19 @@ impl State {
                 }
                 if !waiters.is_empty() {
                     let reply = self.workflow_report(tasks, workflow_id);
-                    outbox.0.push((waiters, crate::server::endpoint::encode_reply(&reply)));
+                    let message = crate::server::endpoint::encode_reply(&reply);
+                    self.durable.answer_final(waiters, message, outbox);
                 }
                 self.sweep_workflows(tasks, now);
             }
         }
+        // What it shows now is shown once the records written for it (its
+        // members' ends, its own) are stored.
+        let record = self.durable.last_record();
+        if let Some(entry) = tasks.workflows.get_mut(&workflow_id) {
+            entry.record = record;
+        }
+        tasks.workflows.recount(&workflow_id);
     }
 
     /// Called by [`State::finish`] for every task that ends: a workflow's
@@ -211,14 +220,49 @@ impl State {
         if running {
             self.durable.write(Record::WorkflowStep(workflow_id, node, Box::new(outcome)));
         }
+        let abort = self.past_gathered_bound(tasks, workflow_id);
         self.apply(tasks, workflow_id, effects, outbox);
+        if let Some(effects) = abort {
+            self.apply(tasks, workflow_id, effects, outbox);
+        }
     }
 
-    /// A workflow's status, or why it is not known.
-    pub(crate) fn workflow_status(&self, workflow_id: WorkflowId) -> Reply {
+    /// When the results running workflows gather pass `--max-queued-bytes`
+    /// with what `workflow_id` just gathered, it fails, saying so (the
+    /// failure is stored as its stop step): the effects of that.
+    fn past_gathered_bound(&self, tasks: &mut Tasks, workflow_id: WorkflowId) -> Option<Effects> {
+        let bound = self.config.limits.max_queued_bytes;
+        let live_bytes = tasks.workflows.recount(&workflow_id);
+        let entry = tasks.workflows.get_mut(&workflow_id)?;
+        let held = entry.machine.held();
+        if live_bytes as u64 <= bound || held == 0 || entry.machine.state().is_final() {
+            return None;
+        }
+        let message = format!(
+            "the results its groups gathered ({held} bytes) bring what running workflows hold to {live_bytes} bytes, more than --max-queued-bytes ({bound}) allows: gather fewer or smaller results at once, or raise --max-queued-bytes"
+        );
+        warn!(%workflow_id, "workflow failed: {message}");
+        let effects = entry.machine.abort(message.clone());
+        self.durable.write(Record::WorkflowStep(
+            workflow_id,
+            CANCEL_STEP,
+            Box::new(Outcome::Failed(failure(&message))),
+        ));
+        tasks.workflows.recount(&workflow_id);
+        Some(effects)
+    }
+
+    /// Answers `replier` with a workflow's status, or why it is not known:
+    /// in durable mode once every record it reflects is stored, so that no
+    /// member is shown ended (nor the workflow) before a crash could no
+    /// longer take that back.
+    pub(crate) fn workflow_status(&self, workflow_id: WorkflowId, replier: Replier) {
         let mut tasks = self.lock();
         self.sweep_workflows(&mut tasks, now_ms());
-        self.workflow_report(&tasks, workflow_id)
+        let reply = self.workflow_report(&tasks, workflow_id);
+        let record = tasks.workflows.get(&workflow_id).map_or(0, |entry| entry.record);
+        drop(tasks);
+        self.durable.after(record, move || replier.send(&reply));
     }
 
     fn workflow_report(&self, tasks: &Tasks, workflow_id: WorkflowId) -> Reply {
@@ -236,7 +280,15 @@ impl State {
 
     /// Cancels a workflow: pending members never run, queued ones are
     /// cancelled, running ones have their cancellation flag set.
-    pub(crate) fn cancel_workflow(&self, workflow_id: WorkflowId, caller: Caller) -> Reply {
+    /// The answer, the workflow's status, goes to `replier` once its
+    /// cancellation is stored.
+    pub(crate) fn cancel_workflow(&self, workflow_id: WorkflowId, caller: Caller, replier: Replier) {
+        let reply = self.cancel_workflow_now(workflow_id, caller);
+        let record = self.lock().workflows.get(&workflow_id).map_or(0, |entry| entry.record);
+        self.durable.after(record, move || replier.send(&reply));
+    }
+
+    fn cancel_workflow_now(&self, workflow_id: WorkflowId, caller: Caller) -> Reply {
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
         let Some(entry) = tasks.workflows.get_mut(&workflow_id) else {
@@ -322,11 +374,11 @@ impl State {
                 }
             };
             remember(machine.start(), &mut made);
-            let mut cancelled = false;
+            let mut stopped = None;
             let mut pending: Vec<(u32, Outcome)> = Vec::new();
             for (node, outcome) in steps {
                 if node == CANCEL_STEP {
-                    cancelled = true;
+                    stopped = Some(outcome);
                 } else {
                     pending.push((node, outcome));
                 }
@@ -338,21 +390,16 @@ impl State {
             for (node, outcome) in pending {
                 remember(machine.member_ended(node, outcome), &mut made);
             }
-            if cancelled {
-                machine.cancel("the workflow was cancelled by a client".into());
+            match stopped {
+                // Failed by a bound of the control plane.
+                Some(Outcome::Failed(error)) => drop(machine.abort(error.message)),
+                Some(_) => drop(machine.cancel("the workflow was cancelled by a client".into())),
+                None => {}
             }
             let ended = machine.state().is_final();
             let live: Vec<(u32, TaskId)> = machine.live_members().collect();
             let digest = args_digest(&encoded);
-            let entry = Entry {
-                machine,
-                owner,
-                created_ms,
-                finished_ms: None,
-                waiters: Vec::new(),
-                digest,
-                bytes: encoded.len(),
-            };
+            let entry = Entry::new(machine, owner, created_ms, digest, encoded.len());
             tasks.workflows.insert(workflow_id, entry);
             let note = Effects {
                 submit: live.iter().filter_map(|(node, _)| made.get(node).cloned()).collect(),
