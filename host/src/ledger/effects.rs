@@ -104,6 +104,10 @@ pub(crate) trait Effects<W, L> {
     /// lost: NNG would send them again on reconnection).
     fn reset(&mut self, link: &mut L);
 
+    /// Asks the task's run in progress to stop (its worker thread polls the
+    /// flag): it was cancelled or ran past its timeout.
+    fn stop_run(&mut self, task: &LiveTask<W>);
+
     /// Counts a delivery event.
     fn count(&mut self, counted: Counted);
 }

@@ -9,8 +9,6 @@
 //! its loss with a subworker: then it is sent again and counts again,
 //! against the rate too).
 
-use std::sync::atomic::Ordering;
-
 use fastworker_plugin_sdk::abi::FailureKind;
 use tracing::{debug, warn};
 
@@ -203,7 +201,7 @@ impl<W, L> Ledger<W, L> {
         if task.report.state != TaskState::Running || task.report.attempts != attempt {
             return;
         }
-        task.cancelled.store(true, Ordering::SeqCst);
+        io.stop_run(task);
         let report = &task.report;
         let message = format!(
             "task '{}' ran past its timeout of {} s (run {attempt}, on '{}'); it was asked to stop through its TaskContext",

@@ -20,14 +20,14 @@
 //! | `workers.rs` | subworkers registering, connecting, heartbeating, stopping, falling silent, removed |
 //! | `effects.rs` | what the ledger asks of the world |
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use fastworker_plugin_sdk::abi::FailureKind;
 use rustc_hash::{FxHashMap, FxHashSet};
 use tracing::debug;
 
-use crate::cluster::routing::{Cluster, Placement, Waiting};
+use crate::cluster::routing::{Cluster, Placement, Waiting, WorkerKey};
 use crate::cluster::task_limits::TaskLimits;
 use crate::wire::auth::Tenant;
 use crate::wire::protocol::{Callback, Request, RetryPolicy, TaskError, TaskId, TaskReport, TaskState};
@@ -75,12 +75,12 @@ pub(crate) struct Ledger<W, L> {
     /// The live tasks and their bytes of arguments, by tenant (`--queue-share`).
     tenants: FxHashMap<Tenant, (usize, u64)>,
     /// The subworkers, their slots and the tasks waiting for one.
-    pub(crate) cluster: Cluster<L>,
+    cluster: Cluster<L>,
     /// The last lease given to a run sent to a subworker.
     next_lease: u64,
     /// The cluster-wide limits per task name (a control plane's; empty on
     /// a subworker, which does not enforce them).
-    pub(crate) task_limits: TaskLimits,
+    task_limits: TaskLimits,
 }
 
 /// A task that has been accepted and has not ended.
@@ -157,6 +157,41 @@ pub(crate) enum Joined<W> {
 }
 
 impl<W, L> Ledger<W, L> {
+    /// The subworkers, their slots and the tasks waiting for one, to read;
+    /// they change only through the ledger's events.
+    pub(crate) fn cluster(&self) -> &Cluster<L> {
+        &self.cluster
+    }
+
+    /// The cluster-wide task limits, to read.
+    pub(crate) fn task_limits(&self) -> &TaskLimits {
+        &self.task_limits
+    }
+
+    /// Event: a subworker is about to join; the key it will have.
+    pub(crate) fn new_worker_key(&mut self) -> WorkerKey {
+        self.cluster.new_key()
+    }
+
+    /// The I/O link to a subworker, which the ledger holds for the driver
+    /// but never uses itself (its state is the driver's, not the ledger's).
+    pub(crate) fn link_mut(&mut self, key: WorkerKey) -> Option<&mut L> {
+        self.cluster.get_mut(key).map(|worker| &mut worker.link)
+    }
+
+    /// Event: the operator changed the cluster-wide task limits (`change`,
+    /// at `now`); a loosened limit lets held-back runs go at once.
+    pub(crate) fn change_task_limits<T, E>(
+        &mut self,
+        now: u64,
+        io: &mut impl Effects<W, L>,
+        change: impl FnOnce(&mut TaskLimits) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let changed = change(&mut self.task_limits)?;
+        self.release_held(now, io);
+        Ok(changed)
+    }
+
     /// An empty ledger.
     pub(crate) fn new(settings: Settings, task_limits: TaskLimits) -> Ledger<W, L> {
         Ledger {
@@ -381,7 +416,7 @@ impl<W, L> Ledger<W, L> {
     /// reported as it is (it ends when its run stops).
     pub(crate) fn cancel(&mut self, task_id: TaskId, now: u64, io: &mut impl Effects<W, L>) -> Option<TaskReport> {
         let task = self.live.get(&task_id)?;
-        task.cancelled.store(true, Ordering::SeqCst);
+        io.stop_run(task);
         if task.report.state == TaskState::Running {
             let report = task.report.clone();
             if let Some(worker) = self.cluster.workers().find(|w| w.name.worker_id == report.worker) {

@@ -58,6 +58,8 @@ struct Recorder {
     ended: Vec<(TaskReport, Vec<Waiter>)>,
     /// Whether this process's threads refuse work (shutting down).
     pool_closed: bool,
+    /// The tasks whose run in progress was asked to stop.
+    stopped: Vec<TaskId>,
 }
 
 impl Effects<Waiter, FakeLink> for Recorder {
@@ -104,6 +106,9 @@ impl Effects<Waiter, FakeLink> for Recorder {
     }
     fn reset(&mut self, link: &mut FakeLink) {
         link.resets += 1;
+    }
+    fn stop_run(&mut self, task: &LiveTask<Waiter>) {
+        self.stopped.push(task.report.task_id);
     }
     fn count(&mut self, counted: Counted) {
         self.effects.push(Effect::Count(counted));
@@ -344,7 +349,7 @@ mod here {
         let run = ledger.local_started(task_id, T0, &mut io).unwrap();
         let report = ledger.cancel(task_id, T0 + 1, &mut io).expect("reported as running");
         assert_eq!(report.state, TaskState::Running);
-        assert!(ledger.get(&task_id).unwrap().cancelled.load(Ordering::SeqCst));
+        assert_eq!(io.stopped, vec![task_id], "its run is asked to stop, as an effect");
         let error = TaskError { kind: FailureKind::Error, message: "stopped".into() };
         ledger.local_ended(task_id, run, Err(error), T0 + 2, &mut io);
         assert_eq!(io.ended()[0].0.state, TaskState::Failed);

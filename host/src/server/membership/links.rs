@@ -74,7 +74,7 @@ pub(crate) fn on_connection(state: &State, connecting: &mut Connecting<Replier>,
     let mut outbox = Outbox::default();
     let mut tasks = state.lock();
     // A late event of a worker removed meanwhile changes nothing.
-    if tasks.ledger.cluster.get(key).is_none() {
+    if tasks.ledger.cluster().get(key).is_none() {
         return;
     }
     if !up {
@@ -82,7 +82,7 @@ pub(crate) fn on_connection(state: &State, connecting: &mut Connecting<Replier>,
     } else {
         let first = state.drive(&mut tasks, &mut outbox, |ledger, io| ledger.connected(key, now_ms(), io));
         // It is still there: the event does not remove workers.
-        if let Some(worker) = tasks.ledger.cluster.get(key) {
+        if let Some(worker) = tasks.ledger.cluster().get(key) {
             if first {
                 let mut names: Vec<&str> = worker.tasks.keys().map(String::as_str).collect();
                 names.sort_unstable();

@@ -156,7 +156,7 @@ impl ManagementPort {
     fn register(&mut self, registration: Registration, replier: Replier) {
         let (room, rejoin) = {
             let tasks = self.state.lock();
-            let cluster = &tasks.ledger.cluster;
+            let cluster = &tasks.ledger.cluster();
             let worker_id = &registration.name.worker_id;
             let room = Room::in_cluster(cluster, worker_id, self.connecting.len());
             (room, admission::rejoin(cluster.find(worker_id), &registration.name))
@@ -191,7 +191,7 @@ impl ManagementPort {
                 self.remove(key, &format!("subworker '{}' registered again as a new process", name.worker_id))
             }
         }
-        let key = self.state.lock().ledger.cluster.new_key();
+        let key = self.state.lock().ledger.new_worker_key();
         let link = match self.dialer.open(&self.state, key, &name.worker_id, &base) {
             Ok(link) => link,
             Err(error) => {
@@ -213,7 +213,7 @@ impl ManagementPort {
     fn heartbeat(&mut self, heartbeat: Heartbeat) -> Reply {
         let name = &heartbeat.name;
         let back = self.state.drive_locked(|ledger, io| {
-            let key = ledger.cluster.find(&name.worker_id).filter(|w| w.name == *name)?.key;
+            let key = ledger.cluster().find(&name.worker_id).filter(|w| w.name == *name)?.key;
             Some(ledger.heartbeat(key, heartbeat.in_flight, now_ms(), io))
         });
         match back {
@@ -236,7 +236,7 @@ impl ManagementPort {
     fn leave(&mut self, name: &WorkerName) -> Reply {
         let why = format!("subworker '{}' is stopping", name.worker_id);
         let left = self.state.drive_locked(|ledger, io| {
-            let key = ledger.cluster.find(&name.worker_id).filter(|w| w.name == *name).map(|w| w.key);
+            let key = ledger.cluster().find(&name.worker_id).filter(|w| w.name == *name).map(|w| w.key);
             key.is_some_and(|key| ledger.leaving(key, &why, now_ms(), io))
         });
         if left {
@@ -246,7 +246,7 @@ impl ManagementPort {
     }
 
     fn unregister(&mut self, name: &WorkerName) -> Reply {
-        let key = self.state.lock().ledger.cluster.find(&name.worker_id).filter(|w| w.name == *name).map(|w| w.key);
+        let key = self.state.lock().ledger.cluster().find(&name.worker_id).filter(|w| w.name == *name).map(|w| w.key);
         if let Some(key) = key {
             self.remove(key, &format!("subworker '{}' unregistered", name.worker_id));
             info!(worker = %name.worker_id, "subworker unregistered");
@@ -260,7 +260,7 @@ impl ManagementPort {
         let removed = self.state.drive_locked(|ledger, io| {
             let worker = ledger.remove_worker(key, why, now_ms(), io)?;
             // Its schedules leave with it, unless another provider declares them.
-            let orphaned = schedules::orphaned(&worker, &ledger.cluster, local);
+            let orphaned = schedules::orphaned(&worker, ledger.cluster(), local);
             Some((worker, orphaned))
         });
         let Some((worker, orphaned)) = removed else { return };
@@ -292,7 +292,7 @@ impl ManagementPort {
 
     /// Closes every link on the way out.
     fn close_all(&mut self) {
-        let keys: Vec<WorkerKey> = self.state.lock().ledger.cluster.workers().map(|w| w.key).collect();
+        let keys: Vec<WorkerKey> = self.state.lock().ledger.cluster().workers().map(|w| w.key).collect();
         for key in keys {
             self.remove(key, "the control plane stopped");
         }

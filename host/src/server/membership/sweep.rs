@@ -25,8 +25,8 @@ pub(crate) fn sweep(state: &State, after: Duration, now: u64, expired: &[WorkerK
     let mut outbox = Outbox::default();
     let mut tasks = state.lock();
     state.drive(&mut tasks, &mut outbox, |ledger, io| ledger.sweep(after, now, io));
-    let forget = gone(&tasks.ledger.cluster, now, after);
-    let address = |key: &WorkerKey| tasks.ledger.cluster.get(*key).map(|w| w.address.clone()).unwrap_or_default();
+    let forget = gone(tasks.ledger.cluster(), now, after);
+    let address = |key: &WorkerKey| tasks.ledger.cluster().get(*key).map(|w| w.address.clone()).unwrap_or_default();
     let unreachable = expired.iter().map(|key| (*key, address(key))).collect();
     drop(tasks);
     outbox.deliver();

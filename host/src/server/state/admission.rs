@@ -118,7 +118,7 @@ impl State {
     /// The defaults of `task_name`: this process's plugin's, else a live
     /// subworker's offer; or why nobody can run it.
     pub(super) fn declared(&self, tasks: &Tasks, task_name: &str) -> Result<Declared, ErrorReply> {
-        match (tasks.ledger.cluster.provider(task_name), self.registry.get(task_name)) {
+        match (tasks.ledger.cluster().provider(task_name), self.registry.get(task_name)) {
             // What this control plane's own plugin declares wins over what
             // a subworker offers for the same task.
             (Some(_), Some(task)) => Ok(Declared::of(task)),
@@ -175,7 +175,7 @@ impl State {
     /// "No worker provides task 'x'", with what is provided.
     pub(super) fn nobody_provides(&self, tasks: &Tasks, task_name: &str) -> String {
         let mut known: Vec<&str> = self.registry.tasks().iter().map(|t| t.decl.name.as_str()).collect();
-        known.extend(tasks.ledger.cluster.task_names());
+        known.extend(tasks.ledger.cluster().task_names());
         known.sort_unstable();
         known.dedup();
         let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };

@@ -138,7 +138,7 @@ impl State {
     pub(crate) fn on_started(&self, started: &Started) -> Reply {
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
-        let key = match tasks.ledger.cluster.find(&started.name.worker_id) {
+        let key = match tasks.ledger.cluster().find(&started.name.worker_id) {
             Some(worker) if worker.name == started.name => worker.key,
             _ => return unknown_worker(&started.name),
         };

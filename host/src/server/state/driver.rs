@@ -118,6 +118,10 @@ impl Effects<Replier, Link> for Driver<'_> {
         link.reset();
     }
 
+    fn stop_run(&mut self, task: &LiveTask<Replier>) {
+        task.cancelled.store(true, Ordering::SeqCst);
+    }
+
     fn count(&mut self, counted: Counted) {
         let delivery = &self.state.delivery;
         let counter = match counted {

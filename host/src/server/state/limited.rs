@@ -27,7 +27,7 @@ impl State {
     /// Every limited task name and what it holds now.
     pub(crate) fn task_limit_statuses(&self) -> Vec<TaskLimitStatus> {
         let tasks = self.lock();
-        tasks.ledger.task_limits.statuses(|task_name| tasks.ledger.cluster.waiting_named(task_name))
+        tasks.ledger.task_limits().statuses(|task_name| tasks.ledger.cluster().waiting_named(task_name))
     }
 
     /// Sets (`Some`) or lifts (`None`) a task's limit at run time.
@@ -36,7 +36,7 @@ impl State {
     /// room with names no worker runs (docs/limits.md).
     pub(crate) fn set_task_limit(&self, task_name: &str, limit: Option<TaskLimit>) -> Reply {
         let provided =
-            self.registry.get(task_name).is_some() || self.lock().ledger.cluster.provider(task_name).is_some();
+            self.registry.get(task_name).is_some() || self.lock().ledger.cluster().provider(task_name).is_some();
         self.change_task_limits(|limits, now| {
             if !provided && !limits.is_limited(task_name) {
                 crate::cluster::task_limits::check_name(task_name).map_err(|e| e.to_string())?;
@@ -76,13 +76,11 @@ impl State {
             let message = "task limits are set on the control plane, which enforces them";
             return Err(ErrorReply::new(ErrorKind::WrongEndpoint, message));
         }
+        let now = now_ms();
         self.drive_locked(|ledger, io| {
-            let now = now_ms();
-            let changed = change(&mut ledger.task_limits, now)
-                .map_err(|message| ErrorReply::new(ErrorKind::BadTaskLimit, message))?;
-            // A loosened limit lets held-back runs go at once.
-            ledger.release_held(now, io);
-            Ok(changed)
+            ledger
+                .change_task_limits(now, io, |limits| change(limits, now))
+                .map_err(|message| ErrorReply::new(ErrorKind::BadTaskLimit, message))
         })
     }
 }

@@ -21,7 +21,7 @@ impl State {
     pub(crate) fn on_link_event(&self, key: WorkerKey, channel: Channel, result: AioResult) {
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
-        let Some(worker) = tasks.ledger.cluster.get(key) else { return };
+        let Some(worker) = tasks.ledger.cluster().get(key) else { return };
         let worker_id = worker.name.worker_id.clone();
         let now = now_ms();
         match result {
@@ -48,7 +48,7 @@ impl State {
                 let frame = opened.map(|()| &message[..]);
                 match channel {
                     Channel::Dispatch => {
-                        let sent = tasks.ledger.cluster.get_mut(key).map(|w| w.link.dispatched()).unwrap_or_default();
+                        let sent = tasks.ledger.link_mut(key).map(|link| link.dispatched()).unwrap_or_default();
                         let answer = dispatch_answer(&worker_id, frame);
                         self.drive(&mut tasks, &mut outbox, |ledger, io| {
                             ledger.dispatch_answered(key, sent, answer, now, io)
@@ -57,7 +57,7 @@ impl State {
                     Channel::Collect => {
                         let (outcomes, pause) = collected(&worker_id, frame);
                         self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.collected(key, outcomes, now, io));
-                        if let Some(worker) = tasks.ledger.cluster.get(key) {
+                        if let Some(worker) = tasks.ledger.cluster().get(key) {
                             let asked = match pause {
                                 None => worker.link.collect(),
                                 Some(pause) => worker.link.collect_after(pause),

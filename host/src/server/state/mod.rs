@@ -293,7 +293,7 @@ impl State {
 
     /// The subworkers as `fastworker workers` shows them.
     pub(crate) fn cluster_status(&self) -> ClusterStatus {
-        self.lock().ledger.cluster.status()
+        self.lock().ledger.cluster().status()
     }
 
     /// Drops results older than the TTL.

@@ -53,7 +53,7 @@ impl State {
     /// What `bound` limits, in use now, where this state knows it.
     pub(crate) fn usage(&self, bound: Bound) -> Option<u64> {
         let tasks = self.lock();
-        let (workers, slots) = tasks.ledger.cluster.size();
+        let (workers, slots) = tasks.ledger.cluster().size();
         let (live, live_bytes) = tasks.ledger.load();
         match bound {
             Bound::QueuedTasks => Some(live as u64),
@@ -90,10 +90,10 @@ impl State {
         if let Some(task) = self.registry.get(task_name) {
             return task.schema.clone();
         }
-        let from = self.lock().ledger.cluster.describing_provider(task_name)?.0;
+        let from = self.lock().ledger.cluster().describing_provider(task_name)?.0;
         self.offered_schemas.get(task_name, from, || {
             let tasks = self.lock();
-            let (key, offer) = tasks.ledger.cluster.describing_provider(task_name)?;
+            let (key, offer) = tasks.ledger.cluster().describing_provider(task_name)?;
             Some(Offer { key, text: offer.args_schema.clone().zip(offer.result_schema.clone()) })
         })
     }
@@ -121,7 +121,7 @@ impl State {
                 (info.name.clone(), info)
             })
             .collect();
-        let offered = self.lock().ledger.cluster.offered_tasks();
+        let offered = self.lock().ledger.cluster().offered_tasks();
         for (worker_id, offer) in offered {
             let row = rows.entry(offer.name.clone()).or_insert_with(|| crate::wire::protocol::TaskInfo {
                 name: offer.name.clone(),

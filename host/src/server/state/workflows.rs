@@ -110,7 +110,7 @@ impl State {
             let WorkflowNode::Task(step) = node else { continue };
             let name = &step.task_name;
             let here = tasks.ledger.runs_here(name);
-            if here || tasks.ledger.cluster.provider(name).is_some() {
+            if here || tasks.ledger.cluster().provider(name).is_some() {
                 continue;
             }
             if let Some(refusal) = self.restart_window_refusal(name) {
