@@ -1,6 +1,6 @@
 //! One workflow's bookkeeping, as a pure state machine: no sockets, locks
 //! or clocks. Events go in (the workflow starts, a member's task ended, a
-//! client cancels), [`Effects`] come out (tasks to create with the
+//! client cancels), [`NextSteps`] come out (tasks to create with the
 //! arguments built for them, tasks to cancel, the workflow's end). Counters
 //! track groups as their members finish: nothing polls.
 //!
@@ -53,7 +53,7 @@ pub(crate) struct Submission {
 
 /// What the control plane must do after an event.
 #[derive(Debug, Default, PartialEq)]
-pub(crate) struct Effects {
+pub(crate) struct NextSteps {
     /// Tasks to create, in order.
     pub(crate) submit: Vec<Submission>,
     /// Live member tasks to cancel.
@@ -282,8 +282,8 @@ impl Machine {
 
     /// Fails the running workflow for a reason outside it (a bound of the
     /// control plane): live members are cancelled, pending ones skipped.
-    pub(crate) fn abort(&mut self, message: String) -> Effects {
-        let mut effects = Effects::default();
+    pub(crate) fn abort(&mut self, message: String) -> NextSteps {
+        let mut effects = NextSteps::default();
         if !self.state.is_final() {
             self.fail(None, message, &mut effects);
         }
@@ -291,8 +291,8 @@ impl Machine {
     }
 
     /// Starts the workflow: the first members to run.
-    pub(crate) fn start(&mut self) -> Effects {
-        let mut effects = Effects::default();
+    pub(crate) fn start(&mut self) -> NextSteps {
+        let mut effects = NextSteps::default();
         self.activate(0, None, &mut effects);
         effects
     }
@@ -348,8 +348,8 @@ impl Machine {
 
     /// Member `node`'s task ended. Outcomes for members not live (twice, or
     /// unknown) change nothing.
-    pub(crate) fn member_ended(&mut self, node: u32, outcome: Outcome) -> Effects {
-        let mut effects = Effects::default();
+    pub(crate) fn member_ended(&mut self, node: u32, outcome: Outcome) -> NextSteps {
+        let mut effects = NextSteps::default();
         let Some(Node { member: Member::Live(task_id), kind: WorkflowNode::Task(step), .. }) =
             self.nodes.get(node as usize)
         else {
@@ -390,8 +390,8 @@ impl Machine {
     }
 
     /// A member's task could not be created (refused): the workflow fails.
-    pub(crate) fn member_refused(&mut self, node: u32, message: String) -> Effects {
-        let mut effects = Effects::default();
+    pub(crate) fn member_refused(&mut self, node: u32, message: String) -> NextSteps {
+        let mut effects = NextSteps::default();
         if let Some(node_state) = self.nodes.get_mut(node as usize) {
             if let Member::Live(task_id) = node_state.member {
                 node_state.member = Member::Done(MemberState::Failed, Some(task_id));
@@ -415,8 +415,8 @@ impl Machine {
 
     /// A client cancels the workflow: pending members never run, live ones
     /// are cancelled.
-    pub(crate) fn cancel(&mut self, message: String) -> Effects {
-        let mut effects = Effects::default();
+    pub(crate) fn cancel(&mut self, message: String) -> NextSteps {
+        let mut effects = NextSteps::default();
         if !self.state.is_final() {
             let failure = WorkflowFailure {
                 node: None,
@@ -432,7 +432,7 @@ impl Machine {
     }
 
     /// Gives node `index` its input and creates the tasks that can start.
-    fn activate(&mut self, index: u32, input: Option<&[u8]>, effects: &mut Effects) {
+    fn activate(&mut self, index: u32, input: Option<&[u8]>, effects: &mut NextSteps) {
         match &self.nodes[index as usize].kind {
             WorkflowNode::Task(step) => {
                 let built = build_args(&step.args, &step.receive, input).and_then(|args| {
@@ -477,7 +477,7 @@ impl Machine {
     }
 
     /// Node `index` finished with `result`: its parent goes on.
-    fn completed(&mut self, mut index: u32, mut result: Vec<u8>, effects: &mut Effects) {
+    fn completed(&mut self, mut index: u32, mut result: Vec<u8>, effects: &mut NextSteps) {
         loop {
             let Some((parent, position)) = self.nodes[index as usize].parent else {
                 self.state = crate::wire::workflow::WorkflowState::Succeeded;
@@ -532,7 +532,7 @@ impl Machine {
         }
     }
 
-    fn fail(&mut self, node: Option<u32>, message: String, effects: &mut Effects) {
+    fn fail(&mut self, node: Option<u32>, message: String, effects: &mut NextSteps) {
         let task_name = node.and_then(|n| match &self.nodes[n as usize].kind {
             WorkflowNode::Task(step) => Some(step.task_name.clone()),
             _ => None,
@@ -549,7 +549,7 @@ impl Machine {
     }
 
     /// Ends the workflow: pending members are skipped, live ones cancelled.
-    fn end(&mut self, state: crate::wire::workflow::WorkflowState, failure: WorkflowFailure, effects: &mut Effects) {
+    fn end(&mut self, state: crate::wire::workflow::WorkflowState, failure: WorkflowFailure, effects: &mut NextSteps) {
         self.state = state;
         self.failure = Some(failure);
         effects.ended = true;
@@ -589,7 +589,7 @@ mod tests {
         Machine::new(submit, parents, bounds.max_bytes)
     }
 
-    fn args(effects: &Effects) -> Vec<(u32, String)> {
+    fn args(effects: &NextSteps) -> Vec<(u32, String)> {
         effects.submit.iter().map(|s| (s.node, String::from_utf8(s.step.args.clone()).unwrap())).collect()
     }
 
@@ -698,7 +698,7 @@ mod tests {
         assert_eq!(states, [MemberState::Failed, MemberState::Running, MemberState::Skipped]);
         // The cancelled sibling's end changes nothing but its own state.
         let after = m.member_ended(3, Outcome::Cancelled(error("cancelled")));
-        assert_eq!(after, Effects::default());
+        assert_eq!(after, NextSteps::default());
         assert_eq!(m.members(|_| None)[1].3, MemberState::Cancelled);
         assert_eq!(m.state(), WorkflowState::Failed);
     }
@@ -722,9 +722,9 @@ mod tests {
         let cancelled = m.cancel("cancelled by a client".into());
         assert_eq!((cancelled.cancel, cancelled.ended), (vec![live], true));
         assert_eq!(m.state(), WorkflowState::Cancelled);
-        assert_eq!(m.cancel("again".into()), Effects::default());
+        assert_eq!(m.cancel("again".into()), NextSteps::default());
         // The running member finished anyway: the next one still never runs.
-        assert_eq!(m.member_ended(1, ok(json!(10))), Effects::default());
+        assert_eq!(m.member_ended(1, ok(json!(10))), NextSteps::default());
         assert_eq!(m.members(|_| None)[1].3, MemberState::Skipped);
     }
 
@@ -733,9 +733,9 @@ mod tests {
         let mut m = machine(Workflow::group([task("add", json!([1, 2])), task("add", json!([1, 2]))]));
         m.start();
         m.member_ended(1, ok(json!(3)));
-        assert_eq!(m.member_ended(1, ok(json!(3))), Effects::default());
-        assert_eq!(m.member_ended(0, ok(json!(3))), Effects::default());
-        assert_eq!(m.member_ended(99, ok(json!(3))), Effects::default());
+        assert_eq!(m.member_ended(1, ok(json!(3))), NextSteps::default());
+        assert_eq!(m.member_ended(0, ok(json!(3))), NextSteps::default());
+        assert_eq!(m.member_ended(99, ok(json!(3))), NextSteps::default());
         assert!(m.member_ended(2, ok(json!(3))).ended);
         assert_eq!(m.result(), Some(&b"[3,3]"[..]));
     }

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 
-use super::machine::{Effects, Machine};
+use super::machine::{Machine, NextSteps};
 use crate::wire::protocol::{TaskId, TaskState};
 use crate::wire::workflow::{MemberReport, WorkflowId, WorkflowReport};
 
@@ -147,7 +147,7 @@ impl<W> Workflows<W> {
     }
 
     /// Indexes the members `effects` create.
-    pub(crate) fn note(&mut self, id: WorkflowId, effects: &Effects) {
+    pub(crate) fn note(&mut self, id: WorkflowId, effects: &NextSteps) {
         self.generation += 1;
         for submission in &effects.submit {
             self.by_task.insert(submission.task_id, (id, submission.node));
@@ -233,7 +233,7 @@ mod tests {
     use super::*;
     use crate::wire::workflow::WorkflowState;
 
-    fn entry(id: WorkflowId) -> (Entry<u8>, Effects) {
+    fn entry(id: WorkflowId) -> (Entry<u8>, NextSteps) {
         let bounds = Bounds { max_members: 10, max_depth: 8, max_bytes: 1024, max_retries: 1, max_delay_ms: 1 };
         let submit = Workflow::chain([task("add", json!([1, 2])), task("add", json!([3]))]).to_submit(id).unwrap();
         let parents = validate(&submit, &bounds).unwrap();

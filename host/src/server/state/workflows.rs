@@ -18,7 +18,7 @@ use crate::wire::protocol::{
     now_ms, ErrorKind, ErrorReply, Reply, RetryPolicy, Submit, TaskId, TaskReport, TaskState, WorkflowId,
     WorkflowSubmit,
 };
-use crate::workflow::machine::{validate, Bounds, Effects, Machine, Outcome, Submission};
+use crate::workflow::machine::{validate, Bounds, Machine, NextSteps, Outcome, Submission};
 use crate::workflow::registry::Entry;
 use crate::workflow::{WorkflowNode, MAX_DEPTH, MAX_MEMBERS};
 
@@ -123,7 +123,7 @@ impl State {
 
     /// Carries out what the workflow's machine asked for, and what that in
     /// turn makes it ask for: members to create, tasks to cancel, its end.
-    fn apply(&self, tasks: &mut Tasks, workflow_id: WorkflowId, effects: Effects, outbox: &mut Outbox) {
+    fn apply(&self, tasks: &mut Tasks, workflow_id: WorkflowId, effects: NextSteps, outbox: &mut Outbox) {
         let mut queue = VecDeque::from([effects]);
         while let Some(effects) = queue.pop_front() {
             tasks.workflows.note(workflow_id, &effects);
@@ -230,7 +230,7 @@ impl State {
     /// When the results running workflows gather pass `--max-queued-bytes`
     /// with what `workflow_id` just gathered, it fails, saying so (the
     /// failure is stored as its stop step): the effects of that.
-    fn past_gathered_bound(&self, tasks: &mut Tasks, workflow_id: WorkflowId) -> Option<Effects> {
+    fn past_gathered_bound(&self, tasks: &mut Tasks, workflow_id: WorkflowId) -> Option<NextSteps> {
         let bound = self.config.limits.max_queued_bytes;
         let live_bytes = tasks.workflows.recount(&workflow_id);
         let entry = tasks.workflows.get_mut(&workflow_id)?;
@@ -368,7 +368,7 @@ impl State {
             };
             let mut machine = Machine::new(submit, parents, bounds.max_bytes);
             let mut made: rustc_hash::FxHashMap<u32, Submission> = rustc_hash::FxHashMap::default();
-            let remember = |effects: Effects, made: &mut rustc_hash::FxHashMap<u32, Submission>| {
+            let remember = |effects: NextSteps, made: &mut rustc_hash::FxHashMap<u32, Submission>| {
                 for submission in effects.submit {
                     made.insert(submission.node, submission);
                 }
@@ -401,7 +401,7 @@ impl State {
             let digest = args_digest(&encoded);
             let entry = Entry::new(machine, owner, created_ms, digest, encoded.len());
             tasks.workflows.insert(workflow_id, entry);
-            let note = Effects {
+            let note = NextSteps {
                 submit: live.iter().filter_map(|(node, _)| made.get(node).cloned()).collect(),
                 ..Default::default()
             };
@@ -416,7 +416,7 @@ impl State {
                 continue;
             }
             if ended {
-                let effects = Effects {
+                let effects = NextSteps {
                     cancel: live.iter().map(|(_, task_id)| *task_id).collect(),
                     ended: true,
                     ..Default::default()
@@ -437,7 +437,7 @@ impl State {
                     // It was never stored: it is created again.
                     _ if still_live => {
                         if let Some(submission) = made.remove(&node) {
-                            let effects = Effects { submit: vec![submission], ..Default::default() };
+                            let effects = NextSteps { submit: vec![submission], ..Default::default() };
                             self.apply(&mut tasks, workflow_id, effects, &mut outbox);
                         }
                     }
