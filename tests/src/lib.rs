@@ -418,6 +418,21 @@ pub fn output_within(mut command: Command, limit: Duration) -> Output {
     Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
 }
 
+/// Every report of `ids` once all are final, or `None` after `limit`.
+pub fn final_reports(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    ids: &[TaskId],
+    limit: Duration,
+) -> Option<Vec<fastworker::TaskReport>> {
+    let mut reports = Vec::new();
+    let done = wait_until(limit, || {
+        reports = ids.iter().filter_map(|id| rt.block_on(client.status(*id)).ok()).collect();
+        reports.len() == ids.len() && reports.iter().all(|r| r.state.is_final())
+    });
+    done.then_some(reports)
+}
+
 /// A multi-threaded tokio runtime for tests that drive the async client.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()

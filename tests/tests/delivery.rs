@@ -19,22 +19,7 @@ use std::time::{Duration, Instant};
 use fastworker::protocol::ErrorKind;
 use fastworker::{Client, ClientError, Priority, SubmitOptions, TaskId, TaskReport, TaskState};
 use fastworker_tests::attack::{offered, FakeAnswer, FakeSubworker};
-use fastworker_tests::{free_base_port, http, runtime, wait_until, Process};
-
-/// Every report of `ids` once all are final, or `None` after `limit`.
-fn final_reports(
-    rt: &tokio::runtime::Runtime,
-    client: &Client,
-    ids: &[TaskId],
-    limit: Duration,
-) -> Option<Vec<TaskReport>> {
-    let mut reports = Vec::new();
-    let done = wait_until(limit, || {
-        reports = ids.iter().filter_map(|id| rt.block_on(client.status(*id)).ok()).collect();
-        reports.len() == ids.len() && reports.iter().all(|r| r.state.is_final())
-    });
-    done.then_some(reports)
-}
+use fastworker_tests::{final_reports, free_base_port, http, runtime, wait_until, Process};
 
 /// How many of `reports` succeeded, and a line per one that did not.
 fn tally(reports: &[TaskReport]) -> (usize, Vec<String>) {

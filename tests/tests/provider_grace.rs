@@ -17,22 +17,7 @@ use std::time::{Duration, Instant};
 
 use fastworker::protocol::RetryPolicy;
 use fastworker::{Client, SubmitOptions, TaskId, TaskReport, TaskState};
-use fastworker_tests::{free_base_port, runtime, wait_until, Process};
-
-/// Every report of `ids` once all are final, or `None` after `limit`.
-fn final_reports(
-    rt: &tokio::runtime::Runtime,
-    client: &Client,
-    ids: &[TaskId],
-    limit: Duration,
-) -> Option<Vec<TaskReport>> {
-    let mut reports = Vec::new();
-    let done = wait_until(limit, || {
-        reports = ids.iter().filter_map(|id| rt.block_on(client.status(*id)).ok()).collect();
-        reports.len() == ids.len() && reports.iter().all(|r| r.state.is_final())
-    });
-    done.then_some(reports)
-}
+use fastworker_tests::{final_reports, free_base_port, runtime, wait_until, Process};
 
 /// Asserts that every report succeeded, listing those that did not.
 fn all_succeeded(reports: &[TaskReport], what: &str) {
