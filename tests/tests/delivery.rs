@@ -177,7 +177,9 @@ fn a_draining_subworker_holding_more_than_64_tasks_loses_none() {
     let ids = submit_sleeps(&rt, &client, 100, 3000);
     assert!(wait_until(Duration::from_secs(20), || dispatched(&cp, "sw1") == 100), "sw1 holds 100: {:?}", cp.workers());
     // Its two threads take their runs (3 s each) at once; on a loaded
-    // machine "at once" can be a few hundred ms after the dispatch lands.
+    // machine "at once" can be a few hundred ms after the dispatch lands
+    // (the control plane shows a dispatched run as running, so this is a
+    // pause, not a wait on something it reports).
     std::thread::sleep(Duration::from_secs(1));
     sw1.signal("TERM");
     // Nobody else provides sleep_ms: the 98 handed back wait, queued.
@@ -259,7 +261,8 @@ fn a_task_submitted_while_a_restarted_control_plane_waits_for_its_subworkers_suc
     let report = rt.block_on(cp.client().submit("add", (2, 3), SubmitOptions::default())).unwrap();
     assert_eq!((report.state, report.worker.as_str()), (TaskState::Succeeded, "sw1"), "{report:?}");
     let back = serving.elapsed();
-    assert!(back < Duration::from_secs(2), "sw1 is back within one heartbeat (2 s) of the restart, took {back:?}");
+    // One heartbeat (2 s) brings it back; a second is slack for a loaded machine.
+    assert!(back < Duration::from_secs(4), "sw1 is back within two heartbeats (2 s each) of the restart, took {back:?}");
     eprintln!(
         "a submission made as the control plane came back succeeded {:.2} s later ({:.2} s after the kill)",
         back.as_secs_f64(),
