@@ -79,11 +79,14 @@ fn subworker(state: &State, replier: Replier, request: Request) {
                 return replier.send(&error_reply(ErrorKind::Busy, message));
             }
             let owner = replier.key_id();
-            replier.send(&Reply::Done);
+            // Queued here before the answer, so that the next frame (sent on
+            // the answer, and served on another context) queues behind them:
+            // first come, first served within a priority.
             for run in runs {
                 let answer = state.collector.replier_for(run.submit.task_id, run.lease);
                 state.submit_leased(run.submit, Some(run.lease), owner, answer);
             }
+            replier.send(&Reply::Done);
         }
         Request::Collect => {
             let Some(replier) = replier.allow(CONTROL, "collect outcomes here") else { return };
