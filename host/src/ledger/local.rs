@@ -11,7 +11,7 @@
 
 use std::sync::atomic::Ordering;
 
-use fastworker_plugin_sdk::abi::FailureKind;
+use crate::wire::protocol::FailureKind;
 use tracing::{debug, warn};
 
 use super::{Alarm, Effects, Ending, Ledger};
@@ -78,6 +78,13 @@ impl<W, L> Ledger<W, L> {
     pub(crate) fn run_here_or_fail(&mut self, task_id: TaskId, why: &str, now: u64, io: &mut impl Effects<W, L>) {
         let Some(task) = self.live.get_mut(&task_id) else { return };
         let name = &task.report.task_name;
+        if !self.settings.local_tasks.contains(name) && self.awaited.contains(name) {
+            // This control plane's worker processes provide it: it waits
+            // for one to (re)register.
+            task.report.state = TaskState::Queued;
+            let waiting = super::Waiting { task_id, task_name: name.clone() };
+            return self.cluster.wait(task.report.priority, waiting, true);
+        }
         if !self.settings.local_tasks.contains(name) {
             let why = if why.is_empty() { "no live subworker provides it".to_string() } else { why.to_string() };
             let message = format!("no worker provides task '{name}' any more ({why}); submit it again when one does");

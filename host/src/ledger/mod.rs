@@ -23,7 +23,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use fastworker_plugin_sdk::abi::FailureKind;
+use crate::wire::protocol::FailureKind;
 use rustc_hash::{FxHashMap, FxHashSet};
 use tracing::debug;
 
@@ -31,6 +31,7 @@ use crate::cluster::routing::{Cluster, Placement, Waiting};
 use crate::cluster::task_limits::TaskLimits;
 use crate::wire::protocol::{Callback, Request, RetryPolicy, TaskError, TaskId, TaskReport, TaskState};
 
+mod crashes;
 mod delivery;
 mod dispatch;
 mod effects;
@@ -72,6 +73,10 @@ pub(crate) struct Ledger<W, L> {
     /// The cluster-wide limits per task name (a control plane's; empty on
     /// a subworker, which does not enforce them).
     pub(crate) task_limits: TaskLimits,
+    /// Tasks that wait for a provider rather than fail when none is live:
+    /// those this control plane's own worker processes provide, which come
+    /// back when restarted (`crashes.rs`).
+    awaited: FxHashSet<String>,
 }
 
 /// A task that has been accepted and has not ended.
@@ -151,6 +156,7 @@ impl<W, L> Ledger<W, L> {
             cluster: Cluster::default(),
             next_lease: 0,
             task_limits,
+            awaited: FxHashSet::default(),
         }
     }
 

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use fastworker_plugin_sdk::abi::FailureKind;
+use crate::wire::protocol::FailureKind;
 
 use super::delivery::StartReports;
 use super::local::LocalRun;

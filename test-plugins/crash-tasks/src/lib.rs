@@ -67,8 +67,8 @@ fn leak_mb(mib: u32) -> u32 {
 
 /// Answers its argument: the bystander beside the crashing tasks.
 #[task]
-fn echo(text: String) -> String {
+fn echo_back(text: String) -> String {
     text
 }
 
-fastworker_plugin_sdk::export_plugin!(abort_now, segfault, exit_now, overflow_stack, double_panic, leak_mb, echo);
+fastworker_plugin_sdk::export_plugin!(abort_now, segfault, exit_now, overflow_stack, double_panic, leak_mb, echo_back);
