@@ -231,7 +231,8 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     let worker_processes = isolated.then(|| {
         let runs_per_process = args.runs_per_process;
         let count = args.worker_processes.unwrap_or_else(|| (concurrency as u32).div_ceil(runs_per_process).min(256));
-        let mut extra_args = Vec::new();
+        // Runs and results up to the control plane's frame bound reach them.
+        let mut extra_args = vec!["--max-frame-bytes".to_string(), args.task_limits.max_frame_bytes.to_string()];
         if let Some(path) = &args.credentials.keys.cluster_key_file {
             extra_args.extend(["--cluster-key-file".to_string(), path.display().to_string()]);
         }
@@ -274,7 +275,10 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         Err(error) => return fail(EXIT_USAGE, error),
     };
     if let Some(workers) = worker_processes {
-        info!(processes = workers.count, runs_each = workers.runs_per_process, "tasks run in worker processes");
+        info!(
+            "tasks run in {} worker processes of {} run(s) each (docs/isolation.md)",
+            workers.count, workers.runs_per_process
+        );
         control_plane.start_worker_processes(workers);
     }
     if !args.no_gui {
