@@ -19,6 +19,7 @@ use crate::server::journal::{Journal, JournalError};
 use crate::server::membership::{self, Event};
 use crate::server::routes;
 use crate::server::state::State;
+use crate::server::worker_processes::{WorkerProcesses, WorkerProcessesConfig};
 use crate::wire::auth::{ReplayGuard, Sender};
 use crate::wire::protocol::{ClusterStatus, Priority};
 
@@ -47,6 +48,8 @@ pub struct ControlPlane {
     /// On a subworker: notified when a connection to its CRITICAL port (the
     /// one its control plane dials) drops.
     dropped: Arc<tokio::sync::Notify>,
+    /// The supervised worker processes running this control plane's tasks.
+    worker_processes: Option<WorkerProcesses>,
 }
 
 impl ControlPlane {
@@ -155,7 +158,7 @@ impl ControlPlane {
             }
             _ => None,
         };
-        Ok(ControlPlane { state, listeners, membership, announcer, dashboard: None, dropped })
+        Ok(ControlPlane { state, listeners, membership, announcer, dashboard: None, dropped, worker_processes: None })
     }
 
     /// Serves the management dashboard (page, JSON API, events, metrics) on
@@ -165,6 +168,15 @@ impl ControlPlane {
         let address = dashboard.address();
         self.dashboard = Some(dashboard);
         Ok(address)
+    }
+
+    /// Runs this control plane's tasks in worker processes it starts and
+    /// supervises (docs/isolation.md) rather than on its own threads (start
+    /// it with `concurrency` 0). A crash costs the runs of one process.
+    pub fn start_worker_processes(&mut self, config: WorkerProcessesConfig) {
+        if self.worker_processes.is_none() && !self.state.config.is_subworker() {
+            self.worker_processes = Some(WorkerProcesses::start(&self.state, &self.state.config.base, config));
+        }
     }
 
     /// Drops results older than the TTL; the server calls this every minute.
@@ -215,6 +227,10 @@ impl ControlPlane {
         // A stopping control plane is no longer announced.
         self.announcer = None;
         self.drain();
+        // Drained: the worker processes finished what they had.
+        if let Some(workers) = self.worker_processes.take() {
+            workers.stop();
+        }
         // The dashboard shows the drain, then goes.
         self.dashboard = None;
         if let Some((events, thread)) = self.membership {

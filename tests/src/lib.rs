@@ -158,6 +158,11 @@ impl Process {
                 Some(port) => process.wait_for_port(port, Duration::from_secs(20)),
                 None => Ok(()),
             });
+            let isolated = !plugins.is_empty()
+                && !extra.contains(&"--in-process")
+                && !extra.windows(2).any(|w| w == ["--concurrency", "0"])
+                && !env.iter().any(|(name, _)| *name == "FASTWORKER_IN_PROCESS");
+            let ready = ready.and_then(|()| if isolated { process.wait_worker_processes() } else { Ok(()) });
             match ready {
                 Ok(()) => return process,
                 Err(log) if log.contains("already in use") => continue,
@@ -290,6 +295,30 @@ impl Process {
             }
         }
         Err(format!("not answering after {limit:?}:\n{}", self.log()))
+    }
+
+    /// Waits until the control plane's worker processes (docs/isolation.md)
+    /// are all listed active, so that a test's first timings do not include
+    /// their start, or returns the log.
+    pub fn wait_worker_processes(&mut self) -> Result<(), String> {
+        let mut expected = None;
+        let listed = wait_until(Duration::from_secs(30), || {
+            let log = self.log();
+            expected = expected.or_else(|| {
+                let line = log.lines().find(|l| l.contains("worker processes of"))?;
+                line.split("tasks run in ").nth(1)?.split(' ').next()?.parse::<usize>().ok()
+            });
+            let Some(expected) = expected else { return false };
+            self.workers().is_ok_and(|cluster| {
+                let active = |w: &&WorkerStatus| w.worker_id.starts_with("local-") && w.status == WorkerState::Active;
+                cluster.subworkers.iter().filter(active).count() >= expected
+            })
+        });
+        if listed {
+            Ok(())
+        } else {
+            Err(format!("worker processes not all active after 30 s (expected {expected:?}):\n{}", self.log()))
+        }
     }
 
     /// Waits until something accepts TCP connections on 127.0.0.1:`port`

@@ -94,7 +94,8 @@ fn many_calls_through_one_client(client: Client, n: i64, worker: &str) {
 
 #[test]
 fn five_hundred_concurrent_calls_through_one_shared_client_each_get_their_own_result() {
-    let cp = Process::control_plane(&["example-tasks"], &["--concurrency", "2"]);
+    // On the control plane's own threads, so that every reply names it.
+    let cp = Process::control_plane(&["example-tasks"], &["--concurrency", "2", "--in-process"]);
     many_calls_through_one_client(cp.client(), 500, "control-plane");
 }
 

@@ -18,7 +18,12 @@ const KEY: &str = "s3cret-key";
 /// A control plane with the example plugin, the dashboard on, and one
 /// subworker `sw1` with the example plugin.
 fn cluster(env: &[(&str, &str)]) -> (Process, Process, String) {
-    let cp = Process::control_plane_with_gui(&["example-tasks"], &["--no-discovery", "--concurrency", "2"], env);
+    // Tasks on the control plane's own threads: the views name it as their worker.
+    let cp = Process::control_plane_with_gui(
+        &["example-tasks"],
+        &["--no-discovery", "--in-process", "--concurrency", "2"],
+        env,
+    );
     let sw = Process::subworker(&cp, "sw1", &["example-tasks"], &["--heartbeat-interval", "0.5", "--concurrency", "2"]);
     let gui = cp.gui.clone().expect("a dashboard URL");
     (cp, sw, gui)
@@ -207,7 +212,12 @@ fn the_api_answers_every_endpoint_and_guards_the_actions() {
 
 #[test]
 fn the_event_stream_sends_task_changes_as_they_happen() {
-    let cp = Process::control_plane_with_gui(&["example-tasks"], &["--no-discovery", "--concurrency", "1"], &[]);
+    // Tasks on the control plane's own threads: the views name it as their worker.
+    let cp = Process::control_plane_with_gui(
+        &["example-tasks"],
+        &["--no-discovery", "--in-process", "--concurrency", "1"],
+        &[],
+    );
     let gui = cp.gui.clone().unwrap();
     let mut stream = EventStream::open(&format!("{gui}/api/events"));
     assert_eq!(stream.status, 200);

@@ -262,7 +262,10 @@ fn a_task_submitted_while_a_restarted_control_plane_waits_for_its_subworkers_suc
     assert_eq!((report.state, report.worker.as_str()), (TaskState::Succeeded, "sw1"), "{report:?}");
     let back = serving.elapsed();
     // One heartbeat (2 s) brings it back; a second is slack for a loaded machine.
-    assert!(back < Duration::from_secs(4), "sw1 is back within two heartbeats (2 s each) of the restart, took {back:?}");
+    assert!(
+        back < Duration::from_secs(4),
+        "sw1 is back within two heartbeats (2 s each) of the restart, took {back:?}"
+    );
     eprintln!(
         "a submission made as the control plane came back succeeded {:.2} s later ({:.2} s after the kill)",
         back.as_secs_f64(),

@@ -34,6 +34,10 @@ fn control_plane_at(address: &str, extra: &[&str]) -> Process {
         .map(|s| s.to_string())
         .collect();
     args.extend(["--task-modules".into(), plugin("example-tasks").display().to_string()]);
+    // The store is what these tests are about: tasks run on the control
+    // plane's own threads (tests/tests/isolation.rs has a durable restart
+    // with worker processes).
+    args.push("--in-process".into());
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut process = Process::spawn(&args, &[], address.to_string());
     if let Err(log) = process.wait_ready(Duration::from_secs(20)) {

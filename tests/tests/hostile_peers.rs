@@ -88,8 +88,12 @@ async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
 #[test]
 fn a_black_hole_subworker_cannot_keep_tasks_and_garbage_results_fail() {
     // No grace for absent providers: only_there, taken back from the hole,
-    // fails at once rather than waiting for another provider.
-    let mut cp = Process::control_plane(&["example-tasks"], &["--max-subworker-run", "1", "--provider-grace", "0"]);
+    // fails at once rather than waiting for another provider; its own
+    // threads run sleep_ms when the hole is given up on.
+    let mut cp = Process::control_plane(
+        &["example-tasks"],
+        &["--max-subworker-run", "1", "--provider-grace", "0", "--in-process"],
+    );
     let bystander = Bystander::start(&cp);
     // It offers sleep_ms with no timeout (the control plane's plugin
     // declares 10 min) and a task only it has, and never answers.
@@ -178,7 +182,8 @@ fn a_client_that_never_reads_cannot_stall_a_port() {
 
 #[test]
 fn a_flood_of_registrations_is_bounded() {
-    let mut cp = Process::control_plane(&["example-tasks"], &[]);
+    // No worker processes: every subworker the flood could add is counted.
+    let mut cp = Process::control_plane(&["example-tasks"], &["--in-process"]);
     let idle = rss_kib(cp.pid());
     let bystander = Bystander::start(&cp);
     let client = cp.client().with_timeout(Duration::from_secs(10));

@@ -94,7 +94,8 @@ fn a_declared_rate_of_20_per_second_holds_within_10_percent_across_two_subworker
 
 #[test]
 fn max_running_2_is_never_exceeded_across_the_control_plane_and_two_subworkers() {
-    let cp = Process::control_plane_with_gui(&["example-tasks"], &["--concurrency", "4"], &[]);
+    // The control plane's own threads, beside two subworkers.
+    let cp = Process::control_plane_with_gui(&["example-tasks"], &["--concurrency", "4", "--in-process"], &[]);
     let _sw1 = Process::subworker(&cp, "sw1", &["example-tasks"], &["--concurrency", "4"]);
     let _sw2 = Process::subworker(&cp, "sw2", &["example-tasks"], &["--concurrency", "4"]);
     let client = cp.client();
@@ -194,7 +195,7 @@ fn a_held_back_task_blocks_no_unlimited_task_behind_it() {
         }
     });
     // The same on the control plane's own threads.
-    let alone = Process::control_plane(&["example-tasks"], &["--concurrency", "4"]);
+    let alone = Process::control_plane(&["example-tasks"], &["--concurrency", "4", "--in-process"]);
     let client = alone.client();
     rt.block_on(async {
         let ids = queue(&client, "limited_running", serde_json::json!([300]), 40, SubmitOptions::default()).await;

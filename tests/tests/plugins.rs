@@ -141,7 +141,9 @@ fn a_plugin_built_before_schemas_existed_loads_runs_and_shows_no_schema() {
 
 #[test]
 fn the_client_lists_the_tasks_with_their_schemas_and_providers() {
-    let cp = Process::control_plane(&["example-tasks"], &[]);
+    // Its own threads provide the plugin's tasks (worker processes would
+    // be listed as providers too).
+    let cp = Process::control_plane(&["example-tasks"], &["--in-process"]);
     let _sw = Process::subworker(&cp, "sw1", &["text-tasks"], &[]);
     let tasks = fastworker_tests::runtime().block_on(cp.client().tasks()).unwrap();
     let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();

@@ -118,7 +118,8 @@ fn non_blocking_submission_prints_an_id_whose_status_follows_the_task() {
     assert_eq!(report["state"], "succeeded");
     assert!(report["result"].as_u64().unwrap() >= 400);
     assert_eq!(report["task_name"], "sleep_ms");
-    assert_eq!(report["worker"], "control-plane");
+    // Run by one of the control plane's worker processes (docs/isolation.md).
+    assert!(report["worker"].as_str().is_some_and(|w| w.starts_with("local-")), "{report}");
     assert_eq!(report["attempts"], 1);
     assert!(report["duration_ms"].as_u64().unwrap() >= 400);
 

@@ -153,6 +153,7 @@ impl Failure {
                     FailureKind::Error => Class::TaskFailed,
                     FailureKind::Panic => Class::TaskPanicked,
                     FailureKind::BadArguments => Class::BadArguments,
+                    FailureKind::Crashed => Class::TaskFailed,
                 };
                 Failure { task_name: Some(task_name), ..Failure::new(class, error.message) }
             }

@@ -74,7 +74,7 @@ fn failure_of(report: &WorkflowReport) -> Failure {
         (MemberState::Cancelled | MemberState::Skipped, _) => Class::Cancelled,
         (_, FailureKind::Panic) => Class::TaskPanicked,
         (_, FailureKind::BadArguments) => Class::BadArguments,
-        (_, FailureKind::Error) => Class::TaskFailed,
+        (_, FailureKind::Error | FailureKind::Crashed) => Class::TaskFailed,
     };
     let text = match (node, task_name) {
         (Some(node), Some(name)) => {

@@ -14,7 +14,7 @@ use fastworker::limits::{range, MAX_NAME_BYTES};
 use fastworker::plugins::Registry;
 use fastworker::schedules;
 use fastworker::subworker_process::{Subworker, SubworkerConfig};
-use fastworker::{BaseAddress, DEFAULT_BASE_ADDRESS};
+use fastworker::{BaseAddress, WorkerProcessesConfig, DEFAULT_BASE_ADDRESS};
 use tracing::{info, warn};
 
 use crate::cli::keys::{protected, CredentialArgs};
@@ -102,6 +102,19 @@ pub(crate) struct ControlPlaneArgs {
     /// Serve beyond loopback without a key (protected mode is off): only on a network you trust.
     #[arg(long, env = "FASTWORKER_INSECURE")]
     pub(crate) insecure: bool,
+    /// Run tasks on this process's own threads, not in supervised worker processes: a task that
+    /// aborts, segfaults or exits takes the control plane down with it (docs/isolation.md).
+    #[arg(long, env = "FASTWORKER_IN_PROCESS")]
+    pub(crate) in_process: bool,
+    /// Worker processes running the tasks (default: --concurrency divided by --runs-per-process).
+    #[arg(long, env = "FASTWORKER_WORKER_PROCESSES", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub(crate) worker_processes: Option<u32>,
+    /// Runs each worker process holds at once; 1 makes every crash attributable to the run that caused it.
+    #[arg(long, env = "FASTWORKER_RUNS_PER_PROCESS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2048))]
+    pub(crate) runs_per_process: u32,
+    /// Times a task's runs may kill their worker process before it fails as Crashed instead of being sent again.
+    #[arg(long, env = "FASTWORKER_MAX_TASK_CRASHES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(crate) max_task_crashes: u32,
 }
 
 #[derive(Args)]
@@ -229,10 +242,36 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         return fail(EXIT_USAGE, format_args!("{error}; raise the limit or change the plugin's schedule"));
     }
     let concurrency = args.concurrency.map_or_else(cores, |n| n as usize);
+    // Unless --in-process, the tasks run in worker processes, none here.
+    let isolated = !args.in_process && concurrency > 0 && !registry.is_empty();
+    let worker_processes = isolated.then(|| {
+        let runs_per_process = args.runs_per_process;
+        let count = args.worker_processes.unwrap_or_else(|| (concurrency as u32).div_ceil(runs_per_process).min(256));
+        // Runs and results up to the control plane's frame bound reach them.
+        let mut extra_args = vec!["--max-frame-bytes".to_string(), args.task_limits.max_frame_bytes.to_string()];
+        if let Some(path) = &args.credentials.keys.cluster_key_file {
+            extra_args.extend(["--cluster-key-file".to_string(), path.display().to_string()]);
+        }
+        let tls = &args.credentials.tls;
+        for (flag, path) in [("--tls-cert", &tls.tls_cert), ("--tls-key", &tls.tls_key), ("--tls-ca", &tls.tls_ca)] {
+            if let Some(path) = path {
+                extra_args.extend([flag.to_string(), path.display().to_string()]);
+            }
+        }
+        WorkerProcessesConfig {
+            program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("fastworker")),
+            count,
+            runs_per_process,
+            task_modules: args.task_modules.clone(),
+            max_task_crashes: args.max_task_crashes,
+            extra_args,
+            shutdown_timeout,
+        }
+    });
     let config = ControlPlaneConfig {
         worker_id: args.worker_id,
         base,
-        concurrency,
+        concurrency: if isolated { 0 } else { concurrency },
         result_cache_size: args.result_cache_size,
         result_cache_ttl: (args.result_cache_ttl > 0).then(|| Duration::from_secs(args.result_cache_ttl)),
         shutdown_timeout,
@@ -252,6 +291,13 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         Ok(control_plane) => control_plane,
         Err(error) => return fail(EXIT_USAGE, error),
     };
+    if let Some(workers) = worker_processes {
+        info!(
+            "tasks run in {} worker processes of {} run(s) each (docs/isolation.md)",
+            workers.count, workers.runs_per_process
+        );
+        control_plane.start_worker_processes(workers);
+    }
     if !args.no_gui {
         let dashboard = DashboardConfig {
             host: args.gui_host,

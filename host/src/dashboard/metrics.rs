@@ -194,6 +194,37 @@ fn render_limits(shared: &Shared, out: &mut String) {
     for (name, help, value) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
     }
+    render_worker_processes(state, out);
+}
+
+/// The supervised worker processes' deaths and restarts, and the tasks
+/// whose runs crashed them (docs/isolation.md), when there are any.
+fn render_worker_processes(state: &crate::server::state::State, out: &mut String) {
+    let Some(watch) = state.crashes.get() else { return };
+    let counters: [(&str, &str, &AtomicU64); 3] = [
+        (
+            "fastworker_worker_process_crashes_total",
+            "Worker processes that died without being asked to stop (a signal or an exit).",
+            &watch.crashes,
+        ),
+        ("fastworker_worker_process_restarts_total", "Worker processes started again after dying.", &watch.restarts),
+        (
+            "fastworker_worker_processes_given_up_total",
+            "Worker processes no longer restarted: they died too often within the window.",
+            &watch.given_up,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+    }
+    let name = "fastworker_tasks_crashed_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Tasks failed as Crashed (--max-task-crashes), by task name.\n# TYPE {name} counter"
+    );
+    for (task, count) in watch.crashes_by_task() {
+        let _ = writeln!(out, "{name}{{task=\"{}\"}} {count}", escape(&task));
+    }
 }
 
 /// A label value in the text format: `\\`, `\"` and `\n` as the format

@@ -2,7 +2,7 @@
 //! the worker's next dispatch frame; the frame's answer and the outcomes
 //! the worker sends back settle the runs whose lease is still current.
 
-use fastworker_plugin_sdk::abi::FailureKind;
+use crate::wire::protocol::FailureKind;
 use tracing::{debug, warn};
 
 use super::{Alarm, Counted, Dispatched, Effects, Ending, Ledger, REPORT_GRACE_MS};

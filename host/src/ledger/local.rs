@@ -9,7 +9,7 @@
 //! its loss with a subworker: then it is sent again and counts again,
 //! against the rate too).
 
-use fastworker_plugin_sdk::abi::FailureKind;
+use crate::wire::protocol::FailureKind;
 use tracing::{debug, warn};
 
 use super::{Alarm, Effects, Ending, Ledger};
@@ -84,6 +84,13 @@ impl<W, L> Ledger<W, L> {
     ) {
         let Some(task) = self.live.get_mut(&task_id) else { return };
         let name = &task.report.task_name;
+        if !self.settings.local_tasks.contains(name) && self.awaited.contains(name) {
+            // This control plane's worker processes provide it: it waits
+            // for one to (re)register.
+            task.report.state = TaskState::Queued;
+            let waiting = super::Waiting { task_id, task_name: name.clone() };
+            return self.cluster.wait(task.report.priority, waiting, true);
+        }
         if !self.settings.local_tasks.contains(name) {
             return self.await_provider(task_id, first, why, now, io);
         }

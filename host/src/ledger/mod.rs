@@ -23,7 +23,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use fastworker_plugin_sdk::abi::FailureKind;
+use crate::wire::protocol::FailureKind;
 use rustc_hash::{FxHashMap, FxHashSet};
 use tracing::debug;
 
@@ -32,6 +32,7 @@ use crate::cluster::task_limits::TaskLimits;
 use crate::wire::auth::Tenant;
 use crate::wire::protocol::{Callback, Request, RetryPolicy, TaskError, TaskId, TaskReport, TaskState};
 
+mod crashes;
 mod delivery;
 mod dispatch;
 mod effects;
@@ -81,6 +82,10 @@ pub(crate) struct Ledger<W, L> {
     /// The cluster-wide limits per task name (a control plane's; empty on
     /// a subworker, which does not enforce them).
     task_limits: TaskLimits,
+    /// Tasks that wait for a provider rather than fail when none is live:
+    /// those this control plane's own worker processes provide, which come
+    /// back when restarted (`crashes.rs`).
+    awaited: FxHashSet<String>,
 }
 
 /// A task that has been accepted and has not ended.
@@ -202,6 +207,7 @@ impl<W, L> Ledger<W, L> {
             cluster: Cluster::default(),
             next_lease: 0,
             task_limits,
+            awaited: FxHashSet::default(),
         }
     }
 

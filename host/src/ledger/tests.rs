@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use fastworker_plugin_sdk::abi::FailureKind;
+use crate::wire::protocol::FailureKind;
 
 use super::delivery::StartReports;
 use super::local::LocalRun;
@@ -994,5 +994,62 @@ mod unanswered {
             (state(&ledger, answered), state(&ledger, started)),
             (Some(TaskState::Running), Some(TaskState::Running))
         );
+    }
+}
+
+/// Poison tasks and the tasks that wait for this control plane's worker
+/// processes (`crashes.rs`).
+mod crashes {
+    use super::*;
+
+    #[test]
+    fn a_crashed_task_ends_crashed_and_its_run_is_revoked() {
+        let mut ledger = ledger(&[]);
+        let mut io = Recorder::default();
+        let key = worker(&mut ledger, "local-1", 1, &["t"]);
+        let task_id = admit(&mut ledger, &mut io, task("t", 3, Some(7)));
+        let lease = link(&mut ledger, key).sent[0].1;
+        ledger.crashed(task_id, "killed by signal 6 (SIGABRT), 2 times".into(), T0 + 1, &mut io);
+        let ended = io.ended();
+        assert_eq!(ended.len(), 1, "ended once, its retries not used");
+        let error = ended[0].0.error.as_ref().unwrap();
+        assert_eq!((ended[0].0.state, error.kind), (TaskState::Failed, FailureKind::Crashed));
+        assert!(error.message.contains("SIGABRT"));
+        assert_eq!(ended[0].1, vec![7], "its waiter is answered");
+        let notes = link(&mut ledger, key).notes.borrow().clone();
+        assert!(matches!(&notes[..], [Request::Revoke { task_ids }] if task_ids == &vec![task_id]), "{notes:?}");
+        // The run's late outcome is discarded; a second crash report is nothing.
+        io.take();
+        ledger.collected(key, vec![outcome(task_id, lease, Ok("1"))], T0 + 2, &mut io);
+        ledger.crashed(task_id, "again".into(), T0 + 3, &mut io);
+        assert!(io.ended().len() == 1 && state(&ledger, task_id).is_none());
+    }
+
+    #[test]
+    fn an_awaited_task_waits_for_a_provider_and_fails_once_none_is_awaited() {
+        let mut ledger = ledger(&[]);
+        let mut io = Recorder::default();
+        ledger.set_awaited(["t".to_string()].into_iter().collect(), T0, &mut io);
+        assert!(ledger.awaits("t") && !ledger.awaits("u"));
+        // Nobody provides it yet: it waits rather than fails.
+        let waiting = admit(&mut ledger, &mut io, task("t", 0, None));
+        assert_eq!(state(&ledger, waiting), Some(TaskState::Queued));
+        assert!(io.ended().is_empty());
+        // A worker process that provides it takes it.
+        let key = worker(&mut ledger, "local-1", 1, &["t"]);
+        ledger.connected(key, T0 + 1, &mut io);
+        assert_eq!(state(&ledger, waiting), Some(TaskState::Running), "{:?}", link(&mut ledger, key).sent);
+        // Its process dies: the task waits for the restart.
+        ledger.link_broken(key, "worker process died", T0 + 2, &mut io);
+        assert_eq!(state(&ledger, waiting), Some(TaskState::Queued));
+        assert!(io.ended().is_empty());
+        // Every worker process given up: after the provider grace, like any
+        // task whose provider is gone, it fails, saying nobody provides it.
+        ledger.set_awaited(Default::default(), T0 + 3, &mut io);
+        assert!(io.ended().is_empty(), "it waits out the grace first");
+        ledger.alarm(Alarm::Provider(waiting), T0 + 3 + GRACE_MS, &mut io);
+        let ended = io.ended();
+        assert_eq!(ended.len(), 1);
+        assert!(ended[0].0.error.as_ref().unwrap().message.contains("no worker provides"), "{ended:?}");
     }
 }

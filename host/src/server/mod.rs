@@ -34,3 +34,4 @@ pub(crate) mod routes;
 pub(crate) mod scheduler;
 pub(crate) mod state;
 pub(crate) mod timers;
+pub(crate) mod worker_processes;

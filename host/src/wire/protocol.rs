@@ -10,7 +10,6 @@ use std::io::Write;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use fastworker_plugin_sdk::abi::FailureKind;
 pub use fastworker_plugin_sdk::Priority;
 
 pub use crate::wire::workflow::{WorkflowId, WorkflowReport, WorkflowSubmit};
@@ -543,6 +542,48 @@ pub struct TaskReport {
     pub error: Option<TaskError>,
 }
 
+/// Why a run did not produce a value, as the host reports it: the plugin
+/// ABI's kinds, and `Crashed`, which only the host can see. It is kept
+/// apart from `fastworker_plugin_sdk::abi::FailureKind` because that enum
+/// crosses the plugin boundary: abi_stable refuses a plugin whose enum has
+/// other variants, so a new one there would refuse every plugin built
+/// before it. On the wire the first three encode as the ABI's did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The task returned `Err`.
+    Error,
+    /// The task panicked.
+    Panic,
+    /// The arguments did not fit the task's parameters.
+    BadArguments,
+    /// The worker process running it died (a signal or an exit) as many
+    /// times as `--max-task-crashes` allows (docs/isolation.md).
+    Crashed,
+}
+
+impl FailureKind {
+    /// The snake-case name the JSON APIs and listings use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Error => "error",
+            FailureKind::Panic => "panic",
+            FailureKind::BadArguments => "bad_arguments",
+            FailureKind::Crashed => "crashed",
+        }
+    }
+}
+
+impl From<fastworker_plugin_sdk::abi::FailureKind> for FailureKind {
+    fn from(kind: fastworker_plugin_sdk::abi::FailureKind) -> FailureKind {
+        use fastworker_plugin_sdk::abi::FailureKind as Abi;
+        match kind {
+            Abi::Error => FailureKind::Error,
+            Abi::Panic => FailureKind::Panic,
+            Abi::BadArguments => FailureKind::BadArguments,
+        }
+    }
+}
+
 /// Why a task failed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskError {
@@ -559,6 +600,7 @@ pub fn describe_failure(task_name: &str, error: &TaskError) -> String {
         FailureKind::Panic => format!("task '{task_name}' panicked: {}", error.message),
         // The SDK's message already names the task and the parameter.
         FailureKind::BadArguments => error.message.clone(),
+        FailureKind::Crashed => format!("task '{task_name}' crashed its worker process: {}", error.message),
     }
 }
 

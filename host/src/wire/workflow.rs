@@ -2,7 +2,7 @@
 //! list, children named by index, so that decoding never recurses) and the
 //! status a control plane answers with. `docs/protocol.md` shows both.
 
-use fastworker_plugin_sdk::abi::FailureKind;
+use crate::wire::protocol::FailureKind;
 use fastworker_plugin_sdk::Priority;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

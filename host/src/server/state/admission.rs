@@ -128,7 +128,7 @@ impl State {
                 max_retries: offered.max_retries.min(self.config.limits.max_retries),
                 retry_delay_ms: offered.retry_delay_ms.min(millis(self.config.limits.max_countdown)),
             }),
-            (None, Some(_)) if self.pool.threads() == 0 => {
+            (None, Some(_)) if self.pool.threads() == 0 && !tasks.ledger.awaits(task_name) => {
                 let message = format!(
                     "no worker can run task '{task_name}': this control plane runs with --concurrency 0 and no live subworker provides it"
                 );

@@ -22,6 +22,7 @@
 //! | `limited.rs` | the cluster-wide task limits changed at run time |
 //! | `workflows.rs`, `workflow_views.rs` | workflows, whose members are tasks here |
 //! | `views.rs` | what the dashboard and `/metrics` read |
+//! | `crashes.rs` | the runs of this control plane's worker processes, and the tasks whose runs crash them |
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -57,6 +58,7 @@ use crate::wire::protocol::{
 use crate::workflow::registry::Workflows;
 
 mod admission;
+pub(crate) mod crashes;
 mod delivery;
 mod driver;
 mod durable;
@@ -112,6 +114,8 @@ pub(crate) struct State {
     durable: durable::Durable,
     /// Schemas of tasks only subworkers provide, for the HTTP API's check.
     offered_schemas: OfferedSchemas,
+    /// On a control plane with worker processes: their runs and crashes.
+    pub(crate) crashes: std::sync::OnceLock<crashes::CrashWatch>,
 }
 
 /// What the task lock guards: the ledger, and the workflows whose members
@@ -247,6 +251,7 @@ impl State {
                 started_at: Instant::now(),
                 delivery: DeliveryCounters::default(),
                 started_runs: Arc::default(),
+                crashes: std::sync::OnceLock::new(),
             }
         })
     }
@@ -525,7 +530,9 @@ impl State {
         let context = TaskContext::new(&job.cancelled, run.deadline_ms, run.attempt, *job.task_id.as_bytes());
         let outcome = match (job.decl.call)(&context, RSlice::from_slice(&job.args)) {
             RResult::ROk(bytes) => Ok(bytes.into_vec()),
-            RResult::RErr(failure) => Err(TaskError { kind: failure.kind, message: failure.message.into_string() }),
+            RResult::RErr(failure) => {
+                Err(TaskError { kind: failure.kind.into(), message: failure.message.into_string() })
+            }
         };
         self.drive_locked(|ledger, io| ledger.local_ended(job.task_id, run, outcome, now_ms(), io));
     }

@@ -46,8 +46,13 @@ impl State {
                 timeout.as_secs_f64()
             );
             self.drive(&mut tasks, &mut outbox, |ledger, io| {
-                for job in &unstarted {
-                    ledger.fail(job.task_id, message.clone(), now_ms(), io);
+                // Unstarted: those this process's threads never took, and
+                // those still waiting for a subworker's (or a worker
+                // process's) slot.
+                let queued: Vec<TaskId> =
+                    ledger.tasks().filter(|(_, t)| t.report.state == TaskState::Queued).map(|(id, _)| *id).collect();
+                for task_id in unstarted.iter().map(|job| job.task_id).chain(queued) {
+                    ledger.fail(task_id, message.clone(), now_ms(), io);
                 }
             });
             if !unstarted.is_empty() {

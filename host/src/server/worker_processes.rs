@@ -1,0 +1,330 @@
+//! Worker processes: a control plane's plugin code runs in child processes
+//! it starts and supervises, not in its own (docs/isolation.md). Each is
+//! `fastworker subworker` on 127.0.0.1 with the control plane's plugins,
+//! registered like any subworker, so routing, leases, batching and delivery
+//! are the subworkers'. One thread per process waits for it to exit: a death
+//! it was not asked for is a crash, told to the state (the runs it carried
+//! count a crash each) and followed by a restart after a backoff, until the
+//! process crashed too often within a window and is given up.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashSet;
+use tracing::{error, info, warn};
+
+use crate::server::state::crashes::CrashWatch;
+use crate::server::state::State;
+use crate::wire::address::BaseAddress;
+
+/// The first wait before a dead worker process is started again.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait before a restart (the backoff doubles up to it).
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A process that ran this long without dying starts its backoff afresh.
+const STEADY_AFTER: Duration = Duration::from_secs(30);
+/// A worker process dying this many times within [`CRASH_WINDOW`] is not
+/// started again (it crashes at load, or a task keeps killing it).
+pub const MAX_CRASHES_IN_WINDOW: usize = 5;
+/// See [`MAX_CRASHES_IN_WINDOW`].
+pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
+/// How often a worker process heartbeats (its death is seen at once by its
+/// supervisor; this only bounds a hung one).
+const HEARTBEAT_SECONDS: &str = "1";
+
+/// How a control plane's worker processes are started.
+#[derive(Debug, Clone)]
+pub struct WorkerProcessesConfig {
+    /// The `fastworker` binary to start (the running one).
+    pub program: PathBuf,
+    /// How many worker processes (`local-1` …).
+    pub count: u32,
+    /// Runs each holds at once (its threads); 1 makes a crash attributable
+    /// to one run.
+    pub runs_per_process: u32,
+    /// The plugins they load (the control plane's `--task-modules`).
+    pub task_modules: Vec<PathBuf>,
+    /// Crashes after which a task ends `Crashed` (`--max-task-crashes`).
+    pub max_task_crashes: u32,
+    /// Flags passed on unchanged (the key file and TLS files).
+    pub extra_args: Vec<String>,
+    /// How long a stopping worker process may take to finish its runs.
+    pub shutdown_timeout: Duration,
+}
+
+/// The running supervisor: one thread per worker process.
+pub(crate) struct WorkerProcesses {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Shared {
+    stopping: Mutex<bool>,
+    wake: Condvar,
+    /// The pids of the live worker processes, to signal at stop.
+    pids: Mutex<Vec<u32>>,
+    /// Processes still supervised (not given up).
+    supervised: AtomicU32,
+    stopped: AtomicBool,
+}
+
+impl WorkerProcesses {
+    /// Starts `config.count` worker processes for the control plane whose
+    /// state is `state`, serving at `base`.
+    pub(crate) fn start(state: &Arc<State>, base: &BaseAddress, config: WorkerProcessesConfig) -> WorkerProcesses {
+        let ids: Vec<String> = (1..=config.count).map(|n| format!("local-{n}")).collect();
+        let tasks: FxHashSet<String> = state.registry.tasks().iter().map(|t| t.decl.name.to_string()).collect();
+        state.watch_worker_processes(CrashWatch::new(ids.clone(), config.max_task_crashes), tasks);
+        // The worker processes dial the control plane on this machine.
+        let host = match base.host() {
+            "0.0.0.0" | "*" | "[::]" | "::" => "127.0.0.1",
+            host => host,
+        };
+        let control_plane = base.with_host(host).to_string();
+        let shared = Arc::new(Shared {
+            stopping: Mutex::new(false),
+            wake: Condvar::new(),
+            pids: Mutex::new(Vec::new()),
+            supervised: AtomicU32::new(config.count),
+            stopped: AtomicBool::new(false),
+        });
+        let threads = ids
+            .into_iter()
+            .map(|worker_id| {
+                let supervisor = Supervisor {
+                    worker_id,
+                    state: Arc::downgrade(state),
+                    shared: shared.clone(),
+                    config: config.clone(),
+                    control_plane: control_plane.clone(),
+                    base: base.with_host("127.0.0.1"),
+                };
+                std::thread::Builder::new()
+                    .name(format!("fw-{}", supervisor.worker_id))
+                    .spawn(move || supervisor.run())
+                    .expect("spawning a supervisor thread")
+            })
+            .collect();
+        WorkerProcesses { shared, threads }
+    }
+
+    /// Asks every worker process to stop (SIGTERM: it hands back what it has
+    /// not started and finishes its runs) and waits for them, killing those
+    /// still alive after the shutdown timeout.
+    pub(crate) fn stop(self) {
+        *self.shared.stopping.lock().expect("supervisor lock") = true;
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_all();
+        for &pid in self.shared.pids.lock().expect("supervisor lock").iter() {
+            signal(pid, libc::SIGTERM);
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One worker process's supervision.
+struct Supervisor {
+    worker_id: String,
+    state: Weak<State>,
+    shared: Arc<Shared>,
+    config: WorkerProcessesConfig,
+    control_plane: String,
+    base: BaseAddress,
+}
+
+impl Supervisor {
+    fn run(self) {
+        let mut deaths: Vec<Instant> = Vec::new();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            if self.stopping() {
+                return;
+            }
+            let started = Instant::now();
+            let status = match self.spawn() {
+                Ok(child) => self.wait(child),
+                Err(error) => {
+                    error!(worker = %self.worker_id, %error, "could not start a worker process");
+                    None
+                }
+            };
+            if self.stopping() {
+                return;
+            }
+            let how = status.map_or_else(|| "it could not be started".to_string(), describe);
+            if let Some(state) = self.state.upgrade() {
+                state.worker_process_died(&self.worker_id, &how);
+            }
+            let now = Instant::now();
+            deaths.retain(|&at| now.duration_since(at) < CRASH_WINDOW);
+            deaths.push(now);
+            if deaths.len() >= MAX_CRASHES_IN_WINDOW {
+                self.give_up(&how);
+                return;
+            }
+            if now.duration_since(started) >= STEADY_AFTER {
+                backoff = FIRST_BACKOFF;
+            }
+            if self.sleep(backoff) {
+                return;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            if let Some(watch) = self.state.upgrade().as_ref().and_then(|s| s.crashes.get()) {
+                watch.restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            info!(worker = %self.worker_id, "starting the worker process again");
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps `pause` unless asked to stop first (then `true`).
+    fn sleep(&self, pause: Duration) -> bool {
+        let stopping = self.shared.stopping.lock().expect("supervisor lock");
+        let (stopping, _) =
+            self.shared.wake.wait_timeout_while(stopping, pause, |stopping| !*stopping).expect("supervisor lock");
+        *stopping
+    }
+
+    fn give_up(&self, how: &str) {
+        error!(
+            worker = %self.worker_id,
+            "worker process died {MAX_CRASHES_IN_WINDOW} times within {} s (last: {how}); it is not started again: see its log above, and docs/isolation.md",
+            CRASH_WINDOW.as_secs()
+        );
+        let Some(state) = self.state.upgrade() else { return };
+        if let Some(watch) = state.crashes.get() {
+            watch.given_up.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.shared.supervised.fetch_sub(1, Ordering::SeqCst) == 1 {
+            state.worker_processes_gone();
+        }
+    }
+
+    /// Starts the worker process on four free ports of 127.0.0.1.
+    fn spawn(&self) -> std::io::Result<Child> {
+        let port = free_ports(4)?;
+        let base = self.base.at_port(port);
+        let mut command = Command::new(&self.config.program);
+        command
+            .arg("subworker")
+            .args(["--worker-id", &self.worker_id])
+            .args(["--control-plane-address", &self.control_plane])
+            .args(["--base-address", &base])
+            .args(["--concurrency", &self.config.runs_per_process.to_string()])
+            .args(["--prefetch", "0"])
+            .args(["--heartbeat-interval", HEARTBEAT_SECONDS])
+            .args(["--shutdown-timeout", &self.config.shutdown_timeout.as_secs_f64().to_string()])
+            .args(&self.config.extra_args)
+            .arg("--task-modules")
+            .args(&self.config.task_modules)
+            .stdin(Stdio::null());
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe; it only asks the kernel to
+            // kill the child when this thread's process dies (its runs belong
+            // to that control plane, which is gone): no worker process
+            // outlives a killed control plane.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn()?;
+        info!(worker = %self.worker_id, pid = child.id(), base = %base, "worker process started");
+        self.shared.pids.lock().expect("supervisor lock").push(child.id());
+        Ok(child)
+    }
+
+    /// Waits for the process to exit; at a stop, gives it the shutdown
+    /// timeout (and a little more) before killing it.
+    fn wait(&self, mut child: Child) -> Option<ExitStatus> {
+        let pid = child.id();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) => {}
+                Err(error) => {
+                    warn!(worker = %self.worker_id, %error, "could not wait for the worker process");
+                    break None;
+                }
+            }
+            if self.stopping() {
+                break Some(self.wait_stopping(&mut child));
+            }
+            // The waits are short: a death is seen within moments.
+            self.sleep(Duration::from_millis(10));
+        };
+        self.shared.pids.lock().expect("supervisor lock").retain(|&p| p != pid);
+        status
+    }
+
+    fn wait_stopping(&self, child: &mut Child) -> ExitStatus {
+        let deadline = Instant::now() + self.config.shutdown_timeout + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        warn!(worker = %self.worker_id, "the worker process did not stop in time: killed");
+        let _ = child.kill();
+        child.wait().unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(9))
+    }
+}
+
+/// How a process ended, for logs and a `Crashed` task's message.
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal} ({})", signal_name(signal)),
+        _ => status.to_string(),
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL, perhaps the out-of-memory killer",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+fn signal(pid: u32, signal: i32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill has no memory effects; the pid is a child not yet reaped.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// A base of `count` consecutive ports of 127.0.0.1 free a moment ago.
+fn free_ports(count: u16) -> std::io::Result<u16> {
+    for _ in 0..50 {
+        let first = TcpListener::bind("127.0.0.1:0")?;
+        let port = first.local_addr()?.port();
+        let Some(last) = port.checked_add(count - 1) else { continue };
+        let rest: Result<Vec<_>, _> = (port + 1..=last).map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
+        if rest.is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "no 4 consecutive free ports on 127.0.0.1"))
+}

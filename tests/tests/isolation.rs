@@ -1,0 +1,162 @@
+//! Crash isolation (docs/isolation.md): task code runs in worker processes
+//! the control plane supervises, so a task that aborts, writes through a
+//! null pointer, exits, overflows its stack or panics twice costs one
+//! worker process, never the control plane.
+//!
+//! For each kind of crash: the control plane stays up, a bystander's call
+//! is answered within 1 s right after the crash, the crashing task fails
+//! `Crashed` after `--max-task-crashes` (2) with its signal or exit status,
+//! and the worker process is restarted (`/metrics`). In durable mode, a
+//! restart with a poison task in the store serves at once and stays up.
+//! `--in-process` keeps tasks on the control plane's threads.
+//!
+//! Every test starts its own processes on ports of its own.
+
+use std::time::{Duration, Instant};
+
+use fastworker::protocol::FailureKind;
+use fastworker::{Client, SubmitOptions, TaskState};
+use fastworker_tests::{http, runtime, wait_until, Process};
+
+/// No arguments, as a JSON array.
+const NO_ARGS: [u8; 0] = [];
+
+/// A counter of the control plane's `/metrics` (0 when not shown yet).
+fn metric(cp: &Process, name: &str) -> u64 {
+    let text = http::get(&format!("{}/metrics", cp.gui.as_ref().expect("started with a dashboard"))).text();
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The bystander's call: `echo_back` answered, and how long it took.
+fn bystander(rt: &tokio::runtime::Runtime, client: &Client) -> Duration {
+    let started = Instant::now();
+    let answer: String = rt.block_on(client.call("echo_back", ("still here",))).expect("the bystander's call");
+    assert_eq!(answer, "still here");
+    started.elapsed()
+}
+
+/// Submits `task`, which kills its process: the control plane stays up, a
+/// bystander is answered within 1 s of the first crash, and the task fails
+/// `Crashed` after two crashes with `how` in its message.
+fn crashes_one_worker_process(task: &str, how: &[&str]) {
+    let mut cp = Process::control_plane_with_gui(&["crash-tasks"], &["--concurrency", "2"], &[]);
+    let rt = runtime();
+    let client = cp.client().with_timeout(Duration::from_secs(30));
+    // The worker processes serve.
+    assert!(bystander(&rt, &client) < Duration::from_secs(20));
+    let task_id = rt.block_on(client.delay(task, NO_ARGS, SubmitOptions::default())).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || metric(&cp, "fastworker_worker_process_crashes_total") >= 1),
+        "no worker process crash seen:\n{}",
+        cp.log()
+    );
+    let waited = bystander(&rt, &client);
+    assert!(waited < Duration::from_secs(1), "the bystander waited {waited:?} after a crash");
+    let report = rt.block_on(client.wait(task_id, Duration::from_secs(30))).unwrap();
+    assert_eq!(report.state, TaskState::Failed, "{report:?}\n{}", cp.log());
+    let error = report.error.expect("a failed task's error");
+    assert_eq!(error.kind, FailureKind::Crashed, "{error:?}");
+    assert!(error.message.contains("2 times"), "{}", error.message);
+    assert!(how.iter().any(|h| error.message.contains(h)), "expected one of {how:?} in: {}", error.message);
+    assert!(cp.is_running(), "the control plane died:\n{}", cp.log());
+    assert_eq!(metric(&cp, "fastworker_worker_process_crashes_total"), 2);
+    assert!(wait_until(Duration::from_secs(10), || metric(&cp, "fastworker_worker_process_restarts_total") >= 2));
+    // The HTTP API tells the same.
+    let gui = cp.gui.clone().unwrap();
+    let body = http::get(&format!("{gui}/api/tasks/{task_id}")).text();
+    assert!(body.contains("\"crashed\""), "{body}");
+    // And the restarted worker processes serve.
+    assert!(bystander(&rt, &client) < Duration::from_secs(5));
+    assert!(cp.is_running());
+}
+
+#[test]
+fn an_aborting_task_fails_crashed_and_the_control_plane_serves_on() {
+    crashes_one_worker_process("abort_now", &["SIGABRT"]);
+}
+
+#[test]
+fn a_task_writing_through_a_null_pointer_fails_crashed() {
+    crashes_one_worker_process("segfault", &["SIGSEGV"]);
+}
+
+#[test]
+fn a_task_calling_exit_fails_crashed_with_its_status() {
+    crashes_one_worker_process("exit_now", &["exit status 3"]);
+}
+
+#[test]
+fn a_task_overflowing_its_stack_fails_crashed() {
+    // Rust's guard page handler reports the overflow and aborts.
+    crashes_one_worker_process("overflow_stack", &["SIGABRT", "SIGSEGV"]);
+}
+
+#[test]
+fn a_task_panicking_while_unwinding_fails_crashed() {
+    crashes_one_worker_process("double_panic", &["SIGABRT"]);
+}
+
+#[test]
+fn a_task_in_another_worker_process_finishes_while_one_crashes() {
+    let cp = Process::control_plane_with_gui(&["crash-tasks", "example-tasks"], &["--concurrency", "2"], &[]);
+    let rt = runtime();
+    let client = cp.client().with_timeout(Duration::from_secs(30));
+    let sleeper = rt.block_on(client.delay("sleep_ms", (1500,), SubmitOptions::default())).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || {
+        rt.block_on(client.status(sleeper)).is_ok_and(|r| r.state == TaskState::Running)
+    }));
+    let crasher = rt.block_on(client.delay("abort_now", NO_ARGS, SubmitOptions::default())).unwrap();
+    let crashed = rt.block_on(client.wait(crasher, Duration::from_secs(30))).unwrap();
+    assert_eq!(crashed.error.map(|e| e.kind), Some(FailureKind::Crashed));
+    let slept = rt.block_on(client.wait(sleeper, Duration::from_secs(30))).unwrap();
+    assert_eq!(slept.state, TaskState::Succeeded, "{slept:?}");
+    assert_eq!(slept.attempts, 1, "the sleeper's process did not die: it ran once");
+}
+
+#[test]
+fn in_process_mode_runs_tasks_on_the_control_planes_threads() {
+    let cp = Process::control_plane(&["crash-tasks"], &["--in-process", "--concurrency", "1"]);
+    let rt = runtime();
+    let client = cp.client().with_timeout(Duration::from_secs(10));
+    let report = rt.block_on(async {
+        let id = client.delay("echo_back", ("x",), SubmitOptions::default()).await.unwrap();
+        client.wait(id, Duration::from_secs(10)).await.unwrap()
+    });
+    assert_eq!(report.state, TaskState::Succeeded);
+    assert_eq!(report.worker, "control-plane");
+    let workers = cp.workers().unwrap();
+    assert!(workers.subworkers.is_empty(), "{:?}", workers.subworkers);
+}
+
+#[test]
+fn a_durable_restart_with_a_poison_task_queued_serves_at_once_and_stays_up() {
+    let dir = std::env::temp_dir().join(format!("fastworker-isolation-{}", fastworker::TaskId::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state_dir = dir.display().to_string();
+    let flags = ["--concurrency", "1", "--state-dir", state_dir.as_str()];
+    let plugins = ["crash-tasks", "example-tasks"];
+    let rt = runtime();
+    let poison = {
+        let cp = Process::control_plane(&plugins, &flags);
+        let client = cp.client().with_timeout(Duration::from_secs(20));
+        // The one worker process is busy: the poison task stays queued.
+        let sleeper = rt.block_on(client.delay("sleep_ms", (5000,), SubmitOptions::default())).unwrap();
+        assert!(wait_until(Duration::from_secs(20), || {
+            rt.block_on(client.status(sleeper)).is_ok_and(|r| r.state == TaskState::Running)
+        }));
+        let options = SubmitOptions { priority: Some(fastworker::Priority::Low), ..SubmitOptions::default() };
+        let poison = rt.block_on(client.delay("abort_now", NO_ARGS, options)).unwrap();
+        cp.signal("KILL");
+        poison
+    };
+    let mut cp = Process::control_plane_with_gui(&plugins, &flags, &[]);
+    let client = cp.client().with_timeout(Duration::from_secs(30));
+    let waited = bystander(&rt, &client);
+    assert!(waited < Duration::from_secs(10), "the restarted control plane answered after {waited:?}");
+    let report = rt.block_on(client.wait(poison, Duration::from_secs(60))).unwrap();
+    assert_eq!(report.error.as_ref().map(|e| e.kind), Some(FailureKind::Crashed), "{report:?}\n{}", cp.log());
+    assert!(bystander(&rt, &client) < Duration::from_secs(5));
+    assert!(cp.is_running(), "the control plane died:\n{}", cp.log());
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
