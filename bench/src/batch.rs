@@ -66,6 +66,7 @@ pub(crate) fn batch_row(
         concurrency.to_string().into(),
         "--task-modules".into(),
         plugin.into(),
+        "--in-process".into(),
         "--gui-port".into(),
         gui_port.to_string().into(),
         "--result-cache-size".into(),

@@ -115,7 +115,7 @@ fn recovery(
         }
     }
     control_plane.kill();
-    let args: Vec<OsString> = ["control-plane", "--no-gui", "--no-discovery", "--concurrency", "1", "--task-modules"]
+    let args: Vec<OsString> = ["control-plane", "--no-gui", "--no-discovery", "--in-process", "--concurrency", "1", "--task-modules"]
         .into_iter()
         .map(OsString::from)
         .chain([plugin.into()])

@@ -134,6 +134,7 @@ pub(crate) fn start(
         concurrency.to_string().into(),
         "--task-modules".into(),
         plugin.into(),
+        "--in-process".into(),
         "--gui-port".into(),
         port.to_string().into(),
         "--gui-max-waits".into(),

@@ -273,7 +273,9 @@ pub(crate) fn start_control_plane(
     let mut args: Vec<OsString> =
         vec!["control-plane".into(), "--no-gui".into(), "--concurrency".into(), concurrency.to_string().into()];
     if let Some(plugin) = plugin {
-        args.extend(["--task-modules".into(), plugin.into()]);
+        // The rows measure tasks on the control plane's own threads, as they
+        // did before worker processes became the default (docs/isolation.md).
+        args.extend(["--task-modules".into(), plugin.into(), "--in-process".into()]);
     }
     args.extend_from_slice(extra);
     FastworkerProcess::start(binary, role, &args, serving)
