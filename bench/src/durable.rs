@@ -115,12 +115,13 @@ fn recovery(
         }
     }
     control_plane.kill();
-    let args: Vec<OsString> = ["control-plane", "--no-gui", "--no-discovery", "--in-process", "--concurrency", "1", "--task-modules"]
-        .into_iter()
-        .map(OsString::from)
-        .chain([plugin.into()])
-        .chain(extra)
-        .collect();
+    let args: Vec<OsString> =
+        ["control-plane", "--no-gui", "--no-discovery", "--in-process", "--concurrency", "1", "--task-modules"]
+            .into_iter()
+            .map(OsString::from)
+            .chain([plugin.into()])
+            .chain(extra)
+            .collect();
     let started = Instant::now();
     let mut restarted =
         FastworkerProcess::spawn(binary, "recovered control plane", &args, control_plane.address.clone())?;
