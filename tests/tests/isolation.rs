@@ -160,3 +160,40 @@ fn a_durable_restart_with_a_poison_task_queued_serves_at_once_and_stays_up() {
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Work submitted while a control plane's worker processes are not
+/// registered (starting, restarting, or here never able to: the control
+/// plane takes no subworker, `--max-subworkers 0`) is accepted and waits for
+/// them, a workflow as much as a task.
+#[test]
+fn work_submitted_while_the_worker_processes_are_away_waits_for_them() {
+    let address = format!("tcp://127.0.0.1:{}", fastworker_tests::free_base_port());
+    let plugin = fastworker_tests::plugin("example-tasks").display().to_string();
+    let args: Vec<String> = [
+        "control-plane",
+        "--no-gui",
+        "--no-discovery",
+        "--restart-window",
+        "0",
+        "--max-subworkers",
+        "0",
+        "--base-address",
+        &address,
+        "--task-modules",
+        &plugin,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut cp = Process::spawn(&args, &[], address.clone());
+    cp.wait_ready(Duration::from_secs(20)).expect("the control plane serves");
+    let client = cp.client();
+    let rt = runtime();
+    use fastworker::workflow::{task, Workflow};
+    let workflow = Workflow::chain([task("add", serde_json::json!([1, 2])), task("add", serde_json::json!([10]))]);
+    let report = rt.block_on(client.submit_workflow(&workflow)).expect("the workflow is accepted");
+    let task_id = rt.block_on(client.delay("add", (20, 22), SubmitOptions::default())).expect("the task is accepted");
+    assert_eq!(rt.block_on(client.status(task_id)).unwrap().state, TaskState::Queued);
+    let status = rt.block_on(client.workflow_status(report.workflow_id)).unwrap();
+    assert!(status.finished_ms.is_none(), "it waits: {status:?}");
+}

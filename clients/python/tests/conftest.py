@@ -64,6 +64,11 @@ class ControlPlane:
                                             stderr=self.log_file, env=env)
             self.key = key
             ready = self._wait_ready(20.0)
+            extra = list(extra)
+            pairs = list(zip(extra, extra[1:]))
+            isolated = plugins and "--in-process" not in extra and ("--concurrency", "0") not in pairs
+            if ready is None and isolated:
+                ready = self._wait_worker_processes(30.0)
             if ready is None:
                 return
             self.stop()
@@ -99,6 +104,22 @@ class ControlPlane:
             except fastworker.FastworkerError:
                 time.sleep(0.05)
         return f"not answering after {limit} s:\n{self.log()}"
+
+    def _wait_worker_processes(self, limit):
+        """None once the control plane's worker processes (docs/isolation.md)
+        are all listed active, as tests/src/lib.rs waits for them, else the log."""
+        deadline = time.monotonic() + limit
+        probe = fastworker.Client(self.address, key=self.key, timeout=1.0)
+        while time.monotonic() < deadline:
+            line = next((l for l in self.log().splitlines() if "worker processes of" in l), None)
+            if line is not None:
+                expected = int(line.split("tasks run in ", 1)[1].split(" ", 1)[0])
+                subworkers = probe.workers()["subworkers"]
+                active = [w for w in subworkers if w["worker_id"].startswith("local-") and w["status"] == "Active"]
+                if len(active) >= expected:
+                    return None
+            time.sleep(0.05)
+        return f"worker processes not all active after {limit} s:\n{self.log()}"
 
     def client(self, **options):
         """A client of this control plane (with its key, if it has one)."""

@@ -109,7 +109,9 @@ impl State {
         for node in &submit.nodes {
             let WorkflowNode::Task(step) = node else { continue };
             let name = &step.task_name;
-            let here = tasks.ledger.runs_here(name);
+            // Provided here, by a live subworker, or by this control plane's
+            // worker processes (which may still be starting or restarting).
+            let here = tasks.ledger.runs_here(name) || tasks.ledger.awaits(name);
             if here || tasks.ledger.cluster().provider(name).is_some() {
                 continue;
             }
