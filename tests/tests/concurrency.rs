@@ -47,6 +47,9 @@ fn many_requests_in_flight_from_several_clients_each_get_their_own_result() {
     });
 }
 
+/// One call's outcome and how long it took.
+type Timed = (Result<fastworker::TaskReport, ClientError>, Duration);
+
 /// Starts `count` blocking `add` submissions at once, spread over clients
 /// of 100 calls each (one client keeps at most 128 in service), each to
 /// run `countdown` from now, so that every one holds a context of the port
@@ -56,7 +59,7 @@ fn blocking_at_once(
     cp: &Process,
     count: usize,
     countdown: Duration,
-) -> (Vec<(Result<fastworker::TaskReport, ClientError>, Duration)>, Duration) {
+) -> (Vec<Timed>, Duration) {
     let clients: Vec<Arc<fastworker::Client>> =
         (0..count.div_ceil(100)).map(|_| Arc::new(cp.client().with_timeout(Duration::from_secs(30)))).collect();
     runtime().block_on(async {
