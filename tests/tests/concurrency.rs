@@ -55,11 +55,7 @@ type Timed = (Result<fastworker::TaskReport, ClientError>, Duration);
 /// run `countdown` from now, so that every one holds a context of the port
 /// until then. Their outcomes, each with how long it took, and how long
 /// the last took.
-fn blocking_at_once(
-    cp: &Process,
-    count: usize,
-    countdown: Duration,
-) -> (Vec<Timed>, Duration) {
+fn blocking_at_once(cp: &Process, count: usize, countdown: Duration) -> (Vec<Timed>, Duration) {
     let clients: Vec<Arc<fastworker::Client>> =
         (0..count.div_ceil(100)).map(|_| Arc::new(cp.client().with_timeout(Duration::from_secs(30)))).collect();
     runtime().block_on(async {
