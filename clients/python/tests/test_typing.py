@@ -13,25 +13,25 @@ from fastworker import errors
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_mypy_strict_passes_on_the_examples():
-    run = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(EXAMPLES)],
+def mypy_strict(path):
+    """`mypy --strict` on `path`, from this interpreter's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(path)],
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_mypy_strict_passes_on_the_examples():
+    run = mypy_strict(EXAMPLES)
     assert run.returncode == 0, run.stdout + run.stderr
 
 
 def test_mypy_sees_a_misspelt_option_and_a_missing_name(tmp_path):
     wrong = tmp_path / "wrong.py"
     wrong.write_text('import fastworker\nc = fastworker.Client()\nc.call("add", [1], prioritty="x")\nfastworker.NoSuchError\n')
-    run = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(wrong)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = mypy_strict(wrong)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "prioritty" in run.stdout and "NoSuchError" in run.stdout, run.stdout
 
