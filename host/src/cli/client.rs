@@ -4,16 +4,16 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
+use fastworker::bounds::{millis, range};
 use fastworker::client::{Client, ClientError, SubmitOptions};
 use fastworker::discovery::{self};
-use fastworker::limits::{millis, range};
 use fastworker::protocol::{describe_failure, Callback, ErrorKind, Reply, RetryPolicy, TaskReport, TaskState};
 use fastworker::schedules::format_ms;
 use fastworker::{Priority, TaskId, DEFAULT_BASE_ADDRESS};
 use serde_json::{json, Value};
 
+use crate::cli::bounds::seconds_in;
 use crate::cli::keys::CredentialArgs;
-use crate::cli::limits::seconds_in;
 use crate::{fail, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE};
 
 /// The longest a client command without --address waits for an announcement.

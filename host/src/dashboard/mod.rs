@@ -111,7 +111,7 @@ impl Shared {
     /// The most event streams open at once: half the connections, so that
     /// plain requests always have room.
     pub(crate) fn max_streams(&self) -> usize {
-        (self.state.config.limits.gui_max_connections / 2).max(1)
+        (self.state.config.bounds.gui_max_connections / 2).max(1)
     }
 }
 
@@ -137,8 +137,8 @@ impl Dashboard {
             SocketAddr::V6(v6) => format!("http://[{}]:{}", v6.ip(), v6.port()),
             SocketAddr::V4(v4) => format!("http://{v4}"),
         };
-        let connections = connections::limit(state.config.limits.gui_max_connections);
-        let waits = connections::limit(state.config.limits.gui_max_waits);
+        let connections = connections::limit(state.config.bounds.gui_max_connections);
+        let waits = connections::limit(state.config.bounds.gui_max_waits);
         let shared = Arc::new(Shared {
             state,
             api_key,
@@ -225,7 +225,7 @@ fn router(shared: Arc<Shared>) -> Router {
 
 /// The HTTP API for tasks and workflows (docs/http-api.md), with its own body limit.
 fn task_routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
-    let limit = task_api::MAX_BODY_BYTES.min(shared.state.config.limits.max_frame_bytes.max(4096));
+    let limit = task_api::MAX_BODY_BYTES.min(shared.state.config.bounds.max_frame_bytes.max(4096));
     task_api_routes()
         .into_iter()
         .fold(Router::new(), |router, (_, path, handler)| router.route(path, handler))

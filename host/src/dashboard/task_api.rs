@@ -264,8 +264,8 @@ pub(super) fn wait_slot(shared: &Shared, wait: Duration) -> Result<Option<OwnedS
     match shared.waits.clone().try_acquire_owned() {
         Ok(permit) => Ok(Some(permit)),
         Err(_) => {
-            shared.state.refusals.count(crate::server::limits::Bound::GuiWaits);
-            let max = shared.state.config.limits.gui_max_waits;
+            shared.state.refusals.count(crate::server::bounds::Bound::GuiWaits);
+            let max = shared.state.config.bounds.gui_max_waits;
             let message = format!(
                 "{max} requests are waiting for tasks or workflows (--gui-max-waits); nothing was done: retry later, or poll without a wait"
             );
