@@ -58,7 +58,7 @@ impl StreamSlot {
             shared.state.refusals.count(crate::server::bounds::Bound::GuiConnections);
             let message =
                 format!("{max} event streams are open, half of --gui-max-connections; close one or retry later");
-            return Err(ApiError { close: true, ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message) });
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message).closing());
         }
         Ok(StreamSlot(shared.clone()))
     }

@@ -11,6 +11,7 @@
 
 mod api;
 mod connections;
+mod error;
 mod events;
 mod hosts;
 mod metrics;
@@ -21,6 +22,7 @@ mod task_limits;
 mod workflow_api;
 mod workflows;
 
+pub(crate) use error::{error, ApiError};
 pub use hosts::check_allowed_hosts;
 
 use std::net::{SocketAddr, TcpListener};
@@ -28,11 +30,10 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Router;
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{info, warn};
 
@@ -254,46 +255,13 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
-/// A refused or failed request, answered as JSON: `{"error": kind, "message": ...}`.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
-    /// Whether to ask for a bearer token (`WWW-Authenticate`).
-    bearer: bool,
-    /// Whether to close the connection after it (`Connection: close`).
-    close: bool,
-}
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, kind, message: message.into(), bearer: false, close: false }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (self.status, Json(json!({ "error": self.kind, "message": self.message }))).into_response();
-        if self.bearer {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if self.close {
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
-    }
-}
-
-/// A JSON error response.
-pub(crate) fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Response {
-    ApiError::new(status, kind, message).into_response()
-}
-
 async fn not_found(method: Method, uri: Uri) -> Response {
-    error(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {method} {uri} (see docs/dashboard.md)"))
+    let docs = if error::is_v1(uri.path()) { "docs/http-api.md" } else { "docs/dashboard.md" };
+    let message = format!("no such endpoint: {method} {uri} (see {docs})");
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", message).for_path(uri.path()).into_response()
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{uri} does not take {method}"))
+    let message = format!("{uri} does not take {method}");
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message).for_path(uri.path()).into_response()
 }

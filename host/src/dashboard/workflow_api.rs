@@ -19,8 +19,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::task_api::{asked, bounded_wait, json_body, reply_of, wait_of, wait_slot, Answer, HttpError, WaitQuery};
-use super::Shared;
+use super::task_api::{asked, bounded_wait, json_body, reply_of, wait_of, wait_slot, Answer, WaitQuery};
+use super::{ApiError, Shared};
 use crate::server::endpoint::Replier;
 use crate::wire::protocol::Reply;
 use crate::workflow::{Receive, Workflow, WorkflowId, WorkflowNode, WorkflowReport, WorkflowSubmit};
@@ -42,15 +42,15 @@ pub(crate) struct WorkflowRequest {
 impl WorkflowRequest {
     /// The flattened submission, its members checked against their tasks'
     /// schemas where their arguments are complete before they run.
-    fn submission(&self, shared: &Shared) -> Result<WorkflowSubmit, HttpError> {
+    fn submission(&self, shared: &Shared) -> Result<WorkflowSubmit, ApiError> {
         let workflow_id = match &self.workflow_id {
             None => WorkflowId::new_v4(),
             Some(id) => WorkflowId::parse_str(id)
-                .map_err(|_| HttpError::bad_request(format!("workflow_id '{id}' is not a UUID")))?,
+                .map_err(|_| ApiError::bad_request(format!("workflow_id '{id}' is not a UUID")))?,
         };
         let text = serde_json::to_vec(&self.workflow).expect("JSON");
-        let workflow = Workflow::from_json(&text).map_err(|error| HttpError::bad_request(error.to_string()))?;
-        let submit = workflow.to_submit(workflow_id).map_err(|error| HttpError::bad_request(error.to_string()))?;
+        let workflow = Workflow::from_json(&text).map_err(|error| ApiError::bad_request(error.to_string()))?;
+        let submit = workflow.to_submit(workflow_id).map_err(|error| ApiError::bad_request(error.to_string()))?;
         check_members(shared, &submit)?;
         Ok(submit)
     }
@@ -61,7 +61,7 @@ impl WorkflowRequest {
 /// all their arguments now: those whose task has a schema are checked
 /// against it, so that a workflow that cannot run is refused before any
 /// member is queued. The others are checked when they are created.
-fn check_members(shared: &Shared, submit: &WorkflowSubmit) -> Result<(), HttpError> {
+fn check_members(shared: &Shared, submit: &WorkflowSubmit) -> Result<(), ApiError> {
     let nodes = &submit.nodes;
     // Whether a node receives a result from before it (children come after
     // their parent, so one pass in order sees every parent first).
@@ -74,7 +74,7 @@ fn check_members(shared: &Shared, submit: &WorkflowSubmit) -> Result<(), HttpErr
                 if let (true, Some(schema)) = (complete, schema) {
                     let args: Value = serde_json::from_slice(&step.args).unwrap_or(Value::Null);
                     schema.check(&args).map_err(|reason| {
-                        HttpError::new(
+                        ApiError::v1(
                             StatusCode::BAD_REQUEST,
                             "BadArguments",
                             format!(
@@ -106,13 +106,11 @@ fn report_response(report: &WorkflowReport) -> Response {
 }
 
 /// The status in a reply of the control plane, or its refusal.
-fn report_of(reply: Option<Reply>) -> Result<WorkflowReport, HttpError> {
+fn report_of(reply: Option<Reply>) -> Result<WorkflowReport, ApiError> {
     match reply {
         Some(Reply::Workflow(report)) => Ok(report),
-        Some(Reply::Error(refusal)) => Err(HttpError::refused(refusal)),
-        other => {
-            Err(HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", format!("unexpected reply: {other:?}")))
-        }
+        Some(Reply::Error(refusal)) => Err(ApiError::refused(refusal)),
+        other => Err(ApiError::internal(format!("unexpected reply: {other:?}"))),
     }
 }
 
@@ -122,7 +120,7 @@ async fn wait_for(
     shared: &Shared,
     workflow_id: WorkflowId,
     wait: Duration,
-) -> Result<Option<WorkflowReport>, HttpError> {
+) -> Result<Option<WorkflowReport>, ApiError> {
     if wait.is_zero() {
         return Ok(None);
     }
@@ -134,12 +132,12 @@ async fn wait_for(
     }
 }
 
-async fn current(shared: &Shared, workflow_id: WorkflowId) -> Result<WorkflowReport, HttpError> {
+async fn current(shared: &Shared, workflow_id: WorkflowId) -> Result<WorkflowReport, ApiError> {
     report_of(asked(|replier| shared.state.workflow_status(workflow_id, replier)).await)
 }
 
-fn parse_id(id: &str) -> Result<WorkflowId, HttpError> {
-    WorkflowId::parse_str(id).map_err(|_| HttpError::bad_request(format!("'{id}' is not a workflow id (a UUID)")))
+fn parse_id(id: &str) -> Result<WorkflowId, ApiError> {
+    WorkflowId::parse_str(id).map_err(|_| ApiError::bad_request(format!("'{id}' is not a workflow id (a UUID)")))
 }
 
 /// POST /api/v1/workflows: submits a workflow; with `wait_ms`, waits for it.
