@@ -25,6 +25,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::{ApiError, Shared};
 use crate::server::endpoint::Replier;
 use crate::wire::protocol::{decode, now_ms, Priority, Reply, RetryPolicy, Submit, TaskId, TaskReport};
+use crate::wire::report_json::TaskReportJson;
 
 /// The longest a request may wait for a task (`wait_ms`, `timeout_ms`).
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -232,21 +233,7 @@ async fn wait_for(shared: &Shared, task_id: TaskId, wait: Duration) -> Result<Op
 
 /// A task's state as the API shows it.
 fn report_json(report: &TaskReport) -> Value {
-    let failure = report.error.as_ref().map(|error| json!({ "kind": error.kind.as_str(), "message": error.message }));
-    json!({
-        "task_id": report.task_id,
-        "task": report.task_name,
-        "state": report.state.as_str(),
-        "finished": report.state.is_final(),
-        "priority": report.priority.as_str(),
-        "worker": report.worker,
-        "attempts": report.attempts,
-        "created_ms": report.created_ms,
-        "started_ms": report.started_ms,
-        "finished_ms": report.finished_ms,
-        "result": report.result.as_deref().and_then(|r| serde_json::from_slice::<Value>(r).ok()),
-        "failure": failure,
-    })
+    serde_json::to_value(TaskReportJson::from(report)).expect("JSON")
 }
 
 /// The current report of a task, or why there is none.
