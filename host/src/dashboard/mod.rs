@@ -13,6 +13,7 @@ mod api;
 mod connections;
 mod error;
 mod events;
+mod followed;
 mod hosts;
 mod metrics;
 mod openapi;
@@ -38,6 +39,8 @@ use tokio::sync::{oneshot, Semaphore};
 use tracing::{info, warn};
 
 use crate::server::state::State;
+use crate::wire::protocol::TaskReport;
+use crate::workflow::WorkflowReport;
 
 /// Where and how the dashboard is served.
 #[derive(Debug, Clone)]
@@ -239,14 +242,14 @@ fn task_api_routes() -> Vec<(Method, &'static str, axum::routing::MethodRouter<A
     vec![
         (Method::POST, "/api/v1/tasks", post(task_api::submit)),
         (Method::POST, "/api/v1/tasks/batch", post(task_api::batch)),
-        (Method::GET, "/api/v1/tasks/{id}", get(task_api::status)),
-        (Method::GET, "/api/v1/tasks/{id}/wait", get(task_api::wait)),
-        (Method::POST, "/api/v1/tasks/{id}/cancel", post(task_api::cancel)),
+        (Method::GET, "/api/v1/tasks/{id}", get(followed::status::<TaskReport>)),
+        (Method::GET, "/api/v1/tasks/{id}/wait", get(followed::wait::<TaskReport>)),
+        (Method::POST, "/api/v1/tasks/{id}/cancel", post(followed::cancel::<TaskReport>)),
         (Method::GET, "/api/v1/registered-tasks", get(task_api::registered)),
         (Method::POST, "/api/v1/workflows", post(workflow_api::submit)),
-        (Method::GET, "/api/v1/workflows/{id}", get(workflow_api::status)),
-        (Method::GET, "/api/v1/workflows/{id}/wait", get(workflow_api::wait)),
-        (Method::POST, "/api/v1/workflows/{id}/cancel", post(workflow_api::cancel)),
+        (Method::GET, "/api/v1/workflows/{id}", get(followed::status::<WorkflowReport>)),
+        (Method::GET, "/api/v1/workflows/{id}/wait", get(followed::wait::<WorkflowReport>)),
+        (Method::POST, "/api/v1/workflows/{id}/cancel", post(followed::cancel::<WorkflowReport>)),
         (Method::GET, "/api/openapi.json", get(openapi::serve)),
     ]
 }

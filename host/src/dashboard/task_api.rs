@@ -6,40 +6,32 @@
 //! as a task port would hand them over, with an in-process replier
 //! ([`Replier::local`]) to await instead of an NNG context: no socket, no
 //! frame, no key. The state lock is held only inside those calls, never
-//! across an await. Every wait is bounded by [`MAX_WAIT`].
+//! across an await. Every wait is bounded by [`super::followed::MAX_WAIT`].
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::OwnedSemaphorePermit;
 
+use super::followed::{bounded_wait, reply_of, respond, settle, wait_slot, Answer, Followed};
 use super::{ApiError, Shared};
 use crate::server::endpoint::Replier;
-use crate::wire::protocol::{decode, now_ms, Priority, Reply, RetryPolicy, Submit, TaskId, TaskReport};
+use crate::wire::protocol::{now_ms, Priority, Reply, RetryPolicy, Submit, TaskId, TaskReport};
 use crate::wire::report_json::TaskReportJson;
-
-/// The longest a request may wait for a task (`wait_ms`, `timeout_ms`).
-pub(crate) const MAX_WAIT: Duration = Duration::from_secs(60);
-
-/// How long `GET .../wait` waits when it is not told.
-pub(super) const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
 /// The largest request body, whatever `--max-frame-bytes` allows.
 pub(crate) const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// The most tasks one batch may hold.
 pub(crate) const MAX_BATCH: usize = 1000;
-
-pub(super) type Answer = Result<Response, ApiError>;
 
 /// A body read whole (within [`MAX_BODY_BYTES`]) and decoded as `T`; only
 /// `Content-Type: application/json`, which no page of another site can send
@@ -102,15 +94,6 @@ pub(crate) struct BatchRequest {
     tasks: Vec<TaskRequest>,
     #[serde(default)]
     wait_ms: Option<u64>,
-}
-
-/// `wait_ms` as a bounded duration.
-pub(super) fn bounded_wait(wait_ms: Option<u64>) -> Result<Duration, ApiError> {
-    let wait = Duration::from_millis(wait_ms.unwrap_or(0));
-    if wait > MAX_WAIT {
-        return Err(ApiError::bad_request(format!("wait_ms is at most {} (60 s)", MAX_WAIT.as_millis())));
-    }
-    Ok(wait)
 }
 
 impl TaskRequest {
@@ -178,79 +161,6 @@ impl TaskRequest {
     }
 }
 
-/// A place among the requests waiting now, held until dropped, or 503
-/// `Busy` (closing the connection) when `--gui-max-waits` are waiting:
-/// waits keep to their own share of the connections, so that plain requests
-/// (and `/api/status`) always find room. `None` when no wait is asked for.
-pub(super) fn wait_slot(shared: &Shared, wait: Duration) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
-    if wait.is_zero() {
-        return Ok(None);
-    }
-    match shared.waits.clone().try_acquire_owned() {
-        Ok(permit) => Ok(Some(permit)),
-        Err(_) => {
-            shared.state.refusals.count(crate::server::bounds::Bound::GuiWaits);
-            let max = shared.state.config.bounds.gui_max_waits;
-            let message = format!(
-                "{max} requests are waiting for tasks or workflows (--gui-max-waits); nothing was done: retry later, or poll without a wait"
-            );
-            Err(ApiError::v1(StatusCode::SERVICE_UNAVAILABLE, "Busy", message).retry_later().closing())
-        }
-    }
-}
-
-/// The reply the state sends the in-process replier handed to `ask`
-/// (which may answer later: behind the durable store, say).
-pub(super) async fn asked(ask: impl FnOnce(Replier)) -> Option<Reply> {
-    let (replier, answer) = Replier::local();
-    ask(replier);
-    reply_of(answer).await
-}
-
-/// The reply the state sent an in-process replier.
-pub(super) async fn reply_of(answer: tokio::sync::oneshot::Receiver<nng::Message>) -> Option<Reply> {
-    let message = answer.await.ok()?;
-    // Encoded by this process: no bound to enforce.
-    decode::<Reply>(&message, usize::MAX).ok()
-}
-
-/// Waits up to `wait` for the task to end; its report then, or `None`
-/// when it was still going (or the wait was not asked for).
-async fn wait_for(shared: &Shared, task_id: TaskId, wait: Duration) -> Result<Option<TaskReport>, ApiError> {
-    if wait.is_zero() {
-        return Ok(None);
-    }
-    let (replier, answer) = Replier::local();
-    shared.state.wait_for(task_id, replier);
-    match tokio::time::timeout(wait, reply_of(answer)).await {
-        Err(_) => Ok(None),
-        Ok(Some(Reply::Report(report))) if report.state.is_final() => Ok(Some(report)),
-        Ok(Some(Reply::Report(_))) | Ok(None) => Ok(None),
-        Ok(Some(Reply::Error(refusal))) => Err(ApiError::refused(refusal)),
-        Ok(Some(other)) => Err(ApiError::internal(format!("unexpected reply: {other:?}"))),
-    }
-}
-
-/// A task's state as the API shows it.
-fn report_json(report: &TaskReport) -> Value {
-    serde_json::to_value(TaskReportJson::from(report)).expect("JSON")
-}
-
-/// The current report of a task, or why there is none.
-fn current(shared: &Shared, task_id: TaskId) -> Result<TaskReport, ApiError> {
-    match shared.state.status(task_id) {
-        Reply::Report(report) => Ok(report),
-        Reply::Error(refusal) => Err(ApiError::refused(refusal)),
-        other => Err(ApiError::internal(format!("unexpected reply: {other:?}"))),
-    }
-}
-
-/// 200 with the final report, or 202 with the current one.
-fn report_response(report: &TaskReport) -> Response {
-    let status = if report.state.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
-    (status, Json(report_json(report))).into_response()
-}
-
 /// Accepts one submission: its id, or why not.
 async fn accept(shared: &Shared, submit: Submit) -> Result<TaskId, ApiError> {
     let (replier, answer) = Replier::local();
@@ -273,10 +183,7 @@ pub(crate) async fn submit(
     let _slot = wait_slot(&shared, wait)?;
     let submit = request.submission(&shared)?;
     let task_id = accept(&shared, submit).await?;
-    if let Some(report) = wait_for(&shared, task_id, wait).await? {
-        return Ok(report_response(&report));
-    }
-    Ok(report_response(&current(&shared, task_id)?))
+    Ok(respond(&settle::<TaskReport>(&shared, task_id, wait).await?))
 }
 
 /// POST /api/v1/tasks/batch: submits many tasks, each accepted or refused
@@ -309,13 +216,8 @@ pub(crate) async fn batch(
             match outcome {
                 Ok(task_id) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let report = match wait_for(shared, *task_id, left).await {
-                        Ok(Some(report)) => Ok(report),
-                        Ok(None) => current(shared, *task_id),
-                        Err(refusal) => Err(refusal),
-                    };
-                    match report {
-                        Ok(report) => report_json(&report),
+                    match settle::<TaskReport>(shared, *task_id, left).await {
+                        Ok(report) => report.to_json(),
                         Err(refusal) => refusal.batch_entry(),
                     }
                 }
@@ -327,56 +229,41 @@ pub(crate) async fn batch(
     Ok((StatusCode::OK, Json(json!({ "tasks": results }))).into_response())
 }
 
-fn parse_id(id: &str) -> Result<TaskId, ApiError> {
-    TaskId::parse_str(id).map_err(|_| ApiError::bad_request(format!("'{id}' is not a task id (a UUID)")))
-}
+/// A task, as the API follows it: `GET /api/v1/tasks/{id}`, `.../wait`
+/// and `.../cancel` are [`super::followed`]'s handlers.
+impl Followed for TaskReport {
+    type Id = TaskId;
 
-/// GET /api/v1/tasks/{id}: the task's state, with its result or failure.
-pub(crate) async fn status(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Answer {
-    let task_id = parse_id(&id)?;
-    Ok(report_response(&current(&shared, task_id)?))
-}
-
-/// The query of `GET .../wait`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct WaitQuery {
-    pub(super) timeout_ms: Option<u64>,
-}
-
-/// How long a wait route waits: its `timeout_ms`, [`DEFAULT_WAIT`] without
-/// one, at most [`MAX_WAIT`].
-pub(super) fn wait_of(query: Result<Query<WaitQuery>, QueryRejection>) -> Result<Duration, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    match query.timeout_ms {
-        None => Ok(DEFAULT_WAIT),
-        Some(ms) if Duration::from_millis(ms) <= MAX_WAIT => Ok(Duration::from_millis(ms)),
-        Some(_) => Err(ApiError::bad_request(format!("timeout_ms is at most {}", MAX_WAIT.as_millis()))),
+    fn parse_id(id: &str) -> Result<TaskId, ApiError> {
+        TaskId::parse_str(id).map_err(|_| ApiError::bad_request(format!("'{id}' is not a task id (a UUID)")))
     }
-}
 
-/// GET /api/v1/tasks/{id}/wait?timeout_ms=N: waits (at most 60 s) for the task to end.
-pub(crate) async fn wait(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-    query: Result<Query<WaitQuery>, QueryRejection>,
-) -> Answer {
-    let task_id = parse_id(&id)?;
-    let wait = wait_of(query)?;
-    let _slot = wait_slot(&shared, wait)?;
-    if let Some(report) = wait_for(&shared, task_id, wait).await? {
-        return Ok(report_response(&report));
+    fn ask_wait(shared: &Shared, task_id: TaskId, replier: Replier) {
+        shared.state.wait_for(task_id, replier);
     }
-    Ok(report_response(&current(&shared, task_id)?))
-}
 
-/// POST /api/v1/tasks/{id}/cancel: cancels a task that has not ended.
-pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Answer {
-    let task_id = parse_id(&id)?;
-    match shared.state.cancel(task_id, crate::server::state::Caller::OPERATOR) {
-        Reply::Report(report) => Ok(report_response(&report)),
-        Reply::Error(refusal) => Err(ApiError::refused(refusal)),
-        other => Err(ApiError::internal(format!("unexpected reply: {other:?}"))),
+    fn ask_current(shared: &Shared, task_id: TaskId) -> impl Future<Output = Option<Reply>> + Send {
+        std::future::ready(Some(shared.state.status(task_id)))
+    }
+
+    fn ask_cancel(shared: &Shared, task_id: TaskId) -> impl Future<Output = Option<Reply>> + Send {
+        std::future::ready(Some(shared.state.cancel(task_id, crate::server::state::Caller::OPERATOR)))
+    }
+
+    fn of_reply(reply: Option<Reply>) -> Result<TaskReport, ApiError> {
+        match reply {
+            Some(Reply::Report(report)) => Ok(report),
+            Some(Reply::Error(refusal)) => Err(ApiError::refused(refusal)),
+            other => Err(ApiError::internal(format!("unexpected reply: {other:?}"))),
+        }
+    }
+
+    fn is_final(&self) -> bool {
+        self.state.is_final()
+    }
+
+    fn to_json(&self) -> Value {
+        serde_json::to_value(TaskReportJson::from(self)).expect("JSON")
     }
 }
 
