@@ -59,7 +59,7 @@ impl ControlPlane {
         crate::server::memory::give_back_freed_memory();
         // A stored record is at most a task's arguments or its result (each
         // bounded by the frame size) and a little more.
-        let max_record = config.limits.max_frame_bytes.saturating_mul(2).saturating_add(1 << 20);
+        let max_record = config.bounds.max_frame_bytes.saturating_mul(2).saturating_add(1 << 20);
         let (journal, recovered) = match &config.state_dir {
             Some(dir) => Journal::open(dir, max_record).map(|(journal, recovered)| (Some(journal), Some(recovered)))?,
             None => (None, None),
@@ -69,7 +69,7 @@ impl ControlPlane {
             state.restore(recovered);
         }
         let config = &state.config;
-        let limits = &config.limits;
+        let bounds = &config.bounds;
         let auth = config.keys.as_ref().map(|ring| {
             Arc::new(PortAuth { ring: ring.clone(), sender: Sender::new(), guard: ReplayGuard::default() })
         });
@@ -79,9 +79,9 @@ impl ControlPlane {
             purpose,
             contexts,
             grow_to: None,
-            max_frame: limits.max_frame_bytes,
-            per_connection: limits.max_requests_per_connection,
-            reply_timeout: limits.reply_timeout,
+            max_frame: bounds.max_frame_bytes,
+            per_connection: bounds.max_requests_per_connection,
+            reply_timeout: bounds.reply_timeout,
             refusals: state.refusals.clone(),
             log: state.peer_log.clone(),
             on_drop: None,
@@ -91,12 +91,12 @@ impl ControlPlane {
             let port_state = state.clone();
             let handler: Handler = Arc::new(move |replier, message| routes::task_port(&port_state, replier, message));
             let address = config.base.task_address(priority);
-            let mut port_options = options(priority_purpose(priority), limits.contexts_per_port);
+            let mut port_options = options(priority_purpose(priority), bounds.contexts_per_port);
             if !config.is_subworker() {
                 // A control plane's task ports start with up to 256 contexts
                 // and grow on demand to --contexts-per-port.
-                port_options.contexts = limits.contexts_per_port.min(INITIAL_CONTEXTS);
-                port_options.grow_to = Some(limits.contexts_per_port);
+                port_options.contexts = bounds.contexts_per_port.min(INITIAL_CONTEXTS);
+                port_options.grow_to = Some(bounds.contexts_per_port);
             }
             if priority == Priority::Critical && config.is_subworker() {
                 port_options.on_drop = Some(dropped.clone());
@@ -110,7 +110,7 @@ impl ControlPlane {
             let port = management.port;
             let handler: Handler =
                 Arc::new(move |replier, message| routes::result_port(&query_state, port, replier, message));
-            let contexts = limits.contexts_per_port.min(64);
+            let contexts = bounds.contexts_per_port.min(64);
             listeners.push(Listener::start(&config.base.result_address(), options("result port", contexts), handler)?);
             let sender = events.clone();
             let handler: Handler = Arc::new(move |replier, message| {
@@ -118,7 +118,7 @@ impl ControlPlane {
             });
             // Registrations being dialed back hold their context until
             // answered: heartbeats keep contexts of their own.
-            let contexts = limits.max_pending_registrations + 32;
+            let contexts = bounds.max_pending_registrations + 32;
             let address = config.base.at_port(management.port);
             listeners.push(Listener::start(&address, options("subworker management port", contexts), handler)?);
             let thread = membership::start(state.clone(), management.clone(), events.clone(), receiver);

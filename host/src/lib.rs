@@ -41,15 +41,22 @@ pub mod workflow;
 
 pub use cluster::{discovery, subworker, task_limits};
 pub use plugins::{schedule as schedules, task_schema};
-pub use server::{config, limits};
+/// The old name of [`bounds`], kept so that programs written against it build.
+#[doc(hidden)]
+pub use server::bounds as limits;
+pub use server::{bounds, config};
 pub use wire::{address, auth, protocol, tls};
 
+pub use bounds::Bounds;
 pub use client::{Client, ClientError, SubmitOptions};
 pub use cluster::discovery::{connect_via_discovery, Announcement, DiscoveryError};
 pub use config::{ControlPlaneConfig, ManagementConfig};
 pub use control_plane::{ControlPlane, StartError};
 pub use dashboard::{DashboardConfig, DashboardError};
-pub use limits::Limits;
+/// The old name of [`Bounds`] ("limits" now means only per-task rate and
+/// concurrency limits).
+#[deprecated(note = "renamed `Bounds`")]
+pub type Limits = Bounds;
 pub use plugins::{PluginError, Registry};
 pub use protocol::{Priority, TaskId, TaskReport, TaskState};
 pub use server::endpoint::ListenError;

@@ -15,8 +15,8 @@ use crate::client::ClientError;
 use crate::cluster::subworker::{Membership, MembershipConfig, MembershipError};
 use crate::control_plane::{ControlPlane, StartError};
 use crate::plugins::Registry;
+use crate::server::bounds::Bounds;
 use crate::server::config::ControlPlaneConfig;
-use crate::server::limits::Limits;
 use crate::wire::address::BaseAddress;
 use crate::wire::auth::KeyRing;
 
@@ -45,7 +45,7 @@ pub struct SubworkerConfig {
     /// How long a stop waits for queued and running tasks.
     pub shutdown_timeout: Duration,
     /// The bounds of what a peer can make it spend.
-    pub limits: Limits,
+    pub bounds: Bounds,
     /// The keys it seals its requests with and accepts tasks under.
     pub keys: Option<Arc<KeyRing>>,
 }
@@ -94,7 +94,7 @@ impl Subworker {
             result_cache_size: 0,
             result_cache_ttl: None,
             shutdown_timeout: config.shutdown_timeout,
-            limits: config.limits,
+            bounds: config.bounds,
             keys: config.keys,
             management: None,
             discovery: None,

@@ -262,7 +262,7 @@ fn subworker_args(worker_id: &str) -> Vec<String> {
 
 #[test]
 fn bad_worker_ids_are_refused_by_subworker_and_control_plane() {
-    let too_long = "w".repeat(fastworker::limits::MAX_NAME_BYTES + 1);
+    let too_long = "w".repeat(fastworker::bounds::MAX_NAME_BYTES + 1);
     let cases = [
         ("", "cannot be empty"),
         (too_long.as_str(), "at most 128 bytes"),
@@ -284,7 +284,7 @@ fn bad_worker_ids_are_refused_by_subworker_and_control_plane() {
 
 #[test]
 fn a_worker_id_of_the_longest_length_is_accepted() {
-    let longest = |c: &str| c.repeat(fastworker::limits::MAX_NAME_BYTES);
+    let longest = |c: &str| c.repeat(fastworker::bounds::MAX_NAME_BYTES);
     let control_plane = Process::control_plane(&["example-tasks"], &["--worker-id", &longest("c"), "--no-discovery"]);
     // Waits until the control plane lists it as active under that id.
     Process::subworker(&control_plane, &longest("s"), &["example-tasks"], &[]);

@@ -304,3 +304,30 @@ fn oversized_bodies_and_batches_are_refused() {
         post(&format!("{gui}/api/v1/tasks"), &json!({"task": "add", "args": [1, 2], "wait_ms": 10_000}), &[]);
     assert_eq!(response.json()["result"], 3);
 }
+
+#[test]
+fn unknown_paths_wrong_methods_and_big_bodies_answer_in_the_api_error_shape() {
+    let (_cp, gui) = control_plane(&[]);
+    let id = uuid::Uuid::new_v4().to_string();
+    // 404: a path the API does not have, in the API's shape, naming its docs.
+    for path in ["/api/v1/nothing", "/api/v1", &format!("/api/v1/tasks/{id}/nothing")] {
+        let response = request("GET", &format!("{gui}{path}"), &[]);
+        assert_eq!((response.status, error_kind(&response).as_str()), (404, "NotFound"), "GET {path}");
+        assert!(response.json()["error"]["message"].as_str().unwrap().contains("docs/http-api.md"));
+    }
+    // 405: a path it has, with a method it does not take.
+    for (method, path) in [("GET", "/api/v1/tasks".to_string()), ("DELETE", format!("/api/v1/tasks/{id}"))] {
+        let response = request(method, &format!("{gui}{path}"), &[]);
+        assert_eq!((response.status, error_kind(&response).as_str()), (405, "MethodNotAllowed"), "{method} {path}");
+        assert!(response.json()["error"]["message"].as_str().unwrap().contains("does not take"));
+    }
+    // 413: a body over the bound, on every route that takes one.
+    let big = "x".repeat(2 << 20);
+    for path in ["/api/v1/tasks", "/api/v1/tasks/batch", "/api/v1/workflows"] {
+        let response = post(&format!("{gui}{path}"), &json!({"task": "hash_bytes", "args": [big]}), &[]);
+        assert_eq!((response.status, error_kind(&response).as_str()), (413, "PayloadTooLarge"), "POST {path}");
+    }
+    // The page's own API keeps its documented flat shape (docs/dashboard.md).
+    let page = request("GET", &format!("{gui}/api/nothing"), &[]).json();
+    assert_eq!((page["error"].as_str(), page["message"].is_string()), (Some("not_found"), true), "{page}");
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fastworker::protocol::WorkerState;
-use fastworker::{BaseAddress, Limits, Registry, SubmitOptions, Subworker, SubworkerConfig, TaskState};
+use fastworker::{BaseAddress, Bounds, Registry, SubmitOptions, Subworker, SubworkerConfig, TaskState};
 use fastworker_tests::{free_ports, plugin, runtime, wait_until, Process};
 
 #[test]
@@ -24,7 +24,7 @@ fn a_library_subworker_serves_its_control_plane_and_drains_on_stop() {
         prefetch: 0,
         heartbeat_interval: Duration::from_secs(1),
         shutdown_timeout: Duration::from_secs(10),
-        limits: Limits::default(),
+        bounds: Bounds::default(),
         keys: None,
     };
     let subworker = Subworker::start(config, registry).expect("starting the subworker");

@@ -117,11 +117,13 @@ fn non_blocking_submission_prints_an_id_whose_status_follows_the_task() {
     }
     assert_eq!(report["state"], "succeeded");
     assert!(report["result"].as_u64().unwrap() >= 400);
-    assert_eq!(report["task_name"], "sleep_ms");
+    assert_eq!(report["task"], "sleep_ms");
     // Run by one of the control plane's worker processes (docs/isolation.md).
     assert!(report["worker"].as_str().is_some_and(|w| w.starts_with("local-")), "{report}");
     assert_eq!(report["attempts"], 1);
-    assert!(report["duration_ms"].as_u64().unwrap() >= 400);
+    assert_eq!(report["finished"], true);
+    let ran_ms = report["finished_ms"].as_u64().unwrap() - report["started_ms"].as_u64().unwrap();
+    assert!(ran_ms >= 400, "{report}");
 
     let unknown = run_cli(&["status", "--address", &cp.address, "--task-id", "0191c3a2-0000-7000-8000-000000000000"]);
     assert_eq!(unknown.status.code(), Some(1));

@@ -4,16 +4,17 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
+use fastworker::bounds::{millis, range};
 use fastworker::client::{Client, ClientError, SubmitOptions};
 use fastworker::discovery::{self};
-use fastworker::limits::{millis, range};
-use fastworker::protocol::{describe_failure, Callback, ErrorKind, Reply, RetryPolicy, TaskReport, TaskState};
+use fastworker::protocol::{describe_failure, Callback, ErrorKind, Reply, RetryPolicy, TaskState};
 use fastworker::schedules::format_ms;
+use fastworker::wire::report_json::TaskReportJson;
 use fastworker::{Priority, TaskId, DEFAULT_BASE_ADDRESS};
 use serde_json::{json, Value};
 
+use crate::cli::bounds::seconds_in;
 use crate::cli::keys::CredentialArgs;
-use crate::cli::limits::seconds_in;
 use crate::{fail, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE};
 
 /// The longest a client command without --address waits for an announcement.
@@ -242,7 +243,7 @@ pub(crate) async fn submit(client: Client, args: SubmitArgs) -> ExitCode {
 pub(crate) async fn status(client: Client, task_id: TaskId) -> ExitCode {
     match client.status(task_id).await {
         Ok(report) => {
-            println!("{}", serde_json::to_string_pretty(&report_json(&report)).expect("JSON"));
+            println!("{}", serde_json::to_string_pretty(&TaskReportJson::from(&report)).expect("JSON"));
             if report.state == TaskState::Failed {
                 ExitCode::from(EXIT_FAILED)
             } else {
@@ -336,27 +337,6 @@ pub(crate) async fn schedules(client: Client, args: SchedulesArgs) -> ExitCode {
         }
         Err(error) => client_failure(error),
     }
-}
-
-pub(crate) fn report_json(report: &TaskReport) -> Value {
-    let result = report.result.as_deref().map(|bytes| serde_json::from_slice::<Value>(bytes).unwrap_or(Value::Null));
-    json!({
-        "task_id": report.task_id,
-        "task_name": report.task_name,
-        "state": report.state.as_str(),
-        "result": result,
-        "error": report.error.as_ref().map(|e| json!({
-            "kind": e.kind.as_str(),
-            "message": e.message,
-        })),
-        "priority": report.priority.as_str(),
-        "worker": report.worker,
-        "attempts": report.attempts,
-        "created_ms": report.created_ms,
-        "started_ms": report.started_ms,
-        "finished_ms": report.finished_ms,
-        "duration_ms": report.started_ms.zip(report.finished_ms).map(|(s, f)| f.saturating_sub(s)),
-    })
 }
 
 fn parse_eta(text: &str) -> Result<SystemTime, String> {

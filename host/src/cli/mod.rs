@@ -1,9 +1,9 @@
 //! The command line's subcommands, one concern per file; `main.rs` parses
 //! and dispatches.
 
+pub(crate) mod bounds;
 pub(crate) mod client;
 pub(crate) mod keys;
-pub(crate) mod limits;
 pub(crate) mod plugins;
 pub(crate) mod serve;
 pub(crate) mod task_limits;

@@ -6,19 +6,19 @@ use std::time::Duration;
 
 use clap::Args;
 use fastworker::address::{MANAGEMENT_PORT_OFFSET, RESULT_PORT_OFFSET};
+use fastworker::bounds::{range, MAX_NAME_BYTES};
 use fastworker::config::{ControlPlaneConfig, ManagementConfig};
 use fastworker::control_plane::ControlPlane;
 use fastworker::dashboard::DashboardConfig;
 use fastworker::discovery::{self, DEFAULT_DISCOVERY_ADDRESS};
-use fastworker::limits::{range, MAX_NAME_BYTES};
 use fastworker::plugins::Registry;
 use fastworker::schedules;
 use fastworker::subworker_process::{Subworker, SubworkerConfig};
 use fastworker::{BaseAddress, WorkerProcessesConfig, DEFAULT_BASE_ADDRESS};
 use tracing::{info, warn};
 
+use crate::cli::bounds::{bounds, BoundArgs, ClusterBoundArgs};
 use crate::cli::keys::{protected, CredentialArgs};
-use crate::cli::limits::{limits, ClusterLimitArgs, TaskLimitArgs};
 use crate::cli::task_limits::{check_task_limit_flags, parse_task_limit_flag, TaskLimitFlag};
 use crate::{fail, seconds, EXIT_USAGE};
 
@@ -94,9 +94,9 @@ pub(crate) struct ControlPlaneArgs {
     #[arg(long = "task-limit", value_name = "TASK=LIMIT", value_parser = parse_task_limit_flag)]
     pub(crate) task_limit: Vec<TaskLimitFlag>,
     #[command(flatten)]
-    pub(crate) task_limits: TaskLimitArgs,
+    pub(crate) bounds: BoundArgs,
     #[command(flatten)]
-    pub(crate) cluster_limits: ClusterLimitArgs,
+    pub(crate) cluster_bounds: ClusterBoundArgs,
     #[command(flatten)]
     pub(crate) credentials: CredentialArgs,
     /// Serve beyond loopback without a key (protected mode is off): only on a network you trust.
@@ -152,7 +152,7 @@ pub(crate) struct SubworkerArgs {
     #[arg(long, env = "FASTWORKER_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     pub(crate) shutdown_timeout: f64,
     #[command(flatten)]
-    pub(crate) task_limits: TaskLimitArgs,
+    pub(crate) bounds: BoundArgs,
     #[command(flatten)]
     pub(crate) credentials: CredentialArgs,
     /// Serve beyond loopback without a key (protected mode is off): only on a network you trust.
@@ -196,7 +196,7 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     if let Err(error) = check_task_limit_flags(&args.task_limit) {
         return fail(EXIT_USAGE, error);
     }
-    let (connections, waits) = (args.cluster_limits.gui_max_connections, args.cluster_limits.gui_max_waits);
+    let (connections, waits) = (args.cluster_bounds.gui_max_connections, args.cluster_bounds.gui_max_waits);
     if let Some(waits) = waits.filter(|waits| waits + (connections / 2).max(1) >= connections) {
         return fail(
             EXIT_USAGE,
@@ -236,8 +236,8 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     if registry.is_empty() {
         warn!("no tasks loaded: pass plugins with --task-modules");
     }
-    let cluster_limits = &args.cluster_limits;
-    let (max_schedules, min_period) = (cluster_limits.max_schedules as usize, cluster_limits.min_schedule_period);
+    let cluster_bounds = &args.cluster_bounds;
+    let (max_schedules, min_period) = (cluster_bounds.max_schedules as usize, cluster_bounds.min_schedule_period);
     if let Err(error) = schedules::check_limits(registry.schedules(), max_schedules, min_period) {
         return fail(EXIT_USAGE, format_args!("{error}; raise the limit or change the plugin's schedule"));
     }
@@ -248,7 +248,7 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         let runs_per_process = args.runs_per_process;
         let count = args.worker_processes.unwrap_or_else(|| (concurrency as u32).div_ceil(runs_per_process).min(256));
         // Runs and results up to the control plane's frame bound reach them.
-        let mut extra_args = vec!["--max-frame-bytes".to_string(), args.task_limits.max_frame_bytes.to_string()];
+        let mut extra_args = vec!["--max-frame-bytes".to_string(), args.bounds.max_frame_bytes.to_string()];
         if let Some(path) = &args.credentials.keys.cluster_key_file {
             extra_args.extend(["--cluster-key-file".to_string(), path.display().to_string()]);
         }
@@ -275,7 +275,7 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
         result_cache_size: args.result_cache_size,
         result_cache_ttl: (args.result_cache_ttl > 0).then(|| Duration::from_secs(args.result_cache_ttl)),
         shutdown_timeout,
-        limits: limits(&args.task_limits, Some(&args.cluster_limits), 0),
+        bounds: bounds(&args.bounds, Some(&args.cluster_bounds), 0),
         keys,
         management: Some(ManagementConfig {
             port: management_port,
@@ -432,7 +432,7 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
         heartbeat_interval,
         shutdown_timeout,
         // Its ports hold what the control plane may send it at once.
-        limits: limits(&args.task_limits, None, (concurrency + args.prefetch).max(64) as usize),
+        bounds: bounds(&args.bounds, None, (concurrency + args.prefetch).max(64) as usize),
         keys,
     };
     let subworker = match Subworker::start(config, registry) {

@@ -1,7 +1,7 @@
 //! Cluster-wide limits per task name: a rate (runs *started* per second, a
 //! token bucket with a burst) and a concurrency (runs at once across the
 //! control plane's threads and every subworker). Not to be confused with
-//! [`crate::server::limits`], the bounds of what a peer can make a process spend.
+//! [`crate::server::bounds`], the bounds of what a peer can make a process spend.
 //!
 //! A pure state machine: no clock, no lock, no I/O. The control plane passes
 //! the time in (milliseconds since the epoch) and asks, when a run of a

@@ -15,16 +15,16 @@ use tokio::sync::Semaphore;
 use tracing::debug;
 
 use super::Shared;
-use crate::server::limits::Bound;
+use crate::server::bounds::Bound;
 
 /// The most bytes a request's head may take (hyper's read buffer).
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Serves `app` on `listener` until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, app: Router, shared: Arc<Shared>) {
-    let limits = &shared.state.config.limits;
-    let timeout = limits.gui_header_timeout;
-    let refused = refusal(limits.gui_max_connections);
+    let bounds = &shared.state.config.bounds;
+    let timeout = bounds.gui_header_timeout;
+    let refused = refusal(bounds.gui_max_connections);
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,

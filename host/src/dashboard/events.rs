@@ -55,10 +55,10 @@ impl StreamSlot {
         let max = shared.max_streams();
         if shared.streams.fetch_add(1, Ordering::SeqCst) >= max {
             shared.streams.fetch_sub(1, Ordering::SeqCst);
-            shared.state.refusals.count(crate::server::limits::Bound::GuiConnections);
+            shared.state.refusals.count(crate::server::bounds::Bound::GuiConnections);
             let message =
                 format!("{max} event streams are open, half of --gui-max-connections; close one or retry later");
-            return Err(ApiError { close: true, ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message) });
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message).closing());
         }
         Ok(StreamSlot(shared.clone()))
     }

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
-use super::{error, Shared};
+use super::{ApiError, Shared};
 
 /// Most names `--gui-allowed-hosts` may give.
 pub(crate) const MAX_ALLOWED_HOSTS: usize = 64;
@@ -78,7 +78,9 @@ pub(crate) async fn check_host(State(shared): State<Arc<Shared>>, request: Reque
             "the dashboard does not serve the host '{shown}'; to reach it under that name, add it to --gui-allowed-hosts (FASTWORKER_GUI_ALLOWED_HOSTS)"
         )
     };
-    error(StatusCode::MISDIRECTED_REQUEST, "misdirected_request", message)
+    ApiError::new(StatusCode::MISDIRECTED_REQUEST, "misdirected_request", message)
+        .for_path(request.uri().path())
+        .into_response()
 }
 
 /// Whether a request's `Origin` (if any) is this dashboard's: `http://` and

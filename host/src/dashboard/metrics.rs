@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use fastworker_plugin_sdk::Priority;
 
 use super::Shared;
-use crate::server::limits::Bound;
+use crate::server::bounds::Bound;
 use crate::server::monitor::DURATION_BUCKETS_MS;
 use crate::wire::protocol::WorkerState;
 
@@ -110,28 +110,28 @@ fn render(shared: &Shared) -> String {
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     }
-    render_limits(shared, &mut out);
+    render_bounds(shared, &mut out);
     super::task_limits::render_metrics(shared, &mut out, escape);
     out
 }
 
 /// Every limit next to its usage and its refusals, and what was dropped.
-fn render_limits(shared: &Shared, out: &mut String) {
+fn render_bounds(shared: &Shared, out: &mut String) {
     let state = &shared.state;
-    let limits = &state.config.limits;
+    let bounds = &state.config.bounds;
     let refusals = &state.refusals;
-    let _ = writeln!(out, "# HELP fastworker_limit A bound of this process (docs/control-plane.md#limits), by flag.");
+    let _ = writeln!(out, "# HELP fastworker_limit A bound of this process (docs/control-plane.md#bounds), by flag.");
     let _ = writeln!(out, "# TYPE fastworker_limit gauge");
     for bound in Bound::ALL {
-        let _ = writeln!(out, "fastworker_limit{{limit=\"{}\"}} {}", bound.label(), bound.value(limits));
+        let _ = writeln!(out, "fastworker_limit{{limit=\"{}\"}} {}", bound.label(), bound.value(bounds));
     }
     let _ = writeln!(out, "# HELP fastworker_limit_usage What a bound limits, in use now.");
     let _ = writeln!(out, "# TYPE fastworker_limit_usage gauge");
     for bound in Bound::ALL {
         let taken = |max: usize, free: usize| Some(max.saturating_sub(free) as u64);
         let usage = match bound {
-            Bound::GuiConnections => taken(limits.gui_max_connections, shared.connections.available_permits()),
-            Bound::GuiWaits => taken(limits.gui_max_waits, shared.waits.available_permits()),
+            Bound::GuiConnections => taken(bounds.gui_max_connections, shared.connections.available_permits()),
+            Bound::GuiWaits => taken(bounds.gui_max_waits, shared.waits.available_permits()),
             _ => state.usage(bound),
         };
         if let Some(usage) = usage {

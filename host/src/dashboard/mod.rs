@@ -11,7 +11,9 @@
 
 mod api;
 mod connections;
+mod error;
 mod events;
+mod followed;
 mod hosts;
 mod metrics;
 mod openapi;
@@ -21,6 +23,7 @@ mod task_limits;
 mod workflow_api;
 mod workflows;
 
+pub(crate) use error::{error, ApiError};
 pub use hosts::check_allowed_hosts;
 
 use std::net::{SocketAddr, TcpListener};
@@ -28,15 +31,16 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Router;
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{info, warn};
 
 use crate::server::state::State;
+use crate::wire::protocol::TaskReport;
+use crate::workflow::WorkflowReport;
 
 /// Where and how the dashboard is served.
 #[derive(Debug, Clone)]
@@ -111,7 +115,7 @@ impl Shared {
     /// The most event streams open at once: half the connections, so that
     /// plain requests always have room.
     pub(crate) fn max_streams(&self) -> usize {
-        (self.state.config.limits.gui_max_connections / 2).max(1)
+        (self.state.config.bounds.gui_max_connections / 2).max(1)
     }
 }
 
@@ -137,8 +141,8 @@ impl Dashboard {
             SocketAddr::V6(v6) => format!("http://[{}]:{}", v6.ip(), v6.port()),
             SocketAddr::V4(v4) => format!("http://{v4}"),
         };
-        let connections = connections::limit(state.config.limits.gui_max_connections);
-        let waits = connections::limit(state.config.limits.gui_max_waits);
+        let connections = connections::limit(state.config.bounds.gui_max_connections);
+        let waits = connections::limit(state.config.bounds.gui_max_waits);
         let shared = Arc::new(Shared {
             state,
             api_key,
@@ -225,7 +229,7 @@ fn router(shared: Arc<Shared>) -> Router {
 
 /// The HTTP API for tasks and workflows (docs/http-api.md), with its own body limit.
 fn task_routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
-    let limit = task_api::MAX_BODY_BYTES.min(shared.state.config.limits.max_frame_bytes.max(4096));
+    let limit = task_api::MAX_BODY_BYTES.min(shared.state.config.bounds.max_frame_bytes.max(4096));
     task_api_routes()
         .into_iter()
         .fold(Router::new(), |router, (_, path, handler)| router.route(path, handler))
@@ -238,14 +242,14 @@ fn task_api_routes() -> Vec<(Method, &'static str, axum::routing::MethodRouter<A
     vec![
         (Method::POST, "/api/v1/tasks", post(task_api::submit)),
         (Method::POST, "/api/v1/tasks/batch", post(task_api::batch)),
-        (Method::GET, "/api/v1/tasks/{id}", get(task_api::status)),
-        (Method::GET, "/api/v1/tasks/{id}/wait", get(task_api::wait)),
-        (Method::POST, "/api/v1/tasks/{id}/cancel", post(task_api::cancel)),
+        (Method::GET, "/api/v1/tasks/{id}", get(followed::status::<TaskReport>)),
+        (Method::GET, "/api/v1/tasks/{id}/wait", get(followed::wait::<TaskReport>)),
+        (Method::POST, "/api/v1/tasks/{id}/cancel", post(followed::cancel::<TaskReport>)),
         (Method::GET, "/api/v1/registered-tasks", get(task_api::registered)),
         (Method::POST, "/api/v1/workflows", post(workflow_api::submit)),
-        (Method::GET, "/api/v1/workflows/{id}", get(workflow_api::status)),
-        (Method::GET, "/api/v1/workflows/{id}/wait", get(workflow_api::wait)),
-        (Method::POST, "/api/v1/workflows/{id}/cancel", post(workflow_api::cancel)),
+        (Method::GET, "/api/v1/workflows/{id}", get(followed::status::<WorkflowReport>)),
+        (Method::GET, "/api/v1/workflows/{id}/wait", get(followed::wait::<WorkflowReport>)),
+        (Method::POST, "/api/v1/workflows/{id}/cancel", post(followed::cancel::<WorkflowReport>)),
         (Method::GET, "/api/openapi.json", get(openapi::serve)),
     ]
 }
@@ -254,46 +258,13 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
-/// A refused or failed request, answered as JSON: `{"error": kind, "message": ...}`.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
-    /// Whether to ask for a bearer token (`WWW-Authenticate`).
-    bearer: bool,
-    /// Whether to close the connection after it (`Connection: close`).
-    close: bool,
-}
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, kind, message: message.into(), bearer: false, close: false }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (self.status, Json(json!({ "error": self.kind, "message": self.message }))).into_response();
-        if self.bearer {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if self.close {
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
-    }
-}
-
-/// A JSON error response.
-pub(crate) fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Response {
-    ApiError::new(status, kind, message).into_response()
-}
-
 async fn not_found(method: Method, uri: Uri) -> Response {
-    error(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {method} {uri} (see docs/dashboard.md)"))
+    let docs = if error::is_v1(uri.path()) { "docs/http-api.md" } else { "docs/dashboard.md" };
+    let message = format!("no such endpoint: {method} {uri} (see {docs})");
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", message).for_path(uri.path()).into_response()
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{uri} does not take {method}"))
+    let message = format!("{uri} does not take {method}");
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message).for_path(uri.path()).into_response()
 }

@@ -21,7 +21,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-use super::task_api::HttpError;
 use super::{hosts, ApiError, Shared};
 
 /// What a route needs.
@@ -86,7 +85,7 @@ fn refusal(shared: &Shared, headers: &HeaderMap) -> Option<ApiError> {
         Some(_) if has_key(shared, headers) => None,
         Some(_) => {
             let message = "this needs the dashboard's operator credential: send Authorization: Bearer <key> (--gui-api-key, FASTWORKER_GUI_API_KEY)";
-            Some(ApiError { bearer: true, ..ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message) })
+            Some(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).asking_bearer())
         }
     }
 }
@@ -97,10 +96,7 @@ pub(crate) async fn check(State(shared): State<Arc<Shared>>, mut request: Reques
     let access = Access::of(request.method(), request.uri().path());
     if access == Access::Operator {
         if let Some(refused) = refusal(&shared, request.headers()) {
-            if request.uri().path().starts_with("/api/v1/") {
-                return HttpError::from_dashboard(refused).into_response();
-            }
-            return refused.into_response();
+            return refused.for_path(request.uri().path()).into_response();
         }
     }
     let operator = access == Access::Operator || has_key(&shared, request.headers());

@@ -6,33 +6,26 @@
 //! as a task port would hand them over, with an in-process replier
 //! ([`Replier::local`]) to await instead of an NNG context: no socket, no
 //! frame, no key. The state lock is held only inside those calls, never
-//! across an await. Every wait is bounded by [`MAX_WAIT`].
+//! across an await. Every wait is bounded by [`super::followed::MAX_WAIT`].
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::OwnedSemaphorePermit;
 
+use super::followed::{bounded_wait, reply_of, respond, settle, wait_slot, Answer, Followed};
 use super::{ApiError, Shared};
 use crate::server::endpoint::Replier;
-use crate::wire::protocol::{
-    decode, now_ms, ErrorKind, ErrorReply, Priority, Reply, RetryPolicy, Submit, TaskId, TaskReport,
-};
-
-/// The longest a request may wait for a task (`wait_ms`, `timeout_ms`).
-pub(crate) const MAX_WAIT: Duration = Duration::from_secs(60);
-
-/// How long `GET .../wait` waits when it is not told.
-pub(super) const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+use crate::wire::protocol::{now_ms, Priority, Reply, RetryPolicy, Submit, TaskId, TaskReport};
+use crate::wire::report_json::TaskReportJson;
 
 /// The largest request body, whatever `--max-frame-bytes` allows.
 pub(crate) const MAX_BODY_BYTES: usize = 1 << 20;
@@ -40,109 +33,33 @@ pub(crate) const MAX_BODY_BYTES: usize = 1 << 20;
 /// The most tasks one batch may hold.
 pub(crate) const MAX_BATCH: usize = 1000;
 
-/// A refusal in the API's shape: `{"error": {"kind": ..., "message": ...}}`.
-pub(crate) struct HttpError {
-    status: StatusCode,
-    kind: String,
-    message: String,
-    bearer: bool,
-    retry_after: bool,
-    /// Whether to close the connection after it (`Connection: close`).
-    close: bool,
-}
-
-impl HttpError {
-    pub(super) fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> HttpError {
-        HttpError {
-            status,
-            kind: kind.to_string(),
-            message: message.into(),
-            bearer: false,
-            retry_after: false,
-            close: false,
-        }
-    }
-
-    /// A refusal of the control plane, with the status its kind calls for.
-    pub(super) fn refused(refusal: ErrorReply) -> HttpError {
-        let (status, retry_after) = match refusal.kind {
-            ErrorKind::UnknownTask | ErrorKind::UnknownTaskId | ErrorKind::UnknownWorkflowId => {
-                (StatusCode::NOT_FOUND, false)
-            }
-            ErrorKind::ExpiredTaskId => (StatusCode::GONE, false),
-            ErrorKind::AlreadyFinished | ErrorKind::IdConflict => (StatusCode::CONFLICT, false),
-            ErrorKind::BadRequest | ErrorKind::MalformedFrame | ErrorKind::FrameTooLarge => {
-                (StatusCode::BAD_REQUEST, false)
-            }
-            ErrorKind::Forbidden => (StatusCode::FORBIDDEN, false),
-            ErrorKind::Unauthenticated => (StatusCode::UNAUTHORIZED, false),
-            ErrorKind::Busy | ErrorKind::NotYetProvided => (StatusCode::SERVICE_UNAVAILABLE, true),
-            ErrorKind::ShuttingDown | ErrorKind::NoWorker => (StatusCode::SERVICE_UNAVAILABLE, false),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, false),
-        };
-        HttpError { retry_after, ..HttpError::new(status, &format!("{:?}", refusal.kind), refusal.message) }
-    }
-
-    /// A refusal of the dashboard's authorization, in this shape.
-    pub(super) fn from_dashboard(refusal: ApiError) -> HttpError {
-        let kind = match refusal.status {
-            StatusCode::UNAUTHORIZED => "Unauthorized",
-            _ => "Forbidden",
-        };
-        HttpError { bearer: refusal.bearer, ..HttpError::new(refusal.status, kind, refusal.message) }
-    }
-
-    pub(super) fn bad_request(message: impl Into<String>) -> HttpError {
-        HttpError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        let body = json!({ "error": { "kind": self.kind, "message": self.message } });
-        let mut response = (self.status, Json(body)).into_response();
-        if self.bearer {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        if self.close {
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
-    }
-}
-
-pub(super) type Answer = Result<Response, HttpError>;
-
 /// A body read whole (within [`MAX_BODY_BYTES`]) and decoded as `T`; only
 /// `Content-Type: application/json`, which no page of another site can send
 /// without the browser asking first.
 pub(super) fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<T, HttpError> {
+) -> Result<T, ApiError> {
     let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::v1(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PayloadTooLarge",
             format!("the request body is larger than {MAX_BODY_BYTES} bytes: send fewer or smaller tasks per request"),
         ),
-        status => HttpError::new(status, "BadRequest", rejection.body_text()),
+        status => ApiError::v1(status, "BadRequest", rejection.body_text()),
     })?;
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"));
     if !json {
-        return Err(HttpError::new(
+        return Err(ApiError::v1(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
             "send the body as JSON with Content-Type: application/json",
         ));
     }
-    serde_json::from_slice(&body).map_err(|e| HttpError::bad_request(format!("the body does not fit: {e}")))
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the body does not fit: {e}")))
 }
 
 /// One submission as the API takes it.
@@ -179,41 +96,32 @@ pub(crate) struct BatchRequest {
     wait_ms: Option<u64>,
 }
 
-/// `wait_ms` as a bounded duration.
-pub(super) fn bounded_wait(wait_ms: Option<u64>) -> Result<Duration, HttpError> {
-    let wait = Duration::from_millis(wait_ms.unwrap_or(0));
-    if wait > MAX_WAIT {
-        return Err(HttpError::bad_request(format!("wait_ms is at most {} (60 s)", MAX_WAIT.as_millis())));
-    }
-    Ok(wait)
-}
-
 impl TaskRequest {
     /// The submission, checked against the task's schema when it has one.
-    fn submission(self, shared: &Shared) -> Result<Submit, HttpError> {
+    fn submission(self, shared: &Shared) -> Result<Submit, ApiError> {
         let task_id = match &self.task_id {
             None => TaskId::now_v7(),
             Some(id) => {
-                TaskId::parse_str(id).map_err(|_| HttpError::bad_request(format!("task_id '{id}' is not a UUID")))?
+                TaskId::parse_str(id).map_err(|_| ApiError::bad_request(format!("task_id '{id}' is not a UUID")))?
             }
         };
         let priority = match &self.priority {
             None => None,
             Some(name) => Some(Priority::parse(name).ok_or_else(|| {
-                HttpError::bad_request(format!("priority is critical, high, normal or low, not '{name}'"))
+                ApiError::bad_request(format!("priority is critical, high, normal or low, not '{name}'"))
             })?),
         };
         let args = self.args.unwrap_or_else(|| json!([]));
         if let Some(schema) = shared.state.task_schema(&self.task) {
             schema.check(&args).map_err(|reason| {
-                HttpError::new(
+                ApiError::v1(
                     StatusCode::BAD_REQUEST,
                     "BadArguments",
                     format!("the arguments do not fit task '{}': {reason}", self.task),
                 )
             })?;
         } else if !(args.is_array() || args.is_object()) {
-            return Err(HttpError::new(
+            return Err(ApiError::v1(
                 StatusCode::BAD_REQUEST,
                 "BadArguments",
                 "args is a JSON array (positional) or object (by parameter name)",
@@ -224,7 +132,7 @@ impl TaskRequest {
             None => None,
             Some(text) => {
                 let at = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| {
-                    HttpError::bad_request(format!("eta '{text}' is not an RFC 3339 time (2027-01-01T12:00:00Z): {e}"))
+                    ApiError::bad_request(format!("eta '{text}' is not an RFC 3339 time (2027-01-01T12:00:00Z): {e}"))
                 })?;
                 Some(u64::try_from(at.timestamp_millis()).unwrap_or(0))
             }
@@ -253,110 +161,14 @@ impl TaskRequest {
     }
 }
 
-/// A place among the requests waiting now, held until dropped, or 503
-/// `Busy` (closing the connection) when `--gui-max-waits` are waiting:
-/// waits keep to their own share of the connections, so that plain requests
-/// (and `/api/status`) always find room. `None` when no wait is asked for.
-pub(super) fn wait_slot(shared: &Shared, wait: Duration) -> Result<Option<OwnedSemaphorePermit>, HttpError> {
-    if wait.is_zero() {
-        return Ok(None);
-    }
-    match shared.waits.clone().try_acquire_owned() {
-        Ok(permit) => Ok(Some(permit)),
-        Err(_) => {
-            shared.state.refusals.count(crate::server::limits::Bound::GuiWaits);
-            let max = shared.state.config.limits.gui_max_waits;
-            let message = format!(
-                "{max} requests are waiting for tasks or workflows (--gui-max-waits); nothing was done: retry later, or poll without a wait"
-            );
-            let busy = HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Busy", message);
-            Err(HttpError { retry_after: true, close: true, ..busy })
-        }
-    }
-}
-
-/// The reply the state sends the in-process replier handed to `ask`
-/// (which may answer later: behind the durable store, say).
-pub(super) async fn asked(ask: impl FnOnce(Replier)) -> Option<Reply> {
-    let (replier, answer) = Replier::local();
-    ask(replier);
-    reply_of(answer).await
-}
-
-/// The reply the state sent an in-process replier.
-pub(super) async fn reply_of(answer: tokio::sync::oneshot::Receiver<nng::Message>) -> Option<Reply> {
-    let message = answer.await.ok()?;
-    // Encoded by this process: no bound to enforce.
-    decode::<Reply>(&message, usize::MAX).ok()
-}
-
-/// Waits up to `wait` for the task to end; its report then, or `None`
-/// when it was still going (or the wait was not asked for).
-async fn wait_for(shared: &Shared, task_id: TaskId, wait: Duration) -> Result<Option<TaskReport>, HttpError> {
-    if wait.is_zero() {
-        return Ok(None);
-    }
-    let (replier, answer) = Replier::local();
-    shared.state.wait_for(task_id, replier);
-    match tokio::time::timeout(wait, reply_of(answer)).await {
-        Err(_) => Ok(None),
-        Ok(Some(Reply::Report(report))) if report.state.is_final() => Ok(Some(report)),
-        Ok(Some(Reply::Report(_))) | Ok(None) => Ok(None),
-        Ok(Some(Reply::Error(refusal))) => Err(HttpError::refused(refusal)),
-        Ok(Some(other)) => {
-            Err(HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", format!("unexpected reply: {other:?}")))
-        }
-    }
-}
-
-/// A task's state as the API shows it.
-fn report_json(report: &TaskReport) -> Value {
-    let failure = report.error.as_ref().map(|error| json!({ "kind": error.kind.as_str(), "message": error.message }));
-    json!({
-        "task_id": report.task_id,
-        "task": report.task_name,
-        "state": report.state.as_str(),
-        "finished": report.state.is_final(),
-        "priority": report.priority.as_str(),
-        "worker": report.worker,
-        "attempts": report.attempts,
-        "created_ms": report.created_ms,
-        "started_ms": report.started_ms,
-        "finished_ms": report.finished_ms,
-        "result": report.result.as_deref().and_then(|r| serde_json::from_slice::<Value>(r).ok()),
-        "failure": failure,
-    })
-}
-
-/// The current report of a task, or why there is none.
-fn current(shared: &Shared, task_id: TaskId) -> Result<TaskReport, HttpError> {
-    match shared.state.status(task_id) {
-        Reply::Report(report) => Ok(report),
-        Reply::Error(refusal) => Err(HttpError::refused(refusal)),
-        other => {
-            Err(HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", format!("unexpected reply: {other:?}")))
-        }
-    }
-}
-
-/// 200 with the final report, or 202 with the current one.
-fn report_response(report: &TaskReport) -> Response {
-    let status = if report.state.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
-    (status, Json(report_json(report))).into_response()
-}
-
 /// Accepts one submission: its id, or why not.
-async fn accept(shared: &Shared, submit: Submit) -> Result<TaskId, HttpError> {
+async fn accept(shared: &Shared, submit: Submit) -> Result<TaskId, ApiError> {
     let (replier, answer) = Replier::local();
     shared.state.submit(submit, replier);
     match reply_of(answer).await {
         Some(Reply::Accepted { task_id }) => Ok(task_id),
-        Some(Reply::Error(refusal)) => Err(HttpError::refused(refusal)),
-        other => Err(HttpError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal",
-            format!("the control plane did not acknowledge the submission: {other:?}"),
-        )),
+        Some(Reply::Error(refusal)) => Err(ApiError::refused(refusal)),
+        other => Err(ApiError::internal(format!("the control plane did not acknowledge the submission: {other:?}"))),
     }
 }
 
@@ -371,10 +183,7 @@ pub(crate) async fn submit(
     let _slot = wait_slot(&shared, wait)?;
     let submit = request.submission(&shared)?;
     let task_id = accept(&shared, submit).await?;
-    if let Some(report) = wait_for(&shared, task_id, wait).await? {
-        return Ok(report_response(&report));
-    }
-    Ok(report_response(&current(&shared, task_id)?))
+    Ok(respond(&settle::<TaskReport>(&shared, task_id, wait).await?))
 }
 
 /// POST /api/v1/tasks/batch: submits many tasks, each accepted or refused
@@ -388,7 +197,7 @@ pub(crate) async fn batch(
     let wait = bounded_wait(request.wait_ms)?;
     let _slot = wait_slot(&shared, wait)?;
     if request.tasks.len() > MAX_BATCH {
-        return Err(HttpError::bad_request(format!(
+        return Err(ApiError::bad_request(format!(
             "a batch holds at most {MAX_BATCH} tasks, not {}: split it",
             request.tasks.len()
         )));
@@ -407,17 +216,12 @@ pub(crate) async fn batch(
             match outcome {
                 Ok(task_id) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let report = match wait_for(shared, *task_id, left).await {
-                        Ok(Some(report)) => Ok(report),
-                        Ok(None) => current(shared, *task_id),
-                        Err(refusal) => Err(refusal),
-                    };
-                    match report {
-                        Ok(report) => report_json(&report),
-                        Err(refusal) => error_json(&refusal),
+                    match settle::<TaskReport>(shared, *task_id, left).await {
+                        Ok(report) => report.to_json(),
+                        Err(refusal) => refusal.batch_entry(),
                     }
                 }
-                Err(refusal) => error_json(refusal),
+                Err(refusal) => refusal.batch_entry(),
             }
         }
     });
@@ -425,62 +229,41 @@ pub(crate) async fn batch(
     Ok((StatusCode::OK, Json(json!({ "tasks": results }))).into_response())
 }
 
-fn error_json(refusal: &HttpError) -> Value {
-    json!({ "error": { "kind": refusal.kind, "message": refusal.message, "status": refusal.status.as_u16() } })
-}
+/// A task, as the API follows it: `GET /api/v1/tasks/{id}`, `.../wait`
+/// and `.../cancel` are [`super::followed`]'s handlers.
+impl Followed for TaskReport {
+    type Id = TaskId;
 
-fn parse_id(id: &str) -> Result<TaskId, HttpError> {
-    TaskId::parse_str(id).map_err(|_| HttpError::bad_request(format!("'{id}' is not a task id (a UUID)")))
-}
-
-/// GET /api/v1/tasks/{id}: the task's state, with its result or failure.
-pub(crate) async fn status(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Answer {
-    let task_id = parse_id(&id)?;
-    Ok(report_response(&current(&shared, task_id)?))
-}
-
-/// The query of `GET .../wait`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct WaitQuery {
-    pub(super) timeout_ms: Option<u64>,
-}
-
-/// How long a wait route waits: its `timeout_ms`, [`DEFAULT_WAIT`] without
-/// one, at most [`MAX_WAIT`].
-pub(super) fn wait_of(query: Result<Query<WaitQuery>, QueryRejection>) -> Result<Duration, HttpError> {
-    let Query(query) = query.map_err(|e| HttpError::bad_request(e.body_text()))?;
-    match query.timeout_ms {
-        None => Ok(DEFAULT_WAIT),
-        Some(ms) if Duration::from_millis(ms) <= MAX_WAIT => Ok(Duration::from_millis(ms)),
-        Some(_) => Err(HttpError::bad_request(format!("timeout_ms is at most {}", MAX_WAIT.as_millis()))),
+    fn parse_id(id: &str) -> Result<TaskId, ApiError> {
+        TaskId::parse_str(id).map_err(|_| ApiError::bad_request(format!("'{id}' is not a task id (a UUID)")))
     }
-}
 
-/// GET /api/v1/tasks/{id}/wait?timeout_ms=N: waits (at most 60 s) for the task to end.
-pub(crate) async fn wait(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-    query: Result<Query<WaitQuery>, QueryRejection>,
-) -> Answer {
-    let task_id = parse_id(&id)?;
-    let wait = wait_of(query)?;
-    let _slot = wait_slot(&shared, wait)?;
-    if let Some(report) = wait_for(&shared, task_id, wait).await? {
-        return Ok(report_response(&report));
+    fn ask_wait(shared: &Shared, task_id: TaskId, replier: Replier) {
+        shared.state.wait_for(task_id, replier);
     }
-    Ok(report_response(&current(&shared, task_id)?))
-}
 
-/// POST /api/v1/tasks/{id}/cancel: cancels a task that has not ended.
-pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Answer {
-    let task_id = parse_id(&id)?;
-    match shared.state.cancel(task_id, crate::server::state::Caller::OPERATOR) {
-        Reply::Report(report) => Ok(report_response(&report)),
-        Reply::Error(refusal) => Err(HttpError::refused(refusal)),
-        other => {
-            Err(HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", format!("unexpected reply: {other:?}")))
+    fn ask_current(shared: &Shared, task_id: TaskId) -> impl Future<Output = Option<Reply>> + Send {
+        std::future::ready(Some(shared.state.status(task_id)))
+    }
+
+    fn ask_cancel(shared: &Shared, task_id: TaskId) -> impl Future<Output = Option<Reply>> + Send {
+        std::future::ready(Some(shared.state.cancel(task_id, crate::server::state::Caller::OPERATOR)))
+    }
+
+    fn of_reply(reply: Option<Reply>) -> Result<TaskReport, ApiError> {
+        match reply {
+            Some(Reply::Report(report)) => Ok(report),
+            Some(Reply::Error(refusal)) => Err(ApiError::refused(refusal)),
+            other => Err(ApiError::internal(format!("unexpected reply: {other:?}"))),
         }
+    }
+
+    fn is_final(&self) -> bool {
+        self.state.is_final()
+    }
+
+    fn to_json(&self) -> Value {
+        serde_json::to_value(TaskReportJson::from(self)).expect("JSON")
     }
 }
 

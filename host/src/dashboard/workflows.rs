@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::followed::asked;
 use super::roles::{reads_protected, Operator};
-use super::task_api::asked;
 use super::{error, ApiError, Shared};
 use crate::server::monitor::Event;
 use crate::server::state::WorkflowSummary;

@@ -19,7 +19,7 @@ use nng::options::{Options, ReconnectMaxTime, SendTimeout};
 use nng::{Protocol, Socket};
 use tracing::{debug, warn};
 
-use crate::server::limits::{Bound, Limits, Refusals};
+use crate::server::bounds::{Bound, Bounds, Refusals};
 use crate::wire::auth::Tenant;
 use crate::wire::protocol::{encode_message, Notice};
 
@@ -66,17 +66,17 @@ struct Queue {
 }
 
 impl Callbacks {
-    /// Starts `limits.callback_concurrency` sending threads.
-    pub(crate) fn start(limits: &Limits, refusals: Arc<Refusals>) -> Callbacks {
+    /// Starts `bounds.callback_concurrency` sending threads.
+    pub(crate) fn start(bounds: &Bounds, refusals: Arc<Refusals>) -> Callbacks {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
-            capacity: limits.callback_queue,
-            share: limits.share_of(limits.callback_queue as u64) as usize,
+            capacity: bounds.callback_queue,
+            share: bounds.share_of(bounds.callback_queue as u64) as usize,
             refusals,
         });
-        for n in 0..limits.callback_concurrency.max(1) {
-            let (shared, timeout) = (shared.clone(), limits.callback_timeout);
+        for n in 0..bounds.callback_concurrency.max(1) {
+            let (shared, timeout) = (shared.clone(), bounds.callback_timeout);
             std::thread::Builder::new()
                 .name(format!("callbacks-{n}"))
                 .spawn(move || send_loop(&shared, timeout))
@@ -232,7 +232,7 @@ fn open(address: &str, timeout: Duration) -> Result<Socket, nng::Error> {
 
 /// Why a callback address is refused (`BadRequest`), if it is: too long,
 /// or a scheme `--callback-schemes` does not allow.
-pub(crate) fn check_address(address: &str, limits: &Limits) -> Result<(), String> {
+pub(crate) fn check_address(address: &str, bounds: &Bounds) -> Result<(), String> {
     if address.len() > MAX_ADDRESS_BYTES {
         return Err(format!(
             "a callback address may be at most {MAX_ADDRESS_BYTES} bytes; this one has {}",
@@ -240,11 +240,11 @@ pub(crate) fn check_address(address: &str, limits: &Limits) -> Result<(), String
         ));
     }
     let scheme = address.split_once("://").map_or("", |(scheme, _)| scheme);
-    if !limits.callback_schemes.iter().any(|allowed| allowed == scheme) {
+    if !bounds.callback_schemes.iter().any(|allowed| allowed == scheme) {
         let shown: String = address.chars().take(64).collect();
         return Err(format!(
             "callback address '{shown}' does not use an allowed scheme: use {} (--callback-schemes)",
-            limits.callback_schemes.join(", ")
+            bounds.callback_schemes.join(", ")
         ));
     }
     Ok(())
@@ -256,11 +256,11 @@ mod tests {
 
     #[test]
     fn schemes_and_lengths_are_checked() {
-        let limits = Limits::default();
-        assert!(check_address("tcp://127.0.0.1:5000", &limits).is_ok());
-        assert!(check_address("ipc:///tmp/x", &limits).unwrap_err().contains("--callback-schemes"));
-        assert!(check_address("127.0.0.1:5000", &limits).is_err());
+        let bounds = Bounds::default();
+        assert!(check_address("tcp://127.0.0.1:5000", &bounds).is_ok());
+        assert!(check_address("ipc:///tmp/x", &bounds).unwrap_err().contains("--callback-schemes"));
+        assert!(check_address("127.0.0.1:5000", &bounds).is_err());
         let long = format!("tcp://{}:1", "a".repeat(300));
-        assert!(check_address(&long, &limits).unwrap_err().contains("256 bytes"));
+        assert!(check_address(&long, &bounds).unwrap_err().contains("256 bytes"));
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use crate::server::limits::Limits;
+use crate::server::bounds::Bounds;
 use crate::wire::address::BaseAddress;
 use crate::wire::auth::KeyRing;
 
@@ -27,7 +27,7 @@ pub struct ControlPlaneConfig {
     /// How long a shutdown waits for queued and running tasks.
     pub shutdown_timeout: Duration,
     /// The bound of every resource a peer can make it spend.
-    pub limits: Limits,
+    pub bounds: Bounds,
     /// The keys every frame must be sealed with (`--cluster-key-file`);
     /// `None` serves unauthenticated peers (loopback or `--insecure`).
     pub keys: Option<Arc<KeyRing>>,

@@ -34,7 +34,7 @@ use nng::{Aio, AioResult, Context, Message, Pipe, PipeEvent, Protocol, Socket};
 use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
-use crate::server::limits::{Bound, Refusals};
+use crate::server::bounds::{Bound, Refusals};
 use crate::server::peer_log::PeerLog;
 use crate::wire::auth::{open, seal, AuthError, KeyRing, Opened, ReplayGuard, Role, Sender, Tenant, ENVELOPE_BYTES};
 use crate::wire::protocol::{encode_message, now_ms, ErrorKind, ErrorReply, Reply};

@@ -14,16 +14,16 @@
 //! - Machinery: [`pool`] (worker threads), [`timers`] (time-outs, retries,
 //!   leases), [`callbacks`] (completion notices), [`scheduler`] (periodic
 //!   runs), [`memory`].
-//! - Settings: [`config`] and [`limits`] (the bounds on what a peer may
+//! - Settings: [`config`] and [`bounds`] (the bounds on what a peer may
 //!   ask for).
 
+pub mod bounds;
 pub(crate) mod cache;
 pub(crate) mod callbacks;
 pub(crate) mod collector;
 pub mod config;
 pub(crate) mod endpoint;
 pub(crate) mod journal;
-pub mod limits;
 pub(crate) mod membership;
 pub(crate) mod memory;
 pub(crate) mod monitor;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
-use crate::server::limits::Refusals;
+use crate::server::bounds::Refusals;
 
 /// One line per peer at most this often.
 pub(crate) const INTERVAL: Duration = Duration::from_secs(10);

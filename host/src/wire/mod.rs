@@ -8,12 +8,14 @@
 //!   travels in when ports authenticate.
 //! - [`tls`]: `tls+tcp://` listeners and dialers with mutual certificates;
 //!   `tls_failures` logs the handshakes that failed.
+//! - [`report_json`]: a task's report as JSON, for the HTTP API and the CLI.
 //! - [`task_limit`]: a cluster-wide limit per task name, as declared and set.
 //! - [`workflow`]: a workflow as it travels (a flat tree) and its status.
 
 pub mod address;
 pub mod auth;
 pub mod protocol;
+pub mod report_json;
 pub mod task_limit;
 pub mod tls;
 mod tls_failures;

@@ -5,7 +5,7 @@
 //! earlier worker are passed in, and the caller answers and counts.
 
 use crate::cluster::routing::{Cluster, Phase, Worker, WorkerKey};
-use crate::server::limits::{Bound, Limits, MAX_NAME_BYTES, MAX_OFFERED_TEXT_BYTES, MAX_SCHEDULE_BYTES};
+use crate::server::bounds::{Bound, Bounds, MAX_NAME_BYTES, MAX_OFFERED_TEXT_BYTES, MAX_SCHEDULE_BYTES};
 use crate::wire::address::BaseAddress;
 use crate::wire::protocol::{ErrorKind, ErrorReply, Registration, WorkerName, MAX_WORKER_SLOTS};
 
@@ -69,26 +69,26 @@ impl Refusal {
     }
 }
 
-/// Checks `registration` against `limits` and the `room` left, in this
+/// Checks `registration` against `bounds` and the `room` left, in this
 /// order: what it carries, the cluster's bounds, its slots, its address.
 /// Answers the base address to dial.
-pub(crate) fn check(registration: &Registration, limits: &Limits, room: Room) -> Result<BaseAddress, Refusal> {
-    carried(registration, limits).map_err(Refusal::Malformed)?;
+pub(crate) fn check(registration: &Registration, bounds: &Bounds, room: Room) -> Result<BaseAddress, Refusal> {
+    carried(registration, bounds).map_err(Refusal::Malformed)?;
     let worker_id = &registration.name.worker_id;
     let full = |bound: Bound, what: String| {
-        let (flag, value) = (bound.flag(), bound.value(limits));
+        let (flag, value) = (bound.flag(), bound.value(bounds));
         let message =
             format!("the control plane cannot take subworker '{worker_id}' now: {what} ({flag} {value}); retry later");
         Err(Refusal::Full(bound, message))
     };
-    if room.connecting >= limits.max_pending_registrations {
+    if room.connecting >= bounds.max_pending_registrations {
         return full(Bound::PendingRegistrations, format!("{} registrations are being connected", room.connecting));
     }
-    if room.workers >= limits.max_subworkers {
+    if room.workers >= bounds.max_subworkers {
         return full(Bound::Subworkers, format!("{} subworkers are registered", room.workers));
     }
     let asked = (registration.concurrency.max(1) as usize).saturating_add(registration.prefetch as usize);
-    if room.slots.saturating_add(asked) > limits.max_subworker_slots {
+    if room.slots.saturating_add(asked) > bounds.max_subworker_slots {
         return full(Bound::SubworkerSlots, format!("{} slots are registered and it asks for {asked}", room.slots));
     }
     let slots = u64::from(registration.concurrency.max(1)) + u64::from(registration.prefetch);
@@ -104,7 +104,7 @@ pub(crate) fn check(registration: &Registration, limits: &Limits, room: Room) ->
 
 /// Checks what one registration carries: its id, address, offered tasks,
 /// their schedules, declared limits and text.
-fn carried(registration: &Registration, limits: &Limits) -> Result<(), String> {
+fn carried(registration: &Registration, bounds: &Bounds) -> Result<(), String> {
     let worker_id = &registration.name.worker_id;
     if !valid_name(worker_id) {
         return Err(format!(
@@ -115,11 +115,11 @@ fn carried(registration: &Registration, limits: &Limits) -> Result<(), String> {
     if registration.address.len() > MAX_ADDRESS_BYTES {
         return Err(format!("subworker '{worker_id}' gave an address longer than {MAX_ADDRESS_BYTES} bytes"));
     }
-    if registration.tasks.len() > limits.max_offered_tasks {
+    if registration.tasks.len() > bounds.max_offered_tasks {
         return Err(format!(
             "subworker '{worker_id}' offers {} tasks; at most {} are taken (--max-offered-tasks)",
             registration.tasks.len(),
-            limits.max_offered_tasks
+            bounds.max_offered_tasks
         ));
     }
     if let Some(task) =
@@ -244,43 +244,43 @@ mod tests {
 
     #[test]
     fn a_sound_registration_is_taken_with_its_base_address() {
-        let base = check(&registration("w1", &["add"]), &Limits::default(), EMPTY).expect("taken");
+        let base = check(&registration("w1", &["add"]), &Bounds::default(), EMPTY).expect("taken");
         assert_eq!(base.at_offset(0), "tcp://127.0.0.1:9000");
     }
 
     #[test]
     fn what_a_registration_carries_is_bounded() {
-        let limits = Limits { max_offered_tasks: 2, ..Limits::default() };
-        let message = malformed(check(&registration("bad id", &[]), &limits, EMPTY));
+        let bounds = Bounds { max_offered_tasks: 2, ..Bounds::default() };
+        let message = malformed(check(&registration("bad id", &[]), &bounds, EMPTY));
         assert!(message.contains("--worker-id"), "{message}");
         let mut long = registration("w1", &[]);
         long.address = format!("tcp://{}:1", "h".repeat(MAX_ADDRESS_BYTES));
-        assert!(malformed(check(&long, &limits, EMPTY)).contains("address longer"));
-        let message = malformed(check(&registration("w1", &["a", "b", "c"]), &limits, EMPTY));
+        assert!(malformed(check(&long, &bounds, EMPTY)).contains("address longer"));
+        let message = malformed(check(&registration("w1", &["a", "b", "c"]), &bounds, EMPTY));
         assert!(message.contains("offers 3 tasks") && message.contains("--max-offered-tasks"), "{message}");
-        assert!(malformed(check(&registration("w1", &["no good"]), &limits, EMPTY)).contains("a task whose name"));
+        assert!(malformed(check(&registration("w1", &["no good"]), &bounds, EMPTY)).contains("a task whose name"));
         let mut scheduled = registration("w1", &["tick"]);
         scheduled.tasks[0].schedule = "x".repeat(MAX_SCHEDULE_BYTES + 1);
-        assert!(malformed(check(&scheduled, &limits, EMPTY)).contains("schedule is over"));
+        assert!(malformed(check(&scheduled, &bounds, EMPTY)).contains("schedule is over"));
         let mut wordy = registration("w1", &["doc"]);
         wordy.tasks[0].doc = "d".repeat(MAX_OFFERED_TEXT_BYTES + 1);
-        assert!(malformed(check(&wordy, &limits, EMPTY)).contains("bytes of task docs"));
+        assert!(malformed(check(&wordy, &bounds, EMPTY)).contains("bytes of task docs"));
     }
 
     #[test]
     fn a_declared_limit_out_of_range_is_malformed() {
         let mut limited = registration("w1", &["capped"]);
         limited.tasks[0].limit = Some(TaskLimit { max_running: Some(0), ..TaskLimit::default() });
-        let message = malformed(check(&limited, &Limits::default(), EMPTY));
+        let message = malformed(check(&limited, &Bounds::default(), EMPTY));
         assert!(message.contains("declares a limit for task 'capped'"), "{message}");
     }
 
     #[test]
     fn a_full_bound_is_busy_and_names_its_flag() {
-        let limits =
-            Limits { max_pending_registrations: 1, max_subworkers: 2, max_subworker_slots: 10, ..Limits::default() };
+        let bounds =
+            Bounds { max_pending_registrations: 1, max_subworkers: 2, max_subworker_slots: 10, ..Bounds::default() };
         let sound = registration("w1", &["add"]);
-        let busy = |room| match check(&sound, &limits, room) {
+        let busy = |room| match check(&sound, &bounds, room) {
             Err(Refusal::Full(bound, message)) => (bound, message),
             other => panic!("expected busy, got {other:?}"),
         };
@@ -292,20 +292,20 @@ mod tests {
         let (bound, message) = busy(Room { slots: 8, ..EMPTY });
         assert_eq!(bound, Bound::SubworkerSlots);
         assert!(message.contains("8 slots are registered and it asks for 3"), "{message}");
-        assert!(check(&sound, &limits, Room { slots: 7, ..EMPTY }).is_ok(), "exactly at the bound is taken");
+        assert!(check(&sound, &bounds, Room { slots: 7, ..EMPTY }).is_ok(), "exactly at the bound is taken");
     }
 
     #[test]
     fn more_slots_than_one_worker_may_have_or_an_undialable_address_is_refused() {
-        let limits = Limits { max_subworker_slots: usize::MAX, ..Limits::default() };
+        let bounds = Bounds { max_subworker_slots: usize::MAX, ..Bounds::default() };
         let mut greedy = registration("w1", &[]);
         greedy.concurrency = MAX_WORKER_SLOTS;
-        let refusal = check(&greedy, &limits, EMPTY).unwrap_err();
+        let refusal = check(&greedy, &bounds, EMPTY).unwrap_err();
         assert!(matches!(&refusal, Refusal::TooManySlots(m) if m.contains("--concurrency plus --prefetch")));
         assert_eq!(refusal.into_reply().kind, ErrorKind::BadRegistration);
         let mut lost = registration("w1", &[]);
         lost.address = "not an address".into();
-        let refusal = check(&lost, &limits, EMPTY).unwrap_err();
+        let refusal = check(&lost, &bounds, EMPTY).unwrap_err();
         assert!(matches!(&refusal, Refusal::Undialable(m) if m.contains("cannot dial")));
         assert_eq!(refusal.into_reply().kind, ErrorKind::WorkerUnreachable);
     }

@@ -52,7 +52,7 @@ impl Dialer {
         });
         Link::open(
             &base.at_offset(0),
-            state.config.limits.max_frame_bytes,
+            state.config.bounds.max_frame_bytes,
             auth,
             move |up| {
                 let _ = events.send(Event::Connection(key, up));

@@ -98,7 +98,7 @@ struct ManagementPort {
 impl ManagementPort {
     /// Answers one frame of the management port.
     fn on_frame(&mut self, mut replier: Replier, message: &Message) {
-        let request = match decode::<Request>(message, self.state.config.limits.max_frame_bytes) {
+        let request = match decode::<Request>(message, self.state.config.bounds.max_frame_bytes) {
             Ok(request) => request,
             Err(error) => {
                 replier.warn_peer("refused a frame", &error);
@@ -161,7 +161,7 @@ impl ManagementPort {
             let room = Room::in_cluster(cluster, worker_id, self.connecting.len());
             (room, admission::rejoin(cluster.find(worker_id), &registration.name))
         };
-        let base = match admission::check(&registration, &self.state.config.limits, room) {
+        let base = match admission::check(&registration, &self.state.config.bounds, room) {
             Ok(base) => base,
             Err(refusal) => {
                 match &refusal {

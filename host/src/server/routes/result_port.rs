@@ -16,7 +16,7 @@ const OPERATORS: &[Role] = &[Role::Operator];
 /// Routes one request that arrived on the result port; `management_port`
 /// is what discovery answers.
 pub(crate) fn result_port(state: &State, management_port: u16, replier: Replier, message: Message) {
-    let request = match decode::<Request>(&message, state.config.limits.max_frame_bytes) {
+    let request = match decode::<Request>(&message, state.config.bounds.max_frame_bytes) {
         Ok(request) => request,
         Err(error) => {
             replier.warn_peer("refused a frame", &error);

@@ -9,7 +9,7 @@ use crate::wire::protocol::{decode, ErrorKind, Reply, Request};
 
 /// Routes one request that arrived on a priority port.
 pub(crate) fn task_port(state: &State, replier: Replier, message: Message) {
-    let request = match decode::<Request>(&message, state.config.limits.max_frame_bytes) {
+    let request = match decode::<Request>(&message, state.config.bounds.max_frame_bytes) {
         Ok(request) => request,
         Err(error) => {
             replier.warn_peer("refused a frame", &error);
@@ -71,10 +71,10 @@ fn subworker(state: &State, replier: Replier, request: Request) {
             // them: a peer that dispatches and never collects is refused,
             // not remembered without end.
             let uncollected = state.collector.pending().saturating_add(runs.len());
-            if uncollected > state.config.limits.max_queued_tasks {
+            if uncollected > state.config.bounds.max_queued_tasks {
                 let message = format!(
                     "{uncollected} outcomes would wait to be collected, more than --max-queued-tasks ({}): collect them first",
-                    state.config.limits.max_queued_tasks
+                    state.config.bounds.max_queued_tasks
                 );
                 return replier.send(&error_reply(ErrorKind::Busy, message));
             }

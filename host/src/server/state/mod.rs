@@ -37,13 +37,13 @@ use tracing::warn;
 use crate::cluster::link::Link;
 use crate::ledger::{Joined, Ledger, LiveTask, Plan, Settings};
 use crate::plugins::Registry;
+use crate::server::bounds::{millis, Refusals};
 use crate::server::cache::{args_digest, Lookup, ResultCache};
 use crate::server::callbacks::Callbacks;
 use crate::server::collector::Collector;
 use crate::server::config::ControlPlaneConfig;
 use crate::server::endpoint::{encode_reply, Replier};
 use crate::server::journal::Journal;
-use crate::server::limits::{millis, Refusals};
 use crate::server::monitor::Monitor;
 use crate::server::offered_schemas::OfferedSchemas;
 use crate::server::peer_log::PeerLog;
@@ -193,7 +193,7 @@ impl State {
                 }
             });
             let scheduler = (!config.is_subworker()).then(|| {
-                let limits = &config.limits;
+                let limits = &config.bounds;
                 let scheduler = Scheduler::start(
                     me.clone() as Weak<dyn PeriodicRuns>,
                     limits.max_schedules,
@@ -208,16 +208,16 @@ impl State {
                 scheduler
             });
             let refusals = Arc::<Refusals>::default();
-            let callbacks = Callbacks::start(&config.limits, refusals.clone());
+            let callbacks = Callbacks::start(&config.bounds, refusals.clone());
             let mut cache =
-                ResultCache::new(config.result_cache_size, config.limits.max_cached_bytes, config.result_cache_ttl);
+                ResultCache::new(config.result_cache_size, config.bounds.max_cached_bytes, config.result_cache_ttl);
             if journal.is_some() {
                 cache.track_forgotten();
             }
             let settings = Settings {
                 worker_id: config.worker_id.clone(),
-                max_subworker_run_ms: millis(config.limits.max_subworker_run),
-                answer_within_ms: millis(config.limits.reply_timeout),
+                max_subworker_run_ms: millis(config.bounds.max_subworker_run),
+                answer_within_ms: millis(config.bounds.reply_timeout),
                 local_tasks: if pool.threads() == 0 {
                     Default::default()
                 } else {
@@ -228,20 +228,20 @@ impl State {
             State {
                 scheduler,
                 durable: durable::Durable::new(journal, config.worker_id.clone()),
-                offered_schemas: OfferedSchemas::new(config.limits.max_offered_tasks),
+                offered_schemas: OfferedSchemas::new(config.bounds.max_offered_tasks),
                 cache: Mutex::new(cache),
                 tasks: Mutex::new(Tasks {
                     ledger: Ledger::new(settings, limited::task_limits(&config, &registry)),
                     workflows: Workflows::new(
                         config.result_cache_size,
-                        usize::try_from(config.limits.max_cached_bytes).unwrap_or(usize::MAX),
+                        usize::try_from(config.bounds.max_cached_bytes).unwrap_or(usize::MAX),
                         config.result_cache_ttl.map(millis),
                     ),
                 }),
                 accepting: AtomicBool::new(true),
                 monitor: Monitor::default(),
                 registry,
-                collector: Arc::new(Collector::new(config.limits.max_frame_bytes)),
+                collector: Arc::new(Collector::new(config.bounds.max_frame_bytes)),
                 config,
                 pool,
                 timers,
@@ -436,7 +436,7 @@ impl State {
             return Ok(task_id);
         }
         drop(cache);
-        if let Err(refusal) = self.within_limits(tasks, &submit, tenant).and_then(|()| self.durable.has_room()) {
+        if let Err(refusal) = self.within_bounds(tasks, &submit, tenant).and_then(|()| self.durable.has_room()) {
             return Err((refusal, waiter));
         }
         let declared = match self.declared(tasks, &submit.task_name) {

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use super::State;
+use crate::server::bounds::Bound;
 use crate::server::endpoint::Replier;
-use crate::server::limits::Bound;
 use crate::server::monitor::TaskSummary;
 use crate::server::offered_schemas::Offer;
 use crate::wire::protocol::{ErrorReply, Submit, TaskId, TaskReport, TaskState};

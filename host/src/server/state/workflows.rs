@@ -9,10 +9,10 @@ use std::collections::VecDeque;
 use tracing::{debug, info, warn};
 
 use super::{Caller, Outbox, State, Tasks};
+use crate::server::bounds::{millis, Bound};
 use crate::server::cache::{args_digest, Lookup};
 use crate::server::endpoint::Replier;
 use crate::server::journal::{Record, RecoveredWorkflow, WorkflowRecord, CANCEL_STEP};
-use crate::server::limits::{millis, Bound};
 use crate::wire::auth::Role;
 use crate::wire::protocol::{
     now_ms, ErrorKind, ErrorReply, Reply, RetryPolicy, Submit, TaskId, TaskReport, TaskState, WorkflowId,
@@ -27,13 +27,13 @@ const FRAME_MARGIN: usize = 4096;
 
 impl State {
     fn workflow_bounds(&self) -> Bounds {
-        let limits = &self.config.limits;
+        let bounds = &self.config.bounds;
         Bounds {
-            max_members: MAX_MEMBERS.min(limits.max_queued_tasks),
+            max_members: MAX_MEMBERS.min(bounds.max_queued_tasks),
             max_depth: MAX_DEPTH,
-            max_bytes: limits.max_frame_bytes.saturating_sub(FRAME_MARGIN),
-            max_retries: limits.max_retries,
-            max_delay_ms: millis(limits.max_countdown),
+            max_bytes: bounds.max_frame_bytes.saturating_sub(FRAME_MARGIN),
+            max_retries: bounds.max_retries,
+            max_delay_ms: millis(bounds.max_countdown),
         }
     }
 
@@ -97,13 +97,13 @@ impl State {
     /// Why a valid workflow cannot be taken now: too many live ones, too
     /// many bytes, or a task nobody provides.
     fn workflow_refusal(&self, tasks: &Tasks, submit: &WorkflowSubmit, bytes: usize) -> Option<ErrorReply> {
-        let limits = &self.config.limits;
+        let bounds = &self.config.bounds;
         let (live, live_bytes) = tasks.workflows.live();
         let busy = |what: String, bound: Bound| Some(self.busy(bound, &what));
-        if live >= limits.max_queued_tasks {
+        if live >= bounds.max_queued_tasks {
             return busy(format!("{live} workflows are running"), Bound::QueuedTasks);
         }
-        if (live_bytes + bytes) as u64 > limits.max_queued_bytes {
+        if (live_bytes + bytes) as u64 > bounds.max_queued_bytes {
             return busy(format!("running workflows hold {live_bytes} bytes"), Bound::QueuedBytes);
         }
         for node in &submit.nodes {
@@ -233,7 +233,7 @@ impl State {
     /// with what `workflow_id` just gathered, it fails, saying so (the
     /// failure is stored as its stop step): the effects of that.
     fn past_gathered_bound(&self, tasks: &mut Tasks, workflow_id: WorkflowId) -> Option<NextSteps> {
-        let bound = self.config.limits.max_queued_bytes;
+        let bound = self.config.bounds.max_queued_bytes;
         let live_bytes = tasks.workflows.recount(&workflow_id);
         let entry = tasks.workflows.get_mut(&workflow_id)?;
         let held = entry.machine.held();
@@ -363,7 +363,7 @@ impl State {
             let parents = match validate(&submit, &bounds) {
                 Ok(parents) => parents,
                 Err(why) => {
-                    warn!(%workflow_id, "a stored workflow no longer fits this control plane's limits, dropped: {why}");
+                    warn!(%workflow_id, "a stored workflow no longer fits this control plane's bounds, dropped: {why}");
                     self.durable.write(Record::WorkflowForget(vec![workflow_id]));
                     continue;
                 }

@@ -1,6 +1,6 @@
 //! Every resource a peer can make a control plane or subworker spend, with
 //! its bound: one part of the configuration, so that the operator sees and
-//! sets them in one place (`docs/control-plane.md#limits`) and `/metrics`
+//! sets them in one place (`docs/control-plane.md#bounds`) and `/metrics`
 //! shows each next to its usage.
 //!
 //! The bounds of the flags themselves (a limit cannot be set so high that
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 /// The bounds of one process.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub struct Bounds {
     /// Largest frame accepted on any port, in bytes.
     pub max_frame_bytes: usize,
     /// Requests each task port serves at once: a control plane's grow to
@@ -76,16 +76,16 @@ pub struct Limits {
     pub gui_max_waits: usize,
 }
 
-impl Limits {
+impl Bounds {
     /// One tenant's share of `total` (`--queue-share`), at least 1.
     pub fn share_of(&self, total: u64) -> u64 {
         (u128::from(total) * u128::from(self.queue_share_percent.min(100)) / 100).max(1) as u64
     }
 }
 
-impl Default for Limits {
+impl Default for Bounds {
     fn default() -> Self {
-        Limits {
+        Bounds {
             max_frame_bytes: 16 * 1024 * 1024,
             contexts_per_port: 4096,
             max_requests_per_connection: 128,
@@ -252,28 +252,28 @@ impl Bound {
         &self.flag()[2..]
     }
 
-    /// Its value in `limits`.
-    pub fn value(self, limits: &Limits) -> u64 {
+    /// Its value in `bounds`.
+    pub fn value(self, bounds: &Bounds) -> u64 {
         match self {
-            Bound::QueuedTasks => limits.max_queued_tasks as u64,
-            Bound::QueuedBytes => limits.max_queued_bytes,
-            Bound::CachedBytes => limits.max_cached_bytes,
-            Bound::RequestsPerConnection => limits.max_requests_per_connection as u64,
-            Bound::Subworkers => limits.max_subworkers as u64,
-            Bound::SubworkerSlots => limits.max_subworker_slots as u64,
-            Bound::PendingRegistrations => limits.max_pending_registrations as u64,
-            Bound::Schedules => limits.max_schedules as u64,
-            Bound::CallbackQueue => limits.callback_queue as u64,
-            Bound::GuiConnections => limits.gui_max_connections as u64,
-            Bound::GuiWaits => limits.gui_max_waits as u64,
-            Bound::QueueShare => u64::from(limits.queue_share_percent),
-            Bound::ContextsPerPort => limits.contexts_per_port as u64,
+            Bound::QueuedTasks => bounds.max_queued_tasks as u64,
+            Bound::QueuedBytes => bounds.max_queued_bytes,
+            Bound::CachedBytes => bounds.max_cached_bytes,
+            Bound::RequestsPerConnection => bounds.max_requests_per_connection as u64,
+            Bound::Subworkers => bounds.max_subworkers as u64,
+            Bound::SubworkerSlots => bounds.max_subworker_slots as u64,
+            Bound::PendingRegistrations => bounds.max_pending_registrations as u64,
+            Bound::Schedules => bounds.max_schedules as u64,
+            Bound::CallbackQueue => bounds.callback_queue as u64,
+            Bound::GuiConnections => bounds.gui_max_connections as u64,
+            Bound::GuiWaits => bounds.gui_max_waits as u64,
+            Bound::QueueShare => u64::from(bounds.queue_share_percent),
+            Bound::ContextsPerPort => bounds.contexts_per_port as u64,
         }
     }
 }
 
 /// How often each bound refused something, and what was dropped: the
-/// counters `/metrics` shows beside the limits. Lock-free, so any thread
+/// counters `/metrics` shows beside the bounds. Lock-free, so any thread
 /// may count.
 #[derive(Debug, Default)]
 pub struct Refusals {
@@ -319,13 +319,13 @@ mod tests {
 
     #[test]
     fn every_bound_has_a_distinct_flag_and_label() {
-        let limits = Limits::default();
+        let bounds = Bounds::default();
         let mut flags: Vec<&str> = Bound::ALL.iter().map(|b| b.flag()).collect();
         flags.sort_unstable();
         flags.dedup();
         assert_eq!(flags.len(), Bound::ALL.len());
         for bound in Bound::ALL {
-            assert!(bound.value(&limits) > 0, "{} has a usable default", bound.flag());
+            assert!(bound.value(&bounds) > 0, "{} has a usable default", bound.flag());
             assert!(!bound.label().starts_with('-'));
         }
     }

@@ -1,15 +1,15 @@
-//! The limit flags of `control-plane` and `subworker` (see
-//! `fastworker::limits`): each with its `FASTWORKER_*` variable and a bound
+//! The bound flags of `control-plane` and `subworker` (see
+//! `fastworker::bounds`): each with its `FASTWORKER_*` variable and a bound
 //! of its own, checked before anything starts.
 
 use std::time::Duration;
 
 use clap::Args;
-use fastworker::limits::{range, Limits, KNOWN_CALLBACK_SCHEMES};
+use fastworker::bounds::{range, Bounds, KNOWN_CALLBACK_SCHEMES};
 
-/// Limits of every serving process: its ports and the tasks it holds.
+/// Bounds of every serving process: its ports and the tasks it holds.
 #[derive(Args)]
-pub(crate) struct TaskLimitArgs {
+pub(crate) struct BoundArgs {
     /// Largest request accepted, in bytes (4096 to 1 GiB).
     #[arg(long, env = "FASTWORKER_MAX_FRAME_BYTES", default_value_t = 16 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(range::MAX_FRAME_BYTES))]
@@ -58,9 +58,9 @@ pub(crate) struct TaskLimitArgs {
     pub(crate) callback_schemes: Vec<String>,
 }
 
-/// Limits only a control plane has: its cluster, schedules and dashboard.
+/// Bounds only a control plane has: its cluster, schedules and dashboard.
 #[derive(Args)]
-pub(crate) struct ClusterLimitArgs {
+pub(crate) struct ClusterBoundArgs {
     /// Bytes of results the result cache may hold; the least recently used go first.
     #[arg(long, env = "FASTWORKER_RESULT_CACHE_BYTES", default_value_t = 256 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(range::CACHED_BYTES))]
@@ -108,47 +108,47 @@ pub(crate) struct ClusterLimitArgs {
     pub(crate) gui_max_waits: Option<u64>,
 }
 
-/// The limits the flags set; a subworker (no `cluster`) keeps the defaults
+/// The bounds the flags set; a subworker (no `cluster`) keeps the defaults
 /// of what it does not have, and serves `contexts` requests per port.
-pub(crate) fn limits(task: &TaskLimitArgs, cluster: Option<&ClusterLimitArgs>, contexts: usize) -> Limits {
-    let defaults = Limits::default();
-    let mut limits = Limits {
-        max_frame_bytes: task.max_frame_bytes as usize,
+pub(crate) fn bounds(process: &BoundArgs, cluster: Option<&ClusterBoundArgs>, contexts: usize) -> Bounds {
+    let defaults = Bounds::default();
+    let mut bounds = Bounds {
+        max_frame_bytes: process.max_frame_bytes as usize,
         contexts_per_port: contexts,
-        max_requests_per_connection: task.max_requests_per_connection as usize,
-        reply_timeout: task.reply_timeout,
-        max_queued_tasks: task.max_queued_tasks as usize,
-        max_queued_bytes: task.max_queued_bytes,
-        queue_share_percent: task.queue_share as u8,
-        max_countdown: task.max_countdown,
-        max_retries: task.max_retries as u32,
-        callback_concurrency: task.callback_concurrency as usize,
-        callback_queue: task.callback_queue as usize,
-        callback_timeout: task.callback_timeout,
-        callback_schemes: task.callback_schemes.clone(),
+        max_requests_per_connection: process.max_requests_per_connection as usize,
+        reply_timeout: process.reply_timeout,
+        max_queued_tasks: process.max_queued_tasks as usize,
+        max_queued_bytes: process.max_queued_bytes,
+        queue_share_percent: process.queue_share as u8,
+        max_countdown: process.max_countdown,
+        max_retries: process.max_retries as u32,
+        callback_concurrency: process.callback_concurrency as usize,
+        callback_queue: process.callback_queue as usize,
+        callback_timeout: process.callback_timeout,
+        callback_schemes: process.callback_schemes.clone(),
         ..defaults
     };
     if cluster.is_none() {
         // A subworker's main client is its control plane, on one connection
         // carrying up to every slot it registered.
-        limits.max_requests_per_connection = limits.max_requests_per_connection.max(contexts);
+        bounds.max_requests_per_connection = bounds.max_requests_per_connection.max(contexts);
     }
     if let Some(cluster) = cluster {
-        limits.contexts_per_port = cluster.contexts_per_port as usize;
-        limits.max_cached_bytes = cluster.result_cache_bytes;
-        limits.max_subworker_run = cluster.max_subworker_run;
-        limits.max_subworkers = cluster.max_subworkers as usize;
-        limits.max_subworker_slots = cluster.max_subworker_slots as usize;
-        limits.max_pending_registrations = cluster.max_pending_registrations as usize;
-        limits.max_offered_tasks = cluster.max_offered_tasks as usize;
-        limits.max_schedules = cluster.max_schedules as usize;
-        limits.min_schedule_period = cluster.min_schedule_period;
-        limits.gui_max_connections = cluster.gui_max_connections as usize;
-        limits.gui_header_timeout = cluster.gui_header_timeout;
-        let quarter = (limits.gui_max_connections / 4).max(1);
-        limits.gui_max_waits = cluster.gui_max_waits.map_or(quarter, |n| n as usize);
+        bounds.contexts_per_port = cluster.contexts_per_port as usize;
+        bounds.max_cached_bytes = cluster.result_cache_bytes;
+        bounds.max_subworker_run = cluster.max_subworker_run;
+        bounds.max_subworkers = cluster.max_subworkers as usize;
+        bounds.max_subworker_slots = cluster.max_subworker_slots as usize;
+        bounds.max_pending_registrations = cluster.max_pending_registrations as usize;
+        bounds.max_offered_tasks = cluster.max_offered_tasks as usize;
+        bounds.max_schedules = cluster.max_schedules as usize;
+        bounds.min_schedule_period = cluster.min_schedule_period;
+        bounds.gui_max_connections = cluster.gui_max_connections as usize;
+        bounds.gui_header_timeout = cluster.gui_header_timeout;
+        let quarter = (bounds.gui_max_connections / 4).max(1);
+        bounds.gui_max_waits = cluster.gui_max_waits.map_or(quarter, |n| n as usize);
     }
-    limits
+    bounds
 }
 
 /// A clap parser for a number of seconds between `bounds` (inclusive).
