@@ -69,6 +69,14 @@ impl CrashWatch {
         }
     }
 
+    /// The ids of the watched worker processes, for `/readyz`.
+    pub(crate) fn worker_ids(&self) -> Vec<String> {
+        let runs = self.runs.lock().expect("crash watch lock");
+        let mut ids: Vec<String> = runs.carried.keys().cloned().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// The crashes counted per task name, for `/metrics`.
     pub(crate) fn crashes_by_task(&self) -> Vec<(String, u64)> {
         let runs = self.runs.lock().expect("crash watch lock");
