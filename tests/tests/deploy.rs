@@ -102,3 +102,23 @@ fn the_units_keep_their_security_options() {
         assert!(text.lines().any(|l| l == wanted), "the control plane's unit lacks {wanted}");
     }
 }
+
+#[test]
+fn the_example_environment_files_name_only_variables_the_commands_read() {
+    let help = |command: &[&str]| {
+        let mut run = Command::new(fastworker_bin());
+        run.args(command).arg("--help");
+        stdout(&output_within(run, Duration::from_secs(30)))
+    };
+    let general = help(&[]);
+    for (file, command) in [("control-plane.env", "control-plane"), ("subworker.env", "subworker")] {
+        let known = format!("{general}{}", help(&[command]));
+        for line in unit(file).lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let (variable, _) = line.split_once('=').unwrap_or_else(|| panic!("{file}: not VARIABLE=VALUE: {line}"));
+            let named = [format!("env: {variable}="), format!("env: {variable}]"), format!("  {variable} ")]
+                .iter()
+                .any(|shown| known.contains(shown.as_str()));
+            assert!(named, "{file}: fastworker {command} reads no {variable}");
+        }
+    }
+}
