@@ -12,6 +12,7 @@ use cli::client::{
     SubmitArgs,
 };
 use cli::keys::{keygen, KeygenArgs};
+use cli::logging::LogFormat;
 use cli::plugins::{list, ListArgs};
 use cli::serve::{run_control_plane, run_subworker, ControlPlaneArgs, SubworkerArgs};
 use cli::task_limits::{client_args, limits, LimitsArgs};
@@ -30,9 +31,13 @@ pub(crate) const EXIT_UNREACHABLE: u8 = 3;
 #[command(
     name = "fastworker",
     version,
-    about = "A brokerless task runtime: control plane, subworkers and client in one binary."
+    about = "A brokerless task runtime: control plane, subworkers and client in one binary.",
+    after_help = cli::logging::ENVIRONMENT_HELP
 )]
 struct Cli {
+    /// How log lines are written to standard error: text (coloured only on a terminal) or json (one object a line).
+    #[arg(long, global = true, env = cli::logging::FORMAT_VAR, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,12 +73,14 @@ enum Command {
 fn main() -> ExitCode {
     fastworker_plugin_sdk::panic_hook::install();
     let cli = Cli::parse();
-    let filter =
-        std::env::var("FASTWORKER_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
+    if cli.log_format == LogFormat::Json {
+        // The worker processes this one starts log as it does (still one
+        // thread here: nothing reads the environment meanwhile).
+        std::env::set_var(cli::logging::FORMAT_VAR, "json");
+    }
+    if let Err(error) = cli::logging::init(cli.log_format) {
+        return fail(EXIT_USAGE, error);
+    }
     match cli.command {
         Command::ControlPlane(args) => run_control_plane(args),
         Command::List(args) => list(args),

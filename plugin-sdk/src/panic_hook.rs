@@ -17,7 +17,8 @@ pub fn install() {
     INSTALLED.call_once(|| std::panic::set_hook(Box::new(report)));
 }
 
-/// Writes `thread 'NAME' panicked at FILE:LINE:COLUMN: MESSAGE` to stderr.
+/// Writes `thread 'NAME' panicked at FILE:LINE:COLUMN: MESSAGE` to stderr,
+/// or, when `FASTWORKER_LOG_FORMAT=json`, one JSON object at level `ERROR`.
 fn report(info: &PanicHookInfo<'_>) {
     let payload = info.payload();
     let message = payload
@@ -27,8 +28,20 @@ fn report(info: &PanicHookInfo<'_>) {
         .unwrap_or("panic with a non-string payload");
     let thread = std::thread::current();
     let name = thread.name().unwrap_or("<unnamed>");
-    match info.location() {
-        Some(at) => eprintln!("thread '{name}' panicked at {}:{}:{}: {message}", at.file(), at.line(), at.column()),
+    let at = info.location().map(|at| format!("{}:{}:{}", at.file(), at.line(), at.column()));
+    if std::env::var_os("FASTWORKER_LOG_FORMAT").is_some_and(|format| format == "json") {
+        // One object a line, as the host's JSON log lines are.
+        let line = serde_json::json!({
+            "level": "ERROR",
+            "target": "panic",
+            "message": message,
+            "thread": name,
+            "location": at,
+        });
+        return eprintln!("{line}");
+    }
+    match at {
+        Some(at) => eprintln!("thread '{name}' panicked at {at}: {message}"),
         None => eprintln!("thread '{name}' panicked: {message}"),
     }
 }

@@ -251,7 +251,7 @@ fn the_openapi_document_matches_the_routes() {
             );
         }
     }
-    assert_eq!(operations, 11, "{document}");
+    assert_eq!(operations, 13, "{document}");
     // And what is not described is not served (the host's unit test holds
     // the router's list and the document equal).
     for (method, path) in

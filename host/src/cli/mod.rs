@@ -4,6 +4,7 @@
 pub(crate) mod bounds;
 pub(crate) mod client;
 pub(crate) mod keys;
+pub(crate) mod logging;
 pub(crate) mod plugins;
 pub(crate) mod serve;
 pub(crate) mod task_limits;

@@ -1,5 +1,6 @@
 //! The management dashboard: a live web page, a JSON API under `/api/`,
-//! server-sent events on `/api/events` and Prometheus metrics on `/metrics`,
+//! server-sent events on `/api/events`, Prometheus metrics on `/metrics` and
+//! the health checks `/healthz` and `/readyz`,
 //! served by the control plane on `--gui-host`/`--gui-port`. The page's
 //! assets are compiled into the binary; nothing is fetched at run time.
 //!
@@ -14,6 +15,7 @@ mod connections;
 mod error;
 mod events;
 mod followed;
+mod health;
 mod hosts;
 mod metrics;
 mod openapi;
@@ -251,6 +253,8 @@ fn task_api_routes() -> Vec<(Method, &'static str, axum::routing::MethodRouter<A
         (Method::GET, "/api/v1/workflows/{id}/wait", get(followed::wait::<WorkflowReport>)),
         (Method::POST, "/api/v1/workflows/{id}/cancel", post(followed::cancel::<WorkflowReport>)),
         (Method::GET, "/api/openapi.json", get(openapi::serve)),
+        (Method::GET, "/healthz", get(health::healthz)),
+        (Method::GET, "/readyz", get(health::readyz)),
     ]
 }
 

@@ -134,6 +134,8 @@ mod tests {
             "/api/events",
             "/api/v1/registered-tasks",
             "/api/openapi.json",
+            "/healthz",
+            "/readyz",
         ];
         for path in anyone {
             assert_eq!(Access::of(&Method::GET, path), Access::Anyone, "GET {path}");

@@ -10,9 +10,9 @@
 //! against the rate too).
 
 use crate::wire::protocol::FailureKind;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
-use super::{Alarm, Effects, Ending, Ledger};
+use super::{Alarm, Effects, Ending, Ledger, LiveTask};
 use crate::cluster::task_limits::TaskLimits;
 use crate::wire::protocol::{TaskError, TaskId, TaskState};
 
@@ -185,7 +185,7 @@ impl<W, L> Ledger<W, L> {
             Err(error) if error.kind != FailureKind::BadArguments && task.failures < task.plan.retry.max_retries => {
                 task.failures += 1;
                 let delay = task.plan.retry.delay_after(task.failures);
-                debug!(%task_id, attempt, delay_ms = delay, error = %error.message, "run failed; retrying after the backoff");
+                log_failure(task, &error, format_args!("run failed; retried after {delay} ms"));
                 task.report.state = TaskState::Retrying;
                 task.report.error = Some(error);
                 let due = now.saturating_add(delay);
@@ -196,7 +196,7 @@ impl<W, L> Ledger<W, L> {
                 self.arm_task_limits(now, io);
             }
             Err(error) => {
-                debug!(%task_id, attempt, error = %error.message, "task failed");
+                log_failure(task, &error, format_args!("task failed"));
                 self.finish(task_id, Ending::Failed(error), started_ms, now, io);
             }
         }
@@ -216,8 +216,26 @@ impl<W, L> Ledger<W, L> {
             task.plan.timeout_ms as f64 / 1000.0,
             report.worker
         );
-        warn!(%task_id, "{message}");
+        warn!(%task_id, task = %report.task_name, worker = %report.worker, run = attempt, "{message}");
         let error = TaskError { kind: FailureKind::Error, message };
         self.finish(task_id, Ending::TimedOut(error), None, now, io);
+    }
+}
+
+/// Logs a failed run where its task lives: at ERROR for a panic, else at
+/// WARN, with the task's id and name, the worker that ran it, the run's
+/// number and the failure's message. A subworker logs its runs for a
+/// control plane at DEBUG only: the control plane logs them when their
+/// outcome reaches it, so that each failure is one line at its level.
+fn log_failure<W>(task: &LiveTask<W>, failure: &TaskError, what: std::fmt::Arguments<'_>) {
+    let report = &task.report;
+    let (task_id, name, worker, run) = (report.task_id, &report.task_name, &report.worker, report.attempts);
+    let (kind, message) = (failure.kind.as_str(), &failure.message);
+    if task.lease.is_some() {
+        debug!(%task_id, task = %name, %worker, run, kind, error = %message, "{what}");
+    } else if failure.kind == FailureKind::Panic {
+        error!(%task_id, task = %name, %worker, run, kind, error = %message, "{what}: the task panicked");
+    } else {
+        warn!(%task_id, task = %name, %worker, run, kind, error = %message, "{what}");
     }
 }

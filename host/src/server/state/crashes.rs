@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use rustc_hash::{FxHashMap, FxHashSet};
-use tracing::{error, warn};
+use tracing::error;
 
 use super::{now_ms, Outbox, State};
 use crate::wire::protocol::TaskId;
@@ -69,6 +69,14 @@ impl CrashWatch {
         }
     }
 
+    /// The ids of the watched worker processes, for `/readyz`.
+    pub(crate) fn worker_ids(&self) -> Vec<String> {
+        let runs = self.runs.lock().expect("crash watch lock");
+        let mut ids: Vec<String> = runs.carried.keys().cloned().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// The crashes counted per task name, for `/metrics`.
     pub(crate) fn crashes_by_task(&self) -> Vec<(String, u64)> {
         let runs = self.runs.lock().expect("crash watch lock");
@@ -102,7 +110,7 @@ impl State {
         watch.crashes.fetch_add(1, Ordering::Relaxed);
         let poisoned = watch.died(worker_id);
         if poisoned.is_empty() {
-            warn!(worker = worker_id, "worker process died ({how}); its runs are sent again");
+            error!(worker = worker_id, "worker process died ({how}); its runs are sent again");
             return;
         }
         let mut outbox = Outbox::default();

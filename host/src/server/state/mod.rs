@@ -22,6 +22,7 @@
 //! | `limited.rs` | the cluster-wide task limits changed at run time |
 //! | `workflows.rs`, `workflow_views.rs` | workflows, whose members are tasks here |
 //! | `views.rs` | what the dashboard and `/metrics` read |
+//! | `readiness.rs` | what `/readyz` reports |
 //! | `crashes.rs` | the runs of this control plane's worker processes, and the tasks whose runs crash them |
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +65,7 @@ mod driver;
 mod durable;
 mod limited;
 mod links;
+pub(crate) mod readiness;
 mod restore;
 mod shutdown;
 mod views;
