@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use fastworker_tests::http::{control_plane_with_api as control_plane, post_json as post};
 use fastworker_tests::http::{get, request, request_with_body, Response};
-use fastworker_tests::{runtime, Process};
+use fastworker_tests::{run_cli, runtime, Process};
 use serde_json::{json, Value};
 
 const KEY: &str = "http-api-test-key";
@@ -330,4 +330,21 @@ fn unknown_paths_wrong_methods_and_big_bodies_answer_in_the_api_error_shape() {
     // The page's own API keeps its documented flat shape (docs/dashboard.md).
     let page = request("GET", &format!("{gui}/api/nothing"), &[]).json();
     assert_eq!((page["error"].as_str(), page["message"].is_string()), (Some("not_found"), true), "{page}");
+}
+
+#[test]
+fn the_cli_prints_a_task_in_the_apis_shape() {
+    let (cp, gui) = control_plane(&[]);
+    for (submission, state) in [
+        (json!({"task": "add", "args": [20, 22], "wait_ms": 10_000}), "succeeded"),
+        (json!({"task": "divide", "args": [1, 0], "wait_ms": 10_000}), "failed"),
+    ] {
+        let over_http = post(&format!("{gui}/api/v1/tasks"), &submission, &[]).json();
+        assert_eq!(over_http["state"], state, "{over_http}");
+        let id = over_http["task_id"].as_str().unwrap();
+        let printed = run_cli(&["status", "--address", &cp.address, "--task-id", id]);
+        let printed: Value = serde_json::from_slice(&printed.stdout).expect("fastworker status prints JSON");
+        // One shape, one value: the same keys with the same contents.
+        assert_eq!(printed, over_http);
+    }
 }

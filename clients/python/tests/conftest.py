@@ -48,12 +48,19 @@ def free_ports(count):
 
 
 class ControlPlane:
-    """A `fastworker control-plane` child process, killed by `stop`."""
+    """A `fastworker control-plane` child process, killed by `stop`; with
+    `gui`, its dashboard and HTTP API serve at `self.gui` (an http:// URL)."""
 
-    def __init__(self, extra=(), plugins=True, key=None):
+    def __init__(self, extra=(), plugins=True, key=None, gui=False):
         for _attempt in range(5):
             self.address = f"tcp://127.0.0.1:{free_ports(6)}"
-            args = [str(BIN), "control-plane", "--base-address", self.address, "--no-gui"]
+            args = [str(BIN), "control-plane", "--base-address", self.address]
+            if gui:
+                gui_port = free_ports(1)
+                self.gui = f"http://127.0.0.1:{gui_port}"
+                args += ["--gui-host", "127.0.0.1", "--gui-port", str(gui_port)]
+            else:
+                args.append("--no-gui")
             if plugins:
                 args += ["--task-modules", str(PLUGIN)]
             args += list(extra)

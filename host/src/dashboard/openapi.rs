@@ -36,4 +36,41 @@ mod tests {
             .collect();
         assert_eq!(described, served, "openapi.json and the router differ");
     }
+
+    /// What generators choke on is absent: no list of types (a `oneOf`
+    /// instead), no enum without its type; and every operation names the
+    /// one error response for 404 and 405, and for 413 when it takes a body.
+    #[test]
+    fn the_document_is_one_generators_accept() {
+        fn walk(at: &str, node: &serde_json::Value) {
+            match node {
+                serde_json::Value::Object(map) => {
+                    assert!(!map.get("type").is_some_and(|t| t.is_array()), "{at}: a list of types");
+                    if map.contains_key("enum") {
+                        assert!(map.get("type").is_some_and(|t| t.is_string()), "{at}: an enum without a type");
+                    }
+                    for (key, value) in map {
+                        walk(&format!("{at}/{key}"), value);
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|item| walk(at, item)),
+                _ => {}
+            }
+        }
+        let document: serde_json::Value = serde_json::from_str(super::DOCUMENT).expect("openapi.json is JSON");
+        walk("", &document);
+        let error = serde_json::json!({ "$ref": "#/components/responses/Error" });
+        for (path, item) in document["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("a path item") {
+                let responses = &operation["responses"];
+                let mut codes = vec!["404", "405"];
+                if operation.get("requestBody").is_some() {
+                    codes.push("413");
+                }
+                for code in codes {
+                    assert_eq!(responses[code], error, "{method} {path} {code}");
+                }
+            }
+        }
+    }
 }

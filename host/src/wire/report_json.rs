@@ -15,7 +15,7 @@ pub struct TaskReportJson {
     /// The task's name.
     pub task: String,
     /// `scheduled`, `queued`, `running`, `retrying`, `succeeded`, `failed`,
-    /// `timed_out`, `cancelled` or `crashed` (docs/lifecycle.md).
+    /// `timed_out` or `cancelled` (docs/lifecycle.md).
     pub state: String,
     /// Whether the state is final.
     pub finished: bool,
@@ -40,7 +40,7 @@ pub struct TaskReportJson {
 /// Why a task did not succeed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureJson {
-    /// `error`, `panic`, `bad_arguments`, `timeout`, `crashed`...
+    /// `error`, `panic`, `bad_arguments` or `crashed`.
     pub kind: String,
     /// The task's own message, or the host's.
     pub message: String,
