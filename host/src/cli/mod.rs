@@ -1,7 +1,9 @@
 //! The command line's subcommands, one concern per file; `main.rs` parses
 //! and dispatches.
 
+pub(crate) mod arguments;
 pub(crate) mod client;
+pub(crate) mod help;
 pub(crate) mod keys;
 pub(crate) mod limits;
 pub(crate) mod plugins;
