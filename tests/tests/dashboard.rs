@@ -513,10 +513,18 @@ fn the_page_shows_running_apart_from_prefetched_as_the_api_counts_them() {
     let gui = cp.gui.clone().expect("a dashboard URL");
     let mut browser = Browser::start(&chromium);
     browser.navigate(&format!("{gui}/"));
-    // No empty notice before the first data (checked as soon as the page
-    // runs, then once the data came).
-    assert_eq!(browser.eval("document.querySelector('#no-tasks').hidden"), true, "'No task yet.' before the data");
+    // No empty notice before the first data: the page comes with it hidden,
+    // and once the list has come it says whether there are rows.
+    let served = get(&format!("{gui}/")).text();
+    for notice in ["no-tasks", "no-workers", "no-workflows", "no-limits", "no-schedules"] {
+        assert!(served.contains(&format!(r#"<p id="{notice}" class="muted" hidden>"#)), "#{notice} is shown at first");
+    }
     assert!(browser.wait_for("window.fastworker.live === true", Duration::from_secs(10)));
+    assert!(browser.wait_for(
+        "document.querySelector('#tasks-count').textContent.includes('kept') && \
+         document.querySelector('#no-tasks').hidden === (document.querySelectorAll('#tasks tbody tr').length > 0)",
+        Duration::from_secs(10)
+    ));
 
     // 20 runs of 8 s: 4 start (2 threads × 2), 8 wait prefetched, 8 queued.
     let rt = runtime();
