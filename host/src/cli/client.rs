@@ -188,7 +188,10 @@ pub(crate) fn client_failure(error: ClientError) -> ExitCode {
 
 /// The parameters of `task_name` as the control plane describes them;
 /// `None` when it has no schema for it or does not say (a key whose role
-/// may not list tasks): the arguments are then sent as they read.
+/// may not list tasks): the arguments are then sent as they read. Nothing
+/// listening on the result port is left for the submission to report, on
+/// the port it uses (a refused connection is known at once); a silent
+/// control plane ends the command here, within one `--timeout`.
 async fn parameters(client: &Client, task_name: &str) -> Result<Option<Parameters>, ExitCode> {
     match client.tasks().await {
         Ok(tasks) => Ok(tasks
@@ -196,12 +199,19 @@ async fn parameters(client: &Client, task_name: &str) -> Result<Option<Parameter
             .find(|task| task.name == task_name)
             .and_then(|task| task.args_schema.as_deref())
             .and_then(Parameters::from_schema)),
-        Err(ClientError::Refused(_)) => Ok(None),
+        Err(ClientError::Refused(_) | ClientError::Unreachable { .. }) => Ok(None),
         Err(error) => Err(client_failure(error)),
     }
 }
 
 pub(crate) async fn submit(client: Client, args: SubmitArgs) -> ExitCode {
+    let callback_data = match &args.callback_data {
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(value) => value.to_string().into_bytes(),
+            Err(error) => return fail(EXIT_USAGE, format_args!("--callback-data is not JSON: {error}")),
+        },
+        None => Vec::new(),
+    };
     let schema = if args.args.is_empty() && args.kwargs.is_empty() {
         None
     } else {
@@ -213,13 +223,6 @@ pub(crate) async fn submit(client: Client, args: SubmitArgs) -> ExitCode {
     let json_args = match arguments(&args.task_name, schema.as_ref(), &args.args, &args.kwargs) {
         Ok(values) => serde_json::to_vec(&values).expect("JSON"),
         Err(error) => return fail(EXIT_USAGE, error),
-    };
-    let callback_data = match &args.callback_data {
-        Some(text) => match serde_json::from_str::<Value>(text) {
-            Ok(value) => value.to_string().into_bytes(),
-            Err(error) => return fail(EXIT_USAGE, format_args!("--callback-data is not JSON: {error}")),
-        },
-        None => Vec::new(),
     };
     let options = SubmitOptions {
         priority: args.priority,
