@@ -11,6 +11,7 @@ use cli::client::{
     block_on, cancel, connect, schedules, status, submit, workers, CancelArgs, ClientArgs, SchedulesArgs, StatusArgs,
     SubmitArgs,
 };
+use cli::help;
 use cli::keys::{keygen, KeygenArgs};
 use cli::logging::LogFormat;
 use cli::plugins::{list, ListArgs};
@@ -47,26 +48,37 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load task plugins and serve tasks on the priority ports.
+    #[command(after_help = help::CONTROL_PLANE)]
     ControlPlane(ControlPlaneArgs),
     /// List the tasks of plugins without starting anything.
+    #[command(after_help = help::LIST)]
     List(ListArgs),
     /// Submit a task and print its result (or, with --non-blocking, its id).
+    #[command(after_help = help::SUBMIT)]
     Submit(SubmitArgs),
     /// Print the state, result or error of a task.
+    #[command(after_help = help::STATUS)]
     Status(StatusArgs),
     /// Cancel a task: one not yet started never runs; a running one is asked to stop.
+    #[command(after_help = help::CANCEL)]
     Cancel(CancelArgs),
     /// Join a control plane and run the tasks of its own plugins for it.
+    #[command(after_help = help::SUBWORKER)]
     Subworker(SubworkerArgs),
     /// Print the control plane's subworkers and their health as JSON.
+    #[command(after_help = help::WORKERS)]
     Workers(ClientArgs),
     /// Print the periodic tasks of a running control plane (last run, outcome, next run, skips) as JSON.
+    #[command(after_help = help::SCHEDULES)]
     Schedules(SchedulesArgs),
     /// Write a new cluster key, or a role key (operator, client, worker) derived from one.
+    #[command(after_help = help::KEYGEN)]
     Keygen(KeygenArgs),
     /// List, set or clear the cluster-wide task limits of a running control plane (docs/limits.md).
+    #[command(after_help = help::LIMITS)]
     Limits(LimitsArgs),
     /// Submit, inspect, wait for or cancel a workflow (chains, groups, chords of tasks).
+    #[command(after_help = help::WORKFLOW)]
     Workflow(WorkflowArgs),
 }
 

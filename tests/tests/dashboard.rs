@@ -494,3 +494,130 @@ fn the_page_shows_the_cluster_live_in_a_browser() {
     load.join().unwrap();
     println!("browser test took {:.1} s", started.elapsed().as_secs_f64());
 }
+
+/// The page's numbers under a load that keeps subworkers prefetching: the
+/// Queues card and the subworker rows show runs started apart from runs
+/// only sent ahead, and they are the API's numbers.
+#[test]
+fn the_page_shows_running_apart_from_prefetched_as_the_api_counts_them() {
+    let Some(chromium) = chromium_or_opted_out("the_page_shows_running_apart_from_prefetched_as_the_api_counts_them")
+    else {
+        return;
+    };
+    // No thread on the control plane: every run goes to the two subworkers,
+    // two threads and four prefetched runs each.
+    let cp = Process::control_plane_with_gui(&["example-tasks"], &["--no-discovery", "--concurrency", "0"], &[]);
+    let worker = ["--heartbeat-interval", "0.5", "--concurrency", "2", "--prefetch", "4"];
+    let _sw1 = Process::subworker(&cp, "sw1", &["example-tasks"], &worker);
+    let _sw2 = Process::subworker(&cp, "sw2", &["example-tasks"], &worker);
+    let gui = cp.gui.clone().expect("a dashboard URL");
+    let mut browser = Browser::start(&chromium);
+    browser.navigate(&format!("{gui}/"));
+    // No empty notice before the first data: the page comes with it hidden,
+    // and once the list has come it says whether there are rows.
+    let served = get(&format!("{gui}/")).text();
+    for notice in ["no-tasks", "no-workers", "no-workflows", "no-limits", "no-schedules"] {
+        assert!(served.contains(&format!(r#"<p id="{notice}" class="muted" hidden>"#)), "#{notice} is shown at first");
+    }
+    assert!(browser.wait_for("window.fastworker.live === true", Duration::from_secs(10)));
+    assert!(browser.wait_for(
+        "document.querySelector('#tasks-count').textContent.includes('kept') && \
+         document.querySelector('#no-tasks').hidden === (document.querySelectorAll('#tasks tbody tr').length > 0)",
+        Duration::from_secs(10)
+    ));
+
+    // 20 runs of 8 s: 4 start (2 threads × 2), 8 wait prefetched, 8 queued.
+    let rt = runtime();
+    let client = cp.client();
+    for _ in 0..20 {
+        rt.block_on(client.delay("sleep_ms", (8000,), SubmitOptions::default())).unwrap();
+    }
+    let page = r#"(() => {
+        const cell = (sel) => Number(document.querySelector(sel)?.textContent ?? NaN);
+        const workers = {};
+        for (const row of document.querySelectorAll('#workers tbody tr')) {
+            workers[row.dataset.workerId] = [Number(row.querySelector('[data-col=running]').dataset.value),
+                Number(row.querySelector('[data-col=prefetched]').dataset.value)];
+        }
+        return JSON.stringify({
+            queued: cell('#queues tr[data-priority=all] [data-col=queued]'),
+            running: cell('#queues tr[data-priority=all] [data-col=running]'),
+            prefetched: cell('#queues tr[data-priority=all] [data-col=prefetched]'),
+            workers });
+    })()"#;
+    let api = || {
+        let status = get(&format!("{gui}/api/status")).json();
+        let sum = |column: &str| -> u64 {
+            ["critical", "high", "normal", "low"].iter().map(|p| status["queues"][p][column].as_u64().unwrap()).sum()
+        };
+        let workers: serde_json::Map<String, Value> = status["workers"]["subworkers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| (w["worker_id"].as_str().unwrap().to_string(), json!([w["running"], w["prefetched"]])))
+            .collect();
+        json!({ "queued": sum("queued"), "running": sum("running"), "prefetched": sum("prefetched"), "workers": workers })
+    };
+    // The page follows the state about every second; while the first four
+    // runs go on (8 s), the numbers hold still and must match.
+    let expected = json!({ "queued": 8, "running": 4, "prefetched": 8,
+        "workers": { "sw1": [2, 4], "sw2": [2, 4] } });
+    let mut last = (Value::Null, Value::Null);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let matched = loop {
+        let shown: Value = serde_json::from_str(browser.eval(page).as_str().unwrap()).unwrap();
+        let answered = api();
+        if shown == answered && shown == expected {
+            break true;
+        }
+        let shown_running = shown["running"].as_u64().unwrap_or(0);
+        assert!(shown_running <= 4, "more runs shown running than there are threads: {shown}");
+        last = (shown, answered);
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(matched, "the page showed {} while the API answered {} (expected {expected})", last.0, last.1);
+    // The labels say what each count is.
+    let workers_text = browser.eval("document.querySelector('#workers tr[data-worker-id=\"sw1\"]').innerText");
+    assert!(workers_text.as_str().unwrap().contains("2 of 2 threads"), "{workers_text}");
+    // (A periodic example task may add its runs meanwhile: at least the 20.)
+    let labelled = "(() => { const m = /^\\((\\d+) shown · (\\d+) kept · (\\d+) submitted since start\\)$/\
+        .exec(document.querySelector('#tasks-count').textContent); return !!m && Number(m[1]) >= 20 && \
+        m[1] === m[2] && Number(m[3]) >= Number(m[2]); })()";
+    assert!(
+        browser.wait_for(labelled, Duration::from_secs(5)),
+        "{}",
+        browser.eval("document.querySelector('#tasks-count').textContent")
+    );
+    // Ids differ on the page even when made in the same millisecond.
+    let ids = "new Set([...document.querySelectorAll('#tasks tbody td.id')].map(c => c.textContent)).size === \
+        document.querySelectorAll('#tasks tbody tr').length";
+    assert_eq!(browser.eval(ids), true, "the shown ids are not all different");
+    // The name filter.
+    assert!(browser.wait_for(
+        "[...document.querySelectorAll('#name-filter option')].some(o => o.value === 'sleep_ms')",
+        Duration::from_secs(5)
+    ));
+    browser.eval("{ const f = document.querySelector('#name-filter'); f.value = 'add'; f.dispatchEvent(new Event('change')); } true");
+    assert!(
+        browser.wait_for(
+            "document.querySelectorAll('#tasks tbody tr').length === 0 && !document.querySelector('#no-tasks').hidden",
+            Duration::from_secs(5)
+        ),
+        "filtering by another name still shows rows"
+    );
+    // The example's periodic tasks are listed with their schedules.
+    assert!(
+        browser
+            .wait_for("document.querySelector('#schedules tr[data-task=\"tick\"]') !== null", Duration::from_secs(5)),
+        "{}",
+        browser.eval("document.querySelector('#schedules-card').innerText")
+    );
+    // The task limits are shown (limited_running declares one).
+    assert!(browser.wait_for(
+        "document.querySelector('#task-limits tr[data-task=\"limited_running\"]') !== null",
+        Duration::from_secs(5)
+    ));
+}

@@ -80,14 +80,21 @@ fn an_unknown_task_is_named_in_the_error() {
 #[test]
 fn arguments_that_do_not_fit_name_the_task_and_the_problem() {
     let cp = both_plugins();
+    // The command line knows the task's schema and refuses before sending
+    // (command_line.rs); the plugin's own messages are for other clients.
     let output = submit(&cp, &["--task-name", "add", "--args", "1"]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("task 'add(x, y)' takes 2 argument(s), but 1 were given"), "{}", stderr(&output));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("task 'add' needs argument(s) y"), "{}", stderr(&output));
+    let client = cp.client();
+    let refused = runtime().block_on(client.call::<i64>("add", (1,))).unwrap_err().to_string();
+    assert!(refused.contains("task 'add(x, y)' takes 2 argument(s), but 1 were given"), "{refused}");
 
     let output = submit(&cp, &["--task-name", "add", "--args", "1", "two"]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     let message = stderr(&output);
-    assert!(message.contains("argument 'y' of task 'add'") && message.contains("expected i64"), "{message}");
+    assert!(message.contains("argument 'y' of task 'add' is an integer; 'two' is not"), "{message}");
+    let refused = runtime().block_on(client.call::<i64>("add", (1, "two"))).unwrap_err().to_string();
+    assert!(refused.contains("argument 'y' of task 'add'") && refused.contains("expected i64"), "{refused}");
 
     let output = submit(&cp, &["--task-name", "midpoint", "--args", "{\"x\":1}", "{\"x\":1,\"y\":2}"]);
     assert!(stderr(&output).contains("argument 'a' of task 'midpoint'"), "{}", stderr(&output));

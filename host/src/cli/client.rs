@@ -13,6 +13,7 @@ use fastworker::wire::report_json::TaskReportJson;
 use fastworker::{Priority, TaskId, DEFAULT_BASE_ADDRESS};
 use serde_json::{json, Value};
 
+use crate::cli::arguments::{arguments, Parameters};
 use crate::cli::bounds::seconds_in;
 use crate::cli::keys::CredentialArgs;
 use crate::{fail, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE};
@@ -53,9 +54,13 @@ pub(crate) struct SubmitArgs {
     /// Name of the task.
     #[arg(long)]
     pub(crate) task_name: String,
-    /// Arguments, each a JSON value (5, "text", {"a":1}); a bare word is a string.
+    /// Arguments in order, each read as its parameter's type in the task's schema (8080 is a string for
+    /// a String parameter, a number for an integer one); JSON for arrays and objects ({"x":1}).
     #[arg(long, num_args = 0.., allow_negative_numbers = true)]
     pub(crate) args: Vec<String>,
+    /// Arguments by parameter name, read like --args (repeatable): --kwargs text=hello times=3.
+    #[arg(long, value_name = "NAME=VALUE", num_args = 1.., allow_negative_numbers = true)]
+    pub(crate) kwargs: Vec<String>,
     /// critical, high, normal or low (default: the task's declared priority).
     #[arg(long, value_parser = parse_priority)]
     pub(crate) priority: Option<Priority>,
@@ -182,20 +187,43 @@ pub(crate) fn client_failure(error: ClientError) -> ExitCode {
     fail(code, error)
 }
 
-/// A command-line argument as JSON: a JSON value if it parses, else a string.
-pub(crate) fn argument_value(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+/// The parameters of `task_name` as the control plane describes them;
+/// `None` when it has no schema for it or does not say (a key whose role
+/// may not list tasks): the arguments are then sent as they read. Nothing
+/// listening on the result port is left for the submission to report, on
+/// the port it uses (a refused connection is known at once); a silent
+/// control plane ends the command here, within one `--timeout`.
+async fn parameters(client: &Client, task_name: &str) -> Result<Option<Parameters>, ExitCode> {
+    match client.tasks().await {
+        Ok(tasks) => Ok(tasks
+            .iter()
+            .find(|task| task.name == task_name)
+            .and_then(|task| task.args_schema.as_deref())
+            .and_then(Parameters::from_schema)),
+        Err(ClientError::Refused(_) | ClientError::Unreachable { .. }) => Ok(None),
+        Err(error) => Err(client_failure(error)),
+    }
 }
 
 pub(crate) async fn submit(client: Client, args: SubmitArgs) -> ExitCode {
-    let values: Vec<Value> = args.args.iter().map(|a| argument_value(a)).collect();
-    let json_args = serde_json::to_vec(&values).expect("JSON");
     let callback_data = match &args.callback_data {
         Some(text) => match serde_json::from_str::<Value>(text) {
             Ok(value) => value.to_string().into_bytes(),
             Err(error) => return fail(EXIT_USAGE, format_args!("--callback-data is not JSON: {error}")),
         },
         None => Vec::new(),
+    };
+    let schema = if args.args.is_empty() && args.kwargs.is_empty() {
+        None
+    } else {
+        match parameters(&client, &args.task_name).await {
+            Ok(schema) => schema,
+            Err(code) => return code,
+        }
+    };
+    let json_args = match arguments(&args.task_name, schema.as_ref(), &args.args, &args.kwargs) {
+        Ok(values) => serde_json::to_vec(&values).expect("JSON"),
+        Err(error) => return fail(EXIT_USAGE, error),
     };
     let options = SubmitOptions {
         priority: args.priority,
@@ -309,13 +337,19 @@ pub(crate) async fn workers(client: Client) -> ExitCode {
 
 pub(crate) async fn schedules(client: Client, args: SchedulesArgs) -> ExitCode {
     let change = args.pause.map(|task| (task, true)).or(args.resume.map(|task| (task, false)));
-    if let Some((task, paused)) = change {
-        if let Err(error) = client.pause_schedule(&task, paused).await {
+    if let Some((task, paused)) = &change {
+        if let Err(error) = client.pause_schedule(task, *paused).await {
             return client_failure(error);
         }
     }
     match client.schedules().await {
         Ok(statuses) => {
+            // The confirmation (on stderr, the list stays JSON) is the schedule as the control plane now holds it.
+            if let Some(row) = change.as_ref().and_then(|(task, _)| statuses.iter().find(|s| &s.task_name == task)) {
+                let next = row.next_ms.map_or_else(|| "none".to_string(), format_ms);
+                let state = if row.paused { "paused" } else { "running" };
+                eprintln!("schedule of '{}' ({}) is {state} now; next run: {next}", row.task_name, row.schedule);
+            }
             let rows: Vec<Value> = statuses
                 .iter()
                 .map(|s| {

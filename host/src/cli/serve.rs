@@ -18,6 +18,7 @@ use fastworker::{BaseAddress, WorkerProcessesConfig, DEFAULT_BASE_ADDRESS};
 use tracing::{info, warn};
 
 use crate::cli::bounds::{bounds, BoundArgs, ClusterBoundArgs};
+use crate::cli::help::heading;
 use crate::cli::keys::{protected, CredentialArgs};
 use crate::cli::task_limits::{check_task_limit_flags, parse_task_limit_flag, TaskLimitFlag};
 use crate::{fail, seconds, EXIT_USAGE};
@@ -33,130 +34,130 @@ pub(crate) const SUBWORKER_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10)
 #[derive(Args)]
 pub(crate) struct ControlPlaneArgs {
     /// Identifier of this control plane in reports and logs.
-    #[arg(long, env = "FASTWORKER_WORKER_ID", default_value = "control-plane", value_parser = worker_id)]
+    #[arg(help_heading = heading::ADDRESSES, long, env = "FASTWORKER_WORKER_ID", default_value = "control-plane", value_parser = worker_id)]
     pub(crate) worker_id: String,
     /// Base address: CRITICAL tasks on its port, HIGH +1, NORMAL +2, LOW +3, results +4.
-    #[arg(long, env = "FASTWORKER_BASE_ADDRESS", default_value = DEFAULT_BASE_ADDRESS)]
+    #[arg(help_heading = heading::ADDRESSES, long, env = "FASTWORKER_BASE_ADDRESS", default_value = DEFAULT_BASE_ADDRESS)]
     pub(crate) base_address: String,
     /// Address to announce this control plane on, for subworkers and clients started without an address.
-    #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS", default_value = DEFAULT_DISCOVERY_ADDRESS)]
+    #[arg(help_heading = heading::ADDRESSES, long, env = "FASTWORKER_DISCOVERY_ADDRESS", default_value = DEFAULT_DISCOVERY_ADDRESS)]
     pub(crate) discovery_address: String,
     /// Announce nothing on the discovery address.
-    #[arg(long, env = "FASTWORKER_NO_DISCOVERY")]
+    #[arg(help_heading = heading::ADDRESSES, long, env = "FASTWORKER_NO_DISCOVERY")]
     pub(crate) no_discovery: bool,
     /// Port for subworker management (default: base port + 5).
-    #[arg(long, env = "FASTWORKER_SUBWORKER_PORT")]
+    #[arg(help_heading = heading::ADDRESSES, long, env = "FASTWORKER_SUBWORKER_PORT")]
     pub(crate) subworker_port: Option<u16>,
     /// Seconds without a heartbeat after which a subworker gets no tasks.
-    #[arg(long, env = "FASTWORKER_INACTIVE_AFTER", default_value_t = 30.0)]
+    #[arg(help_heading = heading::SUBWORKERS, long, env = "FASTWORKER_INACTIVE_AFTER", default_value_t = 30.0)]
     pub(crate) inactive_after: f64,
     /// Seconds after start during which a task nobody provides yet is refused as transient (NotYetProvided), while subworkers register again; 0: none.
-    #[arg(long, env = "FASTWORKER_RESTART_WINDOW", default_value_t = 10.0)]
+    #[arg(help_heading = heading::SUBWORKERS, long, env = "FASTWORKER_RESTART_WINDOW", default_value_t = 10.0)]
     pub(crate) restart_window: f64,
     /// Seconds a task whose every provider is gone (restarting, drained, not back yet after a restart) waits queued for one to come back before it fails; 0: fail at once.
-    #[arg(long, env = "FASTWORKER_PROVIDER_GRACE", default_value_t = 30.0)]
+    #[arg(help_heading = heading::SUBWORKERS, long, env = "FASTWORKER_PROVIDER_GRACE", default_value_t = 30.0)]
     pub(crate) provider_grace: f64,
     /// Most results kept in the cache; 0 keeps none.
-    #[arg(long, env = "FASTWORKER_RESULT_CACHE_SIZE", default_value_t = 10_000)]
+    #[arg(help_heading = heading::RESULTS, long, env = "FASTWORKER_RESULT_CACHE_SIZE", default_value_t = 10_000)]
     pub(crate) result_cache_size: usize,
     /// Seconds a result is kept; 0 keeps results until evicted.
-    #[arg(long, env = "FASTWORKER_RESULT_CACHE_TTL", default_value_t = 3600)]
+    #[arg(help_heading = heading::RESULTS, long, env = "FASTWORKER_RESULT_CACHE_TTL", default_value_t = 3600)]
     pub(crate) result_cache_ttl: u64,
     /// Plugins whose tasks to serve: paths, or names (mytasks: libmytasks.so in FASTWORKER_PLUGIN_PATH, beside the binary, here or in target/release).
-    #[arg(long, env = "FASTWORKER_TASK_MODULES", num_args = 1.., value_delimiter = ',')]
+    #[arg(help_heading = heading::PLUGINS, long, env = "FASTWORKER_TASK_MODULES", num_args = 1.., value_delimiter = ',')]
     pub(crate) task_modules: Vec<PathBuf>,
     /// Host the dashboard (web page, /api/, /metrics) binds; nothing else is bound.
-    #[arg(long, env = "FASTWORKER_GUI_HOST", default_value = "127.0.0.1")]
+    #[arg(help_heading = heading::DASHBOARD, long, env = "FASTWORKER_GUI_HOST", default_value = "127.0.0.1")]
     pub(crate) gui_host: String,
     /// Port of the dashboard.
-    #[arg(long, env = "FASTWORKER_GUI_PORT", default_value_t = 8080)]
+    #[arg(help_heading = heading::DASHBOARD, long, env = "FASTWORKER_GUI_PORT", default_value_t = 8080)]
     pub(crate) gui_port: u16,
     /// Serve no dashboard.
-    #[arg(long, env = "FASTWORKER_NO_GUI")]
+    #[arg(help_heading = heading::DASHBOARD, long, env = "FASTWORKER_NO_GUI")]
     pub(crate) no_gui: bool,
     /// The dashboard's operator credential (Authorization: Bearer KEY): its actions and reads of task arguments and results need it; without it they are open, or refused on a keyed cluster (whose dashboard beyond loopback needs it).
-    #[arg(long, env = "FASTWORKER_GUI_API_KEY", hide_env_values = true)]
+    #[arg(help_heading = heading::DASHBOARD, long, env = "FASTWORKER_GUI_API_KEY", hide_env_values = true)]
     pub(crate) gui_api_key: Option<String>,
     /// Host names (HOST:PORT, comma-separated, at most 64) the dashboard answers to besides its bound address.
-    #[arg(long, env = "FASTWORKER_GUI_ALLOWED_HOSTS", value_delimiter = ',')]
+    #[arg(help_heading = heading::DASHBOARD, long, env = "FASTWORKER_GUI_ALLOWED_HOSTS", value_delimiter = ',')]
     pub(crate) gui_allowed_hosts: Vec<String>,
     /// Worker threads running tasks (default: the number of cores, at most 2048); 0 runs no task here.
-    #[arg(long, env = "FASTWORKER_CONCURRENCY", value_parser = clap::value_parser!(u64).range(range::CONCURRENCY))]
+    #[arg(help_heading = heading::RUNNING, long, env = "FASTWORKER_CONCURRENCY", value_parser = clap::value_parser!(u64).range(range::CONCURRENCY))]
     pub(crate) concurrency: Option<u64>,
     /// Seconds a shutdown waits for queued and running tasks.
-    #[arg(long, env = "FASTWORKER_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
+    #[arg(help_heading = heading::DURABILITY, long, env = "FASTWORKER_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     pub(crate) shutdown_timeout: f64,
     /// Durable mode: keep accepted tasks, their progress and results in this directory, and take
     /// them up again after a restart (see docs/durability.md); without it nothing survives a restart.
-    #[arg(long, env = "FASTWORKER_STATE_DIR")]
+    #[arg(help_heading = heading::DURABILITY, long, env = "FASTWORKER_STATE_DIR")]
     pub(crate) state_dir: Option<PathBuf>,
     /// A cluster-wide limit of one task, over its declared one (repeatable): TASK=rate:20/s,burst:5,max_running:2, or TASK=none to lift it (docs/limits.md).
-    #[arg(long = "task-limit", value_name = "TASK=LIMIT", value_parser = parse_task_limit_flag)]
+    #[arg(help_heading = heading::TASK_LIMITS, long = "task-limit", value_name = "TASK=LIMIT", value_parser = parse_task_limit_flag)]
     pub(crate) task_limit: Vec<TaskLimitFlag>,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = heading::BOUNDS)]
     pub(crate) bounds: BoundArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = heading::CLUSTER_BOUNDS)]
     pub(crate) cluster_bounds: ClusterBoundArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = heading::TRUST)]
     pub(crate) credentials: CredentialArgs,
     /// Serve beyond loopback without a key (protected mode is off): only on a network you trust.
-    #[arg(long, env = "FASTWORKER_INSECURE")]
+    #[arg(help_heading = heading::TRUST, long, env = "FASTWORKER_INSECURE")]
     pub(crate) insecure: bool,
     /// Run tasks on this process's own threads, not in supervised worker processes: a task that
     /// aborts, segfaults or exits takes the control plane down with it (docs/isolation.md).
-    #[arg(long, env = "FASTWORKER_IN_PROCESS")]
+    #[arg(help_heading = heading::RUNNING, long, env = "FASTWORKER_IN_PROCESS")]
     pub(crate) in_process: bool,
     /// Worker processes running the tasks (default: --concurrency divided by --runs-per-process).
-    #[arg(long, env = "FASTWORKER_WORKER_PROCESSES", value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(help_heading = heading::RUNNING, long, env = "FASTWORKER_WORKER_PROCESSES", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub(crate) worker_processes: Option<u32>,
     /// Runs each worker process holds at once; 1 makes every crash attributable to the run that caused it.
-    #[arg(long, env = "FASTWORKER_RUNS_PER_PROCESS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2048))]
+    #[arg(help_heading = heading::RUNNING, long, env = "FASTWORKER_RUNS_PER_PROCESS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2048))]
     pub(crate) runs_per_process: u32,
     /// Times a task's runs may kill their worker process before it fails as Crashed instead of being sent again.
-    #[arg(long, env = "FASTWORKER_MAX_TASK_CRASHES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(help_heading = heading::RUNNING, long, env = "FASTWORKER_MAX_TASK_CRASHES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub(crate) max_task_crashes: u32,
 }
 
 #[derive(Args)]
 pub(crate) struct SubworkerArgs {
     /// Unique identifier of this subworker.
-    #[arg(long, env = "FASTWORKER_WORKER_ID", value_parser = worker_id)]
+    #[arg(help_heading = heading::ADDRESSES, long, env = "FASTWORKER_WORKER_ID", value_parser = worker_id)]
     pub(crate) worker_id: String,
     /// Base address of the control plane to join (default: the one announced on --discovery-address).
-    #[arg(long, env = "FASTWORKER_CONTROL_PLANE_ADDRESS")]
+    #[arg(help_heading = heading::ADDRESSES, long, env = "FASTWORKER_CONTROL_PLANE_ADDRESS")]
     pub(crate) control_plane_address: Option<String>,
     /// Base address of this subworker: CRITICAL tasks on its port, HIGH +1, NORMAL +2, LOW +3.
-    #[arg(long, env = "FASTWORKER_BASE_ADDRESS", default_value = DEFAULT_BASE_ADDRESS)]
+    #[arg(help_heading = heading::ADDRESSES, long, env = "FASTWORKER_BASE_ADDRESS", default_value = DEFAULT_BASE_ADDRESS)]
     pub(crate) base_address: String,
     /// The base address the control plane should dial, when --base-address is not it (0.0.0.0, NAT).
-    #[arg(long, env = "FASTWORKER_ADVERTISE_ADDRESS")]
+    #[arg(help_heading = heading::ADDRESSES, long, env = "FASTWORKER_ADVERTISE_ADDRESS")]
     pub(crate) advertise_address: Option<String>,
     /// Where to find the control plane when --control-plane-address is not given.
-    #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS", default_value = DEFAULT_DISCOVERY_ADDRESS)]
+    #[arg(help_heading = heading::ADDRESSES, long, env = "FASTWORKER_DISCOVERY_ADDRESS", default_value = DEFAULT_DISCOVERY_ADDRESS)]
     pub(crate) discovery_address: String,
     /// Plugins whose tasks to run: paths, or names (mytasks: libmytasks.so in FASTWORKER_PLUGIN_PATH, beside the binary, here or in target/release).
-    #[arg(long, env = "FASTWORKER_TASK_MODULES", num_args = 1.., value_delimiter = ',', required = true)]
+    #[arg(help_heading = heading::PLUGINS, long, env = "FASTWORKER_TASK_MODULES", num_args = 1.., value_delimiter = ',', required = true)]
     pub(crate) task_modules: Vec<PathBuf>,
     /// Worker threads running tasks (default: the number of cores).
-    #[arg(long, env = "FASTWORKER_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=2048))]
+    #[arg(help_heading = heading::RUNNING, long, env = "FASTWORKER_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=2048))]
     pub(crate) concurrency: Option<u32>,
     /// Tasks the control plane may send ahead beyond --concurrency, queued here (most urgent first) so
     /// that no thread idles for a network round trip between short tasks; 0 for long tasks of uneven
     /// length, so that none waits here while another subworker is idle.
-    #[arg(long, env = "FASTWORKER_PREFETCH", default_value_t = DEFAULT_PREFETCH, value_parser = clap::value_parser!(u32).range(0..=2048))]
+    #[arg(help_heading = heading::RUNNING, long, env = "FASTWORKER_PREFETCH", default_value_t = DEFAULT_PREFETCH, value_parser = clap::value_parser!(u32).range(0..=2048))]
     pub(crate) prefetch: u32,
     /// Seconds between heartbeats to the control plane.
-    #[arg(long, env = "FASTWORKER_HEARTBEAT_INTERVAL", default_value_t = 5.0)]
+    #[arg(help_heading = heading::ADDRESSES, long, env = "FASTWORKER_HEARTBEAT_INTERVAL", default_value_t = 5.0)]
     pub(crate) heartbeat_interval: f64,
     /// Seconds a shutdown waits for queued and running tasks.
-    #[arg(long, env = "FASTWORKER_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
+    #[arg(help_heading = heading::DURABILITY, long, env = "FASTWORKER_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     pub(crate) shutdown_timeout: f64,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = heading::BOUNDS)]
     pub(crate) bounds: BoundArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = heading::TRUST)]
     pub(crate) credentials: CredentialArgs,
     /// Serve beyond loopback without a key (protected mode is off): only on a network you trust.
-    #[arg(long, env = "FASTWORKER_INSECURE")]
+    #[arg(help_heading = heading::TRUST, long, env = "FASTWORKER_INSECURE")]
     pub(crate) insecure: bool,
 }
 

@@ -97,12 +97,35 @@ pub(crate) async fn limits(client: Client, args: LimitsArgs) -> ExitCode {
                 Ok(limit) => limit,
                 Err(error) => return fail(EXIT_USAGE, format_args!("task '{}': {error}", set.task)),
             };
-            client.set_task_limit(&set.task, limit).await
+            (set.task.clone(), "set", client.set_task_limit(&set.task, limit).await)
         }
-        LimitsAction::Clear(clear) => client.clear_task_limit(&clear.task).await,
+        LimitsAction::Clear(clear) => (clear.task.clone(), "cleared", client.clear_task_limit(&clear.task).await),
     };
-    match done {
-        Ok(()) => ExitCode::SUCCESS,
+    if let (_, _, Err(error)) = done {
+        return client_failure(error);
+    }
+    let (task, verb, _) = done;
+    // The confirmation is what the control plane holds now, read back.
+    match client.task_limits().await {
+        Ok(rows) => {
+            println!("{}", confirmation(&task, verb, rows.iter().find(|row| row.task_name == task)));
+            ExitCode::SUCCESS
+        }
         Err(error) => client_failure(error),
+    }
+}
+
+/// The line confirming a change: the task's limit as the control plane
+/// now reports it, where it comes from and what it holds.
+fn confirmation(task: &str, verb: &str, row: Option<&TaskLimitStatus>) -> String {
+    match row {
+        Some(row) => format!(
+            "task '{task}': run-time limit {verb}; its limit now is {} ({}), with {} running and {} held",
+            row.limit.describe(),
+            row.source.as_str(),
+            row.running,
+            row.held
+        ),
+        None => format!("task '{task}': run-time limit {verb}; it has no limit now"),
     }
 }

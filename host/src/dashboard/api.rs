@@ -56,6 +56,7 @@ pub(crate) fn overview(shared: &Shared) -> Value {
     }
     let history = book.history(OVERVIEW_HISTORY);
     drop(book);
+    let live = state.live_view();
     json!({
         "control_plane": {
             "worker_id": config.worker_id,
@@ -77,8 +78,9 @@ pub(crate) fn overview(shared: &Shared) -> Value {
             "tasks": provided,
             "actions_need_key": shared.api_key.is_some(),
         },
-        "workers": workers_json(&state.cluster_status()),
-        "queues": queues_json(state.live_counts()),
+        // Cards and rows from one reading, so that they agree.
+        "workers": workers_json(&live.cluster, &live.on_workers),
+        "queues": queues_json(live.counts),
         "cache": cache_json(shared),
         "workflows": workflows_json(shared),
         "totals": {
@@ -96,11 +98,24 @@ pub(crate) fn overview(shared: &Shared) -> Value {
 
 /// GET /api/workers: the subworkers and their health.
 pub(crate) async fn workers(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    Json(workers_json(&shared.state.cluster_status()))
+    let live = shared.state.live_view();
+    Json(workers_json(&live.cluster, &live.on_workers))
 }
 
-pub(crate) fn workers_json(cluster: &ClusterStatus) -> Value {
-    let subworkers: Vec<Value> = cluster.subworkers.iter().map(worker_json).collect();
+/// The subworkers, each with the runs it has started (`running`) and
+/// those sent to it that no thread there has started yet (`prefetched`).
+pub(crate) fn workers_json(cluster: &ClusterStatus, on_workers: &HashMap<String, [u32; 2]>) -> Value {
+    let subworkers: Vec<Value> = cluster
+        .subworkers
+        .iter()
+        .map(|w| {
+            let [running, prefetched] = on_workers.get(&w.worker_id).copied().unwrap_or_default();
+            let mut row = worker_json(w);
+            row["running"] = json!(running);
+            row["prefetched"] = json!(prefetched);
+            row
+        })
+        .collect();
     json!({ "total": cluster.total_subworkers, "active": cluster.active_subworkers, "subworkers": subworkers })
 }
 
@@ -123,12 +138,18 @@ pub(crate) async fn queues(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(queues_json(shared.state.live_counts()))
 }
 
-fn queues_json(counts: [[u32; 4]; 4]) -> Value {
+fn queues_json(counts: [[u32; 5]; 4]) -> Value {
     let by_priority: serde_json::Map<String, Value> = Priority::ALL
         .into_iter()
         .map(|p| {
-            let [queued, running, scheduled, retrying] = counts[p.index()];
-            let row = json!({ "queued": queued, "running": running, "scheduled": scheduled, "retrying": retrying });
+            let [queued, running, prefetched, scheduled, retrying] = counts[p.index()];
+            let row = json!({
+                "queued": queued,
+                "running": running,
+                "prefetched": prefetched,
+                "scheduled": scheduled,
+                "retrying": retrying,
+            });
             (p.as_str().to_string(), row)
         })
         .collect();

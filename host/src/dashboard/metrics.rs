@@ -56,9 +56,10 @@ fn render(shared: &Shared) -> String {
     }
     drop(book);
     let live = state.live_counts();
-    let gauges: [(&str, &str, usize); 2] = [
+    let gauges: [(&str, &str, usize); 3] = [
         ("fastworker_queue_depth", "Tasks waiting for a worker thread or subworker slot.", 0),
         ("fastworker_tasks_running", "Tasks running.", 1),
+        ("fastworker_tasks_prefetched", "Tasks sent to a subworker that no thread there has started yet.", 2),
     ];
     for (name, help, column) in gauges {
         let _ = writeln!(out, "# HELP {name} {help} By priority.\n# TYPE {name} gauge");
@@ -69,7 +70,7 @@ fn render(shared: &Shared) -> String {
     let name = "fastworker_tasks_waiting";
     let _ =
         writeln!(out, "# HELP {name} Tasks waiting for their countdown, ETA or retry backoff.\n# TYPE {name} gauge");
-    let waiting: u32 = live.iter().map(|row| row[2] + row[3]).sum();
+    let waiting: u32 = live.iter().map(|row| row[3] + row[4]).sum();
     let _ = writeln!(out, "{name} {waiting}");
     let cluster = state.cluster_status();
     let _ = writeln!(out, "# HELP fastworker_workers_live Subworkers that tasks are routed to.");

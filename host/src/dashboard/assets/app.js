@@ -11,12 +11,16 @@ const FINAL = new Set(['succeeded', 'failed', 'timed_out', 'cancelled']);
 const tasks = new Map(); // task id -> summary
 const workflows = new Map(); // workflow id -> summary (the newest, from /api/workflows and events)
 const MAX_WORKFLOWS = 200;
+let workflowsLoaded = false;
 let selectedWorkflow = null;
 const workers = new Map(); // worker id -> worker
 const history = new Map(); // second -> {finished, failed, duration_sum_ms, duration_max_ms}
 let overview = null;
 let selected = null;
 let renderPending = false;
+// What the server keeps of the tasks the filters match (live and recently
+// finished), as /api/tasks last counted it; null before the first answer.
+let kept = null;
 // Read by the browser test: how many events arrived, and whether the stream is open.
 window.fastworker = { events: 0, live: false };
 
@@ -31,6 +35,10 @@ function el(tag, attrs, ...children) {
   for (const child of children) node.append(child instanceof Node ? child : String(child ?? ''));
   return node;
 }
+// An id as the tables show it: its time prefix and its last, random,
+// characters, which tell ids of the same moment apart (the full id is in
+// the title, in the detail and copied by its button).
+function shortId(id) { return id.slice(0, 8) + '…' + id.slice(-6); }
 function stateBadge(state) { return el('span', { class: 'state ' + state }, state.replace('_', ' ')); }
 function clock(ms) { return ms ? new Date(ms).toLocaleTimeString() : '—'; }
 function ago(ms) {
@@ -79,16 +87,17 @@ function scheduleRender() {
 
 function renderTasks() {
   const state = $('#state-filter').value;
+  const name = $('#name-filter').value;
   const needle = $('#search').value.trim().toLowerCase();
   const rows = [...tasks.values()]
-    .filter((t) => (!state || t.state === state) && (!needle || t.task_id.includes(needle)))
+    .filter((t) => (!state || t.state === state) && (!name || t.task_name === name) && (!needle || t.task_id.includes(needle)))
     .sort((a, b) => b.created_ms - a.created_ms);
   const body = $('#tasks tbody');
   body.replaceChildren(...rows.slice(0, SHOWN_ROWS).map((t) => {
     const row = el('tr', { 'data-task-id': t.task_id, 'data-state': t.state },
       el('td', {}, stateBadge(t.state)),
       el('td', {}, t.task_name),
-      el('td', { class: 'id', title: t.task_id }, t.task_id.slice(0, 8) + '…'),
+      el('td', { class: 'id', title: t.task_id }, shortId(t.task_id)),
       el('td', {}, t.priority),
       el('td', {}, t.worker || '—'),
       el('td', {}, t.attempts),
@@ -97,16 +106,41 @@ function renderTasks() {
     row.addEventListener('click', () => openTask(t.task_id));
     return row;
   }));
-  $('#tasks-count').textContent = rows.length > SHOWN_ROWS ? `(${SHOWN_ROWS} of ${rows.length})` : `(${rows.length})`;
-  $('#no-tasks').hidden = rows.length > 0;
+  const shown = Math.min(rows.length, SHOWN_ROWS);
+  const parts = [`${shown} shown`];
+  if (kept !== null) parts.push(`${kept} kept`);
+  if (overview) parts.push(`${overview.totals.submitted} submitted since start`);
+  $('#tasks-count').textContent = '(' + parts.join(' · ') + ')';
+  $('#tasks-count').dataset.shown = shown;
+  // Said only once the server has answered: no empty list before the data.
+  $('#no-tasks').hidden = rows.length > 0 || kept === null;
+}
+
+// The filters as /api/tasks takes them.
+function taskQuery() {
+  const state = $('#state-filter').value;
+  const name = $('#name-filter').value;
+  const q = $('#search').value.trim();
+  return (state ? '&state=' + encodeURIComponent(state) : '') + (name ? '&task=' + encodeURIComponent(name) : '') +
+    (q ? '&q=' + encodeURIComponent(q) : '');
 }
 
 async function loadTasks(query) {
   try {
     const body = await api('/api/tasks?limit=200' + (query || ''));
     body.tasks.forEach(upsert);
+    if ((query || '') === taskQuery()) kept = body.total;
     scheduleRender();
   } catch (error) { console.warn('loading tasks', error); }
+}
+
+// How many tasks the server keeps for the filters, with each overview.
+async function countKept() {
+  const query = taskQuery();
+  try {
+    const body = await api('/api/tasks?limit=0' + query);
+    if (query === taskQuery()) { kept = body.total; scheduleRender(); }
+  } catch (error) { console.warn('counting tasks', error); }
 }
 
 // ---- overview ----
@@ -130,11 +164,22 @@ function applyOverview(o) {
   $('#cp').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
   $('#key-box').hidden = !cp.actions_need_key;
 
-  $('#queues tbody').replaceChildren(...['critical', 'high', 'normal', 'low'].map((priority) => [priority, o.queues[priority]]).map(([priority, q]) =>
-    el('tr', { 'data-priority': priority }, el('td', {}, priority), el('td', {}, q.queued), el('td', {}, q.running),
-      el('td', {}, q.scheduled + q.retrying))));
+  const priorities = ['critical', 'high', 'normal', 'low'];
+  const all = { queued: 0, running: 0, prefetched: 0, later: 0 };
+  const queueRow = (priority, q) => el('tr', { 'data-priority': priority }, el('td', {}, priority),
+    el('td', { 'data-col': 'queued' }, q.queued), el('td', { 'data-col': 'running' }, q.running),
+    el('td', { 'data-col': 'prefetched' }, q.prefetched), el('td', { 'data-col': 'later' }, q.later));
+  const rows = priorities.map((priority) => {
+    const q = o.queues[priority];
+    const row = { queued: q.queued, running: q.running, prefetched: q.prefetched || 0, later: q.scheduled + q.retrying };
+    for (const key of Object.keys(all)) all[key] += row[key];
+    return queueRow(priority, row);
+  });
+  const total = queueRow('all', all);
+  total.className = 'total';
+  $('#queues tbody').replaceChildren(...rows, total);
   const t = o.totals;
-  $('#totals').textContent = `${t.submitted} submitted · ${t.succeeded} succeeded · ${t.failed} failed · ` +
+  $('#totals').textContent = `Since start: ${t.submitted} submitted · ${t.succeeded} succeeded · ${t.failed} failed · ` +
     `${t.retried} retried · ${t.timed_out} timed out · ${t.cancelled} cancelled`;
 
   const c = o.cache;
@@ -149,20 +194,30 @@ function applyOverview(o) {
 
   workers.clear();
   for (const w of o.workers.subworkers) workers.set(w.worker_id, w);
+  workersLoaded = true;
   renderWorkers();
+  fillNames(cp.tasks.concat(...o.workers.subworkers.map((w) => w.tasks || [])));
+  countKept();
+  loadSchedules();
   for (const s of o.history) history.set(s.t, s);
   drawCharts();
 }
 
+let workersLoaded = false;
+
+// Runs started on a subworker, of its threads, and those it holds
+// prefetched, from the overview that also fills the Queues card.
 function renderWorkers() {
   const list = [...workers.values()].sort((a, b) => a.worker_id.localeCompare(b.worker_id));
   $('#workers tbody').replaceChildren(...list.map((w) => {
+    const running = w.running ?? 0;
     const bar = el('div', { class: 'bar' }, el('span', {}));
-    bar.firstChild.style.width = Math.min(100, (100 * w.load) / Math.max(1, w.concurrency)) + '%';
+    bar.firstChild.style.width = Math.min(100, (100 * running) / Math.max(1, w.concurrency)) + '%';
     return el('tr', { 'data-worker-id': w.worker_id, 'data-status': w.status },
       el('td', {}, w.worker_id),
       el('td', {}, stateBadge(w.status)),
-      el('td', {}, el('div', {}, `${w.load} / ${w.concurrency}`), bar),
+      el('td', { 'data-col': 'running', 'data-value': running }, el('div', {}, `${running} of ${w.concurrency} threads`), bar),
+      el('td', { 'data-col': 'prefetched', 'data-value': w.prefetched ?? 0 }, w.prefetched ?? 0),
       el('td', { class: 'id' }, w.address),
       el('td', { title: new Date(w.last_seen_ms).toISOString() }, ago(w.last_seen_ms)),
       el('td', {}, w.dispatched ?? '—'),
@@ -170,7 +225,32 @@ function renderWorkers() {
   }));
   const active = list.filter((w) => w.status === 'active').length;
   $('#workers-count').textContent = list.length ? `(${active} active of ${list.length})` : '';
-  $('#no-workers').hidden = list.length > 0;
+  $('#no-workers').hidden = list.length > 0 || !workersLoaded;
+}
+
+// The task names of the name filter: those provided, and any already listed.
+function fillNames(names) {
+  const select = $('#name-filter');
+  const known = new Set([...select.options].map((o) => o.value));
+  for (const name of [...new Set(names)].sort()) {
+    if (!known.has(name)) select.append(el('option', { value: name }, name));
+  }
+}
+
+// ---- schedules (docs/periodic.md) ----
+async function loadSchedules() {
+  let rows;
+  try { rows = await api('/api/schedules'); } catch (error) { return console.warn('loading the schedules', error); }
+  $('#schedules tbody').replaceChildren(...rows.map((s) => el('tr', { 'data-task': s.task_name },
+    el('td', {}, s.task_name),
+    el('td', {}, s.schedule),
+    el('td', {}, s.paused ? 'paused' : s.next_ms ? 'on' : 'over'),
+    el('td', { title: s.next_ms ? new Date(s.next_ms).toISOString() : '' }, clock(s.next_ms)),
+    el('td', {}, s.runs),
+    el('td', {}, s.skipped),
+    el('td', { title: s.last_task_id || '' }, clock(s.last_run_ms)),
+    el('td', { class: 'wrap' }, s.last_outcome || '—'))));
+  $('#no-schedules').hidden = rows.length > 0;
 }
 
 // ---- charts (hand-drawn SVG) ----
@@ -246,6 +326,7 @@ async function showTask(taskId) {
     ['Run time', duration(task.duration_ms)],
   ];
   $('#detail-facts').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
+  $('#detail-facts dd').id = 'detail-id';
   const parts = [el('h3', { class: 'small muted' }, 'Arguments'), el('pre', { id: 'detail-args' }, pretty(task.args))];
   if (task.state === 'succeeded') {
     parts.push(el('h3', { class: 'small muted' }, 'Result'),
@@ -451,7 +532,7 @@ function renderWorkflows() {
     bar.firstChild.style.width = (wf.total ? (100 * wf.done) / wf.total : 0).toFixed(1) + '%';
     const row = el('tr', { 'data-workflow-id': wf.workflow_id, 'data-state': wf.state },
       el('td', {}, stateBadge(wf.state)),
-      el('td', { class: 'id', title: wf.workflow_id }, wf.workflow_id.slice(0, 8) + '…'),
+      el('td', { class: 'id', title: wf.workflow_id }, shortId(wf.workflow_id)),
       el('td', { class: 'members' }, el('div', {}, `${wf.done} / ${wf.total}`), bar),
       el('td', { title: new Date(wf.created_ms).toISOString() }, clock(wf.created_ms)),
       el('td', {}, wf.finished_ms ? duration(wf.finished_ms - wf.created_ms) : '—'),
@@ -459,14 +540,15 @@ function renderWorkflows() {
     row.addEventListener('click', () => openWorkflow(wf.workflow_id));
     return row;
   }));
-  $('#workflows-count').textContent = `(${rows.length})`;
-  $('#no-workflows').hidden = rows.length > 0;
+  $('#workflows-count').textContent = `(${rows.length} shown)`;
+  $('#no-workflows').hidden = rows.length > 0 || !workflowsLoaded;
 }
 
 async function loadWorkflows() {
   try {
     const body = await api('/api/workflows?limit=' + MAX_WORKFLOWS);
     body.workflows.forEach(upsertWorkflow);
+    workflowsLoaded = true;
     renderWorkflows();
   } catch (error) { console.warn('loading workflows', error); }
 }
@@ -503,7 +585,7 @@ async function showWorkflow(workflowId) {
   $('#wf-members tbody').replaceChildren(...wf.members.map((m) => {
     const row = el('tr', { 'data-node': m.node, 'data-state': m.state },
       el('td', {}, m.node), el('td', {}, m.task), el('td', {}, stateBadge(m.state)),
-      el('td', { class: 'id', title: m.task_id || '' }, m.task_id ? m.task_id.slice(0, 8) + '…' : '—'));
+      el('td', { class: 'id', title: m.task_id || '' }, m.task_id ? shortId(m.task_id) : '—'));
     if (m.task_id) row.addEventListener('click', () => openTask(m.task_id));
     return row;
   }));
@@ -557,8 +639,9 @@ function connect() {
   source.addEventListener('worker', (e) => {
     seen();
     const change = JSON.parse(e.data);
+    // A status change keeps the run counts of the last overview until the next.
     if (change.change === 'left') workers.delete(change.worker_id);
-    else workers.set(change.worker_id, change);
+    else workers.set(change.worker_id, { ...workers.get(change.worker_id), ...change });
     renderWorkers();
   });
   source.addEventListener('workflow', (e) => {
@@ -638,15 +721,27 @@ $('#limit-form').addEventListener('submit', (event) => {
 // ---- start ----
 let searchTimer = null;
 function refilter() {
+  kept = null;
   scheduleRender();
   clearTimeout(searchTimer);
-  searchTimer = setTimeout(() => {
-    const state = $('#state-filter').value;
-    const q = $('#search').value.trim();
-    if (state || q) loadTasks((state ? '&state=' + encodeURIComponent(state) : '') + (q ? '&q=' + encodeURIComponent(q) : ''));
-  }, 250);
+  searchTimer = setTimeout(() => loadTasks(taskQuery()), 250);
 }
 $('#state-filter').addEventListener('change', refilter);
+$('#name-filter').addEventListener('change', refilter);
+$('#copy-id').addEventListener('click', () => {
+  const id = $('#detail-id')?.textContent || '';
+  const done = () => message('Copied ' + id + '.');
+  if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(id).then(done, () => selectId());
+  else selectId();
+});
+// Where the clipboard is not offered (plain HTTP beyond localhost): the id selected, to copy by hand.
+function selectId() {
+  const range = document.createRange();
+  range.selectNodeContents($('#detail-id'));
+  getSelection().removeAllRanges();
+  getSelection().addRange(range);
+  message('Id selected: copy it with Ctrl+C.');
+}
 $('#search').addEventListener('input', refilter);
 $('#cancel-task').addEventListener('click', () => act('cancel'));
 $('#retry-task').addEventListener('click', () => act('retry'));

@@ -2,14 +2,58 @@
 //! dashboard's HTTP API asks for; each call holds the task lock only while
 //! it copies what it needs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::State;
+use super::{State, Tasks};
 use crate::server::bounds::Bound;
 use crate::server::endpoint::Replier;
 use crate::server::monitor::TaskSummary;
 use crate::server::offered_schemas::Offer;
-use crate::wire::protocol::{ErrorReply, Submit, TaskId, TaskReport, TaskState};
+use crate::wire::protocol::{ClusterStatus, ErrorReply, Submit, TaskId, TaskReport, TaskState};
+
+/// One reading of the live tasks and the subworkers.
+pub(crate) struct LiveView {
+    /// By priority (most urgent first): [queued, running, prefetched,
+    /// scheduled, retrying]. A run sent to a subworker is *prefetched*
+    /// until the subworker reports that a thread started it, *running*
+    /// after.
+    pub(crate) counts: [[u32; 5]; 4],
+    /// By subworker id: [running, prefetched].
+    pub(crate) on_workers: HashMap<String, [u32; 2]>,
+    /// The subworkers and their health.
+    pub(crate) cluster: ClusterStatus,
+}
+
+/// Counts the live tasks: by priority and state, and by subworker.
+fn count_live(tasks: &Tasks) -> ([[u32; 5]; 4], HashMap<String, [u32; 2]>) {
+    let mut counts = [[0; 5]; 4];
+    let mut on_workers: HashMap<String, [u32; 2]> = HashMap::new();
+    for (_, task) in tasks.ledger.tasks() {
+        let column = match task.report.state {
+            TaskState::Queued => 0,
+            TaskState::Running => match &task.dispatch {
+                // Sent to a subworker: started once it says so.
+                Some(dispatch) => {
+                    let started = dispatch.report_by_ms.is_some();
+                    let row = on_workers.entry(task.report.worker.clone()).or_default();
+                    row[usize::from(!started)] += 1;
+                    if started {
+                        1
+                    } else {
+                        2
+                    }
+                }
+                None => 1,
+            },
+            TaskState::Scheduled => 3,
+            TaskState::Retrying => 4,
+            _ => continue,
+        };
+        counts[task.report.priority.index()][column] += 1;
+    }
+    (counts, on_workers)
+}
 
 impl State {
     /// Summaries of at most `limit` live tasks that `keep` accepts, newest first.
@@ -34,20 +78,18 @@ impl State {
     }
 
     /// Live tasks by priority (most urgent first), each as
-    /// [queued, running, scheduled, retrying].
-    pub(crate) fn live_counts(&self) -> [[u32; 4]; 4] {
-        let mut counts = [[0; 4]; 4];
-        for (_, task) in self.lock().ledger.tasks() {
-            let column = match task.report.state {
-                TaskState::Queued => 0,
-                TaskState::Running => 1,
-                TaskState::Scheduled => 2,
-                TaskState::Retrying => 3,
-                _ => continue,
-            };
-            counts[task.report.priority.index()][column] += 1;
-        }
-        counts
+    /// [queued, running, prefetched, scheduled, retrying] (see [`LiveView`]).
+    pub(crate) fn live_counts(&self) -> [[u32; 5]; 4] {
+        count_live(&self.lock()).0
+    }
+
+    /// The live tasks by priority and state, the subworkers, and what each
+    /// runs and holds prefetched, read under one lock so that the
+    /// dashboard's cards and rows agree.
+    pub(crate) fn live_view(&self) -> LiveView {
+        let tasks = self.lock();
+        let (counts, on_workers) = count_live(&tasks);
+        LiveView { counts, on_workers, cluster: tasks.ledger.cluster().status() }
     }
 
     /// What `bound` limits, in use now, where this state knows it.
