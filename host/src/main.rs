@@ -37,7 +37,7 @@ pub(crate) const EXIT_UNREACHABLE: u8 = 3;
 )]
 struct Cli {
     /// How log lines are written to standard error: text (coloured only on a terminal) or json (one object a line).
-    #[arg(long, global = true, env = cli::logging::FORMAT_VAR, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(help_heading = "Logging", long, global = true, env = cli::logging::FORMAT_VAR, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

@@ -33,9 +33,11 @@ Environment:
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum LogFormat {
-    /// One line of text per event; coloured only when standard error is a terminal.
+    // Plain comments, not doc comments: a documented value would switch
+    // every command's `--help` to clap's long, spaced-out layout.
+    // One line of text per event; coloured only when standard error is a terminal.
     Text,
-    /// One JSON object per line: timestamp, level, target, message and the event's fields.
+    // One JSON object per line: timestamp, level, target, message and the event's fields.
     Json,
 }
 
