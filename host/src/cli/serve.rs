@@ -115,6 +115,12 @@ pub(crate) struct ControlPlaneArgs {
     /// Times a task's runs may kill their worker process before it fails as Crashed instead of being sent again.
     #[arg(long, env = "FASTWORKER_MAX_TASK_CRASHES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub(crate) max_task_crashes: u32,
+    /// Runs after which a worker process is replaced by a fresh one (it finishes what it holds first; default: never).
+    #[arg(long, env = "FASTWORKER_MAX_TASKS_PER_CHILD", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_tasks_per_child: Option<u64>,
+    /// Resident memory in MiB past which a worker process is replaced by a fresh one (read every 100 ms; default: never).
+    #[arg(long, env = "FASTWORKER_MAX_MEMORY_PER_CHILD", value_name = "MB", value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    pub(crate) max_memory_per_child: Option<u64>,
 }
 
 #[derive(Args)]
@@ -266,6 +272,8 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
             max_task_crashes: args.max_task_crashes,
             extra_args,
             shutdown_timeout,
+            max_tasks_per_child: args.max_tasks_per_child,
+            max_memory_per_child: args.max_memory_per_child.map(|mb| mb << 20),
         }
     });
     let config = ControlPlaneConfig {

@@ -298,7 +298,11 @@ impl State {
 
     /// The subworkers as `fastworker workers` shows them.
     pub(crate) fn cluster_status(&self) -> ClusterStatus {
-        self.lock().ledger.cluster().status()
+        let mut status = self.lock().ledger.cluster().status();
+        if let Some(watch) = self.crashes.get() {
+            status.worker_processes = watch.processes();
+        }
+        status
     }
 
     /// Drops results older than the TTL.
