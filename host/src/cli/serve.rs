@@ -291,6 +291,7 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
             restart_window,
             provider_grace,
             task_limits: args.task_limit,
+            max_task_crashes: args.max_task_crashes,
         }),
         discovery: (!args.no_discovery).then_some(args.discovery_address),
         state_dir: args.state_dir,

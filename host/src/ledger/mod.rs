@@ -101,6 +101,9 @@ pub(crate) struct LiveTask<W> {
     pub(crate) failures: u32,
     /// Times a subworker went away while running it.
     pub(crate) losses: u32,
+    /// Times its runs died with their process (toward `--max-task-crashes`;
+    /// kept in the durable store).
+    pub(crate) crashes: u32,
     /// The key that submitted it, when ports authenticate.
     pub(crate) owner: Option<[u8; 8]>,
     /// Whom it counts against for its share of the queue, if anyone.
@@ -141,6 +144,7 @@ impl<W> LiveTask<W> {
             plan,
             failures: 0,
             losses: 0,
+            crashes: 0,
             owner,
             tenant: None,
             dispatch: None,

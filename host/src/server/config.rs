@@ -72,4 +72,7 @@ pub struct ManagementConfig {
     /// Cluster-wide task limits set by `--task-limit`, over those the
     /// plugins declare; `None` lifts a declared one (see docs/limits.md).
     pub task_limits: Vec<(String, Option<crate::cluster::task_limits::TaskLimit>)>,
+    /// Times a task's runs may die with their process before it fails
+    /// `Crashed` (`--max-task-crashes`; docs/isolation.md).
+    pub max_task_crashes: u32,
 }

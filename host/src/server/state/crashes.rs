@@ -38,8 +38,6 @@ struct Runs {
     carried: FxHashMap<String, FxHashSet<TaskId>>,
     /// Each watched worker process's record, by worker id.
     processes: BTreeMap<String, WorkerProcessStatus>,
-    /// Crashes so far of each live task that crashed at least once.
-    crashes: FxHashMap<TaskId, u32>,
     /// Tasks failed `Crashed`, per task name, for `/metrics` (names are
     /// bounded by the tasks the plugins declare).
     crashed_by_task: BTreeMap<String, u64>,
@@ -92,7 +90,6 @@ impl CrashWatch {
     /// `task_id` ended: nothing of it is watched any more.
     pub(crate) fn ended(&self, task_id: TaskId) {
         let mut runs = self.runs.lock().expect("crash watch lock");
-        runs.crashes.remove(&task_id);
         for carried in runs.carried.values_mut() {
             carried.remove(&task_id);
         }
@@ -166,19 +163,10 @@ impl CrashWatch {
         }
     }
 
-    /// `worker_id` died: each task it carried counts a crash. Returns them
-    /// all, with their crash counts.
-    fn died(&self, worker_id: &str) -> Vec<(TaskId, u32)> {
+    /// `worker_id` died: the runs it carried.
+    fn died(&self, worker_id: &str) -> FxHashSet<TaskId> {
         let mut runs = self.runs.lock().expect("crash watch lock");
-        let carried = runs.carried.get_mut(worker_id).map(std::mem::take).unwrap_or_default();
-        carried
-            .into_iter()
-            .map(|task_id| {
-                let count = runs.crashes.entry(task_id).or_insert(0);
-                *count = count.saturating_add(1);
-                (task_id, *count)
-            })
-            .collect()
+        runs.carried.get_mut(worker_id).map(std::mem::take).unwrap_or_default()
     }
 }
 
@@ -194,11 +182,15 @@ impl State {
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
         let now = now_ms();
+        // Each counts a crash, kept in the durable store before any restart
+        // could replay it.
         let named: Vec<(TaskId, u32, String)> = died
             .into_iter()
-            .map(|(task_id, count)| {
+            .filter_map(|task_id| {
+                let count = tasks.ledger.count_crash(task_id)?;
+                self.durable.record_crashes(task_id, count);
                 let name = tasks.ledger.get(&task_id).map_or_else(String::new, |t| t.report.task_name.clone());
-                (task_id, count, name)
+                Some((task_id, count, name))
             })
             .collect();
         {

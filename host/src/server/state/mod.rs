@@ -531,6 +531,9 @@ impl State {
             return;
         };
         self.report_started(job.task_id, run.lease);
+        // In durable mode the run's start is on disk before its code runs:
+        // if it kills this process, the restart counts the crash.
+        self.durable.wait_stored();
         let context = TaskContext::new(&job.cancelled, run.deadline_ms, run.attempt, *job.task_id.as_bytes());
         let outcome = match (job.decl.call)(&context, RSlice::from_slice(&job.args)) {
             RResult::ROk(bytes) => Ok(bytes.into_vec()),
