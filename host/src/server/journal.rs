@@ -812,6 +812,30 @@ mod tests {
     }
 
     #[test]
+    fn crash_counts_are_kept_while_their_task_lives() {
+        let dir = std::env::temp_dir().join(format!("fw-journal-{}", TaskId::new_v4()));
+        let (a, b) = (TaskId::new_v4(), TaskId::new_v4());
+        {
+            let (journal, _) = Journal::open(&dir, 1 << 20).expect("open");
+            journal.write(Record::Accepted(a, Box::new(task("abort_now"))));
+            journal.write(Record::Accepted(b, Box::new(task("abort_now"))));
+            assert!(flush(&journal));
+            journal.write(Record::Crashes(a, 1));
+            journal.write(Record::Crashes(a, 2));
+            journal.write(Record::Crashes(b, 1));
+            journal.write(Record::Finished(Box::new(finished(b))));
+            assert!(flush(&journal));
+            journal.close();
+        }
+        let (journal, recovered) = Journal::open(&dir, 1 << 20).expect("reopen");
+        // The last count of the live task; nothing of the ended one.
+        assert_eq!(recovered.crashes.get(&a), Some(&2));
+        assert_eq!(recovered.crashes.get(&b), None);
+        journal.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_finished_workflow_is_kept_with_its_end_until_it_is_forgotten() {
         let dir = std::env::temp_dir().join(format!("fw-journal-wf-{}", TaskId::new_v4()));
         let (running, ended) = (WorkflowId::new_v4(), WorkflowId::new_v4());
