@@ -238,6 +238,8 @@ impl Supervisor {
         let mut command = Command::new(&self.config.program);
         command
             .arg("subworker")
+            // It runs the tasks itself: a worker process has none of its own.
+            .arg("--in-process")
             .args(["--worker-id", &self.worker_id])
             .args(["--control-plane-address", &self.control_plane])
             .args(["--base-address", &base])
@@ -387,7 +389,7 @@ fn signal(pid: u32, signal: i32) {
 }
 
 /// A base of `count` consecutive ports of 127.0.0.1 free a moment ago.
-fn free_ports(count: u16) -> std::io::Result<u16> {
+pub(crate) fn free_ports(count: u16) -> std::io::Result<u16> {
     for _ in 0..50 {
         let first = TcpListener::bind("127.0.0.1:0")?;
         let port = first.local_addr()?.port();
@@ -397,5 +399,5 @@ fn free_ports(count: u16) -> std::io::Result<u16> {
             return Ok(port);
         }
     }
-    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "no 4 consecutive free ports on 127.0.0.1"))
+    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("no {count} consecutive free ports on 127.0.0.1")))
 }

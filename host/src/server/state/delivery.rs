@@ -144,6 +144,15 @@ impl State {
         };
         let reports =
             self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.started(key, &started.runs, now_ms(), io));
+        if self.config.is_subworker() {
+            // A subworker's own worker process started runs its control
+            // plane sent: they are reported to it in turn.
+            for (task_id, _) in &started.runs {
+                if let Some(lease) = tasks.ledger.get(task_id).and_then(|task| task.lease) {
+                    self.report_started(*task_id, Some(lease));
+                }
+            }
+        }
         drop(tasks);
         outbox.deliver();
         if reports.revoked > 0 {
