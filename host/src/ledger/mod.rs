@@ -315,6 +315,18 @@ impl<W, L> Ledger<W, L> {
         Some(task)
     }
 
+    /// Takes out a task that has not started, wherever it waits (for this
+    /// process's threads or for a subworker's slot), without an outcome: a
+    /// stopping subworker hands it back. `None` when it is not live or
+    /// already started.
+    pub(crate) fn take_unstarted(&mut self, task_id: &TaskId) -> Option<LiveTask<W>> {
+        if self.live.get(task_id)?.report.state != TaskState::Queued {
+            return None;
+        }
+        self.cluster.forget_waiting(*task_id);
+        self.remove(task_id)
+    }
+
     /// Takes every live task out without an outcome (at shutdown).
     pub(crate) fn remove_all(&mut self) -> Vec<LiveTask<W>> {
         self.live_bytes = 0;
