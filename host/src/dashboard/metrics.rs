@@ -224,7 +224,8 @@ fn render_worker_processes(state: &crate::server::state::State, out: &mut String
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
     }
     let counts = watch.counts();
-    let by_task: [(&str, &str, &Vec<(String, u64)>); 2] = [
+    type ByTask<'a> = (&'a str, &'a str, &'a Vec<(String, u64)>);
+    let by_task: [ByTask; 2] = [
         (
             "fastworker_tasks_crashed_total",
             "Tasks failed as Crashed (--max-task-crashes), by task name.",

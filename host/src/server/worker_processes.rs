@@ -294,7 +294,7 @@ impl Supervisor {
                 break Some(self.wait_stopping(&mut child));
             }
             if !recycling {
-                if let Some(reason) = self.worn_out(pid, looks % RSS_EVERY == 0) {
+                if let Some(reason) = self.worn_out(pid, looks.is_multiple_of(RSS_EVERY)) {
                     info!(worker = %self.worker_id, pid, "{reason}: the worker process is asked to stop and will be replaced");
                     signal(pid, libc::SIGTERM);
                     recycling = true;
