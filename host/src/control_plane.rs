@@ -111,7 +111,8 @@ impl ControlPlane {
             let handler: Handler =
                 Arc::new(move |replier, message| routes::result_port(&query_state, port, replier, message));
             let contexts = bounds.contexts_per_port.min(64);
-            listeners.push(Listener::start(&config.base.result_address(), options("result port", contexts), handler)?);
+            let local = management.local_base.as_ref().unwrap_or(&config.base);
+            listeners.push(Listener::start(&local.result_address(), options("result port", contexts), handler)?);
             let sender = events.clone();
             let handler: Handler = Arc::new(move |replier, message| {
                 let _ = sender.send(Event::Frame(replier, message));
@@ -119,7 +120,7 @@ impl ControlPlane {
             // Registrations being dialed back hold their context until
             // answered: heartbeats keep contexts of their own.
             let contexts = bounds.max_pending_registrations + 32;
-            let address = config.base.at_port(management.port);
+            let address = local.at_port(management.port);
             listeners.push(Listener::start(&address, options("subworker management port", contexts), handler)?);
             let thread = membership::start(state.clone(), management.clone(), events.clone(), receiver);
             membership = Some((events, thread));
@@ -174,8 +175,13 @@ impl ControlPlane {
     /// supervises (docs/isolation.md) rather than on its own threads (start
     /// it with `concurrency` 0). A crash costs the runs of one process.
     pub fn start_worker_processes(&mut self, config: WorkerProcessesConfig) {
-        if self.worker_processes.is_none() && !self.state.config.is_subworker() {
-            self.worker_processes = Some(WorkerProcesses::start(&self.state, &self.state.config.base, config));
+        let config_here = &self.state.config;
+        let Some(management) = &config_here.management else { return };
+        if self.worker_processes.is_none() {
+            // They dial this process's management side: on a subworker,
+            // its own ports on 127.0.0.1.
+            let base = management.local_base.as_ref().unwrap_or(&config_here.base).clone();
+            self.worker_processes = Some(WorkerProcesses::start(&self.state, &base, config));
         }
     }
 

@@ -16,7 +16,8 @@ use crate::cluster::subworker::{Membership, MembershipConfig, MembershipError};
 use crate::control_plane::{ControlPlane, StartError};
 use crate::plugins::Registry;
 use crate::server::bounds::Bounds;
-use crate::server::config::ControlPlaneConfig;
+use crate::server::config::{ControlPlaneConfig, ManagementConfig};
+use crate::server::worker_processes::{free_ports, WorkerProcessesConfig};
 use crate::wire::address::BaseAddress;
 use crate::wire::auth::KeyRing;
 
@@ -48,6 +49,10 @@ pub struct SubworkerConfig {
     pub bounds: Bounds,
     /// The keys it seals its requests with and accepts tasks under.
     pub keys: Option<Arc<KeyRing>>,
+    /// Worker processes of its own that run its tasks (docs/isolation.md),
+    /// so that a crash costs one of them, not the subworker; `None` runs
+    /// them on `concurrency` threads of this process.
+    pub worker_processes: Option<WorkerProcessesConfig>,
 }
 
 /// Why a subworker could not start or had to stop.
@@ -62,6 +67,9 @@ pub enum SubworkerError {
     /// The control plane refused it (a duplicate id, a bad key, …).
     #[error(transparent)]
     Refused(#[from] MembershipError),
+    /// No ports of 127.0.0.1 were free for its worker processes to dial.
+    #[error("no free ports on 127.0.0.1 for the worker processes to dial: {0}")]
+    LocalPorts(std::io::Error),
 }
 
 /// A serving subworker that has not joined its control plane yet.
@@ -85,10 +93,19 @@ impl Subworker {
             keys: config.keys.clone(),
         };
         let membership = Membership::new(membership, registry.offered())?;
+        // With worker processes, it is their control plane too, on two
+        // ports of 127.0.0.1 of its own (a result port and a management
+        // port), and runs nothing on its threads.
+        let management = match &config.worker_processes {
+            Some(workers) => Some(local_management(workers.max_task_crashes).map_err(SubworkerError::LocalPorts)?),
+            None => None,
+        };
+        let concurrency = if management.is_some() { 0 } else { config.concurrency as usize };
         let serving = ControlPlaneConfig {
             worker_id: config.worker_id,
+            subworker: true,
             base: config.base,
-            concurrency: config.concurrency as usize,
+            concurrency,
             // Results are kept by the control plane, which also sends a task
             // again to retry it: a subworker keeps none.
             result_cache_size: 0,
@@ -96,11 +113,15 @@ impl Subworker {
             shutdown_timeout: config.shutdown_timeout,
             bounds: config.bounds,
             keys: config.keys,
-            management: None,
+            management,
             discovery: None,
             state_dir: None,
         };
-        let server = Arc::new(ControlPlane::start(serving, registry)?);
+        let mut server = ControlPlane::start(serving, registry)?;
+        if let Some(workers) = config.worker_processes {
+            server.start_worker_processes(workers);
+        }
+        let server = Arc::new(server);
         Ok(Subworker { server, membership, heartbeat_interval: config.heartbeat_interval })
     }
 
@@ -157,6 +178,30 @@ impl Subworker {
         Ok(())
     }
 }
+
+/// The management side a subworker keeps for its own worker processes: a
+/// result port and a management port on two free ports of 127.0.0.1.
+fn local_management(max_task_crashes: u32) -> std::io::Result<ManagementConfig> {
+    let result_port = free_ports(2)?;
+    let local = BaseAddress::parse(&format!("tcp://127.0.0.1:{}", result_port - 4))
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error.to_string()))?;
+    Ok(ManagementConfig {
+        port: result_port + 1,
+        inactive_after: LOCAL_INACTIVE_AFTER,
+        restart_window: Duration::ZERO,
+        provider_grace: LOCAL_PROVIDER_GRACE,
+        task_limits: Vec::new(),
+        max_task_crashes,
+        local_base: Some(local),
+    })
+}
+
+/// Silence after which one of a subworker's worker processes (heartbeating
+/// every second) is excluded.
+const LOCAL_INACTIVE_AFTER: Duration = Duration::from_secs(10);
+/// How long a subworker's runs wait for a worker process once every one of
+/// them was given up, before they fail.
+const LOCAL_PROVIDER_GRACE: Duration = Duration::from_secs(30);
 
 /// Reports the runs that started since the last report, if any.
 async fn report_started(server: &ControlPlane, membership: &Membership) {

@@ -26,6 +26,7 @@ fn a_library_subworker_serves_its_control_plane_and_drains_on_stop() {
         shutdown_timeout: Duration::from_secs(10),
         bounds: Bounds::default(),
         keys: None,
+        worker_processes: None,
     };
     let subworker = Subworker::start(config, registry).expect("starting the subworker");
     let rt = Arc::new(runtime());

@@ -201,7 +201,12 @@ fn every_reply_and_error_kind_is_as_documented() {
         sample(Reply::Report(report)),
         sample(Reply::Error(ErrorReply::new(ErrorKind::Busy, "x"))),
         sample(Reply::Discovered { management_port: 5560 }),
-        sample(Reply::Workers(ClusterStatus { total_subworkers: 0, active_subworkers: 0, subworkers: vec![] })),
+        sample(Reply::Workers(ClusterStatus {
+            total_subworkers: 0,
+            active_subworkers: 0,
+            subworkers: vec![],
+            worker_processes: vec![],
+        })),
         sample(Reply::Done),
         sample(Reply::Batch(vec![])),
         sample(Reply::Schedules(vec![schedule])),

@@ -327,12 +327,43 @@ pub(crate) async fn workers(client: Client) -> ExitCode {
                 "total_subworkers": status.total_subworkers,
                 "active_subworkers": status.active_subworkers,
                 "subworkers": subworkers,
+                "worker_processes": status
+                    .worker_processes
+                    .iter()
+                    .map(worker_process_json)
+                    .collect::<Vec<_>>(),
             });
             println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
             ExitCode::SUCCESS
         }
         Err(error) => client_failure(error),
     }
+}
+
+/// One supervised worker process (docs/isolation.md), as `workers` shows it.
+fn worker_process_json(p: &fastworker::protocol::WorkerProcessStatus) -> Value {
+    let last_crash = p.last_crash.as_ref().map(|c| {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(c.at_ms);
+        json!({
+            "task_ids": c.task_ids,
+            "tasks": c.tasks,
+            "how": c.how,
+            "at": humantime::format_rfc3339_seconds(at).to_string(),
+            "at_ms": c.at_ms,
+        })
+    });
+    json!({
+        "worker_id": p.worker_id,
+        "pid": p.pid,
+        "runs": p.runs,
+        "runs_total": p.runs_total,
+        "rss_bytes": p.rss_bytes,
+        "restarts": p.restarts,
+        "recycles": p.recycles,
+        "crashes": p.crashes,
+        "given_up": p.given_up,
+        "last_crash": last_crash,
+    })
 }
 
 pub(crate) async fn schedules(client: Client, args: SchedulesArgs) -> ExitCode {

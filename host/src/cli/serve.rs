@@ -103,8 +103,16 @@ pub(crate) struct ControlPlaneArgs {
     /// Serve beyond loopback without a key (protected mode is off): only on a network you trust.
     #[arg(help_heading = heading::TRUST, long, env = "FASTWORKER_INSECURE")]
     pub(crate) insecure: bool,
+    #[command(flatten)]
+    pub(crate) isolation: IsolationArgs,
+}
+
+/// Where tasks run: in supervised worker processes (the default) or on this
+/// process's threads; shared by the control plane and the subworker.
+#[derive(Args)]
+pub(crate) struct IsolationArgs {
     /// Run tasks on this process's own threads, not in supervised worker processes: a task that
-    /// aborts, segfaults or exits takes the control plane down with it (docs/isolation.md).
+    /// aborts, segfaults or exits takes this process down with it (docs/isolation.md).
     #[arg(help_heading = heading::RUNNING, long, env = "FASTWORKER_IN_PROCESS")]
     pub(crate) in_process: bool,
     /// Worker processes running the tasks (default: --concurrency divided by --runs-per-process).
@@ -116,6 +124,53 @@ pub(crate) struct ControlPlaneArgs {
     /// Times a task's runs may kill their worker process before it fails as Crashed instead of being sent again.
     #[arg(help_heading = heading::RUNNING, long, env = "FASTWORKER_MAX_TASK_CRASHES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub(crate) max_task_crashes: u32,
+    /// Runs after which a worker process is replaced by a fresh one (it finishes what it holds first; default: never).
+    #[arg(help_heading = heading::RUNNING, long, env = "FASTWORKER_MAX_TASKS_PER_CHILD", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_tasks_per_child: Option<u64>,
+    /// Resident memory in MiB past which a worker process is replaced by a fresh one (read every 100 ms; default: never).
+    #[arg(help_heading = heading::RUNNING, long, env = "FASTWORKER_MAX_MEMORY_PER_CHILD", value_name = "MB", value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    pub(crate) max_memory_per_child: Option<u64>,
+}
+
+impl IsolationArgs {
+    /// The worker processes for `concurrency` runs of `task_modules`, or
+    /// `None` to run them on this process's threads (`--in-process`).
+    fn worker_processes(
+        &self,
+        concurrency: usize,
+        task_modules: &[PathBuf],
+        max_frame_bytes: u64,
+        credentials: &CredentialArgs,
+        shutdown_timeout: Duration,
+    ) -> Option<WorkerProcessesConfig> {
+        if self.in_process || concurrency == 0 || task_modules.is_empty() {
+            return None;
+        }
+        let runs_per_process = self.runs_per_process;
+        let count = self.worker_processes.unwrap_or_else(|| (concurrency as u32).div_ceil(runs_per_process).min(256));
+        // Runs and results up to this process's frame bound reach them.
+        let mut extra_args = vec!["--max-frame-bytes".to_string(), max_frame_bytes.to_string()];
+        if let Some(path) = &credentials.keys.cluster_key_file {
+            extra_args.extend(["--cluster-key-file".to_string(), path.display().to_string()]);
+        }
+        let tls = &credentials.tls;
+        for (flag, path) in [("--tls-cert", &tls.tls_cert), ("--tls-key", &tls.tls_key), ("--tls-ca", &tls.tls_ca)] {
+            if let Some(path) = path {
+                extra_args.extend([flag.to_string(), path.display().to_string()]);
+            }
+        }
+        Some(WorkerProcessesConfig {
+            program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("fastworker")),
+            count,
+            runs_per_process,
+            task_modules: task_modules.to_vec(),
+            max_task_crashes: self.max_task_crashes,
+            extra_args,
+            shutdown_timeout,
+            max_tasks_per_child: self.max_tasks_per_child,
+            max_memory_per_child: self.max_memory_per_child.map(|mb| mb << 20),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -159,6 +214,8 @@ pub(crate) struct SubworkerArgs {
     /// Serve beyond loopback without a key (protected mode is off): only on a network you trust.
     #[arg(help_heading = heading::TRUST, long, env = "FASTWORKER_INSECURE")]
     pub(crate) insecure: bool,
+    #[command(flatten)]
+    pub(crate) isolation: IsolationArgs,
 }
 
 pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
@@ -244,33 +301,19 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
     }
     let concurrency = args.concurrency.map_or_else(cores, |n| n as usize);
     // Unless --in-process, the tasks run in worker processes, none here.
-    let isolated = !args.in_process && concurrency > 0 && !registry.is_empty();
-    let worker_processes = isolated.then(|| {
-        let runs_per_process = args.runs_per_process;
-        let count = args.worker_processes.unwrap_or_else(|| (concurrency as u32).div_ceil(runs_per_process).min(256));
-        // Runs and results up to the control plane's frame bound reach them.
-        let mut extra_args = vec!["--max-frame-bytes".to_string(), args.bounds.max_frame_bytes.to_string()];
-        if let Some(path) = &args.credentials.keys.cluster_key_file {
-            extra_args.extend(["--cluster-key-file".to_string(), path.display().to_string()]);
-        }
-        let tls = &args.credentials.tls;
-        for (flag, path) in [("--tls-cert", &tls.tls_cert), ("--tls-key", &tls.tls_key), ("--tls-ca", &tls.tls_ca)] {
-            if let Some(path) = path {
-                extra_args.extend([flag.to_string(), path.display().to_string()]);
-            }
-        }
-        WorkerProcessesConfig {
-            program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("fastworker")),
-            count,
-            runs_per_process,
-            task_modules: args.task_modules.clone(),
-            max_task_crashes: args.max_task_crashes,
-            extra_args,
-            shutdown_timeout,
-        }
-    });
+    let max_frame_bytes = args.bounds.max_frame_bytes;
+    let worker_processes = args.isolation.worker_processes(
+        concurrency,
+        &args.task_modules,
+        max_frame_bytes,
+        &args.credentials,
+        shutdown_timeout,
+    );
+    let isolated = worker_processes.is_some() && !registry.is_empty();
+    let worker_processes = worker_processes.filter(|_| isolated);
     let config = ControlPlaneConfig {
         worker_id: args.worker_id,
+        subworker: false,
         base,
         concurrency: if isolated { 0 } else { concurrency },
         result_cache_size: args.result_cache_size,
@@ -284,6 +327,8 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
             restart_window,
             provider_grace,
             task_limits: args.task_limit,
+            max_task_crashes: args.isolation.max_task_crashes,
+            local_base: None,
         }),
         discovery: (!args.no_discovery).then_some(args.discovery_address),
         state_dir: args.state_dir,
@@ -423,7 +468,32 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
             }
         }
     };
+    // Unless --in-process, the tasks run in worker processes of this
+    // subworker, none in it: a crash costs one of them, not the subworker.
+    let max_frame_bytes = args.bounds.max_frame_bytes;
+    let shared = args.isolation.worker_processes(
+        concurrency as usize,
+        &args.task_modules,
+        max_frame_bytes,
+        &args.credentials,
+        shutdown_timeout,
+    );
+    let sealed = args.credentials.keys.cluster_key_file.is_some() || args.credentials.tls.tls_cert.is_some();
+    let worker_processes = match shared {
+        Some(_) if sealed => {
+            warn!("with --cluster-key-file or TLS, a subworker runs its tasks on its own threads for now: a task that crashes takes the subworker down (docs/isolation.md)");
+            None
+        }
+        shared => shared,
+    };
+    if let Some(workers) = &worker_processes {
+        info!(
+            "tasks run in {} worker processes of {} run(s) each (docs/isolation.md)",
+            workers.count, workers.runs_per_process
+        );
+    }
     let config = SubworkerConfig {
+        worker_processes,
         worker_id: args.worker_id,
         base,
         control_plane,

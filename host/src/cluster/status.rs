@@ -53,6 +53,7 @@ impl<L> Cluster<L> {
             total_subworkers: subworkers.len() as u32,
             active_subworkers: subworkers.iter().filter(|w| w.status == WorkerState::Active).count() as u32,
             subworkers,
+            worker_processes: Vec::new(),
         }
     }
 }

@@ -116,7 +116,34 @@ pub(crate) fn workers_json(cluster: &ClusterStatus, on_workers: &HashMap<String,
             row
         })
         .collect();
-    json!({ "total": cluster.total_subworkers, "active": cluster.active_subworkers, "subworkers": subworkers })
+    let processes: Vec<Value> = cluster.worker_processes.iter().map(worker_process_json).collect();
+    json!({
+        "total": cluster.total_subworkers,
+        "active": cluster.active_subworkers,
+        "subworkers": subworkers,
+        "worker_processes": processes,
+    })
+}
+
+/// One supervised worker process (docs/isolation.md), as the dashboard and
+/// `fastworker workers` show it.
+pub(crate) fn worker_process_json(p: &crate::wire::protocol::WorkerProcessStatus) -> Value {
+    let last_crash = p
+        .last_crash
+        .as_ref()
+        .map(|c| json!({ "task_ids": c.task_ids, "tasks": c.tasks, "how": c.how, "at_ms": c.at_ms }));
+    json!({
+        "worker_id": p.worker_id,
+        "pid": p.pid,
+        "runs": p.runs,
+        "runs_total": p.runs_total,
+        "rss_bytes": p.rss_bytes,
+        "restarts": p.restarts,
+        "recycles": p.recycles,
+        "crashes": p.crashes,
+        "given_up": p.given_up,
+        "last_crash": last_crash,
+    })
 }
 
 pub(crate) fn worker_json(w: &crate::wire::protocol::WorkerStatus) -> Value {

@@ -198,17 +198,23 @@ fn render_bounds(shared: &Shared, out: &mut String) {
     render_worker_processes(state, out);
 }
 
-/// The supervised worker processes' deaths and restarts, and the tasks
-/// whose runs crashed them (docs/isolation.md), when there are any.
+/// The supervised worker processes' deaths, restarts and recycles, in all
+/// and per process, each process's runs and memory, and the tasks whose
+/// runs crashed them (docs/isolation.md), when there are any.
 fn render_worker_processes(state: &crate::server::state::State, out: &mut String) {
     let Some(watch) = state.crashes.get() else { return };
-    let counters: [(&str, &str, &AtomicU64); 3] = [
+    let counters: [(&str, &str, &AtomicU64); 4] = [
         (
             "fastworker_worker_process_crashes_total",
             "Worker processes that died without being asked to stop (a signal or an exit).",
             &watch.crashes,
         ),
         ("fastworker_worker_process_restarts_total", "Worker processes started again after dying.", &watch.restarts),
+        (
+            "fastworker_worker_process_recycles_total",
+            "Worker processes replaced on purpose (--max-tasks-per-child, --max-memory-per-child).",
+            &watch.recycles,
+        ),
         (
             "fastworker_worker_processes_given_up_total",
             "Worker processes no longer restarted: they died too often within the window.",
@@ -218,13 +224,58 @@ fn render_worker_processes(state: &crate::server::state::State, out: &mut String
     for (name, help, value) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
     }
-    let name = "fastworker_tasks_crashed_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Tasks failed as Crashed (--max-task-crashes), by task name.\n# TYPE {name} counter"
-    );
-    for (task, count) in watch.crashes_by_task() {
-        let _ = writeln!(out, "{name}{{task=\"{}\"}} {count}", escape(&task));
+    let counts = watch.counts();
+    type ByTask<'a> = (&'a str, &'a str, &'a Vec<(String, u64)>);
+    let by_task: [ByTask; 2] = [
+        (
+            "fastworker_tasks_crashed_total",
+            "Tasks failed as Crashed (--max-task-crashes), by task name.",
+            &counts.crashed_by_task,
+        ),
+        (
+            "fastworker_task_crashes_total",
+            "Runs that died with their worker process, by task name.",
+            &counts.crashes_by_task,
+        ),
+    ];
+    for (name, help, rows) in by_task {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (task, count) in rows {
+            let _ = writeln!(out, "{name}{{task=\"{}\"}} {count}", escape(task));
+        }
+    }
+    type Field = fn(&crate::wire::protocol::WorkerProcessStatus) -> u64;
+    let per_process: [(&str, &str, &str, Field); 5] = [
+        (
+            "fastworker_local_worker_crashes_total",
+            "counter",
+            "Deaths of this worker process it was not asked for.",
+            |p| p.crashes,
+        ),
+        ("fastworker_local_worker_restarts_total", "counter", "Restarts of this worker process after it died.", |p| {
+            p.restarts
+        }),
+        ("fastworker_local_worker_recycles_total", "counter", "Replacements of this worker process on purpose.", |p| {
+            p.recycles
+        }),
+        (
+            "fastworker_local_worker_runs_total",
+            "counter",
+            "Runs sent to this worker process, over its restarts.",
+            |p| p.runs_total,
+        ),
+        (
+            "fastworker_local_worker_resident_bytes",
+            "gauge",
+            "Resident memory of this worker process, last read.",
+            |p| p.rss_bytes,
+        ),
+    ];
+    for (name, kind, help, field) in per_process {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for process in &counts.processes {
+            let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", escape(&process.worker_id), field(process));
+        }
     }
 }
 

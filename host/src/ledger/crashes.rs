@@ -23,6 +23,14 @@ impl<W, L> Ledger<W, L> {
         self.awaited.contains(task_name)
     }
 
+    /// Event: a run of `task_id` died with its process. Returns its crash
+    /// count now, or `None` when it is not live.
+    pub(crate) fn count_crash(&mut self, task_id: TaskId) -> Option<u32> {
+        let task = self.live.get_mut(&task_id)?;
+        task.crashes = task.crashes.saturating_add(1);
+        Some(task.crashes)
+    }
+
     /// Event: `task_id`'s runs crashed their worker process as often as
     /// allowed. It ends `Crashed` with `message` (which says how the last
     /// process died); a run of it still out on a worker has its lease

@@ -101,6 +101,9 @@ pub(crate) struct LiveTask<W> {
     pub(crate) failures: u32,
     /// Times a subworker went away while running it.
     pub(crate) losses: u32,
+    /// Times its runs died with their process (toward `--max-task-crashes`;
+    /// kept in the durable store).
+    pub(crate) crashes: u32,
     /// The key that submitted it, when ports authenticate.
     pub(crate) owner: Option<[u8; 8]>,
     /// Whom it counts against for its share of the queue, if anyone.
@@ -141,6 +144,7 @@ impl<W> LiveTask<W> {
             plan,
             failures: 0,
             losses: 0,
+            crashes: 0,
             owner,
             tenant: None,
             dispatch: None,
@@ -309,6 +313,18 @@ impl<W, L> Ledger<W, L> {
             }
         }
         Some(task)
+    }
+
+    /// Takes out a task that has not started, wherever it waits (for this
+    /// process's threads or for a subworker's slot), without an outcome: a
+    /// stopping subworker hands it back. `None` when it is not live or
+    /// already started.
+    pub(crate) fn take_unstarted(&mut self, task_id: &TaskId) -> Option<LiveTask<W>> {
+        if self.live.get(task_id)?.report.state != TaskState::Queued {
+            return None;
+        }
+        self.cluster.forget_waiting(*task_id);
+        self.remove(task_id)
     }
 
     /// Takes every live task out without an outcome (at shutdown).

@@ -1026,6 +1026,18 @@ mod crashes {
     }
 
     #[test]
+    fn crashes_are_counted_per_live_task() {
+        let mut ledger = ledger(&[]);
+        let mut io = Recorder::default();
+        let (a, b) = (admit(&mut ledger, &mut io, task("t", 0, None)), admit(&mut ledger, &mut io, task("t", 0, None)));
+        assert_eq!(ledger.count_crash(a), Some(1));
+        assert_eq!(ledger.count_crash(a), Some(2));
+        assert_eq!(ledger.count_crash(b), Some(1));
+        ledger.crashed(a, "twice".into(), T0 + 1, &mut io);
+        assert_eq!(ledger.count_crash(a), None, "an ended task counts nothing");
+    }
+
+    #[test]
     fn an_awaited_task_waits_for_a_provider_and_fails_once_none_is_awaited() {
         let mut ledger = ledger(&[]);
         let mut io = Recorder::default();

@@ -31,8 +31,12 @@ pub struct ControlPlaneConfig {
     /// The keys every frame must be sealed with (`--cluster-key-file`);
     /// `None` serves unauthenticated peers (loopback or `--insecure`).
     pub keys: Option<Arc<KeyRing>>,
-    /// Subworker management, on a control plane; `None` on a subworker,
-    /// which serves its four task ports and nothing else.
+    /// Whether it serves a control plane on its task ports (a subworker)
+    /// rather than clients (a control plane).
+    pub subworker: bool,
+    /// Subworker management: on a control plane, and on a subworker with
+    /// worker processes of its own (for them only, on 127.0.0.1); `None`
+    /// on a subworker that serves its four task ports and nothing else.
     pub management: Option<ManagementConfig>,
     /// The discovery address to announce this control plane on
     /// (`--discovery-address`); `None` announces nothing. Used only with
@@ -50,7 +54,7 @@ impl ControlPlaneConfig {
     /// its task ports only) rather than a control plane: the one place
     /// that tells the two roles apart.
     pub fn is_subworker(&self) -> bool {
-        self.management.is_none()
+        self.subworker
     }
 }
 
@@ -72,4 +76,11 @@ pub struct ManagementConfig {
     /// Cluster-wide task limits set by `--task-limit`, over those the
     /// plugins declare; `None` lifts a declared one (see docs/limits.md).
     pub task_limits: Vec<(String, Option<crate::cluster::task_limits::TaskLimit>)>,
+    /// Times a task's runs may die with their process before it fails
+    /// `Crashed` (`--max-task-crashes`; docs/isolation.md).
+    pub max_task_crashes: u32,
+    /// On a subworker with worker processes: the 127.0.0.1 base they dial,
+    /// whose +4 is the result port (the management port is `port`, on
+    /// 127.0.0.1 too); `None` serves both at `base`.
+    pub local_base: Option<BaseAddress>,
 }

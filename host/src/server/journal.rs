@@ -16,7 +16,8 @@
 //! accepted, unchanged until the task ends), `progress` (runs and failures
 //! so far, and when a retry is due) and `results` (final reports, for the
 //! result cache; deleted as the cache drops them, so the store stays as
-//! bounded as the cache). Workflows have `workflows` (descriptions),
+//! bounded as the cache), and `crashes` (how often a live task's runs died
+//! with their process, docs/isolation.md). Workflows have `workflows` (descriptions),
 //! `workflow_steps` (members' outcomes) and `workflow_ends` (when a finished
 //! one ended; it is kept for its status until the control plane forgets it).
 //! `meta` names the format: a directory written by another format is
@@ -66,6 +67,10 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const TASKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tasks");
 const PROGRESS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("progress");
 const RESULTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("results");
+/// How often each live task's runs died with their process (a worker
+/// process, or an in-process control plane), by task id: the count toward
+/// `--max-task-crashes` survives a restart.
+const CRASHES: TableDefinition<&[u8], u32> = TableDefinition::new("crashes");
 /// Running workflows' descriptions, by workflow id.
 const WORKFLOWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("workflows");
 /// Their members' outcomes, keyed by workflow id and node (big-endian).
@@ -192,6 +197,8 @@ pub(crate) enum Record {
     Accepted(TaskId, Box<TaskRecord>),
     /// A task started a run or waits for a retry.
     Progress(TaskId, Progress),
+    /// A task's runs died with their process this many times in all.
+    Crashes(TaskId, u32),
     /// A task ended: it is no longer live, and its report is kept.
     Finished(Box<ResultRecord>),
     /// The result cache dropped these results.
@@ -227,6 +234,8 @@ pub(crate) struct Recovered {
     pub(crate) tasks: Vec<(TaskId, TaskRecord, Option<Progress>)>,
     /// Final reports.
     pub(crate) results: Vec<ResultRecord>,
+    /// The crash counts of tasks whose runs died with their process.
+    pub(crate) crashes: FxHashMap<TaskId, u32>,
     /// Running workflows.
     pub(crate) workflows: Vec<RecoveredWorkflow>,
 }
@@ -404,6 +413,7 @@ fn open_store(dir: &Path, max_record: usize) -> Result<(Database, Recovered), Jo
         }
         // Added after the first stores were written: created when missing.
         write.open_table(WORKFLOW_ENDS).map_err(|e| store(e.into()))?;
+        write.open_table(CRASHES).map_err(|e| store(e.into()))?;
     }
     write.commit().map_err(|e| store(e.into()))?;
     let recovered = read_all(&db, dir, max_record)?;
@@ -490,6 +500,12 @@ fn read_all(db: &Database, dir: &Path, max: usize) -> Result<Recovered, JournalE
         progress.insert(task_id, record);
     }
     let mut recovered = Recovered::default();
+    let table = read.open_table(CRASHES).map_err(|e| store(e.into()))?;
+    for entry in table.iter().map_err(|e| store(e.into()))? {
+        let (key, value) = entry.map_err(|e| store(e.into()))?;
+        let task_id = task_id_of(key.value()).map_err(|why| bad("crashes", key.value(), why))?;
+        recovered.crashes.insert(task_id, value.value());
+    }
     let table = read.open_table(TASKS).map_err(|e| store(e.into()))?;
     for entry in table.iter().map_err(|e| store(e.into()))? {
         let (key, value) = entry.map_err(|e| store(e.into()))?;
@@ -661,16 +677,20 @@ fn commit(db: &Database, batch: &[Entry]) -> Result<(), redb::Error> {
         let mut workflows = write.open_table(WORKFLOWS)?;
         let mut steps = write.open_table(WORKFLOW_STEPS)?;
         let mut ends = write.open_table(WORKFLOW_ENDS)?;
+        let mut crashes = write.open_table(CRASHES)?;
         for (index, entry) in batch.iter().enumerate() {
             let Entry::Record(_, record) = entry else { continue };
             match record {
-                Record::Accepted(task_id, _) | Record::Progress(task_id, _) if positions.ends_after(task_id, index) => {
-                }
+                Record::Accepted(task_id, _) | Record::Progress(task_id, _) | Record::Crashes(task_id, _)
+                    if positions.ends_after(task_id, index) => {}
                 Record::Accepted(task_id, task) => {
                     tasks.insert(task_id.as_bytes().as_slice(), encode(task).as_slice())?;
                 }
                 Record::Progress(task_id, state) => {
                     progress.insert(task_id.as_bytes().as_slice(), encode(state).as_slice())?;
+                }
+                Record::Crashes(task_id, count) => {
+                    crashes.insert(task_id.as_bytes().as_slice(), *count)?;
                 }
                 Record::Finished(result) => {
                     let task_id = &result.report.task_id;
@@ -678,6 +698,7 @@ fn commit(db: &Database, batch: &[Entry]) -> Result<(), redb::Error> {
                     if !positions.accepted_before(task_id, index) {
                         tasks.remove(key)?;
                         progress.remove(key)?;
+                        crashes.remove(key)?;
                     }
                     if !positions.forgotten_after(task_id, index) {
                         results.insert(key, encode(result).as_slice())?;
@@ -787,6 +808,30 @@ mod tests {
         assert_eq!(recovered.results[0].report.task_id, a);
         journal.close();
         drop(journal);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn crash_counts_are_kept_while_their_task_lives() {
+        let dir = std::env::temp_dir().join(format!("fw-journal-{}", TaskId::new_v4()));
+        let (a, b) = (TaskId::new_v4(), TaskId::new_v4());
+        {
+            let (journal, _) = Journal::open(&dir, 1 << 20).expect("open");
+            journal.write(Record::Accepted(a, Box::new(task("abort_now"))));
+            journal.write(Record::Accepted(b, Box::new(task("abort_now"))));
+            assert!(flush(&journal));
+            journal.write(Record::Crashes(a, 1));
+            journal.write(Record::Crashes(a, 2));
+            journal.write(Record::Crashes(b, 1));
+            journal.write(Record::Finished(Box::new(finished(b))));
+            assert!(flush(&journal));
+            journal.close();
+        }
+        let (journal, recovered) = Journal::open(&dir, 1 << 20).expect("reopen");
+        // The last count of the live task; nothing of the ended one.
+        assert_eq!(recovered.crashes.get(&a), Some(&2));
+        assert_eq!(recovered.crashes.get(&b), None);
+        journal.close();
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -5,7 +5,10 @@
 //! are the subworkers'. One thread per process waits for it to exit: a death
 //! it was not asked for is a crash, told to the state (the runs it carried
 //! count a crash each) and followed by a restart after a backoff, until the
-//! process crashed too often within a window and is given up.
+//! process crashed too often within a window and is given up. A process
+//! that ran `--max-tasks-per-child` runs or grew past
+//! `--max-memory-per-child` is asked to stop (SIGTERM: it leaves, finishes
+//! what it holds, unregisters) and replaced at once: a recycle, not a crash.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -55,7 +58,16 @@ pub struct WorkerProcessesConfig {
     pub extra_args: Vec<String>,
     /// How long a stopping worker process may take to finish its runs.
     pub shutdown_timeout: Duration,
+    /// Runs after which a worker process is replaced (`--max-tasks-per-child`).
+    pub max_tasks_per_child: Option<u64>,
+    /// Resident bytes past which a worker process is replaced
+    /// (`--max-memory-per-child`, read every [`RSS_EVERY`] polls).
+    pub max_memory_per_child: Option<u64>,
 }
+
+/// The supervisor looks at its process every 10 ms; it reads the process's
+/// resident memory every this many looks (100 ms).
+pub const RSS_EVERY: u32 = 10;
 
 /// The running supervisor: one thread per worker process.
 pub(crate) struct WorkerProcesses {
@@ -143,21 +155,32 @@ impl Supervisor {
     fn run(self) {
         let mut deaths: Vec<Instant> = Vec::new();
         let mut backoff = FIRST_BACKOFF;
+        let mut restart = false;
         loop {
             if self.stopping() {
                 return;
             }
             let started = Instant::now();
-            let status = match self.spawn() {
+            let (status, recycling) = match self.spawn(restart) {
                 Ok(child) => self.wait(child),
                 Err(error) => {
                     error!(worker = %self.worker_id, %error, "could not start a worker process");
-                    None
+                    (None, false)
                 }
             };
             if self.stopping() {
                 return;
             }
+            if recycling && status.is_some_and(|s| s.success()) {
+                // Asked to stop and stopped cleanly: replaced at once.
+                if let Some(watch) = self.state.upgrade().as_ref().and_then(|s| s.crashes.get()) {
+                    watch.recycled(&self.worker_id);
+                }
+                info!(worker = %self.worker_id, "worker process recycled: starting a fresh one");
+                restart = false;
+                continue;
+            }
+            restart = true;
             let how = status.map_or_else(|| "it could not be started".to_string(), describe);
             if let Some(state) = self.state.upgrade() {
                 state.worker_process_died(&self.worker_id, &how);
@@ -176,9 +199,6 @@ impl Supervisor {
                 return;
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
-            if let Some(watch) = self.state.upgrade().as_ref().and_then(|s| s.crashes.get()) {
-                watch.restarts.fetch_add(1, Ordering::Relaxed);
-            }
             info!(worker = %self.worker_id, "starting the worker process again");
         }
     }
@@ -203,20 +223,23 @@ impl Supervisor {
         );
         let Some(state) = self.state.upgrade() else { return };
         if let Some(watch) = state.crashes.get() {
-            watch.given_up.fetch_add(1, Ordering::Relaxed);
+            watch.gave_up(&self.worker_id);
         }
         if self.shared.supervised.fetch_sub(1, Ordering::SeqCst) == 1 {
             state.worker_processes_gone();
         }
     }
 
-    /// Starts the worker process on four free ports of 127.0.0.1.
-    fn spawn(&self) -> std::io::Result<Child> {
+    /// Starts the worker process on four free ports of 127.0.0.1 (`restart`:
+    /// in place of one that died).
+    fn spawn(&self, restart: bool) -> std::io::Result<Child> {
         let port = free_ports(4)?;
         let base = self.base.at_port(port);
         let mut command = Command::new(&self.config.program);
         command
             .arg("subworker")
+            // It runs the tasks itself: a worker process has none of its own.
+            .arg("--in-process")
             .args(["--worker-id", &self.worker_id])
             .args(["--control-plane-address", &self.control_plane])
             .args(["--base-address", &base])
@@ -245,13 +268,19 @@ impl Supervisor {
         let child = command.spawn()?;
         info!(worker = %self.worker_id, pid = child.id(), base = %base, "worker process started");
         self.shared.pids.lock().expect("supervisor lock").push(child.id());
+        if let Some(watch) = self.state.upgrade().as_ref().and_then(|s| s.crashes.get()) {
+            watch.spawned(&self.worker_id, child.id(), restart);
+        }
         Ok(child)
     }
 
     /// Waits for the process to exit; at a stop, gives it the shutdown
-    /// timeout (and a little more) before killing it.
-    fn wait(&self, mut child: Child) -> Option<ExitStatus> {
+    /// timeout (and a little more) before killing it. Asks it to stop once
+    /// it reached a recycling bound; says whether it did.
+    fn wait(&self, mut child: Child) -> (Option<ExitStatus>, bool) {
         let pid = child.id();
+        let mut recycling = false;
+        let mut looks: u32 = 0;
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break Some(status),
@@ -264,11 +293,45 @@ impl Supervisor {
             if self.stopping() {
                 break Some(self.wait_stopping(&mut child));
             }
+            if !recycling {
+                if let Some(reason) = self.worn_out(pid, looks.is_multiple_of(RSS_EVERY)) {
+                    info!(worker = %self.worker_id, pid, "{reason}: the worker process is asked to stop and will be replaced");
+                    signal(pid, libc::SIGTERM);
+                    recycling = true;
+                }
+            }
+            looks = looks.wrapping_add(1);
             // The waits are short: a death is seen within moments.
             self.sleep(Duration::from_millis(10));
         };
         self.shared.pids.lock().expect("supervisor lock").retain(|&p| p != pid);
-        status
+        (status, recycling)
+    }
+
+    /// Why the process `pid` is due for replacement, if it is: it was sent
+    /// `--max-tasks-per-child` runs, or (read when `read_rss`) its resident
+    /// memory passed `--max-memory-per-child`.
+    fn worn_out(&self, pid: u32, read_rss: bool) -> Option<String> {
+        let state = self.state.upgrade()?;
+        let watch = state.crashes.get()?;
+        if let Some(max) = self.config.max_tasks_per_child {
+            let runs = watch.runs_of(&self.worker_id);
+            if runs >= max {
+                return Some(format!("it was sent {runs} runs (--max-tasks-per-child {max})"));
+            }
+        }
+        if read_rss {
+            let rss = resident_bytes(pid)?;
+            watch.rss(&self.worker_id, rss);
+            if let Some(max) = self.config.max_memory_per_child.filter(|&max| rss >= max) {
+                return Some(format!(
+                    "its resident memory is {} MiB (--max-memory-per-child {} MiB)",
+                    rss >> 20,
+                    max >> 20
+                ));
+            }
+        }
+        None
     }
 
     fn wait_stopping(&self, child: &mut Child) -> ExitStatus {
@@ -283,6 +346,16 @@ impl Supervisor {
         let _ = child.kill();
         child.wait().unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(9))
     }
+}
+
+/// The resident memory of `pid` in bytes, from `/proc/<pid>/statm` (its
+/// second field, in pages); none where there is no such file.
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no memory effects.
+    let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    pages.checked_mul(page_size)
 }
 
 /// How a process ended, for logs and a `Crashed` task's message.
@@ -316,7 +389,7 @@ fn signal(pid: u32, signal: i32) {
 }
 
 /// A base of `count` consecutive ports of 127.0.0.1 free a moment ago.
-fn free_ports(count: u16) -> std::io::Result<u16> {
+pub(crate) fn free_ports(count: u16) -> std::io::Result<u16> {
     for _ in 0..50 {
         let first = TcpListener::bind("127.0.0.1:0")?;
         let port = first.local_addr()?.port();
@@ -326,5 +399,5 @@ fn free_ports(count: u16) -> std::io::Result<u16> {
             return Ok(port);
         }
     }
-    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "no 4 consecutive free ports on 127.0.0.1"))
+    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("no {count} consecutive free ports on 127.0.0.1")))
 }

@@ -277,6 +277,49 @@ pub struct ClusterStatus {
     pub active_subworkers: u32,
     /// Each subworker, sorted by id.
     pub subworkers: Vec<WorkerStatus>,
+    /// The worker processes this control plane supervises (`local-1` …,
+    /// docs/isolation.md), given-up ones included; empty in-process.
+    pub worker_processes: Vec<WorkerProcessStatus>,
+}
+
+/// One supervised worker process: what `fastworker workers`, the dashboard
+/// and `/metrics` show of it, so a leak or a crash loop is seen per process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerProcessStatus {
+    /// Its worker id (`local-N`).
+    pub worker_id: String,
+    /// The pid of the live process; none while it restarts or once given up.
+    pub pid: Option<u32>,
+    /// Runs sent to the live process.
+    pub runs: u64,
+    /// Runs sent to every process under this id.
+    pub runs_total: u64,
+    /// Its resident memory when last read (every 100 ms), in bytes.
+    pub rss_bytes: u64,
+    /// Times it was started again after dying.
+    pub restarts: u64,
+    /// Times it was replaced on purpose (`--max-tasks-per-child`,
+    /// `--max-memory-per-child`).
+    pub recycles: u64,
+    /// Times it died without being asked to.
+    pub crashes: u64,
+    /// Whether it died too often and is no longer started.
+    pub given_up: bool,
+    /// Its last crash, if any.
+    pub last_crash: Option<WorkerProcessCrash>,
+}
+
+/// How a worker process last died, and the runs it carried then.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerProcessCrash {
+    /// The tasks whose runs it carried (each counted a crash).
+    pub task_ids: Vec<TaskId>,
+    /// Their task names, in the same order.
+    pub tasks: Vec<String>,
+    /// Its signal or exit status, e.g. "killed by signal 6 (SIGABRT)".
+    pub how: String,
+    /// When it was seen dead, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }
 
 /// One subworker as the control plane sees it.

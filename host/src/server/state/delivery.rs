@@ -12,7 +12,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use super::{Caller, Job, Outbox, State};
+use super::{Caller, Outbox, State};
 use crate::wire::protocol::{now_ms, ErrorKind, ErrorReply, Reply, Started, TaskId, WorkerName};
 
 /// How long a subworker gathers start reports before sending them: runs
@@ -97,18 +97,18 @@ impl State {
 
     /// On a subworker that stops: hands every task it has not started back
     /// to whoever sent it, at once, instead of failing it at the deadline.
-    pub(super) fn hand_back_unstarted(&self, unstarted: Vec<Job>) {
+    pub(super) fn hand_back_unstarted(&self, unstarted: Vec<TaskId>) {
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
         let mut count = 0u64;
-        for job in unstarted {
-            let Some(task) = tasks.ledger.remove(&job.task_id) else { continue };
+        for task_id in unstarted {
+            let Some(task) = tasks.ledger.take_unstarted(&task_id) else { continue };
             count = count.saturating_add(1);
             let reply = Reply::Error(ErrorReply::new(
                 ErrorKind::HandedBack,
                 format!(
                     "'{}' is stopping and hands back task '{}' ({}), which it has not started: run it elsewhere",
-                    self.config.worker_id, task.report.task_name, job.task_id
+                    self.config.worker_id, task.report.task_name, task_id
                 ),
             ));
             if !task.waiters.is_empty() {
@@ -144,6 +144,15 @@ impl State {
         };
         let reports =
             self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.started(key, &started.runs, now_ms(), io));
+        if self.config.is_subworker() {
+            // A subworker's own worker process started runs its control
+            // plane sent: they are reported to it in turn.
+            for (task_id, _) in &started.runs {
+                if let Some(lease) = tasks.ledger.get(task_id).and_then(|task| task.lease) {
+                    self.report_started(*task_id, Some(lease));
+                }
+            }
+        }
         drop(tasks);
         outbox.deliver();
         if reports.revoked > 0 {

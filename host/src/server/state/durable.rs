@@ -10,7 +10,7 @@ use crate::ledger::LiveTask;
 use crate::server::cache::ResultCache;
 use crate::server::endpoint::Replier;
 use crate::server::journal::{Journal, Progress, Record, ResultRecord, TaskRecord};
-use crate::wire::protocol::{ErrorKind, ErrorReply, Reply, TaskReport};
+use crate::wire::protocol::{ErrorKind, ErrorReply, Reply, TaskId, TaskReport};
 
 /// The journal, when this process keeps one, and what its records are of.
 pub(super) struct Durable {
@@ -118,6 +118,27 @@ impl Durable {
             error: retry_at_ms.and(task.report.error.clone()),
         };
         journal.write(Record::Progress(task.report.task_id, progress));
+    }
+
+    /// Records that `task_id`'s runs died with their process `count` times.
+    pub(super) fn record_crashes(&self, task_id: TaskId, count: u32) {
+        self.write(Record::Crashes(task_id, count));
+    }
+
+    /// In durable mode, waits until every record handed so far is stored:
+    /// a run starts only once its start is on disk, so that a crash of
+    /// this process during the run is counted at the restart.
+    pub(super) fn wait_stored(&self) {
+        let Some(journal) = &self.journal else { return };
+        let record = journal.last_seq();
+        if journal.is_stored(record) {
+            return;
+        }
+        let (stored, wait) = std::sync::mpsc::sync_channel(1);
+        journal.then(move |_| {
+            let _ = stored.send(());
+        });
+        let _ = wait.recv();
     }
 
     /// Records how a task ended; returns the record's number (0 in memory

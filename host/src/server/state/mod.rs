@@ -300,7 +300,11 @@ impl State {
 
     /// The subworkers as `fastworker workers` shows them.
     pub(crate) fn cluster_status(&self) -> ClusterStatus {
-        self.lock().ledger.cluster().status()
+        let mut status = self.lock().ledger.cluster().status();
+        if let Some(watch) = self.crashes.get() {
+            status.worker_processes = watch.processes();
+        }
+        status
     }
 
     /// Drops results older than the TTL.
@@ -529,6 +533,9 @@ impl State {
             return;
         };
         self.report_started(job.task_id, run.lease);
+        // In durable mode the run's start is on disk before its code runs:
+        // if it kills this process, the restart counts the crash.
+        self.durable.wait_stored();
         let context = TaskContext::new(&job.cancelled, run.deadline_ms, run.attempt, *job.task_id.as_bytes());
         let outcome = match (job.decl.call)(&context, RSlice::from_slice(&job.args)) {
             RResult::ROk(bytes) => Ok(bytes.into_vec()),

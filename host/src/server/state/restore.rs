@@ -60,6 +60,11 @@ impl State {
         let mut tasks = self.lock();
         let (mut queued, mut rerun, mut waiting_for_time, mut for_subworkers) = (0, 0, 0, 0);
         let workflows = recovered.workflows;
+        // With tasks on this process's own threads (--in-process), a run
+        // that was under way when the process ended may have killed it.
+        let max_crashes = self.config.management.as_ref().map(|m| m.max_task_crashes.max(1));
+        let in_process = self.config.concurrency > 0;
+        let mut crashed = Vec::new();
         for (task_id, record, progress) in recovered.tasks {
             if tasks.ledger.get(&task_id).is_some() {
                 continue;
@@ -68,9 +73,17 @@ impl State {
             report.attempts = record.attempts;
             let mut failures = 0;
             let mut retry_at = None;
+            let mut crashes = recovered.crashes.get(&task_id).copied().unwrap_or(0);
             if let Some(progress) = progress {
                 if progress.attempts > record.attempts && progress.retry_at_ms.is_none() {
                     rerun += 1;
+                    if in_process && tasks.ledger.runs_here(&report.task_name) {
+                        crashes = crashes.saturating_add(1);
+                        self.durable.record_crashes(task_id, crashes);
+                        if max_crashes.is_some_and(|max| crashes >= max) {
+                            crashed.push((task_id, crashes));
+                        }
+                    }
                 }
                 report.attempts = progress.attempts;
                 report.error = progress.error;
@@ -88,6 +101,7 @@ impl State {
             let plan = Plan { timeout_ms: record.timeout_ms, retry: record.retry, callback: record.callback };
             let mut task = LiveTask::new(report, record.args, plan, record.owner);
             task.failures = failures;
+            task.crashes = crashes;
             self.monitor.accepted(&task.report);
             if due.is_some() {
                 waiting_for_time += 1;
@@ -99,6 +113,17 @@ impl State {
                 for_subworkers += 1;
             }
             self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.restore(task, due, now, io));
+        }
+        // Those whose runs ended their process too often end `Crashed`
+        // instead of running again.
+        for (task_id, count) in crashed {
+            let message = format!(
+                "its run was under way when control plane '{}' ended, {count} times in all (--max-task-crashes {}): with --in-process its code may have killed it, so it is not run again",
+                self.config.worker_id,
+                max_crashes.unwrap_or(1)
+            );
+            tracing::error!(%task_id, crashes = count, "task failed as Crashed at the restart: {message}");
+            self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.crashed(task_id, message, now, io));
         }
         drop(tasks);
         outbox.deliver();

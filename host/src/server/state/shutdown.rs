@@ -29,7 +29,14 @@ impl State {
         if self.config.is_subworker() {
             // A subworker hands back at once what it has not started: its
             // control plane runs it elsewhere rather than it failing here.
-            self.hand_back_unstarted(self.pool.close_and_take_queued());
+            // Those queued for its threads, and (with worker processes)
+            // those waiting for one of its worker processes.
+            let mut unstarted: Vec<TaskId> =
+                self.pool.close_and_take_queued().into_iter().map(|job| job.task_id).collect();
+            unstarted.extend(
+                self.lock().ledger.tasks().filter(|(_, t)| t.report.state == TaskState::Queued).map(|(id, _)| *id),
+            );
+            self.hand_back_unstarted(unstarted);
         }
         let unstarted = self.pool.drain(timeout);
         // Tasks on subworkers finish on their own; wait for them too.
