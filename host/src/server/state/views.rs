@@ -89,7 +89,12 @@ impl State {
     pub(crate) fn live_view(&self) -> LiveView {
         let tasks = self.lock();
         let (counts, on_workers) = count_live(&tasks);
-        LiveView { counts, on_workers, cluster: tasks.ledger.cluster().status() }
+        let mut cluster = tasks.ledger.cluster().status();
+        drop(tasks);
+        if let Some(watch) = self.crashes.get() {
+            cluster.worker_processes = watch.processes();
+        }
+        LiveView { counts, on_workers, cluster }
     }
 
     /// What `bound` limits, in use now, where this state knows it.
