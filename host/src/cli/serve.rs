@@ -27,6 +27,11 @@ use crate::{fail, seconds, EXIT_USAGE};
 /// a millisecond (see docs/subworkers.md, *Prefetch*).
 const DEFAULT_PREFETCH: u32 = 16;
 
+/// Runs a worker process may be sent beyond the one it runs by default:
+/// enough that it never idles for the local round trip between short
+/// tasks, few enough that little waits behind a long one (docs/isolation.md).
+const DEFAULT_PROCESS_PREFETCH: u32 = 8;
+
 /// How long a subworker without --control-plane-address waits for an announcement.
 pub(crate) const SUBWORKER_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -112,6 +117,11 @@ pub(crate) struct ControlPlaneArgs {
     /// Runs each worker process holds at once; 1 makes every crash attributable to the run that caused it.
     #[arg(long, env = "FASTWORKER_RUNS_PER_PROCESS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2048))]
     pub(crate) runs_per_process: u32,
+    /// Runs the control plane may send each worker process ahead of the one it runs, queued there so that
+    /// it never idles for a round trip between short tasks; a crash is still charged only to the run it
+    /// interrupted. 0 for long tasks of uneven length.
+    #[arg(long, env = "FASTWORKER_PREFETCH_PER_PROCESS", default_value_t = DEFAULT_PROCESS_PREFETCH, value_parser = clap::value_parser!(u32).range(0..=2048))]
+    pub(crate) prefetch_per_process: u32,
     /// Times a task's runs may kill their worker process before it fails as Crashed instead of being sent again.
     #[arg(long, env = "FASTWORKER_MAX_TASK_CRASHES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub(crate) max_task_crashes: u32,
@@ -148,6 +158,10 @@ pub(crate) struct SubworkerArgs {
     /// Seconds between heartbeats to the control plane.
     #[arg(long, env = "FASTWORKER_HEARTBEAT_INTERVAL", default_value_t = 5.0)]
     pub(crate) heartbeat_interval: f64,
+    /// Internal, set by a control plane for its worker processes: the pipe on which each run's start
+    /// and end is recorded, so that a crash is charged to the runs it interrupted (docs/isolation.md).
+    #[arg(long, hide = true)]
+    pub(crate) run_log_fd: Option<i32>,
     /// Seconds a shutdown waits for queued and running tasks.
     #[arg(long, env = "FASTWORKER_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     pub(crate) shutdown_timeout: f64,
@@ -262,6 +276,7 @@ pub(crate) fn run_control_plane(args: ControlPlaneArgs) -> ExitCode {
             program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("fastworker")),
             count,
             runs_per_process,
+            prefetch: args.prefetch_per_process,
             task_modules: args.task_modules.clone(),
             max_task_crashes: args.max_task_crashes,
             extra_args,
@@ -439,6 +454,16 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
         Ok(subworker) => subworker,
         Err(error) => return fail(EXIT_USAGE, error),
     };
+    if let Some(fd) = args.run_log_fd {
+        if let Err(error) = subworker.log_runs_to(fd) {
+            return fail(
+                EXIT_USAGE,
+                format_args!(
+                    "--run-log-fd {fd}: {error}; it is set by a control plane for its worker processes, not by hand"
+                ),
+            );
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
     let stop = async { info!(signal = shutdown_signal().await, "stop requested") };
     match runtime.block_on(subworker.run(stop)) {

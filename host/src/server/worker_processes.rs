@@ -2,12 +2,15 @@
 //! it starts and supervises, not in its own (docs/isolation.md). Each is
 //! `fastworker subworker` on 127.0.0.1 with the control plane's plugins,
 //! registered like any subworker, so routing, leases, batching and delivery
-//! are the subworkers'. One thread per process waits for it to exit: a death
-//! it was not asked for is a crash, told to the state (the runs it carried
-//! count a crash each) and followed by a restart after a backoff, until the
+//! are the subworkers'. One thread per process waits for it to exit and
+//! reads its run log (`server::run_log`), which says which runs it is
+//! executing and whose closing tells its death at once: a death it was not asked for is a crash, told to the state
+//! (the runs it was executing count a crash each; those only queued there
+//! are sent again) and followed by a restart after a backoff, until the
 //! process crashed too often within a window and is given up.
 
 use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashSet;
 use tracing::{error, info, warn};
 
+use crate::server::run_log::RunLogReader;
 use crate::server::state::crashes::CrashWatch;
 use crate::server::state::State;
 use crate::wire::address::BaseAddress;
@@ -47,6 +51,8 @@ pub struct WorkerProcessesConfig {
     /// Runs each holds at once (its threads); 1 makes a crash attributable
     /// to one run.
     pub runs_per_process: u32,
+    /// Runs each may be sent ahead of those it runs (its `--prefetch`).
+    pub prefetch: u32,
     /// The plugins they load (the control plane's `--task-modules`).
     pub task_modules: Vec<PathBuf>,
     /// Crashes after which a task ends `Crashed` (`--max-task-crashes`).
@@ -79,7 +85,7 @@ impl WorkerProcesses {
     pub(crate) fn start(state: &Arc<State>, base: &BaseAddress, config: WorkerProcessesConfig) -> WorkerProcesses {
         let ids: Vec<String> = (1..=config.count).map(|n| format!("local-{n}")).collect();
         let tasks: FxHashSet<String> = state.registry.tasks().iter().map(|t| t.decl.name.to_string()).collect();
-        state.watch_worker_processes(CrashWatch::new(ids.clone(), config.max_task_crashes), tasks);
+        state.watch_worker_processes(CrashWatch::new(config.max_task_crashes), tasks);
         // The worker processes dial the control plane on this machine.
         let host = match base.host() {
             "0.0.0.0" | "*" | "[::]" | "::" => "127.0.0.1",
@@ -148,11 +154,15 @@ impl Supervisor {
                 return;
             }
             let started = Instant::now();
-            let status = match self.spawn() {
-                Ok(child) => self.wait(child),
+            let (status, executing) = match self.spawn() {
+                Ok((child, mut log)) => {
+                    let status = self.wait(child, &mut log);
+                    log.read_available();
+                    (status, log.take_executing())
+                }
                 Err(error) => {
                     error!(worker = %self.worker_id, %error, "could not start a worker process");
-                    None
+                    (None, Vec::new())
                 }
             };
             if self.stopping() {
@@ -160,7 +170,7 @@ impl Supervisor {
             }
             let how = status.map_or_else(|| "it could not be started".to_string(), describe);
             if let Some(state) = self.state.upgrade() {
-                state.worker_process_died(&self.worker_id, &how);
+                state.worker_process_died(&self.worker_id, &how, executing);
             }
             let now = Instant::now();
             deaths.retain(|&at| now.duration_since(at) < CRASH_WINDOW);
@@ -210,10 +220,13 @@ impl Supervisor {
         }
     }
 
-    /// Starts the worker process on four free ports of 127.0.0.1.
-    fn spawn(&self) -> std::io::Result<Child> {
+    /// Starts the worker process on four free ports of 127.0.0.1, with
+    /// the write end of its run log.
+    fn spawn(&self) -> std::io::Result<(Child, RunLogReader)> {
         let port = free_ports(4)?;
         let base = self.base.at_port(port);
+        let (log, log_writer) = RunLogReader::pipe()?;
+        let log_fd = log_writer.as_raw_fd();
         let mut command = Command::new(&self.config.program);
         command
             .arg("subworker")
@@ -221,7 +234,8 @@ impl Supervisor {
             .args(["--control-plane-address", &self.control_plane])
             .args(["--base-address", &base])
             .args(["--concurrency", &self.config.runs_per_process.to_string()])
-            .args(["--prefetch", "0"])
+            .args(["--prefetch", &self.config.prefetch.to_string()])
+            .args(["--run-log-fd", &log_fd.to_string()])
             .args(["--heartbeat-interval", HEARTBEAT_SECONDS])
             .args(["--shutdown-timeout", &self.config.shutdown_timeout.as_secs_f64().to_string()])
             .args(&self.config.extra_args)
@@ -242,17 +256,32 @@ impl Supervisor {
                 });
             }
         }
+        // SAFETY: fcntl is async-signal-safe; it keeps the run log's write
+        // end (close-on-exec in this process, so no other child gets it)
+        // open across this child's exec only.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                if libc::fcntl(log_fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = command.spawn()?;
+        // The child holds the write end now; this process only reads.
+        drop(log_writer);
         info!(worker = %self.worker_id, pid = child.id(), base = %base, "worker process started");
         self.shared.pids.lock().expect("supervisor lock").push(child.id());
-        Ok(child)
+        Ok((child, log))
     }
 
-    /// Waits for the process to exit; at a stop, gives it the shutdown
-    /// timeout (and a little more) before killing it.
-    fn wait(&self, mut child: Child) -> Option<ExitStatus> {
+    /// Waits for the process to exit, reading its run log as it goes; at a
+    /// stop, gives it the shutdown timeout (and a little more) before
+    /// killing it.
+    fn wait(&self, mut child: Child, log: &mut RunLogReader) -> Option<ExitStatus> {
         let pid = child.id();
         let status = loop {
+            let closed = log.read_available();
             match child.try_wait() {
                 Ok(Some(status)) => break Some(status),
                 Ok(None) => {}
@@ -264,8 +293,15 @@ impl Supervisor {
             if self.stopping() {
                 break Some(self.wait_stopping(&mut child));
             }
-            // The waits are short: a death is seen within moments.
-            self.sleep(Duration::from_millis(10));
+            if closed {
+                // It is exiting: reapable within moments.
+                std::thread::sleep(Duration::from_millis(1));
+            } else {
+                // Woken by a record or by its death (the log's write end
+                // closing), so a crash is charged at once: before the runs
+                // lost with the process can be sent again and lost again.
+                log.wait(Duration::from_millis(10));
+            }
         };
         self.shared.pids.lock().expect("supervisor lock").retain(|&p| p != pid);
         status

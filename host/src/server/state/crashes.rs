@@ -1,12 +1,12 @@
-//! The state's side of crash isolation (docs/isolation.md): which runs each
-//! of this control plane's worker processes carries, how often each task's
-//! runs died with their process, and the supervisor's counts for
-//! `/metrics`. When the supervisor sees a worker process die, every task it
-//! carried counts a crash; a task at `--max-task-crashes` ends `Crashed`,
-//! the others go elsewhere as any lost subworker's runs do.
+//! The state's side of crash isolation (docs/isolation.md): how often each
+//! task's runs died with their worker process, and the supervisor's counts
+//! for `/metrics`. When the supervisor sees a worker process die, each run
+//! its run log says it was executing (`server::run_log`) counts a crash; a
+//! task at `--max-task-crashes` ends `Crashed`, the others (and the runs
+//! only queued in that process) go elsewhere as any lost subworker's runs do.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -20,6 +20,9 @@ pub(crate) struct CrashWatch {
     /// Crashes after which a task ends `Crashed` (at least 1).
     max_task_crashes: u32,
     runs: Mutex<Runs>,
+    /// Whether any live task has crashed (so that a task's end, on the hot
+    /// path, takes the lock only then).
+    any_crashed: AtomicBool,
     /// Worker processes started again after they died.
     pub(crate) restarts: AtomicU64,
     /// Worker processes that died without being asked to stop.
@@ -30,8 +33,6 @@ pub(crate) struct CrashWatch {
 
 #[derive(Default)]
 struct Runs {
-    /// The live runs sent to each watched worker process, by worker id.
-    carried: FxHashMap<String, FxHashSet<TaskId>>,
     /// Crashes so far of each live task that crashed at least once.
     crashes: FxHashMap<TaskId, u32>,
     /// The crashes per task name, for `/metrics` (names are bounded by the
@@ -40,32 +41,27 @@ struct Runs {
 }
 
 impl CrashWatch {
-    /// Watches the worker processes named `worker_ids`.
-    pub(crate) fn new(worker_ids: impl IntoIterator<Item = String>, max_task_crashes: u32) -> CrashWatch {
-        let carried = worker_ids.into_iter().map(|id| (id, FxHashSet::default())).collect();
+    /// A watch ending a task `Crashed` after `max_task_crashes`.
+    pub(crate) fn new(max_task_crashes: u32) -> CrashWatch {
         CrashWatch {
             max_task_crashes: max_task_crashes.max(1),
-            runs: Mutex::new(Runs { carried, ..Runs::default() }),
+            runs: Mutex::new(Runs::default()),
+            any_crashed: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
             crashes: AtomicU64::new(0),
             given_up: AtomicU64::new(0),
         }
     }
 
-    /// A run of `task_id` was sent to `worker_id` (ignored unless watched).
-    pub(crate) fn sent(&self, worker_id: &str, task_id: TaskId) {
-        let mut runs = self.runs.lock().expect("crash watch lock");
-        if let Some(carried) = runs.carried.get_mut(worker_id) {
-            carried.insert(task_id);
-        }
-    }
-
-    /// `task_id` ended: nothing of it is watched any more.
+    /// `task_id` ended: its crashes are forgotten.
     pub(crate) fn ended(&self, task_id: TaskId) {
+        if !self.any_crashed.load(Ordering::Acquire) {
+            return;
+        }
         let mut runs = self.runs.lock().expect("crash watch lock");
         runs.crashes.remove(&task_id);
-        for carried in runs.carried.values_mut() {
-            carried.remove(&task_id);
+        if runs.crashes.is_empty() {
+            self.any_crashed.store(false, Ordering::Release);
         }
     }
 
@@ -75,18 +71,20 @@ impl CrashWatch {
         runs.by_task.iter().map(|(name, count)| (name.clone(), *count)).collect()
     }
 
-    /// `worker_id` died: each task it carried counts a crash. Returns
-    /// those at the bound, with their crash count.
-    fn died(&self, worker_id: &str) -> Vec<(TaskId, u32)> {
+    /// A worker process died executing `executing`: each counts a crash.
+    /// Returns those at the bound, with their crash count.
+    fn died(&self, executing: Vec<TaskId>) -> Vec<(TaskId, u32)> {
         let mut runs = self.runs.lock().expect("crash watch lock");
-        let carried = runs.carried.get_mut(worker_id).map(std::mem::take).unwrap_or_default();
         let mut poisoned = Vec::new();
-        for task_id in carried {
+        for task_id in executing {
             let count = runs.crashes.entry(task_id).or_insert(0);
             *count = count.saturating_add(1);
             if *count >= self.max_task_crashes {
                 poisoned.push((task_id, *count));
             }
+        }
+        if !runs.crashes.is_empty() {
+            self.any_crashed.store(true, Ordering::Release);
         }
         poisoned
     }
@@ -94,13 +92,15 @@ impl CrashWatch {
 
 impl State {
     /// The supervisor saw the worker process `worker_id` die (`how`: its
-    /// signal or exit status). Each task it carried counts a crash; those at
-    /// `--max-task-crashes` end `Crashed`, whichever worker their run is on
-    /// now; the others are sent again as the lost link's runs are.
-    pub(crate) fn worker_process_died(&self, worker_id: &str, how: &str) {
+    /// signal or exit status) while executing the runs of `executing` (its
+    /// run log). Each counts a crash; those at `--max-task-crashes` end
+    /// `Crashed`, whichever worker their run is on now; the others, and the
+    /// runs only queued in that process, are sent again as the lost link's
+    /// runs are.
+    pub(crate) fn worker_process_died(&self, worker_id: &str, how: &str, executing: Vec<TaskId>) {
         let Some(watch) = self.crashes.get() else { return };
         watch.crashes.fetch_add(1, Ordering::Relaxed);
-        let poisoned = watch.died(worker_id);
+        let poisoned = watch.died(executing);
         if poisoned.is_empty() {
             warn!(worker = worker_id, "worker process died ({how}); its runs are sent again");
             return;

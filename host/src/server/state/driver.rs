@@ -40,11 +40,6 @@ impl Effects<Replier, Link> for Driver<'_> {
 
     fn changed(&mut self, report: &TaskReport) {
         self.state.monitor.changed(report);
-        if let Some(watch) = self.state.crashes.get() {
-            if report.state == crate::wire::protocol::TaskState::Running && !report.worker.is_empty() {
-                watch.sent(&report.worker, report.task_id);
-            }
-        }
     }
 
     fn progressed(&mut self, task: &LiveTask<Replier>, retry_at_ms: Option<u64>) {
