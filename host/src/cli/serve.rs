@@ -28,9 +28,11 @@ use crate::{fail, seconds, EXIT_USAGE};
 const DEFAULT_PREFETCH: u32 = 16;
 
 /// Runs a worker process may be sent beyond the one it runs by default:
-/// enough that it never idles for the local round trip between short
-/// tasks, few enough that little waits behind a long one (docs/isolation.md).
-const DEFAULT_PROCESS_PREFETCH: u32 = 8;
+/// none, so that a task waits in the control plane's queue (shown queued,
+/// taken by priority across processes) until a process can start it;
+/// `--prefetch-per-process 8` gives short tasks in-process rates
+/// (docs/isolation.md).
+const DEFAULT_PROCESS_PREFETCH: u32 = 0;
 
 /// How long a subworker without --control-plane-address waits for an announcement.
 pub(crate) const SUBWORKER_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,8 +120,8 @@ pub(crate) struct ControlPlaneArgs {
     #[arg(long, env = "FASTWORKER_RUNS_PER_PROCESS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2048))]
     pub(crate) runs_per_process: u32,
     /// Runs the control plane may send each worker process ahead of the one it runs, queued there so that
-    /// it never idles for a round trip between short tasks; a crash is still charged only to the run it
-    /// interrupted. 0 for long tasks of uneven length.
+    /// it never idles for a round trip between short tasks (8 gives short tasks in-process rates); a crash
+    /// is still charged only to the run it interrupted. Runs sent ahead show as running.
     #[arg(long, env = "FASTWORKER_PREFETCH_PER_PROCESS", default_value_t = DEFAULT_PROCESS_PREFETCH, value_parser = clap::value_parser!(u32).range(0..=2048))]
     pub(crate) prefetch_per_process: u32,
     /// Times a task's runs may kill their worker process before it fails as Crashed instead of being sent again.
