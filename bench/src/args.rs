@@ -23,6 +23,8 @@ pub(crate) struct Settings {
     pub(crate) soak_minutes: Option<f64>,
     /// Time between two kills of the soak's subworker (`None`: never).
     pub(crate) soak_kill_every: Option<Duration>,
+    /// Run only the floors, the `cp` rows and the isolated `cp` rows.
+    pub(crate) cp_only: bool,
     /// Run only the floors, the `cp` rows and the durable rows.
     pub(crate) durable_only: bool,
     /// Run only the floors, the `cp` rows and the scale rows.
@@ -54,7 +56,7 @@ impl Settings {
 /// The settings from the command line, or the usage (or what is wrong) to print.
 pub(crate) fn parse_args() -> Result<Settings, String> {
     const USAGE: &str = "usage: fastworker-bench [--seconds S] [--requests N] [--in-flight K] [--concurrency C] \
-        [--cluster-size N] [--floor-in-process] [--durable-only | --scale-only | --no-scale] [--sleep-sizes N,N,..] [--batch-tasks N] \
+        [--cluster-size N] [--floor-in-process] [--cp-only | --durable-only | --scale-only | --no-scale] [--sleep-sizes N,N,..] [--batch-tasks N] \
         [--python PATH] [--soak MINUTES [--soak-kill-every S]] [--nng-versions] [--workflow-only]\n  \
         --seconds S           measured seconds per phase (default 2)\n  \
         --requests N          measure N requests per phase instead of a duration\n  \
@@ -62,6 +64,7 @@ pub(crate) fn parse_args() -> Result<Settings, String> {
         --concurrency C       threads running `add` in the control plane and in each subworker (default: cores)\n  \
         --cluster-size N      subworkers registered in the large-cluster row, N - 1 of them fakes (default 100)\n  \
         --floor-in-process    run the echo server on this process's threads, not in a child process\n  \
+        --cp-only             run only the floors, the cp rows and the isolated cp rows (worker processes)\n  \
         --durable-only        run only the floors, the cp rows and the durable (--state-dir) rows\n  \
         --scale-only          run only the floors, the cp rows and the scale rows (sleep scaling, batch, payload)\n  \
         --no-scale            skip the scale rows\n  \
@@ -71,7 +74,9 @@ pub(crate) fn parse_args() -> Result<Settings, String> {
         --nng-versions        instead of the table: build and run the NNG 1.11 and 2.0 floors (bench/nng-versions/)\n                              and print them beside NNG 1.4's and the TCP floor\n  \
         --workflow-only       instead of the table: the workflow row alone (a chord of 1000 add against 1000 pipelined add)\n  \
         --soak MINUTES        instead of the table: mixed load with a subworker killed every 20 s, memory sampled\n  \
-        --soak-kill-every S   seconds between two kills of the soak's subworker (default 20; 0: never)";
+        --soak-kill-every S   seconds between two kills of the soak's subworker (default 20; 0: never)\n\
+        environment: FASTWORKER_BENCH_BINARIES=DIR measures the fastworker binary and example plugin in DIR, unbuilt;\n\
+        FASTWORKER_BENCH_BASELINE=DIR adds cp-base rows: the cp rows on the (older) build in DIR, in the same run";
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut settings = Settings {
         seconds: 2.0,
@@ -82,6 +87,7 @@ pub(crate) fn parse_args() -> Result<Settings, String> {
         floor_in_process: false,
         soak_minutes: None,
         soak_kill_every: Some(Duration::from_secs(20)),
+        cp_only: false,
         durable_only: false,
         scale_only: false,
         no_scale: false,
@@ -132,6 +138,7 @@ pub(crate) fn parse_args() -> Result<Settings, String> {
                 let seconds = whole("--soak-kill-every", 0..=3600)?;
                 settings.soak_kill_every = (seconds > 0).then(|| Duration::from_secs(seconds));
             }
+            "--cp-only" => settings.cp_only = true,
             "--durable-only" => settings.durable_only = true,
             "--scale-only" => settings.scale_only = true,
             "--no-scale" => settings.no_scale = true,
@@ -161,8 +168,9 @@ pub(crate) fn parse_args() -> Result<Settings, String> {
             other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
         }
     }
-    if [settings.durable_only, settings.scale_only, settings.no_scale].iter().filter(|&&f| f).count() > 1 {
-        return Err(format!("--durable-only, --scale-only and --no-scale exclude each other\n{USAGE}"));
+    let modes = [settings.cp_only, settings.durable_only, settings.scale_only, settings.no_scale];
+    if modes.iter().filter(|&&f| f).count() > 1 {
+        return Err(format!("--cp-only, --durable-only, --scale-only and --no-scale exclude each other\n{USAGE}"));
     }
     Ok(settings)
 }

@@ -15,6 +15,14 @@
 //!   one call at a time.
 //! * `cp-pipelined-K`: the same, with K calls in flight (K tokio tasks sharing
 //!   one client).
+//! * `cp-isolated-blocking` and `cp-isolated-pipelined-K`: the same calls
+//!   on a control plane in its default mode, running `add` in
+//!   `--concurrency` worker processes of one run each (docs/isolation.md),
+//!   as ratios to the `cp` rows of the same run (which pass `--in-process`).
+//!   `--cp-only` runs the floors, these and the `cp` rows alone.
+//! * `cp-base-blocking` and `cp-base-pipelined-K` (with
+//!   `FASTWORKER_BENCH_BASELINE=DIR`): the `cp` rows on the build in DIR (its
+//!   `fastworker` and example plugin), to compare an older build in one run.
 //! * `sw-blocking` and `sw-pipelined-K`: the same calls, sent to a second
 //!   control plane that loads no plugin (so it runs nothing itself) and routes
 //!   each `add` to one `fastworker subworker` child process loading the
@@ -139,7 +147,8 @@ use crate::nng_floor::{
 };
 use crate::phase::{warmed, Budget, Phase};
 use crate::processes::{
-    add_pipelined, blocking_add, expect_cluster, pipelined_add, start_control_plane, start_subworker,
+    add_pipelined, blocking_add, expect_cluster, has_worker_processes, pipelined_add, start_control_plane,
+    start_isolated_control_plane, start_subworker,
 };
 use crate::report::report;
 use crate::results::{Results, Row};
@@ -266,6 +275,38 @@ fn run(settings: &Settings) -> Result<bool, String> {
         results.push(format!("py-pipelined-{k}"), true, pipelined);
     }
     results.stopped(&mut control_plane);
+
+    // The same rows on an older build, named by FASTWORKER_BENCH_BASELINE,
+    // to tell a regression from a slower day in one run.
+    if let Some(dir) = std::env::var_os("FASTWORKER_BENCH_BASELINE").map(std::path::PathBuf::from) {
+        let (base_binary, base_plugin) = (dir.join("fastworker"), dir.join(plugin.file_name().unwrap_or_default()));
+        println!("cp-base: as cp, on the build in {}", dir.display());
+        let mut control_plane =
+            start_control_plane(&base_binary, "baseline control plane", Some(&base_plugin), c, &[])?;
+        let client = control_plane.client()?;
+        results.push("cp-base-blocking".into(), false, blocking_add(&runtime, &client, settings.budget_part(1)));
+        let pipelined = pipelined_add(&runtime, &client, k, settings.budget_part(1));
+        results.push(format!("cp-base-pipelined-{k}"), true, pipelined);
+        results.stopped(&mut control_plane);
+    }
+
+    // The same calls on a control plane in its default mode: `add` runs in
+    // worker processes (docs/isolation.md), compared with the rows above.
+    if has_worker_processes(&binary) {
+        println!("cp-isolated: as cp, without --in-process: {c} worker processes of one run each");
+        let mut control_plane = start_isolated_control_plane(&binary, "isolated control plane", &plugin, c, &[])?;
+        let client = control_plane.client()?;
+        results.push("cp-isolated-blocking".into(), false, blocking_add(&runtime, &client, settings.budget_part(1)));
+        let pipelined = pipelined_add(&runtime, &client, k, settings.budget_part(1));
+        results.push(format!("cp-isolated-pipelined-{k}"), true, pipelined);
+        results.stopped(&mut control_plane);
+    } else {
+        println!("cp-isolated: skipped, {} has no worker processes (a build from before them)", binary.display());
+    }
+    if settings.cp_only {
+        insert_floors(&mut results, [floor_seq, floor_pipe, tcp_seq, tcp_pipe], floors()?, k);
+        return Ok(report(settings, &results));
+    }
 
     // The same calls through the HTTP API, on a control plane serving its dashboard.
     println!("http: as cp, with the dashboard on; add submitted with wait_ms over keep-alive HTTP/1.1");

@@ -273,12 +273,51 @@ pub(crate) fn start_control_plane(
     let mut args: Vec<OsString> =
         vec!["control-plane".into(), "--no-gui".into(), "--concurrency".into(), concurrency.to_string().into()];
     if let Some(plugin) = plugin {
+        args.extend(["--task-modules".into(), plugin.into()]);
         // The rows measure tasks on the control plane's own threads, as they
-        // did before worker processes became the default (docs/isolation.md).
-        args.extend(["--task-modules".into(), plugin.into(), "--in-process".into()]);
+        // did before worker processes became the default (docs/isolation.md);
+        // a build from before then knows no other way, nor the flag.
+        if has_worker_processes(binary) {
+            args.push("--in-process".into());
+        }
     }
     args.extend_from_slice(extra);
     FastworkerProcess::start(binary, role, &args, serving)
+}
+
+/// Whether `binary` runs tasks in worker processes by default (it knows
+/// `--in-process`): builds from before that run them in-process only.
+pub(crate) fn has_worker_processes(binary: &Path) -> bool {
+    let help = Command::new(binary).args(["control-plane", "--help"]).stderr(Stdio::null()).output();
+    help.is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains("--in-process"))
+}
+
+/// Starts a control plane in its default mode: `add` runs in
+/// `concurrency` supervised worker processes of one run each
+/// (docs/isolation.md), with `extra` arguments; waits until it serves and
+/// lists every worker process as active.
+pub(crate) fn start_isolated_control_plane(
+    binary: &Path,
+    role: &str,
+    plugin: &Path,
+    concurrency: usize,
+    extra: &[OsString],
+) -> Result<FastworkerProcess, String> {
+    let mut args: Vec<OsString> =
+        vec!["control-plane".into(), "--no-gui".into(), "--concurrency".into(), concurrency.to_string().into()];
+    args.extend(["--task-modules".into(), plugin.into()]);
+    args.extend_from_slice(extra);
+    FastworkerProcess::start(binary, role, &args, |process| {
+        serving(process)?;
+        let probe = process.client()?.with_timeout(PROBE_TIMEOUT);
+        process.wait_until(|runtime| match runtime.block_on(probe.workers()) {
+            Ok(cluster) if cluster.active_subworkers as usize >= concurrency => Probe::Ready,
+            Ok(cluster) => {
+                Probe::NotYet(format!("{} of {concurrency} worker processes active", cluster.active_subworkers))
+            }
+            Err(error) => Probe::NotYet(format!("asking for its worker processes: {error}")),
+        })
+    })
 }
 
 /// Waits until a starting control plane serves: it refuses a status query

@@ -56,11 +56,63 @@ pub(crate) fn report(settings: &Settings, results: &Results) -> bool {
         ("cp-blocking p50 ≤ 2× tcp", Some(ratio_p(cp_seq, tcp_seq, 50.0)), 2.0, false, "×"),
         ("cp-pipelined rate ≥ 0.50 of tcp", Some(cp_pipe.rate() / tcp_pipe.rate()), 0.5, true, ""),
     ];
+    if results.rows.iter().any(|row| row.name == "cp-base-blocking") {
+        let (base_seq, base_pipe) = (results.row("cp-base-blocking"), results.row(&format!("cp-base-pipelined-{k}")));
+        println!();
+        println!(
+            "this build against the baseline (cp / cp-base): blocking p50 {:.2}×, rate {:.3}; {k} in flight rate {:.3}",
+            ratio_p(cp_seq, base_seq, 50.0),
+            cp_seq.rate() / base_seq.rate(),
+            cp_pipe.rate() / base_pipe.rate(),
+        );
+    }
+    let isolated = results.rows.iter().any(|row| row.name == "cp-isolated-blocking");
+    let (iso_seq, iso_pipe) = if isolated {
+        (results.row("cp-isolated-blocking"), results.row(&format!("cp-isolated-pipelined-{k}")))
+    } else {
+        // A build from before worker processes: the cp rows compare with themselves.
+        (cp_seq, cp_pipe)
+    };
+    if isolated {
+        println!();
+        println!(
+            "worker processes (cp-isolated / cp): blocking p50 {:.2}×, p99 {:.2}×, rate {:.3}; {k} in flight rate {:.3}, p50 {:.2}×",
+            ratio_p(iso_seq, cp_seq, 50.0),
+            ratio_p(iso_seq, cp_seq, 99.0),
+            iso_seq.rate() / cp_seq.rate(),
+            iso_pipe.rate() / cp_pipe.rate(),
+            ratio_p(iso_pipe, cp_pipe, 50.0),
+        );
+    }
+    let isolated_targets = [
+        (
+            "cp-isolated-blocking p50 ≤ 1.3× cp's",
+            Some(ratio_p(iso_seq, cp_seq, 50.0)).filter(|_| isolated),
+            1.3,
+            false,
+            "×",
+        ),
+        (
+            "cp-isolated-pipelined rate ≥ 0.8 of cp's",
+            Some(iso_pipe.rate() / cp_pipe.rate()).filter(|_| isolated),
+            0.8,
+            true,
+            "",
+        ),
+    ];
+    if settings.cp_only {
+        println!();
+        println!("targets:");
+        print_targets(&cp_targets);
+        print_targets(&isolated_targets);
+        return checked(results);
+    }
     if settings.scale_only {
         let scale_targets = scale_report(settings, results);
         println!();
         println!("targets:");
         print_targets(&cp_targets);
+        print_targets(&isolated_targets);
         print_targets(&scale_targets.iter().map(|(w, v, l, a, u)| (w.as_str(), *v, *l, *a, *u)).collect::<Vec<_>>());
         return checked(results);
     }
@@ -112,6 +164,7 @@ pub(crate) fn report(settings: &Settings, results: &Results) -> bool {
     if settings.durable_only {
         println!();
         println!("targets:");
+        print_targets(&isolated_targets);
         print_targets(&durable_targets);
         return checked(results);
     }
@@ -180,6 +233,7 @@ pub(crate) fn report(settings: &Settings, results: &Results) -> bool {
         ("wrong + missing replies = 0", Some((wrong + missing) as f64), 0.0, false, ""),
     ];
     print_targets(&cp_targets);
+    print_targets(&isolated_targets);
     print_targets(&targets);
     print_targets(&durable_targets);
     print_targets(&scale_targets.iter().map(|(w, v, l, a, u)| (w.as_str(), *v, *l, *a, *u)).collect::<Vec<_>>());

@@ -6,13 +6,21 @@ use std::process::Command;
 
 /// The `fastworker` binary and `libexample_tasks.so` next to this executable
 /// (target/release/), always (re)built with cargo first so that the figures
-/// are never those of a stale binary (a no-op when they are fresh).
+/// are never those of a stale binary (a no-op when they are fresh). With
+/// `FASTWORKER_BENCH_BINARIES=DIR`, those in DIR as they are, unbuilt: to
+/// measure an older build against this one.
 pub(crate) fn locate_binaries() -> Result<(PathBuf, PathBuf), String> {
     let exe = std::env::current_exe().map_err(|e| format!("locating this executable: {e}"))?;
-    let dir = exe.parent().ok_or("this executable has no directory")?.to_path_buf();
+    let given = std::env::var_os("FASTWORKER_BENCH_BINARIES").map(PathBuf::from);
+    let dir = match &given {
+        Some(dir) => dir.clone(),
+        None => exe.parent().ok_or("this executable has no directory")?.to_path_buf(),
+    };
     let binary = dir.join("fastworker");
     let plugin = dir.join(format!("{}example_tasks{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX));
-    {
+    if given.is_some() {
+        eprintln!("using the binaries in {} as they are (FASTWORKER_BENCH_BINARIES)", dir.display());
+    } else {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let mut command = Command::new(&cargo);

@@ -210,6 +210,15 @@ impl ControlPlane {
         tokio::time::sleep(crate::server::state::START_REPORT_DELAY).await;
     }
 
+    /// In a worker process: records each run's start and end on the
+    /// descriptor `fd` its supervisor passed (`--run-log-fd`), so that a
+    /// crash is charged to the runs it interrupted (docs/isolation.md).
+    pub fn log_runs_to(&self, fd: i32) -> std::io::Result<()> {
+        let log = crate::server::run_log::RunLog::from_fd(fd)?;
+        let _ = self.state.run_log.set(log);
+        Ok(())
+    }
+
     /// On a subworker: waits until a connection to its CRITICAL port drops
     /// (its control plane dials that port: it may have died or restarted).
     pub async fn connection_dropped(&self) {

@@ -125,6 +125,13 @@ impl Subworker {
         Ok(Subworker { server, membership, heartbeat_interval: config.heartbeat_interval })
     }
 
+    /// As a control plane's worker process: records each run's start and
+    /// end on the descriptor `fd` its supervisor passed (see
+    /// [`ControlPlane::log_runs_to`]).
+    pub fn log_runs_to(&self, fd: i32) -> std::io::Result<()> {
+        self.server.log_runs_to(fd)
+    }
+
     /// Joins the control plane and serves it until `stop` resolves; then
     /// leaves (the control plane sends nothing new), finishes what it holds
     /// within the shutdown timeout while still heartbeating, unregisters and

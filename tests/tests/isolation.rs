@@ -8,7 +8,8 @@
 //! `Crashed` after `--max-task-crashes` (2) with its signal or exit status,
 //! and the worker process is restarted (`/metrics`). In durable mode, a
 //! restart with a poison task in the store serves at once and stays up.
-//! `--in-process` keeps tasks on the control plane's threads.
+//! Runs queued behind a crash in the same worker process are sent again,
+//! not charged. `--in-process` keeps tasks on the control plane's threads.
 //!
 //! Every test starts its own processes on ports of its own.
 
@@ -107,10 +108,46 @@ fn a_task_in_another_worker_process_finishes_while_one_crashes() {
     }));
     let crasher = rt.block_on(client.delay("abort_now", NO_ARGS, SubmitOptions::default())).unwrap();
     let crashed = rt.block_on(client.wait(crasher, Duration::from_secs(30))).unwrap();
-    assert_eq!(crashed.error.map(|e| e.kind), Some(FailureKind::Crashed));
+    assert_eq!(crashed.error.as_ref().map(|e| e.kind), Some(FailureKind::Crashed), "{crashed:?}\n{}", cp.log());
     let slept = rt.block_on(client.wait(sleeper, Duration::from_secs(30))).unwrap();
     assert_eq!(slept.state, TaskState::Succeeded, "{slept:?}");
     assert_eq!(slept.attempts, 1, "the sleeper's process did not die: it ran once");
+}
+
+/// A worker process holds runs queued behind the one it runs
+/// (`--prefetch-per-process`); when the run it executes kills it, only
+/// that run is charged (its run log says which): the runs queued behind it
+/// in the same process are sent again and succeed, even with
+/// `--max-task-crashes 1`.
+#[test]
+fn runs_queued_behind_a_crash_in_its_process_are_sent_again_uncharged() {
+    let flags = ["--concurrency", "1", "--max-task-crashes", "1", "--prefetch-per-process", "8"];
+    let mut cp = Process::control_plane_with_gui(&["crash-tasks", "example-tasks"], &flags, &[]);
+    let rt = runtime();
+    let client = cp.client().with_timeout(Duration::from_secs(30));
+    assert!(bystander(&rt, &client) < Duration::from_secs(20));
+    // The one worker process runs the sleeper; the crasher and the
+    // innocents are sent to it meanwhile and wait there, in that order.
+    let sleeper = rt.block_on(client.delay("sleep_ms", (1000,), SubmitOptions::default())).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || {
+        rt.block_on(client.status(sleeper)).is_ok_and(|r| r.state == TaskState::Running)
+    }));
+    let crasher = rt.block_on(client.delay("abort_now", NO_ARGS, SubmitOptions::default())).unwrap();
+    let innocents: Vec<_> = (0..3)
+        .map(|n| rt.block_on(client.delay("echo_back", (format!("innocent {n}"),), SubmitOptions::default())).unwrap())
+        .collect();
+    let slept = rt.block_on(client.wait(sleeper, Duration::from_secs(30))).unwrap();
+    assert_eq!(slept.state, TaskState::Succeeded, "{slept:?}");
+    let crashed = rt.block_on(client.wait(crasher, Duration::from_secs(30))).unwrap();
+    assert_eq!(crashed.error.as_ref().map(|e| e.kind), Some(FailureKind::Crashed), "{crashed:?}\n{}", cp.log());
+    for (n, innocent) in innocents.into_iter().enumerate() {
+        let report = rt.block_on(client.wait(innocent, Duration::from_secs(30))).unwrap();
+        assert_eq!(report.state, TaskState::Succeeded, "innocent {n}: {report:?}\n{}", cp.log());
+        // Its first run was in the process that died: it was there, and not charged.
+        assert_eq!(report.attempts, 2, "innocent {n} waited in the dead process: {report:?}");
+    }
+    assert_eq!(metric(&cp, "fastworker_worker_process_crashes_total"), 1);
+    assert!(cp.is_running(), "the control plane died:\n{}", cp.log());
 }
 
 #[test]

@@ -94,8 +94,9 @@ fn recycling_by_count_under_load_loses_nothing() {
     assert!(total >= 10, "only {total} recycles:\n{}", cp.log());
     assert_eq!(total, listed);
     assert_eq!(metric(&cp, "fastworker_worker_process_crashes_total"), 0, "{}", cp.log());
-    let runs: u64 = processes(&cp).iter().map(|p| p["runs_total"].as_u64().unwrap()).sum();
-    assert!(runs >= TASKS as u64, "{runs} runs sent");
+    // The supervisors read their processes' run counts every 100 ms.
+    let runs = || processes(&cp).iter().map(|p| p["runs_total"].as_u64().unwrap()).sum::<u64>();
+    assert!(wait_until(Duration::from_secs(5), || runs() >= TASKS as u64), "{} runs started", runs());
     assert!(cp.is_running());
 }
 

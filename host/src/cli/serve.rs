@@ -28,6 +28,13 @@ use crate::{fail, seconds, EXIT_USAGE};
 /// a millisecond (see docs/subworkers.md, *Prefetch*).
 const DEFAULT_PREFETCH: u32 = 16;
 
+/// Runs a worker process may be sent beyond the one it runs by default:
+/// none, so that a task waits in the control plane's queue (shown queued,
+/// taken by priority across processes) until a process can start it;
+/// `--prefetch-per-process 8` gives short tasks in-process rates
+/// (docs/isolation.md).
+const DEFAULT_PROCESS_PREFETCH: u32 = 0;
+
 /// How long a subworker without --control-plane-address waits for an announcement.
 pub(crate) const SUBWORKER_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -121,6 +128,11 @@ pub(crate) struct IsolationArgs {
     /// Runs each worker process holds at once; 1 makes every crash attributable to the run that caused it.
     #[arg(help_heading = heading::RUNNING, long, env = "FASTWORKER_RUNS_PER_PROCESS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2048))]
     pub(crate) runs_per_process: u32,
+    /// Runs the control plane may send each worker process ahead of the one it runs, queued there so that
+    /// it never idles for a round trip between short tasks (8 gives short tasks in-process rates); a crash
+    /// is still charged only to the run it interrupted. Runs sent ahead show as running.
+    #[arg(help_heading = heading::RUNNING, long, env = "FASTWORKER_PREFETCH_PER_PROCESS", default_value_t = DEFAULT_PROCESS_PREFETCH, value_parser = clap::value_parser!(u32).range(0..=2048))]
+    pub(crate) prefetch_per_process: u32,
     /// Times a task's runs may kill their worker process before it fails as Crashed instead of being sent again.
     #[arg(help_heading = heading::RUNNING, long, env = "FASTWORKER_MAX_TASK_CRASHES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub(crate) max_task_crashes: u32,
@@ -163,6 +175,7 @@ impl IsolationArgs {
             program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("fastworker")),
             count,
             runs_per_process,
+            prefetch: self.prefetch_per_process,
             task_modules: task_modules.to_vec(),
             max_task_crashes: self.max_task_crashes,
             extra_args,
@@ -204,6 +217,10 @@ pub(crate) struct SubworkerArgs {
     /// Seconds between heartbeats to the control plane.
     #[arg(help_heading = heading::ADDRESSES, long, env = "FASTWORKER_HEARTBEAT_INTERVAL", default_value_t = 5.0)]
     pub(crate) heartbeat_interval: f64,
+    /// Internal, set by a control plane for its worker processes: the pipe on which each run's start
+    /// and end is recorded, so that a crash is charged to the runs it interrupted (docs/isolation.md).
+    #[arg(long, hide = true)]
+    pub(crate) run_log_fd: Option<i32>,
     /// Seconds a shutdown waits for queued and running tasks.
     #[arg(help_heading = heading::DURABILITY, long, env = "FASTWORKER_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     pub(crate) shutdown_timeout: f64,
@@ -510,6 +527,16 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
         Ok(subworker) => subworker,
         Err(error) => return fail(EXIT_USAGE, error),
     };
+    if let Some(fd) = args.run_log_fd {
+        if let Err(error) = subworker.log_runs_to(fd) {
+            return fail(
+                EXIT_USAGE,
+                format_args!(
+                    "--run-log-fd {fd}: {error}; it is set by a control plane for its worker processes, not by hand"
+                ),
+            );
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building the runtime");
     let stop = async { info!(signal = shutdown_signal().await, "stop requested") };
     match runtime.block_on(subworker.run(stop)) {

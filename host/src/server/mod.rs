@@ -13,7 +13,9 @@
 //!   subworkers provide).
 //! - Machinery: [`pool`] (worker threads), [`timers`] (time-outs, retries,
 //!   leases), [`callbacks`] (completion notices), [`scheduler`] (periodic
-//!   runs), [`memory`].
+//!   runs), [`memory`], [`worker_processes`] (a control plane's
+//!   supervised worker processes) and [`run_log`] (which runs a worker
+//!   process was executing when it died).
 //! - Settings: [`config`] and [`bounds`] (the bounds on what a peer may
 //!   ask for).
 
@@ -31,6 +33,7 @@ pub(crate) mod offered_schemas;
 pub(crate) mod peer_log;
 pub(crate) mod pool;
 pub(crate) mod routes;
+pub(crate) mod run_log;
 pub(crate) mod scheduler;
 pub(crate) mod state;
 pub(crate) mod timers;

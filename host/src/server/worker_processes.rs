@@ -2,15 +2,19 @@
 //! it starts and supervises, not in its own (docs/isolation.md). Each is
 //! `fastworker subworker` on 127.0.0.1 with the control plane's plugins,
 //! registered like any subworker, so routing, leases, batching and delivery
-//! are the subworkers'. One thread per process waits for it to exit: a death
-//! it was not asked for is a crash, told to the state (the runs it carried
-//! count a crash each) and followed by a restart after a backoff, until the
-//! process crashed too often within a window and is given up. A process
-//! that ran `--max-tasks-per-child` runs or grew past
-//! `--max-memory-per-child` is asked to stop (SIGTERM: it leaves, finishes
-//! what it holds, unregisters) and replaced at once: a recycle, not a crash.
+//! are the subworkers'. One thread per process waits for it to exit and
+//! reads its run log (`server::run_log`), which says which runs it is
+//! executing and whose closing tells its death at once: a death it was not
+//! asked for is a crash, told to the state (the runs it was executing count
+//! a crash each; those only queued there are sent again) and followed by a
+//! restart after a backoff, until the process crashed too often within a
+//! window and is given up. A process that started `--max-tasks-per-child`
+//! runs or grew past `--max-memory-per-child` is asked to stop (SIGTERM: it
+//! leaves, hands back what it has not started, finishes what it runs,
+//! unregisters) and replaced at once: a recycle, not a crash.
 
 use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -21,6 +25,7 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashSet;
 use tracing::{error, info, warn};
 
+use crate::server::run_log::RunLogReader;
 use crate::server::state::crashes::CrashWatch;
 use crate::server::state::State;
 use crate::wire::address::BaseAddress;
@@ -50,6 +55,8 @@ pub struct WorkerProcessesConfig {
     /// Runs each holds at once (its threads); 1 makes a crash attributable
     /// to one run.
     pub runs_per_process: u32,
+    /// Runs each may be sent ahead of those it runs (its `--prefetch`).
+    pub prefetch: u32,
     /// The plugins they load (the control plane's `--task-modules`).
     pub task_modules: Vec<PathBuf>,
     /// Crashes after which a task ends `Crashed` (`--max-task-crashes`).
@@ -61,13 +68,12 @@ pub struct WorkerProcessesConfig {
     /// Runs after which a worker process is replaced (`--max-tasks-per-child`).
     pub max_tasks_per_child: Option<u64>,
     /// Resident bytes past which a worker process is replaced
-    /// (`--max-memory-per-child`, read every [`RSS_EVERY`] polls).
+    /// (`--max-memory-per-child`, read every [`RSS_PERIOD`]).
     pub max_memory_per_child: Option<u64>,
 }
 
-/// The supervisor looks at its process every 10 ms; it reads the process's
-/// resident memory every this many looks (100 ms).
-pub const RSS_EVERY: u32 = 10;
+/// How often the supervisor reads its process's resident memory.
+pub const RSS_PERIOD: Duration = Duration::from_millis(100);
 
 /// The running supervisor: one thread per worker process.
 pub(crate) struct WorkerProcesses {
@@ -161,11 +167,18 @@ impl Supervisor {
                 return;
             }
             let started = Instant::now();
-            let (status, recycling) = match self.spawn(restart) {
-                Ok(child) => self.wait(child),
+            let (status, recycling, executing) = match self.spawn(restart) {
+                Ok((child, mut log)) => {
+                    let (status, recycling) = self.wait(child, &mut log);
+                    log.read_available();
+                    if let Some(watch) = self.state.upgrade().as_ref().and_then(|s| s.crashes.get()) {
+                        watch.ran(&self.worker_id, log.started());
+                    }
+                    (status, recycling, log.take_executing())
+                }
                 Err(error) => {
                     error!(worker = %self.worker_id, %error, "could not start a worker process");
-                    (None, false)
+                    (None, false, Vec::new())
                 }
             };
             if self.stopping() {
@@ -183,7 +196,7 @@ impl Supervisor {
             restart = true;
             let how = status.map_or_else(|| "it could not be started".to_string(), describe);
             if let Some(state) = self.state.upgrade() {
-                state.worker_process_died(&self.worker_id, &how);
+                state.worker_process_died(&self.worker_id, &how, executing);
             }
             let now = Instant::now();
             deaths.retain(|&at| now.duration_since(at) < CRASH_WINDOW);
@@ -230,11 +243,13 @@ impl Supervisor {
         }
     }
 
-    /// Starts the worker process on four free ports of 127.0.0.1 (`restart`:
-    /// in place of one that died).
-    fn spawn(&self, restart: bool) -> std::io::Result<Child> {
+    /// Starts the worker process on four free ports of 127.0.0.1, with
+    /// the write end of its run log (`restart`: in place of one that died).
+    fn spawn(&self, restart: bool) -> std::io::Result<(Child, RunLogReader)> {
         let port = free_ports(4)?;
         let base = self.base.at_port(port);
+        let (log, log_writer) = RunLogReader::pipe()?;
+        let log_fd = log_writer.as_raw_fd();
         let mut command = Command::new(&self.config.program);
         command
             .arg("subworker")
@@ -244,7 +259,8 @@ impl Supervisor {
             .args(["--control-plane-address", &self.control_plane])
             .args(["--base-address", &base])
             .args(["--concurrency", &self.config.runs_per_process.to_string()])
-            .args(["--prefetch", "0"])
+            .args(["--prefetch", &self.config.prefetch.to_string()])
+            .args(["--run-log-fd", &log_fd.to_string()])
             .args(["--heartbeat-interval", HEARTBEAT_SECONDS])
             .args(["--shutdown-timeout", &self.config.shutdown_timeout.as_secs_f64().to_string()])
             .args(&self.config.extra_args)
@@ -265,23 +281,38 @@ impl Supervisor {
                 });
             }
         }
+        // SAFETY: fcntl is async-signal-safe; it keeps the run log's write
+        // end (close-on-exec in this process, so no other child gets it)
+        // open across this child's exec only.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                if libc::fcntl(log_fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = command.spawn()?;
+        // The child holds the write end now; this process only reads.
+        drop(log_writer);
         info!(worker = %self.worker_id, pid = child.id(), base = %base, "worker process started");
         self.shared.pids.lock().expect("supervisor lock").push(child.id());
         if let Some(watch) = self.state.upgrade().as_ref().and_then(|s| s.crashes.get()) {
             watch.spawned(&self.worker_id, child.id(), restart);
         }
-        Ok(child)
+        Ok((child, log))
     }
 
-    /// Waits for the process to exit; at a stop, gives it the shutdown
-    /// timeout (and a little more) before killing it. Asks it to stop once
-    /// it reached a recycling bound; says whether it did.
-    fn wait(&self, mut child: Child) -> (Option<ExitStatus>, bool) {
+    /// Waits for the process to exit, reading its run log as it goes; at a
+    /// stop, gives it the shutdown timeout (and a little more) before
+    /// killing it. Asks it to stop once it reached a recycling bound; says
+    /// whether it did.
+    fn wait(&self, mut child: Child, log: &mut RunLogReader) -> (Option<ExitStatus>, bool) {
         let pid = child.id();
         let mut recycling = false;
-        let mut looks: u32 = 0;
+        let mut rss_read_at = Instant::now();
         let status = loop {
+            let closed = log.read_available();
             match child.try_wait() {
                 Ok(Some(status)) => break Some(status),
                 Ok(None) => {}
@@ -294,33 +325,41 @@ impl Supervisor {
                 break Some(self.wait_stopping(&mut child));
             }
             if !recycling {
-                if let Some(reason) = self.worn_out(pid, looks.is_multiple_of(RSS_EVERY)) {
+                let read_rss = rss_read_at.elapsed() >= RSS_PERIOD;
+                if read_rss {
+                    rss_read_at = Instant::now();
+                }
+                if let Some(reason) = self.worn_out(pid, log.started(), read_rss) {
                     info!(worker = %self.worker_id, pid, "{reason}: the worker process is asked to stop and will be replaced");
                     signal(pid, libc::SIGTERM);
                     recycling = true;
                 }
             }
-            looks = looks.wrapping_add(1);
-            // The waits are short: a death is seen within moments.
-            self.sleep(Duration::from_millis(10));
+            if closed {
+                // It is exiting: reapable within moments.
+                std::thread::sleep(Duration::from_millis(1));
+            } else {
+                // Woken by a record or by its death (the log's write end
+                // closing), so a crash is charged at once: before the runs
+                // lost with the process can be sent again and lost again.
+                log.wait(Duration::from_millis(10));
+            }
         };
         self.shared.pids.lock().expect("supervisor lock").retain(|&p| p != pid);
         (status, recycling)
     }
 
-    /// Why the process `pid` is due for replacement, if it is: it was sent
-    /// `--max-tasks-per-child` runs, or (read when `read_rss`) its resident
-    /// memory passed `--max-memory-per-child`.
-    fn worn_out(&self, pid: u32, read_rss: bool) -> Option<String> {
-        let state = self.state.upgrade()?;
-        let watch = state.crashes.get()?;
-        if let Some(max) = self.config.max_tasks_per_child {
-            let runs = watch.runs_of(&self.worker_id);
-            if runs >= max {
-                return Some(format!("it was sent {runs} runs (--max-tasks-per-child {max})"));
-            }
+    /// Why the process `pid` is due for replacement, if it is: it started
+    /// `runs` runs, `--max-tasks-per-child` or more, or (read when
+    /// `read_rss`) its resident memory passed `--max-memory-per-child`.
+    fn worn_out(&self, pid: u32, runs: u64, read_rss: bool) -> Option<String> {
+        if let Some(max) = self.config.max_tasks_per_child.filter(|&max| runs >= max) {
+            return Some(format!("it started {runs} runs (--max-tasks-per-child {max})"));
         }
         if read_rss {
+            let state = self.state.upgrade()?;
+            let watch = state.crashes.get()?;
+            watch.ran(&self.worker_id, runs);
             let rss = resident_bytes(pid)?;
             watch.rss(&self.worker_id, rss);
             if let Some(max) = self.config.max_memory_per_child.filter(|&max| rss >= max) {

@@ -1,16 +1,18 @@
-//! The state's side of crash isolation (docs/isolation.md): which runs each
-//! of this control plane's worker processes carries, how often each task's
-//! runs died with their process, and each process's record (pid, runs,
-//! memory, restarts, recycles, last crash) for `workers`, the dashboard and
-//! `/metrics`. When the supervisor sees a worker process die, every task it
-//! carried counts a crash; a task at `--max-task-crashes` ends `Crashed`,
-//! the others go elsewhere as any lost subworker's runs do.
+//! The state's side of crash isolation (docs/isolation.md): each worker
+//! process's record (pid, runs, memory, restarts, recycles, last crash) for
+//! `workers`, the dashboard and `/metrics`, and the crashes per task. When
+//! the supervisor sees a worker process die, each run its run log says it
+//! was executing (`server::run_log`) counts a crash of its task (kept by the
+//! ledger, and by the store in durable mode); a task at `--max-task-crashes`
+//! ends `Crashed`, the others (and the runs only queued in that process) go
+//! elsewhere as any lost subworker's runs do. Nothing here is on a run's
+//! path: the supervisor, not the dispatch, tells the watch what ran.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 use tracing::error;
 
 use super::{now_ms, Outbox, State};
@@ -34,15 +36,13 @@ pub(crate) struct CrashWatch {
 
 #[derive(Default)]
 struct Runs {
-    /// The live runs sent to each watched worker process, by worker id.
-    carried: FxHashMap<String, FxHashSet<TaskId>>,
     /// Each watched worker process's record, by worker id.
     processes: BTreeMap<String, WorkerProcessStatus>,
     /// Tasks failed `Crashed`, per task name, for `/metrics` (names are
     /// bounded by the tasks the plugins declare).
     crashed_by_task: BTreeMap<String, u64>,
-    /// Crashes of runs (each death of a process counts each run it
-    /// carried), per task name.
+    /// Crashes of runs (each death of a process counts each run it was
+    /// executing), per task name.
     crashes_by_task: BTreeMap<String, u64>,
 }
 
@@ -59,15 +59,13 @@ pub(crate) struct CrashCounts {
 impl CrashWatch {
     /// Watches the worker processes named `worker_ids`.
     pub(crate) fn new(worker_ids: impl IntoIterator<Item = String>, max_task_crashes: u32) -> CrashWatch {
-        let ids: Vec<String> = worker_ids.into_iter().collect();
-        let carried = ids.iter().map(|id| (id.clone(), FxHashSet::default())).collect();
-        let processes = ids
+        let processes = worker_ids
             .into_iter()
             .map(|id| (id.clone(), WorkerProcessStatus { worker_id: id, ..WorkerProcessStatus::default() }))
             .collect();
         CrashWatch {
             max_task_crashes: max_task_crashes.max(1),
-            runs: Mutex::new(Runs { carried, processes, ..Runs::default() }),
+            runs: Mutex::new(Runs { processes, ..Runs::default() }),
             restarts: AtomicU64::new(0),
             crashes: AtomicU64::new(0),
             given_up: AtomicU64::new(0),
@@ -75,32 +73,9 @@ impl CrashWatch {
         }
     }
 
-    /// A run of `task_id` was sent to `worker_id` (ignored unless watched).
-    pub(crate) fn sent(&self, worker_id: &str, task_id: TaskId) {
-        let mut runs = self.runs.lock().expect("crash watch lock");
-        if let Some(carried) = runs.carried.get_mut(worker_id) {
-            carried.insert(task_id);
-            if let Some(process) = runs.processes.get_mut(worker_id) {
-                process.runs = process.runs.saturating_add(1);
-                process.runs_total = process.runs_total.saturating_add(1);
-            }
-        }
-    }
-
-    /// `task_id` ended: nothing of it is watched any more.
-    pub(crate) fn ended(&self, task_id: TaskId) {
-        let mut runs = self.runs.lock().expect("crash watch lock");
-        for carried in runs.carried.values_mut() {
-            carried.remove(&task_id);
-        }
-    }
-
     /// The ids of the watched worker processes, for `/readyz`.
     pub(crate) fn worker_ids(&self) -> Vec<String> {
-        let runs = self.runs.lock().expect("crash watch lock");
-        let mut ids: Vec<String> = runs.carried.keys().cloned().collect();
-        ids.sort_unstable();
-        ids
+        self.runs.lock().expect("crash watch lock").processes.keys().cloned().collect()
     }
 
     /// The counts per task and the processes' records, for `/metrics`.
@@ -119,9 +94,14 @@ impl CrashWatch {
         self.runs.lock().expect("crash watch lock").processes.values().cloned().collect()
     }
 
-    /// Runs sent to the live process `worker_id`.
-    pub(crate) fn runs_of(&self, worker_id: &str) -> u64 {
-        self.runs.lock().expect("crash watch lock").processes.get(worker_id).map_or(0, |p| p.runs)
+    /// The live process `worker_id` has started `runs` runs so far (its run
+    /// log's count).
+    pub(crate) fn ran(&self, worker_id: &str, runs: u64) {
+        self.update(worker_id, |process| {
+            let more = runs.saturating_sub(process.runs);
+            process.runs = runs;
+            process.runs_total = process.runs_total.saturating_add(more);
+        });
     }
 
     /// A process was started as `worker_id`, with `pid`; `restart` when it
@@ -146,17 +126,13 @@ impl CrashWatch {
     }
 
     /// `worker_id` exited after being asked to (a recycle): it finished or
-    /// handed back what it held, so nothing it carried counts a crash.
+    /// handed back what it held, so nothing of it counts a crash.
     pub(crate) fn recycled(&self, worker_id: &str) {
         self.recycles.fetch_add(1, Ordering::Relaxed);
-        let mut runs = self.runs.lock().expect("crash watch lock");
-        if let Some(carried) = runs.carried.get_mut(worker_id) {
-            carried.clear();
-        }
-        if let Some(process) = runs.processes.get_mut(worker_id) {
+        self.update(worker_id, |process| {
             process.pid = None;
             process.recycles = process.recycles.saturating_add(1);
-        }
+        });
     }
 
     /// `worker_id` is no longer started.
@@ -170,29 +146,24 @@ impl CrashWatch {
             change(process);
         }
     }
-
-    /// `worker_id` died: the runs it carried.
-    fn died(&self, worker_id: &str) -> FxHashSet<TaskId> {
-        let mut runs = self.runs.lock().expect("crash watch lock");
-        runs.carried.get_mut(worker_id).map(std::mem::take).unwrap_or_default()
-    }
 }
 
 impl State {
     /// The supervisor saw the worker process `worker_id` die (`how`: its
-    /// signal or exit status). Each task it carried counts a crash; those at
-    /// `--max-task-crashes` end `Crashed`, whichever worker their run is on
-    /// now; the others are sent again as the lost link's runs are.
-    pub(crate) fn worker_process_died(&self, worker_id: &str, how: &str) {
+    /// signal or exit status) while executing the runs of `executing` (its
+    /// run log). Each counts a crash; those at `--max-task-crashes` end
+    /// `Crashed`, whichever worker their run is on now; the others, and the
+    /// runs only queued in that process, are sent again as the lost link's
+    /// runs are.
+    pub(crate) fn worker_process_died(&self, worker_id: &str, how: &str, executing: Vec<TaskId>) {
         let Some(watch) = self.crashes.get() else { return };
         watch.crashes.fetch_add(1, Ordering::Relaxed);
-        let died = watch.died(worker_id);
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
         let now = now_ms();
         // Each counts a crash, kept in the durable store before any restart
         // could replay it.
-        let named: Vec<(TaskId, u32, String)> = died
+        let named: Vec<(TaskId, u32, String)> = executing
             .into_iter()
             .filter_map(|task_id| {
                 let count = tasks.ledger.count_crash(task_id)?;

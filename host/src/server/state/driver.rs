@@ -40,11 +40,6 @@ impl Effects<Replier, Link> for Driver<'_> {
 
     fn changed(&mut self, report: &TaskReport) {
         self.state.monitor.changed(report);
-        if let Some(watch) = self.state.crashes.get() {
-            if report.state == crate::wire::protocol::TaskState::Running && !report.worker.is_empty() {
-                watch.sent(&report.worker, report.task_id);
-            }
-        }
     }
 
     fn progressed(&mut self, task: &LiveTask<Replier>, retry_at_ms: Option<u64>) {
@@ -77,9 +72,6 @@ impl Effects<Replier, Link> for Driver<'_> {
     fn ended(&mut self, task: LiveTask<Replier>) {
         let state = self.state;
         let report = task.report;
-        if let Some(watch) = state.crashes.get() {
-            watch.ended(report.task_id);
-        }
         state.monitor.finished(&report, &task.args);
         if let Some(callback) = task.plan.callback {
             let notice = Notice { report: report.clone(), data: callback.data };

@@ -118,6 +118,9 @@ pub(crate) struct State {
     offered_schemas: OfferedSchemas,
     /// On a control plane with worker processes: their runs and crashes.
     pub(crate) crashes: std::sync::OnceLock<crashes::CrashWatch>,
+    /// In a worker process: where each run's start and end is recorded
+    /// for its supervisor (`server::run_log`).
+    pub(crate) run_log: std::sync::OnceLock<crate::server::run_log::RunLog>,
 }
 
 /// What the task lock guards: the ledger, and the workflows whose members
@@ -254,6 +257,7 @@ impl State {
                 delivery: DeliveryCounters::default(),
                 started_runs: Arc::default(),
                 crashes: std::sync::OnceLock::new(),
+                run_log: std::sync::OnceLock::new(),
             }
         })
     }
@@ -537,12 +541,19 @@ impl State {
         // if it kills this process, the restart counts the crash.
         self.durable.wait_stored();
         let context = TaskContext::new(&job.cancelled, run.deadline_ms, run.attempt, *job.task_id.as_bytes());
+        let run_log = self.run_log.get();
+        if let Some(log) = run_log {
+            log.starting(job.task_id);
+        }
         let outcome = match (job.decl.call)(&context, RSlice::from_slice(&job.args)) {
             RResult::ROk(bytes) => Ok(bytes.into_vec()),
             RResult::RErr(failure) => {
                 Err(TaskError { kind: failure.kind.into(), message: failure.message.into_string() })
             }
         };
+        if let Some(log) = run_log {
+            log.ended(job.task_id);
+        }
         self.drive_locked(|ledger, io| ledger.local_ended(job.task_id, run, outcome, now_ms(), io));
     }
 
