@@ -2,8 +2,9 @@
 //! on this machine in one run, beside the plain TCP floor, to decide which
 //! NNG the project ships on figures.
 //!
-//! * NNG 1.4 (what the project uses, through the `nng` 1.0.1 crate): this
-//!   benchmark's own `floor-*` phases (`nng_floor.rs`);
+//! * the workspace's NNG (1.11, compiled by `nng-sys/` with the cc crate,
+//!   through the `nng` 1.0.1 crate; 1.4 before): this benchmark's own
+//!   `floor-*` phases (`nng_floor.rs`);
 //! * NNG 1.11 (`nng-sys` 0.3.0+1.11.0) and NNG 2.0 (`nng-sys` 0.4.0+2.0.0):
 //!   the standalone projects in `bench/nng-versions/` (two `nng-sys`
 //!   versions cannot link into one cargo graph, as each declares
@@ -117,9 +118,9 @@ pub(crate) fn run(settings: &Settings) -> Result<bool, String> {
         "budget: {} s measured per phase in {rounds} rounds after 300 ms warm-ups; {k} in flight",
         settings.seconds
     );
-    // Index 0: NNG 1.4; 1 and 2: the projects; 3: TCP.
+    // Index 0: the workspace's NNG; 1 and 2: the projects; 3: TCP.
     let mut figures = vec![Figures::default(); 4];
-    let mut versions = vec!["1.4 (nng 1.0.1 crate)".to_string(), String::new(), String::new(), "-".to_string()];
+    let mut versions = vec!["1.11 (workspace nng-sys/)".to_string(), String::new(), String::new(), "-".to_string()];
     for round in 0..rounds {
         let mut order = vec![0, 1, 2, 3];
         if round % 2 == 1 {
@@ -195,7 +196,7 @@ fn run_project(binary: &Path, part: Duration, k: usize, figures: &mut Figures) -
     Ok(version)
 }
 
-/// The four floors side by side, with ratios to NNG 1.4 and to TCP.
+/// The four floors side by side, with ratios to the workspace's NNG and to TCP.
 fn print_table(figures: &[Figures], versions: &[String], k: usize) {
     println!();
     println!("raw request/reply floors (server in its own process); seq: one at a time; pipe: {k} in flight");
@@ -205,17 +206,17 @@ fn print_table(figures: &[Figures], versions: &[String], k: usize) {
         "version",
         "seq p50",
         "seq p99",
-        "p50/1.4",
+        "p50/ws",
         "p50/tcp",
         "pipe req/s",
         "pipe p50",
         "pipe p99",
-        "rate/1.4",
+        "rate/ws",
         "rate/tcp",
         "wrong",
         "missing"
     );
-    let names = ["NNG 1.4", PROJECTS[0].0, PROJECTS[1].0, "TCP"];
+    let names = ["workspace", PROJECTS[0].0, PROJECTS[1].0, "TCP"];
     let (base, tcp) = (&figures[0], &figures[3]);
     for ((name, version), f) in names.iter().zip(versions).zip(figures) {
         let (wrong, missing) = f.bad();

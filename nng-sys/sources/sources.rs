@@ -1,0 +1,1 @@
+//! Never compiled: this package only names the C sources nng-sys/build.rs compiles.
