@@ -49,18 +49,31 @@ pub(crate) fn payload_row(
     Ok(PayloadRow { cp, tcp })
 }
 
-/// The text of call `n`: [`PAYLOAD`] letters in an order that depends on
-/// `n`, so that a stale or mixed-up reply shows.
-fn text(n: u64) -> String {
-    (0..PAYLOAD as u64).map(|i| char::from(b'a' + ((i ^ n) % 26) as u8)).collect()
+/// The letters of every call's text, repeated: [`PAYLOAD`] of them and 26 more.
+fn letters() -> String {
+    (0..PAYLOAD + 26).map(|i| char::from(b'a' + (i % 26) as u8)).collect()
+}
+
+/// The text of call `n`: its number, then [`PAYLOAD`] letters starting at
+/// a letter that depends on `n`, so that a stale or mixed-up reply shows.
+/// A copy of `letters` (not a per-letter loop), so that making it costs
+/// about what sending it does in the TCP row: the row's rate counts it.
+fn text(letters: &str, n: u64) -> String {
+    let number = n.to_string();
+    let from = (n % 26) as usize;
+    let mut text = String::with_capacity(PAYLOAD);
+    text.push_str(&number);
+    text.push_str(&letters[from..from + PAYLOAD - number.len()]);
+    text
 }
 
 /// `echo` through `client` one call at a time.
 async fn echo_blocking(client: &Client, budget: Budget) -> Phase {
     let mut phase = Phase::default();
+    let letters = letters();
     let start = budget.start();
     while let Some(n) = budget.claim() {
-        let text = text(n);
+        let text = text(&letters, n);
         let sent = Instant::now();
         let result = client.call::<String>("echo", (&text,)).await;
         let latency = sent.elapsed();

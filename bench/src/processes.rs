@@ -107,6 +107,10 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat`'s times: Linux's USER_HZ,
+/// 100 on every architecture it exports to user space.
+const USER_HZ: u64 = 100;
+
 /// A `fastworker` child process (a control plane or a subworker), stopped
 /// when dropped.
 pub(crate) struct FastworkerProcess {
@@ -244,6 +248,18 @@ impl FastworkerProcess {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
         line.trim().strip_suffix("kB")?.trim().parse().ok()
+    }
+
+    /// The CPU time it has used so far, user and system (utime + stime of
+    /// `/proc/<pid>/stat`), if the OS tells (Linux /proc).
+    pub(crate) fn cpu_time(&self) -> Option<Duration> {
+        let pid = self.process.0.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name, in parentheses, may hold spaces: fields are
+        // counted after its closing one (state is field 3, utime 14, stime 15).
+        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()?.checked_add(fields.get(12)?.parse::<u64>().ok()?)?;
+        Some(Duration::from_millis(ticks.checked_mul(1000 / USER_HZ)?))
     }
 
     /// Stops it (see [`ChildGuard::stop`]); an error says how it did not

@@ -20,10 +20,10 @@ use fastworker::Client;
 use tokio::runtime::Runtime;
 
 use crate::args::Settings;
-use crate::phase::{warmed, Budget, Phase};
+use crate::phase::{Budget, Phase};
 use crate::processes::{start_control_plane, FastworkerProcess};
 use crate::setup::free_base_port;
-use crate::PROBE_TIMEOUT;
+use crate::{PROBE_TIMEOUT, WARMUP};
 
 /// Slots of each subworker of the sleep rows.
 pub(crate) const SLEEP_CONCURRENCY: usize = 4;
@@ -38,6 +38,9 @@ const CLUSTER_TIMEOUT: Duration = Duration::from_secs(90);
 pub(crate) struct SleepRow {
     pub(crate) subworkers: usize,
     pub(crate) phase: Phase,
+    /// The routing control plane's CPU time (user + system, from
+    /// `/proc/<pid>/stat`) over the measured phase, if the OS tells.
+    pub(crate) cpu: Option<Duration>,
 }
 
 impl SleepRow {
@@ -48,6 +51,13 @@ impl SleepRow {
 
     pub(crate) fn efficiency(&self) -> f64 {
         self.phase.rate() / self.ideal()
+    }
+
+    /// The control plane's CPU time per routed task, in µs: its CPU time
+    /// over the phase divided by the tasks answered in it.
+    pub(crate) fn cpu_per_task_us(&self) -> Option<f64> {
+        let tasks = self.phase.latencies.len() as u64 + self.phase.wrong;
+        self.cpu.filter(|_| tasks > 0).map(|cpu| cpu.as_secs_f64() * 1e6 / tasks as f64)
     }
 }
 
@@ -70,10 +80,13 @@ pub(crate) fn sleep_rows(
         let clients: Result<Vec<Client>, String> =
             (0..in_flight.div_ceil(CALLS_PER_CLIENT)).map(|_| router.client()).collect();
         let clients = clients?;
-        let phase = warmed(settings.budget_part(1), |budget| {
-            Ok(runtime.block_on(sleep_pipelined(&clients, in_flight, budget)))
-        })?;
-        rows.push(SleepRow { subworkers: n, phase });
+        let run = |budget| runtime.block_on(sleep_pipelined(&clients, in_flight, budget));
+        let warm = run(Budget::time(WARMUP));
+        let cpu_before = router.cpu_time();
+        let phase = run(settings.budget_part(1));
+        let cpu = cpu_before.zip(router.cpu_time()).and_then(|(before, after)| after.checked_sub(before));
+        let phase = phase.after_warmup(warm);
+        rows.push(SleepRow { subworkers: n, phase, cpu });
         problems.extend(stop_all(&mut workers));
         if let Err(problem) = router.stop() {
             problems.push(problem);

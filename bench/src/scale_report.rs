@@ -41,6 +41,18 @@ pub(crate) fn scale_report(settings: &Settings, results: &Results) -> Vec<OwnedT
             micros(row.phase.percentile(99.0)) / 1000.0,
         );
     }
+    for row in &results.sleep {
+        match row.cpu_per_task_us() {
+            Some(us) if us > 0.0 => println!(
+                "  {:<22} control plane CPU (utime + stime) {:.0} ms over {} routed tasks: {us:.1} µs per task, so one core routes {:.0} tasks/s",
+                format!("sleep-{} cpu", row.subworkers),
+                row.cpu.unwrap_or_default().as_secs_f64() * 1e3,
+                row.phase.latencies.len() as u64 + row.phase.wrong,
+                1e6 / us,
+            ),
+            _ => println!("  {:<22} control plane CPU: not measurable here (no /proc, or under one clock tick)", format!("sleep-{} cpu", row.subworkers)),
+        }
+    }
     if let Some(largest) = results.sleep.iter().max_by_key(|row| row.subworkers) {
         let what = format!("sleep-{} efficiency ≥ 0.90", largest.subworkers);
         targets.push((what, Some(largest.efficiency()), 0.9, true, ""));

@@ -267,10 +267,13 @@ impl Journal {
         let writer_path = dir.to_path_buf();
         // Replies are sent by a thread of their own, so that the writer
         // starts the next transaction while the last one's replies leave.
-        let (done, completions) = mpsc::channel::<(Vec<Then>, bool)>();
+        let (sender, completions) = mpsc::channel::<(Vec<Then>, bool)>();
+        let done = Replies { sender, queued: Arc::new(AtomicUsize::new(0)) };
+        let queued = done.queued.clone();
         let replier = std::thread::Builder::new().name("journal-replies".into()).spawn(move || {
             for (thens, written) in completions {
                 thens.into_iter().for_each(|then| then(written));
+                queued.fetch_sub(1, Ordering::Release);
             }
         });
         let replier = replier.map_err(|source| JournalError::Directory { path: dir.into(), source })?;
@@ -558,6 +561,13 @@ fn read_all(db: &Database, dir: &Path, max: usize) -> Result<Recovered, JournalE
     Ok(recovered)
 }
 
+/// The way to the thread that sends replies, and how many batches of
+/// replies it has not sent yet.
+struct Replies {
+    sender: mpsc::Sender<(Vec<Then>, bool)>,
+    queued: Arc<AtomicUsize>,
+}
+
 /// The writer thread: takes what is pending, writes it in one transaction,
 /// then runs the replies that waited for it.
 fn write_loop(
@@ -566,12 +576,21 @@ fn write_loop(
     entries: &mpsc::Receiver<Entry>,
     pending: &AtomicUsize,
     stored_through: &AtomicU64,
-    done: &mpsc::Sender<(Vec<Then>, bool)>,
+    done: &Replies,
 ) {
     let mut batch = Vec::new();
     let mut stop = false;
+    // An entry taken while looking whether anything was pending: the next
+    // batch's first.
+    let mut carried = None;
     while !stop {
-        let Ok(first) = entries.recv() else { break };
+        let first = match carried.take() {
+            Some(entry) => entry,
+            None => match entries.recv() {
+                Ok(entry) => entry,
+                Err(_) => break,
+            },
+        };
         batch.push(first);
         // Until someone waits for what is taken, linger a little for more.
         let linger_until = Instant::now() + LINGER;
@@ -608,10 +627,22 @@ fn write_loop(
             stored_through.store(seq, Ordering::Release);
         }
         pending.fetch_sub(taken, Ordering::Relaxed);
-        if !thens.is_empty() {
-            if let Err(mpsc::SendError((thens, written))) = done.send((thens, written)) {
-                thens.into_iter().for_each(|then| then(written));
-            }
+        if thens.is_empty() {
+            continue;
+        }
+        // With nothing else pending and no earlier replies still leaving,
+        // the writer would only wait: it sends the replies itself, in order,
+        // sparing a lone blocking call a thread's wake-up. Otherwise the
+        // replier sends them while the next batch is written.
+        carried = entries.try_recv().ok();
+        if carried.is_none() && done.queued.load(Ordering::Acquire) == 0 {
+            thens.into_iter().for_each(|then| then(written));
+            continue;
+        }
+        done.queued.fetch_add(1, Ordering::Release);
+        if let Err(mpsc::SendError((thens, written))) = done.sender.send((thens, written)) {
+            done.queued.fetch_sub(1, Ordering::Release);
+            thens.into_iter().for_each(|then| then(written));
         }
     }
 }
@@ -831,6 +862,36 @@ mod tests {
         // The last count of the live task; nothing of the ended one.
         assert_eq!(recovered.crashes.get(&a), Some(&2));
         assert_eq!(recovered.crashes.get(&b), None);
+        journal.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn replies_leave_in_order_whether_the_writer_or_the_replier_sends_them() {
+        let dir = std::env::temp_dir().join(format!("fw-journal-order-{}", TaskId::new_v4()));
+        let (journal, _) = Journal::open(&dir, 1 << 20).expect("open");
+        let (sent, received) = mpsc::channel();
+        // Bursts (the replier sends while the next batch is written) and
+        // lone ones (the writer sends them itself), interleaved.
+        for burst in 0..20u32 {
+            let size = if burst % 2 == 0 { 1 } else { 50 };
+            for n in 0..size {
+                journal.write(Record::Finished(Box::new(finished(TaskId::new_v4()))));
+                let sent = sent.clone();
+                journal.then(move |written| {
+                    let _ = sent.send((burst, n, written));
+                });
+            }
+            if size == 1 {
+                assert!(flush(&journal), "a lone reply is sent once its record is written");
+            }
+        }
+        assert!(flush(&journal));
+        drop(sent);
+        let order: Vec<(u32, u32, bool)> = received.iter().collect();
+        assert_eq!(order.len(), 10 + 10 * 50);
+        assert!(order.iter().all(|&(_, _, written)| written));
+        assert!(order.windows(2).all(|pair| (pair[0].0, pair[0].1) < (pair[1].0, pair[1].1)), "{order:?}");
         journal.close();
         let _ = std::fs::remove_dir_all(&dir);
     }
