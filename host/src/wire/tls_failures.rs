@@ -1,4 +1,4 @@
-//! TLS handshakes that failed, reported in the log. NNG 1.4 keeps no log
+//! TLS handshakes that failed, reported in the log. NNG keeps no log
 //! and gives no event for a handshake that fails (a pipe exists only
 //! after it), but each listener and dialer counts the connections it lost
 //! to authentication (`auth` in NNG's statistics: mbedTLS refused the
@@ -6,7 +6,7 @@
 //! started with the process's TLS identity looks at those counts every
 //! second and logs, per address, how many handshakes failed and why that
 //! is likely. Finer reasons (unknown CA, expired, no client certificate)
-//! stay inside NNG's TLS layer: NNG 1.4 maps them all to one error.
+//! stay inside NNG's TLS layer, which maps them all to one error.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
