@@ -342,28 +342,15 @@ pub(crate) async fn workers(client: Client) -> ExitCode {
 
 /// One supervised worker process (docs/isolation.md), as `workers` shows it.
 fn worker_process_json(p: &fastworker::protocol::WorkerProcessStatus) -> Value {
-    let last_crash = p.last_crash.as_ref().map(|c| {
-        let at = std::time::UNIX_EPOCH + Duration::from_millis(c.at_ms);
-        json!({
-            "task_ids": c.task_ids,
-            "tasks": c.tasks,
-            "how": c.how,
-            "at": humantime::format_rfc3339_seconds(at).to_string(),
-            "at_ms": c.at_ms,
-        })
-    });
-    json!({
-        "worker_id": p.worker_id,
-        "pid": p.pid,
-        "runs": p.runs,
-        "runs_total": p.runs_total,
-        "rss_bytes": p.rss_bytes,
-        "restarts": p.restarts,
-        "recycles": p.recycles,
-        "crashes": p.crashes,
-        "given_up": p.given_up,
-        "last_crash": last_crash,
-    })
+    // As the dashboard shows it, and the last crash's time in RFC 3339.
+    let mut row = serde_json::to_value(p).unwrap_or(Value::Null);
+    if let Some(crash) = row.get_mut("last_crash").and_then(Value::as_object_mut) {
+        if let Some(at_ms) = crash.get("at_ms").and_then(Value::as_u64) {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(at_ms);
+            crash.insert("at".to_string(), json!(humantime::format_rfc3339_seconds(at).to_string()));
+        }
+    }
+    row
 }
 
 pub(crate) async fn schedules(client: Client, args: SchedulesArgs) -> ExitCode {

@@ -128,22 +128,8 @@ pub(crate) fn workers_json(cluster: &ClusterStatus, on_workers: &HashMap<String,
 /// One supervised worker process (docs/isolation.md), as the dashboard and
 /// `fastworker workers` show it.
 pub(crate) fn worker_process_json(p: &crate::wire::protocol::WorkerProcessStatus) -> Value {
-    let last_crash = p
-        .last_crash
-        .as_ref()
-        .map(|c| json!({ "task_ids": c.task_ids, "tasks": c.tasks, "how": c.how, "at_ms": c.at_ms }));
-    json!({
-        "worker_id": p.worker_id,
-        "pid": p.pid,
-        "runs": p.runs,
-        "runs_total": p.runs_total,
-        "rss_bytes": p.rss_bytes,
-        "restarts": p.restarts,
-        "recycles": p.recycles,
-        "crashes": p.crashes,
-        "given_up": p.given_up,
-        "last_crash": last_crash,
-    })
+    // Its fields, named as the wire type names them.
+    serde_json::to_value(p).unwrap_or(Value::Null)
 }
 
 pub(crate) fn worker_json(w: &crate::wire::protocol::WorkerStatus) -> Value {

@@ -290,9 +290,9 @@ pub struct WorkerProcessStatus {
     pub worker_id: String,
     /// The pid of the live process; none while it restarts or once given up.
     pub pid: Option<u32>,
-    /// Runs sent to the live process.
+    /// Runs the live process started.
     pub runs: u64,
-    /// Runs sent to every process under this id.
+    /// Runs started by every process under this id.
     pub runs_total: u64,
     /// Its resident memory when last read (every 100 ms), in bytes.
     pub rss_bytes: u64,
@@ -309,10 +309,10 @@ pub struct WorkerProcessStatus {
     pub last_crash: Option<WorkerProcessCrash>,
 }
 
-/// How a worker process last died, and the runs it carried then.
+/// How a worker process last died, and the runs it was executing then.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerProcessCrash {
-    /// The tasks whose runs it carried (each counted a crash).
+    /// The tasks whose runs it was executing (each counted a crash).
     pub task_ids: Vec<TaskId>,
     /// Their task names, in the same order.
     pub tasks: Vec<String>,
