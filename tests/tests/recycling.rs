@@ -69,7 +69,7 @@ fn echo(i: usize) -> (&'static str, Value, Value) {
 
 /// Every fifth task leaks 4 MiB and keeps it; the others echo.
 fn leak_some(i: usize) -> (&'static str, Value, Value) {
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         ("leak_mb", serde_json::json!([4]), serde_json::json!(4))
     } else {
         echo(i)
