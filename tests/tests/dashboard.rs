@@ -539,11 +539,13 @@ fn the_page_shows_running_apart_from_prefetched_as_the_api_counts_them() {
             workers[row.dataset.workerId] = [Number(row.querySelector('[data-col=running]').dataset.value),
                 Number(row.querySelector('[data-col=prefetched]').dataset.value)];
         }
+        const rows = (state) => document.querySelectorAll(`#tasks tbody .state.${state}`).length;
         return JSON.stringify({
             queued: cell('#queues tr[data-priority=all] [data-col=queued]'),
             running: cell('#queues tr[data-priority=all] [data-col=running]'),
             prefetched: cell('#queues tr[data-priority=all] [data-col=prefetched]'),
-            workers });
+            workers,
+            rows: { queued: rows('queued'), running: rows('running'), prefetched: rows('prefetched') } });
     })()"#;
     let api = || {
         let status = get(&format!("{gui}/api/status")).json();
@@ -556,12 +558,18 @@ fn the_page_shows_running_apart_from_prefetched_as_the_api_counts_them() {
             .iter()
             .map(|w| (w["worker_id"].as_str().unwrap().to_string(), json!([w["running"], w["prefetched"]])))
             .collect();
-        json!({ "queued": sum("queued"), "running": sum("running"), "prefetched": sum("prefetched"), "workers": workers })
+        // The task rows as the API lists them, filtered by state.
+        let listed = |state: &str| get(&format!("{gui}/api/tasks?state={state}&limit=0")).json()["total"].clone();
+        let rows =
+            json!({ "queued": listed("queued"), "running": listed("running"), "prefetched": listed("prefetched") });
+        json!({ "queued": sum("queued"), "running": sum("running"), "prefetched": sum("prefetched"), "workers": workers,
+            "rows": rows })
     };
     // The page follows the state about every second; while the first four
     // runs go on (8 s), the numbers hold still and must match.
     let expected = json!({ "queued": 8, "running": 4, "prefetched": 8,
-        "workers": { "sw1": [2, 4], "sw2": [2, 4] } });
+        "workers": { "sw1": [2, 4], "sw2": [2, 4] },
+        "rows": { "queued": 8, "running": 4, "prefetched": 8 } });
     let mut last = (Value::Null, Value::Null);
     let deadline = Instant::now() + Duration::from_secs(15);
     let matched = loop {

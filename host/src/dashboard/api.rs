@@ -291,9 +291,9 @@ pub(crate) async fn tasks(State(shared): State<Arc<Shared>>, Query(query): Query
             && priority.iter().all(|p| p.eq_ignore_ascii_case(summary.priority))
             && needle.iter().all(|q| summary.task_id.to_string().contains(q.as_str()))
     };
-    let mut matching = shared.state.live_summaries(MAX_LIVE_LISTED, |report| {
+    let mut matching = shared.state.live_summaries(MAX_LIVE_LISTED, |report, state| {
         // The cheap tests before a summary is built.
-        (states.is_empty() || states.iter().any(|s| s == report.state.as_str()))
+        (states.is_empty() || states.iter().any(|s| s == state))
             && task_name.iter().all(|name| *name == report.task_name)
     });
     matching.retain(keep);
@@ -314,8 +314,10 @@ pub(crate) async fn task(State(shared): State<Arc<Shared>>, Path(id): Path<Strin
         Err(refusal) => return refusal.into_response(),
     };
     let state = &shared.state;
-    if let Some((report, args)) = state.live_task(task_id) {
-        return Json(detail(&report, Some(&args), true)).into_response();
+    if let Some((report, args, shown)) = state.live_task(task_id) {
+        let mut value = detail(&report, Some(&args), true);
+        value["state"] = json!(shown);
+        return Json(value).into_response();
     }
     let finished = state.monitor.book().find(task_id).cloned();
     match (state.status(task_id), finished) {

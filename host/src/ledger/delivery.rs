@@ -47,6 +47,16 @@ pub(crate) struct Dispatched {
     pub(crate) report_by_ms: Option<u64>,
 }
 
+impl<W> LiveTask<W> {
+    /// Sent to a subworker (or a worker process) and not yet reported
+    /// started there: it holds a place in that worker's prefetch, not a
+    /// thread. The dashboard's cards, subworker rows and task rows all
+    /// tell running from prefetched by this.
+    pub(crate) fn prefetched(&self) -> bool {
+        self.report.state == TaskState::Running && self.dispatch.is_some_and(|d| d.report_by_ms.is_none())
+    }
+}
+
 /// A task waiting for a provider to come back.
 #[derive(Debug)]
 pub(crate) struct Absent {
@@ -91,11 +101,11 @@ impl<W, L> Ledger<W, L> {
                     task.report.started_ms = Some(now);
                     // Started, so received (whatever became of the frame's answer).
                     dispatch.answer_by_ms = None;
-                    io.changed(&task.report);
                     let due = now.saturating_add(dispatch.timeout_ms).saturating_add(REPORT_GRACE_MS);
                     // The lease's alarm, set at dispatch for its timeout from
                     // then, rings before this and is set again for it.
                     dispatch.report_by_ms = Some(due);
+                    io.changed(task);
                     reports.taken += 1;
                 }
                 // The same run reported started again.

@@ -85,7 +85,6 @@ impl<W, L> Ledger<W, L> {
         report.worker.clone_from(&worker.name.worker_id);
         report.attempts = report.attempts.saturating_add(1);
         report.started_ms = Some(now);
-        io.changed(report);
         // The timeout runs from the start the subworker reports; until
         // then, the run must be reported started in time.
         debug!(%task_id, worker = %worker.name.worker_id, lease, "task sent to a subworker");
@@ -105,6 +104,8 @@ impl<W, L> Ledger<W, L> {
         }
         let first_look = now.saturating_add(timeout_ms).saturating_add(REPORT_GRACE_MS);
         io.set_alarm(answer_by_ms.min(first_look).min(start_by_ms), Alarm::Lease(task_id, lease));
+        // Prefetched, now that it holds its dispatch.
+        io.changed(task);
         io.progressed(task, None);
     }
 

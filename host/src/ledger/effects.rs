@@ -12,7 +12,7 @@
 //! builds nothing per effect: the driver carries each out as it comes,
 //! and the unit tests' recorder turns them into a list to compare.
 
-use crate::wire::protocol::{Forwarded, Request, TaskId, TaskReport};
+use crate::wire::protocol::{Forwarded, Request, TaskId};
 
 use super::LiveTask;
 
@@ -57,8 +57,9 @@ pub(crate) trait Effects<W, L> {
     /// acknowledges it once this is stored.)
     fn accepted(&mut self, task: &LiveTask<W>, later: Option<u64>);
 
-    /// A live task's state or placement changed (the dashboard shows it).
-    fn changed(&mut self, report: &TaskReport);
+    /// A live task's state or placement changed (the dashboard shows it,
+    /// prefetched apart from running: [`LiveTask::prefetched`]).
+    fn changed(&mut self, task: &LiveTask<W>);
 
     /// A run started (here or sent to a subworker), or failed and waits for
     /// a retry due at `retry_at_ms`: the record durable mode keeps.

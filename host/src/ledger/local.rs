@@ -131,7 +131,7 @@ impl<W, L> Ledger<W, L> {
         report.started_ms = Some(now);
         report.attempts = report.attempts.saturating_add(1);
         report.worker.clone_from(&self.settings.worker_id);
-        io.changed(report);
+        io.changed(task);
         io.progressed(task, None);
         let attempt = task.report.attempts;
         let deadline_ms = match task.plan.timeout_ms {

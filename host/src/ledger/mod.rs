@@ -341,7 +341,7 @@ impl<W, L> Ledger<W, L> {
         let Some(task) = self.live.get_mut(&task_id) else { return };
         if task.report.state != TaskState::Queued {
             task.report.state = TaskState::Queued;
-            io.changed(&task.report);
+            io.changed(task);
         }
         let report = &task.report;
         // A run sent again counts again, against the rate too.

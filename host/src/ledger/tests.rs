@@ -60,13 +60,18 @@ struct Recorder {
     pool_closed: bool,
     /// The tasks whose run in progress was asked to stop.
     stopped: Vec<TaskId>,
+    /// Each state change, as the dashboard shows it: the task and whether
+    /// it was prefetched then.
+    changed: Vec<(TaskId, TaskState, bool)>,
 }
 
 impl Effects<Waiter, FakeLink> for Recorder {
     fn accepted(&mut self, task: &LiveTask<Waiter>, _later: Option<u64>) {
         self.effects.push(Effect::Accepted(task.report.task_id));
     }
-    fn changed(&mut self, _report: &TaskReport) {}
+    fn changed(&mut self, task: &LiveTask<Waiter>) {
+        self.changed.push((task.report.task_id, task.report.state, task.prefetched()));
+    }
     fn progressed(&mut self, task: &LiveTask<Waiter>, retry_at_ms: Option<u64>) {
         self.effects.push(Effect::Progressed(task.report.task_id, retry_at_ms));
     }
@@ -529,8 +534,13 @@ mod cluster {
         // Queued there, not started: the alarm looks again later.
         ledger.alarm(Alarm::Lease(task_id, 1), T0 + 3_000, &mut io);
         assert_eq!(io.take(), vec![Effect::SetAlarm(T0 + 3_000 + 1_000 + REPORT_GRACE_MS, Alarm::Lease(task_id, 1))]);
+        // Sent, not started: prefetched, and the change said so.
+        assert!(ledger.get(&task_id).unwrap().prefetched());
+        assert_eq!(io.changed.last(), Some(&(task_id, TaskState::Running, true)));
         let reports = ledger.started(key, &[(task_id, 1), (TaskId::new_v4(), 9)], T0 + 4_000, &mut io);
         assert_eq!((reports.taken, reports.revoked), (1, 0), "a run that already ended is not counted");
+        assert!(!ledger.get(&task_id).unwrap().prefetched(), "reported started: running");
+        assert_eq!(io.changed.last(), Some(&(task_id, TaskState::Running, false)));
         assert_eq!(ledger.get(&task_id).unwrap().report.started_ms, Some(T0 + 4_000));
         // Its report is due a timeout plus the grace after its start.
         ledger.alarm(Alarm::Lease(task_id, 1), T0 + 6_000, &mut io);
@@ -538,6 +548,7 @@ mod cluster {
         ledger.alarm(Alarm::Lease(task_id, 1), T0 + 7_000, &mut io);
         assert!(io.take().contains(&Effect::Count(Counted::LeaseExpired)));
         assert_eq!(link(&mut ledger, other).sent, vec![(task_id, 2, 2)], "sent elsewhere");
+        assert_eq!(io.changed.last(), Some(&(task_id, TaskState::Running, true)), "prefetched there");
         // A start report under the revoked lease is discarded and counted.
         let reports = ledger.started(key, &[(task_id, 1)], T0 + 7_001, &mut io);
         assert_eq!(reports, StartReports { taken: 0, revoked: 1 });

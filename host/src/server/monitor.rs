@@ -16,6 +16,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::ledger::LiveTask;
 use crate::wire::protocol::{now_ms, Priority, TaskId, TaskReport, TaskState};
 
 /// Finished tasks kept for the dashboard's task list and its retry action.
@@ -76,6 +77,23 @@ impl TaskSummary {
             duration_ms: run_ms(report),
             error: report.error.as_ref().map(|e| e.message.clone()),
         }
+    }
+
+    /// The summary of a live task: one sent to a worker and not yet
+    /// started there is `prefetched` ([`LiveTask::prefetched`]).
+    pub(crate) fn live<W>(task: &LiveTask<W>) -> TaskSummary {
+        TaskSummary { state: live_state(task), ..TaskSummary::of(&task.report) }
+    }
+}
+
+/// A live task's state as the dashboard shows it: its report's, except
+/// `prefetched` for a run sent to a worker and not yet started there (the
+/// rule the Queues card and the subworker rows count by).
+pub(crate) fn live_state<W>(task: &LiveTask<W>) -> &'static str {
+    if task.prefetched() {
+        "prefetched"
+    } else {
+        task.report.state.as_str()
     }
 }
 
@@ -192,20 +210,22 @@ impl Monitor {
     /// A task was accepted.
     pub(crate) fn accepted(&self, report: &TaskReport) {
         self.book().counts(&report.task_name, report.priority).submitted += 1;
-        self.changed(report);
+        self.changed(|| TaskSummary::of(report));
     }
 
-    /// A task changed state without ending (it started, or was queued again).
-    pub(crate) fn changed(&self, report: &TaskReport) {
+    /// A task changed state without ending (it was sent to a worker,
+    /// started, or was queued again); `summary` is built only while
+    /// someone watches.
+    pub(crate) fn changed(&self, summary: impl FnOnce() -> TaskSummary) {
         if self.watched() {
-            self.publish(Event::Task(TaskSummary::of(report)));
+            self.publish(Event::Task(summary()));
         }
     }
 
     /// A run failed and the task waits to be retried.
     pub(crate) fn retrying(&self, report: &TaskReport) {
         self.book().counts(&report.task_name, report.priority).retried += 1;
-        self.changed(report);
+        self.changed(|| TaskSummary::of(report));
     }
 
     /// A task ended; `report` holds its final state.
@@ -396,10 +416,10 @@ mod tests {
     #[test]
     fn events_flow_only_while_watched() {
         let monitor = Monitor::default();
-        monitor.changed(&report("add", TaskState::Running));
+        monitor.changed(|| TaskSummary::of(&report("add", TaskState::Running)));
         let mut watch = monitor.watch();
         assert!(watch.events.try_recv().is_err(), "nothing was sent before anyone watched");
-        monitor.changed(&report("add", TaskState::Running));
+        monitor.changed(|| TaskSummary::of(&report("add", TaskState::Running)));
         assert!(matches!(&*watch.events.try_recv().unwrap(), Event::Task(t) if t.state == "running"));
         drop(watch);
         assert!(!monitor.watched());

@@ -9,6 +9,7 @@ use crate::cluster::link::Link;
 use crate::ledger::{Alarm, Counted, Effects, LiveTask};
 use crate::server::cache::args_digest;
 use crate::server::endpoint::{encode_reply, Replier};
+use crate::server::monitor::TaskSummary;
 use crate::wire::protocol::{encode_message, Forwarded, Notice, Reply, Request, TaskId, TaskReport};
 use crate::workflow::registry::Workflows;
 
@@ -38,8 +39,8 @@ impl Effects<Replier, Link> for Driver<'_> {
         self.state.durable.record_accepted(task, later);
     }
 
-    fn changed(&mut self, report: &TaskReport) {
-        self.state.monitor.changed(report);
+    fn changed(&mut self, task: &LiveTask<Replier>) {
+        self.state.monitor.changed(|| TaskSummary::live(task));
     }
 
     fn progressed(&mut self, task: &LiveTask<Replier>, retry_at_ms: Option<u64>) {

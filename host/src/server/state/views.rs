@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{State, Tasks};
 use crate::server::bounds::Bound;
 use crate::server::endpoint::Replier;
-use crate::server::monitor::TaskSummary;
+use crate::server::monitor::{live_state, TaskSummary};
 use crate::server::offered_schemas::Offer;
 use crate::wire::protocol::{ClusterStatus, ErrorReply, Submit, TaskId, TaskReport, TaskState};
 
@@ -32,20 +32,18 @@ fn count_live(tasks: &Tasks) -> ([[u32; 5]; 4], HashMap<String, [u32; 2]>) {
     for (_, task) in tasks.ledger.tasks() {
         let column = match task.report.state {
             TaskState::Queued => 0,
-            TaskState::Running => match &task.dispatch {
+            TaskState::Running => {
                 // Sent to a subworker: started once it says so.
-                Some(dispatch) => {
-                    let started = dispatch.report_by_ms.is_some();
-                    let row = on_workers.entry(task.report.worker.clone()).or_default();
-                    row[usize::from(!started)] += 1;
-                    if started {
-                        1
-                    } else {
-                        2
-                    }
+                let prefetched = task.prefetched();
+                if task.dispatch.is_some() {
+                    on_workers.entry(task.report.worker.clone()).or_default()[usize::from(prefetched)] += 1;
                 }
-                None => 1,
-            },
+                if prefetched {
+                    2
+                } else {
+                    1
+                }
+            }
             TaskState::Scheduled => 3,
             TaskState::Retrying => 4,
             _ => continue,
@@ -56,25 +54,31 @@ fn count_live(tasks: &Tasks) -> ([[u32; 5]; 4], HashMap<String, [u32; 2]>) {
 }
 
 impl State {
-    /// Summaries of at most `limit` live tasks that `keep` accepts, newest first.
-    pub(crate) fn live_summaries(&self, limit: usize, keep: impl Fn(&TaskReport) -> bool) -> Vec<TaskSummary> {
+    /// Summaries of at most `limit` live tasks that `keep` accepts (given
+    /// each one's report and its state as shown, [`live_state`]), newest first.
+    pub(crate) fn live_summaries(
+        &self,
+        limit: usize,
+        keep: impl Fn(&TaskReport, &'static str) -> bool,
+    ) -> Vec<TaskSummary> {
         let tasks = self.lock();
         let mut live: Vec<TaskSummary> = tasks
             .ledger
             .tasks()
             .map(|(_, t)| t)
-            .filter(|t| keep(&t.report))
+            .filter(|t| keep(&t.report, live_state(t)))
             .take(limit)
-            .map(|t| TaskSummary::of(&t.report))
+            .map(TaskSummary::live)
             .collect();
         drop(tasks);
         live.sort_by_key(|t| std::cmp::Reverse(t.created_ms));
         live
     }
 
-    /// A live task's report and its arguments.
-    pub(crate) fn live_task(&self, task_id: TaskId) -> Option<(TaskReport, Arc<Vec<u8>>)> {
-        self.lock().ledger.get(&task_id).map(|t| (t.report.clone(), t.args.clone()))
+    /// A live task's report, its arguments and its state as shown
+    /// ([`live_state`]).
+    pub(crate) fn live_task(&self, task_id: TaskId) -> Option<(TaskReport, Arc<Vec<u8>>, &'static str)> {
+        self.lock().ledger.get(&task_id).map(|t| (t.report.clone(), t.args.clone(), live_state(t)))
     }
 
     /// Live tasks by priority (most urgent first), each as
