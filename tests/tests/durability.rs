@@ -182,14 +182,16 @@ fn a_retry_waiting_at_the_crash_runs_at_its_time_after_the_restart_and_counts_it
     let mut cp = control_plane_at(&address, &flags);
     let rt = runtime();
     let task_id = TaskId::new_v4();
-    let retry = RetryPolicy { max_retries: 2, delay_ms: 2000, factor: 1.0, max_delay_ms: 2000 };
+    // Long enough that a kill -9 and a restart with its worker processes, on
+    // a loaded machine, end before the retry is due.
+    let retry = RetryPolicy { max_retries: 2, delay_ms: 5000, factor: 1.0, max_delay_ms: 5000 };
     rt.block_on(cp.client().delay("flaky", (1,), SubmitOptions { retry: Some(retry), ..with_id(task_id) })).unwrap();
     let retrying = report_when(&cp, task_id, Duration::from_secs(10), |r| r.state == TaskState::Retrying);
     assert_eq!(retrying.attempts, 1);
     kill_9(&mut cp);
     let cp = control_plane_at(&address, &flags);
     assert_eq!(rt.block_on(cp.client().status(task_id)).unwrap().state, TaskState::Retrying);
-    let report = report_when(&cp, task_id, Duration::from_secs(20), |r| r.state.is_final());
+    let report = report_when(&cp, task_id, Duration::from_secs(30), |r| r.state.is_final());
     // flaky returns the run number it succeeded on: the second.
     assert_eq!((report.state, report.attempts, report.result.as_deref()), (TaskState::Succeeded, 2, Some(&b"2"[..])));
     drop(cp);
