@@ -289,3 +289,16 @@ fn a_worker_id_of_the_longest_length_is_accepted() {
     // Waits until the control plane lists it as active under that id.
     Process::subworker(&control_plane, &longest("s"), &["example-tasks"], &[]);
 }
+
+/// The hidden `--run-log-fd` a supervisor hands its worker processes: typed
+/// by hand it names no pipe, and the subworker refuses it rather than write
+/// binary records to its terminal or a closed descriptor.
+#[test]
+fn a_run_log_fd_typed_by_hand_is_refused() {
+    for fd in ["0", "1", "2", "999"] {
+        let mut args = subworker_args("by-hand");
+        args.extend(["--in-process", "--run-log-fd", fd].map(String::from));
+        let log = refused_at_start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(log.contains("--run-log-fd") && log.contains("not by hand"), "fd {fd}: {log}");
+    }
+}

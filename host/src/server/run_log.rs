@@ -36,6 +36,10 @@ impl RunLog {
     /// The run log on `fd`, the descriptor the supervisor passed
     /// (`--run-log-fd`); an error if it is not open.
     pub(crate) fn from_fd(fd: i32) -> std::io::Result<RunLog> {
+        if fd <= 2 {
+            // Standard input, output or error: never a run log.
+            return Err(std::io::Error::new(ErrorKind::InvalidInput, "not a pipe handed over by a supervisor"));
+        }
         // SAFETY: fcntl on any integer is sound; it fails on a closed fd.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
             return Err(std::io::Error::last_os_error());
