@@ -78,7 +78,6 @@ fn a_mebibyte_of_arguments_and_result_round_trips_byte_exact_on_every_path() {
         let client = control_plane.client();
         runtime().block_on(async {
             echo_exact(&client, &text(1 << 20, 1), path).await;
-            echo_exact(&client, &text(1 << 20, 2), path).await;
         });
     }
 }
@@ -88,9 +87,20 @@ fn a_payload_at_the_frame_bound_round_trips_and_one_byte_over_is_refused() {
     let bound = BOUND.to_string();
     for (path, control_plane, _subworker) in paths(&["--max-frame-bytes", &bound]) {
         let client = control_plane.client();
-        // The largest text whose submission is exactly the bound.
+        // The largest text whose submission is exactly the bound: the
+        // longest text that fits (its escapes make it grow unevenly), then
+        // letters, one byte each.
         let id = TaskId::new_v4();
-        let mut at_bound = text(BOUND - 200, 3);
+        let (mut fits, mut over) = (0, BOUND);
+        while over - fits > 1 {
+            let middle = (fits + over) / 2;
+            if echo_frame_bytes(id, &text(middle, 3)) < BOUND {
+                fits = middle;
+            } else {
+                over = middle;
+            }
+        }
+        let mut at_bound = text(fits, 3);
         while echo_frame_bytes(id, &at_bound) < BOUND {
             at_bound.push('a');
         }

@@ -793,6 +793,12 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     frame
 }
 
+/// The most bytes a control plane's dispatch frame of one run adds to the
+/// submission it took (the lease, and the priority, timeout, retry policy
+/// and run number it fills in): a subworker takes dispatch frames this much
+/// over its frame bound, so that a submission at the bound can run there.
+pub(crate) const DISPATCH_OVERHEAD: usize = 128;
+
 /// The variant index of [`Request::Dispatch`] in the encoding.
 const DISPATCH_INDEX: u8 = 12;
 
@@ -975,6 +981,33 @@ mod tests {
         // Documented in docs/protocol.md: variant 12, the count (2), then
         // each run: its lease (300 as a varint: ac 02) and its submission.
         assert_eq!(&frame[..5], &[4, 12, 2, 0xac, 0x02]);
+    }
+
+    #[test]
+    fn a_dispatch_of_one_run_is_within_the_overhead_of_its_submission() {
+        let args = vec![b'a'; 70_000];
+        let name = "n".repeat(MAX_NAME_BYTES);
+        let task_id = TaskId::from_bytes([9; 16]);
+        let submitted = Request::Submit(Submit {
+            task_id,
+            task_name: name.clone(),
+            args: args.clone(),
+            wait: true,
+            ..Default::default()
+        });
+        let mut parts = Vec::new();
+        let forwarded = Forwarded {
+            task_id,
+            task_name: &name,
+            args: &args,
+            priority: Priority::Low,
+            timeout_ms: u64::MAX,
+            attempt: u32::MAX,
+            lease: u64::MAX,
+        };
+        encode_dispatch_part(forwarded, &mut parts);
+        let dispatch = dispatch_frame(1, &parts);
+        assert!(dispatch.len() <= encode(&submitted).len() + DISPATCH_OVERHEAD, "{}", dispatch.len());
     }
 
     #[test]
