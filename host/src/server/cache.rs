@@ -91,7 +91,14 @@ const MAX_UNHASHED_BYTES: usize = 64 << 20;
 pub(crate) struct Unhashed {
     /// Whether any are held: a submission checks this, not the lock.
     any: AtomicBool,
-    held: Mutex<(Vec<(TaskId, Arc<Vec<u8>>)>, usize)>,
+    held: Mutex<Held>,
+}
+
+/// The held arguments and their bytes.
+#[derive(Default)]
+struct Held {
+    args: Vec<(TaskId, Arc<Vec<u8>>)>,
+    bytes: usize,
 }
 
 impl Unhashed {
@@ -99,10 +106,10 @@ impl Unhashed {
     /// too many bytes are held already (then hash them now, [`Unhashed::take`]).
     pub(crate) fn hold(&self, id: TaskId, args: Arc<Vec<u8>>) -> bool {
         let mut held = self.held.lock().expect("unhashed lock");
-        held.1 = held.1.saturating_add(args.len());
-        held.0.push((id, args));
+        held.bytes = held.bytes.saturating_add(args.len());
+        held.args.push((id, args));
         self.any.store(true, Ordering::Release);
-        held.1 <= MAX_UNHASHED_BYTES
+        held.bytes <= MAX_UNHASHED_BYTES
     }
 
     /// Every held argument, to be hashed: their digests go to the cache
@@ -113,8 +120,8 @@ impl Unhashed {
         }
         let mut held = self.held.lock().expect("unhashed lock");
         self.any.store(false, Ordering::Release);
-        held.1 = 0;
-        std::mem::take(&mut held.0)
+        held.bytes = 0;
+        std::mem::take(&mut held.args)
     }
 }
 
