@@ -39,6 +39,8 @@ pub(crate) struct Settings {
     pub(crate) nng_versions: bool,
     /// Instead of the table: the workflow row alone.
     pub(crate) workflow_only: bool,
+    /// Instead of the table: the payload rows alone.
+    pub(crate) payload_only: bool,
     /// A Python interpreter with the `fastworker` package: adds the Python client's rows.
     pub(crate) python: Option<std::path::PathBuf>,
 }
@@ -57,7 +59,7 @@ impl Settings {
 pub(crate) fn parse_args() -> Result<Settings, String> {
     const USAGE: &str = "usage: fastworker-bench [--seconds S] [--requests N] [--in-flight K] [--concurrency C] \
         [--cluster-size N] [--floor-in-process] [--cp-only | --durable-only | --scale-only | --no-scale] [--sleep-sizes N,N,..] [--batch-tasks N] \
-        [--python PATH] [--soak MINUTES [--soak-kill-every S]] [--nng-versions] [--workflow-only]\n  \
+        [--python PATH] [--soak MINUTES [--soak-kill-every S]] [--nng-versions] [--workflow-only] [--payload-only]\n  \
         --seconds S           measured seconds per phase (default 2)\n  \
         --requests N          measure N requests per phase instead of a duration\n  \
         --in-flight K         requests in flight in the pipelined phases (default 64)\n  \
@@ -73,6 +75,7 @@ pub(crate) fn parse_args() -> Result<Settings, String> {
         --python PATH         add the Python client's rows (bench/python/client_bench.py run with PATH)\n  \
         --nng-versions        instead of the table: build and run the NNG 1.11 and 2.0 floors (bench/nng-versions/)\n                              and print them beside NNG 1.4's and the TCP floor\n  \
         --workflow-only       instead of the table: the workflow row alone (a chord of 1000 add against 1000 pipelined add)\n  \
+        --payload-only        instead of the table: the 1 MiB payload rows alone (TCP, in-process, worker processes,\n                              and the baseline's when FASTWORKER_BENCH_BASELINE is set)\n  \
         --soak MINUTES        instead of the table: mixed load with a subworker killed every 20 s, memory sampled\n  \
         --soak-kill-every S   seconds between two kills of the soak's subworker (default 20; 0: never)\n\
         environment: FASTWORKER_BENCH_BINARIES=DIR measures the fastworker binary and example plugin in DIR, unbuilt;\n\
@@ -95,6 +98,7 @@ pub(crate) fn parse_args() -> Result<Settings, String> {
         batch_tasks: 100_000,
         nng_versions: false,
         workflow_only: false,
+        payload_only: false,
         python: None,
     };
     let mut args = std::env::args().skip(1);
@@ -144,6 +148,7 @@ pub(crate) fn parse_args() -> Result<Settings, String> {
             "--no-scale" => settings.no_scale = true,
             "--nng-versions" => settings.nng_versions = true,
             "--workflow-only" => settings.workflow_only = true,
+            "--payload-only" => settings.payload_only = true,
             "--python" => {
                 settings.python = Some(args.next().ok_or_else(|| format!("--python needs a path\n{USAGE}"))?.into())
             }

@@ -109,6 +109,8 @@
 //! `workflow-chord` (see `workflow.rs`, also among the scale rows): a chord
 //! of 1000 `add` and a `sum`, end to end, against 1000 pipelined `add`
 //! calls on the same control plane; `--workflow-only` runs it alone.
+//! `--payload-only` runs the payload rows alone: in-process, through worker
+//! processes, and on the baseline build when one is named.
 //!
 //! Run with `cargo run --release -p fastworker-bench -- --help` for every option.
 
@@ -192,6 +194,7 @@ fn main() -> ExitCode {
         Some(minutes) => soak::run(minutes, settings.soak_kill_every, settings.concurrency),
         None if settings.nng_versions => nng_versions::run(&settings),
         None if settings.workflow_only => workflow::run(&settings),
+        None if settings.payload_only => payload::run(&settings),
         None => run(&settings),
     };
     match outcome {

@@ -3,6 +3,13 @@
 //! itself (`cp-payload-1MiB`), against the plain TCP echo moving the same
 //! bytes each way (`tcp-payload-1MiB`: a 4-byte length prefix and a 1 MiB
 //! body, sent and echoed). Each call's text differs and every echo is checked.
+//!
+//! `--payload-only` ([`run`]) measures it alone, on both paths a call can
+//! take: `cp-payload` runs `echo` on the control plane's own threads
+//! (`--in-process`, as the table's row does), `cp-isolated-payload` in a
+//! worker process (the default mode, one more hop each way); with
+//! `FASTWORKER_BENCH_BASELINE=DIR`, the same two on the build in DIR; the
+//! TCP echo before and after them, merged.
 
 use std::path::Path;
 use std::time::Instant;
@@ -12,9 +19,9 @@ use tokio::runtime::Runtime;
 
 use crate::args::Settings;
 use crate::nng_floor::spawn_echo_child;
-use crate::phase::{warmed, Budget, Phase};
-use crate::processes::start_control_plane;
-use crate::setup::free_port;
+use crate::phase::{micros, warmed, Budget, Phase};
+use crate::processes::{has_worker_processes, start_control_plane, start_isolated_control_plane};
+use crate::setup::{free_port, locate_binaries};
 use crate::tcp_floor;
 
 /// Bytes of the arguments (and of the result) of each call.
@@ -47,6 +54,94 @@ pub(crate) fn payload_row(
         problems.push(problem);
     }
     Ok(PayloadRow { cp, tcp })
+}
+
+/// `--payload-only`: the TCP echo, then `echo` of [`PAYLOAD`] bytes on each
+/// build and path, then the TCP echo again; one line each, as ratios to TCP.
+pub(crate) fn run(settings: &Settings) -> Result<bool, String> {
+    let (binary, plugin) = locate_binaries()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("building the tokio runtime: {e}"))?;
+    let mut problems = Vec::new();
+    let tcp_address = format!("tcp://127.0.0.1:{}", free_port()?);
+    let mut tcp_server = spawn_echo_child("--tcp-echo-server", &tcp_address)?;
+    let tcp_half = || warmed(settings.budget_part(2), |budget| tcp_floor::payload(&tcp_address, PAYLOAD, budget));
+    let first = tcp_half()?;
+    let mut builds = vec![("cp", binary, plugin.clone())];
+    if let Some(dir) = std::env::var_os("FASTWORKER_BENCH_BASELINE").map(std::path::PathBuf::from) {
+        let base_plugin = dir.join(plugin.file_name().unwrap_or_default());
+        builds.push(("cp-base", dir.join("fastworker"), base_plugin));
+    }
+    let mut rows = Vec::new();
+    for (name, binary, plugin) in &builds {
+        println!(
+            "{name}-payload: {} control-plane --in-process, echo of a {} KiB string",
+            binary.display(),
+            PAYLOAD >> 10
+        );
+        let mut control_plane = start_control_plane(
+            binary,
+            &format!("{name} payload control plane"),
+            Some(plugin),
+            settings.concurrency,
+            &[],
+        )?;
+        let client = control_plane.client()?;
+        let phase = warmed(settings.budget_part(1), |budget| Ok(runtime.block_on(echo_blocking(&client, budget))))?;
+        rows.push((format!("{name}-payload"), phase));
+        if let Err(problem) = control_plane.stop() {
+            problems.push(problem);
+        }
+        if !has_worker_processes(binary) {
+            continue;
+        }
+        println!("{name}-isolated-payload: as {name}-payload, in {} worker processes", settings.concurrency);
+        let mut control_plane = start_isolated_control_plane(
+            binary,
+            &format!("{name} isolated payload control plane"),
+            plugin,
+            settings.concurrency,
+            &[],
+        )?;
+        let client = control_plane.client()?;
+        let phase = warmed(settings.budget_part(1), |budget| Ok(runtime.block_on(echo_blocking(&client, budget))))?;
+        rows.push((format!("{name}-isolated-payload"), phase));
+        if let Err(problem) = control_plane.stop() {
+            problems.push(problem);
+        }
+    }
+    let tcp = first.merge(tcp_half()?);
+    tcp_server.stop();
+    println!();
+    println!(
+        "{:<28} {:>8} {:>12} {:>9} {:>9} {:>8} {:>8} {:>6} {:>7}",
+        "row", "replies", "round trips/s", "p50 (ms)", "p99 (ms)", "rate/tcp", "p50/tcp", "wrong", "missing"
+    );
+    let ms = |phase: &Phase, p: f64| micros(phase.percentile(p)) / 1000.0;
+    let tcp_name = format!("tcp-payload-{}KiB", PAYLOAD >> 10);
+    for (name, phase) in std::iter::once((tcp_name, &tcp)).chain(rows.iter().map(|(n, p)| (n.clone(), p))) {
+        println!(
+            "{:<28} {:>8} {:>12.1} {:>9.2} {:>9.2} {:>8.3} {:>8.2} {:>6} {:>7}",
+            name,
+            phase.latencies.len(),
+            phase.rate(),
+            ms(phase, 50.0),
+            ms(phase, 99.0),
+            phase.rate() / tcp.rate(),
+            ms(phase, 50.0) / ms(&tcp, 50.0),
+            phase.wrong,
+            phase.missing
+        );
+        if let Some(problem) = &phase.first_problem {
+            problems.push(format!("{name}: {problem}"));
+        }
+    }
+    for problem in &problems {
+        println!("{problem}");
+    }
+    Ok(problems.is_empty())
 }
 
 /// The letters of every call's text, repeated: [`PAYLOAD`] of them and 26 more.

@@ -57,8 +57,6 @@ pub(crate) struct Link {
     /// each one's task id and length.
     queued: VecDeque<(TaskId, usize)>,
     queued_bytes: Vec<u8>,
-    /// Where each dispatch frame is assembled, reused.
-    scratch: Vec<u8>,
     /// The runs of the dispatch frame in flight.
     sending: Vec<TaskId>,
 }
@@ -118,7 +116,6 @@ impl Link {
             max_batch_bytes: max_frame.saturating_sub(FRAME_HEADROOM).max(1),
             queued: VecDeque::new(),
             queued_bytes: Vec::new(),
-            scratch: Vec::new(),
             sending: Vec::new(),
             socket,
         };
@@ -168,12 +165,9 @@ impl Link {
             bytes = bytes.saturating_add(len);
             count += 1;
         }
-        let frame = dispatch_frame(count, &self.queued_bytes[..bytes], &mut self.scratch);
+        let frame = dispatch_frame(count, &self.queued_bytes[..bytes]);
         let frame = self.sealed(Channel::Dispatch, frame);
         let (ctx, aio) = &self.dispatch;
-        if self.scratch.capacity() > KEPT_BUFFER_BYTES {
-            self.scratch = Vec::new();
-        }
         match ctx.send(aio, frame) {
             Ok(()) => {
                 self.drain_bytes(bytes);

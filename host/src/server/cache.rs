@@ -2,6 +2,8 @@
 //! (LRU, a read refreshes) and by age (TTL from when the result was stored).
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
@@ -33,12 +35,33 @@ enum Dropped {
 struct Cached {
     report: TaskReport,
     stored: Instant,
-    /// A digest of the task's arguments, to tell a resubmission of the same
-    /// task from another task under a reused id.
-    args_digest: [u8; 16],
+    /// The task's arguments, or their digest, to tell a resubmission of the
+    /// same task from another task under a reused id.
+    args: ArgsKey,
     /// In durable mode, the sequence number of the journal record of its
     /// outcome (0: none, or stored before it came here).
     record: u64,
+}
+
+/// What the cache keeps of a finished task's arguments.
+#[derive(Debug, Clone)]
+pub(crate) enum ArgsKey {
+    /// Their digest ([`args_digest`]).
+    Digest([u8; 16]),
+    /// The arguments themselves, for the moment between the task's end and
+    /// their digest being computed outside the task lock, after the reply
+    /// has left (see [`Unhashed`]).
+    Held(Arc<Vec<u8>>),
+}
+
+impl ArgsKey {
+    /// Whether `args` are the arguments this key was made of.
+    fn matches(&self, args: &[u8]) -> bool {
+        match self {
+            ArgsKey::Digest(digest) => *digest == args_digest(args),
+            ArgsKey::Held(held) => held.as_slice() == args,
+        }
+    }
 }
 
 /// The digest [`ResultCache`] keeps of a task's arguments (SHA-256, first
@@ -49,6 +72,57 @@ pub(crate) fn args_digest(args: &[u8]) -> [u8; 16] {
     let mut digest = [0; 16];
     digest.copy_from_slice(&full[..16]);
     digest
+}
+
+/// Arguments at least this large have their digest computed after the
+/// task's reply has left rather than before (hashing 1 MiB takes about
+/// half a millisecond); smaller ones at once.
+pub(crate) const HASH_LATER_BYTES: usize = 64 * 1024;
+
+/// Held arguments beyond this many bytes are hashed at once, by whoever
+/// ends the next task: nobody can make the cache hold arguments without bound.
+const MAX_UNHASHED_BYTES: usize = 64 << 20;
+
+/// The arguments of ended tasks whose digest is still to be computed: the
+/// cache holds them meanwhile ([`ArgsKey::Held`]), and the thread that ended
+/// them (or the next submission's) computes their digests once the task
+/// lock is released and the reply sent ([`ResultCache::settle`]).
+#[derive(Default)]
+pub(crate) struct Unhashed {
+    /// Whether any are held: a submission checks this, not the lock.
+    any: AtomicBool,
+    held: Mutex<Held>,
+}
+
+/// The held arguments and their bytes.
+#[derive(Default)]
+struct Held {
+    args: Vec<(TaskId, Arc<Vec<u8>>)>,
+    bytes: usize,
+}
+
+impl Unhashed {
+    /// Holds `args` of the ended task `id` to be hashed later; false when
+    /// too many bytes are held already (then hash them now, [`Unhashed::take`]).
+    pub(crate) fn hold(&self, id: TaskId, args: Arc<Vec<u8>>) -> bool {
+        let mut held = self.held.lock().expect("unhashed lock");
+        held.bytes = held.bytes.saturating_add(args.len());
+        held.args.push((id, args));
+        self.any.store(true, Ordering::Release);
+        held.bytes <= MAX_UNHASHED_BYTES
+    }
+
+    /// Every held argument, to be hashed: their digests go to the cache
+    /// with [`ResultCache::settle`].
+    pub(crate) fn take(&self) -> Vec<(TaskId, Arc<Vec<u8>>)> {
+        if !self.any.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut held = self.held.lock().expect("unhashed lock");
+        self.any.store(false, Ordering::Release);
+        held.bytes = 0;
+        std::mem::take(&mut held.args)
+    }
 }
 
 /// Finished tasks, bounded by count and age.
@@ -101,10 +175,16 @@ impl ResultCache {
         self.insert_aged(report, args_digest, Duration::ZERO);
     }
 
+    /// Stores a finished task whose arguments are still held (see [`Unhashed`]).
+    #[cfg(test)]
+    pub(crate) fn insert_held(&mut self, report: TaskReport, args: Arc<Vec<u8>>) {
+        self.put(report, ArgsKey::Held(args), Duration::ZERO, 0);
+    }
+
     /// Stores a finished task whose outcome is the journal's record
     /// number `record` (see [`ResultCache::record_of`]).
-    pub(crate) fn insert_recorded(&mut self, report: TaskReport, args_digest: [u8; 16], record: u64) {
-        self.put(report, args_digest, Duration::ZERO, record);
+    pub(crate) fn insert_recorded(&mut self, report: TaskReport, args: ArgsKey, record: u64) {
+        self.put(report, args, Duration::ZERO, record);
     }
 
     /// The journal record number of a held result's outcome (0: none, or
@@ -116,10 +196,10 @@ impl ResultCache {
     /// Stores a task that finished `age` ago (read back from a durable
     /// store): one already past the TTL is not stored.
     pub(crate) fn insert_aged(&mut self, report: TaskReport, args_digest: [u8; 16], age: Duration) {
-        self.put(report, args_digest, age, 0);
+        self.put(report, ArgsKey::Digest(args_digest), age, 0);
     }
 
-    fn put(&mut self, report: TaskReport, args_digest: [u8; 16], age: Duration, record: u64) {
+    fn put(&mut self, report: TaskReport, args: ArgsKey, age: Duration, record: u64) {
         let id = report.task_id;
         let Some(results) = self.results.as_mut() else { return note(&mut self.forgotten, id) };
         if self.ttl.is_some_and(|ttl| age >= ttl) {
@@ -130,7 +210,7 @@ impl ResultCache {
         // counts from now: such a result is kept up to one TTL too long.
         let stored = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         self.bytes += size_of(&report);
-        if let Some((evicted, old)) = results.push(id, Cached { report, stored, args_digest, record }) {
+        if let Some((evicted, old)) = results.push(id, Cached { report, stored, args, record }) {
             self.bytes -= size_of(&old.report);
             if evicted != id {
                 self.dropped.put(evicted, Dropped::Evicted);
@@ -157,9 +237,19 @@ impl ResultCache {
         self.forgotten.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
-    /// The digest of the arguments of a held result, without refreshing it.
-    pub(crate) fn args_digest_of(&self, id: &TaskId) -> Option<[u8; 16]> {
-        self.results.as_ref()?.peek(id).map(|cached| cached.args_digest)
+    /// Whether the held result of `id` was made of `args` (`None`: no
+    /// result held), without refreshing it.
+    pub(crate) fn same_args(&self, id: &TaskId, args: &[u8]) -> Option<bool> {
+        self.results.as_ref()?.peek(id).map(|cached| cached.args.matches(args))
+    }
+
+    /// Replaces the held arguments `args` of `id`'s result with their
+    /// `digest` (nothing if the result is gone or holds others).
+    pub(crate) fn settle(&mut self, id: &TaskId, args: &Arc<Vec<u8>>, digest: [u8; 16]) {
+        let Some(cached) = self.results.as_mut().and_then(|results| results.peek_mut(id)) else { return };
+        if matches!(&cached.args, ArgsKey::Held(held) if Arc::ptr_eq(held, args)) {
+            cached.args = ArgsKey::Digest(digest);
+        }
     }
 
     /// Bytes the held results take.
@@ -247,6 +337,33 @@ mod tests {
             result: Some(b"1".to_vec()),
             error: None,
         }
+    }
+
+    #[test]
+    fn held_arguments_and_their_digest_tell_the_same_task_from_another() {
+        let mut cache = ResultCache::new(10, u64::MAX, None);
+        let (a, b) = (TaskId::new_v4(), TaskId::new_v4());
+        let args = Arc::new(b"[1,2]".to_vec());
+        cache.insert_held(report(a), args.clone());
+        cache.insert(report(b), args_digest(b"[1,2]"));
+        for id in [a, b] {
+            assert_eq!(cache.same_args(&id, b"[1,2]"), Some(true));
+            assert_eq!(cache.same_args(&id, b"[1,3]"), Some(false));
+        }
+        // Other held arguments do not settle it; its own do.
+        cache.settle(&a, &Arc::new(b"[1,2]".to_vec()), [9; 16]);
+        assert!(matches!(cache.results.as_ref().unwrap().peek(&a).unwrap().args, ArgsKey::Held(_)));
+        cache.settle(&a, &args, args_digest(b"[1,2]"));
+        assert!(matches!(cache.results.as_ref().unwrap().peek(&a).unwrap().args, ArgsKey::Digest(_)));
+        assert_eq!(cache.same_args(&a, b"[1,2]"), Some(true));
+        assert_eq!(cache.same_args(&a, b"[1,3]"), Some(false));
+        assert_eq!(cache.same_args(&TaskId::new_v4(), b"[1,2]"), None);
+        // Held bytes beyond the bound ask for hashing now.
+        let unhashed = Unhashed::default();
+        assert!(unhashed.hold(a, args.clone()));
+        assert!(!unhashed.hold(b, Arc::new(vec![0; MAX_UNHASHED_BYTES])));
+        assert_eq!(unhashed.take().len(), 2);
+        assert!(unhashed.take().is_empty());
     }
 
     #[test]

@@ -10,8 +10,10 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use nng::Message;
+
 use crate::server::endpoint::Replier;
-use crate::wire::protocol::{Reply, Reported, TaskId};
+use crate::wire::protocol::{reports_message, ReportedRef, TaskId};
 
 /// Bytes of a `Reports` reply beyond its outcomes' own (version, variant,
 /// count, and per outcome its id, lease and length).
@@ -27,8 +29,25 @@ pub(crate) struct Collector {
 
 #[derive(Default)]
 struct Collected {
-    ready: VecDeque<Reported>,
+    ready: VecDeque<Outcome>,
     parked: Option<Replier>,
+}
+
+/// One run's outcome: its encoded reply, kept as it was made (it is copied
+/// once, into the `Reports` frame that carries it).
+struct Outcome {
+    task_id: TaskId,
+    lease: u64,
+    reply: Message,
+}
+
+/// The `Reports` reply carrying `batch`.
+fn reports(batch: &[Outcome]) -> Message {
+    let outcomes: Vec<ReportedRef<'_>> = batch
+        .iter()
+        .map(|outcome| ReportedRef { task_id: outcome.task_id, lease: outcome.lease, reply: &outcome.reply[..] })
+        .collect();
+    reports_message(&outcomes)
 }
 
 impl Collector {
@@ -40,20 +59,18 @@ impl Collector {
     /// A replier for a dispatched run: its answer becomes an outcome here.
     pub(crate) fn replier_for(self: &Arc<Self>, task_id: TaskId, lease: u64) -> Replier {
         let collector = Arc::clone(self);
-        Replier::forwarding(move |message| {
-            collector.push(Reported { task_id, lease, reply: message.as_slice().to_vec() })
-        })
+        Replier::forwarding(move |reply| collector.push(Outcome { task_id, lease, reply }))
     }
 
     /// Keeps an outcome, or answers the waiting `Collect` with it.
-    fn push(&self, reported: Reported) {
+    fn push(&self, reported: Outcome) {
         let answer = {
             let mut collected = self.inner.lock().expect("collector lock");
             collected.ready.push_back(reported);
             collected.parked.take().map(|replier| (replier, self.batch(&mut collected.ready)))
         };
         if let Some((replier, batch)) = answer {
-            replier.send(&Reply::Reports(batch));
+            replier.send_message(reports(&batch));
         }
     }
 
@@ -70,10 +87,10 @@ impl Collector {
             }
         };
         if let Some(old) = replaced {
-            old.send(&Reply::Reports(Vec::new()));
+            old.send_message(reports(&[]));
         }
         if let Some((replier, batch)) = answer {
-            replier.send(&Reply::Reports(batch));
+            replier.send_message(reports(&batch));
         }
     }
 
@@ -83,7 +100,7 @@ impl Collector {
     }
 
     /// The oldest outcomes that fit one reply (at least one).
-    fn batch(&self, ready: &mut VecDeque<Reported>) -> Vec<Reported> {
+    fn batch(&self, ready: &mut VecDeque<Outcome>) -> Vec<Outcome> {
         let mut bytes = 0usize;
         let mut count = 0;
         for reported in ready.iter() {
@@ -102,7 +119,7 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
-    use crate::wire::protocol::decode;
+    use crate::wire::protocol::{decode, Reply, Reported};
 
     /// A replier whose answer, a `Reports`, arrives on the returned channel.
     fn collector_request() -> (Replier, mpsc::Receiver<Vec<Reported>>) {

@@ -771,23 +771,19 @@ pub fn encode_into<T: Serialize, W: Write>(message: &T, mut out: W) -> std::io::
     postcard::to_io(message, out).map(|_| ()).map_err(std::io::Error::other)
 }
 
-/// The frame for `message` as an NNG message, encoded in one piece (postcard
-/// writing field by field straight into an NNG message costs a call into
-/// NNG per field).
+/// The frame for `message` as an NNG message, written straight into it:
+/// its size is counted first (a pass that copies nothing), then the message
+/// is allocated at that size and encoded into, so that a large argument or
+/// result is copied once here, not into a buffer and then again. (Postcard
+/// writing field by field through `Message::push_back` would cost a call
+/// into NNG per field, and grow the message by copying it.)
 pub fn encode_message<T: Serialize>(message: &T) -> nng::Message {
-    thread_local! {
-        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    BUFFER.with_borrow_mut(|buffer| {
-        buffer.clear();
-        encode_into(message, &mut *buffer).expect("writing to a Vec cannot fail");
-        let frame = nng::Message::from(&buffer[..]);
-        if buffer.capacity() > 1 << 20 {
-            // Do not keep a large task's buffer around.
-            *buffer = Vec::new();
-        }
-        frame
-    })
+    let size = postcard::experimental::serialized_size(message).expect("every message has a postcard encoding");
+    let mut frame = nng::Message::with_zeros(size + 1);
+    let (version, body) = frame.as_mut_slice().split_first_mut().expect("a frame has its version byte");
+    *version = PROTOCOL_VERSION;
+    postcard::to_slice(message, body).expect("the message fits the size just counted");
+    frame
 }
 
 /// The frame for `message`.
@@ -796,6 +792,12 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     encode_into(message, &mut frame).expect("writing to a Vec cannot fail");
     frame
 }
+
+/// The most bytes a control plane's dispatch frame of one run adds to the
+/// submission it took (the lease, and the priority, timeout, retry policy
+/// and run number it fills in): a subworker takes dispatch frames this much
+/// over its frame bound, so that a submission at the bound can run there.
+pub(crate) const DISPATCH_OVERHEAD: usize = 128;
 
 /// The variant index of [`Request::Dispatch`] in the encoding.
 const DISPATCH_INDEX: u8 = 12;
@@ -858,17 +860,45 @@ pub(crate) fn encode_dispatch_part(forwarded: Forwarded<'_>, parts: &mut Vec<u8>
 
 /// The frame of a `Request::Dispatch` of `count` parts encoded back to back
 /// in `parts`: the version, the variant, the count as a varint, then the
-/// parts (postcard's layout of a list). `scratch` is reused between frames.
-pub(crate) fn dispatch_frame(count: usize, parts: &[u8], scratch: &mut Vec<u8>) -> nng::Message {
-    // Built in one piece and copied once, as `encode_message` does (NNG 1.4
-    // corrupts its heap when a seal is later put in front of a message made
-    // by `Message::with_capacity`).
-    scratch.clear();
-    scratch.extend_from_slice(&[PROTOCOL_VERSION, DISPATCH_INDEX]);
+/// parts (postcard's layout of a list).
+pub(crate) fn dispatch_frame(count: usize, parts: &[u8]) -> nng::Message {
+    // Allocated at its size and filled, so that the runs' arguments are
+    // copied once (NNG 1.4 corrupts its heap when a seal is later put in
+    // front of a message made by `Message::with_capacity`: this is not one).
     let mut varint = [0u8; 10];
-    scratch.extend_from_slice(postcard::to_slice(&count, &mut varint).expect("a usize fits ten bytes"));
-    scratch.extend_from_slice(parts);
-    nng::Message::from(&scratch[..])
+    let count = postcard::to_slice(&count, &mut varint).expect("a usize fits ten bytes");
+    let head = 2 + count.len();
+    let mut frame = nng::Message::with_zeros(head + parts.len());
+    let body = frame.as_mut_slice();
+    body[..2].copy_from_slice(&[PROTOCOL_VERSION, DISPATCH_INDEX]);
+    body[2..head].copy_from_slice(count);
+    body[head..].copy_from_slice(parts);
+    frame
+}
+
+/// The variant index of [`Reply::Reports`] in the encoding.
+const REPORTS_INDEX: u32 = 8;
+
+/// A [`Reported`] whose reply is borrowed: a subworker sends the outcomes
+/// it keeps (each an encoded reply) without copying them first.
+#[derive(Serialize)]
+pub(crate) struct ReportedRef<'a> {
+    pub(crate) task_id: TaskId,
+    pub(crate) lease: u64,
+    #[serde(with = "serde_bytes")]
+    pub(crate) reply: &'a [u8],
+}
+
+/// The frame of a `Reply::Reports` of `outcomes`, each reply copied once,
+/// into the frame.
+pub(crate) fn reports_message(outcomes: &[ReportedRef<'_>]) -> nng::Message {
+    struct Reports<'a, 'b>(&'a [ReportedRef<'b>]);
+    impl Serialize for Reports<'_, '_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_newtype_variant("Reply", REPORTS_INDEX, "Reports", self.0)
+        }
+    }
+    encode_message(&Reports(outcomes))
 }
 
 /// Decodes a frame of at most `limit` bytes.
@@ -942,7 +972,7 @@ mod tests {
         let (first, second) = (TaskId::from_bytes([9; 16]), TaskId::from_bytes([8; 16]));
         part(first, 2, 300);
         part(second, 1, 301);
-        let frame = dispatch_frame(2, &parts, &mut Vec::new());
+        let frame = dispatch_frame(2, &parts);
         let owned = Request::Dispatch(vec![
             Dispatch { lease: 300, submit: submit(first, 2) },
             Dispatch { lease: 301, submit: submit(second, 1) },
@@ -951,6 +981,43 @@ mod tests {
         // Documented in docs/protocol.md: variant 12, the count (2), then
         // each run: its lease (300 as a varint: ac 02) and its submission.
         assert_eq!(&frame[..5], &[4, 12, 2, 0xac, 0x02]);
+    }
+
+    #[test]
+    fn a_dispatch_of_one_run_is_within_the_overhead_of_its_submission() {
+        let args = vec![b'a'; 70_000];
+        let name = "n".repeat(MAX_NAME_BYTES);
+        let task_id = TaskId::from_bytes([9; 16]);
+        let submitted = Request::Submit(Submit {
+            task_id,
+            task_name: name.clone(),
+            args: args.clone(),
+            wait: true,
+            ..Default::default()
+        });
+        let mut parts = Vec::new();
+        let forwarded = Forwarded {
+            task_id,
+            task_name: &name,
+            args: &args,
+            priority: Priority::Low,
+            timeout_ms: u64::MAX,
+            attempt: u32::MAX,
+            lease: u64::MAX,
+        };
+        encode_dispatch_part(forwarded, &mut parts);
+        let dispatch = dispatch_frame(1, &parts);
+        assert!(dispatch.len() <= encode(&submitted).len() + DISPATCH_OVERHEAD, "{}", dispatch.len());
+    }
+
+    #[test]
+    fn borrowed_reports_encode_as_owned_ones() {
+        let task_id = TaskId::from_bytes([3; 16]);
+        let reply = encode(&Reply::Done);
+        let borrowed = reports_message(&[ReportedRef { task_id, lease: 300, reply: &reply }]);
+        let owned = Reply::Reports(vec![Reported { task_id, lease: 300, reply: reply.clone() }]);
+        assert_eq!(&borrowed[..], &encode(&owned)[..]);
+        assert_eq!(&encode_message(&owned)[..], &encode(&owned)[..]);
     }
 
     #[test]

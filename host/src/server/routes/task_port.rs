@@ -5,11 +5,15 @@ use nng::Message;
 use crate::server::endpoint::Replier;
 use crate::server::state::{error_reply, Caller, State};
 use crate::wire::auth::Role;
-use crate::wire::protocol::{decode, ErrorKind, Reply, Request};
+use crate::wire::protocol::{decode, ErrorKind, Reply, Request, DISPATCH_OVERHEAD};
 
 /// Routes one request that arrived on a priority port.
 pub(crate) fn task_port(state: &State, replier: Replier, message: Message) {
-    let request = match decode::<Request>(&message, state.config.bounds.max_frame_bytes) {
+    // A subworker takes a run of a submission at the bound with what its
+    // control plane adds to it.
+    let bound = state.config.bounds.max_frame_bytes;
+    let limit = if state.config.is_subworker() { bound.saturating_add(DISPATCH_OVERHEAD) } else { bound };
+    let request = match decode::<Request>(&message, limit) {
         Ok(request) => request,
         Err(error) => {
             replier.warn_peer("refused a frame", &error);

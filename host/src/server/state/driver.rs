@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use crate::cluster::link::Link;
 use crate::ledger::{Alarm, Counted, Effects, LiveTask};
-use crate::server::cache::args_digest;
+use crate::server::cache::{args_digest, ArgsKey, HASH_LATER_BYTES};
 use crate::server::endpoint::{encode_reply, Replier};
 use crate::server::monitor::TaskSummary;
 use crate::wire::protocol::{encode_message, Forwarded, Notice, Reply, Request, TaskId, TaskReport};
@@ -78,8 +78,20 @@ impl Effects<Replier, Link> for Driver<'_> {
             let notice = Notice { report: report.clone(), data: callback.data };
             state.callbacks.push(callback.address, notice, task.tenant);
         }
-        let digest = args_digest(&task.args);
-        let record = state.durable.record_finished(&report, digest);
+        // What tells a later submission under this id whether it is the
+        // same task: the digest of its arguments, stored with its outcome
+        // in durable mode; else large arguments are held until their digest
+        // is computed after the reply has left (`State::hash_ended`).
+        let (args, record) = if state.durable.is_on() || task.args.len() < HASH_LATER_BYTES {
+            let digest = args_digest(&task.args);
+            (ArgsKey::Digest(digest), state.durable.record_finished(&report, digest))
+        } else {
+            if !state.unhashed.hold(report.task_id, task.args.clone()) {
+                // Too much is held already: hashed here, as small ones are.
+                state.hash_ended();
+            }
+            (ArgsKey::Held(task.args), 0)
+        };
         if self.workflows.member_of(&report.task_id).is_some() {
             self.members_ended.push(report.clone());
         }
@@ -89,7 +101,7 @@ impl Effects<Replier, Link> for Driver<'_> {
         }
         let Reply::Report(report) = reply else { unreachable!() };
         let mut cache = state.cache.lock().expect("cache lock");
-        cache.insert_recorded(report, digest, record);
+        cache.insert_recorded(report, args, record);
         state.durable.forget_dropped(&mut cache);
     }
 

@@ -67,11 +67,7 @@ impl Durable {
     pub(super) fn answer_final(&self, waiters: Vec<Replier>, message: Message, outbox: &mut Outbox) {
         match &self.journal {
             None => outbox.0.push((waiters, message)),
-            Some(journal) => journal.then(move |_| {
-                for waiter in waiters {
-                    waiter.send_message(message.clone());
-                }
-            }),
+            Some(journal) => journal.then(move |_| super::send_to_all(waiters, message)),
         }
     }
 

@@ -39,7 +39,7 @@ use crate::cluster::link::Link;
 use crate::ledger::{Joined, Ledger, LiveTask, Plan, Settings};
 use crate::plugins::Registry;
 use crate::server::bounds::{millis, Refusals};
-use crate::server::cache::{args_digest, Lookup, ResultCache};
+use crate::server::cache::{args_digest, Lookup, ResultCache, Unhashed};
 use crate::server::callbacks::Callbacks;
 use crate::server::collector::Collector;
 use crate::server::config::ControlPlaneConfig;
@@ -91,6 +91,8 @@ pub(crate) struct State {
     pub(crate) registry: Registry,
     tasks: Mutex<Tasks>,
     cache: Mutex<ResultCache>,
+    /// Arguments of ended tasks whose digest the cache awaits.
+    unhashed: Unhashed,
     accepting: AtomicBool,
     /// What the dashboard and `/metrics` show, fed by the state changes here.
     pub(crate) monitor: Monitor,
@@ -166,11 +168,21 @@ impl Outbox {
     /// Sends every gathered reply.
     pub(crate) fn deliver(self) {
         for (waiters, message) in self.0 {
-            for waiter in waiters {
-                waiter.send_message(message.clone());
-            }
+            send_to_all(waiters, message);
         }
     }
+}
+
+/// Sends one encoded reply to every waiter: a copy to each but the last,
+/// which takes the message itself (a large result is not copied for the
+/// one client that usually waits).
+pub(crate) fn send_to_all(waiters: Vec<Replier>, message: Message) {
+    let mut waiters = waiters.into_iter();
+    let Some(mut last) = waiters.next() else { return };
+    for next in waiters {
+        std::mem::replace(&mut last, next).send_message(message.clone());
+    }
+    last.send_message(message);
 }
 
 /// Who a submission is taken from: the key that may cancel it, and whom
@@ -235,6 +247,7 @@ impl State {
                 durable: durable::Durable::new(journal, config.worker_id.clone()),
                 offered_schemas: OfferedSchemas::new(config.bounds.max_offered_tasks),
                 cache: Mutex::new(cache),
+                unhashed: Unhashed::default(),
                 tasks: Mutex::new(Tasks {
                     ledger: Ledger::new(settings, limited::task_limits(&config, &registry)),
                     workflows: Workflows::new(
@@ -407,7 +420,24 @@ impl State {
         let accepted = self.admit(&mut tasks, submit, waiter, by, lease, &mut outbox);
         drop(tasks);
         outbox.deliver();
+        // While the task runs, those that ended before it have their
+        // arguments hashed.
+        self.hash_ended();
         accepted
+    }
+
+    /// Computes the digests of the ended tasks' arguments the cache holds
+    /// (see [`Unhashed`]); called with no lock held, once replies have left.
+    pub(crate) fn hash_ended(&self) {
+        let held = self.unhashed.take();
+        if held.is_empty() {
+            return;
+        }
+        let digests: Vec<[u8; 16]> = held.iter().map(|(_, args)| args_digest(args)).collect();
+        let mut cache = self.cache.lock().expect("cache lock");
+        for ((task_id, args), digest) in held.iter().zip(digests) {
+            cache.settle(task_id, args, digest);
+        }
     }
 
     /// [`State::accept`] under the task lock: replies go to `outbox`. The
@@ -433,8 +463,7 @@ impl State {
         };
         let mut cache = self.cache.lock().expect("cache lock");
         if let Lookup::Found(report) = cache.get(&task_id) {
-            let same = report.task_name == submit.task_name
-                && cache.args_digest_of(&task_id) == Some(args_digest(&submit.args));
+            let same = report.task_name == submit.task_name && cache.same_args(&task_id, &submit.args) == Some(true);
             let record = cache.record_of(&task_id);
             drop(cache);
             if !same {
@@ -555,6 +584,8 @@ impl State {
             log.ended(job.task_id);
         }
         self.drive_locked(|ledger, io| ledger.local_ended(job.task_id, run, outcome, now_ms(), io));
+        // The reply has left: the arguments' digest is computed now.
+        self.hash_ended();
     }
 
     /// Countdowns, ETAs or backoffs are over, runs reached their timeout,
