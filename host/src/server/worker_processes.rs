@@ -353,10 +353,12 @@ impl Supervisor {
                 // It is exiting: reapable within moments.
                 std::thread::sleep(Duration::from_millis(1));
             } else {
-                // Woken by a record or by its death (the log's write end
-                // closing), so a crash is charged at once: before the runs
-                // lost with the process can be sent again and lost again.
-                log.wait(Duration::from_millis(10));
+                // Woken by its death (the log's write end closing), so a
+                // crash is charged at once: before the runs lost with the
+                // process can be sent again and lost again. Records wake
+                // it only when --max-tasks-per-child counts them; else they
+                // are read every 10 ms, not one wake-up each.
+                log.wait(Duration::from_millis(10), self.config.max_tasks_per_child.is_some());
             }
         };
         self.shared.pids.lock().expect("supervisor lock").retain(|&p| p != pid);
