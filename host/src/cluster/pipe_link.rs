@@ -3,8 +3,9 @@
 //! (`Dispatch`, `Collect`) and its notes. Each request carries an id; a
 //! reader thread hands the reply that answers the latest request of its
 //! exchange to the link's callback as an NNG exchange's reply would be
-//! (so the state hears the same events), and drops any other (the answer
-//! of a request given up, or forged by the process's plugin code). The end
+//! (so the state hears the same events), once, and drops any other (the
+//! answer of a request given up, a second answer, or one forged by the
+//! process's plugin code). The end
 //! of the stream, or anything that is no frame, is the connection dropping.
 
 use std::os::unix::net::UnixStream;
@@ -146,7 +147,9 @@ impl Reader {
                 // Only this side sends notes.
                 Tag::Note => continue,
             };
-            if frame.id == 0 || self.awaited[channel as usize].load(Ordering::SeqCst) != frame.id {
+            // Heard once: a second reply to the same request is dropped too.
+            let awaited = &self.awaited[channel as usize];
+            if frame.id == 0 || awaited.compare_exchange(frame.id, 0, Ordering::SeqCst, Ordering::SeqCst).is_err() {
                 continue;
             }
             if self.closed.load(Ordering::SeqCst) {
