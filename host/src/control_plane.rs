@@ -219,6 +219,26 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// In a worker process: serves its control plane's link on the socket
+    /// `fd` its supervisor passed (`--link-fd`) as the CRITICAL port would.
+    /// When the control plane closes it while this process is not stopping
+    /// (it gave this process up: a frame it could not read, or no answer in
+    /// time), the process exits with status 3, so that its supervisor sees
+    /// it gone and starts another.
+    pub fn serve_link(&self, fd: i32) -> std::io::Result<()> {
+        let stream = crate::wire::pipe::handed_socket(fd)
+            .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error.to_string()))?;
+        let state = self.state.clone();
+        let dropped = self.dropped.clone();
+        crate::server::pipe_port::serve(self.state.clone(), stream, move || {
+            if state.is_accepting() {
+                tracing::error!("the control plane closed this worker process's link: exiting (status 3)");
+                std::process::exit(3);
+            }
+            dropped.notify_one();
+        })
+    }
+
     /// On a subworker: waits until a connection to its CRITICAL port drops
     /// (its control plane dials that port: it may have died or restarted).
     pub async fn connection_dropped(&self) {

@@ -132,6 +132,12 @@ impl Subworker {
         self.server.log_runs_to(fd)
     }
 
+    /// As a control plane's worker process: serves its link on the socket
+    /// `fd` its supervisor passed (see [`ControlPlane::serve_link`]).
+    pub fn serve_link(&self, fd: i32) -> std::io::Result<()> {
+        self.server.serve_link(fd)
+    }
+
     /// Joins the control plane and serves it until `stop` resolves; then
     /// leaves (the control plane sends nothing new), finishes what it holds
     /// within the shutdown timeout while still heartbeating, unregisters and

@@ -302,3 +302,15 @@ fn a_run_log_fd_typed_by_hand_is_refused() {
         assert!(log.contains("--run-log-fd") && log.contains("not by hand"), "fd {fd}: {log}");
     }
 }
+
+/// The hidden `--link-fd` (a worker process's end of its link): typed by
+/// hand it names no socket pair, and the subworker refuses it.
+#[test]
+fn a_link_fd_typed_by_hand_is_refused() {
+    for (fd, why) in [("0", "standard"), ("2", "standard"), ("999", "not open")] {
+        let mut args = subworker_args("by-hand");
+        args.extend(["--in-process", "--link-fd", fd].map(String::from));
+        let log = refused_at_start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(log.contains("--link-fd") && log.contains(why) && log.contains("not by hand"), "fd {fd}: {log}");
+    }
+}

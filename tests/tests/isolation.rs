@@ -97,6 +97,45 @@ fn a_task_panicking_while_unwinding_fails_crashed() {
     crashes_one_worker_process("double_panic", &["SIGABRT"]);
 }
 
+/// A worker process's link is a socket pair (`--link-fd`) its plugin code
+/// can write to. What is no frame (a 4 GiB length prefix, an unknown tag)
+/// breaks that link only: the control plane allocates nothing of that size
+/// and serves on, the process, given up, exits (status 3) and is replaced,
+/// and the run it was executing is charged like any crash.
+fn corrupts_its_link(huge: bool) {
+    let mut cp = Process::control_plane_with_gui(&["crash-tasks"], &["--concurrency", "2"], &[]);
+    let rt = runtime();
+    let client = cp.client().with_timeout(Duration::from_secs(30));
+    assert!(bystander(&rt, &client) < Duration::from_secs(20));
+    let task_id = rt.block_on(client.delay("corrupt_link", (huge,), SubmitOptions::default())).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || metric(&cp, "fastworker_worker_process_crashes_total") >= 1),
+        "no worker process given up:\n{}",
+        cp.log()
+    );
+    let waited = bystander(&rt, &client);
+    assert!(waited < Duration::from_secs(1), "the bystander waited {waited:?}");
+    let report = rt.block_on(client.wait(task_id, Duration::from_secs(60))).unwrap();
+    let error = report.error.expect("a failed task's error");
+    assert_eq!(error.kind, FailureKind::Crashed, "{error:?}\n{}", cp.log());
+    assert!(error.message.contains("exit status 3"), "{}", error.message);
+    let log = cp.log();
+    let expected = if huge { "more than the" } else { "unknown channel tag" };
+    assert!(log.contains(expected), "the control plane did not say why it closed the link:\n{log}");
+    assert!(cp.is_running(), "the control plane died:\n{log}");
+    assert!(bystander(&rt, &client) < Duration::from_secs(5));
+}
+
+#[test]
+fn a_worker_process_writing_a_huge_length_prefix_into_its_link_is_given_up() {
+    corrupts_its_link(true);
+}
+
+#[test]
+fn a_worker_process_writing_garbage_into_its_link_is_given_up() {
+    corrupts_its_link(false);
+}
+
 #[test]
 fn a_task_in_another_worker_process_finishes_while_one_crashes() {
     let cp = Process::control_plane_with_gui(&["crash-tasks", "example-tasks"], &["--concurrency", "2"], &[]);

@@ -221,6 +221,10 @@ pub(crate) struct SubworkerArgs {
     /// and end is recorded, so that a crash is charged to the runs it interrupted (docs/isolation.md).
     #[arg(long, hide = true)]
     pub(crate) run_log_fd: Option<i32>,
+    /// Internal, set by a control plane for its worker processes: its end of the socket pair that
+    /// carries their link (docs/isolation.md).
+    #[arg(long, hide = true)]
+    pub(crate) link_fd: Option<i32>,
     /// Seconds a shutdown waits for queued and running tasks.
     #[arg(help_heading = heading::DURABILITY, long, env = "FASTWORKER_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     pub(crate) shutdown_timeout: f64,
@@ -533,6 +537,16 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
                 EXIT_USAGE,
                 format_args!(
                     "--run-log-fd {fd}: {error}; it is set by a control plane for its worker processes, not by hand"
+                ),
+            );
+        }
+    }
+    if let Some(fd) = args.link_fd {
+        if let Err(error) = subworker.serve_link(fd) {
+            return fail(
+                EXIT_USAGE,
+                format_args!(
+                    "--link-fd {fd}: {error}; it is set by a control plane for its worker processes, not by hand"
                 ),
             );
         }

@@ -13,10 +13,17 @@
 //! idle worker's single task costs one frame each way. The slots (the
 //! worker's credit) are counted by [`crate::cluster::routing`]: the link sends only
 //! what was placed into a free slot.
+//!
+//! A control plane's own worker processes are reached the same way over a
+//! socket pair instead of NNG (`cluster::pipe_link`): the same exchanges
+//! and the same events, without NNG's threads in between.
 
 use std::collections::VecDeque;
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use super::pipe_link::PipeLink;
 
 use crate::wire::auth::{open, seal, AuthError, Key, KeyRing, Seal, Sender, ENVELOPE_BYTES};
 use crate::wire::protocol::{dispatch_frame, encode_dispatch_part, encode_message, now_ms, Forwarded, Request, TaskId};
@@ -41,16 +48,21 @@ const FRAME_HEADROOM: usize = 1024;
 /// by a burst of large runs, is given back.
 const KEPT_BUFFER_BYTES: usize = 1 << 20;
 
-/// A dialed connection to a subworker.
+/// Why a link could not send or wait.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LinkError {
+    /// NNG refused.
+    #[error(transparent)]
+    Nng(#[from] nng::Error),
+    /// The socket pair to a worker process failed.
+    #[error("the link to the worker process failed: {0}")]
+    Pipe(#[from] std::io::Error),
+}
+
+/// A connection to a subworker: dialed over NNG, or a socket pair to a
+/// worker process this process started.
 pub(crate) struct Link {
-    socket: Socket,
-    dispatch: (Context, Aio),
-    collect: (Context, Aio),
-    /// A context for notes that need no answer (cancellations, revocations).
-    notes: (Context, Aio),
-    /// With a cluster key: frames are sealed with the subworker's control key, and each
-    /// exchange remembers its request's seal, which its reply must cover.
-    auth: Option<LinkAuth>,
+    transport: Transport,
     /// The most bytes of runs in one dispatch frame.
     max_batch_bytes: usize,
     /// Runs placed and not yet sent, encoded back to back in `queued_bytes`:
@@ -59,6 +71,23 @@ pub(crate) struct Link {
     queued_bytes: Vec<u8>,
     /// The runs of the dispatch frame in flight.
     sending: Vec<TaskId>,
+}
+
+enum Transport {
+    Nng(NngLink),
+    Pipe(PipeLink),
+}
+
+/// The NNG side of a dialed link.
+struct NngLink {
+    socket: Socket,
+    dispatch: (Context, Aio),
+    collect: (Context, Aio),
+    /// A context for notes that need no answer (cancellations, revocations).
+    notes: (Context, Aio),
+    /// With a cluster key: frames are sealed with the subworker's control key, and each
+    /// exchange remembers its request's seal, which its reply must cover.
+    auth: Option<LinkAuth>,
 }
 
 /// How a link seals and checks frames.
@@ -108,21 +137,37 @@ impl Link {
         };
         let (dispatch, collect) = (exchange(Channel::Dispatch)?, exchange(Channel::Collect)?);
         let notes = (Context::new(&socket)?, Aio::new(|_, _| {})?);
-        let link = Link {
-            dispatch,
-            collect,
-            notes,
-            auth,
+        crate::wire::tls::dial_async(&socket, url)?;
+        Ok(Link::with(Transport::Nng(NngLink { dispatch, collect, notes, auth, socket }), max_frame))
+    }
+
+    /// The link to a worker process over `stream`, its end of the socket
+    /// pair: connected at once (`on_connection` hears `true` before this
+    /// returns, `false` when the process closes it or writes what is no
+    /// frame); `on_event` hears each reply as an NNG exchange's would be.
+    pub(crate) fn pipe(
+        stream: UnixStream,
+        worker_id: &str,
+        max_frame: usize,
+        on_connection: impl Fn(bool) + Send + Sync + 'static,
+        on_event: impl Fn(Channel, AioResult) + Send + Sync + 'static,
+    ) -> Result<Link, LinkError> {
+        let pipe = PipeLink::open(stream, worker_id, max_frame, on_connection, on_event)?;
+        Ok(Link::with(Transport::Pipe(pipe), max_frame))
+    }
+
+    fn with(transport: Transport, max_frame: usize) -> Link {
+        Link {
+            transport,
             max_batch_bytes: max_frame.saturating_sub(FRAME_HEADROOM).max(1),
             queued: VecDeque::new(),
             queued_bytes: Vec::new(),
             sending: Vec::new(),
-            socket,
-        };
-        crate::wire::tls::dial_async(&link.socket, url)?;
-        Ok(link)
+        }
     }
+}
 
+impl NngLink {
     fn exchange(&self, channel: Channel) -> &(Context, Aio) {
         match channel {
             Channel::Dispatch => &self.dispatch,
@@ -138,7 +183,9 @@ impl Link {
         }
         message
     }
+}
 
+impl Link {
     /// Queues a run placed in one of the worker's free slots, encoded at
     /// once; [`Link::flush`] sends it.
     pub(crate) fn queue(&mut self, run: Forwarded<'_>) {
@@ -152,7 +199,7 @@ impl Link {
     /// frame is in flight, or the exchange is still ending after a
     /// [`Link::reset`] (they leave when it has: see the caller); on failure
     /// returns the runs that did not leave.
-    pub(crate) fn flush(&mut self) -> Result<(), (nng::Error, Vec<TaskId>)> {
+    pub(crate) fn flush(&mut self) -> Result<(), (LinkError, Vec<TaskId>)> {
         if !self.sending.is_empty() || self.queued.is_empty() {
             return Ok(());
         }
@@ -166,20 +213,27 @@ impl Link {
             count += 1;
         }
         let frame = dispatch_frame(count, &self.queued_bytes[..bytes]);
-        let frame = self.sealed(Channel::Dispatch, frame);
-        let (ctx, aio) = &self.dispatch;
-        match ctx.send(aio, frame) {
+        let sent = match &self.transport {
+            Transport::Nng(nng) => {
+                let frame = nng.sealed(Channel::Dispatch, frame);
+                let (ctx, aio) = &nng.dispatch;
+                match ctx.send(aio, frame) {
+                    Ok(()) => Ok(()),
+                    // The exchange a reset cancelled has not reported its end yet.
+                    Err((_, nng::Error::IncorrectState)) => return Ok(()),
+                    Err((_, error)) => Err(LinkError::Nng(error)),
+                }
+            }
+            Transport::Pipe(pipe) => pipe.request(Channel::Dispatch, &frame).map_err(LinkError::Pipe),
+        };
+        self.drain_bytes(bytes);
+        let runs = self.queued.drain(..count).map(|(task_id, _)| task_id).collect();
+        match sent {
             Ok(()) => {
-                self.drain_bytes(bytes);
-                self.sending = self.queued.drain(..count).map(|(task_id, _)| task_id).collect();
+                self.sending = runs;
                 Ok(())
             }
-            // The exchange a reset cancelled has not reported its end yet.
-            Err((_, nng::Error::IncorrectState)) => Ok(()),
-            Err((_, error)) => {
-                self.drain_bytes(bytes);
-                Err((error, self.queued.drain(..count).map(|(task_id, _)| task_id).collect()))
-            }
+            Err(error) => Err((error, runs)),
         }
     }
 
@@ -203,8 +257,14 @@ impl Link {
         self.queued.clear();
         self.queued_bytes.clear();
         self.sending.clear();
-        self.dispatch.1.cancel();
-        self.collect.1.cancel();
+        match &self.transport {
+            Transport::Nng(nng) => {
+                nng.dispatch.1.cancel();
+                nng.collect.1.cancel();
+            }
+            // Late replies are not heard; the pair is not connected again.
+            Transport::Pipe(pipe) => pipe.forget_requests(),
+        }
     }
 
     /// Gives up the run of `task_id` (the worker did not answer it in
@@ -214,7 +274,16 @@ impl Link {
     pub(crate) fn abandon_dispatch(&mut self, task_id: TaskId) {
         if self.sending.contains(&task_id) {
             self.sending.clear();
-            self.dispatch.1.cancel();
+            match &self.transport {
+                Transport::Nng(nng) => nng.dispatch.1.cancel(),
+                Transport::Pipe(pipe) => {
+                    // Its answer, if it comes, is not heard; the runs queued
+                    // behind it leave now (a failure to send shows as the
+                    // pair breaking, which takes them back).
+                    pipe.forget_dispatch();
+                    let _ = self.flush();
+                }
+            }
         } else if let Some(index) = self.queued.iter().position(|(queued, _)| *queued == task_id) {
             let start: usize = self.queued.iter().take(index).map(|(_, len)| len).sum();
             let (_, len) = self.queued.remove(index).expect("found above");
@@ -223,27 +292,45 @@ impl Link {
     }
 
     /// Asks the worker for its outcomes.
-    pub(crate) fn collect(&self) -> Result<(), nng::Error> {
-        let frame = self.sealed(Channel::Collect, encode_message(&Request::Collect));
-        let (ctx, aio) = &self.collect;
-        ctx.send(aio, frame).map_err(|(_, error)| error)
+    pub(crate) fn collect(&self) -> Result<(), LinkError> {
+        let frame = encode_message(&Request::Collect);
+        match &self.transport {
+            Transport::Nng(nng) => {
+                let frame = nng.sealed(Channel::Collect, frame);
+                let (ctx, aio) = &nng.collect;
+                ctx.send(aio, frame).map_err(|(_, error)| error.into())
+            }
+            Transport::Pipe(pipe) => Ok(pipe.request(Channel::Collect, &frame)?),
+        }
     }
 
     /// Asks the worker for its outcomes after `pause` (after an empty or
     /// refused answer, so that a worker answering at once costs no spin).
-    pub(crate) fn collect_after(&self, pause: Duration) -> Result<(), nng::Error> {
-        self.collect.1.sleep(pause)
+    pub(crate) fn collect_after(&self, pause: Duration) -> Result<(), LinkError> {
+        match &self.transport {
+            Transport::Nng(nng) => Ok(nng.collect.1.sleep(pause)?),
+            Transport::Pipe(pipe) => {
+                pipe.request_after(pause, Channel::Collect, &encode_message(&Request::Collect));
+                Ok(())
+            }
+        }
     }
 
-    /// Waits for the reply to the request an exchange just sent.
-    pub(crate) fn receive(&self, channel: Channel) -> Result<(), nng::Error> {
-        let (ctx, aio) = self.exchange(channel);
-        ctx.recv(aio)
+    /// Waits for the reply to the request an exchange just sent (a socket
+    /// pair's replies are always read).
+    pub(crate) fn receive(&self, channel: Channel) -> Result<(), LinkError> {
+        match &self.transport {
+            Transport::Nng(nng) => {
+                let (ctx, aio) = nng.exchange(channel);
+                Ok(ctx.recv(aio)?)
+            }
+            Transport::Pipe(_) => Ok(()),
+        }
     }
 
     /// Checks and strips the seal of the reply an exchange received.
     pub(crate) fn open_reply(&self, channel: Channel, message: &mut Message) -> Result<(), AuthError> {
-        let Some(auth) = &self.auth else { return Ok(()) };
+        let Transport::Nng(NngLink { auth: Some(auth), .. }) = &self.transport else { return Ok(()) };
         let request = auth.seals[channel as usize].lock().expect("seal lock").take();
         let Some(request) = request else { return Err(AuthError::Missing) };
         open(&auth.ring, message, Some(request), now_ms())?;
@@ -254,16 +341,20 @@ impl Link {
     /// Sends a request whose answer does not matter, best effort: one at a
     /// time; a note sent while the previous one is still leaving is dropped.
     pub(crate) fn note(&self, mut message: Message) {
-        if let Some(auth) = &self.auth {
+        let nng = match &self.transport {
+            Transport::Nng(nng) => nng,
+            Transport::Pipe(pipe) => return pipe.note(&message),
+        };
+        if let Some(auth) = &nng.auth {
             let (envelope, _) = seal(&auth.key, &auth.sender, &message, None, now_ms());
             message.push_front(&envelope);
         }
-        let (ctx, aio) = &self.notes;
+        let (ctx, aio) = &nng.notes;
         let _ = ctx.send(aio, message);
     }
 }
 
-impl Drop for Link {
+impl Drop for NngLink {
     fn drop(&mut self) {
         // Links are dropped on the cluster thread without the task lock,
         // never inside one of their own callbacks, so waiting for those

@@ -10,7 +10,8 @@
 //! - `status`: what the cluster reports about itself (its size, the tasks
 //!   on offer and their defaults, the `fastworker workers` table).
 //! - `link`: the control plane's connection to one subworker (batched
-//!   dispatch and collection of runs).
+//!   dispatch and collection of runs), over NNG or, to a worker process
+//!   this process started, over a socket pair (`pipe_link`).
 //! - [`subworker`]: the subworker's side of membership (register,
 //!   heartbeat, leave).
 //! - [`discovery`]: announcing and finding a control plane without an
@@ -23,6 +24,7 @@
 
 pub mod discovery;
 pub(crate) mod link;
+mod pipe_link;
 pub(crate) mod routing;
 mod status;
 pub mod subworker;

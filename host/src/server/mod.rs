@@ -5,7 +5,8 @@
 //!   [`routes`] (the routers of the task ports and the result port),
 //!   [`membership`] (the management port), [`collector`] (a subworker's
 //!   outcomes waiting to be collected), [`peer_log`] (rate-limited lines
-//!   about refused peers).
+//!   about refused peers), [`pipe_port`] (a worker process's end of its
+//!   socket-pair link).
 //! - State: [`state`] (the live tasks, their lifecycle, the cluster's
 //!   slots and the clients waiting), [`cache`] (finished results),
 //!   [`journal`] (the durable mode's store), [`monitor`] (what the
@@ -31,6 +32,7 @@ pub(crate) mod memory;
 pub(crate) mod monitor;
 pub(crate) mod offered_schemas;
 pub(crate) mod peer_log;
+pub(crate) mod pipe_port;
 pub(crate) mod pool;
 pub(crate) mod routes;
 pub(crate) mod run_log;

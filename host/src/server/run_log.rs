@@ -120,11 +120,16 @@ impl RunLogReader {
         }
     }
 
-    /// Waits up to `timeout` for a record, or for the write end to close
-    /// (the worker process died: its supervisor hears it at once, before
-    /// the runs lost with it can be sent again and lost again).
-    pub(crate) fn wait(&self, timeout: std::time::Duration) {
-        let mut fd = libc::pollfd { fd: self.pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    /// Waits up to `timeout` for the write end to close (the worker
+    /// process died: its supervisor hears it at once, before the runs lost
+    /// with it can be sent again and lost again), and with `records` for a
+    /// record too. Without, records are read at the next
+    /// [`RunLogReader::read_available`] (within `timeout`, and always after
+    /// a death), so a busy process costs its supervisor no wake-up per run.
+    pub(crate) fn wait(&self, timeout: std::time::Duration, records: bool) {
+        // Poll reports POLLHUP (every writer closed) even when not asked.
+        let events = if records { libc::POLLIN } else { 0 };
+        let mut fd = libc::pollfd { fd: self.pipe.as_raw_fd(), events, revents: 0 };
         let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
         // SAFETY: one valid pollfd for the call's duration; poll has no other effect.
         unsafe { libc::poll(&mut fd, 1, millis) };
@@ -204,6 +209,26 @@ mod tests {
         assert_eq!(executing, expected);
         assert!(reader.take_executing().is_empty(), "taken once");
         drop(writer);
+    }
+
+    #[test]
+    fn a_wait_ends_at_once_when_the_writer_closes_but_not_for_a_record() {
+        let (mut reader, writer) = RunLogReader::pipe().expect("pipe");
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(writer);
+        let log = RunLog::from_fd(fd).expect("an open fd");
+        log.starting(TaskId::new_v4());
+        let waited = std::time::Instant::now();
+        reader.wait(std::time::Duration::from_secs(10), true);
+        assert!(waited.elapsed() < std::time::Duration::from_secs(5), "asked to, a record wakes the wait");
+        let waited = std::time::Instant::now();
+        reader.wait(std::time::Duration::from_millis(200), false);
+        assert!(waited.elapsed() >= std::time::Duration::from_millis(150), "a record woke the wait");
+        drop(log);
+        let waited = std::time::Instant::now();
+        reader.wait(std::time::Duration::from_secs(10), false);
+        assert!(waited.elapsed() < std::time::Duration::from_secs(5), "the close did not wake the wait");
+        assert!(reader.read_available(), "closed");
+        assert_eq!(reader.take_executing().len(), 1);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! it starts and supervises, not in its own (docs/isolation.md). Each is
 //! `fastworker subworker` on 127.0.0.1 with the control plane's plugins,
 //! registered like any subworker, so routing, leases, batching and delivery
-//! are the subworkers'. One thread per process waits for it to exit and
+//! are the subworkers'; its link is a socket pair made at its start
+//! (`--link-fd`, see `cluster::pipe_link`) rather than an NNG dial. One thread per process waits for it to exit and
 //! reads its run log (`server::run_log`), which says which runs it is
 //! executing and whose closing tells its death at once: a death it was not
 //! asked for is a crash, told to the state (the runs it was executing count
@@ -15,6 +16,7 @@
 
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -250,6 +252,10 @@ impl Supervisor {
         let base = self.base.at_port(port);
         let (log, log_writer) = RunLogReader::pipe()?;
         let log_fd = log_writer.as_raw_fd();
+        // The link: the child's end is handed over, this end waits for its
+        // registration (`membership::links`). Both are closed on exec.
+        let (link, link_child) = UnixStream::pair()?;
+        let link_fd = link_child.as_raw_fd();
         let mut command = Command::new(&self.config.program);
         command
             .arg("subworker")
@@ -261,6 +267,7 @@ impl Supervisor {
             .args(["--concurrency", &self.config.runs_per_process.to_string()])
             .args(["--prefetch", &self.config.prefetch.to_string()])
             .args(["--run-log-fd", &log_fd.to_string()])
+            .args(["--link-fd", &link_fd.to_string()])
             .args(["--heartbeat-interval", HEARTBEAT_SECONDS])
             .args(["--shutdown-timeout", &self.config.shutdown_timeout.as_secs_f64().to_string()])
             .args(&self.config.extra_args)
@@ -282,19 +289,26 @@ impl Supervisor {
             }
         }
         // SAFETY: fcntl is async-signal-safe; it keeps the run log's write
-        // end (close-on-exec in this process, so no other child gets it)
-        // open across this child's exec only.
+        // end and the link's child end (close-on-exec in this process, so no
+        // other child gets them) open across this child's exec only.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-                if libc::fcntl(log_fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                for fd in [log_fd, link_fd] {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
         }
+        if let Some(state) = self.state.upgrade() {
+            // Replaces the end of a process that died before registering.
+            state.worker_pipes.lock().expect("worker pipes lock").insert(self.worker_id.clone(), link);
+        }
         let child = command.spawn()?;
-        // The child holds the write end now; this process only reads.
+        // The child holds its ends now.
         drop(log_writer);
+        drop(link_child);
         info!(worker = %self.worker_id, pid = child.id(), base = %base, "worker process started");
         self.shared.pids.lock().expect("supervisor lock").push(child.id());
         if let Some(watch) = self.state.upgrade().as_ref().and_then(|s| s.crashes.get()) {
@@ -339,10 +353,12 @@ impl Supervisor {
                 // It is exiting: reapable within moments.
                 std::thread::sleep(Duration::from_millis(1));
             } else {
-                // Woken by a record or by its death (the log's write end
-                // closing), so a crash is charged at once: before the runs
-                // lost with the process can be sent again and lost again.
-                log.wait(Duration::from_millis(10));
+                // Woken by its death (the log's write end closing), so a
+                // crash is charged at once: before the runs lost with the
+                // process can be sent again and lost again. Records wake
+                // it only when --max-tasks-per-child counts them; else they
+                // are read every 10 ms, not one wake-up each.
+                log.wait(Duration::from_millis(10), self.config.max_tasks_per_child.is_some());
             }
         };
         self.shared.pids.lock().expect("supervisor lock").retain(|&p| p != pid);

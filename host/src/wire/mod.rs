@@ -6,6 +6,8 @@
 //!   priority, +4 results, +5 subworker management).
 //! - [`auth`]: cluster keys, roles, and the sealed envelope each frame
 //!   travels in when ports authenticate.
+//! - `pipe`: the frames of the socket pair between a control plane and a
+//!   worker process it started, and a writer that never blocks its caller.
 //! - [`tls`]: `tls+tcp://` listeners and dialers with mutual certificates;
 //!   `tls_failures` logs the handshakes that failed.
 //! - [`report_json`]: a task's report as JSON, for the HTTP API and the CLI.
@@ -14,6 +16,7 @@
 
 pub mod address;
 pub mod auth;
+pub(crate) mod pipe;
 pub mod protocol;
 pub mod report_json;
 pub mod task_limit;

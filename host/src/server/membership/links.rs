@@ -9,7 +9,7 @@ use tracing::info;
 
 use super::connecting::Connecting;
 use super::{schedules, Event};
-use crate::cluster::link::{Link, LinkAuth};
+use crate::cluster::link::{Link, LinkAuth, LinkError};
 use crate::cluster::routing::WorkerKey;
 use crate::server::endpoint::Replier;
 use crate::server::state::{Outbox, State};
@@ -35,16 +35,34 @@ impl Dialer {
     /// in the background (reported as [`Event::Connection`]), and its frames
     /// go to the state for as long as the state lives. With a cluster key,
     /// its frames are sealed with that worker's control key, which no other
-    /// subworker holds.
+    /// subworker holds. A worker process this process started is reached
+    /// over the socket pair its supervisor made for it instead (taken once:
+    /// registering again, it is dialed).
     pub(crate) fn open(
         &self,
         state: &Arc<State>,
         key: WorkerKey,
         worker_id: &str,
         base: &BaseAddress,
-    ) -> Result<Link, nng::Error> {
+    ) -> Result<Link, LinkError> {
         let events = self.events.clone();
         let weak = Arc::downgrade(state);
+        let pipe = state.worker_pipes.lock().expect("worker pipes lock").remove(worker_id);
+        if let Some(stream) = pipe {
+            return Link::pipe(
+                stream,
+                worker_id,
+                state.config.bounds.max_frame_bytes,
+                move |up| {
+                    let _ = events.send(Event::Connection(key, up));
+                },
+                move |channel, result| {
+                    if let Some(state) = weak.upgrade() {
+                        state.on_link_event(key, channel, result);
+                    }
+                },
+            );
+        }
         let auth = state.config.keys.as_ref().and_then(|ring| {
             let ring = ring.control_ring(worker_id)?;
             let key = ring.signer(Role::Control).ok()?;
@@ -63,6 +81,7 @@ impl Dialer {
                 }
             },
         )
+        .map_err(LinkError::from)
     }
 }
 

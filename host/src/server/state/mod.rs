@@ -123,6 +123,9 @@ pub(crate) struct State {
     /// In a worker process: where each run's start and end is recorded
     /// for its supervisor (`server::run_log`).
     pub(crate) run_log: std::sync::OnceLock<crate::server::run_log::RunLog>,
+    /// On a control plane with worker processes: each one's end of the
+    /// socket pair its link takes when it registers (`worker_processes`).
+    pub(crate) worker_pipes: Mutex<rustc_hash::FxHashMap<String, std::os::unix::net::UnixStream>>,
 }
 
 /// What the task lock guards: the ledger, and the workflows whose members
@@ -271,8 +274,14 @@ impl State {
                 started_runs: Arc::default(),
                 crashes: std::sync::OnceLock::new(),
                 run_log: std::sync::OnceLock::new(),
+                worker_pipes: Mutex::default(),
             }
         })
+    }
+
+    /// Accepting tasks: not draining.
+    pub(crate) fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
     }
 
     /// The ledger and the workflows.

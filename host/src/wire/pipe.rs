@@ -1,0 +1,404 @@
+//! The link between a control plane and a worker process it started: a
+//! Unix socket pair (docs/isolation.md), on which each frame is a header
+//! of nine bytes (the body's length, a channel tag, a request id) and the
+//! body, a protocol frame as a port would carry it. Only the two processes
+//! hold the pair, so nothing is sealed; the length is still checked
+//! against the frame bound before anything is allocated, as a child's
+//! plugin code may write to its end.
+//!
+//! [`PipeWriter`] writes a frame at once when the socket has room (one
+//! non-blocking `sendmsg`, no thread hand-off) and otherwise queues it for
+//! its own thread, so that a caller holding a lock never waits on a full
+//! socket; [`read_frame`] reads one frame, bounded, on a reader's thread.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// The bytes of a frame's header: its body's length (u32, little endian),
+/// its channel's tag and its request id (u32, little endian).
+pub(crate) const HEADER: usize = 9;
+
+/// Which exchange a frame belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tag {
+    /// Runs going to the worker process, and its answer.
+    Dispatch = 0,
+    /// A request for outcomes, and the outcomes.
+    Collect = 1,
+    /// A note whose answer nobody reads (revocations, cancellations).
+    Note = 2,
+}
+
+impl Tag {
+    fn from_byte(byte: u8) -> Option<Tag> {
+        match byte {
+            0 => Some(Tag::Dispatch),
+            1 => Some(Tag::Collect),
+            2 => Some(Tag::Note),
+            _ => None,
+        }
+    }
+}
+
+/// Why a frame could not be read: the link is over either way.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FrameError {
+    /// The other end closed its side.
+    #[error("the other end closed the link")]
+    Closed,
+    /// Reading failed.
+    #[error("reading the link failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// A length prefix beyond the frame bound (nothing was allocated).
+    #[error("a frame of {size} bytes was announced, more than the {limit} allowed: the link is broken or hostile")]
+    TooLarge {
+        /// The length announced.
+        size: u64,
+        /// The bound.
+        limit: usize,
+    },
+    /// A tag no side writes.
+    #[error("a frame has the unknown channel tag {0}: the link is broken or hostile")]
+    UnknownTag(u8),
+}
+
+/// One frame read.
+pub(crate) struct Frame {
+    pub(crate) tag: Tag,
+    pub(crate) id: u32,
+    pub(crate) body: nng::Message,
+}
+
+/// Reads one frame whose body is at most `limit` bytes.
+pub(crate) fn read_frame(stream: &mut impl Read, limit: usize) -> Result<Frame, FrameError> {
+    let mut header = [0u8; HEADER];
+    read_all(stream, &mut header, true)?;
+    let size = u32::from_le_bytes(header[..4].try_into().expect("four bytes"));
+    let tag = Tag::from_byte(header[4]).ok_or(FrameError::UnknownTag(header[4]))?;
+    let id = u32::from_le_bytes(header[5..].try_into().expect("four bytes"));
+    let size = usize::try_from(size).map_err(|_| FrameError::TooLarge { size: size.into(), limit })?;
+    if size > limit {
+        return Err(FrameError::TooLarge { size: size as u64, limit });
+    }
+    let mut body = nng::Message::with_zeros(size);
+    read_all(stream, &mut body[..], false)?;
+    Ok(Frame { tag, id, body })
+}
+
+/// Fills `buffer`; the end of the stream before any byte of a header is a
+/// clean close, anywhere else a cut frame.
+fn read_all(stream: &mut impl Read, buffer: &mut [u8], at_start: bool) -> Result<(), FrameError> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match stream.read(&mut buffer[filled..]) {
+            Ok(0) if filled == 0 && at_start => return Err(FrameError::Closed),
+            Ok(0) => return Err(FrameError::Io(ErrorKind::UnexpectedEof.into())),
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The header of a frame of `body_len` bytes (at most `u32::MAX`: the
+/// frame bound is far below it).
+fn header(tag: Tag, id: u32, body_len: usize) -> [u8; HEADER] {
+    let mut header = [0u8; HEADER];
+    header[..4].copy_from_slice(&u32::try_from(body_len).unwrap_or(u32::MAX).to_le_bytes());
+    header[4] = tag as u8;
+    header[5..].copy_from_slice(&id.to_le_bytes());
+    header
+}
+
+/// Writes frames to one end of a link, in order, never blocking its caller.
+#[derive(Clone)]
+pub(crate) struct PipeWriter {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    fd: RawFd,
+    /// Kept open for as long as a writer uses its descriptor.
+    _stream: UnixStream,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Frames (or what is left of one) waiting for the writer thread.
+    frames: VecDeque<Vec<u8>>,
+    /// A frame to write once its time comes (a newer one replaces it).
+    delayed: Option<(Instant, Vec<u8>)>,
+    /// The writer thread is writing a frame taken from `frames`.
+    writing: bool,
+    /// Closed by its owner, or a write failed: nothing more is written.
+    closed: bool,
+}
+
+impl PipeWriter {
+    /// A writer on `stream` (a clone of the end a reader reads), with its
+    /// thread for the frames the socket had no room for.
+    pub(crate) fn start(stream: UnixStream, name: &str) -> std::io::Result<(PipeWriter, JoinHandle<()>)> {
+        let shared =
+            Arc::new(Shared { fd: stream.as_raw_fd(), _stream: stream, queue: Mutex::default(), wake: Condvar::new() });
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || thread_shared.run())?;
+        Ok((PipeWriter { shared }, thread))
+    }
+
+    /// Sends a frame: at once if nothing is queued and the socket has room,
+    /// else after those queued. An error once the link is closed.
+    pub(crate) fn send(&self, tag: Tag, id: u32, body: &[u8]) -> std::io::Result<()> {
+        let header = header(tag, id, body.len());
+        let mut queue = self.shared.queue.lock().expect("pipe writer lock");
+        if queue.closed {
+            return Err(ErrorKind::BrokenPipe.into());
+        }
+        let mut written = 0;
+        if queue.frames.is_empty() && !queue.writing {
+            match send_now(self.shared.fd, &header, body) {
+                Ok(sent) => written = sent,
+                Err(error) => {
+                    queue.closed = true;
+                    return Err(error);
+                }
+            }
+        }
+        let total = HEADER + body.len();
+        if written < total {
+            let mut rest = Vec::with_capacity(total - written);
+            if written < HEADER {
+                rest.extend_from_slice(&header[written..]);
+                rest.extend_from_slice(body);
+            } else {
+                rest.extend_from_slice(&body[written - HEADER..]);
+            }
+            queue.frames.push_back(rest);
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Sends a frame at `at` (replacing one still waiting for its time).
+    pub(crate) fn send_at(&self, at: Instant, tag: Tag, id: u32, body: &[u8]) {
+        let mut frame = header(tag, id, body.len()).to_vec();
+        frame.extend_from_slice(body);
+        let mut queue = self.shared.queue.lock().expect("pipe writer lock");
+        queue.delayed = Some((at, frame));
+        self.shared.wake.notify_one();
+    }
+
+    /// Writes nothing more; the thread ends.
+    pub(crate) fn close(&self) {
+        self.shared.queue.lock().expect("pipe writer lock").closed = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Shared {
+    /// The writer thread: writes queued frames in order, blocking on a
+    /// full socket (nobody else waits for it), and delayed ones when due.
+    fn run(&self) {
+        let mut queue = self.queue.lock().expect("pipe writer lock");
+        loop {
+            if queue.closed {
+                queue.frames.clear();
+                return;
+            }
+            if let Some(frame) = queue.frames.pop_front() {
+                queue.writing = true;
+                drop(queue);
+                let result = send_blocking(self.fd, &frame);
+                queue = self.queue.lock().expect("pipe writer lock");
+                queue.writing = false;
+                if result.is_err() {
+                    queue.closed = true;
+                }
+                continue;
+            }
+            match queue.delayed.as_ref().map(|(at, _)| *at) {
+                Some(at) if at <= Instant::now() => {
+                    let (_, frame) = queue.delayed.take().expect("just seen");
+                    queue.frames.push_back(frame);
+                }
+                Some(at) => {
+                    let wait = at.saturating_duration_since(Instant::now());
+                    queue = self.wake.wait_timeout(queue, wait).expect("pipe writer lock").0;
+                }
+                None => queue = self.wake.wait(queue).expect("pipe writer lock"),
+            }
+        }
+    }
+}
+
+/// Writes as much of the frame as the socket takes without waiting; the
+/// bytes written (`WouldBlock` is no error: nothing, or part, was written).
+fn send_now(fd: RawFd, header: &[u8], body: &[u8]) -> std::io::Result<usize> {
+    let mut written = 0;
+    let total = header.len() + body.len();
+    while written < total {
+        let (first, second) = if written < header.len() {
+            (&header[written..], body)
+        } else {
+            (&body[written - header.len()..], &[][..])
+        };
+        match sendmsg(fd, first, second, libc::MSG_DONTWAIT) {
+            Ok(sent) => written += sent,
+            Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(written)
+}
+
+/// Writes the whole frame, waiting for room.
+fn send_blocking(fd: RawFd, frame: &[u8]) -> std::io::Result<()> {
+    let mut written = 0;
+    while written < frame.len() {
+        match sendmsg(fd, &frame[written..], &[], 0) {
+            Ok(sent) => written += sent,
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+fn sendmsg(fd: RawFd, first: &[u8], second: &[u8], flags: libc::c_int) -> std::io::Result<usize> {
+    let mut iov = [
+        libc::iovec { iov_base: first.as_ptr() as *mut libc::c_void, iov_len: first.len() },
+        libc::iovec { iov_base: second.as_ptr() as *mut libc::c_void, iov_len: second.len() },
+    ];
+    // SAFETY: a zeroed msghdr is valid (no name, no control data).
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = iov.as_mut_ptr();
+    message.msg_iovlen = if second.is_empty() { 1 } else { 2 };
+    // SAFETY: the iovecs point into slices that outlive the call, which
+    // only reads them; MSG_NOSIGNAL turns a closed peer into EPIPE.
+    let sent = unsafe { libc::sendmsg(fd, &message, flags | libc::MSG_NOSIGNAL) };
+    usize::try_from(sent).map_err(|_| std::io::Error::last_os_error())
+}
+
+/// Why a descriptor handed over on the command line is refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandedFdError {
+    /// Standard input, output or error.
+    #[error("descriptor {0} is standard input, output or error, not a socket handed over by a supervisor")]
+    Standard(i32),
+    /// Not open in this process.
+    #[error("descriptor {0} is not open: {1}")]
+    NotOpen(i32, std::io::Error),
+    /// Open, but not a socket.
+    #[error("descriptor {0} is not a socket")]
+    NotSocket(i32),
+}
+
+/// The socket on `fd`, which a supervisor handed to this process (closed
+/// on exec from now on); refused when it cannot be one.
+pub(crate) fn handed_socket(fd: i32) -> Result<UnixStream, HandedFdError> {
+    if fd <= 2 {
+        return Err(HandedFdError::Standard(fd));
+    }
+    // SAFETY: fcntl on any integer is sound; it fails on a closed fd.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(HandedFdError::NotOpen(fd, std::io::Error::last_os_error()));
+    }
+    // SAFETY: a zeroed stat is a valid buffer; fstat only writes it.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, on an open fd.
+    if unsafe { libc::fstat(fd, &mut stat) } < 0 || stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(HandedFdError::NotSocket(fd));
+    }
+    // SAFETY: as above; processes this one starts do not inherit it.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: the fd is an open socket (checked above) handed to this
+    // process for this link alone, so this is its only owner.
+    Ok(unsafe { UnixStream::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn frames_written_at_once_or_queued_arrive_whole_and_in_order() {
+        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+        let (writer, thread) = PipeWriter::start(ours, "test-writer").expect("writer");
+        // More than a socket buffer holds: some of it waits for the thread.
+        let big = vec![7u8; 4 << 20];
+        writer.send(Tag::Dispatch, 1, b"first").expect("sent");
+        writer.send(Tag::Collect, 2, &big).expect("queued");
+        writer.send(Tag::Note, 3, b"third").expect("queued behind");
+        let limit = 8 << 20;
+        let first = read_frame(&mut theirs, limit).expect("first");
+        assert_eq!((first.tag, first.id, &first.body[..]), (Tag::Dispatch, 1, &b"first"[..]));
+        let second = read_frame(&mut theirs, limit).expect("second");
+        assert_eq!((second.tag, second.id, second.body.len()), (Tag::Collect, 2, big.len()));
+        assert!(second.body.iter().all(|&b| b == 7));
+        let third = read_frame(&mut theirs, limit).expect("third");
+        assert_eq!((third.tag, third.id, &third.body[..]), (Tag::Note, 3, &b"third"[..]));
+        writer.close();
+        thread.join().expect("writer thread");
+    }
+
+    #[test]
+    fn a_huge_length_prefix_is_refused_without_allocating_it() {
+        let (mut ours, mut theirs) = UnixStream::pair().expect("pair");
+        ours.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0]).expect("write");
+        match read_frame(&mut theirs, 1 << 20) {
+            Err(FrameError::TooLarge { size, limit }) => assert_eq!((size, limit), (u32::MAX as u64, 1 << 20)),
+            other => panic!("expected TooLarge, got {:?}", other.map(|f| f.id)),
+        }
+    }
+
+    #[test]
+    fn an_unknown_tag_a_cut_frame_and_a_close_are_told_apart() {
+        let (mut ours, mut theirs) = UnixStream::pair().expect("pair");
+        ours.write_all(&[1, 0, 0, 0, 9, 0, 0, 0, 0, 0]).expect("write");
+        assert!(matches!(read_frame(&mut theirs, 64), Err(FrameError::UnknownTag(9))));
+        let (mut ours, mut theirs) = UnixStream::pair().expect("pair");
+        ours.write_all(&[10, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2]).expect("write");
+        drop(ours);
+        assert!(matches!(read_frame(&mut theirs, 64), Err(FrameError::Io(_))));
+        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+        drop(ours);
+        assert!(matches!(read_frame(&mut theirs, 64), Err(FrameError::Closed)));
+    }
+
+    #[test]
+    fn a_delayed_frame_leaves_when_due_and_a_closed_writer_refuses() {
+        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+        let (writer, thread) = PipeWriter::start(ours, "test-writer").expect("writer");
+        let started = Instant::now();
+        writer.send_at(started + std::time::Duration::from_millis(50), Tag::Collect, 5, b"later");
+        let frame = read_frame(&mut theirs, 64).expect("delayed frame");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+        assert_eq!(frame.id, 5);
+        writer.close();
+        thread.join().expect("writer thread");
+        assert!(writer.send(Tag::Note, 6, b"x").is_err());
+    }
+
+    #[test]
+    fn handed_descriptors_that_are_no_socket_are_refused() {
+        for fd in [0, 1, 2] {
+            assert!(matches!(handed_socket(fd), Err(HandedFdError::Standard(_))));
+        }
+        assert!(matches!(handed_socket(100_000), Err(HandedFdError::NotOpen(..))));
+        let file = std::fs::File::open("/proc/self/stat").expect("a file");
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+        assert!(matches!(handed_socket(fd), Err(HandedFdError::NotSocket(_))));
+        // SAFETY: the fd was released above and is closed once here.
+        unsafe { libc::close(fd) };
+    }
+}
