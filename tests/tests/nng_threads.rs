@@ -50,6 +50,16 @@ fn a_bad_thread_count_stops_every_command_naming_the_variable() {
 }
 
 #[test]
+fn help_names_the_variables() {
+    let mut run = Command::new(fastworker_bin());
+    run.arg("--help");
+    let help = stdout(&output_within(run, Duration::from_secs(30)));
+    for variable in [TASK, EXPIRE, RESOLVER] {
+        assert!(help.contains(&format!("  {variable} ")), "--help does not name {variable}:\n{help}");
+    }
+}
+
+#[test]
 fn good_thread_counts_are_the_ones_the_process_runs_and_it_serves() {
     let rt = runtime();
     // Counts set by hand, and NNG's own choice for the resolver.
