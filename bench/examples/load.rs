@@ -19,6 +19,8 @@ use nng::{Protocol, Socket};
 
 #[tokio::main]
 async fn main() -> Result<(), String> {
+    // NNG's thread counts, as every process of the project sets them.
+    fastworker::wire::nng_threads::configure().map_err(|e| e.to_string())?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (address, n, k, echo) = match args.as_slice() {
         [address, n, k] => (address, n, k, false),

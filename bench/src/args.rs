@@ -37,6 +37,10 @@ pub(crate) struct Settings {
     pub(crate) batch_tasks: u64,
     /// Instead of the table: the NNG 1.4, 1.11 and 2.0 floors side by side.
     pub(crate) nng_versions: bool,
+    /// Instead of the table: the floors and cp rows under each of these NNG thread settings.
+    pub(crate) nng_settings: Option<Vec<crate::nng_settings::Setting>>,
+    /// Rounds of `--nng-settings` (each setting once per round).
+    pub(crate) rounds: u32,
     /// Instead of the table: the workflow row alone.
     pub(crate) workflow_only: bool,
     /// Instead of the table: the payload rows alone.
@@ -59,7 +63,7 @@ impl Settings {
 pub(crate) fn parse_args() -> Result<Settings, String> {
     const USAGE: &str = "usage: fastworker-bench [--seconds S] [--requests N] [--in-flight K] [--concurrency C] \
         [--cluster-size N] [--floor-in-process] [--cp-only | --durable-only | --scale-only | --no-scale] [--sleep-sizes N,N,..] [--batch-tasks N] \
-        [--python PATH] [--soak MINUTES [--soak-kill-every S]] [--nng-versions] [--workflow-only] [--payload-only]\n  \
+        [--python PATH] [--soak MINUTES [--soak-kill-every S]] [--nng-versions] [--nng-settings LIST [--rounds N]] [--workflow-only] [--payload-only]\n  \
         --seconds S           measured seconds per phase (default 2)\n  \
         --requests N          measure N requests per phase instead of a duration\n  \
         --in-flight K         requests in flight in the pipelined phases (default 64)\n  \
@@ -74,6 +78,8 @@ pub(crate) fn parse_args() -> Result<Settings, String> {
         --batch-tasks N       no-op tasks of the batch row (default 100000)\n  \
         --python PATH         add the Python client's rows (bench/python/client_bench.py run with PATH)\n  \
         --nng-versions        instead of the table: build and run the NNG 1.11 and 2.0 floors (bench/nng-versions/)\n                              and print them beside NNG 1.4's and the TCP floor\n  \
+        --nng-settings LIST   instead of the table: the NNG floors and cp rows under each NNG thread setting of LIST,\n                              side by side (`/`-separated: ours, nng, or KEY=N,.. with KEY task, expire, resolver;\n                              `all`: the list in docs/speed.md)\n  \
+        --rounds N            rounds of --nng-settings, each setting once per round, orders alternating (default 4)\n  \
         --workflow-only       instead of the table: the workflow row alone (a chord of 1000 add against 1000 pipelined add)\n  \
         --payload-only        instead of the table: the 1 MiB payload rows alone (TCP, in-process, worker processes,\n                              and the baseline's when FASTWORKER_BENCH_BASELINE is set)\n  \
         --soak MINUTES        instead of the table: mixed load with a subworker killed every 20 s, memory sampled\n  \
@@ -97,6 +103,8 @@ pub(crate) fn parse_args() -> Result<Settings, String> {
         sleep_sizes: vec![1, 10, 100],
         batch_tasks: 100_000,
         nng_versions: false,
+        nng_settings: None,
+        rounds: 4,
         workflow_only: false,
         payload_only: false,
         python: None,
@@ -149,6 +157,11 @@ pub(crate) fn parse_args() -> Result<Settings, String> {
             "--nng-versions" => settings.nng_versions = true,
             "--workflow-only" => settings.workflow_only = true,
             "--payload-only" => settings.payload_only = true,
+            "--rounds" => settings.rounds = whole("--rounds", 1..=20)? as u32,
+            "--nng-settings" => {
+                let list = args.next().ok_or_else(|| format!("--nng-settings needs a list\n{USAGE}"))?;
+                settings.nng_settings = Some(crate::nng_settings::parse_list(&list)?);
+            }
             "--python" => {
                 settings.python = Some(args.next().ok_or_else(|| format!("--python needs a path\n{USAGE}"))?.into())
             }

@@ -105,6 +105,8 @@
 //! these alone; `--no-scale` skips them. `--nng-versions` (see
 //! `nng_versions.rs`) instead prints the NNG 1.4, 1.11 and 2.0 floors side
 //! by side. The figures and the decision they led to: `docs/speed.md`.
+//! `--nng-settings LIST` (see `nng_settings.rs`) prints the NNG floors and
+//! the `cp` rows under each of several NNG thread settings, side by side.
 //!
 //! `workflow-chord` (see `workflow.rs`, also among the scale rows): a chord
 //! of 1000 `add` and a `sum`, end to end, against 1000 pipelined `add`
@@ -120,6 +122,7 @@ mod durable;
 mod fakes;
 mod http_api;
 mod nng_floor;
+mod nng_settings;
 mod nng_versions;
 mod payload;
 mod phase;
@@ -174,7 +177,24 @@ const FAKE_HEARTBEAT: Duration = Duration::from_secs(5);
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
+    // Before any NNG use, as every process of the project: the
+    // FASTWORKER_NNG_* thread settings (host/src/wire/nng_threads.rs).
+    if let Err(error) = fastworker::wire::nng_threads::configure() {
+        eprintln!("error: {error}");
+        return ExitCode::from(2);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, seconds, k, c] = args.as_slice() {
+        if flag == "--nng-settings-child" {
+            return match nng_settings::child(seconds, k, c) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
     if let [flag, address] = args.as_slice() {
         if flag == "--echo-server" {
             return echo_server_main(address);
@@ -193,6 +213,9 @@ fn main() -> ExitCode {
     let outcome = match settings.soak_minutes {
         Some(minutes) => soak::run(minutes, settings.soak_kill_every, settings.concurrency),
         None if settings.nng_versions => nng_versions::run(&settings),
+        None if settings.nng_settings.is_some() => {
+            nng_settings::run(&settings, settings.nng_settings.as_deref().unwrap_or_default())
+        }
         None if settings.workflow_only => workflow::run(&settings),
         None if settings.payload_only => payload::run(&settings),
         None => run(&settings),

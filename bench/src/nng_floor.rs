@@ -247,3 +247,54 @@ pub(crate) fn floor_event(ctx: &Context, aio: &Aio, result: AioResult, state: &M
     slot.phase.problem(false, || failure);
     floor_slot_done(&mut slot, shared);
 }
+
+/// One request at a time, as `fastworker::Client` sends it: on a context
+/// of the Req0 socket with an Aio whose callback starts the receive and
+/// hands the reply to the waiting caller (here over a channel to this
+/// thread). Against [`floor_sequential`] (blocking send and receive on the
+/// socket itself), the price of the context and the one more thread the
+/// reply passes through.
+pub(crate) fn floor_context_sequential(address: &str, budget: Budget) -> Result<Phase, String> {
+    let socket = req_socket(address)?;
+    let ctx = Context::new(&socket).map_err(|e| e.to_string())?;
+    let (reply_tx, reply_rx) = mpsc::sync_channel::<Result<Message, nng::Error>>(1);
+    let callback_ctx = ctx.clone();
+    let aio = Aio::new(move |aio, result| {
+        let outcome = match result {
+            AioResult::Send(Ok(())) => match callback_ctx.recv(&aio) {
+                Ok(()) => return,
+                Err(error) => Err(error),
+            },
+            AioResult::Send(Err((_, error))) => Err(error),
+            AioResult::Recv(result) => result,
+            AioResult::Sleep(_) => return,
+        };
+        let _ = reply_tx.try_send(outcome);
+    })
+    .map_err(|e| e.to_string())?;
+    aio.set_timeout(Some(REQUEST_TIMEOUT)).map_err(|e| e.to_string())?;
+    let mut phase = Phase::default();
+    let start = budget.start();
+    while let Some(n) = budget.claim() {
+        let payload = echo_payload(n);
+        let sent = Instant::now();
+        let reply = ctx
+            .send(&aio, Message::from(&payload[..]))
+            .map_err(|(_, e)| e)
+            .and_then(|()| reply_rx.recv_timeout(REQUEST_TIMEOUT * 2).unwrap_or(Err(nng::Error::TimedOut)));
+        let latency = sent.elapsed();
+        match reply {
+            Ok(message) if message.as_slice() == payload => phase.latencies.push(latency),
+            Ok(message) => phase.problem(true, || format!("request {n}: echo came back as {:?}", message.as_slice())),
+            Err(error) => {
+                phase.problem(false, || format!("request {n}: {error}"));
+                break;
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    socket.close();
+    aio.cancel();
+    aio.wait();
+    Ok(phase.finish(elapsed))
+}

@@ -253,13 +253,7 @@ impl FastworkerProcess {
     /// The CPU time it has used so far, user and system (utime + stime of
     /// `/proc/<pid>/stat`), if the OS tells (Linux /proc).
     pub(crate) fn cpu_time(&self) -> Option<Duration> {
-        let pid = self.process.0.as_ref()?.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name, in parentheses, may hold spaces: fields are
-        // counted after its closing one (state is field 3, utime 14, stime 15).
-        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
-        let ticks = fields.get(11)?.parse::<u64>().ok()?.checked_add(fields.get(12)?.parse::<u64>().ok()?)?;
-        Some(Duration::from_millis(ticks.checked_mul(1000 / USER_HZ)?))
+        cpu_time_of(self.process.0.as_ref()?.id())
     }
 
     /// Stops it (see [`ChildGuard::stop`]); an error says how it did not
@@ -273,6 +267,17 @@ impl FastworkerProcess {
             None => Err(format!("{} did not stop on SIGTERM and was killed (log: {})", self.role, self.log.display())),
         }
     }
+}
+
+/// The CPU time process `pid` has used so far, user and system (utime +
+/// stime of `/proc/<pid>/stat`; `self` for this process), if the OS tells.
+pub(crate) fn cpu_time_of(pid: impl std::fmt::Display) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: fields are
+    // counted after its closing one (state is field 3, utime 14, stime 15).
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()?.checked_add(fields.get(12)?.parse::<u64>().ok()?)?;
+    Some(Duration::from_millis(ticks.checked_mul(1000 / USER_HZ)?))
 }
 
 /// Starts a control plane running `add` on `concurrency` threads if

@@ -93,6 +93,11 @@ fn main() -> ExitCode {
     if let Err(error) = cli::logging::init(cli.log_format) {
         return fail(EXIT_USAGE, error);
     }
+    // Before anything opens a socket: NNG reads its thread counts once.
+    match fastworker::wire::nng_threads::configure() {
+        Ok(threads) => tracing::debug!(%threads, "NNG threads"),
+        Err(error) => return fail(EXIT_USAGE, error),
+    }
     match cli.command {
         Command::ControlPlane(args) => run_control_plane(args),
         Command::List(args) => list(args),

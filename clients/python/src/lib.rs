@@ -17,6 +17,10 @@ mod workflow;
 /// The module's contents: the client and its report type.
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Before any client opens a socket: NNG reads its thread counts once
+    // (FASTWORKER_NNG_* variables; a bad one fails the import, naming it).
+    fastworker::wire::nng_threads::configure()
+        .map_err(|error| pyo3::exceptions::PyValueError::new_err(error.to_string()))?;
     module.add_class::<client::Client>()?;
     module.add_class::<report::TaskReport>()?;
     module.add_class::<completions::Completions>()?;

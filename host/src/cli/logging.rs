@@ -28,6 +28,11 @@ Environment:
   FASTWORKER_LOG_FORMAT  text or json, as --log-format
   NO_COLOR               when set, no colour even on a terminal
   FASTWORKER_PLUGIN_PATH directories (:-separated) searched first for plugins named by name
+  FASTWORKER_NNG_TASK_THREADS      NNG's callback threads in this process: 2 to 64, or `nng`
+                                   for NNG's own choice (default: one per core, 2 to 16)
+  FASTWORKER_NNG_EXPIRE_THREADS    NNG's timeout threads: 1 to 64, or `nng` (the default)
+  FASTWORKER_NNG_RESOLVER_THREADS  NNG's resolver threads: 1 to 64, or `nng` (the default);
+                                   a bad value of any of the three stops the start (exit 2)
   FASTWORKER_*           every flag has its variable, shown in each command's --help";
 
 /// How log lines are written.

@@ -55,7 +55,9 @@ impl<J: Send + 'static> Pool<J> {
         Pool { shared, threads }
     }
 
-    /// Queues a job; returns it back if the pool no longer takes jobs.
+    /// Queues a job and wakes a thread for it; returns it back if the pool
+    /// no longer takes jobs.
+    #[cfg(test)]
     pub(crate) fn push(&self, priority: Priority, job: J) -> Result<(), J> {
         let mut state = self.shared.state.lock().expect("pool lock");
         if state.closed {
@@ -65,6 +67,25 @@ impl<J: Send + 'static> Pool<J> {
         drop(state);
         self.shared.work_ready.notify_one();
         Ok(())
+    }
+
+    /// Queues a job without waking a thread: the caller holds a lock the
+    /// job's thread will take first, and wakes one through
+    /// [`Pool::waker`] once it has let go (a thread woken under that
+    /// lock would only block on it and be woken again). Returns the job
+    /// back if the pool no longer takes jobs.
+    pub(crate) fn push_quietly(&self, priority: Priority, job: J) -> Result<(), J> {
+        let mut state = self.shared.state.lock().expect("pool lock");
+        if state.closed {
+            return Err(job);
+        }
+        state.queues[priority.index()].push_back(job);
+        Ok(())
+    }
+
+    /// What wakes a thread for jobs queued with [`Pool::push_quietly`].
+    pub(crate) fn waker(&self) -> PoolWaker<J> {
+        PoolWaker(self.shared.clone())
     }
 
     /// Number of worker threads.
@@ -98,6 +119,18 @@ impl<J: Send + 'static> Pool<J> {
             state = self.shared.idle.wait_timeout(state, deadline - now).expect("pool lock").0;
         }
         state.queues.iter_mut().flat_map(|q| q.drain(..)).collect()
+    }
+}
+
+/// Wakes threads of a [`Pool`] for jobs queued quietly.
+pub(crate) struct PoolWaker<J>(Arc<Shared<J>>);
+
+impl<J> PoolWaker<J> {
+    /// Wakes one waiting thread for each of `jobs` jobs.
+    pub(crate) fn wake(&self, jobs: usize) {
+        for _ in 0..jobs {
+            self.0.work_ready.notify_one();
+        }
     }
 }
 
@@ -151,6 +184,10 @@ mod tests {
         gate_tx.send(()).unwrap();
         let order: Vec<u32> = (0..5).map(|_| done_rx.recv().unwrap()).collect();
         assert_eq!(order, vec![0, 4, 3, 2, 1]);
+        // Queued quietly, a job runs once its thread is woken.
+        pool.push_quietly(Priority::Normal, (5, false)).unwrap();
+        pool.waker().wake(1);
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)).unwrap(), 5);
         assert!(pool.drain(Duration::from_secs(1)).is_empty());
         assert!(pool.push(Priority::Low, (9, false)).is_err());
     }

@@ -3,8 +3,10 @@
 //!
 //! Every run with a timeout sets an alarm, so this is on the hot path: due
 //! times are rounded up to a [`GRAIN_MS`], the thread is woken only when an
-//! alarm earlier than all others is set, and it rings every alarm due at
-//! once in one batch. An alarm that is no longer needed (its run ended) is
+//! alarm is set earlier than it would wake by itself (not for each run's
+//! alarm when the last one was just cancelled: a wake-up per run cost a
+//! blocking call a context switch on its own path), and it rings every
+//! alarm due at once in one batch. An alarm that is no longer needed (its run ended) is
 //! cancelled, so that alarms live as long as what they guard, not as long
 //! as the longest timeout: a task with a ten-minute timeout that takes a
 //! millisecond holds no memory for ten minutes. Setting an alarm again
@@ -38,6 +40,10 @@ struct Shared {
 struct Alarms {
     by_due: BTreeSet<(u64, Alarm)>,
     due_of: FxHashMap<Alarm, u64>,
+    /// When the ringing thread, waiting, wakes by itself (`u64::MAX`: not
+    /// before it is woken); `None` while it is awake, when it looks at
+    /// the alarms before it waits again.
+    wakes_at: Option<u64>,
 }
 
 impl Alarms {
@@ -70,11 +76,15 @@ impl Timers {
         let due_ms = due_ms.div_ceil(GRAIN_MS).saturating_mul(GRAIN_MS);
         let mut alarms = self.shared.alarms.lock().expect("timer lock");
         alarms.remove(alarm);
-        let earliest = alarms.first().is_none_or(|first| due_ms < first);
         alarms.by_due.insert((due_ms, alarm));
         alarms.due_of.insert(alarm, due_ms);
+        // Woken only if it would otherwise sleep past this alarm.
+        let wake = alarms.wakes_at.is_some_and(|wakes_at| due_ms < wakes_at);
+        if wake {
+            alarms.wakes_at = None;
+        }
         drop(alarms);
-        if earliest {
+        if wake {
             self.shared.changed.notify_one();
         }
     }
@@ -111,10 +121,16 @@ fn ring_loop(shared: &Shared, ring: &dyn Fn(Vec<Alarm>)) {
                 alarms = shared.alarms.lock().expect("timer lock");
             }
             Some(due) => {
+                alarms.wakes_at = Some(due);
                 let wait = Duration::from_millis(due - now);
                 alarms = shared.changed.wait_timeout(alarms, wait).expect("timer lock").0;
+                alarms.wakes_at = None;
             }
-            None => alarms = shared.changed.wait(alarms).expect("timer lock"),
+            None => {
+                alarms.wakes_at = Some(u64::MAX);
+                alarms = shared.changed.wait(alarms).expect("timer lock");
+                alarms.wakes_at = None;
+            }
         }
     }
 }
@@ -141,6 +157,30 @@ mod tests {
         let (second, at_second) = receiver.recv_timeout(Duration::from_secs(2)).unwrap();
         assert_eq!((first, second), (Alarm::Deadline(early, 1), Alarm::Start(late)));
         assert!(at_first >= start + 30 && at_second >= start + 80);
+    }
+
+    #[test]
+    fn an_alarm_earlier_than_the_thread_sleeps_for_still_rings_on_time() {
+        let (sender, receiver) = mpsc::channel();
+        let timers = Timers::start(move |alarms| {
+            for alarm in alarms {
+                sender.send((alarm, now_ms())).unwrap();
+            }
+        });
+        let start = now_ms();
+        // The thread sleeps until this one, cancelled: it wakes then by itself.
+        let (gone, far, near) = (TaskId::new_v4(), TaskId::new_v4(), TaskId::new_v4());
+        timers.set(start + 5_000, Alarm::Deadline(gone, 1));
+        std::thread::sleep(Duration::from_millis(20));
+        timers.cancel(Alarm::Deadline(gone, 1));
+        // Later than its wake-up: set without waking it.
+        timers.set(start + 8_000, Alarm::Deadline(far, 1));
+        // Earlier: it is woken, and rings this one on time.
+        timers.set(start + 60, Alarm::Deadline(near, 1));
+        let (alarm, at) = receiver.recv_timeout(Duration::from_secs(2)).unwrap();
+        assert_eq!(alarm, Alarm::Deadline(near, 1));
+        assert!(at >= start + 60 && at < start + 2_000, "rang {} ms after the start", at - start);
+        assert_eq!(timers.len(), 1);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   worker process it started, and a writer that never blocks its caller.
 //! - [`tls`]: `tls+tcp://` listeners and dialers with mutual certificates;
 //!   `tls_failures` logs the handshakes that failed.
+//! - [`nng_threads`]: how many threads NNG runs in this process
+//!   (`FASTWORKER_NNG_*`), set once before its first use.
 //! - [`report_json`]: a task's report as JSON, for the HTTP API and the CLI.
 //! - [`task_limit`]: a cluster-wide limit per task name, as declared and set.
 //! - [`workflow`]: a workflow as it travels (a flat tree) and its status.
@@ -17,6 +19,7 @@
 pub mod address;
 pub mod auth;
 pub(crate) mod pipe;
+pub mod nng_threads;
 pub mod protocol;
 pub mod report_json;
 pub mod task_limit;

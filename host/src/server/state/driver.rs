@@ -59,7 +59,12 @@ impl Effects<Replier, Link> for Driver<'_> {
             args: task.args.clone(),
             cancelled: task.cancelled.clone(),
         };
-        self.state.pool.push(report.priority, job).is_ok()
+        // The thread is woken once the task lock is released (the outbox).
+        let queued = self.state.pool.push_quietly(report.priority, job).is_ok();
+        if queued {
+            self.outbox.queued_on(&self.state.pool);
+        }
+        queued
     }
 
     fn set_alarm(&mut self, due_ms: u64, alarm: Alarm) {

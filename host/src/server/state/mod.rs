@@ -48,7 +48,7 @@ use crate::server::journal::Journal;
 use crate::server::monitor::Monitor;
 use crate::server::offered_schemas::OfferedSchemas;
 use crate::server::peer_log::PeerLog;
-use crate::server::pool::Pool;
+use crate::server::pool::{Pool, PoolWaker};
 use crate::server::scheduler::{PeriodicRuns, Scheduler};
 use crate::server::timers::Timers;
 use crate::wire::auth::Role;
@@ -163,16 +163,39 @@ struct Job {
     cancelled: Arc<AtomicBool>,
 }
 
-/// Replies gathered under the lock, sent after it is released.
+/// Replies gathered under the lock, sent after it is released; and the
+/// worker threads to wake for the runs it queued, woken then too (or when
+/// it is dropped: a queued run is never left without its wake-up).
 #[derive(Default)]
-pub(crate) struct Outbox(Vec<(Vec<Replier>, Message)>);
+pub(crate) struct Outbox(Vec<(Vec<Replier>, Message)>, Option<(PoolWaker<Job>, usize)>);
 
 impl Outbox {
-    /// Sends every gathered reply.
-    pub(crate) fn deliver(self) {
-        for (waiters, message) in self.0 {
+    /// Sends every gathered reply (after waking the threads for the runs queued).
+    pub(crate) fn deliver(mut self) {
+        self.wake_pool();
+        for (waiters, message) in std::mem::take(&mut self.0) {
             send_to_all(waiters, message);
         }
+    }
+
+    /// Counts a run queued quietly on `pool`, to wake a thread for.
+    fn queued_on(&mut self, pool: &Pool<Job>) {
+        match &mut self.1 {
+            Some((_, runs)) => *runs += 1,
+            None => self.1 = Some((pool.waker(), 1)),
+        }
+    }
+
+    fn wake_pool(&mut self) {
+        if let Some((waker, runs)) = self.1.take() {
+            waker.wake(runs);
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.wake_pool();
     }
 }
 
