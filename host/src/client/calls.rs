@@ -1,9 +1,12 @@
 //! A client's blocking calls on one port, many to a frame (`Request::Calls`).
 //!
 //! Two lanes (NNG contexts on the port's socket) carry the frames. A call
-//! made while a lane is free leaves at once in a frame of its own; calls
-//! made while both lanes are in flight wait in the queue and leave together
-//! in the next frame, when either lane's answer comes back. The control
+//! made while no frame is in flight leaves at once in a frame of its own.
+//! One made while one lane is in flight lets the caller's runtime run the
+//! other callers ready at that moment (a yield, not a timer), so that the
+//! calls they make leave together on the free lane; calls made while both
+//! lanes are in flight wait in the queue and leave together in the next
+//! frame, when either lane's answer comes back. The control
 //! plane answers a frame as soon as any of this session's calls has an
 //! outcome, with every outcome ready then, and keeps later ones for the
 //! next frame (`server::calls`); so when nothing new is to be sent but
@@ -151,10 +154,13 @@ impl Lanes {
         Ok(Lanes { lanes: [lane(0)?, lane(1)?], shared })
     }
 
-    /// Queues a blocking call; it leaves at once if a lane is free. Fails
-    /// at once for a call too large for a frame, or when the control plane
-    /// does not take `Calls` (then the caller sends it plainly).
-    pub(super) fn call(&self, submit: &Submit) -> Result<Answer, Failure> {
+    /// Queues a blocking call. With no frame in flight it leaves at once;
+    /// with one in flight it waits for [`Lanes::flush`], which the caller
+    /// runs after letting the other callers of the moment queue theirs;
+    /// with two, it leaves with the next frame. Fails at once when the
+    /// control plane does not take `Calls` (then the caller sends it
+    /// plainly). Also returns whether the caller is to flush.
+    pub(super) fn call(&self, submit: &Submit) -> Result<(Answer, bool), Failure> {
         let (waiter, answer) = oneshot::channel();
         let mut part = Vec::with_capacity(submit.args.len() + submit.task_name.len() + 64);
         let mut flow = self.shared.flow.lock().expect("flow lock");
@@ -165,12 +171,31 @@ impl Lanes {
         flow.next_tag += 1;
         encode_call_part(tag, submit, &mut part);
         flow.queued.push_back(Queued { tag, part, waiter });
+        match flow.busy {
+            [false, false] => {
+                let frame = self.shared.take_frame(&mut flow, 0);
+                drop(flow);
+                self.shared.send(&self.lanes[0], frame);
+                Ok((answer, false))
+            }
+            [true, true] => Ok((answer, false)),
+            _ => Ok((answer, true)),
+        }
+    }
+
+    /// Sends the queued calls on a free lane, if any is and they are not
+    /// gone already (with the frame of another caller's flush, or of a
+    /// lane's answer).
+    pub(super) fn flush(&self) {
+        let mut flow = self.shared.flow.lock().expect("flow lock");
+        if flow.queued.is_empty() {
+            return;
+        }
         if let Some(free) = flow.busy.iter().position(|busy| !busy) {
             let frame = self.shared.take_frame(&mut flow, free);
             drop(flow);
             self.shared.send(&self.lanes[free], frame);
         }
-        Ok(answer)
     }
 
     /// Stops both lanes for good (before their socket closes).

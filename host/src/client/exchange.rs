@@ -125,6 +125,10 @@ impl Client {
     ) -> Result<Result<T, tokio::sync::oneshot::error::RecvError>, ClientError> {
         let address = self.address(index);
         let reply = tokio::time::timeout(timeout + Duration::from_secs(1), receiver);
+        if endpoint.ever_connected() {
+            let answer = reply.await;
+            return answer.map_err(|_| ClientError::Timeout { address: address.to_string(), after: timeout });
+        }
         let refused = async {
             loop {
                 tokio::time::sleep(PROBE_AFTER).await;

@@ -402,9 +402,16 @@ impl Client {
         let started = Instant::now();
         let _permit = self.permit(port, endpoint).await?;
         let answer = match endpoint.calls.call(submit) {
-            Ok(answer) => answer,
+            Ok((answer, flush)) => {
+                if flush {
+                    // The other callers woken with this one queue their calls first.
+                    tokio::task::yield_now().await;
+                    endpoint.calls.flush();
+                }
+                answer
+            }
             Err(calls::Failure::Unsupported) => return Ok(None),
-            Err(failure) => return Err(self.failure(port, failure)).map(Some),
+            Err(failure) => return Err(self.failure(port, failure)),
         };
         let timeout = self.inner.timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
         let reply = match self.await_answer(port, endpoint, answer, timeout).await? {
