@@ -28,6 +28,7 @@
 //! caller's runtime is needed, so a client serves callers of any runtime.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -76,6 +77,8 @@ pub(super) struct Lanes {
 
 struct Shared {
     flow: Mutex<Flow>,
+    /// The next call's tag.
+    next_tag: AtomicU64,
     session: Uuid,
     auth: Option<Arc<ClientAuth>>,
     max_frame: usize,
@@ -90,7 +93,6 @@ struct Flow {
     queued: VecDeque<Queued>,
     /// Calls sent, outcome not yet in.
     awaited: FxHashMap<u64, Waiter>,
-    next_tag: u64,
     busy: [bool; 2],
     /// The control plane answered `Calls` as a frame it cannot decode.
     unsupported: bool,
@@ -128,8 +130,14 @@ impl Lanes {
         max_frame: usize,
         frame_timeout: Duration,
     ) -> Result<Lanes, nng::Error> {
-        let shared =
-            Arc::new(Shared { flow: Mutex::default(), session: Uuid::new_v4(), auth, max_frame, frame_timeout });
+        let shared = Arc::new(Shared {
+            flow: Mutex::default(),
+            next_tag: AtomicU64::new(0),
+            session: Uuid::new_v4(),
+            auth,
+            max_frame,
+            frame_timeout,
+        });
         let lane = |index: usize| -> Result<Arc<Lane>, nng::Error> {
             let ctx = Context::new(socket)?;
             let mut failure = None;
@@ -162,14 +170,14 @@ impl Lanes {
     /// plainly). Also returns whether the caller is to flush.
     pub(super) fn call(&self, submit: &Submit) -> Result<(Answer, bool), Failure> {
         let (waiter, answer) = oneshot::channel();
+        // Encoded before the lock, so that callers encode side by side.
+        let tag = self.shared.next_tag.fetch_add(1, Ordering::Relaxed);
         let mut part = Vec::with_capacity(submit.args.len() + submit.task_name.len() + 64);
+        encode_call_part(tag, submit, &mut part);
         let mut flow = self.shared.flow.lock().expect("flow lock");
         if flow.unsupported {
             return Err(Failure::Unsupported);
         }
-        let tag = flow.next_tag;
-        flow.next_tag += 1;
-        encode_call_part(tag, submit, &mut part);
         flow.queued.push_back(Queued { tag, part, waiter });
         match flow.busy {
             [false, false] => {

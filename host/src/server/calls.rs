@@ -284,10 +284,7 @@ fn push(session: &Session, sessions_owed: &AtomicUsize, max_bytes: usize, outcom
             return;
         }
         mailbox.ready.push_back(outcome);
-        match mailbox.parked.take() {
-            Some(replier) => Some((replier, take_batch(&mut mailbox, sessions_owed, max_bytes))),
-            None => None,
-        }
+        mailbox.parked.take().map(|replier| (replier, take_batch(&mut mailbox, sessions_owed, max_bytes)))
     };
     // The session stays known until its next frame forgets it (a
     // frame always follows while the client waits for anything).
