@@ -64,7 +64,7 @@ impl Client {
         let _permit = self.permit(index, endpoint).await?;
         let timeout = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
         let receiver = endpoint.send(frame, timeout).map_err(transport)?;
-        let answer = self.await_answer(index, endpoint, receiver, timeout).await?;
+        let answer = self.await_answer(index, endpoint, receiver, timeout, Duration::from_secs(1)).await?;
         match answer {
             Ok(Ok(mut message)) => match sealed {
                 None => Ok(message),
@@ -113,18 +113,20 @@ impl Client {
     }
 
     /// Waits for `receiver`, the answer to a request on port `index`,
-    /// within `timeout` (the answer's own timeout comes first; this one
-    /// only guards against a lost wake-up). Until a connection has come
-    /// up, a refused dial ends the wait early.
+    /// within `timeout` and `slack` (a plain request's own NNG timeout comes
+    /// first, so it gives a second's slack against a lost wake-up; a batched
+    /// call, whose frame may outlive it, gives none). Until a connection has
+    /// come up, a refused dial ends the wait early.
     pub(super) async fn await_answer<T>(
         &self,
         index: usize,
         endpoint: &Endpoint,
         receiver: tokio::sync::oneshot::Receiver<T>,
         timeout: Duration,
+        slack: Duration,
     ) -> Result<Result<T, tokio::sync::oneshot::error::RecvError>, ClientError> {
         let address = self.address(index);
-        let reply = tokio::time::timeout(timeout + Duration::from_secs(1), receiver);
+        let reply = tokio::time::timeout(timeout + slack, receiver);
         if endpoint.ever_connected() {
             let answer = reply.await;
             return answer.map_err(|_| ClientError::Timeout { address: address.to_string(), after: timeout });

@@ -414,7 +414,7 @@ impl Client {
             Err(failure) => return Err(self.failure(port, failure)),
         };
         let timeout = self.inner.timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-        let reply = match self.await_answer(port, endpoint, answer, timeout).await? {
+        let reply = match self.await_answer(port, endpoint, answer, timeout, Duration::ZERO).await? {
             Ok(Ok(reply)) => reply,
             Ok(Err(calls::Failure::Unsupported)) => return Ok(None),
             Ok(Err(calls::Failure::Refused(error))) => return Ok(Some(Reply::Error(error))),
