@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fastworker::protocol::ErrorKind;
-use fastworker::{ClientError, Priority, SubmitOptions};
+use fastworker::protocol::{now_ms, ErrorKind, Reply, Request, Submit};
+use fastworker::{ClientError, Priority, SubmitOptions, TaskId};
 use fastworker_tests::{runtime, Process};
 
 #[test]
@@ -47,13 +47,19 @@ fn many_requests_in_flight_from_several_clients_each_get_their_own_result() {
     });
 }
 
+/// The NORMAL task port's index among a client's endpoints.
+const NORMAL: usize = 2;
+
 /// One call's outcome and how long it took.
 type Timed = (Result<fastworker::TaskReport, ClientError>, Duration);
 
 /// Starts `count` blocking `add` submissions at once, spread over clients
 /// of 100 calls each (one client keeps at most 128 in service), each to
 /// run `countdown` from now, so that every one holds a context of the port
-/// until then. Their outcomes, each with how long it took, and how long
+/// until then. Each is a plain `Submit` request, as an older client (or
+/// one in another language) sends it: the Rust client's own blocking calls
+/// share two frames per port (tests/tests/client_batching.rs) and hold no
+/// context each. Their outcomes, each with how long it took, and how long
 /// the last took.
 fn blocking_at_once(cp: &Process, count: usize, countdown: Duration) -> (Vec<Timed>, Duration) {
     let clients: Vec<Arc<fastworker::Client>> =
@@ -64,9 +70,21 @@ fn blocking_at_once(cp: &Process, count: usize, countdown: Duration) -> (Vec<Tim
             .map(|i| {
                 let client = clients[i / 100].clone();
                 tokio::spawn(async move {
-                    let options = SubmitOptions { countdown: Some(countdown), ..Default::default() };
+                    let submit = Submit {
+                        task_id: TaskId::now_v7(),
+                        task_name: "add".into(),
+                        args: serde_json::to_vec(&(i as i64, 1)).unwrap(),
+                        wait: true,
+                        not_before_ms: Some(now_ms() + countdown.as_millis() as u64),
+                        ..Default::default()
+                    };
                     let asked = Instant::now();
-                    let outcome = client.submit("add", (i as i64, 1), options).await;
+                    let outcome = match client.request(NORMAL, &Request::Submit(submit)).await {
+                        Ok(Reply::Report(report)) => Ok(report),
+                        Ok(Reply::Error(refusal)) => Err(ClientError::Refused(refusal)),
+                        Ok(other) => panic!("a submission answered {other:?}"),
+                        Err(error) => Err(error),
+                    };
                     (outcome, asked.elapsed())
                 })
             })

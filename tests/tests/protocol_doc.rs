@@ -4,8 +4,9 @@
 //! field, in encoding order, with none left out.
 
 use fastworker::protocol::{
-    encode, ClusterStatus, Dispatch, ErrorKind, ErrorReply, Heartbeat, OfferedTask, Priority, Registration, Reply,
-    Reported, Request, ScheduleStatus, Started, Submit, TaskInfo, TaskReport, TaskState, WorkerName, PROTOCOL_VERSION,
+    encode, Call, CallList, Calls, ClusterStatus, Dispatch, ErrorKind, ErrorReply, Heartbeat, OfferedTask, Outcome,
+    Priority, Registration, Reply, Reported, Request, ScheduleStatus, Started, Submit, TaskInfo, TaskReport, TaskState,
+    WorkerName, PROTOCOL_VERSION,
 };
 use fastworker::workflow::{MemberState, Receive, WorkflowNode, WorkflowReport, WorkflowState, WorkflowSubmit};
 use fastworker::TaskId;
@@ -160,6 +161,10 @@ fn every_request_is_as_documented() {
         sample(Request::TaskLimits),
         sample(Request::SetTaskLimit { task_name: "add".into(), limit: None }),
         sample(Request::ClearTaskLimit { task_name: "add".into() }),
+        sample(Request::Calls(Calls {
+            session: id,
+            calls: CallList { calls: vec![Call { tag: 1, submit: Submit::default() }], over: None },
+        })),
     ];
     check("## Request", &samples);
     // The fields of a Submit, in order.
@@ -224,6 +229,7 @@ fn every_reply_and_error_kind_is_as_documented() {
         }])),
         sample(Reply::Workflow(workflow_report())),
         sample(Reply::TaskLimits(vec![])),
+        sample(Reply::Outcomes(vec![Outcome { tag: 1, reply: vec![] }])),
     ];
     check("## Reply", &samples);
     assert_eq!(table_fields("### TaskReport"), report_fields, "docs/protocol.md's TaskReport table");

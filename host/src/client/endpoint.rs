@@ -10,6 +10,9 @@ use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize};
 use nng::{Aio, AioResult, Context, Message, PipeEvent, Protocol, Socket};
 use tokio::sync::oneshot;
 
+use super::calls::Lanes;
+use super::ClientAuth;
+
 /// What a call waits on: the reply, or why there is none.
 pub(super) type Answer = oneshot::Receiver<Result<Message, nng::Error>>;
 
@@ -23,6 +26,8 @@ pub(super) struct Endpoint {
     /// Whether a connection ever came up: until one has, a refused dial
     /// means a wrong address, and calls fail at once rather than wait.
     ever_connected: Arc<AtomicBool>,
+    /// The lanes that carry blocking calls many to a frame.
+    pub(super) calls: Lanes,
 }
 
 #[derive(Default)]
@@ -44,8 +49,15 @@ struct Pending {
 
 impl Endpoint {
     /// Dials `address` (the connection comes up in the background); at most
-    /// `max_in_flight` calls are meant to share it.
-    pub(super) fn open(address: &str, max_frame: usize, max_in_flight: usize) -> Result<Endpoint, nng::Error> {
+    /// `max_in_flight` calls are meant to share it. Batched calls are sealed
+    /// with `auth` and their frames answered within `frame_timeout`.
+    pub(super) fn open(
+        address: &str,
+        max_frame: usize,
+        max_in_flight: usize,
+        auth: Option<Arc<ClientAuth>>,
+        frame_timeout: Duration,
+    ) -> Result<Endpoint, nng::Error> {
         let socket = Socket::new(Protocol::Req0)?;
         // Never resend on a timer: a long task would run twice. A call whose
         // connection drops fails; the task id makes submitting it again safe.
@@ -62,7 +74,8 @@ impl Endpoint {
         })?;
         crate::wire::tls::dial_async(&socket, address)?;
         let in_flight = tokio::sync::Semaphore::new(max_in_flight);
-        Ok(Endpoint { socket, slots: Arc::default(), in_flight, ever_connected })
+        let calls = Lanes::open(&socket, auth, max_frame, frame_timeout)?;
+        Ok(Endpoint { socket, slots: Arc::default(), in_flight, ever_connected, calls })
     }
 
     /// Whether a connection to the address ever came up.
@@ -149,6 +162,7 @@ impl Drop for Endpoint {
         for slot in &all {
             stop(&slot.aio);
         }
+        self.calls.stop();
         self.socket.close();
         self.slots.free.lock().expect("slot list lock").clear();
         drop(all);

@@ -58,43 +58,15 @@ impl Client {
         }
         let address = self.address(index);
         let transport = |source| ClientError::Transport { address: address.to_string(), source };
-        let endpoint = inner.endpoints[index]
-            .get_or_init(|| Endpoint::open(address, inner.max_frame, MAX_IN_FLIGHT_PER_PORT))
-            .as_ref()
-            .map_err(|e| transport(*e))?;
+        let endpoint = self.endpoint(index)?;
         let timeout = inner.timeout;
         let started = Instant::now();
-        let _permit = match tokio::time::timeout(timeout, endpoint.in_flight.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(transport(nng::Error::Closed)),
-            Err(_) => return Err(ClientError::Timeout { address: address.to_string(), after: timeout }),
-        };
+        let _permit = self.permit(index, endpoint).await?;
         let timeout = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
         let receiver = endpoint.send(frame, timeout).map_err(transport)?;
-        // The Aio's own timeout ends the exchange; this outer one only guards
-        // against a lost wake-up. Until a connection has come up, a refused
-        // dial ends it early.
-        let reply = tokio::time::timeout(timeout + Duration::from_secs(1), receiver);
-        let refused = async {
-            loop {
-                tokio::time::sleep(PROBE_AFTER).await;
-                if endpoint.ever_connected() {
-                    return std::future::pending().await;
-                }
-                if let Some(why) = probe::refused(address).await {
-                    return why;
-                }
-            }
-        };
-        let answer = tokio::select! {
-            answer = reply => answer,
-            why = refused => {
-                let port = format!("{}, base+{index} of {}", port_name(index), self.inner.base);
-                return Err(ClientError::Unreachable { address: address.to_string(), port, why });
-            }
-        };
+        let answer = self.await_answer(index, endpoint, receiver, timeout, Duration::from_secs(1)).await?;
         match answer {
-            Ok(Ok(Ok(mut message))) => match sealed {
+            Ok(Ok(mut message)) => match sealed {
                 None => Ok(message),
                 // An unauthenticated error reply says why the request was
                 // refused; anything else must be sealed for this request.
@@ -107,11 +79,75 @@ impl Client {
                     Err(source) => Err(ClientError::Unauthenticated { address: address.to_string(), source }),
                 },
             },
-            Ok(Ok(Err(nng::Error::TimedOut))) | Err(_) => {
-                Err(ClientError::Timeout { address: address.to_string(), after: timeout })
+            Ok(Err(nng::Error::TimedOut)) => Err(ClientError::Timeout { address: address.to_string(), after: timeout }),
+            Ok(Err(error)) => Err(transport(error)),
+            Err(_) => Err(transport(nng::Error::Closed)),
+        }
+    }
+
+    /// The endpoint of port `index`, dialed on first use.
+    pub(super) fn endpoint(&self, index: usize) -> Result<&Endpoint, ClientError> {
+        let inner = &self.inner;
+        let address = self.address(index);
+        let frame_timeout = inner.timeout.saturating_add(Duration::from_secs(1));
+        inner.endpoints[index]
+            .get_or_init(|| {
+                Endpoint::open(address, inner.max_frame, MAX_IN_FLIGHT_PER_PORT, inner.auth.clone(), frame_timeout)
+            })
+            .as_ref()
+            .map_err(|e| ClientError::Transport { address: address.to_string(), source: *e })
+    }
+
+    /// A place among the calls in service on port `index`, within the timeout.
+    pub(super) async fn permit<'a>(
+        &self,
+        index: usize,
+        endpoint: &'a Endpoint,
+    ) -> Result<tokio::sync::SemaphorePermit<'a>, ClientError> {
+        let address = self.address(index);
+        match tokio::time::timeout(self.inner.timeout, endpoint.in_flight.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(ClientError::Transport { address: address.to_string(), source: nng::Error::Closed }),
+            Err(_) => Err(ClientError::Timeout { address: address.to_string(), after: self.inner.timeout }),
+        }
+    }
+
+    /// Waits for `receiver`, the answer to a request on port `index`,
+    /// within `timeout` and `slack` (a plain request's own NNG timeout comes
+    /// first, so it gives a second's slack against a lost wake-up; a batched
+    /// call, whose frame may outlive it, gives none). Until a connection has
+    /// come up, a refused dial ends the wait early.
+    pub(super) async fn await_answer<T>(
+        &self,
+        index: usize,
+        endpoint: &Endpoint,
+        receiver: tokio::sync::oneshot::Receiver<T>,
+        timeout: Duration,
+        slack: Duration,
+    ) -> Result<Result<T, tokio::sync::oneshot::error::RecvError>, ClientError> {
+        let address = self.address(index);
+        let reply = tokio::time::timeout(timeout + slack, receiver);
+        if endpoint.ever_connected() {
+            let answer = reply.await;
+            return answer.map_err(|_| ClientError::Timeout { address: address.to_string(), after: timeout });
+        }
+        let refused = async {
+            loop {
+                tokio::time::sleep(PROBE_AFTER).await;
+                if endpoint.ever_connected() {
+                    return std::future::pending().await;
+                }
+                if let Some(why) = probe::refused(address).await {
+                    return why;
+                }
             }
-            Ok(Ok(Err(error))) => Err(transport(error)),
-            Ok(Err(_)) => Err(transport(nng::Error::Closed)),
+        };
+        tokio::select! {
+            answer = reply => answer.map_err(|_| ClientError::Timeout { address: address.to_string(), after: timeout }),
+            why = refused => {
+                let port = format!("{}, base+{index} of {}", port_name(index), self.inner.base);
+                Err(ClientError::Unreachable { address: address.to_string(), port, why })
+            }
         }
     }
 
@@ -126,7 +162,7 @@ impl Client {
 
 /// Whether an unsealed reply is a refusal that a server sends without a
 /// seal (the request itself was not authenticated, so nothing is trusted).
-fn is_refusal(message: &[u8]) -> bool {
+pub(super) fn is_refusal(message: &[u8]) -> bool {
     matches!(
         decode::<Reply>(message, usize::MAX),
         Ok(Reply::Error(ErrorReply {

@@ -1,10 +1,17 @@
 //! The client: submits tasks and queries results over NNG request/reply.
 //!
-//! One [`Client`] is meant to be shared (`Clone + Send + Sync`): each call
-//! takes its own NNG context, so any number of calls may overlap on the same
-//! sockets and each gets its own reply. Every call has a timeout.
+//! One [`Client`] is meant to be shared (`Clone + Send + Sync`): any number
+//! of calls may overlap on the same sockets and each gets its own reply.
+//! Every call has a timeout.
+//!
+//! Blocking submissions ([`Client::call`], [`Client::submit`]) batch by
+//! themselves: a lone call leaves at once in a frame of its own, calls made
+//! while the port's two frames are in flight leave together in the next
+//! one, and their outcomes come back many to a frame (`client/calls.rs`,
+//! `docs/client.md`). Other requests each take their own NNG context.
 
 mod admin;
+mod calls;
 mod endpoint;
 mod exchange;
 mod probe;
@@ -22,8 +29,8 @@ use serde::Serialize;
 use crate::wire::address::{AddressError, BaseAddress};
 use crate::wire::auth::{AuthError, Key, KeyError, KeyRing, Sender};
 use crate::wire::protocol::{
-    Callback, DecodeError, ErrorKind, ErrorReply, Priority, Reply, Request, RetryPolicy, Submit, TaskError, TaskId,
-    TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
+    decode, Callback, DecodeError, ErrorKind, ErrorReply, Priority, Reply, Request, RetryPolicy, Submit, TaskError,
+    TaskId, TaskReport, TaskState, DEFAULT_MAX_FRAME_BYTES,
 };
 
 /// Calls one client keeps in service on one port at once; more wait in
@@ -357,7 +364,15 @@ impl Client {
         let deadline = Instant::now().checked_add(self.inner.timeout);
         let mut pause = NOT_YET_PROVIDED_FIRST_PAUSE;
         loop {
-            match self.request(port, &request).await? {
+            let batched = match &request {
+                Request::Submit(submit) if wait => self.call_batched(port, submit).await?,
+                _ => None,
+            };
+            let reply = match batched {
+                Some(reply) => reply,
+                None => self.request(port, &request).await?,
+            };
+            match reply {
                 Reply::Error(error) if error.kind == ErrorKind::NotYetProvided => {
                     let again = Instant::now().checked_add(pause);
                     match (again, deadline) {
@@ -370,6 +385,60 @@ impl Client {
                 }
                 Reply::Error(error) => return Err(ClientError::Refused(error)),
                 reply => return Ok(reply),
+            }
+        }
+    }
+
+    /// Sends a blocking submission among this client's other calls on the
+    /// port, many to a frame (`client/calls.rs`); `None` when the control
+    /// plane does not take batched calls (an older one), to send it plainly.
+    async fn call_batched(&self, port: usize, submit: &Submit) -> Result<Option<Reply>, ClientError> {
+        let address = self.address(port);
+        let size = submit.args.len() + submit.task_name.len() + 256 + crate::wire::auth::ENVELOPE_BYTES;
+        if size > self.inner.max_frame {
+            return Err(ClientError::TooLarge { size, limit: self.inner.max_frame });
+        }
+        let endpoint = self.endpoint(port)?;
+        let started = Instant::now();
+        let _permit = self.permit(port, endpoint).await?;
+        let answer = match endpoint.calls.call(submit) {
+            Ok((answer, flush)) => {
+                if flush {
+                    // The other callers woken with this one queue their calls first.
+                    tokio::task::yield_now().await;
+                    endpoint.calls.flush();
+                }
+                answer
+            }
+            Err(calls::Failure::Unsupported) => return Ok(None),
+            Err(failure) => return Err(self.failure(port, failure)),
+        };
+        let timeout = self.inner.timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+        let reply = match self.await_answer(port, endpoint, answer, timeout, Duration::ZERO).await? {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(calls::Failure::Unsupported)) => return Ok(None),
+            Ok(Err(calls::Failure::Refused(error))) => return Ok(Some(Reply::Error(error))),
+            Ok(Err(failure)) => return Err(self.failure(port, failure)),
+            Err(_) => return Err(ClientError::Transport { address: address.to_string(), source: nng::Error::Closed }),
+        };
+        decode::<Reply>(&reply, usize::MAX)
+            .map(Some)
+            .map_err(|source| ClientError::Decode { address: address.to_string(), source })
+    }
+
+    /// The error of a batched call on `port` that has no reply of its own.
+    fn failure(&self, port: usize, failure: calls::Failure) -> ClientError {
+        let address = self.address(port).to_string();
+        match failure {
+            calls::Failure::Transport(nng::Error::TimedOut) => {
+                ClientError::Timeout { address, after: self.inner.timeout }
+            }
+            calls::Failure::Transport(source) => ClientError::Transport { address, source },
+            calls::Failure::Refused(error) => ClientError::Refused(error),
+            calls::Failure::Unauthenticated(source) => ClientError::Unauthenticated { address, source },
+            calls::Failure::Decode(reply) => ClientError::Unexpected { address, reply },
+            calls::Failure::Unsupported => {
+                ClientError::Unexpected { address, reply: "the control plane does not take batched calls".to_string() }
             }
         }
     }

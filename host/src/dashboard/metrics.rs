@@ -94,7 +94,12 @@ fn render(shared: &Shared) -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     }
     let [(running, running_bytes), (kept, kept_bytes)] = state.workflow_bytes();
-    let gauges: [(&str, &str, usize); 4] = [
+    let gauges: [(&str, &str, usize); 5] = [
+        (
+            "fastworker_call_outcomes_owed",
+            "Batched calls of clients whose outcomes were not yet sent back (running, or kept for the client's next frame).",
+            state.calls.owed(),
+        ),
         ("fastworker_workflows_running", "Workflows running.", running),
         (
             "fastworker_workflows_running_bytes",

@@ -3,6 +3,7 @@
 //!
 //! - Ports: [`endpoint`] (a listening socket and its repliers),
 //!   [`routes`] (the routers of the task ports and the result port),
+//!   [`calls`] (clients' batched calls, their outcomes kept by session),
 //!   [`membership`] (the management port), [`collector`] (a subworker's
 //!   outcomes waiting to be collected), [`peer_log`] (rate-limited lines
 //!   about refused peers), [`pipe_port`] (a worker process's end of its
@@ -23,6 +24,7 @@
 pub mod bounds;
 pub(crate) mod cache;
 pub(crate) mod callbacks;
+pub(crate) mod calls;
 pub(crate) mod collector;
 pub mod config;
 pub(crate) mod endpoint;

@@ -492,7 +492,7 @@ impl Seal {
 }
 
 /// A frame that failed authentication.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     /// No envelope: the peer has no key.
     #[error("the frame is not authenticated: this peer needs the cluster's key (--cluster-key-file)")]

@@ -119,6 +119,94 @@ pub enum Request {
         /// The task name.
         task_name: String,
     },
+    /// Blocking submissions of one client, many to a frame (task ports):
+    /// answered `Outcomes` as soon as at least one of the session's calls
+    /// has an outcome, with every outcome ready then (`docs/protocol.md`).
+    Calls(Calls),
+}
+
+/// The most calls one `Calls` frame may carry; a frame with more is refused
+/// whole (`BadRequest`), and only this many are kept while it is decoded.
+pub const MAX_CALLS_PER_FRAME: usize = 1024;
+
+/// A frame of blocking calls from one client session: the new calls, each
+/// with the client's tag for it. Its answer carries the outcomes of any of
+/// the session's calls, this frame's or earlier ones', each under its tag.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Calls {
+    /// The client's session: a random id per client and port, under which
+    /// the control plane keeps its calls' outcomes until they are sent.
+    pub session: Uuid,
+    /// The new calls (none: the frame only waits for outcomes).
+    pub calls: CallList,
+}
+
+/// One blocking call of a [`Calls`] frame.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Call {
+    /// The client's tag for this call, unique within its session: the
+    /// outcome comes back under it (task ids may repeat, tags may not).
+    pub tag: u64,
+    /// The submission (answered as a blocking one, whatever its `wait`).
+    pub submit: Submit,
+}
+
+/// The calls of a frame. Decoding keeps at most [`MAX_CALLS_PER_FRAME`]:
+/// a frame with more keeps none and says how many it had (`over`), so
+/// that a hostile frame cannot make the decoder hold a million calls.
+#[derive(Debug, Clone, Default)]
+pub struct CallList {
+    /// The calls.
+    pub calls: Vec<Call>,
+    /// How many calls a frame over the limit carried (their calls dropped).
+    pub over: Option<usize>,
+}
+
+impl Serialize for CallList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(&self.calls)
+    }
+}
+
+impl<'de> Deserialize<'de> for CallList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<CallList, D::Error> {
+        struct Bounded;
+        impl<'de> serde::de::Visitor<'de> for Bounded {
+            type Value = CallList;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of calls")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<CallList, A::Error> {
+                let mut list = CallList {
+                    calls: Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_CALLS_PER_FRAME)),
+                    over: None,
+                };
+                let mut count = 0usize;
+                while let Some(call) = seq.next_element::<Call>()? {
+                    count += 1;
+                    if count <= MAX_CALLS_PER_FRAME {
+                        list.calls.push(call);
+                    } else if count == MAX_CALLS_PER_FRAME + 1 {
+                        list.calls = Vec::new();
+                    }
+                }
+                list.over = (count > MAX_CALLS_PER_FRAME).then_some(count);
+                Ok(list)
+            }
+        }
+        deserializer.deserialize_seq(Bounded)
+    }
+}
+
+/// One call's outcome in an `Outcomes` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The tag the client gave the call.
+    pub tag: u64,
+    /// The reply a blocking `Submit` of it would have had, encoded as a
+    /// frame: a `Reply::Report`, or a `Reply::Error` for a refused call.
+    #[serde(with = "serde_bytes")]
+    pub reply: Vec<u8>,
 }
 
 /// One run of a task sent to a subworker, under a lease: a fencing token
@@ -475,6 +563,10 @@ pub enum Reply {
     Workflow(WorkflowReport),
     /// Answers `TaskLimits`: one row per limited task name, sorted.
     TaskLimits(Vec<crate::wire::task_limit::TaskLimitStatus>),
+    /// Answers `Calls`: the outcomes of a session's calls ready now, each
+    /// under its call's tag, oldest first (empty when a newer frame of the
+    /// session took its place, or when the session is owed nothing).
+    Outcomes(Vec<Outcome>),
 }
 
 /// A task a control plane or its subworkers provide, as `Client::tasks`
@@ -901,6 +993,31 @@ pub(crate) fn reports_message(outcomes: &[ReportedRef<'_>]) -> nng::Message {
     encode_message(&Reports(outcomes))
 }
 
+/// Appends one call of a `Request::Calls` (a [`Call`]), encoded, to `parts`;
+/// [`calls_frame`] puts the parts gathered into one frame.
+pub(crate) fn encode_call_part(tag: u64, submit: &Submit, parts: &mut Vec<u8>) {
+    #[derive(Serialize)]
+    struct CallRef<'a> {
+        tag: u64,
+        submit: &'a Submit,
+    }
+    let buffer = std::mem::take(parts);
+    *parts = postcard::to_extend(&CallRef { tag, submit }, buffer).expect("writing to a Vec cannot fail");
+}
+
+/// The frame of a `Request::Calls` of `session` with `count` calls encoded
+/// back to back in `parts`, laid out as postcard lays out the owned request.
+pub(crate) fn calls_frame(session: Uuid, count: usize, parts: &[u8]) -> nng::Message {
+    // The request with no calls ends with its count, one zero byte: what
+    // comes before it is the prefix, whatever the variant's index.
+    let mut frame = encode(&Request::Calls(Calls { session, calls: CallList::default() }));
+    frame.pop();
+    let mut varint = [0u8; 10];
+    frame.extend_from_slice(postcard::to_slice(&count, &mut varint).expect("a usize fits ten bytes"));
+    frame.extend_from_slice(parts);
+    nng::Message::from(&frame[..])
+}
+
 /// Decodes a frame of at most `limit` bytes.
 pub fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8], limit: usize) -> Result<T, DecodeError> {
     if frame.len() > limit {
@@ -1018,6 +1135,46 @@ mod tests {
         let owned = Reply::Reports(vec![Reported { task_id, lease: 300, reply: reply.clone() }]);
         assert_eq!(&borrowed[..], &encode(&owned)[..]);
         assert_eq!(&encode_message(&owned)[..], &encode(&owned)[..]);
+    }
+
+    #[test]
+    fn gathered_call_parts_make_an_ordinary_calls_request() {
+        let session = Uuid::from_bytes([3; 16]);
+        let submit = |n: u8| Submit {
+            task_id: TaskId::from_bytes([n; 16]),
+            task_name: "add".into(),
+            args: vec![b'[', b'0' + n, b']'],
+            wait: true,
+            ..Default::default()
+        };
+        let mut parts = Vec::new();
+        encode_call_part(7, &submit(1), &mut parts);
+        encode_call_part(300, &submit(2), &mut parts);
+        let frame = calls_frame(session, 2, &parts);
+        let owned = Request::Calls(Calls {
+            session,
+            calls: CallList {
+                calls: vec![Call { tag: 7, submit: submit(1) }, Call { tag: 300, submit: submit(2) }],
+                over: None,
+            },
+        });
+        assert_eq!(&frame[..], &encode(&owned)[..]);
+        let Ok(Request::Calls(decoded)) = decode::<Request>(&frame, 1 << 20) else { panic!("not Calls") };
+        assert_eq!(decoded.calls.calls.iter().map(|c| c.tag).collect::<Vec<_>>(), vec![7, 300]);
+        assert_eq!(decoded.calls.over, None);
+    }
+
+    #[test]
+    fn a_frame_with_too_many_calls_keeps_none_and_counts_them() {
+        let mut parts = Vec::new();
+        let submit = Submit { task_name: "add".into(), args: b"[]".to_vec(), ..Default::default() };
+        for tag in 0..(MAX_CALLS_PER_FRAME as u64 + 5) {
+            encode_call_part(tag, &submit, &mut parts);
+        }
+        let frame = calls_frame(Uuid::nil(), MAX_CALLS_PER_FRAME + 5, &parts);
+        let Ok(Request::Calls(decoded)) = decode::<Request>(&frame, usize::MAX) else { panic!("not Calls") };
+        assert!(decoded.calls.calls.is_empty());
+        assert_eq!(decoded.calls.over, Some(MAX_CALLS_PER_FRAME + 5));
     }
 
     #[test]

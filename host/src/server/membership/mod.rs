@@ -143,7 +143,8 @@ impl ManagementPort {
             | Request::PauseSchedule { .. }
             | Request::SubmitWorkflow(_)
             | Request::WorkflowStatus { .. }
-            | Request::CancelWorkflow { .. } => replier.send(&error_reply(
+            | Request::CancelWorkflow { .. }
+            | Request::Calls(_) => replier.send(&error_reply(
                 ErrorKind::WrongEndpoint,
                 "the management port is for subworkers: submit tasks to a priority port and query results on base+4"
                     .into(),

@@ -5,7 +5,7 @@ use nng::Message;
 use crate::server::endpoint::Replier;
 use crate::server::state::{error_reply, Caller, State};
 use crate::wire::auth::Role;
-use crate::wire::protocol::{decode, ErrorKind, Reply, Request, DISPATCH_OVERHEAD};
+use crate::wire::protocol::{decode, ErrorKind, Reply, Request, DISPATCH_OVERHEAD, MAX_CALLS_PER_FRAME};
 
 /// Routes one request that arrived on a priority port.
 pub(crate) fn task_port(state: &State, replier: Replier, message: Message) {
@@ -38,6 +38,17 @@ fn control_plane(state: &State, replier: Replier, request: Request) {
         Request::Batch(submits) => {
             let Some(replier) = replier.allow(SUBMITTERS, "submit tasks here") else { return };
             state.submit_batch(submits, replier)
+        }
+        Request::Calls(calls) => {
+            let Some(replier) = replier.allow(SUBMITTERS, "submit tasks here") else { return };
+            if let Some(count) = calls.calls.over {
+                let message = format!(
+                    "a Calls frame carries at most {MAX_CALLS_PER_FRAME} calls, not {count}: none of them was submitted; send them in smaller frames"
+                );
+                replier.warn_peer("refused a frame", &message);
+                return replier.send(&error_reply(ErrorKind::BadRequest, message));
+            }
+            state.submit_calls(calls, replier)
         }
         Request::SubmitWorkflow(workflow) => {
             let Some(replier) = replier.allow(SUBMITTERS, "submit workflows here") else { return };

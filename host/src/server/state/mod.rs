@@ -41,6 +41,7 @@ use crate::plugins::Registry;
 use crate::server::bounds::{millis, Refusals};
 use crate::server::cache::{args_digest, Lookup, ResultCache, Unhashed};
 use crate::server::callbacks::Callbacks;
+use crate::server::calls::CallSessions;
 use crate::server::collector::Collector;
 use crate::server::config::ControlPlaneConfig;
 use crate::server::endpoint::{encode_reply, Replier};
@@ -114,6 +115,8 @@ pub(crate) struct State {
     pub(crate) started_runs: Arc<StartedRuns>,
     /// On a subworker: the outcomes of dispatched runs, until collected.
     pub(crate) collector: Arc<Collector>,
+    /// On a control plane: the clients' batched calls, by session.
+    pub(crate) calls: CallSessions,
     /// The durable mode's store (`--state-dir`) and its hooks.
     durable: durable::Durable,
     /// Schemas of tasks only subworkers provide, for the HTTP API's check.
@@ -286,6 +289,11 @@ impl State {
                 monitor: Monitor::default(),
                 registry,
                 collector: Arc::new(Collector::new(config.bounds.max_frame_bytes)),
+                calls: CallSessions::new(
+                    config.bounds.max_requests_per_connection,
+                    config.bounds.max_queued_tasks,
+                    config.bounds.max_frame_bytes,
+                ),
                 config,
                 pool,
                 timers,
@@ -361,7 +369,8 @@ impl State {
         let mut cache = self.cache.lock().expect("cache lock");
         let swept = cache.sweep();
         self.durable.forget_dropped(&mut cache);
-        swept
+        drop(cache);
+        swept + self.calls.sweep()
     }
 
     /// Answers a submission: at once with the task's id, or, for a client
@@ -371,13 +380,26 @@ impl State {
         self.submit_leased(submit, None, owner, replier)
     }
 
+    /// Takes a `Calls` frame: each call a blocking submission of the
+    /// frame's sender, its outcome kept for the session (`server::calls`).
+    pub(crate) fn submit_calls(&self, calls: crate::wire::protocol::Calls, replier: Replier) {
+        let by = Admitted { owner: replier.key_id(), tenant: replier.tenant() };
+        let key = crate::server::calls::SessionKey::of(&replier, calls.session);
+        self.calls.take(key, calls.calls.calls, replier, |submit, answer| self.submit_as(submit, by, None, answer));
+    }
+
     /// As [`State::submit`], for a run a control plane sent under `lease`
     /// with the key `owner`.
     pub(crate) fn submit_leased(&self, submit: Submit, lease: Option<u64>, owner: Option<[u8; 8]>, replier: Replier) {
         // A run a control plane sent counts against no share: its slots bound it.
         let tenant = if lease.is_none() { replier.tenant() } else { None };
+        self.submit_as(submit, Admitted { owner, tenant }, lease, replier)
+    }
+
+    /// Answers a submission taken from `by`: at once or when it ends.
+    fn submit_as(&self, submit: Submit, by: Admitted, lease: Option<u64>, replier: Replier) {
         let (waiter, answer_now) = if submit.wait { (Some(replier), None) } else { (None, Some(replier)) };
-        match self.accept(submit, waiter, Admitted { owner, tenant }, lease) {
+        match self.accept(submit, waiter, by, lease) {
             Ok(task_id) => {
                 if let Some(replier) = answer_now {
                     self.durable.acknowledge(replier, Reply::Accepted { task_id });
