@@ -39,6 +39,12 @@ use crate::wire::protocol::{
 /// `Busy` answer unless the control plane lowers it.
 pub const MAX_IN_FLIGHT_PER_PORT: usize = 128;
 
+/// Arguments from this size on leave as a plain `Submit`, not in a frame
+/// of calls: such a call fills a frame on its own, so sharing one gains
+/// nothing, and the control plane's `--max-frame-bytes` is stated against
+/// the plain submission (one at the bound must still be accepted).
+const LARGE_CALL_BYTES: usize = 64 * 1024;
+
 /// The timeout of a call when none is set.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -393,6 +399,9 @@ impl Client {
     /// port, many to a frame (`client/calls.rs`); `None` when the control
     /// plane does not take batched calls (an older one), to send it plainly.
     async fn call_batched(&self, port: usize, submit: &Submit) -> Result<Option<Reply>, ClientError> {
+        if submit.args.len() >= LARGE_CALL_BYTES {
+            return Ok(None);
+        }
         let address = self.address(port);
         let size = submit.args.len() + submit.task_name.len() + 256 + crate::wire::auth::ENVELOPE_BYTES;
         if size > self.inner.max_frame {

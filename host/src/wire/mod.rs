@@ -18,8 +18,8 @@
 
 pub mod address;
 pub mod auth;
-pub(crate) mod pipe;
 pub mod nng_threads;
+pub(crate) mod pipe;
 pub mod protocol;
 pub mod report_json;
 pub mod task_limit;
