@@ -3,7 +3,13 @@
 //!
 //! * `durable-blocking` and `durable-pipelined-K`: the `cp` rows' calls to
 //!   a control plane started with `--state-dir` on a fresh directory (every
-//!   submission acknowledged once stored, every result stored).
+//!   submission acknowledged once stored, every result stored), tasks
+//!   run `--in-process` as in the `cp` rows: each run's start is synced
+//!   before its code runs (so that a crash of the control plane itself is
+//!   counted, docs/isolation.md), a second commit per call.
+//! * `durable-isolated-blocking` and `durable-isolated-pipelined-K`: the
+//!   same in the default mode, worker processes, against the `cp-isolated`
+//!   rows (a run's start is not synced: the supervisor counts a crash).
 //! * recovery: a durable control plane with one thread, holding one long
 //!   `sleep_ms` run and 100 000 `add` tasks queued behind it, is killed with
 //!   SIGKILL and started again on the same directory and address; the time
@@ -21,7 +27,10 @@ use fastworker::{Priority, SubmitOptions, TaskId, TaskState};
 use tokio::runtime::Runtime;
 
 use crate::args::Settings;
-use crate::processes::{add_args, blocking_add, pipelined_add, serving, start_control_plane, FastworkerProcess};
+use crate::processes::{
+    add_args, blocking_add, has_worker_processes, pipelined_add, serving, start_control_plane,
+    start_isolated_control_plane, FastworkerProcess,
+};
 use crate::results::Results;
 
 /// Tasks queued in the recovery row.
@@ -77,6 +86,19 @@ pub(crate) fn durable_rows(
     results.push(format!("durable-pipelined-{k}"), true, pipelined);
     results.stopped(&mut control_plane);
     drop(dir);
+    // The default mode: the runs in worker processes, whose start needs no
+    // synced record (their supervisor outlives a crash and counts it).
+    if has_worker_processes(binary) {
+        let dir = StateDir::new("rates-isolated")?;
+        println!("durable-isolated: as cp-isolated, with --state-dir {}", dir.0.display());
+        let mut control_plane = start_isolated_control_plane(binary, "durable control plane", plugin, c, &dir.flag())?;
+        let client = control_plane.client()?;
+        let blocking = blocking_add(runtime, &client, settings.budget_part(1));
+        results.push("durable-isolated-blocking".into(), false, blocking);
+        let pipelined = pipelined_add(runtime, &client, k, settings.budget_part(1));
+        results.push(format!("durable-isolated-pipelined-{k}"), true, pipelined);
+        results.stopped(&mut control_plane);
+    }
     recovery(binary, plugin, runtime, results)
 }
 

@@ -127,6 +127,19 @@ pub(crate) fn report(settings: &Settings, results: &Results) -> bool {
         durable_pipe.rate() / cp_pipe.rate(),
         ratio_p(durable_pipe, cp_pipe, 50.0),
     );
+    if results.rows.iter().any(|row| row.name == "durable-isolated-blocking") {
+        let (seq, pipe) =
+            (results.row("durable-isolated-blocking"), results.row(&format!("durable-isolated-pipelined-{k}")));
+        let (base_seq, base_pipe) =
+            (results.row("cp-isolated-blocking"), results.row(&format!("cp-isolated-pipelined-{k}")));
+        println!(
+            "durable, worker processes (durable-isolated / cp-isolated): blocking rate {:.3}, p50 {:.2}×; pipelined rate {:.3}, p50 {:.2}×",
+            seq.rate() / base_seq.rate(),
+            ratio_p(seq, base_seq, 50.0),
+            pipe.rate() / base_pipe.rate(),
+            ratio_p(pipe, base_pipe, 50.0),
+        );
+    }
     if results.rows.iter().any(|row| row.name == "py-blocking") {
         let (py_seq, py_pipe) = (results.row("py-blocking"), results.row(&format!("py-pipelined-{k}")));
         println!(
