@@ -254,6 +254,14 @@ impl ControlPlane {
     /// lets queued and running tasks finish within the shutdown timeout,
     /// and answers every client still waiting; the ports stay open.
     pub fn drain(&self) {
+        if self.state.config.is_subworker() {
+            // A subworker's worker processes hand back at once the runs sent
+            // ahead to them, which go back to its control plane with the
+            // rest of what it has not started; the running ones finish.
+            if let Some(workers) = &self.worker_processes {
+                workers.ask_to_stop();
+            }
+        }
         self.state.drain();
     }
 

@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 
 use super::{Alarm, Counted, Effects, Ledger, LiveTask, MAX_DISPATCHES};
 use crate::cluster::routing::{Phase, Waiting, WorkerKey};
-use crate::wire::protocol::{Request, TaskId, TaskState};
+use crate::wire::protocol::{Request, TaskId, TaskReport, TaskState};
 
 /// How long past a run's timeout the ledger waits for the subworker's
 /// report (which it sends at its own deadline) before taking the task back.
@@ -54,6 +54,20 @@ impl<W> LiveTask<W> {
     /// tell running from prefetched by this.
     pub(crate) fn prefetched(&self) -> bool {
         self.report.state == TaskState::Running && self.dispatch.is_some_and(|d| d.report_by_ms.is_none())
+    }
+
+    /// Its report as a client reads it (`status`, the HTTP API, a cancel's
+    /// answer): a run sent ahead and not started there waits, as it would
+    /// in this process's queue, so it reads `Queued`, not started, its run
+    /// not counted yet. Only the dashboard shows it `prefetched`.
+    pub(crate) fn reported(&self) -> TaskReport {
+        let mut report = self.report.clone();
+        if self.prefetched() {
+            report.state = TaskState::Queued;
+            report.started_ms = None;
+            report.attempts = report.attempts.saturating_sub(1);
+        }
+        report
     }
 }
 

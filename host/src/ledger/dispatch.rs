@@ -247,7 +247,14 @@ impl<W, L> Ledger<W, L> {
                         return self.finish(task_id, Ending::TimedOut(error), started, now, io)
                     }
                     (TaskState::Cancelled, _, Some(error)) => {
-                        return self.finish(task_id, Ending::Cancelled(error), started, now, io)
+                        if started.is_none() {
+                            // Cancelled where it waited, sent ahead: it never ran.
+                            if let Some(task) = self.live.get_mut(&task_id) {
+                                task.report.attempts = task.report.attempts.saturating_sub(1);
+                                task.report.started_ms = None;
+                            }
+                        }
+                        return self.finish(task_id, Ending::Cancelled(error), started, now, io);
                     }
                     (_, _, Some(error)) => Err(error),
                     _ => Err(TaskError {

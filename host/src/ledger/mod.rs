@@ -440,7 +440,7 @@ impl<W, L> Ledger<W, L> {
         let task = self.live.get(&task_id)?;
         io.stop_run(task);
         if task.report.state == TaskState::Running {
-            let report = task.report.clone();
+            let report = task.reported();
             if let Some(worker) = self.cluster.workers().find(|w| w.name.worker_id == report.worker) {
                 io.note(&worker.link, Request::Cancel { task_id });
             }

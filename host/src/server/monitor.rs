@@ -82,7 +82,7 @@ impl TaskSummary {
     /// The summary of a live task: one sent to a worker and not yet
     /// started there is `prefetched` ([`LiveTask::prefetched`]).
     pub(crate) fn live<W>(task: &LiveTask<W>) -> TaskSummary {
-        TaskSummary { state: live_state(task), ..TaskSummary::of(&task.report) }
+        TaskSummary { state: live_state(task), ..TaskSummary::of(&task.reported()) }
     }
 }
 

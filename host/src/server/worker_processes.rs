@@ -133,16 +133,27 @@ impl WorkerProcesses {
         WorkerProcesses { shared, threads }
     }
 
-    /// Asks every worker process to stop (SIGTERM: it hands back what it has
-    /// not started and finishes its runs) and waits for them, killing those
-    /// still alive after the shutdown timeout.
-    pub(crate) fn stop(self) {
+    /// Asks every worker process to stop (SIGTERM: it hands back what it
+    /// has not started and finishes its runs) and replaces none, without
+    /// waiting. A stopping subworker asks first, so that the runs sent
+    /// ahead to its processes go back to its control plane with the rest.
+    pub(crate) fn ask_to_stop(&self) {
         *self.shared.stopping.lock().expect("supervisor lock") = true;
-        self.shared.stopped.store(true, Ordering::SeqCst);
+        if self.shared.stopped.swap(true, Ordering::SeqCst) {
+            // Asked already: once is enough.
+            return;
+        }
         self.shared.wake.notify_all();
         for &pid in self.shared.pids.lock().expect("supervisor lock").iter() {
             signal(pid, libc::SIGTERM);
         }
+    }
+
+    /// Asks every worker process to stop (SIGTERM: it hands back what it has
+    /// not started and finishes its runs) and waits for them, killing those
+    /// still alive after the shutdown timeout.
+    pub(crate) fn stop(self) {
+        self.ask_to_stop();
         for thread in self.threads {
             let _ = thread.join();
         }

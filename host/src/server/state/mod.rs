@@ -566,7 +566,7 @@ impl State {
     /// The state of a task, or why it is not known.
     pub(crate) fn status(&self, task_id: TaskId) -> Reply {
         if let Some(task) = self.lock().ledger.get(&task_id) {
-            return Reply::Report(task.report.clone());
+            return Reply::Report(task.reported());
         }
         let config = &self.config;
         let (lookup, record) = self.cached(task_id);

@@ -42,6 +42,20 @@ impl State {
         // Tasks on subworkers finish on their own; wait for them too.
         let busy = |tasks: &Tasks| tasks.ledger.tasks().any(|(_, t)| !durable || t.report.state == TaskState::Running);
         while busy(&self.lock()) && Instant::now() < deadline {
+            if self.config.is_subworker() {
+                // Runs its stopping worker processes handed back (sent
+                // ahead, never started) go back to whoever sent them too.
+                let handed: Vec<TaskId> = self
+                    .lock()
+                    .ledger
+                    .tasks()
+                    .filter(|(_, t)| t.report.state == TaskState::Queued)
+                    .map(|(id, _)| *id)
+                    .collect();
+                if !handed.is_empty() {
+                    self.hand_back_unstarted(handed);
+                }
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
         let mut outbox = Outbox::default();
@@ -53,11 +67,15 @@ impl State {
                 timeout.as_secs_f64()
             );
             self.drive(&mut tasks, &mut outbox, |ledger, io| {
-                // Unstarted: those this process's threads never took, and
-                // those still waiting for a subworker's (or a worker
-                // process's) slot.
-                let queued: Vec<TaskId> =
-                    ledger.tasks().filter(|(_, t)| t.report.state == TaskState::Queued).map(|(id, _)| *id).collect();
+                // Unstarted: those this process's threads never took, those
+                // still waiting for a subworker's (or a worker process's)
+                // slot, and those sent ahead to one and not started there
+                // (any report of theirs is discarded from now on).
+                let queued: Vec<TaskId> = ledger
+                    .tasks()
+                    .filter(|(_, t)| t.report.state == TaskState::Queued || t.prefetched())
+                    .map(|(id, _)| *id)
+                    .collect();
                 for task_id in unstarted.iter().map(|job| job.task_id).chain(queued) {
                     ledger.fail(task_id, message.clone(), now_ms(), io);
                 }

@@ -78,7 +78,7 @@ impl State {
     /// A live task's report, its arguments and its state as shown
     /// ([`live_state`]).
     pub(crate) fn live_task(&self, task_id: TaskId) -> Option<(TaskReport, Arc<Vec<u8>>, &'static str)> {
-        self.lock().ledger.get(&task_id).map(|t| (t.report.clone(), t.args.clone(), live_state(t)))
+        self.lock().ledger.get(&task_id).map(|t| (t.reported(), t.args.clone(), live_state(t)))
     }
 
     /// Live tasks by priority (most urgent first), each as
