@@ -475,10 +475,16 @@ fn a_subworker_with_prefetch_is_sent_tasks_beyond_its_concurrency() {
     let rt = runtime();
     let ids: Vec<TaskId> =
         (0..4).map(|_| rt.block_on(client.delay("sleep_ms", (400,), SubmitOptions::default())).unwrap()).collect();
-    // One runs, two are queued on the subworker (sent: Running at the control
-    // plane), the fourth waits at the control plane.
-    let states: Vec<TaskState> = ids.iter().map(|id| rt.block_on(client.status(*id)).unwrap().state).collect();
-    assert_eq!(states, [TaskState::Running, TaskState::Running, TaskState::Running, TaskState::Queued], "{states:?}");
+    // One runs, two are sent ahead to the subworker and wait there (read
+    // `queued` until they start, docs/isolation.md), the fourth waits at the
+    // control plane: the subworker's load counts the three it was sent.
+    let states = || -> Vec<TaskState> { ids.iter().map(|id| rt.block_on(client.status(*id)).unwrap().state).collect() };
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while states()[0] != TaskState::Running && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let states = states();
+    assert_eq!(states, [TaskState::Running, TaskState::Queued, TaskState::Queued, TaskState::Queued], "{states:?}");
     let worker = cp.worker("sw1").expect("sw1 listed");
     assert_eq!((worker.load, worker.concurrency), (3, 1), "load counts what was sent: {worker:?}");
     for id in ids {
