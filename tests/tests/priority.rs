@@ -4,8 +4,29 @@
 
 use std::time::{Duration, Instant};
 
-use fastworker::{Priority, SubmitOptions, TaskState};
+use fastworker::{Client, Priority, SubmitOptions, TaskId, TaskState};
 use fastworker_tests::{runtime, Process};
+
+/// Starts a 1.5 s blocker, long enough that what follows waits behind it on
+/// a loaded machine, and once it runs submits two `sleep_ms(ms)` tasks of
+/// each priority, least urgent first (arrival order is the reverse of
+/// priority order).
+async fn behind_a_blocker(client: &Client, ms: u64) -> Vec<(Priority, TaskId)> {
+    let blocker = client.delay("sleep_ms", (1500,), SubmitOptions::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.status(blocker).await.unwrap().state != TaskState::Running {
+        assert!(Instant::now() < deadline, "the blocker never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut waiting = Vec::new();
+    for priority in [Priority::Low, Priority::Normal, Priority::High, Priority::Critical] {
+        for _ in 0..2 {
+            let options = SubmitOptions { priority: Some(priority), ..Default::default() };
+            waiting.push((priority, client.delay("sleep_ms", (ms,), options).await.unwrap()));
+        }
+    }
+    waiting
+}
 
 #[test]
 fn a_saturated_pool_starts_waiting_tasks_by_priority() {
@@ -14,23 +35,7 @@ fn a_saturated_pool_starts_waiting_tasks_by_priority() {
     let cp = Process::control_plane(&["example-tasks"], &["--concurrency", "1", "--prefetch-per-process", "0"]);
     let client = cp.client();
     runtime().block_on(async {
-        // Long enough that the submissions below all wait behind it on a loaded machine.
-        let blocker = client.delay("sleep_ms", (1500,), SubmitOptions::default()).await.unwrap();
-        // Wait until it occupies the only thread.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while client.status(blocker).await.unwrap().state != TaskState::Running {
-            assert!(Instant::now() < deadline, "the blocker never started");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // Submitted least urgent first, so arrival order is the reverse of priority order.
-        let mut waiting = Vec::new();
-        for priority in [Priority::Low, Priority::Normal, Priority::High, Priority::Critical] {
-            for _ in 0..2 {
-                let options = SubmitOptions { priority: Some(priority), ..Default::default() };
-                let id = client.delay("sleep_ms", (20,), options).await.unwrap();
-                waiting.push((priority, id));
-            }
-        }
+        let waiting = behind_a_blocker(&client, 20).await;
         for (_, id) in &waiting {
             assert_eq!(client.status(*id).await.unwrap().state, TaskState::Queued);
         }
@@ -86,22 +91,9 @@ fn a_worker_process_starts_the_runs_sent_ahead_most_urgent_first() {
     let cp = Process::control_plane(&["example-tasks"], &flags);
     let client = cp.client();
     runtime().block_on(async {
-        let blocker = client.delay("sleep_ms", (1500,), SubmitOptions::default()).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while client.status(blocker).await.unwrap().state != TaskState::Running {
-            assert!(Instant::now() < deadline, "the blocker never started");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let mut waiting = Vec::new();
-        for priority in [Priority::Low, Priority::Normal, Priority::High, Priority::Critical] {
-            for _ in 0..2 {
-                let options = SubmitOptions { priority: Some(priority), ..Default::default() };
-                // Long enough that the next run sent reaches the process
-                // before the one it runs ends, on a loaded machine too.
-                let id = client.delay("sleep_ms", (300,), options).await.unwrap();
-                waiting.push((priority, id));
-            }
-        }
+        // Each long enough that the next run sent reaches the process
+        // before the one it runs ends, on a loaded machine too.
+        let waiting = behind_a_blocker(&client, 300).await;
         // The four sent ahead read waiting, like the four still here.
         for (_, id) in &waiting {
             let report = client.status(*id).await.unwrap();

@@ -104,6 +104,17 @@ impl CallSessions {
         }
     }
 
+    /// The outcome owed to call `tag` of `session`, counted until delivered.
+    fn owed_to(&self, session: &Arc<Session>, tag: u64) -> Owed {
+        Owed {
+            session: session.clone(),
+            sessions_owed: self.owed.clone(),
+            max_bytes: self.max_bytes,
+            tag,
+            answered: false,
+        }
+    }
+
     /// Takes one `Calls` frame: submits each call through `submit` with a
     /// replier that makes its answer an outcome of the session, then
     /// answers the frame with the outcomes ready or keeps it waiting.
@@ -130,13 +141,7 @@ impl CallSessions {
             };
             match reserved {
                 Ok(()) => {
-                    let owed = Owed {
-                        session: session.clone(),
-                        sessions_owed: self.owed.clone(),
-                        max_bytes: self.max_bytes,
-                        tag: call.tag,
-                        answered: false,
-                    };
+                    let owed = self.owed_to(&session, call.tag);
                     let answer = Replier::forwarding(move |message| owed.deliver(message.as_slice().to_vec()));
                     submit(Submit { wait: true, ..call.submit }, answer);
                 }
@@ -144,14 +149,7 @@ impl CallSessions {
                     // Counted like any outcome, so that it leaves the same way.
                     self.owed.fetch_add(1, Ordering::Relaxed);
                     session.inner.lock().expect("session lock").owed += 1;
-                    let owed = Owed {
-                        session: session.clone(),
-                        sessions_owed: self.owed.clone(),
-                        max_bytes: self.max_bytes,
-                        tag: call.tag,
-                        answered: false,
-                    };
-                    owed.deliver(encode(&Reply::Error(refusal)));
+                    self.owed_to(&session, call.tag).deliver(encode(&Reply::Error(refusal)));
                 }
             }
         }
