@@ -264,7 +264,12 @@ fn sigterm_lets_a_subworker_finish_its_task_unregister_and_exit_zero() {
         let client = client.clone();
         async move { client.submit("sleep_ms", (1500,), with_id(task_id)).await }
     });
-    let running = wait_until(Duration::from_secs(5), || runner(&rt, &client, &cp, task_id, &["sw1"]).is_some());
+    // Started there, not only sent: a run sent to sw1 that it has not
+    // started yet (its worker processes still starting) would be handed
+    // back at the SIGTERM, to no other provider.
+    let started =
+        || rt.block_on(client.status(task_id)).is_ok_and(|r| r.state == TaskState::Running && r.worker == "sw1");
+    let running = wait_until(Duration::from_secs(5), started);
     assert!(running, "sleep_ms should be running on sw1; workers: {:?}", cp.workers());
     sw1.signal("TERM");
 
