@@ -45,30 +45,10 @@ fn has_state(cp: &Process, worker_id: &str, state: WorkerState) -> bool {
 }
 
 /// Which of `candidates` runs `task_id` now: the worker its report names
-/// while it runs, else the only candidate with load. Blocking.
-fn runner(
-    rt: &tokio::runtime::Runtime,
-    client: &Client,
-    cp: &Process,
-    task_id: TaskId,
-    candidates: &[&str],
-) -> Option<String> {
-    if let Ok(report) = rt.block_on(client.status(task_id)) {
-        if report.state == TaskState::Running && candidates.contains(&report.worker.as_str()) {
-            return Some(report.worker);
-        }
-    }
-    let cluster = cp.workers().ok()?;
-    let loaded: Vec<_> = cluster
-        .subworkers
-        .iter()
-        .filter(|w| candidates.contains(&w.worker_id.as_str()) && w.load > 0)
-        .map(|w| w.worker_id.clone())
-        .collect();
-    match loaded.as_slice() {
-        [only] => Some(only.clone()),
-        _ => None,
-    }
+/// once it started there (a run only sent ahead reads `queued`). Blocking.
+fn runner(rt: &tokio::runtime::Runtime, client: &Client, task_id: TaskId, candidates: &[&str]) -> Option<String> {
+    let report = rt.block_on(client.status(task_id)).ok()?;
+    (report.state == TaskState::Running && candidates.contains(&report.worker.as_str())).then_some(report.worker)
 }
 
 #[test]
@@ -220,7 +200,7 @@ fn tasks_of_a_killed_subworker_are_dispatched_again_and_every_client_gets_its_ow
     });
     let mut victim = None;
     let found = wait_until(Duration::from_secs(5), || {
-        victim = runner(&rt, &client, &cp, slow_id, &["sw1", "sw2"]);
+        victim = runner(&rt, &client, slow_id, &["sw1", "sw2"]);
         victim.is_some()
     });
     assert!(found, "the slow task should be running on sw1 or sw2; workers: {:?}", cp.workers());
@@ -376,7 +356,7 @@ fn tasks_start_by_priority_behind_a_busy_subworker(without_prefetch: bool) {
     let client = cp.client();
     let rt = runtime();
     let blocker = rt.block_on(client.delay("sleep_ms", (800,), SubmitOptions::default())).unwrap();
-    let busy = wait_until(Duration::from_secs(5), || runner(&rt, &client, &cp, blocker, &["sw1"]).is_some());
+    let busy = wait_until(Duration::from_secs(5), || runner(&rt, &client, blocker, &["sw1"]).is_some());
     assert!(busy, "the blocker should occupy sw1's only slot; workers: {:?}", cp.workers());
 
     let waiting = rt.block_on(async {
@@ -483,13 +463,17 @@ fn a_subworker_with_prefetch_is_sent_tasks_beyond_its_concurrency() {
     // One runs, two are sent ahead to the subworker and wait there (read
     // `queued` until they start, docs/isolation.md), the fourth waits at the
     // control plane: the subworker's load counts the three it was sent.
+    // (Which one runs first is not asserted: runs the subworker holds
+    // before its worker process has registered start in no set order.)
     let states = || -> Vec<TaskState> { ids.iter().map(|id| rt.block_on(client.status(*id)).unwrap().state).collect() };
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while states()[0] != TaskState::Running && std::time::Instant::now() < deadline {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = states();
+    while !seen.contains(&TaskState::Running) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
+        seen = states();
     }
-    let states = states();
-    assert_eq!(states, [TaskState::Running, TaskState::Queued, TaskState::Queued, TaskState::Queued], "{states:?}");
+    let count = |state: TaskState| seen.iter().filter(|s| **s == state).count();
+    assert_eq!((count(TaskState::Running), count(TaskState::Queued)), (1, 3), "{seen:?}");
     let worker = cp.worker("sw1").expect("sw1 listed");
     assert_eq!((worker.load, worker.concurrency), (3, 1), "load counts what was sent: {worker:?}");
     for id in ids {
