@@ -16,8 +16,8 @@
 
 use std::time::Duration;
 
-pub(crate) use super::waiting::Waiting;
 use super::waiting::WaitingLine;
+pub(crate) use super::waiting::{Place, Waiting};
 pub(crate) use super::worker::{Carried, Joining, Phase, Slot, Worker, WorkerKey};
 use crate::wire::protocol::{Priority, TaskId};
 
@@ -222,8 +222,8 @@ impl<L> Cluster<L> {
 
     /// Puts a task in line for a slot; `first` for a task taken back from a
     /// worker, which has waited longest.
-    pub(crate) fn wait(&mut self, priority: Priority, waiting: Waiting, first: bool) {
-        self.waiting.push(priority, waiting, first);
+    pub(crate) fn wait(&mut self, priority: Priority, waiting: Waiting, place: Place) {
+        self.waiting.push(priority, waiting, place);
     }
 
     /// Frees a slot once its run was reported (or refused). True when it carried `task_id`
@@ -410,9 +410,9 @@ pub(super) mod tests {
         let running = id();
         assert_eq!(cluster.place(running, "add"), Placement::Slot(a, 0));
         let (low, other, critical) = (id(), id(), id());
-        cluster.wait(Priority::Low, Waiting { task_id: low, task_name: "fib".into() }, false);
-        cluster.wait(Priority::Critical, Waiting { task_id: other, task_name: "upper".into() }, false);
-        cluster.wait(Priority::High, Waiting { task_id: critical, task_name: "add".into() }, false);
+        cluster.wait(Priority::Low, Waiting { task_id: low, task_name: "fib".into() }, Place::Last);
+        cluster.wait(Priority::Critical, Waiting { task_id: other, task_name: "upper".into() }, Place::Last);
+        cluster.wait(Priority::High, Waiting { task_id: critical, task_name: "add".into() }, Place::Last);
         assert!(cluster.release(a, 0, Some(running)));
         assert_eq!(cluster.next_for(a, 0), Some(critical));
         assert!(cluster.release(a, 0, Some(critical)));
@@ -448,7 +448,11 @@ pub(super) mod tests {
         cluster.get_mut(a).unwrap().phase = Phase::Draining;
         assert_eq!(cluster.place(id(), "add"), Placement::Held);
         let held = id();
-        cluster.wait(Priority::Normal, Waiting { task_id: held, task_name: "add".into() }, true);
+        cluster.wait(
+            Priority::Normal,
+            Waiting { task_id: held, task_name: "add".into() },
+            Place::First { created_ms: 0 },
+        );
         assert!(cluster.stranded().is_empty(), "a draining provider keeps the name known");
         let b = worker(&mut cluster, "b", 1, &["add"]);
         assert_eq!(cluster.fill(), vec![(b, 0, held)]);
@@ -508,9 +512,9 @@ pub(super) mod tests {
         let mut gate = Limited { allowed: 0 };
         assert_eq!(cluster.place_with(id(), "slow", &mut gate), Placement::Limited);
         let held = id();
-        cluster.wait(Priority::Critical, Waiting { task_id: held, task_name: "slow".into() }, false);
+        cluster.wait(Priority::Critical, Waiting { task_id: held, task_name: "slow".into() }, Place::Last);
         let unlimited = id();
-        cluster.wait(Priority::Low, Waiting { task_id: unlimited, task_name: "add".into() }, false);
+        cluster.wait(Priority::Low, Waiting { task_id: unlimited, task_name: "add".into() }, Place::Last);
         assert_eq!(cluster.next_for_with(key, 0, &mut gate), Some(unlimited), "the held run blocks nothing");
         // The worker's one running slot is taken: a limited run would only wait in prefetch.
         gate.allowed = 5;

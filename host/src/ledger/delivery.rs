@@ -281,10 +281,8 @@ impl<W, L> Ledger<W, L> {
             }
             self.cluster.free_abandoned(key);
         }
-        for (_, task_id) in carried {
-            self.send_again(task_id, why, now, io);
-        }
-        self.settle_stranded(why, now, io);
+        let carried = carried.into_iter().map(|(_, task_id)| task_id).collect();
+        self.worker_left(carried, why, now, io);
     }
 
     /// Event: the connection to a subworker failed. It is marked
@@ -296,7 +294,10 @@ impl<W, L> Ledger<W, L> {
 
     /// A subworker left (its carried tasks are given): they go elsewhere,
     /// and waiting tasks nobody provides now are settled.
-    pub(super) fn worker_left(&mut self, carried: Vec<TaskId>, why: &str, now: u64, io: &mut impl Effects<W, L>) {
+    pub(super) fn worker_left(&mut self, mut carried: Vec<TaskId>, why: &str, now: u64, io: &mut impl Effects<W, L>) {
+        // Oldest first, as they were accepted: a free slot elsewhere takes
+        // the oldest, and those that wait keep their order in the line.
+        carried.sort_by_key(|task_id| self.live.get(task_id).map(|task| task.report.created_ms));
         for task_id in carried {
             self.send_again(task_id, why, now, io);
         }
@@ -339,7 +340,7 @@ impl<W, L> Ledger<W, L> {
             io.set_alarm(until_ms, Alarm::Provider(task_id));
             debug!(%task_id, task = %waiting.task_name, grace_ms, "no provider now: the task waits for one ({why})");
         }
-        self.cluster.wait(priority, waiting, first);
+        self.cluster.wait(priority, waiting, super::place(first, task.report.created_ms));
     }
 
     /// The grace of a task waiting for a provider is over: it fails if it

@@ -89,7 +89,7 @@ impl<W, L> Ledger<W, L> {
             // for one to (re)register.
             task.report.state = TaskState::Queued;
             let waiting = super::Waiting { task_id, task_name: name.clone() };
-            return self.cluster.wait(task.report.priority, waiting, true);
+            return self.cluster.wait(task.report.priority, waiting, super::place(first, task.report.created_ms));
         }
         if !self.settings.local_tasks.contains(name) {
             return self.await_provider(task_id, first, why, now, io);

@@ -27,7 +27,7 @@ use crate::wire::protocol::FailureKind;
 use rustc_hash::{FxHashMap, FxHashSet};
 use tracing::debug;
 
-use crate::cluster::routing::{Cluster, Placement, Waiting, WorkerKey};
+use crate::cluster::routing::{Cluster, Place, Placement, Waiting, WorkerKey};
 use crate::cluster::task_limits::TaskLimits;
 use crate::wire::auth::Tenant;
 use crate::wire::protocol::{Callback, Request, RetryPolicy, TaskError, TaskId, TaskReport, TaskState};
@@ -37,6 +37,16 @@ mod delivery;
 mod dispatch;
 mod effects;
 mod local;
+/// Where a task sent on its way joins the line: first (`first`: taken back
+/// from a worker, in acceptance order among those) or last.
+fn place(first: bool, created_ms: u64) -> Place {
+    if first {
+        Place::First { created_ms }
+    } else {
+        Place::Last
+    }
+}
+
 #[cfg(test)]
 mod tests;
 mod workers;
@@ -365,7 +375,7 @@ impl<W, L> Ledger<W, L> {
                 } else {
                     debug!(%task_id, %priority, "task waits for a subworker slot");
                 }
-                self.cluster.wait(priority, waiting, first);
+                self.cluster.wait(priority, waiting, place(first, report.created_ms));
                 if placement == Placement::Limited {
                     self.arm_task_limits(now, io);
                 }

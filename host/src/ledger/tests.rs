@@ -854,7 +854,14 @@ mod absent {
     fn the_last_provider_s_hand_backs_wait_for_the_next_provider() {
         let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
         let first = worker(&mut ledger, "w1", 3, &["t"]);
-        let ids: Vec<TaskId> = (0..3).map(|_| admit(&mut ledger, &mut io, task("t", 0, None))).collect();
+        // Accepted one after another (the line orders runs taken back by that).
+        let ids: Vec<TaskId> = (0..3)
+            .map(|n| {
+                let mut task = task("t", 0, None);
+                task.report.created_ms = T0 + n;
+                admit(&mut ledger, &mut io, task)
+            })
+            .collect();
         let refusal = Reply::Error(ErrorReply::new(ErrorKind::HandedBack, "stopping"));
         let handed = vec![reply(ids[1], 2, &refusal), reply(ids[2], 3, &refusal)];
         ledger.collected(first, handed, T0 + 1, &mut io);
@@ -884,7 +891,8 @@ mod absent {
         let (done, lease, _) = link(&mut ledger, second).sent[0];
         ledger.collected(second, vec![outcome(done, lease, Ok("1"))], T0 + 40_000, &mut io);
         assert_eq!(link(&mut ledger, second).sent.len(), 3, "the third went to the freed slot");
-        // The run lost with w1 went first, and counts; hand-backs do not.
+        // The run lost with w1, accepted first, went first, and counts;
+        // hand-backs do not.
         assert_eq!((done, io.ended()[0].0.attempts), (ids[0], 2));
         let attempts: Vec<u32> = ids[1..].iter().filter_map(|id| ledger.get(id)).map(|t| t.report.attempts).collect();
         assert_eq!(attempts, vec![1, 1], "a hand-back does not count a run");
@@ -1079,5 +1087,35 @@ mod crashes {
         let ended = io.ended();
         assert_eq!(ended.len(), 1);
         assert!(ended[0].0.error.as_ref().unwrap().message.contains("no worker provides"), "{ended:?}");
+    }
+
+    #[test]
+    fn tasks_waiting_for_worker_processes_and_taken_back_keep_their_order() {
+        let mut ledger = ledger(&[]);
+        let mut io = Recorder::default();
+        ledger.set_awaited(["t".to_string()].into_iter().collect(), T0, &mut io);
+        // Accepted before any worker process registered: they wait in
+        // submission order (they were once put first, hence reversed).
+        let ids: Vec<TaskId> = (0..3)
+            .map(|n| {
+                let mut task = task("t", 0, None);
+                task.report.created_ms = T0 + n;
+                admit(&mut ledger, &mut io, task)
+            })
+            .collect();
+        let first = worker(&mut ledger, "local-1", 3, &["t"]);
+        ledger.connected(first, T0 + 5, &mut io);
+        let sent = |ledger: &mut Ledger<Waiter, FakeLink>, key| -> Vec<TaskId> {
+            let link = link(ledger, key);
+            link.sent.iter().chain(&link.queued).map(|(task_id, ..)| *task_id).collect()
+        };
+        assert_eq!(sent(&mut ledger, first), ids);
+        // Its process dies with all three: they wait for the next one in
+        // the same order, not reversed.
+        ledger.link_broken(first, "worker process died", T0 + 6, &mut io);
+        assert!(ids.iter().all(|id| state(&ledger, *id) == Some(TaskState::Queued)));
+        let second = worker(&mut ledger, "local-2", 3, &["t"]);
+        ledger.connected(second, T0 + 7, &mut io);
+        assert_eq!(sent(&mut ledger, second), ids);
     }
 }
