@@ -120,6 +120,11 @@ impl<W, L> Ledger<W, L> {
                     // then, rings before this and is set again for it.
                     dispatch.report_by_ms = Some(due);
                     io.changed(task);
+                    if let Some(waiters) = task.cancelling.take() {
+                        // A cancel asked while it was sent ahead came too late:
+                        // it runs, asked to stop, and its cancellers hear so.
+                        io.answer(waiters, task.reported());
+                    }
                     reports.taken += 1;
                 }
                 // The same run reported started again.
