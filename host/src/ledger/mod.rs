@@ -86,6 +86,10 @@ pub(crate) struct Ledger<W, L> {
     /// those this control plane's own worker processes provide, which come
     /// back when restarted (`crashes.rs`).
     awaited: FxHashSet<String>,
+    /// The worker ids of this control plane's worker processes: each has a
+    /// run log, which charges a crash to the runs it was executing, so the
+    /// runs it had not reported started come back uncounted when it dies.
+    worker_processes: FxHashSet<String>,
 }
 
 /// A task that has been accepted and has not ended.
@@ -217,6 +221,7 @@ impl<W, L> Ledger<W, L> {
             next_lease: 0,
             task_limits,
             awaited: FxHashSet::default(),
+            worker_processes: FxHashSet::default(),
         }
     }
 
@@ -496,9 +501,12 @@ impl<W, L> Ledger<W, L> {
     /// Ends a task that has not started (or was sent ahead and came back
     /// unstarted) `Cancelled`: it never ran.
     fn end_cancelled(&mut self, task_id: TaskId, now: u64, io: &mut impl Effects<W, L>) {
-        if let Some(task) = self.live.get_mut(&task_id) {
-            // A run lost unstarted with its worker: not counted.
-            task.report = task.reported();
+        if let Some(task) = self.live.get_mut(&task_id).filter(|t| t.report.state == TaskState::Running) {
+            // Sent ahead and back unstarted: that run does not count.
+            if task.prefetched() {
+                task.report.attempts = task.report.attempts.saturating_sub(1);
+            }
+            task.report.started_ms = None;
         }
         let error = TaskError { kind: FailureKind::Error, message: "cancelled by a client before it ran".into() };
         self.cluster.forget_waiting(task_id);

@@ -696,6 +696,27 @@ mod cluster {
     }
 
     #[test]
+    fn a_worker_process_that_dies_hands_back_its_unstarted_runs_uncounted() {
+        let (mut ledger, key, mut io) = one_worker(2);
+        ledger.set_worker_processes(["w1".to_string()].into_iter().collect());
+        let executing = admit(&mut ledger, &mut io, task("t", 0, None));
+        let sent_ahead = admit(&mut ledger, &mut io, task("t", 0, None));
+        ledger.started(key, &[(executing, 1)], T0 + 1, &mut io);
+        ledger.link_broken(key, "its process died", T0 + 2, &mut io);
+        let ahead = ledger.get(&sent_ahead).unwrap();
+        assert_eq!((ahead.report.state, ahead.report.attempts, ahead.losses), (TaskState::Queued, 0, 0), "uncounted");
+        let lost = ledger.get(&executing).unwrap();
+        assert_eq!((lost.report.attempts, lost.losses), (1, 1), "the run it executed counts (its run log charges it)");
+        // A subworker without a run log: a run not reported started may
+        // still have started there, so it counts as lost.
+        let (mut ledger, key, mut io) = one_worker(1);
+        let sent = admit(&mut ledger, &mut io, task("t", 0, None));
+        ledger.link_broken(key, "gone", T0 + 1, &mut io);
+        let task = ledger.get(&sent).unwrap();
+        assert_eq!((task.report.attempts, task.losses), (1, 1));
+    }
+
+    #[test]
     fn a_run_sent_ahead_and_cancelled_that_comes_back_unstarted_ends_cancelled() {
         let (mut ledger, key, mut io) = one_worker(1);
         let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
