@@ -130,7 +130,7 @@ pub(crate) struct IsolationArgs {
     pub(crate) runs_per_process: u32,
     /// Runs the control plane may send each worker process ahead of the one it runs, queued there so that
     /// it never idles for a round trip between short tasks (8 gives short tasks in-process rates); a crash
-    /// is still charged only to the run it interrupted. Runs sent ahead show as running.
+    /// is still charged only to the run it interrupted. Runs sent ahead read queued until they start.
     #[arg(help_heading = heading::RUNNING, long, env = "FASTWORKER_PREFETCH_PER_PROCESS", default_value_t = DEFAULT_PROCESS_PREFETCH, value_parser = clap::value_parser!(u32).range(0..=2048))]
     pub(crate) prefetch_per_process: u32,
     /// Times a task's runs may kill their worker process before it fails as Crashed instead of being sent again.

@@ -465,7 +465,8 @@ impl Client {
     }
 
     /// Cancels a task. A task that had not started is `Cancelled` in the
-    /// report; a running one stays `Running` with its cancellation flag set.
+    /// report (for a run sent ahead to a worker, once that worker ended it);
+    /// a running one stays `Running` with its cancellation flag set.
     /// An ended or unknown task is refused (`AlreadyFinished`, `UnknownTaskId`).
     pub async fn cancel(&self, task_id: TaskId) -> Result<TaskReport, ClientError> {
         match self.request(RESULTS, &Request::Cancel { task_id }).await? {

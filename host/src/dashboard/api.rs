@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::followed::asked;
 use super::{error, ApiError, Shared};
 use crate::server::monitor::{Counts, TaskSummary, RECENT_CAPACITY};
 use crate::wire::protocol::{
@@ -345,12 +346,13 @@ pub(crate) async fn cancel(State(shared): State<Arc<Shared>>, Path(id): Path<Str
         Ok(task_id) => task_id,
         Err(refusal) => return refusal.into_response(),
     };
-    match shared.state.cancel(task_id, crate::server::state::Caller::OPERATOR) {
-        Reply::Report(report) => {
+    let operator = crate::server::state::Caller::OPERATOR;
+    match asked(|replier| shared.state.cancel(task_id, operator, Some(replier))).await {
+        Some(Reply::Report(report)) => {
             let cancelled = report.state == TaskState::Cancelled;
             Json(json!({ "cancelled": cancelled, "task": TaskSummary::of(&report) })).into_response()
         }
-        Reply::Error(refusal) => {
+        Some(Reply::Error(refusal)) => {
             let (status, kind) = match refusal.kind {
                 ErrorKind::UnknownTaskId => (StatusCode::NOT_FOUND, "unknown_task"),
                 ErrorKind::AlreadyFinished => (StatusCode::CONFLICT, "already_finished"),

@@ -21,7 +21,7 @@ use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::followed::{bounded_wait, reply_of, respond, settle, wait_slot, Answer, Followed};
+use super::followed::{asked, bounded_wait, reply_of, respond, settle, wait_slot, Answer, Followed};
 use super::{ApiError, Shared};
 use crate::server::endpoint::Replier;
 use crate::wire::protocol::{now_ms, Priority, Reply, RetryPolicy, Submit, TaskId, TaskReport};
@@ -247,7 +247,8 @@ impl Followed for TaskReport {
     }
 
     fn ask_cancel(shared: &Shared, task_id: TaskId) -> impl Future<Output = Option<Reply>> + Send {
-        std::future::ready(Some(shared.state.cancel(task_id, crate::server::state::Caller::OPERATOR)))
+        let operator = crate::server::state::Caller::OPERATOR;
+        asked(move |replier| shared.state.cancel(task_id, operator, Some(replier)))
     }
 
     fn of_reply(reply: Option<Reply>) -> Result<TaskReport, ApiError> {

@@ -18,6 +18,12 @@ impl<W, L> Ledger<W, L> {
         self.settle_stranded("", now, io);
     }
 
+    /// Sets the worker ids of this control plane's worker processes (their
+    /// run logs charge crashes; see [`Ledger::take_back`]).
+    pub(crate) fn set_worker_processes(&mut self, worker_ids: FxHashSet<String>) {
+        self.worker_processes = worker_ids;
+    }
+
     /// Whether `task_name` waits for a provider rather than fail.
     pub(crate) fn awaits(&self, task_name: &str) -> bool {
         self.awaited.contains(task_name)

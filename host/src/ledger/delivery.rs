@@ -120,6 +120,11 @@ impl<W, L> Ledger<W, L> {
                     // then, rings before this and is set again for it.
                     dispatch.report_by_ms = Some(due);
                     io.changed(task);
+                    if let Some(waiters) = task.cancelling.take() {
+                        // A cancel asked while it was sent ahead came too late:
+                        // it runs, asked to stop, and its cancellers hear so.
+                        io.answer(waiters, task.reported());
+                    }
                     reports.taken += 1;
                 }
                 // The same run reported started again.
@@ -231,17 +236,21 @@ impl<W, L> Ledger<W, L> {
                 worker.phase = Phase::Draining;
             }
         }
-        let Some(task) = self.live.get_mut(&task_id) else { return };
-        if task.report.state != TaskState::Running {
-            return;
+        if self.live.get(&task_id).is_some_and(|task| task.report.state == TaskState::Running) {
+            io.count(Counted::HandedBack);
+            debug!(%task_id, "a stopping subworker handed the task back: {why}");
+            self.hand_back(task_id, why, now, io);
         }
-        io.count(Counted::HandedBack);
-        // The run never started: it does not count.
+    }
+
+    /// A run that never started comes back: it goes elsewhere, first in
+    /// line, and counts neither as a run nor as a loss.
+    fn hand_back(&mut self, task_id: TaskId, why: &str, now: u64, io: &mut impl Effects<W, L>) {
+        let Some(task) = self.live.get_mut(&task_id) else { return };
         task.report.attempts = task.report.attempts.saturating_sub(1);
         if let Some(dispatch) = task.dispatch.take() {
             io.cancel_alarm(Alarm::Lease(task_id, dispatch.lease));
         }
-        debug!(%task_id, "a stopping subworker handed the task back: {why}");
         self.start(task_id, true, why, now, io);
     }
 
@@ -270,9 +279,13 @@ impl<W, L> Ledger<W, L> {
     /// it carries is taken back (their leases revoked) and sent elsewhere,
     /// and waiting tasks nobody provides now are settled. A silent worker's
     /// exchanges stay open, so that what it reports if it wakes up is seen
-    /// and discarded; a lost connection's are cancelled.
+    /// and discarded; a lost connection's are cancelled. The runs a worker
+    /// process of this control plane had not reported started come back
+    /// uncounted: its run log charges the crash to the runs it was
+    /// executing, whether or not their start was reported.
     pub(crate) fn take_back(&mut self, key: WorkerKey, why: &str, now: u64, io: &mut impl Effects<W, L>) {
         let connected = self.cluster.get(key).is_some_and(|w| w.connected);
+        let logged = self.cluster.get(key).is_some_and(|w| self.worker_processes.contains(&w.name.worker_id));
         let carried = self.cluster.take_back(key);
         self.tell_revoked(key, carried.iter().map(|(_, task_id)| *task_id).collect(), io);
         if !connected {
@@ -281,8 +294,19 @@ impl<W, L> Ledger<W, L> {
             }
             self.cluster.free_abandoned(key);
         }
-        let carried = carried.into_iter().map(|(_, task_id)| task_id).collect();
-        self.worker_left(carried, why, now, io);
+        let mut carried: Vec<TaskId> = carried.into_iter().map(|(_, task_id)| task_id).collect();
+        // Oldest first, as they were accepted: a free slot elsewhere takes
+        // the oldest, and those that wait keep their order in the line.
+        carried.sort_by_key(|task_id| self.live.get(task_id).map(|task| task.report.created_ms));
+        for task_id in carried {
+            if logged && self.live.get(&task_id).is_some_and(LiveTask::prefetched) {
+                debug!(%task_id, "a worker process went away before starting the task: {why}");
+                self.hand_back(task_id, why, now, io);
+            } else {
+                self.send_again(task_id, why, now, io);
+            }
+        }
+        self.settle_stranded(why, now, io);
     }
 
     /// Event: the connection to a subworker failed. It is marked
@@ -295,8 +319,7 @@ impl<W, L> Ledger<W, L> {
     /// A subworker left (its carried tasks are given): they go elsewhere,
     /// and waiting tasks nobody provides now are settled.
     pub(super) fn worker_left(&mut self, mut carried: Vec<TaskId>, why: &str, now: u64, io: &mut impl Effects<W, L>) {
-        // Oldest first, as they were accepted: a free slot elsewhere takes
-        // the oldest, and those that wait keep their order in the line.
+        // Oldest first, as in `take_back`.
         carried.sort_by_key(|task_id| self.live.get(task_id).map(|task| task.report.created_ms));
         for task_id in carried {
             self.send_again(task_id, why, now, io);

@@ -12,7 +12,7 @@
 //! builds nothing per effect: the driver carries each out as it comes,
 //! and the unit tests' recorder turns them into a list to compare.
 
-use crate::wire::protocol::{Forwarded, Request, TaskId};
+use crate::wire::protocol::{Forwarded, Request, TaskId, TaskReport};
 
 use super::LiveTask;
 
@@ -78,6 +78,10 @@ pub(crate) trait Effects<W, L> {
     /// The task ended: its report is final. Its result is to be kept, its
     /// waiters answered, its callback notified.
     fn ended(&mut self, task: LiveTask<W>);
+
+    /// Answers `waiters` with a live task's report (a cancel's answer once
+    /// the run it was asked of started).
+    fn answer(&mut self, waiters: Vec<W>, report: TaskReport);
 
     /// Puts a run into the subworker's next dispatch frame.
     fn dispatch(&mut self, link: &mut L, run: Forwarded<'_>);

@@ -96,6 +96,10 @@ pub(crate) struct Ledger<W, L> {
     /// those this control plane's own worker processes provide, which come
     /// back when restarted (`crashes.rs`).
     awaited: FxHashSet<String>,
+    /// The worker ids of this control plane's worker processes: each has a
+    /// run log, which charges a crash to the runs it was executing, so the
+    /// runs it had not reported started come back uncounted when it dies.
+    worker_processes: FxHashSet<String>,
 }
 
 /// A task that has been accepted and has not ended.
@@ -124,6 +128,10 @@ pub(crate) struct LiveTask<W> {
     pub(crate) lease: Option<u64>,
     /// Set while it waits for a provider to come back (none is registered).
     pub(crate) absent: Option<Box<Absent>>,
+    /// Set when a cancel was asked while its run was sent ahead to a worker
+    /// and not started there: who waits for the cancel's answer (its end,
+    /// or its report once started there).
+    pub(crate) cancelling: Option<Vec<W>>,
 }
 
 /// How a task runs: its timeout, its retries, and who hears of its end.
@@ -160,6 +168,7 @@ impl<W> LiveTask<W> {
             dispatch: None,
             lease: None,
             absent: None,
+            cancelling: None,
         }
     }
 }
@@ -222,6 +231,7 @@ impl<W, L> Ledger<W, L> {
             next_lease: 0,
             task_limits,
             awaited: FxHashSet::default(),
+            worker_processes: FxHashSet::default(),
         }
     }
 
@@ -311,7 +321,11 @@ impl<W, L> Ledger<W, L> {
     /// Takes a live task out without an outcome (a stopping subworker
     /// hands it back; a shutdown leaves it for the restart).
     pub(crate) fn remove(&mut self, task_id: &TaskId) -> Option<LiveTask<W>> {
-        let task = self.live.remove(task_id)?;
+        let mut task = self.live.remove(task_id)?;
+        // Who waits for a cancel's answer hears whatever the others hear.
+        if let Some(cancelling) = task.cancelling.take() {
+            task.waiters.extend(cancelling);
+        }
         self.live_bytes = self.live_bytes.saturating_sub(task.args.len() as u64);
         if let Some(tenant) = task.tenant {
             if let Some((tasks, bytes)) = self.tenants.get_mut(&tenant) {
@@ -341,7 +355,11 @@ impl<W, L> Ledger<W, L> {
     pub(crate) fn remove_all(&mut self) -> Vec<LiveTask<W>> {
         self.live_bytes = 0;
         self.tenants.clear();
-        self.live.drain().map(|(_, task)| task).collect()
+        let with_cancels = |(_, mut task): (TaskId, LiveTask<W>)| {
+            task.waiters.extend(task.cancelling.take().into_iter().flatten());
+            task
+        };
+        self.live.drain().map(with_cancels).collect()
     }
 
     /// Sends a live task on its way: to a subworker's free slot, into the
@@ -349,6 +367,11 @@ impl<W, L> Ledger<W, L> {
     /// or to this process's threads. `why` says why it is sent again.
     pub(crate) fn start(&mut self, task_id: TaskId, first: bool, why: &str, now: u64, io: &mut impl Effects<W, L>) {
         let Some(task) = self.live.get_mut(&task_id) else { return };
+        if task.cancelling.is_some() {
+            // Cancelled while sent ahead, and back unstarted: it ends here
+            // as it would have there.
+            return self.end_cancelled(task_id, now, io);
+        }
         if task.report.state != TaskState::Queued {
             task.report.state = TaskState::Queued;
             io.changed(task);
@@ -443,22 +466,70 @@ impl<W, L> Ledger<W, L> {
         self.finish(task_id, Ending::Failed(error), None, now, io);
     }
 
-    /// Event: a cancel asked. A task not started ends at once (`None`); a
-    /// running one has its flag set, its subworker is told, and it is
-    /// reported as it is (it ends when its run stops).
-    pub(crate) fn cancel(&mut self, task_id: TaskId, now: u64, io: &mut impl Effects<W, L>) -> Option<TaskReport> {
-        let task = self.live.get(&task_id)?;
+    /// Event: a cancel asked; `waiter` wants its answer, the task's report
+    /// once the cancel has taken effect. A task not started ends
+    /// `Cancelled` at once (`waiter` hears its end). A run sent ahead to a
+    /// worker and not started there is the worker's to end: it is asked
+    /// to, and `waiter` is held ([`Cancel::Waits`]) until the run ends
+    /// (`Cancelled`, unless it started meanwhile) or is reported started
+    /// (`Running`, asked to stop). A running task has its flag set, its
+    /// worker told, and is reported as it is ([`Cancel::Answer`]), as is a
+    /// task no longer live.
+    pub(crate) fn cancel(
+        &mut self,
+        task_id: TaskId,
+        waiter: Option<W>,
+        now: u64,
+        io: &mut impl Effects<W, L>,
+    ) -> Cancel<W> {
+        let Some(task) = self.live.get_mut(&task_id) else { return Cancel::Answer(waiter) };
         io.stop_run(task);
-        if task.report.state == TaskState::Running {
-            let report = task.reported();
-            if let Some(worker) = self.cluster.workers().find(|w| w.name.worker_id == report.worker) {
+        if task.prefetched() {
+            // Whatever the worker does first, ending it or starting it,
+            // is the answer: the ledger cannot end it here without the run
+            // perhaps starting there anyway.
+            let asked = task.cancelling.is_some();
+            task.cancelling.get_or_insert_with(Vec::new).extend(waiter);
+            let key = task.dispatch.map(|d| d.key);
+            if let Some(worker) = key.and_then(|key| self.cluster.get(key)).filter(|_| !asked) {
                 io.note(&worker.link, Request::Cancel { task_id });
             }
-            return Some(report);
+            return Cancel::Waits;
+        }
+        if task.report.state == TaskState::Running {
+            let worker_id = &task.report.worker;
+            if let Some(worker) = self.cluster.workers().find(|w| &w.name.worker_id == worker_id) {
+                io.note(&worker.link, Request::Cancel { task_id });
+            }
+            return Cancel::Answer(waiter);
+        }
+        task.waiters.extend(waiter);
+        self.end_cancelled(task_id, now, io);
+        Cancel::Waits
+    }
+
+    /// Ends a task that has not started (or was sent ahead and came back
+    /// unstarted) `Cancelled`: it never ran.
+    fn end_cancelled(&mut self, task_id: TaskId, now: u64, io: &mut impl Effects<W, L>) {
+        if let Some(task) = self.live.get_mut(&task_id).filter(|t| t.report.state == TaskState::Running) {
+            // Sent ahead and back unstarted: that run does not count.
+            if task.prefetched() {
+                task.report.attempts = task.report.attempts.saturating_sub(1);
+            }
+            task.report.started_ms = None;
         }
         let error = TaskError { kind: FailureKind::Error, message: "cancelled by a client before it ran".into() };
         self.cluster.forget_waiting(task_id);
         self.finish(task_id, Ending::Cancelled(error), None, now, io);
-        None
     }
+}
+
+/// What a cancel's waiter is owed.
+#[derive(Debug)]
+pub(crate) enum Cancel<W> {
+    /// The task's report as it is now (running, or no longer live).
+    Answer(Option<W>),
+    /// The waiter is held: it hears the task's end, or its report once
+    /// its run is reported started.
+    Waits,
 }

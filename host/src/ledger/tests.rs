@@ -63,6 +63,8 @@ struct Recorder {
     /// Each state change, as the dashboard shows it: the task and whether
     /// it was prefetched then.
     changed: Vec<(TaskId, TaskState, bool)>,
+    /// Waiters answered with a live task's report (its state then).
+    answered: Vec<(Vec<Waiter>, TaskState)>,
 }
 
 impl Effects<Waiter, FakeLink> for Recorder {
@@ -88,6 +90,9 @@ impl Effects<Waiter, FakeLink> for Recorder {
     fn ended(&mut self, task: LiveTask<Waiter>) {
         self.effects.push(Effect::Ended(task.report.task_id));
         self.ended.push((task.report, task.waiters));
+    }
+    fn answer(&mut self, waiters: Vec<Waiter>, report: TaskReport) {
+        self.answered.push((waiters, report.state));
     }
     fn dispatch(&mut self, link: &mut FakeLink, run: Forwarded<'_>) {
         link.queued.push((run.task_id, run.lease, run.attempt));
@@ -340,9 +345,13 @@ mod here {
         let task_id = scheduled.report.task_id;
         ledger.admit(scheduled, Some(T0 + 5_000), T0, &mut io);
         assert_eq!(io.take(), vec![Effect::Accepted(task_id), Effect::SetAlarm(T0 + 5_000, Alarm::Start(task_id))]);
-        assert!(ledger.cancel(task_id, T0 + 1, &mut io).is_none(), "ended at once");
+        assert!(matches!(ledger.cancel(task_id, Some(2), T0 + 1, &mut io), Cancel::Waits), "ended at once");
         let ended = io.ended();
-        assert_eq!((ended[0].0.state, ended[0].1.clone()), (TaskState::Cancelled, vec![1]));
+        assert_eq!(
+            (ended[0].0.state, ended[0].1.clone()),
+            (TaskState::Cancelled, vec![1, 2]),
+            "the canceller hears it"
+        );
         ledger.alarm(Alarm::Start(task_id), T0 + 5_000, &mut io);
         assert!(!io.take().iter().any(|e| matches!(e, Effect::RunHere(_))), "a cancelled task never runs");
     }
@@ -352,8 +361,9 @@ mod here {
         let (mut ledger, mut io) = (ledger(&["t"]), Recorder::default());
         let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
         let run = ledger.local_started(task_id, T0, &mut io).unwrap();
-        let report = ledger.cancel(task_id, T0 + 1, &mut io).expect("reported as running");
-        assert_eq!(report.state, TaskState::Running);
+        let cancel = ledger.cancel(task_id, Some(2), T0 + 1, &mut io);
+        assert!(matches!(cancel, Cancel::Answer(Some(2))), "answered as it is: {cancel:?}");
+        assert_eq!(state(&ledger, task_id), Some(TaskState::Running));
         assert_eq!(io.stopped, vec![task_id], "its run is asked to stop, as an effect");
         let error = TaskError { kind: FailureKind::Error, message: "stopped".into() };
         ledger.local_ended(task_id, run, Err(error), T0 + 2, &mut io);
@@ -629,10 +639,95 @@ mod cluster {
     fn cancelling_a_task_running_on_a_subworker_tells_that_worker() {
         let (mut ledger, key, mut io) = one_worker(1);
         let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
-        let report = ledger.cancel(task_id, T0 + 1, &mut io).expect("running");
-        assert_eq!(report.worker, "w1");
+        ledger.started(key, &[(task_id, 1)], T0 + 1, &mut io);
+        assert!(matches!(ledger.cancel(task_id, Some(2), T0 + 2, &mut io), Cancel::Answer(Some(2))), "running");
+        assert_eq!(ledger.get(&task_id).unwrap().reported().worker, "w1");
         let notes = format!("{:?}", link(&mut ledger, key).notes.borrow());
         assert_eq!(notes, format!("{:?}", vec![Request::Cancel { task_id }]));
+    }
+
+    /// A subworker's report of a run it cancelled before starting it.
+    fn cancelled_there(task_id: TaskId, lease: u64) -> Reported {
+        let error = TaskError { kind: FailureKind::Error, message: "cancelled by a client before it ran".into() };
+        let report = TaskReport {
+            task_id,
+            task_name: String::new(),
+            state: TaskState::Cancelled,
+            priority: Priority::Normal,
+            worker: String::new(),
+            attempts: 0,
+            created_ms: T0,
+            started_ms: None,
+            finished_ms: Some(T0 + 6),
+            result: None,
+            error: Some(error),
+        };
+        reply(task_id, lease, &Reply::Report(report))
+    }
+
+    #[test]
+    fn a_cancel_of_a_run_sent_ahead_is_answered_once_its_worker_ended_it() {
+        let (mut ledger, key, mut io) = one_worker(1);
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, Some(1)));
+        assert!(ledger.get(&task_id).unwrap().prefetched());
+        assert!(matches!(ledger.cancel(task_id, Some(2), T0 + 1, &mut io), Cancel::Waits));
+        assert!(matches!(ledger.cancel(task_id, Some(3), T0 + 2, &mut io), Cancel::Waits));
+        let notes = format!("{:?}", link(&mut ledger, key).notes.borrow());
+        assert_eq!(notes, format!("{:?}", vec![Request::Cancel { task_id }]), "its worker is asked once");
+        assert!(io.ended().is_empty() && io.answered.is_empty(), "nobody is answered before the worker");
+        ledger.collected(key, vec![cancelled_there(task_id, 1)], T0 + 3, &mut io);
+        let ended = io.ended();
+        let report = &ended[0].0;
+        assert_eq!((report.state, report.attempts, report.started_ms), (TaskState::Cancelled, 0, None));
+        assert_eq!(ended[0].1, vec![1, 2, 3], "its waiter and both cancellers hear its end");
+    }
+
+    #[test]
+    fn a_cancel_of_a_run_sent_ahead_that_started_meanwhile_is_answered_running() {
+        let (mut ledger, key, mut io) = one_worker(1);
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        assert!(matches!(ledger.cancel(task_id, Some(2), T0 + 1, &mut io), Cancel::Waits));
+        assert_eq!(io.stopped, vec![task_id], "asked to stop, should it start");
+        ledger.started(key, &[(task_id, 1)], T0 + 2, &mut io);
+        assert_eq!(io.answered, vec![(vec![2], TaskState::Running)]);
+        ledger.collected(key, vec![outcome(task_id, 1, Ok("1"))], T0 + 3, &mut io);
+        let ended = io.ended();
+        assert_eq!((ended[0].0.state, ended[0].1.clone()), (TaskState::Succeeded, vec![]), "one outcome, its own");
+    }
+
+    #[test]
+    fn a_worker_process_that_dies_hands_back_its_unstarted_runs_uncounted() {
+        let (mut ledger, key, mut io) = one_worker(2);
+        ledger.set_worker_processes(["w1".to_string()].into_iter().collect());
+        let executing = admit(&mut ledger, &mut io, task("t", 0, None));
+        let sent_ahead = admit(&mut ledger, &mut io, task("t", 0, None));
+        ledger.started(key, &[(executing, 1)], T0 + 1, &mut io);
+        ledger.link_broken(key, "its process died", T0 + 2, &mut io);
+        let ahead = ledger.get(&sent_ahead).unwrap();
+        assert_eq!((ahead.report.state, ahead.report.attempts, ahead.losses), (TaskState::Queued, 0, 0), "uncounted");
+        let lost = ledger.get(&executing).unwrap();
+        assert_eq!((lost.report.attempts, lost.losses), (1, 1), "the run it executed counts (its run log charges it)");
+        // A subworker without a run log: a run not reported started may
+        // still have started there, so it counts as lost.
+        let (mut ledger, key, mut io) = one_worker(1);
+        let sent = admit(&mut ledger, &mut io, task("t", 0, None));
+        ledger.link_broken(key, "gone", T0 + 1, &mut io);
+        let task = ledger.get(&sent).unwrap();
+        assert_eq!((task.report.attempts, task.losses), (1, 1));
+    }
+
+    #[test]
+    fn a_run_sent_ahead_and_cancelled_that_comes_back_unstarted_ends_cancelled() {
+        let (mut ledger, key, mut io) = one_worker(1);
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        let other = worker(&mut ledger, "w2", 1, &["t"]);
+        assert!(matches!(ledger.cancel(task_id, Some(2), T0 + 1, &mut io), Cancel::Waits));
+        ledger.link_broken(key, "gone", T0 + 2, &mut io);
+        let ended = io.ended();
+        let report = &ended[0].0;
+        assert_eq!((report.state, report.attempts, report.started_ms), (TaskState::Cancelled, 0, None));
+        assert_eq!(ended[0].1, vec![2]);
+        assert!(link(&mut ledger, other).sent.is_empty(), "not sent again");
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub(crate) fn result_port(state: &State, management_port: u16, replier: Replier,
         Request::Cancel { task_id } => {
             let Some(replier) = replier.allow(READERS, "cancel tasks") else { return };
             let caller = Caller::of(&replier);
-            return replier.send(&state.cancel(task_id, caller));
+            return state.cancel(task_id, caller, Some(replier));
         }
         Request::WorkflowStatus { workflow_id } => {
             let Some(replier) = replier.allow(READERS, "read workflows") else { return };

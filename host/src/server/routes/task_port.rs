@@ -115,7 +115,7 @@ fn subworker(state: &State, replier: Replier, request: Request) {
         Request::Cancel { task_id } => {
             let Some(replier) = replier.allow(CONTROL, "cancel tasks here") else { return };
             let caller = Caller::of(&replier);
-            replier.send(&state.cancel(task_id, caller))
+            state.cancel(task_id, caller, Some(replier))
         }
         _ => replier.send(&error_reply(
             ErrorKind::WrongEndpoint,

@@ -211,9 +211,13 @@ impl State {
     /// Starts watching the worker processes `worker_ids`, whose tasks wait
     /// for them rather than fail while they restart (`tasks`).
     pub(crate) fn watch_worker_processes(&self, watch: CrashWatch, tasks: FxHashSet<String>) {
+        let worker_ids = watch.worker_ids().into_iter().collect();
         if self.crashes.set(watch).is_ok() {
             let now = now_ms();
-            self.drive_locked(|ledger, io| ledger.set_awaited(tasks, now, io));
+            self.drive_locked(|ledger, io| {
+                ledger.set_worker_processes(worker_ids);
+                ledger.set_awaited(tasks, now, io)
+            });
         }
     }
 

@@ -127,7 +127,7 @@ impl State {
     pub(crate) fn revoke(&self, task_ids: &[TaskId], caller: Caller) {
         let live = task_ids.iter().filter(|id| self.is_live(**id)).count();
         for task_id in task_ids {
-            let _ = self.cancel(*task_id, caller);
+            self.cancel(*task_id, caller, None);
         }
         info!(count = task_ids.len(), still_here = live, "the control plane took back tasks sent here: they stop");
     }

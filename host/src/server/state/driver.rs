@@ -110,6 +110,12 @@ impl Effects<Replier, Link> for Driver<'_> {
         state.durable.forget_dropped(&mut cache);
     }
 
+    fn answer(&mut self, waiters: Vec<Replier>, report: TaskReport) {
+        if !waiters.is_empty() {
+            self.outbox.0.push((waiters, encode_reply(&Reply::Report(report))));
+        }
+    }
+
     fn dispatch(&mut self, link: &mut Link, run: Forwarded<'_>) {
         link.queue(run);
     }

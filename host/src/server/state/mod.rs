@@ -36,7 +36,7 @@ use nng::Message;
 use tracing::warn;
 
 use crate::cluster::link::Link;
-use crate::ledger::{Joined, Ledger, LiveTask, Plan, Settings};
+use crate::ledger::{Cancel, Joined, Ledger, LiveTask, Plan, Settings};
 use crate::plugins::Registry;
 use crate::server::bounds::{millis, Refusals};
 use crate::server::cache::{args_digest, Lookup, ResultCache, Unhashed};
@@ -655,28 +655,30 @@ impl State {
 
     /// Cancels a task: one that has not started never runs; a running one
     /// has its cancellation flag set (on the subworker running it too).
-    pub(crate) fn cancel(&self, task_id: TaskId, caller: Caller) -> Reply {
+    /// `replier` hears the task's report once the cancel has taken effect:
+    /// `Cancelled` for a task that had not started (a run sent ahead to a
+    /// worker once that worker has ended it), `Running` for one that runs.
+    pub(crate) fn cancel(&self, task_id: TaskId, caller: Caller, replier: Option<Replier>) {
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
         let Some(task) = tasks.ledger.get(&task_id) else {
             drop(tasks);
-            return self.cancel_ended(task_id);
+            return send(replier, &self.cancel_ended(task_id));
         };
         if caller.role == Some(Role::Client) && task.owner != caller.key_id {
-            return error_reply(
-                ErrorKind::Forbidden,
-                format!("task {task_id} was submitted with another key: only that key or the operator's may cancel it"),
-            );
+            drop(tasks);
+            let message =
+                format!("task {task_id} was submitted with another key: only that key or the operator's may cancel it");
+            return send(replier, &error_reply(ErrorKind::Forbidden, message));
         }
         // Cancelling a workflow's member cancels its workflow.
         self.cancel_member_workflow(&mut tasks, task_id, &mut outbox);
-        let running = self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.cancel(task_id, now_ms(), io));
+        let cancel = self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.cancel(task_id, replier, now_ms(), io));
         drop(tasks);
         // The replies the workflow's end queued go out on both paths.
         outbox.deliver();
-        match running {
-            Some(report) => Reply::Report(report),
-            None => self.status(task_id),
+        if let Cancel::Answer(replier) = cancel {
+            send(replier, &self.status(task_id));
         }
     }
 
@@ -705,6 +707,13 @@ fn before_its_end(mut report: TaskReport) -> TaskReport {
     report.state = if report.started_ms.is_some() { TaskState::Running } else { TaskState::Queued };
     (report.result, report.error, report.finished_ms) = (None, None, None);
     report
+}
+
+/// Sends `reply` to `replier`, if anyone waits for it.
+fn send(replier: Option<Replier>, reply: &Reply) {
+    if let Some(replier) = replier {
+        replier.send(reply);
+    }
 }
 
 /// A task's first report, as it is accepted at `now`.

@@ -178,7 +178,7 @@ impl State {
                 }
             }
             for task_id in effects.cancel {
-                self.drive(tasks, outbox, |ledger, io| ledger.cancel(task_id, now_ms(), io));
+                self.drive(tasks, outbox, |ledger, io| ledger.cancel(task_id, None, now_ms(), io));
             }
             if effects.ended {
                 let now = now_ms();
@@ -412,7 +412,7 @@ impl State {
                 // It had ended: kept for its status, as it was. A member still
                 // running at the crash (cancelled as the workflow failed) stops.
                 for (_, task_id) in live {
-                    self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.cancel(task_id, now_ms(), io));
+                    self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.cancel(task_id, None, now_ms(), io));
                 }
                 tasks.workflows.finished(workflow_id, at);
                 continue;
