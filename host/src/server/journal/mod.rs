@@ -770,7 +770,7 @@ mod tests {
             let group: Vec<&Record> = group.iter().collect();
             log.append(group.iter().copied()).expect("append");
             if applied {
-                let durability = if generation % 2 == 0 { Durability::None } else { Durability::Immediate };
+                let durability = if generation.is_multiple_of(2) { Durability::None } else { Durability::Immediate };
                 apply(&db, &group, &Positions::of(&group), durability).expect("apply");
             }
         }
