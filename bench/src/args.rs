@@ -85,7 +85,7 @@ pub(crate) fn parse_args() -> Result<Settings, String> {
         --soak MINUTES        instead of the table: mixed load with a subworker killed every 20 s, memory sampled\n  \
         --soak-kill-every S   seconds between two kills of the soak's subworker (default 20; 0: never)\n\
         environment: FASTWORKER_BENCH_BINARIES=DIR measures the fastworker binary and example plugin in DIR, unbuilt;\n\
-        FASTWORKER_BENCH_BASELINE=DIR adds cp-base rows: the cp rows on the (older) build in DIR, in the same run";
+        FASTWORKER_BENCH_BASELINE=DIR adds cp-base rows: the cp rows on the (older) build in DIR, in the same run\n                              (and durable-base and cp-base-isolated rows with the durable rows)";
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut settings = Settings {
         seconds: 2.0,

@@ -10,6 +10,10 @@
 //! * `durable-isolated-blocking` and `durable-isolated-pipelined-K`: the
 //!   same in the default mode, worker processes, against the `cp-isolated`
 //!   rows (a run's start is not synced: the supervisor counts a crash).
+//! * with `FASTWORKER_BENCH_BASELINE=DIR`, the same rows on the build in
+//!   DIR (`durable-base-*`, and `cp-base-isolated-*` for the in-memory
+//!   default mode), so that a change to the durable mode is measured before
+//!   and after in one run.
 //! * recovery: a durable control plane with one thread, holding one long
 //!   `sleep_ms` run and 100 000 `add` tasks queued behind it, is killed with
 //!   SIGKILL and started again on the same directory and address; the time
@@ -99,7 +103,52 @@ pub(crate) fn durable_rows(
         results.push(format!("durable-isolated-pipelined-{k}"), true, pipelined);
         results.stopped(&mut control_plane);
     }
+    if let Some(dir) = std::env::var_os("FASTWORKER_BENCH_BASELINE").map(PathBuf::from) {
+        let (base_binary, base_plugin) = (dir.join("fastworker"), dir.join(plugin.file_name().unwrap_or_default()));
+        baseline_rows(settings, &base_binary, &base_plugin, runtime, results)?;
+    }
     recovery(binary, plugin, runtime, results)
+}
+
+/// The durable rows, and the in-memory default mode's, on the baseline build.
+fn baseline_rows(
+    settings: &Settings,
+    binary: &std::path::Path,
+    plugin: &std::path::Path,
+    runtime: &Runtime,
+    results: &mut Results,
+) -> Result<(), String> {
+    let (k, c) = (settings.in_flight, settings.concurrency);
+    let dir = StateDir::new("rates-base")?;
+    println!("durable-base: as durable, on the build {}", binary.display());
+    let mut control_plane =
+        start_control_plane(binary, "baseline durable control plane", Some(plugin), c, &dir.flag())?;
+    let client = control_plane.client()?;
+    results.push("durable-base-blocking".into(), false, blocking_add(runtime, &client, settings.budget_part(1)));
+    let pipelined = pipelined_add(runtime, &client, k, settings.budget_part(1));
+    results.push(format!("durable-base-pipelined-{k}"), true, pipelined);
+    results.stopped(&mut control_plane);
+    drop(dir);
+    if !has_worker_processes(binary) {
+        return Ok(());
+    }
+    println!("cp-base-isolated, durable-base-isolated: as cp-isolated and durable-isolated, on the same build");
+    let mut control_plane = start_isolated_control_plane(binary, "baseline isolated control plane", plugin, c, &[])?;
+    let client = control_plane.client()?;
+    results.push("cp-base-isolated-blocking".into(), false, blocking_add(runtime, &client, settings.budget_part(1)));
+    let pipelined = pipelined_add(runtime, &client, k, settings.budget_part(1));
+    results.push(format!("cp-base-isolated-pipelined-{k}"), true, pipelined);
+    results.stopped(&mut control_plane);
+    let dir = StateDir::new("rates-base-isolated")?;
+    let mut control_plane =
+        start_isolated_control_plane(binary, "baseline durable control plane", plugin, c, &dir.flag())?;
+    let client = control_plane.client()?;
+    let blocking = blocking_add(runtime, &client, settings.budget_part(1));
+    results.push("durable-base-isolated-blocking".into(), false, blocking);
+    let pipelined = pipelined_add(runtime, &client, k, settings.budget_part(1));
+    results.push(format!("durable-base-isolated-pipelined-{k}"), true, pipelined);
+    results.stopped(&mut control_plane);
+    Ok(())
 }
 
 /// The recovery of [`RECOVERED_TASKS`] queued tasks after a SIGKILL.

@@ -386,3 +386,152 @@ fn a_damaged_truncated_or_empty_store_is_refused_with_its_path_and_never_starts_
     eprintln!("{} damaged stores, {} refused; started intact: {intact:?}", damaged.len(), damaged.len() - intact.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Tasks known before a crash: scheduled an hour ahead (so they stay as
+/// they are) and finished ones, with their reports.
+struct Known {
+    scheduled: Vec<TaskId>,
+    finished: Vec<TaskReport>,
+}
+
+/// Submits `count` tasks of each kind, one at a time, each acknowledged
+/// (a scheduled one once it is on disk, a finished one with its outcome).
+fn submit_known(cp: &Process, count: u32) -> Known {
+    let rt = runtime();
+    let client = cp.client();
+    let mut known = Known { scheduled: Vec::new(), finished: Vec::new() };
+    for i in 0..count {
+        let task_id = TaskId::new_v4();
+        let later = SubmitOptions { countdown: Some(Duration::from_secs(3600)), ..with_id(task_id) };
+        rt.block_on(client.delay("add", (i, i), later)).unwrap();
+        known.scheduled.push(task_id);
+        known.finished.push(rt.block_on(client.submit("add", (i, 1), with_id(TaskId::new_v4()))).unwrap());
+    }
+    known
+}
+
+/// Checks that every known task is as it was before the crash.
+fn assert_known(cp: &Process, known: &Known, what: &str) {
+    let rt = runtime();
+    let client = cp.client();
+    for task_id in &known.scheduled {
+        let report = rt.block_on(client.status(*task_id));
+        let state = report.as_ref().map(|r| r.state).ok();
+        assert_eq!(state, Some(TaskState::Scheduled), "{what}: task {task_id} is {report:?}\n{}", cp.log());
+    }
+    for before in &known.finished {
+        let after = rt.block_on(client.status(before.task_id)).unwrap();
+        assert_eq!(
+            (after.state, after.finished_ms, &after.result),
+            (before.state, before.finished_ms, &before.result),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_kill_between_the_log_and_its_checkpoint_loses_nothing_acknowledged() {
+    let (dir, state_dir, address) = durable_place();
+    let flags = ["--state-dir", state_dir.as_str()];
+    let mut cp = control_plane_at(&address, &flags);
+    let known = submit_known(&cp, 150);
+    // Killed right after the last acknowledgement: what was acknowledged
+    // since the start's checkpoint is in the log alone (the next checkpoint
+    // is 30 s or 4 MiB of log away).
+    kill_9(&mut cp);
+    let log = std::fs::read(dir.join("fastworker-state.log")).unwrap();
+    assert!(log.len() >= 1 << 20, "the log is preallocated: {} bytes", log.len());
+    let mut cp = control_plane_at(&address, &flags);
+    assert!(
+        cp.log().contains("replayed the log into the store"),
+        "the kill did not fall before a checkpoint:\n{}",
+        cp.log()
+    );
+    assert_known(&cp, &known, "after the kill");
+    // Each has one outcome: a resubmission answers the recorded one.
+    let rt = runtime();
+    let again = rt.block_on(cp.client().submit("add", (0, 1), with_id(known.finished[0].task_id))).unwrap();
+    assert_eq!(again.finished_ms, known.finished[0].finished_ms, "not run again: {again:?}");
+    // Killed again right after the replay, and stopped gracefully: the same.
+    kill_9(&mut cp);
+    let mut cp = control_plane_at(&address, &flags);
+    assert_known(&cp, &known, "after a second kill");
+    cp.signal("TERM");
+    assert_eq!(cp.wait_exit(Duration::from_secs(20)), Some(0), "{}", cp.log());
+    let cp = control_plane_at(&address, &flags);
+    assert_known(&cp, &known, "after a graceful stop");
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Where the log's frames end: after its 32-byte header, frames of
+/// `len: u32 LE | generation: u64 LE | crc32: u32 LE | payload`, then zeros.
+fn log_tail(log: &[u8]) -> usize {
+    let mut at = 32;
+    while at + 16 <= log.len() {
+        let len = u32::from_le_bytes(log[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        at += 16 + len;
+    }
+    at
+}
+
+#[test]
+fn a_torn_or_garbage_log_tail_is_ignored_with_a_message_and_a_foreign_log_is_refused() {
+    let (dir, state_dir, address) = durable_place();
+    let mut cp = control_plane_at(&address, &["--state-dir", state_dir.as_str()]);
+    let known = submit_known(&cp, 20);
+    kill_9(&mut cp);
+    let store = std::fs::read(dir.join("fastworker-state.redb")).unwrap();
+    let log = std::fs::read(dir.join("fastworker-state.log")).unwrap();
+    let tail = log_tail(&log);
+    assert!(tail > 32 && tail < log.len(), "frames end at {tail} of {}", log.len());
+    let mut garbage: Vec<u8> = (0..64).flat_map(|_| *TaskId::new_v4().as_bytes()).collect();
+    // A frame header claiming the most a length may say, of the current generation.
+    let mut huge = u32::MAX.to_le_bytes().to_vec();
+    huge.extend_from_slice(&log[36..44]);
+    // The last frame again, one byte of it flipped (a torn rewrite).
+    let last = {
+        let (mut start, mut at) = (32, 32);
+        while at < tail {
+            start = at;
+            at += 16 + u32::from_le_bytes(log[at..at + 4].try_into().unwrap()) as usize;
+        }
+        let mut frame = log[start..tail].to_vec();
+        let middle = frame.len() / 2;
+        frame[middle] ^= 0x10;
+        frame
+    };
+    garbage.truncate(1000);
+    let tails: [(&str, &[u8]); 3] =
+        [("random bytes", &garbage), ("a huge length", &huge), ("a frame that fails its checksum", &last)];
+    for (what, bytes) in tails {
+        let copy = temp_dir("torn-log");
+        std::fs::write(copy.join("fastworker-state.redb"), &store).unwrap();
+        let mut torn = log.clone();
+        torn[tail..tail + bytes.len()].copy_from_slice(bytes);
+        std::fs::write(copy.join("fastworker-state.log"), &torn).unwrap();
+        let address = format!("tcp://127.0.0.1:{}", free_base_port());
+        let cp = control_plane_at(&address, &["--state-dir", &copy.display().to_string()]);
+        assert!(cp.log().contains("the log's end was ignored"), "{what}: not said:\n{}", cp.log());
+        assert_known(&cp, &known, what);
+        drop(cp);
+        let _ = std::fs::remove_dir_all(&copy);
+    }
+    // A log that is not one (its header overwritten) is refused, never
+    // taken for an empty one: what it holds was acknowledged.
+    let copy = temp_dir("foreign-log");
+    std::fs::write(copy.join("fastworker-state.redb"), &store).unwrap();
+    let mut foreign = log.clone();
+    foreign[..16].copy_from_slice(b"not a log at all");
+    std::fs::write(copy.join("fastworker-state.log"), &foreign).unwrap();
+    let (code, message) = refused_start(&copy);
+    assert_eq!(code, Some(2), "{message}");
+    let file = copy.join("fastworker-state.log").display().to_string();
+    assert!(message.contains(&file) && message.contains("move the log aside"), "{message}");
+    assert!(!message.contains("panicked"), "{message}");
+    let _ = std::fs::remove_dir_all(&copy);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,7 +10,7 @@
 //!   socket-pair link).
 //! - State: [`state`] (the live tasks, their lifecycle, the cluster's
 //!   slots and the clients waiting), [`cache`] (finished results),
-//!   [`journal`] (the durable mode's store), [`monitor`] (what the
+//!   [`journal`] (the durable mode's log and store), [`monitor`] (what the
 //!   dashboard shows), [`offered_schemas`] (schemas of tasks only
 //!   subworkers provide).
 //! - Machinery: [`pool`] (worker threads), [`timers`] (time-outs, retries,

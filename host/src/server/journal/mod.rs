@@ -1,27 +1,19 @@
-//! The durable mode's store (`--state-dir`): every accepted task, its
-//! progress and its outcome, written to an embedded database ([redb]) so
-//! that a control plane that crashes and restarts on the same directory
-//! finishes what it had accepted and still answers for what it finished.
+//! The durable mode (`--state-dir`): every accepted task, its progress and
+//! its outcome, kept so that a control plane that crashes and restarts on
+//! the same directory finishes what it had accepted and still answers for
+//! what it finished.
 //!
 //! The task state (`server/state`) never touches the disk: it hands
 //! [`Record`]s to [`Journal::write`] under its lock (a channel send, never
 //! a wait), and replies that must not leave before their records are on
 //! disk to [`Journal::then`]. One writer thread takes everything pending,
-//! writes it in one transaction with one fsync (group commit), and only then
-//! runs the replies, in order. A submission is thus acknowledged only once
-//! its task is on disk, and a waiting client hears an outcome only once the
-//! outcome is on disk.
-//!
-//! The store holds three tables keyed by task id: `tasks` (what was
-//! accepted, unchanged until the task ends), `progress` (runs and failures
-//! so far, and when a retry is due) and `results` (final reports, for the
-//! result cache; deleted as the cache drops them, so the store stays as
-//! bounded as the cache), and `crashes` (how often a live task's runs died
-//! with their process, docs/isolation.md). Workflows have `workflows` (descriptions),
-//! `workflow_steps` (members' outcomes) and `workflow_ends` (when a finished
-//! one ended; it is kept for its status until the control plane forgets it).
-//! `meta` names the format: a directory written by another format is
-//! refused, never guessed at.
+//! appends it to the write-ahead log with one `fdatasync` (group commit,
+//! log.rs), and only then runs the replies, in order; it then applies the
+//! group to the store (store.rs, [redb]) without a sync, and makes the store
+//! durable with a checkpoint when the log fills or now and then, after which
+//! the log starts over. A submission is thus acknowledged only once its task
+//! is on disk, and a waiting client hears an outcome only once the outcome
+//! is on disk. A restart replays the log into the store before reading it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,25 +22,18 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{Builder, Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, Durability};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
+
+use self::log::{Log, LOG_FILE};
+use self::store::{Positions, FILE_NAME, FORMAT, FORMAT_BEFORE_LOG};
 
 use crate::wire::protocol::{
     Callback, Priority, RetryPolicy, TaskError, TaskId, TaskReport, WorkflowId, WorkflowSubmit,
 };
 use crate::workflow::machine::Outcome;
-
-/// The file inside `--state-dir`.
-const FILE_NAME: &str = "fastworker-state.redb";
-
-/// What `meta` says under [`FORMAT_KEY`]; any other value is refused.
-const FORMAT: &str = "fastworker-state/1";
-const FORMAT_KEY: &str = "format";
-
-/// The first byte of every stored value: the record layout's version.
-const RECORD_VERSION: u8 = 1;
 
 /// Entries (records and replies) waiting for the writer at most: past it,
 /// new submissions are answered `Busy` (the disk is not keeping up).
@@ -63,25 +48,16 @@ const MAX_BATCH: usize = 8192;
 /// are then written as one record, in one transaction.
 const LINGER: Duration = Duration::from_millis(2);
 
-const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-const TASKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tasks");
-const PROGRESS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("progress");
-const RESULTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("results");
-/// How often each live task's runs died with their process (a worker
-/// process, or an in-process control plane), by task id: the count toward
-/// `--max-task-crashes` survives a restart.
-const CRASHES: TableDefinition<&[u8], u32> = TableDefinition::new("crashes");
-/// Running workflows' descriptions, by workflow id.
-const WORKFLOWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("workflows");
-/// Their members' outcomes, keyed by workflow id and node (big-endian).
-const WORKFLOW_STEPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("workflow_steps");
-/// When finished workflows ended (ms since the epoch), by workflow id: a
-/// finished workflow's description and steps are kept with it, for its
-/// status, until the control plane forgets it.
-const WORKFLOW_ENDS: TableDefinition<&[u8], u64> = TableDefinition::new("workflow_ends");
-
 /// The node of a workflow step that records the workflow's cancellation.
 pub(crate) const CANCEL_STEP: u32 = u32::MAX;
+
+/// A checkpoint is taken at the latest this long after the last one, when
+/// the log holds anything (and sooner once it holds
+/// [`log::CHECKPOINT_BYTES`]).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+
+mod log;
+mod store;
 
 /// Why the state directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -113,12 +89,22 @@ pub enum JournalError {
         why: String,
     },
     /// The store was written by another version of fastworker.
-    #[error("--state-dir {path} was written in format '{found}', and this fastworker reads only '{FORMAT}': use the version that wrote it, or another directory")]
+    #[error("--state-dir {path} was written in format '{found}', and this fastworker reads only '{FORMAT}' (and '{FORMAT_BEFORE_LOG}', which it upgrades): use the version that wrote it, or another directory")]
     Format {
         /// The directory.
         path: PathBuf,
         /// The format it names.
         found: String,
+    },
+    /// The write-ahead log exists but cannot be used (not a log, a frame
+    /// that does not decode, unreadable): what it holds may have been
+    /// acknowledged, so the start is refused.
+    #[error("--state-dir: the log {path} cannot be used: it {why}. It is left as it is: restore the directory from a backup, or move the log aside to start from the store alone (what was acknowledged since the store's last checkpoint is then lost)")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
     },
     /// A record does not decode, or is larger than any this version writes.
     #[error("--state-dir {path}: the record of task {task_id} in table '{table}' is unreadable ({why}); the store is damaged or was written by another version")]
@@ -191,7 +177,8 @@ pub(crate) struct RecoveredWorkflow {
     pub(crate) finished_ms: Option<u64>,
 }
 
-/// One change to the store.
+/// One change to the store (written to the log as it is).
+#[derive(Serialize, Deserialize)]
 pub(crate) enum Record {
     /// A task was accepted.
     Accepted(TaskId, Box<TaskRecord>),
@@ -258,13 +245,30 @@ impl Journal {
     /// the writer. `max_record` bounds every stored value read back.
     pub(crate) fn open(dir: &Path, max_record: usize) -> Result<(Journal, Recovered), JournalError> {
         std::fs::create_dir_all(dir).map_err(|source| JournalError::Directory { path: dir.into(), source })?;
-        let (db, recovered) = checked(dir, || open_store(dir, max_record))?;
+        let (db, generation, recovered) = store::checked(dir, || {
+            let (db, generation) = store::open(dir)?;
+            let generation = store::replay(&db, dir, generation, max_record)?;
+            let recovered = store::read_all(&db, dir, max_record)?;
+            Ok((db, generation, recovered))
+        })?;
+        let log = Log::open(dir, generation, log::max_payload(max_record)).map_err(|error| JournalError::Log {
+            path: dir.join(LOG_FILE),
+            why: format!("cannot be created or opened ({error})"),
+        })?;
+        let mut writer = Writer {
+            db,
+            log,
+            dir: dir.into(),
+            generation,
+            last_checkpoint: Instant::now(),
+            needs_checkpoint: false,
+            broken: false,
+        };
         let (entries, receiver) = mpsc::channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let writer_pending = pending.clone();
         let stored_through = Arc::new(AtomicU64::new(0));
         let writer_stored = stored_through.clone();
-        let writer_path = dir.to_path_buf();
         // Replies are sent by a thread of their own, so that the writer
         // starts the next transaction while the last one's replies leave.
         let (sender, completions) = mpsc::channel::<(Vec<Then>, bool)>();
@@ -280,7 +284,7 @@ impl Journal {
         let writer = std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || {
-                write_loop(&db, &writer_path, &receiver, &writer_pending, &writer_stored, &done);
+                write_loop(&mut writer, &receiver, &writer_pending, &writer_stored, &done);
                 drop(done);
                 let _ = replier.join();
             })
@@ -366,201 +370,6 @@ impl Journal {
     }
 }
 
-/// Opens the store file in `dir`: a missing one is created; an empty one, or
-/// one whose pages do not verify, is refused. Then sets the tables up and
-/// reads them all.
-fn open_store(dir: &Path, max_record: usize) -> Result<(Database, Recovered), JournalError> {
-    let file = dir.join(FILE_NAME);
-    let store = |source: redb::Error| JournalError::Store { path: dir.into(), source: Box::new(source) };
-    let damaged = |why: String| JournalError::Damaged { path: dir.into(), why };
-    let db = match std::fs::metadata(&file) {
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            Database::create(&file).map_err(|e| store(e.into()))?
-        }
-        Err(error) => return Err(store(redb::StorageError::Io(error).into())),
-        // Only a crash in the very first start, between creating the file
-        // and writing its header, leaves an empty file with nothing
-        // acknowledged; any other empty store was truncated and what it held
-        // is gone. Refused either way, never taken for a fresh one.
-        Ok(meta) if meta.len() == 0 => return Err(damaged("is empty (0 bytes)".into())),
-        // Every page of an existing store is checked against its checksum,
-        // so that a damaged one is refused instead of trusted.
-        Ok(_) => Builder::new().set_check_integrity_on_open(true).open(&file).map_err(|error| match error {
-            redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => store(error.into()),
-            redb::DatabaseError::Storage(redb::StorageError::Io(ref io))
-                if !matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof) =>
-            {
-                store(error.into())
-            }
-            damage => damaged(format!("is damaged or not a store ({damage})")),
-        })?,
-    };
-    let write = db.begin_write().map_err(|e| store(e.into()))?;
-    {
-        let mut meta = write.open_table(META).map_err(|e| store(e.into()))?;
-        let found = meta.get(FORMAT_KEY).map_err(|e| store(e.into()))?.map(|v| v.value().to_string());
-        match found {
-            Some(found) if found != FORMAT => return Err(JournalError::Format { path: dir.into(), found }),
-            Some(_) => {}
-            None => {
-                let empty = write.open_table(TASKS).map_err(|e| store(e.into()))?.is_empty();
-                if !empty.map_err(|e| store(e.into()))? {
-                    let found = "none".to_string();
-                    return Err(JournalError::Format { path: dir.into(), found });
-                }
-                meta.insert(FORMAT_KEY, FORMAT).map_err(|e| store(e.into()))?;
-            }
-        }
-        for table in [TASKS, PROGRESS, RESULTS, WORKFLOWS, WORKFLOW_STEPS] {
-            write.open_table(table).map_err(|e| store(e.into()))?;
-        }
-        // Added after the first stores were written: created when missing.
-        write.open_table(WORKFLOW_ENDS).map_err(|e| store(e.into()))?;
-        write.open_table(CRASHES).map_err(|e| store(e.into()))?;
-    }
-    write.commit().map_err(|e| store(e.into()))?;
-    let recovered = read_all(&db, dir, max_record)?;
-    Ok((db, recovered))
-}
-
-/// Runs `open`, turning a panic in it (the store's code meeting a damaged
-/// file it did not expect) into [`JournalError::Damaged`]. The panic's
-/// message goes into the error instead of the log.
-fn checked<T>(dir: &Path, open: impl FnOnce() -> Result<T, JournalError>) -> Result<T, JournalError> {
-    thread_local! {
-        static CAUGHT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-    }
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let caught = CAUGHT.with(|caught| {
-                let mut caught = caught.borrow_mut();
-                caught.as_mut().map(|message| *message = info.to_string()).is_some()
-            });
-            if !caught {
-                previous(info);
-            }
-        }));
-    });
-    CAUGHT.with(|caught| *caught.borrow_mut() = Some(String::new()));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(open));
-    let message = CAUGHT.with(|caught| caught.borrow_mut().take()).unwrap_or_default();
-    result
-        .unwrap_or_else(|_| Err(JournalError::Damaged { path: dir.into(), why: format!("cannot be read ({message})") }))
-}
-
-/// Encodes a stored value: the record version, then postcard.
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut bytes = vec![RECORD_VERSION];
-    // Writing into a Vec cannot fail; serializing these types cannot either.
-    if postcard::to_io(value, &mut bytes).is_err() {
-        bytes.truncate(1);
-    }
-    bytes
-}
-
-/// Decodes a stored value of at most `max` bytes.
-fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], max: usize) -> Result<T, String> {
-    if bytes.len() > max {
-        return Err(format!("{} bytes, more than the {max} a record may hold", bytes.len()));
-    }
-    match bytes.split_first() {
-        Some((&RECORD_VERSION, body)) => postcard::from_bytes(body).map_err(|e| e.to_string()),
-        Some((version, _)) => Err(format!("record version {version}, this fastworker reads {RECORD_VERSION}")),
-        None => Err("empty".into()),
-    }
-}
-
-fn task_id_of(key: &[u8]) -> Result<TaskId, String> {
-    TaskId::from_slice(key).map_err(|_| format!("a key of {} bytes is not a task id", key.len()))
-}
-
-/// The key of a workflow step: the workflow's id, then the node, big-endian.
-fn step_key(workflow_id: &WorkflowId, node: u32) -> [u8; 20] {
-    let mut key = [0u8; 20];
-    key[..16].copy_from_slice(workflow_id.as_bytes());
-    key[16..].copy_from_slice(&node.to_be_bytes());
-    key
-}
-
-/// Reads every table, refusing anything that does not decode.
-fn read_all(db: &Database, dir: &Path, max: usize) -> Result<Recovered, JournalError> {
-    let store = |source: redb::Error| JournalError::Store { path: dir.into(), source: Box::new(source) };
-    let bad = |table: &'static str, key: &[u8], why: String| JournalError::Record {
-        path: dir.into(),
-        table,
-        task_id: TaskId::from_slice(key).map_or_else(|_| format!("{key:02x?}"), |id| id.to_string()),
-        why,
-    };
-    let read = db.begin_read().map_err(|e| store(e.into()))?;
-    let mut progress = FxHashMap::default();
-    let table = read.open_table(PROGRESS).map_err(|e| store(e.into()))?;
-    for entry in table.iter().map_err(|e| store(e.into()))? {
-        let (key, value) = entry.map_err(|e| store(e.into()))?;
-        let task_id = task_id_of(key.value()).map_err(|why| bad("progress", key.value(), why))?;
-        let record: Progress = decode(value.value(), max).map_err(|why| bad("progress", key.value(), why))?;
-        progress.insert(task_id, record);
-    }
-    let mut recovered = Recovered::default();
-    let table = read.open_table(CRASHES).map_err(|e| store(e.into()))?;
-    for entry in table.iter().map_err(|e| store(e.into()))? {
-        let (key, value) = entry.map_err(|e| store(e.into()))?;
-        let task_id = task_id_of(key.value()).map_err(|why| bad("crashes", key.value(), why))?;
-        recovered.crashes.insert(task_id, value.value());
-    }
-    let table = read.open_table(TASKS).map_err(|e| store(e.into()))?;
-    for entry in table.iter().map_err(|e| store(e.into()))? {
-        let (key, value) = entry.map_err(|e| store(e.into()))?;
-        let task_id = task_id_of(key.value()).map_err(|why| bad("tasks", key.value(), why))?;
-        let record: TaskRecord = decode(value.value(), max).map_err(|why| bad("tasks", key.value(), why))?;
-        recovered.tasks.push((task_id, record, progress.remove(&task_id)));
-    }
-    let table = read.open_table(RESULTS).map_err(|e| store(e.into()))?;
-    for entry in table.iter().map_err(|e| store(e.into()))? {
-        let (key, value) = entry.map_err(|e| store(e.into()))?;
-        let record: ResultRecord = decode(value.value(), max).map_err(|why| bad("results", key.value(), why))?;
-        if record.report.task_id.as_bytes() != key.value() {
-            return Err(bad("results", key.value(), "its report names another task".into()));
-        }
-        recovered.results.push(record);
-    }
-    let mut steps: FxHashMap<WorkflowId, Vec<(u32, Outcome)>> = FxHashMap::default();
-    let table = read.open_table(WORKFLOW_STEPS).map_err(|e| store(e.into()))?;
-    for entry in table.iter().map_err(|e| store(e.into()))? {
-        let (key, value) = entry.map_err(|e| store(e.into()))?;
-        let key = key.value();
-        let (Some(id), Some(node)) = (key.get(..16), key.get(16..20)) else {
-            return Err(bad("workflow_steps", key, "a key that is not a workflow id and a node".into()));
-        };
-        let workflow_id = task_id_of(id).map_err(|why| bad("workflow_steps", key, why))?;
-        let node = u32::from_be_bytes(node.try_into().unwrap_or_default());
-        let outcome: Outcome = decode(value.value(), max).map_err(|why| bad("workflow_steps", key, why))?;
-        steps.entry(workflow_id).or_default().push((node, outcome));
-    }
-    let mut ends: FxHashMap<WorkflowId, u64> = FxHashMap::default();
-    let table = read.open_table(WORKFLOW_ENDS).map_err(|e| store(e.into()))?;
-    for entry in table.iter().map_err(|e| store(e.into()))? {
-        let (key, value) = entry.map_err(|e| store(e.into()))?;
-        let workflow_id = task_id_of(key.value()).map_err(|why| bad("workflow_ends", key.value(), why))?;
-        ends.insert(workflow_id, value.value());
-    }
-    let table = read.open_table(WORKFLOWS).map_err(|e| store(e.into()))?;
-    for entry in table.iter().map_err(|e| store(e.into()))? {
-        let (key, value) = entry.map_err(|e| store(e.into()))?;
-        let workflow_id = task_id_of(key.value()).map_err(|why| bad("workflows", key.value(), why))?;
-        let record: WorkflowRecord = decode(value.value(), max).map_err(|why| bad("workflows", key.value(), why))?;
-        let steps = steps.remove(&workflow_id).unwrap_or_default();
-        let finished_ms = ends.get(&workflow_id).copied();
-        recovered.workflows.push(RecoveredWorkflow { workflow_id, record, steps, finished_ms });
-    }
-    recovered.workflows.sort_by_key(|w| w.record.created_ms);
-    // Results in the order they finished, so the cache's LRU order is kept.
-    recovered.results.sort_by_key(|r| r.report.finished_ms);
-    recovered.tasks.sort_by_key(|(_, task, _)| task.created_ms);
-    Ok(recovered)
-}
-
 /// The way to the thread that sends replies, and how many batches of
 /// replies it has not sent yet.
 struct Replies {
@@ -568,11 +377,85 @@ struct Replies {
     queued: Arc<AtomicUsize>,
 }
 
-/// The writer thread: takes what is pending, writes it in one transaction,
-/// then runs the replies that waited for it.
+/// What the writer thread owns: the store, the log, and whether either
+/// needs care after an error.
+struct Writer {
+    db: Database,
+    log: Log,
+    dir: PathBuf,
+    /// The generation the log's frames are written with.
+    generation: u64,
+    last_checkpoint: Instant,
+    /// An append failed: nothing more is logged until a checkpoint has
+    /// made whatever reached the file stale.
+    needs_checkpoint: bool,
+    /// A logged group could not be applied to the store: the log holds what
+    /// the store lacks, so no checkpoint may start it over, and nothing more
+    /// is written until a restart replays it.
+    broken: bool,
+}
+
+impl Writer {
+    /// Makes the store durable and starts the log over (one durable
+    /// commit); says whether it did.
+    fn checkpoint(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
+        let Some(next) = self.generation.checked_add(1) else { return false };
+        match store::checkpoint(&self.db, next) {
+            Ok(()) => {
+                self.generation = next;
+                self.log.restart(next);
+                self.needs_checkpoint = false;
+                self.last_checkpoint = Instant::now();
+                true
+            }
+            Err(error) => {
+                error!(state_dir = %self.dir.display(), %error, "could not write to the state store: submissions are refused until it works again");
+                self.needs_checkpoint = true;
+                false
+            }
+        }
+    }
+
+    /// Appends a group's records to the log, but those a later record of
+    /// the group undoes: says whether they are on disk.
+    fn log(&mut self, records: &[&Record], positions: &Positions) -> bool {
+        if self.broken || (self.needs_checkpoint && !self.checkpoint()) {
+            return false;
+        }
+        let logged = records.iter().enumerate().filter(|(index, record)| !positions.superseded(record, *index));
+        match self.log.append(logged.map(|(_, record)| *record)) {
+            Ok(()) => true,
+            Err(error) => {
+                error!(state_dir = %self.dir.display(), %error, "could not write to the state store's log: submissions are refused until it works again");
+                self.checkpoint();
+                false
+            }
+        }
+    }
+
+    /// Applies a logged group to the store, without a sync of its own.
+    fn apply(&mut self, records: &[&Record], positions: &Positions) {
+        if let Err(error) = store::apply(&self.db, records, positions, Durability::None) {
+            error!(state_dir = %self.dir.display(), %error, "could not apply logged changes to the state store: submissions are refused; restart the control plane, which replays them from the log");
+            self.broken = true;
+        }
+    }
+
+    /// How long the writer may wait for entries before a checkpoint is due
+    /// (`None`: the log holds nothing, so none is).
+    fn checkpoint_in(&self) -> Option<Duration> {
+        (self.log.len() > 0).then(|| CHECKPOINT_EVERY.saturating_sub(self.last_checkpoint.elapsed()))
+    }
+}
+
+/// The writer thread: takes what is pending, appends it to the log with one
+/// fdatasync, runs the replies that waited for it, then applies it to the
+/// store.
 fn write_loop(
-    db: &Database,
-    dir: &Path,
+    writer: &mut Writer,
     entries: &mpsc::Receiver<Entry>,
     pending: &AtomicUsize,
     stored_through: &AtomicU64,
@@ -586,9 +469,19 @@ fn write_loop(
     while !stop {
         let first = match carried.take() {
             Some(entry) => entry,
-            None => match entries.recv() {
-                Ok(entry) => entry,
-                Err(_) => break,
+            None => match writer.checkpoint_in() {
+                None => match entries.recv() {
+                    Ok(entry) => entry,
+                    Err(_) => break,
+                },
+                Some(wait) => match entries.recv_timeout(wait) {
+                    Ok(entry) => entry,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        writer.checkpoint();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
             },
         };
         batch.push(first);
@@ -605,168 +498,64 @@ fn write_loop(
             batch.push(entry);
         }
         let taken = batch.len();
-        let written = match commit(db, &batch) {
-            Ok(()) => true,
-            Err(error) => {
-                error!(state_dir = %dir.display(), %error, "could not write to the state store: submissions are refused until it works again");
-                false
-            }
-        };
+        let mut records = Vec::new();
         let mut thens = Vec::new();
         let mut last_seq = None;
         for entry in batch.drain(..) {
             match entry {
                 Entry::Then(then) => thens.push(then),
                 Entry::Stop => stop = true,
-                Entry::Record(seq, _) => last_seq = Some(seq),
+                Entry::Record(seq, record) => {
+                    last_seq = Some(seq);
+                    records.push(record);
+                }
             }
         }
+        let records: Vec<&Record> = records.iter().collect();
+        let positions = Positions::of(&records);
+        let written = records.is_empty() || writer.log(&records, &positions);
         // Records arrive in the order of their numbers: all up to the last
         // of this batch have been through a commit.
         if let Some(seq) = last_seq {
             stored_through.store(seq, Ordering::Release);
         }
         pending.fetch_sub(taken, Ordering::Relaxed);
-        if thens.is_empty() {
-            continue;
-        }
-        // With nothing else pending and no earlier replies still leaving,
-        // the writer would only wait: it sends the replies itself, in order,
-        // sparing a lone blocking call a thread's wake-up. Otherwise the
-        // replier sends them while the next batch is written.
-        carried = entries.try_recv().ok();
-        if carried.is_none() && done.queued.load(Ordering::Acquire) == 0 {
-            thens.into_iter().for_each(|then| then(written));
-            continue;
-        }
-        done.queued.fetch_add(1, Ordering::Release);
-        if let Err(mpsc::SendError((thens, written))) = done.sender.send((thens, written)) {
-            done.queued.fetch_sub(1, Ordering::Release);
-            thens.into_iter().for_each(|then| then(written));
-        }
-    }
-}
-
-/// Where in a batch each task's last acceptance, end and forgetting are,
-/// so that what a later record of the same batch undoes is not written.
-#[derive(Default)]
-struct Positions {
-    accepted: FxHashMap<TaskId, usize>,
-    finished: FxHashMap<TaskId, usize>,
-    forgotten: FxHashMap<TaskId, usize>,
-}
-
-impl Positions {
-    fn of(batch: &[Entry]) -> Positions {
-        let mut positions = Positions::default();
-        for (index, entry) in batch.iter().enumerate() {
-            match entry {
-                Entry::Record(_, Record::Accepted(task_id, _)) => {
-                    positions.accepted.insert(*task_id, index);
-                }
-                Entry::Record(_, Record::Finished(result)) => {
-                    positions.finished.insert(result.report.task_id, index);
-                }
-                Entry::Record(_, Record::Forget(task_ids)) => {
-                    positions.forgotten.extend(task_ids.iter().map(|task_id| (*task_id, index)));
-                }
-                _ => {}
-            }
-        }
-        positions
-    }
-
-    /// Whether the task ends later in the batch.
-    fn ends_after(&self, task_id: &TaskId, index: usize) -> bool {
-        self.finished.get(task_id).is_some_and(|&at| at > index)
-    }
-
-    /// Whether the task's result is forgotten later in the batch.
-    fn forgotten_after(&self, task_id: &TaskId, index: usize) -> bool {
-        self.forgotten.get(task_id).is_some_and(|&at| at > index)
-    }
-
-    /// Whether the task was accepted earlier in the batch (so nothing of
-    /// it is stored yet).
-    fn accepted_before(&self, task_id: &TaskId, index: usize) -> bool {
-        self.accepted.get(task_id).is_some_and(|&at| at < index)
-    }
-}
-
-/// Writes the records of `batch` in one transaction (one fsync). A task
-/// accepted and ended within the batch is written as its result alone.
-fn commit(db: &Database, batch: &[Entry]) -> Result<(), redb::Error> {
-    if !batch.iter().any(|entry| matches!(entry, Entry::Record(..))) {
-        return Ok(());
-    }
-    let positions = Positions::of(batch);
-    let write = db.begin_write()?;
-    {
-        let mut tasks = write.open_table(TASKS)?;
-        let mut progress = write.open_table(PROGRESS)?;
-        let mut results = write.open_table(RESULTS)?;
-        let mut workflows = write.open_table(WORKFLOWS)?;
-        let mut steps = write.open_table(WORKFLOW_STEPS)?;
-        let mut ends = write.open_table(WORKFLOW_ENDS)?;
-        let mut crashes = write.open_table(CRASHES)?;
-        for (index, entry) in batch.iter().enumerate() {
-            let Entry::Record(_, record) = entry else { continue };
-            match record {
-                Record::Accepted(task_id, _) | Record::Progress(task_id, _) | Record::Crashes(task_id, _)
-                    if positions.ends_after(task_id, index) => {}
-                Record::Accepted(task_id, task) => {
-                    tasks.insert(task_id.as_bytes().as_slice(), encode(task).as_slice())?;
-                }
-                Record::Progress(task_id, state) => {
-                    progress.insert(task_id.as_bytes().as_slice(), encode(state).as_slice())?;
-                }
-                Record::Crashes(task_id, count) => {
-                    crashes.insert(task_id.as_bytes().as_slice(), *count)?;
-                }
-                Record::Finished(result) => {
-                    let task_id = &result.report.task_id;
-                    let key = task_id.as_bytes().as_slice();
-                    if !positions.accepted_before(task_id, index) {
-                        tasks.remove(key)?;
-                        progress.remove(key)?;
-                        crashes.remove(key)?;
-                    }
-                    if !positions.forgotten_after(task_id, index) {
-                        results.insert(key, encode(result).as_slice())?;
-                    }
-                }
-                Record::Forget(task_ids) => {
-                    for task_id in task_ids {
-                        results.remove(task_id.as_bytes().as_slice())?;
-                    }
-                }
-                Record::WorkflowAccepted(workflow_id, workflow) => {
-                    workflows.insert(workflow_id.as_bytes().as_slice(), encode(workflow).as_slice())?;
-                }
-                Record::WorkflowStep(workflow_id, node, outcome) => {
-                    let key = step_key(workflow_id, *node);
-                    steps.insert(key.as_slice(), encode(outcome).as_slice())?;
-                }
-                Record::WorkflowEnded(workflow_id, finished_ms) => {
-                    ends.insert(workflow_id.as_bytes().as_slice(), *finished_ms)?;
-                }
-                Record::WorkflowForget(workflow_ids) => {
-                    for workflow_id in workflow_ids {
-                        workflows.remove(workflow_id.as_bytes().as_slice())?;
-                        ends.remove(workflow_id.as_bytes().as_slice())?;
-                        let (first, last) = (step_key(workflow_id, 0), step_key(workflow_id, u32::MAX));
-                        steps.retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
-                    }
+        if !thens.is_empty() {
+            // With nothing else pending and no earlier replies still
+            // leaving, the writer would only wait: it sends the replies
+            // itself, in order, sparing a lone blocking call a thread's
+            // wake-up. Otherwise the replier sends them while the next batch
+            // is written.
+            carried = entries.try_recv().ok();
+            if carried.is_none() && done.queued.load(Ordering::Acquire) == 0 {
+                thens.into_iter().for_each(|then| then(written));
+            } else {
+                done.queued.fetch_add(1, Ordering::Release);
+                if let Err(mpsc::SendError((thens, written))) = done.sender.send((thens, written)) {
+                    done.queued.fetch_sub(1, Ordering::Release);
+                    thens.into_iter().for_each(|then| then(written));
                 }
             }
         }
+        // The replies are out: the store is written while the next group
+        // gathers.
+        if written && !records.is_empty() {
+            writer.apply(&records, &positions);
+        }
+        if stop || writer.log.len() >= log::CHECKPOINT_BYTES {
+            writer.checkpoint();
+        }
     }
-    write.commit()?;
-    Ok(())
+    if writer.log.len() > 0 {
+        writer.checkpoint();
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+
+    use super::store::{apply, decode, encode, FORMAT_KEY, META, PROGRESS, RESULTS, TASKS, WORKFLOWS, WORKFLOW_STEPS};
     use super::*;
     use crate::wire::protocol::TaskState;
 
@@ -942,21 +731,22 @@ mod tests {
             // Accepted, started and ended in one batch: written as its result;
             // b's result is forgotten in the same batch: nothing is kept of b.
             let progress = Progress { attempts: 1, failures: 0, retry_at_ms: None, error: None };
-            let batch = vec![
-                Entry::Record(1, Record::Accepted(a, Box::new(task("add")))),
-                Entry::Record(2, Record::Accepted(b, Box::new(task("add")))),
-                Entry::Record(3, Record::Progress(a, progress)),
-                Entry::Record(4, Record::Finished(Box::new(finished(a)))),
-                Entry::Record(5, Record::Finished(Box::new(finished(b)))),
-                Entry::Record(6, Record::Forget(vec![b])),
+            let batch = [
+                Record::Accepted(a, Box::new(task("add"))),
+                Record::Accepted(b, Box::new(task("add"))),
+                Record::Progress(a, progress),
+                Record::Finished(Box::new(finished(a))),
+                Record::Finished(Box::new(finished(b))),
+                Record::Forget(vec![b]),
             ];
+            let batch: Vec<&Record> = batch.iter().collect();
             let db = Database::create(dir.join("direct.redb")).expect("db");
             let write = db.begin_write().expect("write");
             for table in [TASKS, PROGRESS, RESULTS, WORKFLOWS, WORKFLOW_STEPS] {
                 write.open_table(table).expect("table");
             }
             write.commit().expect("commit");
-            commit(&db, &batch).expect("batch");
+            apply(&db, &batch, &Positions::of(&batch), Durability::Immediate).expect("batch");
             let read = db.begin_read().expect("read");
             assert!(read.open_table(TASKS).expect("tasks").is_empty().expect("len"));
             assert!(read.open_table(PROGRESS).expect("progress").is_empty().expect("len"));
@@ -965,6 +755,74 @@ mod tests {
             assert!(results.get(b.as_bytes().as_slice()).expect("get").is_none());
             journal.close();
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// What a crash leaves: groups in the log that the store does not hold
+    /// (`applied`: the store holds them too, not yet checkpointed or, after
+    /// a crash in a replay, already checkpointed).
+    fn crash_after_logging(dir: &Path, groups: &[Vec<Record>], applied: bool) {
+        std::fs::create_dir_all(dir).expect("dir");
+        let (db, generation) = store::open(dir).expect("store");
+        let generation = store::replay(&db, dir, generation, 1 << 20).expect("replay");
+        let mut log = Log::open(dir, generation, log::max_payload(1 << 20)).expect("log");
+        for group in groups {
+            let group: Vec<&Record> = group.iter().collect();
+            log.append(group.iter().copied()).expect("append");
+            if applied {
+                let durability = if generation.is_multiple_of(2) { Durability::None } else { Durability::Immediate };
+                apply(&db, &group, &Positions::of(&group), durability).expect("apply");
+            }
+        }
+        // Dropped without a checkpoint, as a kill -9 leaves it.
+    }
+
+    #[test]
+    fn what_is_only_in_the_log_at_a_crash_is_replayed_once() {
+        let dir = std::env::temp_dir().join(format!("fw-journal-log-{}", TaskId::new_v4()));
+        let (a, b, c) = (TaskId::new_v4(), TaskId::new_v4(), TaskId::new_v4());
+        let progress = Progress { attempts: 1, failures: 0, retry_at_ms: None, error: None };
+        let groups = vec![
+            vec![Record::Accepted(a, Box::new(task("add"))), Record::Accepted(b, Box::new(task("add")))],
+            vec![Record::Progress(a, progress), Record::Finished(Box::new(finished(b)))],
+            vec![Record::Accepted(c, Box::new(task("add"))), Record::Finished(Box::new(finished(c)))],
+            vec![Record::Forget(vec![c])],
+        ];
+        // In the log alone, and in the log and the store (replayed on top
+        // of what holds it already): the same outcome, twice over.
+        for applied in [false, true, false, true] {
+            crash_after_logging(&dir, &groups, applied);
+            let (journal, recovered) = Journal::open(&dir, 1 << 20).expect("reopen");
+            journal.close();
+            let tasks: Vec<_> =
+                recovered.tasks.iter().map(|(id, _, p)| (*id, p.as_ref().map(|p| p.attempts))).collect();
+            assert_eq!(tasks, vec![(a, Some(1))], "applied: {applied}");
+            let results: Vec<_> = recovered.results.iter().map(|r| r.report.task_id).collect();
+            assert_eq!(results, vec![b], "applied: {applied}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_written_before_the_log_is_read_and_marked_with_the_new_format() {
+        let dir = std::env::temp_dir().join(format!("fw-journal-v1-{}", TaskId::new_v4()));
+        let a = TaskId::new_v4();
+        std::fs::create_dir_all(&dir).expect("dir");
+        {
+            let db = Database::create(dir.join(FILE_NAME)).expect("raw open");
+            let write = db.begin_write().expect("write");
+            write.open_table(META).expect("meta").insert(FORMAT_KEY, FORMAT_BEFORE_LOG).expect("insert");
+            let record = encode(&task("add"));
+            write.open_table(TASKS).expect("tasks").insert(a.as_bytes().as_slice(), record.as_slice()).expect("insert");
+            write.commit().expect("commit");
+        }
+        let (journal, recovered) = Journal::open(&dir, 1 << 20).expect("open");
+        journal.close();
+        assert_eq!(recovered.tasks.iter().map(|(id, _, _)| *id).collect::<Vec<_>>(), vec![a]);
+        let db = Database::open(dir.join(FILE_NAME)).expect("raw open");
+        let read = db.begin_read().expect("read");
+        let format = read.open_table(META).expect("meta").get(FORMAT_KEY).expect("get").map(|v| v.value().to_string());
+        assert_eq!(format.as_deref(), Some(FORMAT));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
