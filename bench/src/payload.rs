@@ -8,8 +8,9 @@
 //! take: `cp-payload` runs `echo` on the control plane's own threads
 //! (`--in-process`, as the table's row does), `cp-isolated-payload` in a
 //! worker process (the default mode, one more hop each way); with
-//! `FASTWORKER_BENCH_BASELINE=DIR`, the same two on the build in DIR; the
-//! TCP echo before and after them, merged. Each row also says the CPU
+//! `FASTWORKER_BENCH_BASELINE=DIR`, the same two on the build in DIR (in
+//! the order this build, DIR's, DIR's, this build, half the time each,
+//! merged); the TCP echo before and after them, merged. Each row also says the CPU
 //! time per round trip of this process (the client's side: making the
 //! text, the call, checking the echo) and of the server's processes (the
 //! echo server; the control plane and its worker processes), from
@@ -47,6 +48,7 @@ pub(crate) fn payload_row(
     runtime: &Runtime,
     problems: &mut Vec<String>,
 ) -> Result<PayloadRow, String> {
+    fixed_allocator();
     let tcp_address = format!("tcp://127.0.0.1:{}", free_port()?);
     let mut tcp_server = spawn_echo_child("--tcp-echo-server", &tcp_address)?;
     let tcp = warmed(settings.budget_part(1), |budget| tcp_floor::payload(&tcp_address, PAYLOAD, budget))?;
@@ -65,6 +67,7 @@ pub(crate) fn payload_row(
 /// `--payload-only`: the TCP echo, then `echo` of [`PAYLOAD`] bytes on each
 /// build and path, then the TCP echo again; one line each, as ratios to TCP.
 pub(crate) fn run(settings: &Settings) -> Result<bool, String> {
+    fixed_allocator();
     let (binary, plugin) = locate_binaries()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -81,8 +84,21 @@ pub(crate) fn run(settings: &Settings) -> Result<bool, String> {
     if let Some(dir) = std::env::var_os("FASTWORKER_BENCH_BASELINE").map(std::path::PathBuf::from) {
         let base_plugin = dir.join(plugin.file_name().unwrap_or_default());
         builds.push(("cp-base", dir.join("fastworker"), base_plugin));
+        // This build, the baseline, the baseline, this build: each half
+        // of the time, merged, so that neither gains from coming later
+        // (a later row measured up to twice the rate of the same build run
+        // first, on a machine whose load moves).
+        builds.extend([builds[1].clone(), builds[0].clone()]);
     }
-    let mut rows = Vec::new();
+    let budget = || settings.budget_part(if builds.len() > 1 { 2 } else { 1 });
+    let mut rows: Vec<(String, (Phase, Cost))> = Vec::new();
+    let mut add = |name: String, (phase, cost): (Phase, Cost)| match rows.iter_mut().find(|(row, _)| *row == name) {
+        Some((_, (merged, total))) => {
+            *merged = std::mem::take(merged).merge(phase);
+            *total = total.merge(cost);
+        }
+        None => rows.push((name, (phase, cost))),
+    };
     for (name, binary, plugin) in &builds {
         println!(
             "{name}-payload: {} control-plane --in-process, echo of a {} KiB string",
@@ -98,9 +114,10 @@ pub(crate) fn run(settings: &Settings) -> Result<bool, String> {
         )?;
         let client = control_plane.client()?;
         let pid = control_plane.process.0.as_ref().map_or(0, std::process::Child::id);
-        let phase =
-            costed(settings.budget_part(1), pid, |budget| Ok(runtime.block_on(echo_blocking(&client, budget))))?;
-        rows.push((format!("{name}-payload"), phase));
+        add(
+            format!("{name}-payload"),
+            costed(budget(), pid, |budget| Ok(runtime.block_on(echo_blocking(&client, budget))))?,
+        );
         if let Err(problem) = control_plane.stop() {
             problems.push(problem);
         }
@@ -117,9 +134,10 @@ pub(crate) fn run(settings: &Settings) -> Result<bool, String> {
         )?;
         let client = control_plane.client()?;
         let pid = control_plane.process.0.as_ref().map_or(0, std::process::Child::id);
-        let phase =
-            costed(settings.budget_part(1), pid, |budget| Ok(runtime.block_on(echo_blocking(&client, budget))))?;
-        rows.push((format!("{name}-isolated-payload"), phase));
+        add(
+            format!("{name}-isolated-payload"),
+            costed(budget(), pid, |budget| Ok(runtime.block_on(echo_blocking(&client, budget))))?,
+        );
         if let Err(problem) = control_plane.stop() {
             problems.push(problem);
         }
@@ -168,6 +186,24 @@ pub(crate) fn run(settings: &Settings) -> Result<bool, String> {
         println!("{problem}");
     }
     Ok(problems.is_empty())
+}
+
+/// Fixes this process's allocator as the control plane fixes its own
+/// (`server/memory.rs`): buffers up to 4 MiB come from the arenas, which
+/// keep up to 8 MiB free. With glibc's defaults the client's side of a
+/// 1 MiB call (the text, its JSON, the frame, the reply, the result) was
+/// mapped, faulted in and given back on each call, until glibc's own
+/// threshold had risen past it, which took a while: the rows measured
+/// first paid about 2 ms a call more on the client's side than the same
+/// build measured later. The TCP rows run under the same allocator.
+fn fixed_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is safe to call
+    // at any time from any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+    }
 }
 
 /// CPU time over a measured phase: this process's (the client's side) and
