@@ -384,6 +384,32 @@ fn expand_task(attr: TokenStream2, function: &ItemFn) -> syn::Result<TokenStream
         }
     });
     let context_arg = takes_context.then(|| quote!(ctx,));
+    // Positional arguments decode in one pass; anything else (named
+    // arguments, an error to report) goes through `Args::parse`.
+    let split = quote! {
+        let args = ::fastworker_plugin_sdk::__private::Args::parse(
+            raw.as_slice(),
+            #task_name,
+            &[#(#param_names),*],
+        )
+        .map_err(::fastworker_plugin_sdk::__private::bad_arguments)?;
+        let _ = &args;
+        #(#takes)*
+    };
+    let decode = if params.is_empty() {
+        split
+    } else {
+        let types = params.iter().map(|(_, ty)| ty);
+        quote! {
+            let (#(#locals,)*) = match ::fastworker_plugin_sdk::__private::Args::positional::<(#(#types,)*)>(raw.as_slice()) {
+                Some(values) => values,
+                None => {
+                    #split
+                    (#(#locals,)*)
+                }
+            };
+        }
+    };
 
     let result_type: Type = match &function.sig.output {
         ReturnType::Default => syn::parse_quote!(()),
@@ -445,14 +471,7 @@ fn expand_task(attr: TokenStream2, function: &ItemFn) -> syn::Result<TokenStream
             > {
                 let _ = &ctx;
                 ::fastworker_plugin_sdk::__private::run(move || {
-                    let args = ::fastworker_plugin_sdk::__private::Args::parse(
-                        raw.as_slice(),
-                        #task_name,
-                        &[#(#param_names),*],
-                    )
-                    .map_err(::fastworker_plugin_sdk::__private::bad_arguments)?;
-                    let _ = &args;
-                    #(#takes)*
+                    #decode
                     #[allow(clippy::let_unit_value)]
                     let output = #ident(#context_arg #(#locals),*);
                     #encode

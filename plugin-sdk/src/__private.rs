@@ -42,7 +42,7 @@ pub fn task_error(error: impl std::fmt::Display) -> TaskFailure {
 
 /// Encodes a task's return value as JSON.
 pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, TaskFailure> {
-    serde_json::to_vec(value)
+    crate::json::to_vec(value)
         .map_err(|e| failure(FailureKind::Error, format!("result could not be encoded as JSON: {e}")))
 }
 

@@ -46,6 +46,16 @@ impl<'a> Args<'a> {
         Ok(Args { task, params, values })
     }
 
+    /// Every parameter at once, from a JSON array of positional arguments:
+    /// one pass over the arguments, where [`Args::parse`] and then
+    /// [`Args::take`] make two (a large argument is scanned once to split
+    /// it, then again to decode it). `None` when they do not decode so
+    /// (named arguments, a wrong count or type…): [`Args::parse`] then
+    /// says exactly what is wrong.
+    pub fn positional<T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
+        serde_json::from_slice(bytes).ok()
+    }
+
     /// Decodes the parameter at `index`.
     pub fn take<T: Deserialize<'a>>(&self, index: usize) -> Result<T, String> {
         serde_json::from_str(self.values[index].get()).map_err(|e| {
@@ -86,5 +96,17 @@ mod tests {
         assert!(wrong_type.contains("argument 'x' of task 't'"), "{wrong_type}");
         assert!(Args::parse(b"5", "t", PARAMS).is_err());
         assert!(Args::parse(b"", "t", &[]).is_ok());
+    }
+
+    #[test]
+    fn positional_arguments_decode_in_one_pass_or_not_at_all() {
+        let decoded: Option<(i64, &str)> = Args::positional(br#" [3, "a"] "#);
+        assert_eq!(decoded, Some((3, "a")));
+        // Anything Args::parse and take would refuse, or decode by name, is left to them.
+        for refused in
+            [&br#"{"x": 3, "label": "a"}"#[..], b"[3]", br#"[3, "a", 4]"#, br#"["3", "a"]"#, b"[3, \"\xff\"]", b""]
+        {
+            assert_eq!(Args::positional::<(i64, &str)>(refused), None, "{}", String::from_utf8_lossy(refused));
+        }
     }
 }

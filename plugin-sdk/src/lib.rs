@@ -40,6 +40,7 @@
 pub mod abi;
 mod args;
 mod context;
+pub mod json;
 pub mod panic_hook;
 
 #[doc(hidden)]

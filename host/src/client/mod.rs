@@ -209,7 +209,7 @@ pub struct BatchTask {
 impl BatchTask {
     /// A batch entry with serde arguments.
     pub fn new(task_name: &str, args: impl Serialize, options: SubmitOptions) -> Result<BatchTask, ClientError> {
-        let args = serde_json::to_vec(&args).map_err(ClientError::Arguments)?;
+        let args = fastworker_plugin_sdk::json::to_vec(&args).map_err(ClientError::Arguments)?;
         Ok(BatchTask { task_name: task_name.to_string(), args, options })
     }
 }
@@ -333,7 +333,7 @@ impl Client {
         args: impl Serialize,
         options: SubmitOptions,
     ) -> Result<TaskReport, ClientError> {
-        let args = serde_json::to_vec(&args).map_err(ClientError::Arguments)?;
+        let args = fastworker_plugin_sdk::json::to_vec(&args).map_err(ClientError::Arguments)?;
         match self.submit_raw(task_name, args, options, true).await? {
             Reply::Report(report) => Ok(report),
             other => Err(self.unexpected(other)),
@@ -347,7 +347,7 @@ impl Client {
         args: impl Serialize,
         options: SubmitOptions,
     ) -> Result<TaskId, ClientError> {
-        let args = serde_json::to_vec(&args).map_err(ClientError::Arguments)?;
+        let args = fastworker_plugin_sdk::json::to_vec(&args).map_err(ClientError::Arguments)?;
         match self.submit_raw(task_name, args, options, false).await? {
             Reply::Accepted { task_id } => Ok(task_id),
             Reply::Report(report) => Ok(report.task_id),
