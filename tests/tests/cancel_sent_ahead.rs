@@ -52,17 +52,25 @@ fn blocker(rt: &tokio::runtime::Runtime, client: &Client, ms: u64) -> TaskId {
 /// the dashboard's route. Each answer says `Cancelled` with no attempt,
 /// status says so after, and the worker process's run log shows they never
 /// ran; the run not cancelled runs.
-#[test]
-fn runs_sent_ahead_to_a_worker_process_and_cancelled_never_run() {
+/// A control plane with one worker process holding up to 4 runs ahead,
+/// serving (a first run answered and seen in its run log), its client, and
+/// the runs its run log counts so far.
+fn serving_with_runs_sent_ahead() -> (Process, tokio::runtime::Runtime, Client, u64) {
     let flags = ["--concurrency", "1", "--prefetch-per-process", "4"];
     let cp = Process::control_plane_with_gui(&["example-tasks"], &flags, &[]);
-    let gui = cp.gui.clone().unwrap();
     let rt = runtime();
     let client = cp.client().with_timeout(Duration::from_secs(30));
     let echoed: String = rt.block_on(client.call("echo", ("up",))).unwrap();
     assert_eq!(echoed, "up");
     assert!(wait_until(Duration::from_secs(10), || runs_started(&cp) >= 1), "the run log shows the first run");
     let before = runs_started(&cp);
+    (cp, rt, client, before)
+}
+
+#[test]
+fn runs_sent_ahead_to_a_worker_process_and_cancelled_never_run() {
+    let (cp, rt, client, before) = serving_with_runs_sent_ahead();
+    let gui = cp.gui.clone().unwrap();
     let sleeper = blocker(&rt, &client, 3_000);
     let ids: Vec<TaskId> = (0..4)
         .map(|n| rt.block_on(client.delay("echo", (format!("{n}"),), SubmitOptions::default())).unwrap())
@@ -106,14 +114,7 @@ fn runs_sent_ahead_to_a_worker_process_and_cancelled_never_run() {
 /// answers.
 #[test]
 fn a_cancel_racing_the_start_of_a_run_sent_ahead_ends_it_once() {
-    let flags = ["--concurrency", "1", "--prefetch-per-process", "4"];
-    let cp = Process::control_plane_with_gui(&["example-tasks"], &flags, &[]);
-    let rt = runtime();
-    let client = cp.client().with_timeout(Duration::from_secs(30));
-    let echoed: String = rt.block_on(client.call("echo", ("up",))).unwrap();
-    assert_eq!(echoed, "up");
-    assert!(wait_until(Duration::from_secs(10), || runs_started(&cp) >= 1), "the run log shows the first run");
-    let before = runs_started(&cp);
+    let (cp, rt, client, before) = serving_with_runs_sent_ahead();
     let (mut cancelled, mut running) = (0u64, 0u64);
     for round in 0..12u64 {
         let sleeper = blocker(&rt, &client, 250);

@@ -205,6 +205,17 @@ fn admit(ledger: &mut Ledger<Waiter, FakeLink>, io: &mut Recorder, task: LiveTas
     task_id
 }
 
+/// `count` tasks of "t" accepted one millisecond apart, in that order.
+fn admit_one_after_another(ledger: &mut Ledger<Waiter, FakeLink>, io: &mut Recorder, count: u64) -> Vec<TaskId> {
+    (0..count)
+        .map(|n| {
+            let mut task = task("t", 0, None);
+            task.report.created_ms = T0 + n;
+            admit(ledger, io, task)
+        })
+        .collect()
+}
+
 fn state(ledger: &Ledger<Waiter, FakeLink>, task_id: TaskId) -> Option<TaskState> {
     ledger.get(&task_id).map(|t| t.report.state)
 }
@@ -950,13 +961,7 @@ mod absent {
         let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
         let first = worker(&mut ledger, "w1", 3, &["t"]);
         // Accepted one after another (the line orders runs taken back by that).
-        let ids: Vec<TaskId> = (0..3)
-            .map(|n| {
-                let mut task = task("t", 0, None);
-                task.report.created_ms = T0 + n;
-                admit(&mut ledger, &mut io, task)
-            })
-            .collect();
+        let ids = admit_one_after_another(&mut ledger, &mut io, 3);
         let refusal = Reply::Error(ErrorReply::new(ErrorKind::HandedBack, "stopping"));
         let handed = vec![reply(ids[1], 2, &refusal), reply(ids[2], 3, &refusal)];
         ledger.collected(first, handed, T0 + 1, &mut io);
@@ -1191,13 +1196,7 @@ mod crashes {
         ledger.set_awaited(["t".to_string()].into_iter().collect(), T0, &mut io);
         // Accepted before any worker process registered: they wait in
         // submission order (they were once put first, hence reversed).
-        let ids: Vec<TaskId> = (0..3)
-            .map(|n| {
-                let mut task = task("t", 0, None);
-                task.report.created_ms = T0 + n;
-                admit(&mut ledger, &mut io, task)
-            })
-            .collect();
+        let ids = admit_one_after_another(&mut ledger, &mut io, 3);
         let first = worker(&mut ledger, "local-1", 3, &["t"]);
         ledger.connected(first, T0 + 5, &mut io);
         let sent = |ledger: &mut Ledger<Waiter, FakeLink>, key| -> Vec<TaskId> {
