@@ -25,12 +25,13 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use nng::Message;
 use rustc_hash::FxHashMap;
 use uuid::Uuid;
 
 use crate::server::endpoint::Replier;
 use crate::wire::auth::Tenant;
-use crate::wire::protocol::{encode, ErrorKind, ErrorReply, Outcome, Reply, Submit};
+use crate::wire::protocol::{encode_message, outcomes_message, ErrorKind, ErrorReply, OutcomeRef, Reply, Submit};
 
 /// Bytes of an `Outcomes` reply beyond its outcomes' own (version,
 /// variant, count, and per outcome its tag and length).
@@ -74,12 +75,19 @@ struct Mailbox {
     /// Calls submitted whose outcome has not been sent back yet (those
     /// ready included).
     owed: usize,
-    ready: VecDeque<Outcome>,
+    ready: VecDeque<Ready>,
     parked: Option<Replier>,
     /// Whether a frame came since the last sweep.
     seen: bool,
     /// Dropped from the sessions: outcomes that still come are discarded.
     gone: bool,
+}
+
+/// One call's outcome, ready: its tag and its encoded reply, kept as
+/// made (it is copied once, into the `Outcomes` frame that carries it).
+struct Ready {
+    tag: u64,
+    reply: Message,
 }
 
 /// A submitted call's claim on its session: its answer becomes an outcome
@@ -115,21 +123,23 @@ impl CallSessions {
         }
     }
 
-    /// Takes one `Calls` frame: submits each call through `submit` with a
-    /// replier that makes its answer an outcome of the session, then
-    /// answers the frame with the outcomes ready or keeps it waiting.
+    /// Takes one `Calls` frame: submits its calls, all at once through
+    /// `submit`, each with a replier that makes its answer an outcome of
+    /// the session, then answers the frame with the outcomes ready or
+    /// keeps it waiting.
     pub(crate) fn take(
         &self,
         key: SessionKey,
         calls: Vec<crate::wire::protocol::Call>,
         replier: Replier,
-        submit: impl Fn(Submit, Replier),
+        submit: impl FnOnce(Vec<(Submit, Replier)>),
     ) {
         let session = if calls.is_empty() { self.find(key) } else { Some(self.find_or_open(key)) };
         let Some(mut session) = session else {
             // Owed nothing: nothing to wait for.
             return replier.send(&Reply::Outcomes(Vec::new()));
         };
+        let mut submits = Vec::with_capacity(calls.len());
         for call in calls {
             let reserved = loop {
                 match self.reserve(&session) {
@@ -142,16 +152,19 @@ impl CallSessions {
             match reserved {
                 Ok(()) => {
                     let owed = self.owed_to(&session, call.tag);
-                    let answer = Replier::forwarding(move |message| owed.deliver(message.as_slice().to_vec()));
-                    submit(Submit { wait: true, ..call.submit }, answer);
+                    let answer = Replier::forwarding(move |message| owed.deliver(message));
+                    submits.push((Submit { wait: true, ..call.submit }, answer));
                 }
                 Err(refusal) => {
                     // Counted like any outcome, so that it leaves the same way.
                     self.owed.fetch_add(1, Ordering::Relaxed);
                     session.inner.lock().expect("session lock").owed += 1;
-                    self.owed_to(&session, call.tag).deliver(encode(&Reply::Error(refusal)));
+                    self.owed_to(&session, call.tag).deliver(encode_message(&Reply::Error(refusal)));
                 }
             }
+        }
+        if !submits.is_empty() {
+            submit(submits);
         }
         let (now, replaced) = {
             let mut mailbox = session.inner.lock().expect("session lock");
@@ -166,7 +179,7 @@ impl CallSessions {
             older.send(&Reply::Outcomes(Vec::new()));
         }
         if let Some((replier, batch)) = now {
-            replier.send(&Reply::Outcomes(batch));
+            send_batch(replier, batch);
         }
         self.forget_if_done(&session);
     }
@@ -252,9 +265,9 @@ impl CallSessions {
 
 impl Owed {
     /// The call's answer is in: keep it, or answer the waiting frame with it.
-    fn deliver(mut self, reply: Vec<u8>) {
+    fn deliver(mut self, reply: Message) {
         self.answered = true;
-        push(&self.session, &self.sessions_owed, self.max_bytes, Outcome { tag: self.tag, reply });
+        push(&self.session, &self.sessions_owed, self.max_bytes, Ready { tag: self.tag, reply });
     }
 }
 
@@ -265,14 +278,14 @@ impl Drop for Owed {
                 ErrorKind::ShuttingDown,
                 "the control plane dropped this call without an outcome (it is stopping): ask for the task's status, or submit it again with the same task id",
             );
-            let outcome = Outcome { tag: self.tag, reply: encode(&Reply::Error(refusal)) };
+            let outcome = Ready { tag: self.tag, reply: encode_message(&Reply::Error(refusal)) };
             push(&self.session, &self.sessions_owed, self.max_bytes, outcome);
         }
     }
 }
 
 /// Keeps an outcome of `session`, or answers its waiting frame with it.
-fn push(session: &Session, sessions_owed: &AtomicUsize, max_bytes: usize, outcome: Outcome) {
+fn push(session: &Session, sessions_owed: &AtomicUsize, max_bytes: usize, outcome: Ready) {
     let answer = {
         let mut mailbox = session.inner.lock().expect("session lock");
         if mailbox.gone {
@@ -287,13 +300,20 @@ fn push(session: &Session, sessions_owed: &AtomicUsize, max_bytes: usize, outcom
     // The session stays known until its next frame forgets it (a
     // frame always follows while the client waits for anything).
     if let Some((replier, batch)) = answer {
-        replier.send(&Reply::Outcomes(batch));
+        send_batch(replier, batch);
     }
+}
+
+/// Answers a frame with `batch`, each reply copied once, into the frame.
+fn send_batch(replier: Replier, batch: Vec<Ready>) {
+    let outcomes: Vec<OutcomeRef<'_>> =
+        batch.iter().map(|ready| OutcomeRef { tag: ready.tag, reply: ready.reply.as_slice() }).collect();
+    replier.send_message(outcomes_message(&outcomes));
 }
 
 /// The oldest ready outcomes that fit one reply (at least one, if any),
 /// counted out of what the session owes.
-fn take_batch(mailbox: &mut Mailbox, sessions_owed: &AtomicUsize, max_bytes: usize) -> Vec<Outcome> {
+fn take_batch(mailbox: &mut Mailbox, sessions_owed: &AtomicUsize, max_bytes: usize) -> Vec<Ready> {
     let mut bytes = 0usize;
     let mut count = 0;
     for outcome in mailbox.ready.iter() {
@@ -313,7 +333,7 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
-    use crate::wire::protocol::{decode, Call, TaskId};
+    use crate::wire::protocol::{decode, Call, Outcome, TaskId};
 
     /// A replier whose answer, `Outcomes`, arrives on the returned channel.
     fn frame() -> (Replier, mpsc::Receiver<Vec<Outcome>>) {
@@ -335,8 +355,8 @@ mod tests {
     }
 
     /// Submits by keeping each call's replier, to be answered by the test.
-    fn keep(kept: &Mutex<Vec<Replier>>) -> impl Fn(Submit, Replier) + '_ {
-        move |_submit, replier| kept.lock().unwrap().push(replier)
+    fn keep(kept: &Mutex<Vec<Replier>>) -> impl FnOnce(Vec<(Submit, Replier)>) + '_ {
+        move |submits| kept.lock().unwrap().extend(submits.into_iter().map(|(_submit, replier)| replier))
     }
 
     #[test]

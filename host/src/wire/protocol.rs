@@ -993,6 +993,31 @@ pub(crate) fn reports_message(outcomes: &[ReportedRef<'_>]) -> nng::Message {
     encode_message(&Reports(outcomes))
 }
 
+/// The variant index of [`Reply::Outcomes`] in the encoding.
+const OUTCOMES_INDEX: u32 = 12;
+
+/// An [`Outcome`] whose reply is borrowed: a control plane sends the
+/// outcomes a session keeps (each an encoded reply) without copying them
+/// first.
+#[derive(Serialize)]
+pub(crate) struct OutcomeRef<'a> {
+    pub(crate) tag: u64,
+    #[serde(with = "serde_bytes")]
+    pub(crate) reply: &'a [u8],
+}
+
+/// The frame of a `Reply::Outcomes` of `outcomes`, each reply copied once,
+/// into the frame.
+pub(crate) fn outcomes_message(outcomes: &[OutcomeRef<'_>]) -> nng::Message {
+    struct Outcomes<'a, 'b>(&'a [OutcomeRef<'b>]);
+    impl Serialize for Outcomes<'_, '_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_newtype_variant("Reply", OUTCOMES_INDEX, "Outcomes", self.0)
+        }
+    }
+    encode_message(&Outcomes(outcomes))
+}
+
 /// Appends one call of a `Request::Calls` (a [`Call`]), encoded, to `parts`;
 /// [`calls_frame`] puts the parts gathered into one frame.
 pub(crate) fn encode_call_part(tag: u64, submit: &Submit, parts: &mut Vec<u8>) {
@@ -1135,6 +1160,16 @@ mod tests {
         let owned = Reply::Reports(vec![Reported { task_id, lease: 300, reply: reply.clone() }]);
         assert_eq!(&borrowed[..], &encode(&owned)[..]);
         assert_eq!(&encode_message(&owned)[..], &encode(&owned)[..]);
+    }
+
+    #[test]
+    fn borrowed_outcomes_encode_as_owned_ones() {
+        let reply = encode(&Reply::Done);
+        let borrowed = outcomes_message(&[OutcomeRef { tag: 7, reply: &reply }, OutcomeRef { tag: 300, reply: &[] }]);
+        let owned =
+            Reply::Outcomes(vec![Outcome { tag: 7, reply: reply.clone() }, Outcome { tag: 300, reply: Vec::new() }]);
+        assert_eq!(&borrowed[..], &encode(&owned)[..]);
+        assert_eq!(&outcomes_message(&[])[..], &encode(&Reply::Outcomes(Vec::new()))[..]);
     }
 
     #[test]

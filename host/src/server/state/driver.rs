@@ -59,12 +59,17 @@ impl Effects<Replier, Link> for Driver<'_> {
             args: task.args.clone(),
             cancelled: task.cancelled.clone(),
         };
-        // The thread is woken once the task lock is released (the outbox).
-        let queued = self.state.pool.push_quietly(report.priority, job).is_ok();
-        if queued {
-            self.outbox.queued_on(&self.state.pool);
+        // A thread, if one is owed, is woken once the task lock is
+        // released (the outbox).
+        match self.state.pool.push_quietly(report.priority, job) {
+            Ok(owes_wake) => {
+                if owes_wake {
+                    self.outbox.queued_on(&self.state.pool);
+                }
+                true
+            }
+            Err(_) => false,
         }
-        queued
     }
 
     fn set_alarm(&mut self, due_ms: u64, alarm: Alarm) {

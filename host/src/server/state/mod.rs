@@ -86,6 +86,13 @@ const DEFAULT_MAX_RETRY_DELAY_MS: u64 = 5 * 60 * 1000;
 /// caller says otherwise.
 const DEFAULT_RETRY_FACTOR: f64 = 2.0;
 
+/// The most calls of one `Calls` frame admitted under one hold of the task
+/// lock: a frame takes the lock, and wakes the worker threads, once per
+/// this many calls rather than once a call, and holds it no longer than
+/// that many admissions (tens of microseconds) while threads wait to
+/// report their runs.
+const CALLS_PER_LOCK: usize = 16;
+
 /// Everything a serving process shares between its ports and threads.
 pub(crate) struct State {
     pub(crate) config: ControlPlaneConfig,
@@ -181,7 +188,7 @@ impl Outbox {
         }
     }
 
-    /// Counts a run queued quietly on `pool`, to wake a thread for.
+    /// Counts a thread owed a wake-up for a run queued quietly on `pool`.
     fn queued_on(&mut self, pool: &Pool<Job>) {
         match &mut self.1 {
             Some((_, runs)) => *runs += 1,
@@ -385,7 +392,34 @@ impl State {
     pub(crate) fn submit_calls(&self, calls: crate::wire::protocol::Calls, replier: Replier) {
         let by = Admitted { owner: replier.key_id(), tenant: replier.tenant() };
         let key = crate::server::calls::SessionKey::of(&replier, calls.session);
-        self.calls.take(key, calls.calls.calls, replier, |submit, answer| self.submit_as(submit, by, None, answer));
+        self.calls.take(key, calls.calls.calls, replier, |calls| self.accept_calls(calls, by));
+    }
+
+    /// Accepts a frame's calls, each a blocking submission taken from `by`
+    /// answered through its replier, [`CALLS_PER_LOCK`] to a hold of the
+    /// task lock.
+    fn accept_calls(&self, calls: Vec<(Submit, Replier)>, by: Admitted) {
+        let mut calls = calls.into_iter().peekable();
+        while calls.peek().is_some() {
+            let mut refused = Vec::new();
+            let mut outbox = Outbox::default();
+            let mut tasks = self.lock();
+            for (submit, replier) in calls.by_ref().take(CALLS_PER_LOCK) {
+                let admitted = match self.closed_to(None) {
+                    Some(refusal) => Err((refusal, Some(replier))),
+                    None => self.admit(&mut tasks, submit, Some(replier), by, None, &mut outbox),
+                };
+                if let Err((refusal, waiter)) = admitted {
+                    refused.extend(waiter.map(|waiter| (waiter, refusal)));
+                }
+            }
+            drop(tasks);
+            outbox.deliver();
+            for (waiter, refusal) in refused {
+                waiter.send(&Reply::Error(refusal));
+            }
+        }
+        self.hash_ended();
     }
 
     /// As [`State::submit`], for a run a control plane sent under `lease`
@@ -460,14 +494,8 @@ impl State {
         by: Admitted,
         lease: Option<u64>,
     ) -> Result<TaskId, (ErrorReply, Option<Replier>)> {
-        if !self.accepting.load(Ordering::SeqCst) {
-            let message = format!(
-                "'{}' is shutting down and takes no new tasks; submit to another one or retry after it restarts",
-                self.config.worker_id
-            );
-            // A run sent under a lease is handed back: it never started here.
-            let kind = if lease.is_some() { ErrorKind::HandedBack } else { ErrorKind::ShuttingDown };
-            return Err((ErrorReply::new(kind, message), waiter));
+        if let Some(refusal) = self.closed_to(lease) {
+            return Err((refusal, waiter));
         }
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
@@ -478,6 +506,21 @@ impl State {
         // arguments hashed.
         self.hash_ended();
         accepted
+    }
+
+    /// Why a submission is refused while this process shuts down (`None`
+    /// while it accepts tasks).
+    fn closed_to(&self, lease: Option<u64>) -> Option<ErrorReply> {
+        if self.accepting.load(Ordering::SeqCst) {
+            return None;
+        }
+        let message = format!(
+            "'{}' is shutting down and takes no new tasks; submit to another one or retry after it restarts",
+            self.config.worker_id
+        );
+        // A run sent under a lease is handed back: it never started here.
+        let kind = if lease.is_some() { ErrorKind::HandedBack } else { ErrorKind::ShuttingDown };
+        Some(ErrorReply::new(kind, message))
     }
 
     /// Computes the digests of the ended tasks' arguments the cache holds
