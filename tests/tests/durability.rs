@@ -188,6 +188,11 @@ fn a_retry_waiting_at_the_crash_runs_at_its_time_after_the_restart_and_counts_it
     rt.block_on(cp.client().delay("flaky", (1,), SubmitOptions { retry: Some(retry), ..with_id(task_id) })).unwrap();
     let retrying = report_when(&cp, task_id, Duration::from_secs(10), |r| r.state == TaskState::Retrying);
     assert_eq!(retrying.attempts, 1);
+    // The state reads `retrying` before it is on disk (one group commit
+    // later); a blocking call's answer waits for its own commit, which
+    // comes after: once answered, the retry's time is stored.
+    let barrier: i64 = rt.block_on(cp.client().call("add", (1, 2))).unwrap();
+    assert_eq!(barrier, 3);
     kill_9(&mut cp);
     let cp = control_plane_at(&address, &flags);
     assert_eq!(rt.block_on(cp.client().status(task_id)).unwrap().state, TaskState::Retrying);

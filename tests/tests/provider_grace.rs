@@ -188,8 +188,11 @@ fn the_last_provider_drained_hands_back_tasks_that_wait_for_the_next_or_fail_aft
     let waited = left.elapsed();
     let failed: Vec<&TaskReport> = reports.iter().filter(|r| r.state == TaskState::Failed).collect();
     assert_eq!(failed.len() + reports.iter().filter(|r| r.state == TaskState::Succeeded).count(), 60);
-    assert_eq!(failed.len(), 10, "the tasks not started fail: {reports:#?}");
+    // The 10 never sent, and any run sent to sw2 that had not started
+    // there when it stopped (handed back uncounted, on a loaded machine).
+    assert!(failed.len() >= 10, "the tasks not started fail: {reports:#?}");
     for report in &failed {
+        assert_eq!((report.started_ms, report.attempts), (None, 0), "a failed task never started: {report:?}");
         let message = &report.error.as_ref().unwrap().message;
         assert!(message.contains("no worker provides task 'sleep_ms' any more"), "{message}");
         assert!(message.contains("none came back within 10 s (--provider-grace)"), "{message}");
