@@ -37,16 +37,6 @@ mod delivery;
 mod dispatch;
 mod effects;
 mod local;
-/// Where a task sent on its way joins the line: first (`first`: taken back
-/// from a worker, in acceptance order among those) or last.
-fn place(first: bool, created_ms: u64) -> Place {
-    if first {
-        Place::First { created_ms }
-    } else {
-        Place::Last
-    }
-}
-
 #[cfg(test)]
 mod tests;
 mod workers;
@@ -521,6 +511,16 @@ impl<W, L> Ledger<W, L> {
         let error = TaskError { kind: FailureKind::Error, message: "cancelled by a client before it ran".into() };
         self.cluster.forget_waiting(task_id);
         self.finish(task_id, Ending::Cancelled(error), None, now, io);
+    }
+}
+
+/// Where a task sent on its way joins the line: first (`first`: taken back
+/// from a worker, in acceptance order among those) or last.
+fn place(first: bool, created_ms: u64) -> Place {
+    if first {
+        Place::First { created_ms }
+    } else {
+        Place::Last
     }
 }
 
