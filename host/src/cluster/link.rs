@@ -15,8 +15,9 @@
 //! what was placed into a free slot.
 //!
 //! A control plane's own worker processes are reached the same way over a
-//! socket pair instead of NNG (`cluster::pipe_link`): the same exchanges
-//! and the same events, without NNG's threads in between.
+//! socket pair instead of NNG (`cluster::pipe_link`): the same `Dispatch`
+//! exchange and the same events, without NNG's threads in between, and no
+//! `Collect`: a worker process pushes its outcomes as they come.
 
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
@@ -291,16 +292,16 @@ impl Link {
         }
     }
 
-    /// Asks the worker for its outcomes.
+    /// Asks the worker for its outcomes (a worker process pushes them
+    /// unasked: nothing to send on its socket pair).
     pub(crate) fn collect(&self) -> Result<(), LinkError> {
-        let frame = encode_message(&Request::Collect);
         match &self.transport {
             Transport::Nng(nng) => {
-                let frame = nng.sealed(Channel::Collect, frame);
+                let frame = nng.sealed(Channel::Collect, encode_message(&Request::Collect));
                 let (ctx, aio) = &nng.collect;
                 ctx.send(aio, frame).map_err(|(_, error)| error.into())
             }
-            Transport::Pipe(pipe) => Ok(pipe.request(Channel::Collect, &frame)?),
+            Transport::Pipe(_) => Ok(()),
         }
     }
 
@@ -309,10 +310,7 @@ impl Link {
     pub(crate) fn collect_after(&self, pause: Duration) -> Result<(), LinkError> {
         match &self.transport {
             Transport::Nng(nng) => Ok(nng.collect.1.sleep(pause)?),
-            Transport::Pipe(pipe) => {
-                pipe.request_after(pause, Channel::Collect, &encode_message(&Request::Collect));
-                Ok(())
-            }
+            Transport::Pipe(_) => Ok(()),
         }
     }
 

@@ -1,24 +1,27 @@
 //! A link's transport to a worker process this process started: its end
-//! of a Unix socket pair (`wire::pipe`), with the NNG link's two exchanges
-//! (`Dispatch`, `Collect`) and its notes. Each request carries an id; a
-//! reader thread hands the reply that answers the latest request of its
-//! exchange to the link's callback as an NNG exchange's reply would be
-//! (so the state hears the same events), once, and drops any other (the
-//! answer of a request given up, a second answer, or one forged by the
-//! process's plugin code). The end
-//! of the stream, or anything that is no frame, is the connection dropping.
+//! of a Unix socket pair (`wire::pipe`), with the NNG link's `Dispatch`
+//! exchange and its notes. Each request carries an id; a reader thread
+//! hands the reply that answers the latest request of its exchange to the
+//! link's callback as an NNG exchange's reply would be (so the state hears
+//! the same events), once, and drops any other (the answer of a request
+//! given up, a second answer, or one forged by the process's plugin code).
+//! No `Collect` is sent: the process pushes its outcomes as they come
+//! (`Outcomes` frames), heard as a `Collect` reply; each outcome is taken
+//! only for a run under its current lease in one of this process's slots,
+//! once (`Ledger::collected`), so a forged or repeated one is dropped
+//! there. The end of the stream, or anything that is no frame, is the
+//! connection dropping.
 
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use nng::AioResult;
 use tracing::warn;
 
 use super::link::Channel;
-use crate::wire::pipe::{read_frame, FrameError, PipeWriter, Tag};
+use crate::wire::pipe::{FrameError, FrameReader, PipeWriter, Tag};
 
 /// The socket pair's side of a link.
 pub(crate) struct PipeLink {
@@ -46,11 +49,10 @@ impl PipeLink {
         let awaited: Arc<[AtomicU32; 2]> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let reader = Reader {
-            stream: stream.try_clone()?,
-            worker_id: worker_id.to_string(),
             // A reply holds at most a frame's outcomes and its envelope
             // room, as on the NNG link (`RecvMaxSize`).
-            limit: max_frame.saturating_mul(2),
+            frames: FrameReader::new(stream.try_clone()?, max_frame.saturating_mul(2)),
+            worker_id: worker_id.to_string(),
             awaited: awaited.clone(),
             closed: closed.clone(),
         };
@@ -93,13 +95,6 @@ impl PipeLink {
         self.writer.send(tag(channel), id, frame)
     }
 
-    /// Sends a request on `channel` after `pause`.
-    pub(crate) fn request_after(&self, pause: Duration, channel: Channel, frame: &[u8]) {
-        let id = self.id();
-        self.awaited[channel as usize].store(id, Ordering::SeqCst);
-        self.writer.send_at(Instant::now() + pause, tag(channel), id, frame);
-    }
-
     /// Sends a note whose answer nobody reads.
     pub(crate) fn note(&self, frame: &[u8]) {
         let _ = self.writer.send(Tag::Note, 0, frame);
@@ -127,9 +122,8 @@ fn tag(channel: Channel) -> Tag {
 
 /// The reader thread's side.
 struct Reader {
-    stream: UnixStream,
+    frames: FrameReader<UnixStream>,
     worker_id: String,
-    limit: usize,
     awaited: Arc<[AtomicU32; 2]>,
     closed: Arc<AtomicBool>,
 }
@@ -137,7 +131,7 @@ struct Reader {
 impl Reader {
     fn run(mut self, on_connection: impl Fn(bool), on_event: impl Fn(Channel, AioResult)) {
         let error = loop {
-            let frame = match read_frame(&mut self.stream, self.limit) {
+            let frame = match self.frames.next_frame() {
                 Ok(frame) => frame,
                 Err(error) => break error,
             };
@@ -146,6 +140,13 @@ impl Reader {
                 Tag::Collect => Channel::Collect,
                 // Only this side sends notes.
                 Tag::Note => continue,
+                Tag::Outcomes => {
+                    if self.closed.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    on_event(Channel::Collect, AioResult::Recv(Ok(frame.body)));
+                    continue;
+                }
             };
             // Heard once: a second reply to the same request is dropped too.
             let awaited = &self.awaited[channel as usize];
@@ -165,7 +166,7 @@ impl Reader {
             error => warn!(worker = %self.worker_id, "worker process link closed: {error}"),
         }
         // Whatever the other end does next, this link is over.
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let _ = self.frames.get_ref().shutdown(std::net::Shutdown::Both);
         on_connection(false);
     }
 }

@@ -6,6 +6,10 @@
 //! answer travels and the next `Collect` arrives are kept and leave
 //! together, so under load one frame carries many outcomes and at rest a
 //! single outcome leaves as soon as it is ready.
+//!
+//! A worker process on a socket pair to its supervisor asks for no
+//! `Collect`: its outcomes are pushed as they come ([`Collector::push_to`]),
+//! those ready together in one frame.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -31,7 +35,15 @@ pub(crate) struct Collector {
 struct Collected {
     ready: VecDeque<Outcome>,
     parked: Option<Replier>,
+    /// Where outcomes are pushed unasked, if anywhere.
+    pusher: Option<Pusher>,
+    /// A thread is pushing: outcomes that come meanwhile leave with its
+    /// next frame.
+    pushing: bool,
 }
+
+/// Sends a `Reports` frame without waiting (see [`Collector::push_to`]).
+type Pusher = Arc<dyn Fn(Message) + Send + Sync>;
 
 /// One run's outcome: its encoded reply, kept as it was made (it is copied
 /// once, into the `Reports` frame that carries it).
@@ -62,16 +74,49 @@ impl Collector {
         Replier::forwarding(move |reply| collector.push(Outcome { task_id, lease, reply }))
     }
 
-    /// Keeps an outcome, or answers the waiting `Collect` with it.
-    fn push(&self, reported: Outcome) {
-        let answer = {
+    /// From now on, outcomes go to `pusher` as they come (and those
+    /// waiting at once), in `Reports` frames, never waiting for a
+    /// `Collect`. `pusher` must not block: it is called from the threads
+    /// that end runs.
+    pub(crate) fn push_to(&self, pusher: impl Fn(Message) + Send + Sync + 'static) {
+        let collected = {
             let mut collected = self.inner.lock().expect("collector lock");
-            collected.ready.push_back(reported);
-            collected.parked.take().map(|replier| (replier, self.batch(&mut collected.ready)))
+            collected.pusher = Some(Arc::new(pusher));
+            collected
         };
+        self.push_ready(collected);
+    }
+
+    /// Keeps an outcome, or answers the waiting `Collect` with it, or
+    /// pushes it.
+    fn push(&self, reported: Outcome) {
+        let mut collected = self.inner.lock().expect("collector lock");
+        collected.ready.push_back(reported);
+        if collected.pusher.is_some() {
+            return self.push_ready(collected);
+        }
+        let answer = collected.parked.take().map(|replier| (replier, self.batch(&mut collected.ready)));
+        drop(collected);
         if let Some((replier, batch)) = answer {
             replier.send_message(reports(&batch));
         }
+    }
+
+    /// Pushes the outcomes ready, a frame at a time, until none is left,
+    /// unless another thread is at it (it takes them with its next frame).
+    fn push_ready<'a>(&'a self, mut collected: std::sync::MutexGuard<'a, Collected>) {
+        let Some(pusher) = collected.pusher.clone() else { return };
+        if collected.pushing {
+            return;
+        }
+        collected.pushing = true;
+        while !collected.ready.is_empty() {
+            let batch = self.batch(&mut collected.ready);
+            drop(collected);
+            pusher(reports(&batch));
+            collected = self.inner.lock().expect("collector lock");
+        }
+        collected.pushing = false;
     }
 
     /// Answers a `Collect` with the outcomes ready, or keeps it waiting
@@ -134,6 +179,29 @@ mod tests {
     fn outcome(collector: &Arc<Collector>, lease: u64, bytes: usize) {
         let replier = collector.replier_for(TaskId::from_u128(lease.into()), lease);
         replier.send_message(nng::Message::from(&vec![7u8; bytes][..]));
+    }
+
+    #[test]
+    fn pushed_outcomes_leave_unasked_those_waiting_first_and_together() {
+        let collector = Arc::new(Collector::new(1 << 20));
+        outcome(&collector, 1, 10);
+        outcome(&collector, 2, 10);
+        let (sender, pushed) = mpsc::channel();
+        let inner = collector.clone();
+        collector.push_to(move |message| {
+            let Ok(Reply::Reports(outcomes)) = decode::<Reply>(&message, usize::MAX) else { panic!("not Reports") };
+            // Outcomes that come while the first frame leaves go with the next.
+            if outcomes.first().map(|o| o.lease) == Some(1) {
+                outcome(&inner, 3, 10);
+                outcome(&inner, 4, 10);
+            }
+            sender.send(outcomes.iter().map(|o| o.lease).collect::<Vec<_>>()).unwrap();
+        });
+        assert_eq!(pushed.try_recv().expect("the waiting ones at once"), vec![1, 2]);
+        assert_eq!(pushed.try_recv().expect("those that came meanwhile, together"), vec![3, 4]);
+        outcome(&collector, 5, 10);
+        assert_eq!(pushed.try_recv().expect("a lone one at once"), vec![5]);
+        assert_eq!(collector.pending(), 0);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! A worker process's end of its link (`wire::pipe`): the socket pair its
 //! supervisor handed over (`--link-fd`) serves the control plane's
-//! `Dispatch`, `Collect` and notes exactly as the CRITICAL port would
+//! `Dispatch` and notes exactly as the CRITICAL port would
 //! (`routes::task_port`), one reader thread taking frames and each reply
-//! written back tagged with its request's exchange and id (a parked
-//! `Collect` is answered when an outcome comes, from that thread).
+//! written back tagged with its request's exchange and id. Outcomes are
+//! pushed unasked, in `Outcomes` frames, from the thread that ends a run
+//! (`Collector::push_to`).
 
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tracing::warn;
 use crate::server::endpoint::Replier;
 use crate::server::routes;
 use crate::server::state::State;
-use crate::wire::pipe::{read_frame, FrameError, PipeWriter, Tag};
+use crate::wire::pipe::{FrameError, FrameReader, PipeWriter, Tag};
 
 /// Serves `stream` until it closes; then `on_closed` (on the reader thread).
 pub(crate) fn serve(
@@ -22,12 +23,17 @@ pub(crate) fn serve(
     on_closed: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<()> {
     let (writer, _writer_thread) = PipeWriter::start(stream.try_clone()?, "link-out")?;
-    let mut stream = stream;
     // A frame of runs is bounded as on the CRITICAL port (`RecvMaxSize`).
     let limit = state.config.bounds.max_frame_bytes.saturating_mul(2).max(64 * 1024);
+    let mut frames = FrameReader::new(stream, limit);
+    let pusher = writer.clone();
+    // A closed link is seen by the reader; the writer never blocks.
+    state.collector.push_to(move |outcomes| {
+        let _ = pusher.send(Tag::Outcomes, 0, &outcomes);
+    });
     std::thread::Builder::new().name("link-in".into()).spawn(move || {
         let error = loop {
-            let frame = match read_frame(&mut stream, limit) {
+            let frame = match frames.next_frame() {
                 Ok(frame) => frame,
                 Err(error) => break error,
             };

@@ -9,7 +9,8 @@
 //! [`PipeWriter`] writes a frame at once when the socket has room (one
 //! non-blocking `sendmsg`, no thread hand-off) and otherwise queues it for
 //! its own thread, so that a caller holding a lock never waits on a full
-//! socket; [`read_frame`] reads one frame, bounded, on a reader's thread.
+//! socket; a [`FrameReader`] reads frames, bounded, on a reader's thread,
+//! taking every frame waiting with one `read`.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read};
@@ -17,7 +18,6 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 /// The bytes of a frame's header: its body's length (u32, little endian),
 /// its channel's tag and its request id (u32, little endian).
@@ -32,6 +32,9 @@ pub(crate) enum Tag {
     Collect = 1,
     /// A note whose answer nobody reads (revocations, cancellations).
     Note = 2,
+    /// Outcomes the worker process pushes as they come, answering no
+    /// request (its supervisor sends no `Collect`).
+    Outcomes = 3,
 }
 
 impl Tag {
@@ -40,6 +43,7 @@ impl Tag {
             0 => Some(Tag::Dispatch),
             1 => Some(Tag::Collect),
             2 => Some(Tag::Note),
+            3 => Some(Tag::Outcomes),
             _ => None,
         }
     }
@@ -74,29 +78,89 @@ pub(crate) struct Frame {
     pub(crate) body: nng::Message,
 }
 
-/// Reads one frame whose body is at most `limit` bytes.
-pub(crate) fn read_frame(stream: &mut impl Read, limit: usize) -> Result<Frame, FrameError> {
-    let mut header = [0u8; HEADER];
-    read_all(stream, &mut header, true)?;
-    let size = u32::from_le_bytes(header[..4].try_into().expect("four bytes"));
-    let tag = Tag::from_byte(header[4]).ok_or(FrameError::UnknownTag(header[4]))?;
-    let id = u32::from_le_bytes(header[5..].try_into().expect("four bytes"));
-    let size = usize::try_from(size).map_err(|_| FrameError::TooLarge { size: size.into(), limit })?;
-    if size > limit {
-        return Err(FrameError::TooLarge { size: size as u64, limit });
-    }
-    let mut body = nng::Message::with_zeros(size);
-    read_all(stream, &mut body[..], false)?;
-    Ok(Frame { tag, id, body })
+/// The most bytes one `read` takes at once: every frame waiting, up to
+/// this, in one call; a larger body is read straight into its own
+/// buffer once its length is checked.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Reads frames from one end of a link, each body at most `limit` bytes:
+/// one `read` takes every frame waiting (up to [`READ_BUFFER`] bytes), so
+/// that frames arriving together cost one call and one wake-up, not two
+/// calls each.
+pub(crate) struct FrameReader<R> {
+    stream: R,
+    limit: usize,
+    buffer: Box<[u8]>,
+    /// The bytes read and not yet taken: `buffer[start..end]`.
+    start: usize,
+    end: usize,
 }
 
-/// Fills `buffer`; the end of the stream before any byte of a header is a
-/// clean close, anywhere else a cut frame.
-fn read_all(stream: &mut impl Read, buffer: &mut [u8], at_start: bool) -> Result<(), FrameError> {
+impl<R: Read> FrameReader<R> {
+    /// A reader of `stream` whose frames' bodies are at most `limit` bytes.
+    pub(crate) fn new(stream: R, limit: usize) -> FrameReader<R> {
+        FrameReader { stream, limit, buffer: vec![0; READ_BUFFER].into_boxed_slice(), start: 0, end: 0 }
+    }
+
+    /// The stream read.
+    pub(crate) fn get_ref(&self) -> &R {
+        &self.stream
+    }
+
+    /// The next frame, read from what is buffered or else from the stream.
+    pub(crate) fn next_frame(&mut self) -> Result<Frame, FrameError> {
+        while self.end - self.start < HEADER {
+            self.fill()?;
+        }
+        let header: [u8; HEADER] = self.buffer[self.start..self.start + HEADER].try_into().expect("nine bytes");
+        let size = u32::from_le_bytes(header[..4].try_into().expect("four bytes"));
+        let tag = Tag::from_byte(header[4]).ok_or(FrameError::UnknownTag(header[4]))?;
+        let id = u32::from_le_bytes(header[5..].try_into().expect("four bytes"));
+        let size = usize::try_from(size).map_err(|_| FrameError::TooLarge { size: size.into(), limit: self.limit })?;
+        if size > self.limit {
+            return Err(FrameError::TooLarge { size: size as u64, limit: self.limit });
+        }
+        self.start += HEADER;
+        let mut body = nng::Message::with_zeros(size);
+        let buffered = size.min(self.end - self.start);
+        body[..buffered].copy_from_slice(&self.buffer[self.start..self.start + buffered]);
+        self.start += buffered;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+        // The rest of a body larger than what was waiting: read in place.
+        read_all(&mut self.stream, &mut body[buffered..])?;
+        Ok(Frame { tag, id, body })
+    }
+
+    /// Reads what the stream has (at least one byte) after the bytes kept;
+    /// its end before any byte of a header is a clean close, anywhere else
+    /// a cut frame.
+    fn fill(&mut self) -> Result<(), FrameError> {
+        if self.start > 0 {
+            self.buffer.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        loop {
+            match self.stream.read(&mut self.buffer[self.end..]) {
+                Ok(0) if self.end == 0 => return Err(FrameError::Closed),
+                Ok(0) => return Err(FrameError::Io(ErrorKind::UnexpectedEof.into())),
+                Ok(read) => {
+                    self.end += read;
+                    return Ok(());
+                }
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+}
+
+/// Fills `buffer` from `stream`; its end is a cut frame.
+fn read_all(stream: &mut impl Read, buffer: &mut [u8]) -> Result<(), FrameError> {
     let mut filled = 0;
     while filled < buffer.len() {
         match stream.read(&mut buffer[filled..]) {
-            Ok(0) if filled == 0 && at_start => return Err(FrameError::Closed),
             Ok(0) => return Err(FrameError::Io(ErrorKind::UnexpectedEof.into())),
             Ok(read) => filled += read,
             Err(error) if error.kind() == ErrorKind::Interrupted => {}
@@ -134,8 +198,6 @@ struct Shared {
 struct Queue {
     /// Frames (or what is left of one) waiting for the writer thread.
     frames: VecDeque<Vec<u8>>,
-    /// A frame to write once its time comes (a newer one replaces it).
-    delayed: Option<(Instant, Vec<u8>)>,
     /// The writer thread is writing a frame taken from `frames`.
     writing: bool,
     /// Closed by its owner, or a write failed: nothing more is written.
@@ -186,15 +248,6 @@ impl PipeWriter {
         Ok(())
     }
 
-    /// Sends a frame at `at` (replacing one still waiting for its time).
-    pub(crate) fn send_at(&self, at: Instant, tag: Tag, id: u32, body: &[u8]) {
-        let mut frame = header(tag, id, body.len()).to_vec();
-        frame.extend_from_slice(body);
-        let mut queue = self.shared.queue.lock().expect("pipe writer lock");
-        queue.delayed = Some((at, frame));
-        self.shared.wake.notify_one();
-    }
-
     /// Writes nothing more; the thread ends.
     pub(crate) fn close(&self) {
         self.shared.queue.lock().expect("pipe writer lock").closed = true;
@@ -204,7 +257,7 @@ impl PipeWriter {
 
 impl Shared {
     /// The writer thread: writes queued frames in order, blocking on a
-    /// full socket (nobody else waits for it), and delayed ones when due.
+    /// full socket (nobody else waits for it).
     fn run(&self) {
         let mut queue = self.queue.lock().expect("pipe writer lock");
         loop {
@@ -223,17 +276,7 @@ impl Shared {
                 }
                 continue;
             }
-            match queue.delayed.as_ref().map(|(at, _)| *at) {
-                Some(at) if at <= Instant::now() => {
-                    let (_, frame) = queue.delayed.take().expect("just seen");
-                    queue.frames.push_back(frame);
-                }
-                Some(at) => {
-                    let wait = at.saturating_duration_since(Instant::now());
-                    queue = self.wake.wait_timeout(queue, wait).expect("pipe writer lock").0;
-                }
-                None => queue = self.wake.wait(queue).expect("pipe writer lock"),
-            }
+            queue = self.wake.wait(queue).expect("pipe writer lock");
         }
     }
 }
@@ -332,20 +375,20 @@ mod tests {
 
     #[test]
     fn frames_written_at_once_or_queued_arrive_whole_and_in_order() {
-        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+        let (ours, theirs) = UnixStream::pair().expect("pair");
         let (writer, thread) = PipeWriter::start(ours, "test-writer").expect("writer");
         // More than a socket buffer holds: some of it waits for the thread.
         let big = vec![7u8; 4 << 20];
         writer.send(Tag::Dispatch, 1, b"first").expect("sent");
         writer.send(Tag::Collect, 2, &big).expect("queued");
         writer.send(Tag::Note, 3, b"third").expect("queued behind");
-        let limit = 8 << 20;
-        let first = read_frame(&mut theirs, limit).expect("first");
+        let mut theirs = FrameReader::new(theirs, 8 << 20);
+        let first = theirs.next_frame().expect("first");
         assert_eq!((first.tag, first.id, &first.body[..]), (Tag::Dispatch, 1, &b"first"[..]));
-        let second = read_frame(&mut theirs, limit).expect("second");
+        let second = theirs.next_frame().expect("second");
         assert_eq!((second.tag, second.id, second.body.len()), (Tag::Collect, 2, big.len()));
         assert!(second.body.iter().all(|&b| b == 7));
-        let third = read_frame(&mut theirs, limit).expect("third");
+        let third = theirs.next_frame().expect("third");
         assert_eq!((third.tag, third.id, &third.body[..]), (Tag::Note, 3, &b"third"[..]));
         writer.close();
         thread.join().expect("writer thread");
@@ -353,9 +396,9 @@ mod tests {
 
     #[test]
     fn a_huge_length_prefix_is_refused_without_allocating_it() {
-        let (mut ours, mut theirs) = UnixStream::pair().expect("pair");
+        let (mut ours, theirs) = UnixStream::pair().expect("pair");
         ours.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0]).expect("write");
-        match read_frame(&mut theirs, 1 << 20) {
+        match FrameReader::new(theirs, 1 << 20).next_frame() {
             Err(FrameError::TooLarge { size, limit }) => assert_eq!((size, limit), (u32::MAX as u64, 1 << 20)),
             other => panic!("expected TooLarge, got {:?}", other.map(|f| f.id)),
         }
@@ -363,30 +406,70 @@ mod tests {
 
     #[test]
     fn an_unknown_tag_a_cut_frame_and_a_close_are_told_apart() {
-        let (mut ours, mut theirs) = UnixStream::pair().expect("pair");
+        let (mut ours, theirs) = UnixStream::pair().expect("pair");
         ours.write_all(&[1, 0, 0, 0, 9, 0, 0, 0, 0, 0]).expect("write");
-        assert!(matches!(read_frame(&mut theirs, 64), Err(FrameError::UnknownTag(9))));
-        let (mut ours, mut theirs) = UnixStream::pair().expect("pair");
+        assert!(matches!(FrameReader::new(theirs, 64).next_frame(), Err(FrameError::UnknownTag(9))));
+        let (mut ours, theirs) = UnixStream::pair().expect("pair");
         ours.write_all(&[10, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2]).expect("write");
         drop(ours);
-        assert!(matches!(read_frame(&mut theirs, 64), Err(FrameError::Io(_))));
-        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+        assert!(matches!(FrameReader::new(theirs, 64).next_frame(), Err(FrameError::Io(_))));
+        // A header cut short is a cut frame too, not a clean close.
+        let (mut ours, theirs) = UnixStream::pair().expect("pair");
+        ours.write_all(&[10, 0, 0]).expect("write");
         drop(ours);
-        assert!(matches!(read_frame(&mut theirs, 64), Err(FrameError::Closed)));
+        assert!(matches!(FrameReader::new(theirs, 64).next_frame(), Err(FrameError::Io(_))));
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        drop(ours);
+        assert!(matches!(FrameReader::new(theirs, 64).next_frame(), Err(FrameError::Closed)));
     }
 
     #[test]
-    fn a_delayed_frame_leaves_when_due_and_a_closed_writer_refuses() {
-        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+    fn a_closed_writer_refuses() {
+        let (ours, _theirs) = UnixStream::pair().expect("pair");
         let (writer, thread) = PipeWriter::start(ours, "test-writer").expect("writer");
-        let started = Instant::now();
-        writer.send_at(started + std::time::Duration::from_millis(50), Tag::Collect, 5, b"later");
-        let frame = read_frame(&mut theirs, 64).expect("delayed frame");
-        assert!(started.elapsed() >= std::time::Duration::from_millis(50));
-        assert_eq!(frame.id, 5);
         writer.close();
         thread.join().expect("writer thread");
         assert!(writer.send(Tag::Note, 6, b"x").is_err());
+    }
+
+    /// A stream that counts the `read` calls made on it.
+    struct Counted {
+        stream: UnixStream,
+        reads: usize,
+    }
+
+    impl Read for Counted {
+        fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+            self.reads += 1;
+            self.stream.read(buffer)
+        }
+    }
+
+    #[test]
+    fn frames_waiting_together_are_taken_with_one_read_and_a_large_one_whole() {
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        let (writer, thread) = PipeWriter::start(ours, "test-writer").expect("writer");
+        for id in 1..=3u32 {
+            writer.send(Tag::Outcomes, id, &id.to_le_bytes()).expect("sent");
+        }
+        let mut reader = FrameReader::new(Counted { stream: theirs, reads: 0 }, 1 << 20);
+        for id in 1..=3u32 {
+            let frame = reader.next_frame().expect("frame");
+            assert_eq!((frame.tag, frame.id, &frame.body[..]), (Tag::Outcomes, id, &id.to_le_bytes()[..]));
+        }
+        assert_eq!(reader.stream.reads, 1, "three frames waiting, one read");
+        // Larger than the read buffer, after a small one: split between
+        // the buffer and the reads into its own body, it arrives whole.
+        let large: Vec<u8> = (0..(3 * READ_BUFFER + 5)).map(|i| i as u8).collect();
+        writer.send(Tag::Note, 4, b"small").expect("sent");
+        writer.send(Tag::Outcomes, 5, &large).expect("sent");
+        writer.send(Tag::Note, 6, b"after").expect("sent");
+        assert_eq!(&reader.next_frame().expect("small").body[..], b"small");
+        let frame = reader.next_frame().expect("large");
+        assert_eq!((frame.id, &frame.body[..]), (5, &large[..]));
+        assert_eq!(&reader.next_frame().expect("after").body[..], b"after");
+        writer.close();
+        thread.join().expect("writer thread");
     }
 
     #[test]
