@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use fastworker::workflow::{task, Workflow, WorkflowState};
 use fastworker::{Client, SubmitOptions, TaskId, TaskReport, TaskState};
 use fastworker_tests::{http, runtime, wait_until, Process};
 
@@ -182,5 +183,108 @@ fn runs_sent_ahead_through_a_subworker_and_cancelled_never_run() {
     assert_eq!(slept.state, TaskState::Succeeded, "{slept:?}");
     for id in &ids[..5] {
         never_ran(&rt.block_on(client.status(*id)).unwrap(), "status at the end");
+    }
+}
+
+/// Cancels of several runs sent ahead to a network subworker, all at once:
+/// the control plane's notes to it overlap, and each leaves after the one
+/// before it (a note given while another was leaving used to be dropped,
+/// its canceller held until the run started, and the run not cancelled).
+/// Every canceller hears `Cancelled`, no attempt, while the run in front
+/// still runs: the subworker ended each run, none of which ever started.
+#[test]
+fn cancels_at_once_of_runs_sent_ahead_to_a_subworker_all_reach_it() {
+    const AHEAD: usize = 16;
+    let cp = Process::control_plane_with_gui(&[], &[], &[]);
+    let gui = cp.gui.clone().unwrap();
+    let flags = ["--concurrency", "1", "--prefetch", "16"];
+    let _sw = Process::subworker(&cp, "sw1", &["example-tasks"], &flags);
+    let rt = runtime();
+    let client = cp.client().with_timeout(Duration::from_secs(60));
+    let sleeper = blocker(&rt, &client, 15_000);
+    let ids: Vec<TaskId> = (0..AHEAD)
+        .map(|n| rt.block_on(client.delay("echo", (format!("{n}"),), SubmitOptions::default())).unwrap())
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || prefetched(&gui) == AHEAD as u64),
+        "sent ahead: {}",
+        prefetched(&gui)
+    );
+
+    let answers: Vec<TaskReport> = rt.block_on(async {
+        let cancels: Vec<_> = ids
+            .iter()
+            .map(|&id| {
+                let client = client.clone();
+                tokio::spawn(async move { client.cancel(id).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for cancel in cancels {
+            answers.push(cancel.await.expect("the cancel's task").expect("the cancel's answer"));
+        }
+        answers
+    });
+    // Answered by the subworker, not by the runs' start after the sleeper.
+    let sleeping = rt.block_on(client.status(sleeper)).unwrap();
+    assert_eq!(sleeping.state, TaskState::Running, "the cancels were answered while the run in front ran");
+    for answer in &answers {
+        never_ran(answer, "each cancel's answer");
+    }
+    assert_eq!(prefetched(&gui), 0, "nothing is left sent ahead");
+
+    // The sleeper stops when asked; a last run goes through the subworker
+    // after it. No run cancelled started there: none reported a start the
+    // control plane had to discard, and each still never ran.
+    rt.block_on(client.cancel(sleeper)).unwrap();
+    let last: String = rt.block_on(client.call("echo", ("last",))).unwrap();
+    assert_eq!(last, "last");
+    let metrics = http::get(&format!("{gui}/metrics")).text();
+    assert!(metrics.lines().any(|line| line == "fastworker_revoked_reports_total 0"), "{metrics}");
+    for id in &ids {
+        never_ran(&rt.block_on(client.status(*id)).unwrap(), "status at the end");
+    }
+}
+
+/// A workflow whose members wait sent ahead to a network subworker,
+/// cancelled: the control plane asks the subworker to end every member in
+/// one go, its notes given back to back. Each member ends `Cancelled`
+/// without an attempt while the run in front still runs, and never starts.
+#[test]
+fn a_cancelled_workflow_ends_all_its_members_sent_ahead_to_a_subworker() {
+    const MEMBERS: usize = 8;
+    let cp = Process::control_plane_with_gui(&[], &[], &[]);
+    let gui = cp.gui.clone().unwrap();
+    let flags = ["--concurrency", "1", "--prefetch", "8"];
+    let _sw = Process::subworker(&cp, "sw1", &["example-tasks"], &flags);
+    let rt = runtime();
+    let client = cp.client().with_timeout(Duration::from_secs(60));
+    let sleeper = blocker(&rt, &client, 15_000);
+    let group = Workflow::group((0..MEMBERS as i64).map(|i| task("add", serde_json::json!([i, i]))));
+    let id = rt.block_on(client.submit_workflow(&group)).unwrap().workflow_id;
+    assert!(
+        wait_until(Duration::from_secs(10), || prefetched(&gui) == MEMBERS as u64),
+        "sent ahead: {}",
+        prefetched(&gui)
+    );
+
+    let cancelled = rt.block_on(client.cancel_workflow(id)).unwrap();
+    assert_eq!(cancelled.state, WorkflowState::Cancelled, "{cancelled:?}");
+    // Each member ends as the subworker ends it, before the run in front.
+    for member in &cancelled.members {
+        let report = rt.block_on(client.wait(member.task_id.unwrap(), Duration::from_secs(30))).unwrap();
+        never_ran(&report, "a member at its end");
+    }
+    let sleeping = rt.block_on(client.status(sleeper)).unwrap();
+    assert_eq!(sleeping.state, TaskState::Running, "the members ended while the run in front ran");
+    assert_eq!(prefetched(&gui), 0, "nothing is left sent ahead");
+
+    rt.block_on(client.cancel(sleeper)).unwrap();
+    let last: String = rt.block_on(client.call("echo", ("last",))).unwrap();
+    assert_eq!(last, "last");
+    let metrics = http::get(&format!("{gui}/metrics")).text();
+    assert!(metrics.lines().any(|line| line == "fastworker_revoked_reports_total 0"), "{metrics}");
+    for member in &cancelled.members {
+        never_ran(&rt.block_on(client.status(member.task_id.unwrap())).unwrap(), "status at the end");
     }
 }

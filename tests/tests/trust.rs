@@ -13,7 +13,7 @@ use fastworker::protocol::{
     decode, encode, now_ms, ErrorKind, Registration, Reply, Request, Submit, TaskState, WorkerName,
 };
 use fastworker::{Client, ClientError, TaskId};
-use fastworker_tests::{free_ports, run_cli, runtime, stderr, stdout, Process};
+use fastworker_tests::{free_ports, run_cli, runtime, stderr, stdout, wait_until, Process};
 
 /// A directory with a cluster key and its derived role keys.
 struct Keys {
@@ -212,6 +212,18 @@ fn a_keyed_cluster_runs_tasks_through_a_subworker() {
     let client = keys.client(&cp, "client");
     let report = runtime().block_on(client.submit("add", [20, 22], SubmitOptions::default())).unwrap();
     assert_eq!((report.result.as_deref(), report.worker.as_str()), (Some(&b"42"[..]), "sw1"));
+    // A cancel reaches it as a note sealed with its control key as it
+    // leaves: a running sleeper stops long before its 20 s.
+    let rt = runtime();
+    let sleeper = rt.block_on(client.delay("sleep_ms", (20_000u64,), SubmitOptions::default())).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        rt.block_on(client.status(sleeper)).is_ok_and(|r| r.state == TaskState::Running && r.started_ms.is_some())
+    }));
+    let asked = std::time::Instant::now();
+    rt.block_on(client.cancel(sleeper)).unwrap();
+    let end = rt.block_on(client.wait(sleeper, Duration::from_secs(30))).unwrap();
+    assert!(end.state.is_final(), "{end:?}");
+    assert!(asked.elapsed() < Duration::from_secs(10), "stopped by the cancel: {end:?} after {:?}", asked.elapsed());
     // A subworker without the key cannot join.
     let mut rogue = Process::spawn_subworker(&cp, "rogue", &["example-tasks"], &[]);
     assert_eq!(rogue.wait_exit(Duration::from_secs(20)), Some(2), "{}", rogue.log());

@@ -192,6 +192,48 @@ fn cancelling_a_running_workflow_stops_its_members_and_skips_the_rest() {
     assert_eq!(report.members[2].state, MemberState::Skipped);
 }
 
+/// Members sent ahead to a worker process (`--prefetch-per-process`) and
+/// not started there read `queued` in their workflow's status, over the
+/// Rust client and the HTTP API, as each member's own task status does;
+/// once the run in front is cancelled they run and the workflow succeeds.
+#[test]
+fn members_sent_ahead_and_not_started_read_queued() {
+    let flags = ["--concurrency", "1", "--prefetch-per-process", "4"];
+    let cp = Process::control_plane_with_gui(&["example-tasks"], &flags, &[]);
+    let gui = cp.gui.clone().unwrap();
+    let client = cp.client().with_timeout(Duration::from_secs(30));
+    let rt = runtime();
+    let sleeper = rt.block_on(client.delay("sleep_ms", (20_000u64,), fastworker::SubmitOptions::default())).unwrap();
+    assert!(wait_until(Duration::from_secs(30), || {
+        rt.block_on(client.status(sleeper)).is_ok_and(|r| r.state == TaskState::Running)
+    }));
+    let id = rt
+        .block_on(client.submit_workflow(&Workflow::group((0..3i64).map(|i| task("add", json!([i, i]))))))
+        .unwrap()
+        .workflow_id;
+    let prefetched = || {
+        let text = fastworker_tests::http::get(&format!("{gui}/metrics")).text();
+        let count =
+            |line: &str| line.strip_prefix("fastworker_tasks_prefetched{")?.split(' ').nth(1)?.parse::<u64>().ok();
+        text.lines().filter_map(count).sum::<u64>()
+    };
+    assert!(wait_until(Duration::from_secs(10), || prefetched() == 3), "sent ahead: {}", prefetched());
+    let report = rt.block_on(client.workflow_status(id)).unwrap();
+    assert_eq!(report.state, WorkflowState::Running);
+    for member in &report.members {
+        assert_eq!(member.state, MemberState::Queued, "a member sent ahead, not started: {report:?}");
+        let task = rt.block_on(client.status(member.task_id.unwrap())).unwrap();
+        assert_eq!(task.state, TaskState::Queued, "its task's status agrees: {task:?}");
+    }
+    let body = fastworker_tests::http::get(&format!("{gui}/api/v1/workflows/{id}")).json();
+    for member in body["members"].as_array().unwrap() {
+        assert_eq!(member["state"], "queued", "{body}");
+    }
+    rt.block_on(client.cancel(sleeper)).unwrap();
+    let report = rt.block_on(client.wait_workflow(id, WAIT)).unwrap();
+    assert_eq!(result_of(&report), json!([0, 2, 4]));
+}
+
 #[test]
 fn hostile_workflows_are_refused_with_typed_errors_and_the_control_plane_goes_on() {
     let cp = Process::control_plane(&["example-tasks"], &["--restart-window", "0"]);

@@ -8,6 +8,9 @@
 //!   and leave together in the next one. The worker answers at once.
 //! - **Collect**: one `Collect` always waits on the worker, answered with
 //!   every outcome ready; the next one leaves as soon as the answer is in.
+//! - **Notes**: cancellations and revocations, whose answers nobody
+//!   reads, leave one at a time on a third exchange, in order; those given
+//!   while one leaves wait (`cluster::notes`, bounded).
 //!
 //! So a busy worker's tasks and outcomes travel many to a frame, and an
 //! idle worker's single task costs one frame each way. The slots (the
@@ -24,6 +27,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::notes::{NoteQueue, Push, MAX_WAITING_NOTES};
 use super::pipe_link::PipeLink;
 
 use crate::wire::auth::{open, seal, AuthError, Key, KeyRing, Seal, Sender, ENVELOPE_BYTES};
@@ -32,6 +36,7 @@ use crate::wire::protocol::{dispatch_frame, encode_dispatch_part, encode_message
 use nng::options::protocol::reqrep::ResendTime;
 use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize};
 use nng::{Aio, AioResult, Context, Message, PipeEvent, Protocol, Socket};
+use tracing::{debug, warn};
 
 /// The two exchanges of a link, as its callback names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +89,8 @@ struct NngLink {
     socket: Socket,
     dispatch: (Context, Aio),
     collect: (Context, Aio),
-    /// A context for notes that need no answer (cancellations, revocations).
-    notes: (Context, Aio),
+    /// The exchange for notes that need no answer (cancellations, revocations).
+    notes: (Arc<Notes>, Aio),
     /// With a cluster key: frames are sealed with the subworker's control key, and each
     /// exchange remembers its request's seal, which its reply must cover.
     auth: Option<LinkAuth>,
@@ -137,7 +142,14 @@ impl Link {
             Ok((Context::new(&socket)?, Aio::new(move |_aio, result| on_event(channel, result))?))
         };
         let (dispatch, collect) = (exchange(Channel::Dispatch)?, exchange(Channel::Collect)?);
-        let notes = (Context::new(&socket)?, Aio::new(|_, _| {})?);
+        let notes = Arc::new(Notes {
+            ctx: Context::new(&socket)?,
+            queue: Mutex::default(),
+            seal: auth.as_ref().map(|auth| (auth.key.clone(), auth.sender.clone())),
+            url: url.to_string(),
+        });
+        let on_sent = notes.clone();
+        let notes = (notes, Aio::new(move |aio, result| on_sent.sent(&aio, result))?);
         crate::wire::tls::dial_async(&socket, url)?;
         Ok(Link::with(Transport::Nng(NngLink { dispatch, collect, notes, auth, socket }), max_frame))
     }
@@ -165,6 +177,55 @@ impl Link {
             queued_bytes: Vec::new(),
             sending: Vec::new(),
         }
+    }
+}
+
+/// The notes exchange of an NNG link. A REQ context holds one request,
+/// and its Aio one send: a note leaves when the last one has been handed to
+/// the connection (NNG then writes it, before anything sent after it), so
+/// the others wait in `queue`.
+struct Notes {
+    ctx: Context,
+    queue: Mutex<NoteQueue<Message>>,
+    /// With a cluster key: the key and sender it is sealed with, as it
+    /// leaves (so that its send time and counter are those of its leaving).
+    seal: Option<(Key, Arc<Sender>)>,
+    /// The subworker's address, for the log.
+    url: String,
+}
+
+impl Notes {
+    /// Sends `next` and, should NNG refuse at once, the notes after it.
+    fn send(&self, aio: &Aio, mut next: Option<Message>) {
+        while let Some(mut message) = next {
+            if let Some((key, sender)) = &self.seal {
+                let (envelope, _) = seal(key, sender, &message, None, now_ms());
+                message.push_front(&envelope);
+            }
+            match self.ctx.send(aio, message) {
+                Ok(()) => return,
+                Err((_, error)) => {
+                    debug!(url = %self.url, %error, "a note to a subworker could not leave");
+                    next = self.queue.lock().expect("note lock").left();
+                }
+            }
+        }
+    }
+
+    /// The Aio's callback: the note leaving has left (or failed to), so the
+    /// next one leaves; a closed socket or a stopped Aio ends the notes.
+    fn sent(&self, aio: &Aio, result: AioResult) {
+        let next = {
+            let mut queue = self.queue.lock().expect("note lock");
+            match result {
+                AioResult::Send(Err((_, nng::Error::Canceled | nng::Error::Closed))) => {
+                    queue.close();
+                    None
+                }
+                _ => queue.left(),
+            }
+        };
+        self.send(aio, next);
     }
 }
 
@@ -336,19 +397,27 @@ impl Link {
         Ok(())
     }
 
-    /// Sends a request whose answer does not matter, best effort: one at a
-    /// time; a note sent while the previous one is still leaving is dropped.
-    pub(crate) fn note(&self, mut message: Message) {
-        let nng = match &self.transport {
-            Transport::Nng(nng) => nng,
+    /// Sends a request whose answer does not matter (a cancellation, a
+    /// revocation): after the notes sent before it, in order. Over NNG, one
+    /// leaves at a time and at most [`MAX_WAITING_NOTES`] wait; past that
+    /// the oldest waiting one is dropped, with a warning (see
+    /// `cluster::notes`).
+    pub(crate) fn note(&self, message: Message) {
+        let (notes, aio) = match &self.transport {
+            Transport::Nng(nng) => &nng.notes,
             Transport::Pipe(pipe) => return pipe.note(&message),
         };
-        if let Some(auth) = &nng.auth {
-            let (envelope, _) = seal(&auth.key, &auth.sender, &message, None, now_ms());
-            message.push_front(&envelope);
+        let pushed = notes.queue.lock().expect("note lock").push(message);
+        match pushed {
+            Push::Send(message) => notes.send(aio, Some(message)),
+            Push::Waits | Push::Closed => {}
+            // Once per burst: the count starts again when the line empties.
+            Push::Dropped { dropped: 1 } => warn!(
+                url = %notes.url,
+                "a subworker is not reading its notes (cancellations, revocations): {MAX_WAITING_NOTES} wait, so the oldest was dropped, and more will be until they leave; its runs not reported in time are taken back under their leases"
+            ),
+            Push::Dropped { .. } => {}
         }
-        let (ctx, aio) = &nng.notes;
-        let _ = ctx.send(aio, message);
     }
 }
 
@@ -358,7 +427,7 @@ impl Drop for NngLink {
         // never inside one of their own callbacks, so waiting for those
         // callbacks cannot deadlock. The Aios stop before the socket closes
         // (see `client::stop`).
-        for (_, aio) in [&self.dispatch, &self.collect, &self.notes] {
+        for aio in [&self.dispatch.1, &self.collect.1, &self.notes.1] {
             crate::client::stop(aio);
         }
         self.socket.close();

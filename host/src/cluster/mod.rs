@@ -11,7 +11,9 @@
 //!   on offer and their defaults, the `fastworker workers` table).
 //! - `link`: the control plane's connection to one subworker (batched
 //!   dispatch and collection of runs), over NNG or, to a worker process
-//!   this process started, over a socket pair (`pipe_link`).
+//!   this process started, over a socket pair (`pipe_link`); `notes`: the
+//!   bounded line of its notes (cancellations, revocations) over NNG (no
+//!   I/O).
 //! - [`subworker`]: the subworker's side of membership (register,
 //!   heartbeat, leave).
 //! - [`discovery`]: announcing and finding a control plane without an
@@ -24,6 +26,7 @@
 
 pub mod discovery;
 pub(crate) mod link;
+mod notes;
 mod pipe_link;
 pub(crate) mod routing;
 mod status;

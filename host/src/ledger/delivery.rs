@@ -69,6 +69,16 @@ impl<W> LiveTask<W> {
         }
         report
     }
+
+    /// The state of [`LiveTask::reported`], without the copy (a workflow's
+    /// members read so too).
+    pub(crate) fn reported_state(&self) -> TaskState {
+        if self.prefetched() {
+            TaskState::Queued
+        } else {
+            self.report.state
+        }
+    }
 }
 
 /// A task waiting for a provider to come back.

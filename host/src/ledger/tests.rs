@@ -561,11 +561,13 @@ mod cluster {
         // A client reads it waiting: queued, not started, no run counted.
         let reported = ledger.get(&task_id).unwrap().reported();
         assert_eq!((reported.state, reported.started_ms, reported.attempts), (TaskState::Queued, None, 0));
+        assert_eq!(ledger.get(&task_id).unwrap().reported_state(), TaskState::Queued, "as its workflow reads it");
         let reports = ledger.started(key, &[(task_id, 1), (TaskId::new_v4(), 9)], T0 + 4_000, &mut io);
         assert_eq!((reports.taken, reports.revoked), (1, 0), "a run that already ended is not counted");
         assert!(!ledger.get(&task_id).unwrap().prefetched(), "reported started: running");
         let reported = ledger.get(&task_id).unwrap().reported();
         assert_eq!((reported.state, reported.started_ms, reported.attempts), (TaskState::Running, Some(T0 + 4_000), 1));
+        assert_eq!(ledger.get(&task_id).unwrap().reported_state(), TaskState::Running);
         assert_eq!(io.changed.last(), Some(&(task_id, TaskState::Running, false)));
         assert_eq!(ledger.get(&task_id).unwrap().report.started_ms, Some(T0 + 4_000));
         // Its report is due a timeout plus the grace after its start.

@@ -268,7 +268,7 @@ impl State {
     }
 
     fn workflow_report(&self, tasks: &Tasks, workflow_id: WorkflowId) -> Reply {
-        match tasks.workflows.report(workflow_id, |task_id| tasks.ledger.get(&task_id).map(|t| t.report.state)) {
+        match tasks.workflows.report(workflow_id, |task_id| tasks.ledger.get(&task_id).map(|t| t.reported_state())) {
             Some(report) => Reply::Workflow(report),
             None => Reply::Error(ErrorReply::new(
                 ErrorKind::UnknownWorkflowId,
