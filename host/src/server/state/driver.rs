@@ -91,8 +91,13 @@ impl Effects<Replier, Link> for Driver<'_> {
         // What tells a later submission under this id whether it is the
         // same task: the digest of its arguments, stored with its outcome
         // in durable mode; else large arguments are held until their digest
-        // is computed after the reply has left (`State::hash_ended`).
-        let (args, record) = if state.durable.is_on() || task.args.len() < HASH_LATER_BYTES {
+        // is computed after the reply has left (`State::hash_ended`). A
+        // cache that keeps nothing (a subworker's, a worker process's:
+        // results are kept by their control plane) needs no digest.
+        let keeps_nothing = state.config.result_cache_size == 0 && !state.durable.is_on();
+        let (args, record) = if keeps_nothing {
+            (ArgsKey::Digest([0; 16]), 0)
+        } else if state.durable.is_on() || task.args.len() < HASH_LATER_BYTES {
             let digest = args_digest(&task.args);
             (ArgsKey::Digest(digest), state.durable.record_finished(&report, digest))
         } else {
