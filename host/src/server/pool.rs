@@ -169,7 +169,10 @@ fn worker_loop<J>(shared: &Shared<J>, run: &dyn Fn(J)) {
             run(job);
             state = shared.state.lock().expect("pool lock");
             state.running -= 1;
-            if state.running == 0 && state.queued() == 0 {
+            // Only a drain waits for the pool to be idle, and it closes the
+            // pool first: an open pool's idle moments wake nobody (each
+            // notification is a system call).
+            if state.closed && state.running == 0 && state.queued() == 0 {
                 shared.idle.notify_all();
             }
         } else if state.closed {
