@@ -257,14 +257,23 @@ impl Link {
         self.queued.push_back((task_id, self.queued_bytes.len() - before));
     }
 
-    /// Sends the queued runs (as many as fit one frame) unless a dispatch
-    /// frame is in flight, or the exchange is still ending after a
-    /// [`Link::reset`] (they leave when it has: see the caller); on failure
-    /// returns the runs that did not leave.
+    /// Sends the queued runs: over NNG as many as fit one frame, unless a
+    /// dispatch frame is in flight, or the exchange is still ending after a
+    /// [`Link::reset`] (they leave when it has: see the caller); over a
+    /// socket pair all of them at once, a frame at a time, as no answer is
+    /// awaited. On failure returns the runs that did not leave.
     pub(crate) fn flush(&mut self) -> Result<(), (LinkError, Vec<TaskId>)> {
-        if !self.sending.is_empty() || self.queued.is_empty() {
-            return Ok(());
+        while !self.queued.is_empty() && self.sending.is_empty() {
+            if !self.flush_frame()? {
+                break;
+            }
         }
+        Ok(())
+    }
+
+    /// Sends one frame of queued runs (see [`Link::flush`]); `true` when
+    /// the next may leave at once (no answer is awaited).
+    fn flush_frame(&mut self) -> Result<bool, (LinkError, Vec<TaskId>)> {
         let mut bytes = 0usize;
         let mut count = 0usize;
         for &(_, len) in &self.queued {
@@ -280,23 +289,32 @@ impl Link {
                 let frame = nng.sealed(Channel::Dispatch, frame);
                 let (ctx, aio) = &nng.dispatch;
                 match ctx.send(aio, frame) {
-                    Ok(()) => Ok(()),
+                    Ok(()) => Ok(true),
                     // The exchange a reset cancelled has not reported its end yet.
-                    Err((_, nng::Error::IncorrectState)) => return Ok(()),
+                    Err((_, nng::Error::IncorrectState)) => return Ok(false),
                     Err((_, error)) => Err(LinkError::Nng(error)),
                 }
             }
-            Transport::Pipe(pipe) => pipe.request(Channel::Dispatch, &frame).map_err(LinkError::Pipe),
+            Transport::Pipe(pipe) => pipe.dispatch(&frame).map(|()| false).map_err(LinkError::Pipe),
         };
         self.drain_bytes(bytes);
         let runs = self.queued.drain(..count).map(|(task_id, _)| task_id).collect();
         match sent {
-            Ok(()) => {
+            // Its answer is awaited: the runs queued meanwhile wait for it.
+            Ok(true) => {
                 self.sending = runs;
-                Ok(())
+                Ok(false)
             }
+            Ok(false) => Ok(true),
             Err(error) => Err((error, runs)),
         }
+    }
+
+    /// Whether a run this link sends is taken once written, with no answer
+    /// awaited (a socket pair to a worker process: what is written is
+    /// received, or the pair breaks and every run it carried is taken back).
+    pub(crate) fn taken_when_sent(&self) -> bool {
+        matches!(self.transport, Transport::Pipe(_))
     }
 
     /// Forgets the first `bytes` of queued runs, and the buffer's room
@@ -324,27 +342,20 @@ impl Link {
                 nng.dispatch.1.cancel();
                 nng.collect.1.cancel();
             }
-            // Late replies are not heard; the pair is not connected again.
-            Transport::Pipe(pipe) => pipe.forget_requests(),
+            // Nothing is awaited on a pair, and it is not connected again.
+            Transport::Pipe(_) => {}
         }
     }
 
     /// Gives up the run of `task_id` (the worker did not answer it in
     /// time): the dispatch frame in flight that carries it is cancelled, so
     /// that the runs queued behind it leave when that is reported; still
-    /// queued, it is dropped.
+    /// queued, it is dropped. (A socket pair's runs await no answer.)
     pub(crate) fn abandon_dispatch(&mut self, task_id: TaskId) {
         if self.sending.contains(&task_id) {
             self.sending.clear();
-            match &self.transport {
-                Transport::Nng(nng) => nng.dispatch.1.cancel(),
-                Transport::Pipe(pipe) => {
-                    // Its answer, if it comes, is not heard; the runs queued
-                    // behind it leave now (a failure to send shows as the
-                    // pair breaking, which takes them back).
-                    pipe.forget_dispatch();
-                    let _ = self.flush();
-                }
+            if let Transport::Nng(nng) = &self.transport {
+                nng.dispatch.1.cancel();
             }
         } else if let Some(index) = self.queued.iter().position(|(queued, _)| *queued == task_id) {
             let start: usize = self.queued.iter().take(index).map(|(_, len)| len).sum();

@@ -1,19 +1,21 @@
 //! A link's transport to a worker process this process started: its end
-//! of a Unix socket pair (`wire::pipe`), with the NNG link's `Dispatch`
-//! exchange and its notes. Each request carries an id; a reader thread
-//! hands the reply that answers the latest request of its exchange to the
-//! link's callback as an NNG exchange's reply would be (so the state hears
-//! the same events), once, and drops any other (the answer of a request
-//! given up, a second answer, or one forged by the process's plugin code).
-//! No `Collect` is sent: the process pushes its outcomes as they come
-//! (`Outcomes` frames), heard as a `Collect` reply; each outcome is taken
-//! only for a run under its current lease in one of this process's slots,
-//! once (`Ledger::collected`), so a forged or repeated one is dropped
-//! there. The end of the stream, or anything that is no frame, is the
-//! connection dropping.
+//! of a Unix socket pair (`wire::pipe`), carrying `Dispatch` frames and
+//! notes one way and outcomes the other, and nothing that answers a
+//! request. A run written into the pair is received (or the pair breaks
+//! and every run it carried is taken back), so a `Dispatch` frame awaits
+//! no answer: the process admits its runs and answers each with its
+//! outcome. No `Collect` is sent either: the process pushes its outcomes as
+//! they come (`Outcomes` frames), heard as a `Collect` reply; each outcome
+//! is taken only for a run under its current lease in one of this
+//! process's slots, once (`Ledger::collected`), so a forged or repeated one
+//! is dropped there. A frame of any other kind from the process (the
+//! refusal of a whole frame, which a process under its supervisor's
+//! credit never has reason to send, or one forged by its plugin code), the
+//! end of the stream, or anything that is no frame is the connection
+//! dropping.
 
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -26,9 +28,6 @@ use crate::wire::pipe::{FrameError, FrameReader, PipeWriter, Tag};
 /// The socket pair's side of a link.
 pub(crate) struct PipeLink {
     writer: PipeWriter,
-    /// Per exchange, the id of the request whose reply is awaited (0: none).
-    awaited: Arc<[AtomicU32; 2]>,
-    next_id: AtomicU32,
     stream: UnixStream,
     /// Set when the link is dropped: the reader reports nothing more.
     closed: Arc<AtomicBool>,
@@ -46,14 +45,12 @@ impl PipeLink {
         on_event: impl Fn(Channel, AioResult) + Send + Sync + 'static,
     ) -> std::io::Result<PipeLink> {
         let (writer, writer_thread) = PipeWriter::start(stream.try_clone()?, &format!("fw-{worker_id}-out"))?;
-        let awaited: Arc<[AtomicU32; 2]> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let reader = Reader {
             // A reply holds at most a frame's outcomes and its envelope
             // room, as on the NNG link (`RecvMaxSize`).
             frames: FrameReader::new(stream.try_clone()?, max_frame.saturating_mul(2)),
             worker_id: worker_id.to_string(),
-            awaited: awaited.clone(),
             closed: closed.clone(),
         };
         let on_connection = Arc::new(on_connection);
@@ -69,54 +66,17 @@ impl PipeLink {
             }
         };
         on_connection(true);
-        Ok(PipeLink {
-            writer,
-            awaited,
-            next_id: AtomicU32::new(1),
-            stream,
-            closed,
-            threads: vec![reader_thread, writer_thread],
-        })
+        Ok(PipeLink { writer, stream, closed, threads: vec![reader_thread, writer_thread] })
     }
 
-    fn id(&self) -> u32 {
-        loop {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            if id != 0 {
-                return id;
-            }
-        }
-    }
-
-    /// Sends a request on `channel`; its reply is the one awaited there.
-    pub(crate) fn request(&self, channel: Channel, frame: &[u8]) -> std::io::Result<()> {
-        let id = self.id();
-        self.awaited[channel as usize].store(id, Ordering::SeqCst);
-        self.writer.send(tag(channel), id, frame)
+    /// Sends a frame of runs (its outcomes come back as `Outcomes`).
+    pub(crate) fn dispatch(&self, frame: &[u8]) -> std::io::Result<()> {
+        self.writer.send(Tag::Dispatch, 0, frame)
     }
 
     /// Sends a note whose answer nobody reads.
     pub(crate) fn note(&self, frame: &[u8]) {
         let _ = self.writer.send(Tag::Note, 0, frame);
-    }
-
-    /// The dispatch frame in flight is given up: its answer is not heard.
-    pub(crate) fn forget_dispatch(&self) {
-        self.awaited[Channel::Dispatch as usize].store(0, Ordering::SeqCst);
-    }
-
-    /// No reply in flight is heard any more.
-    pub(crate) fn forget_requests(&self) {
-        for awaited in self.awaited.iter() {
-            awaited.store(0, Ordering::SeqCst);
-        }
-    }
-}
-
-fn tag(channel: Channel) -> Tag {
-    match channel {
-        Channel::Dispatch => Tag::Dispatch,
-        Channel::Collect => Tag::Collect,
     }
 }
 
@@ -124,7 +84,6 @@ fn tag(channel: Channel) -> Tag {
 struct Reader {
     frames: FrameReader<UnixStream>,
     worker_id: String,
-    awaited: Arc<[AtomicU32; 2]>,
     closed: Arc<AtomicBool>,
 }
 
@@ -135,28 +94,13 @@ impl Reader {
                 Ok(frame) => frame,
                 Err(error) => break error,
             };
-            let channel = match frame.tag {
-                Tag::Dispatch => Channel::Dispatch,
-                Tag::Collect => Channel::Collect,
-                // Only this side sends notes.
-                Tag::Note => continue,
-                Tag::Outcomes => {
-                    if self.closed.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    on_event(Channel::Collect, AioResult::Recv(Ok(frame.body)));
-                    continue;
-                }
-            };
-            // Heard once: a second reply to the same request is dropped too.
-            let awaited = &self.awaited[channel as usize];
-            if frame.id == 0 || awaited.compare_exchange(frame.id, 0, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-                continue;
+            if frame.tag != Tag::Outcomes {
+                break FrameError::Unexpected(frame.tag);
             }
             if self.closed.load(Ordering::SeqCst) {
                 return;
             }
-            on_event(channel, AioResult::Recv(Ok(frame.body)));
+            on_event(Channel::Collect, AioResult::Recv(Ok(frame.body)));
         };
         if self.closed.load(Ordering::SeqCst) {
             return;

@@ -5,7 +5,7 @@
 use crate::wire::protocol::FailureKind;
 use tracing::{debug, warn};
 
-use super::{Alarm, Counted, Dispatched, Effects, Ending, Ledger, REPORT_GRACE_MS};
+use super::{Alarm, Counted, Dispatched, Effects, Ending, Ledger, Taken, REPORT_GRACE_MS};
 use crate::cluster::routing::{Slot, WorkerKey};
 use crate::wire::protocol::{decode, ErrorKind, Forwarded, Reply, Reported, TaskError, TaskId, TaskState};
 
@@ -80,7 +80,7 @@ impl<W, L> Ledger<W, L> {
             attempt: report.attempts + 1,
             lease,
         };
-        io.dispatch(&mut worker.link, forwarded);
+        let taken = io.dispatch(&mut worker.link, forwarded);
         report.state = TaskState::Running;
         report.worker.clone_from(&worker.name.worker_id);
         report.attempts = report.attempts.saturating_add(1);
@@ -93,9 +93,9 @@ impl<W, L> Ledger<W, L> {
             // It waited for a provider, and found one.
             io.cancel_alarm(Alarm::Provider(task_id));
         }
-        let answer_by_ms = now.saturating_add(self.settings.answer_within_ms);
-        let dispatched =
-            Dispatched { key, lease, timeout_ms, answer_by_ms: Some(answer_by_ms), start_by_ms, report_by_ms: None };
+        // Awaited from the worker, unless the link takes a run when it sends it.
+        let answer_by_ms = (taken == Taken::WhenAnswered).then(|| now.saturating_add(self.settings.answer_within_ms));
+        let dispatched = Dispatched { key, lease, timeout_ms, answer_by_ms, start_by_ms, report_by_ms: None };
         let previous = task.dispatch.replace(dispatched);
         if let Some(previous) = previous {
             // A retry or a task taken back: its earlier run's lease alarm
@@ -103,7 +103,8 @@ impl<W, L> Ledger<W, L> {
             io.cancel_alarm(Alarm::Lease(task_id, previous.lease));
         }
         let first_look = now.saturating_add(timeout_ms).saturating_add(REPORT_GRACE_MS);
-        io.set_alarm(answer_by_ms.min(first_look).min(start_by_ms), Alarm::Lease(task_id, lease));
+        let first_alarm = answer_by_ms.unwrap_or(u64::MAX).min(first_look).min(start_by_ms);
+        io.set_alarm(first_alarm, Alarm::Lease(task_id, lease));
         // Prefetched, now that it holds its dispatch.
         io.changed(task);
         io.progressed(task, None);

@@ -52,6 +52,17 @@ pub(crate) enum Counted {
 
 /// The effects of the ledger's events. `W` is whoever waits for a task's
 /// end (a client's replier), `L` the connection to a subworker.
+/// How a link acknowledges a run it was given to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// By the worker's answer to the frame that carries it, awaited
+    /// within `--reply-timeout` (a subworker's NNG link).
+    WhenAnswered,
+    /// Once written: what is written is received, or the connection
+    /// breaks and the run is taken back (a worker process's socket pair).
+    WhenSent,
+}
+
 pub(crate) trait Effects<W, L> {
     /// A task was accepted; `later` is its countdown or ETA. (Durable mode
     /// acknowledges it once this is stored.)
@@ -84,7 +95,7 @@ pub(crate) trait Effects<W, L> {
     fn answer(&mut self, waiters: Vec<W>, report: TaskReport);
 
     /// Puts a run into the subworker's next dispatch frame.
-    fn dispatch(&mut self, link: &mut L, run: Forwarded<'_>);
+    fn dispatch(&mut self, link: &mut L, run: Forwarded<'_>) -> Taken;
 
     /// Sends the subworker's queued runs unless a frame is in flight; the
     /// error says why the connection failed.

@@ -43,7 +43,7 @@ mod workers;
 
 pub(crate) use delivery::{Absent, Dispatched, REPORT_GRACE_MS};
 pub(crate) use dispatch::FrameAnswer;
-pub(crate) use effects::{Alarm, Counted, Effects};
+pub(crate) use effects::{Alarm, Counted, Effects, Taken};
 
 /// How many times a task may be lost with a subworker that went away
 /// before the ledger gives up on it.

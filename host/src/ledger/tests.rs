@@ -29,6 +29,8 @@ struct FakeLink {
     sent: Vec<(TaskId, u64, u32)>,
     /// Whether the next flush fails.
     broken: bool,
+    /// Whether a run is taken once sent (a worker process's socket pair).
+    taken_when_sent: bool,
     /// Notes go out on their own exchange, through a shared link (as the
     /// real one queues them).
     notes: RefCell<Vec<Request>>,
@@ -94,8 +96,13 @@ impl Effects<Waiter, FakeLink> for Recorder {
     fn answer(&mut self, waiters: Vec<Waiter>, report: TaskReport) {
         self.answered.push((waiters, report.state));
     }
-    fn dispatch(&mut self, link: &mut FakeLink, run: Forwarded<'_>) {
+    fn dispatch(&mut self, link: &mut FakeLink, run: Forwarded<'_>) -> Taken {
         link.queued.push((run.task_id, run.lease, run.attempt));
+        if link.taken_when_sent {
+            Taken::WhenSent
+        } else {
+            Taken::WhenAnswered
+        }
     }
     fn flush(&mut self, link: &mut FakeLink) -> Result<(), String> {
         if link.broken {
@@ -1120,6 +1127,27 @@ mod unanswered {
             (state(&ledger, answered), state(&ledger, started)),
             (Some(TaskState::Running), Some(TaskState::Running))
         );
+    }
+
+    #[test]
+    fn a_run_taken_when_sent_awaits_no_answer_only_its_start() {
+        let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
+        let pair = worker(&mut ledger, "process", 1, &["t"]);
+        link(&mut ledger, pair).taken_when_sent = true;
+        let task_id = admit(&mut ledger, &mut io, task("t", 0, None));
+        let effects = io.take();
+        // Its first look is at its start's bound, not the answer's.
+        assert!(effects.contains(&Effect::SetAlarm(T0 + MAX_RUN_MS, Alarm::Lease(task_id, 1))), "{effects:?}");
+        assert_eq!(ledger.get(&task_id).unwrap().dispatch.unwrap().answer_by_ms, None);
+        // Past the answer's bound with no answer, it is still running there.
+        ledger.alarm(Alarm::Lease(task_id, 1), T0 + ANSWER_MS, &mut io);
+        let effects = io.take();
+        assert!(!effects.contains(&Effect::Count(Counted::LeaseExpired)), "{effects:?}");
+        assert!(link(&mut ledger, pair).unanswered.is_empty());
+        assert_eq!(state(&ledger, task_id), Some(TaskState::Running));
+        // Its outcome settles it as any other's.
+        ledger.collected(pair, vec![outcome(task_id, 1, Ok("3"))], T0 + 5, &mut io);
+        assert_eq!(state(&ledger, task_id), None);
     }
 }
 

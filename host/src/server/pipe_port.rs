@@ -1,20 +1,21 @@
 //! A worker process's end of its link (`wire::pipe`): the socket pair its
 //! supervisor handed over (`--link-fd`) serves the control plane's
 //! `Dispatch` and notes exactly as the CRITICAL port would
-//! (`routes::task_port`), one reader thread taking frames and each reply
-//! written back tagged with its request's exchange and id. Outcomes are
-//! pushed unasked, in `Outcomes` frames, from the thread that ends a run
-//! (`Collector::push_to`).
+//! (`routes::task_port`), one reader thread taking frames. A `Dispatch` is
+//! not answered (its runs were taken when sent), unless refused whole.
+//! Outcomes are pushed unasked, in `Outcomes` frames, from the thread that
+//! ends a run (`Collector::push_to`).
 
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::server::endpoint::Replier;
+use crate::server::endpoint::{encode_reply, Replier};
 use crate::server::routes;
 use crate::server::state::State;
 use crate::wire::pipe::{FrameError, FrameReader, PipeWriter, Tag};
+use crate::wire::protocol::Reply;
 
 /// Serves `stream` until it closes; then `on_closed` (on the reader thread).
 pub(crate) fn serve(
@@ -31,6 +32,7 @@ pub(crate) fn serve(
     state.collector.push_to(move |outcomes| {
         let _ = pusher.send(Tag::Outcomes, 0, &outcomes);
     });
+    let done: Arc<[u8]> = encode_reply(&Reply::Done)[..].into();
     std::thread::Builder::new().name("link-in".into()).spawn(move || {
         let error = loop {
             let frame = match frames.next_frame() {
@@ -39,6 +41,16 @@ pub(crate) fn serve(
             };
             let replier = match frame.tag {
                 Tag::Note => Replier::forwarding(|_| {}),
+                // Its runs were taken when sent: only a refusal of the whole
+                // frame goes back (which ends the link, see `cluster::pipe_link`).
+                Tag::Dispatch => {
+                    let (writer, done) = (writer.clone(), done.clone());
+                    Replier::forwarding(move |reply| {
+                        if reply[..] != done[..] {
+                            let _ = writer.send(Tag::Dispatch, 0, &reply);
+                        }
+                    })
+                }
                 tag => {
                     let writer = writer.clone();
                     let id = frame.id;

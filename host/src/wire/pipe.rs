@@ -69,6 +69,9 @@ pub(crate) enum FrameError {
     /// A tag no side writes.
     #[error("a frame has the unknown channel tag {0}: the link is broken or hostile")]
     UnknownTag(u8),
+    /// A frame of a kind this end is never sent.
+    #[error("a {0:?} frame came, which this end is never sent: the link is broken or hostile")]
+    Unexpected(Tag),
 }
 
 /// One frame read.

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::cluster::link::Link;
-use crate::ledger::{Alarm, Counted, Effects, LiveTask};
+use crate::ledger::{Alarm, Counted, Effects, LiveTask, Taken};
 use crate::server::cache::{args_digest, ArgsKey, HASH_LATER_BYTES};
 use crate::server::endpoint::{encode_reply, Replier};
 use crate::server::monitor::TaskSummary;
@@ -126,8 +126,13 @@ impl Effects<Replier, Link> for Driver<'_> {
         }
     }
 
-    fn dispatch(&mut self, link: &mut Link, run: Forwarded<'_>) {
+    fn dispatch(&mut self, link: &mut Link, run: Forwarded<'_>) -> Taken {
         link.queue(run);
+        if link.taken_when_sent() {
+            Taken::WhenSent
+        } else {
+            Taken::WhenAnswered
+        }
     }
 
     fn flush(&mut self, link: &mut Link) -> Result<(), String> {
