@@ -26,6 +26,10 @@
 //!
 //! Everything past the queue runs on NNG's callbacks: no task of the
 //! caller's runtime is needed, so a client serves callers of any runtime.
+//! A frame leaves from the thread that takes it off the queue (the
+//! caller's, or the callback's of the lane's last answer) with a
+//! non-blocking send when the connection is free, so that only the
+//! answer, not the send, goes through an NNG callback.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -263,10 +267,16 @@ impl Shared {
             return self.refuse_frame(lane, &frame.tags, error);
         }
         *lane.sent.lock().expect("lane lock") = Some(Sent { tags: frame.tags, seal });
-        let started = lane
-            .aio
-            .set_timeout(Some(self.frame_timeout))
-            .and_then(|()| lane.ctx.send(&lane.aio, message).map_err(|(_, error)| error));
+        let started = match send_now(&lane.ctx, message) {
+            // On its way: the lane waits for the answer from here.
+            Ok(()) => lane.aio.set_timeout(Some(self.frame_timeout)).and_then(|()| lane.ctx.recv(&lane.aio)),
+            // No connection free this moment: the lane's Aio queues the
+            // frame, and its completion starts the wait for the answer.
+            Err(message) => lane
+                .aio
+                .set_timeout(Some(self.frame_timeout))
+                .and_then(|()| lane.ctx.send(&lane.aio, message).map_err(|(_, error)| error)),
+        };
         if let Err(error) = started {
             self.frame_failed(lane, error);
         }
@@ -367,6 +377,28 @@ impl Shared {
             drop(flow);
             self.send(lane, frame);
         }
+    }
+}
+
+/// Sends `message` on `ctx` at once if a connection is free to take it,
+/// or gives it back. A send through an Aio with a callback ends in that
+/// callback, which NNG runs on one of its task threads, waking one for
+/// every frame; sent here, the frame is written and its send complete
+/// before this returns, on the caller's thread, with no wake-up. It fails
+/// (and NNG gives the message back, the context reset) when no connection
+/// is ready: not yet up, or writing another lane's frame.
+fn send_now(ctx: &Context, message: Message) -> Result<(), Message> {
+    // SAFETY: the context handle is live for as long as `ctx`; the message
+    // pointer is the message's own. On success NNG owns the message (it is
+    // forgotten here, not freed); on failure it is the caller's again
+    // (`nng_ctx_sendmsg`'s contract), so it is returned as it was.
+    let flags = nng_sys::NNG_FLAG_NONBLOCK as std::os::raw::c_int;
+    let rv = unsafe { nng_sys::nng_ctx_sendmsg(ctx.nng_ctx(), message.nng_msg(), flags) };
+    if rv == 0 {
+        std::mem::forget(message);
+        Ok(())
+    } else {
+        Err(message)
     }
 }
 
