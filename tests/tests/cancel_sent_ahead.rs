@@ -186,6 +186,57 @@ fn runs_sent_ahead_through_a_subworker_and_cancelled_never_run() {
     }
 }
 
+/// A control plane with a dashboard and a network subworker of one run
+/// sending `prefetch` runs ahead, busy with a 15 s sleeper; and the
+/// `ahead` tasks `submit` gives it, once all are sent ahead.
+struct BusySubworker {
+    _cp: Process,
+    _subworker: Process,
+    gui: String,
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    sleeper: TaskId,
+}
+
+impl BusySubworker {
+    fn start(prefetch: usize) -> BusySubworker {
+        let cp = Process::control_plane_with_gui(&[], &[], &[]);
+        let gui = cp.gui.clone().unwrap();
+        let prefetch = prefetch.to_string();
+        let flags = ["--concurrency", "1", "--prefetch", prefetch.as_str()];
+        let subworker = Process::subworker(&cp, "sw1", &["example-tasks"], &flags);
+        let rt = runtime();
+        let client = cp.client().with_timeout(Duration::from_secs(60));
+        let sleeper = blocker(&rt, &client, 15_000);
+        BusySubworker { _cp: cp, _subworker: subworker, gui, rt, client, sleeper }
+    }
+
+    fn wait_sent_ahead(&self, ahead: usize) {
+        assert!(
+            wait_until(Duration::from_secs(10), || prefetched(&self.gui) == ahead as u64),
+            "sent ahead: {}",
+            prefetched(&self.gui)
+        );
+    }
+
+    /// The runs were ended while the sleeper still ran, none is left sent
+    /// ahead; then the sleeper stops, a last run goes through, and no run
+    /// cancelled ever started there (no start report to discard).
+    fn check_ended_before_the_sleeper_and_never_started(&self, ids: &[TaskId]) {
+        let sleeping = self.rt.block_on(self.client.status(self.sleeper)).unwrap();
+        assert_eq!(sleeping.state, TaskState::Running, "the runs ended while the run in front ran");
+        assert_eq!(prefetched(&self.gui), 0, "nothing is left sent ahead");
+        self.rt.block_on(self.client.cancel(self.sleeper)).unwrap();
+        let last: String = self.rt.block_on(self.client.call("echo", ("last",))).unwrap();
+        assert_eq!(last, "last");
+        let metrics = http::get(&format!("{}/metrics", self.gui)).text();
+        assert!(metrics.lines().any(|line| line == "fastworker_revoked_reports_total 0"), "{metrics}");
+        for id in ids {
+            never_ran(&self.rt.block_on(self.client.status(*id)).unwrap(), "status at the end");
+        }
+    }
+}
+
 /// Cancels of several runs sent ahead to a network subworker, all at once:
 /// the control plane's notes to it overlap, and each leaves after the one
 /// before it (a note given while another was leaving used to be dropped,
@@ -195,21 +246,12 @@ fn runs_sent_ahead_through_a_subworker_and_cancelled_never_run() {
 #[test]
 fn cancels_at_once_of_runs_sent_ahead_to_a_subworker_all_reach_it() {
     const AHEAD: usize = 16;
-    let cp = Process::control_plane_with_gui(&[], &[], &[]);
-    let gui = cp.gui.clone().unwrap();
-    let flags = ["--concurrency", "1", "--prefetch", "16"];
-    let _sw = Process::subworker(&cp, "sw1", &["example-tasks"], &flags);
-    let rt = runtime();
-    let client = cp.client().with_timeout(Duration::from_secs(60));
-    let sleeper = blocker(&rt, &client, 15_000);
+    let busy = BusySubworker::start(AHEAD);
+    let (rt, client) = (&busy.rt, &busy.client);
     let ids: Vec<TaskId> = (0..AHEAD)
         .map(|n| rt.block_on(client.delay("echo", (format!("{n}"),), SubmitOptions::default())).unwrap())
         .collect();
-    assert!(
-        wait_until(Duration::from_secs(10), || prefetched(&gui) == AHEAD as u64),
-        "sent ahead: {}",
-        prefetched(&gui)
-    );
+    busy.wait_sent_ahead(AHEAD);
 
     let answers: Vec<TaskReport> = rt.block_on(async {
         let cancels: Vec<_> = ids
@@ -226,24 +268,10 @@ fn cancels_at_once_of_runs_sent_ahead_to_a_subworker_all_reach_it() {
         answers
     });
     // Answered by the subworker, not by the runs' start after the sleeper.
-    let sleeping = rt.block_on(client.status(sleeper)).unwrap();
-    assert_eq!(sleeping.state, TaskState::Running, "the cancels were answered while the run in front ran");
     for answer in &answers {
         never_ran(answer, "each cancel's answer");
     }
-    assert_eq!(prefetched(&gui), 0, "nothing is left sent ahead");
-
-    // The sleeper stops when asked; a last run goes through the subworker
-    // after it. No run cancelled started there: none reported a start the
-    // control plane had to discard, and each still never ran.
-    rt.block_on(client.cancel(sleeper)).unwrap();
-    let last: String = rt.block_on(client.call("echo", ("last",))).unwrap();
-    assert_eq!(last, "last");
-    let metrics = http::get(&format!("{gui}/metrics")).text();
-    assert!(metrics.lines().any(|line| line == "fastworker_revoked_reports_total 0"), "{metrics}");
-    for id in &ids {
-        never_ran(&rt.block_on(client.status(*id)).unwrap(), "status at the end");
-    }
+    busy.check_ended_before_the_sleeper_and_never_started(&ids);
 }
 
 /// A workflow whose members wait sent ahead to a network subworker,
@@ -253,20 +281,11 @@ fn cancels_at_once_of_runs_sent_ahead_to_a_subworker_all_reach_it() {
 #[test]
 fn a_cancelled_workflow_ends_all_its_members_sent_ahead_to_a_subworker() {
     const MEMBERS: usize = 8;
-    let cp = Process::control_plane_with_gui(&[], &[], &[]);
-    let gui = cp.gui.clone().unwrap();
-    let flags = ["--concurrency", "1", "--prefetch", "8"];
-    let _sw = Process::subworker(&cp, "sw1", &["example-tasks"], &flags);
-    let rt = runtime();
-    let client = cp.client().with_timeout(Duration::from_secs(60));
-    let sleeper = blocker(&rt, &client, 15_000);
+    let busy = BusySubworker::start(MEMBERS);
+    let (rt, client) = (&busy.rt, &busy.client);
     let group = Workflow::group((0..MEMBERS as i64).map(|i| task("add", serde_json::json!([i, i]))));
     let id = rt.block_on(client.submit_workflow(&group)).unwrap().workflow_id;
-    assert!(
-        wait_until(Duration::from_secs(10), || prefetched(&gui) == MEMBERS as u64),
-        "sent ahead: {}",
-        prefetched(&gui)
-    );
+    busy.wait_sent_ahead(MEMBERS);
 
     let cancelled = rt.block_on(client.cancel_workflow(id)).unwrap();
     assert_eq!(cancelled.state, WorkflowState::Cancelled, "{cancelled:?}");
@@ -275,16 +294,6 @@ fn a_cancelled_workflow_ends_all_its_members_sent_ahead_to_a_subworker() {
         let report = rt.block_on(client.wait(member.task_id.unwrap(), Duration::from_secs(30))).unwrap();
         never_ran(&report, "a member at its end");
     }
-    let sleeping = rt.block_on(client.status(sleeper)).unwrap();
-    assert_eq!(sleeping.state, TaskState::Running, "the members ended while the run in front ran");
-    assert_eq!(prefetched(&gui), 0, "nothing is left sent ahead");
-
-    rt.block_on(client.cancel(sleeper)).unwrap();
-    let last: String = rt.block_on(client.call("echo", ("last",))).unwrap();
-    assert_eq!(last, "last");
-    let metrics = http::get(&format!("{gui}/metrics")).text();
-    assert!(metrics.lines().any(|line| line == "fastworker_revoked_reports_total 0"), "{metrics}");
-    for member in &cancelled.members {
-        never_ran(&rt.block_on(client.status(member.task_id.unwrap())).unwrap(), "status at the end");
-    }
+    let members: Vec<TaskId> = cancelled.members.iter().map(|member| member.task_id.unwrap()).collect();
+    busy.check_ended_before_the_sleeper_and_never_started(&members);
 }
