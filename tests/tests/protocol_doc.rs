@@ -165,6 +165,7 @@ fn every_request_is_as_documented() {
             session: id,
             calls: CallList { calls: vec![Call { tag: 1, submit: Submit::default() }], over: None },
         })),
+        sample(Request::HandBack { task_ids: vec![id] }),
     ];
     check("## Request", &samples);
     // The fields of a Submit, in order.

@@ -97,7 +97,9 @@ fn concurrent_tasks_spread_over_three_subworkers_and_none_runs_on_the_control_pl
     assert_eq!(counts.len(), 3, "expected tasks to run only on sw1..sw3 (not on the control plane), got {counts:?}");
     let cluster = cp.workers().expect("workers()");
     let dispatched: u64 = cluster.subworkers.iter().map(|w| w.dispatched).sum();
-    assert_eq!(dispatched, 36, "expected 6 + 30 dispatches in all: {cluster:?}");
+    // 6 + 30, and one more for each run sent ahead to a busy subworker
+    // that an idle one asked back (not counted as a run: attempts stay 1).
+    assert!(dispatched >= 36, "expected at least 6 + 30 dispatches in all: {cluster:?}");
     assert_eq!((cluster.total_subworkers, cluster.active_subworkers), (3, 3), "{cluster:?}");
 }
 

@@ -220,6 +220,15 @@ impl<L> Cluster<L> {
         }
     }
 
+    /// Takes a free slot of worker `key` for `task_id`, if it is routable
+    /// and has one (a run asked back for it: see `Ledger::ask_back_for`).
+    pub(crate) fn take_slot(&mut self, key: WorkerKey, task_id: TaskId) -> Option<usize> {
+        let worker = self.get_mut(key).filter(|w| w.routable())?;
+        let slot = worker.free_slot()?;
+        worker.occupy(slot, task_id);
+        Some(slot)
+    }
+
     /// Puts a task in line for a slot; `first` for a task taken back from a
     /// worker, which has waited longest.
     pub(crate) fn wait(&mut self, priority: Priority, waiting: Waiting, place: Place) {

@@ -45,6 +45,10 @@ pub(crate) struct Dispatched {
     pub(crate) start_by_ms: u64,
     /// Once reported started: when it must have been reported ended.
     pub(crate) report_by_ms: Option<u64>,
+    /// Asked back for this idle worker while sent ahead (`HandBack`):
+    /// asked once; its worker hands it back unless it started meanwhile,
+    /// and it goes to that idle worker if it still has room.
+    pub(crate) asked_back: Option<WorkerKey>,
 }
 
 impl<W> LiveTask<W> {
@@ -145,6 +149,9 @@ impl<W, L> Ledger<W, L> {
                 }
             }
         }
+        if reports.taken > 0 {
+            self.ask_back_for_idle(io);
+        }
         reports
     }
 
@@ -240,7 +247,9 @@ impl<W, L> Ledger<W, L> {
         now: u64,
         io: &mut impl Effects<W, L>,
     ) {
-        if let Some(worker) = self.cluster.get_mut(key) {
+        let asked_for =
+            self.live.get(&task_id).and_then(|t| t.dispatch).filter(|d| d.key == key).and_then(|d| d.asked_back);
+        if let Some(worker) = self.cluster.get_mut(key).filter(|_| asked_for.is_none()) {
             if worker.phase == Phase::Active {
                 // It said it is stopping, whether or not its Leave arrived.
                 worker.phase = Phase::Draining;
@@ -248,9 +257,31 @@ impl<W, L> Ledger<W, L> {
         }
         if self.live.get(&task_id).is_some_and(|task| task.report.state == TaskState::Running) {
             io.count(Counted::HandedBack);
-            debug!(%task_id, "a stopping subworker handed the task back: {why}");
-            self.hand_back(task_id, why, now, io);
+            debug!(%task_id, "a subworker handed the task back: {why}");
+            // Asked back for an idle worker: it goes there if it has room.
+            let slot = asked_for.and_then(|idle| Some((idle, self.cluster.take_slot(idle, task_id)?)));
+            match slot {
+                Some((idle, slot)) => {
+                    self.hand_back_to(task_id, idle, slot, now, io);
+                    self.flush_worker(idle, now, io);
+                }
+                None => self.hand_back(task_id, why, now, io),
+            }
         }
+    }
+
+    /// A run that never started comes back and goes to `slot` of worker
+    /// `key`, taken for it; it counts neither as a run nor as a loss.
+    fn hand_back_to(&mut self, task_id: TaskId, key: WorkerKey, slot: usize, now: u64, io: &mut impl Effects<W, L>) {
+        let Some(task) = self.live.get_mut(&task_id) else {
+            self.cluster.release(key, slot, Some(task_id));
+            return;
+        };
+        task.report.attempts = task.report.attempts.saturating_sub(1);
+        if let Some(dispatch) = task.dispatch.take() {
+            io.cancel_alarm(Alarm::Lease(task_id, dispatch.lease));
+        }
+        self.queue_for_worker(key, slot, task_id, now, io);
     }
 
     /// A run that never started comes back: it goes elsewhere, first in

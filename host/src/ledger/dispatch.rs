@@ -7,7 +7,7 @@ use tracing::{debug, warn};
 
 use super::{Alarm, Counted, Dispatched, Effects, Ending, Ledger, Taken, REPORT_GRACE_MS};
 use crate::cluster::routing::{Slot, WorkerKey};
-use crate::wire::protocol::{decode, ErrorKind, Forwarded, Reply, Reported, TaskError, TaskId, TaskState};
+use crate::wire::protocol::{decode, ErrorKind, Forwarded, Reply, Reported, Request, TaskError, TaskId, TaskState};
 
 /// What a subworker answered a dispatch frame with.
 #[derive(Debug)]
@@ -50,7 +50,7 @@ impl<W, L> Ledger<W, L> {
 
     /// Puts a run into a worker's next dispatch frame, into a slot the
     /// cluster reserved for it, under a fresh lease.
-    fn queue_for_worker(
+    pub(super) fn queue_for_worker(
         &mut self,
         key: WorkerKey,
         slot: usize,
@@ -95,7 +95,8 @@ impl<W, L> Ledger<W, L> {
         }
         // Awaited from the worker, unless the link takes a run when it sends it.
         let answer_by_ms = (taken == Taken::WhenAnswered).then(|| now.saturating_add(self.settings.answer_within_ms));
-        let dispatched = Dispatched { key, lease, timeout_ms, answer_by_ms, start_by_ms, report_by_ms: None };
+        let dispatched =
+            Dispatched { key, lease, timeout_ms, answer_by_ms, start_by_ms, report_by_ms: None, asked_back: None };
         let previous = task.dispatch.replace(dispatched);
         if let Some(previous) = previous {
             // A retry or a task taken back: its earlier run's lease alarm
@@ -128,15 +129,90 @@ impl<W, L> Ledger<W, L> {
         let idle: Vec<usize> = self.cluster.get(key).map_or_else(Vec::new, |w| {
             w.slots.iter().enumerate().filter(|(_, slot)| **slot == Slot::Idle).map(|(index, _)| index).collect()
         });
-        for slot in idle {
+        let mut left_idle = 0;
+        for (index, &slot) in idle.iter().enumerate() {
             let mut gate = super::local::Gate::new(&mut self.task_limits, now);
             match self.cluster.next_for_with(key, slot, &mut gate) {
                 Some(next) => self.queue_for_worker(key, slot, next, now, io),
                 // Nothing for one free slot is nothing for the others.
-                None => break,
+                None => {
+                    left_idle = idle.len() - index;
+                    break;
+                }
             }
         }
         self.flush_worker(key, now, io);
+        if left_idle > 0 {
+            self.ask_back_for(key, left_idle, io);
+        }
+    }
+
+    /// Asks for up to `slots` runs sent ahead to other workers, not
+    /// started there, that worker `key` (idle, nothing waiting for it)
+    /// provides: each worker asked hands back those it has not started
+    /// (`HandBack`), and a run handed back goes first in line, to the
+    /// least loaded worker. So a run sent ahead to a worker busy with long
+    /// runs does not wait there while another idles. Only a worker whose
+    /// every thread runs a run reported started is asked (runs are
+    /// reported started once they have run for a while, so short runs
+    /// cause no asking back, and every run it holds beyond those is surely
+    /// queued there); each run is asked for once, the oldest first, and no
+    /// more than the idle slots less the runs already asked back.
+    fn ask_back_for(&mut self, key: WorkerKey, slots: usize, io: &mut impl Effects<W, L>) {
+        let Some(idle) = self.cluster.get(key).filter(|w| w.routable()) else { return };
+        let mut wanted: Vec<(u64, TaskId, WorkerKey)> = Vec::new();
+        let mut on_their_way = 0usize;
+        for other in self.cluster.workers().filter(|w| w.key != key && w.connected) {
+            let held = other.slots.iter().filter_map(|slot| match slot {
+                Slot::Busy(id) => self.live.get(id).map(|task| (task, *id)),
+                _ => None,
+            });
+            let (ahead, running): (Vec<_>, Vec<_>) = held.partition(|(task, _)| task.prefetched());
+            if running.len() < other.concurrency as usize {
+                continue;
+            }
+            for (task, task_id) in ahead {
+                if task.dispatch.is_some_and(|d| d.asked_back.is_some()) {
+                    on_their_way += 1;
+                } else if idle.tasks.contains_key(&task.report.task_name) {
+                    wanted.push((task.report.created_ms, task_id, other.key));
+                }
+            }
+        }
+        wanted.sort_unstable();
+        wanted.truncate(slots.saturating_sub(on_their_way));
+        let mut by_worker: Vec<(WorkerKey, Vec<TaskId>)> = Vec::new();
+        for (_, task_id, other) in wanted {
+            if let Some(dispatch) = self.live.get_mut(&task_id).and_then(|t| t.dispatch.as_mut()) {
+                dispatch.asked_back = Some(key);
+            }
+            match by_worker.iter_mut().find(|(k, _)| *k == other) {
+                Some((_, ids)) => ids.push(task_id),
+                None => by_worker.push((other, vec![task_id])),
+            }
+        }
+        for (other, task_ids) in by_worker {
+            if let Some(worker) = self.cluster.get(other) {
+                debug!(worker = %worker.name.worker_id, count = task_ids.len(), "asking back runs sent ahead, for an idle worker");
+                io.note(&worker.link, Request::HandBack { task_ids });
+            }
+        }
+    }
+
+    /// Every routable worker with free slots asks back runs sent ahead to
+    /// busy ones ([`Ledger::ask_back_for`]): after a start report, which
+    /// may show a worker's every thread busy with runs that run long.
+    pub(super) fn ask_back_for_idle(&mut self, io: &mut impl Effects<W, L>) {
+        let idle: Vec<(WorkerKey, usize)> = self
+            .cluster
+            .workers()
+            .filter(|w| w.routable())
+            .map(|w| (w.key, w.slots.iter().filter(|slot| **slot == Slot::Idle).count()))
+            .filter(|(_, free)| *free > 0)
+            .collect();
+        for (key, free) in idle {
+            self.ask_back_for(key, free, io);
+        }
     }
 
     /// Event: subworker slots may be free (a worker joined, came back or

@@ -164,13 +164,24 @@ fn ledger(local: &[&str]) -> Ledger<Waiter, FakeLink> {
 
 /// Adds an active, connected subworker `id` with `slots` slots providing `tasks`.
 fn worker(ledger: &mut Ledger<Waiter, FakeLink>, id: &str, slots: u32, tasks: &[&str]) -> WorkerKey {
+    worker_sent_ahead(ledger, id, slots, 0, tasks)
+}
+
+/// As [`worker`], taking `prefetch` runs ahead of the `slots` it runs.
+fn worker_sent_ahead(
+    ledger: &mut Ledger<Waiter, FakeLink>,
+    id: &str,
+    slots: u32,
+    prefetch: u32,
+    tasks: &[&str],
+) -> WorkerKey {
     let tasks: HashMap<String, OfferedTask> = tasks.iter().map(|t| (t.to_string(), OfferedTask::new(t))).collect();
     let key = ledger.cluster.new_key();
     let name = WorkerName { worker_id: id.into(), instance: TaskId::new_v4() };
     let address = format!("tcp://{id}:1");
     ledger
         .cluster
-        .add(Joining { key, name, address, concurrency: slots, prefetch: 0, tasks, link: FakeLink::default() }, T0);
+        .add(Joining { key, name, address, concurrency: slots, prefetch, tasks, link: FakeLink::default() }, T0);
     let worker = ledger.cluster.get_mut(key).unwrap();
     worker.phase = Phase::Active;
     worker.connected = true;
@@ -606,6 +617,36 @@ mod cluster {
         assert_eq!((task.report.state, task.report.attempts), (TaskState::Queued, 0));
         ledger.collected(second, vec![outcome(waiting, 2, Ok("1"))], T0 + 2, &mut io);
         assert_eq!(link(&mut ledger, second).sent[1], (task_id, 3, 1), "sent again as its first run");
+    }
+
+    #[test]
+    fn an_idle_worker_asks_back_a_run_sent_ahead_to_a_busy_one_which_then_runs_there() {
+        let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
+        let busy = worker_sent_ahead(&mut ledger, "busy", 1, 2, &["t"]);
+        let ids = admit_one_after_another(&mut ledger, &mut io, 3);
+        assert_eq!(link(&mut ledger, busy).sent.len(), 3, "one to run, two sent ahead");
+        ledger.started(busy, &[(ids[0], 1)], T0 + 1, &mut io);
+        let idle = worker(&mut ledger, "idle", 1, &["t"]);
+        ledger.fill_worker(idle, T0 + 2, &mut io);
+        // Of the two surely waiting there, the older is asked back, once.
+        let notes = format!("{:?}", link(&mut ledger, busy).notes.borrow());
+        assert_eq!(notes, format!("{:?}", vec![Request::HandBack { task_ids: vec![ids[1]] }]));
+        ledger.fill_worker(idle, T0 + 3, &mut io);
+        assert_eq!(link(&mut ledger, busy).notes.borrow().len(), 1, "asked once");
+        // Handed back, it runs on the idle worker as its first run; the
+        // busy worker is not taken for stopping.
+        let handed = Reply::Error(ErrorReply::new(ErrorKind::HandedBack, "asked back"));
+        ledger.collected(busy, vec![reply(ids[1], 2, &handed)], T0 + 4, &mut io);
+        assert_eq!(link(&mut ledger, idle).sent, vec![(ids[1], 4, 1)]);
+        assert_eq!(ledger.cluster.get(busy).unwrap().phase, Phase::Active);
+        // A worker whose thread runs no run reported started (a short one,
+        // perhaps already over) is not asked.
+        let (mut other, mut io) = (super::ledger(&[]), Recorder::default());
+        let short = worker_sent_ahead(&mut other, "short", 1, 2, &["t"]);
+        admit_one_after_another(&mut other, &mut io, 3);
+        let idle = worker(&mut other, "idle", 1, &["t"]);
+        other.fill_worker(idle, T0 + 1, &mut io);
+        assert!(link(&mut other, short).notes.borrow().is_empty());
     }
 
     #[test]

@@ -123,6 +123,14 @@ pub enum Request {
     /// answered `Outcomes` as soon as at least one of the session's calls
     /// has an outcome, with every outcome ready then (`docs/protocol.md`).
     Calls(Calls),
+    /// A control plane asks a subworker (its task ports) for runs it sent
+    /// ahead, for a worker that is idle: each one not started there is
+    /// answered `HandedBack` at once and never starts there; one started
+    /// meanwhile runs as sent.
+    HandBack {
+        /// The runs asked back.
+        task_ids: Vec<TaskId>,
+    },
 }
 
 /// The most calls one `Calls` frame may carry; a frame with more is refused

@@ -135,6 +135,7 @@ impl ManagementPort {
             | Request::Schedules
             | Request::Dispatch(_)
             | Request::Revoke { .. }
+            | Request::HandBack { .. }
             | Request::Collect
             | Request::Tasks
             | Request::TaskLimits

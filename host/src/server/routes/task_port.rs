@@ -107,6 +107,11 @@ fn subworker(state: &State, replier: Replier, request: Request) {
             let Some(replier) = replier.allow(CONTROL, "collect outcomes here") else { return };
             state.collector.collect(replier)
         }
+        Request::HandBack { task_ids } => {
+            let Some(replier) = replier.allow(CONTROL, "ask runs back here") else { return };
+            state.hand_back_unstarted(task_ids, "its control plane asked for it back, for an idle worker");
+            replier.send(&Reply::Done)
+        }
         Request::Revoke { task_ids } => {
             let Some(replier) = replier.allow(CONTROL, "revoke tasks here") else { return };
             state.revoke(&task_ids, Caller::of(&replier));

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use tokio::sync::Notify;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::{Caller, Outbox, State};
 use crate::wire::protocol::{now_ms, ErrorKind, ErrorReply, Reply, Started, TaskId, WorkerName};
@@ -95,9 +95,10 @@ impl State {
         }
     }
 
-    /// On a subworker that stops: hands every task it has not started back
-    /// to whoever sent it, at once, instead of failing it at the deadline.
-    pub(super) fn hand_back_unstarted(&self, unstarted: Vec<TaskId>) {
+    /// On a subworker: hands the tasks among `unstarted` it has not started
+    /// back to whoever sent them, at once (`why`: it stops, or its control
+    /// plane asked for them); one started meanwhile runs as sent.
+    pub(crate) fn hand_back_unstarted(&self, unstarted: Vec<TaskId>, why: &str) {
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
         let mut count = 0u64;
@@ -107,7 +108,7 @@ impl State {
             let reply = Reply::Error(ErrorReply::new(
                 ErrorKind::HandedBack,
                 format!(
-                    "'{}' is stopping and hands back task '{}' ({}), which it has not started: run it elsewhere",
+                    "'{}' hands back task '{}' ({}), which it has not started ({why}): run it elsewhere",
                     self.config.worker_id, task.report.task_name, task_id
                 ),
             ));
@@ -117,7 +118,7 @@ impl State {
         }
         drop(tasks);
         if count > 0 {
-            warn!(count, "stopping: handed back the tasks not started");
+            info!(count, "handed back tasks not started: {why}");
         }
         outbox.deliver();
     }

@@ -36,7 +36,7 @@ impl State {
             unstarted.extend(
                 self.lock().ledger.tasks().filter(|(_, t)| t.report.state == TaskState::Queued).map(|(id, _)| *id),
             );
-            self.hand_back_unstarted(unstarted);
+            self.hand_back_unstarted(unstarted, "it is stopping");
         }
         let unstarted = self.pool.drain(timeout);
         // Tasks on subworkers finish on their own; wait for them too.
@@ -53,7 +53,7 @@ impl State {
                     .map(|(id, _)| *id)
                     .collect();
                 if !handed.is_empty() {
-                    self.hand_back_unstarted(handed);
+                    self.hand_back_unstarted(handed, "it is stopping");
                 }
             }
             std::thread::sleep(Duration::from_millis(10));
