@@ -124,32 +124,45 @@ impl<W, L> Ledger<W, L> {
     }
 
     /// Gives a worker's free slots the most urgent waiting tasks it
-    /// provides, in one frame.
+    /// provides, in one frame; with slots left over (nothing waits for
+    /// it), its free threads ask back runs sent ahead to busy workers.
     pub(crate) fn fill_worker(&mut self, key: WorkerKey, now: u64, io: &mut impl Effects<W, L>) {
         let idle: Vec<usize> = self.cluster.get(key).map_or_else(Vec::new, |w| {
             w.slots.iter().enumerate().filter(|(_, slot)| **slot == Slot::Idle).map(|(index, _)| index).collect()
         });
-        let mut left_idle = 0;
-        for (index, &slot) in idle.iter().enumerate() {
+        let mut left_over = false;
+        for slot in idle {
             let mut gate = super::local::Gate::new(&mut self.task_limits, now);
             match self.cluster.next_for_with(key, slot, &mut gate) {
                 Some(next) => self.queue_for_worker(key, slot, next, now, io),
                 // Nothing for one free slot is nothing for the others.
                 None => {
-                    left_idle = idle.len() - index;
+                    left_over = true;
                     break;
                 }
             }
         }
         self.flush_worker(key, now, io);
-        if left_idle > 0 {
-            self.ask_back_for(key, left_idle, io);
+        if left_over {
+            self.ask_back_for_threads_of(key, io);
+        }
+    }
+
+    /// Asks back runs for worker `key`'s free threads, if it has any
+    /// ([`Ledger::ask_back_for`]): runs asked back to wait behind its own
+    /// running ones would gain nothing.
+    fn ask_back_for_threads_of(&mut self, key: WorkerKey, io: &mut impl Effects<W, L>) {
+        let Some(worker) = self.cluster.get(key) else { return };
+        let held = worker.slots.iter().filter(|slot| matches!(slot, Slot::Busy(_))).count();
+        let free = (worker.concurrency as usize).saturating_sub(held);
+        if free > 0 {
+            self.ask_back_for(key, free, io);
         }
     }
 
     /// Asks for up to `slots` runs sent ahead to other workers, not
-    /// started there, that worker `key` (idle, nothing waiting for it)
-    /// provides: each worker asked hands back those it has not started
+    /// started there, that worker `key` (with free threads, nothing
+    /// waiting for it) provides: each worker asked hands back those it has not started
     /// (`HandBack`), and a run handed back goes first in line, to the
     /// least loaded worker. So a run sent ahead to a worker busy with long
     /// runs does not wait there while another idles. Only a worker whose
@@ -157,7 +170,8 @@ impl<W, L> Ledger<W, L> {
     /// reported started once they have run for a while, so short runs
     /// cause no asking back, and every run it holds beyond those is surely
     /// queued there); each run is asked for once, the oldest first, and no
-    /// more than the idle slots less the runs already asked back.
+    /// more than the idle slots less the runs already asked back. Runs of
+    /// a task under a cluster-wide limit are left where they are.
     fn ask_back_for(&mut self, key: WorkerKey, slots: usize, io: &mut impl Effects<W, L>) {
         let Some(idle) = self.cluster.get(key).filter(|w| w.routable()) else { return };
         let mut wanted: Vec<(u64, TaskId, WorkerKey)> = Vec::new();
@@ -174,7 +188,10 @@ impl<W, L> Ledger<W, L> {
             for (task, task_id) in ahead {
                 if task.dispatch.is_some_and(|d| d.asked_back.is_some()) {
                     on_their_way += 1;
-                } else if idle.tasks.contains_key(&task.report.task_name) {
+                } else if idle.tasks.contains_key(&task.report.task_name)
+                    // A limited task keeps the place its limit gave it.
+                    && !(!self.task_limits.is_empty() && self.task_limits.is_limited(&task.report.task_name))
+                {
                     wanted.push((task.report.created_ms, task_id, other.key));
                 }
             }
@@ -199,19 +216,13 @@ impl<W, L> Ledger<W, L> {
         }
     }
 
-    /// Every routable worker with free slots asks back runs sent ahead to
-    /// busy ones ([`Ledger::ask_back_for`]): after a start report, which
+    /// Every routable worker with free threads asks back runs sent ahead
+    /// to busy ones ([`Ledger::ask_back_for`]): after a start report, which
     /// may show a worker's every thread busy with runs that run long.
     pub(super) fn ask_back_for_idle(&mut self, io: &mut impl Effects<W, L>) {
-        let idle: Vec<(WorkerKey, usize)> = self
-            .cluster
-            .workers()
-            .filter(|w| w.routable())
-            .map(|w| (w.key, w.slots.iter().filter(|slot| **slot == Slot::Idle).count()))
-            .filter(|(_, free)| *free > 0)
-            .collect();
-        for (key, free) in idle {
-            self.ask_back_for(key, free, io);
+        let idle: Vec<WorkerKey> = self.cluster.workers().filter(|w| w.routable()).map(|w| w.key).collect();
+        for key in idle {
+            self.ask_back_for_threads_of(key, io);
         }
     }
 
