@@ -190,7 +190,7 @@ impl<W, L> Ledger<W, L> {
                     on_their_way += 1;
                 } else if idle.tasks.contains_key(&task.report.task_name)
                     // A limited task keeps the place its limit gave it.
-                    && !(!self.task_limits.is_empty() && self.task_limits.is_limited(&task.report.task_name))
+                    && (self.task_limits.is_empty() || !self.task_limits.is_limited(&task.report.task_name))
                 {
                     wanted.push((task.report.created_ms, task_id, other.key));
                 }
