@@ -98,16 +98,16 @@ fn a_task_panicking_while_unwinding_fails_crashed() {
 }
 
 /// A worker process's link is a socket pair (`--link-fd`) its plugin code
-/// can write to. What is no frame (a 4 GiB length prefix, an unknown tag)
-/// breaks that link only: the control plane allocates nothing of that size
+/// can write to. What is no frame (a 4 GiB length prefix, an unknown tag),
+/// or a frame the process never sends (a `Dispatch`), breaks that link only: the control plane allocates nothing of that size
 /// and serves on, the process, given up, exits (status 3) and is replaced,
 /// and the run it was executing is charged like any crash.
-fn corrupts_its_link(huge: bool) {
+fn corrupts_its_link(how: &str, expected: &str) {
     let mut cp = Process::control_plane_with_gui(&["crash-tasks"], &["--concurrency", "2"], &[]);
     let rt = runtime();
     let client = cp.client().with_timeout(Duration::from_secs(30));
     assert!(bystander(&rt, &client) < Duration::from_secs(20));
-    let task_id = rt.block_on(client.delay("corrupt_link", (huge,), SubmitOptions::default())).unwrap();
+    let task_id = rt.block_on(client.delay("corrupt_link", (how,), SubmitOptions::default())).unwrap();
     assert!(
         wait_until(Duration::from_secs(20), || metric(&cp, "fastworker_worker_process_crashes_total") >= 1),
         "no worker process given up:\n{}",
@@ -120,7 +120,6 @@ fn corrupts_its_link(huge: bool) {
     assert_eq!(error.kind, FailureKind::Crashed, "{error:?}\n{}", cp.log());
     assert!(error.message.contains("exit status 3"), "{}", error.message);
     let log = cp.log();
-    let expected = if huge { "more than the" } else { "unknown channel tag" };
     assert!(log.contains(expected), "the control plane did not say why it closed the link:\n{log}");
     assert!(cp.is_running(), "the control plane died:\n{log}");
     assert!(bystander(&rt, &client) < Duration::from_secs(5));
@@ -128,12 +127,17 @@ fn corrupts_its_link(huge: bool) {
 
 #[test]
 fn a_worker_process_writing_a_huge_length_prefix_into_its_link_is_given_up() {
-    corrupts_its_link(true);
+    corrupts_its_link("huge", "more than the");
 }
 
 #[test]
 fn a_worker_process_writing_garbage_into_its_link_is_given_up() {
-    corrupts_its_link(false);
+    corrupts_its_link("tag", "unknown channel tag");
+}
+
+#[test]
+fn a_worker_process_writing_a_dispatch_frame_into_its_link_is_given_up() {
+    corrupts_its_link("dispatch", "which this end is never sent");
 }
 
 #[test]

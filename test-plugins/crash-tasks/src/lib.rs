@@ -65,12 +65,13 @@ fn leak_mb(mib: u32) -> u32 {
     mib
 }
 
-/// Writes what is no frame into its worker process's link to the control
-/// plane (the socket pair named by `--link-fd`): with `huge`, a length
-/// prefix of 4 GiB, else an unknown channel tag; then runs on for 10 s, as
+/// Writes what its control plane must not take into its worker process's
+/// link (the socket pair named by `--link-fd`): `"huge"`, a length prefix
+/// of 4 GiB; `"tag"`, an unknown channel tag; `"dispatch"`, a whole frame
+/// of a kind only the control plane sends. Then runs on for 10 s, as
 /// hostile plugin code would. Returns 0 where there is no such link.
 #[task]
-fn corrupt_link(huge: bool) -> u32 {
+fn corrupt_link(how: String) -> u32 {
     use std::io::Write;
     use std::os::fd::FromRawFd;
     let cmdline = std::fs::read("/proc/self/cmdline").unwrap_or_default();
@@ -80,11 +81,15 @@ fn corrupt_link(huge: bool) -> u32 {
         .find(|pair| pair[0] == b"--link-fd")
         .and_then(|pair| std::str::from_utf8(pair[1]).ok()?.parse::<i32>().ok());
     let Some(fd) = fd else { return 0 };
-    let frame: [u8; 9] = if huge { [0xff, 0xff, 0xff, 0xff, 1, 1, 0, 0, 0] } else { [4, 0, 0, 0, 0xee, 1, 0, 0, 0] };
+    let frame: &[u8] = match how.as_str() {
+        "huge" => &[0xff, 0xff, 0xff, 0xff, 1, 1, 0, 0, 0],
+        "tag" => &[4, 0, 0, 0, 0xee, 1, 0, 0, 0],
+        _ => &[4, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+    };
     // SAFETY: none needed beyond the descriptor being open; it is not
     // closed here (ManuallyDrop), the process keeps owning it.
     let mut link = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
-    let _ = link.write_all(&frame);
+    let _ = link.write_all(frame);
     std::thread::sleep(std::time::Duration::from_secs(10));
     1
 }
