@@ -71,12 +71,12 @@ impl PipeLink {
 
     /// Sends a frame of runs (its outcomes come back as `Outcomes`).
     pub(crate) fn dispatch(&self, frame: &[u8]) -> std::io::Result<()> {
-        self.writer.send(Tag::Dispatch, 0, frame)
+        self.writer.send(Tag::Dispatch, frame)
     }
 
     /// Sends a note whose answer nobody reads.
     pub(crate) fn note(&self, frame: &[u8]) {
-        let _ = self.writer.send(Tag::Note, 0, frame);
+        let _ = self.writer.send(Tag::Note, frame);
     }
 }
 

@@ -30,7 +30,7 @@ pub(crate) fn serve(
     let pusher = writer.clone();
     // A closed link is seen by the reader; the writer never blocks.
     state.collector.push_to(move |outcomes| {
-        let _ = pusher.send(Tag::Outcomes, 0, &outcomes);
+        let _ = pusher.send(Tag::Outcomes, &outcomes);
     });
     let done: Arc<[u8]> = encode_reply(&Reply::Done)[..].into();
     std::thread::Builder::new().name("link-in".into()).spawn(move || {
@@ -47,18 +47,12 @@ pub(crate) fn serve(
                     let (writer, done) = (writer.clone(), done.clone());
                     Replier::forwarding(move |reply| {
                         if reply[..] != done[..] {
-                            let _ = writer.send(Tag::Dispatch, 0, &reply);
+                            let _ = writer.send(Tag::Dispatch, &reply);
                         }
                     })
                 }
-                tag => {
-                    let writer = writer.clone();
-                    let id = frame.id;
-                    Replier::forwarding(move |reply| {
-                        // A closed link is seen by the reader.
-                        let _ = writer.send(tag, id, &reply);
-                    })
-                }
+                // Only this side pushes outcomes.
+                Tag::Outcomes => break FrameError::Unexpected(Tag::Outcomes),
             };
             routes::task_port(&state, replier, frame.body);
         };

@@ -1,7 +1,6 @@
 //! The link between a control plane and a worker process it started: a
 //! Unix socket pair (docs/isolation.md), on which each frame is a header
-//! of nine bytes (the body's length, a channel tag, a request id) and the
-//! body, a protocol frame as a port would carry it. Only the two processes
+//! of five bytes (the body's length, a channel tag) and the body, a protocol frame as a port would carry it. Only the two processes
 //! hold the pair, so nothing is sealed; the length is still checked
 //! against the frame bound before anything is allocated, as a child's
 //! plugin code may write to its end.
@@ -19,17 +18,16 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// The bytes of a frame's header: its body's length (u32, little endian),
-/// its channel's tag and its request id (u32, little endian).
-pub(crate) const HEADER: usize = 9;
+/// The bytes of a frame's header: its body's length (u32, little endian)
+/// and its channel's tag.
+pub(crate) const HEADER: usize = 5;
 
 /// Which exchange a frame belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tag {
-    /// Runs going to the worker process, and its answer.
+    /// Runs going to the worker process (and, from it, the refusal of a
+    /// whole frame, which ends the link).
     Dispatch = 0,
-    /// A request for outcomes, and the outcomes.
-    Collect = 1,
     /// A note whose answer nobody reads (revocations, cancellations).
     Note = 2,
     /// Outcomes the worker process pushes as they come, answering no
@@ -41,7 +39,6 @@ impl Tag {
     fn from_byte(byte: u8) -> Option<Tag> {
         match byte {
             0 => Some(Tag::Dispatch),
-            1 => Some(Tag::Collect),
             2 => Some(Tag::Note),
             3 => Some(Tag::Outcomes),
             _ => None,
@@ -77,7 +74,6 @@ pub(crate) enum FrameError {
 /// One frame read.
 pub(crate) struct Frame {
     pub(crate) tag: Tag,
-    pub(crate) id: u32,
     pub(crate) body: nng::Message,
 }
 
@@ -115,10 +111,9 @@ impl<R: Read> FrameReader<R> {
         while self.end - self.start < HEADER {
             self.fill()?;
         }
-        let header: [u8; HEADER] = self.buffer[self.start..self.start + HEADER].try_into().expect("nine bytes");
+        let header: [u8; HEADER] = self.buffer[self.start..self.start + HEADER].try_into().expect("five bytes");
         let size = u32::from_le_bytes(header[..4].try_into().expect("four bytes"));
         let tag = Tag::from_byte(header[4]).ok_or(FrameError::UnknownTag(header[4]))?;
-        let id = u32::from_le_bytes(header[5..].try_into().expect("four bytes"));
         let size = usize::try_from(size).map_err(|_| FrameError::TooLarge { size: size.into(), limit: self.limit })?;
         if size > self.limit {
             return Err(FrameError::TooLarge { size: size as u64, limit: self.limit });
@@ -133,7 +128,7 @@ impl<R: Read> FrameReader<R> {
         }
         // The rest of a body larger than what was waiting: read in place.
         read_all(&mut self.stream, &mut body[buffered..])?;
-        Ok(Frame { tag, id, body })
+        Ok(Frame { tag, body })
     }
 
     /// Reads what the stream has (at least one byte) after the bytes kept;
@@ -175,11 +170,10 @@ fn read_all(stream: &mut impl Read, buffer: &mut [u8]) -> Result<(), FrameError>
 
 /// The header of a frame of `body_len` bytes (at most `u32::MAX`: the
 /// frame bound is far below it).
-fn header(tag: Tag, id: u32, body_len: usize) -> [u8; HEADER] {
+fn header(tag: Tag, body_len: usize) -> [u8; HEADER] {
     let mut header = [0u8; HEADER];
     header[..4].copy_from_slice(&u32::try_from(body_len).unwrap_or(u32::MAX).to_le_bytes());
     header[4] = tag as u8;
-    header[5..].copy_from_slice(&id.to_le_bytes());
     header
 }
 
@@ -220,8 +214,8 @@ impl PipeWriter {
 
     /// Sends a frame: at once if nothing is queued and the socket has room,
     /// else after those queued. An error once the link is closed.
-    pub(crate) fn send(&self, tag: Tag, id: u32, body: &[u8]) -> std::io::Result<()> {
-        let header = header(tag, id, body.len());
+    pub(crate) fn send(&self, tag: Tag, body: &[u8]) -> std::io::Result<()> {
+        let header = header(tag, body.len());
         let mut queue = self.shared.queue.lock().expect("pipe writer lock");
         if queue.closed {
             return Err(ErrorKind::BrokenPipe.into());
@@ -382,17 +376,17 @@ mod tests {
         let (writer, thread) = PipeWriter::start(ours, "test-writer").expect("writer");
         // More than a socket buffer holds: some of it waits for the thread.
         let big = vec![7u8; 4 << 20];
-        writer.send(Tag::Dispatch, 1, b"first").expect("sent");
-        writer.send(Tag::Collect, 2, &big).expect("queued");
-        writer.send(Tag::Note, 3, b"third").expect("queued behind");
+        writer.send(Tag::Dispatch, b"first").expect("sent");
+        writer.send(Tag::Outcomes, &big).expect("queued");
+        writer.send(Tag::Note, b"third").expect("queued behind");
         let mut theirs = FrameReader::new(theirs, 8 << 20);
         let first = theirs.next_frame().expect("first");
-        assert_eq!((first.tag, first.id, &first.body[..]), (Tag::Dispatch, 1, &b"first"[..]));
+        assert_eq!((first.tag, &first.body[..]), (Tag::Dispatch, &b"first"[..]));
         let second = theirs.next_frame().expect("second");
-        assert_eq!((second.tag, second.id, second.body.len()), (Tag::Collect, 2, big.len()));
+        assert_eq!((second.tag, second.body.len()), (Tag::Outcomes, big.len()));
         assert!(second.body.iter().all(|&b| b == 7));
         let third = theirs.next_frame().expect("third");
-        assert_eq!((third.tag, third.id, &third.body[..]), (Tag::Note, 3, &b"third"[..]));
+        assert_eq!((third.tag, &third.body[..]), (Tag::Note, &b"third"[..]));
         writer.close();
         thread.join().expect("writer thread");
     }
@@ -400,20 +394,20 @@ mod tests {
     #[test]
     fn a_huge_length_prefix_is_refused_without_allocating_it() {
         let (mut ours, theirs) = UnixStream::pair().expect("pair");
-        ours.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0]).expect("write");
+        ours.write_all(&[0xff, 0xff, 0xff, 0xff, 0]).expect("write");
         match FrameReader::new(theirs, 1 << 20).next_frame() {
             Err(FrameError::TooLarge { size, limit }) => assert_eq!((size, limit), (u32::MAX as u64, 1 << 20)),
-            other => panic!("expected TooLarge, got {:?}", other.map(|f| f.id)),
+            other => panic!("expected TooLarge, got {:?}", other.map(|f| f.tag)),
         }
     }
 
     #[test]
     fn an_unknown_tag_a_cut_frame_and_a_close_are_told_apart() {
         let (mut ours, theirs) = UnixStream::pair().expect("pair");
-        ours.write_all(&[1, 0, 0, 0, 9, 0, 0, 0, 0, 0]).expect("write");
+        ours.write_all(&[1, 0, 0, 0, 9, 0]).expect("write");
         assert!(matches!(FrameReader::new(theirs, 64).next_frame(), Err(FrameError::UnknownTag(9))));
         let (mut ours, theirs) = UnixStream::pair().expect("pair");
-        ours.write_all(&[10, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2]).expect("write");
+        ours.write_all(&[10, 0, 0, 0, 0, 1, 2]).expect("write");
         drop(ours);
         assert!(matches!(FrameReader::new(theirs, 64).next_frame(), Err(FrameError::Io(_))));
         // A header cut short is a cut frame too, not a clean close.
@@ -432,7 +426,7 @@ mod tests {
         let (writer, thread) = PipeWriter::start(ours, "test-writer").expect("writer");
         writer.close();
         thread.join().expect("writer thread");
-        assert!(writer.send(Tag::Note, 6, b"x").is_err());
+        assert!(writer.send(Tag::Note, b"x").is_err());
     }
 
     /// A stream that counts the `read` calls made on it.
@@ -453,23 +447,23 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().expect("pair");
         let (writer, thread) = PipeWriter::start(ours, "test-writer").expect("writer");
         for id in 1..=3u32 {
-            writer.send(Tag::Outcomes, id, &id.to_le_bytes()).expect("sent");
+            writer.send(Tag::Outcomes, &id.to_le_bytes()).expect("sent");
         }
         let mut reader = FrameReader::new(Counted { stream: theirs, reads: 0 }, 1 << 20);
         for id in 1..=3u32 {
             let frame = reader.next_frame().expect("frame");
-            assert_eq!((frame.tag, frame.id, &frame.body[..]), (Tag::Outcomes, id, &id.to_le_bytes()[..]));
+            assert_eq!((frame.tag, &frame.body[..]), (Tag::Outcomes, &id.to_le_bytes()[..]));
         }
         assert_eq!(reader.stream.reads, 1, "three frames waiting, one read");
         // Larger than the read buffer, after a small one: split between
         // the buffer and the reads into its own body, it arrives whole.
         let large: Vec<u8> = (0..(3 * READ_BUFFER + 5)).map(|i| i as u8).collect();
-        writer.send(Tag::Note, 4, b"small").expect("sent");
-        writer.send(Tag::Outcomes, 5, &large).expect("sent");
-        writer.send(Tag::Note, 6, b"after").expect("sent");
+        writer.send(Tag::Note, b"small").expect("sent");
+        writer.send(Tag::Outcomes, &large).expect("sent");
+        writer.send(Tag::Note, b"after").expect("sent");
         assert_eq!(&reader.next_frame().expect("small").body[..], b"small");
         let frame = reader.next_frame().expect("large");
-        assert_eq!((frame.id, &frame.body[..]), (5, &large[..]));
+        assert_eq!((frame.tag, &frame.body[..]), (Tag::Outcomes, &large[..]));
         assert_eq!(&reader.next_frame().expect("after").body[..], b"after");
         writer.close();
         thread.join().expect("writer thread");

@@ -82,9 +82,9 @@ fn corrupt_link(how: String) -> u32 {
         .and_then(|pair| std::str::from_utf8(pair[1]).ok()?.parse::<i32>().ok());
     let Some(fd) = fd else { return 0 };
     let frame: &[u8] = match how.as_str() {
-        "huge" => &[0xff, 0xff, 0xff, 0xff, 1, 1, 0, 0, 0],
-        "tag" => &[4, 0, 0, 0, 0xee, 1, 0, 0, 0],
-        _ => &[4, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+        "huge" => &[0xff, 0xff, 0xff, 0xff, 3],
+        "tag" => &[4, 0, 0, 0, 0xee],
+        _ => &[4, 0, 0, 0, 0, 0, 0, 0, 0],
     };
     // SAFETY: none needed beyond the descriptor being open; it is not
     // closed here (ManuallyDrop), the process keeps owning it.
