@@ -219,6 +219,28 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// In a worker process: starts at most `max` runs, then starts no more
+    /// and has [`ControlPlane::runs_spent`] resolve, so that its subworker
+    /// stops to be replaced (`--max-tasks-per-child`, docs/isolation.md).
+    pub fn stop_after_runs(&self, max: u64) {
+        let _ = self.state.run_budget.set(crate::server::run_budget::RunBudget::new(max));
+    }
+
+    /// Resolves once the last run [`ControlPlane::stop_after_runs`] allows
+    /// has started; never without such a bound.
+    pub async fn runs_spent(&self) {
+        match self.state.run_budget.get() {
+            Some(budget) => {
+                budget.spent().await;
+                tracing::info!(
+                    "started its last run (--max-tasks-per-child {}): stopping, to be replaced",
+                    budget.max()
+                );
+            }
+            None => std::future::pending().await,
+        }
+    }
+
     /// In a worker process: serves its control plane's link on the socket
     /// `fd` its supervisor passed (`--link-fd`) as the CRITICAL port would.
     /// When the control plane closes it while this process is not stopping

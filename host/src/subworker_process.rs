@@ -132,13 +132,20 @@ impl Subworker {
         self.server.log_runs_to(fd)
     }
 
+    /// As a control plane's worker process: starts at most `max` runs,
+    /// then stops to be replaced (see [`ControlPlane::stop_after_runs`]).
+    pub fn stop_after_runs(&self, max: u64) {
+        self.server.stop_after_runs(max);
+    }
+
     /// As a control plane's worker process: serves its link on the socket
     /// `fd` its supervisor passed (see [`ControlPlane::serve_link`]).
     pub fn serve_link(&self, fd: i32) -> std::io::Result<()> {
         self.server.serve_link(fd)
     }
 
-    /// Joins the control plane and serves it until `stop` resolves; then
+    /// Joins the control plane and serves it until `stop` resolves (or, in
+    /// a worker process, its last run allowed starts); then
     /// leaves (the control plane sends nothing new), finishes what it holds
     /// within the shutdown timeout while still heartbeating, unregisters and
     /// closes its ports. A refusal by the control plane ends it at once.
@@ -155,6 +162,7 @@ impl Subworker {
         };
         let refused = tokio::select! {
             () = stop => None,
+            () = server.runs_spent() => None,
             result = membership.run_woken(in_flight, || server.connection_dropped()) => result.err(),
             () = keep_reporting() => None,
         };

@@ -278,6 +278,7 @@ impl<W, L> Ledger<W, L> {
             return;
         };
         task.report.attempts = task.report.attempts.saturating_sub(1);
+        task.report.started_ms = None;
         if let Some(dispatch) = task.dispatch.take() {
             io.cancel_alarm(Alarm::Lease(task_id, dispatch.lease));
         }
@@ -289,6 +290,7 @@ impl<W, L> Ledger<W, L> {
     fn hand_back(&mut self, task_id: TaskId, why: &str, now: u64, io: &mut impl Effects<W, L>) {
         let Some(task) = self.live.get_mut(&task_id) else { return };
         task.report.attempts = task.report.attempts.saturating_sub(1);
+        task.report.started_ms = None;
         if let Some(dispatch) = task.dispatch.take() {
             io.cancel_alarm(Alarm::Lease(task_id, dispatch.lease));
         }

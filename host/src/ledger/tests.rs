@@ -614,7 +614,8 @@ mod cluster {
         assert!(io.take().contains(&Effect::Count(Counted::HandedBack)));
         assert_eq!(ledger.cluster.get(first).unwrap().phase, Phase::Draining);
         let task = ledger.get(&task_id).unwrap();
-        assert_eq!((task.report.state, task.report.attempts), (TaskState::Queued, 0));
+        let report = &task.report;
+        assert_eq!((report.state, report.attempts, report.started_ms), (TaskState::Queued, 0, None), "never started");
         ledger.collected(second, vec![outcome(waiting, 2, Ok("1"))], T0 + 2, &mut io);
         assert_eq!(link(&mut ledger, second).sent[1], (task_id, 3, 1), "sent again as its first run");
     }

@@ -16,8 +16,9 @@
 //! - Machinery: [`pool`] (worker threads), [`timers`] (time-outs, retries,
 //!   leases), [`callbacks`] (completion notices), [`scheduler`] (periodic
 //!   runs), [`memory`], [`worker_processes`] (a control plane's
-//!   supervised worker processes) and [`run_log`] (which runs a worker
-//!   process was executing when it died).
+//!   supervised worker processes), [`run_log`] (which runs a worker
+//!   process was executing when it died) and [`run_budget`] (the runs one
+//!   may start before it is replaced).
 //! - Settings: [`config`] and [`bounds`] (the bounds on what a peer may
 //!   ask for).
 
@@ -37,6 +38,7 @@ pub(crate) mod peer_log;
 pub(crate) mod pipe_port;
 pub(crate) mod pool;
 pub(crate) mod routes;
+pub(crate) mod run_budget;
 pub(crate) mod run_log;
 pub(crate) mod scheduler;
 pub(crate) mod state;

@@ -122,14 +122,13 @@ impl RunLogReader {
 
     /// Waits up to `timeout` for the write end to close (the worker
     /// process died: its supervisor hears it at once, before the runs lost
-    /// with it can be sent again and lost again), and with `records` for a
-    /// record too. Without, records are read at the next
-    /// [`RunLogReader::read_available`] (within `timeout`, and always after
-    /// a death), so a busy process costs its supervisor no wake-up per run.
-    pub(crate) fn wait(&self, timeout: std::time::Duration, records: bool) {
-        // Poll reports POLLHUP (every writer closed) even when not asked.
-        let events = if records { libc::POLLIN } else { 0 };
-        let mut fd = libc::pollfd { fd: self.pipe.as_raw_fd(), events, revents: 0 };
+    /// with it can be sent again and lost again). Records are read at the
+    /// next [`RunLogReader::read_available`] (within `timeout`, and always
+    /// after a death), so a busy process costs its supervisor no wake-up
+    /// per run.
+    pub(crate) fn wait(&self, timeout: std::time::Duration) {
+        // Poll reports POLLHUP (every writer closed) with no event asked.
+        let mut fd = libc::pollfd { fd: self.pipe.as_raw_fd(), events: 0, revents: 0 };
         let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
         // SAFETY: one valid pollfd for the call's duration; poll has no other effect.
         unsafe { libc::poll(&mut fd, 1, millis) };
@@ -218,14 +217,11 @@ mod tests {
         let log = RunLog::from_fd(fd).expect("an open fd");
         log.starting(TaskId::new_v4());
         let waited = std::time::Instant::now();
-        reader.wait(std::time::Duration::from_secs(10), true);
-        assert!(waited.elapsed() < std::time::Duration::from_secs(5), "asked to, a record wakes the wait");
-        let waited = std::time::Instant::now();
-        reader.wait(std::time::Duration::from_millis(200), false);
+        reader.wait(std::time::Duration::from_millis(200));
         assert!(waited.elapsed() >= std::time::Duration::from_millis(150), "a record woke the wait");
         drop(log);
         let waited = std::time::Instant::now();
-        reader.wait(std::time::Duration::from_secs(10), false);
+        reader.wait(std::time::Duration::from_secs(10));
         assert!(waited.elapsed() < std::time::Duration::from_secs(5), "the close did not wake the wait");
         assert!(reader.read_available(), "closed");
         assert_eq!(reader.take_executing().len(), 1);

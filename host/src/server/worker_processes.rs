@@ -9,10 +9,12 @@
 //! asked for is a crash, told to the state (the runs it was executing count
 //! a crash each; those only queued there are sent again) and followed by a
 //! restart after a backoff, until the process crashed too often within a
-//! window and is given up. A process that started `--max-tasks-per-child`
-//! runs or grew past `--max-memory-per-child` is asked to stop (SIGTERM: it
-//! leaves, hands back what it has not started, finishes what it runs,
-//! unregisters) and replaced at once: a recycle, not a crash.
+//! window and is given up. A process that grew past
+//! `--max-memory-per-child` is asked to stop (SIGTERM: it leaves, hands
+//! back what it has not started, finishes what it runs, unregisters), and
+//! one that started `--max-tasks-per-child` runs stops so by itself
+//! (`server::run_budget`); either is replaced at once: a recycle, not a
+//! crash.
 
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
@@ -189,8 +191,10 @@ impl Supervisor {
             let started = Instant::now();
             let (status, recycling, executing) = match self.spawn(restart) {
                 Ok((child, mut log)) => {
-                    let (status, recycling) = self.wait(child, &mut log);
+                    let (status, asked) = self.wait(child, &mut log);
                     log.read_available();
+                    // It stops by itself once it started its last run.
+                    let recycling = asked || self.config.max_tasks_per_child.is_some_and(|max| log.started() >= max);
                     if let Some(watch) = self.state.upgrade().as_ref().and_then(|s| s.crashes.get()) {
                         watch.ran(&self.worker_id, log.started());
                     }
@@ -289,6 +293,9 @@ impl Supervisor {
             .args(["--heartbeat-interval", HEARTBEAT_SECONDS])
             .args(["--shutdown-timeout", &self.config.shutdown_timeout.as_secs_f64().to_string()])
             .args(&self.config.extra_args)
+            // It counts its own starts: a signal sent once the run log shows
+            // the last would land after it started more sent ahead.
+            .args(self.config.max_tasks_per_child.map(|max| format!("--stop-after-runs={max}")))
             .arg("--task-modules")
             .args(&self.config.task_modules)
             .stdin(Stdio::null());
@@ -337,7 +344,7 @@ impl Supervisor {
 
     /// Waits for the process to exit, reading its run log as it goes; at a
     /// stop, gives it the shutdown timeout (and a little more) before
-    /// killing it. Asks it to stop once it reached a recycling bound; says
+    /// killing it. Asks it to stop once it grew past its memory bound; says
     /// whether it did.
     fn wait(&self, mut child: Child, log: &mut RunLogReader) -> (Option<ExitStatus>, bool) {
         let pid = child.id();
@@ -373,23 +380,19 @@ impl Supervisor {
             } else {
                 // Woken by its death (the log's write end closing), so a
                 // crash is charged at once: before the runs lost with the
-                // process can be sent again and lost again. Records wake
-                // it only when --max-tasks-per-child counts them; else they
-                // are read every `LOG_READ_PERIOD`, not one wake-up each.
-                log.wait(LOG_READ_PERIOD, self.config.max_tasks_per_child.is_some());
+                // process can be sent again and lost again. Records are
+                // read every `LOG_READ_PERIOD`, not one wake-up each.
+                log.wait(LOG_READ_PERIOD);
             }
         };
         self.shared.pids.lock().expect("supervisor lock").retain(|&p| p != pid);
         (status, recycling)
     }
 
-    /// Why the process `pid` is due for replacement, if it is: it started
-    /// `runs` runs, `--max-tasks-per-child` or more, or (read when
+    /// Why the process `pid` is due for replacement, if it is: (read when
     /// `read_rss`) its resident memory passed `--max-memory-per-child`.
+    /// It keeps `--max-tasks-per-child` itself (`server::run_budget`).
     fn worn_out(&self, pid: u32, runs: u64, read_rss: bool) -> Option<String> {
-        if let Some(max) = self.config.max_tasks_per_child.filter(|&max| runs >= max) {
-            return Some(format!("it started {runs} runs (--max-tasks-per-child {max})"));
-        }
         if read_rss {
             let state = self.state.upgrade()?;
             let watch = state.crashes.get()?;

@@ -133,6 +133,9 @@ pub(crate) struct State {
     /// In a worker process: where each run's start and end is recorded
     /// for its supervisor (`server::run_log`).
     pub(crate) run_log: std::sync::OnceLock<crate::server::run_log::RunLog>,
+    /// In a worker process: the runs it may still start before it stops to
+    /// be replaced (`--max-tasks-per-child`, `server::run_budget`).
+    pub(crate) run_budget: std::sync::OnceLock<crate::server::run_budget::RunBudget>,
     /// On a control plane with worker processes: each one's end of the
     /// socket pair its link takes when it registers (`worker_processes`).
     pub(crate) worker_pipes: Mutex<rustc_hash::FxHashMap<String, std::os::unix::net::UnixStream>>,
@@ -312,6 +315,7 @@ impl State {
                 started_runs: Arc::default(),
                 crashes: std::sync::OnceLock::new(),
                 run_log: std::sync::OnceLock::new(),
+                run_budget: std::sync::OnceLock::new(),
                 worker_pipes: Mutex::default(),
             }
         })
@@ -659,7 +663,19 @@ impl State {
 
     /// Runs one task on this thread (a worker thread of the pool).
     fn run(&self, job: Job) {
-        let Some(run) = self.drive_locked(|ledger, io| ledger.local_started(job.task_id, now_ms(), io)) else {
+        let budget = self.run_budget.get();
+        let Some(run) = self.drive_locked(|ledger, io| {
+            if budget.is_some_and(|budget| !budget.allows()) {
+                // Its last run started: this process is stopping, and hands
+                // the task back unstarted with the rest (`drain`).
+                return None;
+            }
+            let run = ledger.local_started(job.task_id, now_ms(), io)?;
+            if let Some(budget) = budget {
+                budget.spend();
+            }
+            Some(run)
+        }) else {
             return;
         };
         self.report_started(job.task_id, run.lease);
