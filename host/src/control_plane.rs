@@ -241,6 +241,12 @@ impl ControlPlane {
         }
     }
 
+    /// In a worker process: has a spare thread read the link while the
+    /// thread that read the runs running runs them (see `server::pool`).
+    pub fn hand_over_link(&self) {
+        self.state.hand_over_link();
+    }
+
     /// In a worker process: serves its control plane's link on the socket
     /// `fd` its supervisor passed (`--link-fd`) as the CRITICAL port would.
     /// When the control plane closes it while this process is not stopping

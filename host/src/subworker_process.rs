@@ -226,6 +226,9 @@ const LOCAL_PROVIDER_GRACE: Duration = Duration::from_secs(30);
 
 /// Reports the runs that started since the last report, if any.
 async fn report_started(server: &ControlPlane, membership: &Membership) {
+    // A run that lasts this long (the report's delay) has the link read
+    // by another thread meanwhile (a worker process's; nothing elsewhere).
+    server.hand_over_link();
     let runs = server.take_started();
     if !runs.is_empty() {
         if let Err(error) = membership.started(runs).await {

@@ -8,10 +8,18 @@
 //! while more wait wakes the next one; a thread that finishes a job takes
 //! the next without parking. So a burst of jobs wakes each parked thread
 //! once, and jobs queued while every thread is busy wake none.
+//!
+//! A worker process gives its pool a **duty**, reading its link, and one
+//! thread more than it runs jobs at once: whichever thread is free does the
+//! duty, and the thread that read a run runs it itself, keeping the duty
+//! meanwhile (what arrives waits in the socket for the run's end). So a
+//! short run read from the link wakes no other thread, in either direction.
+//! For a run that lasts, [`Pool::hand_over_duty`] (called by the process's
+//! start reporter, about 50 ms into a run) frees the duty and wakes the
+//! spare thread to do it, so that cancellations are read during long runs.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fastworker_plugin_sdk::Priority;
@@ -19,7 +27,10 @@ use fastworker_plugin_sdk::Priority;
 /// A fixed set of threads running jobs by priority.
 pub(crate) struct Pool<J: Send + 'static> {
     shared: Arc<Shared<J>>,
-    threads: Vec<JoinHandle<()>>,
+    /// Threads running jobs (their handles are never joined: a process's
+    /// exit ends them).
+    threads: usize,
+    run: Arc<dyn Fn(J) + Send + Sync>,
 }
 
 struct Shared<J> {
@@ -28,9 +39,23 @@ struct Shared<J> {
     idle: Condvar,
 }
 
+/// Work a free thread does when no job waits (see the module's doc);
+/// `false` once it is over for good.
+pub(crate) type Duty = Box<dyn FnMut() -> bool + Send>;
+
 struct State<J> {
     queues: [VecDeque<J>; 4],
     running: usize,
+    /// Jobs run at once at most (the threads, less one with a duty).
+    max_running: usize,
+    /// The duty, while no thread is doing it.
+    duty: Option<Duty>,
+    /// The thread doing the duty: the jobs it queues wake nobody, as it
+    /// runs the first itself when its turn ends.
+    duty_holder: Option<std::thread::ThreadId>,
+    /// The thread that did the last turn of the duty and runs what it read:
+    /// the duty is its own until then, or until handed over.
+    reserved_by: Option<std::thread::ThreadId>,
     /// Threads waiting for work.
     parked: usize,
     /// Parked threads woken (or owed a wake-up) that have not yet looked
@@ -48,7 +73,21 @@ impl<J> State<J> {
     /// them: none is on its way yet (a thread on its way wakes the next if
     /// more wait). Counts it on its way.
     fn owes_wake(&mut self) -> bool {
-        let owed = self.waking == 0 && self.parked > 0 && self.queues.iter().any(|q| !q.is_empty());
+        let owed = self.waking == 0
+            && self.parked > 0
+            && self.running < self.max_running
+            && self.queues.iter().any(|q| !q.is_empty());
+        if owed {
+            self.waking += 1;
+        }
+        owed
+    }
+
+    /// Whether a parked thread is to be woken to do the duty: it is free
+    /// and no thread is on its way (which would do it, or take a job and
+    /// then ask this again). Counts it on its way.
+    fn owes_duty_wake(&mut self) -> bool {
+        let owed = self.duty.is_some() && self.reserved_by.is_none() && self.waking == 0 && self.parked > 0;
         if owed {
             self.waking += 1;
         }
@@ -60,22 +99,41 @@ impl<J: Send + 'static> Pool<J> {
     /// Starts `threads` threads, each calling `run` for the jobs it takes.
     pub(crate) fn start(threads: usize, run: impl Fn(J) + Send + Sync + 'static) -> Self {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { queues: Default::default(), running: 0, parked: 0, waking: 0, closed: false }),
+            state: Mutex::new(State {
+                queues: Default::default(),
+                running: 0,
+                max_running: threads,
+                duty: None,
+                duty_holder: None,
+                reserved_by: None,
+                parked: 0,
+                waking: 0,
+                closed: false,
+            }),
             work_ready: Condvar::new(),
             idle: Condvar::new(),
         });
-        let run = Arc::new(run);
-        let threads = (0..threads)
-            .map(|index| {
-                let shared = shared.clone();
-                let run = run.clone();
-                std::thread::Builder::new()
-                    .name(format!("task-{index}"))
-                    .spawn(move || worker_loop(&shared, &*run))
-                    .expect("spawning a worker thread")
-            })
-            .collect();
-        Pool { shared, threads }
+        let run: Arc<dyn Fn(J) + Send + Sync> = Arc::new(run);
+        for index in 0..threads {
+            spawn(&shared, &run, index);
+        }
+        Pool { shared, threads, run }
+    }
+
+    /// Gives the pool `duty`, done by whichever thread is free, and one
+    /// more thread for it, so that one is always free while the others
+    /// run jobs. Once only; a pool without threads runs no duty.
+    pub(crate) fn give_duty(&self, duty: Duty) {
+        if self.threads == 0 {
+            return;
+        }
+        let mut state = self.shared.state.lock().expect("pool lock");
+        if state.duty.is_some() {
+            return;
+        }
+        state.duty = Some(duty);
+        drop(state);
+        spawn(&self.shared, &self.run, self.threads);
     }
 
     /// Queues a job and wakes a thread for it if one is owed; returns it
@@ -100,6 +158,10 @@ impl<J: Send + 'static> Pool<J> {
             return Err(job);
         }
         state.queues[priority.index()].push_back(job);
+        if state.duty_holder.is_some() && state.duty_holder == Some(std::thread::current().id()) {
+            // Read by the duty: its thread starts it when its turn ends.
+            return Ok(false);
+        }
         Ok(state.owes_wake())
     }
 
@@ -108,9 +170,19 @@ impl<J: Send + 'static> Pool<J> {
         PoolWaker(self.shared.clone())
     }
 
-    /// Number of worker threads.
+    /// Frees the duty kept by a thread running what it read (a run that
+    /// lasts), and wakes a spare thread to do it.
+    pub(crate) fn hand_over_duty(&self) {
+        let mut state = self.shared.state.lock().expect("pool lock");
+        if state.reserved_by.take().is_some() && state.owes_duty_wake() {
+            drop(state);
+            self.shared.work_ready.notify_one();
+        }
+    }
+
+    /// Threads running jobs (a duty's thread aside).
     pub(crate) fn threads(&self) -> usize {
-        self.threads.len()
+        self.threads
     }
 
     /// Stops taking jobs and takes out every job not started yet.
@@ -131,7 +203,7 @@ impl<J: Send + 'static> Pool<J> {
         let mut state = self.shared.state.lock().expect("pool lock");
         state.closed = true;
         self.shared.work_ready.notify_all();
-        while state.running > 0 || (state.queued() > 0 && !self.threads.is_empty()) {
+        while state.running > 0 || (state.queued() > 0 && self.threads > 0) {
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -155,13 +227,29 @@ impl<J> PoolWaker<J> {
     }
 }
 
+fn spawn<J: Send + 'static>(shared: &Arc<Shared<J>>, run: &Arc<dyn Fn(J) + Send + Sync>, index: usize) {
+    let (shared, run) = (shared.clone(), run.clone());
+    std::thread::Builder::new()
+        .name(format!("task-{index}"))
+        .spawn(move || worker_loop(&shared, &*run))
+        .expect("spawning a worker thread");
+}
+
 fn worker_loop<J>(shared: &Shared<J>, run: &dyn Fn(J)) {
+    let me = std::thread::current().id();
     let mut state = shared.state.lock().expect("pool lock");
     loop {
-        if let Some(job) = state.queues.iter_mut().find_map(VecDeque::pop_front) {
+        let job = if state.running < state.max_running {
+            state.queues.iter_mut().find_map(VecDeque::pop_front)
+        } else {
+            None
+        };
+        let reserved = state.reserved_by;
+        if let Some(job) = job {
             state.running += 1;
-            // More wait: the next parked thread is woken for them.
-            let wake_next = state.owes_wake();
+            // More wait, or nobody does the duty: the next parked thread
+            // is woken for them.
+            let wake_next = state.owes_wake() || state.owes_duty_wake();
             drop(state);
             if wake_next {
                 shared.work_ready.notify_one();
@@ -175,7 +263,25 @@ fn worker_loop<J>(shared: &Shared<J>, run: &dyn Fn(J)) {
             if state.closed && state.running == 0 && state.queued() == 0 {
                 shared.idle.notify_all();
             }
-        } else if state.closed {
+        } else if let Some(mut duty) = state.duty.take_if(|_| reserved.is_none_or(|by| by == me)) {
+            // Free (or its own), and nobody does the duty: this thread does
+            // it (still when closed, as a drain waits for runs that may be
+            // cancelled).
+            state.reserved_by = None;
+            state.duty_holder = Some(me);
+            drop(state);
+            let going = duty();
+            state = shared.state.lock().expect("pool lock");
+            state.duty_holder = None;
+            if going {
+                state.duty = Some(duty);
+                if state.running < state.max_running && state.queued() > 0 {
+                    // It runs what it read next (the lock is held to the
+                    // loop's top), keeping the duty.
+                    state.reserved_by = Some(me);
+                }
+            }
+        } else if state.closed && state.duty.is_none() && state.duty_holder.is_none() {
             shared.idle.notify_all();
             return;
         } else {
@@ -237,6 +343,72 @@ mod tests {
         let mut rest: Vec<u32> = (0..3).map(|_| started_rx.recv_timeout(WAIT).unwrap()).collect();
         rest.sort_unstable();
         assert_eq!(rest, [2, 3, 4]);
+        assert!(pool.drain(WAIT).is_empty());
+    }
+
+    /// What the test duty reads: jobs to queue, or a mark to echo.
+    enum Read {
+        Jobs(Vec<u32>),
+        Mark(u32),
+    }
+
+    #[test]
+    fn a_run_read_by_the_duty_runs_on_the_thread_that_read_it_which_keeps_the_duty_until_handed_over() {
+        // Each job reports (its number, whether it runs on the thread that
+        // queued it) and, for job 0, waits for the gate.
+        let (ran_tx, ran_rx) = mpsc::channel::<(u32, bool)>();
+        let ran_tx = Mutex::new(ran_tx);
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let gate = Mutex::new(gate_rx);
+        let pool = Arc::new(Pool::start(1, move |(job, reader): (u32, std::thread::ThreadId)| {
+            ran_tx.lock().unwrap().send((job, reader == std::thread::current().id())).unwrap();
+            if job == 0 {
+                gate.lock().unwrap().recv().unwrap();
+            }
+        }));
+        let (read_tx, read_rx) = mpsc::channel::<Read>();
+        let (marks_tx, marks_rx) = mpsc::channel::<u32>();
+        let queue_to = Arc::downgrade(&pool);
+        pool.give_duty(Box::new(move || {
+            let Ok(read) = read_rx.recv() else { return false };
+            match read {
+                Read::Jobs(jobs) => {
+                    let pool = queue_to.upgrade().expect("the pool");
+                    for job in jobs {
+                        let owed = pool.push_quietly(Priority::Normal, (job, std::thread::current().id())).unwrap();
+                        assert!(!owed, "a run read by the duty wakes nobody");
+                    }
+                }
+                Read::Mark(mark) => marks_tx.send(mark).unwrap(),
+            }
+            true
+        }));
+        assert_eq!(pool.threads(), 1, "the duty's thread runs no more jobs at once");
+        let deadline = Instant::now() + WAIT;
+        while pool.parked() < 1 {
+            assert!(Instant::now() < deadline, "no thread parked beside the duty's");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        read_tx.send(Read::Jobs(vec![0])).unwrap();
+        assert_eq!(ran_rx.recv_timeout(WAIT).unwrap(), (0, true), "the reading thread runs the run it read");
+        // Job 0 runs, and its thread keeps the duty: what arrives waits.
+        read_tx.send(Read::Mark(7)).unwrap();
+        assert!(marks_rx.recv_timeout(Duration::from_millis(200)).is_err(), "read during the run");
+        // Handed over (the run lasts): the spare thread reads it.
+        pool.hand_over_duty();
+        assert_eq!(marks_rx.recv_timeout(WAIT).unwrap(), 7, "the duty is done while a job runs");
+        // A run read now waits for the running one (one job at a time).
+        read_tx.send(Read::Jobs(vec![1])).unwrap();
+        assert!(ran_rx.recv_timeout(Duration::from_millis(200)).is_err(), "a second job ran at once");
+        gate_tx.send(()).unwrap();
+        assert_eq!(ran_rx.recv_timeout(WAIT).unwrap().0, 1);
+        // A short run read once the pool is quiet again runs where it was read.
+        read_tx.send(Read::Jobs(vec![2])).unwrap();
+        assert_eq!(ran_rx.recv_timeout(WAIT).unwrap(), (2, true));
+        read_tx.send(Read::Mark(8)).unwrap();
+        assert_eq!(marks_rx.recv_timeout(WAIT).unwrap(), 8, "the duty goes on after a short run");
+        // Over: the duty ends, the pool drains.
+        drop(read_tx);
         assert!(pool.drain(WAIT).is_empty());
     }
 

@@ -661,6 +661,17 @@ impl State {
         }
     }
 
+    /// Has the worker threads do `duty` when free (a worker process's
+    /// link, `server::pipe_port`), with one thread more for it.
+    pub(crate) fn give_pool_duty(&self, duty: crate::server::pool::Duty) {
+        self.pool.give_duty(duty);
+    }
+
+    /// Frees the duty a thread keeps while it runs what it read.
+    pub(crate) fn hand_over_link(&self) {
+        self.pool.hand_over_duty();
+    }
+
     /// Runs one task on this thread (a worker thread of the pool).
     fn run(&self, job: Job) {
         let budget = self.run_budget.get();
