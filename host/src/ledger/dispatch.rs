@@ -295,7 +295,25 @@ impl<W, L> Ledger<W, L> {
                 _ => self.revoked_report(key, io),
             }
         }
+        self.progressed(key, now);
         self.fill_worker(key, now, io);
+    }
+
+    /// Worker `key` sent outcomes: the runs sent ahead to it and not
+    /// started there wait behind the runs it works through, so their start
+    /// bound (`--max-subworker-run`) counts from now. A run waiting behind
+    /// long runs of a worker that makes progress is not taken back, and
+    /// counted lost, for waiting; one that no progress reaches still is.
+    fn progressed(&mut self, key: WorkerKey, now: u64) {
+        let Some(worker) = self.cluster.get(key) else { return };
+        let start_by_ms = now.saturating_add(self.settings.max_subworker_run_ms);
+        for slot in &worker.slots {
+            let Slot::Busy(task_id) = slot else { continue };
+            let dispatch = self.live.get_mut(task_id).and_then(|task| task.dispatch.as_mut());
+            if let Some(dispatch) = dispatch.filter(|d| d.key == key && d.report_by_ms.is_none()) {
+                dispatch.start_by_ms = dispatch.start_by_ms.max(start_by_ms);
+            }
+        }
     }
 
     /// The name of the worker of `key`, for messages.

@@ -563,6 +563,29 @@ mod cluster {
     }
 
     #[test]
+    fn a_run_sent_ahead_waits_behind_a_worker_making_progress_without_being_taken_back() {
+        let (mut ledger, mut io) = (ledger(&[]), Recorder::default());
+        let key = worker_sent_ahead(&mut ledger, "busy", 1, 2, &["t"]);
+        let ids = admit_one_after_another(&mut ledger, &mut io, 3);
+        ledger.dispatch_answered(key, ids.clone(), FrameAnswer::Taken, T0, &mut io);
+        ledger.started(key, &[(ids[0], 1)], T0 + 1, &mut io);
+        // The first run takes most of the bound; its outcome is progress:
+        // the two waiting behind it are bounded from then.
+        let ended = T0 + MAX_RUN_MS - 10_000;
+        ledger.collected(key, vec![outcome(ids[0], 1, Ok("1"))], ended, &mut io);
+        ledger.started(key, &[(ids[1], 2)], ended + 1, &mut io);
+        io.take();
+        ledger.alarm(Alarm::Lease(ids[2], 3), T0 + MAX_RUN_MS + 1, &mut io);
+        let effects = io.take();
+        assert!(!effects.contains(&Effect::Count(Counted::LeaseExpired)), "taken back for waiting: {effects:?}");
+        assert_eq!(state(&ledger, ids[2]), Some(TaskState::Running));
+        assert!(ledger.get(&ids[2]).unwrap().prefetched(), "still waiting there");
+        // With no progress for a whole bound, it is taken back.
+        ledger.alarm(Alarm::Lease(ids[2], 3), ended + MAX_RUN_MS, &mut io);
+        assert!(io.take().contains(&Effect::Count(Counted::LeaseExpired)));
+    }
+
+    #[test]
     fn a_start_report_times_the_run_from_its_start() {
         let (mut ledger, key, mut io) = one_worker(1);
         let task_id = admit(&mut ledger, &mut io, task_timed("t", 0, 1_000, None));
