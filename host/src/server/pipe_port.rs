@@ -8,12 +8,14 @@
 //! `Outcomes` frames, from the thread that ends a run
 //! (`Collector::push_to`).
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use tracing::warn;
 
 use crate::server::endpoint::{encode_reply, Replier};
+use crate::server::pool::Turn;
 use crate::server::routes;
 use crate::server::state::State;
 use crate::wire::pipe::{FrameError, FrameReader, PipeWriter, Tag};
@@ -38,8 +40,12 @@ pub(crate) fn serve(
     let done: Arc<[u8]> = encode_reply(&Reply::Done)[..].into();
     let mut on_closed = Some(on_closed);
     let served = state.clone();
-    // One frame a turn: a run it carries starts on this thread next.
-    let read_one = move || {
+    // One frame a turn (none if only looking and nothing waits): a run it
+    // carries starts on this thread next.
+    let read_one = move |turn: Turn| {
+        if turn == Turn::Look && !frames.has_buffered() && !readable(frames.get_ref()) {
+            return true;
+        }
         let error = match frames.next_frame() {
             Ok(frame) => {
                 let replier = match frame.tag {
@@ -66,6 +72,13 @@ pub(crate) fn serve(
     };
     state.give_pool_duty(Box::new(read_one));
     Ok(())
+}
+
+/// Whether `stream` has bytes to read (or its end), without waiting.
+fn readable(stream: &UnixStream) -> bool {
+    let mut fd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the call's duration; a zero timeout.
+    unsafe { libc::poll(&mut fd, 1, 0) > 0 }
 }
 
 /// The link ended with `error`: nothing more is written, `on_closed` runs

@@ -14,9 +14,12 @@
 //! duty, and the thread that read a run runs it itself, keeping the duty
 //! meanwhile (what arrives waits in the socket for the run's end). So a
 //! short run read from the link wakes no other thread, in either direction.
-//! For a run that lasts, [`Pool::hand_over_duty`] (called by the process's
-//! start reporter, about 50 ms into a run) frees the duty and wakes the
-//! spare thread to do it, so that cancellations are read during long runs.
+//! Before it starts another run it holds, it looks at the link without
+//! waiting, so that a cancellation of that run waiting there is read
+//! first. For a run that lasts, [`Pool::hand_over_duty`] (called by the
+//! process's start reporter, about 50 ms into a run) frees the duty and
+//! wakes the spare thread to do it, so that cancellations are read during
+//! long runs; a closed pool (a drain) keeps none.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -39,9 +42,18 @@ struct Shared<J> {
     idle: Condvar,
 }
 
-/// Work a free thread does when no job waits (see the module's doc);
-/// `false` once it is over for good.
-pub(crate) type Duty = Box<dyn FnMut() -> bool + Send>;
+/// Work a free thread does when no job waits (see the module's doc),
+/// given how long a turn may wait; `false` once it is over for good.
+pub(crate) type Duty = Box<dyn FnMut(Turn) -> bool + Send>;
+
+/// How long a turn of the duty may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// Until there is something to do (the thread has nothing else).
+    Wait,
+    /// Only what is there now (between runs the thread holds).
+    Look,
+}
 
 struct State<J> {
     queues: [VecDeque<J>; 4],
@@ -189,6 +201,8 @@ impl<J: Send + 'static> Pool<J> {
     pub(crate) fn close_and_take_queued(&self) -> Vec<J> {
         let mut state = self.shared.state.lock().expect("pool lock");
         state.closed = true;
+        // A drain's cancellations are read at once: the duty is kept by none.
+        state.reserved_by = None;
         let queued = state.queues.iter_mut().flat_map(|q| q.drain(..)).collect();
         drop(state);
         self.shared.work_ready.notify_all();
@@ -202,6 +216,7 @@ impl<J: Send + 'static> Pool<J> {
         let deadline = Instant::now() + timeout;
         let mut state = self.shared.state.lock().expect("pool lock");
         state.closed = true;
+        state.reserved_by = None;
         self.shared.work_ready.notify_all();
         while state.running > 0 || (state.queued() > 0 && self.threads > 0) {
             let now = Instant::now();
@@ -237,8 +252,30 @@ fn spawn<J: Send + 'static>(shared: &Arc<Shared<J>>, run: &Arc<dyn Fn(J) + Send 
 
 fn worker_loop<J>(shared: &Shared<J>, run: &dyn Fn(J)) {
     let me = std::thread::current().id();
+    // Whether this thread read the link since its last run.
+    let mut looked = false;
     let mut state = shared.state.lock().expect("pool lock");
     loop {
+        let next_is_mine = state.running < state.max_running && state.queued() > 0;
+        if next_is_mine && !looked && state.reserved_by == Some(me) {
+            if let Some(mut duty) = state.duty.take() {
+                // Between two runs it read: what waits on the link first.
+                state.duty_holder = Some(me);
+                drop(state);
+                let going = duty(Turn::Look);
+                state = shared.state.lock().expect("pool lock");
+                state.duty_holder = None;
+                looked = true;
+                if going {
+                    state.duty = Some(duty);
+                    // Handed over meanwhile: a spare thread does it now.
+                    if state.reserved_by != Some(me) && state.owes_duty_wake() {
+                        shared.work_ready.notify_one();
+                    }
+                }
+                continue;
+            }
+        }
         let job = if state.running < state.max_running {
             state.queues.iter_mut().find_map(VecDeque::pop_front)
         } else {
@@ -246,6 +283,7 @@ fn worker_loop<J>(shared: &Shared<J>, run: &dyn Fn(J)) {
         };
         let reserved = state.reserved_by;
         if let Some(job) = job {
+            looked = false;
             state.running += 1;
             // More wait, or nobody does the duty: the next parked thread
             // is woken for them.
@@ -270,12 +308,13 @@ fn worker_loop<J>(shared: &Shared<J>, run: &dyn Fn(J)) {
             state.reserved_by = None;
             state.duty_holder = Some(me);
             drop(state);
-            let going = duty();
+            let going = duty(Turn::Wait);
             state = shared.state.lock().expect("pool lock");
             state.duty_holder = None;
+            looked = true;
             if going {
                 state.duty = Some(duty);
-                if state.running < state.max_running && state.queued() > 0 {
+                if !state.closed && state.running < state.max_running && state.queued() > 0 {
                     // It runs what it read next (the lock is held to the
                     // loop's top), keeping the duty.
                     state.reserved_by = Some(me);
@@ -352,25 +391,40 @@ mod tests {
         Mark(u32),
     }
 
+    /// What the test sees, in order.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Seen {
+        /// A job ran, on the thread that read it or not.
+        Ran(u32, bool),
+        /// A mark was read.
+        Marked(u32),
+    }
+
     #[test]
     fn a_run_read_by_the_duty_runs_on_the_thread_that_read_it_which_keeps_the_duty_until_handed_over() {
-        // Each job reports (its number, whether it runs on the thread that
-        // queued it) and, for job 0, waits for the gate.
-        let (ran_tx, ran_rx) = mpsc::channel::<(u32, bool)>();
-        let ran_tx = Mutex::new(ran_tx);
+        // Job 0 waits for the gate.
+        let (seen_tx, seen) = mpsc::channel::<Seen>();
+        let ran_tx = Mutex::new(seen_tx.clone());
         let (gate_tx, gate_rx) = mpsc::channel::<()>();
         let gate = Mutex::new(gate_rx);
         let pool = Arc::new(Pool::start(1, move |(job, reader): (u32, std::thread::ThreadId)| {
-            ran_tx.lock().unwrap().send((job, reader == std::thread::current().id())).unwrap();
+            ran_tx.lock().unwrap().send(Seen::Ran(job, reader == std::thread::current().id())).unwrap();
             if job == 0 {
                 gate.lock().unwrap().recv().unwrap();
             }
         }));
         let (read_tx, read_rx) = mpsc::channel::<Read>();
-        let (marks_tx, marks_rx) = mpsc::channel::<u32>();
         let queue_to = Arc::downgrade(&pool);
-        pool.give_duty(Box::new(move || {
-            let Ok(read) = read_rx.recv() else { return false };
+        pool.give_duty(Box::new(move |turn| {
+            let read = match turn {
+                Turn::Wait => read_rx.recv().ok(),
+                Turn::Look => match read_rx.try_recv() {
+                    Ok(read) => Some(read),
+                    Err(mpsc::TryRecvError::Empty) => return true,
+                    Err(mpsc::TryRecvError::Disconnected) => None,
+                },
+            };
+            let Some(read) = read else { return false };
             match read {
                 Read::Jobs(jobs) => {
                     let pool = queue_to.upgrade().expect("the pool");
@@ -379,7 +433,7 @@ mod tests {
                         assert!(!owed, "a run read by the duty wakes nobody");
                     }
                 }
-                Read::Mark(mark) => marks_tx.send(mark).unwrap(),
+                Read::Mark(mark) => seen_tx.send(Seen::Marked(mark)).unwrap(),
             }
             true
         }));
@@ -389,24 +443,29 @@ mod tests {
             assert!(Instant::now() < deadline, "no thread parked beside the duty's");
             std::thread::sleep(Duration::from_millis(1));
         }
-        read_tx.send(Read::Jobs(vec![0])).unwrap();
-        assert_eq!(ran_rx.recv_timeout(WAIT).unwrap(), (0, true), "the reading thread runs the run it read");
+        let next = || seen.recv_timeout(WAIT).unwrap();
+        let nothing_for = |ms| seen.recv_timeout(Duration::from_millis(ms)).is_err();
+        read_tx.send(Read::Jobs(vec![0, 1])).unwrap();
+        assert_eq!(next(), Seen::Ran(0, true), "the reading thread runs the run it read");
         // Job 0 runs, and its thread keeps the duty: what arrives waits.
         read_tx.send(Read::Mark(7)).unwrap();
-        assert!(marks_rx.recv_timeout(Duration::from_millis(200)).is_err(), "read during the run");
-        // Handed over (the run lasts): the spare thread reads it.
-        pool.hand_over_duty();
-        assert_eq!(marks_rx.recv_timeout(WAIT).unwrap(), 7, "the duty is done while a job runs");
-        // A run read now waits for the running one (one job at a time).
-        read_tx.send(Read::Jobs(vec![1])).unwrap();
-        assert!(ran_rx.recv_timeout(Duration::from_millis(200)).is_err(), "a second job ran at once");
+        assert!(nothing_for(200), "read during the run");
+        // Before job 1, which it holds, it looks at what waits: mark 7 first.
         gate_tx.send(()).unwrap();
-        assert_eq!(ran_rx.recv_timeout(WAIT).unwrap().0, 1);
-        // A short run read once the pool is quiet again runs where it was read.
-        read_tx.send(Read::Jobs(vec![2])).unwrap();
-        assert_eq!(ran_rx.recv_timeout(WAIT).unwrap(), (2, true));
+        assert_eq!(next(), Seen::Marked(7), "read before the next run it holds");
+        assert_eq!(next(), Seen::Ran(1, true));
+        // A run that lasts: handed over, the spare thread reads meanwhile.
+        read_tx.send(Read::Jobs(vec![0])).unwrap();
+        assert_eq!(next(), Seen::Ran(0, true));
         read_tx.send(Read::Mark(8)).unwrap();
-        assert_eq!(marks_rx.recv_timeout(WAIT).unwrap(), 8, "the duty goes on after a short run");
+        assert!(nothing_for(200), "read during the run");
+        pool.hand_over_duty();
+        assert_eq!(next(), Seen::Marked(8), "the duty is done while a job runs");
+        // A run read now waits for the running one (one job at a time).
+        read_tx.send(Read::Jobs(vec![2])).unwrap();
+        assert!(nothing_for(200), "a second job ran at once");
+        gate_tx.send(()).unwrap();
+        assert!(matches!(next(), Seen::Ran(2, _)));
         // Over: the duty ends, the pool drains.
         drop(read_tx);
         assert!(pool.drain(WAIT).is_empty());

@@ -106,6 +106,11 @@ impl<R: Read> FrameReader<R> {
         &self.stream
     }
 
+    /// Whether bytes read from the stream wait to be taken.
+    pub(crate) fn has_buffered(&self) -> bool {
+        self.end > self.start
+    }
+
     /// The next frame, read from what is buffered or else from the stream.
     pub(crate) fn next_frame(&mut self) -> Result<Frame, FrameError> {
         while self.end - self.start < HEADER {
