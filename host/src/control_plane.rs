@@ -202,6 +202,12 @@ impl ControlPlane {
         self.state.take_started()
     }
 
+    /// On a subworker: runs taken by [`ControlPlane::take_started`] whose
+    /// report was not sent, to report with the next.
+    pub fn put_back_started(&self, runs: Vec<(crate::wire::protocol::TaskId, u64)>) {
+        self.state.started_runs.put_back(runs);
+    }
+
     /// Waits until a run has started since the last
     /// [`ControlPlane::take_started`], then a little more (so that short
     /// runs, already ended, need no report).

@@ -229,10 +229,30 @@ async fn report_started(server: &ControlPlane, membership: &Membership) {
     // A run that lasts this long (the report's delay) has the link read
     // by another thread meanwhile (a worker process's; nothing elsewhere).
     server.hand_over_link();
-    let runs = server.take_started();
-    if !runs.is_empty() {
-        if let Err(error) = membership.started(runs).await {
-            warn!(%error, "could not report started tasks to the control plane");
+    let mut taken = TakenStarts { server, runs: server.take_started() };
+    if taken.runs.is_empty() {
+        return;
+    }
+    let result = membership.started(taken.runs.clone()).await;
+    // Sent (or refused, and said so): nothing to put back.
+    taken.runs.clear();
+    if let Err(error) = result {
+        warn!(%error, "could not report started tasks to the control plane");
+    }
+}
+
+/// Runs taken for a start report, put back if the report is dropped unsent
+/// (the process began to stop meanwhile), so that the stop's reports carry
+/// them and the control plane does not read them queued until they end.
+struct TakenStarts<'a> {
+    server: &'a ControlPlane,
+    runs: Vec<(crate::wire::protocol::TaskId, u64)>,
+}
+
+impl Drop for TakenStarts<'_> {
+    fn drop(&mut self) {
+        if !self.runs.is_empty() {
+            self.server.put_back_started(std::mem::take(&mut self.runs));
         }
     }
 }

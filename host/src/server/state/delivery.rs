@@ -45,6 +45,13 @@ impl StartedRuns {
         self.ready.notify_one();
     }
 
+    /// Runs taken and not reported after all: the next take has them.
+    pub(crate) fn put_back(&self, mut runs: Vec<(TaskId, u64)>) {
+        let mut held = self.runs.lock().expect("started runs lock");
+        runs.append(&mut held);
+        *held = runs;
+    }
+
     /// Every run started since the last call.
     pub(crate) fn take(&self) -> Vec<(TaskId, u64)> {
         std::mem::take(&mut *self.runs.lock().expect("started runs lock"))
@@ -171,4 +178,22 @@ fn unknown_worker(name: &WorkerName) -> Reply {
             name.worker_id
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn started_runs_put_back_unsent_come_first_in_the_next_take() {
+        let started = StartedRuns::default();
+        let (a, b) = (TaskId::new_v4(), TaskId::new_v4());
+        started.push(a, 1);
+        let taken = started.take();
+        assert_eq!(taken, vec![(a, 1)]);
+        started.push(b, 2);
+        started.put_back(taken);
+        assert_eq!(started.take(), vec![(a, 1), (b, 2)]);
+        assert!(started.take().is_empty());
+    }
 }
