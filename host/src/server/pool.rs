@@ -22,7 +22,7 @@
 //! long runs; a closed pool (a drain) keeps none.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fastworker_plugin_sdk::Priority;
@@ -250,6 +250,26 @@ fn spawn<J: Send + 'static>(shared: &Arc<Shared<J>>, run: &Arc<dyn Fn(J) + Send 
         .expect("spawning a worker thread");
 }
 
+/// Does one turn of `duty` on this thread (`me`) without the pool lock;
+/// returns the lock, and whether the duty goes on (then it is put back).
+fn take_turn<'a, J>(
+    shared: &'a Shared<J>,
+    mut state: MutexGuard<'a, State<J>>,
+    mut duty: Duty,
+    turn: Turn,
+    me: std::thread::ThreadId,
+) -> (MutexGuard<'a, State<J>>, bool) {
+    state.duty_holder = Some(me);
+    drop(state);
+    let going = duty(turn);
+    let mut state = shared.state.lock().expect("pool lock");
+    state.duty_holder = None;
+    if going {
+        state.duty = Some(duty);
+    }
+    (state, going)
+}
+
 fn worker_loop<J>(shared: &Shared<J>, run: &dyn Fn(J)) {
     let me = std::thread::current().id();
     // Whether this thread read the link since its last run.
@@ -258,20 +278,14 @@ fn worker_loop<J>(shared: &Shared<J>, run: &dyn Fn(J)) {
     loop {
         let next_is_mine = state.running < state.max_running && state.queued() > 0;
         if next_is_mine && !looked && state.reserved_by == Some(me) {
-            if let Some(mut duty) = state.duty.take() {
+            if let Some(duty) = state.duty.take() {
                 // Between two runs it read: what waits on the link first.
-                state.duty_holder = Some(me);
-                drop(state);
-                let going = duty(Turn::Look);
-                state = shared.state.lock().expect("pool lock");
-                state.duty_holder = None;
+                let going;
+                (state, going) = take_turn(shared, state, duty, Turn::Look, me);
                 looked = true;
-                if going {
-                    state.duty = Some(duty);
-                    // Handed over meanwhile: a spare thread does it now.
-                    if state.reserved_by != Some(me) && state.owes_duty_wake() {
-                        shared.work_ready.notify_one();
-                    }
+                // Handed over meanwhile: a spare thread does it now.
+                if going && state.reserved_by != Some(me) && state.owes_duty_wake() {
+                    shared.work_ready.notify_one();
                 }
                 continue;
             }
@@ -301,24 +315,18 @@ fn worker_loop<J>(shared: &Shared<J>, run: &dyn Fn(J)) {
             if state.closed && state.running == 0 && state.queued() == 0 {
                 shared.idle.notify_all();
             }
-        } else if let Some(mut duty) = state.duty.take_if(|_| reserved.is_none_or(|by| by == me)) {
+        } else if let Some(duty) = state.duty.take_if(|_| reserved.is_none_or(|by| by == me)) {
             // Free (or its own), and nobody does the duty: this thread does
             // it (still when closed, as a drain waits for runs that may be
             // cancelled).
             state.reserved_by = None;
-            state.duty_holder = Some(me);
-            drop(state);
-            let going = duty(Turn::Wait);
-            state = shared.state.lock().expect("pool lock");
-            state.duty_holder = None;
+            let going;
+            (state, going) = take_turn(shared, state, duty, Turn::Wait, me);
             looked = true;
-            if going {
-                state.duty = Some(duty);
-                if !state.closed && state.running < state.max_running && state.queued() > 0 {
-                    // It runs what it read next (the lock is held to the
-                    // loop's top), keeping the duty.
-                    state.reserved_by = Some(me);
-                }
+            if going && !state.closed && state.running < state.max_running && state.queued() > 0 {
+                // It runs what it read next (the lock is held to the loop's
+                // top), keeping the duty.
+                state.reserved_by = Some(me);
             }
         } else if state.closed && state.duty.is_none() && state.duty_holder.is_none() {
             shared.idle.notify_all();
