@@ -204,7 +204,7 @@ impl ControlPlane {
 
     /// On a subworker: runs taken by [`ControlPlane::take_started`] whose
     /// report was not sent, to report with the next.
-    pub fn put_back_started(&self, runs: Vec<(crate::wire::protocol::TaskId, u64)>) {
+    pub(crate) fn put_back_started(&self, runs: Vec<(crate::wire::protocol::TaskId, u64)>) {
         self.state.started_runs.put_back(runs);
     }
 
@@ -234,7 +234,7 @@ impl ControlPlane {
 
     /// Resolves once the last run [`ControlPlane::stop_after_runs`] allows
     /// has started; never without such a bound.
-    pub async fn runs_spent(&self) {
+    pub(crate) async fn runs_spent(&self) {
         match self.state.run_budget.get() {
             Some(budget) => {
                 budget.spent().await;
@@ -247,9 +247,9 @@ impl ControlPlane {
         }
     }
 
-    /// In a worker process: has a spare thread read the link while the
-    /// thread that read the runs running runs them (see `server::pool`).
-    pub fn hand_over_link(&self) {
+    /// In a worker process: lets a spare thread read the link while the
+    /// thread that read a run is still running it (see `server::pool`).
+    pub(crate) fn hand_over_link(&self) {
         self.state.hand_over_link();
     }
 

@@ -271,6 +271,7 @@ fn a_worker_key_cannot_speak_for_the_control_plane_to_another_subworker() {
                 ("Dispatch", Request::Dispatch(vec![dispatch])),
                 ("Cancel", Request::Cancel { task_id: running }),
                 ("Revoke", Request::Revoke { task_ids: victims.clone() }),
+                ("HandBack", Request::HandBack { task_ids: victims.clone() }),
             ] {
                 match at_sw2.request(0, &request).await {
                     Ok(Reply::Error(error)) if error.kind == ErrorKind::Forbidden => {

@@ -273,28 +273,32 @@ impl<W, L> Ledger<W, L> {
     /// A run that never started comes back and goes to `slot` of worker
     /// `key`, taken for it; it counts neither as a run nor as a loss.
     fn hand_back_to(&mut self, task_id: TaskId, key: WorkerKey, slot: usize, now: u64, io: &mut impl Effects<W, L>) {
-        let Some(task) = self.live.get_mut(&task_id) else {
+        if self.unsent(task_id, io) {
+            self.queue_for_worker(key, slot, task_id, now, io);
+        } else {
             self.cluster.release(key, slot, Some(task_id));
-            return;
-        };
-        task.report.attempts = task.report.attempts.saturating_sub(1);
-        task.report.started_ms = None;
-        if let Some(dispatch) = task.dispatch.take() {
-            io.cancel_alarm(Alarm::Lease(task_id, dispatch.lease));
         }
-        self.queue_for_worker(key, slot, task_id, now, io);
     }
 
     /// A run that never started comes back: it goes elsewhere, first in
     /// line, and counts neither as a run nor as a loss.
     fn hand_back(&mut self, task_id: TaskId, why: &str, now: u64, io: &mut impl Effects<W, L>) {
-        let Some(task) = self.live.get_mut(&task_id) else { return };
+        if self.unsent(task_id, io) {
+            self.start(task_id, true, why, now, io);
+        }
+    }
+
+    /// Undoes the dispatch of a run that never started: it neither counts
+    /// as a run nor shows a start, and its lease guards nothing. `false`
+    /// for a task no longer live.
+    fn unsent(&mut self, task_id: TaskId, io: &mut impl Effects<W, L>) -> bool {
+        let Some(task) = self.live.get_mut(&task_id) else { return false };
         task.report.attempts = task.report.attempts.saturating_sub(1);
         task.report.started_ms = None;
         if let Some(dispatch) = task.dispatch.take() {
             io.cancel_alarm(Alarm::Lease(task_id, dispatch.lease));
         }
-        self.start(task_id, true, why, now, io);
+        true
     }
 
     /// Event: a task's subworker went away while running it. It goes to

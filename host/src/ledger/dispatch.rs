@@ -6,7 +6,7 @@ use crate::wire::protocol::FailureKind;
 use tracing::{debug, warn};
 
 use super::{Alarm, Counted, Dispatched, Effects, Ending, Ledger, Taken, REPORT_GRACE_MS};
-use crate::cluster::routing::{Slot, WorkerKey};
+use crate::cluster::routing::{Slot, Worker, WorkerKey};
 use crate::wire::protocol::{decode, ErrorKind, Forwarded, Reply, Reported, Request, TaskError, TaskId, TaskState};
 
 /// What a subworker answered a dispatch frame with.
@@ -176,15 +176,12 @@ impl<W, L> Ledger<W, L> {
         let Some(idle) = self.cluster.get(key).filter(|w| w.routable()) else { return };
         let mut wanted: Vec<(u64, TaskId, WorkerKey)> = Vec::new();
         let mut on_their_way = 0usize;
-        for other in self.cluster.workers().filter(|w| w.key != key && w.connected) {
-            let held = other.slots.iter().filter_map(|slot| match slot {
-                Slot::Busy(id) => self.live.get(id).map(|task| (task, *id)),
+        let busy = self.cluster.workers().filter(|w| w.key != key && w.connected && self.holds_surely_waiting(w));
+        for other in busy {
+            let ahead = other.slots.iter().filter_map(|slot| match slot {
+                Slot::Busy(id) => self.live.get(id).filter(|task| task.prefetched()).map(|task| (task, *id)),
                 _ => None,
             });
-            let (ahead, running): (Vec<_>, Vec<_>) = held.partition(|(task, _)| task.prefetched());
-            if running.len() < other.concurrency as usize {
-                continue;
-            }
             for (task, task_id) in ahead {
                 if task.dispatch.is_some_and(|d| d.asked_back.is_some()) {
                     on_their_way += 1;
@@ -216,10 +213,30 @@ impl<W, L> Ledger<W, L> {
         }
     }
 
+    /// Whether every thread of `worker` runs a run reported started while
+    /// it holds runs sent ahead beyond them: those surely wait there.
+    fn holds_surely_waiting(&self, worker: &Worker<L>) -> bool {
+        let (mut running, mut ahead) = (0u32, false);
+        for slot in &worker.slots {
+            let Slot::Busy(task_id) = slot else { continue };
+            match self.live.get(task_id) {
+                Some(task) if task.prefetched() => ahead = true,
+                Some(_) => running += 1,
+                None => {}
+            }
+        }
+        ahead && running >= worker.concurrency
+    }
+
     /// Every routable worker with free threads asks back runs sent ahead
     /// to busy ones ([`Ledger::ask_back_for`]): after a start report, which
     /// may show a worker's every thread busy with runs that run long.
     pub(super) fn ask_back_for_idle(&mut self, io: &mut impl Effects<W, L>) {
+        // Nothing surely waits anywhere (the common case): one pass, not
+        // one per idle worker.
+        if !self.cluster.workers().any(|w| w.connected && self.holds_surely_waiting(w)) {
+            return;
+        }
         let idle: Vec<WorkerKey> = self.cluster.workers().filter(|w| w.routable()).map(|w| w.key).collect();
         for key in idle {
             self.ask_back_for_threads_of(key, io);

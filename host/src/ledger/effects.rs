@@ -50,8 +50,6 @@ pub(crate) enum Counted {
     BadResult,
 }
 
-/// The effects of the ledger's events. `W` is whoever waits for a task's
-/// end (a client's replier), `L` the connection to a subworker.
 /// How a link acknowledges a run it was given to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Taken {
@@ -63,6 +61,8 @@ pub(crate) enum Taken {
     WhenSent,
 }
 
+/// The effects of the ledger's events. `W` is whoever waits for a task's
+/// end (a client's replier), `L` the connection to a subworker.
 pub(crate) trait Effects<W, L> {
     /// A task was accepted; `later` is its countdown or ETA. (Durable mode
     /// acknowledges it once this is stored.)

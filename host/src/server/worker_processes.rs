@@ -389,9 +389,10 @@ impl Supervisor {
         (status, recycling)
     }
 
-    /// Why the process `pid` is due for replacement, if it is: (read when
-    /// `read_rss`) its resident memory passed `--max-memory-per-child`.
-    /// It keeps `--max-tasks-per-child` itself (`server::run_budget`).
+    /// Why the process `pid` is due for replacement, if it is: its
+    /// resident memory, read when `read_rss`, passed
+    /// `--max-memory-per-child`. (It keeps `--max-tasks-per-child` itself,
+    /// `server::run_budget`.) Records its `runs` for `workers` meanwhile.
     fn worn_out(&self, pid: u32, runs: u64, read_rss: bool) -> Option<String> {
         if read_rss {
             let state = self.state.upgrade()?;
