@@ -82,7 +82,7 @@ impl PipeLink {
 
 /// The reader thread's side.
 struct Reader {
-    frames: FrameReader<UnixStream>,
+    frames: FrameReader,
     worker_id: String,
     closed: Arc<AtomicBool>,
 }

@@ -12,7 +12,7 @@
 //! taking every frame waiting with one `read`.
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
@@ -86,23 +86,34 @@ const READ_BUFFER: usize = 64 * 1024;
 /// one `read` takes every frame waiting (up to [`READ_BUFFER`] bytes), so
 /// that frames arriving together cost one call and one wake-up, not two
 /// calls each.
-pub(crate) struct FrameReader<R> {
-    stream: R,
+pub(crate) struct FrameReader {
+    stream: UnixStream,
     limit: usize,
     buffer: Box<[u8]>,
     /// The bytes read and not yet taken: `buffer[start..end]`.
     start: usize,
     end: usize,
+    /// The reads made into the buffer (a test counts them).
+    #[cfg(test)]
+    reads: usize,
 }
 
-impl<R: Read> FrameReader<R> {
+impl FrameReader {
     /// A reader of `stream` whose frames' bodies are at most `limit` bytes.
-    pub(crate) fn new(stream: R, limit: usize) -> FrameReader<R> {
-        FrameReader { stream, limit, buffer: vec![0; READ_BUFFER].into_boxed_slice(), start: 0, end: 0 }
+    pub(crate) fn new(stream: UnixStream, limit: usize) -> FrameReader {
+        FrameReader {
+            stream,
+            limit,
+            buffer: vec![0; READ_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            #[cfg(test)]
+            reads: 0,
+        }
     }
 
     /// The stream read.
-    pub(crate) fn get_ref(&self) -> &R {
+    pub(crate) fn get_ref(&self) -> &UnixStream {
         &self.stream
     }
 
@@ -132,7 +143,7 @@ impl<R: Read> FrameReader<R> {
             (self.start, self.end) = (0, 0);
         }
         // The rest of a body larger than what was waiting: read in place.
-        read_all(&mut self.stream, &mut body[buffered..])?;
+        read_all(&self.stream, &mut body[buffered..])?;
         Ok(Frame { tag, body })
     }
 
@@ -144,33 +155,64 @@ impl<R: Read> FrameReader<R> {
             self.buffer.copy_within(self.start..self.end, 0);
             (self.start, self.end) = (0, self.end - self.start);
         }
-        loop {
-            match self.stream.read(&mut self.buffer[self.end..]) {
-                Ok(0) if self.end == 0 => return Err(FrameError::Closed),
-                Ok(0) => return Err(FrameError::Io(ErrorKind::UnexpectedEof.into())),
-                Ok(read) => {
-                    self.end += read;
-                    return Ok(());
-                }
-                Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                Err(error) => return Err(error.into()),
+        #[cfg(test)]
+        {
+            self.reads += 1;
+        }
+        match read_some(&self.stream, &mut self.buffer[self.end..])? {
+            0 if self.end == 0 => Err(FrameError::Closed),
+            0 => Err(FrameError::Io(ErrorKind::UnexpectedEof.into())),
+            read => {
+                self.end += read;
+                Ok(())
             }
         }
     }
 }
 
 /// Fills `buffer` from `stream`; its end is a cut frame.
-fn read_all(stream: &mut impl Read, buffer: &mut [u8]) -> Result<(), FrameError> {
+fn read_all(stream: &impl AsRawFd, buffer: &mut [u8]) -> Result<(), FrameError> {
     let mut filled = 0;
     while filled < buffer.len() {
-        match stream.read(&mut buffer[filled..]) {
-            Ok(0) => return Err(FrameError::Io(ErrorKind::UnexpectedEof.into())),
-            Ok(read) => filled += read,
-            Err(error) if error.kind() == ErrorKind::Interrupted => {}
-            Err(error) => return Err(error.into()),
+        match read_some(stream, &mut buffer[filled..])? {
+            0 => return Err(FrameError::Io(ErrorKind::UnexpectedEof.into())),
+            read => filled += read,
         }
     }
     Ok(())
+}
+
+/// Reads what `stream` has (0 at its end), waiting for it if need be.
+///
+/// It waits in `poll` for input only, not in a blocking read: a thread
+/// blocked reading a Unix socket is also woken each time the other end
+/// reads what this end wrote (the kernel's "room to write" wake-up shares
+/// the socket's wait queue), and on this link that would be a wasted
+/// switch per frame sent; `poll` filters that wake-up out.
+fn read_some(stream: &impl AsRawFd, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let fd = stream.as_raw_fd();
+    loop {
+        // SAFETY: `buffer` is valid for writes of its length for the call.
+        let read = unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), buffer.len(), libc::MSG_DONTWAIT) };
+        if read >= 0 {
+            return Ok(read as usize);
+        }
+        let error = std::io::Error::last_os_error();
+        match error.kind() {
+            ErrorKind::Interrupted => {}
+            ErrorKind::WouldBlock => {
+                let mut wait = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd for the call's duration.
+                if unsafe { libc::poll(&mut wait, 1, -1) } < 0 {
+                    let error = std::io::Error::last_os_error();
+                    if error.kind() != ErrorKind::Interrupted {
+                        return Err(error);
+                    }
+                }
+            }
+            _ => return Err(error),
+        }
+    }
 }
 
 /// The header of a frame of `body_len` bytes (at most `u32::MAX`: the
@@ -371,7 +413,7 @@ pub(crate) fn handed_socket(fd: i32) -> Result<UnixStream, HandedFdError> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
+    use std::io::{Read, Write};
 
     use super::*;
 
@@ -394,6 +436,42 @@ mod tests {
         assert_eq!((third.tag, &third.body[..]), (Tag::Note, &b"third"[..]));
         writer.close();
         thread.join().expect("writer thread");
+    }
+
+    /// The voluntary switches of thread `tid` of this process so far.
+    fn switches_of(tid: libc::pid_t) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).expect("status");
+        let line = status.lines().find(|line| line.starts_with("voluntary_ctxt_switches")).expect("switches");
+        line.split_whitespace().nth(1).expect("count").parse().expect("number")
+    }
+
+    #[test]
+    fn a_waiting_reader_is_not_woken_when_the_other_end_reads_what_its_end_wrote() {
+        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+        let mut sender = ours.try_clone().expect("clone");
+        let (tid_sender, tid) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid_sender.send(unsafe { libc::gettid() }).expect("tid");
+            let mut frames = FrameReader::new(ours, 64);
+            frames.next_frame().map(|frame| frame.tag)
+        });
+        let tid = tid.recv().expect("tid");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let before = switches_of(tid);
+        // Each read here frees room on the reader's end: the kernel's
+        // "room to write" wake-up, which a blocking read would take.
+        let mut byte = [0u8; 1];
+        for _ in 0..50 {
+            sender.write_all(&[1]).expect("write");
+            theirs.read_exact(&mut byte).expect("read");
+            // Time for a wake-up, if there was one, to be taken.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let woken = switches_of(tid) - before;
+        theirs.write_all(&[0, 0, 0, 0, Tag::Note as u8]).expect("frame");
+        assert_eq!(reader.join().expect("reader").expect("frame"), Tag::Note);
+        assert!(woken < 10, "the waiting reader was woken {woken} times for 50 reads at the other end");
     }
 
     #[test]
@@ -434,19 +512,6 @@ mod tests {
         assert!(writer.send(Tag::Note, b"x").is_err());
     }
 
-    /// A stream that counts the `read` calls made on it.
-    struct Counted {
-        stream: UnixStream,
-        reads: usize,
-    }
-
-    impl Read for Counted {
-        fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-            self.reads += 1;
-            self.stream.read(buffer)
-        }
-    }
-
     #[test]
     fn frames_waiting_together_are_taken_with_one_read_and_a_large_one_whole() {
         let (ours, theirs) = UnixStream::pair().expect("pair");
@@ -454,12 +519,12 @@ mod tests {
         for id in 1..=3u32 {
             writer.send(Tag::Outcomes, &id.to_le_bytes()).expect("sent");
         }
-        let mut reader = FrameReader::new(Counted { stream: theirs, reads: 0 }, 1 << 20);
+        let mut reader = FrameReader::new(theirs, 1 << 20);
         for id in 1..=3u32 {
             let frame = reader.next_frame().expect("frame");
             assert_eq!((frame.tag, &frame.body[..]), (Tag::Outcomes, &id.to_le_bytes()[..]));
         }
-        assert_eq!(reader.stream.reads, 1, "three frames waiting, one read");
+        assert_eq!(reader.reads, 1, "three frames waiting, one read");
         // Larger than the read buffer, after a small one: split between
         // the buffer and the reads into its own body, it arrives whole.
         let large: Vec<u8> = (0..(3 * READ_BUFFER + 5)).map(|i| i as u8).collect();
