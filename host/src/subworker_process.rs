@@ -170,7 +170,18 @@ impl Subworker {
             server.drain();
             return Err(refusal.into());
         }
-        if let Err(error) = membership.leave().await {
+        // Leaving is one request (up to its timeout if the control plane
+        // does not answer): meanwhile a run that lasts still has the link
+        // read by another thread, as the start reporter does while serving.
+        let leaving = membership.leave();
+        tokio::pin!(leaving);
+        let left = loop {
+            tokio::select! {
+                result = &mut leaving => break result,
+                () = tokio::time::sleep(DRAIN_POLL) => server.hand_over_link(),
+            }
+        };
+        if let Err(error) = left {
             warn!(%error, "could not tell the control plane this subworker is stopping");
         }
         // Drain on another thread while heartbeats go on, so the control
