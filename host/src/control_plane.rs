@@ -15,7 +15,7 @@ use crate::dashboard::{Dashboard, DashboardConfig, DashboardError};
 use crate::plugins::Registry;
 use crate::server::config::ControlPlaneConfig;
 use crate::server::endpoint::{Handler, ListenError, Listener, PortAuth, PortOptions};
-use crate::server::journal::{Journal, JournalError};
+use crate::server::journal::{Journal, JournalError, RunsUnderWay};
 use crate::server::membership::{self, Event};
 use crate::server::routes;
 use crate::server::state::State;
@@ -61,7 +61,16 @@ impl ControlPlane {
         // bounded by the frame size) and a little more.
         let max_record = config.bounds.max_frame_bytes.saturating_mul(2).saturating_add(1 << 20);
         let (journal, recovered) = match &config.state_dir {
-            Some(dir) => Journal::open(dir, max_record).map(|(journal, recovered)| (Some(journal), Some(recovered)))?,
+            Some(dir) => {
+                let (journal, mut recovered) = Journal::open(dir, max_record)?;
+                // Read whatever the mode, so that a run that ended the
+                // process before is counted after a switch of mode too.
+                let (under_way, before) = RunsUnderWay::open(dir, config.concurrency).map_err(|source| {
+                    JournalError::Directory { path: dir.join(crate::server::journal::UNDER_WAY_FILE), source }
+                })?;
+                recovered.under_way = before;
+                (Some((journal, under_way)), Some(recovered))
+            }
             None => (None, None),
         };
         let state = State::new(config, registry, journal);

@@ -58,6 +58,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 
 mod log;
 mod store;
+mod under_way;
+
+pub(crate) use self::under_way::{Mark, RunsUnderWay, FILE_NAME as UNDER_WAY_FILE};
 
 /// Why the state directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +228,9 @@ pub(crate) struct Recovered {
     pub(crate) crashes: FxHashMap<TaskId, u32>,
     /// Running workflows.
     pub(crate) workflows: Vec<RecoveredWorkflow>,
+    /// Tasks whose run was under way on the process's own threads when it
+    /// ended ([`RunsUnderWay`]).
+    pub(crate) under_way: Vec<TaskId>,
 }
 
 /// The store and its writer thread.

@@ -58,6 +58,7 @@ impl Effects<Replier, Link> for Driver<'_> {
             decl: loaded.decl,
             args: task.args.clone(),
             cancelled: task.cancelled.clone(),
+            stored_before: self.state.durable.last_record(),
         };
         // A thread, if one is owed, is woken once the task lock is
         // released (the outbox).

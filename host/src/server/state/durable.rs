@@ -9,20 +9,23 @@ use super::Outbox;
 use crate::ledger::LiveTask;
 use crate::server::cache::ResultCache;
 use crate::server::endpoint::Replier;
-use crate::server::journal::{Journal, Progress, Record, ResultRecord, TaskRecord};
+use crate::server::journal::{Journal, Mark, Progress, Record, ResultRecord, RunsUnderWay, TaskRecord};
 use crate::wire::protocol::{ErrorKind, ErrorReply, Reply, TaskId, TaskReport};
 
 /// The journal, when this process keeps one, and what its records are of.
 pub(super) struct Durable {
     journal: Option<Journal>,
+    /// The runs under way on this process's own threads.
+    under_way: Option<RunsUnderWay>,
     /// This process's name, in the refusals the store's state causes.
     worker_id: String,
 }
 
 impl Durable {
     /// The hooks of `journal` (`None`: memory mode) for process `worker_id`.
-    pub(super) fn new(journal: Option<Journal>, worker_id: String) -> Durable {
-        Durable { journal, worker_id }
+    pub(super) fn new(journal: Option<(Journal, RunsUnderWay)>, worker_id: String) -> Durable {
+        let (journal, under_way) = journal.unzip();
+        Durable { journal, under_way, worker_id }
     }
 
     /// Whether the durable mode is on.
@@ -121,20 +124,31 @@ impl Durable {
         self.write(Record::Crashes(task_id, count));
     }
 
-    /// In durable mode, waits until every record handed so far is stored:
-    /// a run starts only once its start is on disk, so that a crash of
-    /// this process during the run is counted at the restart.
-    pub(super) fn wait_stored(&self) {
-        let Some(journal) = &self.journal else { return };
-        let record = journal.last_seq();
-        if journal.is_stored(record) {
-            return;
+    /// In durable mode, before a run's code starts on this process's
+    /// threads: waits until the records up to `record` (its task's
+    /// acceptance among them) are stored, and marks the run under way until
+    /// the returned mark is dropped, so that a crash of this process during
+    /// the run is counted at the restart. The run's own start record is not
+    /// waited for.
+    pub(super) fn before_run(&self, record: u64, task_id: TaskId) -> Option<Mark<'_>> {
+        let journal = self.journal.as_ref()?;
+        wait_stored(journal, record);
+        let mark = self.under_way.as_ref().and_then(|runs| runs.mark(task_id));
+        if mark.is_none() {
+            // Every slot held (one per thread never leaves none): the run's
+            // start record on disk counts its crash instead.
+            wait_stored(journal, journal.last_seq());
         }
-        let (stored, wait) = std::sync::mpsc::sync_channel(1);
-        journal.then(move |_| {
-            let _ = stored.send(());
-        });
-        let _ = wait.recv();
+        mark
+    }
+
+    /// In durable mode, once every record handed so far is stored, clears
+    /// the runs the process before left marked under way (their crashes
+    /// are among those records).
+    pub(super) fn forget_under_way_before(&self) {
+        let (Some(journal), Some(runs)) = (&self.journal, &self.under_way) else { return };
+        wait_stored(journal, journal.last_seq());
+        runs.forget_before();
     }
 
     /// Records how a task ended; returns the record's number (0 in memory
@@ -175,4 +189,16 @@ impl Durable {
             journal.write(Record::Forget(forgotten));
         }
     }
+}
+
+/// Waits until the record numbered `record` (0: none) is stored.
+fn wait_stored(journal: &Journal, record: u64) {
+    if record == 0 || journal.is_stored(record) {
+        return;
+    }
+    let (stored, wait) = std::sync::mpsc::sync_channel(1);
+    journal.then(move |_| {
+        let _ = stored.send(());
+    });
+    let _ = wait.recv();
 }

@@ -45,7 +45,7 @@ use crate::server::calls::CallSessions;
 use crate::server::collector::Collector;
 use crate::server::config::ControlPlaneConfig;
 use crate::server::endpoint::{encode_reply, Replier};
-use crate::server::journal::Journal;
+use crate::server::journal::{Journal, RunsUnderWay};
 use crate::server::monitor::Monitor;
 use crate::server::offered_schemas::OfferedSchemas;
 use crate::server::peer_log::PeerLog;
@@ -174,6 +174,10 @@ struct Job {
     decl: TaskDecl,
     args: Arc<Vec<u8>>,
     cancelled: Arc<AtomicBool>,
+    /// In durable mode, the last record handed to the store when the run
+    /// was queued (its task's acceptance among them): on disk before the
+    /// run's code starts.
+    stored_before: u64,
 }
 
 /// Replies gathered under the lock, sent after it is released; and the
@@ -234,7 +238,11 @@ pub(crate) struct Admitted {
 
 impl State {
     /// Builds the state and starts the worker, timer and callback threads.
-    pub(crate) fn new(config: ControlPlaneConfig, registry: Registry, journal: Option<Journal>) -> Arc<State> {
+    pub(crate) fn new(
+        config: ControlPlaneConfig,
+        registry: Registry,
+        journal: Option<(Journal, RunsUnderWay)>,
+    ) -> Arc<State> {
         Arc::new_cyclic(|me: &Weak<State>| {
             let runner = me.clone();
             let pool = Pool::start(config.concurrency, move |job| {
@@ -690,9 +698,10 @@ impl State {
             return;
         };
         self.report_started(job.task_id, run.lease);
-        // In durable mode the run's start is on disk before its code runs:
-        // if it kills this process, the restart counts the crash.
-        self.durable.wait_stored();
+        // In durable mode the task is on disk and the run marked under way
+        // before its code runs: if it kills this process, the restart
+        // counts the crash.
+        let _under_way = self.durable.before_run(job.stored_before, job.task_id);
         let context = TaskContext::new(&job.cancelled, run.deadline_ms, run.attempt, *job.task_id.as_bytes());
         let run_log = self.run_log.get();
         if let Some(log) = run_log {

@@ -13,7 +13,7 @@ use super::{Outbox, State};
 use crate::ledger::{LiveTask, Plan};
 use crate::server::endpoint::Replier;
 use crate::server::journal::Recovered;
-use crate::wire::protocol::{now_ms, ErrorKind, ErrorReply, Reply, TaskState};
+use crate::wire::protocol::{now_ms, ErrorKind, ErrorReply, Reply, TaskId, TaskState};
 
 impl State {
     /// At a durable shutdown, tasks still running are left in the store:
@@ -60,10 +60,10 @@ impl State {
         let mut tasks = self.lock();
         let (mut queued, mut rerun, mut waiting_for_time, mut for_subworkers) = (0, 0, 0, 0);
         let workflows = recovered.workflows;
-        // With tasks on this process's own threads (--in-process), a run
-        // that was under way when the process ended may have killed it.
+        // A run that was under way on the process's own threads
+        // (--in-process) when it ended may have killed it.
         let max_crashes = self.config.management.as_ref().map(|m| m.max_task_crashes.max(1));
-        let in_process = self.config.concurrency > 0;
+        let under_way: rustc_hash::FxHashSet<TaskId> = recovered.under_way.iter().copied().collect();
         let mut crashed = Vec::new();
         for (task_id, record, progress) in recovered.tasks {
             if tasks.ledger.get(&task_id).is_some() {
@@ -74,16 +74,16 @@ impl State {
             let mut failures = 0;
             let mut retry_at = None;
             let mut crashes = recovered.crashes.get(&task_id).copied().unwrap_or(0);
+            if under_way.contains(&task_id) {
+                crashes = crashes.saturating_add(1);
+                self.durable.record_crashes(task_id, crashes);
+                if max_crashes.is_some_and(|max| crashes >= max) {
+                    crashed.push((task_id, crashes));
+                }
+            }
             if let Some(progress) = progress {
                 if progress.attempts > record.attempts && progress.retry_at_ms.is_none() {
                     rerun += 1;
-                    if in_process && tasks.ledger.runs_here(&report.task_name) {
-                        crashes = crashes.saturating_add(1);
-                        self.durable.record_crashes(task_id, crashes);
-                        if max_crashes.is_some_and(|max| crashes >= max) {
-                            crashed.push((task_id, crashes));
-                        }
-                    }
                 }
                 report.attempts = progress.attempts;
                 report.error = progress.error;
@@ -125,6 +125,9 @@ impl State {
             tracing::error!(%task_id, crashes = count, "task failed as Crashed at the restart: {message}");
             self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.crashed(task_id, message, now, io));
         }
+        // Once the crashes are stored, the marks that gave them go, before
+        // any run (each waits for this lock) marks its own.
+        self.durable.forget_under_way_before();
         drop(tasks);
         outbox.deliver();
         info!(
