@@ -59,7 +59,7 @@ const NNG_SOURCES: &[&str] = &[
     "src/platform/posix/posix_ipclisten.c",
     "src/platform/posix/posix_peerid.c",
     "src/platform/posix/posix_pipe.c",
-    "src/platform/posix/posix_resolv_gai.c",
+    // posix_resolv_gai.c: compiled through csrc/resolv.c (see there).
     "src/platform/posix/posix_sockaddr.c",
     "src/platform/posix/posix_socketpair.c",
     "src/platform/posix/posix_sockfd.c",
@@ -194,6 +194,7 @@ fn main() {
     let out_dir = PathBuf::from(env("OUT_DIR"));
     let sources_manifest = manifest_dir.join("sources").join("Cargo.toml");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=csrc/resolv.c");
     println!("cargo:rerun-if-changed={}", sources_manifest.display());
     println!("cargo:rerun-if-changed=sources/Cargo.lock");
 
@@ -233,6 +234,7 @@ fn main() {
     for file in NNG_SOURCES {
         nng.file(nng_root.join(file));
     }
+    nng.file(manifest_dir.join("csrc").join("resolv.c"));
     nng.compile("nng");
 
     // NNG calls mbedTLS, so NNG comes first on the link line.

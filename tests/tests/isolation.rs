@@ -333,8 +333,9 @@ fn crash_counts_survive_a_durable_restart_in_the_middle_of_a_crash_loop() {
 }
 
 /// In-process and durable, a task that aborts takes the control plane down
-/// with it, but its run's start is stored before its code runs: each
-/// restart counts the crash, and at `--max-task-crashes` (2) the restart
+/// with it, but its run is marked under way before its code runs (in a
+/// memory-mapped file that outlives the process): each restart counts the
+/// crash, and at `--max-task-crashes` (2) the restart
 /// ends the task `Crashed` instead of running it again, and serves on.
 #[test]
 fn an_in_process_durable_control_plane_killed_by_a_task_stops_replaying_it() {

@@ -4,6 +4,7 @@
 //! every reply goes at once.
 
 use nng::Message;
+use tracing::warn;
 
 use super::Outbox;
 use crate::ledger::LiveTask;
@@ -135,9 +136,9 @@ impl Durable {
         wait_stored(journal, record);
         let mark = self.under_way.as_ref().and_then(|runs| runs.mark(task_id));
         if mark.is_none() {
-            // Every slot held (one per thread never leaves none): the run's
-            // start record on disk counts its crash instead.
-            wait_stored(journal, journal.last_seq());
+            // A slot per task thread leaves none only while the marks of the
+            // process before are kept (a periodic run during the restore).
+            warn!(%task_id, "no slot free to mark the run under way: if its code kills this process, the crash is not counted");
         }
         mark
     }
@@ -148,7 +149,9 @@ impl Durable {
     pub(super) fn forget_under_way_before(&self) {
         let (Some(journal), Some(runs)) = (&self.journal, &self.under_way) else { return };
         wait_stored(journal, journal.last_seq());
-        runs.forget_before();
+        if let Err(error) = runs.forget_before() {
+            warn!(%error, "could not clear the runs the process before left under way; they may count again at the next restart");
+        }
     }
 
     /// Records how a task ended; returns the record's number (0 in memory
