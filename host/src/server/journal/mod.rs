@@ -14,6 +14,9 @@
 //! the log starts over. A submission is thus acknowledged only once its task
 //! is on disk, and a waiting client hears an outcome only once the outcome
 //! is on disk. A restart replays the log into the store before reading it.
+//! Runs on the process's own threads are marked under way in a third file
+//! that is never synced (under_way.rs), so that a run that kills the
+//! process is counted at the restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
