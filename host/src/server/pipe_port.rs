@@ -8,7 +8,6 @@
 //! `Outcomes` frames, from the thread that ends a run
 //! (`Collector::push_to`).
 
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
@@ -43,7 +42,7 @@ pub(crate) fn serve(
     // One frame a turn (none if only looking and nothing waits): a run it
     // carries starts on this thread next.
     let read_one = move |turn: Turn| {
-        if turn == Turn::Look && !frames.has_buffered() && !readable(frames.get_ref()) {
+        if turn == Turn::Look && !frames.has_input() {
             return true;
         }
         let error = match frames.next_frame() {
@@ -72,13 +71,6 @@ pub(crate) fn serve(
     };
     state.give_pool_duty(Box::new(read_one));
     Ok(())
-}
-
-/// Whether `stream` has bytes to read (or its end), without waiting.
-fn readable(stream: &UnixStream) -> bool {
-    let mut fd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd for the call's duration; a zero timeout.
-    unsafe { libc::poll(&mut fd, 1, 0) > 0 }
 }
 
 /// The link ended with `error`: nothing more is written, `on_closed` runs

@@ -117,9 +117,11 @@ impl FrameReader {
         &self.stream
     }
 
-    /// Whether bytes read from the stream wait to be taken.
-    pub(crate) fn has_buffered(&self) -> bool {
-        self.end > self.start
+    /// Whether bytes wait to be taken, read already or in the stream (or
+    /// its end), without waiting for any.
+    pub(crate) fn has_input(&self) -> bool {
+        // A failed poll says yes: the read that follows reports the failure.
+        self.end > self.start || wait_for_input(self.stream.as_raw_fd(), 0).unwrap_or(true)
     }
 
     /// The next frame, read from what is buffered or else from the stream.
@@ -200,18 +202,23 @@ fn read_some(stream: &impl AsRawFd, buffer: &mut [u8]) -> std::io::Result<usize>
         let error = std::io::Error::last_os_error();
         match error.kind() {
             ErrorKind::Interrupted => {}
-            ErrorKind::WouldBlock => {
-                let mut wait = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-                // SAFETY: one valid pollfd for the call's duration.
-                if unsafe { libc::poll(&mut wait, 1, -1) } < 0 {
-                    let error = std::io::Error::last_os_error();
-                    if error.kind() != ErrorKind::Interrupted {
-                        return Err(error);
-                    }
-                }
-            }
+            ErrorKind::WouldBlock => match wait_for_input(fd, -1) {
+                Err(error) if error.kind() != ErrorKind::Interrupted => return Err(error),
+                _ => {}
+            },
             _ => return Err(error),
         }
+    }
+}
+
+/// Waits up to `timeout_ms` (-1: with no end) for `fd` to have input (or
+/// its end), and says whether it has.
+fn wait_for_input(fd: RawFd, timeout_ms: libc::c_int) -> std::io::Result<bool> {
+    let mut wait = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the call's duration.
+    match unsafe { libc::poll(&mut wait, 1, timeout_ms) } {
+        ready if ready >= 0 => Ok(ready > 0),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
