@@ -339,6 +339,28 @@ fn crash_counts_survive_a_durable_restart_in_the_middle_of_a_crash_loop() {
 /// ends the task `Crashed` instead of running it again, and serves on.
 #[test]
 fn an_in_process_durable_control_plane_killed_by_a_task_stops_replaying_it() {
+    // The task can kill the control plane before the acknowledgement of
+    // its submission leaves (it runs once stored): its id is chosen here.
+    killed_by_a_task_stops_replaying(|rt, client, poison| {
+        let options = SubmitOptions { task_id: Some(poison), ..SubmitOptions::default() };
+        let _ = rt.block_on(client.delay("abort_now", NO_ARGS, options));
+    });
+}
+
+/// The same for a blocking call, whose run starts before its task's
+/// acceptance is stored (the acceptance may wait to share the outcome's
+/// commit): a run that outlasts the commit window finds its task stored at
+/// the restart, marked under way, and counts its crash just the same.
+#[test]
+fn an_in_process_durable_control_plane_killed_by_a_blocking_call_stops_replaying_it() {
+    killed_by_a_task_stops_replaying(|rt, client, poison| {
+        let options = SubmitOptions { task_id: Some(poison), ..SubmitOptions::default() };
+        let outcome = rt.block_on(client.submit("abort_after_ms", (100,), options));
+        assert!(outcome.is_err(), "{outcome:?}");
+    });
+}
+
+fn killed_by_a_task_stops_replaying(submit_poison: impl FnOnce(&tokio::runtime::Runtime, &Client, fastworker::TaskId)) {
     let dir = std::env::temp_dir().join(format!("fastworker-isolation-{}", fastworker::TaskId::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let address = format!("tcp://127.0.0.1:{}", fastworker_tests::free_base_port());
@@ -365,11 +387,8 @@ fn an_in_process_durable_control_plane_killed_by_a_task_stops_replaying_it() {
     let mut cp = Process::spawn(&args, &[], address.clone());
     cp.wait_ready(Duration::from_secs(20)).unwrap();
     let client = cp.client().with_timeout(Duration::from_secs(10));
-    // The task can kill the control plane before the acknowledgement of
-    // its submission leaves (it runs once stored): its id is chosen here.
     let poison = fastworker::TaskId::new_v4();
-    let options = SubmitOptions { task_id: Some(poison), ..SubmitOptions::default() };
-    let _ = rt.block_on(client.delay("abort_now", NO_ARGS, options));
+    submit_poison(&rt, &client, poison);
     assert!(wait_until(Duration::from_secs(20), || !cp.is_running()), "the task did not kill the control plane");
     let mut starts = 1;
     let report = loop {

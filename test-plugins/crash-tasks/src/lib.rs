@@ -10,6 +10,14 @@ fn abort_now() -> u32 {
     std::process::abort()
 }
 
+/// Sleeps `ms` milliseconds, then aborts: a run that outlasts the durable
+/// mode's commit window before it kills its process.
+#[task]
+fn abort_after_ms(ms: u64) -> u32 {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    std::process::abort()
+}
+
 /// Writes through a null pointer (SIGSEGV).
 #[task]
 fn segfault() -> u32 {
@@ -102,6 +110,7 @@ fn echo_back(text: String) -> String {
 
 fastworker_plugin_sdk::export_plugin!(
     abort_now,
+    abort_after_ms,
     segfault,
     exit_now,
     overflow_stack,

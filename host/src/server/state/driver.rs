@@ -58,7 +58,13 @@ impl Effects<Replier, Link> for Driver<'_> {
             decl: loaded.decl,
             args: task.args.clone(),
             cancelled: task.cancelled.clone(),
-            stored_before: self.state.durable.last_record(),
+            stored_before: match task.waiters.is_empty() {
+                true => self.state.durable.last_record(),
+                // Someone holds a request until the outcome: the task's
+                // acceptance may wait for it, to be written in one commit
+                // (docs/durability.md, "A blocking call's commits").
+                false => 0,
+            },
         };
         // A thread, if one is owed, is woken once the task lock is
         // released (the outbox).

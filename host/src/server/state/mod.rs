@@ -176,7 +176,9 @@ struct Job {
     cancelled: Arc<AtomicBool>,
     /// In durable mode, the last record handed to the store when the run
     /// was queued (its task's acceptance among them): on disk before the
-    /// run's code starts.
+    /// run's code starts. 0 when a client waits for the task's outcome: a
+    /// crash before its acceptance is stored loses a task nobody was told
+    /// of, and one after finds it stored and marked under way.
     stored_before: u64,
 }
 
