@@ -4,9 +4,10 @@
 //! * `durable-blocking` and `durable-pipelined-K`: the `cp` rows' calls to
 //!   a control plane started with `--state-dir` on a fresh directory (every
 //!   submission acknowledged once stored, every result stored), tasks
-//!   run `--in-process` as in the `cp` rows: each run waits for its task's
-//!   commit and is marked under way before its code runs (so that a crash
-//!   of the control plane itself is counted, docs/isolation.md).
+//!   run `--in-process` as in the `cp` rows: each run is marked under way
+//!   before its code runs (so that a crash of the control plane itself is
+//!   counted, docs/isolation.md), after its task's commit unless a client
+//!   waits for its outcome (a blocking call: one commit per call).
 //! * `durable-isolated-blocking` and `durable-isolated-pipelined-K`: the
 //!   same in the default mode, worker processes, against the `cp-isolated`
 //!   rows (a run's start is not synced: the supervisor counts a crash).

@@ -349,40 +349,20 @@ fn an_in_process_durable_control_plane_killed_by_a_task_stops_replaying_it() {
 
 /// The same for a blocking call, whose run starts before its task's
 /// acceptance is stored (the acceptance may wait to share the outcome's
-/// commit): a run that outlasts the commit window finds its task stored at
-/// the restart, marked under way, and counts its crash just the same.
+/// commit): a run that outlasts the commit window (here 1 s) finds its task
+/// stored at the restart, marked under way, and counts its crash just the
+/// same.
 #[test]
 fn an_in_process_durable_control_plane_killed_by_a_blocking_call_stops_replaying_it() {
     killed_by_a_task_stops_replaying(|rt, client, poison| {
         let options = SubmitOptions { task_id: Some(poison), ..SubmitOptions::default() };
-        let outcome = rt.block_on(client.submit("abort_after_ms", (100,), options));
+        let outcome = rt.block_on(client.submit("abort_after_ms", (1000,), options));
         assert!(outcome.is_err(), "{outcome:?}");
     });
 }
 
 fn killed_by_a_task_stops_replaying(submit_poison: impl FnOnce(&tokio::runtime::Runtime, &Client, fastworker::TaskId)) {
-    let dir = std::env::temp_dir().join(format!("fastworker-isolation-{}", fastworker::TaskId::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let address = format!("tcp://127.0.0.1:{}", fastworker_tests::free_base_port());
-    let plugin = fastworker_tests::plugin("crash-tasks").display().to_string();
-    let state_dir = dir.display().to_string();
-    let args: Vec<String> = [
-        "control-plane",
-        "--no-gui",
-        "--no-discovery",
-        "--in-process",
-        "--concurrency",
-        "1",
-        "--state-dir",
-        &state_dir,
-        "--base-address",
-        &address,
-        "--task-modules",
-        &plugin,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let (dir, args, address) = in_process_durable();
     let rt = runtime();
     let mut cp = Process::spawn(&args, &[], address.clone());
     cp.wait_ready(Duration::from_secs(20)).unwrap();
@@ -417,4 +397,71 @@ fn killed_by_a_task_stops_replaying(submit_poison: impl FnOnce(&tokio::runtime::
     assert!(cp.is_running(), "{}", cp.log());
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A blocking call whose task kills an in-process durable control plane at
+/// once, within the commit window, leaves no task on disk, but its run was
+/// marked under way: the restart counts the crash against its id. Submitted
+/// again under that id after each restart (what a caller told nothing does),
+/// it runs at most `--max-task-crashes` (2) times in all, then is answered
+/// `Crashed` while the control plane serves on.
+#[test]
+fn a_blocking_call_that_kills_an_in_process_durable_control_plane_at_once_is_refused_after_its_crashes() {
+    let (dir, args, address) = in_process_durable();
+    let rt = runtime();
+    let poison = fastworker::TaskId::new_v4();
+    let options = || SubmitOptions { task_id: Some(poison), ..SubmitOptions::default() };
+    for start in 1..=4 {
+        let mut cp = Process::spawn(&args, &[], address.clone());
+        if cp.wait_ready(Duration::from_secs(20)).is_err() {
+            // Its acceptance was stored after all, and the restart ran it.
+            assert!(wait_until(Duration::from_secs(20), || !cp.is_running()));
+            continue;
+        }
+        let client = cp.client().with_timeout(Duration::from_secs(10));
+        match rt.block_on(client.submit("abort_now", NO_ARGS, options())) {
+            Ok(report) => {
+                assert!(start <= 3, "answered only at start {start}: {report:?}");
+                let error = report.error.expect("failed");
+                assert_eq!(error.kind, FailureKind::Crashed, "{error:?}");
+                assert!(error.message.contains("2 times in all"), "{}", error.message);
+                let answer: String = rt.block_on(client.call("echo_back", ("up",))).unwrap();
+                assert_eq!(answer, "up");
+                assert!(cp.is_running(), "{}", cp.log());
+                drop(cp);
+                let _ = std::fs::remove_dir_all(&dir);
+                return;
+            }
+            Err(_) => assert!(wait_until(Duration::from_secs(20), || !cp.is_running()), "{}", cp.log()),
+        }
+    }
+    panic!("the task still ran after 4 starts");
+}
+
+/// A fresh state directory, and the arguments of an in-process durable
+/// control plane of one task thread serving the crash-tasks plugin there.
+fn in_process_durable() -> (std::path::PathBuf, Vec<String>, String) {
+    let dir = std::env::temp_dir().join(format!("fastworker-isolation-{}", fastworker::TaskId::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let address = format!("tcp://127.0.0.1:{}", fastworker_tests::free_base_port());
+    let plugin = fastworker_tests::plugin("crash-tasks").display().to_string();
+    let state_dir = dir.display().to_string();
+    let args: Vec<String> = [
+        "control-plane",
+        "--no-gui",
+        "--no-discovery",
+        "--in-process",
+        "--concurrency",
+        "1",
+        "--state-dir",
+        &state_dir,
+        "--base-address",
+        &address,
+        "--task-modules",
+        &plugin,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    (dir, args, address)
 }

@@ -660,6 +660,24 @@ mod tests {
         // The last count of the live task; nothing of the ended one.
         assert_eq!(recovered.crashes.get(&a), Some(&2));
         assert_eq!(recovered.crashes.get(&b), None);
+        // A count kept for an id no task was stored under (a blocking call
+        // that killed the process within the commit window) stays until a
+        // task of that id ends, even one accepted and ended in one group.
+        let c = TaskId::new_v4();
+        journal.write(Record::Crashes(c, 1));
+        assert!(flush(&journal));
+        journal.close();
+        drop(journal);
+        let (journal, recovered) = Journal::open(&dir, 1 << 20).expect("reopen");
+        assert_eq!(recovered.crashes.get(&c), Some(&1));
+        journal.write(Record::Accepted(c, Box::new(task("abort_now"))));
+        journal.write(Record::Finished(Box::new(finished(c))));
+        assert!(flush(&journal));
+        journal.close();
+        drop(journal);
+        let (journal, recovered) = Journal::open(&dir, 1 << 20).expect("reopen");
+        assert_eq!(recovered.crashes.get(&c), None);
+        assert_eq!(recovered.crashes.get(&a), Some(&2));
         journal.close();
         let _ = std::fs::remove_dir_all(&dir);
     }

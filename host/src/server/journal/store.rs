@@ -422,8 +422,10 @@ pub(crate) fn apply(
                     if !positions.accepted_before(task_id, index) {
                         tasks.remove(key)?;
                         progress.remove(key)?;
-                        crashes.remove(key)?;
                     }
+                    // Even when accepted in this group: a count kept for its
+                    // id before it was stored (restore.rs) ends with it.
+                    crashes.remove(key)?;
                     if !positions.forgotten_after(task_id, index) {
                         results.insert(key, encode(result).as_slice())?;
                     }

@@ -127,7 +127,8 @@ impl Durable {
 
     /// In durable mode, before a run's code starts on this process's
     /// threads: waits until the records up to `record` (its task's
-    /// acceptance among them) are stored, and marks the run under way until
+    /// acceptance among them; 0: none, a blocking call's run) are stored,
+    /// and marks the run under way until
     /// the returned mark is dropped, so that a crash of this process during
     /// the run is counted at the restart. The run's own start record is not
     /// waited for.

@@ -147,6 +147,11 @@ pub(crate) struct Tasks {
     pub(crate) ledger: Ledger<Replier, Link>,
     /// Workflows, whose members are tasks here (`state/workflows.rs`).
     workflows: Workflows<Replier>,
+    /// In durable `--in-process` mode, the crashes counted for task ids that
+    /// were not stored when their run killed the process (a blocking call
+    /// ended within the commit window): a submission under such an id
+    /// starts with that count (`restore.rs`).
+    unstored_crashes: rustc_hash::FxHashMap<TaskId, u32>,
 }
 
 /// Who asks for something that only some may do (cancelling).
@@ -304,6 +309,7 @@ impl State {
                         usize::try_from(config.bounds.max_cached_bytes).unwrap_or(usize::MAX),
                         config.result_cache_ttl.map(millis),
                     ),
+                    unstored_crashes: Default::default(),
                 }),
                 accepting: AtomicBool::new(true),
                 monitor: Monitor::default(),
@@ -350,7 +356,7 @@ impl State {
         outbox: &mut Outbox,
         event: impl FnOnce(&mut Ledger<Replier, Link>, &mut Driver<'_>) -> T,
     ) -> T {
-        let Tasks { ledger, workflows } = tasks;
+        let Tasks { ledger, workflows, .. } = tasks;
         let mut driver = Driver::new(self, outbox, workflows);
         let answer = event(ledger, &mut driver);
         let ended = std::mem::take(&mut driver.members_ended);
@@ -616,7 +622,13 @@ impl State {
         task.tenant = tenant;
         task.waiters.extend(waiter);
         task.lease = lease;
+        task.crashes = tasks.unstored_crashes.remove(&task_id).unwrap_or(0);
+        let crashes = task.crashes;
         self.drive(tasks, outbox, |ledger, io| ledger.admit(task, later, now, io));
+        if let Some(message) = self.crashed_too_often(crashes) {
+            // Under the same lock, so no thread starts its run.
+            self.drive(tasks, outbox, |ledger, io| ledger.crashed(task_id, message, now, io));
+        }
         Ok(task_id)
     }
 
@@ -700,9 +712,9 @@ impl State {
             return;
         };
         self.report_started(job.task_id, run.lease);
-        // In durable mode the task is on disk and the run marked under way
-        // before its code runs: if it kills this process, the restart
-        // counts the crash.
+        // In durable mode the run is marked under way before its code runs
+        // (and its task is on disk, unless a client waits for its outcome):
+        // if it kills this process, the restart counts the crash.
         let _under_way = self.durable.before_run(job.stored_before, job.task_id);
         let context = TaskContext::new(&job.cancelled, run.deadline_ms, run.attempt, *job.task_id.as_bytes());
         let run_log = self.run_log.get();

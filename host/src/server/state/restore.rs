@@ -11,6 +11,7 @@ use tracing::info;
 
 use super::{Outbox, State};
 use crate::ledger::{LiveTask, Plan};
+use crate::server::cache::Lookup;
 use crate::server::endpoint::Replier;
 use crate::server::journal::Recovered;
 use crate::wire::protocol::{now_ms, ErrorKind, ErrorReply, Reply, TaskId, TaskState};
@@ -34,6 +35,21 @@ impl State {
             }
         }
         self.durable.close();
+    }
+
+    /// The failure of a task whose runs were under way `count` times when
+    /// this process ended, if that reached `--max-task-crashes`.
+    pub(super) fn crashed_too_often(&self, count: u32) -> Option<String> {
+        let max = self.config.management.as_ref().map(|m| m.max_task_crashes.max(1))?;
+        (count >= max).then(|| self.crashed_message(count))
+    }
+
+    fn crashed_message(&self, count: u32) -> String {
+        format!(
+            "its run was under way when control plane '{}' ended, {count} times in all (--max-task-crashes {}): with --in-process its code may have killed it, so it is not run again",
+            self.config.worker_id,
+            self.config.management.as_ref().map_or(1, |m| m.max_task_crashes.max(1))
+        )
     }
 
     /// Writes what is pending and closes the store (at shutdown).
@@ -64,6 +80,7 @@ impl State {
         // (--in-process) when it ended may have killed it.
         let max_crashes = self.config.management.as_ref().map(|m| m.max_task_crashes.max(1));
         let under_way: rustc_hash::FxHashSet<TaskId> = recovered.under_way.iter().copied().collect();
+        let stored: rustc_hash::FxHashSet<TaskId> = recovered.tasks.iter().map(|(task_id, ..)| *task_id).collect();
         let mut crashed = Vec::new();
         for (task_id, record, progress) in recovered.tasks {
             if tasks.ledger.get(&task_id).is_some() {
@@ -117,13 +134,25 @@ impl State {
         // Those whose runs ended their process too often end `Crashed`
         // instead of running again.
         for (task_id, count) in crashed {
-            let message = format!(
-                "its run was under way when control plane '{}' ended, {count} times in all (--max-task-crashes {}): with --in-process its code may have killed it, so it is not run again",
-                self.config.worker_id,
-                max_crashes.unwrap_or(1)
-            );
+            let message = self.crashed_message(count);
             tracing::error!(%task_id, crashes = count, "task failed as Crashed at the restart: {message}");
             self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.crashed(task_id, message, now, io));
+        }
+        // A run under way whose task was not stored (a blocking call that
+        // ended the process within the commit window) counts too, kept by
+        // its id for a submission under it; so are the counts of earlier
+        // restarts that no submission took yet.
+        for (task_id, count) in recovered.crashes.iter().filter(|(task_id, _)| !stored.contains(task_id)) {
+            tasks.unstored_crashes.insert(*task_id, *count);
+        }
+        for task_id in recovered.under_way.iter().filter(|task_id| !stored.contains(task_id)) {
+            if matches!(self.cached(*task_id).0, Lookup::Found(_)) {
+                continue;
+            }
+            let count = tasks.unstored_crashes.get(task_id).copied().unwrap_or(0).saturating_add(1);
+            tracing::warn!(%task_id, crashes = count, "a run under way when the control plane ended had no stored task (a blocking call within the commit window): its crash counts against a submission under its id");
+            self.durable.record_crashes(*task_id, count);
+            tasks.unstored_crashes.insert(*task_id, count);
         }
         // Once the crashes are stored, the marks that gave them go, before
         // any run (each waits for this lock) marks its own.
