@@ -61,6 +61,6 @@ pub use plugins::{PluginError, Registry};
 pub use protocol::{Priority, TaskId, TaskReport, TaskState};
 pub use server::endpoint::ListenError;
 pub use server::journal::JournalError;
-pub use server::worker_processes::WorkerProcessesConfig;
+pub use server::worker_processes::{WorkerProcessesConfig, EXIT_ADDRESS_IN_USE};
 pub use subworker_process::{Subworker, SubworkerConfig, SubworkerError};
 pub use wire::address::{BaseAddress, DEFAULT_BASE_ADDRESS};

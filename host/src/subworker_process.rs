@@ -17,6 +17,7 @@ use crate::control_plane::{ControlPlane, StartError};
 use crate::plugins::Registry;
 use crate::server::bounds::Bounds;
 use crate::server::config::{ControlPlaneConfig, ManagementConfig};
+use crate::server::endpoint::ListenError;
 use crate::server::worker_processes::{free_ports, WorkerProcessesConfig};
 use crate::wire::address::BaseAddress;
 use crate::wire::auth::KeyRing;
@@ -70,6 +71,14 @@ pub enum SubworkerError {
     /// No ports of 127.0.0.1 were free for its worker processes to dial.
     #[error("no free ports on 127.0.0.1 for the worker processes to dial: {0}")]
     LocalPorts(std::io::Error),
+}
+
+impl SubworkerError {
+    /// Whether another process took one of its ports first (a worker
+    /// process's supervisor then starts it again on other ports).
+    pub fn is_address_in_use(&self) -> bool {
+        matches!(self, SubworkerError::Start(StartError::Listen(ListenError::AddressInUse { .. })))
+    }
 }
 
 /// A serving subworker that has not joined its control plane yet.

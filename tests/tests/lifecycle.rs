@@ -24,6 +24,33 @@ fn a_port_in_use_is_refused_with_a_clear_error() {
     assert!(second.log().contains("--base-address"), "{}", second.log());
 }
 
+/// A subworker whose port is taken says so with its own exit status (4),
+/// by which a worker process's supervisor tells a port taken between its
+/// choice and the start from a broken configuration (docs/isolation.md).
+#[test]
+fn a_subworker_whose_port_is_in_use_exits_with_status_4() {
+    let cp = Process::control_plane(&["example-tasks"], &[]);
+    let taken = Process::control_plane(&["example-tasks"], &[]);
+    let example = plugin("example-tasks").display().to_string();
+    let mut subworker = Process::spawn(
+        &args(&[
+            "subworker",
+            "--worker-id",
+            "w-port",
+            "--control-plane-address",
+            &cp.address,
+            "--base-address",
+            &taken.address,
+            "--task-modules",
+            &example,
+        ]),
+        &[],
+        taken.address.clone(),
+    );
+    assert_eq!(subworker.wait_exit(Duration::from_secs(10)), Some(4), "{}", subworker.log());
+    assert!(subworker.log().contains("already in use"), "{}", subworker.log());
+}
+
 #[test]
 fn flags_come_from_the_environment_and_a_flag_wins() {
     let example = plugin("example-tasks").display().to_string();

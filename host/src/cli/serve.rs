@@ -22,6 +22,7 @@ use crate::cli::help::heading;
 use crate::cli::keys::{protected, CredentialArgs};
 use crate::cli::task_limits::{check_task_limit_flags, parse_task_limit_flag, TaskLimitFlag};
 use crate::{fail, seconds, EXIT_USAGE};
+use fastworker::EXIT_ADDRESS_IN_USE;
 
 /// Runs a subworker may be sent beyond its concurrency by default: enough
 /// to cover the round trip to the control plane for tasks of a fraction of
@@ -534,6 +535,7 @@ pub(crate) fn run_subworker(args: SubworkerArgs) -> ExitCode {
     };
     let subworker = match Subworker::start(config, registry) {
         Ok(subworker) => subworker,
+        Err(error) if error.is_address_in_use() => return fail(EXIT_ADDRESS_IN_USE, error),
         Err(error) => return fail(EXIT_USAGE, error),
     };
     if let Some(fd) = args.run_log_fd {

@@ -62,10 +62,17 @@ impl<W, L> Ledger<W, L> {
         }
     }
 
-    /// Hands a queued task to this process's threads.
+    /// Hands a queued task to this process's threads. If they take no more
+    /// work (the process stops), a task its control plane sent (under a
+    /// lease) stays queued, for the stopping subworker to hand back, as it
+    /// does every task it has not started; any other fails, saying so.
     fn push_local(&mut self, task_id: TaskId, now: u64, io: &mut impl Effects<W, L>) {
         let Some(task) = self.live.get(&task_id) else { return };
         if !io.run_here(task) {
+            if task.lease.is_some() {
+                debug!(%task_id, "threads stopping: the task waits to be handed back");
+                return;
+            }
             let message = "shut down before the task could run here; submit it again".to_string();
             self.fail(task_id, message, now, io);
         }

@@ -409,6 +409,19 @@ mod here {
     }
 
     #[test]
+    fn a_task_sent_by_a_control_plane_to_threads_that_stopped_stays_queued_to_be_handed_back() {
+        // A stopping subworker (a worker process recycled by count) closed
+        // its threads just before a run sent to it arrived: failing it would
+        // end the task for good at its control plane.
+        let (mut ledger, mut io) = (ledger(&["t"]), Recorder { pool_closed: true, ..Default::default() });
+        let mut sent = task("t", 0, None);
+        sent.lease = Some(7);
+        let task_id = admit(&mut ledger, &mut io, sent);
+        assert!(io.ended().is_empty(), "a task sent under a lease failed");
+        assert_eq!(state(&ledger, task_id), Some(TaskState::Queued));
+    }
+
+    #[test]
     fn a_concurrency_limit_holds_runs_back_until_one_ends() {
         let local_tasks = ["t"].iter().map(|t| t.to_string()).collect();
         let settings = Settings {

@@ -56,6 +56,16 @@ pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
 /// supervisor; this only bounds a hung one).
 const HEARTBEAT_SECONDS: &str = "1";
 
+/// The exit status of a subworker that found one of its ports taken when
+/// it started: a worker process's supervisor, which chose the ports free a
+/// moment before, starts it again at once on other ports, without counting
+/// a death.
+pub const EXIT_ADDRESS_IN_USE: u8 = 4;
+
+/// Starts again on other ports, in a row, before a port clash counts as a
+/// death like any other.
+const PORT_CLASHES_IN_A_ROW: u32 = 5;
+
 /// How a control plane's worker processes are started.
 #[derive(Debug, Clone)]
 pub struct WorkerProcessesConfig {
@@ -184,6 +194,7 @@ impl Supervisor {
         let mut deaths: Vec<Instant> = Vec::new();
         let mut backoff = FIRST_BACKOFF;
         let mut restart = false;
+        let mut port_clashes = 0;
         loop {
             if self.stopping() {
                 return;
@@ -208,6 +219,14 @@ impl Supervisor {
             if self.stopping() {
                 return;
             }
+            let clashed = status.and_then(|s| s.code()) == Some(i32::from(EXIT_ADDRESS_IN_USE)) && executing.is_empty();
+            if clashed && port_clashes < PORT_CLASHES_IN_A_ROW {
+                // Another process took a port chosen free a moment before.
+                port_clashes += 1;
+                warn!(worker = %self.worker_id, "a port chosen for the worker process was taken before it started: starting it on others");
+                continue;
+            }
+            port_clashes = 0;
             if recycling && status.is_some_and(|s| s.success()) {
                 // Asked to stop and stopped cleanly: replaced at once.
                 if let Some(watch) = self.state.upgrade().as_ref().and_then(|s| s.crashes.get()) {

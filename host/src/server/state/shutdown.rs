@@ -58,6 +58,18 @@ impl State {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        if self.config.is_subworker() {
+            // One sent while its threads closed (see `push_local`) goes
+            // back too, rather than failing below.
+            let handed: Vec<TaskId> = self
+                .lock()
+                .ledger
+                .tasks()
+                .filter(|(_, t)| t.report.state == TaskState::Queued)
+                .map(|(id, _)| *id)
+                .collect();
+            self.hand_back_unstarted(handed, "it is stopping");
+        }
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
         if !durable {
