@@ -42,34 +42,14 @@ impl State {
         // Tasks on subworkers finish on their own; wait for them too.
         let busy = |tasks: &Tasks| tasks.ledger.tasks().any(|(_, t)| !durable || t.report.state == TaskState::Running);
         while busy(&self.lock()) && Instant::now() < deadline {
-            if self.config.is_subworker() {
-                // Runs its stopping worker processes handed back (sent
-                // ahead, never started) go back to whoever sent them too.
-                let handed: Vec<TaskId> = self
-                    .lock()
-                    .ledger
-                    .tasks()
-                    .filter(|(_, t)| t.report.state == TaskState::Queued)
-                    .map(|(id, _)| *id)
-                    .collect();
-                if !handed.is_empty() {
-                    self.hand_back_unstarted(handed, "it is stopping");
-                }
-            }
+            // Runs its stopping worker processes handed back (sent ahead,
+            // never started) go back to whoever sent them too.
+            self.hand_back_queued();
             std::thread::sleep(Duration::from_millis(10));
         }
-        if self.config.is_subworker() {
-            // One sent while its threads closed (see `push_local`) goes
-            // back too, rather than failing below.
-            let handed: Vec<TaskId> = self
-                .lock()
-                .ledger
-                .tasks()
-                .filter(|(_, t)| t.report.state == TaskState::Queued)
-                .map(|(id, _)| *id)
-                .collect();
-            self.hand_back_unstarted(handed, "it is stopping");
-        }
+        // And one sent while its threads closed (see `push_local`), rather
+        // than failing below.
+        self.hand_back_queued();
         let mut outbox = Outbox::default();
         let mut tasks = self.lock();
         if !durable {
@@ -117,6 +97,24 @@ impl State {
             for waiter in task.waiters {
                 waiter.send(&reply);
             }
+        }
+    }
+
+    /// On a stopping subworker: hands back the tasks queued here, which
+    /// have not started, to whoever sent them.
+    fn hand_back_queued(&self) {
+        if !self.config.is_subworker() {
+            return;
+        }
+        let queued: Vec<TaskId> = self
+            .lock()
+            .ledger
+            .tasks()
+            .filter(|(_, t)| t.report.state == TaskState::Queued)
+            .map(|(id, _)| *id)
+            .collect();
+        if !queued.is_empty() {
+            self.hand_back_unstarted(queued, "it is stopping");
         }
     }
 
