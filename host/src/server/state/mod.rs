@@ -622,10 +622,11 @@ impl State {
         task.tenant = tenant;
         task.waiters.extend(waiter);
         task.lease = lease;
-        task.crashes = tasks.unstored_crashes.remove(&task_id).unwrap_or(0);
-        let crashes = task.crashes;
+        // Empty but after an in-process durable control plane's crash.
+        let crashes = tasks.unstored_crashes.remove(&task_id);
+        task.crashes = crashes.unwrap_or(0);
         self.drive(tasks, outbox, |ledger, io| ledger.admit(task, later, now, io));
-        if let Some(message) = self.crashed_too_often(crashes) {
+        if let Some(message) = crashes.and_then(|count| self.crashed_too_often(count)) {
             // Under the same lock, so no thread starts its run.
             self.drive(tasks, outbox, |ledger, io| ledger.crashed(task_id, message, now, io));
         }

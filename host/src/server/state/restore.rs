@@ -41,15 +41,12 @@ impl State {
     /// this process ended, if that reached `--max-task-crashes`.
     pub(super) fn crashed_too_often(&self, count: u32) -> Option<String> {
         let max = self.config.management.as_ref().map(|m| m.max_task_crashes.max(1))?;
-        (count >= max).then(|| self.crashed_message(count))
-    }
-
-    fn crashed_message(&self, count: u32) -> String {
-        format!(
-            "its run was under way when control plane '{}' ended, {count} times in all (--max-task-crashes {}): with --in-process its code may have killed it, so it is not run again",
-            self.config.worker_id,
-            self.config.management.as_ref().map_or(1, |m| m.max_task_crashes.max(1))
-        )
+        (count >= max).then(|| {
+            format!(
+                "its run was under way when control plane '{}' ended, {count} times in all (--max-task-crashes {max}): with --in-process its code may have killed it, so it is not run again",
+                self.config.worker_id,
+            )
+        })
     }
 
     /// Writes what is pending and closes the store (at shutdown).
@@ -78,7 +75,6 @@ impl State {
         let workflows = recovered.workflows;
         // A run that was under way on the process's own threads
         // (--in-process) when it ended may have killed it.
-        let max_crashes = self.config.management.as_ref().map(|m| m.max_task_crashes.max(1));
         let under_way: rustc_hash::FxHashSet<TaskId> = recovered.under_way.iter().copied().collect();
         let stored: rustc_hash::FxHashSet<TaskId> = recovered.tasks.iter().map(|(task_id, ..)| *task_id).collect();
         let mut crashed = Vec::new();
@@ -94,8 +90,8 @@ impl State {
             if under_way.contains(&task_id) {
                 crashes = crashes.saturating_add(1);
                 self.durable.record_crashes(task_id, crashes);
-                if max_crashes.is_some_and(|max| crashes >= max) {
-                    crashed.push((task_id, crashes));
+                if let Some(message) = self.crashed_too_often(crashes) {
+                    crashed.push((task_id, crashes, message));
                 }
             }
             if let Some(progress) = progress {
@@ -133,8 +129,7 @@ impl State {
         }
         // Those whose runs ended their process too often end `Crashed`
         // instead of running again.
-        for (task_id, count) in crashed {
-            let message = self.crashed_message(count);
+        for (task_id, count, message) in crashed {
             tracing::error!(%task_id, crashes = count, "task failed as Crashed at the restart: {message}");
             self.drive(&mut tasks, &mut outbox, |ledger, io| ledger.crashed(task_id, message, now, io));
         }
